@@ -1,0 +1,213 @@
+//! Catch-up proofs: from a trusted block forward to a later one (one collective signature
+//! per hop), and from a trusted block back to an earlier one (hashes only).
+
+use crate::block::{payload_hash, ChainParams, Committee, Header};
+use crate::chain::{check_carried, BlockError, ChainState, Verified};
+use chainiac_cosi::Signature;
+use serde::{Deserialize, Serialize};
+
+/// One hop of a forward proof: a block header, its collective signature, and the committee
+/// or policy it introduces, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofStep {
+    pub header: Header,
+    pub signature: Signature,
+    pub committee: Option<Committee>,
+    pub policy: Option<Vec<u8>>,
+}
+
+/// A forward proof from a block the verifier trusts to a later block of the same chain.
+///
+/// The steps follow the highest link that does not pass the target or the next checkpoint,
+/// and land on every checkpoint in between (a checkpoint's new committee signs the blocks
+/// after it). Each committee and policy appears once, in the step that introduces it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    pub steps: Vec<ProofStep>,
+    /// The target block's payload, when the proof was asked to carry it.
+    pub payload: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProofError {
+    #[error("hop {hop} (to block {index}): {error}")]
+    Hop { hop: usize, index: u64, error: BlockError },
+    #[error("the payload does not match the target block's payload hash")]
+    PayloadHash,
+    #[error("backward proof step {step}: block {index} is not the one block {from} links to")]
+    BackwardLink { step: usize, from: u64, index: u64 },
+    #[error("backward proof step {step}: block {index} does not go back from block {from}")]
+    NotBackward { step: usize, from: u64, index: u64 },
+    #[error("backward proof step {step}: block {index} has the wrong height or chain")]
+    BackwardHeader { step: usize, index: u64 },
+}
+
+/// A verified forward proof's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatchUp {
+    /// The chain's state at the target: its header, committee and policy.
+    pub state: ChainState,
+    /// The target's payload, checked against its header, if the proof carried it.
+    pub payload: Option<Vec<u8>>,
+    /// Indices of the checkpoints the proof landed on (committee or policy changes).
+    pub checkpoints: Vec<u64>,
+}
+
+impl Proof {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("proofs serialize")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, crate::DecodeError> {
+        crate::decode_exact(bytes)
+    }
+
+    /// Checks the proof hop by hop from `trusted` and returns the state at its last block.
+    /// An empty proof proves `trusted` itself.
+    pub fn verify(&self, trusted: &ChainState) -> Result<Verified<CatchUp>, ProofError> {
+        let mut state = trusted.clone();
+        let mut checkpoints = Vec::new();
+        for (hop, step) in self.steps.iter().enumerate() {
+            let index = step.header.index;
+            state = hop_from(&state, step).map_err(|error| ProofError::Hop { hop, index, error })?;
+            if state.is_checkpoint {
+                checkpoints.push(index);
+            }
+        }
+        if let Some(payload) = &self.payload {
+            if payload_hash(payload) != state.header.payload_hash {
+                return Err(ProofError::PayloadHash);
+            }
+        }
+        Ok(Verified::new(CatchUp { state, payload: self.payload.clone(), checkpoints }))
+    }
+}
+
+/// One hop: `step` must link back to `state`'s block, skip no checkpoint, carry exactly the
+/// committee and policy it changes, and be signed by `state`'s committee.
+fn hop_from(state: &ChainState, step: &ProofStep) -> Result<ChainState, BlockError> {
+    let h = &step.header;
+    let index = h.index;
+    if h.chain != Some(state.chain) {
+        return Err(BlockError::WrongChain { expected: Some(state.chain), got: h.chain });
+    }
+    if h.params.is_some() {
+        return Err(BlockError::UnexpectedParams { index });
+    }
+    check_links(&state.params, h)?;
+    let level = state.params.link_level(state.header.index, index);
+    if level.is_none_or(|l| h.back_links[l as usize] != state.id) {
+        return Err(BlockError::NotLinked { index, from: state.header.index });
+    }
+    // Every block strictly between the two is no checkpoint, so the committee in force at
+    // `state` is the one that signed `step`.
+    if h.previous_checkpoint > state.header.index {
+        return Err(BlockError::SkippedCheckpoint {
+            index,
+            from: state.header.index,
+            checkpoint: h.previous_checkpoint,
+        });
+    }
+    if h.timestamp_ms < state.header.timestamp_ms {
+        return Err(BlockError::TimestampBackwards { index, previous: state.header.timestamp_ms, got: h.timestamp_ms });
+    }
+    check_carried(h, step.committee.as_ref(), step.policy.as_ref(), &state.header)?;
+    let id = h.id();
+    chainiac_cosi::verify(state.committee.roster(), state.committee.threshold(), &id.0, &step.signature)
+        .map_err(|error| BlockError::Signature { index, error })?;
+    Ok(state.successor_of(h, id, step.committee.as_ref(), step.policy.as_ref()))
+}
+
+fn check_links(params: &ChainParams, h: &Header) -> Result<(), BlockError> {
+    let expected = params.height(h.index);
+    if h.height != expected {
+        return Err(BlockError::WrongHeight { index: h.index, expected, got: h.height });
+    }
+    if h.back_links.len() != expected as usize {
+        return Err(BlockError::BackLinkCount { index: h.index, expected: expected as usize, got: h.back_links.len() });
+    }
+    Ok(())
+}
+
+/// The indices a forward proof from `from` to `to` lands on (excluding `from`, including
+/// `to`): the highest link that passes neither `to` nor the next of `checkpoints` (the
+/// checkpoints strictly between, ascending).
+pub fn forward_path(params: &ChainParams, from: u64, to: u64, checkpoints: &[u64]) -> Vec<u64> {
+    let mut path = Vec::new();
+    let mut at = from;
+    for &stop in checkpoints.iter().filter(|&&c| c > from && c < to).chain(std::iter::once(&to)) {
+        while let Some(next) = params.highest_step(at, stop) {
+            path.push(next);
+            at = next;
+        }
+    }
+    path
+}
+
+/// The indices a backward proof from `from` down to `to` visits (excluding `from`,
+/// including `to`).
+pub fn backward_path(params: &ChainParams, from: u64, to: u64) -> Vec<u64> {
+    let mut path = Vec::new();
+    let mut at = from;
+    while let Some(next) = params.highest_back_step(at, to) {
+        path.push(next);
+        at = next;
+    }
+    path
+}
+
+/// A verified backward proof's result: the earlier block's header and, if the proof
+/// carried it, its payload (checked against the header).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EarlierBlock {
+    pub header: Header,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// A proof that an earlier block belongs to a chain, from a later block the verifier
+/// trusts: headers linked by back links; no signatures needed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackwardProof {
+    /// Headers from the one after the trusted block down to the target.
+    pub headers: Vec<Header>,
+    /// The target's payload, when asked for.
+    pub payload: Option<Vec<u8>>,
+}
+
+impl BackwardProof {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("proofs serialize")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, crate::DecodeError> {
+        crate::decode_exact(bytes)
+    }
+
+    /// Checks that each header is the one its predecessor links back to, starting from the
+    /// trusted `state`, and returns the last (earliest) header.
+    pub fn verify(&self, trusted: &ChainState) -> Result<Verified<EarlierBlock>, ProofError> {
+        let params = &trusted.params;
+        let mut current = &trusted.header;
+        for (step, h) in self.headers.iter().enumerate() {
+            let (from, index) = (current.index, h.index);
+            let expected_chain = if index == 0 { None } else { Some(trusted.chain) };
+            let genesis_ok = index != 0 || h.params == Some(*params);
+            if h.chain != expected_chain || !genesis_ok || (index != 0 && check_links(params, h).is_err()) {
+                return Err(ProofError::BackwardHeader { step, index });
+            }
+            let Some(level) = params.link_level(index, from) else {
+                return Err(ProofError::NotBackward { step, from, index });
+            };
+            if current.back_links.get(level as usize) != Some(&h.id()) {
+                return Err(ProofError::BackwardLink { step, from, index });
+            }
+            current = h;
+        }
+        if let Some(payload) = &self.payload {
+            if payload_hash(payload) != current.payload_hash {
+                return Err(ProofError::PayloadHash);
+            }
+        }
+        Ok(Verified::new(EarlierBlock { header: current.clone(), payload: self.payload.clone() }))
+    }
+}

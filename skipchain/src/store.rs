@@ -1,0 +1,329 @@
+//! Block stores: the `Store` trait, an in-memory store, and the chain operations on any
+//! store (append with full validation, head state, proof building).
+//!
+//! Proofs are built from a handful of block reads, never by loading a chain.
+
+use crate::block::{Block, BlockId, ChainId, ChainParams};
+use crate::chain::{BlockError, ChainState, Verified};
+use crate::proof::{backward_path, forward_path, BackwardProof, Proof, ProofStep};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+
+/// What a store keeps per chain next to its blocks, updated atomically with each append:
+/// the head's index and where the committee and policy in force there were carried, so
+/// that loading the head state reads three blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadRecord {
+    pub index: u64,
+    pub committee_at: u64,
+    pub policy_at: u64,
+    pub params: ChainParams,
+}
+
+/// A block store holding many chains, keyed by chain id.
+///
+/// Implementations write each commit atomically (block, indices and head together) and,
+/// once `commit` returns, durably. They do not validate: [`append`] does, then commits.
+pub trait Store: Send + Sync {
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    fn chains(&self) -> Result<Vec<ChainId>, Self::Error>;
+    fn head(&self, chain: &ChainId) -> Result<Option<HeadRecord>, Self::Error>;
+    fn block(&self, chain: &ChainId, index: u64) -> Result<Option<Block>, Self::Error>;
+    /// The id of a block, without reading the whole block where the store can.
+    fn block_id(&self, chain: &ChainId, index: u64) -> Result<Option<BlockId>, Self::Error> {
+        Ok(self.block(chain, index)?.map(|b| b.id()))
+    }
+    /// Which chain and index a block id is.
+    fn locate(&self, id: &BlockId) -> Result<Option<(ChainId, u64)>, Self::Error>;
+    /// The checkpoints (genesis excluded) with `after < index < before`, ascending.
+    fn checkpoints(&self, chain: &ChainId, after: u64, before: u64) -> Result<Vec<u64>, Self::Error>;
+    /// Writes `block` as the new head if the chain's head is still `expected_head` (`None`:
+    /// the chain must not exist). Returns `Ok(false)`, writing nothing, if it is not.
+    fn commit(&self, expected_head: Option<u64>, write: &Commit<'_>) -> Result<bool, Self::Error>;
+}
+
+/// Everything one append writes.
+#[derive(Debug)]
+pub struct Commit<'a> {
+    pub chain: ChainId,
+    pub block: &'a Block,
+    pub id: BlockId,
+    pub head: HeadRecord,
+    pub is_checkpoint: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError<E: std::error::Error + 'static> {
+    #[error("storage: {0}")]
+    Backend(#[source] E),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+    #[error("block refused: {0}")]
+    Block(#[from] BlockError),
+    #[error("chain {0} is not in this store")]
+    UnknownChain(ChainId),
+    #[error("chain {0} already exists")]
+    ChainExists(ChainId),
+    #[error("the head of chain {chain} moved while the block was checked (now {head:?}); retry on the new head")]
+    Conflict { chain: ChainId, head: Option<u64> },
+    #[error("no block {index} in chain {chain} (head is {head})")]
+    NoSuchBlock { chain: ChainId, index: u64, head: u64 },
+    #[error("a proof from block {from} to block {to} must go {direction}")]
+    WrongDirection { from: u64, to: u64, direction: &'static str },
+}
+
+type StoreResult<T, E> = Result<T, StoreError<E>>;
+
+fn need<T, E: std::error::Error>(value: Option<T>, what: impl FnOnce() -> String) -> StoreResult<T, E> {
+    value.ok_or_else(|| StoreError::Corrupt(what()))
+}
+
+/// The verified state of a chain at its head, read from the store (which holds only
+/// blocks that were verified before they were written).
+pub fn head_state<S: Store>(store: &S, chain: &ChainId) -> StoreResult<Verified<ChainState>, S::Error> {
+    let head = store.head(chain).map_err(StoreError::Backend)?.ok_or(StoreError::UnknownChain(*chain))?;
+    let block =
+        need(store.block(chain, head.index).map_err(StoreError::Backend)?, || format!("head {} missing", head.index))?;
+    let committee = match block.committee.clone() {
+        Some(c) => c,
+        None => {
+            need(store.block(chain, head.committee_at).map_err(StoreError::Backend)?.and_then(|b| b.committee), || {
+                format!("committee at {} missing", head.committee_at)
+            })?
+        }
+    };
+    let policy = match block.policy.clone() {
+        Some(p) => p,
+        None => need(store.block(chain, head.policy_at).map_err(StoreError::Backend)?.and_then(|b| b.policy), || {
+            format!("policy at {} missing", head.policy_at)
+        })?,
+    };
+    Ok(Verified::new(ChainState {
+        chain: *chain,
+        params: head.params,
+        id: block.id(),
+        is_checkpoint: block.committee.is_some() || block.policy.is_some(),
+        header: block.header,
+        committee: Arc::new(committee),
+        policy: Arc::new(policy),
+    }))
+}
+
+/// Validates `block` completely (a genesis, or the successor of its chain's head with its
+/// collective signature) and appends it. Nothing is written if any check fails.
+pub fn append<S: Store>(store: &S, block: &Block) -> StoreResult<Verified<ChainState>, S::Error> {
+    let (state, expected_head) = match block.header.chain {
+        None => {
+            let state = ChainState::genesis(block)?;
+            if store.head(&state.chain).map_err(StoreError::Backend)?.is_some() {
+                return Err(StoreError::ChainExists(state.chain));
+            }
+            (state, None)
+        }
+        Some(chain) => {
+            let head = head_state(store, &chain)?;
+            let link = |index: u64| store.block_id(&chain, index).ok().flatten();
+            (head.extend(block, link)?, Some(head.header.index))
+        }
+    };
+    commit_verified(store, &state, block, expected_head)?;
+    Ok(state)
+}
+
+/// Appends a block already checked into `state` (by [`ChainState::extend`] or
+/// [`ChainState::genesis`]) on top of `expected_head`.
+pub fn commit_verified<S: Store>(
+    store: &S,
+    state: &Verified<ChainState>,
+    block: &Block,
+    expected_head: Option<u64>,
+) -> StoreResult<(), S::Error> {
+    let index = state.header.index;
+    let previous = match expected_head {
+        Some(_) => store.head(&state.chain).map_err(StoreError::Backend)?,
+        None => None,
+    };
+    let head = HeadRecord {
+        index,
+        committee_at: if block.committee.is_some() { index } else { previous.map_or(0, |p| p.committee_at) },
+        policy_at: if block.policy.is_some() { index } else { previous.map_or(0, |p| p.policy_at) },
+        params: state.params,
+    };
+    let write = Commit { chain: state.chain, block, id: state.id, head, is_checkpoint: state.is_checkpoint };
+    if store.commit(expected_head, &write).map_err(StoreError::Backend)? {
+        Ok(())
+    } else {
+        let head = store.head(&state.chain).map_err(StoreError::Backend)?.map(|h| h.index);
+        Err(StoreError::Conflict { chain: state.chain, head })
+    }
+}
+
+fn head_index<S: Store>(store: &S, chain: &ChainId) -> StoreResult<u64, S::Error> {
+    Ok(store.head(chain).map_err(StoreError::Backend)?.ok_or(StoreError::UnknownChain(*chain))?.index)
+}
+
+fn read_block<S: Store>(store: &S, chain: &ChainId, index: u64, head: u64) -> StoreResult<Block, S::Error> {
+    store.block(chain, index).map_err(StoreError::Backend)?.ok_or(StoreError::NoSuchBlock {
+        chain: *chain,
+        index,
+        head,
+    })
+}
+
+/// The forward proof from block `from` to block `to` (both stored, `from <= to`).
+pub fn prove<S: Store>(
+    store: &S,
+    chain: &ChainId,
+    from: u64,
+    to: u64,
+    with_payload: bool,
+) -> StoreResult<Proof, S::Error> {
+    let head = head_index(store, chain)?;
+    if to > head {
+        return Err(StoreError::NoSuchBlock { chain: *chain, index: to, head });
+    }
+    if from > to {
+        return Err(StoreError::WrongDirection { from, to, direction: "forward" });
+    }
+    let params = store.head(chain).map_err(StoreError::Backend)?.expect("head read above").params;
+    let checkpoints = store.checkpoints(chain, from, to).map_err(StoreError::Backend)?;
+    let mut steps = Vec::new();
+    let mut payload = None;
+    for index in forward_path(&params, from, to, &checkpoints) {
+        let block = read_block(store, chain, index, head)?;
+        let signature = need(block.signature, || format!("block {index} has no signature"))?;
+        if index == to && with_payload {
+            payload = Some(block.payload);
+        }
+        steps.push(ProofStep { header: block.header, signature, committee: block.committee, policy: block.policy });
+    }
+    if with_payload && from == to {
+        payload = Some(read_block(store, chain, to, head)?.payload);
+    }
+    Ok(Proof { steps, payload })
+}
+
+/// The backward proof from block `from` down to block `to` (`to <= from`).
+pub fn prove_backward<S: Store>(
+    store: &S,
+    chain: &ChainId,
+    from: u64,
+    to: u64,
+    with_payload: bool,
+) -> StoreResult<BackwardProof, S::Error> {
+    let head = head_index(store, chain)?;
+    if from > head {
+        return Err(StoreError::NoSuchBlock { chain: *chain, index: from, head });
+    }
+    if to > from {
+        return Err(StoreError::WrongDirection { from, to, direction: "backward" });
+    }
+    let params = store.head(chain).map_err(StoreError::Backend)?.expect("head read above").params;
+    let mut headers = Vec::new();
+    let mut payload = None;
+    for index in backward_path(&params, from, to) {
+        let block = read_block(store, chain, index, head)?;
+        if index == to && with_payload {
+            payload = Some(block.payload);
+        }
+        headers.push(block.header);
+    }
+    if with_payload && from == to {
+        payload = Some(read_block(store, chain, to, head)?.payload);
+    }
+    Ok(BackwardProof { headers, payload })
+}
+
+/// A store in memory, for tests, simulations and benchmarks. Same semantics as the
+/// RocksDB store, without durability.
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: RwLock<MemoryInner>,
+}
+
+#[derive(Default)]
+struct MemoryInner {
+    chains: HashMap<ChainId, MemoryChain>,
+    by_id: HashMap<BlockId, (ChainId, u64)>,
+}
+
+struct MemoryChain {
+    blocks: Vec<Block>,
+    ids: Vec<BlockId>,
+    head: HeadRecord,
+    checkpoints: BTreeSet<u64>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Store for MemoryStore {
+    type Error = std::convert::Infallible;
+
+    fn chains(&self) -> Result<Vec<ChainId>, Self::Error> {
+        Ok(self.inner.read().expect("lock").chains.keys().copied().collect())
+    }
+
+    fn head(&self, chain: &ChainId) -> Result<Option<HeadRecord>, Self::Error> {
+        Ok(self.inner.read().expect("lock").chains.get(chain).map(|c| c.head))
+    }
+
+    fn block(&self, chain: &ChainId, index: u64) -> Result<Option<Block>, Self::Error> {
+        let inner = self.inner.read().expect("lock");
+        Ok(inner.chains.get(chain).and_then(|c| c.blocks.get(index as usize)).cloned())
+    }
+
+    fn block_id(&self, chain: &ChainId, index: u64) -> Result<Option<BlockId>, Self::Error> {
+        let inner = self.inner.read().expect("lock");
+        Ok(inner.chains.get(chain).and_then(|c| c.ids.get(index as usize)).copied())
+    }
+
+    fn locate(&self, id: &BlockId) -> Result<Option<(ChainId, u64)>, Self::Error> {
+        Ok(self.inner.read().expect("lock").by_id.get(id).copied())
+    }
+
+    fn checkpoints(&self, chain: &ChainId, after: u64, before: u64) -> Result<Vec<u64>, Self::Error> {
+        let inner = self.inner.read().expect("lock");
+        if after.saturating_add(1) >= before {
+            return Ok(Vec::new());
+        }
+        Ok(inner.chains.get(chain).map_or_else(Vec::new, |c| c.checkpoints.range(after + 1..before).copied().collect()))
+    }
+
+    fn commit(&self, expected_head: Option<u64>, write: &Commit<'_>) -> Result<bool, Self::Error> {
+        let mut inner = self.inner.write().expect("lock");
+        let current = inner.chains.get(&write.chain).map(|c| c.head.index);
+        if current != expected_head {
+            return Ok(false);
+        }
+        let index = write.head.index;
+        inner.by_id.insert(write.id, (write.chain, index));
+        match inner.chains.get_mut(&write.chain) {
+            Some(chain) => {
+                chain.blocks.push(write.block.clone());
+                chain.ids.push(write.id);
+                chain.head = write.head;
+                if write.is_checkpoint {
+                    chain.checkpoints.insert(index);
+                }
+            }
+            None => {
+                inner.chains.insert(
+                    write.chain,
+                    MemoryChain {
+                        blocks: vec![write.block.clone()],
+                        ids: vec![write.id],
+                        head: write.head,
+                        checkpoints: BTreeSet::new(),
+                    },
+                );
+            }
+        }
+        Ok(true)
+    }
+}

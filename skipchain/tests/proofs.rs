@@ -1,0 +1,162 @@
+//! Property tests of catch-up proofs over random chains.
+
+mod common;
+
+use chainiac_skipchain::proof::forward_path;
+use chainiac_skipchain::store::{self, MemoryStore, Store};
+use chainiac_skipchain::{ChainParams, ChainState, Proof};
+use common::TestChain;
+use proptest::prelude::*;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use std::collections::HashSet;
+
+/// `⌈log_b(n)⌉` for n >= 1.
+fn ceil_log(base: u64, n: u64) -> u64 {
+    let (mut k, mut p) = (0, 1u64);
+    while p < n {
+        p = p.saturating_mul(base);
+        k += 1;
+    }
+    k
+}
+
+/// The hop bound: `2·(b−1)·⌈log_b(len+1)⌉ + 1` for each stretch between the checkpoints a
+/// proof must land on. (With no checkpoint in between this is the bound; each
+/// checkpoint adds the cost of one more climb, see the skipchain section of SPEC.md.)
+fn hop_bound(params: &ChainParams, from: u64, to: u64, checkpoints: &[u64]) -> u64 {
+    let b = params.base as u64;
+    let mut stops: Vec<u64> = checkpoints.iter().copied().filter(|&c| c > from && c < to).collect();
+    stops.push(to);
+    let mut at = from;
+    let mut bound = 0;
+    for stop in stops {
+        bound += 2 * (b - 1) * ceil_log(b, stop - at + 1) + 1;
+        at = stop;
+    }
+    bound
+}
+
+fn build_chain(base: u8, len: u64, change_per_mille: u32, seed: u64) -> (TestChain<MemoryStore>, Vec<u64>) {
+    // Heights never cap within the chain, so hops are logarithmic.
+    let mut max_height = 1u8;
+    while (base as u64).pow(max_height as u32 - 1) < len.max(1) {
+        max_height += 1;
+    }
+    let params = ChainParams::new(base, max_height + 1).unwrap();
+    let mut chain = TestChain::new(MemoryStore::new(), params, 4, seed);
+    let mut rng = ChaCha20Rng::seed_from_u64(seed ^ 0x5eed);
+    let mut checkpoints = Vec::new();
+    for _ in 0..len {
+        let roll = rng.next_u32() % 1000;
+        let new_members = (roll < change_per_mille / 2).then(|| 3 + rng.next_u32() as usize % 5);
+        let new_policy = (change_per_mille / 2..change_per_mille).contains(&roll);
+        let absent = rng.next_u32() as usize % 3;
+        let index = chain.push(new_members, new_policy, absent);
+        if new_members.is_some() || new_policy {
+            checkpoints.push(index);
+        }
+    }
+    (chain, checkpoints)
+}
+
+fn state_at(chain: &TestChain<MemoryStore>, index: u64) -> ChainState {
+    let proof = store::prove(&chain.store, &chain.chain, 0, index, false).unwrap();
+    proof.verify(&chain.genesis_state()).unwrap().into_inner().state
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    #[test]
+    fn proofs_between_blocks_verify_within_the_hop_bound(
+        base in 2u8..=8,
+        len in 1u64..2500,
+        change_per_mille in 0u32..40,
+        seed in any::<u64>(),
+    ) {
+        let (chain, checkpoints) = build_chain(base, len, change_per_mille, seed);
+        let head = chain.head();
+        prop_assert_eq!(head.index(), len);
+        let params = head.params;
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut pairs = vec![(0, len), (len, len), (0, 0)];
+        for &c in &checkpoints {
+            pairs.push((c.saturating_sub(1), (c + 1).min(len)));
+        }
+        for _ in 0..24 {
+            let a = rng.next_u64() % (len + 1);
+            let b = rng.next_u64() % (len + 1);
+            pairs.push((a.min(b), a.max(b)));
+        }
+        for (i, j) in pairs {
+            let trusted = state_at(&chain, i);
+            let proof = store::prove(&chain.store, &chain.chain, i, j, true).unwrap();
+            let caught = proof.verify(&trusted).unwrap();
+            prop_assert_eq!(caught.state.index(), j);
+            prop_assert_eq!(Some(caught.state.id), chain.store.block_id(&chain.chain, j).unwrap());
+            prop_assert_eq!(caught.payload.clone(), Some(chain.store.block(&chain.chain, j).unwrap().unwrap().payload));
+            let crossed: Vec<u64> = checkpoints.iter().copied().filter(|&c| c > i && c <= j).collect();
+            prop_assert_eq!(&caught.checkpoints, &crossed, "lands on every checkpoint");
+            let hops = proof.steps.len() as u64;
+            prop_assert!(hops <= hop_bound(&params, i, j, &checkpoints), "{} hops from {} to {} (b = {})", hops, i, j, base);
+            prop_assert_eq!(hops as usize, forward_path(&params, i, j, &checkpoints).len());
+            let committees: Vec<[u8; 32]> = proof.steps.iter().filter_map(|s| s.committee.as_ref()).map(|c| c.hash()).collect();
+            let distinct: HashSet<_> = committees.iter().collect();
+            prop_assert_eq!(distinct.len(), committees.len(), "each committee at most once");
+            prop_assert!(!committees.contains(&trusted.committee.hash()), "the trusted committee is not repeated");
+            // The state a proof reaches is the state the store holds at the head.
+            if j == len {
+                prop_assert_eq!(&caught.state, &*head);
+            }
+        }
+    }
+
+}
+
+proptest! {
+    // Every byte of every proof: fewer, shorter chains.
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+    #[test]
+    fn changing_any_byte_of_a_proof_breaks_it(base in 2u8..=4, len in 2u64..200, seed in any::<u64>()) {
+        let (chain, _) = build_chain(base, len, 30, seed);
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let i = rng.next_u64() % len;
+        let trusted = state_at(&chain, i);
+        let proof = store::prove(&chain.store, &chain.chain, i, len, true).unwrap();
+        let bytes = proof.to_bytes();
+        prop_assert!(Proof::from_bytes(&bytes).unwrap().verify(&trusted).is_ok());
+        for position in 0..bytes.len() {
+            let mut tampered = bytes.clone();
+            tampered[position] ^= 1 << (rng.next_u32() % 8);
+            let accepted = Proof::from_bytes(&tampered).ok().and_then(|p| p.verify(&trusted).ok());
+            prop_assert!(accepted.is_none(), "byte {} of {} changed and the proof still verified", position, bytes.len());
+        }
+    }
+
+    #[test]
+    fn backward_proofs_reach_any_earlier_block(base in 2u8..=8, len in 1u64..2000, seed in any::<u64>()) {
+        let (chain, _) = build_chain(base, len, 10, seed);
+        let head = chain.head();
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        for _ in 0..16 {
+            let to = rng.next_u64() % (len + 1);
+            let proof = store::prove_backward(&chain.store, &chain.chain, len, to, true).unwrap();
+            let chainiac_skipchain::proof::EarlierBlock { header, payload } = proof.verify(&head).unwrap().into_inner();
+            prop_assert_eq!(header.index, to);
+            prop_assert_eq!(Some(header.id()), chain.store.block_id(&chain.chain, to).unwrap());
+            prop_assert_eq!(payload, Some(chain.store.block(&chain.chain, to).unwrap().unwrap().payload));
+            let bound = 2 * (base as u64 - 1) * ceil_log(base as u64, len - to + 1) + 1;
+            prop_assert!(proof.headers.len() as u64 <= bound);
+            let bytes = proof.to_bytes();
+            for _ in 0..8 {
+                let mut tampered = bytes.clone();
+                let position = rng.next_u32() as usize % bytes.len();
+                tampered[position] ^= 1 << (rng.next_u32() % 8);
+                let accepted = chainiac_skipchain::BackwardProof::from_bytes(&tampered).ok().and_then(|p| p.verify(&head).ok());
+                prop_assert!(accepted.is_none(), "backward proof byte {} changed and still verified", position);
+            }
+        }
+    }
+}
