@@ -261,7 +261,7 @@ impl ChainState {
 }
 
 /// What the layer above wants in the next block.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Proposal {
     pub kind: u16,
     pub payload: Vec<u8>,

@@ -1,0 +1,14 @@
+//! # chainiac-proto
+//!
+//! What goes over the network: the messages ([`message`]), how they are framed
+//! ([`frame`]: version, class, length, postcard body, hard size limits), and QUIC endpoints
+//! whose TLS identity is the node's roster key ([`tls`], [`endpoint`]).
+
+pub mod endpoint;
+pub mod frame;
+pub mod message;
+pub mod tls;
+
+pub use endpoint::{call, CallError, Pool};
+pub use frame::{FrameClass, FrameError, VERSION};
+pub use message::{Announce, ErrorCode, ErrorReply, HeadInfo, NodeStatus, Request, Response};
