@@ -107,6 +107,20 @@ impl Tree {
         mask
     }
 
+    /// The number of edges from the leader to `member` (`None` outside the tree).
+    pub fn depth_of(&self, member: usize) -> Option<usize> {
+        let mut p = *self.position.get(member)? as usize;
+        if p == u32::MAX as usize {
+            return None;
+        }
+        let mut depth = 0;
+        while p > 0 {
+            p = (p - 1) / self.branching;
+            depth += 1;
+        }
+        Some(depth)
+    }
+
     /// The number of edges on the longest path from the leader to a leaf.
     pub fn depth(&self) -> usize {
         // Level d + 1 starts right after the last position of level d.
@@ -148,7 +162,12 @@ mod tests {
             }
             for m in 0..members {
                 prop_assert_eq!(tree.contains(m), m == leader || !excluded.contains(m));
+                if let Some(parent) = tree.parent(m) {
+                    prop_assert_eq!(tree.depth_of(m), tree.depth_of(parent).map(|d| d + 1));
+                }
+                prop_assert!(tree.depth_of(m).is_none_or(|d| d <= tree.depth()));
             }
+            prop_assert_eq!(tree.depth_of(leader), Some(0));
         }
     }
 

@@ -1,0 +1,176 @@
+//! `chainiac witness init | run | status`.
+
+use crate::UsageError;
+use anyhow::{Context, Result};
+use chainiac_cosi::{Member, PublicKey, SecretKey};
+use chainiac_proto::message::{Request, Response};
+use chainiac_witness::config::{MemberEntry, Peer, WitnessConfig};
+use chainiac_witness::{keyfile, Witness};
+use clap::Subcommand;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Subcommand)]
+pub enum WitnessCommand {
+    /// Create a node key (mode 0600) and a config in DIR, and print the roster entry to
+    /// hand to the projects this witness will serve.
+    Init {
+        /// Folder for the key, the config and the data.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Address to listen on (UDP).
+        #[arg(long, default_value = "127.0.0.1:7441")]
+        listen: SocketAddr,
+        /// Address others reach this node at, if not the listen address.
+        #[arg(long)]
+        address: Option<String>,
+        /// Children per node in cosigning trees.
+        #[arg(long, default_value_t = 8)]
+        branching: u32,
+        /// A witness allowed to bring this node chains it does not serve yet: KEY@HOST:PORT.
+        #[arg(long = "peer")]
+        peers: Vec<String>,
+        /// Print the roster entry as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve until SIGINT or SIGTERM.
+    Run {
+        /// The config file `init` wrote.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Ask a running witness for its health and counters.
+    Status {
+        /// The witness's address.
+        #[arg(long)]
+        address: String,
+        /// The witness's public key (hex), pinned for the connection.
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(command: WitnessCommand) -> Result<()> {
+    match command {
+        WitnessCommand::Init { dir, listen, address, branching, peers, json } => {
+            init(dir, listen, address, branching, peers, json)
+        }
+        WitnessCommand::Run { config } => serve(config),
+        WitnessCommand::Status { address, key, json } => status(address, key, json),
+    }
+}
+
+fn parse_peer(spec: &str) -> Result<Peer> {
+    let (key, address) = spec.split_once('@').ok_or_else(|| UsageError(format!("peer {spec} is not KEY@HOST:PORT")))?;
+    let peer = Peer { key: key.to_string(), address: address.to_string() };
+    peer.public_key().ok_or_else(|| UsageError(format!("peer key {key} is not a valid public key")))?;
+    Ok(peer)
+}
+
+fn init(
+    dir: PathBuf,
+    listen: SocketAddr,
+    address: Option<String>,
+    branching: u32,
+    peers: Vec<String>,
+    json: bool,
+) -> Result<()> {
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key = SecretKey::generate(&mut rand_core::OsRng);
+    keyfile::write(&dir.join("node.key"), &key)?;
+    let mut config = WitnessConfig::new(listen, address.unwrap_or_else(|| listen.to_string()));
+    config.branching = branching;
+    config.peers = peers.iter().map(|p| parse_peer(p)).collect::<Result<_>>()?;
+    let config_path = dir.join("witness.toml");
+    std::fs::write(&config_path, config.to_toml()).with_context(|| format!("writing {}", config_path.display()))?;
+    let entry = MemberEntry::from_member(&Member::new(&key, config.address.clone()));
+    let entry_toml = toml::to_string(&entry).expect("entries serialize");
+    std::fs::write(dir.join("member.toml"), format!("[[member]]\n{entry_toml}")).context("writing member.toml")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entry)?);
+    } else {
+        eprintln!(
+            "wrote {} (key, mode 0600), {} and member.toml",
+            dir.join("node.key").display(),
+            config_path.display()
+        );
+        eprintln!("roster entry for this witness (append it to a project's roster file):");
+        println!("[[member]]\n{entry_toml}");
+    }
+    Ok(())
+}
+
+fn serve(config_path: PathBuf) -> Result<()> {
+    let config = WitnessConfig::load(&config_path).map_err(|e| UsageError(e.to_string()))?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listen = config.listen;
+        let witness = Witness::start(config)?;
+        tracing::info!(%listen, key = %witness.node.public_key(), "witness serving");
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        witness.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}
+
+pub fn parse_key(hex_key: &str) -> Result<PublicKey> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(hex_key, &mut bytes).map_err(|_| UsageError(format!("key {hex_key} is not 64 hex digits")))?;
+    Ok(PublicKey::from_bytes(&bytes).map_err(|e| UsageError(format!("key {hex_key}: {e}")))?)
+}
+
+fn status(address: String, key: String, json: bool) -> Result<()> {
+    let key = parse_key(&key)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let endpoint = chainiac_proto::endpoint::client("0.0.0.0:0".parse().expect("valid"))?;
+        let me = SecretKey::generate(&mut rand_core::OsRng);
+        let connection = chainiac_proto::endpoint::connect(&endpoint, &me, &address, &key).await?;
+        let response = chainiac_proto::call(&connection, &Request::Status, Duration::from_secs(5)).await?;
+        let Response::Status(status) = response else { anyhow::bail!("unexpected answer: {response:?}") };
+        if json {
+            let chains: Vec<_> = status
+                .chains
+                .iter()
+                .map(|c| serde_json::json!({"chain": c.chain.to_hex(), "head": c.index, "head_id": c.id.to_hex()}))
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "key": hex::encode(status.key),
+                    "address": status.address,
+                    "uptime_s": status.uptime_s,
+                    "rounds_led": status.rounds_led,
+                    "rounds_failed": status.rounds_failed,
+                    "blocks_signed": status.blocks_signed,
+                    "refused_frames": status.refused_frames,
+                    "chains": chains,
+                })
+            );
+        } else {
+            println!("witness {} at {} (up {} s)", hex::encode(status.key), status.address, status.uptime_s);
+            println!(
+                "rounds led {}, failed {}, blocks signed {}, frames refused {}",
+                status.rounds_led, status.rounds_failed, status.blocks_signed, status.refused_frames
+            );
+            for chain in status.chains {
+                println!("chain {}  head {}  {}", chain.chain.to_hex(), chain.index, chain.id.to_hex());
+            }
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,218 @@
+//! Starts real `chainiac witness` processes on 127.0.0.1 with their own RocksDB folders,
+//! and talks to them over QUIC like a client would.
+#![allow(dead_code)]
+
+use chainiac_cosi::{PublicKey, Roster, SecretKey};
+use chainiac_proto::endpoint;
+use chainiac_proto::message::{ErrorReply, Request, Response};
+use chainiac_proto::CallError;
+use chainiac_skipchain::{genesis, Block, ChainId, ChainParams, ChainState, Committee, Proposal};
+use chainiac_witness::config::RosterFile;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_chainiac");
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+pub struct WitnessProcess {
+    pub dir: PathBuf,
+    pub address: String,
+    pub key: PublicKey,
+    child: Option<Child>,
+}
+
+impl WitnessProcess {
+    /// `chainiac witness init` in `dir`.
+    pub fn init(dir: &Path) -> Self {
+        let address = format!("127.0.0.1:{}", free_port());
+        let out = Command::new(BIN)
+            .args(["witness", "init", "--dir", dir.to_str().unwrap(), "--listen", &address, "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let entry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let key = parse_key(entry["key"].as_str().unwrap());
+        WitnessProcess { dir: dir.to_path_buf(), address, key, child: None }
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("witness.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["witness", "run", "--config", self.dir.join("witness.toml").to_str().unwrap(), "--log", "info"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        child.wait().unwrap()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("witness.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for WitnessProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn parse_key(hex_key: &str) -> PublicKey {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(hex_key, &mut bytes).unwrap();
+    PublicKey::from_bytes(&bytes).unwrap()
+}
+
+pub struct Cluster {
+    pub root: tempfile::TempDir,
+    pub witnesses: Vec<WitnessProcess>,
+    pub client: Client,
+}
+
+impl Cluster {
+    /// `n` witnesses initialised and running.
+    pub async fn start(n: usize) -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let mut witnesses: Vec<WitnessProcess> =
+            (0..n).map(|i| WitnessProcess::init(&root.path().join(format!("w{i}")))).collect();
+        for w in &mut witnesses {
+            w.start();
+        }
+        let client = Client::new();
+        for w in &witnesses {
+            client.wait_ready(w).await;
+        }
+        Cluster { root, witnesses, client }
+    }
+
+    /// The roster of witnesses `members`, read from the `member.toml` files `init` wrote.
+    pub fn roster(&self, members: &[usize]) -> Roster {
+        let mut entries = Vec::new();
+        for &i in members {
+            let text = std::fs::read_to_string(self.witnesses[i].dir.join("member.toml")).unwrap();
+            let file: RosterFile = toml::from_str(&text).unwrap();
+            entries.extend(file.member);
+        }
+        RosterFile { member: entries }.to_roster().unwrap()
+    }
+
+    /// Creates a raw chain served by witnesses `members` (Byzantine threshold).
+    pub async fn create_chain(&self, members: &[usize]) -> (ChainId, Block) {
+        let committee = Committee::byzantine(self.roster(members));
+        let genesis =
+            genesis(ChainParams::new(2, 20).unwrap(), committee, b"test policy".to_vec(), 0, vec![], now_ms());
+        let reply =
+            self.client.call(&self.witnesses[members[0]], Request::CreateChain { genesis: genesis.clone() }).await;
+        match reply {
+            Ok(Response::Created { chain }) => (chain, genesis),
+            other => panic!("create chain: {other:?}"),
+        }
+    }
+
+    pub async fn propose(&self, leader: usize, chain: ChainId, payload: &[u8]) -> Result<Block, CallError> {
+        let proposal = Proposal { kind: 0, payload: payload.to_vec(), ..Proposal::default() };
+        match self.client.call(&self.witnesses[leader], Request::Propose { chain, proposal }).await? {
+            Response::Appended { block } => Ok(block),
+            other => panic!("propose: unexpected {other:?}"),
+        }
+    }
+
+    pub async fn head(&self, witness: usize, chain: ChainId) -> Option<u64> {
+        match self.client.call(&self.witnesses[witness], Request::GetHead { chain }).await {
+            Ok(Response::Head(head)) => Some(head.index),
+            _ => None,
+        }
+    }
+
+    /// Waits until witness `i` reports head `index` for `chain`.
+    pub async fn wait_head(&self, i: usize, chain: ChainId, index: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.head(i, chain).await == Some(index) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "witness {i} never reached head {index} (at {:?})",
+                self.head(i, chain).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Verifies the chain from its genesis to witness `i`'s head with a proof it serves.
+    pub async fn prove_from_genesis(&self, i: usize, chain: ChainId, genesis: &Block) -> ChainState {
+        let request = Request::GetProof { chain, from: 0, to: None, with_payload: true };
+        let Ok(Response::Proof(proof)) = self.client.call(&self.witnesses[i], request).await else {
+            panic!("no proof")
+        };
+        let trusted = ChainState::genesis(genesis).unwrap();
+        proof.verify(&trusted).unwrap().into_inner().state
+    }
+}
+
+pub struct Client {
+    endpoint: endpoint::Endpoint,
+    key: SecretKey,
+}
+
+impl Client {
+    pub fn new() -> Self {
+        Client {
+            endpoint: endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap(),
+            key: SecretKey::generate(&mut rand_core::OsRng),
+        }
+    }
+
+    pub async fn call(&self, witness: &WitnessProcess, request: Request) -> Result<Response, CallError> {
+        let connection = endpoint::connect(&self.endpoint, &self.key, &witness.address, &witness.key).await?;
+        let reply = endpoint::call(&connection, &request, CALL_TIMEOUT).await;
+        connection.close(0u32.into(), b"done");
+        reply
+    }
+
+    pub async fn wait_ready(&self, witness: &WitnessProcess) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.call(witness, Request::Status).await.is_err() {
+            assert!(Instant::now() < deadline, "witness at {} never came up:\n{}", witness.address, witness.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub fn refusal(error: &CallError) -> &ErrorReply {
+    match error {
+        CallError::Remote(reply) => reply,
+        other => panic!("expected a refusal from the node, got {other}"),
+    }
+}

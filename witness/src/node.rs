@@ -1,0 +1,727 @@
+//! The witness node: what it does with each request. The server (`server.rs`) moves frames
+//! in and out; the cores (`cosi`, `skipchain`) decide; this module holds the node's state
+//! between the two and the rules that are the node's own (promises, reservations, who may
+//! ask what).
+
+use crate::config::WitnessConfig;
+use crate::metrics::Metrics;
+use crate::rules;
+use chainiac_cosi::protocol::{
+    commit, Aggregator, Challenge, Leader, ProtocolError, Response as CosiResponse, RoundError, Session, SessionId,
+    SignerNonces, Tree,
+};
+use chainiac_cosi::{Mask, Member, PublicKey, Roster, SecretKey};
+use chainiac_proto::message::{Announce, ErrorCode, ErrorReply, HeadInfo, NodeStatus, Request, Response};
+use chainiac_proto::{CallError, Pool};
+use chainiac_skipchain::rocks::RocksStore;
+use chainiac_skipchain::store::{self, Store, StoreError};
+use chainiac_skipchain::{Block, BlockId, ChainId, ChainState, Proposal};
+use rand_core::{OsRng, RngCore};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::{debug, info, warn};
+
+/// Column family of promises: `chain || index` → the one block id this node will sign there.
+pub const CF_PROMISES: &str = "promises";
+/// Most blocks one `GetBlocks` answer carries.
+const MAX_BLOCKS_PER_ANSWER: u32 = 256;
+/// Attempts per round before the leader gives up.
+const MAX_ATTEMPTS: usize = 3;
+
+type Reply = Result<Response, ErrorReply>;
+
+fn err(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+    ErrorReply::new(code, message)
+}
+
+fn store_err<E: std::error::Error>(e: StoreError<E>) -> ErrorReply {
+    match e {
+        StoreError::Block(b) => err(ErrorCode::Refused, b.to_string()),
+        StoreError::UnknownChain(c) => err(ErrorCode::NotFound, format!("chain {c} is not served here")),
+        StoreError::NoSuchBlock { .. } => err(ErrorCode::NotFound, e.to_string()),
+        StoreError::Conflict { .. } => err(ErrorCode::Conflict, e.to_string()),
+        StoreError::WrongDirection { .. } | StoreError::ChainExists(_) => err(ErrorCode::BadRequest, e.to_string()),
+        StoreError::Backend(_) | StoreError::Corrupt(_) => err(ErrorCode::Internal, e.to_string()),
+    }
+}
+
+fn protocol_err(e: ProtocolError) -> ErrorReply {
+    err(ErrorCode::BadRequest, format!("cosigning protocol: {e}"))
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// A round this node takes part in, between its commitment and its response.
+struct RoundState {
+    chain: ChainId,
+    block: Block,
+    session: Session,
+    member: usize,
+    tree: Tree,
+    nonces: SignerNonces,
+    aggregator: Option<Aggregator>,
+    expires: Instant,
+}
+
+pub struct Node {
+    key: Arc<SecretKey>,
+    config: WitnessConfig,
+    store: RocksStore,
+    pool: Pool,
+    rounds: Mutex<HashMap<SessionId, RoundState>>,
+    /// `(chain, index)` → the announced block holding that index, until when.
+    reservations: Mutex<HashMap<(ChainId, u64), (BlockId, Instant)>>,
+    /// Makes a promise's check and write one step.
+    promise_lock: Mutex<()>,
+    /// One round led at a time per chain on this node.
+    chain_locks: Mutex<HashMap<ChainId, Arc<tokio::sync::Mutex<()>>>>,
+    pub metrics: Metrics,
+    started: Instant,
+}
+
+impl Node {
+    pub fn new(key: SecretKey, config: WitnessConfig, store: RocksStore, endpoint: quinn::Endpoint) -> Arc<Self> {
+        let key = Arc::new(key);
+        Arc::new(Node {
+            pool: Pool::new(endpoint, key.clone()),
+            key,
+            config,
+            store,
+            rounds: Mutex::new(HashMap::new()),
+            reservations: Mutex::new(HashMap::new()),
+            promise_lock: Mutex::new(()),
+            chain_locks: Mutex::new(HashMap::new()),
+            metrics: Metrics::default(),
+            started: Instant::now(),
+        })
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public_key()
+    }
+
+    pub fn store(&self) -> &RocksStore {
+        &self.store
+    }
+
+    /// Answers one request from the holder of `caller`.
+    pub async fn handle(self: &Arc<Self>, caller: PublicKey, request: Request) -> Response {
+        let name = request.name();
+        let result = match request {
+            Request::Status => self.status(),
+            Request::GetHead { chain } => self.head_info(&chain).map(Response::Head),
+            Request::GetBlock { chain, index } => self
+                .store
+                .block(&chain, index)
+                .map(Response::Block)
+                .map_err(|e| err(ErrorCode::Internal, e.to_string())),
+            Request::GetBlockById { id } => self.block_by_id(&id),
+            Request::GetBlocks { chain, from, count } => self.blocks(&chain, from, count),
+            Request::GetProof { chain, from, to, with_payload } => self.proof(&chain, from, to, with_payload),
+            Request::GetBackwardProof { chain, from, to, with_payload } => {
+                store::prove_backward(&self.store, &chain, from, to, with_payload)
+                    .map(Response::BackwardProof)
+                    .map_err(store_err)
+            }
+            Request::CreateChain { genesis } => self.create_chain(genesis).await,
+            Request::Propose { chain, proposal } => {
+                self.lead(chain, proposal).await.map(|block| Response::Appended { block })
+            }
+            Request::Announce(announce) => self.on_announce(caller, announce).await,
+            Request::Challenge { session, challenge } => self.on_challenge(caller, session, challenge).await,
+            Request::Abort { session } => self.on_abort(caller, session),
+            Request::Commit { block } => self.on_commit(caller, block).await,
+            Request::Genesis { genesis } => self.on_genesis(caller, genesis),
+        };
+        match result {
+            Ok(response) => response,
+            Err(reply) => {
+                debug!(request = name, code = ?reply.code, "refused: {}", reply.message);
+                Response::Error(reply)
+            }
+        }
+    }
+
+    // ---- queries ----
+
+    fn status(&self) -> Reply {
+        let chains = self.store.chains().map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+        let heads = chains.iter().filter_map(|c| self.head_info(c).ok()).collect();
+        let m = &self.metrics;
+        Ok(Response::Status(NodeStatus {
+            key: self.key.public_key().to_bytes(),
+            address: self.config.address.clone(),
+            chains: heads,
+            uptime_s: self.started.elapsed().as_secs(),
+            rounds_led: m.rounds_led.load(Ordering::Relaxed),
+            rounds_failed: m.rounds_failed.load(Ordering::Relaxed),
+            blocks_signed: m.blocks_signed.load(Ordering::Relaxed),
+            refused_frames: m.refused_frames.load(Ordering::Relaxed),
+        }))
+    }
+
+    fn head_info(&self, chain: &ChainId) -> Result<HeadInfo, ErrorReply> {
+        let head = store::head_state(&self.store, chain).map_err(store_err)?;
+        Ok(HeadInfo { chain: *chain, index: head.index(), id: head.id, header: head.header.clone() })
+    }
+
+    fn block_by_id(&self, id: &BlockId) -> Reply {
+        let found = self.store.locate(id).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+        let block = match found {
+            Some((chain, index)) => {
+                self.store.block(&chain, index).map_err(|e| err(ErrorCode::Internal, e.to_string()))?
+            }
+            None => None,
+        };
+        Ok(Response::Block(block))
+    }
+
+    fn blocks(&self, chain: &ChainId, from: u64, count: u32) -> Reply {
+        let mut blocks = Vec::new();
+        for index in from..from.saturating_add(count.min(MAX_BLOCKS_PER_ANSWER) as u64) {
+            match self.store.block(chain, index).map_err(|e| err(ErrorCode::Internal, e.to_string()))? {
+                Some(block) => blocks.push(block),
+                None => break,
+            }
+        }
+        Ok(Response::Blocks(blocks))
+    }
+
+    fn proof(&self, chain: &ChainId, from: u64, to: Option<u64>, with_payload: bool) -> Reply {
+        let to = match to {
+            Some(to) => to,
+            None => self.head_info(chain)?.index,
+        };
+        store::prove(&self.store, chain, from, to, with_payload).map(Response::Proof).map_err(store_err)
+    }
+
+    // ---- who may ask ----
+
+    fn head(&self, chain: &ChainId) -> Result<Arc<ChainState>, ErrorReply> {
+        store::head_state(&self.store, chain).map(|s| Arc::new(s.into_inner())).map_err(store_err)
+    }
+
+    fn is_configured_peer(&self, caller: &PublicKey) -> bool {
+        self.config.peers.iter().any(|p| p.public_key().as_ref() == Some(caller))
+    }
+
+    fn authorize(&self, caller: &PublicKey, roster: &Roster) -> Result<(), ErrorReply> {
+        if roster.index_of(caller).is_some() || self.is_configured_peer(caller) {
+            Ok(())
+        } else {
+            self.metrics.refused_frames.fetch_add(1, Ordering::Relaxed);
+            Err(err(ErrorCode::Forbidden, format!("key {caller} is not a witness of this chain")))
+        }
+    }
+
+    fn member_of(&self, roster: &Roster) -> Result<usize, ErrorReply> {
+        roster
+            .index_of(&self.key.public_key())
+            .ok_or_else(|| err(ErrorCode::Forbidden, "this witness is not in the chain's committee; ask one that is"))
+    }
+
+    // ---- the rules a proposed block must meet here ----
+
+    fn check_block(&self, head: &ChainState, block: &Block) -> Result<(), ErrorReply> {
+        head.check_successor(block, |i| self.store.block_id(&head.chain, i).ok().flatten())
+            .map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
+        let skew = block.header.timestamp_ms.abs_diff(now_ms());
+        if skew > self.config.max_clock_skew_ms {
+            return Err(err(
+                ErrorCode::Refused,
+                format!(
+                    "block time is {skew} ms from this witness's clock (allowed: {} ms)",
+                    self.config.max_clock_skew_ms
+                ),
+            ));
+        }
+        rules::check_payload(head, block).map_err(|reason| err(ErrorCode::Refused, reason))
+    }
+
+    /// Holds `(chain, index)` for `id` for a while, so that concurrent leaders do not split
+    /// the witnesses between two blocks before any response is given.
+    fn reserve(&self, chain: ChainId, index: u64, id: BlockId) -> Result<(), ErrorReply> {
+        let now = Instant::now();
+        let mut reservations = self.reservations.lock().expect("lock");
+        reservations.retain(|_, (_, until)| *until > now);
+        match reservations.get(&(chain, index)) {
+            Some((held, _)) if *held != id => {
+                Err(err(ErrorCode::Busy, format!("index {index} is held by another proposed block; retry shortly")))
+            }
+            _ => {
+                reservations.insert((chain, index), (id, now + Duration::from_millis(self.config.reservation_ms)));
+                Ok(())
+            }
+        }
+    }
+
+    fn release(&self, chain: ChainId, index: u64) {
+        self.reservations.lock().expect("lock").retain(|(c, i), _| !(*c == chain && *i <= index));
+    }
+
+    /// Durably promises to sign no block but `id` at `(chain, index)`; refuses if another
+    /// id was promised. Called before any partial response leaves this node.
+    fn promise(&self, chain: ChainId, index: u64, id: BlockId) -> Result<(), ErrorReply> {
+        let _guard = self.promise_lock.lock().expect("lock");
+        let db = self.store.db();
+        let cf = db.cf_handle(CF_PROMISES).expect("promises column family is opened at start");
+        let mut key = [0u8; 40];
+        key[..32].copy_from_slice(&chain.0);
+        key[32..].copy_from_slice(&index.to_be_bytes());
+        let internal = |e: rocksdb::Error| err(ErrorCode::Internal, format!("promise store: {e}"));
+        match db.get_pinned_cf(cf, key).map_err(internal)? {
+            Some(existing) if existing.as_ref() != id.0 => Err(err(
+                ErrorCode::Refused,
+                format!("this witness already promised another block at index {index} and never signs two"),
+            )),
+            Some(_) => Ok(()),
+            None => {
+                let mut options = rocksdb::WriteOptions::default();
+                options.set_sync(true);
+                db.put_cf_opt(cf, key, id.0, &options).map_err(internal)
+            }
+        }
+    }
+
+    // ---- catching up ----
+
+    async fn call(&self, member: &Member, request: &Request, timeout: Duration) -> Result<Response, CallError> {
+        self.pool.call(&member.address, &member.key, request, timeout).await
+    }
+
+    /// Fetches, checks and appends blocks from `source` until the chain's head is at least
+    /// `index`. A chain unknown here starts from the genesis `source` serves.
+    async fn catch_up(&self, chain: ChainId, index: u64, source: &Member) -> Result<(), ErrorReply> {
+        let timeout = self.config.peer_timeout() * 4;
+        loop {
+            let next = match self.store.head(&chain).map_err(|e| err(ErrorCode::Internal, e.to_string()))? {
+                Some(head) if head.index >= index => return Ok(()),
+                Some(head) => head.index + 1,
+                None => 0,
+            };
+            let request = Request::GetBlocks { chain, from: next, count: MAX_BLOCKS_PER_ANSWER };
+            let blocks = match self.call(source, &request, timeout).await {
+                Ok(Response::Blocks(blocks)) if !blocks.is_empty() => blocks,
+                Ok(_) => {
+                    return Err(err(
+                        ErrorCode::Unavailable,
+                        format!("{} has no block {next} to catch up from", source.address),
+                    ))
+                }
+                Err(e) => return Err(err(ErrorCode::Unavailable, format!("catching up from {}: {e}", source.address))),
+            };
+            for block in blocks {
+                if block.header.index == 0 && block.id() != chain {
+                    return Err(err(ErrorCode::Refused, "the genesis served does not match the chain id"));
+                }
+                match store::append(&self.store, &block) {
+                    Ok(_) | Err(StoreError::ChainExists(_)) => {}
+                    Err(StoreError::Block(chainiac_skipchain::BlockError::WrongIndex { .. })) => {} // raced a commit
+                    Err(e) => return Err(store_err(e)),
+                }
+            }
+            info!(chain = %chain.to_hex()[..16], from = next, "caught up blocks from {}", source.address);
+        }
+    }
+
+    // ---- submissions ----
+
+    async fn create_chain(self: &Arc<Self>, genesis: Block) -> Reply {
+        let state = ChainState::genesis(&genesis).map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
+        let roster = state.committee.roster().clone();
+        self.member_of(&roster)?;
+        match store::append(&self.store, &genesis) {
+            Ok(_) | Err(StoreError::ChainExists(_)) => {}
+            Err(e) => return Err(store_err(e)),
+        }
+        info!(chain = %state.chain.to_hex()[..16], members = roster.len(), "chain created");
+        let request = Request::Genesis { genesis };
+        self.broadcast(&roster, &request).await;
+        Ok(Response::Created { chain: state.chain })
+    }
+
+    fn on_genesis(&self, caller: PublicKey, genesis: Block) -> Reply {
+        let state = ChainState::genesis(&genesis).map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
+        self.authorize(&caller, state.committee.roster())?;
+        self.member_of(state.committee.roster())?;
+        match store::append(&self.store, &genesis) {
+            Ok(_) | Err(StoreError::ChainExists(_)) => Ok(Response::Ack),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+
+    /// Sends `request` to every other member of `roster` and waits (bounded) for them.
+    async fn broadcast(self: &Arc<Self>, roster: &Roster, request: &Request) {
+        let me = self.key.public_key();
+        let mut tasks = tokio::task::JoinSet::new();
+        for member in roster.members().iter().filter(|m| m.key != me) {
+            let (node, member, request) = (self.clone(), member.clone(), request.clone());
+            tasks.spawn(async move {
+                if let Err(e) = node.call(&member, &request, node.config.peer_timeout()).await {
+                    debug!("{} to {} failed: {e}", request.name(), member.address);
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    fn chain_lock(&self, chain: ChainId) -> Arc<tokio::sync::Mutex<()>> {
+        self.chain_locks.lock().expect("lock").entry(chain).or_default().clone()
+    }
+
+    /// Leads a round for the block `proposal` makes on top of the chain's head, appends the
+    /// signed block and tells the other witnesses.
+    pub async fn lead(self: &Arc<Self>, chain: ChainId, mut proposal: Proposal) -> Result<Block, ErrorReply> {
+        let lock = self.chain_lock(chain);
+        let _one_round_per_chain = lock.lock().await;
+        let head = self.head(&chain)?;
+        proposal.timestamp_ms = now_ms().max(head.header.timestamp_ms);
+        let mut block = head
+            .propose(proposal, |i| self.store.block_id(&chain, i).ok().flatten())
+            .map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
+        self.check_block(&head, &block)?;
+        let roster = Arc::new(head.committee.roster().clone());
+        let me = self.member_of(&roster)?;
+        let id = block.id();
+        let index = block.header.index;
+        let threshold = head.committee.threshold();
+        let started = Instant::now();
+        self.metrics.rounds_led.fetch_add(1, Ordering::Relaxed);
+        let mut excluded = Mask::empty(roster.len());
+        let mut last_error = err(ErrorCode::Unavailable, "no attempt made");
+        for attempt in 1..=MAX_ATTEMPTS {
+            self.reserve(chain, index, id)?;
+            let mut session_id = [0u8; 32];
+            OsRng.fill_bytes(&mut session_id);
+            let session_id = SessionId(session_id);
+            let session = Session::new(roster.clone(), session_id, id.0.to_vec());
+            let tree = Tree::new(roster.len(), me, self.config.branching as usize, &excluded);
+            let mut leader =
+                Leader::new(session.clone(), &tree, threshold).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+            let (nonces, own) = commit(&session, me, &self.key, &mut OsRng).map_err(protocol_err)?;
+            leader.aggregator().receive_commitment(me, &own).map_err(protocol_err)?;
+            let announce = Announce {
+                block: block.clone(),
+                session: session_id,
+                leader: me as u32,
+                branching: self.config.branching,
+                excluded: excluded.as_bytes().to_vec(),
+            };
+            let wait = self.wait_for_children(&tree, me);
+            for (child, reply) in
+                self.ask_children(&roster, &tree.children(me), Request::Announce(announce), wait).await
+            {
+                match reply {
+                    Ok(Response::Commitment(c)) => {
+                        if let Err(e) = leader.aggregator().receive_commitment(child, &c) {
+                            warn!(member = child, "bad commitment: {e}");
+                        }
+                    }
+                    Ok(other) => warn!(member = child, "unexpected answer to announce: {other:?}"),
+                    Err(e) => debug!(member = child, "no commitment: {e}"),
+                }
+            }
+            let challenge = match leader.challenge() {
+                Ok(challenge) => challenge,
+                Err(RoundError::BelowThreshold { present, threshold, unreachable }) => {
+                    let hidden = unreachable.iter().any(|&u| !tree.children(u as usize).is_empty());
+                    last_error = err(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "only {present} of {} witnesses answered, {threshold} must sign; unreachable: {}",
+                            roster.len(),
+                            describe(&roster, &unreachable)
+                        ),
+                    );
+                    self.abort_children(&roster, &tree, me, session_id).await;
+                    if hidden && attempt < MAX_ATTEMPTS {
+                        unreachable.iter().for_each(|&u| excluded.insert(u as usize));
+                        continue;
+                    }
+                    break;
+                }
+                Err(e) => {
+                    last_error = err(ErrorCode::Internal, e.to_string());
+                    break;
+                }
+            };
+            self.promise(chain, index, id)?;
+            let own = nonces.respond(&session, &self.key, &challenge).map_err(protocol_err)?;
+            leader.aggregator().receive_response(me, &own).map_err(protocol_err)?;
+            let responders: Vec<usize> =
+                leader.aggregator().expected_responders().into_iter().filter(|&m| m != me).collect();
+            let request = Request::Challenge { session: session_id, challenge };
+            for (child, reply) in self.ask_children(&roster, &responders, request, wait).await {
+                match reply {
+                    Ok(Response::Signed(r)) => {
+                        if let Err(e) = leader.aggregator().receive_response(child, &r) {
+                            warn!(member = child, "bad response: {e}");
+                        }
+                    }
+                    Ok(other) => warn!(member = child, "unexpected answer to challenge: {other:?}"),
+                    Err(e) => debug!(member = child, "no response: {e}"),
+                }
+            }
+            match leader.finish() {
+                Ok(signature) => {
+                    block.signature = Some(signature);
+                    store::append(&self.store, &block).map_err(store_err)?;
+                    self.release(chain, index);
+                    self.metrics.record_round(started.elapsed());
+                    self.metrics.blocks_signed.fetch_add(1, Ordering::Relaxed);
+                    info!(chain = %chain.to_hex()[..16], index, attempt, ms = started.elapsed().as_millis() as u64, "block appended");
+                    self.broadcast(&roster, &Request::Commit { block: block.clone() }).await;
+                    return Ok(block);
+                }
+                Err(RoundError::Faults { faults }) => {
+                    for fault in &faults {
+                        warn!(member = fault.member, address = %roster.member(fault.member as usize).map_or("?", |m| m.address.as_str()), "excluded from the restart: {fault}");
+                        excluded.insert(fault.member as usize);
+                    }
+                    self.metrics.faults_named.fetch_add(faults.len() as u64, Ordering::Relaxed);
+                    last_error = err(
+                        ErrorCode::Unavailable,
+                        format!(
+                            "round failed: {}",
+                            faults.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", ")
+                        ),
+                    );
+                }
+                Err(e) => {
+                    last_error = err(ErrorCode::Internal, e.to_string());
+                    break;
+                }
+            }
+        }
+        self.metrics.rounds_failed.fetch_add(1, Ordering::Relaxed);
+        self.release(chain, index);
+        Err(last_error)
+    }
+
+    /// How long a node at `member`'s depth waits for its children: one peer timeout per
+    /// level below it, so every parent outwaits its children.
+    fn wait_for_children(&self, tree: &Tree, member: usize) -> Duration {
+        let below = tree.depth().saturating_sub(tree.depth_of(member).unwrap_or(0)).max(1);
+        self.config.peer_timeout() * below as u32
+    }
+
+    async fn ask_children(
+        self: &Arc<Self>,
+        roster: &Arc<Roster>,
+        children: &[usize],
+        request: Request,
+        timeout: Duration,
+    ) -> Vec<(usize, Result<Response, CallError>)> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for &child in children {
+            let (node, roster, request) = (self.clone(), roster.clone(), request.clone());
+            tasks.spawn(async move {
+                let member = roster.member(child).expect("children are roster members");
+                (child, node.call(member, &request, timeout).await)
+            });
+        }
+        let mut replies = Vec::with_capacity(children.len());
+        while let Some(result) = tasks.join_next().await {
+            if let Ok(reply) = result {
+                replies.push(reply);
+            }
+        }
+        replies
+    }
+
+    async fn abort_children(self: &Arc<Self>, roster: &Arc<Roster>, tree: &Tree, me: usize, session: SessionId) {
+        let children = tree.children(me);
+        self.ask_children(roster, &children, Request::Abort { session }, self.config.peer_timeout()).await;
+    }
+
+    // ---- taking part in someone else's round ----
+
+    async fn on_announce(self: &Arc<Self>, caller: PublicKey, announce: Announce) -> Reply {
+        let chain =
+            announce.block.header.chain.ok_or_else(|| err(ErrorCode::BadRequest, "a genesis is not announced"))?;
+        let index = announce.block.header.index;
+        let known = self.store.head(&chain).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+        if known.is_none_or(|h| h.index + 1 < index) {
+            let source = self.source_for(&caller, &chain)?;
+            self.catch_up(chain, index - 1, &source).await?;
+        }
+        let head = self.head(&chain)?;
+        let roster = Arc::new(head.committee.roster().clone());
+        self.authorize(&caller, &roster)?;
+        if index <= head.index() {
+            return Err(err(
+                ErrorCode::Conflict,
+                format!("chain is at index {}; propose on the new head", head.index()),
+            ));
+        }
+        let block = announce.block;
+        self.check_block(&head, &block)?;
+        let id = block.id();
+        self.reserve(chain, index, id)?;
+        let me = self.member_of(&roster)?;
+        let leader = announce.leader as usize;
+        let excluded = Mask::from_bytes(&announce.excluded, roster.len())
+            .map_err(|e| err(ErrorCode::BadRequest, format!("excluded mask: {e}")))?;
+        if leader >= roster.len() {
+            return Err(err(ErrorCode::BadRequest, "announce names a leader outside the committee"));
+        }
+        let tree = Tree::new(roster.len(), leader, announce.branching.max(1) as usize, &excluded);
+        if !tree.contains(me) {
+            return Err(err(ErrorCode::BadRequest, "this witness is excluded from the round's tree"));
+        }
+        let session = Session::new(roster.clone(), announce.session, id.0.to_vec());
+        let (nonces, own) = commit(&session, me, &self.key, &mut OsRng).map_err(protocol_err)?;
+        let children = tree.children(me);
+        let (commitment, aggregator) = if children.is_empty() {
+            (own, None)
+        } else {
+            let mut aggregator = Aggregator::new(session.clone(), &tree, me);
+            aggregator.receive_commitment(me, &own).map_err(protocol_err)?;
+            let relay = Announce { block: block.clone(), ..announce };
+            let wait = self.wait_for_children(&tree, me);
+            for (child, reply) in self.ask_children(&roster, &children, Request::Announce(relay), wait).await {
+                if let Ok(Response::Commitment(c)) = reply {
+                    if let Err(e) = aggregator.receive_commitment(child, &c) {
+                        warn!(member = child, "bad commitment: {e}");
+                    }
+                }
+            }
+            (aggregator.commitment().expect("own commitment is in"), Some(aggregator))
+        };
+        let expires = Instant::now() + Duration::from_millis(self.config.reservation_ms);
+        let mut rounds = self.rounds.lock().expect("lock");
+        rounds.retain(|_, r| r.expires > Instant::now());
+        rounds.insert(
+            announce.session,
+            RoundState { chain, block, session, member: me, tree, nonces, aggregator, expires },
+        );
+        Ok(Response::Commitment(commitment))
+    }
+
+    /// The member to catch up from: the caller, if it is a witness this node knows.
+    fn source_for(&self, caller: &PublicKey, chain: &ChainId) -> Result<Member, ErrorReply> {
+        if let Ok(head) = self.head(chain) {
+            if let Some(i) = head.committee.roster().index_of(caller) {
+                return Ok(head.committee.roster().members()[i].clone());
+            }
+        }
+        self.config
+            .peers
+            .iter()
+            .find(|p| p.public_key().as_ref() == Some(caller))
+            .map(|p| Member {
+                key: *caller,
+                proof_of_possession: chainiac_cosi::ProofOfPossession([0; 64]),
+                address: p.address.clone(),
+            })
+            .ok_or_else(|| err(ErrorCode::Forbidden, format!("key {caller} is not a known witness to catch up from")))
+    }
+
+    async fn on_challenge(self: &Arc<Self>, caller: PublicKey, session_id: SessionId, challenge: Challenge) -> Reply {
+        let state = self
+            .rounds
+            .lock()
+            .expect("lock")
+            .remove(&session_id)
+            .ok_or_else(|| err(ErrorCode::NotFound, "unknown or expired session"))?;
+        let RoundState { chain, block, session, member: me, tree, nonces, mut aggregator, .. } = state;
+        let roster = session.roster().clone();
+        self.authorize(&caller, &roster)?;
+        let head = self.head(&chain)?;
+        if head.index() + 1 != block.header.index {
+            return Err(err(ErrorCode::Conflict, format!("chain moved to index {} during the round", head.index())));
+        }
+        if let Some(aggregator) = aggregator.as_mut() {
+            aggregator.receive_challenge(&challenge).map_err(protocol_err)?;
+        }
+        self.promise(chain, block.header.index, block.id())?;
+        let own = nonces.respond(&session, &self.key, &challenge).map_err(protocol_err)?;
+        let Some(mut aggregator) = aggregator else {
+            return Ok(Response::Signed(own));
+        };
+        aggregator.receive_response(me, &own).map_err(protocol_err)?;
+        let responders: Vec<usize> = aggregator.expected_responders().into_iter().filter(|&m| m != me).collect();
+        let wait = self.wait_for_children(&tree, me);
+        let request = Request::Challenge { session: session_id, challenge };
+        for (child, reply) in self.ask_children(&roster, &responders, request, wait).await {
+            if let Ok(Response::Signed(r)) = reply {
+                if let Err(e) = aggregator.receive_response(child, &r) {
+                    warn!(member = child, "bad response: {e}");
+                }
+            }
+        }
+        let response = aggregator.response();
+        if let CosiResponse::Failed { faults } = &response {
+            for fault in faults {
+                warn!(member = fault.member, "named in a round: {fault}");
+            }
+            self.metrics.faults_named.fetch_add(faults.len() as u64, Ordering::Relaxed);
+        }
+        Ok(Response::Signed(response))
+    }
+
+    /// Forgets a round (its nonces are zeroized on drop), frees its index, and passes the
+    /// abort down the tree.
+    fn on_abort(self: &Arc<Self>, caller: PublicKey, session: SessionId) -> Reply {
+        let state = {
+            let mut rounds = self.rounds.lock().expect("lock");
+            match rounds.get(&session) {
+                None => return Ok(Response::Ack),
+                Some(state) if state.session.roster().index_of(&caller).is_none() => {
+                    return Err(err(ErrorCode::Forbidden, "only a committee member may abort a round"));
+                }
+                Some(_) => rounds.remove(&session).expect("present"),
+            }
+        };
+        self.release(state.chain, state.block.header.index);
+        if !state.tree.children(state.member).is_empty() {
+            let node = self.clone();
+            tokio::spawn(async move {
+                let roster = state.session.roster().clone();
+                node.abort_children(&roster, &state.tree, state.member, session).await;
+            });
+        }
+        Ok(Response::Ack)
+    }
+
+    async fn on_commit(self: &Arc<Self>, caller: PublicKey, block: Block) -> Reply {
+        let chain = block.header.chain.ok_or_else(|| err(ErrorCode::BadRequest, "a genesis is not committed"))?;
+        let index = block.header.index;
+        let known = self.store.head(&chain).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+        if known.is_none_or(|h| h.index + 1 < index) {
+            let source = self.source_for(&caller, &chain)?;
+            self.catch_up(chain, index - 1, &source).await?;
+        }
+        let head = self.head(&chain)?;
+        self.authorize(&caller, head.committee.roster())?;
+        if index <= head.index() {
+            return match self.store.block_id(&chain, index) {
+                Ok(Some(id)) if id == block.id() => Ok(Response::Ack),
+                _ => Err(err(ErrorCode::Conflict, format!("this witness holds another block at index {index}"))),
+            };
+        }
+        match store::append(&self.store, &block) {
+            Ok(_) => {
+                self.release(chain, index);
+                Ok(Response::Ack)
+            }
+            Err(StoreError::Conflict { .. }) => Ok(Response::Ack),
+            Err(e) => Err(store_err(e)),
+        }
+    }
+}
+
+fn describe(roster: &Roster, members: &[u32]) -> String {
+    if members.is_empty() {
+        return "none".into();
+    }
+    members
+        .iter()
+        .map(|&m| roster.member(m as usize).map_or_else(|| format!("#{m}"), |x| format!("#{m} ({})", x.address)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
