@@ -58,3 +58,178 @@ async fn losing_one_witness_is_tolerated_losing_two_is_refused_and_they_catch_up
     let state = cluster.prove_from_genesis(3, chain, &genesis).await;
     assert_eq!(state.index(), 13);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_leaders_racing_at_one_index_append_exactly_one_block() {
+    let cluster = Cluster::start(4).await;
+    let (chain, _) = cluster.create_chain(&[0, 1, 2, 3]).await;
+    cluster.propose(0, chain, b"first").await.unwrap();
+    for round in 0..5u64 {
+        let (first, second) = (format!("from witness 0, round {round}"), format!("from witness 2, round {round}"));
+        let (a, b) =
+            tokio::join!(cluster.propose(0, chain, first.as_bytes()), cluster.propose(2, chain, second.as_bytes()));
+        let index = 2 + round;
+        let winners: Vec<_> = [&a, &b].into_iter().filter_map(|r| r.as_ref().ok()).collect();
+        match winners.as_slice() {
+            [winner] => {
+                assert_eq!(winner.header.index, index);
+                let loser = if a.is_ok() { b.as_ref().unwrap_err() } else { a.as_ref().unwrap_err() };
+                let reply = refusal(loser);
+                assert!(
+                    matches!(reply.code, ErrorCode::Conflict | ErrorCode::Busy | ErrorCode::Unavailable),
+                    "loser told clearly: {reply:?}"
+                );
+            }
+            [] => panic!("neither leader appended at index {index}: {a:?} / {b:?}"),
+            both => panic!("two blocks at one index: {both:?}"),
+        }
+        for w in 0..4 {
+            cluster.wait_head(w, chain, index).await;
+        }
+        let mut ids = Vec::new();
+        for w in 0..4 {
+            let reply = cluster
+                .client
+                .call(&cluster.witnesses[w], chainiac_proto::Request::GetBlock { chain, index })
+                .await
+                .unwrap();
+            let chainiac_proto::Response::Block(Some(block)) = reply else { panic!("witness {w} lacks block {index}") };
+            ids.push(block.id());
+        }
+        assert!(ids.windows(2).all(|w| w[0] == w[1]), "every node holds the same block at {index}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roster_changes_four_five_four_and_a_client_catches_up_across_both() {
+    let cluster = Cluster::start(5).await;
+    let (chain, genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;
+    for i in 0..3 {
+        cluster.propose(0, chain, format!("v{i}").as_bytes()).await.unwrap();
+    }
+    let grow = chainiac_skipchain::Committee::byzantine(cluster.roster(&[0, 1, 2, 3, 4]));
+    let change = cluster.propose_change(1, chain, grow.clone()).await.unwrap();
+    assert_eq!(change.header.index, 4);
+    // The newcomer leads a round on the new roster: it caught up first.
+    for i in 0..3 {
+        cluster.propose(4, chain, format!("five {i}").as_bytes()).await.unwrap();
+    }
+    let shrink = chainiac_skipchain::Committee::byzantine(cluster.roster(&[0, 1, 2, 4]));
+    let change = cluster.propose_change(4, chain, shrink.clone()).await.unwrap();
+    assert_eq!(change.header.index, 8);
+    for i in 0..2 {
+        cluster.propose(2, chain, format!("four again {i}").as_bytes()).await.unwrap();
+    }
+    // Witness 3 left: it is no longer asked, and cannot lead.
+    let error = cluster.propose(3, chain, b"not a member").await.unwrap_err();
+    assert!(
+        matches!(refusal(&error).code, ErrorCode::Forbidden | ErrorCode::NotFound | ErrorCode::Conflict),
+        "{error}"
+    );
+    let request = chainiac_proto::Request::GetProof { chain, from: 0, to: None, with_payload: false };
+    let chainiac_proto::Response::Proof(proof) = cluster.client.call(&cluster.witnesses[4], request).await.unwrap()
+    else {
+        panic!("no proof")
+    };
+    let reached = proof.verify(&chainiac_skipchain::ChainState::genesis(&genesis).unwrap()).unwrap();
+    assert_eq!(reached.state.index(), 10);
+    assert_eq!(reached.checkpoints, vec![4, 8], "the proof lands on both roster changes");
+    assert_eq!(reached.state.committee.hash(), shrink.hash());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_witness_killed_repeatedly_during_appends_never_forks() {
+    let mut cluster = Cluster::start(4).await;
+    let (chain, genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;
+    let mut appended = 0u64;
+    for cycle in 0..4 {
+        let victim = 2 + cycle % 2;
+        for i in 0..6 {
+            if i == 3 {
+                cluster.witnesses[victim].kill(); // SIGKILL, mid-stream
+            }
+            match cluster.propose(0, chain, format!("cycle {cycle} block {i}").as_bytes()).await {
+                Ok(block) => appended = block.header.index,
+                Err(e) => panic!("one witness down must not stop appends: {e}"),
+            }
+        }
+        cluster.witnesses[victim].start();
+        cluster.client.wait_ready(&cluster.witnesses[victim]).await;
+    }
+    cluster.propose(1, chain, b"last").await.unwrap();
+    appended += 1;
+    for w in 0..4 {
+        cluster.wait_head(w, chain, appended).await;
+    }
+    for index in 1..=appended {
+        let mut ids = std::collections::HashSet::new();
+        for w in 0..4 {
+            let reply = cluster
+                .client
+                .call(&cluster.witnesses[w], chainiac_proto::Request::GetBlock { chain, index })
+                .await
+                .unwrap();
+            let chainiac_proto::Response::Block(Some(block)) = reply else { panic!("missing block {index} on {w}") };
+            ids.insert(block.id());
+        }
+        assert_eq!(ids.len(), 1, "witnesses disagree at index {index}");
+    }
+    assert_eq!(cluster.prove_from_genesis(3, chain, &genesis).await.index(), appended);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_oversized_frames_and_strangers_are_refused_and_the_node_stays_healthy() {
+    use chainiac_proto::endpoint::{self, read_frame};
+    use chainiac_proto::frame::{FrameClass, VERSION};
+    use chainiac_proto::{Request, Response};
+    let cluster = Cluster::start(4).await;
+    let (chain, _) = cluster.create_chain(&[0, 1, 2, 3]).await;
+    cluster.propose(0, chain, b"one").await.unwrap();
+    let target = &cluster.witnesses[1];
+    let stranger = chainiac_cosi::SecretKey::generate(&mut rand_core::OsRng);
+    let client = endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let connection = endpoint::connect(&client, &stranger, &target.address, &target.key).await.unwrap();
+
+    let mut huge = vec![VERSION, FrameClass::Submit as u8];
+    huge.extend_from_slice(&(100u32 << 20).to_le_bytes());
+    let mut garbage = vec![VERSION, FrameClass::Query as u8, 3, 0, 0, 0];
+    garbage.extend_from_slice(&[0xde, 0xad, 0xff]);
+    for bytes in [huge, garbage, vec![42, 1, 0, 0, 0, 0], b"GET / HTTP/1.1\r\n\r\n".to_vec()] {
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        send.write_all(&bytes).await.unwrap();
+        send.finish().unwrap();
+        let (_, reply): (_, Response) = read_frame(&mut recv, &[FrameClass::Response]).await.unwrap();
+        assert!(matches!(&reply, Response::Error(e) if e.code == ErrorCode::BadRequest), "{reply:?}");
+    }
+    // A key outside the roster may not take part in rounds.
+    let block = match cluster.client.call(target, Request::GetBlock { chain, index: 1 }).await.unwrap() {
+        Response::Block(Some(block)) => block,
+        other => panic!("{other:?}"),
+    };
+    let reply = endpoint::call(&connection, &Request::Commit { block }, Duration::from_secs(5)).await.unwrap_err();
+    assert_eq!(refusal(&reply).code, ErrorCode::Forbidden);
+    // Connecting while expecting another key fails at the handshake.
+    let wrong = cluster.witnesses[2].key;
+    assert!(endpoint::connect(&client, &stranger, &target.address, &wrong).await.is_err());
+    // Healthy: still serving and appending, and it counted the refusals.
+    cluster.propose(1, chain, b"two").await.unwrap();
+    match cluster.client.call(target, Request::Status).await.unwrap() {
+        Response::Status(status) => assert!(status.refused_frames >= 5, "refusals counted: {}", status.refused_frames),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn witness_run_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut witness = common::WitnessProcess::init(&dir.path().join("w"));
+    witness.start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async { common::Client::new().wait_ready(&witness).await });
+    let status = witness.stop();
+    assert!(status.success(), "exit status {status:?}\n{}", witness.log());
+    assert!(witness.log().contains("shutting down"));
+    let key = std::fs::metadata(dir.path().join("w/node.key")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(key.permissions().mode() & 0o777, 0o600);
+}

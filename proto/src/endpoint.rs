@@ -176,11 +176,23 @@ impl Pool {
         let connection = self.connection(address, key, timeout).await?;
         match call(&connection, request, timeout).await {
             Err(CallError::Stream(_)) => {
-                self.connections.lock().expect("pool lock").remove(&(*key, address.to_string()));
+                self.forget(address, key);
                 let connection = self.connection(address, key, timeout).await?;
                 call(&connection, request, timeout).await
             }
+            Err(CallError::Timeout(t)) => {
+                // The peer may be gone for good (or restarted without our packets reaching
+                // it): connect afresh next time.
+                self.forget(address, key);
+                Err(CallError::Timeout(t))
+            }
             other => other,
+        }
+    }
+
+    fn forget(&self, address: &str, key: &PublicKey) {
+        if let Some(connection) = self.connections.lock().expect("pool lock").remove(&(*key, address.to_string())) {
+            connection.close(0u32.into(), b"unresponsive");
         }
     }
 }

@@ -18,6 +18,7 @@ use chainiac_skipchain::store::{self, Store, StoreError};
 use chainiac_skipchain::{Block, BlockId, ChainId, ChainState, Proposal};
 use rand_core::{OsRng, RngCore};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -109,7 +110,7 @@ impl Node {
     }
 
     /// Answers one request from the holder of `caller`.
-    pub async fn handle(self: &Arc<Self>, caller: PublicKey, request: Request) -> Response {
+    pub async fn handle(self: &Arc<Self>, caller: PublicKey, from: SocketAddr, request: Request) -> Response {
         let name = request.name();
         let result = match request {
             Request::Status => self.status(),
@@ -131,10 +132,10 @@ impl Node {
             Request::Propose { chain, proposal } => {
                 self.lead(chain, proposal).await.map(|block| Response::Appended { block })
             }
-            Request::Announce(announce) => self.on_announce(caller, announce).await,
+            Request::Announce(announce) => self.on_announce(caller, from, announce).await,
             Request::Challenge { session, challenge } => self.on_challenge(caller, session, challenge).await,
             Request::Abort { session } => self.on_abort(caller, session),
-            Request::Commit { block } => self.on_commit(caller, block).await,
+            Request::Commit { block } => self.on_commit(caller, from, block).await,
             Request::Genesis { genesis } => self.on_genesis(caller, genesis),
         };
         match result {
@@ -394,6 +395,12 @@ impl Node {
         let mut excluded = Mask::empty(roster.len());
         let mut last_error = err(ErrorCode::Unavailable, "no attempt made");
         for attempt in 1..=MAX_ATTEMPTS {
+            if self.head(&chain)?.index() != head.index() {
+                return Err(err(
+                    ErrorCode::Conflict,
+                    "the chain moved on while this block was proposed; propose again on the new head",
+                ));
+            }
             self.reserve(chain, index, id)?;
             let mut session_id = [0u8; 32];
             OsRng.fill_bytes(&mut session_id);
@@ -412,6 +419,7 @@ impl Node {
                 excluded: excluded.as_bytes().to_vec(),
             };
             let wait = self.wait_for_children(&tree, me);
+            let mut busy = false;
             for (child, reply) in
                 self.ask_children(&roster, &tree.children(me), Request::Announce(announce), wait).await
             {
@@ -422,6 +430,7 @@ impl Node {
                         }
                     }
                     Ok(other) => warn!(member = child, "unexpected answer to announce: {other:?}"),
+                    Err(CallError::Remote(reply)) if reply.code == ErrorCode::Busy => busy = true,
                     Err(e) => debug!(member = child, "no commitment: {e}"),
                 }
             }
@@ -438,6 +447,14 @@ impl Node {
                         ),
                     );
                     self.abort_children(&roster, &tree, me, session_id).await;
+                    if busy && attempt < MAX_ATTEMPTS {
+                        // Another leader holds some witnesses for its block at this index:
+                        // step back for a random while so that one of us wins.
+                        self.release(chain, index);
+                        let pause = 50 + OsRng.next_u32() as u64 % 400;
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                        continue;
+                    }
                     if hidden && attempt < MAX_ATTEMPTS {
                         unreachable.iter().for_each(|&u| excluded.insert(u as usize));
                         continue;
@@ -474,7 +491,21 @@ impl Node {
                     self.metrics.record_round(started.elapsed());
                     self.metrics.blocks_signed.fetch_add(1, Ordering::Relaxed);
                     info!(chain = %chain.to_hex()[..16], index, attempt, ms = started.elapsed().as_millis() as u64, "block appended");
-                    self.broadcast(&roster, &Request::Commit { block: block.clone() }).await;
+                    let commit = Request::Commit { block: block.clone() };
+                    self.broadcast(&roster, &commit).await;
+                    if let Some(next) = &block.committee {
+                        // New members learn the chain now rather than at their first round.
+                        let newcomers: Vec<Member> = next
+                            .roster()
+                            .members()
+                            .iter()
+                            .filter(|m| roster.index_of(&m.key).is_none())
+                            .cloned()
+                            .collect();
+                        if let Ok(newcomers) = Roster::new(newcomers) {
+                            self.broadcast(&newcomers, &commit).await;
+                        }
+                    }
                     return Ok(block);
                 }
                 Err(RoundError::Faults { faults }) => {
@@ -540,13 +571,13 @@ impl Node {
 
     // ---- taking part in someone else's round ----
 
-    async fn on_announce(self: &Arc<Self>, caller: PublicKey, announce: Announce) -> Reply {
+    async fn on_announce(self: &Arc<Self>, caller: PublicKey, from: SocketAddr, announce: Announce) -> Reply {
         let chain =
             announce.block.header.chain.ok_or_else(|| err(ErrorCode::BadRequest, "a genesis is not announced"))?;
         let index = announce.block.header.index;
         let known = self.store.head(&chain).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
         if known.is_none_or(|h| h.index + 1 < index) {
-            let source = self.source_for(&caller, &chain)?;
+            let source = self.source_for(&caller, from, &chain);
             self.catch_up(chain, index - 1, &source).await?;
         }
         let head = self.head(&chain)?;
@@ -602,23 +633,20 @@ impl Node {
         Ok(Response::Commitment(commitment))
     }
 
-    /// The member to catch up from: the caller, if it is a witness this node knows.
-    fn source_for(&self, caller: &PublicKey, chain: &ChainId) -> Result<Member, ErrorReply> {
+    /// Where to catch up from: the caller, at the address its connection comes from (a
+    /// node's endpoint sends from the address it listens on). Whatever it serves is checked
+    /// block by block from the genesis, and the caller must then be in the committee.
+    fn source_for(&self, caller: &PublicKey, from: SocketAddr, chain: &ChainId) -> Member {
         if let Ok(head) = self.head(chain) {
             if let Some(i) = head.committee.roster().index_of(caller) {
-                return Ok(head.committee.roster().members()[i].clone());
+                return head.committee.roster().members()[i].clone();
             }
         }
-        self.config
-            .peers
-            .iter()
-            .find(|p| p.public_key().as_ref() == Some(caller))
-            .map(|p| Member {
-                key: *caller,
-                proof_of_possession: chainiac_cosi::ProofOfPossession([0; 64]),
-                address: p.address.clone(),
-            })
-            .ok_or_else(|| err(ErrorCode::Forbidden, format!("key {caller} is not a known witness to catch up from")))
+        Member {
+            key: *caller,
+            proof_of_possession: chainiac_cosi::ProofOfPossession([0; 64]),
+            address: from.to_string(),
+        }
     }
 
     async fn on_challenge(self: &Arc<Self>, caller: PublicKey, session_id: SessionId, challenge: Challenge) -> Reply {
@@ -688,12 +716,12 @@ impl Node {
         Ok(Response::Ack)
     }
 
-    async fn on_commit(self: &Arc<Self>, caller: PublicKey, block: Block) -> Reply {
+    async fn on_commit(self: &Arc<Self>, caller: PublicKey, from: SocketAddr, block: Block) -> Reply {
         let chain = block.header.chain.ok_or_else(|| err(ErrorCode::BadRequest, "a genesis is not committed"))?;
         let index = block.header.index;
         let known = self.store.head(&chain).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
         if known.is_none_or(|h| h.index + 1 < index) {
-            let source = self.source_for(&caller, &chain)?;
+            let source = self.source_for(&caller, from, &chain);
             self.catch_up(chain, index - 1, &source).await?;
         }
         let head = self.head(&chain)?;

@@ -40,7 +40,9 @@ pub async fn serve(node: Arc<Node>, endpoint: quinn::Endpoint) {
                     let read =
                         tokio::time::timeout(REQUEST_READ_TIMEOUT, read_frame::<Request>(&mut recv, &allowed)).await;
                     let response = match read {
-                        Ok(Ok((class, request))) if class == request.class() => node.handle(caller, request).await,
+                        Ok(Ok((class, request))) if class == request.class() => {
+                            node.handle(caller, remote, request).await
+                        }
                         Ok(Ok((class, request))) => {
                             refuse(&node, format!("{} sent in a {class:?} frame", request.name()))
                         }

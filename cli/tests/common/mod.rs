@@ -147,6 +147,21 @@ impl Cluster {
         }
     }
 
+    /// Proposes a block that hands the chain to `committee` from the next block on.
+    pub async fn propose_change(
+        &self,
+        leader: usize,
+        chain: ChainId,
+        committee: Committee,
+    ) -> Result<Block, CallError> {
+        let proposal =
+            Proposal { kind: 0, payload: b"roster change".to_vec(), committee: Some(committee), ..Proposal::default() };
+        match self.client.call(&self.witnesses[leader], Request::Propose { chain, proposal }).await? {
+            Response::Appended { block } => Ok(block),
+            other => panic!("propose: unexpected {other:?}"),
+        }
+    }
+
     pub async fn head(&self, witness: usize, chain: ChainId) -> Option<u64> {
         match self.client.call(&self.witnesses[witness], Request::GetHead { chain }).await {
             Ok(Response::Head(head)) => Some(head.index),
