@@ -73,7 +73,10 @@ async fn two_leaders_racing_at_one_index_append_exactly_one_block() {
         match winners.as_slice() {
             [winner] => {
                 assert_eq!(winner.header.index, index);
-                let loser = if a.is_ok() { b.as_ref().unwrap_err() } else { a.as_ref().unwrap_err() };
+                let loser = match (&a, &b) {
+                    (Err(e), _) | (_, Err(e)) => e,
+                    _ => unreachable!("exactly one succeeded"),
+                };
                 let reply = refusal(loser);
                 assert!(
                     matches!(reply.code, ErrorCode::Conflict | ErrorCode::Busy | ErrorCode::Unavailable),
