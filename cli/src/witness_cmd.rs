@@ -28,6 +28,9 @@ pub enum WitnessCommand {
         /// Children per node in cosigning trees.
         #[arg(long, default_value_t = 8)]
         branching: u32,
+        /// Milliseconds between timeline blocks when no project head moved.
+        #[arg(long, default_value_t = 10_000)]
+        timeline_interval_ms: u64,
         /// A witness allowed to bring this node chains it does not serve yet: KEY@HOST:PORT.
         #[arg(long = "peer")]
         peers: Vec<String>,
@@ -56,8 +59,8 @@ pub enum WitnessCommand {
 
 pub fn run(command: WitnessCommand) -> Result<()> {
     match command {
-        WitnessCommand::Init { dir, listen, address, branching, peers, json } => {
-            init(dir, listen, address, branching, peers, json)
+        WitnessCommand::Init { dir, listen, address, branching, timeline_interval_ms, peers, json } => {
+            init(dir, listen, address, branching, timeline_interval_ms, peers, json)
         }
         WitnessCommand::Run { config } => serve(config),
         WitnessCommand::Status { address, key, json } => status(address, key, json),
@@ -76,6 +79,7 @@ fn init(
     listen: SocketAddr,
     address: Option<String>,
     branching: u32,
+    timeline_interval_ms: u64,
     peers: Vec<String>,
     json: bool,
 ) -> Result<()> {
@@ -84,6 +88,7 @@ fn init(
     keyfile::write(&dir.join("node.key"), &key)?;
     let mut config = WitnessConfig::new(listen, address.unwrap_or_else(|| listen.to_string()));
     config.branching = branching;
+    config.timeline_interval_ms = timeline_interval_ms;
     config.peers = peers.iter().map(|p| parse_peer(p)).collect::<Result<_>>()?;
     let config_path = dir.join("witness.toml");
     std::fs::write(&config_path, config.to_toml()).with_context(|| format!("writing {}", config_path.display()))?;

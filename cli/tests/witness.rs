@@ -236,3 +236,71 @@ fn witness_run_stops_cleanly_on_sigterm() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(key.permissions().mode() & 0o777, 0o600);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeline_commits_to_every_head_and_clients_check_inclusion_and_age() {
+    use chainiac_proto::{Request, Response};
+    use chainiac_skipchain::timeline::{TimelineEntry, KIND_TIMELINE};
+    let cluster = Cluster::start(4).await;
+    let (timeline, timeline_genesis) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
+    let (project, project_genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;
+    let (other, _) = cluster.create_chain(&[0, 1, 2, 3]).await;
+    for i in 0..3 {
+        cluster.propose(1, project, format!("p{i}").as_bytes()).await.unwrap();
+    }
+    cluster.propose(2, other, b"o").await.unwrap();
+
+    // Wait until a timeline block records the project at head 3.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let info = loop {
+        let reply = cluster
+            .client
+            .call(&cluster.witnesses[3], Request::GetTimeline { timeline: None, chain: Some(project) })
+            .await;
+        if let Ok(Response::Timeline(info)) = reply {
+            if info.inclusion.as_ref().is_some_and(|p| p.leaf.index == 3) {
+                break info;
+            }
+        }
+        assert!(Instant::now() < deadline, "no timeline block recorded head 3");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(info.timeline, timeline);
+    assert_eq!(info.entry.chains, 2, "the timeline covers both project chains, not itself");
+
+    // The client proves the timeline block from the timeline's genesis and checks its entry.
+    let request = Request::GetProof { chain: timeline, from: 0, to: Some(info.index), with_payload: true };
+    let Response::Proof(proof) = cluster.client.call(&cluster.witnesses[0], request).await.unwrap() else { panic!() };
+    let reached = proof.verify(&chainiac_skipchain::ChainState::genesis(&timeline_genesis).unwrap()).unwrap();
+    let entry = TimelineEntry::from_bytes(reached.payload.as_ref().unwrap()).unwrap();
+    assert_eq!(entry, info.entry);
+    let age = common::now_ms().saturating_sub(entry.time_ms);
+    assert!(age < 30_000, "fresh: {age} ms old");
+    let inclusion = info.inclusion.unwrap();
+    inclusion.verify(&entry).unwrap();
+    // The leaf is the project's real head.
+    let head = cluster.prove_from_genesis(0, project, &project_genesis).await;
+    assert_eq!((inclusion.leaf.index, inclusion.leaf.id), (head.index(), head.id));
+    // A lie about the head does not verify.
+    let mut lie = inclusion.clone();
+    lie.leaf.index = 2;
+    assert!(lie.verify(&entry).is_err());
+
+    // A timeline entry with a root the witnesses cannot recompute is refused, rule named.
+    let bogus = TimelineEntry { time_ms: common::now_ms(), chains: 2, root: [7; 32] };
+    let proposal = chainiac_skipchain::Proposal {
+        kind: KIND_TIMELINE,
+        payload: bogus.to_bytes(),
+        timestamp_ms: bogus.time_ms,
+        ..Default::default()
+    };
+    let reply = cluster.client.call(&cluster.witnesses[0], Request::Propose { chain: timeline, proposal }).await;
+    let error = reply.unwrap_err();
+    assert!(refusal(&error).message.contains("timeline root"), "{error}");
+    // And a timeline block on a project chain is refused by kind.
+    let proposal =
+        chainiac_skipchain::Proposal { kind: KIND_TIMELINE, payload: bogus.to_bytes(), ..Default::default() };
+    let error =
+        cluster.client.call(&cluster.witnesses[0], Request::Propose { chain: project, proposal }).await.unwrap_err();
+    assert!(refusal(&error).message.contains("kind"), "{error}");
+}

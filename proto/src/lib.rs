@@ -11,4 +11,4 @@ pub mod tls;
 
 pub use endpoint::{call, CallError, Pool};
 pub use frame::{FrameClass, FrameError, VERSION};
-pub use message::{Announce, ErrorCode, ErrorReply, HeadInfo, NodeStatus, Request, Response};
+pub use message::{Announce, ErrorCode, ErrorReply, HeadInfo, NodeStatus, Request, Response, TimelineInfo};

@@ -6,6 +6,7 @@
 
 use crate::frame::FrameClass;
 use chainiac_cosi::protocol::{Challenge, Commitment, Response as CosiResponse, SessionId};
+use chainiac_skipchain::timeline::{InclusionProof, TimelineEntry};
 use chainiac_skipchain::{BackwardProof, Block, BlockId, ChainId, Header, Proof, Proposal};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,9 @@ pub enum Request {
     GetProof { chain: ChainId, from: u64, to: Option<u64>, with_payload: bool },
     /// A backward proof from block `from` down to block `to`.
     GetBackwardProof { chain: ChainId, from: u64, to: u64, with_payload: bool },
+    /// The newest timeline block this node can prove chains in, with the inclusion proof of
+    /// `chain` if given. `timeline` picks a timeline chain when the node serves several.
+    GetTimeline { timeline: Option<ChainId>, chain: Option<ChainId> },
 
     // --- submissions ---
     /// Start serving a new chain (its genesis names the committee; this node must be in it).
@@ -69,7 +73,8 @@ impl Request {
             | Request::GetBlockById { .. }
             | Request::GetBlocks { .. }
             | Request::GetProof { .. }
-            | Request::GetBackwardProof { .. } => FrameClass::Query,
+            | Request::GetBackwardProof { .. }
+            | Request::GetTimeline { .. } => FrameClass::Query,
             Request::CreateChain { .. } | Request::Propose { .. } => FrameClass::Submit,
             Request::Announce(_)
             | Request::Challenge { .. }
@@ -89,6 +94,7 @@ impl Request {
             Request::GetBlocks { .. } => "get_blocks",
             Request::GetProof { .. } => "get_proof",
             Request::GetBackwardProof { .. } => "get_backward_proof",
+            Request::GetTimeline { .. } => "get_timeline",
             Request::CreateChain { .. } => "create_chain",
             Request::Propose { .. } => "propose",
             Request::Announce(_) => "announce",
@@ -108,6 +114,7 @@ pub enum Response {
     Blocks(Vec<Block>),
     Proof(Proof),
     BackwardProof(BackwardProof),
+    Timeline(TimelineInfo),
     /// A chain was created.
     Created {
         chain: ChainId,
@@ -120,6 +127,16 @@ pub enum Response {
     Signed(CosiResponse),
     Ack,
     Error(ErrorReply),
+}
+
+/// A timeline block and, if asked, where a chain's head is in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineInfo {
+    pub timeline: ChainId,
+    /// The timeline block's index; prove it with `GetProof` on the timeline chain.
+    pub index: u64,
+    pub entry: TimelineEntry,
+    pub inclusion: Option<InclusionProof>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,6 +10,8 @@
 //!   verified state at a block.
 //! - [`proof`]: forward catch-up proofs (one signature per hop, landing on every
 //!   checkpoint) and backward proofs (hashes only).
+//! - [`timeline`]: the timeline's entries, Merkle tree over chain heads and inclusion
+//!   proofs.
 //! - [`store`]: the [`Store`] trait, an in-memory store, and append / head / prove over any
 //!   store; `rocks` (feature `rocksdb`) is the RocksDB store.
 //!
@@ -21,6 +23,7 @@ pub mod proof;
 #[cfg(feature = "rocksdb")]
 pub mod rocks;
 pub mod store;
+pub mod timeline;
 
 pub use block::{Block, BlockId, ChainId, ChainParams, Committee, Header};
 pub use chain::{genesis, BlockError, ChainState, Proposal, Verified};

@@ -107,6 +107,16 @@ impl Store for RocksStore {
         Ok(chains)
     }
 
+    fn heads(&self) -> Result<Vec<(ChainId, HeadRecord)>, RocksError> {
+        let mut heads = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_HEADS), IteratorMode::Start) {
+            let (key, value) = item?;
+            let key: [u8; 32] = key.as_ref().try_into().map_err(|_| RocksError::Key { cf: CF_HEADS })?;
+            heads.push((BlockId(key), decode(&value, CF_HEADS)?));
+        }
+        Ok(heads)
+    }
+
     fn head(&self, chain: &ChainId) -> Result<Option<HeadRecord>, RocksError> {
         self.db.get_pinned_cf(self.cf(CF_HEADS), chain.0)?.map(|v| decode(&v, CF_HEADS)).transpose()
     }

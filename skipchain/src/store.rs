@@ -16,6 +16,10 @@ use std::sync::{Arc, RwLock};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeadRecord {
     pub index: u64,
+    /// The head block's id.
+    pub id: BlockId,
+    /// The genesis's kind, so that a chain's kind is known without reading its genesis.
+    pub kind: u16,
     pub committee_at: u64,
     pub policy_at: u64,
     pub params: ChainParams,
@@ -30,6 +34,16 @@ pub trait Store: Send + Sync {
 
     fn chains(&self) -> Result<Vec<ChainId>, Self::Error>;
     fn head(&self, chain: &ChainId) -> Result<Option<HeadRecord>, Self::Error>;
+    /// Every chain's head record, in one pass where the store can.
+    fn heads(&self) -> Result<Vec<(ChainId, HeadRecord)>, Self::Error> {
+        let mut heads = Vec::new();
+        for chain in self.chains()? {
+            if let Some(head) = self.head(&chain)? {
+                heads.push((chain, head));
+            }
+        }
+        Ok(heads)
+    }
     fn block(&self, chain: &ChainId, index: u64) -> Result<Option<Block>, Self::Error>;
     /// The id of a block, without reading the whole block where the store can.
     fn block_id(&self, chain: &ChainId, index: u64) -> Result<Option<BlockId>, Self::Error> {
@@ -147,6 +161,8 @@ pub fn commit_verified<S: Store>(
     };
     let head = HeadRecord {
         index,
+        id: state.id,
+        kind: if index == 0 { block.header.kind } else { previous.map_or(block.header.kind, |p| p.kind) },
         committee_at: if block.committee.is_some() { index } else { previous.map_or(0, |p| p.committee_at) },
         policy_at: if block.policy.is_some() { index } else { previous.map_or(0, |p| p.policy_at) },
         params: state.params,

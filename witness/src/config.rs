@@ -30,6 +30,10 @@ pub struct WitnessConfig {
     /// response is given for it.
     #[serde(default = "defaults::reservation_ms")]
     pub reservation_ms: u64,
+    /// How often the timeline gets a new block when nothing moved (a block follows sooner
+    /// when a project head moves).
+    #[serde(default = "defaults::timeline_interval_ms")]
+    pub timeline_interval_ms: u64,
     /// Witnesses allowed to send peer messages for chains this node does not serve yet.
     #[serde(default)]
     pub peers: Vec<Peer>,
@@ -64,6 +68,9 @@ mod defaults {
     pub fn reservation_ms() -> u64 {
         10_000
     }
+    pub fn timeline_interval_ms() -> u64 {
+        10_000
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +93,7 @@ impl WitnessConfig {
             peer_timeout_ms: defaults::peer_timeout_ms(),
             max_clock_skew_ms: defaults::max_clock_skew_ms(),
             reservation_ms: defaults::reservation_ms(),
+            timeline_interval_ms: defaults::timeline_interval_ms(),
             peers: Vec::new(),
         }
     }

@@ -51,6 +51,7 @@ impl Witness {
         let endpoint = chainiac_proto::endpoint::server(&key, config.listen)?;
         let node = Node::new(key, config, store, endpoint.clone());
         tokio::spawn(server::serve(node.clone(), endpoint.clone()));
+        tokio::spawn(node.clone().run_timeline());
         Ok(Witness { node, endpoint })
     }
 

@@ -11,10 +11,11 @@ use chainiac_cosi::protocol::{
     SignerNonces, Tree,
 };
 use chainiac_cosi::{Mask, Member, PublicKey, Roster, SecretKey};
-use chainiac_proto::message::{Announce, ErrorCode, ErrorReply, HeadInfo, NodeStatus, Request, Response};
+use chainiac_proto::message::{Announce, ErrorCode, ErrorReply, HeadInfo, NodeStatus, Request, Response, TimelineInfo};
 use chainiac_proto::{CallError, Pool};
 use chainiac_skipchain::rocks::RocksStore;
 use chainiac_skipchain::store::{self, Store, StoreError};
+use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, TimelineEntry, KIND_TIMELINE};
 use chainiac_skipchain::{Block, BlockId, ChainId, ChainState, Proposal};
 use rand_core::{OsRng, RngCore};
 use std::collections::HashMap;
@@ -56,6 +57,9 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// A timeline block this node can prove inclusions in: its index, entry and head set.
+type KnownTimeline = (u64, TimelineEntry, Arc<HeadSet>);
+
 /// A round this node takes part in, between its commitment and its response.
 struct RoundState {
     chain: ChainId,
@@ -80,6 +84,11 @@ pub struct Node {
     promise_lock: Mutex<()>,
     /// One round led at a time per chain on this node.
     chain_locks: Mutex<HashMap<ChainId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Head sets that matched a timeline block this node checked, by block id, until the
+    /// block is appended (then they become `timelines`).
+    pending_timelines: Mutex<HashMap<BlockId, Arc<HeadSet>>>,
+    /// Per timeline chain: the newest appended block whose head set this node holds.
+    timelines: Mutex<HashMap<ChainId, KnownTimeline>>,
     pub metrics: Metrics,
     started: Instant,
 }
@@ -96,6 +105,8 @@ impl Node {
             reservations: Mutex::new(HashMap::new()),
             promise_lock: Mutex::new(()),
             chain_locks: Mutex::new(HashMap::new()),
+            pending_timelines: Mutex::new(HashMap::new()),
+            timelines: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             started: Instant::now(),
         })
@@ -128,6 +139,7 @@ impl Node {
                     .map(Response::BackwardProof)
                     .map_err(store_err)
             }
+            Request::GetTimeline { timeline, chain } => self.timeline_info(timeline, chain),
             Request::CreateChain { genesis } => self.create_chain(genesis).await,
             Request::Propose { chain, proposal } => {
                 self.lead(chain, proposal).await.map(|block| Response::Appended { block })
@@ -240,7 +252,141 @@ impl Node {
                 ),
             ));
         }
+        let chain_kind = self
+            .store
+            .head(&head.chain)
+            .map_err(|e| err(ErrorCode::Internal, e.to_string()))?
+            .map_or(block.header.kind, |h| h.kind);
+        if block.header.kind != chain_kind {
+            return Err(err(
+                ErrorCode::Refused,
+                format!("a block of kind {} cannot go on a chain of kind {chain_kind}", block.header.kind),
+            ));
+        }
+        if block.header.kind == KIND_TIMELINE {
+            return self.check_timeline_block(block);
+        }
         rules::check_payload(head, block).map_err(|reason| err(ErrorCode::Refused, reason))
+    }
+
+    /// The heads of every chain here that is not a timeline, as a timeline would record them.
+    pub fn head_set(&self) -> Result<HeadSet, ErrorReply> {
+        let heads = self.store.heads().map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+        let leaves = heads
+            .into_iter()
+            .filter(|(_, head)| head.kind != KIND_TIMELINE)
+            .map(|(chain, head)| HeadLeaf { chain, index: head.index, id: head.id })
+            .collect();
+        Ok(HeadSet::new(leaves))
+    }
+
+    /// A timeline block must carry its own time and the root of the heads this node holds.
+    fn check_timeline_block(&self, block: &Block) -> Result<(), ErrorReply> {
+        let entry = TimelineEntry::from_bytes(&block.payload)
+            .map_err(|e| err(ErrorCode::Refused, format!("timeline entry does not decode: {e}")))?;
+        if entry.time_ms != block.header.timestamp_ms {
+            return Err(err(ErrorCode::Refused, "timeline entry time differs from the block's time"));
+        }
+        let set = self.head_set()?;
+        if set.root() != entry.root || set.len() as u64 != entry.chains {
+            return Err(err(
+                ErrorCode::Refused,
+                format!(
+                    "timeline root over {} chains does not match this witness's {} chain heads",
+                    entry.chains,
+                    set.len()
+                ),
+            ));
+        }
+        let mut pending = self.pending_timelines.lock().expect("lock");
+        if pending.len() >= 8 {
+            pending.clear();
+        }
+        pending.insert(block.id(), Arc::new(set));
+        Ok(())
+    }
+
+    /// After a timeline block is appended: remember the head set it commits to.
+    fn note_appended(&self, block: &Block) {
+        if block.header.kind != KIND_TIMELINE || block.header.index == 0 {
+            return;
+        }
+        let Some(chain) = block.header.chain else { return };
+        let Ok(entry) = TimelineEntry::from_bytes(&block.payload) else { return };
+        let set = match self.pending_timelines.lock().expect("lock").remove(&block.id()) {
+            Some(set) => set,
+            None => match self.head_set() {
+                Ok(set) if set.root() == entry.root => Arc::new(set),
+                _ => return, // heads moved since; the next timeline block will do
+            },
+        };
+        let mut timelines = self.timelines.lock().expect("lock");
+        let newer = timelines.get(&chain).is_none_or(|(index, _, _)| *index < block.header.index);
+        if newer {
+            timelines.insert(chain, (block.header.index, entry, set));
+        }
+    }
+
+    fn timeline_info(&self, timeline: Option<ChainId>, chain: Option<ChainId>) -> Reply {
+        let timelines = self.timelines.lock().expect("lock");
+        let (timeline, (index, entry, set)) = match timeline {
+            Some(t) => (
+                t,
+                timelines.get(&t).ok_or_else(|| err(ErrorCode::NotFound, "no timeline block known for that chain"))?,
+            ),
+            None => timelines
+                .iter()
+                .max_by_key(|(_, (index, _, _))| *index)
+                .map(|(t, v)| (*t, v))
+                .ok_or_else(|| err(ErrorCode::NotFound, "this witness has no timeline block yet"))?,
+        };
+        let inclusion =
+            match chain {
+                Some(chain) => Some(set.prove(&chain).ok_or_else(|| {
+                    err(ErrorCode::NotFound, format!("chain {chain} is not in timeline block {index}"))
+                })?),
+                None => None,
+            };
+        Ok(Response::Timeline(TimelineInfo { timeline, index: *index, entry: entry.clone(), inclusion }))
+    }
+
+    /// Adds timeline blocks: at once when a project head moved, at least every interval
+    /// otherwise. Member `i` of the timeline's committee steps in only after `i` intervals
+    /// without a block, so one leader is usual and a dead one is replaced.
+    pub async fn run_timeline(self: Arc<Self>) {
+        let interval = self.config.timeline_interval_ms.max(50);
+        loop {
+            tokio::time::sleep(Duration::from_millis(interval / 4)).await;
+            let Ok(heads) = self.store.heads() else { continue };
+            for (chain, _) in heads.into_iter().filter(|(_, h)| h.kind == KIND_TIMELINE) {
+                if let Err(e) = self.maybe_extend_timeline(chain, interval).await {
+                    debug!(timeline = %chain.to_hex()[..16], "no timeline block this time: {}", e.message);
+                }
+            }
+        }
+    }
+
+    async fn maybe_extend_timeline(self: &Arc<Self>, chain: ChainId, interval: u64) -> Result<(), ErrorReply> {
+        let head = self.head(&chain)?;
+        let Some(me) = head.committee.roster().index_of(&self.key.public_key()) else { return Ok(()) };
+        let age = now_ms().saturating_sub(head.header.timestamp_ms);
+        let set = self.head_set()?;
+        let recorded = self
+            .store
+            .block(&chain, head.index())
+            .ok()
+            .flatten()
+            .and_then(|b| TimelineEntry::from_bytes(&b.payload).ok());
+        let moved = recorded.is_none_or(|e| e.root != set.root());
+        let wait = me as u64 * interval + if moved { 0 } else { interval };
+        if age < wait {
+            return Ok(());
+        }
+        let time_ms = now_ms().max(head.header.timestamp_ms);
+        let entry = TimelineEntry { time_ms, chains: set.len() as u64, root: set.root() };
+        let proposal =
+            Proposal { kind: KIND_TIMELINE, payload: entry.to_bytes(), timestamp_ms: time_ms, ..Proposal::default() };
+        self.lead(chain, proposal).await.map(|_| ())
     }
 
     /// Holds `(chain, index)` for `id` for a while, so that concurrent leaders do not split
@@ -380,7 +526,9 @@ impl Node {
         let lock = self.chain_lock(chain);
         let _one_round_per_chain = lock.lock().await;
         let head = self.head(&chain)?;
-        proposal.timestamp_ms = now_ms().max(head.header.timestamp_ms);
+        if proposal.kind != KIND_TIMELINE {
+            proposal.timestamp_ms = now_ms().max(head.header.timestamp_ms);
+        }
         let mut block = head
             .propose(proposal, |i| self.store.block_id(&chain, i).ok().flatten())
             .map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
@@ -487,6 +635,7 @@ impl Node {
                 Ok(signature) => {
                     block.signature = Some(signature);
                     store::append(&self.store, &block).map_err(store_err)?;
+                    self.note_appended(&block);
                     self.release(chain, index);
                     self.metrics.record_round(started.elapsed());
                     self.metrics.blocks_signed.fetch_add(1, Ordering::Relaxed);
@@ -734,6 +883,7 @@ impl Node {
         }
         match store::append(&self.store, &block) {
             Ok(_) => {
+                self.note_appended(&block);
                 self.release(chain, index);
                 Ok(Response::Ack)
             }

@@ -36,6 +36,7 @@ impl WitnessProcess {
         let address = format!("127.0.0.1:{}", free_port());
         let out = Command::new(BIN)
             .args(["witness", "init", "--dir", dir.to_str().unwrap(), "--listen", &address, "--json"])
+            .args(["--timeline-interval-ms", "400"])
             .output()
             .unwrap();
         assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -128,9 +129,14 @@ impl Cluster {
 
     /// Creates a raw chain served by witnesses `members` (Byzantine threshold).
     pub async fn create_chain(&self, members: &[usize]) -> (ChainId, Block) {
+        self.create_chain_of_kind(members, 0).await
+    }
+
+    /// Creates a chain of `kind` (0: raw, 1: timeline) served by witnesses `members`.
+    pub async fn create_chain_of_kind(&self, members: &[usize], kind: u16) -> (ChainId, Block) {
         let committee = Committee::byzantine(self.roster(members));
         let genesis =
-            genesis(ChainParams::new(2, 20).unwrap(), committee, b"test policy".to_vec(), 0, vec![], now_ms());
+            genesis(ChainParams::new(2, 20).unwrap(), committee, b"test policy".to_vec(), kind, vec![], now_ms());
         let reply =
             self.client.call(&self.witnesses[members[0]], Request::CreateChain { genesis: genesis.clone() }).await;
         match reply {

@@ -1,0 +1,254 @@
+//! The timeline: a chain whose blocks commit, with a Merkle tree, to the head of every
+//! project chain a cothority serves, with the time. A client checks that the timeline head
+//! is young enough (freeze attacks) and that its projects' heads are in it.
+//!
+//! The Merkle tree is RFC 6962's shape (the largest power of two left, the rest right)
+//! with chainiac's own domain tags. Leaves are sorted by chain id, so every witness that
+//! holds the same heads computes the same root.
+
+use crate::block::{BlockId, ChainId};
+use chainiac_cosi::hash;
+use serde::{Deserialize, Serialize};
+use sha3::Digest;
+
+/// Block kind of timeline chains.
+pub const KIND_TIMELINE: u16 = 1;
+/// Leaf hash: `SHA3-256(tagged(TAG_LEAF) || chain || u64be(index) || head id)`.
+pub const TAG_LEAF: &str = "chainiac/v1/timeline/leaf";
+/// Inner node hash: `SHA3-256(tagged(TAG_NODE) || left || right)`.
+pub const TAG_NODE: &str = "chainiac/v1/timeline/node";
+/// Root of an empty tree: `SHA3-256(tagged(TAG_EMPTY))`.
+pub const TAG_EMPTY: &str = "chainiac/v1/timeline/empty";
+
+/// One project chain's head, as the timeline records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct HeadLeaf {
+    pub chain: ChainId,
+    pub index: u64,
+    pub id: BlockId,
+}
+
+impl HeadLeaf {
+    pub fn hash(&self) -> [u8; 32] {
+        hash::sha3_256(TAG_LEAF, &[&self.chain.0, &self.index.to_be_bytes(), &self.id.0])
+    }
+}
+
+/// The payload of a timeline block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    /// When the leader made the entry (ms since the Unix epoch); witnesses check the skew.
+    pub time_ms: u64,
+    /// How many chains the tree covers.
+    pub chains: u64,
+    /// Merkle root over the chains' [`HeadLeaf`]s, sorted by chain id.
+    pub root: [u8; 32],
+}
+
+impl TimelineEntry {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("entries serialize")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, crate::DecodeError> {
+        crate::decode_exact(bytes)
+    }
+}
+
+fn node(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
+    let mut h = hash::sha3_256_tagged(TAG_NODE);
+    h.update(left);
+    h.update(right);
+    h.finalize().into()
+}
+
+fn split(n: usize) -> usize {
+    // The largest power of two smaller than n (n >= 2).
+    let mut k = 1;
+    while k * 2 < n {
+        k *= 2;
+    }
+    k
+}
+
+fn root_of(hashes: &[[u8; 32]]) -> [u8; 32] {
+    match hashes.len() {
+        0 => hash::sha3_256(TAG_EMPTY, &[]),
+        1 => hashes[0],
+        n => {
+            let k = split(n);
+            node(&root_of(&hashes[..k]), &root_of(&hashes[k..]))
+        }
+    }
+}
+
+/// The leaves of a timeline tree: sorted by chain, one per chain.
+///
+/// Invariant: sorted by chain id with no chain twice.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeadSet {
+    leaves: Vec<HeadLeaf>,
+    hashes: Vec<[u8; 32]>,
+}
+
+impl HeadSet {
+    /// Sorts `leaves` by chain; a chain listed twice keeps its highest index.
+    pub fn new(mut leaves: Vec<HeadLeaf>) -> Self {
+        leaves.sort_unstable_by(|a, b| a.chain.cmp(&b.chain).then(b.index.cmp(&a.index)));
+        leaves.dedup_by_key(|l| l.chain);
+        let hashes = leaves.iter().map(HeadLeaf::hash).collect();
+        HeadSet { leaves, hashes }
+    }
+
+    pub fn len(&self) -> usize {
+        self.leaves.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.leaves.is_empty()
+    }
+
+    pub fn root(&self) -> [u8; 32] {
+        root_of(&self.hashes)
+    }
+
+    pub fn leaf(&self, chain: &ChainId) -> Option<&HeadLeaf> {
+        self.leaves.binary_search_by(|l| l.chain.cmp(chain)).ok().map(|i| &self.leaves[i])
+    }
+
+    /// The inclusion proof of `chain`'s leaf, if the set has it.
+    pub fn prove(&self, chain: &ChainId) -> Option<InclusionProof> {
+        let position = self.leaves.binary_search_by(|l| l.chain.cmp(chain)).ok()?;
+        // Walk down from the root, recording the sibling subtree at each split; the path
+        // lists them from the leaf up.
+        let (mut lo, mut hi) = (0usize, self.hashes.len());
+        let mut path = Vec::new();
+        while hi - lo > 1 {
+            let k = split(hi - lo);
+            if position - lo < k {
+                path.push(root_of(&self.hashes[lo + k..hi]));
+                hi = lo + k;
+            } else {
+                path.push(root_of(&self.hashes[lo..lo + k]));
+                lo += k;
+            }
+        }
+        path.reverse();
+        Some(InclusionProof {
+            leaf: self.leaves[position],
+            position: position as u64,
+            size: self.hashes.len() as u64,
+            path,
+        })
+    }
+}
+
+/// A Merkle audit path from one [`HeadLeaf`] to a timeline root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InclusionProof {
+    pub leaf: HeadLeaf,
+    pub position: u64,
+    pub size: u64,
+    /// Sibling hashes from the leaf up.
+    pub path: Vec<[u8; 32]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InclusionError {
+    #[error("leaf position {position} is outside a tree of {size}")]
+    Position { position: u64, size: u64 },
+    #[error("the audit path has {got} hashes, a tree of this size needs {expected}")]
+    PathLength { expected: usize, got: usize },
+    #[error("the audit path does not lead to the timeline's root")]
+    Root,
+    #[error("the tree size {got} differs from the timeline entry's {expected}")]
+    Size { expected: u64, got: u64 },
+}
+
+impl InclusionProof {
+    /// Checks that the leaf is in the tree whose root and size `entry` records.
+    pub fn verify(&self, entry: &TimelineEntry) -> Result<(), InclusionError> {
+        if self.size != entry.chains {
+            return Err(InclusionError::Size { expected: entry.chains, got: self.size });
+        }
+        if self.position >= self.size {
+            return Err(InclusionError::Position { position: self.position, size: self.size });
+        }
+        // Recompute the splits top-down to know, at each level, which side the leaf is on.
+        let (mut lo, mut hi) = (0u64, self.size);
+        let mut sides = Vec::new();
+        while hi - lo > 1 {
+            let k = split((hi - lo) as usize) as u64;
+            let left = self.position - lo < k;
+            sides.push(left);
+            if left {
+                hi = lo + k;
+            } else {
+                lo += k;
+            }
+        }
+        if sides.len() != self.path.len() {
+            return Err(InclusionError::PathLength { expected: sides.len(), got: self.path.len() });
+        }
+        let mut hash = self.leaf.hash();
+        for (sibling, leaf_is_left) in self.path.iter().zip(sides.iter().rev()) {
+            hash = if *leaf_is_left { node(&hash, sibling) } else { node(sibling, &hash) };
+        }
+        if hash == entry.root {
+            Ok(())
+        } else {
+            Err(InclusionError::Root)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn leaves(n: usize, seed: u8) -> Vec<HeadLeaf> {
+        (0..n)
+            .map(|i| {
+                let chain = BlockId(hash::sha3_256("test", &[&[seed], &(i as u64).to_le_bytes()]));
+                HeadLeaf { chain, index: i as u64 * 3, id: BlockId(hash::sha3_256("id", &[&chain.0])) }
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn every_leaf_proves_and_nothing_else_does(n in 1usize..300, seed in any::<u8>(), flip in any::<usize>()) {
+            let set = HeadSet::new(leaves(n, seed));
+            let entry = TimelineEntry { time_ms: 1, chains: set.len() as u64, root: set.root() };
+            for leaf in leaves(n, seed) {
+                let proof = set.prove(&leaf.chain).unwrap();
+                prop_assert_eq!(proof.leaf, leaf);
+                prop_assert!(proof.verify(&entry).is_ok());
+                let mut moved = proof.clone();
+                moved.leaf.index += 1;
+                prop_assert_eq!(moved.verify(&entry), Err(InclusionError::Root));
+                if !proof.path.is_empty() {
+                    let mut bent = proof.clone();
+                    let i = flip % bent.path.len();
+                    bent.path[i][flip % 32] ^= 1;
+                    prop_assert!(bent.verify(&entry).is_err());
+                }
+            }
+            let stranger = BlockId([0xee; 32]);
+            prop_assert!(set.prove(&stranger).is_none());
+        }
+    }
+
+    #[test]
+    fn root_depends_on_every_head_and_not_on_order() {
+        let a = leaves(10, 1);
+        let mut b = a.clone();
+        b.reverse();
+        assert_eq!(HeadSet::new(a.clone()).root(), HeadSet::new(b).root());
+        let mut c = a.clone();
+        c[4].index += 1;
+        assert_ne!(HeadSet::new(a).root(), HeadSet::new(c).root());
+        assert_eq!(HeadSet::new(vec![]).root(), hash::sha3_256(TAG_EMPTY, &[]));
+    }
+}
