@@ -89,6 +89,8 @@ pub struct Node {
     pending_timelines: Mutex<HashMap<BlockId, Arc<HeadSet>>>,
     /// Per timeline chain: the newest appended block whose head set this node holds.
     timelines: Mutex<HashMap<ChainId, KnownTimeline>>,
+    /// The timeline chains this node serves.
+    timeline_chains: Mutex<std::collections::HashSet<ChainId>>,
     pub metrics: Metrics,
     started: Instant,
 }
@@ -96,6 +98,10 @@ pub struct Node {
 impl Node {
     pub fn new(key: SecretKey, config: WitnessConfig, store: RocksStore, endpoint: quinn::Endpoint) -> Arc<Self> {
         let key = Arc::new(key);
+        let timeline_chains = store
+            .heads()
+            .map(|heads| heads.into_iter().filter(|(_, h)| h.kind == KIND_TIMELINE).map(|(c, _)| c).collect())
+            .unwrap_or_default();
         Arc::new(Node {
             pool: Pool::new(endpoint, key.clone()),
             key,
@@ -107,6 +113,7 @@ impl Node {
             chain_locks: Mutex::new(HashMap::new()),
             pending_timelines: Mutex::new(HashMap::new()),
             timelines: Mutex::new(HashMap::new()),
+            timeline_chains: Mutex::new(timeline_chains),
             metrics: Metrics::default(),
             started: Instant::now(),
         })
@@ -308,7 +315,11 @@ impl Node {
 
     /// After a timeline block is appended: remember the head set it commits to.
     fn note_appended(&self, block: &Block) {
-        if block.header.kind != KIND_TIMELINE || block.header.index == 0 {
+        if block.header.kind != KIND_TIMELINE {
+            return;
+        }
+        if block.header.index == 0 {
+            self.timeline_chains.lock().expect("lock").insert(block.id());
             return;
         }
         let Some(chain) = block.header.chain else { return };
@@ -354,11 +365,14 @@ impl Node {
     /// otherwise. Member `i` of the timeline's committee steps in only after `i` intervals
     /// without a block, so one leader is usual and a dead one is replaced.
     pub async fn run_timeline(self: Arc<Self>) {
+        if self.config.timeline_interval_ms == 0 {
+            return; // automatic timeline blocks are off
+        }
         let interval = self.config.timeline_interval_ms.max(50);
         loop {
             tokio::time::sleep(Duration::from_millis(interval / 4)).await;
-            let Ok(heads) = self.store.heads() else { continue };
-            for (chain, _) in heads.into_iter().filter(|(_, h)| h.kind == KIND_TIMELINE) {
+            let timelines: Vec<ChainId> = self.timeline_chains.lock().expect("lock").iter().copied().collect();
+            for chain in timelines {
                 if let Err(e) = self.maybe_extend_timeline(chain, interval).await {
                     debug!(timeline = %chain.to_hex()[..16], "no timeline block this time: {}", e.message);
                 }
@@ -466,7 +480,8 @@ impl Node {
                     return Err(err(ErrorCode::Refused, "the genesis served does not match the chain id"));
                 }
                 match store::append(&self.store, &block) {
-                    Ok(_) | Err(StoreError::ChainExists(_)) => {}
+                    Ok(_) => self.note_appended(&block),
+                    Err(StoreError::ChainExists(_)) => {}
                     Err(StoreError::Block(chainiac_skipchain::BlockError::WrongIndex { .. })) => {} // raced a commit
                     Err(e) => return Err(store_err(e)),
                 }
@@ -482,7 +497,7 @@ impl Node {
         let roster = state.committee.roster().clone();
         self.member_of(&roster)?;
         match store::append(&self.store, &genesis) {
-            Ok(_) | Err(StoreError::ChainExists(_)) => {}
+            Ok(_) | Err(StoreError::ChainExists(_)) => self.note_appended(&genesis),
             Err(e) => return Err(store_err(e)),
         }
         info!(chain = %state.chain.to_hex()[..16], members = roster.len(), "chain created");
@@ -496,7 +511,10 @@ impl Node {
         self.authorize(&caller, state.committee.roster())?;
         self.member_of(state.committee.roster())?;
         match store::append(&self.store, &genesis) {
-            Ok(_) | Err(StoreError::ChainExists(_)) => Ok(Response::Ack),
+            Ok(_) | Err(StoreError::ChainExists(_)) => {
+                self.note_appended(&genesis);
+                Ok(Response::Ack)
+            }
             Err(e) => Err(store_err(e)),
         }
     }

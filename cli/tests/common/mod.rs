@@ -33,10 +33,16 @@ pub struct WitnessProcess {
 impl WitnessProcess {
     /// `chainiac witness init` in `dir`.
     pub fn init(dir: &Path) -> Self {
+        Self::init_with(dir, 400)
+    }
+
+    /// `chainiac witness init` in `dir`, with automatic timeline blocks every
+    /// `timeline_interval_ms` (0: none).
+    pub fn init_with(dir: &Path, timeline_interval_ms: u64) -> Self {
         let address = format!("127.0.0.1:{}", free_port());
         let out = Command::new(BIN)
             .args(["witness", "init", "--dir", dir.to_str().unwrap(), "--listen", &address, "--json"])
-            .args(["--timeline-interval-ms", "400"])
+            .args(["--timeline-interval-ms", &timeline_interval_ms.to_string()])
             .output()
             .unwrap();
         assert!(out.status.success(), "init failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -103,9 +109,15 @@ pub struct Cluster {
 impl Cluster {
     /// `n` witnesses initialised and running.
     pub async fn start(n: usize) -> Self {
+        Self::start_with(n, 400).await
+    }
+
+    /// `n` witnesses with automatic timeline blocks every `timeline_interval_ms` (0: none).
+    pub async fn start_with(n: usize, timeline_interval_ms: u64) -> Self {
         let root = tempfile::tempdir().unwrap();
-        let mut witnesses: Vec<WitnessProcess> =
-            (0..n).map(|i| WitnessProcess::init(&root.path().join(format!("w{i}")))).collect();
+        let mut witnesses: Vec<WitnessProcess> = (0..n)
+            .map(|i| WitnessProcess::init_with(&root.path().join(format!("w{i}")), timeline_interval_ms))
+            .collect();
         for w in &mut witnesses {
             w.start();
         }
@@ -202,29 +214,35 @@ impl Cluster {
     }
 }
 
+/// A client with a throwaway key; connections are kept per witness and reopened when a
+/// witness restarts.
 pub struct Client {
-    endpoint: endpoint::Endpoint,
-    key: SecretKey,
+    pool: chainiac_proto::Pool,
 }
 
 impl Client {
     pub fn new() -> Self {
+        let endpoint = endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         Client {
-            endpoint: endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap(),
-            key: SecretKey::generate(&mut rand_core::OsRng),
+            pool: chainiac_proto::Pool::new(endpoint, std::sync::Arc::new(SecretKey::generate(&mut rand_core::OsRng))),
         }
     }
 
     pub async fn call(&self, witness: &WitnessProcess, request: Request) -> Result<Response, CallError> {
-        let connection = endpoint::connect(&self.endpoint, &self.key, &witness.address, &witness.key).await?;
-        let reply = endpoint::call(&connection, &request, CALL_TIMEOUT).await;
-        connection.close(0u32.into(), b"done");
-        reply
+        self.pool.call(&witness.address, &witness.key, &request, CALL_TIMEOUT).await
     }
 
+    /// Waits until `witness` answers on a fresh connection (a restarted witness is not
+    /// reached through a connection cached from its previous run).
     pub async fn wait_ready(&self, witness: &WitnessProcess) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.call(witness, Request::Status).await.is_err() {
+        let key = SecretKey::generate(&mut rand_core::OsRng);
+        let probe = || async {
+            let connecting = endpoint::connect(self.pool.endpoint(), &key, &witness.address, &witness.key);
+            let connection = tokio::time::timeout(Duration::from_secs(2), connecting).await.ok()?.ok()?;
+            endpoint::call(&connection, &Request::Status, Duration::from_secs(2)).await.ok()
+        };
+        while probe().await.is_none() {
             assert!(Instant::now() < deadline, "witness at {} never came up:\n{}", witness.address, witness.log());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
