@@ -111,7 +111,10 @@ async fn timeline(chains: usize) {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--witnesses 16` runs only the append-latency table for that size.
+    let only: Option<usize> = args.iter().position(|a| a == "--witnesses").and_then(|i| args.get(i + 1)?.parse().ok());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     runtime.block_on(async {
         println!("Real `chainiac witness` processes on 127.0.0.1 (QUIC, RocksDB with synced promises and appends).\n");
@@ -119,6 +122,10 @@ fn main() {
         println!("| witnesses | appends | median ms | p99 ms | mean ms | appends/s |");
         println!("|---|---|---|---|---|---|");
         let sizes: &[usize] = if quick { &[4] } else { &[4, 16, 32] };
+        if let Some(n) = only {
+            append_latency(n, 200).await;
+            return;
+        }
         for &n in sizes {
             append_latency(n, if quick { 30 } else { 300 }).await;
         }

@@ -89,6 +89,8 @@ pub struct Node {
     pending_timelines: Mutex<HashMap<BlockId, Arc<HeadSet>>>,
     /// Per timeline chain: the newest appended block whose head set this node holds.
     timelines: Mutex<HashMap<ChainId, KnownTimeline>>,
+    /// The verified head of each chain, as last read or appended.
+    heads: Mutex<HashMap<ChainId, Arc<ChainState>>>,
     /// The timeline chains this node serves.
     timeline_chains: Mutex<std::collections::HashSet<ChainId>>,
     pub metrics: Metrics,
@@ -113,6 +115,7 @@ impl Node {
             chain_locks: Mutex::new(HashMap::new()),
             pending_timelines: Mutex::new(HashMap::new()),
             timelines: Mutex::new(HashMap::new()),
+            heads: Mutex::new(HashMap::new()),
             timeline_chains: Mutex::new(timeline_chains),
             metrics: Metrics::default(),
             started: Instant::now(),
@@ -221,8 +224,40 @@ impl Node {
 
     // ---- who may ask ----
 
+    /// The verified state at a chain's head, from memory when the store's head is still the
+    /// one cached (decoding a committee re-checks every proof of possession; a round needs
+    /// the head several times).
     fn head(&self, chain: &ChainId) -> Result<Arc<ChainState>, ErrorReply> {
-        store::head_state(&self.store, chain).map(|s| Arc::new(s.into_inner())).map_err(store_err)
+        let record = self
+            .store
+            .head(chain)
+            .map_err(|e| err(ErrorCode::Internal, e.to_string()))?
+            .ok_or_else(|| err(ErrorCode::NotFound, format!("chain {chain} is not served here")))?;
+        if let Some(cached) = self.heads.lock().expect("lock").get(chain) {
+            if cached.index() == record.index && cached.id == record.id {
+                return Ok(cached.clone());
+            }
+        }
+        let state = Arc::new(store::head_state(&self.store, chain).map_err(store_err)?.into_inner());
+        self.heads.lock().expect("lock").insert(*chain, state.clone());
+        Ok(state)
+    }
+
+    /// Verifies `block` against the chain's head (or as a genesis) and appends it.
+    fn append(&self, block: &Block) -> Result<Arc<ChainState>, StoreError<chainiac_skipchain::rocks::RocksError>> {
+        let state = match block.header.chain {
+            None => store::append(&self.store, block)?,
+            Some(chain) => {
+                let head = self.head(&chain).map_err(|_| StoreError::UnknownChain(chain))?;
+                let state = head.extend(block, |i| self.store.block_id(&chain, i).ok().flatten())?;
+                store::commit_verified(&self.store, &state, block, Some(head.index()))?;
+                state
+            }
+        };
+        let state = Arc::new(state.into_inner());
+        self.heads.lock().expect("lock").insert(state.chain, state.clone());
+        self.note_appended(block);
+        Ok(state)
     }
 
     fn is_configured_peer(&self, caller: &PublicKey) -> bool {
@@ -479,9 +514,8 @@ impl Node {
                 if block.header.index == 0 && block.id() != chain {
                     return Err(err(ErrorCode::Refused, "the genesis served does not match the chain id"));
                 }
-                match store::append(&self.store, &block) {
-                    Ok(_) => self.note_appended(&block),
-                    Err(StoreError::ChainExists(_)) => {}
+                match self.append(&block) {
+                    Ok(_) | Err(StoreError::ChainExists(_)) => {}
                     Err(StoreError::Block(chainiac_skipchain::BlockError::WrongIndex { .. })) => {} // raced a commit
                     Err(e) => return Err(store_err(e)),
                 }
@@ -496,8 +530,9 @@ impl Node {
         let state = ChainState::genesis(&genesis).map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
         let roster = state.committee.roster().clone();
         self.member_of(&roster)?;
-        match store::append(&self.store, &genesis) {
-            Ok(_) | Err(StoreError::ChainExists(_)) => self.note_appended(&genesis),
+        match self.append(&genesis) {
+            Ok(_) => {}
+            Err(StoreError::ChainExists(_)) => self.note_appended(&genesis),
             Err(e) => return Err(store_err(e)),
         }
         info!(chain = %state.chain.to_hex()[..16], members = roster.len(), "chain created");
@@ -510,8 +545,9 @@ impl Node {
         let state = ChainState::genesis(&genesis).map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
         self.authorize(&caller, state.committee.roster())?;
         self.member_of(state.committee.roster())?;
-        match store::append(&self.store, &genesis) {
-            Ok(_) | Err(StoreError::ChainExists(_)) => {
+        match self.append(&genesis) {
+            Ok(_) => Ok(Response::Ack),
+            Err(StoreError::ChainExists(_)) => {
                 self.note_appended(&genesis);
                 Ok(Response::Ack)
             }
@@ -652,12 +688,13 @@ impl Node {
             match leader.finish() {
                 Ok(signature) => {
                     block.signature = Some(signature);
-                    store::append(&self.store, &block).map_err(store_err)?;
-                    self.note_appended(&block);
+                    self.append(&block).map_err(store_err)?;
                     self.release(chain, index);
                     self.metrics.record_round(started.elapsed());
                     self.metrics.blocks_signed.fetch_add(1, Ordering::Relaxed);
                     info!(chain = %chain.to_hex()[..16], index, attempt, ms = started.elapsed().as_millis() as u64, "block appended");
+                    // Answer once every live witness has the block, so that a client reading
+                    // from any of them next sees it.
                     let commit = Request::Commit { block: block.clone() };
                     self.broadcast(&roster, &commit).await;
                     if let Some(next) = &block.committee {
@@ -899,9 +936,8 @@ impl Node {
                 _ => Err(err(ErrorCode::Conflict, format!("this witness holds another block at index {index}"))),
             };
         }
-        match store::append(&self.store, &block) {
+        match self.append(&block) {
             Ok(_) => {
-                self.note_appended(&block);
                 self.release(chain, index);
                 Ok(Response::Ack)
             }
