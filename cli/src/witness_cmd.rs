@@ -162,6 +162,10 @@ fn status(address: String, key: String, json: bool) -> Result<()> {
                     "rounds_led": status.rounds_led,
                     "rounds_failed": status.rounds_failed,
                     "blocks_signed": status.blocks_signed,
+                    "faults_named": status.faults_named,
+                    "round_ms_mean": status.round_ms_mean,
+                    "round_ms_max": status.round_ms_max,
+                    "peers_up": status.peers_up,
                     "refused_frames": status.refused_frames,
                     "chains": chains,
                 })
@@ -169,9 +173,15 @@ fn status(address: String, key: String, json: bool) -> Result<()> {
         } else {
             println!("witness {} at {} (up {} s)", hex::encode(status.key), status.address, status.uptime_s);
             println!(
-                "rounds led {}, failed {}, blocks signed {}, frames refused {}",
-                status.rounds_led, status.rounds_failed, status.blocks_signed, status.refused_frames
+                "rounds led {}, failed {} (mean {} ms, max {} ms); blocks signed {}; faults named {}",
+                status.rounds_led,
+                status.rounds_failed,
+                status.round_ms_mean,
+                status.round_ms_max,
+                status.blocks_signed,
+                status.faults_named
             );
+            println!("peers connected {}, frames refused {}", status.peers_up, status.refused_frames);
             for chain in status.chains {
                 println!("chain {}  head {}  {}", chain.chain.to_hex(), chain.index, chain.id.to_hex());
             }

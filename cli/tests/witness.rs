@@ -20,8 +20,18 @@ async fn four_witnesses_append_a_hundred_blocks_and_a_client_proves_the_head() {
     }
     let state = cluster.prove_from_genesis(2, chain, &genesis).await;
     assert_eq!(state.index(), 100);
-    let payload = cluster.witnesses[2].address.clone();
-    assert!(!payload.is_empty());
+    // The operator's view: `chainiac witness status --json` on a witness that led rounds.
+    let w = &cluster.witnesses[1];
+    let out = std::process::Command::new(common::BIN)
+        .args(["witness", "status", "--address", &w.address, "--key", &w.key.to_string(), "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["rounds_led"], 25);
+    assert_eq!(status["rounds_failed"], 0);
+    assert_eq!(status["peers_up"], 3, "connected to the other three witnesses");
+    assert_eq!(status["chains"][0]["head"], 100);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -190,6 +190,11 @@ impl Pool {
         }
     }
 
+    /// How many cached connections are still open.
+    pub fn live_connections(&self) -> usize {
+        self.connections.lock().expect("pool lock").values().filter(|c| c.close_reason().is_none()).count()
+    }
+
     fn forget(&self, address: &str, key: &PublicKey) {
         if let Some(connection) = self.connections.lock().expect("pool lock").remove(&(*key, address.to_string())) {
             connection.close(0u32.into(), b"unresponsive");

@@ -158,6 +158,13 @@ pub struct NodeStatus {
     pub rounds_led: u64,
     pub rounds_failed: u64,
     pub blocks_signed: u64,
+    /// Members named for a missing or wrong partial signature in rounds this node saw.
+    pub faults_named: u64,
+    /// Mean and worst duration of the rounds this node led.
+    pub round_ms_mean: u64,
+    pub round_ms_max: u64,
+    /// Open connections to other witnesses.
+    pub peers_up: u64,
     /// Frames refused as malformed, oversized, of an unknown version or unauthorized.
     pub refused_frames: u64,
 }

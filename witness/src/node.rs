@@ -183,6 +183,10 @@ impl Node {
             rounds_led: m.rounds_led.load(Ordering::Relaxed),
             rounds_failed: m.rounds_failed.load(Ordering::Relaxed),
             blocks_signed: m.blocks_signed.load(Ordering::Relaxed),
+            faults_named: m.faults_named.load(Ordering::Relaxed),
+            round_ms_mean: m.round_ms_total.load(Ordering::Relaxed) / m.rounds_led.load(Ordering::Relaxed).max(1),
+            round_ms_max: m.round_ms_max.load(Ordering::Relaxed),
+            peers_up: self.pool.live_connections() as u64,
             refused_frames: m.refused_frames.load(Ordering::Relaxed),
         }))
     }
