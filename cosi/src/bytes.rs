@@ -1,4 +1,4 @@
-//! Serde for fixed-size byte arrays of any length: a tuple of `N` bytes, which postcard
+//! Serde for fixed-size byte arrays of any length (`#[serde(with = "chainiac_cosi::bytes")]`): a tuple of `N` bytes, which postcard
 //! writes as exactly `N` bytes with no length prefix (serde's own impls stop at 32).
 
 use serde::de::{Error, SeqAccess, Visitor};

@@ -20,7 +20,7 @@
 //! verify(&roster, 4, b"block id", &outcome.signature).unwrap();
 //! ```
 
-mod bytes;
+pub mod bytes;
 pub mod hash;
 mod keys;
 mod mask;

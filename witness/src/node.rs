@@ -13,6 +13,7 @@ use chainiac_cosi::protocol::{
 use chainiac_cosi::{Mask, Member, PublicKey, Roster, SecretKey};
 use chainiac_proto::message::{Announce, ErrorCode, ErrorReply, HeadInfo, NodeStatus, Request, Response, TimelineInfo};
 use chainiac_proto::{CallError, Pool};
+use chainiac_release::{KIND_POLICY_CHANGE, KIND_RELEASE};
 use chainiac_skipchain::rocks::RocksStore;
 use chainiac_skipchain::store::{self, Store, StoreError};
 use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, TimelineEntry, KIND_TIMELINE};
@@ -89,6 +90,8 @@ pub struct Node {
     pending_timelines: Mutex<HashMap<BlockId, Arc<HeadSet>>>,
     /// Per timeline chain: the newest appended block whose head set this node holds.
     timelines: Mutex<HashMap<ChainId, KnownTimeline>>,
+    /// Versions released per release chain.
+    released: Mutex<HashMap<ChainId, std::collections::HashSet<String>>>,
     /// The verified head of each chain, as last read or appended.
     heads: Mutex<HashMap<ChainId, Arc<ChainState>>>,
     /// The timeline chains this node serves.
@@ -116,6 +119,7 @@ impl Node {
             pending_timelines: Mutex::new(HashMap::new()),
             timelines: Mutex::new(HashMap::new()),
             heads: Mutex::new(HashMap::new()),
+            released: Mutex::new(HashMap::new()),
             timeline_chains: Mutex::new(timeline_chains),
             metrics: Metrics::default(),
             started: Instant::now(),
@@ -303,16 +307,65 @@ impl Node {
             .head(&head.chain)
             .map_err(|e| err(ErrorCode::Internal, e.to_string()))?
             .map_or(block.header.kind, |h| h.kind);
-        if block.header.kind != chain_kind {
+        if !rules::kind_allowed(chain_kind, block.header.kind) {
             return Err(err(
                 ErrorCode::Refused,
                 format!("a block of kind {} cannot go on a chain of kind {chain_kind}", block.header.kind),
             ));
         }
-        if block.header.kind == KIND_TIMELINE {
-            return self.check_timeline_block(block);
+        let refused = |reason: String| err(ErrorCode::Refused, reason);
+        match block.header.kind {
+            KIND_TIMELINE => self.check_timeline_block(block),
+            KIND_RELEASE => {
+                if block.policy.is_some() {
+                    return Err(refused("a release block cannot change the policy; use a policy change".into()));
+                }
+                let is_released = |version: &str| self.is_released(&head.chain, version);
+                chainiac_release::check_release(
+                    &head.policy,
+                    &block.payload,
+                    block.header.timestamp_ms,
+                    self.release_window(),
+                    is_released,
+                )
+                .map(|_| ())
+                .map_err(|e| refused(e.to_string()))
+            }
+            KIND_POLICY_CHANGE => chainiac_release::check_policy_change(
+                &head.chain.0,
+                &head.policy,
+                block.policy.as_deref(),
+                &block.payload,
+            )
+            .map(|_| ())
+            .map_err(|e| refused(e.to_string())),
+            _ => Ok(()),
         }
-        rules::check_payload(head, block).map_err(|reason| err(ErrorCode::Refused, reason))
+    }
+
+    fn release_window(&self) -> chainiac_release::TimeWindow {
+        chainiac_release::TimeWindow { skew_ms: self.config.max_clock_skew_ms, ..Default::default() }
+    }
+
+    /// Whether `version` is already released on `chain` (the set is built from the chain on
+    /// first use and kept up to date on every append).
+    fn is_released(&self, chain: &ChainId, version: &str) -> bool {
+        let mut released = self.released.lock().expect("lock");
+        if !released.contains_key(chain) {
+            let mut versions = std::collections::HashSet::new();
+            let head = self.store.head(chain).ok().flatten().map_or(0, |h| h.index);
+            for index in 1..=head {
+                if let Ok(Some(block)) = self.store.block(chain, index) {
+                    if block.header.kind == KIND_RELEASE {
+                        if let Ok(payload) = chainiac_release::ReleasePayload::from_bytes(&block.payload) {
+                            versions.insert(payload.manifest.version);
+                        }
+                    }
+                }
+            }
+            released.insert(*chain, versions);
+        }
+        released[chain].contains(version)
     }
 
     /// The heads of every chain here that is not a timeline, as a timeline would record them.
@@ -354,6 +407,16 @@ impl Node {
 
     /// After a timeline block is appended: remember the head set it commits to.
     fn note_appended(&self, block: &Block) {
+        if block.header.kind == KIND_RELEASE {
+            if let (Some(chain), Ok(payload)) =
+                (block.header.chain, chainiac_release::ReleasePayload::from_bytes(&block.payload))
+            {
+                if let Some(versions) = self.released.lock().expect("lock").get_mut(&chain) {
+                    versions.insert(payload.manifest.version);
+                }
+            }
+            return;
+        }
         if block.header.kind != KIND_TIMELINE {
             return;
         }
@@ -532,6 +595,7 @@ impl Node {
 
     async fn create_chain(self: &Arc<Self>, genesis: Block) -> Reply {
         let state = ChainState::genesis(&genesis).map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
+        rules::check_genesis(&genesis).map_err(|reason| err(ErrorCode::Refused, reason))?;
         let roster = state.committee.roster().clone();
         self.member_of(&roster)?;
         match self.append(&genesis) {
@@ -547,6 +611,7 @@ impl Node {
 
     fn on_genesis(&self, caller: PublicKey, genesis: Block) -> Reply {
         let state = ChainState::genesis(&genesis).map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
+        rules::check_genesis(&genesis).map_err(|reason| err(ErrorCode::Refused, reason))?;
         self.authorize(&caller, state.committee.roster())?;
         self.member_of(state.committee.roster())?;
         match self.append(&genesis) {

@@ -1,0 +1,17 @@
+//! # chainiac-release
+//!
+//! What a release is and when witnesses may cosign one. [`model`] defines policies,
+//! manifests, developer signatures and build attestations with their canonical encodings;
+//! [`rules`] holds the checks a witness makes before cosigning a release or a policy change,
+//! each refusal naming its rule. No I/O: a verifier daemon produces attestations, the
+//! witness feeds the rules.
+
+pub mod model;
+pub mod rules;
+
+pub use model::{
+    content_hash, Artifact, ArtifactMismatch, Attestation, AttestationBody, DeveloperSignature, Manifest, ManifestId,
+    Outcome, Policy, PolicyChange, PolicyError, Recipe, ReleasePayload, RootSignature, SourceArchive,
+    KIND_POLICY_CHANGE, KIND_RELEASE,
+};
+pub use rules::{check_policy_change, check_release, Agreement, ReleaseError, TimeWindow};

@@ -1,0 +1,303 @@
+//! What a policy, a release manifest, a developer signature and a build attestation are,
+//! with their canonical encodings (postcard) and signed messages.
+
+use chainiac_cosi::hash;
+use chainiac_cosi::{PublicKey, SecretKey};
+use serde::{Deserialize, Serialize};
+
+/// Manifest ids: `SHA3-256(tagged(TAG_MANIFEST) || encode(Manifest))`.
+pub const TAG_MANIFEST: &str = "chainiac/v1/release/manifest";
+/// A developer signs `tagged(TAG_DEVELOPER) || manifest id` (Ed25519, RFC 8032).
+pub const TAG_DEVELOPER: &str = "chainiac/v1/release/developer";
+/// A verifier signs `tagged(TAG_ATTESTATION) || encode(AttestationBody)`.
+pub const TAG_ATTESTATION: &str = "chainiac/v1/release/attestation";
+/// A root key signs `tagged(TAG_POLICY_CHANGE) || chain || old policy hash || new policy hash`.
+pub const TAG_POLICY_CHANGE: &str = "chainiac/v1/release/policy-change";
+/// Content hashes of source archives and artifacts: `SHA3-256(tagged(TAG_CONTENT) || bytes)`.
+pub const TAG_CONTENT: &str = "chainiac/v1/release/content";
+
+/// Block kinds of release chains.
+pub const KIND_RELEASE: u16 = 2;
+pub const KIND_POLICY_CHANGE: u16 = 3;
+
+/// The SHA3-256 content hash of a file's bytes.
+pub fn content_hash(bytes: &[u8]) -> [u8; 32] {
+    hash::sha3_256(TAG_CONTENT, &[bytes])
+}
+
+/// `tagged(tag) || parts...`: the message a key signs.
+fn signed_message(tag: &str, parts: &[&[u8]]) -> Vec<u8> {
+    let mut message = vec![tag.len() as u8];
+    message.extend_from_slice(tag.as_bytes());
+    for part in parts {
+        message.extend_from_slice(part);
+    }
+    message
+}
+
+/// A project's rules: who may release, who may change the rules, who must reproduce builds,
+/// and how stale a client may let its view get.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// The project's name; every manifest must carry it.
+    pub project: String,
+    pub developers: Vec<PublicKey>,
+    pub release_threshold: u32,
+    pub root_keys: Vec<PublicKey>,
+    pub root_threshold: u32,
+    pub verifiers: Vec<PublicKey>,
+    pub verifier_threshold: u32,
+    /// Clients refuse a timeline head older than this (freeze attacks).
+    pub max_age_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy has an empty project name")]
+    NoProject,
+    #[error("policy {set} threshold {threshold} is impossible with {keys} keys")]
+    Threshold { set: &'static str, threshold: u32, keys: usize },
+    #[error("policy lists key {key} twice among the {set}")]
+    DuplicateKey { set: &'static str, key: String },
+    #[error("policy does not decode: {0}")]
+    Decode(String),
+}
+
+impl Policy {
+    /// Checks thresholds (1..=keys; the verifier threshold may be 0 only with no verifiers)
+    /// and duplicate keys.
+    pub fn check(&self) -> Result<(), PolicyError> {
+        if self.project.is_empty() {
+            return Err(PolicyError::NoProject);
+        }
+        for (set, keys, threshold, may_be_zero) in [
+            ("developer", &self.developers, self.release_threshold, false),
+            ("root", &self.root_keys, self.root_threshold, false),
+            ("verifier", &self.verifiers, self.verifier_threshold, self.verifiers.is_empty()),
+        ] {
+            if (threshold == 0 && !may_be_zero) || threshold as usize > keys.len() {
+                return Err(PolicyError::Threshold { set, threshold, keys: keys.len() });
+            }
+            let mut seen = std::collections::HashSet::new();
+            for key in keys {
+                if !seen.insert(key) {
+                    return Err(PolicyError::DuplicateKey { set, key: key.to_string() });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The canonical bytes a chain carries as its policy.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("policies serialize")
+    }
+
+    /// Decodes and checks a policy.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, PolicyError> {
+        let (policy, rest): (Policy, _) =
+            postcard::take_from_bytes(bytes).map_err(|e| PolicyError::Decode(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(PolicyError::Decode(format!("{} trailing bytes", rest.len())));
+        }
+        policy.check()?;
+        Ok(policy)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceArchive {
+    pub name: String,
+    pub sha3: [u8; 32],
+    pub size: u64,
+}
+
+/// How to build: run `argv` in `workdir` (relative to the unpacked source) with `env` added
+/// to the verifier's clean, normalized environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipe {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub workdir: String,
+}
+
+/// One file the build must produce, relative to the build directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub path: String,
+    pub sha3: [u8; 32],
+    pub size: u64,
+}
+
+/// What a release is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub project: String,
+    pub version: String,
+    pub source: SourceArchive,
+    pub recipe: Recipe,
+    pub artifacts: Vec<Artifact>,
+    /// Release time, ms since the Unix epoch; builds see it as `SOURCE_DATE_EPOCH` (seconds).
+    pub time_ms: u64,
+}
+
+/// The identifier developers and verifiers sign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ManifestId(pub [u8; 32]);
+
+impl std::fmt::Display for ManifestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in &self.0[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Manifest {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("manifests serialize")
+    }
+
+    pub fn id(&self) -> ManifestId {
+        ManifestId(hash::sha3_256(TAG_MANIFEST, &[&self.to_bytes()]))
+    }
+}
+
+/// A developer's Ed25519 signature on a manifest id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeveloperSignature {
+    pub key: PublicKey,
+    #[serde(with = "chainiac_cosi::bytes")]
+    pub signature: [u8; 64],
+}
+
+impl DeveloperSignature {
+    pub fn message(manifest: &ManifestId) -> Vec<u8> {
+        signed_message(TAG_DEVELOPER, &[&manifest.0])
+    }
+
+    /// Signs `manifest` with `key` (any Ed25519 key, an OpenSSH one included).
+    pub fn sign(key: &SecretKey, manifest: &ManifestId) -> Self {
+        DeveloperSignature { key: key.public_key(), signature: key.sign_ed25519(&Self::message(manifest)) }
+    }
+
+    pub fn verify(&self, manifest: &ManifestId) -> bool {
+        self.key.verify_ed25519(&Self::message(manifest), &self.signature)
+    }
+}
+
+/// A differing artifact: what the manifest expects and what the verifier got (`None`: the
+/// build did not produce it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactMismatch {
+    pub path: String,
+    pub expected: [u8; 32],
+    pub got: Option<[u8; 32]>,
+    pub got_size: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// Every expected artifact came out bit for bit.
+    Reproduced,
+    /// The build ran; these artifacts differ.
+    Mismatch { artifacts: Vec<ArtifactMismatch> },
+    /// The build could not be run or did not finish; why.
+    Failed { reason: String },
+}
+
+/// What a verifier signs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttestationBody {
+    pub verifier: PublicKey,
+    pub manifest: ManifestId,
+    pub outcome: Outcome,
+    /// Digest of the verifier's build environment (toolchain versions, platform), so that
+    /// disagreements can be traced to environments.
+    pub environment: [u8; 32],
+    pub time_ms: u64,
+}
+
+/// A build verifier's signed statement about one manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attestation {
+    pub body: AttestationBody,
+    #[serde(with = "chainiac_cosi::bytes")]
+    pub signature: [u8; 64],
+}
+
+impl Attestation {
+    pub fn message(body: &AttestationBody) -> Vec<u8> {
+        signed_message(TAG_ATTESTATION, &[&postcard::to_allocvec(body).expect("bodies serialize")])
+    }
+
+    /// Signs `body` with the verifier's key (which must be `body.verifier`).
+    pub fn sign(key: &SecretKey, body: AttestationBody) -> Self {
+        debug_assert_eq!(key.public_key(), body.verifier);
+        let signature = key.sign_ed25519(&Self::message(&body));
+        Attestation { body, signature }
+    }
+
+    pub fn verify(&self) -> bool {
+        self.body.verifier.verify_ed25519(&Self::message(&self.body), &self.signature)
+    }
+}
+
+/// The payload of a release block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleasePayload {
+    pub manifest: Manifest,
+    pub developer_signatures: Vec<DeveloperSignature>,
+    /// Every attestation collected, agreeing or not: disagreement stays on the record.
+    pub attestations: Vec<Attestation>,
+}
+
+/// A root key's signature approving a policy change on one chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootSignature {
+    pub key: PublicKey,
+    #[serde(with = "chainiac_cosi::bytes")]
+    pub signature: [u8; 64],
+}
+
+/// The payload of a policy-change block (the new policy itself is the block's carried
+/// policy; its hash is in the header).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyChange {
+    pub root_signatures: Vec<RootSignature>,
+}
+
+impl RootSignature {
+    pub fn message(chain: &[u8; 32], old_policy_hash: &[u8; 32], new_policy_hash: &[u8; 32]) -> Vec<u8> {
+        signed_message(TAG_POLICY_CHANGE, &[chain, old_policy_hash, new_policy_hash])
+    }
+
+    pub fn sign(key: &SecretKey, chain: &[u8; 32], old: &[u8; 32], new: &[u8; 32]) -> Self {
+        RootSignature { key: key.public_key(), signature: key.sign_ed25519(&Self::message(chain, old, new)) }
+    }
+
+    pub fn verify(&self, chain: &[u8; 32], old: &[u8; 32], new: &[u8; 32]) -> bool {
+        self.key.verify_ed25519(&Self::message(chain, old, new), &self.signature)
+    }
+}
+
+macro_rules! payload_codec {
+    ($($t:ty),*) => {$(
+        impl $t {
+            pub fn to_bytes(&self) -> Vec<u8> {
+                postcard::to_allocvec(self).expect("payloads serialize")
+            }
+
+            /// Decodes exactly one value (no trailing bytes).
+            pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+                let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| e.to_string())?;
+                if !rest.is_empty() {
+                    return Err(format!("{} trailing bytes", rest.len()));
+                }
+                Ok(value)
+            }
+        }
+    )*};
+}
+payload_codec!(ReleasePayload, PolicyChange, Attestation);
