@@ -121,7 +121,8 @@ pub struct Recipe {
     pub workdir: String,
 }
 
-/// One file the build must produce, relative to the build directory.
+/// One file the build must produce, relative to the directory the source archive was
+/// unpacked into.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Artifact {
     pub path: String,

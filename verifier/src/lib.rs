@@ -1,0 +1,223 @@
+//! # chainiac-verifier
+//!
+//! A build verifier: given a release manifest and its source archive, it unpacks the source
+//! safely into a fresh directory, runs the recipe in a clean, normalized environment with
+//! limits, compares what came out with the manifest's artifacts bit for bit, and signs an
+//! attestation — reproduced, mismatch (which artifacts, which hashes) or failed (why).
+//! Attestations and build logs are kept: the same manifest asked twice gets the stored
+//! attestation.
+
+pub mod sandbox;
+
+use chainiac_cosi::hash;
+use chainiac_cosi::SecretKey;
+use chainiac_release::{content_hash, Attestation, AttestationBody, Manifest, ManifestId, Outcome};
+use rand_core::RngCore;
+use sandbox::Limits;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+use tracing::info;
+
+/// manifest id → encoded [`Attestation`].
+pub const CF_ATTESTATIONS: &str = "attestations";
+/// manifest id → build log bytes.
+pub const CF_LOGS: &str = "build_logs";
+/// Digest of the build environment: `SHA3-256(tagged(TAG_ENVIRONMENT) || description)`.
+pub const TAG_ENVIRONMENT: &str = "chainiac/v1/verifier/environment";
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifierError {
+    #[error("verifier store: {0}")]
+    Store(#[from] rocksdb::Error),
+    #[error("stored attestation does not decode: {0}")]
+    Corrupt(String),
+    #[error("preparing the build directory: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A verifier's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub limits: Limits,
+    /// Builds running at once; more wait their turn.
+    pub concurrency: usize,
+    /// Run builds in a new network namespace (needs `unshare --net` to work here).
+    pub isolate_network: bool,
+}
+
+pub struct Verifier {
+    key: SecretKey,
+    settings: Settings,
+    db: rocksdb::DB,
+    slots: Semaphore,
+    environment: [u8; 32],
+    environment_description: String,
+}
+
+/// Whether `unshare --net` works on this machine (root, or unprivileged user namespaces).
+pub fn network_isolation_available() -> bool {
+    std::process::Command::new("unshare")
+        .args(["--net", "true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn describe_environment(isolate_network: bool) -> String {
+    let run = |argv: &[&str]| {
+        std::process::Command::new(argv[0])
+            .args(&argv[1..])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
+            .unwrap_or_else(|| "absent".into())
+    };
+    format!(
+        "os={} arch={} kernel={} cc={} make={} network={}",
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+        run(&["uname", "-r"]),
+        run(&["cc", "--version"]),
+        run(&["make", "--version"]),
+        if isolate_network { "isolated" } else { "shared" }
+    )
+}
+
+impl Verifier {
+    /// Opens (creating if needed) the verifier's store under `settings.data_dir`.
+    pub fn open(key: SecretKey, settings: Settings) -> Result<Arc<Self>, VerifierError> {
+        std::fs::create_dir_all(&settings.data_dir)?;
+        let mut options = rocksdb::Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        let db = rocksdb::DB::open_cf(&options, settings.data_dir.join("db"), [CF_ATTESTATIONS, CF_LOGS])?;
+        let environment_description = describe_environment(settings.isolate_network);
+        let environment = hash::sha3_256(TAG_ENVIRONMENT, &[environment_description.as_bytes()]);
+        info!(environment = %environment_description, "verifier environment");
+        Ok(Arc::new(Verifier {
+            key,
+            slots: Semaphore::new(settings.concurrency.max(1)),
+            settings,
+            db,
+            environment,
+            environment_description,
+        }))
+    }
+
+    pub fn public_key(&self) -> chainiac_cosi::PublicKey {
+        self.key.public_key()
+    }
+
+    pub fn environment_description(&self) -> &str {
+        &self.environment_description
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db.cf_handle(name).expect("column families are created at open")
+    }
+
+    /// The attestation stored for `manifest`, if it was built before.
+    pub fn attestation(&self, manifest: &ManifestId) -> Result<Option<Attestation>, VerifierError> {
+        match self.db.get_pinned_cf(self.cf(CF_ATTESTATIONS), manifest.0)? {
+            None => Ok(None),
+            Some(bytes) => Attestation::from_bytes(&bytes).map(Some).map_err(VerifierError::Corrupt),
+        }
+    }
+
+    /// The build log kept for `manifest`.
+    pub fn log(&self, manifest: &ManifestId) -> Result<Option<Vec<u8>>, VerifierError> {
+        Ok(self.db.get_cf(self.cf(CF_LOGS), manifest.0)?)
+    }
+
+    /// Builds `manifest` from `source` (or returns the stored attestation) and signs the
+    /// outcome. Every failure to build is an attestation too (`Failed`, with the reason);
+    /// only the verifier's own storage failing is an error.
+    pub async fn build(&self, manifest: &Manifest, source: &[u8]) -> Result<Attestation, VerifierError> {
+        let id = manifest.id();
+        if let Some(stored) = self.attestation(&id)? {
+            return Ok(stored);
+        }
+        let _slot = self.slots.acquire().await.expect("the semaphore is never closed");
+        if let Some(stored) = self.attestation(&id)? {
+            return Ok(stored); // built while we waited
+        }
+        let (outcome, log) = self.rebuild(manifest, source).await?;
+        info!(manifest = %id, outcome = ?outcome_name(&outcome), "built");
+        let body = AttestationBody {
+            verifier: self.key.public_key(),
+            manifest: id,
+            outcome,
+            environment: self.environment,
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+        };
+        let attestation = Attestation::sign(&self.key, body);
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(self.cf(CF_ATTESTATIONS), id.0, attestation.to_bytes());
+        batch.put_cf(self.cf(CF_LOGS), id.0, &log);
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(true);
+        self.db.write_opt(batch, &options)?;
+        Ok(attestation)
+    }
+
+    async fn rebuild(&self, manifest: &Manifest, source: &[u8]) -> Result<(Outcome, Vec<u8>), VerifierError> {
+        let failed = |reason: String| Ok((Outcome::Failed { reason: reason.clone() }, reason.into_bytes()));
+        if source.len() as u64 != manifest.source.size || content_hash(source) != manifest.source.sha3 {
+            return failed("the source archive does not match the manifest's hash and size".into());
+        }
+        if let Err(e) = chainiac_release::rules::check_manifest(manifest) {
+            return failed(e.to_string());
+        }
+        let mut nonce = [0u8; 8];
+        rand_core::OsRng.fill_bytes(&mut nonce);
+        let job = self.settings.data_dir.join("jobs").join(format!(
+            "{}-{}",
+            hex::encode(&manifest.id().0[..8]),
+            hex::encode(nonce)
+        ));
+        let root = job.join("src");
+        std::fs::create_dir_all(&root)?;
+        let result = self.build_in(manifest, source, &job, &root).await;
+        let _ = std::fs::remove_dir_all(&job);
+        result
+    }
+
+    async fn build_in(
+        &self,
+        manifest: &Manifest,
+        source: &[u8],
+        job: &Path,
+        root: &Path,
+    ) -> Result<(Outcome, Vec<u8>), VerifierError> {
+        let limits = &self.settings.limits;
+        if let Err(e) = sandbox::unpack(source, root, limits) {
+            let reason = format!("unpacking the source: {e}");
+            return Ok((Outcome::Failed { reason: reason.clone() }, reason.into_bytes()));
+        }
+        let epoch = manifest.time_ms / 1000;
+        let report = sandbox::run(&manifest.recipe, job, root, epoch, limits, self.settings.isolate_network).await;
+        let mut log = report.log;
+        let outcome = match report.result {
+            Err(reason) => {
+                log.extend_from_slice(format!("\n[chainiac-verifier] {reason}\n").as_bytes());
+                Outcome::Failed { reason }
+            }
+            Ok(()) => sandbox::compare(root, &manifest.artifacts),
+        };
+        Ok((outcome, log))
+    }
+}
+
+fn outcome_name(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Reproduced => "reproduced",
+        Outcome::Mismatch { .. } => "mismatch",
+        Outcome::Failed { .. } => "failed",
+    }
+}
