@@ -1,5 +1,6 @@
 //! `chainiac`: one binary for every user. Each subcommand is a thin shell over a library.
 
+mod verifier_cmd;
 mod witness_cmd;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,9 @@ enum Command {
     /// Run and manage a witness node.
     #[command(subcommand)]
     Witness(witness_cmd::WitnessCommand),
+    /// Run and manage a build verifier.
+    #[command(subcommand)]
+    Verifier(verifier_cmd::VerifierCommand),
 }
 
 /// Exit codes scripts can rely on.
@@ -41,6 +45,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Witness(command) => witness_cmd::run(command),
+        Command::Verifier(command) => verifier_cmd::run(command),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

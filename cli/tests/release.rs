@@ -67,7 +67,10 @@ async fn the_cothority_enforces_every_release_rule_and_clients_see_key_rotation(
         release_threshold: 2,
         root_keys: vec![r1.public_key(), r2.public_key()],
         root_threshold: 2,
-        verifiers: vec![v1.public_key(), v2.public_key()],
+        verifiers: vec![
+            VerifierEntry { key: v1.public_key(), address: "127.0.0.1:1".into() },
+            VerifierEntry { key: v2.public_key(), address: "127.0.0.1:2".into() },
+        ],
         verifier_threshold: 2,
         max_age_ms: 3_600_000,
     };
@@ -168,4 +171,133 @@ async fn the_cothority_enforces_every_release_rule_and_clients_see_key_rotation(
     assert_eq!(Policy::from_bytes(&reached.state.policy).unwrap(), rotated);
     let payload = ReleasePayload::from_bytes(reached.payload.as_ref().unwrap()).unwrap();
     assert_eq!(payload.manifest.version, "1.2");
+}
+
+const HELLO_C: &str = "#include <stdio.h>\nint main(void) { printf(\"hello from a verified build\\n\"); return 0; }\n";
+const MAKEFILE: &str = "hello: hello.c\n\tgcc -O2 -ffile-prefix-map=$(CURDIR)=. -o hello hello.c\n";
+
+/// A source archive with fixed metadata, as a reproducible release ships.
+fn source_archive(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut header, path, data.as_bytes()).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifiers_rebuild_submitted_releases_and_only_reproduced_ones_are_appended() {
+    let cluster = Cluster::start_with(4, 0).await;
+    let root = tempfile::tempdir().unwrap();
+    let mut verifiers: Vec<common::VerifierProcess> =
+        (0..2).map(|i| common::VerifierProcess::init(&root.path().join(format!("v{i}")))).collect();
+    for v in &mut verifiers {
+        v.start();
+    }
+    for v in &verifiers {
+        v.wait_ready(&cluster.client).await;
+    }
+    let (d1, d2) = (key(1), key(2));
+    let policy = Policy {
+        project: "hello".into(),
+        developers: vec![d1.public_key(), d2.public_key()],
+        release_threshold: 2,
+        root_keys: vec![key(10).public_key()],
+        root_threshold: 1,
+        verifiers: verifiers.iter().map(|v| VerifierEntry { key: v.key, address: v.address.clone() }).collect(),
+        verifier_threshold: 2,
+        max_age_ms: 3_600_000,
+    };
+    let committee = Committee::byzantine(cluster.roster(&[0, 1, 2, 3]));
+    let first =
+        genesis(ChainParams::new(2, 24).unwrap(), committee, policy.to_bytes(), KIND_RELEASE, vec![], common::now_ms());
+    let Ok(Response::Created { chain }) =
+        cluster.client.call(&cluster.witnesses[0], Request::CreateChain { genesis: first.clone() }).await
+    else {
+        panic!("release chain not created")
+    };
+
+    // The release manager builds locally to learn what the artifact must be.
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("hello.c"), HELLO_C).unwrap();
+    std::fs::write(local.path().join("Makefile"), MAKEFILE).unwrap();
+    let built = std::process::Command::new("make")
+        .current_dir(local.path())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    assert!(built.status.success());
+    let binary = std::fs::read(local.path().join("hello")).unwrap();
+    let source = source_archive(&[("hello-1.0/Makefile", MAKEFILE), ("hello-1.0/hello.c", HELLO_C)]);
+    let manifest = Manifest {
+        project: "hello".into(),
+        version: "1.0".into(),
+        source: SourceArchive { name: "hello-1.0.tar".into(), sha3: content_hash(&source), size: source.len() as u64 },
+        recipe: Recipe { argv: vec!["make".into()], env: vec![], workdir: "hello-1.0".into() },
+        artifacts: vec![Artifact {
+            path: "hello-1.0/hello".into(),
+            sha3: content_hash(&binary),
+            size: binary.len() as u64,
+        }],
+        time_ms: common::now_ms(),
+    };
+    let id = manifest.id();
+    let submit = |manifest: Manifest, source: Vec<u8>| {
+        let cluster = &cluster;
+        let signatures =
+            vec![DeveloperSignature::sign(&d1, &manifest.id()), DeveloperSignature::sign(&d2, &manifest.id())];
+        async move {
+            cluster
+                .client
+                .call(
+                    &cluster.witnesses[2],
+                    Request::SubmitRelease { chain, manifest, developer_signatures: signatures, source },
+                )
+                .await
+        }
+    };
+    let Ok(Response::Appended { block }) = submit(manifest.clone(), source.clone()).await else {
+        panic!("not appended")
+    };
+    let payload = ReleasePayload::from_bytes(&block.payload).unwrap();
+    assert_eq!(payload.attestations.len(), 2);
+    assert!(payload.attestations.iter().all(|a| a.body.outcome == Outcome::Reproduced && a.verify()));
+    // The verifier keeps the attestation and the build log.
+    let reply =
+        cluster.client.call_at(&verifiers[0].address, &verifiers[0].key, Request::GetBuildLog { manifest: id }).await;
+    let Ok(Response::BuildLog(Some(log))) = reply else { panic!("no build log: {reply:?}") };
+    assert!(String::from_utf8_lossy(&log).contains("gcc -O2"), "{}", String::from_utf8_lossy(&log));
+
+    // A build that embeds the time: both verifiers report a mismatch naming the artifact;
+    // the witnesses refuse and nothing is appended.
+    let stamped = "hello: hello.c\n\tgcc -O2 -DSTAMP='\"'$$(date +%s%N)'\"' -o hello hello.c\n";
+    let stamped_c = "#include <stdio.h>\nint main(void) { puts(\"built at \" STAMP); return 0; }\n";
+    let source = source_archive(&[("hello-1.1/Makefile", stamped), ("hello-1.1/hello.c", stamped_c)]);
+    let mut unreproducible = manifest.clone();
+    unreproducible.version = "1.1".into();
+    unreproducible.source.sha3 = content_hash(&source);
+    unreproducible.source.size = source.len() as u64;
+    unreproducible.recipe.workdir = "hello-1.1".into();
+    unreproducible.artifacts[0].path = "hello-1.1/hello".into();
+    let head_before = cluster.head(0, chain).await;
+    let refused = submit(unreproducible, source).await.unwrap_err();
+    let reply = refusal(&refused);
+    assert_eq!(reply.code, ErrorCode::Refused);
+    assert!(
+        reply.message.contains("reproduced the build") && reply.message.contains("hello-1.1/hello"),
+        "{}",
+        reply.message
+    );
+    assert_eq!(cluster.head(0, chain).await, head_before, "nothing appended");
+    // The verifiers stay up.
+    for v in &verifiers {
+        v.wait_ready(&cluster.client).await;
+    }
 }

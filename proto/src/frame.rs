@@ -27,6 +27,8 @@ pub enum FrameClass {
     Peer = 3,
     /// Any answer.
     Response = 4,
+    /// A request carrying a source archive (to a verifier, or a release submission).
+    Build = 5,
 }
 
 impl FrameClass {
@@ -37,6 +39,7 @@ impl FrameClass {
             FrameClass::Submit => 4 << 20,
             FrameClass::Peer => 8 << 20,
             FrameClass::Response => 64 << 20,
+            FrameClass::Build => 64 << 20,
         }
     }
 
@@ -46,6 +49,7 @@ impl FrameClass {
             2 => Some(FrameClass::Submit),
             3 => Some(FrameClass::Peer),
             4 => Some(FrameClass::Response),
+            5 => Some(FrameClass::Build),
             _ => None,
         }
     }

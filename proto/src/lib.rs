@@ -7,6 +7,7 @@
 pub mod endpoint;
 pub mod frame;
 pub mod message;
+pub mod server;
 pub mod tls;
 
 pub use endpoint::{call, CallError, Pool};

@@ -6,6 +6,7 @@
 
 use crate::frame::FrameClass;
 use chainiac_cosi::protocol::{Challenge, Commitment, Response as CosiResponse, SessionId};
+use chainiac_release::{Attestation, DeveloperSignature, Manifest, ManifestId};
 use chainiac_skipchain::timeline::{InclusionProof, TimelineEntry};
 use chainiac_skipchain::{BackwardProof, Block, BlockId, ChainId, Header, Proof, Proposal};
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,17 @@ pub enum Request {
     Commit { block: Block },
     /// A new chain the leader accepted: serve it too.
     Genesis { genesis: Block },
+
+    // --- build verification ---
+    /// To a verifier: rebuild `manifest` from `source` and answer with a signed attestation.
+    Build { manifest: Manifest, source: Vec<u8> },
+    /// To a verifier: the attestation it stored for a manifest, if any.
+    GetAttestation { manifest: ManifestId },
+    /// To a verifier: the build log it kept for a manifest.
+    GetBuildLog { manifest: ManifestId },
+    /// To a witness: have the chain policy's verifiers rebuild `source`, then cosign the
+    /// release if the rules hold. The answer is the appended block or the rule that failed.
+    SubmitRelease { chain: ChainId, manifest: Manifest, developer_signatures: Vec<DeveloperSignature>, source: Vec<u8> },
 }
 
 /// Everything a witness needs to take part in a round.
@@ -81,6 +93,8 @@ impl Request {
             | Request::Abort { .. }
             | Request::Commit { .. }
             | Request::Genesis { .. } => FrameClass::Peer,
+            Request::GetAttestation { .. } | Request::GetBuildLog { .. } => FrameClass::Query,
+            Request::Build { .. } | Request::SubmitRelease { .. } => FrameClass::Build,
         }
     }
 
@@ -102,6 +116,10 @@ impl Request {
             Request::Abort { .. } => "abort",
             Request::Commit { .. } => "commit",
             Request::Genesis { .. } => "genesis",
+            Request::Build { .. } => "build",
+            Request::GetAttestation { .. } => "get_attestation",
+            Request::GetBuildLog { .. } => "get_build_log",
+            Request::SubmitRelease { .. } => "submit_release",
         }
     }
 }
@@ -127,6 +145,8 @@ pub enum Response {
     Signed(CosiResponse),
     Ack,
     Error(ErrorReply),
+    Attestation(Option<Attestation>),
+    BuildLog(Option<Vec<u8>>),
 }
 
 /// A timeline block and, if asked, where a chain's head is in it.

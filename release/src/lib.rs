@@ -11,7 +11,7 @@ pub mod rules;
 
 pub use model::{
     content_hash, Artifact, ArtifactMismatch, Attestation, AttestationBody, DeveloperSignature, Manifest, ManifestId,
-    Outcome, Policy, PolicyChange, PolicyError, Recipe, ReleasePayload, RootSignature, SourceArchive,
+    Outcome, Policy, PolicyChange, PolicyError, Recipe, ReleasePayload, RootSignature, SourceArchive, VerifierEntry,
     KIND_POLICY_CHANGE, KIND_RELEASE,
 };
 pub use rules::{check_policy_change, check_release, Agreement, ReleaseError, TimeWindow};

@@ -45,10 +45,18 @@ pub struct Policy {
     pub release_threshold: u32,
     pub root_keys: Vec<PublicKey>,
     pub root_threshold: u32,
-    pub verifiers: Vec<PublicKey>,
+    pub verifiers: Vec<VerifierEntry>,
     pub verifier_threshold: u32,
     /// Clients refuse a timeline head older than this (freeze attacks).
     pub max_age_ms: u64,
+}
+
+/// A build verifier the policy trusts, and where it takes build jobs (`host:port`; its
+/// QUIC identity is pinned to `key`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifierEntry {
+    pub key: PublicKey,
+    pub address: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,16 +72,22 @@ pub enum PolicyError {
 }
 
 impl Policy {
+    /// Whether `key` is one of the policy's build verifiers.
+    pub fn is_verifier(&self, key: &PublicKey) -> bool {
+        self.verifiers.iter().any(|v| &v.key == key)
+    }
+
     /// Checks thresholds (1..=keys; the verifier threshold may be 0 only with no verifiers)
     /// and duplicate keys.
     pub fn check(&self) -> Result<(), PolicyError> {
         if self.project.is_empty() {
             return Err(PolicyError::NoProject);
         }
+        let verifier_keys: Vec<PublicKey> = self.verifiers.iter().map(|v| v.key).collect();
         for (set, keys, threshold, may_be_zero) in [
             ("developer", &self.developers, self.release_threshold, false),
             ("root", &self.root_keys, self.root_threshold, false),
-            ("verifier", &self.verifiers, self.verifier_threshold, self.verifiers.is_empty()),
+            ("verifier", &verifier_keys, self.verifier_threshold, self.verifiers.is_empty()),
         ] {
             if (threshold == 0 && !may_be_zero) || threshold as usize > keys.len() {
                 return Err(PolicyError::Threshold { set, threshold, keys: keys.len() });

@@ -142,7 +142,7 @@ pub fn check_release(
     let mut disagreements = Vec::new();
     for attestation in &release.attestations {
         let key = attestation.body.verifier;
-        if !policy.verifiers.contains(&key) {
+        if !policy.is_verifier(&key) {
             return Err(ReleaseError::UnknownVerifier { key: key.to_string() });
         }
         if !attestation.verify() {

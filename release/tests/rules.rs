@@ -26,7 +26,11 @@ fn fixture() -> Fixture {
         release_threshold: 2,
         root_keys: roots.iter().map(SecretKey::public_key).collect(),
         root_threshold: 2,
-        verifiers: verifiers.iter().map(SecretKey::public_key).collect(),
+        verifiers: verifiers
+            .iter()
+            .enumerate()
+            .map(|(i, v)| VerifierEntry { key: v.public_key(), address: format!("127.0.0.1:{}", 9000 + i) })
+            .collect(),
         verifier_threshold: 2,
         max_age_ms: 3_600_000,
     };

@@ -8,6 +8,7 @@
 //! attestation.
 
 pub mod sandbox;
+pub mod service;
 
 use chainiac_cosi::hash;
 use chainiac_cosi::SecretKey;

@@ -34,6 +34,9 @@ pub struct WitnessConfig {
     /// when a project head moves).
     #[serde(default = "defaults::timeline_interval_ms")]
     pub timeline_interval_ms: u64,
+    /// How long to wait for a verifier to rebuild a submitted release.
+    #[serde(default = "defaults::build_timeout_ms")]
+    pub build_timeout_ms: u64,
     /// Witnesses allowed to send peer messages for chains this node does not serve yet.
     #[serde(default)]
     pub peers: Vec<Peer>,
@@ -71,6 +74,9 @@ mod defaults {
     pub fn timeline_interval_ms() -> u64 {
         10_000
     }
+    pub fn build_timeout_ms() -> u64 {
+        15 * 60_000
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +100,7 @@ impl WitnessConfig {
             max_clock_skew_ms: defaults::max_clock_skew_ms(),
             reservation_ms: defaults::reservation_ms(),
             timeline_interval_ms: defaults::timeline_interval_ms(),
+            build_timeout_ms: defaults::build_timeout_ms(),
             peers: Vec::new(),
         }
     }

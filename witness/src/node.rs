@@ -163,6 +163,12 @@ impl Node {
             Request::Abort { session } => self.on_abort(caller, session),
             Request::Commit { block } => self.on_commit(caller, from, block).await,
             Request::Genesis { genesis } => self.on_genesis(caller, genesis),
+            Request::SubmitRelease { chain, manifest, developer_signatures, source } => {
+                self.submit_release(chain, manifest, developer_signatures, source).await
+            }
+            Request::Build { .. } | Request::GetAttestation { .. } | Request::GetBuildLog { .. } => {
+                Err(err(ErrorCode::BadRequest, "this is a witness; send build jobs to a verifier"))
+            }
         };
         match result {
             Ok(response) => response,
@@ -637,6 +643,61 @@ impl Node {
             });
         }
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// A release manager's submission: check what can be checked cheaply, have every
+    /// verifier of the policy rebuild the source, then lead the round with all their
+    /// attestations (agreeing or not; every witness re-checks them).
+    async fn submit_release(
+        self: &Arc<Self>,
+        chain: ChainId,
+        manifest: chainiac_release::Manifest,
+        developer_signatures: Vec<chainiac_release::DeveloperSignature>,
+        source: Vec<u8>,
+    ) -> Reply {
+        let head = self.head(&chain)?;
+        let policy = chainiac_release::Policy::from_bytes(&head.policy)
+            .map_err(|e| err(ErrorCode::Refused, format!("chain {chain} has no release policy: {e}")))?;
+        let unattested = chainiac_release::ReleasePayload { manifest, developer_signatures, attestations: vec![] };
+        let is_released = |version: &str| self.is_released(&chain, version);
+        match chainiac_release::check_release(
+            &head.policy,
+            &unattested.to_bytes(),
+            now_ms(),
+            self.release_window(),
+            is_released,
+        ) {
+            Ok(_) | Err(chainiac_release::ReleaseError::NotReproduced { .. }) => {}
+            Err(e) => return Err(err(ErrorCode::Refused, e.to_string())),
+        }
+        let id = unattested.manifest.id();
+        let request = Request::Build { manifest: unattested.manifest.clone(), source };
+        let timeout = Duration::from_millis(self.config.build_timeout_ms);
+        let mut tasks = tokio::task::JoinSet::new();
+        for verifier in &policy.verifiers {
+            let (node, verifier, request) = (self.clone(), verifier.clone(), request.clone());
+            tasks.spawn(async move {
+                let reply = node.pool.call(&verifier.address, &verifier.key, &request, timeout).await;
+                (verifier, reply)
+            });
+        }
+        let mut attestations = Vec::new();
+        while let Some(Ok((verifier, reply))) = tasks.join_next().await {
+            match reply {
+                Ok(Response::Attestation(Some(a)))
+                    if a.body.verifier == verifier.key && a.body.manifest == id && a.verify() =>
+                {
+                    attestations.push(a)
+                }
+                Ok(other) => warn!(verifier = %verifier.address, "unusable answer to a build job: {other:?}"),
+                Err(e) => warn!(verifier = %verifier.address, "no attestation: {e}"),
+            }
+        }
+        // Keep the policy's order so that every witness sees the same payload.
+        attestations.sort_by_key(|a| policy.verifiers.iter().position(|v| v.key == a.body.verifier));
+        let payload = chainiac_release::ReleasePayload { attestations, ..unattested };
+        let proposal = Proposal { kind: KIND_RELEASE, payload: payload.to_bytes(), ..Proposal::default() };
+        self.lead(chain, proposal).await.map(|block| Response::Appended { block })
     }
 
     fn chain_lock(&self, chain: ChainId) -> Arc<tokio::sync::Mutex<()>> {

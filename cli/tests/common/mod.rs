@@ -232,6 +232,10 @@ impl Client {
         self.pool.call(&witness.address, &witness.key, &request, CALL_TIMEOUT).await
     }
 
+    pub async fn call_at(&self, address: &str, key: &PublicKey, request: Request) -> Result<Response, CallError> {
+        self.pool.call(address, key, &request, CALL_TIMEOUT).await
+    }
+
     /// Waits until `witness` answers on a fresh connection (a restarted witness is not
     /// reached through a connection cached from its previous run).
     pub async fn wait_ready(&self, witness: &WitnessProcess) {
@@ -253,5 +257,72 @@ pub fn refusal(error: &CallError) -> &ErrorReply {
     match error {
         CallError::Remote(reply) => reply,
         other => panic!("expected a refusal from the node, got {other}"),
+    }
+}
+
+/// A `chainiac verifier` process.
+pub struct VerifierProcess {
+    pub dir: PathBuf,
+    pub address: String,
+    pub key: PublicKey,
+    child: Option<Child>,
+}
+
+impl VerifierProcess {
+    pub fn init(dir: &Path) -> Self {
+        let address = format!("127.0.0.1:{}", free_port());
+        let out = Command::new(BIN)
+            .args([
+                "verifier",
+                "init",
+                "--dir",
+                dir.to_str().unwrap(),
+                "--listen",
+                &address,
+                "--json",
+                "--time-limit-s",
+                "60",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "verifier init failed: {}", String::from_utf8_lossy(&out.stderr));
+        let entry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        VerifierProcess { dir: dir.to_path_buf(), address, key: parse_key(entry["key"].as_str().unwrap()), child: None }
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("verifier.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["verifier", "run", "--config", self.dir.join("verifier.toml").to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("verifier.log")).unwrap_or_default()
+    }
+
+    pub async fn wait_ready(&self, client: &Client) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let probe = Request::GetAttestation { manifest: chainiac_release::ManifestId([0; 32]) };
+        loop {
+            if let Ok(Response::Attestation(None)) = client.call_at(&self.address, &self.key, probe.clone()).await {
+                return;
+            }
+            assert!(Instant::now() < deadline, "verifier at {} never came up:\n{}", self.address, self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for VerifierProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

@@ -1,0 +1,151 @@
+//! The verifier as a network service: build jobs and queries over QUIC, and its TOML
+//! configuration.
+
+use crate::sandbox::Limits;
+use crate::{network_isolation_available, Settings, Verifier};
+use chainiac_cosi::PublicKey;
+use chainiac_proto::frame::FrameClass;
+use chainiac_proto::message::{ErrorCode, ErrorReply};
+use chainiac_proto::server::Handler;
+use chainiac_proto::{Request, Response};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Verifiers take queries and build jobs.
+pub const ALLOWED: &[FrameClass] = &[FrameClass::Query, FrameClass::Build];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifierConfig {
+    pub listen: SocketAddr,
+    /// The `host:port` witnesses reach this verifier at (what goes into policies).
+    pub address: String,
+    pub data_dir: PathBuf,
+    pub key_file: PathBuf,
+    #[serde(default = "defaults::concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "defaults::time_limit_s")]
+    pub time_limit_s: u64,
+    #[serde(default = "defaults::max_output_bytes")]
+    pub max_output_bytes: u64,
+    /// `true`: require a new network namespace for builds; `false`: never; absent: when
+    /// the machine allows it.
+    #[serde(default)]
+    pub isolate_network: Option<bool>,
+}
+
+mod defaults {
+    pub fn concurrency() -> usize {
+        2
+    }
+    pub fn time_limit_s() -> u64 {
+        600
+    }
+    pub fn max_output_bytes() -> u64 {
+        2 << 30
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config {path} is invalid: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl VerifierConfig {
+    pub fn new(listen: SocketAddr, address: String) -> Self {
+        VerifierConfig {
+            listen,
+            address,
+            data_dir: PathBuf::from("data"),
+            key_file: PathBuf::from("node.key"),
+            concurrency: defaults::concurrency(),
+            time_limit_s: defaults::time_limit_s(),
+            max_output_bytes: defaults::max_output_bytes(),
+            isolate_network: None,
+        }
+    }
+
+    /// Reads a config file; relative paths are relative to its folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: name.clone(), source })?;
+        let mut config: VerifierConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::Invalid { path: name.clone(), message: e.to_string() })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.data_dir = base.join(&config.data_dir);
+        config.key_file = base.join(&config.key_file);
+        if config.isolate_network == Some(true) && !network_isolation_available() {
+            return Err(ConfigError::Invalid {
+                path: name,
+                message: "isolate_network = true, but `unshare --net` does not work here".into(),
+            });
+        }
+        Ok(config)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("configs serialize")
+    }
+
+    pub fn settings(&self) -> Settings {
+        Settings {
+            data_dir: self.data_dir.clone(),
+            limits: Limits {
+                time_limit: Duration::from_secs(self.time_limit_s),
+                max_output_bytes: self.max_output_bytes,
+                ..Limits::default()
+            },
+            concurrency: self.concurrency,
+            isolate_network: self.isolate_network.unwrap_or_else(network_isolation_available),
+        }
+    }
+}
+
+/// A verifier behind its QUIC endpoint.
+pub struct Service {
+    pub verifier: Arc<Verifier>,
+    refused: AtomicU64,
+}
+
+impl Service {
+    pub fn new(verifier: Arc<Verifier>) -> Arc<Self> {
+        Arc::new(Service { verifier, refused: AtomicU64::new(0) })
+    }
+
+    pub fn refused_frames(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+impl Handler for Service {
+    async fn handle(self: Arc<Self>, _caller: PublicKey, _from: SocketAddr, request: Request) -> Response {
+        let internal = |e: crate::VerifierError| Response::Error(ErrorReply::new(ErrorCode::Internal, e.to_string()));
+        match request {
+            Request::Build { manifest, source } => match self.verifier.build(&manifest, &source).await {
+                Ok(attestation) => Response::Attestation(Some(attestation)),
+                Err(e) => internal(e),
+            },
+            Request::GetAttestation { manifest } => {
+                self.verifier.attestation(&manifest).map(Response::Attestation).unwrap_or_else(internal)
+            }
+            Request::GetBuildLog { manifest } => {
+                self.verifier.log(&manifest).map(Response::BuildLog).unwrap_or_else(internal)
+            }
+            other => Response::Error(ErrorReply::new(
+                ErrorCode::BadRequest,
+                format!("this is a build verifier; it does not answer {}", other.name()),
+            )),
+        }
+    }
+
+    fn refused(&self, _reason: &str) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+}
