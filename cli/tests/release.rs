@@ -194,8 +194,10 @@ fn source_archive(files: &[(&str, &str)]) -> Vec<u8> {
 async fn verifiers_rebuild_submitted_releases_and_only_reproduced_ones_are_appended() {
     let cluster = Cluster::start_with(4, 0).await;
     let root = tempfile::tempdir().unwrap();
-    let mut verifiers: Vec<common::VerifierProcess> =
-        (0..2).map(|i| common::VerifierProcess::init(&root.path().join(format!("v{i}")))).collect();
+    // Verifier 2 is broken: no build fits its time limit of 0 s, so it keeps disagreeing.
+    let mut verifiers: Vec<common::VerifierProcess> = (0..3)
+        .map(|i| common::VerifierProcess::init_with(&root.path().join(format!("v{i}")), if i == 2 { 0 } else { 60 }))
+        .collect();
     for v in &mut verifiers {
         v.start();
     }
@@ -267,8 +269,20 @@ async fn verifiers_rebuild_submitted_releases_and_only_reproduced_ones_are_appen
         panic!("not appended")
     };
     let payload = ReleasePayload::from_bytes(&block.payload).unwrap();
-    assert_eq!(payload.attestations.len(), 2);
-    assert!(payload.attestations.iter().all(|a| a.body.outcome == Outcome::Reproduced && a.verify()));
+    assert_eq!(payload.attestations.len(), 3, "every attestation is kept with the release, agreeing or not");
+    assert!(payload.attestations[..2].iter().all(|a| a.body.outcome == Outcome::Reproduced && a.verify()));
+    assert!(
+        matches!(&payload.attestations[2].body.outcome, Outcome::Failed { reason } if reason.contains("time limit"))
+    );
+    // Operators see the broken verifier.
+    let Ok(Response::Agreement(rows)) =
+        cluster.client.call(&cluster.witnesses[1], Request::GetAgreement { chain }).await
+    else {
+        panic!("no agreement report")
+    };
+    let row = |v: &common::VerifierProcess| rows.iter().find(|r| r.verifier == v.key.to_bytes()).unwrap().clone();
+    assert_eq!((row(&verifiers[0]).agreed, row(&verifiers[0]).disagreed), (1, 0));
+    assert_eq!((row(&verifiers[2]).agreed, row(&verifiers[2]).disagreed), (0, 1));
     // The verifier keeps the attestation and the build log.
     let reply =
         cluster.client.call_at(&verifiers[0].address, &verifiers[0].key, Request::GetBuildLog { manifest: id }).await;

@@ -60,6 +60,8 @@ pub enum Request {
     /// To a witness: have the chain policy's verifiers rebuild `source`, then cosign the
     /// release if the rules hold. The answer is the appended block or the rule that failed.
     SubmitRelease { chain: ChainId, manifest: Manifest, developer_signatures: Vec<DeveloperSignature>, source: Vec<u8> },
+    /// To a witness: how often each verifier agreed with the majority on a release chain.
+    GetAgreement { chain: ChainId },
 }
 
 /// Everything a witness needs to take part in a round.
@@ -93,7 +95,9 @@ impl Request {
             | Request::Abort { .. }
             | Request::Commit { .. }
             | Request::Genesis { .. } => FrameClass::Peer,
-            Request::GetAttestation { .. } | Request::GetBuildLog { .. } => FrameClass::Query,
+            Request::GetAttestation { .. } | Request::GetBuildLog { .. } | Request::GetAgreement { .. } => {
+                FrameClass::Query
+            }
             Request::Build { .. } | Request::SubmitRelease { .. } => FrameClass::Build,
         }
     }
@@ -120,6 +124,7 @@ impl Request {
             Request::GetAttestation { .. } => "get_attestation",
             Request::GetBuildLog { .. } => "get_build_log",
             Request::SubmitRelease { .. } => "submit_release",
+            Request::GetAgreement { .. } => "get_agreement",
         }
     }
 }
@@ -147,6 +152,15 @@ pub enum Response {
     Error(ErrorReply),
     Attestation(Option<Attestation>),
     BuildLog(Option<Vec<u8>>),
+    Agreement(Vec<VerifierAgreement>),
+}
+
+/// How often one verifier's attestations agreed with the majority's on a chain's releases.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifierAgreement {
+    pub verifier: [u8; 32],
+    pub agreed: u64,
+    pub disagreed: u64,
 }
 
 /// A timeline block and, if asked, where a chain's head is in it.

@@ -166,6 +166,7 @@ impl Node {
             Request::SubmitRelease { chain, manifest, developer_signatures, source } => {
                 self.submit_release(chain, manifest, developer_signatures, source).await
             }
+            Request::GetAgreement { chain } => self.agreement(&chain),
             Request::Build { .. } | Request::GetAttestation { .. } | Request::GetBuildLog { .. } => {
                 Err(err(ErrorCode::BadRequest, "this is a witness; send build jobs to a verifier"))
             }
@@ -698,6 +699,33 @@ impl Node {
         let payload = chainiac_release::ReleasePayload { attestations, ..unattested };
         let proposal = Proposal { kind: KIND_RELEASE, payload: payload.to_bytes(), ..Proposal::default() };
         self.lead(chain, proposal).await.map(|block| Response::Appended { block })
+    }
+
+    /// Per verifier, how often it agreed with the majority on this chain's releases (from the
+    /// attestations kept in every release block, agreeing or not).
+    fn agreement(&self, chain: &ChainId) -> Reply {
+        let head = self.head(chain)?;
+        let mut releases = Vec::new();
+        for index in 1..=head.index() {
+            if let Ok(Some(block)) = self.store.block(chain, index) {
+                if block.header.kind == KIND_RELEASE {
+                    if let Ok(payload) = chainiac_release::ReleasePayload::from_bytes(&block.payload) {
+                        releases.push(payload.attestations);
+                    }
+                }
+            }
+        }
+        let tally = chainiac_release::rules::tally_agreement(releases.iter().map(Vec::as_slice));
+        let mut rows: Vec<_> = tally
+            .into_iter()
+            .map(|(key, a)| chainiac_proto::message::VerifierAgreement {
+                verifier: key.to_bytes(),
+                agreed: a.agreed,
+                disagreed: a.disagreed,
+            })
+            .collect();
+        rows.sort_by_key(|r| r.verifier);
+        Ok(Response::Agreement(rows))
     }
 
     fn chain_lock(&self, chain: ChainId) -> Arc<tokio::sync::Mutex<()>> {

@@ -270,7 +270,13 @@ pub struct VerifierProcess {
 
 impl VerifierProcess {
     pub fn init(dir: &Path) -> Self {
+        Self::init_with(dir, 60)
+    }
+
+    /// A verifier whose builds may run `time_limit_s` seconds.
+    pub fn init_with(dir: &Path, time_limit_s: u64) -> Self {
         let address = format!("127.0.0.1:{}", free_port());
+        let limit = time_limit_s.to_string();
         let out = Command::new(BIN)
             .args([
                 "verifier",
@@ -281,7 +287,7 @@ impl VerifierProcess {
                 &address,
                 "--json",
                 "--time-limit-s",
-                "60",
+                &limit,
             ])
             .output()
             .unwrap();
