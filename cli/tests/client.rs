@@ -1,0 +1,206 @@
+//! The client library against real witness processes: catch-up, timeline freshness and
+//! inclusion, release re-checks, the client's own bar, artifacts, and a lying witness.
+
+mod common;
+
+use chainiac_client::{Client, ClientError, TrustLevel};
+use chainiac_cosi::{PublicKey, SecretKey};
+use chainiac_proto::frame::FrameClass;
+use chainiac_proto::server::Handler;
+use chainiac_proto::{Request, Response};
+use chainiac_release::*;
+use chainiac_skipchain::timeline::KIND_TIMELINE;
+use chainiac_skipchain::{genesis, ChainId, ChainParams, Committee, Proposal};
+use common::Cluster;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn key(i: u8) -> SecretKey {
+    SecretKey::from_seed(&[i; 32])
+}
+
+const BINARY: &[u8] = b"\x7fELF pretend this is the hello binary";
+
+fn release(version: &str, verifiers: &[&SecretKey]) -> Proposal {
+    let m = Manifest {
+        project: "hello".into(),
+        version: version.into(),
+        source: SourceArchive { name: format!("hello-{version}.tar"), sha3: content_hash(version.as_bytes()), size: 1 },
+        recipe: Recipe { argv: vec!["make".into()], env: vec![], workdir: ".".into() },
+        artifacts: vec![Artifact { path: "hello".into(), sha3: content_hash(BINARY), size: BINARY.len() as u64 }],
+        time_ms: common::now_ms(),
+    };
+    let id = m.id();
+    let payload = ReleasePayload {
+        developer_signatures: vec![DeveloperSignature::sign(&key(1), &id)],
+        attestations: verifiers
+            .iter()
+            .map(|v| {
+                Attestation::sign(
+                    v,
+                    AttestationBody {
+                        verifier: v.public_key(),
+                        manifest: id,
+                        outcome: Outcome::Reproduced,
+                        environment: [0; 32],
+                        time_ms: common::now_ms(),
+                    },
+                )
+            })
+            .collect(),
+        manifest: m,
+    };
+    Proposal { kind: KIND_RELEASE, payload: payload.to_bytes(), ..Proposal::default() }
+}
+
+/// A witness that lies: it holds a real witness's key but serves proofs with one byte changed.
+struct Liar {
+    honest: Arc<common::Client>,
+    honest_address: String,
+    honest_key: PublicKey,
+}
+
+impl Handler for Liar {
+    async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
+        let answer = self.honest.call_at(&self.honest_address, &self.honest_key, request).await;
+        match answer {
+            Ok(Response::Proof(mut proof)) if !proof.steps.is_empty() => {
+                proof.steps[0].signature.s[3] ^= 1;
+                Response::Proof(proof)
+            }
+            Ok(other) => other,
+            Err(e) => {
+                Response::Error(chainiac_proto::ErrorReply::new(chainiac_proto::ErrorCode::Internal, e.to_string()))
+            }
+        }
+    }
+    fn refused(&self, _: &str) {}
+}
+
+async fn wait_timeline_has(cluster: &Cluster, chain: ChainId, index: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = cluster
+            .client
+            .call(&cluster.witnesses[1], Request::GetTimeline { timeline: None, chain: Some(chain) })
+            .await;
+        if let Ok(Response::Timeline(info)) = reply {
+            if info.inclusion.is_some_and(|p| p.leaf.index >= index) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "the timeline never recorded head {index}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_catches_up_checks_freshness_and_artifacts_and_skips_a_liar() {
+    let mut cluster = Cluster::start(4).await;
+    let (v1, v2) = (key(20), key(21));
+    let policy = Policy {
+        project: "hello".into(),
+        developers: vec![key(1).public_key()],
+        release_threshold: 1,
+        root_keys: vec![key(10).public_key()],
+        root_threshold: 1,
+        verifiers: vec![
+            VerifierEntry { key: v1.public_key(), address: "127.0.0.1:1".into() },
+            VerifierEntry { key: v2.public_key(), address: "127.0.0.1:2".into() },
+        ],
+        verifier_threshold: 2,
+        max_age_ms: 60_000,
+    };
+    let (timeline, timeline_genesis) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
+    let committee = Committee::byzantine(cluster.roster(&[0, 1, 2, 3]));
+    let project_genesis =
+        genesis(ChainParams::new(2, 24).unwrap(), committee, policy.to_bytes(), KIND_RELEASE, vec![], common::now_ms());
+    let Ok(Response::Created { chain }) =
+        cluster.client.call(&cluster.witnesses[0], Request::CreateChain { genesis: project_genesis.clone() }).await
+    else {
+        panic!()
+    };
+    for version in ["1.0", "1.1"] {
+        let reply = cluster
+            .client
+            .call(&cluster.witnesses[2], Request::Propose { chain, proposal: release(version, &[&v1, &v2]) })
+            .await;
+        assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
+    }
+    wait_timeline_has(&cluster, chain, 2).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("client.state");
+    let mut client = Client::open(&state, TrustLevel::default()).unwrap();
+    assert_eq!(client.anchor(&timeline_genesis).unwrap(), timeline);
+    assert_eq!(client.anchor(&project_genesis).unwrap(), chain);
+    let update = client.update(chain).await.unwrap();
+    assert_eq!((update.from, update.to), (0, 2));
+    assert_eq!(update.release, Some(("1.1".to_string(), Ok(()))));
+    assert!(update.timeline_age_ms.is_some_and(|age| age < 60_000));
+    assert_eq!(client.verify_artifact(chain, "hello", BINARY).unwrap(), "1.1");
+    let mut tampered = BINARY.to_vec();
+    tampered[5] ^= 1;
+    assert!(
+        matches!(client.verify_artifact(chain, "hello", &tampered), Err(ClientError::Artifact { reason, .. }) if reason.contains("SHA3-256"))
+    );
+    assert!(
+        matches!(client.verify_artifact(chain, "hello", &BINARY[1..]), Err(ClientError::Artifact { reason, .. }) if reason.contains("size"))
+    );
+
+    // The client's own bar: three reproductions, or a named verifier.
+    let strict_state = dir.path().join("strict.state");
+    let mut strict =
+        Client::open(&strict_state, TrustLevel { min_reproductions: 3, required_verifiers: vec![] }).unwrap();
+    strict.anchor(&timeline_genesis).unwrap();
+    strict.anchor(&project_genesis).unwrap();
+    let update = strict.update(chain).await.unwrap();
+    assert!(matches!(&update.release, Some((_, Err(reason))) if reason.contains("wants 3")), "{:?}", update.release);
+    assert!(matches!(strict.verify_artifact(chain, "hello", BINARY), Err(ClientError::BelowClientBar(_))));
+
+    // Witness 0 now lies (its key, its address, altered proofs): the client says so and
+    // catches up through the others.
+    cluster.witnesses[0].kill();
+    let liar_key = chainiac_witness::keyfile::read(&cluster.witnesses[0].dir.join("node.key")).unwrap();
+    let endpoint = chainiac_proto::endpoint::server(&liar_key, cluster.witnesses[0].address.parse().unwrap()).unwrap();
+    let liar = Arc::new(Liar {
+        honest: Arc::new(common::Client::new()),
+        honest_address: cluster.witnesses[1].address.clone(),
+        honest_key: cluster.witnesses[1].key,
+    });
+    tokio::spawn(chainiac_proto::server::serve(liar, endpoint, &[FrameClass::Query]));
+    let reply = cluster
+        .client
+        .call(&cluster.witnesses[3], Request::Propose { chain, proposal: release("1.2", &[&v1, &v2]) })
+        .await;
+    assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
+    wait_timeline_has(&cluster, chain, 3).await;
+    let update = client.update(chain).await.unwrap();
+    assert_eq!((update.from, update.to), (2, 3));
+    assert!(
+        update.skipped.iter().any(|(w, why)| w == &cluster.witnesses[0].address && why.starts_with("lied")),
+        "the liar is reported: {:?}",
+        update.skipped
+    );
+
+    // The state survives a restart of the client.
+    drop(client);
+    let reopened = Client::open(&state, TrustLevel::default()).unwrap();
+    assert_eq!(reopened.state().chains[&chain].index(), 3);
+    assert_eq!(reopened.verify_artifact(chain, "hello", BINARY).unwrap(), "1.2");
+
+    // Freeze: a client whose own bound is 0 ms (raw chains have no policy, so the client's
+    // bound applies) refuses the real, slightly old, timeline.
+    let raw_genesis = cluster.create_chain(&[1, 2, 3, 0]).await.1;
+    let mut frozen = Client::open(&dir.path().join("frozen.state"), TrustLevel::default()).unwrap();
+    frozen.default_max_age_ms = 0;
+    frozen.anchor(&timeline_genesis).unwrap();
+    let raw = frozen.anchor(&raw_genesis).unwrap();
+    wait_timeline_has(&cluster, raw, 0).await;
+    match frozen.update(raw).await {
+        Err(ClientError::Stale { age_ms, max_age_ms: 0 }) => assert!(age_ms > 0),
+        other => panic!("a stale timeline must be refused, got {other:?}"),
+    }
+    assert_eq!(frozen.state().chains[&raw].index(), 0, "nothing was accepted from the refused update");
+}

@@ -1,0 +1,377 @@
+//! # chainiac-client
+//!
+//! What package managers and update agents use: a trust anchor (genesis blocks, or any later
+//! state the user trusts), `update` — catch up on a chain through any witness that answers
+//! honestly, check the timeline's freshness and inclusion, refuse rollbacks, re-check the
+//! release reached and the client's own bar — and `verify_artifact`. The state file is
+//! replaced atomically and only after every check passed.
+
+use chainiac_cosi::PublicKey;
+use chainiac_proto::{Pool, Request, Response};
+use chainiac_release::{Outcome, Policy, ReleasePayload, TimeWindow, KIND_RELEASE};
+use chainiac_skipchain::timeline::KIND_TIMELINE;
+use chainiac_skipchain::{Block, BlockId, ChainId, ChainParams, ChainState, Committee, Header};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A chain state the client trusts, as stored in its state file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustedChain {
+    pub chain: ChainId,
+    pub params: ChainParams,
+    pub header: Header,
+    pub id: BlockId,
+    pub committee: Committee,
+    pub policy: Vec<u8>,
+    pub is_checkpoint: bool,
+    /// The newest release verified on this chain, if any.
+    pub release: Option<ReleasePayload>,
+}
+
+impl TrustedChain {
+    fn from_state(state: &ChainState, release: Option<ReleasePayload>) -> Self {
+        TrustedChain {
+            chain: state.chain,
+            params: state.params,
+            header: state.header.clone(),
+            id: state.id,
+            committee: (*state.committee).clone(),
+            policy: (*state.policy).clone(),
+            is_checkpoint: state.is_checkpoint,
+            release,
+        }
+    }
+
+    fn to_state(&self) -> ChainState {
+        ChainState {
+            chain: self.chain,
+            params: self.params,
+            header: self.header.clone(),
+            id: self.id,
+            committee: Arc::new(self.committee.clone()),
+            policy: Arc::new(self.policy.clone()),
+            is_checkpoint: self.is_checkpoint,
+        }
+    }
+
+    pub fn index(&self) -> u64 {
+        self.header.index
+    }
+}
+
+/// Everything the client trusts, by chain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientState {
+    pub chains: BTreeMap<ChainId, TrustedChain>,
+    /// The timeline chain this client checks freshness against.
+    pub timeline: Option<ChainId>,
+}
+
+/// What the client demands beyond a project's policy.
+#[derive(Debug, Clone, Default)]
+pub struct TrustLevel {
+    /// At least this many verifiers must have reproduced the build.
+    pub min_reproductions: usize,
+    /// These verifiers must be among those that reproduced it.
+    pub required_verifiers: Vec<PublicKey>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("state file {path}: {reason}")]
+    State { path: String, reason: String },
+    #[error("chain {0} is not anchored in this client; anchor its genesis first")]
+    NotAnchored(ChainId),
+    #[error("the anchor block is not a valid genesis: {0}")]
+    BadAnchor(String),
+    #[error("no witness gave a valid answer: {}", describe(.0))]
+    NoHonestWitness(Vec<(String, String)>),
+    #[error("the timeline is {age_ms} ms old, more than the allowed {max_age_ms} ms: the cothority may be frozen")]
+    Stale { age_ms: u64, max_age_ms: u64 },
+    #[error("the timeline does not record this chain's head consistently: {0}")]
+    Timeline(String),
+    #[error("release check failed: {0}")]
+    Release(String),
+    #[error("no verified release on chain {0}")]
+    NoRelease(ChainId),
+    #[error("the release does not meet this client's bar: {0}")]
+    BelowClientBar(String),
+    #[error("artifact {path}: {reason}")]
+    Artifact { path: String, reason: String },
+}
+
+fn describe(tries: &[(String, String)]) -> String {
+    tries.iter().map(|(w, e)| format!("{w}: {e}")).collect::<Vec<_>>().join("; ")
+}
+
+/// What an update found.
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub chain: ChainId,
+    pub from: u64,
+    pub to: u64,
+    pub hops: usize,
+    /// Checkpoints (roster or policy changes) crossed.
+    pub checkpoints: Vec<u64>,
+    /// The release at the head, if it is one: version and whether it meets the client's bar.
+    pub release: Option<(String, Result<(), String>)>,
+    /// Witnesses that were down or lied on the way, and how.
+    pub skipped: Vec<(String, String)>,
+    /// Age of the timeline entry checked, if a timeline is anchored.
+    pub timeline_age_ms: Option<u64>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub struct Client {
+    path: PathBuf,
+    state: ClientState,
+    pool: Pool,
+    trust: TrustLevel,
+    /// Maximum timeline age for chains whose policy does not say (raw chains).
+    pub default_max_age_ms: u64,
+    timeout: Duration,
+}
+
+impl Client {
+    /// Opens the client whose state lives at `path` (created on first save).
+    pub fn open(path: &Path, trust: TrustLevel) -> Result<Self, ClientError> {
+        let state = match std::fs::read(path) {
+            Ok(bytes) => postcard::from_bytes(&bytes)
+                .map_err(|e| ClientError::State { path: path.display().to_string(), reason: e.to_string() })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ClientState::default(),
+            Err(e) => return Err(ClientError::State { path: path.display().to_string(), reason: e.to_string() }),
+        };
+        let endpoint = chainiac_proto::endpoint::client("0.0.0.0:0".parse().expect("valid"))
+            .map_err(|e| ClientError::State { path: "(network)".into(), reason: e.to_string() })?;
+        let key = Arc::new(chainiac_cosi::SecretKey::generate(&mut rand_core::OsRng));
+        Ok(Client {
+            path: path.to_path_buf(),
+            state,
+            pool: Pool::new(endpoint, key),
+            trust,
+            default_max_age_ms: 3_600_000,
+            timeout: Duration::from_secs(20),
+        })
+    }
+
+    pub fn state(&self) -> &ClientState {
+        &self.state
+    }
+
+    /// Trusts `genesis` (checked to be a well-formed genesis) as a chain's anchor; a timeline
+    /// genesis becomes the freshness anchor.
+    pub fn anchor(&mut self, genesis: &Block) -> Result<ChainId, ClientError> {
+        let state = ChainState::genesis(genesis).map_err(|e| ClientError::BadAnchor(e.to_string()))?;
+        if genesis.header.kind == KIND_TIMELINE {
+            self.state.timeline = Some(state.chain);
+        }
+        self.state.chains.entry(state.chain).or_insert_with(|| TrustedChain::from_state(&state, None));
+        self.save()?;
+        Ok(state.chain)
+    }
+
+    /// Replaces the state file atomically (write, fsync, rename).
+    fn save(&self) -> Result<(), ClientError> {
+        let fail =
+            |e: std::io::Error| ClientError::State { path: self.path.display().to_string(), reason: e.to_string() };
+        let tmp = self.path.with_extension("tmp");
+        let bytes = postcard::to_allocvec(&self.state).expect("state serializes");
+        {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&tmp).map_err(fail)?;
+            file.write_all(&bytes).and_then(|_| file.sync_all()).map_err(fail)?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(fail)
+    }
+
+    /// Asks the witnesses of `trusted`'s committee in turn until one answers `request` with
+    /// something `check` accepts; records every one that was down or lied.
+    async fn ask<T>(
+        &self,
+        trusted: &TrustedChain,
+        request: Request,
+        skipped: &mut Vec<(String, String)>,
+        mut check: impl FnMut(Response) -> Result<T, String>,
+    ) -> Result<T, ClientError> {
+        for member in trusted.committee.roster().members() {
+            match self.pool.call(&member.address, &member.key, &request, self.timeout).await {
+                Ok(response) => match check(response) {
+                    Ok(value) => return Ok(value),
+                    Err(lie) => skipped.push((member.address.clone(), format!("lied: {lie}"))),
+                },
+                Err(e) => skipped.push((member.address.clone(), format!("unavailable: {e}"))),
+            }
+        }
+        Err(ClientError::NoHonestWitness(std::mem::take(skipped)))
+    }
+
+    /// Catches `chain` up from its trusted state to the head a witness proves, checks the
+    /// timeline (if anchored), the release reached and the client's bar, and saves.
+    pub async fn update(&mut self, chain: ChainId) -> Result<Update, ClientError> {
+        let trusted = self.state.chains.get(&chain).cloned().ok_or(ClientError::NotAnchored(chain))?;
+        let mut skipped = Vec::new();
+        let from = trusted.index();
+        let state = trusted.to_state();
+        let request = Request::GetProof { chain, from, to: None, with_payload: true };
+        let (caught, hops) = self
+            .ask(&trusted, request, &mut skipped, |response| match response {
+                Response::Proof(proof) => {
+                    proof.verify(&state).map(|c| (c.into_inner(), proof.steps.len())).map_err(|e| e.to_string())
+                }
+                other => Err(format!("answered {other:?}")),
+            })
+            .await?;
+        let head = caught.state;
+        // Release checks on the block reached.
+        let mut release = trusted.release.clone();
+        let mut release_status = None;
+        if head.header.kind == KIND_RELEASE && head.index() > from {
+            let payload = caught.payload.clone().unwrap_or_default();
+            let checked = chainiac_release::check_release(
+                &head.policy,
+                &payload,
+                head.header.timestamp_ms,
+                TimeWindow::default(),
+                |_| false,
+            )
+            .map_err(|e| ClientError::Release(e.to_string()))?;
+            release_status = Some((checked.manifest.version.clone(), self.meets_bar(&checked)));
+            release = Some(checked);
+        }
+        let mut updated = TrustedChain::from_state(&head, release);
+        // Freshness and consistency with the timeline.
+        let timeline_age_ms = match self.state.timeline {
+            Some(timeline) if timeline != chain => {
+                Some(self.check_timeline(timeline, &mut updated, &mut skipped).await?)
+            }
+            _ => None,
+        };
+        self.state.chains.insert(chain, updated);
+        self.save()?;
+        Ok(Update {
+            chain,
+            from,
+            to: head.index(),
+            hops,
+            checkpoints: caught.checkpoints,
+            release: release_status,
+            skipped,
+            timeline_age_ms,
+        })
+    }
+
+    fn meets_bar(&self, release: &ReleasePayload) -> Result<(), String> {
+        let reproduced: Vec<PublicKey> = release
+            .attestations
+            .iter()
+            .filter(|a| a.body.outcome == Outcome::Reproduced)
+            .map(|a| a.body.verifier)
+            .collect();
+        if reproduced.len() < self.trust.min_reproductions {
+            return Err(format!(
+                "{} verifiers reproduced it, this client wants {}",
+                reproduced.len(),
+                self.trust.min_reproductions
+            ));
+        }
+        for required in &self.trust.required_verifiers {
+            if !reproduced.contains(required) {
+                return Err(format!("verifier {required} did not reproduce it"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings the timeline up to date, checks its age against the chain's policy, and checks
+    /// that it records `chain` at a head consistent with `updated`.
+    async fn check_timeline(
+        &mut self,
+        timeline: ChainId,
+        updated: &mut TrustedChain,
+        skipped: &mut Vec<(String, String)>,
+    ) -> Result<u64, ClientError> {
+        let trusted = self.state.chains.get(&timeline).cloned().ok_or(ClientError::NotAnchored(timeline))?;
+        let chain = updated.chain;
+        let request = Request::GetTimeline { timeline: Some(timeline), chain: Some(chain) };
+        let info = self
+            .ask(&trusted, request, skipped, |response| match response {
+                Response::Timeline(info) if info.inclusion.is_some() => Ok(info),
+                other => Err(format!("answered {other:?}")),
+            })
+            .await?;
+        let inclusion = info.inclusion.clone().expect("checked above");
+        let state = trusted.to_state();
+        let request =
+            Request::GetProof { chain: timeline, from: trusted.index(), to: Some(info.index), with_payload: true };
+        let entry = info.entry.clone();
+        let reached = self
+            .ask(&trusted, request, skipped, |response| match response {
+                Response::Proof(proof) => {
+                    let reached = proof.verify(&state).map_err(|e| e.to_string())?.into_inner();
+                    let payload = reached.payload.clone().unwrap_or_default();
+                    let recorded =
+                        chainiac_skipchain::timeline::TimelineEntry::from_bytes(&payload).map_err(|e| e.to_string())?;
+                    if recorded != entry {
+                        return Err("the timeline entry differs from the proven block's".into());
+                    }
+                    Ok(reached)
+                }
+                other => Err(format!("answered {other:?}")),
+            })
+            .await
+            .map_err(|e| ClientError::Timeline(e.to_string()))?;
+        inclusion.verify(&entry).map_err(|e| ClientError::Timeline(e.to_string()))?;
+        if inclusion.leaf.chain != chain {
+            return Err(ClientError::Timeline("the inclusion proof is for another chain".into()));
+        }
+        if inclusion.leaf.index > updated.index() {
+            return Err(ClientError::Timeline(format!(
+                "the timeline records head {} but the witnesses proved only {}: a rollback or freeze",
+                inclusion.leaf.index,
+                updated.index()
+            )));
+        }
+        if inclusion.leaf.index == updated.index() && inclusion.leaf.id != updated.id {
+            return Err(ClientError::Timeline("the timeline records another block at the head's index: a fork".into()));
+        }
+        let max_age_ms = Policy::from_bytes(&updated.policy).map(|p| p.max_age_ms).unwrap_or(self.default_max_age_ms);
+        let age_ms = now_ms().saturating_sub(entry.time_ms);
+        if age_ms > max_age_ms {
+            return Err(ClientError::Stale { age_ms, max_age_ms });
+        }
+        if reached.state.index() >= trusted.index() {
+            self.state.chains.insert(timeline, TrustedChain::from_state(&reached.state, None));
+        }
+        Ok(age_ms)
+    }
+
+    /// Checks an artifact's bytes against the newest verified release of `chain`.
+    pub fn verify_artifact(&self, chain: ChainId, path: &str, bytes: &[u8]) -> Result<String, ClientError> {
+        let trusted = self.state.chains.get(&chain).ok_or(ClientError::NotAnchored(chain))?;
+        let release = trusted.release.as_ref().ok_or(ClientError::NoRelease(chain))?;
+        self.meets_bar(release).map_err(ClientError::BelowClientBar)?;
+        let fail = |reason: String| ClientError::Artifact { path: path.to_string(), reason };
+        let artifact = release
+            .manifest
+            .artifacts
+            .iter()
+            .find(|a| a.path == path)
+            .ok_or_else(|| fail(format!("release {} has no such artifact", release.manifest.version)))?;
+        if bytes.len() as u64 != artifact.size {
+            return Err(fail(format!("size {} differs from the release's {}", bytes.len(), artifact.size)));
+        }
+        if chainiac_release::content_hash(bytes) != artifact.sha3 {
+            return Err(fail(format!(
+                "content differs from release {} (SHA3-256 mismatch): do not install it",
+                release.manifest.version
+            )));
+        }
+        Ok(release.manifest.version.clone())
+    }
+}
