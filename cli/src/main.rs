@@ -1,5 +1,6 @@
 //! `chainiac`: one binary for every user. Each subcommand is a thin shell over a library.
 
+mod demo;
 mod verifier_cmd;
 mod witness_cmd;
 
@@ -24,6 +25,13 @@ enum Command {
     /// Run and manage a build verifier.
     #[command(subcommand)]
     Verifier(verifier_cmd::VerifierCommand),
+    /// A local cothority (4 witnesses, 2 verifiers, RocksDB in a temporary folder) releasing
+    /// three versions of a real program, and a client verifying the last one.
+    Demo {
+        /// Keep the nodes' folders here instead of a temporary folder that is removed.
+        #[arg(long)]
+        keep: Option<std::path::PathBuf>,
+    },
 }
 
 /// Exit codes scripts can rely on.
@@ -46,6 +54,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Witness(command) => witness_cmd::run(command),
         Command::Verifier(command) => verifier_cmd::run(command),
+        Command::Demo { keep } => demo::run(keep),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

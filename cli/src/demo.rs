@@ -1,0 +1,330 @@
+//! `chainiac demo`: a whole cothority on 127.0.0.1 — 4 witnesses and 2 build verifiers as
+//! child processes with RocksDB in a temporary folder — a project that releases three
+//! versions of a real C program (rotating a developer key in between), and a client anchored
+//! at the genesis that catches up and verifies the last artifact.
+
+use anyhow::{bail, Context, Result};
+use chainiac_client::{Client, TrustLevel};
+use chainiac_cosi::{Member, PublicKey, Roster, SecretKey};
+use chainiac_proto::{Pool, Request, Response};
+use chainiac_release::model::RootSignature;
+use chainiac_release::{
+    content_hash, Artifact, DeveloperSignature, Manifest, Policy, PolicyChange, Recipe, SourceArchive, VerifierEntry,
+    KIND_POLICY_CHANGE, KIND_RELEASE,
+};
+use chainiac_skipchain::timeline::KIND_TIMELINE;
+use chainiac_skipchain::{genesis, ChainId, ChainParams, Committee, Proposal};
+use chainiac_verifier::service::VerifierConfig;
+use chainiac_witness::{keyfile, WitnessConfig};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+const WITNESSES: usize = 4;
+const VERIFIERS: usize = 2;
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Step {
+    started: Instant,
+    n: usize,
+}
+
+impl Step {
+    fn say(&mut self, what: &str) -> Instant {
+        self.n += 1;
+        println!("[{:>6.2} s] {}. {what}", self.started.elapsed().as_secs_f64(), self.n);
+        Instant::now()
+    }
+
+    fn done(&self, since: Instant, detail: &str) {
+        println!("           {detail} ({:.0} ms)", since.elapsed().as_secs_f64() * 1e3);
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+struct Node {
+    key: PublicKey,
+    address: String,
+    _child: Child,
+}
+
+fn spawn(args: &[&str], log: &Path) -> Result<Child> {
+    let log = std::fs::File::create(log)?;
+    Command::new(std::env::current_exe()?)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting a child process")
+}
+
+fn start_witness(dir: &Path) -> Result<(Node, Member)> {
+    std::fs::create_dir_all(dir)?;
+    let key = SecretKey::generate(&mut rand_core::OsRng);
+    keyfile::write(&dir.join("node.key"), &key)?;
+    let address = format!("127.0.0.1:{}", free_port()?);
+    let mut config = WitnessConfig::new(address.parse()?, address.clone());
+    config.timeline_interval_ms = 500;
+    std::fs::write(dir.join("witness.toml"), config.to_toml())?;
+    let child = spawn(&["witness", "run", "--config", dir.join("witness.toml").to_str().unwrap()], &dir.join("log"))?;
+    let member = Member::new(&key, address.clone());
+    Ok((Node { key: key.public_key(), address, _child: child }, member))
+}
+
+fn start_verifier(dir: &Path) -> Result<Node> {
+    std::fs::create_dir_all(dir)?;
+    let key = SecretKey::generate(&mut rand_core::OsRng);
+    keyfile::write(&dir.join("node.key"), &key)?;
+    let address = format!("127.0.0.1:{}", free_port()?);
+    let config = VerifierConfig::new(address.parse()?, address.clone());
+    std::fs::write(dir.join("verifier.toml"), config.to_toml())?;
+    let child = spawn(&["verifier", "run", "--config", dir.join("verifier.toml").to_str().unwrap()], &dir.join("log"))?;
+    Ok(Node { key: key.public_key(), address, _child: child })
+}
+
+async fn wait_ready(pool: &Pool, node: &Node, probe: Request) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pool.call(&node.address, &node.key, &probe, Duration::from_secs(2)).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("{} did not come up", node.address);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn source_files(version: &str) -> Vec<(String, String)> {
+    let c = format!(
+        "#include <stdio.h>\nint main(void) {{ printf(\"hello from chainiac, version {version}\\n\"); return 0; }}\n"
+    );
+    let make = "hello: hello.c\n\tgcc -O2 -ffile-prefix-map=$(CURDIR)=. -o hello hello.c\n".to_string();
+    vec![(format!("hello-{version}/hello.c"), c), (format!("hello-{version}/Makefile"), make)]
+}
+
+fn tar_of(files: &[(String, String)]) -> Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut header, path, data.as_bytes())?;
+    }
+    Ok(builder.into_inner()?)
+}
+
+/// Builds the release locally, as its release manager does, and returns the binary.
+fn build_locally(dir: &Path, files: &[(String, String)]) -> Result<Vec<u8>> {
+    for (path, data) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().unwrap())?;
+        std::fs::write(path, data)?;
+    }
+    let workdir = dir.join(Path::new(&files[0].0).parent().unwrap());
+    let out =
+        std::process::Command::new("make").current_dir(&workdir).env_clear().env("PATH", "/usr/bin:/bin").output()?;
+    if !out.status.success() {
+        bail!("local build failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(std::fs::read(workdir.join("hello"))?)
+}
+
+async fn call(pool: &Pool, node: &Node, request: Request) -> Result<Response> {
+    Ok(pool.call(&node.address, &node.key, &request, TIMEOUT).await?)
+}
+
+pub fn run(keep: Option<PathBuf>) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let dir = tempfile::Builder::new().prefix("chainiac-demo-").tempdir()?;
+        let root = keep.clone().unwrap_or_else(|| dir.path().to_path_buf());
+        tokio::select! {
+            result = demo(&root) => result,
+            _ = tokio::signal::ctrl_c() => {
+                println!("interrupted: stopping the processes and removing {}", root.display());
+                Ok(())
+            }
+        }
+        // Children are killed on drop; the temporary folder is removed on drop.
+    })
+}
+
+async fn demo(root: &Path) -> Result<()> {
+    let mut step = Step { started: Instant::now(), n: 0 };
+    let t = step.say(&format!("starting {WITNESSES} witnesses and {VERIFIERS} build verifiers in {}", root.display()));
+    let mut witnesses = Vec::new();
+    let mut members = Vec::new();
+    for i in 0..WITNESSES {
+        let (node, member) = start_witness(&root.join(format!("witness-{i}")))?;
+        witnesses.push(node);
+        members.push(member);
+    }
+    let verifiers: Vec<Node> =
+        (0..VERIFIERS).map(|i| start_verifier(&root.join(format!("verifier-{i}")))).collect::<Result<_>>()?;
+    let endpoint = chainiac_proto::endpoint::client("127.0.0.1:0".parse()?)?;
+    let pool = Pool::new(endpoint, Arc::new(SecretKey::generate(&mut rand_core::OsRng)));
+    for w in &witnesses {
+        wait_ready(&pool, w, Request::Status).await?;
+    }
+    for v in &verifiers {
+        wait_ready(&pool, v, Request::GetAttestation { manifest: chainiac_release::ManifestId([0; 32]) }).await?;
+    }
+    step.done(t, "all answering over QUIC, each with its own RocksDB");
+
+    let t =
+        step.say("creating the timeline and the project `hello` (developers 2 of 3, both verifiers must reproduce)");
+    let roster = Roster::new(members)?;
+    let committee = Committee::byzantine(roster);
+    let developers: Vec<SecretKey> = (0..4).map(|_| SecretKey::generate(&mut rand_core::OsRng)).collect();
+    let root_key = SecretKey::generate(&mut rand_core::OsRng);
+    let policy = Policy {
+        project: "hello".into(),
+        developers: developers[..3].iter().map(SecretKey::public_key).collect(),
+        release_threshold: 2,
+        root_keys: vec![root_key.public_key()],
+        root_threshold: 1,
+        verifiers: verifiers.iter().map(|v| VerifierEntry { key: v.key, address: v.address.clone() }).collect(),
+        verifier_threshold: 2,
+        max_age_ms: 60_000,
+    };
+    let now = chainiac_client::now_ms();
+    let timeline_genesis =
+        genesis(ChainParams::new(2, 32)?, committee.clone(), b"timeline".to_vec(), KIND_TIMELINE, vec![], now);
+    let project_genesis = genesis(ChainParams::new(2, 32)?, committee, policy.to_bytes(), KIND_RELEASE, vec![], now);
+    for g in [&timeline_genesis, &project_genesis] {
+        match call(&pool, &witnesses[0], Request::CreateChain { genesis: g.clone() }).await? {
+            Response::Created { .. } => {}
+            other => bail!("chain not created: {other:?}"),
+        }
+    }
+    let chain = project_genesis.id();
+    step.done(t, &format!("project chain {}", &chain.to_hex()[..16]));
+
+    let work = root.join("release-manager");
+    let mut signers = vec![&developers[0], &developers[1]];
+    let mut last_binary = Vec::new();
+    for (n, version) in ["1.0", "1.1", "1.2"].into_iter().enumerate() {
+        if n == 2 {
+            let t = step.say("rotating developer keys: the root key replaces developer 1 with developer 4");
+            let rotated = Policy {
+                developers: vec![developers[3].public_key(), developers[1].public_key(), developers[2].public_key()],
+                ..policy.clone()
+            };
+            let (old, new) = (policy.to_bytes(), rotated.to_bytes());
+            let (old_hash, new_hash) =
+                (chainiac_skipchain::block::policy_hash(&old), chainiac_skipchain::block::policy_hash(&new));
+            let change =
+                PolicyChange { root_signatures: vec![RootSignature::sign(&root_key, &chain.0, &old_hash, &new_hash)] };
+            let proposal = Proposal {
+                kind: KIND_POLICY_CHANGE,
+                payload: change.to_bytes(),
+                policy: Some(new),
+                ..Proposal::default()
+            };
+            match call(&pool, &witnesses[1], Request::Propose { chain, proposal }).await? {
+                Response::Appended { block } => {
+                    step.done(t, &format!("policy change cosigned at index {}", block.header.index))
+                }
+                other => bail!("rotation refused: {other:?}"),
+            }
+            signers = vec![&developers[3], &developers[1]];
+        }
+        let t = step.say(&format!("releasing hello {version}: build locally, sign (2 developers), submit"));
+        let files = source_files(version);
+        let source = tar_of(&files)?;
+        let binary = build_locally(&work.join(version), &files)?;
+        let manifest = Manifest {
+            project: "hello".into(),
+            version: version.into(),
+            source: SourceArchive {
+                name: format!("hello-{version}.tar"),
+                sha3: content_hash(&source),
+                size: source.len() as u64,
+            },
+            recipe: Recipe { argv: vec!["make".into()], env: vec![], workdir: format!("hello-{version}") },
+            artifacts: vec![Artifact {
+                path: format!("hello-{version}/hello"),
+                sha3: content_hash(&binary),
+                size: binary.len() as u64,
+            }],
+            time_ms: chainiac_client::now_ms(),
+        };
+        let id = manifest.id();
+        let developer_signatures = signers.iter().map(|k| DeveloperSignature::sign(k, &id)).collect();
+        let request = Request::SubmitRelease { chain, manifest, developer_signatures, source };
+        match call(&pool, &witnesses[n % WITNESSES], request).await? {
+            Response::Appended { block } => {
+                let payload =
+                    chainiac_release::ReleasePayload::from_bytes(&block.payload).map_err(anyhow::Error::msg)?;
+                let reproduced = payload
+                    .attestations
+                    .iter()
+                    .filter(|a| a.body.outcome == chainiac_release::Outcome::Reproduced)
+                    .count();
+                step.done(
+                    t,
+                    &format!(
+                        "both verifiers rebuilt it bit for bit ({reproduced} attestations); cosigned at index {}",
+                        block.header.index
+                    ),
+                );
+            }
+            other => bail!("release {version} refused: {other:?}"),
+        }
+        last_binary = binary;
+    }
+
+    let t = step.say("a client anchored at the genesis catches up (timeline freshness, rotation, release checks)");
+    wait_for_timeline(&pool, &witnesses[0], chain).await?;
+    let mut client = Client::open(&root.join("client.state"), TrustLevel::default())?;
+    client.anchor(&timeline_genesis)?;
+    client.anchor(&project_genesis)?;
+    let update = client.update(chain).await?;
+    step.done(
+        t,
+        &format!(
+            "genesis -> block {} in {} hops, landing on checkpoint(s) {:?}; timeline {} ms old",
+            update.to,
+            update.hops,
+            update.checkpoints,
+            update.timeline_age_ms.unwrap_or(0)
+        ),
+    );
+    let t = step.say("verifying the last artifact before installing it");
+    let version = client.verify_artifact(chain, "hello-1.2/hello", &last_binary)?;
+    let mut tampered = last_binary.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    let refused = client.verify_artifact(chain, "hello-1.2/hello", &tampered).is_err();
+    step.done(t, &format!("hello {version} verified; a copy with one bit changed is refused: {refused}"));
+    println!("\ndone: 3 releases, 1 key rotation, every build reproduced by 2 verifiers and cosigned by {WITNESSES} witnesses.");
+    Ok(())
+}
+
+/// Waits until the timeline records the project's current head.
+async fn wait_for_timeline(pool: &Pool, witness: &Node, chain: ChainId) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let head = match call(pool, witness, Request::GetHead { chain }).await? {
+            Response::Head(head) => head.index,
+            other => bail!("{other:?}"),
+        };
+        if let Ok(Response::Timeline(info)) =
+            call(pool, witness, Request::GetTimeline { timeline: None, chain: Some(chain) }).await
+        {
+            if info.inclusion.is_some_and(|p| p.leaf.index >= head) {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the timeline did not record the project's head in time");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,45 @@
+//! The README's first command, end to end, and every subcommand's help.
+
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_chainiac");
+
+#[test]
+fn the_demo_releases_verifies_and_cleans_up() {
+    let out = Command::new(BIN).arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    for expected in [
+        "cosigned at index 1",
+        "policy change cosigned at index 3",
+        "cosigned at index 4",
+        "landing on checkpoint(s) [3]",
+        "hello 1.2 verified; a copy with one bit changed is refused: true",
+    ] {
+        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+    }
+    let folder = stdout.lines().next().unwrap().rsplit(' ').next().unwrap();
+    assert!(!std::path::Path::new(folder).exists(), "the demo removed {folder}");
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [
+        vec!["--help"],
+        vec!["demo", "--help"],
+        vec!["witness", "--help"],
+        vec!["witness", "init", "--help"],
+        vec!["witness", "run", "--help"],
+        vec!["witness", "status", "--help"],
+        vec!["verifier", "--help"],
+        vec!["verifier", "init", "--help"],
+        vec!["verifier", "run", "--help"],
+    ] {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{args:?}");
+    }
+    let out = Command::new(BIN).args(["witness", "run", "--config", "/nonexistent.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "a missing config is a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.toml"));
+}
