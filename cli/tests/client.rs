@@ -149,6 +149,32 @@ async fn a_client_catches_up_checks_freshness_and_artifacts_and_skips_a_liar() {
         matches!(client.verify_artifact(chain, "hello", &BINARY[1..]), Err(ClientError::Artifact { reason, .. }) if reason.contains("size"))
     );
 
+    // Offline bundles: exported once, checked with no network.
+    let bundle = client.export_bundle(&project_genesis, Some(&timeline_genesis)).await.unwrap();
+    let bytes = bundle.to_bytes();
+    let checked = chainiac_client::Bundle::from_bytes(&bytes)
+        .unwrap()
+        .verify(&chain, Some(&timeline), &TrustLevel::default())
+        .unwrap();
+    assert_eq!((checked.index, checked.release.manifest.version.as_str()), (2, "1.1"));
+    assert!(checked.timeline_age_ms.is_some());
+    let other_project = chainiac_skipchain::BlockId([9; 32]);
+    assert!(matches!(
+        bundle.verify(&other_project, Some(&timeline), &TrustLevel::default()),
+        Err(ClientError::BadAnchor(_))
+    ));
+    assert!(matches!(
+        bundle.verify(&chain, Some(&other_project), &TrustLevel::default()),
+        Err(ClientError::Timeline(_))
+    ));
+    for position in (0..bytes.len()).step_by(97) {
+        let mut tampered = bytes.clone();
+        tampered[position] ^= 0x10;
+        let accepted = chainiac_client::Bundle::from_bytes(&tampered)
+            .and_then(|b| b.verify(&chain, Some(&timeline), &TrustLevel::default()));
+        assert!(accepted.is_err(), "byte {position} of the bundle changed and it still verified");
+    }
+
     // The client's own bar: three reproductions, or a named verifier.
     let strict_state = dir.path().join("strict.state");
     let mut strict =

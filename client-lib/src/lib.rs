@@ -267,25 +267,7 @@ impl Client {
     }
 
     fn meets_bar(&self, release: &ReleasePayload) -> Result<(), String> {
-        let reproduced: Vec<PublicKey> = release
-            .attestations
-            .iter()
-            .filter(|a| a.body.outcome == Outcome::Reproduced)
-            .map(|a| a.body.verifier)
-            .collect();
-        if reproduced.len() < self.trust.min_reproductions {
-            return Err(format!(
-                "{} verifiers reproduced it, this client wants {}",
-                reproduced.len(),
-                self.trust.min_reproductions
-            ));
-        }
-        for required in &self.trust.required_verifiers {
-            if !reproduced.contains(required) {
-                return Err(format!("verifier {required} did not reproduce it"));
-            }
-        }
-        Ok(())
+        meets(&self.trust, release)
     }
 
     /// Brings the timeline up to date, checks its age against the chain's policy, and checks
@@ -373,5 +355,175 @@ impl Client {
             )));
         }
         Ok(release.manifest.version.clone())
+    }
+}
+
+/// Everything needed to check one release offline, from a project's genesis: the genesis,
+/// a proof to the release block (with its payload), and optionally the timeline block that
+/// records it (timeline genesis, proof with payload, inclusion proof).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bundle {
+    pub genesis: Block,
+    pub proof: chainiac_skipchain::Proof,
+    pub timeline: Option<TimelineEvidence>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEvidence {
+    pub genesis: Block,
+    pub proof: chainiac_skipchain::Proof,
+    pub inclusion: chainiac_skipchain::timeline::InclusionProof,
+}
+
+/// What an offline check established.
+#[derive(Debug, Clone)]
+pub struct BundleCheck {
+    pub chain: ChainId,
+    pub index: u64,
+    pub release: ReleasePayload,
+    /// Age of the timeline entry at check time, if the bundle carries one.
+    pub timeline_age_ms: Option<u64>,
+}
+
+impl Bundle {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("bundles serialize")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ClientError> {
+        chainiac_skipchain::decode_exact(bytes)
+            .map_err(|e| ClientError::Release(format!("bundle does not decode: {e}")))
+    }
+
+    /// Checks the bundle with no network: the genesis is the expected anchor, the proof
+    /// verifies from it and ends on a release block that passes the release rules, and the
+    /// timeline evidence (if any) records that block or a later one of this very chain.
+    /// `expected_timeline` is the timeline genesis id the caller trusts; without it the
+    /// bundle's timeline evidence proves nothing and is not checked.
+    pub fn verify(
+        &self,
+        expected_chain: &ChainId,
+        expected_timeline: Option<&ChainId>,
+        trust: &TrustLevel,
+    ) -> Result<BundleCheck, ClientError> {
+        let genesis = ChainState::genesis(&self.genesis).map_err(|e| ClientError::BadAnchor(e.to_string()))?;
+        if genesis.chain != *expected_chain {
+            return Err(ClientError::BadAnchor(format!(
+                "the bundle is for chain {}, not {expected_chain}",
+                genesis.chain
+            )));
+        }
+        let reached = self.proof.verify(&genesis).map_err(|e| ClientError::Release(e.to_string()))?.into_inner();
+        if reached.state.header.kind != KIND_RELEASE {
+            return Err(ClientError::Release("the bundle does not end on a release block".into()));
+        }
+        let payload =
+            reached.payload.clone().ok_or_else(|| ClientError::Release("the bundle lacks the release".into()))?;
+        let release = chainiac_release::check_release(
+            &reached.state.policy,
+            &payload,
+            reached.state.header.timestamp_ms,
+            TimeWindow::default(),
+            |_| false,
+        )
+        .map_err(|e| ClientError::Release(e.to_string()))?;
+        meets(trust, &release).map_err(ClientError::BelowClientBar)?;
+        let timeline_age_ms = match (&self.timeline, expected_timeline) {
+            (_, None) => None,
+            (None, Some(_)) => return Err(ClientError::Timeline("the bundle carries no timeline evidence".into())),
+            (Some(evidence), Some(expected)) => {
+                let start =
+                    ChainState::genesis(&evidence.genesis).map_err(|e| ClientError::BadAnchor(e.to_string()))?;
+                if start.chain != *expected {
+                    return Err(ClientError::Timeline(
+                        "the bundle's timeline is not the one this client trusts".into(),
+                    ));
+                }
+                let timeline =
+                    evidence.proof.verify(&start).map_err(|e| ClientError::Timeline(e.to_string()))?.into_inner();
+                let entry = chainiac_skipchain::timeline::TimelineEntry::from_bytes(
+                    timeline.payload.as_deref().unwrap_or_default(),
+                )
+                .map_err(|e| ClientError::Timeline(e.to_string()))?;
+                evidence.inclusion.verify(&entry).map_err(|e| ClientError::Timeline(e.to_string()))?;
+                let leaf = evidence.inclusion.leaf;
+                if leaf.chain != *expected_chain || leaf.index < reached.state.index() {
+                    return Err(ClientError::Timeline("the timeline evidence does not cover this release".into()));
+                }
+                if leaf.index == reached.state.index() && leaf.id != reached.state.id {
+                    return Err(ClientError::Timeline("the timeline records another block at this index".into()));
+                }
+                Some(now_ms().saturating_sub(entry.time_ms))
+            }
+        };
+        Ok(BundleCheck { chain: genesis.chain, index: reached.state.index(), release, timeline_age_ms })
+    }
+}
+
+fn meets(trust: &TrustLevel, release: &ReleasePayload) -> Result<(), String> {
+    let reproduced: Vec<PublicKey> = release
+        .attestations
+        .iter()
+        .filter(|a| a.body.outcome == Outcome::Reproduced)
+        .map(|a| a.body.verifier)
+        .collect();
+    if reproduced.len() < trust.min_reproductions {
+        return Err(format!(
+            "{} verifiers reproduced it, this client wants {}",
+            reproduced.len(),
+            trust.min_reproductions
+        ));
+    }
+    for required in &trust.required_verifiers {
+        if !reproduced.contains(required) {
+            return Err(format!("verifier {required} did not reproduce it"));
+        }
+    }
+    Ok(())
+}
+
+impl Client {
+    /// Builds an offline bundle for the newest release this client verified on `chain`,
+    /// from the genesis `genesis`, fetching the proofs from the chain's witnesses.
+    pub async fn export_bundle(
+        &self,
+        genesis: &Block,
+        timeline_genesis: Option<&Block>,
+    ) -> Result<Bundle, ClientError> {
+        let chain = genesis.id();
+        let trusted = self.state.chains.get(&chain).cloned().ok_or(ClientError::NotAnchored(chain))?;
+        let mut skipped = Vec::new();
+        let target = trusted.index();
+        let request = Request::GetProof { chain, from: 0, to: Some(target), with_payload: true };
+        let proof = self
+            .ask(&trusted, request, &mut skipped, |r| match r {
+                Response::Proof(p) => Ok(p),
+                other => Err(format!("answered {other:?}")),
+            })
+            .await?;
+        let timeline = match timeline_genesis {
+            None => None,
+            Some(tg) => {
+                let request = Request::GetTimeline { timeline: Some(tg.id()), chain: Some(chain) };
+                let info = self
+                    .ask(&trusted, request, &mut skipped, |r| match r {
+                        Response::Timeline(info) if info.inclusion.is_some() => Ok(info),
+                        other => Err(format!("answered {other:?}")),
+                    })
+                    .await?;
+                let request = Request::GetProof { chain: tg.id(), from: 0, to: Some(info.index), with_payload: true };
+                let proof = self
+                    .ask(&trusted, request, &mut skipped, |r| match r {
+                        Response::Proof(p) => Ok(p),
+                        other => Err(format!("answered {other:?}")),
+                    })
+                    .await?;
+                Some(TimelineEvidence { genesis: tg.clone(), proof, inclusion: info.inclusion.expect("checked") })
+            }
+        };
+        let bundle = Bundle { genesis: genesis.clone(), proof, timeline };
+        // Never hand out a bundle that does not check.
+        bundle.verify(&chain, timeline_genesis.map(|g| g.id()).as_ref(), &TrustLevel::default())?;
+        Ok(bundle)
     }
 }
