@@ -204,7 +204,9 @@ async fn demo(root: &Path) -> Result<()> {
         }
     }
     let chain = project_genesis.id();
-    step.done(t, &format!("project chain {}", &chain.to_hex()[..16]));
+    std::fs::write(root.join("project.genesis"), project_genesis.to_bytes())?;
+    std::fs::write(root.join("timeline.genesis"), timeline_genesis.to_bytes())?;
+    step.done(t, &format!("project chain {} (genesis files in the demo folder)", &chain.to_hex()[..16]));
 
     let work = root.join("release-manager");
     let mut signers = vec![&developers[0], &developers[1]];

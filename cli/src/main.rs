@@ -1,5 +1,6 @@
 //! `chainiac`: one binary for every user. Each subcommand is a thin shell over a library.
 
+mod client_cmd;
 mod demo;
 mod verifier_cmd;
 mod witness_cmd;
@@ -25,6 +26,53 @@ enum Command {
     /// Run and manage a build verifier.
     #[command(subcommand)]
     Verifier(verifier_cmd::VerifierCommand),
+    /// Create an Ed25519 key file (mode 0600): developer, root, witness or verifier key.
+    Keygen {
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Trust a genesis block file (a project's or the timeline's) in the client state.
+    Anchor {
+        #[command(flatten)]
+        state: client_cmd::StateArg,
+        /// The genesis block file.
+        genesis: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Catch a chain up to its head: proofs, timeline freshness, release checks.
+    Update {
+        #[command(flatten)]
+        state: client_cmd::StateArg,
+        /// The chain (genesis id, hex).
+        #[arg(long)]
+        chain: String,
+        #[command(flatten)]
+        trust: client_cmd::TrustArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a file against the newest verified release of a chain before installing it.
+    Verify {
+        #[command(flatten)]
+        state: client_cmd::StateArg,
+        #[arg(long)]
+        chain: String,
+        /// The artifact's path in the release manifest.
+        #[arg(long)]
+        artifact: String,
+        /// The file to check.
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        trust: client_cmd::TrustArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Offline bundles: everything needed to check a release with no network.
+    #[command(subcommand)]
+    Bundle(client_cmd::BundleCommand),
     /// A local cothority (4 witnesses, 2 verifiers, RocksDB in a temporary folder) releasing
     /// three versions of a real program, and a client verifying the last one.
     Demo {
@@ -55,6 +103,13 @@ fn main() -> ExitCode {
         Command::Witness(command) => witness_cmd::run(command),
         Command::Verifier(command) => verifier_cmd::run(command),
         Command::Demo { keep } => demo::run(keep),
+        Command::Keygen { out, json } => client_cmd::keygen(&out, json),
+        Command::Anchor { state, genesis, json } => client_cmd::anchor(&state, &genesis, json),
+        Command::Update { state, chain, trust, json } => client_cmd::update(&state, &chain, &trust, json),
+        Command::Verify { state, chain, artifact, file, trust, json } => {
+            client_cmd::verify(&state, &chain, &artifact, &file, &trust, json)
+        }
+        Command::Bundle(command) => client_cmd::bundle(command),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

@@ -230,3 +230,123 @@ async fn a_client_catches_up_checks_freshness_and_artifacts_and_skips_a_liar() {
     }
     assert_eq!(frozen.state().chains[&raw].index(), 0, "nothing was accepted from the refused update");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
+    use std::process::Command;
+    let mut cluster = Cluster::start(4).await;
+    let (v1, v2) = (key(20), key(21));
+    let policy = Policy {
+        project: "hello".into(),
+        developers: vec![key(1).public_key()],
+        release_threshold: 1,
+        root_keys: vec![key(10).public_key()],
+        root_threshold: 1,
+        verifiers: vec![
+            VerifierEntry { key: v1.public_key(), address: "127.0.0.1:1".into() },
+            VerifierEntry { key: v2.public_key(), address: "127.0.0.1:2".into() },
+        ],
+        verifier_threshold: 2,
+        max_age_ms: 60_000,
+    };
+    let (timeline, timeline_genesis) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
+    let committee = Committee::byzantine(cluster.roster(&[0, 1, 2, 3]));
+    let project_genesis =
+        genesis(ChainParams::new(2, 24).unwrap(), committee, policy.to_bytes(), KIND_RELEASE, vec![], common::now_ms());
+    let Ok(Response::Created { chain }) =
+        cluster.client.call(&cluster.witnesses[0], Request::CreateChain { genesis: project_genesis.clone() }).await
+    else {
+        panic!()
+    };
+    let reply = cluster
+        .client
+        .call(&cluster.witnesses[1], Request::Propose { chain, proposal: release("2.0", &[&v1, &v2]) })
+        .await;
+    assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
+    wait_timeline_has(&cluster, chain, 1).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    std::fs::write(path("project.genesis"), project_genesis.to_bytes()).unwrap();
+    std::fs::write(path("timeline.genesis"), timeline_genesis.to_bytes()).unwrap();
+    std::fs::write(path("hello"), BINARY).unwrap();
+    std::fs::write(path("evil"), b"not the binary").unwrap();
+    let state = path("client.state");
+    let run = |args: &[&str]| {
+        let out = Command::new(common::BIN).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for genesis in ["timeline.genesis", "project.genesis"] {
+        let (code, _, err) = run(&["anchor", "--state", &state, &path(genesis), "--json"]);
+        assert_eq!(code, Some(0), "{err}");
+    }
+    let chain_hex = chain.to_hex();
+    let (code, out, err) = run(&["update", "--state", &state, "--chain", &chain_hex, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let update: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((update["from"].as_u64(), update["to"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(update["release"]["version"], "2.0");
+    let (code, out, _) =
+        run(&["verify", "--state", &state, "--chain", &chain_hex, "--artifact", "hello", &path("hello"), "--json"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["verified"], true);
+    let (code, _, err) =
+        run(&["verify", "--state", &state, "--chain", &chain_hex, "--artifact", "hello", &path("evil")]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("differs"), "{err}");
+    let (code, _, err) = run(&[
+        "verify",
+        "--state",
+        &state,
+        "--chain",
+        &chain_hex,
+        "--artifact",
+        "hello",
+        "--min-reproductions",
+        "3",
+        &path("hello"),
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("client's bar"), "{err}");
+    let (code, _, err) = run(&[
+        "bundle",
+        "export",
+        "--state",
+        &state,
+        "--genesis",
+        &path("project.genesis"),
+        "--timeline-genesis",
+        &path("timeline.genesis"),
+        "--out",
+        &path("hello.bundle"),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = run(&["update", "--state", &state, "--chain", "zz"]);
+    assert_eq!(code, Some(2), "a malformed chain id is a usage error: {err}");
+
+    // With every witness gone, the bundle still checks.
+    for w in &mut cluster.witnesses {
+        w.kill();
+    }
+    let (code, out, err) = run(&[
+        "bundle",
+        "verify",
+        &path("hello.bundle"),
+        "--chain",
+        &chain_hex,
+        "--timeline",
+        &timeline.to_hex(),
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let checked: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(checked["version"], "2.0");
+    let other = chainiac_skipchain::BlockId([3; 32]).to_hex();
+    let (code, _, err) = run(&["bundle", "verify", &path("hello.bundle"), "--chain", &other]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("is for chain"), "a bundle for another project is refused clearly: {err}");
+}

@@ -34,6 +34,13 @@ fn every_subcommand_has_help() {
         vec!["verifier", "--help"],
         vec!["verifier", "init", "--help"],
         vec!["verifier", "run", "--help"],
+        vec!["keygen", "--help"],
+        vec!["anchor", "--help"],
+        vec!["update", "--help"],
+        vec!["verify", "--help"],
+        vec!["bundle", "--help"],
+        vec!["bundle", "export", "--help"],
+        vec!["bundle", "verify", "--help"],
     ] {
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
@@ -42,4 +49,18 @@ fn every_subcommand_has_help() {
     let out = Command::new(BIN).args(["witness", "run", "--config", "/nonexistent.toml"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "a missing config is a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.toml"));
+}
+
+#[test]
+fn keygen_writes_a_private_key_file_and_reports_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dev.key");
+    let out = Command::new(BIN).args(["keygen", "--out", path.to_str().unwrap(), "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["public_key"].as_str().unwrap().len(), 64);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let again = Command::new(BIN).args(["keygen", "--out", path.to_str().unwrap()]).output().unwrap();
+    assert_eq!(again.status.code(), Some(1), "an existing key is never overwritten");
 }

@@ -83,6 +83,8 @@ pub struct TrustLevel {
 pub enum ClientError {
     #[error("state file {path}: {reason}")]
     State { path: String, reason: String },
+    #[error("cannot open a network endpoint: {0}")]
+    Network(String),
     #[error("chain {0} is not anchored in this client; anchor its genesis first")]
     NotAnchored(ChainId),
     #[error("the anchor block is not a valid genesis: {0}")]
@@ -131,7 +133,8 @@ pub fn now_ms() -> u64 {
 pub struct Client {
     path: PathBuf,
     state: ClientState,
-    pool: Pool,
+    /// Made on first network use, so that offline operations need no runtime or socket.
+    pool: std::sync::OnceLock<Pool>,
     trust: TrustLevel,
     /// Maximum timeline age for chains whose policy does not say (raw chains).
     pub default_max_age_ms: u64,
@@ -147,13 +150,10 @@ impl Client {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => ClientState::default(),
             Err(e) => return Err(ClientError::State { path: path.display().to_string(), reason: e.to_string() }),
         };
-        let endpoint = chainiac_proto::endpoint::client("0.0.0.0:0".parse().expect("valid"))
-            .map_err(|e| ClientError::State { path: "(network)".into(), reason: e.to_string() })?;
-        let key = Arc::new(chainiac_cosi::SecretKey::generate(&mut rand_core::OsRng));
         Ok(Client {
             path: path.to_path_buf(),
             state,
-            pool: Pool::new(endpoint, key),
+            pool: std::sync::OnceLock::new(),
             trust,
             default_max_age_ms: 3_600_000,
             timeout: Duration::from_secs(20),
@@ -162,6 +162,18 @@ impl Client {
 
     pub fn state(&self) -> &ClientState {
         &self.state
+    }
+
+    /// The connection pool, made on first use (inside the async runtime), with a throwaway key.
+    fn pool(&self) -> Result<&Pool, ClientError> {
+        if let Some(pool) = self.pool.get() {
+            return Ok(pool);
+        }
+        let endpoint = chainiac_proto::endpoint::client("0.0.0.0:0".parse().expect("valid"))
+            .map_err(|e| ClientError::Network(e.to_string()))?;
+        let key = Arc::new(chainiac_cosi::SecretKey::generate(&mut rand_core::OsRng));
+        let _ = self.pool.set(Pool::new(endpoint, key));
+        Ok(self.pool.get().expect("just set"))
     }
 
     /// Trusts `genesis` (checked to be a well-formed genesis) as a chain's anchor; a timeline
@@ -199,8 +211,9 @@ impl Client {
         skipped: &mut Vec<(String, String)>,
         mut check: impl FnMut(Response) -> Result<T, String>,
     ) -> Result<T, ClientError> {
+        let pool = self.pool()?;
         for member in trusted.committee.roster().members() {
-            match self.pool.call(&member.address, &member.key, &request, self.timeout).await {
+            match pool.call(&member.address, &member.key, &request, self.timeout).await {
                 Ok(response) => match check(response) {
                     Ok(value) => return Ok(value),
                     Err(lie) => skipped.push((member.address.clone(), format!("lied: {lie}"))),

@@ -1,0 +1,202 @@
+//! What clients run: `chainiac keygen`, `anchor`, `update`, `verify`, `bundle export|verify`.
+
+use crate::UsageError;
+use anyhow::{Context, Result};
+use chainiac_client::{Bundle, Client, TrustLevel};
+use chainiac_cosi::SecretKey;
+use chainiac_skipchain::{Block, ChainId};
+use chainiac_witness::keyfile;
+use clap::{Args, Subcommand};
+use std::path::{Path, PathBuf};
+
+/// Where a client keeps what it trusts.
+#[derive(Args)]
+pub struct StateArg {
+    /// The client's state file (created by `anchor`).
+    #[arg(long, default_value = "chainiac-client.state")]
+    state: PathBuf,
+}
+
+/// What the client demands beyond the project's policy.
+#[derive(Args)]
+pub struct TrustArgs {
+    /// Refuse releases that fewer verifiers reproduced.
+    #[arg(long, default_value_t = 0)]
+    min_reproductions: usize,
+    /// Refuse releases this verifier (hex key) did not reproduce; repeatable.
+    #[arg(long = "require-verifier")]
+    required_verifiers: Vec<String>,
+}
+
+impl TrustArgs {
+    fn level(&self) -> Result<TrustLevel> {
+        let required_verifiers =
+            self.required_verifiers.iter().map(|k| crate::witness_cmd::parse_key(k)).collect::<Result<_>>()?;
+        Ok(TrustLevel { min_reproductions: self.min_reproductions, required_verifiers })
+    }
+}
+
+#[derive(Subcommand)]
+pub enum BundleCommand {
+    /// Write everything needed to check the newest verified release of a chain offline.
+    Export {
+        #[command(flatten)]
+        state: StateArg,
+        /// The project's genesis block file.
+        #[arg(long)]
+        genesis: PathBuf,
+        /// The timeline's genesis block file, to include freshness evidence.
+        #[arg(long)]
+        timeline_genesis: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a bundle with no network.
+    Verify {
+        bundle: PathBuf,
+        /// The chain (genesis id, hex) the bundle must be for.
+        #[arg(long)]
+        chain: String,
+        /// The timeline (genesis id, hex) this client trusts.
+        #[arg(long)]
+        timeline: Option<String>,
+        #[command(flatten)]
+        trust: TrustArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn parse_chain(hex: &str) -> Result<ChainId> {
+    ChainId::from_hex(hex).ok_or_else(|| UsageError(format!("{hex} is not a 64-digit hex chain id")).into())
+}
+
+fn read_genesis(path: &Path) -> Result<Block> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Block::from_bytes(&bytes).map_err(|e| UsageError(format!("{} is not a block: {e}", path.display())).into())
+}
+
+fn print(json: bool, value: serde_json::Value, human: String) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{human}");
+    }
+}
+
+/// `chainiac keygen`: a new Ed25519 key (mode 0600), usable as a developer, root, witness or
+/// verifier key.
+pub fn keygen(out: &Path, json: bool) -> Result<()> {
+    let key = SecretKey::generate(&mut rand_core::OsRng);
+    keyfile::write(out, &key)?;
+    print(
+        json,
+        serde_json::json!({ "key_file": out.display().to_string(), "public_key": key.public_key().to_string() }),
+        format!("wrote {} (mode 0600); public key {}", out.display(), key.public_key()),
+    );
+    Ok(())
+}
+
+/// `chainiac anchor`: trust a genesis block file (a project's, or the timeline's).
+pub fn anchor(state: &StateArg, genesis: &Path, json: bool) -> Result<()> {
+    let block = read_genesis(genesis)?;
+    let mut client = Client::open(&state.state, TrustLevel::default())?;
+    let chain = client.anchor(&block)?;
+    print(
+        json,
+        serde_json::json!({ "chain": chain.to_hex(), "kind": block.header.kind }),
+        format!("anchored chain {chain} in {}", state.state.display()),
+    );
+    Ok(())
+}
+
+pub fn update(state: &StateArg, chain: &str, trust: &TrustArgs, json: bool) -> Result<()> {
+    let chain = parse_chain(chain)?;
+    let mut client = Client::open(&state.state, trust.level()?)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let update = runtime.block_on(client.update(chain)).context("updating; the state file is unchanged")?;
+    let release = update.release.as_ref().map(|(version, bar)| {
+        serde_json::json!({ "version": version, "meets_client_bar": bar.is_ok(), "why_not": bar.as_ref().err() })
+    });
+    let skipped: Vec<_> =
+        update.skipped.iter().map(|(w, why)| serde_json::json!({ "witness": w, "why": why })).collect();
+    let mut human = format!("chain {chain}: {} -> {} in {} hops", update.from, update.to, update.hops);
+    if !update.checkpoints.is_empty() {
+        human += &format!(", checkpoints {:?}", update.checkpoints);
+    }
+    if let Some(age) = update.timeline_age_ms {
+        human += &format!(", timeline {age} ms old");
+    }
+    if let Some((version, bar)) = &update.release {
+        human += &format!(
+            "\nrelease {version}: {}",
+            bar.as_ref().map_or_else(|e| format!("NOT for this client: {e}"), |_| "ok".into())
+        );
+    }
+    for (w, why) in &update.skipped {
+        human += &format!("\nskipped witness {w}: {why}");
+    }
+    print(
+        json,
+        serde_json::json!({
+            "chain": chain.to_hex(), "from": update.from, "to": update.to, "hops": update.hops,
+            "checkpoints": update.checkpoints, "timeline_age_ms": update.timeline_age_ms,
+            "release": release, "skipped": skipped,
+        }),
+        human,
+    );
+    Ok(())
+}
+
+pub fn verify(
+    state: &StateArg,
+    chain: &str,
+    path_in_release: &str,
+    file: &Path,
+    trust: &TrustArgs,
+    json: bool,
+) -> Result<()> {
+    let chain = parse_chain(chain)?;
+    let client = Client::open(&state.state, trust.level()?)?;
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let version = client.verify_artifact(chain, path_in_release, &bytes)?;
+    print(
+        json,
+        serde_json::json!({ "chain": chain.to_hex(), "artifact": path_in_release, "version": version, "verified": true }),
+        format!("{} is {path_in_release} of release {version}: verified", file.display()),
+    );
+    Ok(())
+}
+
+pub fn bundle(command: BundleCommand) -> Result<()> {
+    match command {
+        BundleCommand::Export { state, genesis, timeline_genesis, out } => {
+            let genesis = read_genesis(&genesis)?;
+            let timeline = timeline_genesis.as_deref().map(read_genesis).transpose()?;
+            let client = Client::open(&state.state, TrustLevel::default())?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            let bundle = runtime.block_on(client.export_bundle(&genesis, timeline.as_ref()))?;
+            let bytes = bundle.to_bytes();
+            std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {} ({} bytes)", out.display(), bytes.len());
+            Ok(())
+        }
+        BundleCommand::Verify { bundle, chain, timeline, trust, json } => {
+            let chain = parse_chain(&chain)?;
+            let timeline = timeline.as_deref().map(parse_chain).transpose()?;
+            let bytes = std::fs::read(&bundle).with_context(|| format!("reading {}", bundle.display()))?;
+            let checked = Bundle::from_bytes(&bytes)?.verify(&chain, timeline.as_ref(), &trust.level()?)?;
+            let version = &checked.release.manifest.version;
+            print(
+                json,
+                serde_json::json!({
+                    "chain": chain.to_hex(), "index": checked.index, "version": version,
+                    "artifacts": checked.release.manifest.artifacts.iter().map(|a| a.path.clone()).collect::<Vec<_>>(),
+                    "timeline_age_ms": checked.timeline_age_ms,
+                }),
+                format!("bundle verified offline: release {version} at block {} of {chain}", checked.index),
+            );
+            Ok(())
+        }
+    }
+}
