@@ -2,6 +2,7 @@
 
 mod client_cmd;
 mod demo;
+mod release_cmd;
 mod verifier_cmd;
 mod witness_cmd;
 
@@ -70,6 +71,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Create projects and the cothority's timeline.
+    #[command(subcommand)]
+    Project(release_cmd::ProjectCommand),
+    /// Prepare, sign and submit releases.
+    #[command(subcommand)]
+    Release(release_cmd::ReleaseCommand),
     /// Offline bundles: everything needed to check a release with no network.
     #[command(subcommand)]
     Bundle(client_cmd::BundleCommand),
@@ -110,6 +117,8 @@ fn main() -> ExitCode {
             client_cmd::verify(&state, &chain, &artifact, &file, &trust, json)
         }
         Command::Bundle(command) => client_cmd::bundle(command),
+        Command::Project(command) => release_cmd::project(command),
+        Command::Release(command) => release_cmd::release(command),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

@@ -41,6 +41,10 @@ fn every_subcommand_has_help() {
         vec!["bundle", "--help"],
         vec!["bundle", "export", "--help"],
         vec!["bundle", "verify", "--help"],
+        vec!["project", "init", "--help"],
+        vec!["release", "prepare", "--help"],
+        vec!["release", "sign", "--help"],
+        vec!["release", "submit", "--help"],
     ] {
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");

@@ -315,3 +315,143 @@ async fn verifiers_rebuild_submitted_releases_and_only_reproduced_ones_are_appen
         v.wait_ready(&cluster.client).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_manager_works_from_the_shell() {
+    use std::process::Command;
+    let cluster = Cluster::start_with(4, 0).await;
+    let root = tempfile::tempdir().unwrap();
+    let mut verifiers: Vec<common::VerifierProcess> =
+        (0..2).map(|i| common::VerifierProcess::init(&root.path().join(format!("v{i}")))).collect();
+    for v in &mut verifiers {
+        v.start();
+    }
+    for v in &verifiers {
+        v.wait_ready(&cluster.client).await;
+    }
+    let path = |name: &str| root.path().join(name).to_str().unwrap().to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new(common::BIN).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let json = |out: String| serde_json::from_str::<serde_json::Value>(&out).unwrap();
+    let developers: Vec<String> = (0..2)
+        .map(|i| {
+            json(run(&["keygen", "--out", &path(&format!("dev{i}.key")), "--json"]))["public_key"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let root_key =
+        json(run(&["keygen", "--out", &path("root.key"), "--json"]))["public_key"].as_str().unwrap().to_string();
+    let mut roster = String::new();
+    for w in &cluster.witnesses {
+        roster += &std::fs::read_to_string(w.dir.join("member.toml")).unwrap();
+    }
+    std::fs::write(path("roster.toml"), roster).unwrap();
+    let mut policy = format!(
+        "project = \"hello\"\ndevelopers = [\"{}\", \"{}\"]\nrelease_threshold = 2\nroot_keys = [\"{root_key}\"]\nroot_threshold = 1\nverifier_threshold = 2\n",
+        developers[0], developers[1]
+    );
+    for v in &verifiers {
+        policy += &format!("[[verifier]]\nkey = \"{}\"\naddress = \"{}\"\n", v.key, v.address);
+    }
+    std::fs::write(path("policy.toml"), policy).unwrap();
+    let created = json(run(&[
+        "project",
+        "init",
+        "--roster",
+        &path("roster.toml"),
+        "--policy",
+        &path("policy.toml"),
+        "--out",
+        &path("project.genesis"),
+        "--json",
+    ]));
+    let chain = created["chain"].as_str().unwrap().to_string();
+
+    // Build locally, pack, prepare, sign twice, submit.
+    let source = source_archive(&[("hello-1.0/Makefile", MAKEFILE), ("hello-1.0/hello.c", HELLO_C)]);
+    std::fs::write(path("hello-1.0.tar"), &source).unwrap();
+    let build = root.path().join("build");
+    std::fs::create_dir_all(&build).unwrap();
+    std::fs::write(build.join("hello.c"), HELLO_C).unwrap();
+    std::fs::write(build.join("Makefile"), MAKEFILE).unwrap();
+    assert!(Command::new("make")
+        .current_dir(&build)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .status()
+        .unwrap()
+        .success());
+    let binary = build.join("hello").to_str().unwrap().to_string();
+    run(&[
+        "release",
+        "prepare",
+        "--project",
+        "hello",
+        "--version",
+        "1.0",
+        "--source",
+        &path("hello-1.0.tar"),
+        "--workdir",
+        "hello-1.0",
+        "--artifact",
+        &format!("hello-1.0/hello={binary}"),
+        "--out",
+        &path("hello.manifest"),
+        "--",
+        "make",
+    ]);
+    for i in 0..2 {
+        run(&[
+            "release",
+            "sign",
+            "--manifest",
+            &path("hello.manifest"),
+            "--key",
+            &path(&format!("dev{i}.key")),
+            "--signatures",
+            &path("hello.sigs"),
+        ]);
+    }
+    let w = &cluster.witnesses[2];
+    let submitted = json(run(&[
+        "release",
+        "submit",
+        "--chain",
+        &chain,
+        "--manifest",
+        &path("hello.manifest"),
+        "--signatures",
+        &path("hello.sigs"),
+        "--source",
+        &path("hello-1.0.tar"),
+        "--witness",
+        &w.address,
+        "--witness-key",
+        &w.key.to_string(),
+        "--json",
+    ]));
+    assert_eq!(submitted["index"], 1);
+
+    // A client, from the shell too.
+    let state = path("client.state");
+    run(&["anchor", "--state", &state, &path("project.genesis")]);
+    let update = json(run(&["update", "--state", &state, "--chain", &chain, "--json"]));
+    assert_eq!(update["release"]["version"], "1.0");
+    let verified = json(run(&[
+        "verify",
+        "--state",
+        &state,
+        "--chain",
+        &chain,
+        "--artifact",
+        "hello-1.0/hello",
+        &binary,
+        "--json",
+    ]));
+    assert_eq!(verified["verified"], true);
+}

@@ -1,0 +1,302 @@
+//! What release managers run: `chainiac project init`, `release prepare | sign | submit`.
+
+use crate::client_cmd::parse_chain;
+use crate::witness_cmd::parse_key;
+use crate::UsageError;
+use anyhow::{bail, Context, Result};
+use chainiac_proto::{Pool, Request, Response};
+use chainiac_release::{
+    content_hash, Artifact, DeveloperSignature, Manifest, Policy, Recipe, SourceArchive, VerifierEntry, KIND_RELEASE,
+};
+use chainiac_skipchain::timeline::KIND_TIMELINE;
+use chainiac_skipchain::{genesis, ChainParams, Committee};
+use chainiac_witness::config::RosterFile;
+use chainiac_witness::keyfile;
+use clap::Subcommand;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Subcommand)]
+pub enum ProjectCommand {
+    /// Create a chain from a roster file and a policy file: write its genesis and have the
+    /// first witness of the roster start serving it (it tells the others).
+    Init {
+        /// `[[member]]` entries, as `chainiac witness init` prints them.
+        #[arg(long)]
+        roster: PathBuf,
+        /// The project's policy (TOML); not needed for a timeline.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Make the cothority's timeline instead of a project.
+        #[arg(long)]
+        timeline: bool,
+        /// Witnesses that must cosign each block (default: the Byzantine quorum).
+        #[arg(long)]
+        threshold: Option<u32>,
+        /// Where to write the genesis block (clients anchor on it).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ReleaseCommand {
+    /// Hash a source archive and the artifacts of a local build into a manifest.
+    Prepare {
+        #[arg(long)]
+        project: String,
+        #[arg(long)]
+        version: String,
+        /// The source archive (tar or tar.gz) verifiers rebuild from.
+        #[arg(long)]
+        source: PathBuf,
+        /// Where to run the build, relative to the unpacked source.
+        #[arg(long, default_value = ".")]
+        workdir: String,
+        /// An expected artifact: PATH_IN_SOURCE_TREE=LOCAL_FILE (repeatable).
+        #[arg(long = "artifact", required = true)]
+        artifacts: Vec<String>,
+        /// A variable the build needs: NAME=VALUE (repeatable).
+        #[arg(long = "env")]
+        env: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+        /// The build command, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Sign a manifest with one developer key (offline); appends to the signature file.
+    Sign {
+        #[arg(long)]
+        manifest: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        signatures: PathBuf,
+    },
+    /// Send a signed manifest and its source to a witness: verifiers rebuild, witnesses cosign.
+    Submit {
+        #[arg(long)]
+        chain: String,
+        #[arg(long)]
+        manifest: PathBuf,
+        #[arg(long)]
+        signatures: PathBuf,
+        #[arg(long)]
+        source: PathBuf,
+        /// A witness of the chain: HOST:PORT.
+        #[arg(long)]
+        witness: String,
+        /// That witness's public key (hex).
+        #[arg(long)]
+        witness_key: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A policy as release managers write it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    project: String,
+    developers: Vec<String>,
+    release_threshold: u32,
+    root_keys: Vec<String>,
+    root_threshold: u32,
+    #[serde(default)]
+    verifier: Vec<VerifierFile>,
+    verifier_threshold: u32,
+    #[serde(default = "default_max_age_ms")]
+    max_age_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifierFile {
+    key: String,
+    address: String,
+}
+
+fn default_max_age_ms() -> u64 {
+    3_600_000
+}
+
+fn read_policy(path: &Path) -> Result<Policy> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: PolicyFile = toml::from_str(&text).map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+    let keys = |list: &[String]| list.iter().map(|k| parse_key(k)).collect::<Result<Vec<_>>>();
+    let policy = Policy {
+        project: file.project,
+        developers: keys(&file.developers)?,
+        release_threshold: file.release_threshold,
+        root_keys: keys(&file.root_keys)?,
+        root_threshold: file.root_threshold,
+        verifiers: file
+            .verifier
+            .iter()
+            .map(|v| Ok(VerifierEntry { key: parse_key(&v.key)?, address: v.address.clone() }))
+            .collect::<Result<_>>()?,
+        verifier_threshold: file.verifier_threshold,
+        max_age_ms: file.max_age_ms,
+    };
+    policy.check().map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+    Ok(policy)
+}
+
+fn now_ms() -> u64 {
+    chainiac_client::now_ms()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    chainiac_skipchain::decode_exact(&bytes)
+        .map_err(|e| UsageError(format!("{} is not a {what}: {e}", path.display())).into())
+}
+
+fn pool() -> Result<Pool> {
+    let endpoint = chainiac_proto::endpoint::client("0.0.0.0:0".parse().expect("valid"))?;
+    Ok(Pool::new(endpoint, Arc::new(chainiac_cosi::SecretKey::generate(&mut rand_core::OsRng))))
+}
+
+pub fn project(command: ProjectCommand) -> Result<()> {
+    let ProjectCommand::Init { roster, policy, timeline, threshold, out, json } = command;
+    let text = std::fs::read_to_string(&roster).with_context(|| format!("reading {}", roster.display()))?;
+    let file: RosterFile = toml::from_str(&text).map_err(|e| UsageError(format!("{}: {e}", roster.display())))?;
+    let roster = file.to_roster().map_err(UsageError)?;
+    let committee = match threshold {
+        Some(t) => Committee::new(roster, t).map_err(|e| UsageError(e.to_string()))?,
+        None => Committee::byzantine(roster),
+    };
+    let (kind, policy_bytes) = match (timeline, policy) {
+        (true, _) => (KIND_TIMELINE, b"timeline".to_vec()),
+        (false, Some(path)) => (KIND_RELEASE, read_policy(&path)?.to_bytes()),
+        (false, None) => bail!(UsageError("a project needs --policy (or pass --timeline)".into())),
+    };
+    let first =
+        genesis(ChainParams::new(2, 32).expect("valid"), committee.clone(), policy_bytes, kind, vec![], now_ms());
+    let member = committee.roster().members()[0].clone();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let reply = runtime.block_on(async {
+        let pool = pool()?;
+        anyhow::Ok(
+            pool.call(
+                &member.address,
+                &member.key,
+                &Request::CreateChain { genesis: first.clone() },
+                Duration::from_secs(30),
+            )
+            .await?,
+        )
+    })?;
+    let Response::Created { chain } = reply else { bail!("unexpected answer: {reply:?}") };
+    std::fs::write(&out, first.to_bytes()).with_context(|| format!("writing {}", out.display()))?;
+    if json {
+        println!("{}", serde_json::json!({ "chain": chain.to_hex(), "genesis": out.display().to_string() }));
+    } else {
+        println!("chain {chain} created; genesis written to {} (clients anchor on it)", out.display());
+    }
+    Ok(())
+}
+
+fn split_pair(spec: &str, what: &str) -> Result<(String, String)> {
+    let (a, b) = spec.split_once('=').ok_or_else(|| UsageError(format!("{what} {spec:?} is not A=B")))?;
+    Ok((a.to_string(), b.to_string()))
+}
+
+pub fn release(command: ReleaseCommand) -> Result<()> {
+    match command {
+        ReleaseCommand::Prepare { project, version, source, workdir, artifacts, env, out, command } => {
+            let archive = std::fs::read(&source).with_context(|| format!("reading {}", source.display()))?;
+            let artifacts = artifacts
+                .iter()
+                .map(|spec| {
+                    let (path, local) = split_pair(spec, "artifact")?;
+                    let bytes = std::fs::read(&local).with_context(|| format!("reading {local}"))?;
+                    Ok(Artifact { path, sha3: content_hash(&bytes), size: bytes.len() as u64 })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let manifest = Manifest {
+                project,
+                version,
+                source: SourceArchive {
+                    name: source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                    sha3: content_hash(&archive),
+                    size: archive.len() as u64,
+                },
+                recipe: Recipe {
+                    argv: command,
+                    env: env.iter().map(|e| split_pair(e, "env")).collect::<Result<_>>()?,
+                    workdir,
+                },
+                artifacts,
+                time_ms: now_ms(),
+            };
+            chainiac_release::rules::check_manifest(&manifest).map_err(|e| UsageError(e.to_string()))?;
+            std::fs::write(&out, manifest.to_bytes()).with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "manifest {} for {} {} written to {}",
+                manifest.id(),
+                manifest.project,
+                manifest.version,
+                out.display()
+            );
+            Ok(())
+        }
+        ReleaseCommand::Sign { manifest, key, signatures } => {
+            let manifest: Manifest = decode(&manifest, "manifest")?;
+            let key = keyfile::read(&key)?;
+            let mut all: Vec<DeveloperSignature> =
+                if signatures.exists() { decode(&signatures, "signature file")? } else { Vec::new() };
+            all.retain(|s| s.key != key.public_key());
+            all.push(DeveloperSignature::sign(&key, &manifest.id()));
+            std::fs::write(&signatures, postcard::to_allocvec(&all)?)?;
+            println!(
+                "{} signed {} {} ({} signatures in {})",
+                key.public_key(),
+                manifest.project,
+                manifest.version,
+                all.len(),
+                signatures.display()
+            );
+            Ok(())
+        }
+        ReleaseCommand::Submit { chain, manifest, signatures, source, witness, witness_key, json } => {
+            let chain = parse_chain(&chain)?;
+            let manifest: Manifest = decode(&manifest, "manifest")?;
+            let developer_signatures: Vec<DeveloperSignature> = decode(&signatures, "signature file")?;
+            let source = std::fs::read(&source).with_context(|| format!("reading {}", source.display()))?;
+            let key = parse_key(&witness_key)?;
+            let progress = indicatif::ProgressBar::new_spinner();
+            progress.set_message(format!(
+                "{} {}: verifiers rebuilding, then witnesses cosigning",
+                manifest.project, manifest.version
+            ));
+            progress.enable_steady_tick(Duration::from_millis(120));
+            let version = manifest.version.clone();
+            let runtime = tokio::runtime::Runtime::new()?;
+            let reply = runtime.block_on(async {
+                let request = Request::SubmitRelease { chain, manifest, developer_signatures, source };
+                pool()?.call(&witness, &key, &request, Duration::from_secs(30 * 60)).await.map_err(anyhow::Error::from)
+            });
+            progress.finish_and_clear();
+            let block = match reply? {
+                Response::Appended { block } => block,
+                other => bail!("unexpected answer: {other:?}"),
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "version": version, "index": block.header.index, "block": block.id().to_hex() })
+                );
+            } else {
+                println!("release {version} reproduced and cosigned: block {} ({})", block.header.index, block.id());
+            }
+            Ok(())
+        }
+    }
+}
