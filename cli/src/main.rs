@@ -74,6 +74,9 @@ enum Command {
     /// Create projects and the cothority's timeline.
     #[command(subcommand)]
     Project(release_cmd::ProjectCommand),
+    /// Change a project's policy.
+    #[command(subcommand)]
+    Policy(release_cmd::PolicyCommand),
     /// Prepare, sign and submit releases.
     #[command(subcommand)]
     Release(release_cmd::ReleaseCommand),
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
         Command::Bundle(command) => client_cmd::bundle(command),
         Command::Project(command) => release_cmd::project(command),
         Command::Release(command) => release_cmd::release(command),
+        Command::Policy(command) => release_cmd::policy(command),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

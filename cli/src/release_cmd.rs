@@ -41,6 +41,36 @@ pub enum ProjectCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A project's state as a client verified it: head, policy, newest release, and how
+    /// often each build verifier agreed with the others.
+    Show {
+        #[arg(long, default_value = "chainiac-client.state")]
+        state: PathBuf,
+        #[arg(long)]
+        chain: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Replace a project's policy (e.g. rotate developer keys), signed by its root keys.
+    Rotate {
+        /// A client state with the chain anchored (it is updated first).
+        #[arg(long, default_value = "chainiac-client.state")]
+        state: PathBuf,
+        #[arg(long)]
+        chain: String,
+        /// The new policy (TOML).
+        #[arg(long)]
+        policy: PathBuf,
+        /// A root key file (repeatable: as many as the current root threshold).
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -163,8 +193,111 @@ fn pool() -> Result<Pool> {
     Ok(Pool::new(endpoint, Arc::new(chainiac_cosi::SecretKey::generate(&mut rand_core::OsRng))))
 }
 
+/// Updates the client's view of `chain` and returns the client.
+fn updated_client(
+    state: &Path,
+    chain: chainiac_skipchain::ChainId,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<chainiac_client::Client> {
+    let mut client = chainiac_client::Client::open(state, chainiac_client::TrustLevel::default())?;
+    runtime.block_on(client.update(chain)).context("updating the project first")?;
+    Ok(client)
+}
+
+pub fn policy(command: PolicyCommand) -> Result<()> {
+    let PolicyCommand::Rotate { state, chain, policy, keys, json } = command;
+    let chain = parse_chain(&chain)?;
+    let new = read_policy(&policy)?.to_bytes();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let client = updated_client(&state, chain, &runtime)?;
+    let trusted = client.state().chains[&chain].clone();
+    let (old_hash, new_hash) =
+        (chainiac_skipchain::block::policy_hash(&trusted.policy), chainiac_skipchain::block::policy_hash(&new));
+    let root_signatures = keys
+        .iter()
+        .map(|k| Ok(chainiac_release::RootSignature::sign(&keyfile::read(k)?, &chain.0, &old_hash, &new_hash)))
+        .collect::<Result<Vec<_>>>()?;
+    let proposal = chainiac_skipchain::Proposal {
+        kind: chainiac_release::KIND_POLICY_CHANGE,
+        payload: chainiac_release::PolicyChange { root_signatures }.to_bytes(),
+        policy: Some(new),
+        ..Default::default()
+    };
+    let member = trusted.committee.roster().members()[0].clone();
+    let reply = runtime.block_on(async {
+        pool()?
+            .call(&member.address, &member.key, &Request::Propose { chain, proposal }, Duration::from_secs(60))
+            .await
+            .map_err(anyhow::Error::from)
+    })?;
+    let Response::Appended { block } = reply else { bail!("unexpected answer: {reply:?}") };
+    if json {
+        println!("{}", serde_json::json!({ "chain": chain.to_hex(), "index": block.header.index }));
+    } else {
+        println!("policy of {chain} replaced at block {}", block.header.index);
+    }
+    Ok(())
+}
+
+fn show(state: &Path, chain: &str, json: bool) -> Result<()> {
+    let chain = parse_chain(chain)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let client = updated_client(state, chain, &runtime)?;
+    let trusted = client.state().chains[&chain].clone();
+    let policy =
+        Policy::from_bytes(&trusted.policy).map_err(|e| anyhow::anyhow!("chain {chain} has no release policy: {e}"))?;
+    let member = trusted.committee.roster().members()[0].clone();
+    let agreement = match runtime.block_on(async {
+        pool()?
+            .call(&member.address, &member.key, &Request::GetAgreement { chain }, Duration::from_secs(30))
+            .await
+            .map_err(anyhow::Error::from)
+    })? {
+        Response::Agreement(rows) => rows,
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    let release = trusted.release.as_ref().map(|r| r.manifest.version.clone());
+    if json {
+        let verifiers: Vec<_> = agreement
+            .iter()
+            .map(
+                |a| serde_json::json!({ "key": hex::encode(a.verifier), "agreed": a.agreed, "disagreed": a.disagreed }),
+            )
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "chain": chain.to_hex(), "project": policy.project, "head": trusted.index(), "release": release,
+                "developers": policy.developers.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
+                "release_threshold": policy.release_threshold, "verifier_threshold": policy.verifier_threshold,
+                "witnesses": trusted.committee.roster().len(), "witness_threshold": trusted.committee.threshold(),
+                "verifiers": verifiers,
+            })
+        );
+    } else {
+        println!("project {} (chain {chain}), head block {}", policy.project, trusted.index());
+        println!("newest release: {}", release.as_deref().unwrap_or("none"));
+        println!("developers: {} keys, {} must sign", policy.developers.len(), policy.release_threshold);
+        println!(
+            "witnesses: {} in the committee, {} must cosign",
+            trusted.committee.roster().len(),
+            trusted.committee.threshold()
+        );
+        println!("verifiers ({} must reproduce):", policy.verifier_threshold);
+        for a in &agreement {
+            println!("  {}  agreed {}  disagreed {}", hex::encode(a.verifier), a.agreed, a.disagreed);
+        }
+    }
+    Ok(())
+}
+
 pub fn project(command: ProjectCommand) -> Result<()> {
-    let ProjectCommand::Init { roster, policy, timeline, threshold, out, json } = command;
+    let (roster, policy, timeline, threshold, out, json) = match command {
+        ProjectCommand::Show { state, chain, json } => return show(&state, &chain, json),
+        ProjectCommand::Init { roster, policy, timeline, threshold, out, json } => {
+            (roster, policy, timeline, threshold, out, json)
+        }
+    };
     let text = std::fs::read_to_string(&roster).with_context(|| format!("reading {}", roster.display()))?;
     let file: RosterFile = toml::from_str(&text).map_err(|e| UsageError(format!("{}: {e}", roster.display())))?;
     let roster = file.to_roster().map_err(UsageError)?;

@@ -45,6 +45,8 @@ fn every_subcommand_has_help() {
         vec!["release", "prepare", "--help"],
         vec!["release", "sign", "--help"],
         vec!["release", "submit", "--help"],
+        vec!["project", "show", "--help"],
+        vec!["policy", "rotate", "--help"],
     ] {
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");
