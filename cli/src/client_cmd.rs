@@ -200,3 +200,56 @@ pub fn bundle(command: BundleCommand) -> Result<()> {
         }
     }
 }
+
+/// `chainiac chain show`: a chain's blocks as a witness serves them — index, height, kind,
+/// back-link targets — with checkpoints (roster or policy changes) marked.
+pub fn chain_show(chain: &str, witness: &str, witness_key: &str, from: u64, count: u32, json: bool) -> Result<()> {
+    let chain = parse_chain(chain)?;
+    let key = crate::witness_cmd::parse_key(witness_key)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let blocks = runtime.block_on(async {
+        let endpoint = chainiac_proto::endpoint::client("0.0.0.0:0".parse().expect("valid"))?;
+        let pool = chainiac_proto::Pool::new(endpoint, std::sync::Arc::new(SecretKey::generate(&mut rand_core::OsRng)));
+        let request = chainiac_proto::Request::GetBlocks { chain, from, count };
+        match pool.call(witness, &key, &request, std::time::Duration::from_secs(30)).await? {
+            chainiac_proto::Response::Blocks(blocks) => anyhow::Ok(blocks),
+            other => anyhow::bail!("unexpected answer: {other:?}"),
+        }
+    })?;
+    let params = blocks.first().and_then(|b| b.header.params);
+    let rows: Vec<serde_json::Value> = blocks
+        .iter()
+        .map(|b| {
+            let h = &b.header;
+            let base = params.map_or(0, |p| p.base as u64);
+            let links: Vec<u64> = (0..h.back_links.len()).map(|l| h.index - base.pow(l as u32)).collect();
+            serde_json::json!({
+                "index": h.index, "id": b.id().to_hex(), "height": h.height, "kind": h.kind,
+                "links_to": links, "checkpoint": b.committee.is_some() || b.policy.is_some(),
+                "roster_change": h.index > 0 && b.committee.is_some(), "policy_change": h.index > 0 && b.policy.is_some(),
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    for (b, row) in blocks.iter().zip(&rows) {
+        let mark = match (row["roster_change"] == true, row["policy_change"] == true, b.header.index == 0) {
+            (_, _, true) => "  [genesis]",
+            (true, true, _) => "  [checkpoint: roster and policy]",
+            (true, false, _) => "  [checkpoint: roster]",
+            (false, true, _) => "  [checkpoint: policy]",
+            _ => "",
+        };
+        println!(
+            "{:>8}  h{:<2} kind {}  {}  links to {}{mark}",
+            b.header.index,
+            b.header.height,
+            b.header.kind,
+            &b.id().to_hex()[..16],
+            row["links_to"]
+        );
+    }
+    Ok(())
+}

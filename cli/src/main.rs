@@ -74,6 +74,9 @@ enum Command {
     /// Create projects and the cothority's timeline.
     #[command(subcommand)]
     Project(release_cmd::ProjectCommand),
+    /// Inspect a chain as a witness serves it.
+    #[command(subcommand)]
+    Chain(ChainCommand),
     /// Change a project's policy.
     #[command(subcommand)]
     Policy(release_cmd::PolicyCommand),
@@ -89,6 +92,27 @@ enum Command {
         /// Keep the nodes' folders here instead of a temporary folder that is removed.
         #[arg(long)]
         keep: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChainCommand {
+    /// Blocks with heights, back links and checkpoints marked.
+    Show {
+        #[arg(long)]
+        chain: String,
+        /// A witness: HOST:PORT.
+        #[arg(long)]
+        witness: String,
+        /// That witness's public key (hex).
+        #[arg(long)]
+        witness_key: String,
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long, default_value_t = 64)]
+        count: u32,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -123,6 +147,9 @@ fn main() -> ExitCode {
         Command::Project(command) => release_cmd::project(command),
         Command::Release(command) => release_cmd::release(command),
         Command::Policy(command) => release_cmd::policy(command),
+        Command::Chain(ChainCommand::Show { chain, witness, witness_key, from, count, json }) => {
+            client_cmd::chain_show(&chain, &witness, &witness_key, from, count, json)
+        }
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

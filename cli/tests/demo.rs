@@ -47,6 +47,7 @@ fn every_subcommand_has_help() {
         vec!["release", "submit", "--help"],
         vec!["project", "show", "--help"],
         vec!["policy", "rotate", "--help"],
+        vec!["chain", "show", "--help"],
     ] {
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");

@@ -454,4 +454,29 @@ async fn a_release_manager_works_from_the_shell() {
         "--json",
     ]));
     assert_eq!(verified["verified"], true);
+
+    // Operators see verifier agreement; root keys rotate a developer key.
+    let shown = json(run(&["project", "show", "--state", &state, "--chain", &chain, "--json"]));
+    assert_eq!(shown["release"], "1.0");
+    assert_eq!(shown["verifiers"].as_array().unwrap().len(), 2);
+    assert!(shown["verifiers"].as_array().unwrap().iter().all(|v| v["agreed"] == 1 && v["disagreed"] == 0));
+    let new_developer =
+        json(run(&["keygen", "--out", &path("dev2.key"), "--json"]))["public_key"].as_str().unwrap().to_string();
+    let rotated = std::fs::read_to_string(path("policy.toml")).unwrap().replace(&developers[0], &new_developer);
+    std::fs::write(path("policy2.toml"), rotated).unwrap();
+    let args = ["policy", "rotate", "--state", &state, "--chain", &chain, "--policy", &path("policy2.toml")];
+    let rotation = json(run(&[&args[..], &["--key", &path("root.key"), "--json"]].concat()));
+    assert_eq!(rotation["index"], 2);
+    let shown = json(run(&["project", "show", "--state", &state, "--chain", &chain, "--json"]));
+    let listed = shown["developers"].as_array().unwrap();
+    assert!(listed.contains(&serde_json::json!(new_developer)));
+    assert!(!listed.contains(&serde_json::json!(developers[0])));
+    let key = w.key.to_string();
+    let blocks =
+        json(run(&["chain", "show", "--chain", &chain, "--witness", &w.address, "--witness-key", &key, "--json"]));
+    let blocks = blocks.as_array().unwrap();
+    assert_eq!(blocks.len(), 3);
+    assert_eq!(blocks[2]["policy_change"], true, "the rotation is marked as a checkpoint");
+    assert_eq!(blocks[2]["links_to"], serde_json::json!([1, 0]));
+    assert_eq!(blocks[1]["policy_change"], false);
 }
