@@ -50,6 +50,8 @@ pub enum BundleCommand {
         timeline_genesis: Option<PathBuf>,
         #[arg(long)]
         out: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Check a bundle with no network.
     Verify {
@@ -170,7 +172,7 @@ pub fn verify(
 
 pub fn bundle(command: BundleCommand) -> Result<()> {
     match command {
-        BundleCommand::Export { state, genesis, timeline_genesis, out } => {
+        BundleCommand::Export { state, genesis, timeline_genesis, out, json } => {
             let genesis = read_genesis(&genesis)?;
             let timeline = timeline_genesis.as_deref().map(read_genesis).transpose()?;
             let client = Client::open(&state.state, TrustLevel::default())?;
@@ -178,7 +180,11 @@ pub fn bundle(command: BundleCommand) -> Result<()> {
             let bundle = runtime.block_on(client.export_bundle(&genesis, timeline.as_ref()))?;
             let bytes = bundle.to_bytes();
             std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
-            println!("wrote {} ({} bytes)", out.display(), bytes.len());
+            print(
+                json,
+                serde_json::json!({ "bundle": out.display().to_string(), "bytes": bytes.len() }),
+                format!("wrote {} ({} bytes)", out.display(), bytes.len()),
+            );
             Ok(())
         }
         BundleCommand::Verify { bundle, chain, timeline, trust, json } => {

@@ -95,6 +95,8 @@ pub enum ReleaseCommand {
         env: Vec<String>,
         #[arg(long)]
         out: PathBuf,
+        #[arg(long)]
+        json: bool,
         /// The build command, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -107,6 +109,8 @@ pub enum ReleaseCommand {
         key: PathBuf,
         #[arg(long)]
         signatures: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Send a signed manifest and its source to a witness: verifiers rebuild, witnesses cosign.
     Submit {
@@ -343,7 +347,7 @@ fn split_pair(spec: &str, what: &str) -> Result<(String, String)> {
 
 pub fn release(command: ReleaseCommand) -> Result<()> {
     match command {
-        ReleaseCommand::Prepare { project, version, source, workdir, artifacts, env, out, command } => {
+        ReleaseCommand::Prepare { project, version, source, workdir, artifacts, env, out, json, command } => {
             let archive = std::fs::read(&source).with_context(|| format!("reading {}", source.display()))?;
             let artifacts = artifacts
                 .iter()
@@ -371,16 +375,25 @@ pub fn release(command: ReleaseCommand) -> Result<()> {
             };
             chainiac_release::rules::check_manifest(&manifest).map_err(|e| UsageError(e.to_string()))?;
             std::fs::write(&out, manifest.to_bytes()).with_context(|| format!("writing {}", out.display()))?;
-            println!(
-                "manifest {} for {} {} written to {}",
-                manifest.id(),
-                manifest.project,
-                manifest.version,
-                out.display()
-            );
+            if json {
+                let id = hex::encode(manifest.id().0);
+                let file = out.display().to_string();
+                println!(
+                    "{}",
+                    serde_json::json!({ "manifest": id, "project": manifest.project, "version": manifest.version, "file": file })
+                );
+            } else {
+                println!(
+                    "manifest {} for {} {} written to {}",
+                    manifest.id(),
+                    manifest.project,
+                    manifest.version,
+                    out.display()
+                );
+            }
             Ok(())
         }
-        ReleaseCommand::Sign { manifest, key, signatures } => {
+        ReleaseCommand::Sign { manifest, key, signatures, json } => {
             let manifest: Manifest = decode(&manifest, "manifest")?;
             let key = keyfile::read(&key)?;
             let mut all: Vec<DeveloperSignature> =
@@ -388,14 +401,22 @@ pub fn release(command: ReleaseCommand) -> Result<()> {
             all.retain(|s| s.key != key.public_key());
             all.push(DeveloperSignature::sign(&key, &manifest.id()));
             std::fs::write(&signatures, postcard::to_allocvec(&all)?)?;
-            println!(
-                "{} signed {} {} ({} signatures in {})",
-                key.public_key(),
-                manifest.project,
-                manifest.version,
-                all.len(),
-                signatures.display()
-            );
+            if json {
+                let signer = key.public_key().to_string();
+                println!(
+                    "{}",
+                    serde_json::json!({ "signer": signer, "version": manifest.version, "signatures": all.len() })
+                );
+            } else {
+                println!(
+                    "{} signed {} {} ({} signatures in {})",
+                    key.public_key(),
+                    manifest.project,
+                    manifest.version,
+                    all.len(),
+                    signatures.display()
+                );
+            }
             Ok(())
         }
         ReleaseCommand::Submit { chain, manifest, signatures, source, witness, witness_key, json } => {

@@ -350,3 +350,29 @@ async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
     assert_eq!(code, Some(1));
     assert!(err.contains("is for chain"), "a bundle for another project is refused clearly: {err}");
 }
+
+/// The blocking wrapper, from plain synchronous code.
+#[test]
+fn the_blocking_client_catches_up_without_an_async_caller() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (cluster, chain, raw_genesis) = runtime.block_on(async {
+        let cluster = Cluster::start_with(4, 0).await;
+        let (chain, raw_genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;
+        for i in 0..3 {
+            cluster.propose(i % 4, chain, format!("block {i}").as_bytes()).await.unwrap();
+        }
+        (cluster, chain, raw_genesis)
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut client =
+        chainiac_client::blocking::Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+    assert_eq!(client.anchor(&raw_genesis).unwrap(), chain);
+    let update = client.update(chain).unwrap();
+    assert_eq!((update.from, update.to), (0, 3));
+    assert!(
+        matches!(client.verify_artifact(chain, "x", b""), Err(ClientError::NoRelease(_))),
+        "a raw chain has no release"
+    );
+    assert_eq!(client.inner().state().chains[&chain].index(), 3);
+    drop(cluster);
+}

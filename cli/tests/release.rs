@@ -387,7 +387,7 @@ async fn a_release_manager_works_from_the_shell() {
         .unwrap()
         .success());
     let binary = build.join("hello").to_str().unwrap().to_string();
-    run(&[
+    let prepared = json(run(&[
         "release",
         "prepare",
         "--project",
@@ -402,9 +402,12 @@ async fn a_release_manager_works_from_the_shell() {
         &format!("hello-1.0/hello={binary}"),
         "--out",
         &path("hello.manifest"),
+        "--json",
         "--",
         "make",
-    ]);
+    ]));
+    assert_eq!(prepared["version"], "1.0");
+    assert_eq!(prepared["manifest"].as_str().unwrap().len(), 64);
     for i in 0..2 {
         run(&[
             "release",

@@ -540,3 +540,46 @@ impl Client {
         Ok(bundle)
     }
 }
+
+/// The same client for callers without an async runtime: each call runs on a runtime of
+/// the client's own.
+pub mod blocking {
+    use super::{Block, Bundle, ChainId, ClientError, TrustLevel, Update};
+    use std::path::Path;
+
+    pub struct Client {
+        inner: super::Client,
+        runtime: tokio::runtime::Runtime,
+    }
+
+    impl Client {
+        pub fn open(path: &Path, trust: TrustLevel) -> Result<Self, ClientError> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| ClientError::Network(e.to_string()))?;
+            Ok(Client { inner: super::Client::open(path, trust)?, runtime })
+        }
+
+        pub fn anchor(&mut self, genesis: &Block) -> Result<ChainId, ClientError> {
+            self.inner.anchor(genesis)
+        }
+
+        pub fn update(&mut self, chain: ChainId) -> Result<Update, ClientError> {
+            self.runtime.block_on(self.inner.update(chain))
+        }
+
+        pub fn verify_artifact(&self, chain: ChainId, path: &str, bytes: &[u8]) -> Result<String, ClientError> {
+            self.inner.verify_artifact(chain, path, bytes)
+        }
+
+        pub fn export_bundle(&self, genesis: &Block, timeline_genesis: Option<&Block>) -> Result<Bundle, ClientError> {
+            self.runtime.block_on(self.inner.export_bundle(genesis, timeline_genesis))
+        }
+
+        /// The async client, for state queries.
+        pub fn inner(&self) -> &super::Client {
+            &self.inner
+        }
+    }
+}
