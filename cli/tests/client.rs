@@ -376,3 +376,65 @@ fn the_blocking_client_catches_up_without_an_async_caller() {
     assert_eq!(client.inner().state().chains[&chain].index(), 3);
     drop(cluster);
 }
+
+/// A witness that pretends nothing happened since the client's state: it answers proof
+/// requests on the project chain with an empty proof (which verifies: it proves the trusted
+/// block itself) and passes everything else to an honest witness.
+struct Freezer {
+    honest: Arc<common::Client>,
+    honest_address: String,
+    honest_key: PublicKey,
+    frozen_chain: ChainId,
+}
+
+impl Handler for Freezer {
+    async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
+        if matches!(request, Request::GetProof { chain, .. } if chain == self.frozen_chain) {
+            return Response::Proof(chainiac_skipchain::Proof { steps: vec![], payload: None });
+        }
+        self.honest.call_at(&self.honest_address, &self.honest_key, request).await.unwrap_or_else(|e| {
+            Response::Error(chainiac_proto::ErrorReply::new(chainiac_proto::ErrorCode::Internal, e.to_string()))
+        })
+    }
+    fn refused(&self, _: &str) {}
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_older_than_the_timeline_says_is_refused_as_a_freeze() {
+    let mut cluster = Cluster::start(4).await;
+    let (_, timeline_genesis) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
+    let (chain, raw_genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;
+    for i in 0..2 {
+        cluster.propose(1, chain, format!("a{i}").as_bytes()).await.unwrap();
+    }
+    wait_timeline_has(&cluster, chain, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+    client.anchor(&timeline_genesis).unwrap();
+    client.anchor(&raw_genesis).unwrap();
+    assert_eq!(client.update(chain).await.unwrap().to, 2);
+    for i in 0..2 {
+        cluster.propose(2, chain, format!("b{i}").as_bytes()).await.unwrap();
+    }
+    wait_timeline_has(&cluster, chain, 4).await;
+
+    // Witness 0, first in the roster, now serves a frozen view of the project.
+    cluster.witnesses[0].kill();
+    let key = chainiac_witness::keyfile::read(&cluster.witnesses[0].dir.join("node.key")).unwrap();
+    let endpoint = chainiac_proto::endpoint::server(&key, cluster.witnesses[0].address.parse().unwrap()).unwrap();
+    let freezer = Arc::new(Freezer {
+        honest: Arc::new(common::Client::new()),
+        honest_address: cluster.witnesses[1].address.clone(),
+        honest_key: cluster.witnesses[1].key,
+        frozen_chain: chain,
+    });
+    tokio::spawn(chainiac_proto::server::serve(freezer, endpoint, &[FrameClass::Query]));
+    // A fresh run of the client (its connections to the old witness 0 are gone).
+    drop(client);
+    let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+    match client.update(chain).await {
+        Err(ClientError::Timeline(reason)) => assert!(reason.contains("freeze"), "{reason}"),
+        other => panic!("a frozen head must be refused, got {other:?}"),
+    }
+    assert_eq!(client.state().chains[&chain].index(), 2, "the refused update changed nothing");
+}
