@@ -86,14 +86,27 @@ fn print(json: bool, value: serde_json::Value, human: String) {
     }
 }
 
+/// Passphrase for OpenSSH keys that have one: read from the environment so scripts can sign.
+pub const SSH_PASSPHRASE_VAR: &str = "CHAINIAC_SSH_PASSPHRASE";
+
+/// Reads a signing key: a chainiac key file or an OpenSSH ed25519 private key.
+pub fn read_key(path: &Path) -> Result<SecretKey> {
+    let passphrase = std::env::var_os(SSH_PASSPHRASE_VAR).map(|p| zeroize::Zeroizing::new(p.into_encoded_bytes()));
+    Ok(keyfile::read_with_passphrase(path, passphrase.as_deref().map(|p| p.as_slice()))?)
+}
+
 /// `chainiac keygen`: a new Ed25519 key (mode 0600), usable as a developer, root, witness or
-/// verifier key.
-pub fn keygen(out: &Path, json: bool) -> Result<()> {
-    let key = SecretKey::generate(&mut rand_core::OsRng);
+/// verifier key; or, with `from_openssh`, an existing OpenSSH ed25519 key converted.
+pub fn keygen(out: &Path, from_openssh: Option<&Path>, json: bool) -> Result<()> {
+    let key = match from_openssh {
+        Some(path) => read_key(path)?,
+        None => SecretKey::generate(&mut rand_core::OsRng),
+    };
     keyfile::write(out, &key)?;
+    let origin = from_openssh.map(|p| p.display().to_string());
     print(
         json,
-        serde_json::json!({ "key_file": out.display().to_string(), "public_key": key.public_key().to_string() }),
+        serde_json::json!({ "key_file": out.display().to_string(), "public_key": key.public_key().to_string(), "from_openssh": origin }),
         format!("wrote {} (mode 0600); public key {}", out.display(), key.public_key()),
     );
     Ok(())

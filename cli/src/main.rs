@@ -28,9 +28,15 @@ enum Command {
     #[command(subcommand)]
     Verifier(verifier_cmd::VerifierCommand),
     /// Create an Ed25519 key file (mode 0600): developer, root, witness or verifier key.
+    ///
+    /// Signing commands also take an OpenSSH ed25519 private key directly (passphrase from
+    /// CHAINIAC_SSH_PASSPHRASE); `--from-openssh` converts one into a chainiac key file.
     Keygen {
         #[arg(long)]
         out: std::path::PathBuf,
+        /// Convert this OpenSSH ed25519 private key (e.g. ~/.ssh/id_ed25519) instead of generating.
+        #[arg(long, value_name = "PATH")]
+        from_openssh: Option<std::path::PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -137,7 +143,7 @@ fn main() -> ExitCode {
         Command::Witness(command) => witness_cmd::run(command),
         Command::Verifier(command) => verifier_cmd::run(command),
         Command::Demo { keep } => demo::run(keep),
-        Command::Keygen { out, json } => client_cmd::keygen(&out, json),
+        Command::Keygen { out, from_openssh, json } => client_cmd::keygen(&out, from_openssh.as_deref(), json),
         Command::Anchor { state, genesis, json } => client_cmd::anchor(&state, &genesis, json),
         Command::Update { state, chain, trust, json } => client_cmd::update(&state, &chain, &trust, json),
         Command::Verify { state, chain, artifact, file, trust, json } => {

@@ -11,7 +11,6 @@ use chainiac_release::{
 use chainiac_skipchain::timeline::KIND_TIMELINE;
 use chainiac_skipchain::{genesis, ChainParams, Committee};
 use chainiac_witness::config::RosterFile;
-use chainiac_witness::keyfile;
 use clap::Subcommand;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -105,6 +104,8 @@ pub enum ReleaseCommand {
     Sign {
         #[arg(long)]
         manifest: PathBuf,
+        /// The developer's key: a chainiac key file or an OpenSSH ed25519 private key
+        /// (passphrase from CHAINIAC_SSH_PASSPHRASE).
         #[arg(long)]
         key: PathBuf,
         #[arg(long)]
@@ -219,7 +220,9 @@ pub fn policy(command: PolicyCommand) -> Result<()> {
         (chainiac_skipchain::block::policy_hash(&trusted.policy), chainiac_skipchain::block::policy_hash(&new));
     let root_signatures = keys
         .iter()
-        .map(|k| Ok(chainiac_release::RootSignature::sign(&keyfile::read(k)?, &chain.0, &old_hash, &new_hash)))
+        .map(|k| {
+            Ok(chainiac_release::RootSignature::sign(&crate::client_cmd::read_key(k)?, &chain.0, &old_hash, &new_hash))
+        })
         .collect::<Result<Vec<_>>>()?;
     let proposal = chainiac_skipchain::Proposal {
         kind: chainiac_release::KIND_POLICY_CHANGE,
@@ -395,7 +398,7 @@ pub fn release(command: ReleaseCommand) -> Result<()> {
         }
         ReleaseCommand::Sign { manifest, key, signatures, json } => {
             let manifest: Manifest = decode(&manifest, "manifest")?;
-            let key = keyfile::read(&key)?;
+            let key = crate::client_cmd::read_key(&key)?;
             let mut all: Vec<DeveloperSignature> =
                 if signatures.exists() { decode(&signatures, "signature file")? } else { Vec::new() };
             all.retain(|s| s.key != key.public_key());

@@ -336,14 +336,28 @@ async fn a_release_manager_works_from_the_shell() {
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let json = |out: String| serde_json::from_str::<serde_json::Value>(&out).unwrap();
-    let developers: Vec<String> = (0..2)
-        .map(|i| {
-            json(run(&["keygen", "--out", &path(&format!("dev{i}.key")), "--json"]))["public_key"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    // Developer 0 has a fresh chainiac key; developer 1 signs with the passphrase-protected
+    // OpenSSH ed25519 key they already have (an `ssh-keygen` fixture).
+    let dev0 = json(run(&["keygen", "--out", &path("dev0.key"), "--json"]))["public_key"].as_str().unwrap().to_string();
+    let ssh_key = path("id_ed25519");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/../witness/tests/data/openssh_ed25519_protected"), &ssh_key)
+        .unwrap();
+    std::fs::set_permissions(&ssh_key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let locked = Command::new(common::BIN)
+        .args(["keygen", "--from-openssh", &ssh_key, "--out", &path("dev1-copy.key")])
+        .env_remove("CHAINIAC_SSH_PASSPHRASE")
+        .output()
+        .unwrap();
+    assert_eq!(locked.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&locked.stderr).contains("CHAINIAC_SSH_PASSPHRASE"));
+    let run_ssh = |args: &[&str]| {
+        let out =
+            Command::new(common::BIN).args(args).env("CHAINIAC_SSH_PASSPHRASE", "correct horse").output().unwrap();
+        assert!(out.status.success(), "{args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let converted = json(run_ssh(&["keygen", "--from-openssh", &ssh_key, "--out", &path("dev1-copy.key"), "--json"]));
+    let developers = [dev0, converted["public_key"].as_str().unwrap().to_string()];
     let root_key =
         json(run(&["keygen", "--out", &path("root.key"), "--json"]))["public_key"].as_str().unwrap().to_string();
     let mut roster = String::new();
@@ -408,14 +422,14 @@ async fn a_release_manager_works_from_the_shell() {
     ]));
     assert_eq!(prepared["version"], "1.0");
     assert_eq!(prepared["manifest"].as_str().unwrap().len(), 64);
-    for i in 0..2 {
-        run(&[
+    for key in [path("dev0.key"), ssh_key.clone()] {
+        run_ssh(&[
             "release",
             "sign",
             "--manifest",
             &path("hello.manifest"),
             "--key",
-            &path(&format!("dev{i}.key")),
+            &key,
             "--signatures",
             &path("hello.sigs"),
         ]);

@@ -1,0 +1,178 @@
+//! A colluding cothority cosigns a release signed only by a developer key that a root-signed
+//! policy change had already rotated away. The client re-checks every release it reaches
+//! under the policy in force at that block, so it refuses it — through `update` from a
+//! witness serving that chain over QUIC, and through an offline bundle — and keeps its state.
+//! The same chain with the release signed by the new key is accepted, so the refusal is the
+//! rotation's doing.
+
+use chainiac_client::{Bundle, Client, ClientError, TrustLevel};
+use chainiac_cosi::simulation::sign_with_all_keys;
+use chainiac_cosi::{Mask, Member, PublicKey, Roster, SecretKey};
+use chainiac_proto::frame::FrameClass;
+use chainiac_proto::server::Handler;
+use chainiac_proto::{Request, Response};
+use chainiac_release::*;
+use chainiac_skipchain::store::{self, MemoryStore, Store};
+use chainiac_skipchain::{genesis, Block, ChainId, ChainParams, ChainState, Committee, Proposal};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+fn key(i: u8) -> SecretKey {
+    SecretKey::from_seed(&[i; 32])
+}
+
+const OLD_DEVELOPER: u8 = 1;
+const NEW_DEVELOPER: u8 = 2;
+const ROOT: u8 = 9;
+const VERIFIER: u8 = 20;
+const BINARY: &[u8] = b"the hello binary";
+
+fn policy(developer: u8) -> Policy {
+    Policy {
+        project: "hello".into(),
+        developers: vec![key(developer).public_key()],
+        release_threshold: 1,
+        root_keys: vec![key(ROOT).public_key()],
+        root_threshold: 1,
+        verifiers: vec![VerifierEntry { key: key(VERIFIER).public_key(), address: "127.0.0.1:1".into() }],
+        verifier_threshold: 1,
+        max_age_ms: 3_600_000,
+    }
+}
+
+fn release(version: &str, signer: u8, now: u64) -> Proposal {
+    let manifest = Manifest {
+        project: "hello".into(),
+        version: version.into(),
+        source: SourceArchive { name: format!("hello-{version}.tar"), sha3: content_hash(version.as_bytes()), size: 1 },
+        recipe: Recipe { argv: vec!["make".into()], env: vec![], workdir: ".".into() },
+        artifacts: vec![Artifact { path: "hello".into(), sha3: content_hash(BINARY), size: BINARY.len() as u64 }],
+        time_ms: now,
+    };
+    let id = manifest.id();
+    let body = AttestationBody {
+        verifier: key(VERIFIER).public_key(),
+        manifest: id,
+        outcome: Outcome::Reproduced,
+        environment: [0; 32],
+        time_ms: now,
+    };
+    let payload = ReleasePayload {
+        developer_signatures: vec![DeveloperSignature::sign(&key(signer), &id)],
+        attestations: vec![Attestation::sign(&key(VERIFIER), body)],
+        manifest,
+    };
+    Proposal { kind: KIND_RELEASE, payload: payload.to_bytes(), timestamp_ms: now, ..Proposal::default() }
+}
+
+/// A chain whose every block the whole (colluding) committee signs, rules or not:
+/// release 1.0 by the old developer, a root-signed rotation to the new developer, then
+/// release 1.1 signed by `last_signer`.
+fn chain(witness_keys: &[SecretKey], address: &str, last_signer: u8) -> (MemoryStore, Block, ChainId, u64) {
+    let roster = Roster::new(witness_keys.iter().map(|k| Member::new(k, address)).collect()).unwrap();
+    let committee = Committee::new(roster.clone(), 3).unwrap();
+    let now = chainiac_client::now_ms();
+    let first = genesis(
+        ChainParams::new(2, 4).unwrap(),
+        committee,
+        policy(OLD_DEVELOPER).to_bytes(),
+        KIND_RELEASE,
+        Vec::new(),
+        now,
+    );
+    let store = MemoryStore::new();
+    let mut head = store::append(&store, &first).unwrap().into_inner();
+    let chain = head.chain;
+    let (old_hash, new_hash) = (
+        chainiac_skipchain::block::policy_hash(&policy(OLD_DEVELOPER).to_bytes()),
+        chainiac_skipchain::block::policy_hash(&policy(NEW_DEVELOPER).to_bytes()),
+    );
+    let rotation = Proposal {
+        kind: KIND_POLICY_CHANGE,
+        payload: PolicyChange {
+            root_signatures: vec![RootSignature::sign(&key(ROOT), &chain.0, &old_hash, &new_hash)],
+        }
+        .to_bytes(),
+        policy: Some(policy(NEW_DEVELOPER).to_bytes()),
+        timestamp_ms: now,
+        ..Proposal::default()
+    };
+    let mut rng = rand_core::OsRng;
+    for proposal in [release("1.0", OLD_DEVELOPER, now), rotation, release("1.1", last_signer, now)] {
+        let mut block = head.propose(proposal, |j| store.block_id(&chain, j).unwrap()).unwrap();
+        block.signature =
+            Some(sign_with_all_keys(&roster, witness_keys, &Mask::full(witness_keys.len()), &block.id().0, &mut rng));
+        let state = head.extend(&block, |j| store.block_id(&chain, j).unwrap()).unwrap();
+        store::commit_verified(&store, &state, &block, Some(head.index())).unwrap();
+        head = state.into_inner();
+    }
+    (store, first, chain, head.index())
+}
+
+/// Serves proofs of the colluders' chain.
+struct Colluder {
+    store: MemoryStore,
+}
+
+impl Handler for Colluder {
+    async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
+        let Request::GetProof { chain, from, to, with_payload } = request else {
+            return Response::Error(chainiac_proto::ErrorReply::new(
+                chainiac_proto::ErrorCode::Internal,
+                "only proofs",
+            ));
+        };
+        let head = self.store.head(&chain).unwrap().unwrap().index;
+        Response::Proof(store::prove(&self.store, &chain, from, to.unwrap_or(head), with_payload).unwrap())
+    }
+    fn refused(&self, _: &str) {}
+}
+
+fn free_udp_address() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_signed_by_a_rotated_away_key_is_refused() {
+    let witness_keys: Vec<SecretKey> = (40..44).map(key).collect();
+    let address = free_udp_address();
+    let (store, first, chain, head) = chain(&witness_keys, &address.to_string(), OLD_DEVELOPER);
+    assert_eq!(head, 3);
+
+    // Online: every roster entry points at the colluder, which holds the first key.
+    let endpoint = chainiac_proto::endpoint::server(&witness_keys[0], address).unwrap();
+    let bundle =
+        Bundle { genesis: first.clone(), proof: store::prove(&store, &chain, 0, head, true).unwrap(), timeline: None };
+    tokio::spawn(chainiac_proto::server::serve(Arc::new(Colluder { store }), endpoint, &[FrameClass::Query]));
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+    client.anchor(&first).unwrap();
+    match client.update(chain).await {
+        Err(ClientError::Release(reason)) => {
+            assert!(reason.contains("not a developer key of the policy in force"), "{reason}");
+            assert!(reason.contains(&key(OLD_DEVELOPER).public_key().to_string()), "{reason}");
+        }
+        other => panic!("a release by a rotated-away key must be refused, got {other:?}"),
+    }
+    assert_eq!(client.state().chains[&chain].index(), 0, "nothing was saved");
+    drop(client);
+    let reopened = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+    assert_eq!(reopened.state().chains[&chain].index(), 0);
+
+    // Offline: the same release in a bundle.
+    match Bundle::from_bytes(&bundle.to_bytes()).unwrap().verify(&chain, None, &TrustLevel::default()) {
+        Err(ClientError::Release(reason)) => assert!(reason.contains("not a developer key"), "{reason}"),
+        other => panic!("the bundle must be refused, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_same_chain_signed_by_the_new_key_is_accepted() {
+    let witness_keys: Vec<SecretKey> = (40..44).map(key).collect();
+    let (store, first, chain, head) = chain(&witness_keys, "127.0.0.1:1", NEW_DEVELOPER);
+    let bundle = Bundle { genesis: first, proof: store::prove(&store, &chain, 0, head, true).unwrap(), timeline: None };
+    let checked = bundle.verify(&chain, None, &TrustLevel::default()).unwrap();
+    assert_eq!(checked.index, head);
+    assert_eq!(checked.release.manifest.version, "1.1");
+    assert_eq!(ChainState::genesis(&bundle.genesis).unwrap().chain, chain);
+}
