@@ -167,7 +167,8 @@ async fn a_client_catches_up_checks_freshness_and_artifacts_and_skips_a_liar() {
         bundle.verify(&chain, Some(&other_project), &TrustLevel::default()),
         Err(ClientError::Timeline(_))
     ));
-    for position in (0..bytes.len()).step_by(97) {
+    // Every single byte: a bundle is a few kilobytes and each check takes well under a millisecond.
+    for position in 0..bytes.len() {
         let mut tampered = bytes.clone();
         tampered[position] ^= 0x10;
         let accepted = chainiac_client::Bundle::from_bytes(&tampered)
