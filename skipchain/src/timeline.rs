@@ -71,24 +71,15 @@ fn split(n: usize) -> usize {
     k
 }
 
-fn root_of(hashes: &[[u8; 32]]) -> [u8; 32] {
-    match hashes.len() {
-        0 => hash::sha3_256(TAG_EMPTY, &[]),
-        1 => hashes[0],
-        n => {
-            let k = split(n);
-            node(&root_of(&hashes[..k]), &root_of(&hashes[k..]))
-        }
-    }
-}
-
 /// The leaves of a timeline tree: sorted by chain, one per chain.
 ///
-/// Invariant: sorted by chain id with no chain twice.
+/// Invariants: sorted by chain id with no chain twice; `levels[h][i]` is the root of the
+/// perfect subtree over leaves `i·2^h .. (i+1)·2^h` (every aligned power-of-two range that
+/// fits), so roots and audit paths take O(log² n) hashes instead of O(n).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HeadSet {
     leaves: Vec<HeadLeaf>,
-    hashes: Vec<[u8; 32]>,
+    levels: Vec<Vec<[u8; 32]>>,
 }
 
 impl HeadSet {
@@ -96,8 +87,13 @@ impl HeadSet {
     pub fn new(mut leaves: Vec<HeadLeaf>) -> Self {
         leaves.sort_unstable_by(|a, b| a.chain.cmp(&b.chain).then(b.index.cmp(&a.index)));
         leaves.dedup_by_key(|l| l.chain);
-        let hashes = leaves.iter().map(HeadLeaf::hash).collect();
-        HeadSet { leaves, hashes }
+        let mut levels = vec![leaves.iter().map(HeadLeaf::hash).collect::<Vec<_>>()];
+        while levels.last().is_some_and(|level| level.len() >= 2) {
+            let below = levels.last().expect("checked above");
+            let above = below.chunks_exact(2).map(|pair| node(&pair[0], &pair[1])).collect();
+            levels.push(above);
+        }
+        HeadSet { leaves, levels }
     }
 
     pub fn len(&self) -> usize {
@@ -109,7 +105,21 @@ impl HeadSet {
     }
 
     pub fn root(&self) -> [u8; 32] {
-        root_of(&self.hashes)
+        if self.leaves.is_empty() {
+            return hash::sha3_256(TAG_EMPTY, &[]);
+        }
+        self.subtree(0, self.leaves.len())
+    }
+
+    /// The root over leaves `lo..hi` (non-empty) in RFC 6962's shape. Every left part of a
+    /// split is an aligned power of two, so the recursion only descends on the right.
+    fn subtree(&self, lo: usize, hi: usize) -> [u8; 32] {
+        let n = hi - lo;
+        if n.is_power_of_two() && lo % n == 0 {
+            return self.levels[n.trailing_zeros() as usize][lo / n];
+        }
+        let k = split(n);
+        node(&self.subtree(lo, lo + k), &self.subtree(lo + k, hi))
     }
 
     pub fn leaf(&self, chain: &ChainId) -> Option<&HeadLeaf> {
@@ -121,15 +131,15 @@ impl HeadSet {
         let position = self.leaves.binary_search_by(|l| l.chain.cmp(chain)).ok()?;
         // Walk down from the root, recording the sibling subtree at each split; the path
         // lists them from the leaf up.
-        let (mut lo, mut hi) = (0usize, self.hashes.len());
+        let (mut lo, mut hi) = (0usize, self.leaves.len());
         let mut path = Vec::new();
         while hi - lo > 1 {
             let k = split(hi - lo);
             if position - lo < k {
-                path.push(root_of(&self.hashes[lo + k..hi]));
+                path.push(self.subtree(lo + k, hi));
                 hi = lo + k;
             } else {
-                path.push(root_of(&self.hashes[lo..lo + k]));
+                path.push(self.subtree(lo, lo + k));
                 lo += k;
             }
         }
@@ -137,7 +147,7 @@ impl HeadSet {
         Some(InclusionProof {
             leaf: self.leaves[position],
             position: position as u64,
-            size: self.hashes.len() as u64,
+            size: self.leaves.len() as u64,
             path,
         })
     }
@@ -207,6 +217,18 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// The tree hashed from scratch, as RFC 6962 §2.1 defines it.
+    fn root_of(hashes: &[[u8; 32]]) -> [u8; 32] {
+        match hashes.len() {
+            0 => hash::sha3_256(TAG_EMPTY, &[]),
+            1 => hashes[0],
+            n => {
+                let k = split(n);
+                node(&root_of(&hashes[..k]), &root_of(&hashes[k..]))
+            }
+        }
+    }
+
     fn leaves(n: usize, seed: u8) -> Vec<HeadLeaf> {
         (0..n)
             .map(|i| {
@@ -250,5 +272,15 @@ mod tests {
         c[4].index += 1;
         assert_ne!(HeadSet::new(a).root(), HeadSet::new(c).root());
         assert_eq!(HeadSet::new(vec![]).root(), hash::sha3_256(TAG_EMPTY, &[]));
+    }
+
+    proptest! {
+        /// The cached levels give the same root as hashing the RFC 6962 tree from scratch.
+        #[test]
+        fn cached_root_is_the_plain_recursive_root(n in 0usize..600, seed in any::<u8>()) {
+            let set = HeadSet::new(leaves(n, seed));
+            let hashes: Vec<[u8; 32]> = set.leaves.iter().map(HeadLeaf::hash).collect();
+            prop_assert_eq!(set.root(), root_of(&hashes));
+        }
     }
 }
