@@ -274,7 +274,7 @@ async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
     std::fs::write(path("evil"), b"not the binary").unwrap();
     let state = path("client.state");
     let run = |args: &[&str]| {
-        let out = Command::new(common::BIN).args(args).output().unwrap();
+        let out = Command::new(common::bin()).args(args).output().unwrap();
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

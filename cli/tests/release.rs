@@ -331,7 +331,7 @@ async fn a_release_manager_works_from_the_shell() {
     }
     let path = |name: &str| root.path().join(name).to_str().unwrap().to_string();
     let run = |args: &[&str]| {
-        let out = Command::new(common::BIN).args(args).output().unwrap();
+        let out = Command::new(common::bin()).args(args).output().unwrap();
         assert!(out.status.success(), "{args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
@@ -343,7 +343,7 @@ async fn a_release_manager_works_from_the_shell() {
     std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/../witness/tests/data/openssh_ed25519_protected"), &ssh_key)
         .unwrap();
     std::fs::set_permissions(&ssh_key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let locked = Command::new(common::BIN)
+    let locked = Command::new(common::bin())
         .args(["keygen", "--from-openssh", &ssh_key, "--out", &path("dev1-copy.key")])
         .env_remove("CHAINIAC_SSH_PASSPHRASE")
         .output()
@@ -352,7 +352,7 @@ async fn a_release_manager_works_from_the_shell() {
     assert!(String::from_utf8_lossy(&locked.stderr).contains("CHAINIAC_SSH_PASSPHRASE"));
     let run_ssh = |args: &[&str]| {
         let out =
-            Command::new(common::BIN).args(args).env("CHAINIAC_SSH_PASSPHRASE", "correct horse").output().unwrap();
+            Command::new(common::bin()).args(args).env("CHAINIAC_SSH_PASSPHRASE", "correct horse").output().unwrap();
         assert!(out.status.success(), "{args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };

@@ -22,7 +22,7 @@ async fn four_witnesses_append_a_hundred_blocks_and_a_client_proves_the_head() {
     assert_eq!(state.index(), 100);
     // The operator's view: `chainiac witness status --json` on a witness that led rounds.
     let w = &cluster.witnesses[1];
-    let out = std::process::Command::new(common::BIN)
+    let out = std::process::Command::new(common::bin())
         .args(["witness", "status", "--address", &w.address, "--key", &w.key.to_string(), "--json"])
         .output()
         .unwrap();

@@ -12,7 +12,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_chainiac");
+/// The `chainiac` binary: Cargo's, in this crate's tests and benches; elsewhere (the
+/// `chainiac-bench` binary) `$CHAINIAC_BIN`, else the `chainiac` next to the running program.
+pub fn bin() -> PathBuf {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_chainiac") {
+        return path.into();
+    }
+    std::env::var_os("CHAINIAC_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::current_exe().unwrap().with_file_name("chainiac"))
+}
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub fn free_port() -> u16 {
@@ -40,7 +49,7 @@ impl WitnessProcess {
     /// `timeline_interval_ms` (0: none).
     pub fn init_with(dir: &Path, timeline_interval_ms: u64) -> Self {
         let address = format!("127.0.0.1:{}", free_port());
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .args(["witness", "init", "--dir", dir.to_str().unwrap(), "--listen", &address, "--json"])
             .args(["--timeline-interval-ms", &timeline_interval_ms.to_string()])
             .output()
@@ -54,7 +63,7 @@ impl WitnessProcess {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("witness.log")).unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(bin())
             .args(["witness", "run", "--config", self.dir.join("witness.toml").to_str().unwrap(), "--log", "info"])
             .stdout(Stdio::null())
             .stderr(log)
@@ -277,7 +286,7 @@ impl VerifierProcess {
     pub fn init_with(dir: &Path, time_limit_s: u64) -> Self {
         let address = format!("127.0.0.1:{}", free_port());
         let limit = time_limit_s.to_string();
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .args([
                 "verifier",
                 "init",
@@ -298,7 +307,7 @@ impl VerifierProcess {
 
     pub fn start(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("verifier.log")).unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(bin())
             .args(["verifier", "run", "--config", self.dir.join("verifier.toml").to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(log)

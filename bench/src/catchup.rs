@@ -1,0 +1,877 @@
+//! Scenario 1: a client catches up on PyPI-like data. Every byte counted is a serialized
+//! block or proof a witness would send; every millisecond is the client decoding and
+//! checking them. See `bench/README.md` for the model and the reasons behind it.
+
+use crate::chains::{params_for, ChainBuilder, Cothority};
+use crate::report::{bytes, Plot, Report, Series};
+use anyhow::{bail, Context};
+use chainiac_cosi::{hash, SecretKey};
+use chainiac_release::{
+    content_hash, Artifact, Attestation, AttestationBody, DeveloperSignature, Manifest, Outcome, Policy, PolicyChange,
+    Recipe, ReleasePayload, RootSignature, SourceArchive, VerifierEntry, KIND_POLICY_CHANGE, KIND_RELEASE,
+};
+use chainiac_skipchain::block::payload_hash;
+use chainiac_skipchain::store::{self, MemoryStore, Store};
+use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, InclusionProof, TimelineEntry, KIND_TIMELINE};
+use chainiac_skipchain::{Block, BlockId, ChainState, Proof, ProofStep, Proposal};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub const DAY_MS: u64 = 86_400_000;
+const MONTH_MS: f64 = 30.436_875 * DAY_MS as f64;
+const YEAR_MS: u64 = 365 * DAY_MS + DAY_MS / 4;
+const WITNESSES: usize = 16;
+const THRESHOLD: u32 = 11;
+
+pub struct Options {
+    pub pypi: PathBuf,
+    pub events: Option<PathBuf>,
+    pub days: Vec<u64>,
+    pub follows: Vec<usize>,
+    pub timeline_interval_minutes: u64,
+    pub roster_change_days: u64,
+    /// Days since the newest roster change at "now".
+    pub roster_phase_days: u64,
+    pub key_rotation_days: u64,
+    pub seed: u64,
+}
+
+/// One project as the model sees it: name, how popular, and its release times.
+struct Project {
+    name: String,
+    version: String,
+    releases: Vec<u64>,
+}
+
+/// What the data gives: every project's name (all of them go into the timeline's tree) and
+/// the candidates a client may follow, in the order a client picks them.
+struct Workload {
+    now_ms: u64,
+    all_names: Vec<String>,
+    followed: Vec<Project>,
+    source: String,
+}
+
+// ---------------------------------------------------------------- data
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn month_start_ms(month: &str) -> Option<u64> {
+    let (y, m) = month.split_once('-')?;
+    let (y, m): (i64, u32) = (y.parse().ok()?, m.parse().ok()?);
+    if !(1..=12).contains(&m) || y < 1970 {
+        return None;
+    }
+    Some(days_from_civil(y, m, 1) as u64 * DAY_MS)
+}
+
+fn uniform(rng: &mut ChaCha20Rng) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Releases per month the model gives a project of this download rank (the data has only
+/// the latest release; see bench/README.md).
+fn releases_per_month(rank: Option<u32>) -> f64 {
+    match rank {
+        Some(1..=100) => 4.3,
+        Some(101..=1000) => 2.0,
+        Some(_) => 1.0,
+        None => 0.25,
+    }
+}
+
+/// The PyPI snapshot: `name version month rank` (tab-separated, header line, gzip).
+fn load_pypi(path: &Path, window_start: u64, seed: u64) -> anyhow::Result<Workload> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot open the PyPI snapshot {} (pass --pypi PATH)", path.display()))?;
+    let reader = std::io::BufReader::new(flate2::read::GzDecoder::new(file));
+    let mut rows = Vec::new();
+    let mut newest_month = 0;
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("{}: line {} is unreadable", path.display(), n + 1))?;
+        if n == 0 && line.starts_with("name\t") {
+            continue;
+        }
+        let fields: Vec<&str> = line.split('\t').collect();
+        if fields.len() != 4 {
+            bail!(
+                "{}: line {} has {} fields, expected name, version, month, rank",
+                path.display(),
+                n + 1,
+                fields.len()
+            );
+        }
+        let rank: Option<u32> = if fields[3].is_empty() {
+            None
+        } else {
+            Some(
+                fields[3]
+                    .parse()
+                    .with_context(|| format!("{}: line {}: rank {:?}", path.display(), n + 1, fields[3]))?,
+            )
+        };
+        let month = month_start_ms(fields[2]);
+        if let Some(m) = month {
+            newest_month = newest_month.max(m);
+        }
+        rows.push((fields[0].to_string(), fields[1].to_string(), month, rank));
+    }
+    if rows.is_empty() {
+        bail!("{} holds no projects", path.display());
+    }
+    // The snapshot was taken early in its newest month (few releases are dated in it).
+    let now_ms = newest_month + 7 * DAY_MS;
+    let window_start = now_ms.saturating_sub(window_start);
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    // Clients follow ranked projects, picked with weight 1/rank (Efraimidis–Spirakis keys):
+    // prefixes of this order are weighted samples without replacement.
+    let mut candidates: Vec<(f64, usize)> = rows
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let rank = r.3?;
+            r.2?;
+            Some((uniform(&mut rng).powf(rank as f64), i))
+        })
+        .collect();
+    candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let birth_floor = month_start_ms("2005-01").expect("valid month");
+    let followed = candidates
+        .into_iter()
+        .map(|(_, i)| {
+            let (name, version, month, rank) = &rows[i];
+            let month = month.expect("filtered above");
+            let month_end = (month + (MONTH_MS as u64)).min(now_ms);
+            let last = month + ((month_end - month) as f64 * uniform(&mut rng)) as u64;
+            let born = last.saturating_sub((uniform(&mut rng) * 10.0 * YEAR_MS as f64) as u64).max(birth_floor);
+            let mean_gap = MONTH_MS / releases_per_month(*rank);
+            let mut releases = vec![last];
+            let mut t = last as f64;
+            loop {
+                t -= -mean_gap * (1.0 - uniform(&mut rng)).ln();
+                if t < born.max(window_start) as f64 {
+                    break;
+                }
+                releases.push(t as u64);
+            }
+            releases.retain(|&r| r >= window_start);
+            releases.reverse();
+            Project { name: name.clone(), version: version.clone(), releases }
+        })
+        .collect();
+    let all_names = rows.into_iter().map(|r| r.0).collect();
+    Ok(Workload { now_ms, all_names, followed, source: format!("PyPI snapshot {}", path.display()) })
+}
+
+/// Any TSV of release events: `unix_time package version` (seconds; a header line and
+/// `#` comments are skipped). Clients follow packages drawn uniformly.
+fn load_events(path: &Path, window_start: u64, seed: u64) -> anyhow::Result<Workload> {
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open the events file {}", path.display()))?;
+    let reader: Box<dyn BufRead> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(std::io::BufReader::new(flate2::read::GzDecoder::new(file)))
+    } else {
+        Box::new(std::io::BufReader::new(file))
+    };
+    let mut by_package: std::collections::BTreeMap<String, (String, Vec<u64>)> = Default::default();
+    let mut newest = 0u64;
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("{}: line {} is unreadable", path.display(), n + 1))?;
+        let line = line.trim_end();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split('\t').collect();
+        if fields.len() < 3 {
+            bail!("{}: line {}: expected unix_time, package, version separated by tabs", path.display(), n + 1);
+        }
+        let Ok(seconds) = fields[0].trim().parse::<f64>() else {
+            if n == 0 {
+                continue; // a header
+            }
+            bail!("{}: line {}: unix_time {:?} is not a number of seconds", path.display(), n + 1, fields[0]);
+        };
+        if !(0.0..4e9).contains(&seconds) {
+            bail!("{}: line {}: unix_time {seconds} is out of range", path.display(), n + 1);
+        }
+        let t = (seconds * 1000.0) as u64;
+        newest = newest.max(t);
+        let entry = by_package.entry(fields[1].to_string()).or_default();
+        entry.1.push(t);
+        if entry.1.iter().all(|&x| x <= t) {
+            entry.0 = fields[2].to_string();
+        }
+    }
+    if by_package.is_empty() {
+        bail!("{} holds no release events", path.display());
+    }
+    let now_ms = newest + 1000;
+    let window_start = now_ms.saturating_sub(window_start);
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let all_names: Vec<String> = by_package.keys().cloned().collect();
+    let mut followed: Vec<(u64, Project)> = by_package
+        .into_iter()
+        .map(|(name, (version, mut releases))| {
+            releases.sort_unstable();
+            releases.retain(|&r| r >= window_start);
+            (rng.next_u64(), Project { name, version, releases })
+        })
+        .collect();
+    followed.sort_by_key(|p| p.0);
+    Ok(Workload {
+        now_ms,
+        all_names,
+        followed: followed.into_iter().map(|p| p.1).collect(),
+        source: format!("release events {}", path.display()),
+    })
+}
+
+// ---------------------------------------------------------------- chains
+
+enum Event {
+    Release(usize),
+    RosterChange(usize),
+    KeyRotation(u64),
+}
+
+struct Keys {
+    verifiers: Vec<SecretKey>,
+    roots: Vec<SecretKey>,
+}
+
+fn developer_key(project: &str, generation: u64) -> SecretKey {
+    SecretKey::from_seed(&hash::sha3_256("chainiac-bench/developer", &[project.as_bytes(), &generation.to_be_bytes()]))
+}
+
+fn policy(project: &str, generation: u64, keys: &Keys) -> Policy {
+    Policy {
+        project: project.to_string(),
+        developers: vec![developer_key(project, generation).public_key()],
+        release_threshold: 1,
+        root_keys: keys.roots.iter().map(SecretKey::public_key).collect(),
+        root_threshold: 2,
+        verifiers: keys
+            .verifiers
+            .iter()
+            .enumerate()
+            .map(|(i, k)| VerifierEntry { key: k.public_key(), address: format!("verifier-{i}.example.org:7443") })
+            .collect(),
+        verifier_threshold: 2,
+        max_age_ms: 2 * 3_600_000,
+    }
+}
+
+fn release_payload(project: &Project, k: usize, generation: u64, time_ms: u64, keys: &Keys) -> Vec<u8> {
+    let last = k + 1 == project.releases.len();
+    let version = if last { project.version.clone() } else { format!("{}.dev{k}", project.version) };
+    let stem = format!("{}-{version}", project.name);
+    let manifest = Manifest {
+        project: project.name.clone(),
+        version: version.clone(),
+        source: SourceArchive {
+            name: format!("{stem}.tar.gz"),
+            sha3: content_hash(stem.as_bytes()),
+            size: 40_000 + k as u64,
+        },
+        recipe: Recipe {
+            argv: ["python3", "-m", "build", "--wheel", "--no-isolation"].map(String::from).to_vec(),
+            env: vec![],
+            workdir: stem.clone(),
+        },
+        artifacts: vec![Artifact {
+            path: format!("dist/{}-py3-none-any.whl", stem.replace('-', "_")),
+            sha3: content_hash(version.as_bytes()),
+            size: 120_000 + k as u64,
+        }],
+        time_ms,
+    };
+    let id = manifest.id();
+    let attestations = keys
+        .verifiers
+        .iter()
+        .map(|v| {
+            Attestation::sign(
+                v,
+                AttestationBody {
+                    verifier: v.public_key(),
+                    manifest: id,
+                    outcome: Outcome::Reproduced,
+                    environment: [7; 32],
+                    time_ms: time_ms + 60_000,
+                },
+            )
+        })
+        .collect();
+    let payload = ReleasePayload {
+        manifest,
+        developer_signatures: vec![DeveloperSignature::sign(&developer_key(&project.name, generation), &id)],
+        attestations,
+    };
+    postcard::to_allocvec(&payload).expect("payloads serialize")
+}
+
+/// The client's check of a release it installs: developer signatures and attestations.
+fn check_release(payload: &[u8]) -> bool {
+    let Ok(release) = postcard::from_bytes::<ReleasePayload>(payload) else { return false };
+    let id = release.manifest.id();
+    release.developer_signatures.iter().all(|s| s.verify(&id))
+        && release.attestations.iter().all(|a| a.body.manifest == id && a.verify())
+}
+
+/// One project's chain from `start` to now: its releases in the window, a committee change
+/// at each roster change, and a policy change at each developer key rotation.
+#[allow(clippy::too_many_arguments)]
+fn build_project(
+    store: &MemoryStore,
+    cothority: &mut Cothority,
+    project: &Project,
+    roster_changes: &[u64],
+    options: &Options,
+    start: u64,
+    now: u64,
+    marks: &[u64],
+    keys: &Keys,
+    rng: &mut ChaCha20Rng,
+) -> ChainBuilder {
+    let mut events: Vec<(u64, Event)> =
+        project.releases.iter().enumerate().map(|(k, &t)| (t, Event::Release(k))).collect();
+    for (e, &t) in roster_changes.iter().enumerate() {
+        events.push((t, Event::RosterChange(e + 1)));
+    }
+    let period = options.key_rotation_days * DAY_MS;
+    if period > 0 {
+        let mut t = start + rng.next_u64() % period;
+        let mut generation = 1;
+        while t < now {
+            events.push((t, Event::KeyRotation(generation)));
+            t += period;
+            generation += 1;
+        }
+    }
+    events.sort_by_key(|e| e.0);
+    let mut generation = 0;
+    let genesis_policy = policy(&project.name, 0, keys).to_bytes();
+    let mut chain = ChainBuilder::start(
+        store,
+        cothority,
+        0,
+        params_for(4, events.len() as u64 + 1),
+        genesis_policy,
+        KIND_RELEASE,
+        vec![],
+        start,
+        marks,
+    );
+    for (t, event) in events {
+        let proposal = match event {
+            Event::Release(k) => Proposal {
+                kind: KIND_RELEASE,
+                payload: release_payload(project, k, generation, t, keys),
+                timestamp_ms: t,
+                ..Proposal::default()
+            },
+            Event::RosterChange(epoch) => Proposal {
+                kind: KIND_RELEASE,
+                payload: vec![],
+                committee: Some(cothority.committee(epoch).clone()),
+                timestamp_ms: t,
+                ..Proposal::default()
+            },
+            Event::KeyRotation(next) => {
+                let old = policy(&project.name, generation, keys).to_bytes();
+                let new = policy(&project.name, next, keys).to_bytes();
+                let (old_hash, new_hash) =
+                    (chainiac_skipchain::block::policy_hash(&old), chainiac_skipchain::block::policy_hash(&new));
+                let change = PolicyChange {
+                    root_signatures: keys
+                        .roots
+                        .iter()
+                        .map(|r| RootSignature::sign(r, &chain.chain.0, &old_hash, &new_hash))
+                        .collect(),
+                };
+                generation = next;
+                Proposal {
+                    kind: KIND_POLICY_CHANGE,
+                    payload: postcard::to_allocvec(&change).expect("serializes"),
+                    policy: Some(new),
+                    timestamp_ms: t,
+                    ..Proposal::default()
+                }
+            }
+        };
+        chain.append(store, cothority, proposal);
+    }
+    chain
+}
+
+// ---------------------------------------------------------------- the four clients
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Cost {
+    pub bytes: u64,
+    pub cpu: Duration,
+}
+
+/// One client's update: every `days` days, following `follow` projects.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured {
+    pub days: u64,
+    pub follow: usize,
+    #[allow(dead_code)] // in the table; read by tests
+    pub new_blocks: u64,
+    pub linear: Cost,
+    #[allow(dead_code)] // in the table; read by tests
+    pub tuf_style: Cost,
+    pub skipchain: Cost,
+    pub timeline_skipchain: Cost,
+}
+
+impl std::ops::AddAssign for Cost {
+    fn add_assign(&mut self, other: Cost) {
+        self.bytes += other.bytes;
+        self.cpu += other.cpu;
+    }
+}
+
+fn blocks(store: &MemoryStore, chain: &BlockId, from: u64, to: u64) -> Vec<Vec<u8>> {
+    ((from + 1)..=to).map(|i| store.block(chain, i).unwrap().expect("stored").to_bytes()).collect()
+}
+
+/// (a) Every block since the trusted one, each checked in turn (its link to the previous,
+/// its collective signature, its payload hash); the newest one's release checked.
+fn linear(store: &MemoryStore, trusted: &ChainState, to: u64, release: bool) -> Cost {
+    let wire = blocks(store, &trusted.chain, trusted.index(), to);
+    let started = Instant::now();
+    let decoded: Vec<Block> = wire.iter().map(|b| Block::from_bytes(b).expect("decodes")).collect();
+    let ok = decoded.iter().all(|b| payload_hash(&b.payload) == b.header.payload_hash);
+    let steps = decoded
+        .iter()
+        .map(|b| ProofStep {
+            header: b.header.clone(),
+            signature: b.signature.clone().expect("signed"),
+            committee: b.committee.clone(),
+            policy: b.policy.clone(),
+        })
+        .collect();
+    let reached = Proof { steps, payload: None }.verify(trusted).expect("a valid chain");
+    assert!(ok && reached.state.index() == to);
+    if release {
+        if let Some(last) = decoded.last().filter(|b| b.header.kind == KIND_RELEASE && !b.payload.is_empty()) {
+            assert!(check_release(&last.payload));
+        }
+    }
+    Cost { bytes: wire.iter().map(|b| b.len() as u64).sum(), cpu: started.elapsed() }
+}
+
+/// (b) TUF-style: every committee or policy version in turn, each signed by the one before
+/// (like root.json versions), then the newest block; no links between them are checked.
+fn tuf_style(store: &MemoryStore, trusted: &ChainState, to: u64, release: bool) -> Cost {
+    let chain = trusted.chain;
+    let from = trusted.index();
+    if to == from {
+        return Cost::default();
+    }
+    let mut indices = store.checkpoints(&chain, from, to).unwrap();
+    indices.push(to);
+    let wire: Vec<Vec<u8>> =
+        indices.iter().map(|&i| store.block(&chain, i).unwrap().expect("stored").to_bytes()).collect();
+    let started = Instant::now();
+    let mut committee = trusted.committee.clone();
+    let mut last = None;
+    for bytes in &wire {
+        let block = Block::from_bytes(bytes).expect("decodes");
+        let id = block.id();
+        assert_eq!(block.header.chain, Some(chain));
+        chainiac_cosi::verify(
+            committee.roster(),
+            committee.threshold(),
+            &id.0,
+            block.signature.as_ref().expect("signed"),
+        )
+        .expect("signed by the committee in force");
+        if let Some(next) = &block.committee {
+            assert_eq!(next.hash(), block.header.committee_hash);
+            committee = std::sync::Arc::new(next.clone());
+        }
+        last = Some(block);
+    }
+    let last = last.expect("at least the head");
+    assert_eq!(payload_hash(&last.payload), last.header.payload_hash);
+    if release && last.header.kind == KIND_RELEASE && !last.payload.is_empty() {
+        assert!(check_release(&last.payload));
+    }
+    Cost { bytes: wire.iter().map(|b| b.len() as u64).sum(), cpu: started.elapsed() }
+}
+
+/// (c) The skipchain proof from the trusted block to the head, carrying the head's payload.
+fn skipchain(store: &MemoryStore, trusted: &ChainState, to: u64, release: bool) -> (Cost, Option<Vec<u8>>) {
+    let proof = store::prove(store, &trusted.chain, trusted.index(), to, to > trusted.index()).unwrap();
+    let wire = proof.to_bytes();
+    let started = Instant::now();
+    let reached = Proof::from_bytes(&wire).expect("decodes").verify(trusted).expect("a valid proof").into_inner();
+    assert_eq!(reached.state.index(), to);
+    if release && reached.state.header.kind == KIND_RELEASE {
+        if let Some(payload) = reached.payload.as_ref().filter(|p| !p.is_empty()) {
+            assert!(check_release(payload));
+        }
+    }
+    (Cost { bytes: wire.len() as u64, cpu: started.elapsed() }, reached.payload)
+}
+
+fn inclusion(set: &HeadSet, entry: &TimelineEntry, chain: &BlockId) -> Cost {
+    let wire = postcard::to_allocvec(&set.prove(chain).expect("every followed chain is in the tree")).unwrap();
+    let started = Instant::now();
+    let proof: InclusionProof = postcard::from_bytes(&wire).expect("decodes");
+    proof.verify(entry).expect("the head is in the timeline");
+    Cost { bytes: wire.len() as u64, cpu: started.elapsed() }
+}
+
+// ---------------------------------------------------------------- the scenario
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+fn progress_bar(length: u64, message: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(length);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(message.to_string());
+    bar
+}
+
+pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measured>> {
+    let longest = options.days.iter().copied().max().context("--days is empty")?;
+    let window = (longest + 1) * DAY_MS;
+    let workload = match &options.events {
+        Some(path) => load_events(path, window, options.seed)?,
+        None => load_pypi(&options.pypi, window, options.seed)?,
+    };
+    let most = options.follows.iter().copied().max().context("--follow is empty")?.min(workload.followed.len());
+    let now = workload.now_ms;
+    let start = now - window;
+    let mut days = options.days.clone();
+    days.sort_unstable();
+    let marks: Vec<u64> = days.iter().map(|d| now - d * DAY_MS).collect();
+    let roster_period = options.roster_change_days.max(1) * DAY_MS;
+    let newest_change =
+        now.saturating_sub(options.roster_phase_days.min(options.roster_change_days.max(1) - 1) * DAY_MS);
+    let mut roster_changes: Vec<u64> =
+        (0..).map(|k| newest_change.saturating_sub(k * roster_period)).take_while(|&t| t > start).collect();
+    roster_changes.reverse();
+    let mut cothority = Cothority::new(WITNESSES, THRESHOLD, roster_changes.len() + 1, options.seed);
+    let mut rng = ChaCha20Rng::seed_from_u64(options.seed ^ 0x5eed);
+    let keys = Keys {
+        verifiers: (0..2).map(|_| SecretKey::generate(&mut rng)).collect(),
+        roots: (0..2).map(|_| SecretKey::generate(&mut rng)).collect(),
+    };
+
+    // Project chains for the followed projects.
+    let store = MemoryStore::new();
+    let built = Instant::now();
+    let projects = &workload.followed[..most];
+    let mut chains = Vec::with_capacity(most);
+    let progress = progress_bar(most as u64, "building project chains");
+    for project in projects {
+        progress.inc(1);
+        chains.push(build_project(
+            &store,
+            &mut cothority,
+            project,
+            &roster_changes,
+            options,
+            start,
+            now,
+            &marks,
+            &keys,
+            &mut rng,
+        ));
+    }
+    progress.finish_and_clear();
+    let project_blocks: u64 = chains.iter().map(|c| c.head.index()).sum();
+    let build_projects = built.elapsed();
+
+    // The timeline's tree over every project: the followed ones at their real heads.
+    let tree_started = Instant::now();
+    let mut leaves: Vec<HeadLeaf> =
+        chains.iter().map(|c| HeadLeaf { chain: c.chain, index: c.head.index(), id: c.head.id }).collect();
+    let followed_names: std::collections::HashSet<&str> = projects.iter().map(|p| p.name.as_str()).collect();
+    for name in workload.all_names.iter().filter(|n| !followed_names.contains(n.as_str())) {
+        let chain = BlockId(hash::sha3_256("chainiac-bench/chain", &[name.as_bytes()]));
+        leaves.push(HeadLeaf { chain, index: 0, id: chain });
+    }
+    let set = HeadSet::new(leaves);
+    let tree_time = tree_started.elapsed();
+
+    // The timeline: one block per interval, committee changes with the roster; the last
+    // block's entry is the real root.
+    let interval = options.timeline_interval_minutes.max(1) * 60_000;
+    let timeline_blocks = (now - start) / interval;
+    let mut timeline = ChainBuilder::start(
+        &store,
+        &cothority,
+        0,
+        params_for(4, timeline_blocks + roster_changes.len() as u64),
+        vec![],
+        KIND_TIMELINE,
+        vec![],
+        start,
+        &marks,
+    );
+    let mut changes = roster_changes.iter().enumerate().peekable();
+    for k in 1..=timeline_blocks {
+        let t = start + k * interval;
+        while let Some((e, &c)) = changes.peek() {
+            if c > t {
+                break;
+            }
+            let committee = Some(cothority.committee(e + 1).clone());
+            timeline.append(
+                &store,
+                &mut cothority,
+                Proposal { kind: KIND_TIMELINE, committee, timestamp_ms: c, ..Proposal::default() },
+            );
+            changes.next();
+        }
+        let root =
+            if k == timeline_blocks { set.root() } else { hash::sha3_256("chainiac-bench/root", &[&k.to_be_bytes()]) };
+        let entry = TimelineEntry { time_ms: t, chains: set.len() as u64, root };
+        timeline.append(
+            &store,
+            &mut cothority,
+            Proposal { kind: KIND_TIMELINE, payload: entry.to_bytes(), timestamp_ms: t, ..Proposal::default() },
+        );
+    }
+    let head_entry =
+        TimelineEntry::from_bytes(&store.block(&timeline.chain, timeline.head.index()).unwrap().unwrap().payload)?;
+
+    report.text(&format!(
+        "Source: {}. Now = {} ms since the epoch (the snapshot's newest month + 7 days). {} projects in the timeline's tree; \
+         clients follow the first P of {} candidates. Built {} project blocks over {} chains in {:.1} s, the tree in {:.2} s, \
+         {} timeline blocks (one per {} min); {} roster changes (one per {} days, the newest {} days before now), developer keys rotated every {} days; \
+         {WITNESSES} witnesses, threshold {THRESHOLD}.\n",
+        workload.source,
+        now,
+        set.len(),
+        workload.followed.len(),
+        project_blocks,
+        chains.len(),
+        build_projects.as_secs_f64(),
+        tree_time.as_secs_f64(),
+        timeline.head.index(),
+        options.timeline_interval_minutes,
+        roster_changes.len(),
+        options.roster_change_days,
+        (now - roster_changes.last().copied().unwrap_or(start)) / DAY_MS,
+        options.key_rotation_days,
+    ));
+
+    let mut rows = Vec::new();
+    let mut measured = Vec::new();
+    let mut plot_points: Vec<[Vec<(f64, f64)>; 4]> = vec![Default::default(); options.follows.len()];
+    for (d, &days_behind) in days.iter().enumerate() {
+        // Per-project costs, once; clients following P projects sum a prefix.
+        let mut per_project = Vec::with_capacity(chains.len());
+        let progress = progress_bar(chains.len() as u64, &format!("measuring updates every {days_behind} days"));
+        for chain in &chains {
+            progress.inc(1);
+            let trusted = &chain.states_at_marks[d];
+            let to = chain.head.index();
+            let a = linear(&store, trusted, to, true);
+            let b = tuf_style(&store, trusted, to, true);
+            let (c, _) = skipchain(&store, trusted, to, true);
+            let i = inclusion(&set, &head_entry, &chain.chain);
+            per_project.push((a, b, c, i, to - trusted.index()));
+        }
+        progress.finish_and_clear();
+        let trusted = &timeline.states_at_marks[d];
+        let tl_a = linear(&store, trusted, timeline.head.index(), false);
+        let tl_b = tuf_style(&store, trusted, timeline.head.index(), false);
+        let (tl_d, payload) = skipchain(&store, trusted, timeline.head.index(), false);
+        assert_eq!(payload.map(|p| TimelineEntry::from_bytes(&p).unwrap()), Some(head_entry.clone()));
+        for (f, &follow) in options.follows.iter().enumerate() {
+            let follow = follow.min(per_project.len());
+            let (mut a, mut b, mut c, mut dd) = (tl_a, tl_b, Cost::default(), tl_d);
+            let (mut new_blocks, mut changed) = (0, 0);
+            for (pa, pb, pc, pi, blocks) in &per_project[..follow] {
+                a += *pa;
+                b += *pb;
+                c += *pc;
+                dd += *pc;
+                dd += *pi;
+                new_blocks += blocks;
+                changed += (*blocks > 0) as u64;
+            }
+            measured.push(Measured {
+                days: days_behind,
+                follow,
+                new_blocks,
+                linear: a,
+                tuf_style: b,
+                skipchain: c,
+                timeline_skipchain: dd,
+            });
+            let ms = |c: Cost| format!("{:.2}", c.cpu.as_secs_f64() * 1e3);
+            rows.push(vec![
+                days_behind.to_string(),
+                follow.to_string(),
+                format!("{changed} / {new_blocks}"),
+                bytes(a.bytes),
+                bytes(b.bytes),
+                bytes(c.bytes),
+                bytes(dd.bytes),
+                format!("1/{:.1}", a.bytes as f64 / c.bytes.max(1) as f64),
+                format!("1/{:.1}", a.bytes as f64 / dd.bytes.max(1) as f64),
+                ms(a),
+                ms(b),
+                ms(c),
+                ms(dd),
+            ]);
+            for (s, cost) in [a, b, c, dd].into_iter().enumerate() {
+                plot_points[f][s].push((days_behind as f64, cost.bytes as f64));
+            }
+        }
+    }
+    report.text("Bytes a client downloads and CPU it spends verifying, per update (a: linear, b: TUF-style, c: skipchain per project, d: timeline + inclusion + skipchain). (a), (b) and (d) include the timeline for freshness; (c) has none.\n");
+    report.table(
+        &[
+            "every D days",
+            "P projects",
+            "changed / new blocks",
+            "(a) linear",
+            "(b) TUF-style",
+            "(c) skipchain",
+            "(d) timeline+skipchain",
+            "(c)/(a)",
+            "(d)/(a)",
+            "(a) ms",
+            "(b) ms",
+            "(c) ms",
+            "(d) ms",
+        ],
+        &rows,
+    );
+    // The issue's goal: (c) and (d) at most 1/20 of (a) for monthly or rarer updates.
+    let mut goal = Vec::new();
+    for &days_behind in days.iter().filter(|&&d| d >= 30) {
+        let met: Vec<String> = measured
+            .iter()
+            .filter(|m| m.days == days_behind)
+            .map(|m| {
+                let ok = m.skipchain.bytes * 20 <= m.linear.bytes && m.timeline_skipchain.bytes * 20 <= m.linear.bytes;
+                format!("P={} {}", m.follow, if ok { "met" } else { "missed" })
+            })
+            .collect();
+        goal.push(format!("every {days_behind} days: {}", met.join(", ")));
+    }
+    report.text(&format!("Goal (c) and (d) ≤ 1/20 of (a), in bytes: {}.\n", goal.join("; ")));
+    let names = ["(a) linear", "(b) TUF-style", "(c) skipchain", "(d) timeline + skipchain"];
+    for (f, &follow) in options.follows.iter().enumerate() {
+        let file = format!("catchup-bytes-P{follow}.svg");
+        let title = format!("Bytes per update, client following {follow} projects");
+        let series = names
+            .iter()
+            .zip(plot_points[f].iter())
+            .map(|(n, p)| Series { name: n.to_string(), points: p.clone() })
+            .collect();
+        report.plot(&Plot {
+            file: &file,
+            title: &title,
+            x_label: "days between updates",
+            y_label: "bytes",
+            log_x: true,
+            log_y: true,
+            series,
+        })?;
+    }
+    Ok(measured)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_count_days_from_the_epoch() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(1969, 12, 31), -1);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(days_from_civil(2026, 11, 1), 20_758);
+        assert_eq!(month_start_ms("2026-11"), Some(20_758 * DAY_MS));
+        assert_eq!(month_start_ms("2026-13"), None);
+        assert_eq!(month_start_ms("soon"), None);
+    }
+
+    fn events_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.tsv");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn events_files_take_a_header_and_comments_and_name_bad_lines() {
+        let (_dir, path) =
+            events_file("unix_time\tpackage\tversion\n# a comment\n100\ta\t1.0\n300.5\ta\t1.1\n200\tb\t0.1\n");
+        let workload = load_events(&path, 10_000 * DAY_MS, 1).unwrap();
+        assert_eq!(workload.all_names, ["a", "b"]);
+        assert_eq!(workload.now_ms, 301_500);
+        let a = workload.followed.iter().find(|p| p.name == "a").unwrap();
+        assert_eq!((a.version.as_str(), a.releases.clone()), ("1.1", vec![100_000, 300_500]));
+
+        let (_dir, path) = events_file("100\ta\t1.0\nyesterday\tb\t2.0\n");
+        let error = load_events(&path, DAY_MS, 1).err().unwrap().to_string();
+        assert!(error.contains("line 2") && error.contains("yesterday"), "{error}");
+        let (_dir, path) = events_file("100 a 1.0\n");
+        let error = load_events(&path, DAY_MS, 1).err().unwrap().to_string();
+        assert!(error.contains("line 1") && error.contains("tabs"), "{error}");
+    }
+
+    /// A year of weekly releases: the skipchain proofs are real, verify, and are far
+    /// smaller than the blocks one by one.
+    #[test]
+    fn skipchain_updates_beat_linear_ones_on_long_intervals() {
+        let mut text = String::new();
+        for p in 0..3 {
+            for week in 0..52u64 {
+                text.push_str(&format!("{}\tpkg-{p}\t1.{week}\n", 1_700_000_000 + week * 7 * 86_400 + p * 3_600));
+            }
+        }
+        let (dir, path) = events_file(&text);
+        let options = Options {
+            pypi: PathBuf::new(),
+            events: Some(path),
+            days: vec![365, 1],
+            follows: vec![1, 3],
+            timeline_interval_minutes: 240,
+            roster_change_days: 120,
+            roster_phase_days: 10,
+            key_rotation_days: 200,
+            seed: 3,
+        };
+        let mut report = Report::new(&dir.path().join("plots")).unwrap();
+        let measured = run(&options, &mut report).unwrap();
+        assert_eq!(measured.len(), 4);
+        let year = measured.iter().find(|m| m.days == 365 && m.follow == 3).unwrap();
+        assert!(year.new_blocks >= 3 * 52, "{year:?}");
+        assert!(year.skipchain.bytes * 5 < year.linear.bytes, "{year:?}");
+        assert!(year.timeline_skipchain.bytes * 5 < year.linear.bytes, "{year:?}");
+        // A day behind: at most one new release each, and the timeline costs a few hops.
+        let day = measured.iter().find(|m| m.days == 1 && m.follow == 3).unwrap();
+        assert!(day.new_blocks <= 3 && day.skipchain.bytes <= day.linear.bytes, "{day:?}");
+        assert!(day.timeline_skipchain.bytes - day.skipchain.bytes < 4_000, "{day:?}");
+        assert!(report.markdown().contains("| 365 | 3 |"));
+        assert!(dir.path().join("plots/catchup-bytes-P3.svg").exists());
+    }
+}

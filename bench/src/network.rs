@@ -1,0 +1,174 @@
+//! Scenario 3: real `chainiac witness run` processes over QUIC on 127.0.0.1, each with its
+//! own RocksDB (synced promises and appends): append latency, throughput with concurrent
+//! projects, and a timeline block over many project chains.
+
+#[path = "../../cli/tests/common/mod.rs"]
+#[allow(clippy::all)]
+mod common;
+
+use crate::report::{percentile, Plot, Report, Series};
+use chainiac_proto::{Request, Response};
+use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, TimelineEntry, KIND_TIMELINE};
+use chainiac_skipchain::Proposal;
+use common::Cluster;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Options {
+    pub sizes: Vec<usize>,
+    pub appends: usize,
+    pub concurrent_projects: usize,
+    pub appends_each: usize,
+    pub timeline_chains: usize,
+}
+
+async fn append_latency(witnesses: usize, appends: usize) -> (Vec<String>, f64) {
+    let cluster = Cluster::start_with(witnesses, 0).await;
+    let members: Vec<usize> = (0..witnesses).collect();
+    let (chain, _) = cluster.create_chain(&members).await;
+    for i in 0..5 {
+        cluster.propose(0, chain, format!("warm-up {i}").as_bytes()).await.expect("warm-up append");
+    }
+    let mut latencies = Vec::with_capacity(appends);
+    let started = Instant::now();
+    for i in 0..appends {
+        let t = Instant::now();
+        cluster.propose(i % witnesses, chain, format!("release {i}").as_bytes()).await.expect("append");
+        latencies.push(t.elapsed());
+    }
+    let total = started.elapsed();
+    latencies.sort();
+    let median = percentile(&latencies, 0.5);
+    (
+        vec![
+            witnesses.to_string(),
+            appends.to_string(),
+            format!("{median:.1}"),
+            format!("{:.1}", percentile(&latencies, 0.99)),
+            format!("{:.0}", appends as f64 / total.as_secs_f64()),
+        ],
+        median,
+    )
+}
+
+async fn concurrent_projects(witnesses: usize, projects: usize, appends_each: usize) -> Vec<String> {
+    let cluster = Arc::new(Cluster::start_with(witnesses, 0).await);
+    let members: Vec<usize> = (0..witnesses).collect();
+    let mut chains = Vec::new();
+    for _ in 0..projects {
+        chains.push(cluster.create_chain(&members).await.0);
+    }
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (p, chain) in chains.into_iter().enumerate() {
+        let cluster = cluster.clone();
+        tasks.spawn(async move {
+            for i in 0..appends_each {
+                cluster.propose((p + i) % witnesses, chain, format!("p{p} r{i}").as_bytes()).await.expect("append");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("append task");
+    }
+    let total = started.elapsed();
+    let appends = projects * appends_each;
+    vec![
+        witnesses.to_string(),
+        projects.to_string(),
+        appends.to_string(),
+        format!("{:.2}", total.as_secs_f64()),
+        format!("{:.0}", appends as f64 / total.as_secs_f64()),
+    ]
+}
+
+async fn timeline(chains: usize) -> Vec<String> {
+    let cluster = Cluster::start_with(4, 0).await;
+    let members = [0, 1, 2, 3];
+    let (timeline, _) = cluster.create_chain_of_kind(&members, KIND_TIMELINE).await;
+    let created = Instant::now();
+    let mut leaves = Vec::with_capacity(chains);
+    for _ in 0..chains {
+        let (chain, _) = cluster.create_chain(&members).await;
+        leaves.push(HeadLeaf { chain, index: 0, id: chain });
+    }
+    let creation = created.elapsed();
+    let probe_chain = leaves[chains / 2].chain;
+    let set = HeadSet::new(leaves);
+    let time_ms = common::now_ms();
+    let entry = TimelineEntry { time_ms, chains: set.len() as u64, root: set.root() };
+    let proposal =
+        Proposal { kind: KIND_TIMELINE, payload: entry.to_bytes(), timestamp_ms: time_ms, ..Proposal::default() };
+    let started = Instant::now();
+    let reply = cluster.client.call(&cluster.witnesses[0], Request::Propose { chain: timeline, proposal }).await;
+    let cosign = started.elapsed();
+    assert!(matches!(reply, Ok(Response::Appended { .. })), "timeline block refused: {reply:?}");
+    let t = Instant::now();
+    let request = Request::GetTimeline { timeline: Some(timeline), chain: Some(probe_chain) };
+    let answered = cluster.client.call(&cluster.witnesses[2], request).await;
+    let query = t.elapsed();
+    let Ok(Response::Timeline(info)) = answered else { panic!("no timeline answer: {answered:?}") };
+    let inclusion = info.inclusion.expect("asked for a chain");
+    inclusion.verify(&info.entry).expect("the inclusion proof verifies");
+    let proof_bytes = postcard::to_allocvec(&inclusion).expect("serializes").len();
+    vec![
+        chains.to_string(),
+        format!("{:.1}", creation.as_secs_f64()),
+        format!("{:.0}", cosign.as_secs_f64() * 1e3),
+        proof_bytes.to_string(),
+        format!("{:.1}", query.as_secs_f64() * 1e3),
+    ]
+}
+
+pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<()> {
+    let binary = common::bin();
+    if !binary.exists() {
+        anyhow::bail!(
+            "the network scenario runs real `chainiac` processes and cannot find {}: build it (`cargo build --release -p chainiac`) or set CHAINIAC_BIN",
+            binary.display()
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        report.text(&format!(
+            "Real `{}` witness processes on 127.0.0.1 (QUIC, RocksDB with synced promises and appends).\n",
+            binary.display()
+        ));
+        report.text("#### Append latency, one project, leaders rotating\n");
+        let mut rows = Vec::new();
+        let mut medians = Vec::new();
+        for &n in &options.sizes {
+            let (row, median) = append_latency(n, options.appends).await;
+            rows.push(row);
+            medians.push((n as f64, median));
+        }
+        report.table(&["witnesses", "appends", "median ms", "p99 ms", "appends/s"], &rows);
+        report.text("#### Throughput with concurrent projects\n");
+        let mut rows = Vec::new();
+        for &n in options.sizes.iter().take(2) {
+            rows.push(concurrent_projects(n, options.concurrent_projects, options.appends_each).await);
+        }
+        report.table(&["witnesses", "projects", "appends", "seconds", "appends/s"], &rows);
+        report.text("#### Timeline block over many project chains (4 witnesses)\n");
+        let row = timeline(options.timeline_chains).await;
+        report.table(
+            &[
+                "chains",
+                "creating them, s",
+                "cosigning the timeline block, ms",
+                "inclusion proof, bytes",
+                "timeline query, ms",
+            ],
+            &[row],
+        );
+        report.plot(&Plot {
+            file: "network-append-latency.svg",
+            title: "Append latency, real witnesses over QUIC on loopback",
+            x_label: "witnesses",
+            y_label: "median ms",
+            log_x: false,
+            log_y: false,
+            series: vec![Series { name: "median append".into(), points: medians }],
+        })
+    })
+}
