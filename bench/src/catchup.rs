@@ -13,7 +13,7 @@ use chainiac_release::{
 use chainiac_skipchain::block::payload_hash;
 use chainiac_skipchain::store::{self, MemoryStore, Store};
 use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, InclusionProof, TimelineEntry, KIND_TIMELINE};
-use chainiac_skipchain::{Block, BlockId, ChainState, Proof, ProofStep, Proposal};
+use chainiac_skipchain::{Block, BlockId, ChainState, Committee, Proof, ProofStep, Proposal};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use std::io::BufRead;
@@ -421,6 +421,8 @@ fn build_project(
 pub struct Cost {
     pub bytes: u64,
     pub cpu: Duration,
+    /// Of `bytes`, those of full committees (rosters) carried by checkpoint blocks.
+    pub committee_bytes: u64,
 }
 
 /// One client's update: every `days` days, following `follow` projects.
@@ -441,7 +443,12 @@ impl std::ops::AddAssign for Cost {
     fn add_assign(&mut self, other: Cost) {
         self.bytes += other.bytes;
         self.cpu += other.cpu;
+        self.committee_bytes += other.committee_bytes;
     }
+}
+
+fn committee_bytes(committee: &Option<Committee>) -> u64 {
+    committee.as_ref().map_or(0, |c| postcard::to_allocvec(c).expect("serializes").len() as u64)
 }
 
 fn blocks(store: &MemoryStore, chain: &BlockId, from: u64, to: u64) -> Vec<Vec<u8>> {
@@ -471,7 +478,9 @@ fn linear(store: &MemoryStore, trusted: &ChainState, to: u64, release: bool) -> 
             assert!(check_release(&last.payload));
         }
     }
-    Cost { bytes: wire.iter().map(|b| b.len() as u64).sum(), cpu: started.elapsed() }
+    let cpu = started.elapsed();
+    let committee_bytes = decoded.iter().map(|b| committee_bytes(&b.committee)).sum();
+    Cost { bytes: wire.iter().map(|b| b.len() as u64).sum(), cpu, committee_bytes }
 }
 
 /// (b) TUF-style: every committee or policy version in turn, each signed by the one before
@@ -489,6 +498,7 @@ fn tuf_style(store: &MemoryStore, trusted: &ChainState, to: u64, release: bool) 
     let started = Instant::now();
     let mut committee = trusted.committee.clone();
     let mut last = None;
+    let mut carried = 0;
     for bytes in &wire {
         let block = Block::from_bytes(bytes).expect("decodes");
         let id = block.id();
@@ -500,6 +510,7 @@ fn tuf_style(store: &MemoryStore, trusted: &ChainState, to: u64, release: bool) 
             block.signature.as_ref().expect("signed"),
         )
         .expect("signed by the committee in force");
+        carried += committee_bytes(&block.committee);
         if let Some(next) = &block.committee {
             assert_eq!(next.hash(), block.header.committee_hash);
             committee = std::sync::Arc::new(next.clone());
@@ -511,7 +522,7 @@ fn tuf_style(store: &MemoryStore, trusted: &ChainState, to: u64, release: bool) 
     if release && last.header.kind == KIND_RELEASE && !last.payload.is_empty() {
         assert!(check_release(&last.payload));
     }
-    Cost { bytes: wire.iter().map(|b| b.len() as u64).sum(), cpu: started.elapsed() }
+    Cost { bytes: wire.iter().map(|b| b.len() as u64).sum(), cpu: started.elapsed(), committee_bytes: carried }
 }
 
 /// (c) The skipchain proof from the trusted block to the head, carrying the head's payload.
@@ -526,7 +537,9 @@ fn skipchain(store: &MemoryStore, trusted: &ChainState, to: u64, release: bool) 
             assert!(check_release(payload));
         }
     }
-    (Cost { bytes: wire.len() as u64, cpu: started.elapsed() }, reached.payload)
+    let cpu = started.elapsed();
+    let committee_bytes = proof.steps.iter().map(|s| committee_bytes(&s.committee)).sum();
+    (Cost { bytes: wire.len() as u64, cpu, committee_bytes }, reached.payload)
 }
 
 fn inclusion(set: &HeadSet, entry: &TimelineEntry, chain: &BlockId) -> Cost {
@@ -534,7 +547,7 @@ fn inclusion(set: &HeadSet, entry: &TimelineEntry, chain: &BlockId) -> Cost {
     let started = Instant::now();
     let proof: InclusionProof = postcard::from_bytes(&wire).expect("decodes");
     proof.verify(entry).expect("the head is in the timeline");
-    Cost { bytes: wire.len() as u64, cpu: started.elapsed() }
+    Cost { bytes: wire.len() as u64, cpu: started.elapsed(), committee_bytes: 0 }
 }
 
 // ---------------------------------------------------------------- the scenario
@@ -733,6 +746,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
                 bytes(dd.bytes),
                 format!("1/{:.1}", a.bytes as f64 / c.bytes.max(1) as f64),
                 format!("1/{:.1}", a.bytes as f64 / dd.bytes.max(1) as f64),
+                format!("{:.0} %", 100.0 * dd.committee_bytes as f64 / dd.bytes.max(1) as f64),
                 ms(a),
                 ms(b),
                 ms(c),
@@ -743,7 +757,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
             }
         }
     }
-    report.text("Bytes a client downloads and CPU it spends verifying, per update (a: linear, b: TUF-style, c: skipchain per project, d: timeline + inclusion + skipchain). (a), (b) and (d) include the timeline for freshness; (c) has none.\n");
+    report.text("Bytes a client downloads and CPU it spends verifying, per update (a: linear, b: TUF-style, c: skipchain per project, d: timeline + inclusion + skipchain). (a), (b) and (d) include the timeline for freshness; (c) has none. \"committees in (d)\": the share of (d)'s bytes that are full committees carried by checkpoint blocks (the same roster once per followed chain).\n");
     report.table(
         &[
             "every D days",
@@ -755,6 +769,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
             "(d) timeline+skipchain",
             "(c)/(a)",
             "(d)/(a)",
+            "committees in (d)",
             "(a) ms",
             "(b) ms",
             "(c) ms",
