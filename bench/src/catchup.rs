@@ -437,6 +437,8 @@ pub struct Measured {
     pub tuf_style: Cost,
     pub skipchain: Cost,
     pub timeline_skipchain: Cost,
+    /// (d) with committees the client holds sent by hash.
+    pub by_reference: Cost,
 }
 
 impl std::ops::AddAssign for Cost {
@@ -526,11 +528,23 @@ fn tuf_style(store: &MemoryStore, trusted: &ChainState, to: u64, release: bool) 
 }
 
 /// (c) The skipchain proof from the trusted block to the head, carrying the head's payload.
-fn skipchain(store: &MemoryStore, trusted: &ChainState, to: u64, release: bool) -> (Cost, Option<Vec<u8>>) {
-    let proof = store::prove(store, &trusted.chain, trusted.index(), to, to > trusted.index()).unwrap();
+/// Committees the client already holds (`held`, by hash) are left out of it and looked up
+/// (`Proof::without_committees` / `verify_with`). Returns the committees the proof carried.
+fn skipchain(
+    store: &MemoryStore,
+    trusted: &ChainState,
+    to: u64,
+    release: bool,
+    held: &[Committee],
+) -> (Cost, Option<Vec<u8>>, Vec<Committee>) {
+    let proof = store::prove(store, &trusted.chain, trusted.index(), to, to > trusted.index())
+        .unwrap()
+        .without_committees(|hash| held.iter().any(|c| &c.hash() == hash));
     let wire = proof.to_bytes();
     let started = Instant::now();
-    let reached = Proof::from_bytes(&wire).expect("decodes").verify(trusted).expect("a valid proof").into_inner();
+    let lookup = |hash: &[u8; 32]| held.iter().find(|c| &c.hash() == hash).cloned();
+    let reached =
+        Proof::from_bytes(&wire).expect("decodes").verify_with(trusted, lookup).expect("a valid proof").into_inner();
     assert_eq!(reached.state.index(), to);
     if release && reached.state.header.kind == KIND_RELEASE {
         if let Some(payload) = reached.payload.as_ref().filter(|p| !p.is_empty()) {
@@ -538,8 +552,9 @@ fn skipchain(store: &MemoryStore, trusted: &ChainState, to: u64, release: bool) 
         }
     }
     let cpu = started.elapsed();
-    let committee_bytes = proof.steps.iter().map(|s| committee_bytes(&s.committee)).sum();
-    (Cost { bytes: wire.len() as u64, cpu, committee_bytes }, reached.payload)
+    let carried: Vec<Committee> = proof.steps.iter().filter_map(|s| s.committee.clone()).collect();
+    let committee_bytes = carried.iter().map(|c| committee_bytes(&Some(c.clone()))).sum();
+    (Cost { bytes: wire.len() as u64, cpu, committee_bytes }, reached.payload, carried)
 }
 
 fn inclusion(set: &HeadSet, entry: &TimelineEntry, chain: &BlockId) -> Cost {
@@ -694,6 +709,13 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
     let mut measured = Vec::new();
     let mut plot_points: Vec<[Vec<(f64, f64)>; 4]> = vec![Default::default(); options.follows.len()];
     for (d, &days_behind) in days.iter().enumerate() {
+        // The timeline first: (d') reuses the committees its proof brings.
+        let trusted = &timeline.states_at_marks[d];
+        let tl_a = linear(&store, trusted, timeline.head.index(), false);
+        let tl_b = tuf_style(&store, trusted, timeline.head.index(), false);
+        let (tl_d, payload, mut held) = skipchain(&store, trusted, timeline.head.index(), false, &[]);
+        assert_eq!(payload.map(|p| TimelineEntry::from_bytes(&p).unwrap()), Some(head_entry.clone()));
+        held.push(trusted.committee.as_ref().clone());
         // Per-project costs, once; clients following P projects sum a prefix.
         let mut per_project = Vec::with_capacity(chains.len());
         let progress = progress_bar(chains.len() as u64, &format!("measuring updates every {days_behind} days"));
@@ -703,26 +725,26 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
             let to = chain.head.index();
             let a = linear(&store, trusted, to, true);
             let b = tuf_style(&store, trusted, to, true);
-            let (c, _) = skipchain(&store, trusted, to, true);
+            let (c, _, _) = skipchain(&store, trusted, to, true, &[]);
+            let mut project_held = held.clone();
+            project_held.push(trusted.committee.as_ref().clone());
+            let (lean, _, _) = skipchain(&store, trusted, to, true, &project_held);
             let i = inclusion(&set, &head_entry, &chain.chain);
-            per_project.push((a, b, c, i, to - trusted.index()));
+            per_project.push((a, b, c, lean, i, to - trusted.index()));
         }
         progress.finish_and_clear();
-        let trusted = &timeline.states_at_marks[d];
-        let tl_a = linear(&store, trusted, timeline.head.index(), false);
-        let tl_b = tuf_style(&store, trusted, timeline.head.index(), false);
-        let (tl_d, payload) = skipchain(&store, trusted, timeline.head.index(), false);
-        assert_eq!(payload.map(|p| TimelineEntry::from_bytes(&p).unwrap()), Some(head_entry.clone()));
         for (f, &follow) in options.follows.iter().enumerate() {
             let follow = follow.min(per_project.len());
-            let (mut a, mut b, mut c, mut dd) = (tl_a, tl_b, Cost::default(), tl_d);
+            let (mut a, mut b, mut c, mut dd, mut by_reference) = (tl_a, tl_b, Cost::default(), tl_d, tl_d);
             let (mut new_blocks, mut changed) = (0, 0);
-            for (pa, pb, pc, pi, blocks) in &per_project[..follow] {
+            for (pa, pb, pc, pl, pi, blocks) in &per_project[..follow] {
                 a += *pa;
                 b += *pb;
                 c += *pc;
                 dd += *pc;
                 dd += *pi;
+                by_reference += *pl;
+                by_reference += *pi;
                 new_blocks += blocks;
                 changed += (*blocks > 0) as u64;
             }
@@ -734,6 +756,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
                 tuf_style: b,
                 skipchain: c,
                 timeline_skipchain: dd,
+                by_reference,
             });
             let ms = |c: Cost| format!("{:.2}", c.cpu.as_secs_f64() * 1e3);
             rows.push(vec![
@@ -747,17 +770,20 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
                 format!("1/{:.1}", a.bytes as f64 / c.bytes.max(1) as f64),
                 format!("1/{:.1}", a.bytes as f64 / dd.bytes.max(1) as f64),
                 format!("{:.0} %", 100.0 * dd.committee_bytes as f64 / dd.bytes.max(1) as f64),
+                bytes(by_reference.bytes),
+                format!("1/{:.1}", a.bytes as f64 / by_reference.bytes.max(1) as f64),
                 ms(a),
                 ms(b),
                 ms(c),
                 ms(dd),
+                ms(by_reference),
             ]);
             for (s, cost) in [a, b, c, dd].into_iter().enumerate() {
                 plot_points[f][s].push((days_behind as f64, cost.bytes as f64));
             }
         }
     }
-    report.text("Bytes a client downloads and CPU it spends verifying, per update (a: linear, b: TUF-style, c: skipchain per project, d: timeline + inclusion + skipchain). (a), (b) and (d) include the timeline for freshness; (c) has none. \"committees in (d)\": the share of (d)'s bytes that are full committees carried by checkpoint blocks (the same roster once per followed chain).\n");
+    report.text("Bytes a client downloads and CPU it spends verifying, per update (a: linear, b: TUF-style, c: skipchain per project, d: timeline + inclusion + skipchain). (a), (b) and (d) include the timeline for freshness; (c) has none. \"committees in (d)\": the share of (d)'s bytes that are full committees carried by checkpoint blocks (the same roster once per followed chain). (d'): (d) with every committee the client already holds (from its trusted states and the timeline proof) left out of the project proofs and looked up by hash (`Proof::without_committees` / `verify_with` in the skipchain core; not yet a GetProof option on the wire).\n");
     report.table(
         &[
             "every D days",
@@ -770,10 +796,13 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
             "(c)/(a)",
             "(d)/(a)",
             "committees in (d)",
+            "(d') committees by hash",
+            "(d')/(a)",
             "(a) ms",
             "(b) ms",
             "(c) ms",
             "(d) ms",
+            "(d') ms",
         ],
         &rows,
     );
@@ -785,7 +814,13 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
             .filter(|m| m.days == days_behind)
             .map(|m| {
                 let ok = m.skipchain.bytes * 20 <= m.linear.bytes && m.timeline_skipchain.bytes * 20 <= m.linear.bytes;
-                format!("P={} {}", m.follow, if ok { "met" } else { "missed" })
+                let by_reference = m.by_reference.bytes * 20 <= m.linear.bytes;
+                format!(
+                    "P={} {}{}",
+                    m.follow,
+                    if ok { "met" } else { "missed" },
+                    if by_reference && !ok { " (met by (d'))" } else { "" }
+                )
             })
             .collect();
         goal.push(format!("every {days_behind} days: {}", met.join(", ")));
@@ -882,6 +917,9 @@ mod tests {
         assert!(year.new_blocks >= 3 * 52, "{year:?}");
         assert!(year.skipchain.bytes * 5 < year.linear.bytes, "{year:?}");
         assert!(year.timeline_skipchain.bytes * 5 < year.linear.bytes, "{year:?}");
+        // Three roster changes in the year: held committees are sent by hash, not again.
+        assert!(year.by_reference.bytes < year.timeline_skipchain.bytes, "{year:?}");
+        assert_eq!(year.by_reference.bytes + year.skipchain.committee_bytes, year.timeline_skipchain.bytes, "{year:?}");
         // A day behind: at most one new release each, and the timeline costs a few hops.
         let day = measured.iter().find(|m| m.days == 1 && m.follow == 3).unwrap();
         assert!(day.new_blocks <= 3 && day.skipchain.bytes <= day.linear.bytes, "{day:?}");

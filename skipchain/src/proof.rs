@@ -65,11 +65,33 @@ impl Proof {
     /// Checks the proof hop by hop from `trusted` and returns the state at its last block.
     /// An empty proof proves `trusted` itself.
     pub fn verify(&self, trusted: &ChainState) -> Result<Verified<CatchUp>, ProofError> {
+        self.verify_with(trusted, |_| None)
+    }
+
+    /// The proof without the committees `held` says the verifier already has (by hash):
+    /// the same cothority's roster recurs in every chain it serves, and costs ≈2 KB each.
+    pub fn without_committees(mut self, held: impl Fn(&[u8; 32]) -> bool) -> Proof {
+        for step in &mut self.steps {
+            if step.committee.as_ref().is_some_and(|c| held(&c.hash())) {
+                step.committee = None;
+            }
+        }
+        self
+    }
+
+    /// [`Proof::verify`], taking a committee a step left out (see
+    /// [`Proof::without_committees`]) from `held`, looked up by the hash the header names.
+    /// What `held` returns is checked against that hash like a carried committee.
+    pub fn verify_with(
+        &self,
+        trusted: &ChainState,
+        held: impl Fn(&[u8; 32]) -> Option<Committee>,
+    ) -> Result<Verified<CatchUp>, ProofError> {
         let mut state = trusted.clone();
         let mut checkpoints = Vec::new();
         for (hop, step) in self.steps.iter().enumerate() {
             let index = step.header.index;
-            state = hop_from(&state, step).map_err(|error| ProofError::Hop { hop, index, error })?;
+            state = hop_from(&state, step, &held).map_err(|error| ProofError::Hop { hop, index, error })?;
             if state.is_checkpoint {
                 checkpoints.push(index);
             }
@@ -85,7 +107,11 @@ impl Proof {
 
 /// One hop: `step` must link back to `state`'s block, skip no checkpoint, carry exactly the
 /// committee and policy it changes, and be signed by `state`'s committee.
-fn hop_from(state: &ChainState, step: &ProofStep) -> Result<ChainState, BlockError> {
+fn hop_from(
+    state: &ChainState,
+    step: &ProofStep,
+    held: &impl Fn(&[u8; 32]) -> Option<Committee>,
+) -> Result<ChainState, BlockError> {
     let h = &step.header;
     let index = h.index;
     if h.chain != Some(state.chain) {
@@ -111,11 +137,16 @@ fn hop_from(state: &ChainState, step: &ProofStep) -> Result<ChainState, BlockErr
     if h.timestamp_ms < state.header.timestamp_ms {
         return Err(BlockError::TimestampBackwards { index, previous: state.header.timestamp_ms, got: h.timestamp_ms });
     }
-    check_carried(h, step.committee.as_ref(), step.policy.as_ref(), &state.header)?;
+    let looked_up = match &step.committee {
+        None if h.committee_hash != state.header.committee_hash => held(&h.committee_hash),
+        _ => None,
+    };
+    let committee = step.committee.as_ref().or(looked_up.as_ref());
+    check_carried(h, committee, step.policy.as_ref(), &state.header)?;
     let id = h.id();
     chainiac_cosi::verify(state.committee.roster(), state.committee.threshold(), &id.0, &step.signature)
         .map_err(|error| BlockError::Signature { index, error })?;
-    Ok(state.successor_of(h, id, step.committee.as_ref(), step.policy.as_ref()))
+    Ok(state.successor_of(h, id, committee, step.policy.as_ref()))
 }
 
 fn check_links(params: &ChainParams, h: &Header) -> Result<(), BlockError> {

@@ -115,6 +115,45 @@ proptest! {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// A proof whose committees the verifier holds may leave them out: it verifies to the
+    /// same state with them looked up, fails without them, and fails with a wrong one.
+    #[test]
+    fn committees_left_out_verify_only_when_held(
+        base in 2u8..=4,
+        len in 2u64..300,
+        seed in any::<u64>(),
+    ) {
+        let (chain, _) = build_chain(base, len, 60, seed);
+        let full = store::prove(&chain.store, &chain.chain, 0, len, true).unwrap();
+        let carried: Vec<chainiac_skipchain::Committee> =
+            full.steps.iter().filter_map(|s| s.committee.clone()).collect();
+        let expected = full.verify(&chain.genesis_state()).unwrap().into_inner();
+        let lean = full.clone().without_committees(|_| true);
+        prop_assert!(lean.steps.iter().all(|s| s.committee.is_none()));
+        prop_assert!(lean.to_bytes().len() <= full.to_bytes().len());
+        let held = |hash: &[u8; 32]| carried.iter().find(|c| &c.hash() == hash).cloned();
+        let reached = lean.verify_with(&chain.genesis_state(), held).unwrap().into_inner();
+        prop_assert_eq!(&reached, &expected);
+        if let Some(first) = carried.first() {
+            let missing = lean.verify(&chain.genesis_state());
+            prop_assert!(
+                matches!(missing, Err(chainiac_skipchain::ProofError::Hop { error: chainiac_skipchain::BlockError::MissingCommittee { .. }, .. })),
+                "{:?}", missing
+            );
+            let wrong = chain.genesis_state().committee.as_ref().clone();
+            prop_assume!(wrong.hash() != first.hash());
+            let lied = lean.verify_with(&chain.genesis_state(), |_| Some(wrong.clone()));
+            prop_assert!(
+                matches!(lied, Err(chainiac_skipchain::ProofError::Hop { error: chainiac_skipchain::BlockError::CommitteeHash { .. }, .. })),
+                "{:?}", lied
+            );
+        }
+    }
+}
+
+proptest! {
     // Every byte of every proof: fewer, shorter chains.
     #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
 
