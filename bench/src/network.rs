@@ -3,7 +3,6 @@
 //! projects, and a timeline block over many project chains.
 
 #[path = "../../cli/tests/common/mod.rs"]
-#[allow(clippy::all)]
 mod common;
 
 use crate::report::{percentile, Plot, Report, Series};
