@@ -125,11 +125,55 @@ pub fn anchor(state: &StateArg, genesis: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub fn update(state: &StateArg, chain: &str, trust: &TrustArgs, json: bool) -> Result<()> {
-    let chain = parse_chain(chain)?;
+/// `chainiac update`: one chain prints one result; several (or `--all`) print one line (or
+/// JSON object) per chain and fail if any chain failed.
+pub fn update(state: &StateArg, chains: &[String], all: bool, trust: &TrustArgs, json: bool) -> Result<()> {
     let mut client = Client::open(&state.state, trust.level()?)?;
+    let chains: Vec<ChainId> = if all {
+        client.state().chains.keys().copied().collect()
+    } else {
+        chains.iter().map(|c| parse_chain(c)).collect::<Result<_>>()?
+    };
     let runtime = tokio::runtime::Runtime::new()?;
-    let update = runtime.block_on(client.update(chain)).context("updating; the state file is unchanged")?;
+    let mut results = runtime.block_on(client.update_many(&chains)).context("updating; the state file is unchanged")?;
+    if results.len() == 1 && !all {
+        let (_, result) = results.pop().expect("one");
+        let update = result.context("updating; the state file is unchanged")?;
+        let (value, human) = describe_update(&update);
+        print(json, value, human);
+        return Ok(());
+    }
+    let mut values = Vec::new();
+    let mut failed = 0;
+    for (chain, result) in &results {
+        match result {
+            Ok(update) => {
+                let (value, human) = describe_update(update);
+                values.push(value);
+                if !json {
+                    println!("{human}");
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                values.push(serde_json::json!({ "chain": chain.to_hex(), "error": e.to_string() }));
+                if !json {
+                    println!("chain {chain}: FAILED, its state is unchanged: {e}");
+                }
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::json!({ "updates": values, "failed": failed }));
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} chains failed to update", results.len());
+    }
+    Ok(())
+}
+
+fn describe_update(update: &chainiac_client::Update) -> (serde_json::Value, String) {
+    let chain = update.chain;
     let release = update.release.as_ref().map(|(version, bar)| {
         serde_json::json!({ "version": version, "meets_client_bar": bar.is_ok(), "why_not": bar.as_ref().err() })
     });
@@ -151,16 +195,12 @@ pub fn update(state: &StateArg, chain: &str, trust: &TrustArgs, json: bool) -> R
     for (w, why) in &update.skipped {
         human += &format!("\nskipped witness {w}: {why}");
     }
-    print(
-        json,
-        serde_json::json!({
-            "chain": chain.to_hex(), "from": update.from, "to": update.to, "hops": update.hops,
-            "checkpoints": update.checkpoints, "timeline_age_ms": update.timeline_age_ms,
-            "release": release, "skipped": skipped,
-        }),
-        human,
-    );
-    Ok(())
+    let value = serde_json::json!({
+        "chain": chain.to_hex(), "from": update.from, "to": update.to, "hops": update.hops,
+        "checkpoints": update.checkpoints, "timeline_age_ms": update.timeline_age_ms,
+        "release": release, "skipped": skipped,
+    });
+    (value, human)
 }
 
 pub fn verify(

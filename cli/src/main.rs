@@ -49,13 +49,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Catch a chain up to its head: proofs, timeline freshness, release checks.
+    /// Catch chains up to their heads: proofs, timeline freshness, release checks. Many
+    /// chains share a few batched requests; each gets its own result.
     Update {
         #[command(flatten)]
         state: client_cmd::StateArg,
-        /// The chain (genesis id, hex).
-        #[arg(long)]
-        chain: String,
+        /// A chain (genesis id, hex); repeat for several.
+        #[arg(long, required_unless_present = "all")]
+        chain: Vec<String>,
+        /// Every chain anchored in the state file.
+        #[arg(long, conflicts_with = "chain")]
+        all: bool,
         #[command(flatten)]
         trust: client_cmd::TrustArgs,
         #[arg(long)]
@@ -145,7 +149,7 @@ fn main() -> ExitCode {
         Command::Demo { keep } => demo::run(keep),
         Command::Keygen { out, from_openssh, json } => client_cmd::keygen(&out, from_openssh.as_deref(), json),
         Command::Anchor { state, genesis, json } => client_cmd::anchor(&state, &genesis, json),
-        Command::Update { state, chain, trust, json } => client_cmd::update(&state, &chain, &trust, json),
+        Command::Update { state, chain, all, trust, json } => client_cmd::update(&state, &chain, all, &trust, json),
         Command::Verify { state, chain, artifact, file, trust, json } => {
             client_cmd::verify(&state, &chain, &artifact, &file, &trust, json)
         }

@@ -69,6 +69,12 @@ impl Handler for Liar {
                 proof.steps[0].signature.s[3] ^= 1;
                 Response::Proof(proof)
             }
+            Ok(Response::Proofs(mut proofs)) => {
+                for proof in proofs.iter_mut().flatten().filter(|p| !p.steps.is_empty()) {
+                    proof.steps[0].signature.s[3] ^= 1;
+                }
+                Response::Proofs(proofs)
+            }
             Ok(other) => other,
             Err(e) => {
                 Response::Error(chainiac_proto::ErrorReply::new(chainiac_proto::ErrorCode::Internal, e.to_string()))
@@ -390,8 +396,11 @@ struct Freezer {
 
 impl Handler for Freezer {
     async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
-        if matches!(request, Request::GetProof { chain, .. } if chain == self.frozen_chain) {
-            return Response::Proof(chainiac_skipchain::Proof { steps: vec![], payload: None });
+        if let Request::GetProofs { queries, .. } = &request {
+            if queries.iter().any(|q| q.chain == self.frozen_chain) {
+                let empty = chainiac_skipchain::Proof { steps: vec![], payload: None };
+                return Response::Proofs(queries.iter().map(|_| Ok(empty.clone())).collect());
+            }
         }
         self.honest.call_at(&self.honest_address, &self.honest_key, request).await.unwrap_or_else(|e| {
             Response::Error(chainiac_proto::ErrorReply::new(chainiac_proto::ErrorCode::Internal, e.to_string()))
@@ -438,4 +447,120 @@ async fn a_head_older_than_the_timeline_says_is_refused_as_a_freeze() {
         other => panic!("a frozen head must be refused, got {other:?}"),
     }
     assert_eq!(client.state().chains[&chain].index(), 2, "the refused update changed nothing");
+}
+
+/// Many chains through the batched requests: one `GetProofs` answer carries a new committee
+/// once however many chains changed to it, and not at all when the client names it; the
+/// multi-leaf timeline proof covers every chain; `chainiac update --all` updates them all
+/// and says which failed; oversized batches are refused by name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_chains_update_together_and_a_new_committee_travels_once() {
+    use chainiac_proto::{ErrorCode, ProofQuery, MAX_HELD_COMMITTEES, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS};
+    use std::process::Command;
+    let cluster = Cluster::start(5).await;
+    let (timeline, timeline_genesis) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
+    let old = Committee::byzantine(cluster.roster(&[0, 1, 2, 3]));
+    let new = Committee::byzantine(cluster.roster(&[0, 1, 2, 4]));
+    let mut chains = Vec::new();
+    for i in 0..12 {
+        let (chain, genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;
+        cluster.propose(i % 4, chain, b"first").await.unwrap();
+        cluster.propose_change(0, chain, new.clone()).await.unwrap();
+        cluster.propose(4, chain, b"after the change").await.unwrap();
+        chains.push((chain, genesis));
+    }
+    for (chain, _) in &chains {
+        wait_timeline_has(&cluster, *chain, 3).await;
+    }
+
+    // The wire: the new committee once per answer, or never when named.
+    let queries: Vec<ProofQuery> = chains.iter().map(|(c, _)| ProofQuery { chain: *c, from: 0, to: None }).collect();
+    let ask = |held: Vec<[u8; 32]>, queries: Vec<ProofQuery>| {
+        cluster
+            .client
+            .call(&cluster.witnesses[1], Request::GetProofs { queries, with_payload: false, held_committees: held })
+    };
+    let carried = |response: Response| match response {
+        Response::Proofs(proofs) => {
+            assert_eq!(proofs.len(), 12);
+            proofs.into_iter().map(|p| p.unwrap().steps.iter().filter(|s| s.committee.is_some()).count()).sum::<usize>()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(carried(ask(vec![old.hash()], queries.clone()).await.unwrap()), 1);
+    assert_eq!(carried(ask(vec![old.hash(), new.hash()], queries.clone()).await.unwrap()), 0);
+    let refused = |r: Result<Response, _>| match r {
+        Err(chainiac_proto::CallError::Remote(reply)) => {
+            assert_eq!(reply.code, ErrorCode::BadRequest);
+            reply.message
+        }
+        other => panic!("an oversized batch must be refused, got {other:?}"),
+    };
+    let message = refused(ask(vec![], vec![queries[0]; MAX_PROOF_QUERIES + 1]).await);
+    assert!(message.contains("257 proofs"), "{message}");
+    let message = refused(ask(vec![[7; 32]; MAX_HELD_COMMITTEES + 1], vec![queries[0]]).await);
+    assert!(message.contains("65 held committees"), "{message}");
+    let message = refused(ask(vec![], vec![]).await);
+    assert!(message.contains("0 proofs"), "{message}");
+    let request =
+        Request::GetTimelineBatch { timeline: Some(timeline), chains: vec![timeline; MAX_TIMELINE_CHAINS + 1] };
+    let message = refused(cluster.client.call(&cluster.witnesses[1], request).await);
+    assert!(message.contains("1025 chains"), "{message}");
+    let all: Vec<ChainId> = chains.iter().map(|(c, _)| *c).collect();
+    let request = Request::GetTimelineBatch { timeline: Some(timeline), chains: all.clone() };
+    match cluster.client.call(&cluster.witnesses[2], request).await.unwrap() {
+        Response::TimelineBatch(batch) => {
+            batch.inclusion.verify(&batch.entry).unwrap();
+            assert!(all.iter().all(|c| batch.inclusion.leaf(c).is_some_and(|l| l.index >= 3)));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // The library: every chain in one call, results in the order asked.
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+    client.anchor(&timeline_genesis).unwrap();
+    for (_, genesis) in &chains {
+        client.anchor(genesis).unwrap();
+    }
+    let mut asked = all.clone();
+    asked.reverse();
+    asked.push(asked[0]); // named twice: one result
+    let results = client.update_many(&asked).await.unwrap();
+    assert_eq!(results.iter().map(|(c, _)| *c).collect::<Vec<_>>(), asked[..12].to_vec());
+    for (_, result) in &results {
+        let update = result.as_ref().unwrap();
+        assert_eq!((update.from, update.to), (0, 3));
+        assert_eq!(update.checkpoints, vec![2], "the roster change is a checkpoint");
+        assert!(update.timeline_age_ms.is_some());
+    }
+    assert!(client.state().chains[&timeline].index() > 0, "the timeline moved too");
+
+    // The shell: --all, then a chain the witnesses lost track of fails alone.
+    drop(client);
+    let state = dir.path().join("c.state");
+    let (more, _) = cluster.create_chain(&[0, 1, 2, 3]).await;
+    cluster.propose(1, more, b"x").await.unwrap();
+    cluster.propose(2, all[0], b"newer").await.unwrap();
+    wait_timeline_has(&cluster, all[0], 4).await;
+    let out = Command::new(common::bin())
+        .args(["update", "--state", state.to_str().unwrap(), "--all", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["failed"], 0);
+    let updates = value["updates"].as_array().unwrap();
+    assert_eq!(updates.len(), 13, "12 projects and the timeline");
+    let first = updates.iter().find(|u| u["chain"] == all[0].to_hex()).unwrap();
+    assert_eq!((first["from"].as_u64(), first["to"].as_u64()), (Some(3), Some(4)));
+    let out = Command::new(common::bin())
+        .args(["update", "--state", state.to_str().unwrap(), "--chain", &all[1].to_hex(), "--chain", &more.to_hex()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("chain {}: 3 -> 3", all[1])), "{stdout}");
+    assert!(stdout.contains(&format!("chain {more}: FAILED")) && stdout.contains("not anchored"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 2 chains failed"));
 }

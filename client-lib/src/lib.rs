@@ -8,7 +8,7 @@
 
 use chainiac_cosi::PublicKey;
 use chainiac_proto::{Pool, Request, Response};
-use chainiac_release::{Outcome, Policy, ReleasePayload, TimeWindow, KIND_RELEASE};
+use chainiac_release::{Outcome, ReleasePayload, TimeWindow, KIND_RELEASE};
 use chainiac_skipchain::timeline::KIND_TIMELINE;
 use chainiac_skipchain::{Block, BlockId, ChainId, ChainParams, ChainState, Committee, Header};
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+mod update;
 
 /// A chain state the client trusts, as stored in its state file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +128,9 @@ pub struct Update {
     pub timeline_age_ms: Option<u64>,
 }
 
+/// One result per chain of [`Client::update_many`], in the order asked.
+pub type UpdateResults = Vec<(ChainId, Result<Update, ClientError>)>;
+
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -224,126 +229,8 @@ impl Client {
         Err(ClientError::NoHonestWitness(std::mem::take(skipped)))
     }
 
-    /// Catches `chain` up from its trusted state to the head a witness proves, checks the
-    /// timeline (if anchored), the release reached and the client's bar, and saves.
-    pub async fn update(&mut self, chain: ChainId) -> Result<Update, ClientError> {
-        let trusted = self.state.chains.get(&chain).cloned().ok_or(ClientError::NotAnchored(chain))?;
-        let mut skipped = Vec::new();
-        let from = trusted.index();
-        let state = trusted.to_state();
-        let request = Request::GetProof { chain, from, to: None, with_payload: true };
-        let (caught, hops) = self
-            .ask(&trusted, request, &mut skipped, |response| match response {
-                Response::Proof(proof) => {
-                    proof.verify(&state).map(|c| (c.into_inner(), proof.steps.len())).map_err(|e| e.to_string())
-                }
-                other => Err(format!("answered {other:?}")),
-            })
-            .await?;
-        let head = caught.state;
-        // Release checks on the block reached.
-        let mut release = trusted.release.clone();
-        let mut release_status = None;
-        if head.header.kind == KIND_RELEASE && head.index() > from {
-            let payload = caught.payload.clone().unwrap_or_default();
-            let checked = chainiac_release::check_release(
-                &head.policy,
-                &payload,
-                head.header.timestamp_ms,
-                TimeWindow::default(),
-                |_| false,
-            )
-            .map_err(|e| ClientError::Release(e.to_string()))?;
-            release_status = Some((checked.manifest.version.clone(), self.meets_bar(&checked)));
-            release = Some(checked);
-        }
-        let mut updated = TrustedChain::from_state(&head, release);
-        // Freshness and consistency with the timeline.
-        let timeline_age_ms = match self.state.timeline {
-            Some(timeline) if timeline != chain => {
-                Some(self.check_timeline(timeline, &mut updated, &mut skipped).await?)
-            }
-            _ => None,
-        };
-        self.state.chains.insert(chain, updated);
-        self.save()?;
-        Ok(Update {
-            chain,
-            from,
-            to: head.index(),
-            hops,
-            checkpoints: caught.checkpoints,
-            release: release_status,
-            skipped,
-            timeline_age_ms,
-        })
-    }
-
     fn meets_bar(&self, release: &ReleasePayload) -> Result<(), String> {
         meets(&self.trust, release)
-    }
-
-    /// Brings the timeline up to date, checks its age against the chain's policy, and checks
-    /// that it records `chain` at a head consistent with `updated`.
-    async fn check_timeline(
-        &mut self,
-        timeline: ChainId,
-        updated: &mut TrustedChain,
-        skipped: &mut Vec<(String, String)>,
-    ) -> Result<u64, ClientError> {
-        let trusted = self.state.chains.get(&timeline).cloned().ok_or(ClientError::NotAnchored(timeline))?;
-        let chain = updated.chain;
-        let request = Request::GetTimeline { timeline: Some(timeline), chain: Some(chain) };
-        let info = self
-            .ask(&trusted, request, skipped, |response| match response {
-                Response::Timeline(info) if info.inclusion.is_some() => Ok(info),
-                other => Err(format!("answered {other:?}")),
-            })
-            .await?;
-        let inclusion = info.inclusion.clone().expect("checked above");
-        let state = trusted.to_state();
-        let request =
-            Request::GetProof { chain: timeline, from: trusted.index(), to: Some(info.index), with_payload: true };
-        let entry = info.entry.clone();
-        let reached = self
-            .ask(&trusted, request, skipped, |response| match response {
-                Response::Proof(proof) => {
-                    let reached = proof.verify(&state).map_err(|e| e.to_string())?.into_inner();
-                    let payload = reached.payload.clone().unwrap_or_default();
-                    let recorded =
-                        chainiac_skipchain::timeline::TimelineEntry::from_bytes(&payload).map_err(|e| e.to_string())?;
-                    if recorded != entry {
-                        return Err("the timeline entry differs from the proven block's".into());
-                    }
-                    Ok(reached)
-                }
-                other => Err(format!("answered {other:?}")),
-            })
-            .await
-            .map_err(|e| ClientError::Timeline(e.to_string()))?;
-        inclusion.verify(&entry).map_err(|e| ClientError::Timeline(e.to_string()))?;
-        if inclusion.leaf.chain != chain {
-            return Err(ClientError::Timeline("the inclusion proof is for another chain".into()));
-        }
-        if inclusion.leaf.index > updated.index() {
-            return Err(ClientError::Timeline(format!(
-                "the timeline records head {} but the witnesses proved only {}: a rollback or freeze",
-                inclusion.leaf.index,
-                updated.index()
-            )));
-        }
-        if inclusion.leaf.index == updated.index() && inclusion.leaf.id != updated.id {
-            return Err(ClientError::Timeline("the timeline records another block at the head's index: a fork".into()));
-        }
-        let max_age_ms = Policy::from_bytes(&updated.policy).map(|p| p.max_age_ms).unwrap_or(self.default_max_age_ms);
-        let age_ms = now_ms().saturating_sub(entry.time_ms);
-        if age_ms > max_age_ms {
-            return Err(ClientError::Stale { age_ms, max_age_ms });
-        }
-        if reached.state.index() >= trusted.index() {
-            self.state.chains.insert(timeline, TrustedChain::from_state(&reached.state, None));
-        }
-        Ok(age_ms)
     }
 
     /// Checks an artifact's bytes against the newest verified release of `chain`.
@@ -567,6 +454,10 @@ pub mod blocking {
 
         pub fn update(&mut self, chain: ChainId) -> Result<Update, ClientError> {
             self.runtime.block_on(self.inner.update(chain))
+        }
+
+        pub fn update_many(&mut self, chains: &[ChainId]) -> Result<super::UpdateResults, ClientError> {
+            self.runtime.block_on(self.inner.update_many(chains))
         }
 
         pub fn verify_artifact(&self, chain: ChainId, path: &str, bytes: &[u8]) -> Result<String, ClientError> {

@@ -116,14 +116,17 @@ struct Colluder {
 
 impl Handler for Colluder {
     async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
-        let Request::GetProof { chain, from, to, with_payload } = request else {
+        let Request::GetProofs { queries, with_payload, .. } = request else {
             return Response::Error(chainiac_proto::ErrorReply::new(
                 chainiac_proto::ErrorCode::Internal,
                 "only proofs",
             ));
         };
-        let head = self.store.head(&chain).unwrap().unwrap().index;
-        Response::Proof(store::prove(&self.store, &chain, from, to.unwrap_or(head), with_payload).unwrap())
+        let prove = |q: &chainiac_proto::ProofQuery| {
+            let head = self.store.head(&q.chain).unwrap().unwrap().index;
+            Ok(store::prove(&self.store, &q.chain, q.from, q.to.unwrap_or(head), with_payload).unwrap())
+        };
+        Response::Proofs(queries.iter().map(prove).collect())
     }
     fn refused(&self, _: &str) {}
 }

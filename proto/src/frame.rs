@@ -35,7 +35,7 @@ impl FrameClass {
     /// The largest body a frame of this class may have.
     pub fn limit(self) -> usize {
         match self {
-            FrameClass::Query => 4 << 10,
+            FrameClass::Query => 64 << 10,
             FrameClass::Submit => 4 << 20,
             FrameClass::Peer => 8 << 20,
             FrameClass::Response => 64 << 20,
@@ -164,7 +164,7 @@ mod tests {
         let header: [u8; HEADER_LEN] = huge.try_into().unwrap();
         assert_eq!(
             check_header(&header, &[FrameClass::Query]).unwrap_err(),
-            FrameError::TooLarge { class: FrameClass::Query, len: 100 << 20, limit: 4096 }
+            FrameError::TooLarge { class: FrameClass::Query, len: 100 << 20, limit: 64 << 10 }
         );
         let mut trailing = frame.clone();
         trailing.push(0);
@@ -174,8 +174,11 @@ mod tests {
 
     #[test]
     fn oversized_bodies_are_not_encoded() {
-        let big = vec![0u8; 5000];
-        assert!(matches!(encode(FrameClass::Query, &big).unwrap_err(), FrameError::TooLarge { .. }));
+        let limit = FrameClass::Query.limit();
+        // A Vec<u8> body is its length (3 varint bytes here) and its bytes.
+        assert!(encode(FrameClass::Query, &vec![0u8; limit - 3]).is_ok());
+        let error = encode(FrameClass::Query, &vec![0u8; limit - 2]).unwrap_err();
+        assert_eq!(error, FrameError::TooLarge { class: FrameClass::Query, len: limit + 1, limit });
     }
 
     proptest! {

@@ -7,7 +7,7 @@
 use crate::frame::FrameClass;
 use chainiac_cosi::protocol::{Challenge, Commitment, Response as CosiResponse, SessionId};
 use chainiac_release::{Attestation, DeveloperSignature, Manifest, ManifestId};
-use chainiac_skipchain::timeline::{InclusionProof, TimelineEntry};
+use chainiac_skipchain::timeline::{InclusionProof, MultiInclusionProof, TimelineEntry};
 use chainiac_skipchain::{BackwardProof, Block, BlockId, ChainId, Header, Proof, Proposal};
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +62,36 @@ pub enum Request {
     SubmitRelease { chain: ChainId, manifest: Manifest, developer_signatures: Vec<DeveloperSignature>, source: Vec<u8> },
     /// To a witness: how often each verifier agreed with the majority on a release chain.
     GetAgreement { chain: ChainId },
+
+    // --- batched queries (appended: older variants keep their tags) ---
+    /// Forward proofs for up to [`MAX_PROOF_QUERIES`] chains, answered in order. A proof
+    /// leaves out every committee named in `held_committees` (at most
+    /// [`MAX_HELD_COMMITTEES`] hashes) or carried by an earlier proof of the same answer;
+    /// the client looks those up by the hash the header names.
+    GetProofs { queries: Vec<ProofQuery>, with_payload: bool, held_committees: Vec<[u8; 32]> },
+    /// The newest timeline block and one inclusion proof for up to [`MAX_TIMELINE_CHAINS`]
+    /// chains (those the block records; the client sees which are missing).
+    GetTimelineBatch { timeline: Option<ChainId>, chains: Vec<ChainId> },
+}
+
+/// Most chains one [`Request::GetProofs`] may name.
+pub const MAX_PROOF_QUERIES: usize = 256;
+/// Most committee hashes one [`Request::GetProofs`] may name.
+pub const MAX_HELD_COMMITTEES: usize = 64;
+/// Most chains one [`Request::GetTimelineBatch`] may name.
+pub const MAX_TIMELINE_CHAINS: usize = 1024;
+/// Once a [`Response::Proofs`] holds this many encoded bytes, the proofs after it are
+/// answered with [`ErrorCode::Busy`] ("ask again"), so an answer stays far below the
+/// response frame limit whatever the chains hold.
+pub const PROOFS_RESPONSE_BUDGET: usize = 16 << 20;
+
+/// One chain of a [`Request::GetProofs`]: a forward proof from `from` to `to` (the head if
+/// `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProofQuery {
+    pub chain: ChainId,
+    pub from: u64,
+    pub to: Option<u64>,
 }
 
 /// Everything a witness needs to take part in a round.
@@ -88,7 +118,9 @@ impl Request {
             | Request::GetBlocks { .. }
             | Request::GetProof { .. }
             | Request::GetBackwardProof { .. }
-            | Request::GetTimeline { .. } => FrameClass::Query,
+            | Request::GetTimeline { .. }
+            | Request::GetProofs { .. }
+            | Request::GetTimelineBatch { .. } => FrameClass::Query,
             Request::CreateChain { .. } | Request::Propose { .. } => FrameClass::Submit,
             Request::Announce(_)
             | Request::Challenge { .. }
@@ -125,6 +157,8 @@ impl Request {
             Request::GetBuildLog { .. } => "get_build_log",
             Request::SubmitRelease { .. } => "submit_release",
             Request::GetAgreement { .. } => "get_agreement",
+            Request::GetProofs { .. } => "get_proofs",
+            Request::GetTimelineBatch { .. } => "get_timeline_batch",
         }
     }
 }
@@ -153,6 +187,9 @@ pub enum Response {
     Attestation(Option<Attestation>),
     BuildLog(Option<Vec<u8>>),
     Agreement(Vec<VerifierAgreement>),
+    /// The answer to [`Request::GetProofs`]: one entry per query, in order.
+    Proofs(Vec<Result<Proof, ErrorReply>>),
+    TimelineBatch(TimelineBatch),
 }
 
 /// How often one verifier's attestations agreed with the majority's on a chain's releases.
@@ -171,6 +208,15 @@ pub struct TimelineInfo {
     pub index: u64,
     pub entry: TimelineEntry,
     pub inclusion: Option<InclusionProof>,
+}
+
+/// A timeline block and where the asked chains' heads are in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineBatch {
+    pub timeline: ChainId,
+    pub index: u64,
+    pub entry: TimelineEntry,
+    pub inclusion: MultiInclusionProof,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -234,5 +280,41 @@ pub enum ErrorCode {
 impl ErrorReply {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         ErrorReply { code, message: message.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    /// SPEC §10.3: the batched messages, byte for byte (postcard: varint tags and lengths,
+    /// arrays raw, `Option` and `Result` as a 0/1 tag).
+    #[test]
+    fn batched_messages_encode_as_the_spec_says() {
+        let request = Request::GetProofs {
+            queries: vec![ProofQuery { chain: BlockId([1; 32]), from: 300, to: None }],
+            with_payload: true,
+            held_committees: vec![[2; 32]],
+        };
+        let expected = bytes(&[&[20, 1], &[1; 32], &[0xac, 0x02, 0, 1, 1], &[2; 32]]);
+        assert_eq!(postcard::to_allocvec(&request).unwrap(), expected);
+        assert_eq!(postcard::from_bytes::<Request>(&expected).unwrap(), request);
+
+        let request = Request::GetTimelineBatch { timeline: Some(BlockId([3; 32])), chains: vec![BlockId([4; 32])] };
+        let expected = bytes(&[&[21, 1], &[3; 32], &[1], &[4; 32]]);
+        assert_eq!(postcard::to_allocvec(&request).unwrap(), expected);
+
+        let response = Response::Proofs(vec![
+            Ok(Proof { steps: vec![], payload: None }),
+            Err(ErrorReply::new(ErrorCode::Busy, "x")),
+        ]);
+        let expected = vec![16, 2, 0, 0, 0, 1, 3, 1, b'x'];
+        assert_eq!(postcard::to_allocvec(&response).unwrap(), expected);
+        assert_eq!(postcard::from_bytes::<Response>(&expected).unwrap(), response);
+        assert_eq!(request.class(), FrameClass::Query);
     }
 }

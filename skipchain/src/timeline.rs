@@ -62,13 +62,9 @@ fn node(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// The largest power of two smaller than `n` (n >= 2).
 fn split(n: usize) -> usize {
-    // The largest power of two smaller than n (n >= 2).
-    let mut k = 1;
-    while k * 2 < n {
-        k *= 2;
-    }
-    k
+    1 << (usize::BITS - 1 - (n - 1).leading_zeros())
 }
 
 /// The leaves of a timeline tree: sorted by chain, one per chain.
@@ -151,6 +147,43 @@ impl HeadSet {
             path,
         })
     }
+    /// One proof for the leaves of every chain in `chains` the set has (others are left
+    /// out; the verifier sees which): upper levels shared by several leaves are sent once.
+    pub fn prove_many(&self, chains: &[ChainId]) -> MultiInclusionProof {
+        let mut positions: Vec<usize> =
+            chains.iter().filter_map(|c| self.leaves.binary_search_by(|l| l.chain.cmp(c)).ok()).collect();
+        positions.sort_unstable();
+        positions.dedup();
+        let mut hashes = Vec::new();
+        if !positions.is_empty() {
+            self.siblings(0, self.leaves.len(), &positions, &mut hashes);
+        }
+        MultiInclusionProof {
+            size: self.leaves.len() as u64,
+            leaves: positions.iter().map(|&p| (p as u64, self.leaves[p])).collect(),
+            hashes,
+        }
+    }
+
+    /// The hashes a verifier of `positions` (sorted, inside `lo..hi`, non-empty) lacks, in
+    /// the order [`MultiInclusionProof::verify`] consumes them: depth first, left first.
+    fn siblings(&self, lo: usize, hi: usize, positions: &[usize], out: &mut Vec<[u8; 32]>) {
+        if hi - lo == 1 {
+            return;
+        }
+        let k = split(hi - lo);
+        let (left, right) = positions.split_at(positions.partition_point(|&p| p < lo + k));
+        if left.is_empty() {
+            out.push(self.subtree(lo, lo + k));
+        } else {
+            self.siblings(lo, lo + k, left, out);
+        }
+        if right.is_empty() {
+            out.push(self.subtree(lo + k, hi));
+        } else {
+            self.siblings(lo + k, hi, right, out);
+        }
+    }
 }
 
 /// A Merkle audit path from one [`HeadLeaf`] to a timeline root.
@@ -173,6 +206,12 @@ pub enum InclusionError {
     Root,
     #[error("the tree size {got} differs from the timeline entry's {expected}")]
     Size { expected: u64, got: u64 },
+    #[error("the proof does not carry exactly the subtree hashes its leaves need")]
+    HashCount,
+    #[error("the proof has no leaf")]
+    NoLeaf,
+    #[error("the leaf at position {position} is not after the one before it (by position and by chain)")]
+    Order { position: u64 },
 }
 
 impl InclusionProof {
@@ -210,6 +249,72 @@ impl InclusionProof {
             Err(InclusionError::Root)
         }
     }
+}
+
+/// One proof that several [`HeadLeaf`]s are in a timeline tree: the leaves with their
+/// positions, and the roots of the subtrees that hold none of them, depth first and left
+/// first. For P leaves out of n it carries about P·log2(n/P) hashes instead of P·log2(n).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MultiInclusionProof {
+    pub size: u64,
+    /// (position, leaf), positions strictly increasing.
+    pub leaves: Vec<(u64, HeadLeaf)>,
+    pub hashes: Vec<[u8; 32]>,
+}
+
+impl MultiInclusionProof {
+    /// Checks that every leaf is in the tree whose root and size `entry` records, at its
+    /// position. A proof with no leaf proves nothing and is refused.
+    pub fn verify(&self, entry: &TimelineEntry) -> Result<(), InclusionError> {
+        if self.size != entry.chains {
+            return Err(InclusionError::Size { expected: entry.chains, got: self.size });
+        }
+        let Some(&(last, _)) = self.leaves.last() else {
+            return Err(InclusionError::NoLeaf);
+        };
+        if last >= self.size {
+            return Err(InclusionError::Position { position: last, size: self.size });
+        }
+        if let Some(w) = self.leaves.windows(2).find(|w| w[0].0 >= w[1].0 || w[0].1.chain >= w[1].1.chain) {
+            return Err(InclusionError::Order { position: w[1].0 });
+        }
+        let mut hashes = self.hashes.iter();
+        let root = fold(0, self.size, &self.leaves, &mut hashes)?;
+        if hashes.len() != 0 {
+            return Err(InclusionError::HashCount);
+        }
+        if root == entry.root {
+            Ok(())
+        } else {
+            Err(InclusionError::Root)
+        }
+    }
+
+    /// The leaf recorded for `chain`, if the proof has it (meaningful once verified).
+    pub fn leaf(&self, chain: &ChainId) -> Option<&HeadLeaf> {
+        self.leaves.binary_search_by(|(_, l)| l.chain.cmp(chain)).ok().map(|i| &self.leaves[i].1)
+    }
+}
+
+/// The root over `lo..hi` given the proof's leaves inside it (sorted, in range): recursion
+/// depth is at most 64, the tree's height.
+fn fold(
+    lo: u64,
+    hi: u64,
+    leaves: &[(u64, HeadLeaf)],
+    hashes: &mut std::slice::Iter<'_, [u8; 32]>,
+) -> Result<[u8; 32], InclusionError> {
+    if leaves.is_empty() {
+        return hashes.next().copied().ok_or(InclusionError::HashCount);
+    }
+    if hi - lo == 1 {
+        return Ok(leaves[0].1.hash());
+    }
+    let k = split((hi - lo) as usize) as u64;
+    let (left, right) = leaves.split_at(leaves.partition_point(|(p, _)| *p < lo + k));
+    let l = fold(lo, lo + k, left, hashes)?;
+    let r = fold(lo + k, hi, right, hashes)?;
+    Ok(node(&l, &r))
 }
 
 #[cfg(test)]
@@ -259,6 +364,72 @@ mod tests {
             }
             let stranger = BlockId([0xee; 32]);
             prop_assert!(set.prove(&stranger).is_none());
+        }
+    }
+
+    proptest! {
+        /// A multi-leaf proof verifies exactly the chosen leaves, costs no more hashes than
+        /// their separate paths, carries one leaf's audit path when it holds one leaf, and
+        /// any change to it is refused.
+        #[test]
+        fn multi_proofs_prove_the_chosen_leaves_and_nothing_else(
+            n in 1usize..400,
+            seed in any::<u8>(),
+            picks in proptest::collection::vec(any::<usize>(), 1..40),
+            flip in any::<usize>(),
+        ) {
+            let all = leaves(n, seed);
+            let set = HeadSet::new(all.clone());
+            let entry = TimelineEntry { time_ms: 1, chains: set.len() as u64, root: set.root() };
+            let mut chosen: Vec<ChainId> = picks.iter().map(|p| all[p % n].chain).collect();
+            chosen.push(BlockId([0xee; 32])); // not in the set: left out
+            let proof = set.prove_many(&chosen);
+            prop_assert_eq!(proof.verify(&entry), Ok(()));
+            let mut wanted: Vec<HeadLeaf> = picks.iter().map(|p| *set.leaf(&all[p % n].chain).unwrap()).collect();
+            wanted.sort();
+            wanted.dedup();
+            prop_assert_eq!(proof.leaves.iter().map(|(_, l)| *l).collect::<Vec<_>>(), wanted.clone());
+            prop_assert!(proof.leaf(&BlockId([0xee; 32])).is_none());
+            let separate: usize = wanted.iter().map(|l| set.prove(&l.chain).unwrap().path.len()).sum();
+            prop_assert!(proof.hashes.len() <= separate);
+            if wanted.len() == 1 {
+                let mut path = set.prove(&wanted[0].chain).unwrap().path;
+                let mut hashes = proof.hashes.clone();
+                path.sort();
+                hashes.sort();
+                prop_assert_eq!(hashes, path);
+            }
+            let mut moved = proof.clone();
+            let i = flip % moved.leaves.len();
+            moved.leaves[i].1.index += 1;
+            prop_assert_eq!(moved.verify(&entry), Err(InclusionError::Root));
+            if !proof.hashes.is_empty() {
+                let mut bent = proof.clone();
+                let j = flip % bent.hashes.len();
+                bent.hashes[j][flip % 32] ^= 1;
+                prop_assert_eq!(bent.verify(&entry), Err(InclusionError::Root));
+                let mut short = proof.clone();
+                short.hashes.pop();
+                prop_assert_eq!(short.verify(&entry), Err(InclusionError::HashCount));
+            }
+            let mut long = proof.clone();
+            long.hashes.push([7; 32]);
+            prop_assert_eq!(long.verify(&entry), Err(InclusionError::HashCount));
+            if proof.leaves.len() >= 2 {
+                let mut swapped = proof.clone();
+                swapped.leaves.swap(0, 1);
+                let order = matches!(swapped.verify(&entry), Err(InclusionError::Order { .. }));
+                prop_assert!(order);
+                let mut twice = proof.clone();
+                twice.leaves[1] = twice.leaves[0];
+                let order = matches!(twice.verify(&entry), Err(InclusionError::Order { .. }));
+                prop_assert!(order);
+            }
+            let mut outside = proof.clone();
+            outside.leaves.last_mut().unwrap().0 = n as u64;
+            prop_assert!(outside.verify(&entry).is_err());
+            let empty = MultiInclusionProof { size: n as u64, leaves: vec![], hashes: vec![] };
+            prop_assert_eq!(empty.verify(&entry), Err(InclusionError::NoLeaf));
         }
     }
 

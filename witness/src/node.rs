@@ -11,7 +11,10 @@ use chainiac_cosi::protocol::{
     SignerNonces, Tree,
 };
 use chainiac_cosi::{Mask, Member, PublicKey, Roster, SecretKey};
-use chainiac_proto::message::{Announce, ErrorCode, ErrorReply, HeadInfo, NodeStatus, Request, Response, TimelineInfo};
+use chainiac_proto::message::{
+    Announce, ErrorCode, ErrorReply, HeadInfo, NodeStatus, ProofQuery, Request, Response, TimelineBatch, TimelineInfo,
+    MAX_HELD_COMMITTEES, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS, PROOFS_RESPONSE_BUDGET,
+};
 use chainiac_proto::{CallError, Pool};
 use chainiac_release::{KIND_POLICY_CHANGE, KIND_RELEASE};
 use chainiac_skipchain::rocks::RocksStore;
@@ -19,7 +22,7 @@ use chainiac_skipchain::store::{self, Store, StoreError};
 use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, TimelineEntry, KIND_TIMELINE};
 use chainiac_skipchain::{Block, BlockId, ChainId, ChainState, Proposal};
 use rand_core::{OsRng, RngCore};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -167,6 +170,10 @@ impl Node {
                 self.submit_release(chain, manifest, developer_signatures, source).await
             }
             Request::GetAgreement { chain } => self.agreement(&chain),
+            Request::GetProofs { queries, with_payload, held_committees } => {
+                self.proofs(&queries, with_payload, held_committees)
+            }
+            Request::GetTimelineBatch { timeline, chains } => self.timeline_batch(timeline, &chains),
             Request::Build { .. } | Request::GetAttestation { .. } | Request::GetBuildLog { .. } => {
                 Err(err(ErrorCode::BadRequest, "this is a witness; send build jobs to a verifier"))
             }
@@ -235,6 +242,43 @@ impl Node {
             None => self.head_info(chain)?.index,
         };
         store::prove(&self.store, chain, from, to, with_payload).map(Response::Proof).map_err(store_err)
+    }
+
+    /// Proofs for many chains in one answer; each committee travels at most once (and not
+    /// at all if the client holds it), and the answer stops growing at the byte budget.
+    fn proofs(&self, queries: &[ProofQuery], with_payload: bool, held_committees: Vec<[u8; 32]>) -> Reply {
+        if queries.is_empty() || queries.len() > MAX_PROOF_QUERIES {
+            let n = queries.len();
+            return Err(err(ErrorCode::BadRequest, format!("asks for {n} proofs; 1 to {MAX_PROOF_QUERIES} allowed")));
+        }
+        if held_committees.len() > MAX_HELD_COMMITTEES {
+            let n = held_committees.len();
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("names {n} held committees; at most {MAX_HELD_COMMITTEES}"),
+            ));
+        }
+        let mut held: HashSet<[u8; 32]> = held_committees.into_iter().collect();
+        let mut size = 0usize;
+        let answers = queries
+            .iter()
+            .map(|query| {
+                if size >= PROOFS_RESPONSE_BUDGET {
+                    return Err(err(ErrorCode::Busy, "this answer is full; ask for this chain again"));
+                }
+                let to = match query.to {
+                    Some(to) => to,
+                    None => self.head_info(&query.chain)?.index,
+                };
+                let proof = store::prove(&self.store, &query.chain, query.from, to, with_payload)
+                    .map_err(store_err)?
+                    .without_committees(|hash| held.contains(hash));
+                held.extend(proof.steps.iter().filter_map(|step| step.committee.as_ref().map(|c| c.hash())));
+                size += proof.to_bytes().len();
+                Ok(proof)
+            })
+            .collect();
+        Ok(Response::Proofs(answers))
     }
 
     // ---- who may ask ----
@@ -447,19 +491,24 @@ impl Node {
         }
     }
 
-    fn timeline_info(&self, timeline: Option<ChainId>, chain: Option<ChainId>) -> Reply {
+    /// The timeline block asked for, or the newest of any timeline this node serves.
+    fn known_timeline(&self, timeline: Option<ChainId>) -> Result<(ChainId, KnownTimeline), ErrorReply> {
         let timelines = self.timelines.lock().expect("lock");
-        let (timeline, (index, entry, set)) = match timeline {
-            Some(t) => (
-                t,
-                timelines.get(&t).ok_or_else(|| err(ErrorCode::NotFound, "no timeline block known for that chain"))?,
-            ),
+        match timeline {
+            Some(t) => timelines
+                .get(&t)
+                .map(|known| (t, known.clone()))
+                .ok_or_else(|| err(ErrorCode::NotFound, "no timeline block known for that chain")),
             None => timelines
                 .iter()
                 .max_by_key(|(_, (index, _, _))| *index)
-                .map(|(t, v)| (*t, v))
-                .ok_or_else(|| err(ErrorCode::NotFound, "this witness has no timeline block yet"))?,
-        };
+                .map(|(t, known)| (*t, known.clone()))
+                .ok_or_else(|| err(ErrorCode::NotFound, "this witness has no timeline block yet")),
+        }
+    }
+
+    fn timeline_info(&self, timeline: Option<ChainId>, chain: Option<ChainId>) -> Reply {
+        let (timeline, (index, entry, set)) = self.known_timeline(timeline)?;
         let inclusion =
             match chain {
                 Some(chain) => Some(set.prove(&chain).ok_or_else(|| {
@@ -467,7 +516,20 @@ impl Node {
                 })?),
                 None => None,
             };
-        Ok(Response::Timeline(TimelineInfo { timeline, index: *index, entry: entry.clone(), inclusion }))
+        Ok(Response::Timeline(TimelineInfo { timeline, index, entry, inclusion }))
+    }
+
+    fn timeline_batch(&self, timeline: Option<ChainId>, chains: &[ChainId]) -> Reply {
+        if chains.is_empty() || chains.len() > MAX_TIMELINE_CHAINS {
+            let n = chains.len();
+            return Err(err(ErrorCode::BadRequest, format!("asks for {n} chains; 1 to {MAX_TIMELINE_CHAINS} allowed")));
+        }
+        let (timeline, (index, entry, set)) = self.known_timeline(timeline)?;
+        let inclusion = set.prove_many(chains);
+        if inclusion.leaves.is_empty() {
+            return Err(err(ErrorCode::NotFound, format!("none of the chains is in timeline block {index}")));
+        }
+        Ok(Response::TimelineBatch(TimelineBatch { timeline, index, entry, inclusion }))
     }
 
     /// Adds timeline blocks: at once when a project head moved, at least every interval

@@ -1,0 +1,135 @@
+//! `update_many` against a witness that answers batches awkwardly: part of an answer
+//! "busy" (the byte budget), then one forged proof. The client asks again for what is
+//! missing, names the liar, and ends with every chain verified — or, when every member
+//! lies about a chain, with that chain alone failing.
+
+use chainiac_client::{Client, ClientError, TrustLevel};
+use chainiac_cosi::simulation::sign_with_all_keys;
+use chainiac_cosi::{Mask, Member, PublicKey, Roster, SecretKey};
+use chainiac_proto::frame::FrameClass;
+use chainiac_proto::server::Handler;
+use chainiac_proto::{ErrorCode, ErrorReply, Request, Response};
+use chainiac_skipchain::store::{self, MemoryStore, Store};
+use chainiac_skipchain::{genesis, Block, ChainId, ChainParams, Committee, Proposal};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+fn key(i: u8) -> SecretKey {
+    SecretKey::from_seed(&[i; 32])
+}
+
+/// `n` raw chains of 5 signed blocks each, all served by one committee.
+fn chains(n: u8, keys: &[SecretKey], addresses: &[SocketAddr]) -> (MemoryStore, Vec<Block>) {
+    let members = keys.iter().zip(addresses).map(|(k, a)| Member::new(k, a.to_string())).collect();
+    let roster = Roster::new(members).unwrap();
+    let committee = Committee::new(roster.clone(), 3).unwrap();
+    let store = MemoryStore::new();
+    let mut geneses = Vec::new();
+    let mut rng = rand_core::OsRng;
+    for i in 0..n {
+        let first = genesis(ChainParams::new(2, 8).unwrap(), committee.clone(), vec![], 0, vec![i], 1_000);
+        let mut head = store::append(&store, &first).unwrap().into_inner();
+        for j in 0..5u8 {
+            let proposal = Proposal { payload: vec![i, j], timestamp_ms: 2_000, ..Proposal::default() };
+            let mut block = head.propose(proposal, |k| store.block_id(&head.chain, k).unwrap()).unwrap();
+            block.signature = Some(sign_with_all_keys(&roster, keys, &Mask::full(keys.len()), &block.id().0, &mut rng));
+            let state = head.extend(&block, |k| store.block_id(&head.chain, k).unwrap()).unwrap();
+            store::commit_verified(&store, &state, &block, Some(head.index())).unwrap();
+            head = state.into_inner();
+        }
+        geneses.push(first);
+    }
+    (store, geneses)
+}
+
+/// Answers the first `GetProofs` with its second half "busy", the second with a forged
+/// proof for `forged` (always, if `always_forge`), and honestly after that.
+struct Awkward {
+    store: MemoryStore,
+    calls: AtomicUsize,
+    forged: ChainId,
+    always_forge: bool,
+    asked: Mutex<Vec<usize>>,
+}
+
+impl Handler for Awkward {
+    async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
+        let Request::GetProofs { queries, with_payload, .. } = request else {
+            return Response::Error(ErrorReply::new(ErrorCode::BadRequest, "only proofs"));
+        };
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        self.asked.lock().unwrap().push(queries.len());
+        let answers = queries
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                if call == 0 && i >= queries.len() / 2 {
+                    return Err(ErrorReply::new(ErrorCode::Busy, "this answer is full; ask for this chain again"));
+                }
+                let head = self.store.head(&q.chain).unwrap().unwrap().index;
+                let mut proof =
+                    store::prove(&self.store, &q.chain, q.from, q.to.unwrap_or(head), with_payload).unwrap();
+                if q.chain == self.forged && (call == 1 || self.always_forge) {
+                    proof.steps[0].signature.s[5] ^= 1;
+                }
+                Ok(proof)
+            })
+            .collect();
+        Response::Proofs(answers)
+    }
+    fn refused(&self, _: &str) {}
+}
+
+async fn serve(always_forge: bool) -> (Vec<Block>, Arc<Awkward>) {
+    let keys: Vec<SecretKey> = (60..64).map(key).collect();
+    let addresses: Vec<SocketAddr> =
+        keys.iter().map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()).collect();
+    let (store, geneses) = chains(10, &keys, &addresses);
+    let forged = geneses[7].id();
+    let server = Arc::new(Awkward { store, calls: AtomicUsize::new(0), forged, always_forge, asked: Mutex::default() });
+    // Every member's key and address, one shared (awkward) state behind them.
+    for (key, address) in keys.iter().zip(addresses) {
+        let endpoint = chainiac_proto::endpoint::server(key, address).unwrap();
+        tokio::spawn(chainiac_proto::server::serve(server.clone(), endpoint, &[FrameClass::Query]));
+    }
+    (geneses, server)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_parts_are_asked_again_and_a_forged_proof_moves_on_to_the_next_member() {
+    let (geneses, server) = serve(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+    let chains: Vec<ChainId> = geneses.iter().map(|g| client.anchor(g).unwrap()).collect();
+    let results = client.update_many(&chains).await.unwrap();
+    for (chain, result) in &results {
+        let update = result.as_ref().unwrap_or_else(|e| panic!("chain {chain}: {e}"));
+        assert_eq!((update.from, update.to), (0, 5));
+    }
+    // 10 asked; the 5 busy ones again (chain 7 forged there: the other four are kept);
+    // the next member for chain 7 alone.
+    assert_eq!(*server.asked.lock().unwrap(), vec![10, 5, 1]);
+    let skipped = &results[7].1.as_ref().unwrap().skipped;
+    assert!(skipped.iter().any(|(_, why)| why.contains("lied") && why.contains(&chains[7].to_string())), "{skipped:?}");
+    let reopened = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+    assert!(chains.iter().all(|c| reopened.state().chains[c].index() == 5), "all saved");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_every_member_lies_about_fails_alone() {
+    let (geneses, _server) = serve(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+    let chains: Vec<ChainId> = geneses.iter().map(|g| client.anchor(g).unwrap()).collect();
+    let results = client.update_many(&chains).await.unwrap();
+    for (i, (chain, result)) in results.iter().enumerate() {
+        if i == 7 {
+            assert!(matches!(result, Err(ClientError::NoHonestWitness(tries)) if tries.len() >= 4), "{result:?}");
+            assert_eq!(client.state().chains[chain].index(), 0, "the forged chain keeps its state");
+        } else {
+            assert_eq!(result.as_ref().unwrap().to, 5, "chain {i}");
+            assert_eq!(client.state().chains[chain].index(), 5);
+        }
+    }
+}
