@@ -15,6 +15,7 @@ use chainiac_proto::{
     MAX_TIMELINE_CHAINS,
 };
 use chainiac_release::{Policy, TimeWindow, KIND_RELEASE};
+use chainiac_skipchain::block::payload_hash;
 use chainiac_skipchain::timeline::{HeadLeaf, TimelineEntry};
 use chainiac_skipchain::{CatchUp, ChainId, ChainState, Committee, Proof};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -261,32 +262,36 @@ impl Client {
         let mut state = trusted.to_state();
         let (mut hops, mut checkpoints, mut entries) = (0, Vec::new(), HashMap::new());
         for target in targets {
+            // The batches' entries are checked against the proven header's payload hash; the
+            // payload itself is only needed when no batch brought an entry.
             let query = ProofQuery { chain: timeline, from: state.index(), to: target };
-            let request =
-                Request::GetProofs { queries: vec![query], with_payload: true, held_committees: held.newest() };
-            let (reached, proof) = self
+            let with_payload = target.is_none();
+            let request = Request::GetProofs { queries: vec![query], with_payload, held_committees: held.newest() };
+            let (reached, proof, entry) = self
                 .ask(&trusted, request, &mut skipped, |response| {
                     let proof = single_proof(response)?;
                     let reached = proof.verify_with(&state, |h| held.get(h)).map_err(|e| e.to_string())?.into_inner();
                     if target.is_some_and(|t| reached.state.index() != t) {
                         return Err(format!("proved block {} instead of {target:?}", reached.state.index()));
                     }
-                    let entry = TimelineEntry::from_bytes(reached.payload.as_deref().unwrap_or_default())
-                        .map_err(|e| format!("the timeline block's entry: {e}"))?;
-                    if batches.iter().any(|b| b.index == reached.state.index() && b.entry != entry) {
-                        return Err("the timeline entry differs from the proven block's".into());
-                    }
-                    Ok((reached, proof))
+                    let entry = match batches.iter().find(|b| b.index == reached.state.index()) {
+                        Some(batch) => {
+                            if payload_hash(&batch.entry.to_bytes()) != reached.state.header.payload_hash {
+                                return Err("the timeline entry differs from the proven block's".into());
+                            }
+                            batch.entry.clone()
+                        }
+                        None => TimelineEntry::from_bytes(reached.payload.as_deref().unwrap_or_default())
+                            .map_err(|e| format!("the timeline block's entry: {e}"))?,
+                    };
+                    Ok((reached, proof, entry))
                 })
                 .await
                 .map_err(|e| ClientError::Timeline(e.to_string()))?;
             held.learn(&proof);
             hops += proof.steps.len();
             checkpoints.extend(reached.checkpoints);
-            entries.insert(
-                reached.state.index(),
-                TimelineEntry::from_bytes(reached.payload.as_deref().unwrap_or_default()),
-            );
+            entries.insert(reached.state.index(), entry);
             state = reached.state;
         }
         let mut leaves = HashMap::new();
@@ -295,10 +300,7 @@ impl Client {
                 leaves.insert(leaf.chain, (*leaf, batch.entry.clone()));
             }
         }
-        let timeline_age_ms = entries
-            .get(&state.index())
-            .and_then(|e| e.as_ref().ok())
-            .map(|entry| crate::now_ms().saturating_sub(entry.time_ms));
+        let timeline_age_ms = entries.get(&state.index()).map(|entry| crate::now_ms().saturating_sub(entry.time_ms));
         let update = Update {
             chain: timeline,
             from: trusted.index(),

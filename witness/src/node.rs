@@ -270,7 +270,8 @@ impl Node {
                     Some(to) => to,
                     None => self.head_info(&query.chain)?.index,
                 };
-                let proof = store::prove(&self.store, &query.chain, query.from, to, with_payload)
+                // No payload for a chain that did not move: the client has it already.
+                let proof = store::prove(&self.store, &query.chain, query.from, to, with_payload && to > query.from)
                     .map_err(store_err)?
                     .without_committees(|hash| held.contains(hash));
                 held.extend(proof.steps.iter().filter_map(|step| step.committee.as_ref().map(|c| c.hash())));
