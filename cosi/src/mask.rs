@@ -87,12 +87,21 @@ impl Mask {
 
     /// The members in the set, in increasing order.
     pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.len).filter(|&i| self.contains(i))
+        self.members_where(false)
     }
 
     /// The members not in the set, in increasing order.
     pub fn iter_absent(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..self.len).filter(|&i| !self.contains(i))
+        self.members_where(true)
+    }
+
+    /// Members whose bit is the opposite of `flip`, skipping whole bytes that have none.
+    fn members_where(&self, flip: bool) -> impl Iterator<Item = usize> + '_ {
+        let len = self.len;
+        self.bytes.iter().enumerate().flat_map(move |(k, &byte)| {
+            let bits = if flip { !byte } else { byte };
+            (0..8).filter(move |j| bits >> j & 1 == 1).map(move |j| k * 8 + j).filter(move |&i| i < len)
+        })
     }
 
     /// Whether every member of `self` is in `other`.
@@ -184,6 +193,10 @@ mod tests {
             prop_assert_eq!(&decoded, &mask);
             prop_assert_eq!(decoded.iter().count(), mask.count());
             prop_assert_eq!(decoded.iter().count() + decoded.iter_absent().count(), members);
+            let present: Vec<usize> = (0..members).filter(|&i| mask.contains(i)).collect();
+            let absent: Vec<usize> = (0..members).filter(|&i| !mask.contains(i)).collect();
+            prop_assert_eq!(mask.iter().collect::<Vec<_>>(), present);
+            prop_assert_eq!(mask.iter_absent().collect::<Vec<_>>(), absent);
         }
     }
 }
