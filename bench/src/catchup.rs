@@ -14,7 +14,7 @@ use chainiac_release::{
 use chainiac_skipchain::block::payload_hash;
 use chainiac_skipchain::store::{self, MemoryStore, Store};
 use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, InclusionProof, TimelineEntry, KIND_TIMELINE};
-use chainiac_skipchain::{Block, BlockId, ChainState, Committee, Proof, ProofStep, Proposal};
+use chainiac_skipchain::{Block, BlockId, ChainState, Committee, Proof, ProofStep, Proposal, StepHeader};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use std::io::BufRead;
@@ -469,10 +469,13 @@ fn linear(store: &MemoryStore, trusted: &ChainState, to: u64, release: bool) -> 
     let started = Instant::now();
     let decoded: Vec<Block> = wire.iter().map(|b| Block::from_bytes(b).expect("decodes")).collect();
     let ok = decoded.iter().all(|b| payload_hash(&b.payload) == b.header.payload_hash);
+    // Each block checked against the one before it, as a proof step of one link.
+    let previous = std::iter::once(&trusted.header).chain(decoded.iter().map(|b| &b.header));
     let steps = decoded
         .iter()
-        .map(|b| ProofStep {
-            header: b.header.clone(),
+        .zip(previous)
+        .map(|(b, previous)| ProofStep {
+            header: StepHeader::new(&b.header, previous),
             signature: b.signature.clone().expect("signed"),
             committee: b.committee.clone(),
             policy: b.policy.clone(),

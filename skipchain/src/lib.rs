@@ -27,7 +27,7 @@ pub mod timeline;
 
 pub use block::{Block, BlockId, ChainId, ChainParams, Committee, Header};
 pub use chain::{genesis, BlockError, ChainState, Proposal, Verified};
-pub use proof::{BackwardProof, CatchUp, Proof, ProofError, ProofStep};
+pub use proof::{BackwardProof, CatchUp, Proof, ProofError, ProofStep, StepHeader};
 pub use store::{MemoryStore, Store, StoreError};
 
 /// Bytes that are not exactly one encoded value.

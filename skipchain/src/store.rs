@@ -5,7 +5,7 @@
 
 use crate::block::{Block, BlockId, ChainId, ChainParams};
 use crate::chain::{BlockError, ChainState, Verified};
-use crate::proof::{backward_path, forward_path, BackwardProof, Proof, ProofStep};
+use crate::proof::{backward_path, forward_path, BackwardProof, Proof, ProofStep, StepHeader};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -207,13 +207,18 @@ pub fn prove<S: Store>(
     let checkpoints = store.checkpoints(chain, from, to).map_err(StoreError::Backend)?;
     let mut steps = Vec::new();
     let mut payload = None;
-    for index in forward_path(&params, from, to, &checkpoints) {
+    let path = forward_path(&params, from, to, &checkpoints);
+    // Steps leave out what equals the previous block's header (`StepHeader`).
+    let mut previous = if path.is_empty() { None } else { Some(read_block(store, chain, from, head)?.header) };
+    for index in path {
         let block = read_block(store, chain, index, head)?;
         let signature = need(block.signature, || format!("block {index} has no signature"))?;
         if index == to && with_payload {
             payload = Some(block.payload);
         }
-        steps.push(ProofStep { header: block.header, signature, committee: block.committee, policy: block.policy });
+        let header = StepHeader::new(&block.header, previous.as_ref().expect("read when the path is not empty"));
+        steps.push(ProofStep { header, signature, committee: block.committee, policy: block.policy });
+        previous = Some(block.header);
     }
     if with_payload && from == to {
         payload = Some(read_block(store, chain, to, head)?.payload);

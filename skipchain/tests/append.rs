@@ -5,7 +5,7 @@ mod common;
 
 use chainiac_cosi::Mask;
 use chainiac_skipchain::store::{self, MemoryStore, Store, StoreError};
-use chainiac_skipchain::{BlockError, ChainParams, Proof, ProofError, ProofStep};
+use chainiac_skipchain::{BlockError, ChainParams, Proof, ProofError, ProofStep, StepHeader};
 use common::{TestChain, TestCommittee};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -148,7 +148,7 @@ fn a_proof_that_skips_a_checkpoint_is_refused() {
     let block = chain.store.block(&chain.chain, 4).unwrap().unwrap();
     let skipping = Proof {
         steps: vec![ProofStep {
-            header: block.header,
+            header: StepHeader::new(&block.header, &chain.genesis_state().header),
             signature: block.signature.unwrap(),
             committee: None,
             policy: None,

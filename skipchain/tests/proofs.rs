@@ -154,6 +154,36 @@ proptest! {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// A step's compact header rebuilds, after the state before it, exactly the stored
+    /// header (so its hash is the block id), is at least 60 bytes shorter, and names the
+    /// committee and policy hashes only at checkpoints; a wrong hash there is refused.
+    #[test]
+    fn step_headers_rebuild_the_stored_headers(base in 2u8..=4, len in 1u64..300, seed in any::<u64>()) {
+        let (chain, checkpoints) = build_chain(base, len, 80, seed);
+        let proof = store::prove(&chain.store, &chain.chain, 0, len, false).unwrap();
+        let mut state: ChainState = chain.genesis_state().into_inner();
+        for (k, step) in proof.steps.iter().enumerate() {
+            let stored = chain.store.block(&chain.chain, step.header.index).unwrap().unwrap().header;
+            prop_assert_eq!(&step.header.header(&state), &stored);
+            let (compact, full) = (postcard::to_allocvec(&step.header).unwrap(), postcard::to_allocvec(&stored).unwrap());
+            prop_assert!(compact.len() + 60 <= full.len(), "{} vs {} bytes", compact.len(), full.len());
+            let names_hashes = step.header.committee_hash.is_some() || step.header.policy_hash.is_some();
+            prop_assert_eq!(names_hashes, checkpoints.contains(&step.header.index));
+            let mut wrong = Proof { steps: proof.steps[..=k].to_vec(), payload: None };
+            wrong.steps[k].header.committee_hash = Some([7; 32]);
+            prop_assert!(wrong.verify(&chain.genesis_state()).is_err());
+            state = Proof { steps: proof.steps[..=k].to_vec(), payload: None }
+                .verify(&chain.genesis_state())
+                .unwrap()
+                .into_inner()
+                .state;
+        }
+    }
+}
+
+proptest! {
     // Every byte of every proof: fewer, shorter chains.
     #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
 
