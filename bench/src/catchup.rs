@@ -2,7 +2,7 @@
 //! block or proof a witness would send; every millisecond is the client decoding and
 //! checking them. See `bench/README.md` for the model and the reasons behind it.
 
-use crate::chains::{params_for, ChainBuilder, Cothority};
+use crate::chains::{ChainBuilder, Cothority};
 use crate::report::{bytes, Plot, Report, Series};
 use anyhow::{bail, Context};
 use chainiac_cosi::{hash, SecretKey};
@@ -14,7 +14,7 @@ use chainiac_release::{
 use chainiac_skipchain::block::payload_hash;
 use chainiac_skipchain::store::{self, MemoryStore, Store};
 use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, InclusionProof, TimelineEntry, KIND_TIMELINE};
-use chainiac_skipchain::{Block, BlockId, ChainState, Committee, Proof, ProofStep, Proposal, StepHeader};
+use chainiac_skipchain::{Block, BlockId, ChainParams, ChainState, Committee, Proof, ProofStep, Proposal, StepHeader};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use std::io::BufRead;
@@ -367,7 +367,7 @@ fn build_project(
         store,
         cothority,
         0,
-        params_for(4, events.len() as u64 + 1),
+        ChainParams::DEFAULT,
         genesis_policy,
         KIND_RELEASE,
         vec![],
@@ -738,17 +738,8 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
     // block's entry is the real root.
     let interval = options.timeline_interval_minutes.max(1) * 60_000;
     let timeline_blocks = (now - start) / interval;
-    let mut timeline = ChainBuilder::start(
-        &store,
-        &cothority,
-        0,
-        params_for(4, timeline_blocks + roster_changes.len() as u64),
-        vec![],
-        KIND_TIMELINE,
-        vec![],
-        start,
-        &marks,
-    );
+    let mut timeline =
+        ChainBuilder::start(&store, &cothority, 0, ChainParams::DEFAULT, vec![], KIND_TIMELINE, vec![], start, &marks);
     let mut changes = roster_changes.iter().enumerate().peekable();
     for k in 1..=timeline_blocks {
         let t = start + k * interval;

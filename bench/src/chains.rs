@@ -53,15 +53,6 @@ impl Cothority {
     }
 }
 
-/// The smallest chain shape of base `base` whose top links span `blocks`.
-pub fn params_for(base: u8, blocks: u64) -> ChainParams {
-    let mut height = 1u8;
-    while (base as u64).saturating_pow(height as u32 - 1) < blocks.max(1) {
-        height += 1;
-    }
-    ChainParams::new(base, height + 1).expect("valid shape")
-}
-
 /// One chain being built in a shared store.
 pub struct ChainBuilder {
     pub chain: ChainId,

@@ -195,8 +195,8 @@ async fn demo(root: &Path) -> Result<()> {
     };
     let now = chainiac_client::now_ms();
     let timeline_genesis =
-        genesis(ChainParams::new(2, 32)?, committee.clone(), b"timeline".to_vec(), KIND_TIMELINE, vec![], now);
-    let project_genesis = genesis(ChainParams::new(2, 32)?, committee, policy.to_bytes(), KIND_RELEASE, vec![], now);
+        genesis(ChainParams::DEFAULT, committee.clone(), b"timeline".to_vec(), KIND_TIMELINE, vec![], now);
+    let project_genesis = genesis(ChainParams::DEFAULT, committee, policy.to_bytes(), KIND_RELEASE, vec![], now);
     for g in [&timeline_genesis, &project_genesis] {
         match call(&pool, &witnesses[0], Request::CreateChain { genesis: g.clone() }).await? {
             Response::Created { .. } => {}

@@ -317,8 +317,7 @@ pub fn project(command: ProjectCommand) -> Result<()> {
         (false, Some(path)) => (KIND_RELEASE, read_policy(&path)?.to_bytes()),
         (false, None) => bail!(UsageError("a project needs --policy (or pass --timeline)".into())),
     };
-    let first =
-        genesis(ChainParams::new(2, 32).expect("valid"), committee.clone(), policy_bytes, kind, vec![], now_ms());
+    let first = genesis(ChainParams::DEFAULT, committee.clone(), policy_bytes, kind, vec![], now_ms());
     let member = committee.roster().members()[0].clone();
     let runtime = tokio::runtime::Runtime::new()?;
     let reply = runtime.block_on(async {
