@@ -111,9 +111,13 @@ impl Client {
         }
         let mut caught: HashMap<ChainId, Caught> = HashMap::new();
         let mut skipped_by_chain: HashMap<ChainId, Skipped> = HashMap::new();
+        let recorded: HashMap<ChainId, u64> = view
+            .as_ref()
+            .map(|v| v.leaves.iter().map(|(chain, (leaf, _))| (*chain, leaf.index)).collect())
+            .unwrap_or_default();
         for group in groups.values() {
             for chunk in group.chunks(MAX_PROOF_QUERIES) {
-                let skipped = self.prove_chunk(chunk, &mut held, &mut caught).await?;
+                let skipped = self.prove_chunk(chunk, &recorded, &mut held, &mut caught).await?;
                 for chain in chunk {
                     skipped_by_chain.insert(*chain, skipped.clone());
                 }
@@ -315,11 +319,15 @@ impl Client {
     }
 
     /// Forward proofs for `chunk` (chains trusting one committee), asked of that
-    /// committee's members in turn until every chain has a verified proof or none is left
-    /// to ask. Returns the witnesses skipped and why.
+    /// committee's members in turn until every chain has a verified proof reaching at least
+    /// the head the timeline records for it (`recorded`), or none is left to ask. A witness
+    /// whose proof stops short is skipped like a liar, so one freezing witness cannot stop an
+    /// update; if every one stops short, the best such proof is kept and the timeline check
+    /// refuses it as a freeze. Returns the witnesses skipped and why.
     async fn prove_chunk(
         &self,
         chunk: &[ChainId],
+        recorded: &HashMap<ChainId, u64>,
         held: &mut HeldCommittees,
         caught: &mut HashMap<ChainId, Caught>,
     ) -> Result<Skipped, ClientError> {
@@ -329,6 +337,7 @@ impl Client {
             chunk.iter().map(|chain| (*chain, self.state.chains[chain].to_state())).collect();
         let mut pending: Vec<ChainId> = chunk.to_vec();
         let mut skipped = Vec::new();
+        let mut short: HashMap<ChainId, Caught> = HashMap::new();
         for member in committee.roster().members() {
             let mut asking = pending.clone();
             while !asking.is_empty() {
@@ -357,8 +366,22 @@ impl Client {
                         Ok(proof) => match proof.verify_with(&states[chain], |h| held.get(h)) {
                             Ok(reached) => {
                                 held.learn(&proof);
-                                let hops = proof.steps.len();
-                                caught.insert(*chain, Caught { caught: reached.into_inner(), hops });
+                                let reached = Caught { caught: reached.into_inner(), hops: proof.steps.len() };
+                                let index = reached.caught.state.index();
+                                match recorded.get(chain) {
+                                    Some(&head) if head > index => {
+                                        let why = format!(
+                                            "chain {chain}: proved head {index}, the timeline records {head}: frozen or behind"
+                                        );
+                                        skipped.push((member.address.clone(), why));
+                                        if short.get(chain).is_none_or(|s| s.caught.state.index() < index) {
+                                            short.insert(*chain, reached);
+                                        }
+                                    }
+                                    _ => {
+                                        caught.insert(*chain, reached);
+                                    }
+                                }
                             }
                             Err(e) if lie.is_none() => lie = Some(format!("lied: chain {chain}: {e}")),
                             Err(_) => {}
@@ -382,6 +405,11 @@ impl Client {
             pending.retain(|chain| !caught.contains_key(chain));
             if pending.is_empty() {
                 break;
+            }
+        }
+        for chain in pending {
+            if let Some(reached) = short.remove(&chain) {
+                caught.insert(chain, reached);
             }
         }
         Ok(skipped)

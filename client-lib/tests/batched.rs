@@ -1,7 +1,8 @@
-//! `update_many` against a witness that answers batches awkwardly: part of an answer
-//! "busy" (the byte budget), then one forged proof. The client asks again for what is
-//! missing, names the liar, and ends with every chain verified — or, when every member
-//! lies about a chain, with that chain alone failing.
+//! `update_many` against witnesses that answer batches awkwardly: part of an answer "busy"
+//! (the byte budget), then one forged proof; or proofs that stop below the head the
+//! timeline records (a freeze). The client asks again for what is missing, names the liars
+//! and freezers, and ends with every chain verified — or, when every member lies about a
+//! chain or freezes it, with that chain alone failing.
 
 use chainiac_client::{Client, ClientError, TrustLevel};
 use chainiac_cosi::simulation::sign_with_all_keys;
@@ -131,5 +132,133 @@ async fn a_chain_every_member_lies_about_fails_alone() {
             assert_eq!(result.as_ref().unwrap().to, 5, "chain {i}");
             assert_eq!(client.state().chains[chain].index(), 5);
         }
+    }
+}
+
+/// A timeline chain in `store` whose block 1 records the heads of `chains` now.
+fn timeline_over(store: &MemoryStore, keys: &[SecretKey], committee: &Committee, chains: &[ChainId]) -> Block {
+    use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, TimelineEntry, KIND_TIMELINE};
+    let leaves = chains
+        .iter()
+        .map(|c| {
+            let head = store.head(c).unwrap().unwrap();
+            HeadLeaf { chain: *c, index: head.index, id: head.id }
+        })
+        .collect();
+    let set = HeadSet::new(leaves);
+    let now = chainiac_client::now_ms();
+    let first = genesis(ChainParams::DEFAULT, committee.clone(), vec![], KIND_TIMELINE, vec![], now - 1_000);
+    let head = store::append(store, &first).unwrap().into_inner();
+    let entry = TimelineEntry { time_ms: now, chains: set.len() as u64, root: set.root() };
+    let proposal =
+        Proposal { kind: KIND_TIMELINE, payload: entry.to_bytes(), timestamp_ms: now, ..Proposal::default() };
+    let mut block = head.propose(proposal, |k| store.block_id(&head.chain, k).unwrap()).unwrap();
+    let roster = committee.roster();
+    block.signature =
+        Some(sign_with_all_keys(roster, keys, &Mask::full(keys.len()), &block.id().0, &mut rand_core::OsRng));
+    let state = head.extend(&block, |k| store.block_id(&head.chain, k).unwrap()).unwrap();
+    store::commit_verified(store, &state, &block, Some(0)).unwrap();
+    first
+}
+
+/// A member that serves the timeline honestly and, if `freezes`, proves project chains
+/// only up to block 2 (the timeline records 5).
+struct MaybeFrozen {
+    store: Arc<MemoryStore>,
+    timeline: ChainId,
+    freezes: bool,
+}
+
+impl Handler for MaybeFrozen {
+    async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
+        use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, TimelineEntry};
+        match request {
+            Request::GetTimelineBatch { chains, .. } => {
+                let block = self.store.block(&self.timeline, 1).unwrap().unwrap();
+                let entry = TimelineEntry::from_bytes(&block.payload).unwrap();
+                let mut all: Vec<ChainId> = self.store.chains().unwrap();
+                all.retain(|c| *c != self.timeline);
+                let leaves = all
+                    .iter()
+                    .map(|c| {
+                        let head = self.store.head(c).unwrap().unwrap();
+                        HeadLeaf { chain: *c, index: head.index, id: head.id }
+                    })
+                    .collect();
+                let inclusion = HeadSet::new(leaves).prove_many(&chains);
+                Response::TimelineBatch(chainiac_proto::TimelineBatch {
+                    timeline: self.timeline,
+                    index: 1,
+                    entry,
+                    inclusion,
+                })
+            }
+            Request::GetProofs { queries, with_payload, .. } => Response::Proofs(
+                queries
+                    .iter()
+                    .map(|q| {
+                        let head = self.store.head(&q.chain).unwrap().unwrap().index;
+                        let to = if self.freezes && q.chain != self.timeline { 2 } else { q.to.unwrap_or(head) };
+                        Ok(store::prove(&*self.store, &q.chain, q.from, to, with_payload && to > q.from).unwrap())
+                    })
+                    .collect(),
+            ),
+            _ => Response::Error(ErrorReply::new(ErrorCode::BadRequest, "not served here")),
+        }
+    }
+    fn refused(&self, _: &str) {}
+}
+
+/// Members 0..`frozen` freeze the project chains, the rest are honest.
+async fn cothority(frozen: usize) -> (Vec<Block>, Block, Vec<SocketAddr>) {
+    let keys: Vec<SecretKey> = (70..74).map(key).collect();
+    let addresses: Vec<SocketAddr> =
+        keys.iter().map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()).collect();
+    let (store, geneses) = chains(3, &keys, &addresses);
+    let members = keys.iter().zip(&addresses).map(|(k, a)| Member::new(k, a.to_string())).collect();
+    let committee = Committee::new(Roster::new(members).unwrap(), 3).unwrap();
+    let ids: Vec<ChainId> = geneses.iter().map(Block::id).collect();
+    let timeline_genesis = timeline_over(&store, &keys, &committee, &ids);
+    let store = Arc::new(store);
+    for (i, (key, address)) in keys.iter().zip(&addresses).enumerate() {
+        let member = MaybeFrozen { store: store.clone(), timeline: timeline_genesis.id(), freezes: i < frozen };
+        let endpoint = chainiac_proto::endpoint::server(key, *address).unwrap();
+        tokio::spawn(chainiac_proto::server::serve(Arc::new(member), endpoint, &[FrameClass::Query]));
+    }
+    (geneses, timeline_genesis, addresses)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_witness_proving_less_than_the_timeline_records_is_skipped_and_all_of_them_is_a_freeze() {
+    // Two of four members freeze: the client goes past them and names them.
+    let (geneses, timeline_genesis, addresses) = cothority(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+    client.anchor(&timeline_genesis).unwrap();
+    let chains: Vec<ChainId> = geneses.iter().map(|g| client.anchor(g).unwrap()).collect();
+    for (chain, result) in client.update_many(&chains).await.unwrap() {
+        let update = result.unwrap_or_else(|e| panic!("chain {chain}: {e}"));
+        assert_eq!(update.to, 5);
+        for frozen in &addresses[..2] {
+            assert!(
+                update.skipped.iter().any(|(w, why)| w == &frozen.to_string() && why.contains("frozen or behind")),
+                "{:?}",
+                update.skipped
+            );
+        }
+    }
+
+    // Every member freezes: the best proof is refused as a freeze, and nothing is saved.
+    let (geneses, timeline_genesis, _) = cothority(4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+    client.anchor(&timeline_genesis).unwrap();
+    let chains: Vec<ChainId> = geneses.iter().map(|g| client.anchor(g).unwrap()).collect();
+    for (chain, result) in client.update_many(&chains).await.unwrap() {
+        match result {
+            Err(ClientError::Timeline(reason)) => assert!(reason.contains("freeze"), "{reason}"),
+            other => panic!("chain {chain}: a frozen head must be refused, got {other:?}"),
+        }
+        assert_eq!(client.state().chains[&chain].index(), 0);
     }
 }
