@@ -21,7 +21,7 @@ use chainiac_skipchain::{CatchUp, ChainId, ChainState, Committee, Proof};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Committees the client holds, by hash, in the order it learned them.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct HeldCommittees {
     order: Vec<[u8; 32]>,
     by_hash: HashMap<[u8; 32], Committee>,
@@ -72,8 +72,30 @@ type Skipped = Vec<(String, String)>;
 fn answered(response: &Response) -> String {
     match response {
         Response::Error(reply) => format!("refused: {:?}: {}", reply.code, reply.message),
-        other => format!("answered {}", format!("{other:?}").chars().take(80).collect::<String>()),
+        other => format!("answered {}", other.name()),
     }
+}
+
+/// Checks a timeline batch for `chunk` before it costs more than a few comparisons: the
+/// right timeline, not older than the trusted block, only leaves asked for (at most 64
+/// hashes each: the tree is at most 64 levels deep), and a proof that holds under its
+/// entry. The entry itself is checked later, against the proven block.
+fn check_batch(batch: &TimelineBatch, trusted: &TrustedChain, chunk: &[ChainId]) -> Result<(), String> {
+    if batch.timeline != trusted.chain {
+        return Err("answered for another timeline".into());
+    }
+    if batch.index < trusted.index() {
+        return Err(format!("timeline block {} is older than the trusted {}", batch.index, trusted.index()));
+    }
+    let proof = &batch.inclusion;
+    if proof.leaves.len() > chunk.len() || proof.hashes.len() > 64 * chunk.len() {
+        return Err("the inclusion proof is larger than the chains asked for need".into());
+    }
+    let asked: HashSet<&ChainId> = chunk.iter().collect();
+    if let Some((_, leaf)) = proof.leaves.iter().find(|(_, leaf)| !asked.contains(&leaf.chain)) {
+        return Err(format!("the inclusion proof holds chain {}, not asked for", leaf.chain));
+    }
+    proof.verify(&batch.entry).map_err(|e| e.to_string())
 }
 
 impl Client {
@@ -190,7 +212,12 @@ impl Client {
         let timeline_age_ms = match view {
             None => None,
             Some(view) => {
-                let (leaf, entry) = view.leaves.get(&head.chain).expect("every project chain has a leaf");
+                let Some((leaf, entry)) = view.leaves.get(&head.chain) else {
+                    return Err(ClientError::Timeline(format!(
+                        "no witness's timeline block records chain {} yet (a new chain?): its freshness is unknown",
+                        head.chain
+                    )));
+                };
                 if leaf.index > head.index() {
                     return Err(ClientError::Timeline(format!(
                         "the timeline records head {} but the witnesses proved only {}: a rollback or freeze",
@@ -226,7 +253,11 @@ impl Client {
     }
 
     /// The newest timeline block(s) holding `projects`, proven from the trusted timeline
-    /// state; every committee the proof brings is added to `held`.
+    /// state, from the first member of the timeline's committee whose batches and proof all
+    /// check (batches and proof come from one member, so a forged batch costs only that
+    /// member). A member whose block records only some of the chains (a chain newer than
+    /// its last timeline block) is kept as a fallback; the chains it lacks then fail alone.
+    /// Every committee the accepted proof brings is added to `held`.
     async fn catch_up_timeline(
         &self,
         timeline: ChainId,
@@ -235,27 +266,66 @@ impl Client {
     ) -> Result<TimelineView, ClientError> {
         let trusted = self.state.chains.get(&timeline).cloned().ok_or(ClientError::NotAnchored(timeline))?;
         let mut skipped = Vec::new();
+        let mut best: Option<(TimelineView, HeldCommittees)> = None;
+        for member in trusted.committee.roster().members() {
+            match self.timeline_from(member, &trusted, projects, held).await {
+                Ok((view, learned)) => {
+                    let recorded = view.leaves.len();
+                    if recorded == projects.len() {
+                        best = Some((view, learned));
+                        break;
+                    }
+                    let why = format!("its timeline block records {recorded} of the {} chains asked", projects.len());
+                    skipped.push((member.address.clone(), why));
+                    if best.as_ref().is_none_or(|(b, _)| b.leaves.len() < recorded) {
+                        best = Some((view, learned));
+                    }
+                }
+                Err(why) => skipped.push((member.address.clone(), why)),
+            }
+        }
+        let Some((mut view, learned)) = best else {
+            return Err(ClientError::NoHonestWitness(skipped));
+        };
+        *held = learned;
+        view.update.skipped = skipped;
+        Ok(view)
+    }
+
+    /// One member's timeline batches for `projects` and the proof of the block(s) they
+    /// name, checked; with the committees held after that proof. Errors say how it lied
+    /// or failed.
+    async fn timeline_from(
+        &self,
+        member: &chainiac_cosi::Member,
+        trusted: &TrustedChain,
+        projects: &[ChainId],
+        held: &HeldCommittees,
+    ) -> Result<(TimelineView, HeldCommittees), String> {
+        let timeline = trusted.chain;
+        let pool = self.pool().map_err(|e| e.to_string())?;
+        let call = |request: Request| async move {
+            pool.call(&member.address, &member.key, &request, self.timeout)
+                .await
+                .map_err(|e| format!("unavailable: {e}"))
+        };
         let mut batches: Vec<TimelineBatch> = Vec::new();
         for chunk in projects.chunks(MAX_TIMELINE_CHAINS) {
             let request = Request::GetTimelineBatch { timeline: Some(timeline), chains: chunk.to_vec() };
-            let batch = self
-                .ask(&trusted, request, &mut skipped, |response| match response {
-                    Response::TimelineBatch(batch) => {
-                        if batch.timeline != timeline {
-                            return Err("answered for another timeline".into());
-                        }
-                        batch.inclusion.verify(&batch.entry).map_err(|e| e.to_string())?;
-                        if let Some(missing) = chunk.iter().find(|c| batch.inclusion.leaf(c).is_none()) {
-                            return Err(format!("timeline block {} does not hold chain {missing}", batch.index));
-                        }
-                        Ok(batch)
-                    }
-                    other => Err(answered(&other)),
-                })
-                .await?;
-            batches.push(batch);
+            match call(request).await? {
+                Response::TimelineBatch(batch) => {
+                    check_batch(&batch, trusted, chunk).map_err(|e| format!("lied: {e}"))?;
+                    batches.push(batch);
+                }
+                // None of this chunk is recorded yet: those chains fail alone.
+                Response::Error(reply) if reply.code == ErrorCode::NotFound => {}
+                other => return Err(format!("lied: {}", answered(&other))),
+            }
         }
-        // Prove each timeline block the answers name, oldest first (answers to different
+        if batches.is_empty() && !projects.is_empty() {
+            return Err("its timeline records none of the chains asked".into());
+        }
+        // Prove each timeline block the batches name, oldest first (batches for different
         // chunks may come from blocks made between them), or the head if none.
         let mut targets: Vec<Option<u64>> = batches.iter().map(|b| Some(b.index)).collect();
         targets.sort_unstable();
@@ -263,39 +333,37 @@ impl Client {
         if targets.is_empty() {
             targets.push(None);
         }
+        let mut local = held.clone();
         let mut state = trusted.to_state();
-        let (mut hops, mut checkpoints, mut entries) = (0, Vec::new(), HashMap::new());
+        let (mut hops, mut checkpoints, mut entry) = (0, Vec::new(), None);
         for target in targets {
-            // The batches' entries are checked against the proven header's payload hash; the
-            // payload itself is only needed when no batch brought an entry.
+            // Every batch's entry is checked against the proven header's payload hash; the
+            // payload itself is only asked for when no batch brought an entry.
             let query = ProofQuery { chain: timeline, from: state.index(), to: target };
             let with_payload = target.is_none();
-            let request = Request::GetProofs { queries: vec![query], with_payload, held_committees: held.newest() };
-            let (reached, proof, entry) = self
-                .ask(&trusted, request, &mut skipped, |response| {
-                    let proof = single_proof(response)?;
-                    let reached = proof.verify_with(&state, |h| held.get(h)).map_err(|e| e.to_string())?.into_inner();
-                    if target.is_some_and(|t| reached.state.index() != t) {
-                        return Err(format!("proved block {} instead of {target:?}", reached.state.index()));
-                    }
-                    let entry = match batches.iter().find(|b| b.index == reached.state.index()) {
-                        Some(batch) => {
-                            if payload_hash(&batch.entry.to_bytes()) != reached.state.header.payload_hash {
-                                return Err("the timeline entry differs from the proven block's".into());
-                            }
-                            batch.entry.clone()
-                        }
-                        None => TimelineEntry::from_bytes(reached.payload.as_deref().unwrap_or_default())
-                            .map_err(|e| format!("the timeline block's entry: {e}"))?,
-                    };
-                    Ok((reached, proof, entry))
-                })
-                .await
-                .map_err(|e| ClientError::Timeline(e.to_string()))?;
-            held.learn(&proof);
+            let request = Request::GetProofs { queries: vec![query], with_payload, held_committees: local.newest() };
+            let proof = single_proof(call(request).await?).map_err(|e| format!("lied: {e}"))?;
+            let reached = proof.verify_with(&state, |h| local.get(h)).map_err(|e| format!("lied: {e}"))?.into_inner();
+            let index = reached.state.index();
+            if target.is_some_and(|t| index != t) {
+                return Err(format!("lied: proved timeline block {index} instead of {target:?}"));
+            }
+            let at_index: Vec<&TimelineBatch> = batches.iter().filter(|b| b.index == index).collect();
+            if at_index.iter().any(|b| payload_hash(&b.entry.to_bytes()) != reached.state.header.payload_hash) {
+                return Err(format!("lied: a timeline entry differs from block {index}'s"));
+            }
+            entry = match (at_index.first(), &reached.payload) {
+                (Some(batch), _) => Some(batch.entry.clone()),
+                // The genesis holds no entry; a block that did not move brings no payload.
+                (None, Some(payload)) if index > 0 => Some(
+                    TimelineEntry::from_bytes(payload)
+                        .map_err(|e| format!("lied: timeline block {index}'s entry: {e}"))?,
+                ),
+                (None, _) => None,
+            };
+            local.learn(&proof);
             hops += proof.steps.len();
             checkpoints.extend(reached.checkpoints);
-            entries.insert(reached.state.index(), entry);
             state = reached.state;
         }
         let mut leaves = HashMap::new();
@@ -304,7 +372,6 @@ impl Client {
                 leaves.insert(leaf.chain, (*leaf, batch.entry.clone()));
             }
         }
-        let timeline_age_ms = entries.get(&state.index()).map(|entry| crate::now_ms().saturating_sub(entry.time_ms));
         let update = Update {
             chain: timeline,
             from: trusted.index(),
@@ -312,10 +379,10 @@ impl Client {
             hops,
             checkpoints,
             release: None,
-            skipped,
-            timeline_age_ms,
+            skipped: Vec::new(),
+            timeline_age_ms: entry.map(|e| crate::now_ms().saturating_sub(e.time_ms)),
         };
-        Ok(TimelineView { leaves, reached: state, update })
+        Ok((TimelineView { leaves, reached: state, update }, local))
     }
 
     /// Forward proofs for `chunk` (chains trusting one committee), asked of that
@@ -364,6 +431,14 @@ impl Client {
                 for (chain, answer) in asking.iter().zip(answers) {
                     match answer {
                         Ok(proof) => match proof.verify_with(&states[chain], |h| held.get(h)) {
+                            Ok(reached)
+                                if reached.payload.is_none() && reached.state.index() > states[chain].index() =>
+                            {
+                                held.learn(&proof);
+                                if lie.is_none() {
+                                    lie = Some(format!("lied: chain {chain}: left out the new head's payload"));
+                                }
+                            }
                             Ok(reached) => {
                                 held.learn(&proof);
                                 let reached = Caught { caught: reached.into_inner(), hops: proof.steps.len() };

@@ -4,7 +4,7 @@
 //! and freezers, and ends with every chain verified — or, when every member lies about a
 //! chain or freezes it, with that chain alone failing.
 
-use chainiac_client::{Client, ClientError, TrustLevel};
+use chainiac_client::{Client, ClientError, TrustLevel, UpdateResults};
 use chainiac_cosi::simulation::sign_with_all_keys;
 use chainiac_cosi::{Mask, Member, PublicKey, Roster, SecretKey};
 use chainiac_proto::frame::FrameClass;
@@ -22,26 +22,28 @@ fn key(i: u8) -> SecretKey {
 
 /// `n` raw chains of 5 signed blocks each, all served by one committee.
 fn chains(n: u8, keys: &[SecretKey], addresses: &[SocketAddr]) -> (MemoryStore, Vec<Block>) {
+    let store = MemoryStore::new();
+    let geneses = (0..n).map(|i| chain_into(&store, i, keys, addresses)).collect();
+    (store, geneses)
+}
+
+/// Raw chain number `i` of 5 signed blocks in `store`; its genesis.
+fn chain_into(store: &MemoryStore, i: u8, keys: &[SecretKey], addresses: &[SocketAddr]) -> Block {
     let members = keys.iter().zip(addresses).map(|(k, a)| Member::new(k, a.to_string())).collect();
     let roster = Roster::new(members).unwrap();
     let committee = Committee::new(roster.clone(), 3).unwrap();
-    let store = MemoryStore::new();
-    let mut geneses = Vec::new();
     let mut rng = rand_core::OsRng;
-    for i in 0..n {
-        let first = genesis(ChainParams::new(2, 8).unwrap(), committee.clone(), vec![], 0, vec![i], 1_000);
-        let mut head = store::append(&store, &first).unwrap().into_inner();
-        for j in 0..5u8 {
-            let proposal = Proposal { payload: vec![i, j], timestamp_ms: 2_000, ..Proposal::default() };
-            let mut block = head.propose(proposal, |k| store.block_id(&head.chain, k).unwrap()).unwrap();
-            block.signature = Some(sign_with_all_keys(&roster, keys, &Mask::full(keys.len()), &block.id().0, &mut rng));
-            let state = head.extend(&block, |k| store.block_id(&head.chain, k).unwrap()).unwrap();
-            store::commit_verified(&store, &state, &block, Some(head.index())).unwrap();
-            head = state.into_inner();
-        }
-        geneses.push(first);
+    let first = genesis(ChainParams::new(2, 8).unwrap(), committee, vec![], 0, vec![i], 1_000);
+    let mut head = store::append(store, &first).unwrap().into_inner();
+    for j in 0..5u8 {
+        let proposal = Proposal { payload: vec![i, j], timestamp_ms: 2_000, ..Proposal::default() };
+        let mut block = head.propose(proposal, |k| store.block_id(&head.chain, k).unwrap()).unwrap();
+        block.signature = Some(sign_with_all_keys(&roster, keys, &Mask::full(keys.len()), &block.id().0, &mut rng));
+        let state = head.extend(&block, |k| store.block_id(&head.chain, k).unwrap()).unwrap();
+        store::commit_verified(store, &state, &block, Some(head.index())).unwrap();
+        head = state.into_inner();
     }
-    (store, geneses)
+    first
 }
 
 /// Answers the first `GetProofs` with its second half "busy", the second with a forged
@@ -161,31 +163,50 @@ fn timeline_over(store: &MemoryStore, keys: &[SecretKey], committee: &Committee,
     first
 }
 
-/// A member that serves the timeline honestly and, if `freezes`, proves project chains
-/// only up to block 2 (the timeline records 5).
-struct MaybeFrozen {
-    store: Arc<MemoryStore>,
-    timeline: ChainId,
-    freezes: bool,
+/// How a member of the test cothority answers.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Honest,
+    /// Proves project chains only up to block 2 (the timeline records 5).
+    Freezes,
+    /// Answers the timeline batch with a made-up entry at the real index: every project at
+    /// block 0, time now (a rollback dressed as fresh).
+    ForgesEntry,
+    /// Leaves the payload out of the project proofs.
+    StripsPayload,
 }
 
-impl Handler for MaybeFrozen {
+struct TestMember {
+    store: Arc<MemoryStore>,
+    timeline: ChainId,
+    /// The chains timeline block 1 records.
+    recorded: Vec<ChainId>,
+    mode: Mode,
+}
+
+impl Handler for TestMember {
     async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
         use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, TimelineEntry};
         match request {
             Request::GetTimelineBatch { chains, .. } => {
                 let block = self.store.block(&self.timeline, 1).unwrap().unwrap();
-                let entry = TimelineEntry::from_bytes(&block.payload).unwrap();
-                let mut all: Vec<ChainId> = self.store.chains().unwrap();
-                all.retain(|c| *c != self.timeline);
-                let leaves = all
+                let mut entry = TimelineEntry::from_bytes(&block.payload).unwrap();
+                let leaves = self
+                    .recorded
                     .iter()
-                    .map(|c| {
-                        let head = self.store.head(c).unwrap().unwrap();
-                        HeadLeaf { chain: *c, index: head.index, id: head.id }
+                    .map(|c| match self.mode {
+                        Mode::ForgesEntry => HeadLeaf { chain: *c, index: 0, id: *c },
+                        _ => {
+                            let head = self.store.head(c).unwrap().unwrap();
+                            HeadLeaf { chain: *c, index: head.index, id: head.id }
+                        }
                     })
                     .collect();
-                let inclusion = HeadSet::new(leaves).prove_many(&chains);
+                let set = HeadSet::new(leaves);
+                if self.mode == Mode::ForgesEntry {
+                    entry.root = set.root();
+                }
+                let inclusion = set.prove_many(&chains);
                 Response::TimelineBatch(chainiac_proto::TimelineBatch {
                     timeline: self.timeline,
                     index: 1,
@@ -198,8 +219,10 @@ impl Handler for MaybeFrozen {
                     .iter()
                     .map(|q| {
                         let head = self.store.head(&q.chain).unwrap().unwrap().index;
-                        let to = if self.freezes && q.chain != self.timeline { 2 } else { q.to.unwrap_or(head) };
-                        Ok(store::prove(&*self.store, &q.chain, q.from, to, with_payload && to > q.from).unwrap())
+                        let project = q.chain != self.timeline;
+                        let to = if self.mode == Mode::Freezes && project { 2 } else { q.to.unwrap_or(head) };
+                        let payload = with_payload && to > q.from && !(self.mode == Mode::StripsPayload && project);
+                        Ok(store::prove(&*self.store, &q.chain, q.from, to, payload).unwrap())
                     })
                     .collect(),
             ),
@@ -209,8 +232,9 @@ impl Handler for MaybeFrozen {
     fn refused(&self, _: &str) {}
 }
 
-/// Members 0..`frozen` freeze the project chains, the rest are honest.
-async fn cothority(frozen: usize) -> (Vec<Block>, Block, Vec<SocketAddr>) {
+/// Four members answering in `modes`, over four project chains of five blocks and a
+/// timeline whose block 1 records the first three.
+async fn cothority(modes: [Mode; 4]) -> (Vec<Block>, Block, Vec<SocketAddr>) {
     let keys: Vec<SecretKey> = (70..74).map(key).collect();
     let addresses: Vec<SocketAddr> =
         keys.iter().map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()).collect();
@@ -219,46 +243,95 @@ async fn cothority(frozen: usize) -> (Vec<Block>, Block, Vec<SocketAddr>) {
     let committee = Committee::new(Roster::new(members).unwrap(), 3).unwrap();
     let ids: Vec<ChainId> = geneses.iter().map(Block::id).collect();
     let timeline_genesis = timeline_over(&store, &keys, &committee, &ids);
+    // A fourth chain, made after the timeline block: no timeline records it yet.
+    let mut geneses = geneses;
+    geneses.push(chain_into(&store, 3, &keys, &addresses));
     let store = Arc::new(store);
-    for (i, (key, address)) in keys.iter().zip(&addresses).enumerate() {
-        let member = MaybeFrozen { store: store.clone(), timeline: timeline_genesis.id(), freezes: i < frozen };
+    for ((key, address), mode) in keys.iter().zip(&addresses).zip(modes) {
+        let member = TestMember { store: store.clone(), timeline: timeline_genesis.id(), recorded: ids.clone(), mode };
         let endpoint = chainiac_proto::endpoint::server(key, *address).unwrap();
         tokio::spawn(chainiac_proto::server::serve(Arc::new(member), endpoint, &[FrameClass::Query]));
     }
     (geneses, timeline_genesis, addresses)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_witness_proving_less_than_the_timeline_records_is_skipped_and_all_of_them_is_a_freeze() {
-    // Two of four members freeze: the client goes past them and names them.
-    let (geneses, timeline_genesis, addresses) = cothority(2).await;
+/// A client anchored at the timeline and the projects, updating them all.
+async fn update_all(geneses: &[Block], timeline_genesis: &Block) -> (Client, tempfile::TempDir, UpdateResults) {
     let dir = tempfile::tempdir().unwrap();
     let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
-    client.anchor(&timeline_genesis).unwrap();
+    client.anchor(timeline_genesis).unwrap();
     let chains: Vec<ChainId> = geneses.iter().map(|g| client.anchor(g).unwrap()).collect();
-    for (chain, result) in client.update_many(&chains).await.unwrap() {
+    let results = client.update_many(&chains).await.unwrap();
+    (client, dir, results)
+}
+
+fn named(skipped: &[(String, String)], who: &SocketAddr, why: &str) -> bool {
+    skipped.iter().any(|(w, reason)| w == &who.to_string() && reason.contains(why))
+}
+
+/// The fourth chain, which no timeline block records: it fails alone, the others update.
+fn unrecorded(results: &mut UpdateResults) {
+    let (chain, result) = results.pop().unwrap();
+    match result {
+        Err(ClientError::Timeline(reason)) => assert!(reason.contains("records chain"), "{reason}"),
+        other => panic!("chain {chain}: an unrecorded chain must fail alone, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_witness_proving_less_than_the_timeline_records_is_skipped_and_all_of_them_is_a_freeze() {
+    use Mode::*;
+    // Two of four members freeze: the client goes past them and names them.
+    let (geneses, timeline_genesis, addresses) = cothority([Freezes, Freezes, Honest, Honest]).await;
+    let (_, _dir, mut results) = update_all(&geneses, &timeline_genesis).await;
+    unrecorded(&mut results);
+    for (chain, result) in results {
         let update = result.unwrap_or_else(|e| panic!("chain {chain}: {e}"));
         assert_eq!(update.to, 5);
         for frozen in &addresses[..2] {
-            assert!(
-                update.skipped.iter().any(|(w, why)| w == &frozen.to_string() && why.contains("frozen or behind")),
-                "{:?}",
-                update.skipped
-            );
+            assert!(named(&update.skipped, frozen, "frozen or behind"), "{:?}", update.skipped);
         }
     }
 
     // Every member freezes: the best proof is refused as a freeze, and nothing is saved.
-    let (geneses, timeline_genesis, _) = cothority(4).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
-    client.anchor(&timeline_genesis).unwrap();
-    let chains: Vec<ChainId> = geneses.iter().map(|g| client.anchor(g).unwrap()).collect();
-    for (chain, result) in client.update_many(&chains).await.unwrap() {
+    let (geneses, timeline_genesis, _) = cothority([Freezes; 4]).await;
+    let (client, _dir, mut results) = update_all(&geneses, &timeline_genesis).await;
+    unrecorded(&mut results);
+    for (chain, result) in results {
         match result {
             Err(ClientError::Timeline(reason)) => assert!(reason.contains("freeze"), "{reason}"),
             other => panic!("chain {chain}: a frozen head must be refused, got {other:?}"),
         }
         assert_eq!(client.state().chains[&chain].index(), 0);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_timeline_entry_and_a_stripped_payload_are_lies() {
+    use Mode::*;
+    for (liar, why) in [(ForgesEntry, "timeline entry differs"), (StripsPayload, "left out the new head's payload")] {
+        let (geneses, timeline_genesis, addresses) = cothority([liar, Honest, Honest, Honest]).await;
+        let (client, _dir, mut results) = update_all(&geneses, &timeline_genesis).await;
+        unrecorded(&mut results);
+        for (chain, result) in results {
+            let update = result.unwrap_or_else(|e| panic!("chain {chain}: {e}"));
+            assert_eq!(update.to, 5);
+            assert!(named(&update.skipped, &addresses[0], why), "{:?}", update.skipped);
+            assert_eq!(client.state().chains[&chain].index(), 5);
+        }
+        assert_eq!(client.state().chains[&timeline_genesis.id()].index(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeline_alone_updates_whether_or_not_it_moved() {
+    let (_, timeline_genesis, _) = cothority([Mode::Honest; 4]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+    let timeline = client.anchor(&timeline_genesis).unwrap();
+    let moved = client.update(timeline).await.unwrap();
+    assert_eq!((moved.from, moved.to), (0, 1));
+    assert!(moved.timeline_age_ms.is_some(), "the entry came with the proof");
+    let still = client.update(timeline).await.unwrap();
+    assert_eq!((still.from, still.to, still.hops), (1, 1, 0));
 }

@@ -192,6 +192,32 @@ pub enum Response {
     TimelineBatch(TimelineBatch),
 }
 
+impl Response {
+    /// The variant's name, for errors and logs (never the contents: an answer can be large).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Response::Status(_) => "status",
+            Response::Head(_) => "head",
+            Response::Block(_) => "block",
+            Response::Blocks(_) => "blocks",
+            Response::Proof(_) => "proof",
+            Response::BackwardProof(_) => "backward_proof",
+            Response::Timeline(_) => "timeline",
+            Response::Created { .. } => "created",
+            Response::Appended { .. } => "appended",
+            Response::Commitment(_) => "commitment",
+            Response::Signed(_) => "signed",
+            Response::Ack => "ack",
+            Response::Error(_) => "error",
+            Response::Attestation(_) => "attestation",
+            Response::BuildLog(_) => "build_log",
+            Response::Agreement(_) => "agreement",
+            Response::Proofs(_) => "proofs",
+            Response::TimelineBatch(_) => "timeline_batch",
+        }
+    }
+}
+
 /// How often one verifier's attestations agreed with the majority's on a chain's releases.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerifierAgreement {

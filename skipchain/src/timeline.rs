@@ -62,9 +62,10 @@ fn node(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The largest power of two smaller than `n` (n >= 2).
-fn split(n: usize) -> usize {
-    1 << (usize::BITS - 1 - (n - 1).leading_zeros())
+/// The largest power of two smaller than `n` (n >= 2); in u64 so that a proof's size is
+/// never truncated, whatever the platform.
+fn split(n: u64) -> u64 {
+    1 << (u64::BITS - 1 - (n - 1).leading_zeros())
 }
 
 /// The leaves of a timeline tree: sorted by chain, one per chain.
@@ -114,7 +115,7 @@ impl HeadSet {
         if n.is_power_of_two() && lo % n == 0 {
             return self.levels[n.trailing_zeros() as usize][lo / n];
         }
-        let k = split(n);
+        let k = split(n as u64) as usize;
         node(&self.subtree(lo, lo + k), &self.subtree(lo + k, hi))
     }
 
@@ -130,7 +131,7 @@ impl HeadSet {
         let (mut lo, mut hi) = (0usize, self.leaves.len());
         let mut path = Vec::new();
         while hi - lo > 1 {
-            let k = split(hi - lo);
+            let k = split((hi - lo) as u64) as usize;
             if position - lo < k {
                 path.push(self.subtree(lo + k, hi));
                 hi = lo + k;
@@ -171,7 +172,7 @@ impl HeadSet {
         if hi - lo == 1 {
             return;
         }
-        let k = split(hi - lo);
+        let k = split((hi - lo) as u64) as usize;
         let (left, right) = positions.split_at(positions.partition_point(|&p| p < lo + k));
         if left.is_empty() {
             out.push(self.subtree(lo, lo + k));
@@ -227,7 +228,7 @@ impl InclusionProof {
         let (mut lo, mut hi) = (0u64, self.size);
         let mut sides = Vec::new();
         while hi - lo > 1 {
-            let k = split((hi - lo) as usize) as u64;
+            let k = split(hi - lo);
             let left = self.position - lo < k;
             sides.push(left);
             if left {
@@ -310,7 +311,7 @@ fn fold(
     if hi - lo == 1 {
         return Ok(leaves[0].1.hash());
     }
-    let k = split((hi - lo) as usize) as u64;
+    let k = split(hi - lo);
     let (left, right) = leaves.split_at(leaves.partition_point(|(p, _)| *p < lo + k));
     let l = fold(lo, lo + k, left, hashes)?;
     let r = fold(lo + k, hi, right, hashes)?;
@@ -328,7 +329,7 @@ mod tests {
             0 => hash::sha3_256(TAG_EMPTY, &[]),
             1 => hashes[0],
             n => {
-                let k = split(n);
+                let k = split(n as u64) as usize;
                 node(&root_of(&hashes[..k]), &root_of(&hashes[k..]))
             }
         }

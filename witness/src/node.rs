@@ -15,7 +15,7 @@ use chainiac_proto::message::{
     Announce, ErrorCode, ErrorReply, HeadInfo, NodeStatus, ProofQuery, Request, Response, TimelineBatch, TimelineInfo,
     MAX_HELD_COMMITTEES, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS, PROOFS_RESPONSE_BUDGET,
 };
-use chainiac_proto::{CallError, Pool};
+use chainiac_proto::{CallError, FrameClass, Pool};
 use chainiac_release::{KIND_POLICY_CHANGE, KIND_RELEASE};
 use chainiac_skipchain::rocks::RocksStore;
 use chainiac_skipchain::store::{self, Store, StoreError};
@@ -274,8 +274,21 @@ impl Node {
                 let proof = store::prove(&self.store, &query.chain, query.from, to, with_payload && to > query.from)
                     .map_err(store_err)?
                     .without_committees(|hash| held.contains(hash));
+                // The answer must fit one response frame whatever the chains hold.
+                let len = proof.to_bytes().len();
+                let room = FrameClass::Response.limit() - (1 << 20);
+                if size + len > room {
+                    return Err(if size > 0 {
+                        err(ErrorCode::Busy, "this answer is full; ask for this chain again")
+                    } else {
+                        err(
+                            ErrorCode::Refused,
+                            format!("the proof is {len} bytes, over one answer; ask for a nearer `to`"),
+                        )
+                    });
+                }
                 held.extend(proof.steps.iter().filter_map(|step| step.committee.as_ref().map(|c| c.hash())));
-                size += proof.to_bytes().len();
+                size += len;
                 Ok(proof)
             })
             .collect();
