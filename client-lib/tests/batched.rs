@@ -23,20 +23,20 @@ fn key(i: u8) -> SecretKey {
 /// `n` raw chains of 5 signed blocks each, all served by one committee.
 fn chains(n: u8, keys: &[SecretKey], addresses: &[SocketAddr]) -> (MemoryStore, Vec<Block>) {
     let store = MemoryStore::new();
-    let geneses = (0..n).map(|i| chain_into(&store, i, keys, addresses)).collect();
+    let geneses = (0..n as u16).map(|i| chain_into(&store, i, keys, addresses)).collect();
     (store, geneses)
 }
 
 /// Raw chain number `i` of 5 signed blocks in `store`; its genesis.
-fn chain_into(store: &MemoryStore, i: u8, keys: &[SecretKey], addresses: &[SocketAddr]) -> Block {
+fn chain_into(store: &MemoryStore, i: u16, keys: &[SecretKey], addresses: &[SocketAddr]) -> Block {
     let members = keys.iter().zip(addresses).map(|(k, a)| Member::new(k, a.to_string())).collect();
     let roster = Roster::new(members).unwrap();
     let committee = Committee::new(roster.clone(), 3).unwrap();
     let mut rng = rand_core::OsRng;
-    let first = genesis(ChainParams::new(2, 8).unwrap(), committee, vec![], 0, vec![i], 1_000);
+    let first = genesis(ChainParams::new(2, 8).unwrap(), committee, vec![], 0, i.to_be_bytes().to_vec(), 1_000);
     let mut head = store::append(store, &first).unwrap().into_inner();
     for j in 0..5u8 {
-        let proposal = Proposal { payload: vec![i, j], timestamp_ms: 2_000, ..Proposal::default() };
+        let proposal = Proposal { payload: vec![i as u8, j], timestamp_ms: 2_000, ..Proposal::default() };
         let mut block = head.propose(proposal, |k| store.block_id(&head.chain, k).unwrap()).unwrap();
         block.signature = Some(sign_with_all_keys(&roster, keys, &Mask::full(keys.len()), &block.id().0, &mut rng));
         let state = head.extend(&block, |k| store.block_id(&head.chain, k).unwrap()).unwrap();
@@ -174,6 +174,9 @@ enum Mode {
     ForgesEntry,
     /// Leaves the payload out of the project proofs.
     StripsPayload,
+    /// Like `ForgesEntry`, but only in batches after the first (a client following more than
+    /// 1,024 chains asks several).
+    ForgesLaterBatches,
 }
 
 struct TestMember {
@@ -191,19 +194,21 @@ impl Handler for TestMember {
             Request::GetTimelineBatch { chains, .. } => {
                 let block = self.store.block(&self.timeline, 1).unwrap().unwrap();
                 let mut entry = TimelineEntry::from_bytes(&block.payload).unwrap();
+                let forges = self.mode == Mode::ForgesEntry
+                    || (self.mode == Mode::ForgesLaterBatches && !chains.contains(&self.recorded[0]));
                 let leaves = self
                     .recorded
                     .iter()
-                    .map(|c| match self.mode {
-                        Mode::ForgesEntry => HeadLeaf { chain: *c, index: 0, id: *c },
-                        _ => {
+                    .map(|c| match forges {
+                        true => HeadLeaf { chain: *c, index: 0, id: *c },
+                        false => {
                             let head = self.store.head(c).unwrap().unwrap();
                             HeadLeaf { chain: *c, index: head.index, id: head.id }
                         }
                     })
                     .collect();
                 let set = HeadSet::new(leaves);
-                if self.mode == Mode::ForgesEntry {
+                if forges {
                     entry.root = set.root();
                 }
                 let inclusion = set.prove_many(&chains);
@@ -235,17 +240,22 @@ impl Handler for TestMember {
 /// Four members answering in `modes`, over four project chains of five blocks and a
 /// timeline whose block 1 records the first three.
 async fn cothority(modes: [Mode; 4]) -> (Vec<Block>, Block, Vec<SocketAddr>) {
+    cothority_of(modes, 3).await
+}
+
+/// [`cothority`] with `recorded` chains in the timeline (and one more that is not).
+async fn cothority_of(modes: [Mode; 4], recorded: u16) -> (Vec<Block>, Block, Vec<SocketAddr>) {
     let keys: Vec<SecretKey> = (70..74).map(key).collect();
     let addresses: Vec<SocketAddr> =
         keys.iter().map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()).collect();
-    let (store, geneses) = chains(3, &keys, &addresses);
+    let store = MemoryStore::new();
+    let mut geneses: Vec<Block> = (0..recorded).map(|i| chain_into(&store, i, &keys, &addresses)).collect();
     let members = keys.iter().zip(&addresses).map(|(k, a)| Member::new(k, a.to_string())).collect();
     let committee = Committee::new(Roster::new(members).unwrap(), 3).unwrap();
     let ids: Vec<ChainId> = geneses.iter().map(Block::id).collect();
     let timeline_genesis = timeline_over(&store, &keys, &committee, &ids);
-    // A fourth chain, made after the timeline block: no timeline records it yet.
-    let mut geneses = geneses;
-    geneses.push(chain_into(&store, 3, &keys, &addresses));
+    // One more chain, made after the timeline block: no timeline records it yet.
+    geneses.push(chain_into(&store, recorded, &keys, &addresses));
     let store = Arc::new(store);
     for ((key, address), mode) in keys.iter().zip(&addresses).zip(modes) {
         let member = TestMember { store: store.clone(), timeline: timeline_genesis.id(), recorded: ids.clone(), mode };
@@ -334,4 +344,23 @@ async fn the_timeline_alone_updates_whether_or_not_it_moved() {
     assert!(moved.timeline_age_ms.is_some(), "the entry came with the proof");
     let still = client.update(timeline).await.unwrap();
     assert_eq!((still.from, still.to, still.hops), (1, 1, 0));
+}
+
+/// More than 1,024 chains: two batches. The first member's second batch carries a made-up
+/// entry at the real index; it is caught by its own check against the proven block, not
+/// trusted because the first batch checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_batch_is_checked_when_a_client_follows_more_than_one_batch_of_chains() {
+    use Mode::*;
+    let (geneses, timeline_genesis, addresses) =
+        cothority_of([ForgesLaterBatches, Honest, Honest, Honest], 1_030).await;
+    let (client, _dir, mut results) = update_all(&geneses, &timeline_genesis).await;
+    unrecorded(&mut results);
+    assert_eq!(results.len(), 1_030);
+    for (chain, result) in results {
+        let update = result.unwrap_or_else(|e| panic!("chain {chain}: {e}"));
+        assert_eq!(update.to, 5);
+        assert!(named(&update.skipped, &addresses[0], "timeline entry differs"), "{:?}", update.skipped);
+        assert_eq!(client.state().chains[&chain].index(), 5);
+    }
 }
