@@ -113,15 +113,24 @@ pub fn keygen(out: &Path, from_openssh: Option<&Path>, json: bool) -> Result<()>
 }
 
 /// `chainiac anchor`: trust a genesis block file (a project's, or the timeline's).
-pub fn anchor(state: &StateArg, genesis: &Path, json: bool) -> Result<()> {
-    let block = read_genesis(genesis)?;
+/// `chainiac anchor`: one genesis file prints one object; several are anchored with one
+/// write of the state file (all or nothing) and print `{"anchored": [...]}`.
+pub fn anchor(state: &StateArg, geneses: &[PathBuf], json: bool) -> Result<()> {
+    let blocks: Vec<Block> = geneses.iter().map(|g| read_genesis(g)).collect::<Result<_>>()?;
     let mut client = Client::open(&state.state, TrustLevel::default())?;
-    let chain = client.anchor(&block)?;
-    print(
-        json,
-        serde_json::json!({ "chain": chain.to_hex(), "kind": block.header.kind }),
-        format!("anchored chain {chain} in {}", state.state.display()),
-    );
+    let chains = client.anchor_many(&blocks)?;
+    let values: Vec<_> = chains
+        .iter()
+        .zip(&blocks)
+        .map(|(chain, block)| serde_json::json!({ "chain": chain.to_hex(), "kind": block.header.kind }))
+        .collect();
+    let human: Vec<String> =
+        chains.iter().map(|chain| format!("anchored chain {chain} in {}", state.state.display())).collect();
+    let value = match &values[..] {
+        [one] => one.clone(),
+        _ => serde_json::json!({ "anchored": values }),
+    };
+    print(json, value, human.join("\n"));
     Ok(())
 }
 

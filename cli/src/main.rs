@@ -44,8 +44,9 @@ enum Command {
     Anchor {
         #[command(flatten)]
         state: client_cmd::StateArg,
-        /// The genesis block file.
-        genesis: std::path::PathBuf,
+        /// Genesis block files (one write of the state file for all of them).
+        #[arg(required = true)]
+        genesis: Vec<std::path::PathBuf>,
         #[arg(long)]
         json: bool,
     },

@@ -291,6 +291,18 @@ async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
         let (code, _, err) = run(&["anchor", "--state", &state, &path(genesis), "--json"]);
         assert_eq!(code, Some(0), "{err}");
     }
+    // Several genesis files in one call: one write, all or nothing.
+    let both = path("both.state");
+    let (code, _, err) = run(&["anchor", "--state", &both, &path("project.genesis"), &path("hello")]);
+    assert_eq!(code, Some(2), "a file that is no block is a usage error: {err}");
+    assert!(err.contains("hello is not a block"), "{err}");
+    assert!(!std::path::Path::new(&both).exists(), "nothing was anchored");
+    let (code, out, err) =
+        run(&["anchor", "--state", &both, &path("timeline.genesis"), &path("project.genesis"), "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let anchored: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(anchored["anchored"][0]["chain"], timeline.to_hex());
+    assert_eq!(anchored["anchored"][1]["chain"], chain.to_hex());
     let chain_hex = chain.to_hex();
     let (code, out, err) = run(&["update", "--state", &state, "--chain", &chain_hex, "--json"]);
     assert_eq!(code, Some(0), "{err}");

@@ -184,13 +184,29 @@ impl Client {
     /// Trusts `genesis` (checked to be a well-formed genesis) as a chain's anchor; a timeline
     /// genesis becomes the freshness anchor.
     pub fn anchor(&mut self, genesis: &Block) -> Result<ChainId, ClientError> {
-        let state = ChainState::genesis(genesis).map_err(|e| ClientError::BadAnchor(e.to_string()))?;
-        if genesis.header.kind == KIND_TIMELINE {
-            self.state.timeline = Some(state.chain);
+        Ok(self.anchor_many(std::slice::from_ref(genesis))?[0])
+    }
+
+    /// [`Client::anchor`] for many genesis blocks with one write of the state file (anchoring
+    /// thousands of projects one by one would rewrite it each time). All or nothing: a bad
+    /// genesis leaves the state as it was.
+    pub fn anchor_many(&mut self, geneses: &[Block]) -> Result<Vec<ChainId>, ClientError> {
+        let mut states = Vec::with_capacity(geneses.len());
+        for (i, genesis) in geneses.iter().enumerate() {
+            let state = ChainState::genesis(genesis)
+                .map_err(|e| ClientError::BadAnchor(format!("genesis {} of {}: {e}", i + 1, geneses.len())))?;
+            states.push((genesis.header.kind, state.into_inner()));
         }
-        self.state.chains.entry(state.chain).or_insert_with(|| TrustedChain::from_state(&state, None));
+        let mut chains = Vec::with_capacity(states.len());
+        for (kind, state) in states {
+            if kind == KIND_TIMELINE {
+                self.state.timeline = Some(state.chain);
+            }
+            self.state.chains.entry(state.chain).or_insert_with(|| TrustedChain::from_state(&state, None));
+            chains.push(state.chain);
+        }
         self.save()?;
-        Ok(state.chain)
+        Ok(chains)
     }
 
     /// Replaces the state file atomically (write, fsync, rename).

@@ -364,3 +364,22 @@ async fn every_batch_is_checked_when_a_client_follows_more_than_one_batch_of_cha
         assert_eq!(client.state().chains[&chain].index(), 5);
     }
 }
+
+#[test]
+fn anchoring_many_is_all_or_nothing() {
+    let keys: Vec<SecretKey> = (80..84).map(key).collect();
+    let addresses: Vec<SocketAddr> = (0..4).map(|i| SocketAddr::from(([127, 0, 0, 1], 9000 + i))).collect();
+    let (store, geneses) = chains(2, &keys, &addresses);
+    let not_a_genesis = store.block(&geneses[0].id(), 1).unwrap().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+    match client.anchor_many(&[geneses[0].clone(), not_a_genesis]) {
+        Err(ClientError::BadAnchor(reason)) => assert!(reason.starts_with("genesis 2 of 2"), "{reason}"),
+        other => panic!("a block that is no genesis must be refused, got {other:?}"),
+    }
+    assert!(client.state().chains.is_empty() && !dir.path().join("c.state").exists());
+    let anchored = client.anchor_many(&geneses).unwrap();
+    assert_eq!(anchored, geneses.iter().map(Block::id).collect::<Vec<_>>());
+    let reopened = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+    assert_eq!(reopened.state().chains.len(), 2);
+}
