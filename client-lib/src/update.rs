@@ -28,12 +28,14 @@ struct HeldCommittees {
 }
 
 impl HeldCommittees {
-    fn add(&mut self, committee: &Committee) {
+    /// Holds `committee`; returns its hash.
+    fn add(&mut self, committee: &Committee) -> [u8; 32] {
         let hash = committee.hash();
         if !self.by_hash.contains_key(&hash) {
             self.order.push(hash);
             self.by_hash.insert(hash, committee.clone());
         }
+        hash
     }
 
     /// The hashes to name in a request: the newest ones, as many as a request may carry.
@@ -112,10 +114,10 @@ impl Client {
     pub async fn update_many(&mut self, chains: &[ChainId]) -> Result<UpdateResults, ClientError> {
         let mut seen = HashSet::new();
         let chains: Vec<ChainId> = chains.iter().copied().filter(|c| seen.insert(*c)).collect();
+        // Each chain's committee hashed once: to hold it and to group chains by it.
         let mut held = HeldCommittees::default();
-        for trusted in self.state.chains.values() {
-            held.add(&trusted.committee);
-        }
+        let committee_of: HashMap<ChainId, [u8; 32]> =
+            self.state.chains.values().map(|trusted| (trusted.chain, held.add(&trusted.committee))).collect();
         let timeline = self.state.timeline;
         let projects: Vec<ChainId> =
             chains.iter().copied().filter(|c| Some(*c) != timeline && self.state.chains.contains_key(c)).collect();
@@ -129,7 +131,7 @@ impl Client {
         // Forward proofs, one request per 256 chains that trust the same committee.
         let mut groups: BTreeMap<[u8; 32], Vec<ChainId>> = BTreeMap::new();
         for chain in &projects {
-            groups.entry(self.state.chains[chain].committee.hash()).or_default().push(*chain);
+            groups.entry(committee_of[chain]).or_default().push(*chain);
         }
         let mut caught: HashMap<ChainId, Caught> = HashMap::new();
         let mut skipped_by_chain: HashMap<ChainId, Skipped> = HashMap::new();

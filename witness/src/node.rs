@@ -275,7 +275,8 @@ impl Node {
                     .map_err(store_err)?
                     .without_committees(|hash| held.contains(hash));
                 // The answer must fit one response frame whatever the chains hold.
-                let len = proof.to_bytes().len();
+                // Measured without encoding: the answer is encoded once, when it is sent.
+                let len = postcard::experimental::serialized_size(&proof).expect("proofs serialize");
                 let room = FrameClass::Response.limit() - (1 << 20);
                 if size + len > room {
                     return Err(if size > 0 {
