@@ -136,8 +136,16 @@ pub fn anchor(state: &StateArg, geneses: &[PathBuf], json: bool) -> Result<()> {
 
 /// `chainiac update`: one chain prints one result; several (or `--all`) print one line (or
 /// JSON object) per chain and fail if any chain failed.
-pub fn update(state: &StateArg, chains: &[String], all: bool, trust: &TrustArgs, json: bool) -> Result<()> {
+pub fn update(
+    state: &StateArg,
+    chains: &[String],
+    all: bool,
+    every_hop: bool,
+    trust: &TrustArgs,
+    json: bool,
+) -> Result<()> {
     let mut client = Client::open(&state.state, trust.level()?)?;
+    client.every_hop = every_hop;
     let chains: Vec<ChainId> = if all {
         client.state().chains.keys().copied().collect()
     } else {

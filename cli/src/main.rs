@@ -61,6 +61,12 @@ enum Command {
         /// Every chain anchored in the state file.
         #[arg(long, conflicts_with = "chain")]
         all: bool,
+        /// Check every block's own collective signature (forward proofs through every
+        /// roster and key change) instead of trusting the verified timeline block for the
+        /// heads it records (hashes only). Costs more bytes and CPU; trusts no committee
+        /// for a block it did not sign.
+        #[arg(long)]
+        every_hop: bool,
         #[command(flatten)]
         trust: client_cmd::TrustArgs,
         #[arg(long)]
@@ -150,7 +156,9 @@ fn main() -> ExitCode {
         Command::Demo { keep } => demo::run(keep),
         Command::Keygen { out, from_openssh, json } => client_cmd::keygen(&out, from_openssh.as_deref(), json),
         Command::Anchor { state, genesis, json } => client_cmd::anchor(&state, &genesis, json),
-        Command::Update { state, chain, all, trust, json } => client_cmd::update(&state, &chain, all, &trust, json),
+        Command::Update { state, chain, all, every_hop, trust, json } => {
+            client_cmd::update(&state, &chain, all, every_hop, &trust, json)
+        }
         Command::Verify { state, chain, artifact, file, trust, json } => {
             client_cmd::verify(&state, &chain, &artifact, &file, &trust, json)
         }

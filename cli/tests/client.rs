@@ -75,6 +75,12 @@ impl Handler for Liar {
                 }
                 Response::Proofs(proofs)
             }
+            Ok(Response::LinkedProofs(mut proofs)) => {
+                for proof in proofs.iter_mut().flatten().filter(|p| !p.links.is_empty()) {
+                    proof.links[0].timestamp_ms += 1;
+                }
+                Response::LinkedProofs(proofs)
+            }
             Ok(other) => other,
             Err(e) => {
                 Response::Error(chainiac_proto::ErrorReply::new(chainiac_proto::ErrorCode::Internal, e.to_string()))
@@ -397,8 +403,9 @@ fn the_blocking_client_catches_up_without_an_async_caller() {
 }
 
 /// A witness that pretends nothing happened since the client's state: it answers proof
-/// requests on the project chain with an empty proof (which verifies: it proves the trusted
-/// block itself) and passes everything else to an honest witness.
+/// requests on the project chain with an empty proof (a forward one verifies: it proves the
+/// trusted block itself; a linked one cannot reach the head the timeline records) and
+/// passes everything else to an honest witness.
 struct Freezer {
     honest: Arc<common::Client>,
     honest_address: String,
@@ -412,6 +419,14 @@ impl Handler for Freezer {
             if queries.iter().any(|q| q.chain == self.frozen_chain) {
                 let empty = chainiac_skipchain::Proof { steps: vec![], payload: None };
                 return Response::Proofs(queries.iter().map(|_| Ok(empty.clone())).collect());
+            }
+        }
+        if let Request::GetLinkedProofs { queries, .. } = &request {
+            if queries.iter().any(|q| q.chain == self.frozen_chain) {
+                let empty = chainiac_skipchain::Proof { steps: vec![], payload: None };
+                let nothing =
+                    chainiac_skipchain::LinkedProof { links: vec![], committee: None, policy: None, beyond: empty };
+                return Response::LinkedProofs(queries.iter().map(|_| Ok(nothing.clone())).collect());
             }
         }
         self.honest.call_at(&self.honest_address, &self.honest_key, request).await.unwrap_or_else(|e| {
@@ -451,14 +466,31 @@ async fn a_witness_serving_a_head_older_than_the_timeline_says_is_skipped_as_a_f
         frozen_chain: chain,
     });
     tokio::spawn(chainiac_proto::server::serve(freezer, endpoint, &[FrameClass::Query]));
-    // A fresh run of the client (its connections to the old witness 0 are gone).
+    // A fresh run of the client (its connections to the old witness 0 are gone), checking
+    // every hop's signature: the freezer's proof verifies but stops short of the head the
+    // timeline records.
     drop(client);
+    let saved = std::fs::read(dir.path().join("c.state")).unwrap();
     let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+    client.every_hop = true;
     let update = client.update(chain).await.unwrap();
     assert_eq!(update.to, 4, "the client went past the freezer to an honest witness");
     let freezer = &cluster.witnesses[0].address;
     assert!(
         update.skipped.iter().any(|(w, why)| w == freezer && why.contains("the timeline records 4")),
+        "the freezer is named: {:?}",
+        update.skipped
+    );
+    assert_eq!(client.state().chains[&chain].index(), 4);
+    // The same with linked proofs (the default), from the same state: the freezer cannot
+    // link down from the recorded head at all, and is named a liar.
+    drop(client);
+    std::fs::write(dir.path().join("c.state"), saved).unwrap();
+    let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+    let update = client.update(chain).await.unwrap();
+    assert_eq!((update.from, update.to), (2, 4));
+    assert!(
+        update.skipped.iter().any(|(w, why)| w == freezer && why.contains("no link leads there")),
         "the freezer is named: {:?}",
         update.skipped
     );
@@ -471,7 +503,9 @@ async fn a_witness_serving_a_head_older_than_the_timeline_says_is_skipped_as_a_f
 /// and says which failed; oversized batches are refused by name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_chains_update_together_and_a_new_committee_travels_once() {
-    use chainiac_proto::{ErrorCode, ProofQuery, MAX_HELD_COMMITTEES, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS};
+    use chainiac_proto::{
+        ErrorCode, LinkedQuery, ProofQuery, MAX_HELD_COMMITTEES, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS,
+    };
     use std::process::Command;
     let cluster = Cluster::start(5).await;
     let (timeline, timeline_genesis) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
@@ -518,6 +552,28 @@ async fn many_chains_update_together_and_a_new_committee_travels_once() {
     assert!(message.contains("65 held committees"), "{message}");
     let message = refused(ask(vec![], vec![]).await);
     assert!(message.contains("0 proofs"), "{message}");
+    // Linked proofs down from the recorded block 3: the same committee rule, the same limits.
+    let linked: Vec<LinkedQuery> =
+        chains.iter().map(|(c, _)| LinkedQuery { chain: *c, from: 0, recorded: 3 }).collect();
+    let ask_linked = |held: Vec<[u8; 32]>, queries: Vec<LinkedQuery>| {
+        cluster.client.call(
+            &cluster.witnesses[1],
+            Request::GetLinkedProofs { queries, with_payload: true, held_committees: held },
+        )
+    };
+    let carried_linked = |response: Response| match response {
+        Response::LinkedProofs(proofs) => {
+            assert_eq!(proofs.len(), 12);
+            let proofs: Vec<_> = proofs.into_iter().map(Result::unwrap).collect();
+            assert!(proofs.iter().all(|p| p.links.first().is_some_and(|l| l.index == 3) && p.beyond.payload.is_some()));
+            proofs.iter().filter(|p| p.committee.is_some()).count()
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(carried_linked(ask_linked(vec![old.hash()], linked.clone()).await.unwrap()), 1);
+    assert_eq!(carried_linked(ask_linked(vec![new.hash()], linked.clone()).await.unwrap()), 0);
+    let message = refused(ask_linked(vec![], vec![linked[0]; MAX_PROOF_QUERIES + 1]).await);
+    assert!(message.contains("257 proofs"), "{message}");
     let request =
         Request::GetTimelineBatch { timeline: Some(timeline), chains: vec![timeline; MAX_TIMELINE_CHAINS + 1] };
     let message = refused(cluster.client.call(&cluster.witnesses[1], request).await);
@@ -560,7 +616,7 @@ async fn many_chains_update_together_and_a_new_committee_travels_once() {
     cluster.propose(2, all[0], b"newer").await.unwrap();
     wait_timeline_has(&cluster, all[0], 4).await;
     let out = Command::new(common::bin())
-        .args(["update", "--state", state.to_str().unwrap(), "--all", "--json"])
+        .args(["update", "--state", state.to_str().unwrap(), "--all", "--every-hop", "--json"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));

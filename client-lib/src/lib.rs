@@ -143,6 +143,10 @@ pub struct Client {
     trust: TrustLevel,
     /// Maximum timeline age for chains whose policy does not say (raw chains).
     pub default_max_age_ms: u64,
+    /// Check every block's own collective signature (forward proofs, landing on every
+    /// checkpoint) instead of trusting the timeline's signature for the heads it records
+    /// (linked proofs, hashes only; the default). See `update.rs`.
+    pub every_hop: bool,
     timeout: Duration,
 }
 
@@ -161,6 +165,7 @@ impl Client {
             pool: std::sync::OnceLock::new(),
             trust,
             default_max_age_ms: 3_600_000,
+            every_hop: false,
             timeout: Duration::from_secs(20),
         })
     }

@@ -1,23 +1,30 @@
 //! Catching up on many chains at once.
 //!
 //! One update asks, per 1,024 followed chains, for the newest timeline block with a single
-//! multi-leaf inclusion proof (`GetTimelineBatch`), proves that timeline block, then asks,
-//! per 256 chains that trust the same committee, for every forward proof in one request
-//! (`GetProofs`). Committees the client holds — its trusted states' and those the timeline
-//! proof brought — are named by hash and left out of the answer, so a roster change costs
-//! the client one committee, not one per followed chain. Every proof is verified before
-//! anything it brought is trusted; each chain's result stands alone, and the state file is
-//! written once, with the chains whose every check passed.
+//! multi-leaf inclusion proof (`GetTimelineBatch`) and proves that timeline block forward
+//! (every hop's signature: this is where the client walks roster changes, once for all
+//! chains). Then, per 256 chains, one `GetLinkedProofs` to the timeline's current
+//! committee: for each chain, the headers linking the head the timeline records down to the
+//! client's block (hashes only — the timeline's signature vouches for the head's id, since
+//! a witness cosigns a timeline block only over heads it stored after checking them), the
+//! committee and policy in force there, and a forward proof past it to the newest block.
+//! With `every_hop` the client instead asks each chain's committee for forward proofs
+//! (`GetProofs`), checking each block's own signature and landing on every checkpoint.
+//! Committees the client holds — its trusted states' and those the timeline proof brought
+//! — are named by hash and left out of the answers, so a roster change costs the client one
+//! committee, not one per followed chain. Every proof is verified before anything it
+//! brought is trusted; each chain's result stands alone, and the state file is written
+//! once, with the chains whose every check passed.
 
 use crate::{Client, ClientError, TrustedChain, Update, UpdateResults};
 use chainiac_proto::{
-    ErrorCode, ProofQuery, Request, Response, TimelineBatch, MAX_HELD_COMMITTEES, MAX_PROOF_QUERIES,
-    MAX_TIMELINE_CHAINS,
+    ErrorCode, ErrorReply, LinkedQuery, ProofQuery, Request, Response, TimelineBatch, MAX_HELD_COMMITTEES,
+    MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS,
 };
 use chainiac_release::{Policy, TimeWindow, KIND_RELEASE};
 use chainiac_skipchain::block::payload_hash;
 use chainiac_skipchain::timeline::{HeadLeaf, TimelineEntry};
-use chainiac_skipchain::{CatchUp, ChainId, ChainState, Committee, Proof};
+use chainiac_skipchain::{BlockId, CatchUp, ChainId, ChainState, Committee, LinkedProof, Proof, ProofError};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Committees the client holds, by hash, in the order it learned them.
@@ -51,6 +58,13 @@ impl HeldCommittees {
         for committee in proof.steps.iter().filter_map(|step| step.committee.as_ref()) {
             self.add(committee);
         }
+    }
+
+    fn learn_linked(&mut self, proof: &LinkedProof) {
+        if let Some(committee) = &proof.committee {
+            self.add(committee);
+        }
+        self.learn(&proof.beyond);
     }
 }
 
@@ -128,20 +142,37 @@ impl Client {
             _ => None,
         };
 
-        // Forward proofs, one request per 256 chains that trust the same committee.
-        let mut groups: BTreeMap<[u8; 32], Vec<ChainId>> = BTreeMap::new();
-        for chain in &projects {
-            groups.entry(committee_of[chain]).or_default().push(*chain);
-        }
+        // What the timeline records for each chain: linked proofs go through it.
+        let recorded: HashMap<ChainId, (u64, BlockId)> = view
+            .as_ref()
+            .map(|v| v.leaves.iter().map(|(chain, (leaf, _))| (*chain, (leaf.index, leaf.id))).collect())
+            .unwrap_or_default();
+        // Linked proofs (the default) are asked of the timeline's current committee, whose
+        // every signer holds every chain it records: one group, and a chain whose own
+        // committee has long retired is still served. Forward proofs (`every_hop`) are
+        // asked of each chain's committee: one request per 256 chains sharing one.
+        let mut groups: BTreeMap<[u8; 32], (Committee, Vec<ChainId>)> = BTreeMap::new();
+        let linked = match &view {
+            Some(view) if !self.every_hop => {
+                let committee = (*view.reached.committee).clone();
+                let recorded_projects = projects.iter().copied().filter(|c| recorded.contains_key(c)).collect();
+                groups.insert(committee.hash(), (committee, recorded_projects));
+                true
+            }
+            _ => {
+                for chain in &projects {
+                    let committee = &self.state.chains[chain].committee;
+                    groups.entry(committee_of[chain]).or_insert_with(|| (committee.clone(), Vec::new())).1.push(*chain);
+                }
+                false
+            }
+        };
         let mut caught: HashMap<ChainId, Caught> = HashMap::new();
         let mut skipped_by_chain: HashMap<ChainId, Skipped> = HashMap::new();
-        let recorded: HashMap<ChainId, u64> = view
-            .as_ref()
-            .map(|v| v.leaves.iter().map(|(chain, (leaf, _))| (*chain, leaf.index)).collect())
-            .unwrap_or_default();
-        for group in groups.values() {
+        for (committee, group) in groups.values() {
             for chunk in group.chunks(MAX_PROOF_QUERIES) {
-                let skipped = self.prove_chunk(chunk, &recorded, &mut held, &mut caught).await?;
+                let how = if linked { Asked::Linked(&recorded) } else { Asked::Forward };
+                let skipped = self.prove_chunk(chunk, committee, how, &recorded, &mut held, &mut caught).await?;
                 for chain in chunk {
                     skipped_by_chain.insert(*chain, skipped.clone());
                 }
@@ -163,6 +194,7 @@ impl Client {
             let mut skipped = view.as_ref().map(|v| v.update.skipped.clone()).unwrap_or_default();
             skipped.extend(skipped_by_chain.remove(&chain).unwrap_or_default());
             let result = match caught.remove(&chain) {
+                None if view.is_some() && !recorded.contains_key(&chain) => Err(not_recorded(chain)),
                 None => Err(ClientError::NoHonestWitness(skipped)),
                 Some(reached) => self.check_reached(trusted, reached, view.as_ref(), skipped),
             };
@@ -215,10 +247,7 @@ impl Client {
             None => None,
             Some(view) => {
                 let Some((leaf, entry)) = view.leaves.get(&head.chain) else {
-                    return Err(ClientError::Timeline(format!(
-                        "no witness's timeline block records chain {} yet (a new chain?): its freshness is unknown",
-                        head.chain
-                    )));
+                    return Err(not_recorded(head.chain));
                 };
                 if leaf.index > head.index() {
                     return Err(ClientError::Timeline(format!(
@@ -387,21 +416,22 @@ impl Client {
         Ok((TimelineView { leaves, reached: state, update }, local))
     }
 
-    /// Forward proofs for `chunk` (chains trusting one committee), asked of that
-    /// committee's members in turn until every chain has a verified proof reaching at least
-    /// the head the timeline records for it (`recorded`), or none is left to ask. A witness
-    /// whose proof stops short is skipped like a liar, so one freezing witness cannot stop an
-    /// update; if every one stops short, the best such proof is kept and the timeline check
-    /// refuses it as a freeze. Returns the witnesses skipped and why.
+    /// Proofs for `chunk`, asked of `committee`'s members in turn until every chain has a
+    /// verified proof reaching at least the head the timeline records for it (`recorded`),
+    /// or none is left to ask. A witness whose proof stops short is skipped like a liar, so
+    /// one freezing witness cannot stop an update; if every one stops short, the best such
+    /// proof is kept and the timeline check refuses it as a freeze. Returns the witnesses
+    /// skipped and why.
     async fn prove_chunk(
         &self,
         chunk: &[ChainId],
-        recorded: &HashMap<ChainId, u64>,
+        committee: &Committee,
+        how: Asked<'_>,
+        recorded: &HashMap<ChainId, (u64, BlockId)>,
         held: &mut HeldCommittees,
         caught: &mut HashMap<ChainId, Caught>,
     ) -> Result<Skipped, ClientError> {
         let pool = self.pool()?;
-        let committee = self.state.chains[&chunk[0]].committee.clone();
         let states: HashMap<ChainId, ChainState> =
             chunk.iter().map(|chain| (*chain, self.state.chains[chain].to_state())).collect();
         let mut pending: Vec<ChainId> = chunk.to_vec();
@@ -410,17 +440,15 @@ impl Client {
         for member in committee.roster().members() {
             let mut asking = pending.clone();
             while !asking.is_empty() {
-                let queries = asking
-                    .iter()
-                    .map(|chain| ProofQuery { chain: *chain, from: states[chain].index(), to: None })
-                    .collect();
-                let request = Request::GetProofs { queries, with_payload: true, held_committees: held.newest() };
+                let request = how.request(&asking, &states, held.newest());
                 let answers = match pool.call(&member.address, &member.key, &request, self.timeout).await {
-                    Ok(Response::Proofs(answers)) if answers.len() == asking.len() => answers,
-                    Ok(other) => {
-                        skipped.push((member.address.clone(), format!("lied: {}", answered(&other))));
-                        break;
-                    }
+                    Ok(response) => match how.check(response, &asking, &states, held) {
+                        Ok(answers) => answers,
+                        Err(other) => {
+                            skipped.push((member.address.clone(), format!("lied: {other}")));
+                            break;
+                        }
+                    },
                     Err(e) => {
                         skipped.push((member.address.clone(), format!("unavailable: {e}")));
                         break;
@@ -429,40 +457,37 @@ impl Client {
                 let mut busy = Vec::new();
                 let mut lie = None;
                 // Every proof that verifies is kept, even from a witness caught lying about
-                // another chain: a proof stands on its signatures, not on who sent it.
+                // another chain: a proof stands on its signatures and hashes, not on who
+                // sent it.
                 for (chain, answer) in asking.iter().zip(answers) {
                     match answer {
-                        Ok(proof) => match proof.verify_with(&states[chain], |h| held.get(h)) {
-                            Ok(reached)
-                                if reached.payload.is_none() && reached.state.index() > states[chain].index() =>
-                            {
-                                held.learn(&proof);
-                                if lie.is_none() {
-                                    lie = Some(format!("lied: chain {chain}: left out the new head's payload"));
-                                }
+                        Ok(Ok(reached))
+                            if reached.caught.payload.is_none()
+                                && reached.caught.state.index() > states[chain].index() =>
+                        {
+                            if lie.is_none() {
+                                lie = Some(format!("lied: chain {chain}: left out the new head's payload"));
                             }
-                            Ok(reached) => {
-                                held.learn(&proof);
-                                let reached = Caught { caught: reached.into_inner(), hops: proof.steps.len() };
-                                let index = reached.caught.state.index();
-                                match recorded.get(chain) {
-                                    Some(&head) if head > index => {
-                                        let why = format!(
-                                            "chain {chain}: proved head {index}, the timeline records {head}: frozen or behind"
-                                        );
-                                        skipped.push((member.address.clone(), why));
-                                        if short.get(chain).is_none_or(|s| s.caught.state.index() < index) {
-                                            short.insert(*chain, reached);
-                                        }
-                                    }
-                                    _ => {
-                                        caught.insert(*chain, reached);
+                        }
+                        Ok(Ok(reached)) => {
+                            let index = reached.caught.state.index();
+                            match recorded.get(chain) {
+                                Some(&(head, _)) if head > index => {
+                                    let why = format!(
+                                        "chain {chain}: proved head {index}, the timeline records {head}: frozen or behind"
+                                    );
+                                    skipped.push((member.address.clone(), why));
+                                    if short.get(chain).is_none_or(|s| s.caught.state.index() < index) {
+                                        short.insert(*chain, reached);
                                     }
                                 }
+                                _ => {
+                                    caught.insert(*chain, reached);
+                                }
                             }
-                            Err(e) if lie.is_none() => lie = Some(format!("lied: chain {chain}: {e}")),
-                            Err(_) => {}
-                        },
+                        }
+                        Ok(Err(e)) if lie.is_none() => lie = Some(format!("lied: chain {chain}: {e}")),
+                        Ok(Err(_)) => {}
                         Err(reply) if reply.code == ErrorCode::Busy => busy.push(*chain),
                         Err(reply) => {
                             skipped.push((member.address.clone(), format!("chain {chain}: {}", reply.message)))
@@ -491,6 +516,79 @@ impl Client {
         }
         Ok(skipped)
     }
+}
+
+/// How a chunk's proofs are asked for: forward proofs checking every hop's signature, or
+/// linked proofs through the heads a verified timeline block records.
+#[derive(Clone, Copy)]
+enum Asked<'a> {
+    Forward,
+    Linked(&'a HashMap<ChainId, (u64, BlockId)>),
+}
+
+/// One chain's answer: refused by the witness, or a proof that verified or did not.
+type Answer = Result<Result<Caught, ProofError>, ErrorReply>;
+
+impl Asked<'_> {
+    fn request(&self, asking: &[ChainId], states: &HashMap<ChainId, ChainState>, held: Vec<[u8; 32]>) -> Request {
+        match self {
+            Asked::Forward => Request::GetProofs {
+                queries: asking.iter().map(|c| ProofQuery { chain: *c, from: states[c].index(), to: None }).collect(),
+                with_payload: true,
+                held_committees: held,
+            },
+            Asked::Linked(recorded) => Request::GetLinkedProofs {
+                queries: asking
+                    .iter()
+                    .map(|c| LinkedQuery { chain: *c, from: states[c].index(), recorded: recorded[c].0 })
+                    .collect(),
+                with_payload: true,
+                held_committees: held,
+            },
+        }
+    }
+
+    /// Each chain's answer, its proof verified; every committee a verified proof brought is
+    /// held afterwards. `Err` names an answer of the wrong kind or length.
+    fn check(
+        &self,
+        response: Response,
+        asking: &[ChainId],
+        states: &HashMap<ChainId, ChainState>,
+        held: &mut HeldCommittees,
+    ) -> Result<Vec<Answer>, String> {
+        match (self, response) {
+            (Asked::Forward, Response::Proofs(answers)) if answers.len() == asking.len() => Ok(asking
+                .iter()
+                .zip(answers)
+                .map(|(chain, answer)| {
+                    answer.map(|proof| {
+                        let reached = proof.verify_with(&states[chain], |h| held.get(h))?.into_inner();
+                        held.learn(&proof);
+                        Ok(Caught { caught: reached, hops: proof.steps.len() })
+                    })
+                })
+                .collect()),
+            (Asked::Linked(recorded), Response::LinkedProofs(answers)) if answers.len() == asking.len() => Ok(asking
+                .iter()
+                .zip(answers)
+                .map(|(chain, answer)| {
+                    answer.map(|proof| {
+                        let reached = proof.verify_with(&states[chain], recorded[chain], |h| held.get(h))?.into_inner();
+                        held.learn_linked(&proof);
+                        Ok(Caught { caught: reached, hops: proof.links.len() + proof.beyond.steps.len() })
+                    })
+                })
+                .collect()),
+            (_, other) => Err(answered(&other)),
+        }
+    }
+}
+
+fn not_recorded(chain: ChainId) -> ClientError {
+    ClientError::Timeline(format!(
+        "no witness's timeline block records chain {chain} yet (a new chain?): its freshness is unknown"
+    ))
 }
 
 /// The one proof of a single-query `GetProofs` answer.

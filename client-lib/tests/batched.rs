@@ -177,6 +177,8 @@ enum Mode {
     /// Like `ForgesEntry`, but only in batches after the first (a client following more than
     /// 1,024 chains asks several).
     ForgesLaterBatches,
+    /// Bends one byte of the newest link of every linked proof.
+    ForgesLinks,
 }
 
 struct TestMember {
@@ -231,6 +233,24 @@ impl Handler for TestMember {
                     })
                     .collect(),
             ),
+            // As a witness whose head is block 2 answers: it has no block 5 to link down from.
+            Request::GetLinkedProofs { queries, with_payload, .. } => Response::LinkedProofs(
+                queries
+                    .iter()
+                    .map(|q| {
+                        let head = self.store.head(&q.chain).unwrap().unwrap().index;
+                        let to = if self.mode == Mode::Freezes { 2 } else { head };
+                        let payload = with_payload && to > q.from && self.mode != Mode::StripsPayload;
+                        let mut proof =
+                            store::prove_linked(&*self.store, &q.chain, q.from, q.recorded, to, payload, |_| false)
+                                .map_err(|e| ErrorReply::new(ErrorCode::NotFound, e.to_string()))?;
+                        if self.mode == Mode::ForgesLinks {
+                            proof.links[0].payload_hash[0] ^= 1;
+                        }
+                        Ok(proof)
+                    })
+                    .collect(),
+            ),
             _ => Response::Error(ErrorReply::new(ErrorCode::BadRequest, "not served here")),
         }
     }
@@ -245,17 +265,29 @@ async fn cothority(modes: [Mode; 4]) -> (Vec<Block>, Block, Vec<SocketAddr>) {
 
 /// [`cothority`] with `recorded` chains in the timeline (and one more that is not).
 async fn cothority_of(modes: [Mode; 4], recorded: u16) -> (Vec<Block>, Block, Vec<SocketAddr>) {
+    cothority_serving(modes, recorded, None).await
+}
+
+/// [`cothority_of`], the project chains signed by `project_committee` (keys and addresses)
+/// if given, else by the timeline's.
+async fn cothority_serving(
+    modes: [Mode; 4],
+    recorded: u16,
+    project_committee: Option<(&[SecretKey], &[SocketAddr])>,
+) -> (Vec<Block>, Block, Vec<SocketAddr>) {
     let keys: Vec<SecretKey> = (70..74).map(key).collect();
     let addresses: Vec<SocketAddr> =
         keys.iter().map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()).collect();
+    let (project_keys, project_addresses) = project_committee.unwrap_or((&keys, &addresses));
     let store = MemoryStore::new();
-    let mut geneses: Vec<Block> = (0..recorded).map(|i| chain_into(&store, i, &keys, &addresses)).collect();
+    let mut geneses: Vec<Block> =
+        (0..recorded).map(|i| chain_into(&store, i, project_keys, project_addresses)).collect();
     let members = keys.iter().zip(&addresses).map(|(k, a)| Member::new(k, a.to_string())).collect();
     let committee = Committee::new(Roster::new(members).unwrap(), 3).unwrap();
     let ids: Vec<ChainId> = geneses.iter().map(Block::id).collect();
     let timeline_genesis = timeline_over(&store, &keys, &committee, &ids);
     // One more chain, made after the timeline block: no timeline records it yet.
-    geneses.push(chain_into(&store, recorded, &keys, &addresses));
+    geneses.push(chain_into(&store, recorded, project_keys, project_addresses));
     let store = Arc::new(store);
     for ((key, address), mode) in keys.iter().zip(&addresses).zip(modes) {
         let member = TestMember { store: store.clone(), timeline: timeline_genesis.id(), recorded: ids.clone(), mode };
@@ -265,10 +297,16 @@ async fn cothority_of(modes: [Mode; 4], recorded: u16) -> (Vec<Block>, Block, Ve
     (geneses, timeline_genesis, addresses)
 }
 
-/// A client anchored at the timeline and the projects, updating them all.
-async fn update_all(geneses: &[Block], timeline_genesis: &Block) -> (Client, tempfile::TempDir, UpdateResults) {
+/// A client anchored at the timeline and the projects, updating them all, with linked
+/// proofs or (`every_hop`) forward ones.
+async fn update_all(
+    geneses: &[Block],
+    timeline_genesis: &Block,
+    every_hop: bool,
+) -> (Client, tempfile::TempDir, UpdateResults) {
     let dir = tempfile::tempdir().unwrap();
     let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+    client.every_hop = every_hop;
     client.anchor(timeline_genesis).unwrap();
     let chains: Vec<ChainId> = geneses.iter().map(|g| client.anchor(g).unwrap()).collect();
     let results = client.update_many(&chains).await.unwrap();
@@ -291,37 +329,46 @@ fn unrecorded(results: &mut UpdateResults) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_witness_proving_less_than_the_timeline_records_is_skipped_and_all_of_them_is_a_freeze() {
     use Mode::*;
-    // Two of four members freeze: the client goes past them and names them.
-    let (geneses, timeline_genesis, addresses) = cothority([Freezes, Freezes, Honest, Honest]).await;
-    let (_, _dir, mut results) = update_all(&geneses, &timeline_genesis).await;
-    unrecorded(&mut results);
-    for (chain, result) in results {
-        let update = result.unwrap_or_else(|e| panic!("chain {chain}: {e}"));
-        assert_eq!(update.to, 5);
-        for frozen in &addresses[..2] {
-            assert!(named(&update.skipped, frozen, "frozen or behind"), "{:?}", update.skipped);
+    for every_hop in [false, true] {
+        // Two of four members freeze: the client goes past them and names them (a forward
+        // proof stops short; a linked one cannot be made without the recorded block).
+        let (geneses, timeline_genesis, addresses) = cothority([Freezes, Freezes, Honest, Honest]).await;
+        let (_, _dir, mut results) = update_all(&geneses, &timeline_genesis, every_hop).await;
+        unrecorded(&mut results);
+        let why = if every_hop { "frozen or behind" } else { "block 5" };
+        for (chain, result) in results {
+            let update = result.unwrap_or_else(|e| panic!("chain {chain}: {e}"));
+            assert_eq!(update.to, 5);
+            for frozen in &addresses[..2] {
+                assert!(named(&update.skipped, frozen, why), "{:?}", update.skipped);
+            }
         }
-    }
 
-    // Every member freezes: the best proof is refused as a freeze, and nothing is saved.
-    let (geneses, timeline_genesis, _) = cothority([Freezes; 4]).await;
-    let (client, _dir, mut results) = update_all(&geneses, &timeline_genesis).await;
-    unrecorded(&mut results);
-    for (chain, result) in results {
-        match result {
-            Err(ClientError::Timeline(reason)) => assert!(reason.contains("freeze"), "{reason}"),
-            other => panic!("chain {chain}: a frozen head must be refused, got {other:?}"),
+        // Every member freezes: the chains fail (with forward proofs the best one is
+        // refused as a freeze), and nothing is saved.
+        let (geneses, timeline_genesis, _) = cothority([Freezes; 4]).await;
+        let (client, _dir, mut results) = update_all(&geneses, &timeline_genesis, every_hop).await;
+        unrecorded(&mut results);
+        for (chain, result) in results {
+            match result {
+                Err(ClientError::Timeline(reason)) if every_hop => assert!(reason.contains("freeze"), "{reason}"),
+                Err(ClientError::NoHonestWitness(tries)) if !every_hop => {
+                    assert!(tries.iter().filter(|(_, why)| why.contains("block 5")).count() >= 4, "{tries:?}")
+                }
+                other => panic!("chain {chain}: a frozen head must be refused, got {other:?}"),
+            }
+            assert_eq!(client.state().chains[&chain].index(), 0);
         }
-        assert_eq!(client.state().chains[&chain].index(), 0);
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_timeline_entry_and_a_stripped_payload_are_lies() {
     use Mode::*;
-    for (liar, why) in [(ForgesEntry, "timeline entry differs"), (StripsPayload, "left out the new head's payload")] {
+    let cases = [(ForgesEntry, "timeline entry differs"), (StripsPayload, "left out the new head's payload")];
+    for ((liar, why), every_hop) in cases.into_iter().flat_map(|case| [(case, false), (case, true)]) {
         let (geneses, timeline_genesis, addresses) = cothority([liar, Honest, Honest, Honest]).await;
-        let (client, _dir, mut results) = update_all(&geneses, &timeline_genesis).await;
+        let (client, _dir, mut results) = update_all(&geneses, &timeline_genesis, every_hop).await;
         unrecorded(&mut results);
         for (chain, result) in results {
             let update = result.unwrap_or_else(|e| panic!("chain {chain}: {e}"));
@@ -330,6 +377,46 @@ async fn a_forged_timeline_entry_and_a_stripped_payload_are_lies() {
             assert_eq!(client.state().chains[&chain].index(), 5);
         }
         assert_eq!(client.state().chains[&timeline_genesis.id()].index(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_link_is_a_lie_and_the_next_member_is_asked() {
+    use Mode::*;
+    let (geneses, timeline_genesis, addresses) = cothority([ForgesLinks, Honest, Honest, Honest]).await;
+    let (client, _dir, mut results) = update_all(&geneses, &timeline_genesis, false).await;
+    unrecorded(&mut results);
+    for (chain, result) in results {
+        let update = result.unwrap_or_else(|e| panic!("chain {chain}: {e}"));
+        assert_eq!((update.from, update.to), (0, 5));
+        assert!(
+            named(&update.skipped, &addresses[0], "does not hash to the id the timeline records"),
+            "{:?}",
+            update.skipped
+        );
+        assert_eq!(client.state().chains[&chain].index(), 5);
+    }
+}
+
+/// Project chains whose own committee no longer answers (its members retired, say, while
+/// the client was offline): linked proofs come from the timeline's committee, whose
+/// signers hold every chain the timeline records, so the client still catches up, hashes
+/// only, without one request to the retired members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chains_whose_committee_retired_are_served_by_the_timeline_committee() {
+    let retired_keys: Vec<SecretKey> = (90..94).map(key).collect();
+    let retired: Vec<SocketAddr> = (0..4).map(|i| SocketAddr::from(([127, 0, 0, 1], 9 + i))).collect();
+    let (geneses, timeline_genesis, _) = cothority_serving([Mode::Honest; 4], 3, Some((&retired_keys, &retired))).await;
+    let (client, _dir, mut results) = update_all(&geneses, &timeline_genesis, false).await;
+    unrecorded(&mut results);
+    for (chain, result) in results {
+        let update = result.unwrap_or_else(|e| panic!("chain {chain}: {e}"));
+        assert_eq!((update.from, update.to), (0, 5));
+        let asked_retired = update.skipped.iter().any(|(w, _)| retired.iter().any(|r| r.to_string() == *w));
+        assert!(!asked_retired, "{:?}", update.skipped);
+        let trusted = &client.state().chains[&chain];
+        assert_eq!(trusted.index(), 5);
+        assert!(trusted.committee.roster().members().iter().all(|m| retired.contains(&m.address.parse().unwrap())));
     }
 }
 
@@ -354,7 +441,7 @@ async fn every_batch_is_checked_when_a_client_follows_more_than_one_batch_of_cha
     use Mode::*;
     let (geneses, timeline_genesis, addresses) =
         cothority_of([ForgesLaterBatches, Honest, Honest, Honest], 1_030).await;
-    let (client, _dir, mut results) = update_all(&geneses, &timeline_genesis).await;
+    let (client, _dir, mut results) = update_all(&geneses, &timeline_genesis, false).await;
     unrecorded(&mut results);
     assert_eq!(results.len(), 1_030);
     for (chain, result) in results {

@@ -8,7 +8,7 @@ use crate::frame::FrameClass;
 use chainiac_cosi::protocol::{Challenge, Commitment, Response as CosiResponse, SessionId};
 use chainiac_release::{Attestation, DeveloperSignature, Manifest, ManifestId};
 use chainiac_skipchain::timeline::{InclusionProof, MultiInclusionProof, TimelineEntry};
-use chainiac_skipchain::{BackwardProof, Block, BlockId, ChainId, Header, Proof, Proposal};
+use chainiac_skipchain::{BackwardProof, Block, BlockId, ChainId, Header, LinkedProof, Proof, Proposal};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +72,10 @@ pub enum Request {
     /// The newest timeline block and one inclusion proof for up to [`MAX_TIMELINE_CHAINS`]
     /// chains (those the block records; the client sees which are missing).
     GetTimelineBatch { timeline: Option<ChainId>, chains: Vec<ChainId> },
+    /// Linked proofs for up to [`MAX_PROOF_QUERIES`] chains, answered in order: down from
+    /// the head a timeline block records to the client's block, hashes only, then forward
+    /// to the head. Committees as in [`Request::GetProofs`].
+    GetLinkedProofs { queries: Vec<LinkedQuery>, with_payload: bool, held_committees: Vec<[u8; 32]> },
 }
 
 /// Most chains one [`Request::GetProofs`] may name.
@@ -92,6 +96,16 @@ pub struct ProofQuery {
     pub chain: ChainId,
     pub from: u64,
     pub to: Option<u64>,
+}
+
+/// One chain of a [`Request::GetLinkedProofs`]: from the client's block `from`, through
+/// the block `recorded` (the head the timeline block the client verified records), to the
+/// witness's head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkedQuery {
+    pub chain: ChainId,
+    pub from: u64,
+    pub recorded: u64,
 }
 
 /// Everything a witness needs to take part in a round.
@@ -120,7 +134,8 @@ impl Request {
             | Request::GetBackwardProof { .. }
             | Request::GetTimeline { .. }
             | Request::GetProofs { .. }
-            | Request::GetTimelineBatch { .. } => FrameClass::Query,
+            | Request::GetTimelineBatch { .. }
+            | Request::GetLinkedProofs { .. } => FrameClass::Query,
             Request::CreateChain { .. } | Request::Propose { .. } => FrameClass::Submit,
             Request::Announce(_)
             | Request::Challenge { .. }
@@ -159,6 +174,7 @@ impl Request {
             Request::GetAgreement { .. } => "get_agreement",
             Request::GetProofs { .. } => "get_proofs",
             Request::GetTimelineBatch { .. } => "get_timeline_batch",
+            Request::GetLinkedProofs { .. } => "get_linked_proofs",
         }
     }
 }
@@ -190,6 +206,8 @@ pub enum Response {
     /// The answer to [`Request::GetProofs`]: one entry per query, in order.
     Proofs(Vec<Result<Proof, ErrorReply>>),
     TimelineBatch(TimelineBatch),
+    /// The answer to [`Request::GetLinkedProofs`]: one entry per query, in order.
+    LinkedProofs(Vec<Result<LinkedProof, ErrorReply>>),
 }
 
 impl Response {
@@ -214,6 +232,7 @@ impl Response {
             Response::Agreement(_) => "agreement",
             Response::Proofs(_) => "proofs",
             Response::TimelineBatch(_) => "timeline_batch",
+            Response::LinkedProofs(_) => "linked_proofs",
         }
     }
 }
@@ -342,5 +361,25 @@ mod tests {
         assert_eq!(postcard::to_allocvec(&response).unwrap(), expected);
         assert_eq!(postcard::from_bytes::<Response>(&expected).unwrap(), response);
         assert_eq!(request.class(), FrameClass::Query);
+
+        let request = Request::GetLinkedProofs {
+            queries: vec![LinkedQuery { chain: BlockId([5; 32]), from: 7, recorded: 300 }],
+            with_payload: true,
+            held_committees: vec![],
+        };
+        let expected = bytes(&[&[22, 1], &[5; 32], &[7, 0xac, 0x02, 1, 0]]);
+        assert_eq!(postcard::to_allocvec(&request).unwrap(), expected);
+        assert_eq!(postcard::from_bytes::<Request>(&expected).unwrap(), request);
+        assert_eq!(request.class(), FrameClass::Query);
+
+        let response = Response::LinkedProofs(vec![Ok(LinkedProof {
+            links: vec![],
+            committee: None,
+            policy: None,
+            beyond: Proof { steps: vec![], payload: Some(b"p".to_vec()) },
+        })]);
+        let expected = vec![18, 1, 0, 0, 0, 0, 0, 1, 1, b'p'];
+        assert_eq!(postcard::to_allocvec(&response).unwrap(), expected);
+        assert_eq!(postcard::from_bytes::<Response>(&expected).unwrap(), response);
     }
 }

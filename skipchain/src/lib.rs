@@ -9,7 +9,8 @@
 //! - [`chain`]: the rules a block must meet to extend a chain, and [`ChainState`], the
 //!   verified state at a block.
 //! - [`proof`]: forward catch-up proofs (one signature per hop, landing on every
-//!   checkpoint) and backward proofs (hashes only).
+//!   checkpoint), linked proofs (hashes only, down from a head a verified timeline
+//!   records) and backward proofs (hashes only).
 //! - [`timeline`]: the timeline's entries, Merkle tree over chain heads and inclusion
 //!   proofs.
 //! - [`store`]: the [`Store`] trait, an in-memory store, and append / head / prove over any
@@ -27,7 +28,7 @@ pub mod timeline;
 
 pub use block::{Block, BlockId, ChainId, ChainParams, Committee, Header};
 pub use chain::{genesis, BlockError, ChainState, Proposal, Verified};
-pub use proof::{BackwardProof, CatchUp, Proof, ProofError, ProofStep, StepHeader};
+pub use proof::{BackwardProof, CatchUp, LinkedProof, Proof, ProofError, ProofStep, StepHeader};
 pub use store::{MemoryStore, Store, StoreError};
 
 /// Bytes that are not exactly one encoded value.

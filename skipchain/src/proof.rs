@@ -1,7 +1,7 @@
 //! Catch-up proofs: from a trusted block forward to a later one (one collective signature
 //! per hop), and from a trusted block back to an earlier one (hashes only).
 
-use crate::block::{payload_hash, BlockId, ChainParams, Committee, Header};
+use crate::block::{payload_hash, BlockId, ChainId, ChainParams, Committee, Header};
 use crate::chain::{check_carried, BlockError, ChainState, Verified};
 use chainiac_cosi::Signature;
 use serde::{Deserialize, Serialize};
@@ -54,8 +54,14 @@ impl StepHeader {
 
     /// The full header of this step after `state`'s block.
     pub fn header(&self, state: &ChainState) -> Header {
+        self.rebuild(state.chain, state.header.committee_hash, state.header.policy_hash)
+    }
+
+    /// The full header, with `committee_hash` and `policy_hash` standing in for those the
+    /// step leaves out.
+    fn rebuild(&self, chain: ChainId, committee_hash: [u8; 32], policy_hash: [u8; 32]) -> Header {
         Header {
-            chain: Some(state.chain),
+            chain: Some(chain),
             index: self.index,
             // More than 255 links fails the link-count check against the shape.
             height: u8::try_from(self.back_links.len()).unwrap_or(u8::MAX),
@@ -63,8 +69,8 @@ impl StepHeader {
             params: None,
             kind: self.kind,
             payload_hash: self.payload_hash,
-            committee_hash: self.committee_hash.unwrap_or(state.header.committee_hash),
-            policy_hash: self.policy_hash.unwrap_or(state.header.policy_hash),
+            committee_hash: self.committee_hash.unwrap_or(committee_hash),
+            policy_hash: self.policy_hash.unwrap_or(policy_hash),
             previous_checkpoint: self.previous_checkpoint,
             timestamp_ms: self.timestamp_ms,
         }
@@ -95,6 +101,28 @@ pub enum ProofError {
     NotBackward { step: usize, from: u64, index: u64 },
     #[error("backward proof step {step}: block {index} has the wrong height or chain")]
     BackwardHeader { step: usize, index: u64 },
+    #[error("linked proof: the timeline records block {recorded}, at or before the trusted {trusted}, yet the proof carries links, a committee or a policy")]
+    LinksNotNeeded { recorded: u64, trusted: u64 },
+    #[error("linked proof: the timeline records another block {index} than the trusted one: a fork")]
+    Fork { index: u64 },
+    #[error(
+        "linked proof: the timeline records block {recorded} after the trusted {trusted}, but no link leads there"
+    )]
+    NoLinks { recorded: u64, trusted: u64 },
+    #[error("linked proof: the first link is block {index}, not the block {recorded} the timeline records")]
+    LinkTop { index: u64, recorded: u64 },
+    #[error("linked proof: block {index} does not hash to the id the timeline records")]
+    LinkId { index: u64 },
+    #[error("linked proof link {step}: block {index}: {error}")]
+    LinkHeader { step: usize, index: u64, error: BlockError },
+    #[error("linked proof link {step}: block {index} is not the one block {above} links back to")]
+    LinkBroken { step: usize, index: u64, above: u64 },
+    #[error("linked proof link {step}: block {index} is later than block {above} or its timestamp is")]
+    LinkOrder { step: usize, index: u64, above: u64 },
+    #[error("linked proof: the last link, block {index}, does not link back to the trusted block {trusted}")]
+    LinkNotToTrusted { index: u64, trusted: u64 },
+    #[error("linked proof: the recorded block {index}'s committee or policy: {error}")]
+    LinkState { index: u64, error: BlockError },
 }
 
 /// A verified forward proof's result.
@@ -196,6 +224,161 @@ fn hop_from(
     chainiac_cosi::verify(state.committee.roster(), state.committee.threshold(), &id.0, &step.signature)
         .map_err(|error| BlockError::Signature { index, error })?;
     Ok(state.successor_of(h, id, committee, step.policy.as_ref()))
+}
+
+/// A catch-up proof for a block the verifier learned by id from a timeline block it has
+/// verified — the head that block records — followed by a forward proof past it.
+///
+/// The timeline's collective signature vouches for the recorded block's id: a witness
+/// cosigns a timeline block only if its root is the root of the heads it stores itself,
+/// and it stores only blocks it checked completely (rules, collective signature). So the
+/// links below need no signatures: hashes tie the recorded block to the trusted one,
+/// whatever checkpoints lie between, and the committee and policy in force there come
+/// once, checked against the recorded header's hashes. The verifier trusts the timeline's
+/// committee for this, as it already does for freshness; a client that wants every block's
+/// own signature checked asks for a forward [`Proof`] instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkedProof {
+    /// From the recorded block down to the first block after the trusted one, each the
+    /// block its predecessor in the list links back to; the last links back to the trusted
+    /// block. A link leaves out the committee and policy hashes of the header listed before
+    /// it (the first: of the trusted header). Empty when the recorded block is not after
+    /// the trusted one.
+    pub links: Vec<StepHeader>,
+    /// The recorded block's committee, when it is not the trusted one's and the verifier
+    /// did not name it as held.
+    pub committee: Option<Committee>,
+    /// The recorded block's policy, when it is not the trusted one's.
+    pub policy: Option<Vec<u8>>,
+    /// Forward from the recorded block (or the trusted one, if that is later) to the head,
+    /// with the last block's payload when asked for.
+    pub beyond: Proof,
+}
+
+impl LinkedProof {
+    /// Checks the links from the block the timeline records (`recorded`: index and id) down
+    /// to `trusted`, then the forward proof from there. `held` supplies committees left
+    /// out, by hash.
+    pub fn verify_with(
+        &self,
+        trusted: &ChainState,
+        recorded: (u64, BlockId),
+        held: impl Fn(&[u8; 32]) -> Option<Committee>,
+    ) -> Result<Verified<CatchUp>, ProofError> {
+        let (index, id) = recorded;
+        let from = trusted.header.index;
+        let mut linked_checkpoints = Vec::new();
+        let start = if index <= from {
+            if !self.links.is_empty() || self.committee.is_some() || self.policy.is_some() {
+                return Err(ProofError::LinksNotNeeded { recorded: index, trusted: from });
+            }
+            if index == from && id != trusted.id {
+                return Err(ProofError::Fork { index });
+            }
+            trusted.clone()
+        } else {
+            let state = self.link_down(trusted, index, id, &held)?;
+            linked_checkpoints = self.shown_checkpoints(trusted, &state);
+            state
+        };
+        let mut caught = self.beyond.verify_with(&start, held)?.into_inner();
+        linked_checkpoints.append(&mut caught.checkpoints);
+        caught.checkpoints = linked_checkpoints;
+        Ok(Verified::new(caught))
+    }
+
+    /// The state at the recorded block, its id and its links down to `trusted` checked.
+    fn link_down(
+        &self,
+        trusted: &ChainState,
+        index: u64,
+        id: BlockId,
+        held: &impl Fn(&[u8; 32]) -> Option<Committee>,
+    ) -> Result<ChainState, ProofError> {
+        let from = trusted.header.index;
+        let Some(first) = self.links.first() else {
+            return Err(ProofError::NoLinks { recorded: index, trusted: from });
+        };
+        if first.index != index {
+            return Err(ProofError::LinkTop { index: first.index, recorded: index });
+        }
+        let (mut committee_hash, mut policy_hash) = (trusted.header.committee_hash, trusted.header.policy_hash);
+        let mut above: Option<Header> = None;
+        let mut top = None;
+        for (step, link) in self.links.iter().enumerate() {
+            let h = link.rebuild(trusted.chain, committee_hash, policy_hash);
+            (committee_hash, policy_hash) = (h.committee_hash, h.policy_hash);
+            check_links(&trusted.params, &h).map_err(|error| ProofError::LinkHeader { step, index: h.index, error })?;
+            let link_id = h.id();
+            match &above {
+                None if link_id != id => return Err(ProofError::LinkId { index }),
+                None => {}
+                Some(a) => {
+                    if h.index >= a.index || h.timestamp_ms > a.timestamp_ms {
+                        return Err(ProofError::LinkOrder { step, index: h.index, above: a.index });
+                    }
+                    let level = trusted.params.link_level(h.index, a.index);
+                    if level.is_none_or(|l| a.back_links[l as usize] != link_id) {
+                        return Err(ProofError::LinkBroken { step, index: h.index, above: a.index });
+                    }
+                }
+            }
+            if h.index <= from {
+                return Err(ProofError::LinkOrder { step, index: h.index, above: from });
+            }
+            if top.is_none() {
+                top = Some(h.clone());
+            }
+            above = Some(h);
+        }
+        let last = above.expect("links are not empty");
+        let level = trusted.params.link_level(from, last.index);
+        if level.is_none_or(|l| last.back_links[l as usize] != trusted.id)
+            || last.timestamp_ms < trusted.header.timestamp_ms
+        {
+            return Err(ProofError::LinkNotToTrusted { index: last.index, trusted: from });
+        }
+        let top = top.expect("links are not empty");
+        // The committee and policy in force at the recorded block, carried exactly when
+        // they differ from the trusted ones (a committee may instead be held).
+        let state_error = |error| ProofError::LinkState { index, error };
+        let looked_up = match &self.committee {
+            None if top.committee_hash != trusted.header.committee_hash => held(&top.committee_hash),
+            _ => None,
+        };
+        let committee = self.committee.as_ref().or(looked_up.as_ref());
+        check_carried(&top, committee, self.policy.as_ref(), &trusted.header).map_err(state_error)?;
+        // Whether the recorded block is itself a checkpoint shows only when its predecessor
+        // is the next link (or the trusted block).
+        let below = self.links.get(1).map(|l| l.rebuild(trusted.chain, top.committee_hash, top.policy_hash));
+        let predecessor = match &below {
+            Some(b) => (b.index + 1 == index).then_some((b.committee_hash, b.policy_hash)),
+            None => (from + 1 == index).then_some((trusted.header.committee_hash, trusted.header.policy_hash)),
+        };
+        let is_checkpoint = predecessor.is_some_and(|hashes| hashes != (top.committee_hash, top.policy_hash));
+        Ok(ChainState {
+            chain: trusted.chain,
+            params: trusted.params,
+            id,
+            committee: committee.map_or_else(|| trusted.committee.clone(), |c| std::sync::Arc::new(c.clone())),
+            policy: self.policy.as_ref().map_or_else(|| trusted.policy.clone(), |p| std::sync::Arc::new(p.clone())),
+            header: top,
+            is_checkpoint,
+        })
+    }
+
+    /// The checkpoints after `trusted` the links show: each link names the newest
+    /// checkpoint before it. Ascending, without repeats.
+    fn shown_checkpoints(&self, trusted: &ChainState, recorded: &ChainState) -> Vec<u64> {
+        let mut shown: Vec<u64> =
+            self.links.iter().map(|l| l.previous_checkpoint).filter(|&c| c > trusted.header.index).collect();
+        if recorded.is_checkpoint {
+            shown.push(recorded.header.index);
+        }
+        shown.sort_unstable();
+        shown.dedup();
+        shown
+    }
 }
 
 fn check_links(params: &ChainParams, h: &Header) -> Result<(), BlockError> {

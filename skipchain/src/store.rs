@@ -5,7 +5,7 @@
 
 use crate::block::{Block, BlockId, ChainId, ChainParams};
 use crate::chain::{BlockError, ChainState, Verified};
-use crate::proof::{backward_path, forward_path, BackwardProof, Proof, ProofStep, StepHeader};
+use crate::proof::{backward_path, forward_path, BackwardProof, LinkedProof, Proof, ProofStep, StepHeader};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -224,6 +224,68 @@ pub fn prove<S: Store>(
         payload = Some(read_block(store, chain, to, head)?.payload);
     }
     Ok(Proof { steps, payload })
+}
+
+/// The linked proof from block `from` (the verifier's) through block `recorded` (the head a
+/// timeline block records) to block `to`: the links down from `recorded`, the committee
+/// (unless `held` says the verifier has it) and policy in force there when they differ from
+/// those at `from`, then the forward proof from the later of `from` and `recorded`.
+pub fn prove_linked<S: Store>(
+    store: &S,
+    chain: &ChainId,
+    from: u64,
+    recorded: u64,
+    to: u64,
+    with_payload: bool,
+    held: impl Fn(&[u8; 32]) -> bool,
+) -> StoreResult<LinkedProof, S::Error> {
+    let head = head_index(store, chain)?;
+    let start = from.max(recorded);
+    if start > to || to > head {
+        let index = if to > head { to } else { start };
+        return Err(StoreError::NoSuchBlock { chain: *chain, index, head });
+    }
+    let beyond = prove(store, chain, start, to, with_payload)?;
+    if recorded <= from {
+        return Ok(LinkedProof { links: Vec::new(), committee: None, policy: None, beyond });
+    }
+    let params = store.head(chain).map_err(StoreError::Backend)?.expect("head read above").params;
+    let trusted = read_block(store, chain, from, head)?.header;
+    let mut path = vec![recorded];
+    path.extend(backward_path(&params, recorded, from));
+    path.pop(); // `from` itself: the verifier has it
+    let mut links = Vec::with_capacity(path.len());
+    let mut above = trusted.clone();
+    let mut top = None;
+    for index in path {
+        let header = read_block(store, chain, index, head)?.header;
+        links.push(StepHeader::new(&header, &above));
+        top.get_or_insert_with(|| header.clone());
+        above = header;
+    }
+    let top = top.expect("the path holds `recorded`");
+    // Hashes change only at checkpoints: the newest one in (from, recorded] that carries a
+    // committee (policy) carries the one in force at `recorded`.
+    let (mut committee, mut policy) = (None, None);
+    let need_committee = top.committee_hash != trusted.committee_hash && !held(&top.committee_hash);
+    let need_policy = top.policy_hash != trusted.policy_hash;
+    if need_committee || need_policy {
+        let mut checkpoints = store.checkpoints(chain, from, recorded).map_err(StoreError::Backend)?;
+        checkpoints.push(recorded);
+        for index in checkpoints.into_iter().rev() {
+            let block = read_block(store, chain, index, head)?;
+            if need_committee && committee.is_none() {
+                committee = block.committee.filter(|c| c.hash() == top.committee_hash);
+            }
+            if need_policy && policy.is_none() {
+                policy = block.policy.filter(|p| crate::block::policy_hash(p) == top.policy_hash);
+            }
+            if (committee.is_some() || !need_committee) && (policy.is_some() || !need_policy) {
+                break;
+            }
+        }
+    }
+    Ok(LinkedProof { links, committee, policy, beyond })
 }
 
 /// The backward proof from block `from` down to block `to` (`to <= from`).

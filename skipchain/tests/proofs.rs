@@ -4,7 +4,7 @@ mod common;
 
 use chainiac_skipchain::proof::forward_path;
 use chainiac_skipchain::store::{self, MemoryStore, Store};
-use chainiac_skipchain::{ChainParams, ChainState, Proof};
+use chainiac_skipchain::{BlockId, ChainParams, ChainState, Proof};
 use common::TestChain;
 use proptest::prelude::*;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
@@ -226,6 +226,102 @@ proptest! {
                 let accepted = chainiac_skipchain::BackwardProof::from_bytes(&tampered).ok().and_then(|p| p.verify(&head).ok());
                 prop_assert!(accepted.is_none(), "backward proof byte {} changed and still verified", position);
             }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// A linked proof reaches, from any trusted block, through the block a timeline records
+    /// (before or after it), the same state a forward proof reaches; its links need no more
+    /// than one climb whatever checkpoints lie between; a wrong recorded index or id, a cut
+    /// or reordered link, a missing committee and any changed byte are refused.
+    #[test]
+    fn linked_proofs_reach_the_state_forward_proofs_reach(
+        base in 2u8..=4,
+        len in 1u64..600,
+        change_per_mille in 0u32..120,
+        seed in any::<u64>(),
+    ) {
+        use chainiac_skipchain::{LinkedProof, ProofError};
+        let (chain, _) = build_chain(base, len, change_per_mille, seed);
+        let id_at = |index: u64| chain.store.block_id(&chain.chain, index).unwrap().unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut triples = vec![(0, len, len), (0, 0, len), (len, len, len)];
+        for _ in 0..12 {
+            let (i, r) = (rng.next_u64() % (len + 1), rng.next_u64() % (len + 1));
+            let j = i.max(r) + rng.next_u64() % (len - i.max(r) + 1);
+            triples.push((i, r, j));
+        }
+        for (i, r, j) in triples {
+            let trusted = state_at(&chain, i);
+            let expected = state_at(&chain, j);
+            let proof = store::prove_linked(&chain.store, &chain.chain, i, r, j, true, |_| false).unwrap();
+            let caught = proof.verify_with(&trusted, (r, id_at(r)), |_| None).unwrap().into_inner();
+            prop_assert_eq!(caught.state.id, expected.id);
+            prop_assert_eq!(&caught.state.header, &expected.header);
+            prop_assert_eq!(&caught.state.committee, &expected.committee);
+            prop_assert_eq!(&caught.state.policy, &expected.policy);
+            prop_assert!(!caught.state.is_checkpoint || expected.is_checkpoint);
+            let payload = chain.store.block(&chain.chain, j).unwrap().unwrap().payload;
+            prop_assert_eq!(caught.payload.clone(), Some(payload));
+            if r > i {
+                let bound = 2 * (base as u64 - 1) * ceil_log(base as u64, r - i + 1) + 1;
+                prop_assert!(proof.links.len() as u64 <= bound, "{} links from {} to {}", proof.links.len(), i, r);
+            } else {
+                prop_assert!(proof.links.is_empty() && proof.committee.is_none() && proof.policy.is_none());
+            }
+            // The timeline names another block: refused.
+            if r > i {
+                if r > i + 1 {
+                    let wrong_index = proof.verify_with(&trusted, (r - 1, id_at(r)), |_| None);
+                    prop_assert!(matches!(wrong_index, Err(ProofError::LinkTop { .. })), "{:?}", wrong_index);
+                }
+                let wrong_id = proof.verify_with(&trusted, (r, BlockId([9; 32])), |_| None);
+                prop_assert!(matches!(wrong_id, Err(ProofError::LinkId { .. })), "{:?}", wrong_id);
+                let mut cut = proof.clone();
+                cut.links.pop();
+                prop_assert!(cut.verify_with(&trusted, (r, id_at(r)), |_| None).is_err(), "a cut link is refused");
+                if proof.links.len() > 2 {
+                    let mut swapped = proof.clone();
+                    swapped.links.swap(1, 2);
+                    prop_assert!(swapped.verify_with(&trusted, (r, id_at(r)), |_| None).is_err());
+                }
+                // Its committee left out verifies only when held.
+                if let Some(committee) = proof.committee.clone() {
+                    let lean = LinkedProof { committee: None, ..proof.clone() };
+                    let missing = lean.verify_with(&trusted, (r, id_at(r)), |_| None);
+                    prop_assert!(matches!(missing, Err(ProofError::LinkState { .. })), "{:?}", missing);
+                    let held = |hash: &[u8; 32]| (hash == &committee.hash()).then(|| committee.clone());
+                    let relinked = lean.verify_with(&trusted, (r, id_at(r)), held).unwrap();
+                    prop_assert_eq!(relinked.state.id, expected.id);
+                    let lean_built = store::prove_linked(&chain.store, &chain.chain, i, r, j, true, |h| h == &committee.hash()).unwrap();
+                    prop_assert_eq!(lean_built, lean);
+                }
+            } else if r == i {
+                let fork = proof.verify_with(&trusted, (r, BlockId([9; 32])), |_| None);
+                prop_assert!(matches!(fork, Err(ProofError::Fork { .. })), "{:?}", fork);
+            }
+            if r > i && r > 0 {
+                let not_needed = store::prove_linked(&chain.store, &chain.chain, i, r, j, true, |_| false).unwrap();
+                let later = state_at(&chain, r);
+                let refused = not_needed.verify_with(&later, (r, id_at(r)), |_| None);
+                prop_assert!(matches!(refused, Err(ProofError::LinksNotNeeded { .. })), "{:?}", refused);
+            }
+        }
+        // Every byte of one proof with links.
+        let i = rng.next_u64() % len;
+        let trusted = state_at(&chain, i);
+        let proof = store::prove_linked(&chain.store, &chain.chain, i, len, len, true, |_| false).unwrap();
+        let bytes = postcard::to_allocvec(&proof).unwrap();
+        for position in 0..bytes.len() {
+            let mut tampered = bytes.clone();
+            tampered[position] ^= 1 << (rng.next_u32() % 8);
+            let accepted = chainiac_skipchain::decode_exact::<LinkedProof>(&tampered)
+                .ok()
+                .and_then(|p| p.verify_with(&trusted, (len, id_at(len)), |_| None).ok());
+            prop_assert!(accepted.is_none(), "byte {} of {} changed and the linked proof still verified", position, bytes.len());
         }
     }
 }

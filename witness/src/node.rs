@@ -12,8 +12,8 @@ use chainiac_cosi::protocol::{
 };
 use chainiac_cosi::{Mask, Member, PublicKey, Roster, SecretKey};
 use chainiac_proto::message::{
-    Announce, ErrorCode, ErrorReply, HeadInfo, NodeStatus, ProofQuery, Request, Response, TimelineBatch, TimelineInfo,
-    MAX_HELD_COMMITTEES, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS, PROOFS_RESPONSE_BUDGET,
+    Announce, ErrorCode, ErrorReply, HeadInfo, LinkedQuery, NodeStatus, ProofQuery, Request, Response, TimelineBatch,
+    TimelineInfo, MAX_HELD_COMMITTEES, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS, PROOFS_RESPONSE_BUDGET,
 };
 use chainiac_proto::{CallError, FrameClass, Pool};
 use chainiac_release::{KIND_POLICY_CHANGE, KIND_RELEASE};
@@ -40,6 +40,55 @@ type Reply = Result<Response, ErrorReply>;
 
 fn err(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
     ErrorReply::new(code, message)
+}
+
+/// The answers of a batched proof request, in order: `prove` makes each (with the hashes of
+/// the committees it carries), leaving out every committee the request names as held or an
+/// earlier answer carried. Once the answer holds [`PROOFS_RESPONSE_BUDGET`] bytes, or the
+/// next proof would overflow one response frame, the rest are `Busy` ("ask again"); a
+/// first proof too large for a frame alone is `Refused`.
+fn answer_each<Q, P: serde::Serialize>(
+    queries: &[Q],
+    held_committees: Vec<[u8; 32]>,
+    mut prove: impl FnMut(&Q, &HashSet<[u8; 32]>) -> Result<(P, Vec<[u8; 32]>), ErrorReply>,
+) -> Result<Vec<Result<P, ErrorReply>>, ErrorReply> {
+    if queries.is_empty() || queries.len() > MAX_PROOF_QUERIES {
+        let n = queries.len();
+        return Err(err(ErrorCode::BadRequest, format!("asks for {n} proofs; 1 to {MAX_PROOF_QUERIES} allowed")));
+    }
+    if held_committees.len() > MAX_HELD_COMMITTEES {
+        let n = held_committees.len();
+        return Err(err(ErrorCode::BadRequest, format!("names {n} held committees; at most {MAX_HELD_COMMITTEES}")));
+    }
+    let mut held: HashSet<[u8; 32]> = held_committees.into_iter().collect();
+    let mut size = 0usize;
+    let answers = queries
+        .iter()
+        .map(|query| {
+            if size >= PROOFS_RESPONSE_BUDGET {
+                return Err(err(ErrorCode::Busy, "this answer is full; ask for this chain again"));
+            }
+            let (proof, carried) = prove(query, &held)?;
+            // The answer must fit one response frame whatever the chains hold. Measured
+            // without encoding: the answer is encoded once, when it is sent.
+            let len = postcard::experimental::serialized_size(&proof).expect("proofs serialize");
+            let room = FrameClass::Response.limit() - (1 << 20);
+            if size + len > room {
+                return Err(if size > 0 {
+                    err(ErrorCode::Busy, "this answer is full; ask for this chain again")
+                } else {
+                    err(
+                        ErrorCode::Refused,
+                        format!("the proof is {len} bytes, over one answer; ask for a nearer block"),
+                    )
+                });
+            }
+            held.extend(carried);
+            size += len;
+            Ok(proof)
+        })
+        .collect();
+    Ok(answers)
 }
 
 fn store_err<E: std::error::Error>(e: StoreError<E>) -> ErrorReply {
@@ -174,6 +223,9 @@ impl Node {
                 self.proofs(&queries, with_payload, held_committees)
             }
             Request::GetTimelineBatch { timeline, chains } => self.timeline_batch(timeline, &chains),
+            Request::GetLinkedProofs { queries, with_payload, held_committees } => {
+                self.linked_proofs(&queries, with_payload, held_committees)
+            }
             Request::Build { .. } | Request::GetAttestation { .. } | Request::GetBuildLog { .. } => {
                 Err(err(ErrorCode::BadRequest, "this is a witness; send build jobs to a verifier"))
             }
@@ -247,53 +299,46 @@ impl Node {
     /// Proofs for many chains in one answer; each committee travels at most once (and not
     /// at all if the client holds it), and the answer stops growing at the byte budget.
     fn proofs(&self, queries: &[ProofQuery], with_payload: bool, held_committees: Vec<[u8; 32]>) -> Reply {
-        if queries.is_empty() || queries.len() > MAX_PROOF_QUERIES {
-            let n = queries.len();
-            return Err(err(ErrorCode::BadRequest, format!("asks for {n} proofs; 1 to {MAX_PROOF_QUERIES} allowed")));
-        }
-        if held_committees.len() > MAX_HELD_COMMITTEES {
-            let n = held_committees.len();
-            return Err(err(
-                ErrorCode::BadRequest,
-                format!("names {n} held committees; at most {MAX_HELD_COMMITTEES}"),
-            ));
-        }
-        let mut held: HashSet<[u8; 32]> = held_committees.into_iter().collect();
-        let mut size = 0usize;
-        let answers = queries
-            .iter()
-            .map(|query| {
-                if size >= PROOFS_RESPONSE_BUDGET {
-                    return Err(err(ErrorCode::Busy, "this answer is full; ask for this chain again"));
-                }
-                let to = match query.to {
-                    Some(to) => to,
-                    None => self.head_info(&query.chain)?.index,
-                };
-                // No payload for a chain that did not move: the client has it already.
-                let proof = store::prove(&self.store, &query.chain, query.from, to, with_payload && to > query.from)
-                    .map_err(store_err)?
-                    .without_committees(|hash| held.contains(hash));
-                // The answer must fit one response frame whatever the chains hold.
-                // Measured without encoding: the answer is encoded once, when it is sent.
-                let len = postcard::experimental::serialized_size(&proof).expect("proofs serialize");
-                let room = FrameClass::Response.limit() - (1 << 20);
-                if size + len > room {
-                    return Err(if size > 0 {
-                        err(ErrorCode::Busy, "this answer is full; ask for this chain again")
-                    } else {
-                        err(
-                            ErrorCode::Refused,
-                            format!("the proof is {len} bytes, over one answer; ask for a nearer `to`"),
-                        )
-                    });
-                }
-                held.extend(proof.steps.iter().filter_map(|step| step.committee.as_ref().map(|c| c.hash())));
-                size += len;
-                Ok(proof)
-            })
-            .collect();
+        let answers = answer_each(queries, held_committees, |query, held| {
+            let to = match query.to {
+                Some(to) => to,
+                None => self.head_info(&query.chain)?.index,
+            };
+            // No payload for a chain that did not move: the client has it already.
+            let proof = store::prove(&self.store, &query.chain, query.from, to, with_payload && to > query.from)
+                .map_err(store_err)?
+                .without_committees(|hash| held.contains(hash));
+            let carried = proof.steps.iter().filter_map(|step| step.committee.as_ref().map(|c| c.hash())).collect();
+            Ok((proof, carried))
+        })?;
         Ok(Response::Proofs(answers))
+    }
+
+    fn linked_proofs(&self, queries: &[LinkedQuery], with_payload: bool, held_committees: Vec<[u8; 32]>) -> Reply {
+        let answers = answer_each(queries, held_committees, |query, held| {
+            let to = self.head_info(&query.chain)?.index;
+            let moved = to > query.from;
+            let proof = store::prove_linked(
+                &self.store,
+                &query.chain,
+                query.from,
+                query.recorded,
+                to,
+                with_payload && moved,
+                |hash| held.contains(hash),
+            )
+            .map_err(store_err)?;
+            let beyond = proof.beyond.clone().without_committees(|hash| held.contains(hash));
+            let proof = chainiac_skipchain::LinkedProof { beyond, ..proof };
+            let carried = proof
+                .committee
+                .iter()
+                .chain(proof.beyond.steps.iter().filter_map(|step| step.committee.as_ref()))
+                .map(|c| c.hash())
+                .collect();
+            Ok((proof, carried))
+        })?;
+        Ok(Response::LinkedProofs(answers))
     }
 
     // ---- who may ask ----
