@@ -19,14 +19,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 mod update;
 
-/// A chain state the client trusts, as stored in its state file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A chain state the client trusts. Chains of one cothority share their committee: in
+/// memory through the `Arc`, in the state file by index into one list (see
+/// [`ClientState`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrustedChain {
     pub chain: ChainId,
     pub params: ChainParams,
     pub header: Header,
     pub id: BlockId,
-    pub committee: Committee,
+    pub committee: Arc<Committee>,
     pub policy: Vec<u8>,
     pub is_checkpoint: bool,
     /// The newest release verified on this chain, if any.
@@ -40,7 +42,7 @@ impl TrustedChain {
             params: state.params,
             header: state.header.clone(),
             id: state.id,
-            committee: (*state.committee).clone(),
+            committee: state.committee.clone(),
             policy: (*state.policy).clone(),
             is_checkpoint: state.is_checkpoint,
             release,
@@ -53,7 +55,7 @@ impl TrustedChain {
             params: self.params,
             header: self.header.clone(),
             id: self.id,
-            committee: Arc::new(self.committee.clone()),
+            committee: self.committee.clone(),
             policy: Arc::new(self.policy.clone()),
             is_checkpoint: self.is_checkpoint,
         }
@@ -65,11 +67,171 @@ impl TrustedChain {
 }
 
 /// Everything the client trusts, by chain.
+///
+/// On disk (postcard, SPEC §12.1): each distinct committee once, and each chain naming its
+/// committee by position in that list. A client following 15,000 projects of one
+/// cothority stores its ≈2 KB roster once instead of 15,000 times, and opening the file
+/// checks each roster's proofs of possession once.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "StoredState", into = "StoredState")]
 pub struct ClientState {
     pub chains: BTreeMap<ChainId, TrustedChain>,
     /// The timeline chain this client checks freshness against.
     pub timeline: Option<ChainId>,
+}
+
+impl ClientState {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("state serializes")
+    }
+
+    /// Decodes a state file: this format, or the one before it (a committee per chain),
+    /// which the next save replaces.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        // Decoded, then converted: the conversion's reasons survive (postcard drops them).
+        match chainiac_skipchain::decode_exact::<StoredState>(bytes) {
+            Ok(stored) => ClientState::try_from(stored),
+            Err(e) => chainiac_skipchain::decode_exact::<LegacyState>(bytes)
+                .map(ClientState::from)
+                .map_err(|_| format!("not a chainiac client state: {e}")),
+        }
+    }
+}
+
+/// The state file before committees were stored once (2026-11).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct LegacyState {
+    chains: BTreeMap<ChainId, LegacyChain>,
+    timeline: Option<ChainId>,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct LegacyChain {
+    chain: ChainId,
+    params: ChainParams,
+    header: Header,
+    id: BlockId,
+    committee: Committee,
+    policy: Vec<u8>,
+    is_checkpoint: bool,
+    release: Option<ReleasePayload>,
+}
+
+impl From<LegacyState> for ClientState {
+    fn from(legacy: LegacyState) -> Self {
+        let mut shared: std::collections::HashMap<[u8; 32], Arc<Committee>> = std::collections::HashMap::new();
+        let chains = legacy
+            .chains
+            .into_iter()
+            .map(|(id, c)| {
+                let committee = shared.entry(c.committee.hash()).or_insert_with(|| Arc::new(c.committee)).clone();
+                let trusted = TrustedChain {
+                    chain: c.chain,
+                    params: c.params,
+                    header: c.header,
+                    id: c.id,
+                    committee,
+                    policy: c.policy,
+                    is_checkpoint: c.is_checkpoint,
+                    release: c.release,
+                };
+                (id, trusted)
+            })
+            .collect();
+        ClientState { chains, timeline: legacy.timeline }
+    }
+}
+
+/// [`ClientState`] as the state file holds it.
+#[derive(Serialize, Deserialize)]
+struct StoredState {
+    committees: Vec<Committee>,
+    chains: Vec<StoredChain>,
+    timeline: Option<ChainId>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredChain {
+    chain: ChainId,
+    params: ChainParams,
+    header: Header,
+    id: BlockId,
+    /// Position in [`StoredState::committees`].
+    committee: u32,
+    policy: Vec<u8>,
+    is_checkpoint: bool,
+    release: Option<ReleasePayload>,
+}
+
+impl From<ClientState> for StoredState {
+    fn from(state: ClientState) -> Self {
+        let mut committees = Vec::new();
+        let mut position: std::collections::HashMap<[u8; 32], u32> = std::collections::HashMap::new();
+        // Chains sharing one `Arc` are hashed once.
+        let mut last: Option<(Arc<Committee>, u32)> = None;
+        let chains = state
+            .chains
+            .into_values()
+            .map(|t| {
+                let committee = match &last {
+                    Some((arc, at)) if Arc::ptr_eq(arc, &t.committee) => *at,
+                    _ => {
+                        let at = *position.entry(t.committee.hash()).or_insert_with(|| {
+                            committees.push((*t.committee).clone());
+                            committees.len() as u32 - 1
+                        });
+                        last = Some((t.committee.clone(), at));
+                        at
+                    }
+                };
+                StoredChain {
+                    chain: t.chain,
+                    params: t.params,
+                    header: t.header,
+                    id: t.id,
+                    committee,
+                    policy: t.policy,
+                    is_checkpoint: t.is_checkpoint,
+                    release: t.release,
+                }
+            })
+            .collect();
+        StoredState { committees, chains, timeline: state.timeline }
+    }
+}
+
+impl TryFrom<StoredState> for ClientState {
+    type Error = String;
+
+    fn try_from(stored: StoredState) -> Result<Self, String> {
+        let committees: Vec<(Arc<Committee>, [u8; 32])> =
+            stored.committees.into_iter().map(|c| (c.hash(), Arc::new(c))).map(|(h, c)| (c, h)).collect();
+        let mut chains = BTreeMap::new();
+        for c in stored.chains {
+            let (committee, hash) = committees
+                .get(c.committee as usize)
+                .ok_or_else(|| format!("chain {} names committee {} of {}", c.chain, c.committee, committees.len()))?;
+            if *hash != c.header.committee_hash {
+                return Err(format!("chain {}: its committee does not match its header", c.chain));
+            }
+            let trusted = TrustedChain {
+                chain: c.chain,
+                params: c.params,
+                header: c.header,
+                id: c.id,
+                committee: committee.clone(),
+                policy: c.policy,
+                is_checkpoint: c.is_checkpoint,
+                release: c.release,
+            };
+            if chains.insert(c.chain, trusted).is_some() {
+                return Err(format!("chain {} is listed twice", c.chain));
+            }
+        }
+        Ok(ClientState { chains, timeline: stored.timeline })
+    }
 }
 
 /// What the client demands beyond a project's policy.
@@ -154,8 +316,8 @@ impl Client {
     /// Opens the client whose state lives at `path` (created on first save).
     pub fn open(path: &Path, trust: TrustLevel) -> Result<Self, ClientError> {
         let state = match std::fs::read(path) {
-            Ok(bytes) => postcard::from_bytes(&bytes)
-                .map_err(|e| ClientError::State { path: path.display().to_string(), reason: e.to_string() })?,
+            Ok(bytes) => ClientState::from_bytes(&bytes)
+                .map_err(|reason| ClientError::State { path: path.display().to_string(), reason })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => ClientState::default(),
             Err(e) => return Err(ClientError::State { path: path.display().to_string(), reason: e.to_string() }),
         };
@@ -219,7 +381,7 @@ impl Client {
         let fail =
             |e: std::io::Error| ClientError::State { path: self.path.display().to_string(), reason: e.to_string() };
         let tmp = self.path.with_extension("tmp");
-        let bytes = postcard::to_allocvec(&self.state).expect("state serializes");
+        let bytes = self.state.to_bytes();
         {
             use std::io::Write;
             let mut file = std::fs::File::create(&tmp).map_err(fail)?;
@@ -493,5 +655,100 @@ pub mod blocking {
         pub fn inner(&self) -> &super::Client {
             &self.inner
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chainiac_cosi::{Member, Roster, SecretKey};
+
+    fn committee(seed: u8, members: u8) -> Committee {
+        let members = (0..members)
+            .map(|i| Member::new(&SecretKey::from_seed(&[seed + i; 32]), format!("127.0.0.1:{}", 9000 + i as u16)))
+            .collect();
+        Committee::new(Roster::new(members).unwrap(), 2).unwrap()
+    }
+
+    /// Chains 0..n under `shared`, and one more under `other`.
+    fn state(n: u16, shared: &Committee, other: &Committee) -> ClientState {
+        let mut state = ClientState::default();
+        for i in 0..=n {
+            let committee = if i == n { other } else { shared };
+            let genesis = chainiac_skipchain::genesis(
+                ChainParams::DEFAULT,
+                committee.clone(),
+                vec![i as u8],
+                0,
+                i.to_be_bytes().to_vec(),
+                1_000,
+            );
+            let chain_state = ChainState::genesis(&genesis).unwrap().into_inner();
+            state.chains.insert(chain_state.chain, TrustedChain::from_state(&chain_state, None));
+        }
+        state.timeline = state.chains.keys().next().copied();
+        state
+    }
+
+    #[test]
+    fn the_state_file_holds_each_committee_once_and_reads_back_the_same_state() {
+        let (shared, other) = (committee(1, 16), committee(40, 4));
+        let state = state(200, &shared, &other);
+        let bytes = state.to_bytes();
+        let stored: StoredState = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(stored.committees.len(), 2);
+        let committee_bytes = postcard::to_allocvec(&shared).unwrap().len();
+        assert!(bytes.len() < 200 * committee_bytes / 4, "{} bytes for 201 chains", bytes.len());
+        let read = ClientState::from_bytes(&bytes).unwrap();
+        assert_eq!(read, state);
+        // Chains that shared a committee share it again in memory.
+        let arcs: Vec<&Arc<Committee>> = read.chains.values().map(|t| &t.committee).collect();
+        assert_eq!(
+            arcs.iter().filter(|a| Arc::ptr_eq(a, arcs[0])).count() as u16,
+            if arcs[0].roster().len() == 16 { 200 } else { 1 }
+        );
+        assert!(ClientState::from_bytes(&[bytes.as_slice(), &[0]].concat()).unwrap_err().contains("left over"));
+    }
+
+    #[test]
+    fn a_state_file_of_the_previous_format_is_read() {
+        let (shared, other) = (committee(1, 4), committee(40, 4));
+        let state = state(3, &shared, &other);
+        let legacy = LegacyState {
+            chains: state
+                .chains
+                .iter()
+                .map(|(id, t)| {
+                    let chain = LegacyChain {
+                        chain: t.chain,
+                        params: t.params,
+                        header: t.header.clone(),
+                        id: t.id,
+                        committee: (*t.committee).clone(),
+                        policy: t.policy.clone(),
+                        is_checkpoint: t.is_checkpoint,
+                        release: None,
+                    };
+                    (*id, chain)
+                })
+                .collect(),
+            timeline: state.timeline,
+        };
+        let read = ClientState::from_bytes(&postcard::to_allocvec(&legacy).unwrap()).unwrap();
+        assert_eq!(read, state);
+        assert_eq!(postcard::from_bytes::<StoredState>(&read.to_bytes()).unwrap().committees.len(), 2);
+    }
+
+    #[test]
+    fn a_state_file_naming_a_wrong_or_missing_committee_is_refused() {
+        let (shared, other) = (committee(1, 4), committee(40, 4));
+        let mut stored: StoredState = state(2, &shared, &other).into();
+        stored.chains[0].committee = 7;
+        let error = ClientState::from_bytes(&postcard::to_allocvec(&stored).unwrap()).unwrap_err();
+        assert!(error.contains("names committee 7 of 2"), "{error}");
+        let mut stored: StoredState = state(2, &shared, &other).into();
+        stored.committees.swap(0, 1);
+        let error = ClientState::from_bytes(&postcard::to_allocvec(&stored).unwrap()).unwrap_err();
+        assert!(error.contains("does not match its header"), "{error}");
     }
 }

@@ -26,6 +26,7 @@ use chainiac_skipchain::block::payload_hash;
 use chainiac_skipchain::timeline::{HeadLeaf, TimelineEntry};
 use chainiac_skipchain::{BlockId, CatchUp, ChainId, ChainState, Committee, LinkedProof, Proof, ProofError};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 /// Committees the client holds, by hash, in the order it learned them.
 #[derive(Default, Clone)]
@@ -35,14 +36,17 @@ struct HeldCommittees {
 }
 
 impl HeldCommittees {
-    /// Holds `committee`; returns its hash.
-    fn add(&mut self, committee: &Committee) -> [u8; 32] {
-        let hash = committee.hash();
+    /// Holds `committee`.
+    fn add(&mut self, committee: &Committee) {
+        self.hold(committee.hash(), committee);
+    }
+
+    /// Holds `committee`, whose hash the caller knows to be `hash`.
+    fn hold(&mut self, hash: [u8; 32], committee: &Committee) {
         if !self.by_hash.contains_key(&hash) {
             self.order.push(hash);
             self.by_hash.insert(hash, committee.clone());
         }
-        hash
     }
 
     /// The hashes to name in a request: the newest ones, as many as a request may carry.
@@ -128,10 +132,19 @@ impl Client {
     pub async fn update_many(&mut self, chains: &[ChainId]) -> Result<UpdateResults, ClientError> {
         let mut seen = HashSet::new();
         let chains: Vec<ChainId> = chains.iter().copied().filter(|c| seen.insert(*c)).collect();
-        // Each chain's committee hashed once: to hold it and to group chains by it.
+        // A trusted state's committee is the one its header names by hash (checked when the
+        // state was verified and when the state file was read): hold each once, group by it.
         let mut held = HeldCommittees::default();
-        let committee_of: HashMap<ChainId, [u8; 32]> =
-            self.state.chains.values().map(|trusted| (trusted.chain, held.add(&trusted.committee))).collect();
+        let committee_of: HashMap<ChainId, [u8; 32]> = self
+            .state
+            .chains
+            .values()
+            .map(|trusted| {
+                let hash = trusted.header.committee_hash;
+                held.hold(hash, &trusted.committee);
+                (trusted.chain, hash)
+            })
+            .collect();
         let timeline = self.state.timeline;
         let projects: Vec<ChainId> =
             chains.iter().copied().filter(|c| Some(*c) != timeline && self.state.chains.contains_key(c)).collect();
@@ -151,10 +164,10 @@ impl Client {
         // every signer holds every chain it records: one group, and a chain whose own
         // committee has long retired is still served. Forward proofs (`every_hop`) are
         // asked of each chain's committee: one request per 256 chains sharing one.
-        let mut groups: BTreeMap<[u8; 32], (Committee, Vec<ChainId>)> = BTreeMap::new();
+        let mut groups: BTreeMap<[u8; 32], (Arc<Committee>, Vec<ChainId>)> = BTreeMap::new();
         let linked = match &view {
             Some(view) if !self.every_hop => {
-                let committee = (*view.reached.committee).clone();
+                let committee = view.reached.committee.clone();
                 let recorded_projects = projects.iter().copied().filter(|c| recorded.contains_key(c)).collect();
                 groups.insert(committee.hash(), (committee, recorded_projects));
                 true
@@ -203,7 +216,10 @@ impl Client {
             }
             results.push((chain, result.map(|(_, update)| update)));
         }
-        for state in updated {
+        // Chains that moved to the same committee share one copy of it again.
+        let mut shared: HashMap<[u8; 32], Arc<Committee>> = HashMap::new();
+        for mut state in updated {
+            state.committee = shared.entry(state.header.committee_hash).or_insert(state.committee).clone();
             self.state.chains.insert(state.chain, state);
         }
         if let Some(view) = view {
