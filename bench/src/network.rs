@@ -81,17 +81,26 @@ async fn concurrent_projects(witnesses: usize, projects: usize, appends_each: us
     ]
 }
 
-async fn timeline(chains: usize) -> Vec<String> {
+/// A timeline block over `chains` project chains, `moved` of which got one block first, and
+/// real clients following every chain. Returns the timeline row and the client row.
+async fn timeline(chains: usize, moved: usize) -> anyhow::Result<(Vec<String>, Vec<String>)> {
     let cluster = Cluster::start_with(4, 0).await;
     let members = [0, 1, 2, 3];
-    let (timeline, _) = cluster.create_chain_of_kind(&members, KIND_TIMELINE).await;
+    let (timeline, timeline_genesis) = cluster.create_chain_of_kind(&members, KIND_TIMELINE).await;
     let created = Instant::now();
     let mut leaves = Vec::with_capacity(chains);
+    let mut geneses = vec![timeline_genesis];
     for _ in 0..chains {
-        let (chain, _) = cluster.create_chain(&members).await;
+        let (chain, genesis) = cluster.create_chain(&members).await;
         leaves.push(HeadLeaf { chain, index: 0, id: chain });
+        geneses.push(genesis);
     }
     let creation = created.elapsed();
+    for (i, leaf) in leaves.iter_mut().take(moved).enumerate() {
+        let block = cluster.propose(i % 4, leaf.chain, format!("release {i}").as_bytes()).await.expect("append");
+        (leaf.index, leaf.id) = (block.header.index, block.id());
+    }
+    let followed: Vec<chainiac_skipchain::ChainId> = leaves.iter().map(|l| l.chain).collect();
     let probe_chain = leaves[chains / 2].chain;
     let set = HeadSet::new(leaves);
     let time_ms = common::now_ms();
@@ -110,13 +119,60 @@ async fn timeline(chains: usize) -> Vec<String> {
     let inclusion = info.inclusion.expect("asked for a chain");
     inclusion.verify(&info.entry).expect("the inclusion proof verifies");
     let proof_bytes = postcard::to_allocvec(&inclusion).expect("serializes").len();
-    vec![
+    let timeline_row = vec![
         chains.to_string(),
         format!("{:.1}", creation.as_secs_f64()),
         format!("{:.0}", cosign.as_secs_f64() * 1e3),
         proof_bytes.to_string(),
         format!("{:.1}", query.as_secs_f64() * 1e3),
-    ]
+    ];
+
+    // Real clients (chainiac-client over QUIC) following every chain: anchored at the
+    // geneses in one write, then updated, by linked proofs and with every hop.
+    let dir = tempfile::tempdir()?;
+    let mut update_secs = Vec::new();
+    let mut again_secs = 0.0;
+    let mut anchor_secs = 0.0;
+    let mut state_bytes = 0;
+    let mut open_ms = 0.0;
+    for every_hop in [false, true] {
+        let path = dir.path().join(format!("client-{every_hop}.state"));
+        let mut client = chainiac_client::Client::open(&path, chainiac_client::TrustLevel::default())?;
+        client.every_hop = every_hop;
+        let t = Instant::now();
+        client.anchor_many(&geneses)?;
+        anchor_secs = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let results = client.update_many(&followed).await?;
+        update_secs.push(t.elapsed().as_secs_f64());
+        let failed: Vec<String> =
+            results.iter().filter_map(|(c, r)| r.as_ref().err().map(|e| format!("{c}: {e}"))).take(3).collect();
+        anyhow::ensure!(failed.is_empty(), "client updates failed: {}", failed.join("; "));
+        let reached: usize = results.iter().filter(|(_, r)| r.as_ref().is_ok_and(|u| u.to == 1)).count();
+        anyhow::ensure!(reached == moved, "{reached} chains moved, expected {moved}");
+        if !every_hop {
+            let t = Instant::now();
+            client.update_many(&followed).await?;
+            again_secs = t.elapsed().as_secs_f64();
+            state_bytes = std::fs::metadata(&path)?.len();
+            drop(client);
+            let t = Instant::now();
+            let reopened = chainiac_client::Client::open(&path, chainiac_client::TrustLevel::default())?;
+            open_ms = t.elapsed().as_secs_f64() * 1e3;
+            anyhow::ensure!(reopened.state().chains.len() == chains + 1, "the state file holds every chain");
+        }
+    }
+    let client_row = vec![
+        chains.to_string(),
+        moved.to_string(),
+        format!("{anchor_secs:.2}"),
+        format!("{:.2}", update_secs[0]),
+        format!("{:.2}", update_secs[1]),
+        format!("{again_secs:.2}"),
+        format!("{:.2}", state_bytes as f64 / 1e6),
+        format!("{open_ms:.0}"),
+    ];
+    Ok((timeline_row, client_row))
 }
 
 pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<()> {
@@ -149,7 +205,8 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         }
         report.table(&["witnesses", "projects", "appends", "seconds", "appends/s"], &rows);
         report.text("#### Timeline block over many project chains (4 witnesses)\n");
-        let row = timeline(options.timeline_chains).await;
+        let moved = (options.timeline_chains / 15).max(1);
+        let (timeline_row, client_row) = timeline(options.timeline_chains, moved).await?;
         report.table(
             &[
                 "chains",
@@ -158,7 +215,25 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<()> {
                 "inclusion proof, bytes",
                 "timeline query, ms",
             ],
-            &[row],
+            &[timeline_row],
+        );
+        report.text(&format!(
+            "#### A real client following every one of those chains
+
+`chainiac-client` over QUIC against the same 4 witnesses, the timeline block recording {moved} chains one block ahead of the client's anchors: anchoring every genesis (one state write), `update_many` over all chains with linked proofs (the default) and, on a second client, with `every_hop`, then the linked client again with nothing new; its state file and the time to open it.\n"
+        ));
+        report.table(
+            &[
+                "chains",
+                "moved",
+                "anchor all, s",
+                "update (linked), s",
+                "update (every hop), s",
+                "again, nothing new, s",
+                "state file, MB",
+                "open state, ms",
+            ],
+            &[client_row],
         );
         report.plot(&Plot {
             file: "network-append-latency.svg",

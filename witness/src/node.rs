@@ -262,8 +262,15 @@ impl Node {
     }
 
     fn head_info(&self, chain: &ChainId) -> Result<HeadInfo, ErrorReply> {
-        let head = store::head_state(&self.store, chain).map_err(store_err)?;
+        let head = self.head(chain)?;
         Ok(HeadInfo { chain: *chain, index: head.index(), id: head.id, header: head.header.clone() })
+    }
+
+    /// The index of a chain's head: one record read, no block decoded (a batched answer
+    /// needs it for every chain it names).
+    fn head_index(&self, chain: &ChainId) -> Result<u64, ErrorReply> {
+        let record = self.store.head(chain).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+        record.map(|r| r.index).ok_or_else(|| err(ErrorCode::NotFound, format!("chain {chain} is not served here")))
     }
 
     fn block_by_id(&self, id: &BlockId) -> Reply {
@@ -291,7 +298,7 @@ impl Node {
     fn proof(&self, chain: &ChainId, from: u64, to: Option<u64>, with_payload: bool) -> Reply {
         let to = match to {
             Some(to) => to,
-            None => self.head_info(chain)?.index,
+            None => self.head_index(chain)?,
         };
         store::prove(&self.store, chain, from, to, with_payload).map(Response::Proof).map_err(store_err)
     }
@@ -302,7 +309,7 @@ impl Node {
         let answers = answer_each(queries, held_committees, |query, held| {
             let to = match query.to {
                 Some(to) => to,
-                None => self.head_info(&query.chain)?.index,
+                None => self.head_index(&query.chain)?,
             };
             // No payload for a chain that did not move: the client has it already.
             let proof = store::prove(&self.store, &query.chain, query.from, to, with_payload && to > query.from)
@@ -316,7 +323,7 @@ impl Node {
 
     fn linked_proofs(&self, queries: &[LinkedQuery], with_payload: bool, held_committees: Vec<[u8; 32]>) -> Reply {
         let answers = answer_each(queries, held_committees, |query, held| {
-            let to = self.head_info(&query.chain)?.index;
+            let to = self.head_index(&query.chain)?;
             let moved = to > query.from;
             let proof = store::prove_linked(
                 &self.store,
