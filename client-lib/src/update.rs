@@ -97,10 +97,11 @@ fn answered(response: &Response) -> String {
 }
 
 /// Checks a timeline batch for `chunk` before it costs more than a few comparisons: the
-/// right timeline, not older than the trusted block, only leaves asked for (at most 64
-/// hashes each: the tree is at most 64 levels deep), and a proof that holds under its
-/// entry. The entry itself is checked later, against the proven block.
-fn check_batch(batch: &TimelineBatch, trusted: &TrustedChain, chunk: &[ChainId]) -> Result<(), String> {
+/// right timeline, not older than the trusted block, no more leaves than chains asked (at
+/// most 64 hashes each: the tree is at most 64 levels deep), and a proof that holds under
+/// its entry for the chains asked. Returns the leaves it proves. The entry itself is
+/// checked later, against the proven block.
+fn check_batch(batch: &TimelineBatch, trusted: &TrustedChain, chunk: &[ChainId]) -> Result<Vec<HeadLeaf>, String> {
     if batch.timeline != trusted.chain {
         return Err("answered for another timeline".into());
     }
@@ -111,11 +112,7 @@ fn check_batch(batch: &TimelineBatch, trusted: &TrustedChain, chunk: &[ChainId])
     if proof.leaves.len() > chunk.len() || proof.hashes.len() > 64 * chunk.len() {
         return Err("the inclusion proof is larger than the chains asked for need".into());
     }
-    let asked: HashSet<&ChainId> = chunk.iter().collect();
-    if let Some((_, leaf)) = proof.leaves.iter().find(|(_, leaf)| !asked.contains(&leaf.chain)) {
-        return Err(format!("the inclusion proof holds chain {}, not asked for", leaf.chain));
-    }
-    proof.verify(&batch.entry).map_err(|e| e.to_string())
+    proof.verify(&batch.entry, chunk).map_err(|e| e.to_string())
 }
 
 impl Client {
@@ -357,11 +354,13 @@ impl Client {
                 .map_err(|e| format!("unavailable: {e}"))
         };
         let mut batches: Vec<TimelineBatch> = Vec::new();
+        let mut leaves = HashMap::new();
         for chunk in projects.chunks(MAX_TIMELINE_CHAINS) {
             let request = Request::GetTimelineBatch { timeline: Some(timeline), chains: chunk.to_vec() };
             match call(request).await? {
                 Response::TimelineBatch(batch) => {
-                    check_batch(&batch, trusted, chunk).map_err(|e| format!("lied: {e}"))?;
+                    let proven = check_batch(&batch, trusted, chunk).map_err(|e| format!("lied: {e}"))?;
+                    leaves.extend(proven.into_iter().map(|leaf| (leaf.chain, (leaf, batch.entry.clone()))));
                     batches.push(batch);
                 }
                 // None of this chunk is recorded yet: those chains fail alone.
@@ -412,12 +411,6 @@ impl Client {
             hops += proof.steps.len();
             checkpoints.extend(reached.checkpoints);
             state = reached.state;
-        }
-        let mut leaves = HashMap::new();
-        for batch in &batches {
-            for (_, leaf) in &batch.inclusion.leaves {
-                leaves.insert(leaf.chain, (*leaf, batch.entry.clone()));
-            }
         }
         let update = Update {
             chain: timeline,

@@ -148,20 +148,27 @@ impl HeadSet {
             path,
         })
     }
-    /// One proof for the leaves of every chain in `chains` the set has (others are left
-    /// out; the verifier sees which): upper levels shared by several leaves are sent once.
+    /// One proof for the leaves of every chain in `chains` the set has (the others are
+    /// marked absent): upper levels shared by several leaves are sent once, and the leaves
+    /// leave out their chain ids, which the verifier asked for.
     pub fn prove_many(&self, chains: &[ChainId]) -> MultiInclusionProof {
-        let mut positions: Vec<usize> =
-            chains.iter().filter_map(|c| self.leaves.binary_search_by(|l| l.chain.cmp(c)).ok()).collect();
-        positions.sort_unstable();
-        positions.dedup();
+        let asked = sorted_unique(chains);
+        let mut present = vec![0u8; asked.len().div_ceil(8)];
+        let mut positions = Vec::new();
+        for (i, chain) in asked.iter().enumerate() {
+            if let Ok(p) = self.leaves.binary_search_by(|l| l.chain.cmp(chain)) {
+                present[i / 8] |= 1 << (i % 8);
+                positions.push(p);
+            }
+        }
         let mut hashes = Vec::new();
         if !positions.is_empty() {
             self.siblings(0, self.leaves.len(), &positions, &mut hashes);
         }
         MultiInclusionProof {
             size: self.leaves.len() as u64,
-            leaves: positions.iter().map(|&p| (p as u64, self.leaves[p])).collect(),
+            present,
+            leaves: positions.iter().map(|&p| (p as u64, self.leaves[p].index, self.leaves[p].id)).collect(),
             hashes,
         }
     }
@@ -211,8 +218,12 @@ pub enum InclusionError {
     HashCount,
     #[error("the proof has no leaf")]
     NoLeaf,
-    #[error("the leaf at position {position} is not after the one before it (by position and by chain)")]
+    #[error("the leaf at position {position} is not after the one before it")]
     Order { position: u64 },
+    #[error("the presence bits ({bytes} bytes) do not fit the {asked} chains asked for")]
+    Present { asked: usize, bytes: usize },
+    #[error("the proof marks {marked} chains present but carries {got} leaves")]
+    LeafCount { marked: usize, got: usize },
 }
 
 impl InclusionProof {
@@ -252,49 +263,77 @@ impl InclusionProof {
     }
 }
 
-/// One proof that several [`HeadLeaf`]s are in a timeline tree: the leaves with their
-/// positions, and the roots of the subtrees that hold none of them, depth first and left
-/// first. For P leaves out of n it carries about P·log2(n/P) hashes instead of P·log2(n).
+/// One proof that several [`HeadLeaf`]s are in a timeline tree: which of the chains asked
+/// for it holds, their leaves without the chain ids (the verifier knows what it asked:
+/// 32 bytes less per leaf) and with their positions, and the roots of the subtrees that
+/// hold none of them, depth first and left first. For P leaves out of n it carries about
+/// P·log2(n/P) hashes instead of P·log2(n).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MultiInclusionProof {
     pub size: u64,
-    /// (position, leaf), positions strictly increasing.
-    pub leaves: Vec<(u64, HeadLeaf)>,
+    /// Bit `i` (of byte `i / 8`, least significant first): whether the `i`-th of the asked
+    /// chains, in ascending id order without repeats, is in the tree.
+    pub present: Vec<u8>,
+    /// (position, head index, head id) of each present chain, in the same order; positions
+    /// strictly increasing.
+    pub leaves: Vec<(u64, u64, BlockId)>,
     pub hashes: Vec<[u8; 32]>,
 }
 
 impl MultiInclusionProof {
-    /// Checks that every leaf is in the tree whose root and size `entry` records, at its
-    /// position. A proof with no leaf proves nothing and is refused.
-    pub fn verify(&self, entry: &TimelineEntry) -> Result<(), InclusionError> {
+    /// Checks that the leaves are in the tree whose root and size `entry` records, at their
+    /// positions, for the chains `asked` (in any order, repeats ignored) that the proof
+    /// marks present; returns those leaves, by ascending chain id. A proof with no leaf
+    /// proves nothing and is refused.
+    pub fn verify(&self, entry: &TimelineEntry, asked: &[ChainId]) -> Result<Vec<HeadLeaf>, InclusionError> {
         if self.size != entry.chains {
             return Err(InclusionError::Size { expected: entry.chains, got: self.size });
         }
-        let Some(&(last, _)) = self.leaves.last() else {
+        let asked = sorted_unique(asked);
+        if self.present.len() != asked.len().div_ceil(8) {
+            return Err(InclusionError::Present { asked: asked.len(), bytes: self.present.len() });
+        }
+        let bit = |i: usize| self.present[i / 8] >> (i % 8) & 1 == 1;
+        if (asked.len()..self.present.len() * 8).any(bit) {
+            return Err(InclusionError::Present { asked: asked.len(), bytes: self.present.len() });
+        }
+        let chains: Vec<&ChainId> = asked.iter().enumerate().filter(|&(i, _)| bit(i)).map(|(_, c)| c).collect();
+        if chains.len() != self.leaves.len() {
+            return Err(InclusionError::LeafCount { marked: chains.len(), got: self.leaves.len() });
+        }
+        let Some(&(last, _, _)) = self.leaves.last() else {
             return Err(InclusionError::NoLeaf);
         };
         if last >= self.size {
             return Err(InclusionError::Position { position: last, size: self.size });
         }
-        if let Some(w) = self.leaves.windows(2).find(|w| w[0].0 >= w[1].0 || w[0].1.chain >= w[1].1.chain) {
+        if let Some(w) = self.leaves.windows(2).find(|w| w[0].0 >= w[1].0) {
             return Err(InclusionError::Order { position: w[1].0 });
         }
+        let leaves: Vec<(u64, HeadLeaf)> = self
+            .leaves
+            .iter()
+            .zip(chains)
+            .map(|(&(position, index, id), chain)| (position, HeadLeaf { chain: *chain, index, id }))
+            .collect();
         let mut hashes = self.hashes.iter();
-        let root = fold(0, self.size, &self.leaves, &mut hashes)?;
+        let root = fold(0, self.size, &leaves, &mut hashes)?;
         if hashes.len() != 0 {
             return Err(InclusionError::HashCount);
         }
         if root == entry.root {
-            Ok(())
+            Ok(leaves.into_iter().map(|(_, leaf)| leaf).collect())
         } else {
             Err(InclusionError::Root)
         }
     }
+}
 
-    /// The leaf recorded for `chain`, if the proof has it (meaningful once verified).
-    pub fn leaf(&self, chain: &ChainId) -> Option<&HeadLeaf> {
-        self.leaves.binary_search_by(|(_, l)| l.chain.cmp(chain)).ok().map(|i| &self.leaves[i].1)
-    }
+fn sorted_unique(chains: &[ChainId]) -> Vec<ChainId> {
+    let mut chains = chains.to_vec();
+    chains.sort_unstable();
+    chains.dedup();
+    chains
 }
 
 /// The root over `lo..hi` given the proof's leaves inside it (sorted, in range): recursion
@@ -385,12 +424,26 @@ mod tests {
             let mut chosen: Vec<ChainId> = picks.iter().map(|p| all[p % n].chain).collect();
             chosen.push(BlockId([0xee; 32])); // not in the set: left out
             let proof = set.prove_many(&chosen);
-            prop_assert_eq!(proof.verify(&entry), Ok(()));
             let mut wanted: Vec<HeadLeaf> = picks.iter().map(|p| *set.leaf(&all[p % n].chain).unwrap()).collect();
             wanted.sort();
             wanted.dedup();
-            prop_assert_eq!(proof.leaves.iter().map(|(_, l)| *l).collect::<Vec<_>>(), wanted.clone());
-            prop_assert!(proof.leaf(&BlockId([0xee; 32])).is_none());
+            prop_assert_eq!(proof.verify(&entry, &chosen), Ok(wanted.clone()));
+            // The order asked in does not matter; asking for other chains does.
+            let mut reversed = chosen.clone();
+            reversed.reverse();
+            prop_assert_eq!(proof.verify(&entry, &reversed), Ok(wanted.clone()));
+            let mut other = chosen.clone();
+            other[0] = all[(picks[0] + 1) % n].chain;
+            // Asked for other chains, the proof either fails or proves only true leaves (a
+            // chain it marks absent is merely not proven).
+            if let Ok(proven) = proof.verify(&entry, &other) {
+                for leaf in proven {
+                    prop_assert_eq!(Some(&leaf), set.leaf(&leaf.chain), "a leaf paired with the wrong chain");
+                }
+            }
+            // The stranger is marked absent: its bit is clear.
+            let stranger_at = { let mut s = chosen.clone(); s.sort(); s.dedup(); s.iter().position(|c| *c == BlockId([0xee; 32])).unwrap() };
+            prop_assert_eq!(proof.present[stranger_at / 8] >> (stranger_at % 8) & 1, 0);
             let separate: usize = wanted.iter().map(|l| set.prove(&l.chain).unwrap().path.len()).sum();
             prop_assert!(proof.hashes.len() <= separate);
             if wanted.len() == 1 {
@@ -402,35 +455,48 @@ mod tests {
             }
             let mut moved = proof.clone();
             let i = flip % moved.leaves.len();
-            moved.leaves[i].1.index += 1;
-            prop_assert_eq!(moved.verify(&entry), Err(InclusionError::Root));
+            moved.leaves[i].1 += 1;
+            prop_assert_eq!(moved.verify(&entry, &chosen), Err(InclusionError::Root));
             if !proof.hashes.is_empty() {
                 let mut bent = proof.clone();
                 let j = flip % bent.hashes.len();
                 bent.hashes[j][flip % 32] ^= 1;
-                prop_assert_eq!(bent.verify(&entry), Err(InclusionError::Root));
+                prop_assert_eq!(bent.verify(&entry, &chosen), Err(InclusionError::Root));
                 let mut short = proof.clone();
                 short.hashes.pop();
-                prop_assert_eq!(short.verify(&entry), Err(InclusionError::HashCount));
+                prop_assert_eq!(short.verify(&entry, &chosen), Err(InclusionError::HashCount));
             }
             let mut long = proof.clone();
             long.hashes.push([7; 32]);
-            prop_assert_eq!(long.verify(&entry), Err(InclusionError::HashCount));
+            prop_assert_eq!(long.verify(&entry, &chosen), Err(InclusionError::HashCount));
             if proof.leaves.len() >= 2 {
                 let mut swapped = proof.clone();
                 swapped.leaves.swap(0, 1);
-                let order = matches!(swapped.verify(&entry), Err(InclusionError::Order { .. }));
+                let order = matches!(swapped.verify(&entry, &chosen), Err(InclusionError::Order { .. }));
                 prop_assert!(order);
                 let mut twice = proof.clone();
                 twice.leaves[1] = twice.leaves[0];
-                let order = matches!(twice.verify(&entry), Err(InclusionError::Order { .. }));
+                let order = matches!(twice.verify(&entry, &chosen), Err(InclusionError::Order { .. }));
                 prop_assert!(order);
+            }
+            // Presence bits that disagree with the leaves, or stray bits past the chains asked.
+            let mut unmarked = proof.clone();
+            let first = (0..chosen.len()).find(|&i| unmarked.present[i / 8] >> (i % 8) & 1 == 1).unwrap();
+            unmarked.present[first / 8] ^= 1 << (first % 8);
+            let refused = unmarked.verify(&entry, &chosen);
+            prop_assert!(matches!(refused, Err(InclusionError::LeafCount { .. })), "{:?}", refused);
+            let asked = { let mut s = chosen.clone(); s.sort(); s.dedup(); s.len() };
+            if asked % 8 != 0 {
+                let mut stray = proof.clone();
+                *stray.present.last_mut().unwrap() |= 0x80;
+                let refused = stray.verify(&entry, &chosen);
+                prop_assert!(matches!(refused, Err(InclusionError::Present { .. })), "{:?}", refused);
             }
             let mut outside = proof.clone();
             outside.leaves.last_mut().unwrap().0 = n as u64;
-            prop_assert!(outside.verify(&entry).is_err());
-            let empty = MultiInclusionProof { size: n as u64, leaves: vec![], hashes: vec![] };
-            prop_assert_eq!(empty.verify(&entry), Err(InclusionError::NoLeaf));
+            prop_assert!(outside.verify(&entry, &chosen).is_err());
+            let empty = MultiInclusionProof { size: n as u64, present: vec![0; asked.div_ceil(8)], leaves: vec![], hashes: vec![] };
+            prop_assert_eq!(empty.verify(&entry, &chosen), Err(InclusionError::NoLeaf));
         }
     }
 
