@@ -291,7 +291,7 @@ async fn demo(root: &Path) -> Result<()> {
     step.done(
         t,
         &format!(
-            "genesis -> block {} in {} hops, landing on checkpoint(s) {:?}; timeline {} ms old",
+            "genesis -> block {} in {} hops (hash links from the head the timeline records), past checkpoint(s) {:?}; timeline {} ms old",
             update.to,
             update.hops,
             update.checkpoints,

@@ -13,7 +13,7 @@ fn the_demo_releases_verifies_and_cleans_up() {
         "cosigned at index 1",
         "policy change cosigned at index 3",
         "cosigned at index 4",
-        "landing on checkpoint(s) [3]",
+        "past checkpoint(s) [3]",
         "hello 1.2 verified; a copy with one bit changed is refused: true",
     ] {
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
