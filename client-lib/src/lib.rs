@@ -68,7 +68,7 @@ impl TrustedChain {
 
 /// Everything the client trusts, by chain.
 ///
-/// On disk (postcard, SPEC §12.1): each distinct committee once, and each chain naming its
+/// On disk (postcard, SPEC §13): each distinct committee once, and each chain naming its
 /// committee by position in that list. A client following 15,000 projects of one
 /// cothority stores its ≈2 KB roster once instead of 15,000 times, and opening the file
 /// checks each roster's proofs of possession once.
@@ -91,9 +91,10 @@ impl ClientState {
         // Decoded, then converted: the conversion's reasons survive (postcard drops them).
         match chainiac_skipchain::decode_exact::<StoredState>(bytes) {
             Ok(stored) => ClientState::try_from(stored),
-            Err(e) => chainiac_skipchain::decode_exact::<LegacyState>(bytes)
-                .map(ClientState::from)
-                .map_err(|_| format!("not a chainiac client state: {e}")),
+            Err(e) => match chainiac_skipchain::decode_exact::<LegacyState>(bytes) {
+                Ok(legacy) => ClientState::try_from(legacy),
+                Err(_) => Err(format!("not a chainiac client state: {e}")),
+            },
         }
     }
 }
@@ -119,28 +120,34 @@ struct LegacyChain {
     release: Option<ReleasePayload>,
 }
 
-impl From<LegacyState> for ClientState {
-    fn from(legacy: LegacyState) -> Self {
+impl TryFrom<LegacyState> for ClientState {
+    type Error = String;
+
+    fn try_from(legacy: LegacyState) -> Result<Self, String> {
         let mut shared: std::collections::HashMap<[u8; 32], Arc<Committee>> = std::collections::HashMap::new();
-        let chains = legacy
-            .chains
-            .into_iter()
-            .map(|(id, c)| {
-                let committee = shared.entry(c.committee.hash()).or_insert_with(|| Arc::new(c.committee)).clone();
-                let trusted = TrustedChain {
-                    chain: c.chain,
-                    params: c.params,
-                    header: c.header,
-                    id: c.id,
-                    committee,
-                    policy: c.policy,
-                    is_checkpoint: c.is_checkpoint,
-                    release: c.release,
-                };
-                (id, trusted)
-            })
-            .collect();
-        ClientState { chains, timeline: legacy.timeline }
+        let mut chains = BTreeMap::new();
+        for (id, c) in legacy.chains {
+            if id != c.chain {
+                return Err(format!("chain {} is filed under {id}", c.chain));
+            }
+            let hash = c.committee.hash();
+            if hash != c.header.committee_hash {
+                return Err(format!("chain {}: its committee does not match its header", c.chain));
+            }
+            let committee = shared.entry(hash).or_insert_with(|| Arc::new(c.committee)).clone();
+            let trusted = TrustedChain {
+                chain: c.chain,
+                params: c.params,
+                header: c.header,
+                id: c.id,
+                committee,
+                policy: c.policy,
+                is_checkpoint: c.is_checkpoint,
+                release: c.release,
+            };
+            chains.insert(id, trusted);
+        }
+        Ok(ClientState { chains, timeline: legacy.timeline })
     }
 }
 
@@ -643,6 +650,11 @@ pub mod blocking {
             self.runtime.block_on(self.inner.update_many(chains))
         }
 
+        /// See [`super::Client::every_hop`].
+        pub fn set_every_hop(&mut self, every_hop: bool) {
+            self.inner.every_hop = every_hop;
+        }
+
         pub fn verify_artifact(&self, chain: ChainId, path: &str, bytes: &[u8]) -> Result<String, ClientError> {
             self.inner.verify_artifact(chain, path, bytes)
         }
@@ -737,6 +749,11 @@ mod tests {
         let read = ClientState::from_bytes(&postcard::to_allocvec(&legacy).unwrap()).unwrap();
         assert_eq!(read, state);
         assert_eq!(postcard::from_bytes::<StoredState>(&read.to_bytes()).unwrap().committees.len(), 2);
+        // A legacy file whose committee is not the one its header names is refused too.
+        let mut wrong = legacy;
+        wrong.chains.values_mut().next().unwrap().committee = committee(90, 4);
+        let error = ClientState::from_bytes(&postcard::to_allocvec(&wrong).unwrap()).unwrap_err();
+        assert!(error.contains("does not match its header"), "{error}");
     }
 
     #[test]

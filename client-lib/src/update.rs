@@ -3,8 +3,8 @@
 //! One update asks, per 1,024 followed chains, for the newest timeline block with a single
 //! multi-leaf inclusion proof (`GetTimelineBatch`) and proves that timeline block forward
 //! (every hop's signature: this is where the client walks roster changes, once for all
-//! chains). Then, per 256 chains, one `GetLinkedProofs` to the timeline's current
-//! committee: for each chain, the headers linking the head the timeline records down to the
+//! chains). Then, per 256 chains, one `GetLinkedProofs` to a member of the committee that
+//! signed that block (then of the one in force now): for each chain, the headers linking the head the timeline records down to the
 //! client's block (hashes only — the timeline's signature vouches for the head's id, since
 //! a witness cosigns a timeline block only over heads it stored after checking them), the
 //! committee and policy in force there, and a forward proof past it to the newest block.
@@ -79,6 +79,11 @@ struct TimelineView {
     /// The timeline's own update, saved whatever happens to the project chains.
     reached: ChainState,
     update: Update,
+    /// Who to ask for linked proofs: the members of the committees that signed the timeline
+    /// blocks the leaves come from (each signer recomputed the root over heads it holds),
+    /// then those of the committee in force now (a roster change at the newest block brings
+    /// members that may not hold the chains yet).
+    holders: Vec<chainiac_cosi::Member>,
 }
 
 /// A chain caught up by a verified proof.
@@ -157,32 +162,32 @@ impl Client {
             .as_ref()
             .map(|v| v.leaves.iter().map(|(chain, (leaf, _))| (*chain, (leaf.index, leaf.id))).collect())
             .unwrap_or_default();
-        // Linked proofs (the default) are asked of the timeline's current committee, whose
-        // every signer holds every chain it records: one group, and a chain whose own
+        // Linked proofs (the default) are asked of the timeline's signers (each holds every
+        // chain it recorded), then its current committee: one group, and a chain whose own
         // committee has long retired is still served. Forward proofs (`every_hop`) are
         // asked of each chain's committee: one request per 256 chains sharing one.
-        let mut groups: BTreeMap<[u8; 32], (Arc<Committee>, Vec<ChainId>)> = BTreeMap::new();
+        let mut groups: BTreeMap<[u8; 32], (Vec<chainiac_cosi::Member>, Vec<ChainId>)> = BTreeMap::new();
         let linked = match &view {
             Some(view) if !self.every_hop => {
-                let committee = view.reached.committee.clone();
                 let recorded_projects = projects.iter().copied().filter(|c| recorded.contains_key(c)).collect();
-                groups.insert(committee.hash(), (committee, recorded_projects));
+                groups.insert([0; 32], (view.holders.clone(), recorded_projects));
                 true
             }
             _ => {
                 for chain in &projects {
                     let committee = &self.state.chains[chain].committee;
-                    groups.entry(committee_of[chain]).or_insert_with(|| (committee.clone(), Vec::new())).1.push(*chain);
+                    let entry = groups.entry(committee_of[chain]);
+                    entry.or_insert_with(|| (committee.roster().members().to_vec(), Vec::new())).1.push(*chain);
                 }
                 false
             }
         };
         let mut caught: HashMap<ChainId, Caught> = HashMap::new();
         let mut skipped_by_chain: HashMap<ChainId, Skipped> = HashMap::new();
-        for (committee, group) in groups.values() {
+        for (members, group) in groups.values() {
             for chunk in group.chunks(MAX_PROOF_QUERIES) {
                 let how = if linked { Asked::Linked(&recorded) } else { Asked::Forward };
-                let skipped = self.prove_chunk(chunk, committee, how, &recorded, &mut held, &mut caught).await?;
+                let skipped = self.prove_chunk(chunk, members, how, &recorded, &mut held, &mut caught).await?;
                 for chain in chunk {
                     skipped_by_chain.insert(*chain, skipped.clone());
                 }
@@ -382,6 +387,7 @@ impl Client {
         let mut local = held.clone();
         let mut state = trusted.to_state();
         let (mut hops, mut checkpoints, mut entry) = (0, Vec::new(), None);
+        let mut signers: Vec<Committee> = Vec::new();
         for target in targets {
             // Every batch's entry is checked against the proven header's payload hash; the
             // payload itself is only asked for when no batch brought an entry.
@@ -408,6 +414,19 @@ impl Client {
                 (None, _) => None,
             };
             local.learn(&proof);
+            // The last step was signed by the committee the step before it names (or the
+            // state it started from names): every committee named was held or carried.
+            if let Some((_, before)) = proof.steps.split_last() {
+                let named = before
+                    .iter()
+                    .fold(state.header.committee_hash, |hash, step| step.header.committee_hash.unwrap_or(hash));
+                let signer = if named == state.header.committee_hash {
+                    Some((*state.committee).clone())
+                } else {
+                    local.get(&named)
+                };
+                signers.extend(signer);
+            }
             hops += proof.steps.len();
             checkpoints.extend(reached.checkpoints);
             state = reached.state;
@@ -422,10 +441,18 @@ impl Client {
             skipped: Vec::new(),
             timeline_age_ms: entry.map(|e| crate::now_ms().saturating_sub(e.time_ms)),
         };
-        Ok((TimelineView { leaves, reached: state, update }, local))
+        let mut holders: Vec<chainiac_cosi::Member> = Vec::new();
+        for committee in signers.iter().chain(std::iter::once(&*state.committee)) {
+            for member in committee.roster().members() {
+                if !holders.iter().any(|h| h.key == member.key) {
+                    holders.push(member.clone());
+                }
+            }
+        }
+        Ok((TimelineView { leaves, reached: state, update, holders }, local))
     }
 
-    /// Proofs for `chunk`, asked of `committee`'s members in turn until every chain has a
+    /// Proofs for `chunk`, asked of `members` in turn until every chain has a
     /// verified proof reaching at least the head the timeline records for it (`recorded`),
     /// or none is left to ask. A witness whose proof stops short is skipped like a liar, so
     /// one freezing witness cannot stop an update; if every one stops short, the best such
@@ -434,7 +461,7 @@ impl Client {
     async fn prove_chunk(
         &self,
         chunk: &[ChainId],
-        committee: &Committee,
+        members: &[chainiac_cosi::Member],
         how: Asked<'_>,
         recorded: &HashMap<ChainId, (u64, BlockId)>,
         held: &mut HeldCommittees,
@@ -446,7 +473,7 @@ impl Client {
         let mut pending: Vec<ChainId> = chunk.to_vec();
         let mut skipped = Vec::new();
         let mut short: HashMap<ChainId, Caught> = HashMap::new();
-        for member in committee.roster().members() {
+        for member in members {
             let mut asking = pending.clone();
             while !asking.is_empty() {
                 let request = how.request(&asking, &states, held.newest());

@@ -137,8 +137,15 @@ async fn a_chain_every_member_lies_about_fails_alone() {
     }
 }
 
-/// A timeline chain in `store` whose block 1 records the heads of `chains` now.
-fn timeline_over(store: &MemoryStore, keys: &[SecretKey], committee: &Committee, chains: &[ChainId]) -> Block {
+/// A timeline chain in `store` whose block 1 records the heads of `chains` now (and hands
+/// the timeline to `handover`, if given).
+fn timeline_over(
+    store: &MemoryStore,
+    keys: &[SecretKey],
+    committee: &Committee,
+    chains: &[ChainId],
+    handover: Option<Committee>,
+) -> Block {
     use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, TimelineEntry, KIND_TIMELINE};
     let leaves = chains
         .iter()
@@ -152,8 +159,13 @@ fn timeline_over(store: &MemoryStore, keys: &[SecretKey], committee: &Committee,
     let first = genesis(ChainParams::DEFAULT, committee.clone(), vec![], KIND_TIMELINE, vec![], now - 1_000);
     let head = store::append(store, &first).unwrap().into_inner();
     let entry = TimelineEntry { time_ms: now, chains: set.len() as u64, root: set.root() };
-    let proposal =
-        Proposal { kind: KIND_TIMELINE, payload: entry.to_bytes(), timestamp_ms: now, ..Proposal::default() };
+    let proposal = Proposal {
+        kind: KIND_TIMELINE,
+        payload: entry.to_bytes(),
+        timestamp_ms: now,
+        committee: handover,
+        ..Proposal::default()
+    };
     let mut block = head.propose(proposal, |k| store.block_id(&head.chain, k).unwrap()).unwrap();
     let roster = committee.roster();
     block.signature =
@@ -244,8 +256,8 @@ impl Handler for TestMember {
                         let mut proof =
                             store::prove_linked(&*self.store, &q.chain, q.from, q.recorded, to, payload, |_| false)
                                 .map_err(|e| ErrorReply::new(ErrorCode::NotFound, e.to_string()))?;
-                        if self.mode == Mode::ForgesLinks {
-                            proof.links[0].payload_hash[0] ^= 1;
+                        if let Some(first) = proof.links.first_mut().filter(|_| self.mode == Mode::ForgesLinks) {
+                            first.payload_hash[0] ^= 1;
                         }
                         Ok(proof)
                     })
@@ -265,7 +277,7 @@ async fn cothority(modes: [Mode; 4]) -> (Vec<Block>, Block, Vec<SocketAddr>) {
 
 /// [`cothority`] with `recorded` chains in the timeline (and one more that is not).
 async fn cothority_of(modes: [Mode; 4], recorded: u16) -> (Vec<Block>, Block, Vec<SocketAddr>) {
-    cothority_serving(modes, recorded, None).await
+    cothority_serving(modes, recorded, None, None).await
 }
 
 /// [`cothority_of`], the project chains signed by `project_committee` (keys and addresses)
@@ -274,6 +286,7 @@ async fn cothority_serving(
     modes: [Mode; 4],
     recorded: u16,
     project_committee: Option<(&[SecretKey], &[SocketAddr])>,
+    timeline_handover: Option<Committee>,
 ) -> (Vec<Block>, Block, Vec<SocketAddr>) {
     let keys: Vec<SecretKey> = (70..74).map(key).collect();
     let addresses: Vec<SocketAddr> =
@@ -285,7 +298,7 @@ async fn cothority_serving(
     let members = keys.iter().zip(&addresses).map(|(k, a)| Member::new(k, a.to_string())).collect();
     let committee = Committee::new(Roster::new(members).unwrap(), 3).unwrap();
     let ids: Vec<ChainId> = geneses.iter().map(Block::id).collect();
-    let timeline_genesis = timeline_over(&store, &keys, &committee, &ids);
+    let timeline_genesis = timeline_over(&store, &keys, &committee, &ids, timeline_handover);
     // One more chain, made after the timeline block: no timeline records it yet.
     geneses.push(chain_into(&store, recorded, project_keys, project_addresses));
     let store = Arc::new(store);
@@ -406,7 +419,8 @@ async fn a_forged_link_is_a_lie_and_the_next_member_is_asked() {
 async fn chains_whose_committee_retired_are_served_by_the_timeline_committee() {
     let retired_keys: Vec<SecretKey> = (90..94).map(key).collect();
     let retired: Vec<SocketAddr> = (0..4).map(|i| SocketAddr::from(([127, 0, 0, 1], 9 + i))).collect();
-    let (geneses, timeline_genesis, _) = cothority_serving([Mode::Honest; 4], 3, Some((&retired_keys, &retired))).await;
+    let (geneses, timeline_genesis, _) =
+        cothority_serving([Mode::Honest; 4], 3, Some((&retired_keys, &retired)), None).await;
     let (client, _dir, mut results) = update_all(&geneses, &timeline_genesis, false).await;
     unrecorded(&mut results);
     for (chain, result) in results {
@@ -418,6 +432,34 @@ async fn chains_whose_committee_retired_are_served_by_the_timeline_committee() {
         assert_eq!(trusted.index(), 5);
         assert!(trusted.committee.roster().members().iter().all(|m| retired.contains(&m.address.parse().unwrap())));
     }
+}
+
+/// The newest timeline block hands the timeline to new members who hold no project chain
+/// yet (and here do not even answer): linked proofs are asked of the members that signed
+/// it first, so the update goes through without waiting on the newcomers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linked_proofs_are_asked_of_the_timeline_signers_before_a_new_committee() {
+    let newcomers: Vec<Member> = (100..104)
+        .map(|i| Member::new(&key(i), SocketAddr::from(([127, 0, 0, 1], 20 + i as u16)).to_string()))
+        .collect();
+    let handover = Committee::new(Roster::new(newcomers.clone()).unwrap(), 3).unwrap();
+    let (geneses, timeline_genesis, addresses) =
+        cothority_serving([Mode::Honest; 4], 3, None, Some(handover.clone())).await;
+    let started = std::time::Instant::now();
+    let (client, _dir, mut results) = update_all(&geneses, &timeline_genesis, false).await;
+    unrecorded(&mut results);
+    for (chain, result) in results {
+        let update = result.unwrap_or_else(|e| panic!("chain {chain}: {e}"));
+        assert_eq!((update.from, update.to), (0, 5));
+        let asked_newcomer = update.skipped.iter().any(|(w, _)| newcomers.iter().any(|m| &m.address == w));
+        assert!(!asked_newcomer, "{:?}", update.skipped);
+    }
+    let timeline = &client.state().chains[&timeline_genesis.id()];
+    assert_eq!((timeline.index(), timeline.committee.hash()), (1, handover.hash()), "the handover is trusted");
+    assert!(
+        addresses.len() == 4 && started.elapsed() < std::time::Duration::from_secs(15),
+        "no newcomer was waited on"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -348,12 +348,23 @@ impl LinkedProof {
         };
         let committee = self.committee.as_ref().or(looked_up.as_ref());
         check_carried(&top, committee, self.policy.as_ref(), &trusted.header).map_err(state_error)?;
-        // Whether the recorded block is itself a checkpoint shows only when its predecessor
-        // is the next link (or the trusted block).
-        let below = self.links.get(1).map(|l| l.rebuild(trusted.chain, top.committee_hash, top.policy_hash));
-        let predecessor = match &below {
-            Some(b) => (b.index + 1 == index).then_some((b.committee_hash, b.policy_hash)),
-            None => (from + 1 == index).then_some((trusted.header.committee_hash, trusted.header.policy_hash)),
+        // The recorded block is a checkpoint when its hashes differ from its predecessor's,
+        // which are those of the newest checkpoint before it (`previous_checkpoint`): the
+        // trusted block's if that is not after it, else any link at or after it (no
+        // checkpoint lies between). If no link is, the proof does not show it: false.
+        let p = top.previous_checkpoint;
+        let predecessor = if p <= from {
+            Some((trusted.header.committee_hash, trusted.header.policy_hash))
+        } else {
+            let mut hashes = (top.committee_hash, top.policy_hash);
+            let mut found = None;
+            for link in &self.links[1..] {
+                hashes = (link.committee_hash.unwrap_or(hashes.0), link.policy_hash.unwrap_or(hashes.1));
+                if link.index >= p {
+                    found = Some(hashes);
+                }
+            }
+            found
         };
         let is_checkpoint = predecessor.is_some_and(|hashes| hashes != (top.committee_hash, top.policy_hash));
         Ok(ChainState {
@@ -368,7 +379,8 @@ impl LinkedProof {
     }
 
     /// The checkpoints after `trusted` the links show: each link names the newest
-    /// checkpoint before it. Ascending, without repeats.
+    /// checkpoint before it, and the recorded block may be one. Ascending, without repeats;
+    /// a checkpoint no link names is not listed (a forward proof lands on every one).
     fn shown_checkpoints(&self, trusted: &ChainState, recorded: &ChainState) -> Vec<u64> {
         let mut shown: Vec<u64> =
             self.links.iter().map(|l| l.previous_checkpoint).filter(|&c| c > trusted.header.index).collect();

@@ -263,7 +263,20 @@ proptest! {
             prop_assert_eq!(&caught.state.header, &expected.header);
             prop_assert_eq!(&caught.state.committee, &expected.committee);
             prop_assert_eq!(&caught.state.policy, &expected.policy);
-            prop_assert!(!caught.state.is_checkpoint || expected.is_checkpoint);
+            prop_assert!(!caught.state.is_checkpoint || expected.is_checkpoint, "no checkpoint made up");
+            // Whenever the newest checkpoint before the recorded block is not after the trusted
+            // one, or a link shows its hashes, the flag is exact.
+            if j == r && r > i {
+                let p = chain.store.block(&chain.chain, r).unwrap().unwrap().header.previous_checkpoint;
+                if p <= i || proof.links[1..].iter().any(|l| l.index >= p) {
+                    prop_assert_eq!(caught.state.is_checkpoint, expected.is_checkpoint);
+                }
+                // Every checkpoint shown is a real one after the trusted block.
+                for &c in &caught.checkpoints {
+                    let block = chain.store.block(&chain.chain, c).unwrap().unwrap();
+                    prop_assert!(c > i && c <= r && (block.committee.is_some() || block.policy.is_some()), "checkpoint {}", c);
+                }
+            }
             let payload = chain.store.block(&chain.chain, j).unwrap().unwrap().payload;
             prop_assert_eq!(caught.payload.clone(), Some(payload));
             if r > i {
