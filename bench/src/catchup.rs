@@ -482,7 +482,7 @@ fn linear(store: &MemoryStore, trusted: &ChainState, to: u64, release: bool) -> 
         .zip(previous)
         .map(|(b, previous)| ProofStep {
             header: StepHeader::new(&b.header, previous),
-            signature: b.signature.clone().expect("signed"),
+            signature: Some(b.signature.clone().expect("signed")),
             committee: b.committee.clone(),
             policy: b.policy.clone(),
         })

@@ -66,12 +66,12 @@ impl Handler for Liar {
         let answer = self.honest.call_at(&self.honest_address, &self.honest_key, request).await;
         match answer {
             Ok(Response::Proof(mut proof)) if !proof.steps.is_empty() => {
-                proof.steps[0].signature.s[3] ^= 1;
+                bend_last_signature(&mut proof);
                 Response::Proof(proof)
             }
             Ok(Response::Proofs(mut proofs)) => {
                 for proof in proofs.iter_mut().flatten().filter(|p| !p.steps.is_empty()) {
-                    proof.steps[0].signature.s[3] ^= 1;
+                    bend_last_signature(proof);
                 }
                 Response::Proofs(proofs)
             }
@@ -88,6 +88,12 @@ impl Handler for Liar {
         }
     }
     fn refused(&self, _: &str) {}
+}
+
+/// The last step is always signed (SPEC §7.3).
+fn bend_last_signature(proof: &mut chainiac_skipchain::Proof) {
+    let step = proof.steps.last_mut().expect("not empty");
+    step.signature.as_mut().expect("the last step is signed").s[3] ^= 1;
 }
 
 async fn wait_timeline_has(cluster: &Cluster, chain: ChainId, index: u64) {

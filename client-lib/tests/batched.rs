@@ -74,7 +74,7 @@ impl Handler for Awkward {
                 let mut proof =
                     store::prove(&self.store, &q.chain, q.from, q.to.unwrap_or(head), with_payload).unwrap();
                 if q.chain == self.forged && (call == 1 || self.always_forge) {
-                    proof.steps[0].signature.s[5] ^= 1;
+                    proof.steps.last_mut().unwrap().signature.as_mut().unwrap().s[5] ^= 1;
                 }
                 Ok(proof)
             })

@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProofStep {
     pub header: StepHeader,
-    pub signature: Signature,
+    /// Present on the last step and on every step that changes the committee; the others
+    /// may leave it out: a later signed step of the same committee covers them by hash
+    /// (its id covers its back link to this step's id, and so on down).
+    pub signature: Option<Signature>,
     pub committee: Option<Committee>,
     pub policy: Option<Vec<u8>>,
 }
@@ -81,7 +84,9 @@ impl StepHeader {
 ///
 /// The steps follow the highest link that does not pass the target or the next checkpoint,
 /// and land on every checkpoint in between (a checkpoint's new committee signs the blocks
-/// after it). Each committee and policy appears once, in the step that introduces it.
+/// after it). Each committee and policy appears once, in the step that introduces it. Only
+/// the steps that change the committee and the last one need their signature: one
+/// signature per committee, not per hop.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proof {
     pub steps: Vec<ProofStep>,
@@ -174,7 +179,8 @@ impl Proof {
         let mut checkpoints = Vec::new();
         for (hop, step) in self.steps.iter().enumerate() {
             let index = step.header.index;
-            state = hop_from(&state, step, &held).map_err(|error| ProofError::Hop { hop, index, error })?;
+            let last = hop + 1 == self.steps.len();
+            state = hop_from(&state, step, last, &held).map_err(|error| ProofError::Hop { hop, index, error })?;
             if state.is_checkpoint {
                 checkpoints.push(index);
             }
@@ -189,10 +195,12 @@ impl Proof {
 }
 
 /// One hop: `step` must link back to `state`'s block, skip no checkpoint, carry exactly the
-/// committee and policy it changes, and be signed by `state`'s committee.
+/// committee and policy it changes, and be signed by `state`'s committee — or, if it is
+/// not the `last` step and keeps the committee, leave the signature to a later step.
 fn hop_from(
     state: &ChainState,
     step: &ProofStep,
+    last: bool,
     held: &impl Fn(&[u8; 32]) -> Option<Committee>,
 ) -> Result<ChainState, BlockError> {
     let h = &step.header.header(state);
@@ -221,8 +229,16 @@ fn hop_from(
     let committee = step.committee.as_ref().or(looked_up.as_ref());
     check_carried(h, committee, step.policy.as_ref(), &state.header)?;
     let id = h.id();
-    chainiac_cosi::verify(state.committee.roster(), state.committee.threshold(), &id.0, &step.signature)
-        .map_err(|error| BlockError::Signature { index, error })?;
+    match &step.signature {
+        Some(signature) => {
+            chainiac_cosi::verify(state.committee.roster(), state.committee.threshold(), &id.0, signature)
+                .map_err(|error| BlockError::Signature { index, error })?
+        }
+        // Covered by the next signed step, which the same committee signs (a committee
+        // change is always signed, and the last step too).
+        None if !last && h.committee_hash == state.header.committee_hash => {}
+        None => return Err(BlockError::MissingSignature { index }),
+    }
     Ok(state.successor_of(h, id, committee, step.policy.as_ref()))
 }
 

@@ -213,6 +213,8 @@ pub fn prove<S: Store>(
     for index in path {
         let block = read_block(store, chain, index, head)?;
         let signature = need(block.signature, || format!("block {index} has no signature"))?;
+        // Only committee changes and the target keep their signature (`ProofStep`).
+        let signature = (index == to || block.committee.is_some()).then_some(signature);
         if index == to && with_payload {
             payload = Some(block.payload);
         }

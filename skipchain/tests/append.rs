@@ -149,7 +149,7 @@ fn a_proof_that_skips_a_checkpoint_is_refused() {
     let skipping = Proof {
         steps: vec![ProofStep {
             header: StepHeader::new(&block.header, &chain.genesis_state().header),
-            signature: block.signature.unwrap(),
+            signature: Some(block.signature.unwrap()),
             committee: None,
             policy: None,
         }],

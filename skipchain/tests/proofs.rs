@@ -162,7 +162,11 @@ proptest! {
     #[test]
     fn step_headers_rebuild_the_stored_headers(base in 2u8..=4, len in 1u64..300, seed in any::<u64>()) {
         let (chain, checkpoints) = build_chain(base, len, 80, seed);
-        let proof = store::prove(&chain.store, &chain.chain, 0, len, false).unwrap();
+        let mut proof = store::prove(&chain.store, &chain.chain, 0, len, false).unwrap();
+        // Every step signed, so that each prefix is a proof of its own.
+        for step in &mut proof.steps {
+            step.signature = chain.store.block(&chain.chain, step.header.index).unwrap().unwrap().signature;
+        }
         let mut state: ChainState = chain.genesis_state().into_inner();
         for (k, step) in proof.steps.iter().enumerate() {
             let stored = chain.store.block(&chain.chain, step.header.index).unwrap().unwrap().header;
@@ -336,5 +340,54 @@ proptest! {
                 .and_then(|p| p.verify_with(&trusted, (len, id_at(len)), |_| None).ok());
             prop_assert!(accepted.is_none(), "byte {} of {} changed and the linked proof still verified", position, bytes.len());
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// A forward proof carries one signature per committee — on each committee change and on
+    /// the last step — and verifies as well with every signature; a proof cut after an
+    /// unsigned step, or missing a required signature, is refused.
+    #[test]
+    fn forward_proofs_carry_one_signature_per_committee(
+        base in 2u8..=4,
+        len in 2u64..500,
+        change_per_mille in 0u32..60,
+        seed in any::<u64>(),
+    ) {
+        use chainiac_skipchain::{BlockError, ProofError};
+        let (chain, _) = build_chain(base, len, change_per_mille, seed);
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let i = rng.next_u64() % len;
+        let trusted = state_at(&chain, i);
+        let proof = store::prove(&chain.store, &chain.chain, i, len, false).unwrap();
+        let expected = proof.verify(&trusted).unwrap().into_inner();
+        let (last, rest) = proof.steps.split_last().unwrap();
+        prop_assert!(last.signature.is_some());
+        for step in rest {
+            prop_assert_eq!(step.signature.is_some(), step.committee.is_some() || step.header.committee_hash.is_some());
+        }
+        // Every signature present: the same state.
+        let mut full = proof.clone();
+        for step in &mut full.steps {
+            step.signature = chain.store.block(&chain.chain, step.header.index).unwrap().unwrap().signature;
+        }
+        prop_assert_eq!(full.verify(&trusted).unwrap().into_inner(), expected);
+        // Cut after an unsigned step: its block is vouched for by nobody.
+        if let Some(k) = rest.iter().position(|s| s.signature.is_none()) {
+            let cut = Proof { steps: proof.steps[..=k].to_vec(), payload: None };
+            let refused = cut.verify(&trusted);
+            prop_assert!(matches!(refused, Err(ProofError::Hop { error: BlockError::MissingSignature { .. }, .. })), "{:?}", refused);
+        }
+        // A committee change without its signature.
+        if let Some(k) = proof.steps.iter().position(|s| s.committee.is_some()) {
+            let mut unsigned = proof.clone();
+            unsigned.steps[k].signature = None;
+            prop_assert!(unsigned.verify(&trusted).is_err());
+        }
+        let mut unsigned_last = proof.clone();
+        unsigned_last.steps.last_mut().unwrap().signature = None;
+        prop_assert!(unsigned_last.verify(&trusted).is_err());
     }
 }
