@@ -61,10 +61,10 @@ enum Command {
         /// Every chain anchored in the state file.
         #[arg(long, conflicts_with = "chain")]
         all: bool,
-        /// Check every block's own collective signature (forward proofs through every
+        /// Have each chain's own committees vouch for its blocks (forward proofs through every
         /// roster and key change) instead of trusting the verified timeline block for the
-        /// heads it records (hashes only). Costs more bytes and CPU; trusts no committee
-        /// for a block it did not sign.
+        /// heads it records (hashes only). Costs more bytes and CPU; trusts no other
+        /// chain's committee for a chain's blocks.
         #[arg(long)]
         every_hop: bool,
         #[command(flatten)]

@@ -312,7 +312,7 @@ pub struct Client {
     trust: TrustLevel,
     /// Maximum timeline age for chains whose policy does not say (raw chains).
     pub default_max_age_ms: u64,
-    /// Check every block's own collective signature (forward proofs, landing on every
+    /// Have each chain's own committees vouch for its blocks (forward proofs, landing on every
     /// checkpoint) instead of trusting the timeline's signature for the heads it records
     /// (linked proofs, hashes only; the default). See `update.rs`.
     pub every_hop: bool,

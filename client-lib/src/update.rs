@@ -9,7 +9,7 @@
 //! a witness cosigns a timeline block only over heads it stored after checking them), the
 //! committee and policy in force there, and a forward proof past it to the newest block.
 //! With `every_hop` the client instead asks each chain's committee for forward proofs
-//! (`GetProofs`), checking each block's own signature and landing on every checkpoint.
+//! (`GetProofs`), checked against each chain's own committees, landing on every checkpoint.
 //! Committees the client holds — its trusted states' and those the timeline proof brought
 //! — are named by hash and left out of the answers, so a roster change costs the client one
 //! committee, not one per followed chain. Every proof is verified before anything it

@@ -251,8 +251,8 @@ fn hop_from(
 /// links below need no signatures: hashes tie the recorded block to the trusted one,
 /// whatever checkpoints lie between, and the committee and policy in force there come
 /// once, checked against the recorded header's hashes. The verifier trusts the timeline's
-/// committee for this, as it already does for freshness; a client that wants every block's
-/// own signature checked asks for a forward [`Proof`] instead.
+/// committee for this, as it already does for freshness; a client that wants each chain's
+/// own committees to vouch for its blocks asks for a forward [`Proof`] instead.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkedProof {
     /// From the recorded block down to the first block after the trusted one, each the
