@@ -106,7 +106,7 @@ pub enum ProofError {
     NotBackward { step: usize, from: u64, index: u64 },
     #[error("backward proof step {step}: block {index} has the wrong height or chain")]
     BackwardHeader { step: usize, index: u64 },
-    #[error("linked proof: the timeline records block {recorded}, at or before the trusted {trusted}, yet the proof carries links, a committee or a policy")]
+    #[error("linked proof: the timeline records block {recorded}, at or before the trusted {trusted}, and the proof's links or committee or policy do not fit that (links only down to an earlier recorded block)")]
     LinksNotNeeded { recorded: u64, trusted: u64 },
     #[error("linked proof: the timeline records another block {index} than the trusted one: a fork")]
     Fork { index: u64 },
@@ -285,11 +285,24 @@ impl LinkedProof {
         let from = trusted.header.index;
         let mut linked_checkpoints = Vec::new();
         let start = if index <= from {
-            if !self.links.is_empty() || self.committee.is_some() || self.policy.is_some() {
+            // Links lead down to an earlier recorded block, unless it is the genesis (whose id
+            // is the chain's) or the trusted block itself.
+            let links_wrong = match index {
+                0 => !self.links.is_empty() && from > 0,
+                i if i == from => !self.links.is_empty(),
+                _ => self.links.is_empty(),
+            };
+            if links_wrong || self.committee.is_some() || self.policy.is_some() {
                 return Err(ProofError::LinksNotNeeded { recorded: index, trusted: from });
             }
             if index == from && id != trusted.id {
                 return Err(ProofError::Fork { index });
+            }
+            if index == 0 && from > 0 && id != trusted.chain {
+                return Err(ProofError::Fork { index });
+            }
+            if index > 0 && index < from {
+                self.link_below(trusted, index, id)?;
             }
             trusted.clone()
         } else {
@@ -392,6 +405,31 @@ impl LinkedProof {
             header: top,
             is_checkpoint,
         })
+    }
+
+    /// For a recorded block below the trusted one: the links lead from the trusted block
+    /// down to it (each the block the one before it links back to), so the recorded block
+    /// is an ancestor of the trusted one — else the timeline and the client's chain fork.
+    fn link_below(&self, trusted: &ChainState, index: u64, id: BlockId) -> Result<(), ProofError> {
+        let (mut committee_hash, mut policy_hash) = (trusted.header.committee_hash, trusted.header.policy_hash);
+        let mut above = trusted.header.clone();
+        for (step, link) in self.links.iter().enumerate() {
+            let h = link.rebuild(trusted.chain, committee_hash, policy_hash);
+            (committee_hash, policy_hash) = (h.committee_hash, h.policy_hash);
+            if h.index >= above.index || h.index < index {
+                return Err(ProofError::LinkOrder { step, index: h.index, above: above.index });
+            }
+            check_links(&trusted.params, &h).map_err(|error| ProofError::LinkHeader { step, index: h.index, error })?;
+            let level = trusted.params.link_level(h.index, above.index);
+            if level.is_none_or(|l| above.back_links[l as usize] != h.id()) {
+                return Err(ProofError::LinkBroken { step, index: h.index, above: above.index });
+            }
+            above = h;
+        }
+        if above.index != index || above.id() != id {
+            return Err(ProofError::Fork { index });
+        }
+        Ok(())
     }
 
     /// The checkpoints after `trusted` the links show: each link names the newest

@@ -231,7 +231,8 @@ pub fn prove<S: Store>(
 /// The linked proof from block `from` (the verifier's) through block `recorded` (the head a
 /// timeline block records) to block `to`: the links down from `recorded`, the committee
 /// (unless `held` says the verifier has it) and policy in force there when they differ from
-/// those at `from`, then the forward proof from the later of `from` and `recorded`.
+/// those at `from`, then the forward proof from the later of `from` and `recorded`. If
+/// `recorded` is below `from` (and not the genesis), the links lead down from `from` to it.
 pub fn prove_linked<S: Store>(
     store: &S,
     chain: &ChainId,
@@ -248,11 +249,22 @@ pub fn prove_linked<S: Store>(
         return Err(StoreError::NoSuchBlock { chain: *chain, index, head });
     }
     let beyond = prove(store, chain, start, to, with_payload)?;
-    if recorded <= from {
+    if recorded == from || recorded == 0 {
         return Ok(LinkedProof { links: Vec::new(), committee: None, policy: None, beyond });
     }
     let params = store.head(chain).map_err(StoreError::Backend)?.expect("head read above").params;
     let trusted = read_block(store, chain, from, head)?.header;
+    if recorded < from {
+        // Down from the verifier's block to the recorded one: it shows no fork below.
+        let mut links = Vec::new();
+        let mut above = trusted;
+        for index in backward_path(&params, from, recorded) {
+            let header = read_block(store, chain, index, head)?.header;
+            links.push(StepHeader::new(&header, &above));
+            above = header;
+        }
+        return Ok(LinkedProof { links, committee: None, policy: None, beyond });
+    }
     let mut path = vec![recorded];
     path.extend(backward_path(&params, recorded, from));
     path.pop(); // `from` itself: the verifier has it

@@ -287,7 +287,23 @@ proptest! {
                 let bound = 2 * (base as u64 - 1) * ceil_log(base as u64, r - i + 1) + 1;
                 prop_assert!(proof.links.len() as u64 <= bound, "{} links from {} to {}", proof.links.len(), i, r);
             } else {
-                prop_assert!(proof.links.is_empty() && proof.committee.is_none() && proof.policy.is_none());
+                prop_assert!(proof.committee.is_none() && proof.policy.is_none());
+                prop_assert_eq!(proof.links.is_empty(), r == i || r == 0);
+                // Below the trusted block: the links show the recorded block is its ancestor.
+                if r < i {
+                    let bound = 2 * (base as u64 - 1) * ceil_log(base as u64, i - r + 1) + 1;
+                    prop_assert!(proof.links.len() as u64 <= bound);
+                    let forked = proof.verify_with(&trusted, (r, BlockId([9; 32])), |_| None);
+                    prop_assert!(matches!(forked, Err(ProofError::Fork { .. })), "{:?}", forked);
+                    if r > 0 {
+                        let bare = LinkedProof { links: vec![], ..proof.clone() };
+                        let refused = bare.verify_with(&trusted, (r, id_at(r)), |_| None);
+                        prop_assert!(matches!(refused, Err(ProofError::LinksNotNeeded { .. })), "{:?}", refused);
+                        let mut bent = proof.clone();
+                        bent.links.last_mut().unwrap().timestamp_ms ^= 1;
+                        prop_assert!(bent.verify_with(&trusted, (r, id_at(r)), |_| None).is_err());
+                    }
+                }
             }
             // The timeline names another block: refused.
             if r > i {
