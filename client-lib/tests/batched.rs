@@ -46,6 +46,21 @@ fn chain_into(store: &MemoryStore, i: u16, keys: &[SecretKey], addresses: &[Sock
     first
 }
 
+/// Appends `n` signed blocks to `chain` (signed by all of `keys`, its committee's).
+fn extend(store: &MemoryStore, chain: ChainId, keys: &[SecretKey], n: u8) {
+    let mut head = store::head_state(store, &chain).unwrap().into_inner();
+    for j in 0..n {
+        let proposal = Proposal { payload: vec![0xaa, j], timestamp_ms: 3_000, ..Proposal::default() };
+        let mut block = head.propose(proposal, |k| store.block_id(&chain, k).unwrap()).unwrap();
+        let roster = head.committee.roster().clone();
+        block.signature =
+            Some(sign_with_all_keys(&roster, keys, &Mask::full(keys.len()), &block.id().0, &mut rand_core::OsRng));
+        let state = head.extend(&block, |k| store.block_id(&chain, k).unwrap()).unwrap();
+        store::commit_verified(store, &state, &block, Some(head.index())).unwrap();
+        head = state.into_inner();
+    }
+}
+
 /// Answers the first `GetProofs` with its second half "busy", the second with a forged
 /// proof for `forged` (always, if `always_forge`), and honestly after that.
 struct Awkward {
@@ -198,6 +213,8 @@ struct TestMember {
     timeline: ChainId,
     /// The chains timeline block 1 records.
     recorded: Vec<ChainId>,
+    /// Their heads as block 1 records them (a chain may have grown since).
+    leaves: Vec<chainiac_skipchain::timeline::HeadLeaf>,
     mode: Mode,
 }
 
@@ -211,14 +228,11 @@ impl Handler for TestMember {
                 let forges = self.mode == Mode::ForgesEntry
                     || (self.mode == Mode::ForgesLaterBatches && !chains.contains(&self.recorded[0]));
                 let leaves = self
-                    .recorded
+                    .leaves
                     .iter()
-                    .map(|c| match forges {
-                        true => HeadLeaf { chain: *c, index: 0, id: *c },
-                        false => {
-                            let head = self.store.head(c).unwrap().unwrap();
-                            HeadLeaf { chain: *c, index: head.index, id: head.id }
-                        }
+                    .map(|leaf| match forges {
+                        true => HeadLeaf { chain: leaf.chain, index: 0, id: leaf.chain },
+                        false => *leaf,
                     })
                     .collect();
                 let set = HeadSet::new(leaves);
@@ -288,6 +302,19 @@ async fn cothority_serving(
     project_committee: Option<(&[SecretKey], &[SocketAddr])>,
     timeline_handover: Option<Committee>,
 ) -> (Vec<Block>, Block, Vec<SocketAddr>) {
+    let (geneses, timeline_genesis, addresses, _) =
+        cothority_with_store(modes, recorded, project_committee, timeline_handover).await;
+    (geneses, timeline_genesis, addresses)
+}
+
+/// [`cothority_serving`], with the store every member serves (chains may grow after the
+/// timeline block).
+async fn cothority_with_store(
+    modes: [Mode; 4],
+    recorded: u16,
+    project_committee: Option<(&[SecretKey], &[SocketAddr])>,
+    timeline_handover: Option<Committee>,
+) -> (Vec<Block>, Block, Vec<SocketAddr>, Arc<MemoryStore>) {
     let keys: Vec<SecretKey> = (70..74).map(key).collect();
     let addresses: Vec<SocketAddr> =
         keys.iter().map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()).collect();
@@ -301,13 +328,21 @@ async fn cothority_serving(
     let timeline_genesis = timeline_over(&store, &keys, &committee, &ids, timeline_handover);
     // One more chain, made after the timeline block: no timeline records it yet.
     geneses.push(chain_into(&store, recorded, project_keys, project_addresses));
+    let leaves: Vec<chainiac_skipchain::timeline::HeadLeaf> = ids
+        .iter()
+        .map(|c| {
+            let head = store.head(c).unwrap().unwrap();
+            chainiac_skipchain::timeline::HeadLeaf { chain: *c, index: head.index, id: head.id }
+        })
+        .collect();
     let store = Arc::new(store);
     for ((key, address), mode) in keys.iter().zip(&addresses).zip(modes) {
-        let member = TestMember { store: store.clone(), timeline: timeline_genesis.id(), recorded: ids.clone(), mode };
+        let timeline = timeline_genesis.id();
+        let member = TestMember { store: store.clone(), timeline, recorded: ids.clone(), leaves: leaves.clone(), mode };
         let endpoint = chainiac_proto::endpoint::server(key, *address).unwrap();
         tokio::spawn(chainiac_proto::server::serve(Arc::new(member), endpoint, &[FrameClass::Query]));
     }
-    (geneses, timeline_genesis, addresses)
+    (geneses, timeline_genesis, addresses, store)
 }
 
 /// A client anchored at the timeline and the projects, updating them all, with linked
@@ -460,6 +495,29 @@ async fn linked_proofs_are_asked_of_the_timeline_signers_before_a_new_committee(
         addresses.len() == 4 && started.elapsed() < std::time::Duration::from_secs(15),
         "no newcomer was waited on"
     );
+}
+
+/// A chain that grew after the newest timeline block: the client follows signatures past
+/// the recorded head (5 → 7), and next time, with the timeline still at 5, the links lead
+/// down from the client's block 7 to the recorded 5 (no fork), in both modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_ahead_of_the_timeline_links_down_to_the_recorded_head() {
+    for every_hop in [false, true] {
+        let (geneses, timeline_genesis, _, store) = cothority_with_store([Mode::Honest; 4], 3, None, None).await;
+        let keys: Vec<SecretKey> = (70..74).map(key).collect();
+        let grown = geneses[0].id();
+        extend(&store, grown, &keys, 2);
+        let (mut client, _dir, mut results) = update_all(&geneses, &timeline_genesis, every_hop).await;
+        unrecorded(&mut results);
+        let first = results.iter().find(|(c, _)| *c == grown).unwrap().1.as_ref().unwrap();
+        assert_eq!((first.from, first.to), (0, 7));
+        let again = client.update(grown).await.unwrap();
+        assert_eq!((again.from, again.to), (7, 7));
+        if !every_hop {
+            assert_eq!(again.hops, 2, "links 7 -> 6 -> 5 down to the recorded head");
+        }
+        assert_eq!(client.state().chains[&grown].index(), 7);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
