@@ -14,11 +14,14 @@ use chainiac_release::{
 use chainiac_skipchain::block::payload_hash;
 use chainiac_skipchain::store::{self, MemoryStore, Store};
 use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, TimelineEntry, KIND_TIMELINE};
+use chainiac_skipchain::CatchUp;
 use chainiac_skipchain::{
     Block, BlockId, ChainParams, ChainState, Committee, LinkedProof, Proof, ProofStep, Proposal, StepHeader,
 };
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -580,82 +583,82 @@ struct Answered<P> {
     cpu: Duration,
 }
 
-/// The proofs of `chains` as a client receives them in `GetProofs` answers (one per
-/// [`MAX_PROOF_QUERIES`] chains): a witness leaves out every committee the client named
-/// (`held`, then whatever the client learned from earlier answers) and every committee an
-/// earlier proof of the same answer carried. Each entry is decoded and verified as the
-/// client does, with the committees it holds.
-fn batched_proofs(store: &MemoryStore, chains: &[ChainBuilder], d: usize, held: &[Committee]) -> Vec<Answered<Proof>> {
-    let mut known: std::collections::HashMap<[u8; 32], Committee> =
-        held.iter().map(|c| (c.hash(), c.clone())).collect();
+/// How the bench makes and checks one kind of batched proof, as a witness and a client do.
+trait Batched: Serialize + serde::de::DeserializeOwned + Sized {
+    /// The witness's proof for `chain` from `trusted` to its head, leaving out the
+    /// committees `named` holds.
+    fn make(store: &MemoryStore, trusted: &ChainState, chain: &ChainBuilder, named: &HashSet<[u8; 32]>) -> Self;
+    /// The client's check with the committees it holds.
+    fn check(
+        &self,
+        trusted: &ChainState,
+        chain: &ChainBuilder,
+        known: &HashMap<[u8; 32], Committee>,
+    ) -> chainiac_skipchain::CatchUp;
+    fn carried(&self) -> Vec<&Committee>;
+}
+
+impl Batched for Proof {
+    fn make(store: &MemoryStore, trusted: &ChainState, chain: &ChainBuilder, named: &HashSet<[u8; 32]>) -> Self {
+        let to = chain.head.index();
+        store::prove(store, &trusted.chain, trusted.index(), to, to > trusted.index())
+            .unwrap()
+            .without_committees(|hash| named.contains(hash))
+    }
+    fn check(&self, trusted: &ChainState, _: &ChainBuilder, known: &HashMap<[u8; 32], Committee>) -> CatchUp {
+        self.verify_with(trusted, |h| known.get(h).cloned()).expect("a valid proof").into_inner()
+    }
+    fn carried(&self) -> Vec<&Committee> {
+        self.steps.iter().filter_map(|s| s.committee.as_ref()).collect()
+    }
+}
+
+/// Through the head the timeline's newest block records: here the chain's head (the
+/// bench's last root is over the real heads).
+impl Batched for LinkedProof {
+    fn make(store: &MemoryStore, trusted: &ChainState, chain: &ChainBuilder, named: &HashSet<[u8; 32]>) -> Self {
+        let to = chain.head.index();
+        store::prove_linked(store, &trusted.chain, trusted.index(), to, to, to > trusted.index(), |hash| {
+            named.contains(hash)
+        })
+        .unwrap()
+    }
+    fn check(&self, trusted: &ChainState, chain: &ChainBuilder, known: &HashMap<[u8; 32], Committee>) -> CatchUp {
+        let recorded = (chain.head.index(), chain.head.id);
+        self.verify_with(trusted, recorded, |h| known.get(h).cloned()).expect("a valid proof").into_inner()
+    }
+    fn carried(&self) -> Vec<&Committee> {
+        self.committee.iter().chain(self.beyond.steps.iter().filter_map(|s| s.committee.as_ref())).collect()
+    }
+}
+
+/// The proofs of `chains` as a client receives them in `GetProofs` or `GetLinkedProofs`
+/// answers (one per [`MAX_PROOF_QUERIES`] chains): a witness leaves out every committee the
+/// client named (`held`, then whatever the client learned from earlier answers) and every
+/// committee an earlier proof of the same answer carried. Each entry is decoded and
+/// verified as the client does, with the committees it holds.
+fn batched<P: Batched>(store: &MemoryStore, chains: &[ChainBuilder], d: usize, held: &[Committee]) -> Vec<Answered<P>> {
+    let mut known: HashMap<[u8; 32], Committee> = held.iter().map(|c| (c.hash(), c.clone())).collect();
     let mut answered = Vec::with_capacity(chains.len());
     for chunk in chains.chunks(MAX_PROOF_QUERIES) {
         // What the request names: everything the client knows before this answer.
-        let mut named: std::collections::HashSet<[u8; 32]> = known.keys().copied().collect();
+        let mut named: HashSet<[u8; 32]> = known.keys().copied().collect();
         for chain in chunk {
             let trusted = &chain.states_at_marks[d];
             let to = chain.head.index();
-            let proof = store::prove(store, &trusted.chain, trusted.index(), to, to > trusted.index())
-                .unwrap()
-                .without_committees(|hash| named.contains(hash));
-            named.extend(proof.steps.iter().filter_map(|s| s.committee.as_ref().map(Committee::hash)));
-            let wire = proof.to_bytes();
-            let started = Instant::now();
-            let decoded = Proof::from_bytes(&wire).expect("decodes");
-            let reached = decoded.verify_with(trusted, |h| known.get(h).cloned()).expect("a valid proof").into_inner();
-            assert_eq!(reached.state.index(), to);
-            if reached.state.header.kind == KIND_RELEASE {
-                if let Some(payload) = reached.payload.as_ref().filter(|p| !p.is_empty() && to > trusted.index()) {
-                    assert!(check_release(payload));
-                }
-            }
-            for committee in decoded.steps.iter().filter_map(|s| s.committee.as_ref()) {
-                known.entry(committee.hash()).or_insert_with(|| committee.clone());
-            }
-            answered.push(Answered { entry: Ok(proof), cpu: started.elapsed() });
-        }
-    }
-    answered
-}
-
-/// The linked proofs of `chains` as a client receives them in `GetLinkedProofs` answers:
-/// from each chain's trusted block through the head the timeline's newest block records
-/// (here its head: the bench's last root is over the real heads), committees left out as
-/// in [`batched_proofs`]. Each entry is decoded and verified as the client does.
-fn batched_linked(
-    store: &MemoryStore,
-    chains: &[ChainBuilder],
-    d: usize,
-    held: &[Committee],
-) -> Vec<Answered<LinkedProof>> {
-    let mut known: std::collections::HashMap<[u8; 32], Committee> =
-        held.iter().map(|c| (c.hash(), c.clone())).collect();
-    let mut answered = Vec::with_capacity(chains.len());
-    for chunk in chains.chunks(MAX_PROOF_QUERIES) {
-        let mut named: std::collections::HashSet<[u8; 32]> = known.keys().copied().collect();
-        for chain in chunk {
-            let trusted = &chain.states_at_marks[d];
-            let to = chain.head.index();
-            let proof =
-                store::prove_linked(store, &trusted.chain, trusted.index(), to, to, to > trusted.index(), |hash| {
-                    named.contains(hash)
-                })
-                .unwrap();
-            named.extend(proof.committee.as_ref().map(Committee::hash));
+            let proof = P::make(store, trusted, chain, &named);
+            named.extend(proof.carried().into_iter().map(Committee::hash));
             let wire = postcard::to_allocvec(&proof).expect("serializes");
             let started = Instant::now();
-            let decoded: LinkedProof = chainiac_skipchain::decode_exact(&wire).expect("decodes");
-            let reached = decoded
-                .verify_with(trusted, (to, chain.head.id), |h| known.get(h).cloned())
-                .expect("a valid proof")
-                .into_inner();
+            let decoded: P = chainiac_skipchain::decode_exact(&wire).expect("decodes");
+            let reached = decoded.check(trusted, chain, &known);
             assert_eq!(reached.state.id, chain.head.id);
             if reached.state.header.kind == KIND_RELEASE {
                 if let Some(payload) = reached.payload.as_ref().filter(|p| !p.is_empty() && to > trusted.index()) {
                     assert!(check_release(payload));
                 }
             }
-            if let Some(committee) = &decoded.committee {
+            for committee in decoded.carried() {
                 known.entry(committee.hash()).or_insert_with(|| committee.clone());
             }
             answered.push(Answered { entry: Ok(proof), cpu: started.elapsed() });
@@ -670,7 +673,7 @@ fn batched_linked(
 fn answers_cost<P: Clone>(
     answered: &[Answered<P>],
     follow: usize,
-    full: &mut std::collections::HashMap<usize, u64>,
+    full: &mut HashMap<usize, u64>,
     wrap: impl Fn(Vec<Result<P, ErrorReply>>) -> Response,
 ) -> Cost {
     let mut cost = Cost::default();
@@ -784,7 +787,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
     let tree_started = Instant::now();
     let mut leaves: Vec<HeadLeaf> =
         chains.iter().map(|c| HeadLeaf { chain: c.chain, index: c.head.index(), id: c.head.id }).collect();
-    let followed_names: std::collections::HashSet<&str> = projects.iter().map(|p| p.name.as_str()).collect();
+    let followed_names: HashSet<&str> = projects.iter().map(|p| p.name.as_str()).collect();
     for name in workload.all_names.iter().filter(|n| !followed_names.contains(n.as_str())) {
         let chain = BlockId(hash::sha3_256("chainiac-bench/chain", &[name.as_bytes()]));
         leaves.push(HeadLeaf { chain, index: 0, id: chain });
@@ -889,9 +892,9 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
         progress.finish_and_clear();
         // (c): the client holds its projects' trusted committee; (d): the timeline's too.
         let project_held = vec![chains[0].states_at_marks[d].committee.as_ref().clone()];
-        let c_answers = batched_proofs(&store, &chains, d, &project_held);
-        let d_answers = batched_linked(&store, &chains, d, &held);
-        let d1_answers = batched_proofs(&store, &chains, d, &held);
+        let c_answers = batched::<Proof>(&store, &chains, d, &project_held);
+        let d_answers = batched::<LinkedProof>(&store, &chains, d, &held);
+        let d1_answers = batched::<Proof>(&store, &chains, d, &held);
         let (mut c_full, mut d_full, mut d1_full) = (Default::default(), Default::default(), Default::default());
         for (f, &follow) in options.follows.iter().enumerate() {
             let follow = follow.min(per_project.len());

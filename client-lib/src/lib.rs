@@ -175,24 +175,17 @@ struct StoredChain {
 impl From<ClientState> for StoredState {
     fn from(state: ClientState) -> Self {
         let mut committees = Vec::new();
+        // Filed under the hash the header names (what the reader checks each against), so
+        // nothing is hashed here.
         let mut position: std::collections::HashMap<[u8; 32], u32> = std::collections::HashMap::new();
-        // Chains sharing one `Arc` are hashed once.
-        let mut last: Option<(Arc<Committee>, u32)> = None;
         let chains = state
             .chains
             .into_values()
             .map(|t| {
-                let committee = match &last {
-                    Some((arc, at)) if Arc::ptr_eq(arc, &t.committee) => *at,
-                    _ => {
-                        let at = *position.entry(t.committee.hash()).or_insert_with(|| {
-                            committees.push((*t.committee).clone());
-                            committees.len() as u32 - 1
-                        });
-                        last = Some((t.committee.clone(), at));
-                        at
-                    }
-                };
+                let committee = *position.entry(t.header.committee_hash).or_insert_with(|| {
+                    committees.push((*t.committee).clone());
+                    committees.len() as u32 - 1
+                });
                 StoredChain {
                     chain: t.chain,
                     params: t.params,
