@@ -484,7 +484,7 @@ fn linear(store: &MemoryStore, trusted: &ChainState, to: u64, release: bool) -> 
         .iter()
         .zip(previous)
         .map(|(b, previous)| ProofStep {
-            header: StepHeader::new(&b.header, previous),
+            header: StepHeader::new(&b.header, previous, 0),
             signature: Some(b.signature.clone().expect("signed")),
             committee: b.committee.clone(),
             policy: b.policy.clone(),

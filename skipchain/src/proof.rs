@@ -20,14 +20,16 @@ pub struct ProofStep {
 }
 
 /// A block header as a proof step carries it: without what the verifier already knows —
-/// the chain (its own), the height (the number of back links, checked against the chain's
-/// shape), the params (a genesis is never a step), and the committee and policy hashes
-/// when they equal the previous block's. This halves a step's header (≈190 → ≈95 bytes);
-/// [`StepHeader::header`] rebuilds the full header, whose hash is the block id, so nothing
-/// left out goes unchecked.
+/// the chain (its own), the height (its index gives it), the params (a genesis is never a
+/// step), the committee and policy hashes when they equal the previous block's, and the
+/// back link to the block the step stands on (whose id the verifier holds or has just
+/// computed). This cuts a step's header from ≈190 bytes to ≈95 − 32; [`StepHeader::header`]
+/// rebuilds the full header, whose hash is the block id, so nothing left out goes
+/// unchecked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepHeader {
     pub index: u64,
+    /// The block's back links without the implied one (`height − 1` of them).
     pub back_links: Vec<BlockId>,
     pub kind: u16,
     pub payload_hash: [u8; 32],
@@ -40,44 +42,77 @@ pub struct StepHeader {
 }
 
 impl StepHeader {
-    /// `header` as a step after the block whose header is `previous`.
-    pub fn new(header: &Header, previous: &Header) -> Self {
+    /// `header` as a step whose hashes default to those of `defaults`, leaving out the back
+    /// link at `implied` — the one to the block the verifier places it on.
+    pub fn new(header: &Header, defaults: &Header, implied: u8) -> Self {
         let changed = |now: [u8; 32], before: [u8; 32]| (now != before).then_some(now);
+        let mut back_links = header.back_links.clone();
+        if (implied as usize) < back_links.len() {
+            back_links.remove(implied as usize);
+        }
         StepHeader {
             index: header.index,
-            back_links: header.back_links.clone(),
+            back_links,
             kind: header.kind,
             payload_hash: header.payload_hash,
-            committee_hash: changed(header.committee_hash, previous.committee_hash),
-            policy_hash: changed(header.policy_hash, previous.policy_hash),
+            committee_hash: changed(header.committee_hash, defaults.committee_hash),
+            policy_hash: changed(header.policy_hash, defaults.policy_hash),
             previous_checkpoint: header.previous_checkpoint,
             timestamp_ms: header.timestamp_ms,
         }
     }
 
     /// The full header of this step after `state`'s block.
-    pub fn header(&self, state: &ChainState) -> Header {
-        self.rebuild(state.chain, state.header.committee_hash, state.header.policy_hash)
+    pub fn header(&self, state: &ChainState) -> Result<Header, BlockError> {
+        self.rebuild(state.chain, &state.params, (state.header.committee_hash, state.header.policy_hash), below(state))
     }
 
-    /// The full header, with `committee_hash` and `policy_hash` standing in for those the
-    /// step leaves out.
-    fn rebuild(&self, chain: ChainId, committee_hash: [u8; 32], policy_hash: [u8; 32]) -> Header {
-        Header {
+    /// The full header, with `hashes` (committee, policy) standing in for those the step
+    /// leaves out and the id of block `below` put back as its back link there. Refuses a
+    /// step that cannot link to `below` or carries the wrong number of links for its height.
+    fn rebuild(
+        &self,
+        chain: ChainId,
+        params: &ChainParams,
+        hashes: ([u8; 32], [u8; 32]),
+        below: (u64, BlockId),
+    ) -> Result<Header, BlockError> {
+        let index = self.index;
+        let height = params.height(index);
+        let Some(level) = params.link_level(below.0, index) else {
+            return Err(BlockError::NotLinked { index, from: below.0 });
+        };
+        if self.back_links.len() + 1 != height as usize {
+            return Err(BlockError::BackLinkCount { index, expected: height as usize, got: self.back_links.len() + 1 });
+        }
+        let mut back_links = Vec::with_capacity(height as usize);
+        back_links.extend_from_slice(&self.back_links[..level as usize]);
+        back_links.push(below.1);
+        back_links.extend_from_slice(&self.back_links[level as usize..]);
+        Ok(Header {
             chain: Some(chain),
-            index: self.index,
-            // More than 255 links fails the link-count check against the shape.
-            height: u8::try_from(self.back_links.len()).unwrap_or(u8::MAX),
-            back_links: self.back_links.clone(),
+            index,
+            height,
+            back_links,
             params: None,
             kind: self.kind,
             payload_hash: self.payload_hash,
-            committee_hash: self.committee_hash.unwrap_or(committee_hash),
-            policy_hash: self.policy_hash.unwrap_or(policy_hash),
+            committee_hash: self.committee_hash.unwrap_or(hashes.0),
+            policy_hash: self.policy_hash.unwrap_or(hashes.1),
             previous_checkpoint: self.previous_checkpoint,
             timestamp_ms: self.timestamp_ms,
-        }
+        })
     }
+
+    /// The committee and policy hashes of this step's block, given its defaults.
+    fn hashes(&self, defaults: ([u8; 32], [u8; 32])) -> ([u8; 32], [u8; 32]) {
+        (self.committee_hash.unwrap_or(defaults.0), self.policy_hash.unwrap_or(defaults.1))
+    }
+}
+
+/// A state's block as the block a step links back to: index and id.
+fn below(state: &ChainState) -> (u64, BlockId) {
+    (state.header.index, state.id)
 }
 
 /// A forward proof from a block the verifier trusts to a later block of the same chain.
@@ -203,13 +238,9 @@ fn hop_from(
     last: bool,
     held: &impl Fn(&[u8; 32]) -> Option<Committee>,
 ) -> Result<ChainState, BlockError> {
-    let h = &step.header.header(state);
+    // The rebuilt header links back to `state` by construction (or is refused).
+    let h = &step.header.header(state)?;
     let index = h.index;
-    check_links(&state.params, h)?;
-    let level = state.params.link_level(state.header.index, index);
-    if level.is_none_or(|l| h.back_links[l as usize] != state.id) {
-        return Err(BlockError::NotLinked { index, from: state.header.index });
-    }
     // Every block strictly between the two is no checkpoint, so the committee in force at
     // `state` is the one that signed `step`.
     if h.previous_checkpoint > state.header.index {
@@ -290,7 +321,7 @@ impl LinkedProof {
             let links_wrong = match index {
                 0 => !self.links.is_empty() && from > 0,
                 i if i == from => !self.links.is_empty(),
-                _ => self.links.is_empty(),
+                _ => false,
             };
             if links_wrong || self.committee.is_some() || self.policy.is_some() {
                 return Err(ProofError::LinksNotNeeded { recorded: index, trusted: from });
@@ -331,41 +362,37 @@ impl LinkedProof {
         if first.index != index {
             return Err(ProofError::LinkTop { index: first.index, recorded: index });
         }
-        let (mut committee_hash, mut policy_hash) = (trusted.header.committee_hash, trusted.header.policy_hash);
-        let mut above: Option<Header> = None;
+        // Hashes default top-down, ids come bottom-up: each link's implied back link is the
+        // id of the link below it, and the last one's the trusted block's.
+        let defaults = self.link_defaults(trusted);
+        let last = self.links.len() - 1;
+        let mut below = below(trusted);
+        let mut below_time = trusted.header.timestamp_ms;
         let mut top = None;
-        for (step, link) in self.links.iter().enumerate() {
-            let h = link.rebuild(trusted.chain, committee_hash, policy_hash);
-            (committee_hash, policy_hash) = (h.committee_hash, h.policy_hash);
-            check_links(&trusted.params, &h).map_err(|error| ProofError::LinkHeader { step, index: h.index, error })?;
-            let link_id = h.id();
-            match &above {
-                None if link_id != id => return Err(ProofError::LinkId { index }),
-                None => {}
-                Some(a) => {
-                    if h.index >= a.index || h.timestamp_ms > a.timestamp_ms {
-                        return Err(ProofError::LinkOrder { step, index: h.index, above: a.index });
+        for (step, link) in self.links.iter().enumerate().rev() {
+            let h =
+                link.rebuild(trusted.chain, &trusted.params, defaults[step], below).map_err(|error| match error {
+                    BlockError::NotLinked { .. } if step == last => {
+                        ProofError::LinkNotToTrusted { index: link.index, trusted: from }
                     }
-                    let level = trusted.params.link_level(h.index, a.index);
-                    if level.is_none_or(|l| a.back_links[l as usize] != link_id) {
-                        return Err(ProofError::LinkBroken { step, index: h.index, above: a.index });
+                    BlockError::NotLinked { .. } => {
+                        ProofError::LinkBroken { step: step + 1, index: below.0, above: link.index }
                     }
-                }
+                    error => ProofError::LinkHeader { step, index: link.index, error },
+                })?;
+            if h.timestamp_ms < below_time {
+                return Err(if step == last {
+                    ProofError::LinkNotToTrusted { index: link.index, trusted: from }
+                } else {
+                    ProofError::LinkOrder { step: step + 1, index: below.0, above: h.index }
+                });
             }
-            if h.index <= from {
-                return Err(ProofError::LinkOrder { step, index: h.index, above: from });
-            }
-            if top.is_none() {
-                top = Some(h.clone());
-            }
-            above = Some(h);
+            below = (h.index, h.id());
+            below_time = h.timestamp_ms;
+            top = Some(h);
         }
-        let last = above.expect("links are not empty");
-        let level = trusted.params.link_level(from, last.index);
-        if level.is_none_or(|l| last.back_links[l as usize] != trusted.id)
-            || last.timestamp_ms < trusted.header.timestamp_ms
-        {
-            return Err(ProofError::LinkNotToTrusted { index: last.index, trusted: from });
+        if below.1 != id {
+            return Err(ProofError::LinkId { index });
         }
         let top = top.expect("links are not empty");
         // The committee and policy in force at the recorded block, carried exactly when
@@ -408,28 +435,45 @@ impl LinkedProof {
     }
 
     /// For a recorded block below the trusted one: the links lead from the trusted block
-    /// down to it (each the block the one before it links back to), so the recorded block
-    /// is an ancestor of the trusted one — else the timeline and the client's chain fork.
+    /// down to it, exclusive of both (each the block the one before it links back to, the
+    /// last linking to the recorded block), so the recorded block is an ancestor of the
+    /// trusted one — else the timeline and the client's chain fork.
     fn link_below(&self, trusted: &ChainState, index: u64, id: BlockId) -> Result<(), ProofError> {
-        let (mut committee_hash, mut policy_hash) = (trusted.header.committee_hash, trusted.header.policy_hash);
-        let mut above = trusted.header.clone();
-        for (step, link) in self.links.iter().enumerate() {
-            let h = link.rebuild(trusted.chain, committee_hash, policy_hash);
-            (committee_hash, policy_hash) = (h.committee_hash, h.policy_hash);
-            if h.index >= above.index || h.index < index {
-                return Err(ProofError::LinkOrder { step, index: h.index, above: above.index });
-            }
-            check_links(&trusted.params, &h).map_err(|error| ProofError::LinkHeader { step, index: h.index, error })?;
-            let level = trusted.params.link_level(h.index, above.index);
-            if level.is_none_or(|l| above.back_links[l as usize] != h.id()) {
-                return Err(ProofError::LinkBroken { step, index: h.index, above: above.index });
-            }
-            above = h;
+        let from = trusted.header.index;
+        let defaults = self.link_defaults(trusted);
+        let mut below = (index, id);
+        for (step, link) in self.links.iter().enumerate().rev() {
+            let h =
+                link.rebuild(trusted.chain, &trusted.params, defaults[step], below).map_err(|error| match error {
+                    BlockError::NotLinked { .. } => {
+                        ProofError::LinkBroken { step: step + 1, index: below.0, above: link.index }
+                    }
+                    error => ProofError::LinkHeader { step, index: link.index, error },
+                })?;
+            below = (h.index, h.id());
         }
-        if above.index != index || above.id() != id {
+        if below.0 >= from {
+            return Err(ProofError::LinkOrder { step: 0, index: below.0, above: from });
+        }
+        let level = trusted.params.link_level(below.0, from);
+        if level.is_none_or(|l| trusted.header.back_links.get(l as usize) != Some(&below.1)) {
             return Err(ProofError::Fork { index });
         }
         Ok(())
+    }
+
+    /// The committee and policy hashes each link's left-out ones default to: the link's
+    /// listed before it, the first's the trusted header's.
+    fn link_defaults(&self, trusted: &ChainState) -> Vec<([u8; 32], [u8; 32])> {
+        let mut hashes = (trusted.header.committee_hash, trusted.header.policy_hash);
+        self.links
+            .iter()
+            .map(|link| {
+                let defaults = hashes;
+                hashes = link.hashes(defaults);
+                defaults
+            })
+            .collect()
     }
 
     /// The checkpoints after `trusted` the links show: each link names the newest

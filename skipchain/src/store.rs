@@ -3,7 +3,7 @@
 //!
 //! Proofs are built from a handful of block reads, never by loading a chain.
 
-use crate::block::{Block, BlockId, ChainId, ChainParams};
+use crate::block::{Block, BlockId, ChainId, ChainParams, Header};
 use crate::chain::{BlockError, ChainState, Verified};
 use crate::proof::{backward_path, forward_path, BackwardProof, LinkedProof, Proof, ProofStep, StepHeader};
 use serde::{Deserialize, Serialize};
@@ -208,7 +208,8 @@ pub fn prove<S: Store>(
     let mut steps = Vec::new();
     let mut payload = None;
     let path = forward_path(&params, from, to, &checkpoints);
-    // Steps leave out what equals the previous block's header (`StepHeader`).
+    // Steps leave out what equals the previous block's header and their link to it
+    // (`StepHeader`).
     let mut previous = if path.is_empty() { None } else { Some(read_block(store, chain, from, head)?.header) };
     for index in path {
         let block = read_block(store, chain, index, head)?;
@@ -218,7 +219,9 @@ pub fn prove<S: Store>(
         if index == to && with_payload {
             payload = Some(block.payload);
         }
-        let header = StepHeader::new(&block.header, previous.as_ref().expect("read when the path is not empty"));
+        let previous_header = previous.as_ref().expect("read when the path is not empty");
+        let header =
+            StepHeader::new(&block.header, previous_header, implied_level(&params, previous_header.index, index));
         steps.push(ProofStep { header, signature, committee: block.committee, policy: block.policy });
         previous = Some(block.header);
     }
@@ -226,6 +229,34 @@ pub fn prove<S: Store>(
         payload = Some(read_block(store, chain, to, head)?.payload);
     }
     Ok(Proof { steps, payload })
+}
+
+/// The level of the back link from block `index` to block `below` (on a proof's path).
+fn implied_level(params: &ChainParams, below: u64, index: u64) -> u8 {
+    params.link_level(below, index).expect("a proof's path follows back links")
+}
+
+/// The headers of the blocks on `path` (descending) as a linked proof's links: hashes
+/// defaulting to the link listed before (the first: `trusted`'s), each without its back
+/// link to the next (the last: to `bottom`).
+fn link_headers<S: Store>(
+    store: &S,
+    chain: &ChainId,
+    head: u64,
+    params: &ChainParams,
+    trusted: &Header,
+    path: &[u64],
+    bottom: u64,
+) -> StoreResult<Vec<StepHeader>, S::Error> {
+    let mut links = Vec::with_capacity(path.len());
+    let mut above = trusted.clone();
+    for (k, &index) in path.iter().enumerate() {
+        let header = read_block(store, chain, index, head)?.header;
+        let below = path.get(k + 1).copied().unwrap_or(bottom);
+        links.push(StepHeader::new(&header, &above, implied_level(params, below, index)));
+        above = header;
+    }
+    Ok(links)
 }
 
 /// The linked proof from block `from` (the verifier's) through block `recorded` (the head a
@@ -255,29 +286,18 @@ pub fn prove_linked<S: Store>(
     let params = store.head(chain).map_err(StoreError::Backend)?.expect("head read above").params;
     let trusted = read_block(store, chain, from, head)?.header;
     if recorded < from {
-        // Down from the verifier's block to the recorded one: it shows no fork below.
-        let mut links = Vec::new();
-        let mut above = trusted;
-        for index in backward_path(&params, from, recorded) {
-            let header = read_block(store, chain, index, head)?.header;
-            links.push(StepHeader::new(&header, &above));
-            above = header;
-        }
+        // Down from the verifier's block to the recorded one, both left out: it shows no
+        // fork below.
+        let mut path = backward_path(&params, from, recorded);
+        path.pop();
+        let links = link_headers(store, chain, head, &params, &trusted, &path, recorded)?;
         return Ok(LinkedProof { links, committee: None, policy: None, beyond });
     }
     let mut path = vec![recorded];
     path.extend(backward_path(&params, recorded, from));
     path.pop(); // `from` itself: the verifier has it
-    let mut links = Vec::with_capacity(path.len());
-    let mut above = trusted.clone();
-    let mut top = None;
-    for index in path {
-        let header = read_block(store, chain, index, head)?.header;
-        links.push(StepHeader::new(&header, &above));
-        top.get_or_insert_with(|| header.clone());
-        above = header;
-    }
-    let top = top.expect("the path holds `recorded`");
+    let links = link_headers(store, chain, head, &params, &trusted, &path, from)?;
+    let top = read_block(store, chain, recorded, head)?.header;
     // Hashes change only at checkpoints: the newest one in (from, recorded] that carries a
     // committee (policy) carries the one in force at `recorded`.
     let (mut committee, mut policy) = (None, None);

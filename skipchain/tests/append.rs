@@ -148,7 +148,7 @@ fn a_proof_that_skips_a_checkpoint_is_refused() {
     let block = chain.store.block(&chain.chain, 4).unwrap().unwrap();
     let skipping = Proof {
         steps: vec![ProofStep {
-            header: StepHeader::new(&block.header, &chain.genesis_state().header),
+            header: StepHeader::new(&block.header, &chain.genesis_state().header, 2),
             signature: Some(block.signature.unwrap()),
             committee: None,
             policy: None,

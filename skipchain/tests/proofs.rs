@@ -2,7 +2,7 @@
 
 mod common;
 
-use chainiac_skipchain::proof::forward_path;
+use chainiac_skipchain::proof::{backward_path, forward_path};
 use chainiac_skipchain::store::{self, MemoryStore, Store};
 use chainiac_skipchain::{BlockId, ChainParams, ChainState, Proof};
 use common::TestChain;
@@ -157,7 +157,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
 
     /// A step's compact header rebuilds, after the state before it, exactly the stored
-    /// header (so its hash is the block id), is at least 60 bytes shorter, and names the
+    /// header (so its hash is the block id), is at least 64 bytes shorter (its back link
+    /// to that state's block left out), and names the
     /// committee and policy hashes only at checkpoints; a wrong hash there is refused.
     #[test]
     fn step_headers_rebuild_the_stored_headers(base in 2u8..=4, len in 1u64..300, seed in any::<u64>()) {
@@ -170,9 +171,12 @@ proptest! {
         let mut state: ChainState = chain.genesis_state().into_inner();
         for (k, step) in proof.steps.iter().enumerate() {
             let stored = chain.store.block(&chain.chain, step.header.index).unwrap().unwrap().header;
-            prop_assert_eq!(&step.header.header(&state), &stored);
+            prop_assert_eq!(&step.header.header(&state).unwrap(), &stored);
             let (compact, full) = (postcard::to_allocvec(&step.header).unwrap(), postcard::to_allocvec(&stored).unwrap());
-            prop_assert!(compact.len() + 60 <= full.len(), "{} vs {} bytes", compact.len(), full.len());
+            prop_assert!(compact.len() + 64 <= full.len(), "{} vs {} bytes", compact.len(), full.len());
+            // The back link to the state's block is the one left out.
+            prop_assert_eq!(step.header.back_links.len() + 1, stored.back_links.len());
+            prop_assert!(!step.header.back_links.contains(&state.id));
             let names_hashes = step.header.committee_hash.is_some() || step.header.policy_hash.is_some();
             prop_assert_eq!(names_hashes, checkpoints.contains(&step.header.index));
             let mut wrong = Proof { steps: proof.steps[..=k].to_vec(), payload: None };
@@ -288,20 +292,25 @@ proptest! {
                 prop_assert!(proof.links.len() as u64 <= bound, "{} links from {} to {}", proof.links.len(), i, r);
             } else {
                 prop_assert!(proof.committee.is_none() && proof.policy.is_none());
-                prop_assert_eq!(proof.links.is_empty(), r == i || r == 0);
-                // Below the trusted block: the links show the recorded block is its ancestor.
+                // Below the trusted block: the links between the two show the recorded block is
+                // its ancestor (none when the trusted block links to it directly).
+                let between = if r == i || r == 0 { 0 } else { backward_path(&trusted.params, i, r).len() - 1 };
+                prop_assert_eq!(proof.links.len(), between);
                 if r < i {
                     let bound = 2 * (base as u64 - 1) * ceil_log(base as u64, i - r + 1) + 1;
                     prop_assert!(proof.links.len() as u64 <= bound);
                     let forked = proof.verify_with(&trusted, (r, BlockId([9; 32])), |_| None);
                     prop_assert!(matches!(forked, Err(ProofError::Fork { .. })), "{:?}", forked);
-                    if r > 0 {
+                    if r > 0 && !proof.links.is_empty() {
                         let bare = LinkedProof { links: vec![], ..proof.clone() };
                         let refused = bare.verify_with(&trusted, (r, id_at(r)), |_| None);
-                        prop_assert!(matches!(refused, Err(ProofError::LinksNotNeeded { .. })), "{:?}", refused);
+                        prop_assert!(matches!(refused, Err(ProofError::Fork { .. })), "{:?}", refused);
                         let mut bent = proof.clone();
                         bent.links.last_mut().unwrap().timestamp_ms ^= 1;
                         prop_assert!(bent.verify_with(&trusted, (r, id_at(r)), |_| None).is_err());
+                        let mut cut = proof.clone();
+                        cut.links.pop();
+                        prop_assert!(cut.verify_with(&trusted, (r, id_at(r)), |_| None).is_err());
                     }
                 }
             }
