@@ -42,6 +42,7 @@ pub struct Options {
     /// Days since the newest roster change at "now".
     pub roster_phase_days: u64,
     pub key_rotation_days: u64,
+    pub params: ChainParams,
     pub seed: u64,
 }
 
@@ -372,7 +373,7 @@ fn build_project(
         store,
         cothority,
         0,
-        ChainParams::DEFAULT,
+        options.params,
         genesis_policy,
         KIND_RELEASE,
         vec![],
@@ -800,7 +801,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
     let interval = options.timeline_interval_minutes.max(1) * 60_000;
     let timeline_blocks = (now - start) / interval;
     let mut timeline =
-        ChainBuilder::start(&store, &cothority, 0, ChainParams::DEFAULT, vec![], KIND_TIMELINE, vec![], start, &marks);
+        ChainBuilder::start(&store, &cothority, 0, options.params, vec![], KIND_TIMELINE, vec![], start, &marks);
     let mut changes = roster_changes.iter().enumerate().peekable();
     for k in 1..=timeline_blocks {
         let t = start + k * interval;
@@ -832,7 +833,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
         "Source: {}. Now = {} ms since the epoch (the snapshot's newest month + 7 days). {} projects in the timeline's tree; \
          clients follow the first P of {} candidates. Built {} project blocks over {} chains in {:.1} s, the tree in {:.2} s, \
          {} timeline blocks (one per {} min); {} roster changes (one per {} days, the newest {} days before now), developer keys rotated every {} days; \
-         {WITNESSES} witnesses, threshold {THRESHOLD}.\n",
+         {WITNESSES} witnesses, threshold {THRESHOLD}; skipchains of base {} (maximum height {}).\n",
         workload.source,
         now,
         set.len(),
@@ -847,6 +848,8 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
         options.roster_change_days,
         (now - roster_changes.last().copied().unwrap_or(start)) / DAY_MS,
         options.key_rotation_days,
+        options.params.base,
+        options.params.max_height,
     ));
 
     // Timeline batches depend only on the final tree: once per P.
@@ -1078,6 +1081,7 @@ mod tests {
             roster_change_days: 120,
             roster_phase_days: 10,
             key_rotation_days: 200,
+            params: ChainParams::DEFAULT,
             seed: 3,
         };
         let mut report = Report::new(&dir.path().join("plots")).unwrap();

@@ -60,6 +60,10 @@ struct CatchupArgs {
     /// Days between a project's developer key rotations (policy changes); 0: never.
     #[arg(long, default_value_t = 730)]
     key_rotation_days: u64,
+    /// Skipchain base `b` of every chain (project and timeline), 2..=16; the maximum height
+    /// is the most that keeps `b^(h-1)` below 2^64, capped at 32 (the default chain's).
+    #[arg(long, default_value_t = chainiac_skipchain::ChainParams::DEFAULT.base)]
+    base: u8,
     #[arg(long, default_value_t = 1)]
     seed: u64,
 }
@@ -145,9 +149,20 @@ fn catchup(args: &CatchupArgs, quick: bool, report: &mut Report, scratch: &Path)
         roster_change_days: args.roster_change_days,
         roster_phase_days: args.roster_phase_days,
         key_rotation_days: args.key_rotation_days,
+        params: chain_params(args.base)?,
         seed: args.seed,
     };
     catchup::run(&options, report).map(drop)
+}
+
+/// The chain parameters for base `base`: the tallest height up to the default's that the
+/// base allows.
+fn chain_params(base: u8) -> anyhow::Result<chainiac_skipchain::ChainParams> {
+    let default = chainiac_skipchain::ChainParams::DEFAULT;
+    (1..=default.max_height)
+        .rev()
+        .find_map(|height| chainiac_skipchain::ChainParams::new(base, height).ok())
+        .with_context(|| format!("--base {base}: a skipchain base is 2 to 16"))
 }
 
 /// 200 packages, each releasing at its own steady pace over two years.
