@@ -369,17 +369,8 @@ fn build_project(
     events.sort_by_key(|e| e.0);
     let mut generation = 0;
     let genesis_policy = policy(&project.name, 0, keys).to_bytes();
-    let mut chain = ChainBuilder::start(
-        store,
-        cothority,
-        0,
-        options.params,
-        genesis_policy,
-        KIND_RELEASE,
-        vec![],
-        start,
-        marks,
-    );
+    let mut chain =
+        ChainBuilder::start(store, cothority, 0, options.params, genesis_policy, KIND_RELEASE, vec![], start, marks);
     for (t, event) in events {
         let proposal = match event {
             Event::Release(k) => Proposal {
@@ -819,7 +810,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
         }
         let root =
             if k == timeline_blocks { set.root() } else { hash::sha3_256("chainiac-bench/root", &[&k.to_be_bytes()]) };
-        let entry = TimelineEntry { time_ms: t, chains: set.len() as u64, root };
+        let entry = TimelineEntry { time_ms: t, chains: set.len() as u64, root, changes: None };
         timeline.append(
             &store,
             &mut cothority,

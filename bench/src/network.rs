@@ -104,7 +104,7 @@ async fn timeline(chains: usize, moved: usize) -> anyhow::Result<(Vec<String>, V
     let probe_chain = leaves[chains / 2].chain;
     let set = HeadSet::new(leaves);
     let time_ms = common::now_ms();
-    let entry = TimelineEntry { time_ms, chains: set.len() as u64, root: set.root() };
+    let entry = TimelineEntry { time_ms, chains: set.len() as u64, root: set.root(), changes: None };
     let proposal =
         Proposal { kind: KIND_TIMELINE, payload: entry.to_bytes(), timestamp_ms: time_ms, ..Proposal::default() };
     let started = Instant::now();

@@ -30,7 +30,7 @@ pub fn run(sizes: &[usize], report: &mut Report) -> anyhow::Result<()> {
         let set = HeadSet::new(leaves);
         let root = set.root();
         let build = started.elapsed();
-        let entry = TimelineEntry { time_ms: 1, chains: n as u64, root };
+        let entry = TimelineEntry { time_ms: 1, chains: n as u64, root, changes: None };
         let config = Config { threshold: 11, branching: usize::MAX, leader: 0, max_attempts: 1 };
         let started = Instant::now();
         simulation::run(&roster, &keys, &entry.to_bytes(), &[Behaviour::Honest; 16], &config, &mut rng)

@@ -297,7 +297,7 @@ async fn the_timeline_commits_to_every_head_and_clients_check_inclusion_and_age(
     assert!(lie.verify(&entry).is_err());
 
     // A timeline entry with a root the witnesses cannot recompute is refused, rule named.
-    let bogus = TimelineEntry { time_ms: common::now_ms(), chains: 2, root: [7; 32] };
+    let bogus = TimelineEntry { time_ms: common::now_ms(), chains: 2, root: [7; 32], changes: None };
     let proposal = chainiac_skipchain::Proposal {
         kind: KIND_TIMELINE,
         payload: bogus.to_bytes(),
@@ -313,4 +313,94 @@ async fn the_timeline_commits_to_every_head_and_clients_check_inclusion_and_age(
     let error =
         cluster.client.call(&cluster.witnesses[0], Request::Propose { chain: project, proposal }).await.unwrap_err();
     assert!(refusal(&error).message.contains("kind"), "{error}");
+}
+
+/// Every timeline block records the heads that moved since the block before; a client at
+/// any timeline block learns from the lists which of its chains moved, and a proposal whose
+/// list differs from the witnesses' is refused, rule named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_change_lists_name_every_moved_head() {
+    use chainiac_proto::{Request, Response};
+    use chainiac_skipchain::timeline::{TimelineEntry, KIND_TIMELINE};
+    use chainiac_skipchain::ChainState;
+    let cluster = Cluster::start(4).await;
+    let (timeline, timeline_genesis) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
+    let (project, project_genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;
+    let (other, other_genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;
+    for i in 0..3 {
+        cluster.propose(1, project, format!("p{i}").as_bytes()).await.unwrap();
+    }
+    cluster.propose(2, other, b"o").await.unwrap();
+    let recorded = |index: u64| {
+        let cluster = &cluster;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let request = Request::GetTimeline { timeline: Some(timeline), chain: Some(project) };
+                if let Ok(Response::Timeline(info)) = cluster.client.call(&cluster.witnesses[0], request).await {
+                    if info.inclusion.as_ref().is_some_and(|p| p.leaf.index == index) {
+                        return info;
+                    }
+                }
+                assert!(Instant::now() < deadline, "no timeline block recorded head {index}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let first = recorded(3).await;
+    assert!(first.entry.changes.is_some(), "the witnesses record change lists");
+
+    // From the genesis, the lists name both chains at their heads.
+    let genesis = ChainState::genesis(&timeline_genesis).unwrap().into_inner();
+    // Any witness that checked every block since holds the lists (one that caught up
+    // while heads moved may miss some and says so).
+    let ask = |from: u64| {
+        let cluster = &cluster;
+        async move {
+            for witness in &cluster.witnesses {
+                let request = Request::GetTimelineChanges { timeline, from, held_committees: vec![] };
+                match cluster.client.call(witness, request).await {
+                    Ok(Response::TimelineChanges(answer)) => return answer,
+                    other => eprintln!("no change lists: {other:?}"),
+                }
+            }
+            panic!("no witness holds the change lists from block {from}")
+        }
+    };
+    let answer = ask(0).await;
+    let seen = answer.verify_with(&genesis, |_| None).unwrap().into_inner();
+    assert!(seen.caught.state.index() >= first.index);
+    let project_head = cluster.prove_from_genesis(0, project, &project_genesis).await;
+    let other_head = cluster.prove_from_genesis(0, other, &other_genesis).await;
+    assert_eq!(seen.moved.len(), 2, "{:?}", seen.moved);
+    assert_eq!((seen.moved[&project].index, seen.moved[&project].id), (3, project_head.id));
+    assert_eq!((seen.moved[&other].index, seen.moved[&other].id), (1, other_head.id));
+
+    // One more release: from the block the client holds, only that chain moved.
+    let held = seen.caught.state.clone();
+    cluster.propose(1, project, b"p3").await.unwrap();
+    recorded(4).await;
+    let answer = ask(held.index()).await;
+    let seen = answer.verify_with(&held, |_| None).unwrap().into_inner();
+    assert_eq!(seen.moved.keys().copied().collect::<Vec<_>>(), vec![project]);
+    assert_eq!(seen.moved[&project].index, 4);
+    // A list cut short does not verify.
+    let mut cut = answer.clone();
+    if let Some(block) = cut.blocks.iter_mut().find(|b| !b.changes.is_empty()) {
+        block.changes.clear();
+    }
+    assert!(cut.verify_with(&held, |_| None).is_err());
+
+    // An entry whose root is right but whose change list is not: refused, rule named.
+    let now = recorded(4).await;
+    let forged = TimelineEntry { time_ms: common::now_ms(), changes: Some([7; 32]), ..now.entry.clone() };
+    let proposal = chainiac_skipchain::Proposal {
+        kind: KIND_TIMELINE,
+        payload: forged.to_bytes(),
+        timestamp_ms: forged.time_ms,
+        ..Default::default()
+    };
+    let error =
+        cluster.client.call(&cluster.witnesses[0], Request::Propose { chain: timeline, proposal }).await.unwrap_err();
+    assert!(refusal(&error).message.contains("change list"), "{error}");
 }

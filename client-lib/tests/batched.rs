@@ -173,7 +173,7 @@ fn timeline_over(
     let now = chainiac_client::now_ms();
     let first = genesis(ChainParams::DEFAULT, committee.clone(), vec![], KIND_TIMELINE, vec![], now - 1_000);
     let head = store::append(store, &first).unwrap().into_inner();
-    let entry = TimelineEntry { time_ms: now, chains: set.len() as u64, root: set.root() };
+    let entry = TimelineEntry { time_ms: now, chains: set.len() as u64, root: set.root(), changes: None };
     let proposal = Proposal {
         kind: KIND_TIMELINE,
         payload: entry.to_bytes(),

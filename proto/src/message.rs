@@ -7,7 +7,7 @@
 use crate::frame::FrameClass;
 use chainiac_cosi::protocol::{Challenge, Commitment, Response as CosiResponse, SessionId};
 use chainiac_release::{Attestation, DeveloperSignature, Manifest, ManifestId};
-use chainiac_skipchain::timeline::{InclusionProof, MultiInclusionProof, TimelineEntry};
+use chainiac_skipchain::timeline::{InclusionProof, MultiInclusionProof, TimelineChanges, TimelineEntry};
 use chainiac_skipchain::{BackwardProof, Block, BlockId, ChainId, Header, LinkedProof, Proof, Proposal};
 use serde::{Deserialize, Serialize};
 
@@ -76,12 +76,18 @@ pub enum Request {
     /// the head a timeline block records to the client's block, hashes only, then forward
     /// to the head. Committees as in [`Request::GetProofs`].
     GetLinkedProofs { queries: Vec<LinkedQuery>, with_payload: bool, held_committees: Vec<[u8; 32]> },
+    /// Every block of `timeline` after the client's block `from`, with each entry's change
+    /// list, up to [`MAX_CHANGE_BLOCKS`] blocks (the client asks again from where the
+    /// answer stopped). Committees as in [`Request::GetProofs`].
+    GetTimelineChanges { timeline: ChainId, from: u64, held_committees: Vec<[u8; 32]> },
 }
 
 /// Most chains one [`Request::GetProofs`] may name.
 pub const MAX_PROOF_QUERIES: usize = 256;
 /// Most committee hashes one [`Request::GetProofs`] may name.
 pub const MAX_HELD_COMMITTEES: usize = 64;
+/// Most blocks one [`Response::TimelineChanges`] holds.
+pub const MAX_CHANGE_BLOCKS: u64 = 1024;
 /// Most chains one [`Request::GetTimelineBatch`] may name.
 pub const MAX_TIMELINE_CHAINS: usize = 1024;
 /// Once a [`Response::Proofs`] holds this many encoded bytes, the proofs after it are
@@ -135,7 +141,8 @@ impl Request {
             | Request::GetTimeline { .. }
             | Request::GetProofs { .. }
             | Request::GetTimelineBatch { .. }
-            | Request::GetLinkedProofs { .. } => FrameClass::Query,
+            | Request::GetLinkedProofs { .. }
+            | Request::GetTimelineChanges { .. } => FrameClass::Query,
             Request::CreateChain { .. } | Request::Propose { .. } => FrameClass::Submit,
             Request::Announce(_)
             | Request::Challenge { .. }
@@ -175,6 +182,7 @@ impl Request {
             Request::GetProofs { .. } => "get_proofs",
             Request::GetTimelineBatch { .. } => "get_timeline_batch",
             Request::GetLinkedProofs { .. } => "get_linked_proofs",
+            Request::GetTimelineChanges { .. } => "get_timeline_changes",
         }
     }
 }
@@ -208,6 +216,8 @@ pub enum Response {
     TimelineBatch(TimelineBatch),
     /// The answer to [`Request::GetLinkedProofs`]: one entry per query, in order.
     LinkedProofs(Vec<Result<LinkedProof, ErrorReply>>),
+    /// The answer to [`Request::GetTimelineChanges`].
+    TimelineChanges(TimelineChanges),
 }
 
 impl Response {
@@ -233,6 +243,7 @@ impl Response {
             Response::Proofs(_) => "proofs",
             Response::TimelineBatch(_) => "timeline_batch",
             Response::LinkedProofs(_) => "linked_proofs",
+            Response::TimelineChanges(_) => "timeline_changes",
         }
     }
 }
@@ -331,6 +342,7 @@ impl ErrorReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chainiac_skipchain::timeline::{ChangedBlock, HeadLeaf};
 
     fn bytes(parts: &[&[u8]]) -> Vec<u8> {
         parts.concat()
@@ -379,6 +391,24 @@ mod tests {
             beyond: Proof { steps: vec![], payload: Some(b"p".to_vec()) },
         })]);
         let expected = vec![18, 1, 0, 0, 0, 0, 0, 1, 1, b'p'];
+        assert_eq!(postcard::to_allocvec(&response).unwrap(), expected);
+        assert_eq!(postcard::from_bytes::<Response>(&expected).unwrap(), response);
+
+        let request = Request::GetTimelineChanges { timeline: BlockId([6; 32]), from: 300, held_committees: vec![] };
+        let expected = bytes(&[&[23], &[6; 32], &[0xac, 0x02, 0]]);
+        assert_eq!(postcard::to_allocvec(&request).unwrap(), expected);
+        assert_eq!(postcard::from_bytes::<Request>(&expected).unwrap(), request);
+        assert_eq!(request.class(), FrameClass::Query);
+
+        let leaf = HeadLeaf { chain: BlockId([7; 32]), index: 2, id: BlockId([8; 32]) };
+        let response = Response::TimelineChanges(TimelineChanges {
+            proof: Proof { steps: vec![], payload: None },
+            blocks: vec![ChangedBlock {
+                entry: TimelineEntry { time_ms: 1, chains: 1, root: [9; 32], changes: Some([10; 32]) },
+                changes: vec![leaf],
+            }],
+        });
+        let expected = bytes(&[&[19, 0, 0, 1, 1, 1], &[9; 32], &[1], &[10; 32], &[1], &[7; 32], &[2], &[8; 32]]);
         assert_eq!(postcard::to_allocvec(&response).unwrap(), expected);
         assert_eq!(postcard::from_bytes::<Response>(&expected).unwrap(), response);
     }

@@ -205,9 +205,38 @@ pub fn prove<S: Store>(
     }
     let params = store.head(chain).map_err(StoreError::Backend)?.expect("head read above").params;
     let checkpoints = store.checkpoints(chain, from, to).map_err(StoreError::Backend)?;
+    let path = forward_path(&params, from, to, &checkpoints);
+    prove_along(store, chain, head, &params, from, to, path, with_payload)
+}
+
+/// The forward proof from block `from` through every block up to `to` (what timeline
+/// change lists come with: each block's entry is needed), without payload.
+pub fn prove_each<S: Store>(store: &S, chain: &ChainId, from: u64, to: u64) -> StoreResult<Proof, S::Error> {
+    let head = head_index(store, chain)?;
+    if to > head {
+        return Err(StoreError::NoSuchBlock { chain: *chain, index: to, head });
+    }
+    if from > to {
+        return Err(StoreError::WrongDirection { from, to, direction: "forward" });
+    }
+    let params = store.head(chain).map_err(StoreError::Backend)?.expect("head read above").params;
+    prove_along(store, chain, head, &params, from, to, ((from + 1)..=to).collect(), false)
+}
+
+/// The steps along `path` (ascending, ending at `to`, every hop a back link) from `from`.
+#[allow(clippy::too_many_arguments)]
+fn prove_along<S: Store>(
+    store: &S,
+    chain: &ChainId,
+    head: u64,
+    params: &ChainParams,
+    from: u64,
+    to: u64,
+    path: Vec<u64>,
+    with_payload: bool,
+) -> StoreResult<Proof, S::Error> {
     let mut steps = Vec::new();
     let mut payload = None;
-    let path = forward_path(&params, from, to, &checkpoints);
     // Steps leave out what equals the previous block's header and their link to it
     // (`StepHeader`).
     let mut previous = if path.is_empty() { None } else { Some(read_block(store, chain, from, head)?.header) };
@@ -221,7 +250,7 @@ pub fn prove<S: Store>(
         }
         let previous_header = previous.as_ref().expect("read when the path is not empty");
         let header =
-            StepHeader::new(&block.header, previous_header, implied_level(&params, previous_header.index, index));
+            StepHeader::new(&block.header, previous_header, implied_level(params, previous_header.index, index));
         steps.push(ProofStep { header, signature, committee: block.committee, policy: block.policy });
         previous = Some(block.header);
     }

@@ -6,10 +6,13 @@
 //! with chainiac's own domain tags. Leaves are sorted by chain id, so every witness that
 //! holds the same heads computes the same root.
 
-use crate::block::{BlockId, ChainId};
+use crate::block::{payload_hash, BlockId, ChainId, Committee};
+use crate::chain::{ChainState, Verified};
+use crate::proof::{CatchUp, Proof, ProofError};
 use chainiac_cosi::hash;
 use serde::{Deserialize, Serialize};
 use sha3::Digest;
+use std::collections::BTreeMap;
 
 /// Block kind of timeline chains.
 pub const KIND_TIMELINE: u16 = 1;
@@ -19,6 +22,10 @@ pub const TAG_LEAF: &str = "chainiac/v1/timeline/leaf";
 pub const TAG_NODE: &str = "chainiac/v1/timeline/node";
 /// Root of an empty tree: `SHA3-256(tagged(TAG_EMPTY))`.
 pub const TAG_EMPTY: &str = "chainiac/v1/timeline/empty";
+/// Change list hash: `SHA3-256(tagged(TAG_CHANGES) || encode(Vec<HeadLeaf>))`.
+pub const TAG_CHANGES: &str = "chainiac/v1/timeline/changes";
+/// The most leaves an entry's change list may hold; with more, the entry records none.
+pub const MAX_CHANGES: usize = 16_384;
 
 /// One project chain's head, as the timeline records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -43,6 +50,18 @@ pub struct TimelineEntry {
     pub chains: u64,
     /// Merkle root over the chains' [`HeadLeaf`]s, sorted by chain id.
     pub root: [u8; 32],
+    /// [`changes_hash`] of the leaves this entry's tree holds and the previous block's did
+    /// not (chains new since, heads moved), sorted by chain id: a client that knows the
+    /// heads as of the previous block learns every move from the lists alone. `None`: not
+    /// recorded (the proposer did not hold the previous block's heads, or more than
+    /// [`MAX_CHANGES`] leaves changed).
+    pub changes: Option<[u8; 32]>,
+}
+
+/// The hash an entry records for its change list.
+pub fn changes_hash(changes: &[HeadLeaf]) -> [u8; 32] {
+    let bytes = postcard::to_allocvec(changes).expect("leaves serialize");
+    hash::sha3_256(TAG_CHANGES, &[&bytes])
 }
 
 impl TimelineEntry {
@@ -117,6 +136,25 @@ impl HeadSet {
         }
         let k = split(n as u64) as usize;
         node(&self.subtree(lo, lo + k), &self.subtree(lo + k, hi))
+    }
+
+    /// The leaves of this set that `previous` does not hold — chains new since, heads
+    /// moved — sorted by chain: the change list an entry over this set records.
+    pub fn changes_since(&self, previous: &HeadSet) -> Vec<HeadLeaf> {
+        self.leaves.iter().filter(|leaf| previous.leaf(&leaf.chain) != Some(*leaf)).copied().collect()
+    }
+
+    /// The entry over this set at `time_ms`, recording its changes since `previous` (the
+    /// set of the block before) when known and not more than [`MAX_CHANGES`].
+    pub fn entry(&self, time_ms: u64, previous: Option<&HeadSet>) -> (TimelineEntry, Option<Vec<HeadLeaf>>) {
+        let changes = previous.map(|p| self.changes_since(p)).filter(|c| c.len() <= MAX_CHANGES);
+        let entry = TimelineEntry {
+            time_ms,
+            chains: self.leaves.len() as u64,
+            root: self.root(),
+            changes: changes.as_deref().map(changes_hash),
+        };
+        (entry, changes)
     }
 
     pub fn leaf(&self, chain: &ChainId) -> Option<&HeadLeaf> {
@@ -357,6 +395,102 @@ fn fold(
     Ok(node(&l, &r))
 }
 
+/// Every timeline block after the verifier's, with each entry's change list: a client whose
+/// followed chains are reconciled with its timeline block learns which moved — and, by
+/// their absence, that the others did not — without an inclusion proof per chain. Pays off
+/// when few chains moved since, compared with the followed ones (frequent updates over many
+/// chains).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineChanges {
+    /// A forward proof through every block after the verifier's (only the last step and
+    /// committee changes signed, as ever), without payload.
+    pub proof: Proof,
+    /// Per step of `proof`, in order: its block's entry and the change list it records.
+    pub blocks: Vec<ChangedBlock>,
+}
+
+/// One timeline block's entry and its change list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangedBlock {
+    pub entry: TimelineEntry,
+    pub changes: Vec<HeadLeaf>,
+}
+
+/// What a verified [`TimelineChanges`] shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenChanges {
+    /// The timeline's state at the last block.
+    pub caught: CatchUp,
+    /// The last block's entry (None if no block followed the verifier's).
+    pub entry: Option<TimelineEntry>,
+    /// The newest head recorded for every chain that any of the blocks lists.
+    pub moved: BTreeMap<ChainId, HeadLeaf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChangesError {
+    #[error("timeline proof: {0}")]
+    Proof(#[from] ProofError),
+    #[error("step {step} is block {index}, not {expected}: change lists need every block")]
+    NotEveryBlock { step: usize, index: u64, expected: u64 },
+    #[error("{steps} blocks proven but {blocks} entries sent")]
+    Count { steps: usize, blocks: usize },
+    #[error("block {index}: the entry is not the one the block's payload hash names")]
+    EntryHash { index: u64 },
+    #[error("block {index}: the entry's time differs from the block's")]
+    EntryTime { index: u64 },
+    #[error("block {index} records no change list")]
+    NotRecorded { index: u64 },
+    #[error("block {index}: the change list is not the one its entry records")]
+    ChangesHash { index: u64 },
+    #[error("block {index}: the change list is not sorted by chain, or lists a chain twice")]
+    ChangesOrder { index: u64 },
+}
+
+impl TimelineChanges {
+    /// Checks the proof from `trusted` (committees left out taken from `held`), that it
+    /// covers every block after it, and each entry and change list against its block.
+    pub fn verify_with(
+        &self,
+        trusted: &ChainState,
+        held: impl Fn(&[u8; 32]) -> Option<Committee>,
+    ) -> Result<Verified<SeenChanges>, ChangesError> {
+        let steps = &self.proof.steps;
+        if steps.len() != self.blocks.len() {
+            return Err(ChangesError::Count { steps: steps.len(), blocks: self.blocks.len() });
+        }
+        for (step, s) in steps.iter().enumerate() {
+            let expected = trusted.header.index + 1 + step as u64;
+            if s.header.index != expected {
+                return Err(ChangesError::NotEveryBlock { step, index: s.header.index, expected });
+            }
+        }
+        let caught = self.proof.verify_with(trusted, held)?.into_inner();
+        // The steps' headers are now proven: each entry must be its block's payload.
+        let mut moved = BTreeMap::new();
+        for (s, block) in steps.iter().zip(&self.blocks) {
+            let index = s.header.index;
+            if payload_hash(&block.entry.to_bytes()) != s.header.payload_hash {
+                return Err(ChangesError::EntryHash { index });
+            }
+            if block.entry.time_ms != s.header.timestamp_ms {
+                return Err(ChangesError::EntryTime { index });
+            }
+            match block.entry.changes {
+                None => return Err(ChangesError::NotRecorded { index }),
+                Some(hash) if hash != changes_hash(&block.changes) => return Err(ChangesError::ChangesHash { index }),
+                Some(_) => {}
+            }
+            if block.changes.windows(2).any(|pair| pair[0].chain >= pair[1].chain) {
+                return Err(ChangesError::ChangesOrder { index });
+            }
+            moved.extend(block.changes.iter().map(|leaf| (leaf.chain, *leaf)));
+        }
+        let entry = self.blocks.last().map(|b| b.entry.clone());
+        Ok(Verified::new(SeenChanges { caught, entry, moved }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,7 +521,7 @@ mod tests {
         #[test]
         fn every_leaf_proves_and_nothing_else_does(n in 1usize..300, seed in any::<u8>(), flip in any::<usize>()) {
             let set = HeadSet::new(leaves(n, seed));
-            let entry = TimelineEntry { time_ms: 1, chains: set.len() as u64, root: set.root() };
+            let entry = TimelineEntry { time_ms: 1, chains: set.len() as u64, root: set.root(), changes: None };
             for leaf in leaves(n, seed) {
                 let proof = set.prove(&leaf.chain).unwrap();
                 prop_assert_eq!(proof.leaf, leaf);
@@ -420,7 +554,7 @@ mod tests {
         ) {
             let all = leaves(n, seed);
             let set = HeadSet::new(all.clone());
-            let entry = TimelineEntry { time_ms: 1, chains: set.len() as u64, root: set.root() };
+            let entry = TimelineEntry { time_ms: 1, chains: set.len() as u64, root: set.root(), changes: None };
             let mut chosen: Vec<ChainId> = picks.iter().map(|p| all[p % n].chain).collect();
             chosen.push(BlockId([0xee; 32])); // not in the set: left out
             let proof = set.prove_many(&chosen);

@@ -13,13 +13,16 @@ use chainiac_cosi::protocol::{
 use chainiac_cosi::{Mask, Member, PublicKey, Roster, SecretKey};
 use chainiac_proto::message::{
     Announce, ErrorCode, ErrorReply, HeadInfo, LinkedQuery, NodeStatus, ProofQuery, Request, Response, TimelineBatch,
-    TimelineInfo, MAX_HELD_COMMITTEES, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS, PROOFS_RESPONSE_BUDGET,
+    TimelineInfo, MAX_CHANGE_BLOCKS, MAX_HELD_COMMITTEES, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS,
+    PROOFS_RESPONSE_BUDGET,
 };
 use chainiac_proto::{CallError, FrameClass, Pool};
 use chainiac_release::{KIND_POLICY_CHANGE, KIND_RELEASE};
 use chainiac_skipchain::rocks::RocksStore;
 use chainiac_skipchain::store::{self, Store, StoreError};
-use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, TimelineEntry, KIND_TIMELINE};
+use chainiac_skipchain::timeline::{
+    changes_hash, ChangedBlock, HeadLeaf, HeadSet, TimelineChanges, TimelineEntry, KIND_TIMELINE,
+};
 use chainiac_skipchain::{Block, BlockId, ChainId, ChainState, Proposal};
 use rand_core::{OsRng, RngCore};
 use std::collections::{HashMap, HashSet};
@@ -113,6 +116,15 @@ pub fn now_ms() -> u64 {
 /// A timeline block this node can prove inclusions in: its index, entry and head set.
 type KnownTimeline = (u64, TimelineEntry, Arc<HeadSet>);
 
+/// A checked timeline block's head set and, if its entry records one, its change list.
+type CheckedTimeline = (Arc<HeadSet>, Option<Arc<Vec<HeadLeaf>>>);
+
+/// One timeline's change lists, by block index.
+type ChangeLists = std::collections::BTreeMap<u64, Arc<Vec<HeadLeaf>>>;
+
+/// Change lists kept per timeline (newest blocks), to answer `GetTimelineChanges`.
+const KEPT_CHANGE_LISTS: usize = 4096;
+
 /// A round this node takes part in, between its commitment and its response.
 struct RoundState {
     chain: ChainId,
@@ -139,7 +151,13 @@ pub struct Node {
     chain_locks: Mutex<HashMap<ChainId, Arc<tokio::sync::Mutex<()>>>>,
     /// Head sets that matched a timeline block this node checked, by block id, until the
     /// block is appended (then they become `timelines`).
-    pending_timelines: Mutex<HashMap<BlockId, Arc<HeadSet>>>,
+    pending_timelines: Mutex<HashMap<BlockId, CheckedTimeline>>,
+    /// Per timeline chain: the change lists of its newest blocks, by index (in memory: a
+    /// node that restarts answers from the blocks it checks after).
+    change_lists: Mutex<HashMap<ChainId, ChangeLists>>,
+    /// Timelines whose last proposal with a change list failed: the next one records none
+    /// (signers that miss the previous block's heads cannot check a list).
+    lists_refused: Mutex<std::collections::HashSet<ChainId>>,
     /// Per timeline chain: the newest appended block whose head set this node holds.
     timelines: Mutex<HashMap<ChainId, KnownTimeline>>,
     /// Versions released per release chain.
@@ -169,6 +187,8 @@ impl Node {
             promise_lock: Mutex::new(()),
             chain_locks: Mutex::new(HashMap::new()),
             pending_timelines: Mutex::new(HashMap::new()),
+            change_lists: Mutex::new(HashMap::new()),
+            lists_refused: Mutex::new(std::collections::HashSet::new()),
             timelines: Mutex::new(HashMap::new()),
             heads: Mutex::new(HashMap::new()),
             released: Mutex::new(HashMap::new()),
@@ -225,6 +245,9 @@ impl Node {
             Request::GetTimelineBatch { timeline, chains } => self.timeline_batch(timeline, &chains),
             Request::GetLinkedProofs { queries, with_payload, held_committees } => {
                 self.linked_proofs(&queries, with_payload, held_committees)
+            }
+            Request::GetTimelineChanges { timeline, from, held_committees } => {
+                self.timeline_changes(&timeline, from, held_committees)
             }
             Request::Build { .. } | Request::GetAttestation { .. } | Request::GetBuildLog { .. } => {
                 Err(err(ErrorCode::BadRequest, "this is a witness; send build jobs to a verifier"))
@@ -515,12 +538,50 @@ impl Node {
                 ),
             ));
         }
+        let changes = match entry.changes {
+            None => None,
+            Some(hash) => {
+                let Some(before) = block.header.index.checked_sub(1) else {
+                    return Err(err(ErrorCode::Refused, "a timeline genesis records no change list"));
+                };
+                let Some(previous) = self.timeline_set(block.header.chain, before) else {
+                    return Err(err(
+                        ErrorCode::Refused,
+                        format!(
+                            "cannot check the change list: this witness does not hold the heads block {before} records"
+                        ),
+                    ));
+                };
+                let changes = set.changes_since(&previous);
+                if changes_hash(&changes) != hash {
+                    return Err(err(
+                        ErrorCode::Refused,
+                        format!(
+                            "the change list differs from this witness's: {} heads moved since block {}",
+                            changes.len(),
+                            before
+                        ),
+                    ));
+                }
+                Some(Arc::new(changes))
+            }
+        };
         let mut pending = self.pending_timelines.lock().expect("lock");
         if pending.len() >= 8 {
             pending.clear();
         }
-        pending.insert(block.id(), Arc::new(set));
+        pending.insert(block.id(), (Arc::new(set), changes));
         Ok(())
+    }
+
+    /// The head set timeline block `index` of `chain` records, if this node holds it (the
+    /// genesis records none: empty).
+    fn timeline_set(&self, chain: Option<ChainId>, index: u64) -> Option<Arc<HeadSet>> {
+        if index == 0 {
+            return Some(Arc::new(HeadSet::default()));
+        }
+        let timelines = self.timelines.lock().expect("lock");
+        timelines.get(&chain?).filter(|(i, _, _)| *i == index).map(|(_, _, set)| set.clone())
     }
 
     /// After a timeline block is appended: remember the head set it commits to.
@@ -544,13 +605,30 @@ impl Node {
         }
         let Some(chain) = block.header.chain else { return };
         let Ok(entry) = TimelineEntry::from_bytes(&block.payload) else { return };
-        let set = match self.pending_timelines.lock().expect("lock").remove(&block.id()) {
-            Some(set) => set,
+        let index = block.header.index;
+        let (set, changes) = match self.pending_timelines.lock().expect("lock").remove(&block.id()) {
+            Some(checked) => checked,
             None => match self.head_set() {
-                Ok(set) if set.root() == entry.root => Arc::new(set),
+                Ok(set) if set.root() == entry.root => {
+                    // Caught up, not checked here: the list is known if the block before's
+                    // heads are.
+                    let changes = self
+                        .timeline_set(Some(chain), index - 1)
+                        .map(|previous| set.changes_since(&previous))
+                        .filter(|changes| entry.changes == Some(changes_hash(changes)));
+                    (Arc::new(set), changes.map(Arc::new))
+                }
                 _ => return, // heads moved since; the next timeline block will do
             },
         };
+        if let Some(changes) = changes {
+            let mut lists = self.change_lists.lock().expect("lock");
+            let kept = lists.entry(chain).or_default();
+            kept.insert(index, changes);
+            while kept.len() > KEPT_CHANGE_LISTS {
+                kept.pop_first();
+            }
+        }
         let mut timelines = self.timelines.lock().expect("lock");
         let newer = timelines.get(&chain).is_none_or(|(index, _, _)| *index < block.header.index);
         if newer {
@@ -635,10 +713,56 @@ impl Node {
             return Ok(());
         }
         let time_ms = now_ms().max(head.header.timestamp_ms);
-        let entry = TimelineEntry { time_ms, chains: set.len() as u64, root: set.root() };
+        // A change list when this node holds the head's heads, unless the last one failed.
+        let refused = self.lists_refused.lock().expect("lock").remove(&chain);
+        let previous = if refused { None } else { self.timeline_set(Some(chain), head.index()) };
+        let (entry, _) = set.entry(time_ms, previous.as_deref());
+        let listed = entry.changes.is_some();
         let proposal =
             Proposal { kind: KIND_TIMELINE, payload: entry.to_bytes(), timestamp_ms: time_ms, ..Proposal::default() };
-        self.lead(chain, proposal).await.map(|_| ())
+        let led = self.lead(chain, proposal).await;
+        if led.is_err() && listed {
+            self.lists_refused.lock().expect("lock").insert(chain);
+        }
+        led.map(|_| ())
+    }
+
+    /// Every block of `timeline` after `from` whose change list this node holds, up to
+    /// [`MAX_CHANGE_BLOCKS`], proven block by block.
+    fn timeline_changes(&self, timeline: &ChainId, from: u64, held_committees: Vec<[u8; 32]>) -> Reply {
+        if held_committees.len() > MAX_HELD_COMMITTEES {
+            return Err(err(ErrorCode::BadRequest, format!("more than {MAX_HELD_COMMITTEES} held committees")));
+        }
+        if !self.timeline_chains.lock().expect("lock").contains(timeline) {
+            return Err(err(ErrorCode::NotFound, "no such timeline here"));
+        }
+        let head = self.head_index(timeline)?;
+        if from > head {
+            return Err(err(ErrorCode::NotFound, format!("the timeline's head is block {head}, before {from}")));
+        }
+        let lists = self.change_lists.lock().expect("lock").get(timeline).cloned().unwrap_or_default();
+        let mut blocks = Vec::new();
+        let mut to = from;
+        while to < head && to - from < MAX_CHANGE_BLOCKS {
+            let Some(changes) = lists.get(&(to + 1)) else { break };
+            let block = self
+                .store
+                .block(timeline, to + 1)
+                .map_err(|e| err(ErrorCode::Internal, e.to_string()))?
+                .ok_or_else(|| err(ErrorCode::Internal, "a listed block is not stored"))?;
+            let entry = TimelineEntry::from_bytes(&block.payload)
+                .map_err(|e| err(ErrorCode::Internal, format!("stored timeline entry: {e}")))?;
+            blocks.push(ChangedBlock { entry, changes: changes.to_vec() });
+            to += 1;
+        }
+        if to == from && from < head {
+            return Err(err(ErrorCode::NotFound, format!("this witness holds no change list for block {}", from + 1)));
+        }
+        let held: std::collections::HashSet<[u8; 32]> = held_committees.into_iter().collect();
+        let proof = store::prove_each(&self.store, timeline, from, to)
+            .map_err(store_err)?
+            .without_committees(|h| held.contains(h));
+        Ok(Response::TimelineChanges(TimelineChanges { proof, blocks }))
     }
 
     /// Holds `(chain, index)` for `id` for a while, so that concurrent leaders do not split

@@ -114,6 +114,30 @@ impl<S: Store> TestChain<S> {
         (block, next_committee)
     }
 
+    /// Appends a block whose payload `payload_at` makes from its timestamp, with an optional
+    /// new committee (of `members`); returns its index.
+    pub fn push_payload(&mut self, payload_at: impl FnOnce(u64) -> Vec<u8>, new_members: Option<usize>) -> u64 {
+        let head = self.head();
+        self.time_ms += 1 + self.rng.next_u32() as u64 % 1000;
+        let next = new_members.map(|m| Arc::new(TestCommittee::new(m, m as u32, &mut self.rng)));
+        let proposal = Proposal {
+            kind: 1,
+            payload: payload_at(self.time_ms),
+            timestamp_ms: self.time_ms,
+            committee: next.as_ref().map(|c| c.committee.clone()),
+            policy: None,
+        };
+        let store = &self.store;
+        let chain = self.chain;
+        let mut block = head.propose(proposal, |i| store.block_id(&chain, i).unwrap()).unwrap();
+        block.signature = Some(self.signer.sign(&block.id().0, 0, &mut self.rng));
+        let state = store::append(&self.store, &block).unwrap();
+        if let Some(next) = next {
+            self.signer = next;
+        }
+        state.index()
+    }
+
     /// Appends the next block (see [`TestChain::next_block`]) and returns its index.
     pub fn push(&mut self, new_members: Option<usize>, new_policy: bool, absent: usize) -> u64 {
         let (block, next) = self.next_block(new_members, new_policy, absent);
