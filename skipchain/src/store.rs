@@ -196,14 +196,7 @@ pub fn prove<S: Store>(
     to: u64,
     with_payload: bool,
 ) -> StoreResult<Proof, S::Error> {
-    let head = head_index(store, chain)?;
-    if to > head {
-        return Err(StoreError::NoSuchBlock { chain: *chain, index: to, head });
-    }
-    if from > to {
-        return Err(StoreError::WrongDirection { from, to, direction: "forward" });
-    }
-    let params = store.head(chain).map_err(StoreError::Backend)?.expect("head read above").params;
+    let (head, params) = forward_range(store, chain, from, to)?;
     let checkpoints = store.checkpoints(chain, from, to).map_err(StoreError::Backend)?;
     let path = forward_path(&params, from, to, &checkpoints);
     prove_along(store, chain, head, &params, from, to, path, with_payload)
@@ -212,6 +205,18 @@ pub fn prove<S: Store>(
 /// The forward proof from block `from` through every block up to `to` (what timeline
 /// change lists come with: each block's entry is needed), without payload.
 pub fn prove_each<S: Store>(store: &S, chain: &ChainId, from: u64, to: u64) -> StoreResult<Proof, S::Error> {
+    let (head, params) = forward_range(store, chain, from, to)?;
+    prove_along(store, chain, head, &params, from, to, ((from + 1)..=to).collect(), false)
+}
+
+/// The head index and params of `chain`, once `from ..= to` is checked to be a stored
+/// forward range.
+fn forward_range<S: Store>(
+    store: &S,
+    chain: &ChainId,
+    from: u64,
+    to: u64,
+) -> StoreResult<(u64, ChainParams), S::Error> {
     let head = head_index(store, chain)?;
     if to > head {
         return Err(StoreError::NoSuchBlock { chain: *chain, index: to, head });
@@ -220,7 +225,7 @@ pub fn prove_each<S: Store>(store: &S, chain: &ChainId, from: u64, to: u64) -> S
         return Err(StoreError::WrongDirection { from, to, direction: "forward" });
     }
     let params = store.head(chain).map_err(StoreError::Backend)?.expect("head read above").params;
-    prove_along(store, chain, head, &params, from, to, ((from + 1)..=to).collect(), false)
+    Ok((head, params))
 }
 
 /// The steps along `path` (ascending, ending at `to`, every hop a back link) from `from`.
