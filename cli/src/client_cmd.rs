@@ -203,6 +203,9 @@ fn describe_update(update: &chainiac_client::Update) -> (serde_json::Value, Stri
     if let Some(age) = update.timeline_age_ms {
         human += &format!(", timeline {age} ms old");
     }
+    if update.change_lists {
+        human += " (timeline change lists)";
+    }
     if let Some((version, bar)) = &update.release {
         human += &format!(
             "\nrelease {version}: {}",
@@ -215,7 +218,7 @@ fn describe_update(update: &chainiac_client::Update) -> (serde_json::Value, Stri
     let value = serde_json::json!({
         "chain": chain.to_hex(), "from": update.from, "to": update.to, "hops": update.hops,
         "checkpoints": update.checkpoints, "timeline_age_ms": update.timeline_age_ms,
-        "release": release, "skipped": skipped,
+        "change_lists": update.change_lists, "release": release, "skipped": skipped,
     });
     (value, human)
 }

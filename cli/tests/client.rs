@@ -75,6 +75,13 @@ impl Handler for Liar {
                 }
                 Response::Proofs(proofs)
             }
+            Ok(Response::TimelineChanges(mut changes)) => {
+                // Hides a move: drops the first non-empty change list's leaves.
+                if let Some(block) = changes.blocks.iter_mut().find(|b| !b.changes.is_empty()) {
+                    block.changes.clear();
+                }
+                Response::TimelineChanges(changes)
+            }
             Ok(Response::LinkedProofs(mut proofs)) => {
                 for proof in proofs.iter_mut().flatten().filter(|p| !p.links.is_empty()) {
                     proof.links[0].timestamp_ms += 1;
@@ -88,6 +95,19 @@ impl Handler for Liar {
         }
     }
     fn refused(&self, _: &str) {}
+}
+
+/// Kills witness 0 and serves, with its key at its address, a [`Liar`] relaying witness 1.
+fn replace_witness_0_with_a_liar(cluster: &mut Cluster) {
+    cluster.witnesses[0].kill();
+    let liar_key = chainiac_witness::keyfile::read(&cluster.witnesses[0].dir.join("node.key")).unwrap();
+    let endpoint = chainiac_proto::endpoint::server(&liar_key, cluster.witnesses[0].address.parse().unwrap()).unwrap();
+    let liar = Arc::new(Liar {
+        honest: Arc::new(common::Client::new()),
+        honest_address: cluster.witnesses[1].address.clone(),
+        honest_key: cluster.witnesses[1].key,
+    });
+    tokio::spawn(chainiac_proto::server::serve(liar, endpoint, &[FrameClass::Query]));
 }
 
 /// The last step is always signed (SPEC §7.3).
@@ -206,15 +226,7 @@ async fn a_client_catches_up_checks_freshness_and_artifacts_and_skips_a_liar() {
 
     // Witness 0 now lies (its key, its address, altered proofs): the client says so and
     // catches up through the others.
-    cluster.witnesses[0].kill();
-    let liar_key = chainiac_witness::keyfile::read(&cluster.witnesses[0].dir.join("node.key")).unwrap();
-    let endpoint = chainiac_proto::endpoint::server(&liar_key, cluster.witnesses[0].address.parse().unwrap()).unwrap();
-    let liar = Arc::new(Liar {
-        honest: Arc::new(common::Client::new()),
-        honest_address: cluster.witnesses[1].address.clone(),
-        honest_key: cluster.witnesses[1].key,
-    });
-    tokio::spawn(chainiac_proto::server::serve(liar, endpoint, &[FrameClass::Query]));
+    replace_witness_0_with_a_liar(&mut cluster);
     let reply = cluster
         .client
         .call(&cluster.witnesses[3], Request::Propose { chain, proposal: release("1.2", &[&v1, &v2]) })
@@ -642,4 +654,63 @@ async fn many_chains_update_together_and_a_new_committee_travels_once() {
     assert!(stdout.contains(&format!("chain {}: 3 -> 3", all[1])), "{stdout}");
     assert!(stdout.contains(&format!("chain {more}: FAILED")) && stdout.contains("not anchored"), "{stdout}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 2 chains failed"));
+}
+
+/// A client following many chains updates once with inclusion proofs, then learns from the
+/// timeline's change lists which chains moved — skipping a witness whose lists hide a move
+/// — and keeps what it reconciled across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_following_many_chains_learns_what_moved_from_change_lists() {
+    // Idle timeline blocks every second: a few between the two updates.
+    let mut cluster = Cluster::start_with(4, 1_000).await;
+    let (timeline, timeline_genesis) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
+    let mut chains = Vec::new();
+    for i in 0..64 {
+        let (chain, genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;
+        cluster.propose(i % 4, chain, b"first").await.unwrap();
+        chains.push((chain, genesis));
+    }
+    wait_timeline_has(&cluster, chains[63].0, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("c.state");
+    let mut client = Client::open(&state, TrustLevel::default()).unwrap();
+    client.anchor(&timeline_genesis).unwrap();
+    let all: Vec<ChainId> = chains.iter().map(|(_, g)| client.anchor(g).unwrap()).collect();
+    for (_, result) in client.update_many(&all).await.unwrap() {
+        let update = result.unwrap();
+        assert_eq!((update.from, update.to, update.change_lists), (0, 1, false), "first: inclusion proofs");
+    }
+    let at = client.state().chains[&timeline].index();
+    assert!(all.iter().all(|c| client.state().synced.get(c) == Some(&at)), "every chain reconciled");
+
+    // Witness 0 now hides moves in its change lists; one chain moves.
+    replace_witness_0_with_a_liar(&mut cluster);
+    cluster.propose(1, all[5], b"second").await.unwrap();
+    wait_timeline_has(&cluster, all[5], 2).await;
+    // Reopened: the reconciliation records come from the state file (and no connection to
+    // the killed witness lingers).
+    drop(client);
+    let mut client = Client::open(&state, TrustLevel::default()).unwrap();
+    let results = client.update_many(&all).await.unwrap();
+    for (chain, result) in &results {
+        let update = result.as_ref().unwrap();
+        assert!(update.change_lists, "the change lists are cheaper for 64 chains and a few blocks: {update:?}");
+        let expected = if *chain == all[5] { (1, 2) } else { (1, 1) };
+        assert_eq!((update.from, update.to), expected);
+        if *chain == all[5] {
+            assert!(
+                update
+                    .skipped
+                    .iter()
+                    .any(|(w, why)| w == &cluster.witnesses[0].address && why.contains("change lists")),
+                "the liar is reported: {:?}",
+                update.skipped
+            );
+        }
+    }
+    let at = client.state().chains[&timeline].index();
+    drop(client);
+    let reopened = Client::open(&state, TrustLevel::default()).unwrap();
+    assert_eq!(reopened.state().chains[&all[5]].index(), 2);
+    assert!(all.iter().all(|c| reopened.state().synced.get(c) == Some(&at)), "reconciled again, and saved");
 }

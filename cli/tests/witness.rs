@@ -358,7 +358,7 @@ async fn timeline_change_lists_name_every_moved_head() {
         let cluster = &cluster;
         async move {
             for witness in &cluster.witnesses {
-                let request = Request::GetTimelineChanges { timeline, from, held_committees: vec![] };
+                let request = Request::GetTimelineChanges { timeline, from, held_committees: vec![], max_bytes: 0 };
                 match cluster.client.call(witness, request).await {
                     Ok(Response::TimelineChanges(answer)) => return answer,
                     other => eprintln!("no change lists: {other:?}"),
@@ -390,6 +390,10 @@ async fn timeline_change_lists_name_every_moved_head() {
         block.changes.clear();
     }
     assert!(cut.verify_with(&held, |_| None).is_err());
+    // A client that would rather take inclusion proofs says how much it would pay.
+    let request = Request::GetTimelineChanges { timeline, from: 0, held_committees: vec![], max_bytes: 10 };
+    let error = cluster.client.call(&cluster.witnesses[0], request).await.unwrap_err();
+    assert!(refusal(&error).message.contains("more than the 10 asked"), "{error}");
 
     // An entry whose root is right but whose change list is not: refused, rule named.
     let now = recorded(4).await;

@@ -78,6 +78,13 @@ pub struct ClientState {
     pub chains: BTreeMap<ChainId, TrustedChain>,
     /// The timeline chain this client checks freshness against.
     pub timeline: Option<ChainId>,
+    /// Per project chain, the timeline block its trusted state was last reconciled with
+    /// (the head that block records is this state or an ancestor): a chain reconciled with
+    /// the client's own timeline block can learn what moved from change lists (SPEC §8).
+    pub synced: BTreeMap<ChainId, u64>,
+    /// How many chains the newest timeline entry verified covers (0: none yet): sizes the
+    /// inclusion proofs the change lists compete with.
+    pub timeline_chains: u64,
 }
 
 impl ClientState {
@@ -85,12 +92,21 @@ impl ClientState {
         postcard::to_allocvec(self).expect("state serializes")
     }
 
-    /// Decodes a state file: this format, or the one before it (a committee per chain),
-    /// which the next save replaces.
+    /// Decodes a state file: this format, or one of the two before it (without the
+    /// reconciliation records; with a committee per chain), which the next save replaces.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
         // Decoded, then converted: the conversion's reasons survive (postcard drops them).
-        match chainiac_skipchain::decode_exact::<StoredState>(bytes) {
-            Ok(stored) => ClientState::try_from(stored),
+        if let Ok(stored) = chainiac_skipchain::decode_exact::<StoredState>(bytes) {
+            return ClientState::try_from(stored);
+        }
+        match chainiac_skipchain::decode_exact::<PreviousState>(bytes) {
+            Ok(previous) => ClientState::try_from(StoredState {
+                committees: previous.committees,
+                chains: previous.chains,
+                timeline: previous.timeline,
+                synced: Vec::new(),
+                timeline_chains: 0,
+            }),
             Err(e) => match chainiac_skipchain::decode_exact::<LegacyState>(bytes) {
                 Ok(legacy) => ClientState::try_from(legacy),
                 Err(_) => Err(format!("not a chainiac client state: {e}")),
@@ -147,13 +163,25 @@ impl TryFrom<LegacyState> for ClientState {
             };
             chains.insert(id, trusted);
         }
-        Ok(ClientState { chains, timeline: legacy.timeline })
+        Ok(ClientState { chains, timeline: legacy.timeline, ..ClientState::default() })
     }
 }
 
 /// [`ClientState`] as the state file holds it.
 #[derive(Serialize, Deserialize)]
 struct StoredState {
+    committees: Vec<Committee>,
+    chains: Vec<StoredChain>,
+    timeline: Option<ChainId>,
+    /// (position in `chains`, timeline index): [`ClientState::synced`].
+    synced: Vec<(u32, u64)>,
+    timeline_chains: u64,
+}
+
+/// The state file before reconciliation records (2026-11).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct PreviousState {
     committees: Vec<Committee>,
     chains: Vec<StoredChain>,
     timeline: Option<ChainId>,
@@ -178,6 +206,12 @@ impl From<ClientState> for StoredState {
         // Filed under the hash the header names (what the reader checks each against), so
         // nothing is hashed here.
         let mut position: std::collections::HashMap<[u8; 32], u32> = std::collections::HashMap::new();
+        let synced = state
+            .chains
+            .keys()
+            .enumerate()
+            .filter_map(|(position, chain)| state.synced.get(chain).map(|&index| (position as u32, index)))
+            .collect();
         let chains = state
             .chains
             .into_values()
@@ -198,7 +232,7 @@ impl From<ClientState> for StoredState {
                 }
             })
             .collect();
-        StoredState { committees, chains, timeline: state.timeline }
+        StoredState { committees, chains, timeline: state.timeline, synced, timeline_chains: state.timeline_chains }
     }
 }
 
@@ -209,6 +243,14 @@ impl TryFrom<StoredState> for ClientState {
         let committees: Vec<(Arc<Committee>, [u8; 32])> =
             stored.committees.into_iter().map(|c| (c.hash(), Arc::new(c))).map(|(h, c)| (c, h)).collect();
         let mut chains = BTreeMap::new();
+        let mut synced = BTreeMap::new();
+        for &(position, index) in &stored.synced {
+            let chain = stored
+                .chains
+                .get(position as usize)
+                .ok_or_else(|| format!("a reconciliation record names chain {position} of {}", stored.chains.len()))?;
+            synced.insert(chain.chain, index);
+        }
         for c in stored.chains {
             let (committee, hash) = committees
                 .get(c.committee as usize)
@@ -230,7 +272,7 @@ impl TryFrom<StoredState> for ClientState {
                 return Err(format!("chain {} is listed twice", c.chain));
             }
         }
-        Ok(ClientState { chains, timeline: stored.timeline })
+        Ok(ClientState { chains, timeline: stored.timeline, synced, timeline_chains: stored.timeline_chains })
     }
 }
 
@@ -288,6 +330,9 @@ pub struct Update {
     pub skipped: Vec<(String, String)>,
     /// Age of the timeline entry checked, if a timeline is anchored.
     pub timeline_age_ms: Option<u64>,
+    /// The timeline's change lists showed whether this chain moved (SPEC §8), instead of an
+    /// inclusion proof of its head.
+    pub change_lists: bool,
 }
 
 /// One result per chain of [`Client::update_many`], in the order asked.
@@ -747,6 +792,27 @@ mod tests {
         wrong.chains.values_mut().next().unwrap().committee = committee(90, 4);
         let error = ClientState::from_bytes(&postcard::to_allocvec(&wrong).unwrap()).unwrap_err();
         assert!(error.contains("does not match its header"), "{error}");
+    }
+
+    #[test]
+    fn reconciliation_records_are_kept_and_a_file_without_them_is_read() {
+        let (shared, other) = (committee(1, 4), committee(40, 4));
+        let mut state = state(3, &shared, &other);
+        let chains: Vec<ChainId> = state.chains.keys().copied().collect();
+        state.synced.insert(chains[2], 17);
+        state.synced.insert(chains[0], 5);
+        state.timeline_chains = 886_000;
+        let read = ClientState::from_bytes(&state.to_bytes()).unwrap();
+        assert_eq!(read, state);
+        let stored: StoredState = state.clone().into();
+        let previous =
+            PreviousState { committees: stored.committees, chains: stored.chains, timeline: stored.timeline };
+        let read = ClientState::from_bytes(&postcard::to_allocvec(&previous).unwrap()).unwrap();
+        assert_eq!(read, ClientState { synced: BTreeMap::new(), timeline_chains: 0, ..state.clone() });
+        let mut stored: StoredState = state.into();
+        stored.synced.push((9, 1));
+        let error = ClientState::from_bytes(&postcard::to_allocvec(&stored).unwrap()).unwrap_err();
+        assert!(error.contains("names chain 9 of 4"), "{error}");
     }
 
     #[test]

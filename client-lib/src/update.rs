@@ -10,6 +10,13 @@
 //! committee and policy in force there, and a forward proof past it to the newest block.
 //! With `every_hop` the client instead asks each chain's committee for forward proofs
 //! (`GetProofs`), checked against each chain's own committees, landing on every checkpoint.
+//! When every chain of the update was reconciled with the client's timeline block (the
+//! state file records it per chain), the client first asks for the timeline's change lists
+//! since that block (`GetTimelineChanges`, SPEC §8), capped at what the inclusion proofs
+//! would cost: the lists show which chains moved (those get linked proofs as above) and that
+//! the others did not, for ≈ 250 bytes a timeline block and 72 a move instead of one
+//! inclusion leaf per followed chain. A member whose lists do not verify is skipped like any
+//! liar; if no member serves them within the cap, the update takes inclusion proofs.
 //! Committees the client holds — its trusted states' and those the timeline proof brought
 //! — are named by hash and left out of the answers, so a roster change costs the client one
 //! committee, not one per followed chain. Every proof is verified before anything it
@@ -18,7 +25,7 @@
 
 use crate::{Client, ClientError, TrustedChain, Update, UpdateResults};
 use chainiac_proto::{
-    ErrorCode, ErrorReply, LinkedQuery, ProofQuery, Request, Response, TimelineBatch, MAX_HELD_COMMITTEES,
+    CallError, ErrorCode, ErrorReply, LinkedQuery, ProofQuery, Request, Response, TimelineBatch, MAX_HELD_COMMITTEES,
     MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS,
 };
 use chainiac_release::{Policy, TimeWindow, KIND_RELEASE};
@@ -74,8 +81,13 @@ impl HeldCommittees {
 
 /// What the timeline says about the chains of one update.
 struct TimelineView {
-    /// Each project chain's leaf, with the entry of the timeline block that holds it.
-    leaves: HashMap<ChainId, (HeadLeaf, TimelineEntry)>,
+    /// Each project chain's leaf, with the entry and index of the timeline block that holds
+    /// it (through change lists: only the chains that moved).
+    leaves: HashMap<ChainId, (HeadLeaf, TimelineEntry, u64)>,
+    /// Chains the change lists show did not move since the client's timeline block (empty
+    /// when inclusion proofs were used), with the newest entry.
+    unmoved: HashSet<ChainId>,
+    newest: Option<TimelineEntry>,
     /// The timeline's own update, saved whatever happens to the project chains.
     reached: ChainState,
     update: Update,
@@ -93,6 +105,22 @@ struct Caught {
 }
 
 type Skipped = Vec<(String, String)>;
+
+/// Why a member's change lists were not taken.
+enum Stop {
+    /// They would cost more than inclusion proofs (the same at every member).
+    Larger,
+    /// This member failed or lied; another may serve them.
+    Member,
+}
+
+/// About what `GetTimelineBatch` answers for `p` chains of a tree over `n` take: per chain
+/// a leaf (≈ 40 bytes) and the hashes of a multi-leaf proof (`log2(n / p)`), per answer of
+/// [`MAX_TIMELINE_CHAINS`] the entry and framing.
+fn inclusion_bytes(p: u64, n: u64) -> u64 {
+    let hashes = (n.max(1) as f64 / p.max(1) as f64).log2().max(1.0);
+    p * (40 + (32.0 * hashes) as u64) + 120 * p.div_ceil(MAX_TIMELINE_CHAINS as u64)
+}
 
 fn answered(response: &Response) -> String {
     match response {
@@ -150,8 +178,15 @@ impl Client {
         let timeline = self.state.timeline;
         let projects: Vec<ChainId> =
             chains.iter().copied().filter(|c| Some(*c) != timeline && self.state.chains.contains_key(c)).collect();
-        let view = match timeline {
-            Some(t) if !projects.is_empty() || chains.contains(&t) => {
+        // Chains reconciled with the client's timeline block learn what moved from the
+        // change lists when those are cheaper; otherwise inclusion proofs.
+        let by_changes = match timeline {
+            Some(t) if !self.every_hop => self.changes_view(t, &projects, &mut held).await,
+            _ => None,
+        };
+        let view = match (by_changes, timeline) {
+            (Some(view), _) => Some(view),
+            (None, Some(t)) if !projects.is_empty() || chains.contains(&t) => {
                 Some(self.catch_up_timeline(t, &projects, &mut held).await?)
             }
             _ => None,
@@ -160,7 +195,7 @@ impl Client {
         // What the timeline records for each chain: linked proofs go through it.
         let recorded: HashMap<ChainId, (u64, BlockId)> = view
             .as_ref()
-            .map(|v| v.leaves.iter().map(|(chain, (leaf, _))| (*chain, (leaf.index, leaf.id))).collect())
+            .map(|v| v.leaves.iter().map(|(chain, (leaf, _, _))| (*chain, (leaf.index, leaf.id))).collect())
             .unwrap_or_default();
         // Linked proofs (the default) are asked of the timeline's signers (each holds every
         // chain it recorded), then its current committee: one group, and a chain whose own
@@ -209,10 +244,25 @@ impl Client {
             let mut skipped = view.as_ref().map(|v| v.update.skipped.clone()).unwrap_or_default();
             skipped.extend(skipped_by_chain.remove(&chain).unwrap_or_default());
             let result = match caught.remove(&chain) {
+                None if view.as_ref().is_some_and(|v| v.unmoved.contains(&chain)) => {
+                    let view = view.as_ref().expect("checked");
+                    self.unmoved(trusted, view, skipped).map(|update| (trusted.clone(), update))
+                }
                 None if view.is_some() && !recorded.contains_key(&chain) => Err(not_recorded(chain)),
                 None => Err(ClientError::NoHonestWitness(skipped)),
                 Some(reached) => self.check_reached(trusted, reached, view.as_ref(), skipped),
             };
+            // Reconciled with the timeline block that recorded the chain (or showed it did
+            // not move); a chain that failed is not, whatever it was before.
+            match (&result, &view) {
+                (Ok(_), Some(view)) => {
+                    let block = view.leaves.get(&chain).map_or(view.reached.index(), |(_, _, index)| *index);
+                    self.state.synced.insert(chain, block);
+                }
+                _ => {
+                    self.state.synced.remove(&chain);
+                }
+            }
             if let Ok((state, _)) = &result {
                 updated.push(state.clone());
             }
@@ -225,6 +275,9 @@ impl Client {
             self.state.chains.insert(state.chain, state);
         }
         if let Some(view) = view {
+            if let Some(entry) = &view.newest {
+                self.state.timeline_chains = entry.chains;
+            }
             let old = self.state.chains.get(&view.reached.chain).map_or(0, TrustedChain::index);
             if view.reached.index() >= old {
                 self.state.chains.insert(view.reached.chain, TrustedChain::from_state(&view.reached, None));
@@ -264,7 +317,7 @@ impl Client {
         let timeline_age_ms = match view {
             None => None,
             Some(view) => {
-                let Some((leaf, entry)) = view.leaves.get(&head.chain) else {
+                let Some((leaf, entry, _)) = view.leaves.get(&head.chain) else {
                     return Err(not_recorded(head.chain));
                 };
                 if leaf.index > head.index() {
@@ -279,13 +332,7 @@ impl Client {
                         "the timeline records another block at the head's index: a fork".into(),
                     ));
                 }
-                let max_age_ms =
-                    Policy::from_bytes(&updated.policy).map(|p| p.max_age_ms).unwrap_or(self.default_max_age_ms);
-                let age_ms = crate::now_ms().saturating_sub(entry.time_ms);
-                if age_ms > max_age_ms {
-                    return Err(ClientError::Stale { age_ms, max_age_ms });
-                }
-                Some(age_ms)
+                Some(self.fresh_enough(&updated.policy, entry)?)
             }
         };
         let update = Update {
@@ -297,8 +344,148 @@ impl Client {
             release: release_status,
             skipped,
             timeline_age_ms,
+            change_lists: view.is_some_and(|v| v.update.change_lists),
         };
         Ok((updated, update))
+    }
+
+    /// The entry's age, if a chain under `policy` accepts it (freeze attacks).
+    fn fresh_enough(&self, policy: &[u8], entry: &TimelineEntry) -> Result<u64, ClientError> {
+        let max_age_ms = Policy::from_bytes(policy).map(|p| p.max_age_ms).unwrap_or(self.default_max_age_ms);
+        let age_ms = crate::now_ms().saturating_sub(entry.time_ms);
+        if age_ms > max_age_ms {
+            return Err(ClientError::Stale { age_ms, max_age_ms });
+        }
+        Ok(age_ms)
+    }
+
+    /// A chain the change lists show did not move since its reconciled state: nothing new,
+    /// as fresh as the newest entry.
+    fn unmoved(&self, trusted: &TrustedChain, view: &TimelineView, skipped: Skipped) -> Result<Update, ClientError> {
+        let entry = view.newest.as_ref().expect("change lists bring the newest entry");
+        let timeline_age_ms = Some(self.fresh_enough(&trusted.policy, entry)?);
+        Ok(Update {
+            chain: trusted.chain,
+            from: trusted.index(),
+            to: trusted.index(),
+            hops: 0,
+            checkpoints: Vec::new(),
+            release: None,
+            skipped,
+            timeline_age_ms,
+            change_lists: true,
+        })
+    }
+
+    /// The timeline caught up through its change lists (SPEC §8), if every chain of
+    /// `projects` is reconciled with the client's timeline block and a member of its
+    /// committee serves the lists of every block since for fewer bytes than inclusion
+    /// proofs of `projects` would take; None otherwise (the caller takes inclusion proofs).
+    async fn changes_view(
+        &self,
+        timeline: ChainId,
+        projects: &[ChainId],
+        held: &mut HeldCommittees,
+    ) -> Option<TimelineView> {
+        let trusted = self.state.chains.get(&timeline)?;
+        let at = trusted.index();
+        let n = self.state.timeline_chains;
+        if n == 0 || projects.is_empty() || !projects.iter().all(|c| self.state.synced.get(c) == Some(&at)) {
+            return None;
+        }
+        let max_bytes = inclusion_bytes(projects.len() as u64, n);
+        let mut skipped = Vec::new();
+        for member in trusted.committee.roster().members() {
+            match self.changes_from(member, trusted, projects, held, max_bytes).await {
+                Ok((mut view, learned)) => {
+                    *held = learned;
+                    view.update.skipped = skipped;
+                    return Some(view);
+                }
+                // Larger than inclusion proofs: so it is at every member.
+                Err((_, Stop::Larger)) => return None,
+                Err((why, Stop::Member)) => skipped.push((member.address.clone(), why)),
+            }
+        }
+        None
+    }
+
+    /// One member's change lists since the client's timeline block, page by page, checked.
+    async fn changes_from(
+        &self,
+        member: &chainiac_cosi::Member,
+        trusted: &TrustedChain,
+        projects: &[ChainId],
+        held: &HeldCommittees,
+        max_bytes: u64,
+    ) -> Result<(TimelineView, HeldCommittees), (String, Stop)> {
+        let timeline = trusted.chain;
+        let pool = self.pool().map_err(|e| (e.to_string(), Stop::Member))?;
+        let mut local = held.clone();
+        let mut state = trusted.to_state();
+        let (mut hops, mut checkpoints, mut newest, mut moved) = (0, Vec::new(), None, BTreeMap::new());
+        loop {
+            let request = Request::GetTimelineChanges {
+                timeline,
+                from: state.index(),
+                held_committees: local.newest(),
+                max_bytes,
+            };
+            let answer = match pool.call(&member.address, &member.key, &request, self.timeout).await {
+                Ok(Response::TimelineChanges(answer)) => answer,
+                Err(CallError::Remote(reply)) if reply.code == ErrorCode::Refused => {
+                    return Err((format!("refused: {}", reply.message), Stop::Larger))
+                }
+                Ok(other) => return Err((format!("no change lists: {}", answered(&other)), Stop::Member)),
+                Err(e) => return Err((format!("unavailable: {e}"), Stop::Member)),
+            };
+            let seen = answer
+                .verify_with(&state, |h| local.get(h))
+                .map_err(|e| (format!("lied: change lists: {e}"), Stop::Member))?
+                .into_inner();
+            local.learn(&answer.proof);
+            hops += answer.proof.steps.len();
+            checkpoints.extend(seen.caught.checkpoints);
+            state = seen.caught.state;
+            moved.extend(seen.moved);
+            newest = seen.entry.or(newest);
+            if (answer.blocks.len() as u64) < chainiac_proto::MAX_CHANGE_BLOCKS {
+                break;
+            }
+        }
+        // With no block since, there is no entry to show the timeline is alive; one whose
+        // lists stop at a stale block may only lag behind: inclusion proofs then decide.
+        let Some(entry) = newest else {
+            return Err(("no timeline block since the client's".into(), Stop::Member));
+        };
+        let age_ms = crate::now_ms().saturating_sub(entry.time_ms);
+        if age_ms > self.default_max_age_ms {
+            return Err((format!("its change lists stop at a block {age_ms} ms old"), Stop::Member));
+        }
+        let index = state.index();
+        let leaves: HashMap<ChainId, (HeadLeaf, TimelineEntry, u64)> =
+            projects.iter().filter_map(|c| moved.get(c).map(|leaf| (*c, (*leaf, entry.clone(), index)))).collect();
+        let unmoved = projects.iter().copied().filter(|c| !leaves.contains_key(c)).collect();
+        let mut holders: Vec<chainiac_cosi::Member> = Vec::new();
+        for committee in [&*trusted.committee, &*state.committee] {
+            for member in committee.roster().members() {
+                if !holders.iter().any(|h| h.key == member.key) {
+                    holders.push(member.clone());
+                }
+            }
+        }
+        let update = Update {
+            chain: timeline,
+            from: trusted.index(),
+            to: index,
+            hops,
+            checkpoints,
+            release: None,
+            skipped: Vec::new(),
+            timeline_age_ms: Some(age_ms),
+            change_lists: true,
+        };
+        Ok((TimelineView { leaves, unmoved, newest: Some(entry), reached: state, update, holders }, local))
     }
 
     /// The newest timeline block(s) holding `projects`, proven from the trusted timeline
@@ -365,7 +552,8 @@ impl Client {
             match call(request).await? {
                 Response::TimelineBatch(batch) => {
                     let proven = check_batch(&batch, trusted, chunk).map_err(|e| format!("lied: {e}"))?;
-                    leaves.extend(proven.into_iter().map(|leaf| (leaf.chain, (leaf, batch.entry.clone()))));
+                    leaves
+                        .extend(proven.into_iter().map(|leaf| (leaf.chain, (leaf, batch.entry.clone(), batch.index))));
                     batches.push(batch);
                 }
                 // None of this chunk is recorded yet: those chains fail alone.
@@ -439,7 +627,8 @@ impl Client {
             checkpoints,
             release: None,
             skipped: Vec::new(),
-            timeline_age_ms: entry.map(|e| crate::now_ms().saturating_sub(e.time_ms)),
+            timeline_age_ms: entry.as_ref().map(|e| crate::now_ms().saturating_sub(e.time_ms)),
+            change_lists: false,
         };
         let mut holders: Vec<chainiac_cosi::Member> = Vec::new();
         for committee in signers.iter().chain(std::iter::once(&*state.committee)) {
@@ -449,7 +638,8 @@ impl Client {
                 }
             }
         }
-        Ok((TimelineView { leaves, reached: state, update, holders }, local))
+        let unmoved = HashSet::new();
+        Ok((TimelineView { leaves, unmoved, newest: entry, reached: state, update, holders }, local))
     }
 
     /// Proofs for `chunk`, asked of `members` in turn until every chain has a

@@ -78,8 +78,10 @@ pub enum Request {
     GetLinkedProofs { queries: Vec<LinkedQuery>, with_payload: bool, held_committees: Vec<[u8; 32]> },
     /// Every block of `timeline` after the client's block `from`, with each entry's change
     /// list, up to [`MAX_CHANGE_BLOCKS`] blocks (the client asks again from where the
-    /// answer stopped). Committees as in [`Request::GetProofs`].
-    GetTimelineChanges { timeline: ChainId, from: u64, held_committees: Vec<[u8; 32]> },
+    /// answer stopped). Committees as in [`Request::GetProofs`]. Refused if all the lists
+    /// since `from` would take more than about `max_bytes` (0: no limit): the client then
+    /// takes inclusion proofs, the cheaper path.
+    GetTimelineChanges { timeline: ChainId, from: u64, held_committees: Vec<[u8; 32]>, max_bytes: u64 },
 }
 
 /// Most chains one [`Request::GetProofs`] may name.
@@ -394,8 +396,13 @@ mod tests {
         assert_eq!(postcard::to_allocvec(&response).unwrap(), expected);
         assert_eq!(postcard::from_bytes::<Response>(&expected).unwrap(), response);
 
-        let request = Request::GetTimelineChanges { timeline: BlockId([6; 32]), from: 300, held_committees: vec![] };
-        let expected = bytes(&[&[23], &[6; 32], &[0xac, 0x02, 0]]);
+        let request = Request::GetTimelineChanges {
+            timeline: BlockId([6; 32]),
+            from: 300,
+            held_committees: vec![],
+            max_bytes: 1000,
+        };
+        let expected = bytes(&[&[23], &[6; 32], &[0xac, 0x02, 0, 0xe8, 0x07]]);
         assert_eq!(postcard::to_allocvec(&request).unwrap(), expected);
         assert_eq!(postcard::from_bytes::<Request>(&expected).unwrap(), request);
         assert_eq!(request.class(), FrameClass::Query);

@@ -246,8 +246,8 @@ impl Node {
             Request::GetLinkedProofs { queries, with_payload, held_committees } => {
                 self.linked_proofs(&queries, with_payload, held_committees)
             }
-            Request::GetTimelineChanges { timeline, from, held_committees } => {
-                self.timeline_changes(&timeline, from, held_committees)
+            Request::GetTimelineChanges { timeline, from, held_committees, max_bytes } => {
+                self.timeline_changes(&timeline, from, held_committees, max_bytes)
             }
             Request::Build { .. } | Request::GetAttestation { .. } | Request::GetBuildLog { .. } => {
                 Err(err(ErrorCode::BadRequest, "this is a witness; send build jobs to a verifier"))
@@ -728,8 +728,9 @@ impl Node {
     }
 
     /// Every block of `timeline` after `from` whose change list this node holds, up to
-    /// [`MAX_CHANGE_BLOCKS`], proven block by block.
-    fn timeline_changes(&self, timeline: &ChainId, from: u64, held_committees: Vec<[u8; 32]>) -> Reply {
+    /// [`MAX_CHANGE_BLOCKS`], proven block by block; refused when all the lists since
+    /// `from` would take more than `max_bytes` (not 0).
+    fn timeline_changes(&self, timeline: &ChainId, from: u64, held_committees: Vec<[u8; 32]>, max_bytes: u64) -> Reply {
         if held_committees.len() > MAX_HELD_COMMITTEES {
             return Err(err(ErrorCode::BadRequest, format!("more than {MAX_HELD_COMMITTEES} held committees")));
         }
@@ -741,6 +742,13 @@ impl Node {
             return Err(err(ErrorCode::NotFound, format!("the timeline's head is block {head}, before {from}")));
         }
         let lists = self.change_lists.lock().expect("lock").get(timeline).cloned().unwrap_or_default();
+        let size: u64 = lists.range(from + 1..).map(|(_, list)| 250 + 72 * list.len() as u64).sum();
+        if max_bytes > 0 && size > max_bytes {
+            return Err(err(
+                ErrorCode::Refused,
+                format!("the change lists since block {from} take about {size} bytes, more than the {max_bytes} asked"),
+            ));
+        }
         let mut blocks = Vec::new();
         let mut to = from;
         while to < head && to - from < MAX_CHANGE_BLOCKS {
