@@ -6,14 +6,19 @@ use crate::chains::{ChainBuilder, Cothority};
 use crate::report::{bytes, Plot, Report, Series};
 use anyhow::{bail, Context};
 use chainiac_cosi::{hash, SecretKey};
-use chainiac_proto::{ErrorReply, Response, TimelineBatch, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS};
+use chainiac_proto::{
+    ErrorCode, ErrorReply, Response, TimelineBatch, MAX_CHANGE_BLOCKS, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS,
+};
 use chainiac_release::{
     content_hash, Artifact, Attestation, AttestationBody, DeveloperSignature, Manifest, Outcome, Policy, PolicyChange,
     Recipe, ReleasePayload, RootSignature, SourceArchive, VerifierEntry, KIND_POLICY_CHANGE, KIND_RELEASE,
 };
 use chainiac_skipchain::block::payload_hash;
 use chainiac_skipchain::store::{self, MemoryStore, Store};
-use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, TimelineEntry, KIND_TIMELINE};
+use chainiac_skipchain::timeline::{
+    changes_cost, changes_hash, inclusion_cost, ChangedBlock, HeadLeaf, HeadSet, TimelineChanges, TimelineEntry,
+    KIND_TIMELINE,
+};
 use chainiac_skipchain::CatchUp;
 use chainiac_skipchain::{
     Block, BlockId, ChainParams, ChainState, Committee, LinkedProof, Proof, ProofStep, Proposal, StepHeader,
@@ -59,6 +64,9 @@ struct Workload {
     now_ms: u64,
     all_names: Vec<String>,
     followed: Vec<Project>,
+    /// Releases of the projects no client is offered (time, position in `all_names`), in
+    /// the window: they move the timeline's leaves and fill its change lists.
+    churn: Vec<(u64, u32)>,
     source: String,
 }
 
@@ -154,32 +162,50 @@ fn load_pypi(path: &Path, window_start: u64, seed: u64) -> anyhow::Result<Worklo
         })
         .collect();
     candidates.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let birth_floor = month_start_ms("2005-01").expect("valid month");
     let followed = candidates
         .into_iter()
         .map(|(_, i)| {
             let (name, version, month, rank) = &rows[i];
             let month = month.expect("filtered above");
-            let month_end = (month + (MONTH_MS as u64)).min(now_ms);
-            let last = month + ((month_end - month) as f64 * uniform(&mut rng)) as u64;
-            let born = last.saturating_sub((uniform(&mut rng) * 10.0 * YEAR_MS as f64) as u64).max(birth_floor);
-            let mean_gap = MONTH_MS / releases_per_month(*rank);
-            let mut releases = vec![last];
-            let mut t = last as f64;
-            loop {
-                t -= -mean_gap * (1.0 - uniform(&mut rng)).ln();
-                if t < born.max(window_start) as f64 {
-                    break;
-                }
-                releases.push(t as u64);
-            }
-            releases.retain(|&r| r >= window_start);
-            releases.reverse();
+            let releases = release_times(month, now_ms, window_start, releases_per_month(*rank), &mut rng);
             Project { name: name.clone(), version: version.clone(), releases }
         })
         .collect();
+    // The unranked projects release by the same model (their own generator, so that the
+    // followed projects' histories do not depend on them).
+    let mut churn_rng = ChaCha20Rng::seed_from_u64(seed ^ 0xc4u64);
+    let mut churn = Vec::new();
+    for (i, (_, _, month, rank)) in rows.iter().enumerate() {
+        if let (Some(month), None) = (month, rank) {
+            let times = release_times(*month, now_ms, window_start, releases_per_month(None), &mut churn_rng);
+            churn.extend(times.into_iter().map(|t| (t, i as u32)));
+        }
+    }
     let all_names = rows.into_iter().map(|r| r.0).collect();
-    Ok(Workload { now_ms, all_names, followed, source: format!("PyPI snapshot {}", path.display()) })
+    Ok(Workload { now_ms, all_names, followed, churn, source: format!("PyPI snapshot {}", path.display()) })
+}
+
+/// A project's release times in the window, ascending: the newest uniform in `month`, the
+/// others before it at `per_month` on average (exponential gaps) back to its birth, drawn
+/// uniform in the ten years before the newest (not before 2005).
+fn release_times(month: u64, now_ms: u64, window_start: u64, per_month: f64, rng: &mut ChaCha20Rng) -> Vec<u64> {
+    let birth_floor = month_start_ms("2005-01").expect("valid month");
+    let month_end = (month + (MONTH_MS as u64)).min(now_ms);
+    let last = month + ((month_end.saturating_sub(month)) as f64 * uniform(rng)) as u64;
+    let born = last.saturating_sub((uniform(rng) * 10.0 * YEAR_MS as f64) as u64).max(birth_floor);
+    let mean_gap = MONTH_MS / per_month;
+    let mut releases = vec![last];
+    let mut t = last as f64;
+    loop {
+        t -= -mean_gap * (1.0 - uniform(rng)).ln();
+        if t < born.max(window_start) as f64 {
+            break;
+        }
+        releases.push(t as u64);
+    }
+    releases.retain(|&r| r >= window_start);
+    releases.reverse();
+    releases
 }
 
 /// Any TSV of release events: `unix_time package version` (seconds; a header line and
@@ -240,6 +266,7 @@ fn load_events(path: &Path, window_start: u64, seed: u64) -> anyhow::Result<Work
         now_ms,
         all_names,
         followed: followed.into_iter().map(|p| p.1).collect(),
+        churn: Vec::new(),
         source: format!("release events {}", path.display()),
     })
 }
@@ -629,7 +656,12 @@ impl Batched for LinkedProof {
 /// client named (`held`, then whatever the client learned from earlier answers) and every
 /// committee an earlier proof of the same answer carried. Each entry is decoded and
 /// verified as the client does, with the committees it holds.
-fn batched<P: Batched>(store: &MemoryStore, chains: &[ChainBuilder], d: usize, held: &[Committee]) -> Vec<Answered<P>> {
+fn batched<P: Batched>(
+    store: &MemoryStore,
+    chains: &[&ChainBuilder],
+    d: usize,
+    held: &[Committee],
+) -> Vec<Answered<P>> {
     let mut known: HashMap<[u8; 32], Committee> = held.iter().map(|c| (c.hash(), c.clone())).collect();
     let mut answered = Vec::with_capacity(chains.len());
     for chunk in chains.chunks(MAX_PROOF_QUERIES) {
@@ -657,6 +689,55 @@ fn batched<P: Batched>(store: &MemoryStore, chains: &[ChainBuilder], d: usize, h
         }
     }
     answered
+}
+
+/// The `GetTimelineChanges` answers (1,024 blocks each) from the client's timeline block
+/// `trusted` to `to`, decoded and verified as the client does (committees it holds left
+/// out), and the chains they show moved.
+fn change_answers(
+    store: &MemoryStore,
+    timeline: &BlockId,
+    lists: &[Vec<HeadLeaf>],
+    trusted: &ChainState,
+    to: u64,
+    held: &[Committee],
+) -> (Cost, HashSet<BlockId>) {
+    let mut known: HashMap<[u8; 32], Committee> = held.iter().map(|c| (c.hash(), c.clone())).collect();
+    let (mut cost, mut moved, mut state) = (Cost::default(), HashSet::new(), trusted.clone());
+    while state.index() < to {
+        let end = (state.index() + MAX_CHANGE_BLOCKS).min(to);
+        let proof = store::prove_each(store, timeline, state.index(), end)
+            .expect("stored")
+            .without_committees(|h| known.contains_key(h));
+        let blocks = ((state.index() + 1)..=end)
+            .map(|k| ChangedBlock {
+                entry: TimelineEntry::from_bytes(&store.block(timeline, k).unwrap().expect("stored").payload)
+                    .expect("an entry"),
+                changes: lists[k as usize - 1].clone(),
+            })
+            .collect();
+        let wire =
+            postcard::to_allocvec(&Response::TimelineChanges(TimelineChanges { proof, blocks })).expect("encodes");
+        let started = Instant::now();
+        let Ok(Response::TimelineChanges(answer)) = postcard::from_bytes::<Response>(&wire) else { panic!("decodes") };
+        let seen = answer.verify_with(&state, |h| known.get(h).cloned()).expect("valid change lists").into_inner();
+        cost.cpu += started.elapsed();
+        cost.bytes += wire.len() as u64;
+        for committee in answer.proof.steps.iter().filter_map(|s| s.committee.as_ref()) {
+            cost.committee_bytes += committee_bytes(Some(committee));
+            known.entry(committee.hash()).or_insert_with(|| committee.clone());
+        }
+        moved.extend(seen.moved.into_keys());
+        state = seen.caught.state;
+    }
+    (cost, moved)
+}
+
+/// The witness's refusal of change lists dearer than the client's inclusion proofs.
+fn refusal_bytes(lists_cost: u64, max_bytes: u64) -> u64 {
+    let message =
+        format!("the change lists since block 0 take about {lists_cost} bytes, more than the {max_bytes} asked");
+    postcard::to_allocvec(&Response::Error(ErrorReply::new(ErrorCode::Refused, message))).expect("encodes").len() as u64
 }
 
 /// The serialized answers (`wrap` makes the response) for the first `follow` entries, and
@@ -775,24 +856,27 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
     let project_blocks: u64 = chains.iter().map(|c| c.head.index()).sum();
     let build_projects = built.elapsed();
 
-    // The timeline's tree over every project: the followed ones at their real heads.
-    let tree_started = Instant::now();
-    let mut leaves: Vec<HeadLeaf> =
-        chains.iter().map(|c| HeadLeaf { chain: c.chain, index: c.head.index(), id: c.head.id }).collect();
-    let followed_names: HashSet<&str> = projects.iter().map(|p| p.name.as_str()).collect();
-    for name in workload.all_names.iter().filter(|n| !followed_names.contains(n.as_str())) {
-        let chain = BlockId(hash::sha3_256("chainiac-bench/chain", &[name.as_bytes()]));
-        leaves.push(HeadLeaf { chain, index: 0, id: chain });
+    // Releases of the projects no client here follows (the unranked ones, and candidates
+    // past the most any client follows): leaves that move, synthetic heads.
+    let position: HashMap<&str, u32> =
+        workload.all_names.iter().enumerate().map(|(i, n)| (n.as_str(), i as u32)).collect();
+    let mut churn = workload.churn.clone();
+    for project in &workload.followed[most..] {
+        let i = position[project.name.as_str()];
+        churn.extend(project.releases.iter().map(|&t| (t, i)));
     }
-    let set = HeadSet::new(leaves);
-    let tree_time = tree_started.elapsed();
+    churn.sort_unstable();
+    let bench_chain =
+        |i: u32| BlockId(hash::sha3_256("chainiac-bench/chain", &[workload.all_names[i as usize].as_bytes()]));
+    let churn_leaf = |i: u32, k: u64| {
+        let chain = bench_chain(i);
+        HeadLeaf { chain, index: k, id: BlockId(hash::sha3_256("chainiac-bench/head", &[&chain.0, &k.to_be_bytes()])) }
+    };
 
-    // The timeline: one block per interval, committee changes with the roster; the last
-    // block's entry is the real root.
+    // The timeline's blocks: one per interval, and one at each roster change.
     let interval = options.timeline_interval_minutes.max(1) * 60_000;
     let timeline_blocks = (now - start) / interval;
-    let mut timeline =
-        ChainBuilder::start(&store, &cothority, 0, options.params, vec![], KIND_TIMELINE, vec![], start, &marks);
+    let mut times: Vec<(u64, Option<usize>)> = Vec::new();
     let mut changes = roster_changes.iter().enumerate().peekable();
     for k in 1..=timeline_blocks {
         let t = start + k * interval;
@@ -800,21 +884,76 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
             if c > t {
                 break;
             }
-            let committee = Some(cothority.committee(e + 1).clone());
-            timeline.append(
-                &store,
-                &mut cothority,
-                Proposal { kind: KIND_TIMELINE, committee, timestamp_ms: c, ..Proposal::default() },
-            );
+            times.push((c, Some(e + 1)));
             changes.next();
         }
-        let root =
-            if k == timeline_blocks { set.root() } else { hash::sha3_256("chainiac-bench/root", &[&k.to_be_bytes()]) };
-        let entry = TimelineEntry { time_ms: t, chains: set.len() as u64, root, changes: None };
+        times.push((t, None));
+    }
+    // Each block's change list: the heads appended since the block before, up to its time.
+    let tree_started = Instant::now();
+    let block_at = |t: u64| times.partition_point(|(time, _)| *time < t);
+    let mut lists: Vec<Vec<HeadLeaf>> = vec![Vec::new(); times.len()];
+    for c in &chains {
+        for j in 1..=c.head.index() {
+            let block = store.block(&c.chain, j).unwrap().expect("stored");
+            if let Some(list) = lists.get_mut(block_at(block.header.timestamp_ms)) {
+                list.push(HeadLeaf { chain: c.chain, index: j, id: block.id() });
+            }
+        }
+    }
+    let mut churn_heads: HashMap<u32, u64> = HashMap::new();
+    for &(t, i) in &churn {
+        let k = churn_heads.entry(i).or_insert(0);
+        *k += 1;
+        if let Some(list) = lists.get_mut(block_at(t)) {
+            list.push(churn_leaf(i, *k));
+        }
+    }
+    for list in &mut lists {
+        list.sort_unstable_by(|a, b| a.chain.cmp(&b.chain).then(b.index.cmp(&a.index)));
+        list.dedup_by_key(|l| l.chain);
+    }
+    let churn_events = churn.len();
+    // The tree over every project: the followed ones at their real heads, the others at
+    // their last release in the window (or their genesis).
+    let mut leaves: Vec<HeadLeaf> =
+        chains.iter().map(|c| HeadLeaf { chain: c.chain, index: c.head.index(), id: c.head.id }).collect();
+    let followed_names: HashSet<&str> = projects.iter().map(|p| p.name.as_str()).collect();
+    for (i, _) in workload.all_names.iter().enumerate().filter(|(_, n)| !followed_names.contains(n.as_str())) {
+        leaves.push(match churn_heads.get(&(i as u32)) {
+            Some(&k) => churn_leaf(i as u32, k),
+            None => {
+                let chain = bench_chain(i as u32);
+                HeadLeaf { chain, index: 0, id: chain }
+            }
+        });
+    }
+    let set = HeadSet::new(leaves);
+    let tree_time = tree_started.elapsed();
+
+    // The timeline itself: every block carries an entry with its change list; the last
+    // block's entry is the real root.
+    let mut timeline =
+        ChainBuilder::start(&store, &cothority, 0, options.params, vec![], KIND_TIMELINE, vec![], start, &marks);
+    for (k, &(t, epoch)) in times.iter().enumerate() {
+        let root = if k + 1 == times.len() {
+            set.root()
+        } else {
+            hash::sha3_256("chainiac-bench/root", &[&(k as u64).to_be_bytes()])
+        };
+        let entry =
+            TimelineEntry { time_ms: t, chains: set.len() as u64, root, changes: Some(changes_hash(&lists[k])) };
+        let committee = epoch.map(|e| cothority.committee(e).clone());
         timeline.append(
             &store,
             &mut cothority,
-            Proposal { kind: KIND_TIMELINE, payload: entry.to_bytes(), timestamp_ms: t, ..Proposal::default() },
+            Proposal {
+                kind: KIND_TIMELINE,
+                payload: entry.to_bytes(),
+                committee,
+                timestamp_ms: t,
+                ..Proposal::default()
+            },
         );
     }
     let head_entry =
@@ -824,7 +963,8 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
         "Source: {}. Now = {} ms since the epoch (the snapshot's newest month + 7 days). {} projects in the timeline's tree; \
          clients follow the first P of {} candidates. Built {} project blocks over {} chains in {:.1} s, the tree in {:.2} s, \
          {} timeline blocks (one per {} min); {} roster changes (one per {} days, the newest {} days before now), developer keys rotated every {} days; \
-         {WITNESSES} witnesses, threshold {THRESHOLD}; skipchains of base {} (maximum height {}).\n",
+         {WITNESSES} witnesses, threshold {THRESHOLD}; skipchains of base {} (maximum height {}). \
+         {} releases of projects no client here follows move their leaves in the window (they fill the timeline's change lists).\n",
         workload.source,
         now,
         set.len(),
@@ -841,6 +981,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
         options.key_rotation_days,
         options.params.base,
         options.params.max_height,
+        churn_events,
     ));
 
     // Timeline batches depend only on the final tree: once per P.
@@ -886,9 +1027,21 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
         progress.finish_and_clear();
         // (c): the client holds its projects' trusted committee; (d): the timeline's too.
         let project_held = vec![chains[0].states_at_marks[d].committee.as_ref().clone()];
-        let c_answers = batched::<Proof>(&store, &chains, d, &project_held);
-        let d_answers = batched::<LinkedProof>(&store, &chains, d, &held);
-        let d1_answers = batched::<Proof>(&store, &chains, d, &held);
+        let all: Vec<&ChainBuilder> = chains.iter().collect();
+        let c_answers = batched::<Proof>(&store, &all, d, &project_held);
+        let d_answers = batched::<LinkedProof>(&store, &all, d, &held);
+        let d1_answers = batched::<Proof>(&store, &all, d, &held);
+        // The change lists since the client's timeline block, if some client here would
+        // take them (they cost no more than its inclusion proofs).
+        let since = (trusted.index() as usize..head_index as usize).map(|k| lists[k].len());
+        let lists_cost = changes_cost(since);
+        let n = set.len() as u64;
+        let wanted = |follow: usize| lists_cost <= inclusion_cost(follow as u64, n, MAX_TIMELINE_CHAINS as u64);
+        let by_lists = options
+            .follows
+            .iter()
+            .any(|&f| wanted(f.min(chains.len())))
+            .then(|| change_answers(&store, &timeline.chain, &lists, trusted, head_index, &held));
         let (mut c_full, mut d_full, mut d1_full) = (Default::default(), Default::default(), Default::default());
         for (f, &follow) in options.follows.iter().enumerate() {
             let follow = follow.min(per_project.len());
@@ -907,6 +1060,23 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
             let mut every_hop = dd;
             dd += answers_cost(&d_answers, follow, &mut d_full, Response::LinkedProofs);
             every_hop += answers_cost(&d1_answers, follow, &mut d1_full, Response::Proofs);
+            // `chainiac update` asks for the change lists first (its chains were reconciled
+            // with its timeline block at the last update) and takes them when the witness
+            // does not refuse them as dearer than the inclusion proofs.
+            let mut used_lists = false;
+            match &by_lists {
+                Some((pages, moved)) if wanted(follow) => {
+                    let moved: Vec<&ChainBuilder> =
+                        chains[..follow].iter().filter(|c| moved.contains(&c.chain)).collect();
+                    let linked = batched::<LinkedProof>(&store, &moved, d, &held);
+                    dd = *pages;
+                    dd += answers_cost(&linked, moved.len(), &mut HashMap::new(), Response::LinkedProofs);
+                    used_lists = true;
+                }
+                _ => {
+                    dd.bytes += refusal_bytes(lists_cost, inclusion_cost(follow as u64, n, MAX_TIMELINE_CHAINS as u64))
+                }
+            }
             measured.push(Measured {
                 days: days_behind,
                 follow,
@@ -926,7 +1096,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
                 bytes(a.bytes),
                 bytes(b.bytes),
                 bytes(c.bytes),
-                bytes(dd.bytes),
+                format!("{}{}", bytes(dd.bytes), if used_lists { " (lists)" } else { "" }),
                 format!("1/{:.1}", a.bytes as f64 / c.bytes.max(1) as f64),
                 format!("1/{:.1}", a.bytes as f64 / dd.bytes.max(1) as f64),
                 bytes(every_hop.bytes),
@@ -944,7 +1114,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
             }
         }
     }
-    report.text("Bytes a client downloads and CPU it spends verifying, per update. (a) linear: every block since the last update, the timeline's too (for freshness). (b) TUF-style: every committee or policy version in turn, then the newest block; the timeline likewise. (c) skipchain per project, no timeline: the `GetProofs` answers (256 chains each) a client gets naming the committee it holds; a roster change shared by many chains travels once per answer at most. (d) what `chainiac update` downloads: the `GetTimelineBatch` answers (one multi-leaf inclusion proof per 1,024 chains), the timeline's own forward proof (every roster change, once), and the `GetLinkedProofs` answers: per chain, the headers linking the head the timeline records down to the client's block (hashes only, no signature, no landing on checkpoints), with the committee and policy in force there unless the client names the committee as held. (d1) what `chainiac update --every-hop` downloads: the same timeline part, then `GetProofs` answers (forward proofs, one signature per committee of each chain, landing on every roster and key change) naming every committee the client holds. \"floor\": the new release records alone (each project's newest new release payload: manifest, developer signatures, attestations), which any client that learns the new releases must download whatever its proofs; where the floor exceeds 1/20 of (a), no protocol meets the goal. Bytes are serialized message bodies (postcard), CPU is decoding and verifying them.\n");
+    report.text("Bytes a client downloads and CPU it spends verifying, per update. (a) linear: every block since the last update, the timeline's too (for freshness). (b) TUF-style: every committee or policy version in turn, then the newest block; the timeline likewise. (c) skipchain per project, no timeline: the `GetProofs` answers (256 chains each) a client gets naming the committee it holds; a roster change shared by many chains travels once per answer at most. (d) what `chainiac update` downloads. Its chains were reconciled with its timeline block at the last update, so it first asks for the timeline's change lists since then (`GetTimelineChanges`, capped at what its inclusion proofs would cost): where the witness serves them (marked \"(lists)\"), (d) is those answers — every timeline block since, each entry with the heads that moved in it, every project's, followed or not — and the `GetLinkedProofs` answers for the followed chains that moved; elsewhere the witness's refusal and then the `GetTimelineBatch` answers (one multi-leaf inclusion proof per 1,024 chains), the timeline's own forward proof (every roster change, once), and the `GetLinkedProofs` answers: per chain, the headers linking the head the timeline records down to the client's block (hashes only, no signature, no landing on checkpoints), with the committee and policy in force there unless the client names the committee as held. (d1) what `chainiac update --every-hop` downloads: the same timeline part, then `GetProofs` answers (forward proofs, one signature per committee of each chain, landing on every roster and key change) naming every committee the client holds. \"floor\": the new release records alone (each project's newest new release payload: manifest, developer signatures, attestations), which any client that learns the new releases must download whatever its proofs; where the floor exceeds 1/20 of (a), no protocol meets the goal. Bytes are serialized message bodies (postcard), CPU is decoding and verifying them.\n");
     report.table(
         &[
             "every D days",

@@ -30,7 +30,7 @@ use chainiac_proto::{
 };
 use chainiac_release::{Policy, TimeWindow, KIND_RELEASE};
 use chainiac_skipchain::block::payload_hash;
-use chainiac_skipchain::timeline::{HeadLeaf, TimelineEntry};
+use chainiac_skipchain::timeline::{inclusion_cost, HeadLeaf, TimelineEntry};
 use chainiac_skipchain::{BlockId, CatchUp, ChainId, ChainState, Committee, LinkedProof, Proof, ProofError};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -112,14 +112,6 @@ enum Stop {
     Larger,
     /// This member failed or lied; another may serve them.
     Member,
-}
-
-/// About what `GetTimelineBatch` answers for `p` chains of a tree over `n` take: per chain
-/// a leaf (≈ 40 bytes) and the hashes of a multi-leaf proof (`log2(n / p)`), per answer of
-/// [`MAX_TIMELINE_CHAINS`] the entry and framing.
-fn inclusion_bytes(p: u64, n: u64) -> u64 {
-    let hashes = (n.max(1) as f64 / p.max(1) as f64).log2().max(1.0);
-    p * (40 + (32.0 * hashes) as u64) + 120 * p.div_ceil(MAX_TIMELINE_CHAINS as u64)
 }
 
 fn answered(response: &Response) -> String {
@@ -393,7 +385,7 @@ impl Client {
         if n == 0 || projects.is_empty() || !projects.iter().all(|c| self.state.synced.get(c) == Some(&at)) {
             return None;
         }
-        let max_bytes = inclusion_bytes(projects.len() as u64, n);
+        let max_bytes = inclusion_cost(projects.len() as u64, n, MAX_TIMELINE_CHAINS as u64);
         let mut skipped = Vec::new();
         for member in trusted.committee.roster().members() {
             match self.changes_from(member, trusted, projects, held, max_bytes).await {

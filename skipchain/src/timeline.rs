@@ -395,6 +395,22 @@ fn fold(
     Ok(node(&l, &r))
 }
 
+/// About what inclusion proofs of `p` chains in a tree of `n` take, in `GetTimelineBatch`
+/// answers of up to `per_answer` chains: per chain a leaf (≈ 40 bytes) and the hashes of a
+/// multi-leaf proof (`log2(n / p)`, at least one), per answer the entry and framing. What a
+/// client offers to pay for change lists instead (SPEC §10.3).
+pub fn inclusion_cost(p: u64, n: u64, per_answer: u64) -> u64 {
+    let hashes = (n.max(1) as f64 / p.max(1) as f64).log2().max(1.0);
+    p * (40 + (32.0 * hashes) as u64) + 120 * p.div_ceil(per_answer.max(1))
+}
+
+/// About what the change lists of timeline blocks with `list_lengths` leaves take: 250
+/// bytes a block (its step and entry) and 72 a leaf. What a witness compares with the
+/// client's offer (SPEC §10.3).
+pub fn changes_cost(list_lengths: impl IntoIterator<Item = usize>) -> u64 {
+    list_lengths.into_iter().map(|len| 250 + 72 * len as u64).sum()
+}
+
 /// Every timeline block after the verifier's, with each entry's change list: a client whose
 /// followed chains are reconciled with its timeline block learns which moved — and, by
 /// their absence, that the others did not — without an inclusion proof per chain. Pays off

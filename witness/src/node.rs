@@ -21,7 +21,7 @@ use chainiac_release::{KIND_POLICY_CHANGE, KIND_RELEASE};
 use chainiac_skipchain::rocks::RocksStore;
 use chainiac_skipchain::store::{self, Store, StoreError};
 use chainiac_skipchain::timeline::{
-    changes_hash, ChangedBlock, HeadLeaf, HeadSet, TimelineChanges, TimelineEntry, KIND_TIMELINE,
+    changes_cost, changes_hash, ChangedBlock, HeadLeaf, HeadSet, TimelineChanges, TimelineEntry, KIND_TIMELINE,
 };
 use chainiac_skipchain::{Block, BlockId, ChainId, ChainState, Proposal};
 use rand_core::{OsRng, RngCore};
@@ -742,7 +742,7 @@ impl Node {
             return Err(err(ErrorCode::NotFound, format!("the timeline's head is block {head}, before {from}")));
         }
         let lists = self.change_lists.lock().expect("lock").get(timeline).cloned().unwrap_or_default();
-        let size: u64 = lists.range(from + 1..).map(|(_, list)| 250 + 72 * list.len() as u64).sum();
+        let size = changes_cost(lists.range(from + 1..).map(|(_, list)| list.len()));
         if max_bytes > 0 && size > max_bytes {
             return Err(err(
                 ErrorCode::Refused,
