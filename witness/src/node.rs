@@ -124,6 +124,8 @@ type ChangeLists = std::collections::BTreeMap<u64, Arc<Vec<HeadLeaf>>>;
 
 /// Change lists kept per timeline (newest blocks), to answer `GetTimelineChanges`.
 const KEPT_CHANGE_LISTS: usize = 4096;
+/// At most this many leaves in the lists kept per timeline (≈ 72 MB).
+const KEPT_CHANGE_LEAVES: usize = 1 << 20;
 
 /// A round this node takes part in, between its commitment and its response.
 struct RoundState {
@@ -625,8 +627,10 @@ impl Node {
             let mut lists = self.change_lists.lock().expect("lock");
             let kept = lists.entry(chain).or_default();
             kept.insert(index, changes);
-            while kept.len() > KEPT_CHANGE_LISTS {
-                kept.pop_first();
+            // The newest blocks' lists, within a count and a number of leaves (memory).
+            let mut leaves: usize = kept.values().map(|list| list.len()).sum();
+            while kept.len() > KEPT_CHANGE_LISTS || (leaves > KEPT_CHANGE_LEAVES && kept.len() > 1) {
+                leaves -= kept.pop_first().map_or(0, |(_, list)| list.len());
             }
         }
         let mut timelines = self.timelines.lock().expect("lock");
