@@ -1071,12 +1071,19 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
                     let linked = batched::<LinkedProof>(&store, &moved, d, &held);
                     dd = *pages;
                     dd += answers_cost(&linked, moved.len(), &mut HashMap::new(), Response::LinkedProofs);
+                    let forward = batched::<Proof>(&store, &moved, d, &held);
+                    every_hop = *pages;
+                    every_hop += answers_cost(&forward, moved.len(), &mut HashMap::new(), Response::Proofs);
                     used_lists = true;
                 }
                 _ => {
-                    dd.bytes += refusal_bytes(lists_cost, inclusion_cost(follow as u64, n, MAX_TIMELINE_CHAINS as u64))
+                    let refusal =
+                        refusal_bytes(lists_cost, inclusion_cost(follow as u64, n, MAX_TIMELINE_CHAINS as u64));
+                    dd.bytes += refusal;
+                    every_hop.bytes += refusal;
                 }
             }
+            let lists_mark = if used_lists { " (lists)" } else { "" };
             measured.push(Measured {
                 days: days_behind,
                 follow,
@@ -1096,10 +1103,10 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
                 bytes(a.bytes),
                 bytes(b.bytes),
                 bytes(c.bytes),
-                format!("{}{}", bytes(dd.bytes), if used_lists { " (lists)" } else { "" }),
+                format!("{}{lists_mark}", bytes(dd.bytes)),
                 format!("1/{:.1}", a.bytes as f64 / c.bytes.max(1) as f64),
                 format!("1/{:.1}", a.bytes as f64 / dd.bytes.max(1) as f64),
-                bytes(every_hop.bytes),
+                format!("{}{lists_mark}", bytes(every_hop.bytes)),
                 format!("1/{:.1}", a.bytes as f64 / every_hop.bytes.max(1) as f64),
                 bytes(floor),
                 format!("1/{:.1}", a.bytes as f64 / floor.max(1) as f64),
@@ -1114,7 +1121,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
             }
         }
     }
-    report.text("Bytes a client downloads and CPU it spends verifying, per update. (a) linear: every block since the last update, the timeline's too (for freshness). (b) TUF-style: every committee or policy version in turn, then the newest block; the timeline likewise. (c) skipchain per project, no timeline: the `GetProofs` answers (256 chains each) a client gets naming the committee it holds; a roster change shared by many chains travels once per answer at most. (d) what `chainiac update` downloads. Its chains were reconciled with its timeline block at the last update, so it first asks for the timeline's change lists since then (`GetTimelineChanges`, capped at what its inclusion proofs would cost): where the witness serves them (marked \"(lists)\"), (d) is those answers — every timeline block since, each entry with the heads that moved in it, every project's, followed or not — and the `GetLinkedProofs` answers for the followed chains that moved; elsewhere the witness's refusal and then the `GetTimelineBatch` answers (one multi-leaf inclusion proof per 1,024 chains), the timeline's own forward proof (every roster change, once), and the `GetLinkedProofs` answers: per chain, the headers linking the head the timeline records down to the client's block (hashes only, no signature, no landing on checkpoints), with the committee and policy in force there unless the client names the committee as held. (d1) what `chainiac update --every-hop` downloads: the same timeline part, then `GetProofs` answers (forward proofs, one signature per committee of each chain, landing on every roster and key change) naming every committee the client holds. \"floor\": the new release records alone (each project's newest new release payload: manifest, developer signatures, attestations), which any client that learns the new releases must download whatever its proofs; where the floor exceeds 1/20 of (a), no protocol meets the goal. Bytes are serialized message bodies (postcard), CPU is decoding and verifying them.\n");
+    report.text("Bytes a client downloads and CPU it spends verifying, per update. (a) linear: every block since the last update, the timeline's too (for freshness). (b) TUF-style: every committee or policy version in turn, then the newest block; the timeline likewise. (c) skipchain per project, no timeline: the `GetProofs` answers (256 chains each) a client gets naming the committee it holds; a roster change shared by many chains travels once per answer at most. (d) what `chainiac update` downloads. Its chains were reconciled with its timeline block at the last update, so it first asks for the timeline's change lists since then (`GetTimelineChanges`, capped at what its inclusion proofs would cost): where the witness serves them (marked \"(lists)\"), (d) is those answers — every timeline block since, each entry with the heads that moved in it, every project's, followed or not — and the `GetLinkedProofs` answers for the followed chains that moved; elsewhere the witness's refusal and then the `GetTimelineBatch` answers (one multi-leaf inclusion proof per 1,024 chains), the timeline's own forward proof (every roster change, once), and the `GetLinkedProofs` answers: per chain, the headers linking the head the timeline records down to the client's block (hashes only, no signature, no landing on checkpoints), with the committee and policy in force there unless the client names the committee as held. (d1) what `chainiac update --every-hop` downloads: the same timeline part (change lists where (d) takes them, then only for the chains that moved), then `GetProofs` answers (forward proofs, one signature per committee of each chain, landing on every roster and key change) naming every committee the client holds. \"floor\": the new release records alone (each project's newest new release payload: manifest, developer signatures, attestations), which any client that learns the new releases must download whatever its proofs; where the floor exceeds 1/20 of (a), no protocol meets the goal. Bytes are serialized message bodies (postcard), CPU is decoding and verifying them.\n");
     report.table(
         &[
             "every D days",

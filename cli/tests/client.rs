@@ -708,9 +708,27 @@ async fn a_client_following_many_chains_learns_what_moved_from_change_lists() {
             );
         }
     }
+    // With every hop too: the lists say which moved, each chain's committee vouches for it.
+    cluster.propose(2, all[6], b"second").await.unwrap();
+    wait_timeline_has(&cluster, all[6], 2).await;
+    client.every_hop = true;
+    for (chain, result) in client.update_many(&all).await.unwrap() {
+        let update = result.unwrap();
+        assert!(update.change_lists);
+        let expected = if chain == all[6] {
+            (1, 2)
+        } else if chain == all[5] {
+            (2, 2)
+        } else {
+            (1, 1)
+        };
+        assert_eq!((update.from, update.to), expected);
+        assert_eq!(update.hops, (chain == all[6]) as usize, "a forward proof for the chain that moved alone");
+    }
     let at = client.state().chains[&timeline].index();
     drop(client);
     let reopened = Client::open(&state, TrustLevel::default()).unwrap();
     assert_eq!(reopened.state().chains[&all[5]].index(), 2);
+    assert_eq!(reopened.state().chains[&all[6]].index(), 2);
     assert!(all.iter().all(|c| reopened.state().synced.get(c) == Some(&at)), "reconciled again, and saved");
 }

@@ -171,10 +171,11 @@ impl Client {
         let projects: Vec<ChainId> =
             chains.iter().copied().filter(|c| Some(*c) != timeline && self.state.chains.contains_key(c)).collect();
         // Chains reconciled with the client's timeline block learn what moved from the
-        // change lists when those are cheaper; otherwise inclusion proofs.
+        // change lists when those are cheaper; otherwise inclusion proofs. Either way the
+        // timeline's committee vouches for what moved (in both modes).
         let by_changes = match timeline {
-            Some(t) if !self.every_hop => self.changes_view(t, &projects, &mut held).await,
-            _ => None,
+            Some(t) => self.changes_view(t, &projects, &mut held).await,
+            None => None,
         };
         let view = match (by_changes, timeline) {
             (Some(view), _) => Some(view),
@@ -201,7 +202,9 @@ impl Client {
                 true
             }
             _ => {
-                for chain in &projects {
+                // Chains the change lists show did not move need no proof.
+                let unmoved = view.as_ref().map(|v| &v.unmoved);
+                for chain in projects.iter().filter(|c| !unmoved.is_some_and(|u| u.contains(*c))) {
                     let committee = &self.state.chains[chain].committee;
                     let entry = groups.entry(committee_of[chain]);
                     entry.or_insert_with(|| (committee.roster().members().to_vec(), Vec::new())).1.push(*chain);
