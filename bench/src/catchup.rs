@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use chainiac_cosi::{hash, SecretKey};
 use chainiac_proto::{
     ErrorCode, ErrorReply, Response, TimelineBatch, MAX_CHANGE_BLOCKS, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS,
+    PROOFS_RESPONSE_BUDGET,
 };
 use chainiac_release::{
     content_hash, Artifact, Attestation, AttestationBody, DeveloperSignature, Manifest, Outcome, Policy, PolicyChange,
@@ -16,8 +17,8 @@ use chainiac_release::{
 use chainiac_skipchain::block::payload_hash;
 use chainiac_skipchain::store::{self, MemoryStore, Store};
 use chainiac_skipchain::timeline::{
-    changes_cost, changes_hash, inclusion_cost, ChangedBlock, HeadLeaf, HeadSet, TimelineChanges, TimelineEntry,
-    KIND_TIMELINE,
+    changes_cost, changes_hash, changes_page_end, inclusion_cost, ChangedBlock, HeadLeaf, HeadSet, TimelineChanges,
+    TimelineEntry, KIND_TIMELINE,
 };
 use chainiac_skipchain::CatchUp;
 use chainiac_skipchain::{
@@ -705,7 +706,8 @@ fn change_answers(
     let mut known: HashMap<[u8; 32], Committee> = held.iter().map(|c| (c.hash(), c.clone())).collect();
     let (mut cost, mut moved, mut state) = (Cost::default(), HashSet::new(), trusted.clone());
     while state.index() < to {
-        let end = (state.index() + MAX_CHANGE_BLOCKS).min(to);
+        let lengths = |k: u64| Some(lists[k as usize - 1].len());
+        let end = changes_page_end(state.index(), to, lengths, MAX_CHANGE_BLOCKS, PROOFS_RESPONSE_BUDGET as u64);
         let proof = store::prove_each(store, timeline, state.index(), end)
             .expect("stored")
             .without_committees(|h| known.contains_key(h));

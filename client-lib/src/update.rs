@@ -30,7 +30,7 @@ use chainiac_proto::{
 };
 use chainiac_release::{Policy, TimeWindow, KIND_RELEASE};
 use chainiac_skipchain::block::payload_hash;
-use chainiac_skipchain::timeline::{inclusion_cost, HeadLeaf, TimelineEntry};
+use chainiac_skipchain::timeline::{changes_page_full, inclusion_cost, HeadLeaf, TimelineEntry};
 use chainiac_skipchain::{BlockId, CatchUp, ChainId, ChainState, Committee, LinkedProof, Proof, ProofError};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -444,7 +444,9 @@ impl Client {
             state = seen.caught.state;
             moved.extend(seen.moved);
             newest = seen.entry.or(newest);
-            if (answer.blocks.len() as u64) < chainiac_proto::MAX_CHANGE_BLOCKS {
+            let lengths: Vec<usize> = answer.blocks.iter().map(|b| b.changes.len()).collect();
+            let budget = chainiac_proto::PROOFS_RESPONSE_BUDGET as u64;
+            if !changes_page_full(&lengths, chainiac_proto::MAX_CHANGE_BLOCKS, budget) {
                 break;
             }
         }

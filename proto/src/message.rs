@@ -77,8 +77,9 @@ pub enum Request {
     /// to the head. Committees as in [`Request::GetProofs`].
     GetLinkedProofs { queries: Vec<LinkedQuery>, with_payload: bool, held_committees: Vec<[u8; 32]> },
     /// Every block of `timeline` after the client's block `from`, with each entry's change
-    /// list, up to [`MAX_CHANGE_BLOCKS`] blocks (the client asks again from where the
-    /// answer stopped). Committees as in [`Request::GetProofs`]. Refused if all the lists
+    /// list, up to [`MAX_CHANGE_BLOCKS`] blocks or [`PROOFS_RESPONSE_BUDGET`] of lists
+    /// (`timeline::changes_page_end`; the client asks again from where a full answer
+    /// stopped). Committees as in [`Request::GetProofs`]. Refused if all the lists
     /// since `from` would take more than about `max_bytes` (0: no limit): the client then
     /// takes inclusion proofs, the cheaper path.
     GetTimelineChanges { timeline: ChainId, from: u64, held_committees: Vec<[u8; 32]>, max_bytes: u64 },

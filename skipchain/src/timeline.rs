@@ -411,6 +411,32 @@ pub fn changes_cost(list_lengths: impl IntoIterator<Item = usize>) -> u64 {
     list_lengths.into_iter().map(|len| 250 + 72 * len as u64).sum()
 }
 
+/// The last block of a page of change lists after block `from` (none past `head`): it
+/// stops before the first block whose list `list_len` does not have, after `max_blocks`
+/// blocks, or once the page's [`changes_cost`] reached `budget`. Returns `from` for an
+/// empty page.
+pub fn changes_page_end(
+    from: u64,
+    head: u64,
+    list_len: impl Fn(u64) -> Option<usize>,
+    max_blocks: u64,
+    budget: u64,
+) -> u64 {
+    let (mut end, mut cost) = (from, 0);
+    while end < head && end - from < max_blocks && cost < budget {
+        let Some(len) = list_len(end + 1) else { break };
+        cost += changes_cost([len]);
+        end += 1;
+    }
+    end
+}
+
+/// Whether a page of change lists with `list_lengths` stopped for its size (the count or
+/// the budget of [`changes_page_end`]), so that more may follow: the client asks again.
+pub fn changes_page_full(list_lengths: &[usize], max_blocks: u64, budget: u64) -> bool {
+    list_lengths.len() as u64 >= max_blocks || changes_cost(list_lengths.iter().copied()) >= budget
+}
+
 /// Every timeline block after the verifier's, with each entry's change list: a client whose
 /// followed chains are reconciled with its timeline block learns which moved — and, by
 /// their absence, that the others did not — without an inclusion proof per chain. Pays off
@@ -531,6 +557,31 @@ mod tests {
                 HeadLeaf { chain, index: i as u64 * 3, id: BlockId(hash::sha3_256("id", &[&chain.0])) }
             })
             .collect()
+    }
+
+    proptest! {
+        /// A page of change lists that is not full ends at the head or before a missing
+        /// list: a client that stops at such a page has missed nothing the witness holds.
+        #[test]
+        fn change_list_pages_are_full_exactly_when_they_stop_for_size(
+            lens in proptest::collection::vec(proptest::option::weighted(0.95, 0usize..3000), 0..300),
+            from in 0u64..20,
+            max_blocks in 1u64..50,
+            budget in 1u64..400_000,
+        ) {
+            let head = from + lens.len() as u64;
+            let list = |k: u64| lens[(k - from - 1) as usize];
+            let end = changes_page_end(from, head, list, max_blocks, budget);
+            prop_assert!(end >= from && end <= head && end - from <= max_blocks);
+            let page: Vec<usize> = ((from + 1)..=end).map(|k| list(k).expect("only held lists")).collect();
+            let full = changes_page_full(&page, max_blocks, budget);
+            if !full {
+                prop_assert!(end == head || list(end + 1).is_none());
+            }
+            if end < head && list(end + 1).is_some() {
+                prop_assert!(full, "stopped with more held and room left");
+            }
+        }
     }
 
     proptest! {

@@ -21,7 +21,8 @@ use chainiac_release::{KIND_POLICY_CHANGE, KIND_RELEASE};
 use chainiac_skipchain::rocks::RocksStore;
 use chainiac_skipchain::store::{self, Store, StoreError};
 use chainiac_skipchain::timeline::{
-    changes_cost, changes_hash, ChangedBlock, HeadLeaf, HeadSet, TimelineChanges, TimelineEntry, KIND_TIMELINE,
+    changes_cost, changes_hash, changes_page_end, ChangedBlock, HeadLeaf, HeadSet, TimelineChanges, TimelineEntry,
+    KIND_TIMELINE,
 };
 use chainiac_skipchain::{Block, BlockId, ChainId, ChainState, Proposal};
 use rand_core::{OsRng, RngCore};
@@ -753,19 +754,19 @@ impl Node {
                 format!("the change lists since block {from} take about {size} bytes, more than the {max_bytes} asked"),
             ));
         }
+        let budget = PROOFS_RESPONSE_BUDGET as u64;
+        let to = changes_page_end(from, head, |k| lists.get(&k).map(|l| l.len()), MAX_CHANGE_BLOCKS, budget);
         let mut blocks = Vec::new();
-        let mut to = from;
-        while to < head && to - from < MAX_CHANGE_BLOCKS {
-            let Some(changes) = lists.get(&(to + 1)) else { break };
+        for k in (from + 1)..=to {
             let block = self
                 .store
-                .block(timeline, to + 1)
+                .block(timeline, k)
                 .map_err(|e| err(ErrorCode::Internal, e.to_string()))?
                 .ok_or_else(|| err(ErrorCode::Internal, "a listed block is not stored"))?;
             let entry = TimelineEntry::from_bytes(&block.payload)
                 .map_err(|e| err(ErrorCode::Internal, format!("stored timeline entry: {e}")))?;
+            let changes = lists.get(&k).ok_or_else(|| err(ErrorCode::Internal, "a paged list is gone"))?;
             blocks.push(ChangedBlock { entry, changes: changes.to_vec() });
-            to += 1;
         }
         if to == from && from < head {
             return Err(err(ErrorCode::NotFound, format!("this witness holds no change list for block {}", from + 1)));
