@@ -120,6 +120,9 @@ type KnownTimeline = (u64, TimelineEntry, Arc<HeadSet>);
 /// A checked timeline block's head set and, if its entry records one, its change list.
 type CheckedTimeline = (Arc<HeadSet>, Option<Arc<Vec<HeadLeaf>>>);
 
+/// Failed proposals with a change list in a row after which a leader proposes one without.
+const LISTED_FAILURES: u32 = 2;
+
 /// One timeline's change lists, by block index.
 type ChangeLists = std::collections::BTreeMap<u64, Arc<Vec<HeadLeaf>>>;
 
@@ -158,9 +161,11 @@ pub struct Node {
     /// Per timeline chain: the change lists of its newest blocks, by index (in memory: a
     /// node that restarts answers from the blocks it checks after).
     change_lists: Mutex<HashMap<ChainId, ChangeLists>>,
-    /// Timelines whose last proposal with a change list failed: the next one records none
-    /// (signers that miss the previous block's heads cannot check a list).
-    lists_refused: Mutex<std::collections::HashSet<ChainId>>,
+    /// Per timeline chain: how many proposals with a change list failed in a row. After
+    /// [`LISTED_FAILURES`] the next one records none (signers that miss the previous
+    /// block's heads cannot check a list); one failure alone is more likely a race or a
+    /// slow peer, and a block without a list makes clients fall back to inclusion proofs.
+    lists_refused: Mutex<HashMap<ChainId, u32>>,
     /// Per timeline chain: the newest appended block whose head set this node holds.
     timelines: Mutex<HashMap<ChainId, KnownTimeline>>,
     /// Versions released per release chain.
@@ -191,7 +196,7 @@ impl Node {
             chain_locks: Mutex::new(HashMap::new()),
             pending_timelines: Mutex::new(HashMap::new()),
             change_lists: Mutex::new(HashMap::new()),
-            lists_refused: Mutex::new(std::collections::HashSet::new()),
+            lists_refused: Mutex::new(HashMap::new()),
             timelines: Mutex::new(HashMap::new()),
             heads: Mutex::new(HashMap::new()),
             released: Mutex::new(HashMap::new()),
@@ -718,17 +723,23 @@ impl Node {
             return Ok(());
         }
         let time_ms = now_ms().max(head.header.timestamp_ms);
-        // A change list when this node holds the head's heads, unless the last one failed.
-        let refused = self.lists_refused.lock().expect("lock").remove(&chain);
-        let previous = if refused { None } else { self.timeline_set(Some(chain), head.index()) };
+        // A change list when this node holds the head's heads, unless listed proposals kept
+        // failing.
+        let failures = self.lists_refused.lock().expect("lock").get(&chain).copied().unwrap_or(0);
+        let previous = if failures >= LISTED_FAILURES { None } else { self.timeline_set(Some(chain), head.index()) };
         let (entry, _) = set.entry(time_ms, previous.as_deref());
         let listed = entry.changes.is_some();
         let proposal =
             Proposal { kind: KIND_TIMELINE, payload: entry.to_bytes(), timestamp_ms: time_ms, ..Proposal::default() };
         let led = self.lead(chain, proposal).await;
-        if led.is_err() && listed {
-            self.lists_refused.lock().expect("lock").insert(chain);
+        let mut refused = self.lists_refused.lock().expect("lock");
+        match (&led, listed) {
+            (Err(_), true) => *refused.entry(chain).or_insert(0) += 1,
+            _ => {
+                refused.remove(&chain);
+            }
         }
+        drop(refused);
         led.map(|_| ())
     }
 
