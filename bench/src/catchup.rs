@@ -7,7 +7,7 @@ use crate::report::{bytes, Plot, Report, Series};
 use anyhow::{bail, Context};
 use chainiac_cosi::{hash, SecretKey};
 use chainiac_proto::{
-    ErrorCode, ErrorReply, Response, TimelineBatch, MAX_CHANGE_BLOCKS, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS,
+    ErrorReply, Response, TimelineBatch, MAX_CHANGE_BLOCKS, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS,
     PROOFS_RESPONSE_BUDGET,
 };
 use chainiac_release::{
@@ -736,10 +736,9 @@ fn change_answers(
 }
 
 /// The witness's refusal of change lists dearer than the client's inclusion proofs.
-fn refusal_bytes(lists_cost: u64, max_bytes: u64) -> u64 {
-    let message =
-        format!("the change lists since block 0 take about {lists_cost} bytes, more than the {max_bytes} asked");
-    postcard::to_allocvec(&Response::Error(ErrorReply::new(ErrorCode::Refused, message))).expect("encodes").len() as u64
+fn refusal_bytes(from: u64, lists_cost: u64, max_bytes: u64) -> u64 {
+    let refusal = Response::Error(chainiac_proto::changes_too_large(from, lists_cost, max_bytes));
+    postcard::to_allocvec(&refusal).expect("encodes").len() as u64
 }
 
 /// The serialized answers (`wrap` makes the response) for the first `follow` entries, and
@@ -1079,8 +1078,11 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
                     used_lists = true;
                 }
                 _ => {
-                    let refusal =
-                        refusal_bytes(lists_cost, inclusion_cost(follow as u64, n, MAX_TIMELINE_CHAINS as u64));
+                    let refusal = refusal_bytes(
+                        trusted.index(),
+                        lists_cost,
+                        inclusion_cost(follow as u64, n, MAX_TIMELINE_CHAINS as u64),
+                    );
                     dd.bytes += refusal;
                     every_hop.bytes += refusal;
                 }

@@ -661,8 +661,9 @@ async fn many_chains_update_together_and_a_new_committee_travels_once() {
 /// — and keeps what it reconciled across a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_following_many_chains_learns_what_moved_from_change_lists() {
-    // Idle timeline blocks every second: a few between the two updates.
-    let mut cluster = Cluster::start_with(4, 1_000).await;
+    // Idle timeline blocks every 2.5 s: a few between updates, even on a loaded machine,
+    // so the lists stay cheaper than 64 inclusion leaves.
+    let mut cluster = Cluster::start_with(4, 2_500).await;
     let (timeline, timeline_genesis) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
     let mut chains = Vec::new();
     for i in 0..64 {

@@ -13,7 +13,7 @@ pub mod tls;
 pub use endpoint::{call, CallError, Pool};
 pub use frame::{FrameClass, FrameError, VERSION};
 pub use message::{
-    Announce, ErrorCode, ErrorReply, HeadInfo, LinkedQuery, NodeStatus, ProofQuery, Request, Response, TimelineBatch,
-    TimelineInfo, MAX_CHANGE_BLOCKS, MAX_HELD_COMMITTEES, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS,
-    PROOFS_RESPONSE_BUDGET,
+    changes_too_large, Announce, ErrorCode, ErrorReply, HeadInfo, LinkedQuery, NodeStatus, ProofQuery, Request,
+    Response, TimelineBatch, TimelineInfo, MAX_CHANGE_BLOCKS, MAX_HELD_COMMITTEES, MAX_PROOF_QUERIES,
+    MAX_TIMELINE_CHAINS, PROOFS_RESPONSE_BUDGET,
 };

@@ -89,6 +89,14 @@ pub enum Request {
 pub const MAX_PROOF_QUERIES: usize = 256;
 /// Most committee hashes one [`Request::GetProofs`] may name.
 pub const MAX_HELD_COMMITTEES: usize = 64;
+/// The refusal of change lists dearer than the client offered (`max_bytes`).
+pub fn changes_too_large(from: u64, size: u64, max_bytes: u64) -> ErrorReply {
+    ErrorReply::new(
+        ErrorCode::Refused,
+        format!("the change lists since block {from} take about {size} bytes, more than the {max_bytes} asked"),
+    )
+}
+
 /// Most blocks one [`Response::TimelineChanges`] holds.
 pub const MAX_CHANGE_BLOCKS: u64 = 1024;
 /// Most chains one [`Request::GetTimelineBatch`] may name.

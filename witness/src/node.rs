@@ -760,10 +760,7 @@ impl Node {
         let lists = self.change_lists.lock().expect("lock").get(timeline).cloned().unwrap_or_default();
         let size = changes_cost(lists.range(from + 1..).map(|(_, list)| list.len()));
         if max_bytes > 0 && size > max_bytes {
-            return Err(err(
-                ErrorCode::Refused,
-                format!("the change lists since block {from} take about {size} bytes, more than the {max_bytes} asked"),
-            ));
+            return Err(chainiac_proto::changes_too_large(from, size, max_bytes));
         }
         let budget = PROOFS_RESPONSE_BUDGET as u64;
         let to = changes_page_end(from, head, |k| lists.get(&k).map(|l| l.len()), MAX_CHANGE_BLOCKS, budget);
