@@ -430,4 +430,57 @@ async fn timeline_change_lists_name_every_moved_head() {
     let error =
         cluster.client.call(&cluster.witnesses[0], Request::Propose { chain: timeline, proposal }).await.unwrap_err();
     assert!(refusal(&error).message.contains("change list"), "{error}");
+
+    // A block without a list (a leader lacking the heads before proposes one): lists from
+    // before it cannot reach the head, and witnesses say so rather than pass off the block
+    // before it as the newest; from it on, lists are served again.
+    let mut attempts = 0;
+    let listless = loop {
+        let request = Request::GetTimeline { timeline: Some(timeline), chain: None };
+        let Response::Timeline(now) = cluster.client.call(&cluster.witnesses[0], request).await.unwrap() else {
+            panic!("not a timeline answer")
+        };
+        let entry = TimelineEntry { time_ms: common::now_ms(), changes: None, ..now.entry.clone() };
+        let proposal = chainiac_skipchain::Proposal {
+            kind: KIND_TIMELINE,
+            payload: entry.to_bytes(),
+            timestamp_ms: entry.time_ms,
+            ..Default::default()
+        };
+        match cluster.client.call(&cluster.witnesses[0], Request::Propose { chain: timeline, proposal }).await {
+            Ok(Response::Appended { block }) => break block.header.index,
+            other => {
+                attempts += 1;
+                assert!(attempts < 30, "a list-less timeline block was never appended: {other:?}");
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        }
+    };
+    assert!(listless >= 2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cluster.head(1, timeline).await.is_none_or(|head| head <= listless) {
+        assert!(Instant::now() < deadline, "no timeline block after the list-less one");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut named = false;
+    for witness in &cluster.witnesses {
+        let request =
+            Request::GetTimelineChanges { timeline, from: listless - 2, held_committees: vec![], max_bytes: 0 };
+        match cluster.client.call(witness, request).await {
+            Ok(answer) => panic!("lists across a block without one: {answer:?}"),
+            Err(error) => {
+                assert_eq!(refusal(&error).code, ErrorCode::NotFound, "{error}");
+                named |= refusal(&error).message.contains(&format!("no change list for block {listless} "));
+            }
+        }
+    }
+    assert!(named, "no witness named block {listless} as the one without a list");
+    let request = Request::GetProof { chain: timeline, from: 0, to: Some(listless), with_payload: false };
+    let Response::Proof(proof) = cluster.client.call(&cluster.witnesses[1], request).await.unwrap() else {
+        panic!("not a proof")
+    };
+    let at_listless = proof.verify(&genesis).unwrap().into_inner().state;
+    let after = ask(listless).await.expect("lists after the list-less block");
+    let seen = after.verify_with(&at_listless, |_| None).unwrap().into_inner();
+    assert!(seen.caught.state.index() > listless && seen.moved.is_empty(), "{seen:?}");
 }

@@ -450,8 +450,9 @@ impl Client {
                 break;
             }
         }
-        // With no block since, there is no entry to show the timeline is alive; one whose
-        // lists stop at a stale block may only lag behind: inclusion proofs then decide.
+        // With no block since, there is no entry to show the timeline is alive. An honest
+        // member's lists reach its head (it refuses otherwise); one that stops at a stale
+        // block lags or withholds: the age bound then sends the client elsewhere.
         let Some(entry) = newest else {
             return Err(("no timeline block since the client's".into(), Stop::Member));
         };

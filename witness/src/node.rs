@@ -21,8 +21,8 @@ use chainiac_release::{KIND_POLICY_CHANGE, KIND_RELEASE};
 use chainiac_skipchain::rocks::RocksStore;
 use chainiac_skipchain::store::{self, Store, StoreError};
 use chainiac_skipchain::timeline::{
-    changes_cost, changes_hash, changes_page_end, ChangedBlock, HeadLeaf, HeadSet, TimelineChanges, TimelineEntry,
-    KIND_TIMELINE,
+    changes_cost, changes_hash, changes_page_end, changes_page_full, ChangedBlock, HeadLeaf, HeadSet, TimelineChanges,
+    TimelineEntry, KIND_TIMELINE,
 };
 use chainiac_skipchain::{Block, BlockId, ChainId, ChainState, Proposal};
 use rand_core::{OsRng, RngCore};
@@ -743,9 +743,10 @@ impl Node {
         led.map(|_| ())
     }
 
-    /// Every block of `timeline` after `from` whose change list this node holds, up to
-    /// [`MAX_CHANGE_BLOCKS`], proven block by block; refused when all the lists since
-    /// `from` would take more than `max_bytes` (not 0).
+    /// The blocks of `timeline` after `from` with their change lists, up to
+    /// [`MAX_CHANGE_BLOCKS`] or the response budget, proven block by block; `NotFound` when
+    /// this node lacks a list before its head within that page, refused when all the lists
+    /// since `from` would take more than `max_bytes` (not 0).
     fn timeline_changes(&self, timeline: &ChainId, from: u64, held_committees: Vec<[u8; 32]>, max_bytes: u64) -> Reply {
         if held_committees.len() > MAX_HELD_COMMITTEES {
             return Err(err(ErrorCode::BadRequest, format!("more than {MAX_HELD_COMMITTEES} held committees")));
@@ -764,6 +765,15 @@ impl Node {
         }
         let budget = PROOFS_RESPONSE_BUDGET as u64;
         let to = changes_page_end(from, head, |k| lists.get(&k).map(|l| l.len()), MAX_CHANGE_BLOCKS, budget);
+        let lengths: Vec<usize> = lists.range(from + 1..=to).map(|(_, list)| list.len()).collect();
+        // Lists that stop short of the head for want of one would show the client an old
+        // block as the newest: it is told, and asks another member or takes inclusion proofs.
+        if to < head && !changes_page_full(&lengths, MAX_CHANGE_BLOCKS, budget) {
+            return Err(err(
+                ErrorCode::NotFound,
+                format!("this witness holds no change list for block {} (its head is block {head})", to + 1),
+            ));
+        }
         let mut blocks = Vec::new();
         for k in (from + 1)..=to {
             let block = self
@@ -775,9 +785,6 @@ impl Node {
                 .map_err(|e| err(ErrorCode::Internal, format!("stored timeline entry: {e}")))?;
             let changes = lists.get(&k).ok_or_else(|| err(ErrorCode::Internal, "a paged list is gone"))?;
             blocks.push(ChangedBlock { entry, changes: changes.to_vec() });
-        }
-        if to == from && from < head {
-            return Err(err(ErrorCode::NotFound, format!("this witness holds no change list for block {}", from + 1)));
         }
         let held: std::collections::HashSet<[u8; 32]> = held_committees.into_iter().collect();
         let proof = store::prove_each(&self.store, timeline, from, to)
