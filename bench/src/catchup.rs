@@ -49,6 +49,10 @@ pub struct Options {
     pub roster_phase_days: u64,
     pub key_rotation_days: u64,
     pub params: ChainParams,
+    /// When clients update.
+    pub now: Now,
+    /// Appended to the plots' file names (a second run in one folder keeps the first's).
+    pub plot_suffix: String,
     pub seed: u64,
 }
 
@@ -63,6 +67,8 @@ struct Project {
 /// the candidates a client may follow, in the order a client picks them.
 struct Workload {
     now_ms: u64,
+    /// Where `now_ms` comes from, for the report.
+    now_source: String,
     all_names: Vec<String>,
     followed: Vec<Project>,
     /// Releases of the projects no client is offered (time, position in `all_names`), in
@@ -93,6 +99,46 @@ fn month_start_ms(month: &str) -> Option<u64> {
     Some(days_from_civil(y, m, 1) as u64 * DAY_MS)
 }
 
+/// `YYYY-MM-DD` as ms since the epoch (midnight UTC): `--now`.
+pub fn parse_date(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a date YYYY-MM-DD");
+    let mut parts = text.splitn(3, '-');
+    let (y, m, d) = (parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?);
+    let (y, m, d): (i64, u32, u32) =
+        (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?, d.parse().map_err(|_| bad())?);
+    if y < 1970 || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return Err(bad());
+    }
+    Ok(days_from_civil(y, m, d) as u64 * DAY_MS)
+}
+
+/// When clients update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Now {
+    /// At the data's edge: the snapshot's newest month + 7 days, or the newest event + 1 s.
+    Edge,
+    /// At this moment (ms since the epoch), not after the edge.
+    At(u64),
+    /// This many days before the edge.
+    BeforeEdge(u64),
+}
+
+/// How far inside the snapshot a steady-state run puts "now": five months, so that every
+/// project active then has its latest release dated after it and releases at its modelled
+/// rate, not at the rate of the snapshot's sparsely dated newest month.
+pub const STEADY_DAYS_BEFORE_EDGE: u64 = 160;
+
+/// The moment clients update, and what it is for the report.
+fn now_within(now: Now, edge: u64, edge_is: &str) -> anyhow::Result<(u64, String)> {
+    let at = match now {
+        Now::Edge => return Ok((edge, edge_is.to_string())),
+        Now::At(at) if at <= edge => at,
+        Now::At(at) => bail!("--now ({at} ms) is after the data's edge ({edge_is}, {edge} ms): nothing is known there"),
+        Now::BeforeEdge(days) => edge.checked_sub(days * DAY_MS).context("--now-before-edge reaches before 1970")?,
+    };
+    Ok((at, format!("{} days before the data's edge, {edge_is}", (edge - at) / DAY_MS)))
+}
+
 fn uniform(rng: &mut ChaCha20Rng) -> f64 {
     (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
@@ -109,7 +155,7 @@ fn releases_per_month(rank: Option<u32>) -> f64 {
 }
 
 /// The PyPI snapshot: `name version month rank` (tab-separated, header line, gzip).
-fn load_pypi(path: &Path, window_start: u64, seed: u64) -> anyhow::Result<Workload> {
+fn load_pypi(path: &Path, window_start: u64, now: Now, seed: u64) -> anyhow::Result<Workload> {
     let file = std::fs::File::open(path)
         .with_context(|| format!("cannot open the PyPI snapshot {} (pass --pypi PATH)", path.display()))?;
     let reader = std::io::BufReader::new(flate2::read::GzDecoder::new(file));
@@ -148,7 +194,8 @@ fn load_pypi(path: &Path, window_start: u64, seed: u64) -> anyhow::Result<Worklo
         bail!("{} holds no projects", path.display());
     }
     // The snapshot was taken early in its newest month (few releases are dated in it).
-    let now_ms = newest_month + 7 * DAY_MS;
+    let edge = newest_month + 7 * DAY_MS;
+    let (now_ms, now_source) = now_within(now, edge, "the snapshot's newest month + 7 days")?;
     let window_start = now_ms.saturating_sub(window_start);
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     // Clients follow ranked projects, picked with weight 1/rank (Efraimidis–Spirakis keys):
@@ -168,7 +215,7 @@ fn load_pypi(path: &Path, window_start: u64, seed: u64) -> anyhow::Result<Worklo
         .map(|(_, i)| {
             let (name, version, month, rank) = &rows[i];
             let month = month.expect("filtered above");
-            let releases = release_times(month, now_ms, window_start, releases_per_month(*rank), &mut rng);
+            let releases = release_times(month, edge, now_ms, window_start, releases_per_month(*rank), &mut rng);
             Project { name: name.clone(), version: version.clone(), releases }
         })
         .collect();
@@ -178,20 +225,28 @@ fn load_pypi(path: &Path, window_start: u64, seed: u64) -> anyhow::Result<Worklo
     let mut churn = Vec::new();
     for (i, (_, _, month, rank)) in rows.iter().enumerate() {
         if let (Some(month), None) = (month, rank) {
-            let times = release_times(*month, now_ms, window_start, releases_per_month(None), &mut churn_rng);
+            let times = release_times(*month, edge, now_ms, window_start, releases_per_month(None), &mut churn_rng);
             churn.extend(times.into_iter().map(|t| (t, i as u32)));
         }
     }
     let all_names = rows.into_iter().map(|r| r.0).collect();
-    Ok(Workload { now_ms, all_names, followed, churn, source: format!("PyPI snapshot {}", path.display()) })
+    Ok(Workload { now_ms, now_source, all_names, followed, churn, source: format!("PyPI snapshot {}", path.display()) })
 }
 
-/// A project's release times in the window, ascending: the newest uniform in `month`, the
-/// others before it at `per_month` on average (exponential gaps) back to its birth, drawn
-/// uniform in the ten years before the newest (not before 2005).
-fn release_times(month: u64, now_ms: u64, window_start: u64, per_month: f64, rng: &mut ChaCha20Rng) -> Vec<u64> {
+/// A project's release times in the window up to `now_ms`, ascending: the latest uniform in
+/// `month` (before the data's `edge`), the others before it at `per_month` on average
+/// (exponential gaps) back to its birth, drawn uniform in the ten years before the latest
+/// (not before 2005).
+fn release_times(
+    month: u64,
+    edge: u64,
+    now_ms: u64,
+    window_start: u64,
+    per_month: f64,
+    rng: &mut ChaCha20Rng,
+) -> Vec<u64> {
     let birth_floor = month_start_ms("2005-01").expect("valid month");
-    let month_end = (month + (MONTH_MS as u64)).min(now_ms);
+    let month_end = (month + (MONTH_MS as u64)).min(edge);
     let last = month + ((month_end.saturating_sub(month)) as f64 * uniform(rng)) as u64;
     let born = last.saturating_sub((uniform(rng) * 10.0 * YEAR_MS as f64) as u64).max(birth_floor);
     let mean_gap = MONTH_MS / per_month;
@@ -204,14 +259,14 @@ fn release_times(month: u64, now_ms: u64, window_start: u64, per_month: f64, rng
         }
         releases.push(t as u64);
     }
-    releases.retain(|&r| r >= window_start);
+    releases.retain(|&r| r >= window_start && r <= now_ms);
     releases.reverse();
     releases
 }
 
 /// Any TSV of release events: `unix_time package version` (seconds; a header line and
 /// `#` comments are skipped). Clients follow packages drawn uniformly.
-fn load_events(path: &Path, window_start: u64, seed: u64) -> anyhow::Result<Workload> {
+fn load_events(path: &Path, window_start: u64, now: Now, seed: u64) -> anyhow::Result<Workload> {
     let file = std::fs::File::open(path).with_context(|| format!("cannot open the events file {}", path.display()))?;
     let reader: Box<dyn BufRead> = if path.extension().is_some_and(|e| e == "gz") {
         Box::new(std::io::BufReader::new(flate2::read::GzDecoder::new(file)))
@@ -250,7 +305,7 @@ fn load_events(path: &Path, window_start: u64, seed: u64) -> anyhow::Result<Work
     if by_package.is_empty() {
         bail!("{} holds no release events", path.display());
     }
-    let now_ms = newest + 1000;
+    let (now_ms, now_source) = now_within(now, newest + 1000, "the newest event + 1 s")?;
     let window_start = now_ms.saturating_sub(window_start);
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
     let all_names: Vec<String> = by_package.keys().cloned().collect();
@@ -258,13 +313,14 @@ fn load_events(path: &Path, window_start: u64, seed: u64) -> anyhow::Result<Work
         .into_iter()
         .map(|(name, (version, mut releases))| {
             releases.sort_unstable();
-            releases.retain(|&r| r >= window_start);
+            releases.retain(|&r| r >= window_start && r <= now_ms);
             (rng.next_u64(), Project { name, version, releases })
         })
         .collect();
     followed.sort_by_key(|p| p.0);
     Ok(Workload {
         now_ms,
+        now_source,
         all_names,
         followed: followed.into_iter().map(|p| p.1).collect(),
         churn: Vec::new(),
@@ -810,8 +866,8 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
     let longest = options.days.iter().copied().max().context("--days is empty")?;
     let window = (longest + 1) * DAY_MS;
     let workload = match &options.events {
-        Some(path) => load_events(path, window, options.seed)?,
-        None => load_pypi(&options.pypi, window, options.seed)?,
+        Some(path) => load_events(path, window, options.now, options.seed)?,
+        None => load_pypi(&options.pypi, window, options.now, options.seed)?,
     };
     let most = options.follows.iter().copied().max().context("--follow is empty")?.min(workload.followed.len());
     let now = workload.now_ms;
@@ -961,13 +1017,14 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
         TimelineEntry::from_bytes(&store.block(&timeline.chain, timeline.head.index()).unwrap().unwrap().payload)?;
 
     report.text(&format!(
-        "Source: {}. Now = {} ms since the epoch (the snapshot's newest month + 7 days). {} projects in the timeline's tree; \
+        "Source: {}. Now = {} ms since the epoch ({}). {} projects in the timeline's tree; \
          clients follow the first P of {} candidates. Built {} project blocks over {} chains in {:.1} s, the tree in {:.2} s, \
          {} timeline blocks (one per {} min); {} roster changes (one per {} days, the newest {} days before now), developer keys rotated every {} days; \
          {WITNESSES} witnesses, threshold {THRESHOLD}; skipchains of base {} (maximum height {}). \
          {} releases of projects no client here follows move their leaves in the window (they fill the timeline's change lists).\n",
         workload.source,
         now,
+        workload.now_source,
         set.len(),
         workload.followed.len(),
         project_blocks,
@@ -1173,7 +1230,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
     report.text(&format!("Goal (c) and (d) ≤ 1/20 of (a), in bytes: {}.\n", goal.join("; ")));
     let names = ["(a) linear", "(b) TUF-style", "(c) skipchain", "(d) timeline + linked", "(d1) timeline + every hop"];
     for (f, &follow) in options.follows.iter().enumerate() {
-        let file = format!("catchup-bytes-P{follow}.svg");
+        let file = format!("catchup-bytes-P{follow}{}.svg", options.plot_suffix);
         let title = format!("Bytes per update, client following {follow} projects");
         let series = names
             .iter()
@@ -1219,18 +1276,39 @@ mod tests {
     fn events_files_take_a_header_and_comments_and_name_bad_lines() {
         let (_dir, path) =
             events_file("unix_time\tpackage\tversion\n# a comment\n100\ta\t1.0\n300.5\ta\t1.1\n200\tb\t0.1\n");
-        let workload = load_events(&path, 10_000 * DAY_MS, 1).unwrap();
+        let workload = load_events(&path, 10_000 * DAY_MS, Now::Edge, 1).unwrap();
         assert_eq!(workload.all_names, ["a", "b"]);
         assert_eq!(workload.now_ms, 301_500);
         let a = workload.followed.iter().find(|p| p.name == "a").unwrap();
         assert_eq!((a.version.as_str(), a.releases.clone()), ("1.1", vec![100_000, 300_500]));
 
         let (_dir, path) = events_file("100\ta\t1.0\nyesterday\tb\t2.0\n");
-        let error = load_events(&path, DAY_MS, 1).err().unwrap().to_string();
+        let error = load_events(&path, DAY_MS, Now::Edge, 1).err().unwrap().to_string();
         assert!(error.contains("line 2") && error.contains("yesterday"), "{error}");
         let (_dir, path) = events_file("100 a 1.0\n");
-        let error = load_events(&path, DAY_MS, 1).err().unwrap().to_string();
+        let error = load_events(&path, DAY_MS, Now::Edge, 1).err().unwrap().to_string();
         assert!(error.contains("line 1") && error.contains("tabs"), "{error}");
+    }
+
+    #[test]
+    fn now_inside_the_data_drops_later_releases_and_never_passes_the_edge() {
+        let (_dir, path) = events_file("86400\ta\t1.0\n172800\ta\t1.1\n259200\tb\t0.1\n");
+        let now = parse_date("1970-01-03").unwrap();
+        assert_eq!(now, 2 * DAY_MS);
+        let workload = load_events(&path, 10 * DAY_MS, Now::At(now), 1).unwrap();
+        assert_eq!(workload.now_ms, now);
+        assert!(workload.now_source.starts_with("1 days before"), "{}", workload.now_source);
+        let before = load_events(&path, 10 * DAY_MS, Now::BeforeEdge(1), 1).unwrap();
+        assert_eq!(before.now_ms, 2 * DAY_MS + 1000);
+        let releases = |name: &str| workload.followed.iter().find(|p| p.name == name).unwrap().releases.clone();
+        assert_eq!(releases("a"), vec![DAY_MS, 2 * DAY_MS]);
+        assert_eq!(releases("b"), Vec::<u64>::new());
+        let error =
+            load_events(&path, DAY_MS, Now::At(parse_date("1970-01-05").unwrap()), 1).err().unwrap().to_string();
+        assert!(error.contains("--now") && error.contains("edge"), "{error}");
+        for bad in ["2026-13-01", "2026-1", "yesterday", "1969-12-31"] {
+            assert!(parse_date(bad).unwrap_err().contains(bad), "{bad}");
+        }
     }
 
     /// A year of weekly releases: the skipchain proofs are real, verify, and are far
@@ -1254,6 +1332,8 @@ mod tests {
             roster_phase_days: 10,
             key_rotation_days: 200,
             params: ChainParams::DEFAULT,
+            now: Now::Edge,
+            plot_suffix: String::new(),
             seed: 3,
         };
         let mut report = Report::new(&dir.path().join("plots")).unwrap();

@@ -64,6 +64,15 @@ struct CatchupArgs {
     /// is the most that keeps `b^(h-1)` below 2^64, capped at 32 (the default chain's).
     #[arg(long, default_value_t = chainiac_skipchain::ChainParams::DEFAULT.base)]
     base: u8,
+    /// The moment clients update, YYYY-MM-DD (midnight UTC), at or before the data's edge
+    /// (default: the snapshot's newest month + 7 days, or the newest event + 1 s). A date
+    /// inside the data's well-covered months measures steady-state activity: later releases
+    /// are dropped, earlier ones kept.
+    #[arg(long, value_name = "DATE", value_parser = catchup::parse_date)]
+    now: Option<u64>,
+    /// The moment clients update, this many days before the data's edge (instead of --now).
+    #[arg(long, value_name = "DAYS", conflicts_with = "now")]
+    now_before_edge: Option<u64>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
 }
@@ -123,7 +132,8 @@ fn or<T: Clone>(given: &[T], full: &[T], quick_default: &[T], quick: bool) -> Ve
     }
 }
 
-fn catchup(args: &CatchupArgs, quick: bool, report: &mut Report, scratch: &Path) -> anyhow::Result<()> {
+/// The catch-up scenario; returns whether it ran on the PyPI snapshot.
+fn catchup(args: &CatchupArgs, quick: bool, report: &mut Report, scratch: &Path) -> anyhow::Result<bool> {
     let mut events = args.events.clone();
     if events.is_none() && !args.pypi.exists() {
         anyhow::ensure!(
@@ -150,9 +160,17 @@ fn catchup(args: &CatchupArgs, quick: bool, report: &mut Report, scratch: &Path)
         roster_phase_days: args.roster_phase_days,
         key_rotation_days: args.key_rotation_days,
         params: chain_params(args.base)?,
+        now: match (args.now, args.now_before_edge) {
+            (Some(at), _) => catchup::Now::At(at),
+            (None, Some(days)) => catchup::Now::BeforeEdge(days),
+            (None, None) => catchup::Now::Edge,
+        },
+        plot_suffix: if args.now.is_some() || args.now_before_edge.is_some() { "-now".into() } else { String::new() },
         seed: args.seed,
     };
-    catchup::run(&options, report).map(drop)
+    let on_snapshot = options.events.is_none();
+    catchup::run(&options, report)?;
+    Ok(on_snapshot)
 }
 
 /// The chain parameters for base `base`: the tallest height up to the default's that the
@@ -247,7 +265,17 @@ fn main() -> anyhow::Result<()> {
         }
         Scenario::All { catchup: args } => {
             section(&mut report, "1. Client catch-up on PyPI-like data");
-            catchup(args, quick, &mut report, scratch.path())?;
+            let on_snapshot = catchup(args, quick, &mut report, scratch.path())?;
+            // The snapshot's newest weeks are sparsely dated: short intervals again, inside it.
+            if on_snapshot && args.now.is_none() && args.now_before_edge.is_none() {
+                section(&mut report, "1b. Client catch-up at steady state (short intervals, inside the snapshot)");
+                let steady = CatchupArgs {
+                    days: or(&[], &[1, 7, 30], &[1, 7], quick),
+                    now_before_edge: Some(catchup::STEADY_DAYS_BEFORE_EDGE),
+                    ..args.clone()
+                };
+                catchup(&steady, quick, &mut report, scratch.path())?;
+            }
             section(&mut report, "2. Cosigning scale");
             cosigning_run(&[], &[], 0.0, 5, quick, &mut report)?;
             section(&mut report, "3. Real network");
