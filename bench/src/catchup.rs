@@ -17,8 +17,8 @@ use chainiac_release::{
 use chainiac_skipchain::block::payload_hash;
 use chainiac_skipchain::store::{self, MemoryStore, Store};
 use chainiac_skipchain::timeline::{
-    changes_cost, changes_hash, changes_page_end, inclusion_cost, ChangedBlock, HeadLeaf, HeadSet, TimelineChanges,
-    TimelineEntry, KIND_TIMELINE,
+    chain_prefix, changes_cost, changes_page_end, inclusion_cost, ChainPrefix, ChangeList, HeadLeaf, HeadSet,
+    TimelineChanges, TimelineEntry, KIND_TIMELINE,
 };
 use chainiac_skipchain::CatchUp;
 use chainiac_skipchain::{
@@ -748,37 +748,53 @@ fn batched<P: Batched>(
     answered
 }
 
-/// The `GetTimelineChanges` answers (1,024 blocks each) from the client's timeline block
-/// `trusted` to `to`, decoded and verified as the client does (committees it holds left
-/// out), and the chains they show moved.
+/// What the change lists of the blocks after `from` (the client's timeline block) take
+/// for a client watching `watched`, as the witness reckons it; counting stops past `cap`.
+fn lists_cost(lists: &[ChangeList], from: u64, to: u64, watched: &HashSet<ChainPrefix>, cap: u64) -> u64 {
+    let mut total = 0;
+    for list in &lists[from as usize..to as usize] {
+        total += changes_cost(list.len(), list.opened(watched));
+        if total > cap {
+            break;
+        }
+    }
+    total
+}
+
+/// The `GetTimelineChanges` answers (1,024 blocks each, or the budget) from the client's
+/// timeline block `trusted` to `to` for a client following `followed`, decoded and verified
+/// as the client does (committees it holds left out), and the chains they show moved.
 fn change_answers(
     store: &MemoryStore,
     timeline: &BlockId,
-    lists: &[Vec<HeadLeaf>],
+    lists: &[ChangeList],
     trusted: &ChainState,
     to: u64,
     held: &[Committee],
+    followed: &[BlockId],
 ) -> (Cost, HashSet<BlockId>) {
+    let watched: HashSet<ChainPrefix> = followed.iter().map(chain_prefix).collect();
     let mut known: HashMap<[u8; 32], Committee> = held.iter().map(|c| (c.hash(), c.clone())).collect();
     let (mut cost, mut moved, mut state) = (Cost::default(), HashSet::new(), trusted.clone());
     while state.index() < to {
-        let lengths = |k: u64| Some(lists[k as usize - 1].len());
-        let end = changes_page_end(state.index(), to, lengths, MAX_CHANGE_BLOCKS, PROOFS_RESPONSE_BUDGET as u64);
+        let block_cost = |k: u64| {
+            let list = &lists[k as usize - 1];
+            Some(changes_cost(list.len(), list.opened(&watched)))
+        };
+        let end = changes_page_end(state.index(), to, block_cost, MAX_CHANGE_BLOCKS, PROOFS_RESPONSE_BUDGET as u64);
         let proof = store::prove_each(store, timeline, state.index(), end)
             .expect("stored")
             .without_committees(|h| known.contains_key(h));
-        let blocks = ((state.index() + 1)..=end)
-            .map(|k| ChangedBlock {
-                entry: TimelineEntry::from_bytes(&store.block(timeline, k).unwrap().expect("stored").payload)
-                    .expect("an entry"),
-                changes: lists[k as usize - 1].clone(),
-            })
-            .collect();
-        let wire =
-            postcard::to_allocvec(&Response::TimelineChanges(TimelineChanges { proof, blocks })).expect("encodes");
+        let blocks = ((state.index() + 1)..=end).map(|k| {
+            let block = store.block(timeline, k).unwrap().expect("stored");
+            (TimelineEntry::from_bytes(&block.payload).expect("an entry"), &lists[k as usize - 1])
+        });
+        let wire = postcard::to_allocvec(&Response::TimelineChanges(TimelineChanges::answer(proof, blocks, &watched)))
+            .expect("encodes");
         let started = Instant::now();
         let Ok(Response::TimelineChanges(answer)) = postcard::from_bytes::<Response>(&wire) else { panic!("decodes") };
-        let seen = answer.verify_with(&state, |h| known.get(h).cloned()).expect("valid change lists").into_inner();
+        let seen =
+            answer.verify_with(&state, |h| known.get(h).cloned(), followed).expect("valid change lists").into_inner();
         cost.cpu += started.elapsed();
         cost.bytes += wire.len() as u64;
         for committee in answer.proof.steps.iter().filter_map(|s| s.committee.as_ref()) {
@@ -970,6 +986,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
         list.sort_unstable_by(|a, b| a.chain.cmp(&b.chain).then(b.index.cmp(&a.index)));
         list.dedup_by_key(|l| l.chain);
     }
+    let lists: Vec<ChangeList> = lists.into_iter().map(ChangeList::new).collect();
     let churn_events = churn.len();
     // The tree over every project: the followed ones at their real heads, the others at
     // their last release in the window (or their genesis).
@@ -998,8 +1015,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
         } else {
             hash::sha3_256("chainiac-bench/root", &[&(k as u64).to_be_bytes()])
         };
-        let entry =
-            TimelineEntry { time_ms: t, chains: set.len() as u64, root, changes: Some(changes_hash(&lists[k])) };
+        let entry = TimelineEntry { time_ms: t, chains: set.len() as u64, root, changes: Some(lists[k].hash()) };
         let committee = epoch.map(|e| cothority.committee(e).clone());
         timeline.append(
             &store,
@@ -1089,17 +1105,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
         let c_answers = batched::<Proof>(&store, &all, d, &project_held);
         let d_answers = batched::<LinkedProof>(&store, &all, d, &held);
         let d1_answers = batched::<Proof>(&store, &all, d, &held);
-        // The change lists since the client's timeline block, if some client here would
-        // take them (they cost no more than its inclusion proofs).
-        let since = (trusted.index() as usize..head_index as usize).map(|k| lists[k].len());
-        let lists_cost = changes_cost(since);
         let n = set.len() as u64;
-        let wanted = |follow: usize| lists_cost <= inclusion_cost(follow as u64, n, MAX_TIMELINE_CHAINS as u64);
-        let by_lists = options
-            .follows
-            .iter()
-            .any(|&f| wanted(f.min(chains.len())))
-            .then(|| change_answers(&store, &timeline.chain, &lists, trusted, head_index, &held));
         let (mut c_full, mut d_full, mut d1_full) = (Default::default(), Default::default(), Default::default());
         for (f, &follow) in options.follows.iter().enumerate() {
             let follow = follow.min(per_project.len());
@@ -1121,28 +1127,25 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
             // `chainiac update` asks for the change lists first (its chains were reconciled
             // with its timeline block at the last update) and takes them when the witness
             // does not refuse them as dearer than the inclusion proofs.
-            let mut used_lists = false;
-            match &by_lists {
-                Some((pages, moved)) if wanted(follow) => {
-                    let moved: Vec<&ChainBuilder> =
-                        chains[..follow].iter().filter(|c| moved.contains(&c.chain)).collect();
-                    let linked = batched::<LinkedProof>(&store, &moved, d, &held);
-                    dd = *pages;
-                    dd += answers_cost(&linked, moved.len(), &mut HashMap::new(), Response::LinkedProofs);
-                    let forward = batched::<Proof>(&store, &moved, d, &held);
-                    every_hop = *pages;
-                    every_hop += answers_cost(&forward, moved.len(), &mut HashMap::new(), Response::Proofs);
-                    used_lists = true;
-                }
-                _ => {
-                    let refusal = refusal_bytes(
-                        trusted.index(),
-                        lists_cost,
-                        inclusion_cost(follow as u64, n, MAX_TIMELINE_CHAINS as u64),
-                    );
-                    dd.bytes += refusal;
-                    every_hop.bytes += refusal;
-                }
+            let followed: Vec<BlockId> = chains[..follow].iter().map(|c| c.chain).collect();
+            let watched: HashSet<ChainPrefix> = followed.iter().map(chain_prefix).collect();
+            let offer = inclusion_cost(follow as u64, n, MAX_TIMELINE_CHAINS as u64);
+            let wanted = lists_cost(&lists, trusted.index(), head_index, &watched, offer);
+            let used_lists = wanted <= offer;
+            if used_lists {
+                let (pages, moved) =
+                    change_answers(&store, &timeline.chain, &lists, trusted, head_index, &held, &followed);
+                let moved: Vec<&ChainBuilder> = chains[..follow].iter().filter(|c| moved.contains(&c.chain)).collect();
+                let linked = batched::<LinkedProof>(&store, &moved, d, &held);
+                dd = pages;
+                dd += answers_cost(&linked, moved.len(), &mut HashMap::new(), Response::LinkedProofs);
+                let forward = batched::<Proof>(&store, &moved, d, &held);
+                every_hop = pages;
+                every_hop += answers_cost(&forward, moved.len(), &mut HashMap::new(), Response::Proofs);
+            } else {
+                let refusal = refusal_bytes(trusted.index(), wanted, offer);
+                dd.bytes += refusal;
+                every_hop.bytes += refusal;
             }
             let lists_mark = if used_lists { " (lists)" } else { "" };
             measured.push(Measured {
@@ -1182,7 +1185,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
             }
         }
     }
-    report.text("Bytes a client downloads and CPU it spends verifying, per update. (a) linear: every block since the last update, the timeline's too (for freshness). (b) TUF-style: every committee or policy version in turn, then the newest block; the timeline likewise. (c) skipchain per project, no timeline: the `GetProofs` answers (256 chains each) a client gets naming the committee it holds; a roster change shared by many chains travels once per answer at most. (d) what `chainiac update` downloads. Its chains were reconciled with its timeline block at the last update, so it first asks for the timeline's change lists since then (`GetTimelineChanges`, capped at what its inclusion proofs would cost): where the witness serves them (marked \"(lists)\"), (d) is those answers — every timeline block since, each entry with the heads that moved in it, every project's, followed or not — and the `GetLinkedProofs` answers for the followed chains that moved; elsewhere the witness's refusal and then the `GetTimelineBatch` answers (one multi-leaf inclusion proof per 1,024 chains), the timeline's own forward proof (every roster change, once), and the `GetLinkedProofs` answers: per chain, the headers linking the head the timeline records down to the client's block (hashes only, no signature, no landing on checkpoints), with the committee and policy in force there unless the client names the committee as held. (d1) what `chainiac update --every-hop` downloads: the same timeline part (change lists where (d) takes them, then only for the chains that moved), then `GetProofs` answers (forward proofs, one signature per committee of each chain, landing on every roster and key change) naming every committee the client holds. \"floor\": the new release records alone (each project's newest new release payload: manifest, developer signatures, attestations), which any client that learns the new releases must download whatever its proofs; where the floor exceeds 1/20 of (a), no protocol meets the goal. Bytes are serialized message bodies (postcard), CPU is decoding and verifying them.\n");
+    report.text("Bytes a client downloads and CPU it spends verifying, per update. (a) linear: every block since the last update, the timeline's too (for freshness). (b) TUF-style: every committee or policy version in turn, then the newest block; the timeline likewise. (c) skipchain per project, no timeline: the `GetProofs` answers (256 chains each) a client gets naming the committee it holds; a roster change shared by many chains travels once per answer at most. (d) what `chainiac update` downloads. Its chains were reconciled with its timeline block at the last update, so it first asks for the timeline's change lists since then (`GetTimelineChanges`, capped at what its inclusion proofs would cost): where the witness serves them (marked \"(lists)\"), (d) is those answers — every timeline block since, each entry with the 4-byte chain prefix of every head that moved in it (every project's, followed or not) and the heads whose prefix the client follows opened — and the `GetLinkedProofs` answers for the followed chains that moved; elsewhere the witness's refusal and then the `GetTimelineBatch` answers (one multi-leaf inclusion proof per 1,024 chains), the timeline's own forward proof (every roster change, once), and the `GetLinkedProofs` answers: per chain, the headers linking the head the timeline records down to the client's block (hashes only, no signature, no landing on checkpoints), with the committee and policy in force there unless the client names the committee as held. (d1) what `chainiac update --every-hop` downloads: the same timeline part (change lists where (d) takes them, then only for the chains that moved), then `GetProofs` answers (forward proofs, one signature per committee of each chain, landing on every roster and key change) naming every committee the client holds. \"floor\": the new release records alone (each project's newest new release payload: manifest, developer signatures, attestations), which any client that learns the new releases must download whatever its proofs; where the floor exceeds 1/20 of (a), no protocol meets the goal. Bytes are serialized message bodies (postcard), CPU is decoding and verifying them.\n");
     report.table(
         &[
             "every D days",

@@ -76,9 +76,14 @@ impl Handler for Liar {
                 Response::Proofs(proofs)
             }
             Ok(Response::TimelineChanges(mut changes)) => {
-                // Hides a move: drops the first non-empty change list's leaves.
-                if let Some(block) = changes.blocks.iter_mut().find(|b| !b.changes.is_empty()) {
-                    block.changes.clear();
+                // Hides a move: leaves out the first opened leaf, and bends its prefix so
+                // that the client would not look for it.
+                if let Some(block) = changes.blocks.iter_mut().find(|b| !b.opened.is_empty()) {
+                    let hidden = block.opened.remove(0);
+                    let prefix = chainiac_skipchain::timeline::chain_prefix(&hidden.chain);
+                    if let Some(p) = block.prefixes.iter_mut().find(|p| **p == prefix) {
+                        p[3] ^= 0x80;
+                    }
                 }
                 Response::TimelineChanges(changes)
             }

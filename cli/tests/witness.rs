@@ -351,13 +351,23 @@ async fn timeline_change_lists_name_every_moved_head() {
     recorded_for(other, 1).await;
     let first = recorded(3).await;
 
+    // The client follows both chains: the lists open their leaves and show the others'
+    // chain prefixes only.
+    let both = [project, other];
+    let watched = || both.iter().map(chainiac_skipchain::timeline::chain_prefix).collect::<Vec<_>>();
     // Any witness that checked every block since holds the lists (one that caught up
     // while heads moved may miss some and says so).
     let ask = |from: u64| {
         let cluster = &cluster;
         async move {
             for witness in &cluster.witnesses {
-                let request = Request::GetTimelineChanges { timeline, from, held_committees: vec![], max_bytes: 0 };
+                let request = Request::GetTimelineChanges {
+                    timeline,
+                    from,
+                    watched: watched(),
+                    held_committees: vec![],
+                    max_bytes: 0,
+                };
                 match cluster.client.call(witness, request).await {
                     Ok(Response::TimelineChanges(answer)) => return Some(answer),
                     other => eprintln!("no change lists: {other:?}"),
@@ -373,7 +383,7 @@ async fn timeline_change_lists_name_every_moved_head() {
     let project_head = cluster.prove_from_genesis(0, project, &project_genesis).await;
     let other_head = cluster.prove_from_genesis(0, other, &other_genesis).await;
     if let Some(answer) = ask(0).await {
-        let seen = answer.verify_with(&genesis, |_| None).unwrap().into_inner();
+        let seen = answer.verify_with(&genesis, |_| None, &both).unwrap().into_inner();
         if seen.caught.state.index() >= first.index {
             assert_eq!(seen.moved.len(), 2, "{:?}", seen.moved);
             assert_eq!((seen.moved[&project].index, seen.moved[&project].id), (3, project_head.id));
@@ -394,24 +404,24 @@ async fn timeline_change_lists_name_every_moved_head() {
         cluster.propose(1, project, format!("p{head}").as_bytes()).await.unwrap();
         let recording = recorded(head).await;
         let Some(answer) = ask(held.index()).await else { continue };
-        let seen = answer.verify_with(&held, |_| None).unwrap().into_inner();
+        let seen = answer.verify_with(&held, |_| None, &both).unwrap().into_inner();
         if seen.caught.state.index() < recording.index {
             continue;
         }
         assert_eq!(seen.moved.keys().copied().collect::<Vec<_>>(), vec![project]);
         assert_eq!(seen.moved[&project].index, head);
-        // A list cut short does not verify.
+        // A list with the move left out does not verify.
         let mut cut = answer.clone();
-        if let Some(block) = cut.blocks.iter_mut().find(|b| !b.changes.is_empty()) {
-            block.changes.clear();
-        }
-        assert!(cut.verify_with(&held, |_| None).is_err());
+        let block = cut.blocks.iter_mut().find(|b| !b.opened.is_empty()).expect("the move is opened");
+        block.opened.clear();
+        assert!(cut.verify_with(&held, |_| None, &both).is_err());
         checked = true;
         break;
     }
     assert!(checked, "five tries, each with a block in between that went without a list");
     // A client that would rather take inclusion proofs says how much it would pay.
-    let request = Request::GetTimelineChanges { timeline, from: 0, held_committees: vec![], max_bytes: 10 };
+    let request =
+        Request::GetTimelineChanges { timeline, from: 0, watched: watched(), held_committees: vec![], max_bytes: 10 };
     let error = cluster.client.call(&cluster.witnesses[1], request).await.unwrap_err();
     assert!(refusal(&error).message.contains("more than the 10 asked"), "{error}");
 
@@ -464,8 +474,13 @@ async fn timeline_change_lists_name_every_moved_head() {
     }
     let mut named = false;
     for witness in &cluster.witnesses {
-        let request =
-            Request::GetTimelineChanges { timeline, from: listless - 2, held_committees: vec![], max_bytes: 0 };
+        let request = Request::GetTimelineChanges {
+            timeline,
+            from: listless - 2,
+            watched: watched(),
+            held_committees: vec![],
+            max_bytes: 0,
+        };
         match cluster.client.call(witness, request).await {
             Ok(answer) => panic!("lists across a block without one: {answer:?}"),
             Err(error) => {
@@ -481,6 +496,6 @@ async fn timeline_change_lists_name_every_moved_head() {
     };
     let at_listless = proof.verify(&genesis).unwrap().into_inner().state;
     let after = ask(listless).await.expect("lists after the list-less block");
-    let seen = after.verify_with(&at_listless, |_| None).unwrap().into_inner();
+    let seen = after.verify_with(&at_listless, |_| None, &both).unwrap().into_inner();
     assert!(seen.caught.state.index() > listless && seen.moved.is_empty(), "{seen:?}");
 }

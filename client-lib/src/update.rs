@@ -30,7 +30,9 @@ use chainiac_proto::{
 };
 use chainiac_release::{Policy, TimeWindow, KIND_RELEASE};
 use chainiac_skipchain::block::payload_hash;
-use chainiac_skipchain::timeline::{changes_page_full, inclusion_cost, HeadLeaf, TimelineEntry};
+use chainiac_skipchain::timeline::{
+    chain_prefix, changes_cost, changes_page_full, inclusion_cost, HeadLeaf, TimelineEntry,
+};
 use chainiac_skipchain::{BlockId, CatchUp, ChainId, ChainState, Committee, LinkedProof, Proof, ProofError};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -385,7 +387,11 @@ impl Client {
         let trusted = self.state.chains.get(&timeline)?;
         let at = trusted.index();
         let n = self.state.timeline_chains;
-        if n == 0 || projects.is_empty() || !projects.iter().all(|c| self.state.synced.get(c) == Some(&at)) {
+        if n == 0
+            || projects.is_empty()
+            || projects.len() > chainiac_proto::MAX_WATCHED_PREFIXES
+            || !projects.iter().all(|c| self.state.synced.get(c) == Some(&at))
+        {
             return None;
         }
         let max_bytes = inclusion_cost(projects.len() as u64, n, MAX_TIMELINE_CHAINS as u64);
@@ -419,10 +425,14 @@ impl Client {
         let mut local = held.clone();
         let mut state = trusted.to_state();
         let (mut hops, mut checkpoints, mut newest, mut moved) = (0, Vec::new(), None, BTreeMap::new());
+        let mut watched: Vec<_> = projects.iter().map(chain_prefix).collect();
+        watched.sort_unstable();
+        watched.dedup();
         loop {
             let request = Request::GetTimelineChanges {
                 timeline,
                 from: state.index(),
+                watched: watched.clone(),
                 held_committees: local.newest(),
                 max_bytes,
             };
@@ -435,7 +445,7 @@ impl Client {
                 Err(e) => return Err((format!("unavailable: {e}"), Stop::Member)),
             };
             let seen = answer
-                .verify_with(&state, |h| local.get(h))
+                .verify_with(&state, |h| local.get(h), projects)
                 .map_err(|e| (format!("lied: change lists: {e}"), Stop::Member))?
                 .into_inner();
             local.learn(&answer.proof);
@@ -444,9 +454,10 @@ impl Client {
             state = seen.caught.state;
             moved.extend(seen.moved);
             newest = seen.entry.or(newest);
-            let lengths: Vec<usize> = answer.blocks.iter().map(|b| b.changes.len()).collect();
+            let costs: Vec<u64> =
+                answer.blocks.iter().map(|b| changes_cost(b.prefixes.len(), b.opened.len())).collect();
             let budget = chainiac_proto::PROOFS_RESPONSE_BUDGET as u64;
-            if !changes_page_full(&lengths, chainiac_proto::MAX_CHANGE_BLOCKS, budget) {
+            if !changes_page_full(&costs, chainiac_proto::MAX_CHANGE_BLOCKS, budget) {
                 break;
             }
         }

@@ -7,7 +7,7 @@
 use crate::frame::FrameClass;
 use chainiac_cosi::protocol::{Challenge, Commitment, Response as CosiResponse, SessionId};
 use chainiac_release::{Attestation, DeveloperSignature, Manifest, ManifestId};
-use chainiac_skipchain::timeline::{InclusionProof, MultiInclusionProof, TimelineChanges, TimelineEntry};
+use chainiac_skipchain::timeline::{ChainPrefix, InclusionProof, MultiInclusionProof, TimelineChanges, TimelineEntry};
 use chainiac_skipchain::{BackwardProof, Block, BlockId, ChainId, Header, LinkedProof, Proof, Proposal};
 use serde::{Deserialize, Serialize};
 
@@ -77,12 +77,20 @@ pub enum Request {
     /// to the head. Committees as in [`Request::GetProofs`].
     GetLinkedProofs { queries: Vec<LinkedQuery>, with_payload: bool, held_committees: Vec<[u8; 32]> },
     /// Every block of `timeline` after the client's block `from`, with each entry's change
-    /// list, up to [`MAX_CHANGE_BLOCKS`] blocks or [`PROOFS_RESPONSE_BUDGET`] of lists
+    /// list as a client following chains with the `watched` prefixes (at most
+    /// [`MAX_WATCHED_PREFIXES`]) needs it (`timeline::ChangedBlock`), up to
+    /// [`MAX_CHANGE_BLOCKS`] blocks or [`PROOFS_RESPONSE_BUDGET`] of lists
     /// (`timeline::changes_page_end`; the client asks again from where a full answer
     /// stopped). Committees as in [`Request::GetProofs`]. Refused if all the lists
     /// since `from` would take more than about `max_bytes` (0: no limit): the client then
     /// takes inclusion proofs, the cheaper path.
-    GetTimelineChanges { timeline: ChainId, from: u64, held_committees: Vec<[u8; 32]>, max_bytes: u64 },
+    GetTimelineChanges {
+        timeline: ChainId,
+        from: u64,
+        watched: Vec<ChainPrefix>,
+        held_committees: Vec<[u8; 32]>,
+        max_bytes: u64,
+    },
 }
 
 /// Most chains one [`Request::GetProofs`] may name.
@@ -97,6 +105,9 @@ pub fn changes_too_large(from: u64, size: u64, max_bytes: u64) -> ErrorReply {
     )
 }
 
+/// Most chain prefixes one [`Request::GetTimelineChanges`] may watch: with the most held
+/// committees the request still fits a query frame (64 KiB).
+pub const MAX_WATCHED_PREFIXES: usize = 15_360;
 /// Most blocks one [`Response::TimelineChanges`] holds.
 pub const MAX_CHANGE_BLOCKS: u64 = 1024;
 /// Most chains one [`Request::GetTimelineBatch`] may name.
@@ -359,6 +370,19 @@ mod tests {
         parts.concat()
     }
 
+    /// The largest change-list request a client may send fits a query frame.
+    #[test]
+    fn the_largest_change_list_request_fits_a_query_frame() {
+        let request = Request::GetTimelineChanges {
+            timeline: BlockId([0xff; 32]),
+            from: u64::MAX,
+            watched: vec![[0xff; 4]; MAX_WATCHED_PREFIXES],
+            held_committees: vec![[0xff; 32]; MAX_HELD_COMMITTEES],
+            max_bytes: u64::MAX,
+        };
+        assert!(crate::frame::encode(request.class(), &request).is_ok());
+    }
+
     /// SPEC §10.3: the batched messages, byte for byte (postcard: varint tags and lengths,
     /// arrays raw, `Option` and `Result` as a 0/1 tag).
     #[test]
@@ -408,10 +432,11 @@ mod tests {
         let request = Request::GetTimelineChanges {
             timeline: BlockId([6; 32]),
             from: 300,
+            watched: vec![[1, 2, 3, 4]],
             held_committees: vec![],
             max_bytes: 1000,
         };
-        let expected = bytes(&[&[23], &[6; 32], &[0xac, 0x02, 0, 0xe8, 0x07]]);
+        let expected = bytes(&[&[23], &[6; 32], &[0xac, 0x02, 1, 1, 2, 3, 4, 0, 0xe8, 0x07]]);
         assert_eq!(postcard::to_allocvec(&request).unwrap(), expected);
         assert_eq!(postcard::from_bytes::<Request>(&expected).unwrap(), request);
         assert_eq!(request.class(), FrameClass::Query);
@@ -421,10 +446,23 @@ mod tests {
             proof: Proof { steps: vec![], payload: None },
             blocks: vec![ChangedBlock {
                 entry: TimelineEntry { time_ms: 1, chains: 1, root: [9; 32], changes: Some([10; 32]) },
-                changes: vec![leaf],
+                prefixes: vec![[7; 4]],
+                opened: vec![leaf],
+                hashes: vec![],
             }],
         });
-        let expected = bytes(&[&[19, 0, 0, 1, 1, 1], &[9; 32], &[1], &[10; 32], &[1], &[7; 32], &[2], &[8; 32]]);
+        let expected = bytes(&[
+            &[19, 0, 0, 1, 1, 1],
+            &[9; 32],
+            &[1],
+            &[10; 32],
+            &[1, 7, 7, 7, 7],
+            &[1],
+            &[7; 32],
+            &[2],
+            &[8; 32],
+            &[0],
+        ]);
         assert_eq!(postcard::to_allocvec(&response).unwrap(), expected);
         assert_eq!(postcard::from_bytes::<Response>(&expected).unwrap(), response);
     }

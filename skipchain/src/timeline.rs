@@ -22,8 +22,15 @@ pub const TAG_LEAF: &str = "chainiac/v1/timeline/leaf";
 pub const TAG_NODE: &str = "chainiac/v1/timeline/node";
 /// Root of an empty tree: `SHA3-256(tagged(TAG_EMPTY))`.
 pub const TAG_EMPTY: &str = "chainiac/v1/timeline/empty";
-/// Change list hash: `SHA3-256(tagged(TAG_CHANGES) || encode(Vec<HeadLeaf>))`.
+/// Change list hash: `SHA3-256(tagged(TAG_CHANGES) || u64be(m) || the m leaves' chain
+/// prefixes || the root of the list's own tree)`; see [`changes_hash`].
 pub const TAG_CHANGES: &str = "chainiac/v1/timeline/changes";
+/// How many leading bytes of a chain id a change list shows for each leaf: enough that a
+/// client following 15,000 chains meets a stranger's prefix about once in 290,000 leaves,
+/// few enough that the lists of a busy registry stay small.
+pub const PREFIX_LEN: usize = 4;
+/// The leading bytes of a chain id a change list shows.
+pub type ChainPrefix = [u8; PREFIX_LEN];
 /// The most leaves an entry's change list may hold; with more, the entry records none.
 pub const MAX_CHANGES: usize = 16_384;
 
@@ -58,10 +65,30 @@ pub struct TimelineEntry {
     pub changes: Option<[u8; 32]>,
 }
 
-/// The hash an entry records for its change list.
+/// The first [`PREFIX_LEN`] bytes of `chain`.
+pub fn chain_prefix(chain: &ChainId) -> ChainPrefix {
+    let mut prefix = [0; PREFIX_LEN];
+    prefix.copy_from_slice(&chain.0[..PREFIX_LEN]);
+    prefix
+}
+
+/// The hash an entry records for its change list (sorted by chain): it commits to every
+/// leaf's chain prefix in the clear and to the leaves through a Merkle tree over them (the
+/// timeline tree's shape and hashes, in list order), so a client downloads the prefixes
+/// and opens only the leaves whose prefix it follows.
 pub fn changes_hash(changes: &[HeadLeaf]) -> [u8; 32] {
-    let bytes = postcard::to_allocvec(changes).expect("leaves serialize");
-    hash::sha3_256(TAG_CHANGES, &[&bytes])
+    let prefixes: Vec<ChainPrefix> = changes.iter().map(|leaf| chain_prefix(&leaf.chain)).collect();
+    commit_changes(&prefixes, &HeadSet::in_order(changes.to_vec()).root())
+}
+
+fn commit_changes(prefixes: &[ChainPrefix], list_root: &[u8; 32]) -> [u8; 32] {
+    let mut h = hash::sha3_256_tagged(TAG_CHANGES);
+    h.update((prefixes.len() as u64).to_be_bytes());
+    for prefix in prefixes {
+        h.update(prefix);
+    }
+    h.update(list_root);
+    h.finalize().into()
 }
 
 impl TimelineEntry {
@@ -103,6 +130,12 @@ impl HeadSet {
     pub fn new(mut leaves: Vec<HeadLeaf>) -> Self {
         leaves.sort_unstable_by(|a, b| a.chain.cmp(&b.chain).then(b.index.cmp(&a.index)));
         leaves.dedup_by_key(|l| l.chain);
+        Self::in_order(leaves)
+    }
+
+    /// The tree over `leaves` as given: for change lists, which are sorted already (and
+    /// hashed as sent, even if not). [`HeadSet::leaf`] needs sorted leaves.
+    fn in_order(leaves: Vec<HeadLeaf>) -> Self {
         let mut levels = vec![leaves.iter().map(HeadLeaf::hash).collect::<Vec<_>>()];
         while levels.last().is_some_and(|level| level.len() >= 2) {
             let below = levels.last().expect("checked above");
@@ -155,6 +188,11 @@ impl HeadSet {
             changes: changes.as_deref().map(changes_hash),
         };
         (entry, changes)
+    }
+
+    /// The leaves, sorted by chain.
+    pub fn leaves(&self) -> &[HeadLeaf] {
+        &self.leaves
     }
 
     pub fn leaf(&self, chain: &ChainId) -> Option<&HeadLeaf> {
@@ -404,37 +442,34 @@ pub fn inclusion_cost(p: u64, n: u64, per_answer: u64) -> u64 {
     p * (40 + (32.0 * hashes) as u64) + 120 * p.div_ceil(per_answer.max(1))
 }
 
-/// About what the change lists of timeline blocks with `list_lengths` leaves take: 250
-/// bytes a block (its step and entry) and 72 a leaf. What a witness compares with the
-/// client's offer (SPEC §10.3).
-pub fn changes_cost(list_lengths: impl IntoIterator<Item = usize>) -> u64 {
-    list_lengths.into_iter().map(|len| 250 + 72 * len as u64).sum()
+/// About what a block of change lists takes in an answer: 250 bytes for its step and
+/// entry, 4 per leaf (its chain prefix), and per leaf opened (its prefix is watched) the
+/// leaf and a share of the list tree's hashes. What a witness compares with the client's
+/// offer and pages by (SPEC §10.3); `(listed, opened)` leaves.
+pub fn changes_cost(listed: usize, opened: usize) -> u64 {
+    let depth = (usize::BITS - listed.leading_zeros()) as u64;
+    250 + PREFIX_LEN as u64 * listed as u64 + opened as u64 * (72 + 32 * depth)
 }
 
 /// The last block of a page of change lists after block `from` (none past `head`): it
-/// stops before the first block whose list `list_len` does not have, after `max_blocks`
-/// blocks, or once the page's [`changes_cost`] reached `budget`. Returns `from` for an
-/// empty page.
-pub fn changes_page_end(
-    from: u64,
-    head: u64,
-    list_len: impl Fn(u64) -> Option<usize>,
-    max_blocks: u64,
-    budget: u64,
-) -> u64 {
-    let (mut end, mut cost) = (from, 0);
-    while end < head && end - from < max_blocks && cost < budget {
-        let Some(len) = list_len(end + 1) else { break };
-        cost += changes_cost([len]);
+/// stops before the first block whose list `cost` does not have (else it gives the
+/// block's [`changes_cost`]), after `max_blocks` blocks, or once the page's cost reached
+/// `budget`. Returns `from` for an empty page.
+pub fn changes_page_end(from: u64, head: u64, cost: impl Fn(u64) -> Option<u64>, max_blocks: u64, budget: u64) -> u64 {
+    let (mut end, mut total) = (from, 0);
+    while end < head && end - from < max_blocks && total < budget {
+        let Some(block) = cost(end + 1) else { break };
+        total += block;
         end += 1;
     }
     end
 }
 
-/// Whether a page of change lists with `list_lengths` stopped for its size (the count or
-/// the budget of [`changes_page_end`]), so that more may follow: the client asks again.
-pub fn changes_page_full(list_lengths: &[usize], max_blocks: u64, budget: u64) -> bool {
-    list_lengths.len() as u64 >= max_blocks || changes_cost(list_lengths.iter().copied()) >= budget
+/// Whether a page of change lists whose blocks cost `costs` stopped for its size (the
+/// count or the budget of [`changes_page_end`]), so that more may follow: the client asks
+/// again.
+pub fn changes_page_full(costs: &[u64], max_blocks: u64, budget: u64) -> bool {
+    costs.len() as u64 >= max_blocks || costs.iter().sum::<u64>() >= budget
 }
 
 /// Every timeline block after the verifier's, with each entry's change list: a client whose
@@ -451,11 +486,71 @@ pub struct TimelineChanges {
     pub blocks: Vec<ChangedBlock>,
 }
 
-/// One timeline block's entry and its change list.
+/// One timeline block's entry and its change list as a client watching some chains needs
+/// it: every leaf's chain prefix, and the leaves whose prefix it watches with the hashes
+/// that tie them to the list's tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangedBlock {
     pub entry: TimelineEntry,
-    pub changes: Vec<HeadLeaf>,
+    /// [`chain_prefix`] of every leaf of the list, in list order.
+    pub prefixes: Vec<ChainPrefix>,
+    /// The leaves at every position whose prefix is watched, in list order.
+    pub opened: Vec<HeadLeaf>,
+    /// The roots of the list tree's maximal subtrees that hold no opened leaf, depth first
+    /// and left first (as in [`MultiInclusionProof`]); none for an empty list.
+    pub hashes: Vec<[u8; 32]>,
+}
+
+impl ChangedBlock {
+    /// What a client watching `watched` prefixes gets of `entry`'s change list `list`.
+    pub fn new(entry: TimelineEntry, list: &ChangeList, watched: &std::collections::HashSet<ChainPrefix>) -> Self {
+        let prefixes: Vec<ChainPrefix> = list.0.leaves.iter().map(|leaf| chain_prefix(&leaf.chain)).collect();
+        let positions: Vec<usize> = (0..prefixes.len()).filter(|&j| watched.contains(&prefixes[j])).collect();
+        let mut hashes = Vec::new();
+        if positions.is_empty() {
+            if !prefixes.is_empty() {
+                hashes.push(list.0.root());
+            }
+        } else {
+            list.0.siblings(0, prefixes.len(), &positions, &mut hashes);
+        }
+        let opened = positions.iter().map(|&j| list.0.leaves[j]).collect();
+        ChangedBlock { entry, prefixes, opened, hashes }
+    }
+}
+
+/// A change list with its tree, as a witness keeps it to answer many clients.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangeList(HeadSet);
+
+impl ChangeList {
+    /// The list of leaves (sorted by chain, as [`HeadSet::changes_since`] gives them).
+    pub fn new(leaves: Vec<HeadLeaf>) -> Self {
+        ChangeList(HeadSet::in_order(leaves))
+    }
+
+    pub fn leaves(&self) -> &[HeadLeaf] {
+        &self.0.leaves
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.leaves.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.leaves.is_empty()
+    }
+
+    /// What [`changes_hash`] gives for this list.
+    pub fn hash(&self) -> [u8; 32] {
+        let prefixes: Vec<ChainPrefix> = self.0.leaves.iter().map(|leaf| chain_prefix(&leaf.chain)).collect();
+        commit_changes(&prefixes, &self.0.root())
+    }
+
+    /// How many of its leaves a client watching `watched` opens.
+    pub fn opened(&self, watched: &std::collections::HashSet<ChainPrefix>) -> usize {
+        self.0.leaves.iter().filter(|leaf| watched.contains(&chain_prefix(&leaf.chain))).count()
+    }
 }
 
 /// What a verified [`TimelineChanges`] shows.
@@ -465,7 +560,7 @@ pub struct SeenChanges {
     pub caught: CatchUp,
     /// The last block's entry (None if no block followed the verifier's).
     pub entry: Option<TimelineEntry>,
-    /// The newest head recorded for every chain that any of the blocks lists.
+    /// The newest head recorded for every watched chain that any of the blocks lists.
     pub moved: BTreeMap<ChainId, HeadLeaf>,
 }
 
@@ -487,16 +582,36 @@ pub enum ChangesError {
     ChangesHash { index: u64 },
     #[error("block {index}: the change list is not sorted by chain, or lists a chain twice")]
     ChangesOrder { index: u64 },
+    #[error("block {index}: {watched} leaves have a watched prefix but {opened} are opened")]
+    Opened { index: u64, watched: usize, opened: usize },
+    #[error("block {index}: an opened leaf's chain does not have the prefix at its position")]
+    Prefix { index: u64 },
 }
 
 impl TimelineChanges {
+    /// What a witness answers a client watching `watched`: `proof` through every block of
+    /// a page (`store::prove_each`), and each of those blocks' entry and change list.
+    pub fn answer<'a>(
+        proof: Proof,
+        blocks: impl IntoIterator<Item = (TimelineEntry, &'a ChangeList)>,
+        watched: &std::collections::HashSet<ChainPrefix>,
+    ) -> Self {
+        let blocks = blocks.into_iter().map(|(entry, list)| ChangedBlock::new(entry, list, watched)).collect();
+        TimelineChanges { proof, blocks }
+    }
+
     /// Checks the proof from `trusted` (committees left out taken from `held`), that it
-    /// covers every block after it, and each entry and change list against its block.
+    /// covers every block after it, and each entry and change list against its block, for
+    /// a client following the chains `watched`: every leaf with a watched prefix must be
+    /// opened, so none of theirs can be left out.
     pub fn verify_with(
         &self,
         trusted: &ChainState,
         held: impl Fn(&[u8; 32]) -> Option<Committee>,
+        watched: &[ChainId],
     ) -> Result<Verified<SeenChanges>, ChangesError> {
+        let prefixes: std::collections::HashSet<ChainPrefix> = watched.iter().map(chain_prefix).collect();
+        let watched: std::collections::HashSet<&ChainId> = watched.iter().collect();
         let steps = &self.proof.steps;
         if steps.len() != self.blocks.len() {
             return Err(ChangesError::Count { steps: steps.len(), blocks: self.blocks.len() });
@@ -518,15 +633,38 @@ impl TimelineChanges {
             if block.entry.time_ms != s.header.timestamp_ms {
                 return Err(ChangesError::EntryTime { index });
             }
-            match block.entry.changes {
-                None => return Err(ChangesError::NotRecorded { index }),
-                Some(hash) if hash != changes_hash(&block.changes) => return Err(ChangesError::ChangesHash { index }),
-                Some(_) => {}
-            }
-            if block.changes.windows(2).any(|pair| pair[0].chain >= pair[1].chain) {
+            let Some(recorded) = block.entry.changes else {
+                return Err(ChangesError::NotRecorded { index });
+            };
+            if block.prefixes.windows(2).any(|pair| pair[0] > pair[1]) {
                 return Err(ChangesError::ChangesOrder { index });
             }
-            moved.extend(block.changes.iter().map(|leaf| (leaf.chain, *leaf)));
+            let positions: Vec<u64> = (0..block.prefixes.len())
+                .filter(|&j| prefixes.contains(&block.prefixes[j]))
+                .map(|j| j as u64)
+                .collect();
+            if positions.len() != block.opened.len() {
+                return Err(ChangesError::Opened { index, watched: positions.len(), opened: block.opened.len() });
+            }
+            if block.opened.windows(2).any(|pair| pair[0].chain >= pair[1].chain) {
+                return Err(ChangesError::ChangesOrder { index });
+            }
+            let leaves: Vec<(u64, HeadLeaf)> = positions.into_iter().zip(block.opened.iter().copied()).collect();
+            if leaves.iter().any(|(j, leaf)| chain_prefix(&leaf.chain) != block.prefixes[*j as usize]) {
+                return Err(ChangesError::Prefix { index });
+            }
+            let root = if block.prefixes.is_empty() {
+                block.hashes.is_empty().then(|| hash::sha3_256(TAG_EMPTY, &[]))
+            } else {
+                let mut hashes = block.hashes.iter();
+                fold(0, block.prefixes.len() as u64, &leaves, &mut hashes).ok().filter(|_| hashes.len() == 0)
+            };
+            if root.map(|root| commit_changes(&block.prefixes, &root)) != Some(recorded) {
+                return Err(ChangesError::ChangesHash { index });
+            }
+            moved.extend(
+                block.opened.iter().filter(|leaf| watched.contains(&leaf.chain)).map(|leaf| (leaf.chain, *leaf)),
+            );
         }
         let entry = self.blocks.last().map(|b| b.entry.clone());
         Ok(Verified::new(SeenChanges { caught, entry, moved }))
@@ -570,10 +708,10 @@ mod tests {
             budget in 1u64..400_000,
         ) {
             let head = from + lens.len() as u64;
-            let list = |k: u64| lens[(k - from - 1) as usize];
+            let list = |k: u64| lens[(k - from - 1) as usize].map(|len| changes_cost(len, len / 50));
             let end = changes_page_end(from, head, list, max_blocks, budget);
             prop_assert!(end >= from && end <= head && end - from <= max_blocks);
-            let page: Vec<usize> = ((from + 1)..=end).map(|k| list(k).expect("only held lists")).collect();
+            let page: Vec<u64> = ((from + 1)..=end).map(|k| list(k).expect("only held lists")).collect();
             let full = changes_page_full(&page, max_blocks, budget);
             if !full {
                 prop_assert!(end == head || list(end + 1).is_none());
@@ -699,6 +837,29 @@ mod tests {
             let empty = MultiInclusionProof { size: n as u64, present: vec![0; asked.div_ceil(8)], leaves: vec![], hashes: vec![] };
             prop_assert_eq!(empty.verify(&entry, &chosen), Err(InclusionError::NoLeaf));
         }
+    }
+
+    /// SPEC §8: the change list hash, byte for byte.
+    #[test]
+    fn change_list_hash_vector() {
+        let list = [HeadLeaf { chain: BlockId([7; 32]), index: 2, id: BlockId([8; 32]) }];
+        let mut input = hash::sha3_256_tagged(TAG_CHANGES);
+        input.update(1u64.to_be_bytes());
+        input.update([7; 4]);
+        input.update(list[0].hash());
+        let expected: [u8; 32] = input.finalize().into();
+        assert_eq!(changes_hash(&list), expected);
+        assert_eq!(ChangeList::new(list.to_vec()).hash(), expected);
+        assert_eq!(hex(&expected), "69cc7d76472e52192f3d8cc9ac1dae5483a1afdf5645a0827535a4226f9120bf");
+        let empty = [hash::sha3_256(TAG_EMPTY, &[])].concat();
+        let mut input = hash::sha3_256_tagged(TAG_CHANGES);
+        input.update(0u64.to_be_bytes());
+        input.update(&empty);
+        assert_eq!(changes_hash(&[]), <[u8; 32]>::from(input.finalize()));
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     #[test]

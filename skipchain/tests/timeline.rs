@@ -5,20 +5,29 @@ mod common;
 
 use chainiac_cosi::hash;
 use chainiac_skipchain::store::{self, MemoryStore, Store};
-use chainiac_skipchain::timeline::{ChangedBlock, ChangesError, HeadLeaf, HeadSet, TimelineChanges, TimelineEntry};
+use chainiac_skipchain::timeline::{
+    chain_prefix, ChangeList, ChangesError, HeadLeaf, HeadSet, TimelineChanges, TimelineEntry,
+};
 use chainiac_skipchain::{BlockId, ChainParams, ChainState};
 use common::TestChain;
 use proptest::prelude::*;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 fn state_at(chain: &TestChain<MemoryStore>, index: u64) -> ChainState {
     let proof = store::prove(&chain.store, &chain.chain, 0, index, false).unwrap();
     proof.verify(&chain.genesis_state()).unwrap().into_inner().state
 }
 
+/// Chain `k`; every third one (k ≡ 2 mod 3) shares the prefix of the one before, so
+/// that a client watching that one meets a stranger with its prefix.
 fn chain_id(k: u64) -> BlockId {
+    if k % 3 == 2 {
+        let mut id = chain_id(k - 1);
+        id.0[31] ^= 0x55;
+        return id;
+    }
     BlockId(hash::sha3_256("test/chain", &[&k.to_be_bytes()]))
 }
 
@@ -62,21 +71,23 @@ fn timeline(seed: u64, blocks: u64, unrecorded: &[u64]) -> (TestChain<MemoryStor
     (chain, sets, lists)
 }
 
-/// The answer a witness gives a client at block `from`: every block after it with its
-/// entry and change list.
-fn changes_from(chain: &TestChain<MemoryStore>, lists: &[Vec<HeadLeaf>], from: u64) -> TimelineChanges {
+/// The answer a witness gives a client at block `from` that watches `watched`: every
+/// block after it with its entry and what the client needs of its change list.
+fn changes_from(
+    chain: &TestChain<MemoryStore>,
+    lists: &[Vec<HeadLeaf>],
+    from: u64,
+    watched: &[BlockId],
+) -> TimelineChanges {
     let head = chain.head().index();
     let proof = store::prove_each(&chain.store, &chain.chain, from, head).unwrap();
-    let blocks = ((from + 1)..=head)
-        .map(|k| {
-            let block = chain.store.block(&chain.chain, k).unwrap().unwrap();
-            ChangedBlock {
-                entry: TimelineEntry::from_bytes(&block.payload).unwrap(),
-                changes: lists[k as usize].clone(),
-            }
-        })
-        .collect();
-    TimelineChanges { proof, blocks }
+    let lists: Vec<ChangeList> = lists.iter().map(|l| ChangeList::new(l.clone())).collect();
+    let entries = ((from + 1)..=head).map(|k| {
+        let block = chain.store.block(&chain.chain, k).unwrap().unwrap();
+        (TimelineEntry::from_bytes(&block.payload).unwrap(), &lists[k as usize])
+    });
+    let prefixes: HashSet<_> = watched.iter().map(chain_prefix).collect();
+    TimelineChanges::answer(proof, entries, &prefixes)
 }
 
 proptest! {
@@ -98,38 +109,80 @@ proptest! {
         }
     }
 
-    /// From any block, the verified change lists name every chain whose head differs at
-    /// the newest block, with that head, and no other; the proof covers every block, and a
-    /// list, entry or block changed, dropped or left unrecorded is refused.
+    /// From any block, the verified change lists name every watched chain whose head
+    /// differs at the newest block, with that head, and no other; every leaf with a watched
+    /// prefix is opened (strangers sharing a prefix too); the proof covers every block; and
+    /// a leaf, prefix, entry or block changed, dropped or left unrecorded is refused.
     #[test]
-    fn change_lists_show_every_move_since_any_block(seed in any::<u64>(), blocks in 1u64..40, pick in any::<u64>()) {
+    fn change_lists_show_every_move_since_any_block(
+        seed in any::<u64>(),
+        blocks in 1u64..40,
+        pick in any::<u64>(),
+        watch in any::<u64>(),
+    ) {
         let (chain, sets, lists) = timeline(seed, blocks, &[]);
         let from = pick % (blocks + 1);
         let trusted = state_at(&chain, from);
-        let answer = changes_from(&chain, &lists, from);
-        let seen = answer.verify_with(&trusted, |_| None).unwrap().into_inner();
+        let watched: Vec<BlockId> = (0..64).filter(|c| watch >> c & 1 == 1).map(chain_id).collect();
+        let answer = changes_from(&chain, &lists, from, &watched);
+        let seen = answer.verify_with(&trusted, |_| None, &watched).unwrap().into_inner();
         prop_assert_eq!(seen.caught.state.index(), blocks);
         prop_assert_eq!(seen.entry.as_ref().map(|e| e.root), (from < blocks).then(|| sets[blocks as usize].root()));
         let newest = &sets[blocks as usize];
-        let expected: BTreeMap<BlockId, HeadLeaf> =
-            newest.changes_since(&sets[from as usize]).into_iter().map(|l| (l.chain, l)).collect();
+        let expected: BTreeMap<BlockId, HeadLeaf> = newest
+            .changes_since(&sets[from as usize])
+            .into_iter()
+            .filter(|l| watched.contains(&l.chain))
+            .map(|l| (l.chain, l))
+            .collect();
         prop_assert_eq!(&seen.moved, &expected);
+        // Exactly the leaves with a watched prefix are opened; the others cost 4 bytes.
+        let prefixes: HashSet<_> = watched.iter().map(chain_prefix).collect();
+        for (block, list) in answer.blocks.iter().zip(&lists[from as usize + 1..]) {
+            let wanted: Vec<HeadLeaf> = list.iter().filter(|l| prefixes.contains(&chain_prefix(&l.chain))).copied().collect();
+            prop_assert_eq!(&block.opened, &wanted);
+            prop_assert_eq!(block.prefixes.len(), list.len());
+        }
+        // Whole lists: watching every chain shows every move.
+        let everyone: Vec<BlockId> = (0..256).map(chain_id).collect();
+        let whole = changes_from(&chain, &lists, from, &everyone).verify_with(&trusted, |_| None, &everyone).unwrap().into_inner();
+        let all_moves: BTreeMap<BlockId, HeadLeaf> =
+            newest.changes_since(&sets[from as usize]).into_iter().map(|l| (l.chain, l)).collect();
+        prop_assert_eq!(whole.moved, all_moves);
 
         if from < blocks {
             let k = (pick / 7) as usize % answer.blocks.len();
-            if !answer.blocks[k].changes.is_empty() {
+            if !answer.blocks[k].opened.is_empty() {
                 let mut dropped = answer.clone();
-                dropped.blocks[k].changes.pop();
-                let refused = dropped.verify_with(&trusted, |_| None);
+                dropped.blocks[k].opened.pop();
+                let refused = dropped.verify_with(&trusted, |_| None, &watched);
+                prop_assert!(matches!(refused, Err(ChangesError::Opened { .. })), "{:?}", refused);
+                // A watched leaf hidden by bending its prefix: the entry no longer matches.
+                let mut hidden = answer.clone();
+                let j = hidden.blocks[k].prefixes.iter().position(|p| prefixes.contains(p)).unwrap();
+                hidden.blocks[k].prefixes[j][3] ^= 0x80;
+                hidden.blocks[k].opened.remove(0);
+                prop_assert!(hidden.verify_with(&trusted, |_| None, &watched).is_err());
+                let mut moved = answer.clone();
+                moved.blocks[k].opened[0].index += 1;
+                let refused = moved.verify_with(&trusted, |_| None, &watched);
                 prop_assert!(matches!(refused, Err(ChangesError::ChangesHash { .. })), "{:?}", refused);
+            }
+            // A client watching one more chain that moved in a block refuses an answer made
+            // for fewer: that chain's leaf is not opened.
+            if let Some(extra) = lists[from as usize + 1 + k].iter().find(|l| !prefixes.contains(&chain_prefix(&l.chain))) {
+                let mut more = watched.clone();
+                more.push(extra.chain);
+                let refused = answer.verify_with(&trusted, |_| None, &more);
+                prop_assert!(matches!(refused, Err(ChangesError::Opened { .. })), "{:?}", refused);
             }
             let mut forged = answer.clone();
             forged.blocks[k].entry.chains += 1;
-            let refused = forged.verify_with(&trusted, |_| None);
+            let refused = forged.verify_with(&trusted, |_| None, &watched);
             prop_assert!(matches!(refused, Err(ChangesError::EntryHash { .. })), "{:?}", refused);
             let mut short = answer.clone();
             short.blocks.pop();
-            let refused = short.verify_with(&trusted, |_| None);
+            let refused = short.verify_with(&trusted, |_| None, &watched);
             prop_assert!(matches!(refused, Err(ChangesError::Count { .. })), "{:?}", refused);
             // A forward proof that skips blocks proves the head but not every entry.
             let skipping = TimelineChanges {
@@ -137,7 +190,7 @@ proptest! {
                 blocks: answer.blocks.clone(),
             };
             if skipping.proof.steps.len() as u64 != blocks - from {
-                let refused = skipping.verify_with(&trusted, |_| None);
+                let refused = skipping.verify_with(&trusted, |_| None, &watched);
                 prop_assert!(matches!(refused, Err(ChangesError::Count { .. } | ChangesError::NotEveryBlock { .. })), "{:?}", refused);
             }
         }
@@ -150,7 +203,7 @@ proptest! {
             tampered[position] ^= 1 << (rng.next_u32() % 8);
             let accepted = chainiac_skipchain::decode_exact::<TimelineChanges>(&tampered)
                 .ok()
-                .and_then(|a| a.verify_with(&trusted, |_| None).ok());
+                .and_then(|a| a.verify_with(&trusted, |_| None, &watched).ok());
             prop_assert!(accepted.is_none(), "byte {} of {} changed and the answer still verified", position, bytes.len());
         }
     }
@@ -160,9 +213,10 @@ proptest! {
 #[test]
 fn a_block_without_a_change_list_is_refused() {
     let (chain, _, lists) = timeline(5, 6, &[4]);
-    let answer = changes_from(&chain, &lists, 2);
-    let refused = answer.verify_with(&state_at(&chain, 2), |_| None);
+    let watched: Vec<BlockId> = (0..8).map(chain_id).collect();
+    let answer = changes_from(&chain, &lists, 2, &watched);
+    let refused = answer.verify_with(&state_at(&chain, 2), |_| None, &watched);
     assert!(matches!(refused, Err(ChangesError::NotRecorded { index: 4 })), "{refused:?}");
-    let after = changes_from(&chain, &lists, 4);
-    assert!(after.verify_with(&state_at(&chain, 4), |_| None).is_ok(), "lists from block 4 on are whole");
+    let after = changes_from(&chain, &lists, 4, &watched);
+    assert!(after.verify_with(&state_at(&chain, 4), |_| None, &watched).is_ok(), "lists from block 4 on are whole");
 }

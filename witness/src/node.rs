@@ -13,7 +13,7 @@ use chainiac_cosi::protocol::{
 use chainiac_cosi::{Mask, Member, PublicKey, Roster, SecretKey};
 use chainiac_proto::message::{
     Announce, ErrorCode, ErrorReply, HeadInfo, LinkedQuery, NodeStatus, ProofQuery, Request, Response, TimelineBatch,
-    TimelineInfo, MAX_CHANGE_BLOCKS, MAX_HELD_COMMITTEES, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS,
+    TimelineInfo, MAX_CHANGE_BLOCKS, MAX_HELD_COMMITTEES, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS, MAX_WATCHED_PREFIXES,
     PROOFS_RESPONSE_BUDGET,
 };
 use chainiac_proto::{CallError, FrameClass, Pool};
@@ -21,7 +21,7 @@ use chainiac_release::{KIND_POLICY_CHANGE, KIND_RELEASE};
 use chainiac_skipchain::rocks::RocksStore;
 use chainiac_skipchain::store::{self, Store, StoreError};
 use chainiac_skipchain::timeline::{
-    changes_cost, changes_hash, changes_page_end, changes_page_full, ChangedBlock, HeadLeaf, HeadSet, TimelineChanges,
+    changes_cost, changes_page_end, changes_page_full, ChainPrefix, ChangeList, HeadLeaf, HeadSet, TimelineChanges,
     TimelineEntry, KIND_TIMELINE,
 };
 use chainiac_skipchain::{Block, BlockId, ChainId, ChainState, Proposal};
@@ -118,13 +118,13 @@ pub fn now_ms() -> u64 {
 type KnownTimeline = (u64, TimelineEntry, Arc<HeadSet>);
 
 /// A checked timeline block's head set and, if its entry records one, its change list.
-type CheckedTimeline = (Arc<HeadSet>, Option<Arc<Vec<HeadLeaf>>>);
+type CheckedTimeline = (Arc<HeadSet>, Option<Arc<ChangeList>>);
 
 /// Failed proposals with a change list in a row after which a leader proposes one without.
 const LISTED_FAILURES: u32 = 2;
 
 /// One timeline's change lists, by block index.
-type ChangeLists = std::collections::BTreeMap<u64, Arc<Vec<HeadLeaf>>>;
+type ChangeLists = std::collections::BTreeMap<u64, Arc<ChangeList>>;
 
 /// Change lists kept per timeline (newest blocks), to answer `GetTimelineChanges`.
 const KEPT_CHANGE_LISTS: usize = 4096;
@@ -254,8 +254,8 @@ impl Node {
             Request::GetLinkedProofs { queries, with_payload, held_committees } => {
                 self.linked_proofs(&queries, with_payload, held_committees)
             }
-            Request::GetTimelineChanges { timeline, from, held_committees, max_bytes } => {
-                self.timeline_changes(&timeline, from, held_committees, max_bytes)
+            Request::GetTimelineChanges { timeline, from, watched, held_committees, max_bytes } => {
+                self.timeline_changes(&timeline, from, watched, held_committees, max_bytes)
             }
             Request::Build { .. } | Request::GetAttestation { .. } | Request::GetBuildLog { .. } => {
                 Err(err(ErrorCode::BadRequest, "this is a witness; send build jobs to a verifier"))
@@ -560,8 +560,8 @@ impl Node {
                         ),
                     ));
                 };
-                let changes = set.changes_since(&previous);
-                if changes_hash(&changes) != hash {
+                let changes = ChangeList::new(set.changes_since(&previous));
+                if changes.hash() != hash {
                     return Err(err(
                         ErrorCode::Refused,
                         format!(
@@ -622,8 +622,8 @@ impl Node {
                     // heads are.
                     let changes = self
                         .timeline_set(Some(chain), index - 1)
-                        .map(|previous| set.changes_since(&previous))
-                        .filter(|changes| entry.changes == Some(changes_hash(changes)));
+                        .map(|previous| ChangeList::new(set.changes_since(&previous)))
+                        .filter(|changes| entry.changes == Some(changes.hash()));
                     (Arc::new(set), changes.map(Arc::new))
                 }
                 _ => return, // heads moved since; the next timeline block will do
@@ -747,10 +747,21 @@ impl Node {
     /// [`MAX_CHANGE_BLOCKS`] or the response budget, proven block by block; `NotFound` when
     /// this node lacks a list before its head within that page, refused when all the lists
     /// since `from` would take more than `max_bytes` (not 0).
-    fn timeline_changes(&self, timeline: &ChainId, from: u64, held_committees: Vec<[u8; 32]>, max_bytes: u64) -> Reply {
+    fn timeline_changes(
+        &self,
+        timeline: &ChainId,
+        from: u64,
+        watched: Vec<ChainPrefix>,
+        held_committees: Vec<[u8; 32]>,
+        max_bytes: u64,
+    ) -> Reply {
         if held_committees.len() > MAX_HELD_COMMITTEES {
             return Err(err(ErrorCode::BadRequest, format!("more than {MAX_HELD_COMMITTEES} held committees")));
         }
+        if watched.len() > MAX_WATCHED_PREFIXES {
+            return Err(err(ErrorCode::BadRequest, format!("more than {MAX_WATCHED_PREFIXES} watched prefixes")));
+        }
+        let watched: std::collections::HashSet<ChainPrefix> = watched.into_iter().collect();
         if !self.timeline_chains.lock().expect("lock").contains(timeline) {
             return Err(err(ErrorCode::NotFound, "no such timeline here"));
         }
@@ -759,16 +770,19 @@ impl Node {
             return Err(err(ErrorCode::NotFound, format!("the timeline's head is block {head}, before {from}")));
         }
         let lists = self.change_lists.lock().expect("lock").get(timeline).cloned().unwrap_or_default();
-        let size = changes_cost(lists.range(from + 1..).map(|(_, list)| list.len()));
+        let cost = |list: &ChangeList| changes_cost(list.len(), list.opened(&watched));
+        let costs: std::collections::BTreeMap<u64, u64> =
+            lists.range(from + 1..).map(|(&k, list)| (k, cost(list))).collect();
+        let size: u64 = costs.values().sum();
         if max_bytes > 0 && size > max_bytes {
             return Err(chainiac_proto::changes_too_large(from, size, max_bytes));
         }
         let budget = PROOFS_RESPONSE_BUDGET as u64;
-        let to = changes_page_end(from, head, |k| lists.get(&k).map(|l| l.len()), MAX_CHANGE_BLOCKS, budget);
-        let lengths: Vec<usize> = lists.range(from + 1..=to).map(|(_, list)| list.len()).collect();
+        let to = changes_page_end(from, head, |k| costs.get(&k).copied(), MAX_CHANGE_BLOCKS, budget);
+        let page: Vec<u64> = costs.range(from + 1..=to).map(|(_, &c)| c).collect();
         // Lists that stop short of the head for want of one would show the client an old
         // block as the newest: it is told, and asks another member or takes inclusion proofs.
-        if to < head && !changes_page_full(&lengths, MAX_CHANGE_BLOCKS, budget) {
+        if to < head && !changes_page_full(&page, MAX_CHANGE_BLOCKS, budget) {
             return Err(err(
                 ErrorCode::NotFound,
                 format!("this witness holds no change list for block {} (its head is block {head})", to + 1),
@@ -783,14 +797,14 @@ impl Node {
                 .ok_or_else(|| err(ErrorCode::Internal, "a listed block is not stored"))?;
             let entry = TimelineEntry::from_bytes(&block.payload)
                 .map_err(|e| err(ErrorCode::Internal, format!("stored timeline entry: {e}")))?;
-            let changes = lists.get(&k).ok_or_else(|| err(ErrorCode::Internal, "a paged list is gone"))?;
-            blocks.push(ChangedBlock { entry, changes: changes.to_vec() });
+            let list = lists.get(&k).ok_or_else(|| err(ErrorCode::Internal, "a paged list is gone"))?;
+            blocks.push((entry, &**list));
         }
         let held: std::collections::HashSet<[u8; 32]> = held_committees.into_iter().collect();
         let proof = store::prove_each(&self.store, timeline, from, to)
             .map_err(store_err)?
             .without_committees(|h| held.contains(h));
-        Ok(Response::TimelineChanges(TimelineChanges { proof, blocks }))
+        Ok(Response::TimelineChanges(TimelineChanges::answer(proof, blocks, &watched)))
     }
 
     /// Holds `(chain, index)` for `id` for a while, so that concurrent leaders do not split
