@@ -738,3 +738,157 @@ async fn a_client_following_many_chains_learns_what_moved_from_change_lists() {
     assert_eq!(reopened.state().chains[&all[6]].index(), 2);
     assert!(all.iter().all(|c| reopened.state().synced.get(c) == Some(&at)), "reconciled again, and saved");
 }
+
+/// A witness that serves a forged view: a store holding the honest chains up to some block
+/// and, past it, blocks signed by a colluding cothority (every key of the committee).
+struct Forger {
+    store: chainiac_skipchain::store::MemoryStore,
+    timeline: ChainId,
+    index: u64,
+    entry: chainiac_skipchain::timeline::TimelineEntry,
+    set: chainiac_skipchain::timeline::HeadSet,
+}
+
+impl Handler for Forger {
+    async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
+        use chainiac_proto::{ErrorCode, ErrorReply, TimelineBatch};
+        use chainiac_skipchain::store::{self, Store};
+        let head = |chain: &ChainId| self.store.head(chain).unwrap().map(|h| h.index);
+        match request {
+            // No change lists: the client takes inclusion proofs of the forged block.
+            Request::GetTimelineChanges { from, max_bytes, .. } => {
+                Response::Error(chainiac_proto::changes_too_large(from, u64::MAX, max_bytes))
+            }
+            Request::GetTimelineBatch { chains, .. } => Response::TimelineBatch(TimelineBatch {
+                timeline: self.timeline,
+                index: self.index,
+                entry: self.entry.clone(),
+                inclusion: self.set.prove_many(&chains),
+            }),
+            Request::GetProofs { queries, with_payload, .. } => Response::Proofs(
+                queries
+                    .iter()
+                    .map(|q| {
+                        let to = q.to.or(head(&q.chain)).unwrap_or(0);
+                        store::prove(&self.store, &q.chain, q.from, to, with_payload && to > q.from)
+                            .map_err(|e| ErrorReply::new(ErrorCode::NotFound, e.to_string()))
+                    })
+                    .collect(),
+            ),
+            Request::GetLinkedProofs { queries, with_payload, .. } => Response::LinkedProofs(
+                queries
+                    .iter()
+                    .map(|q| {
+                        let to = head(&q.chain).unwrap_or(0);
+                        store::prove_linked(&self.store, &q.chain, q.from, q.recorded, to, with_payload, |_| false)
+                            .map_err(|e| ErrorReply::new(ErrorCode::NotFound, e.to_string()))
+                    })
+                    .collect(),
+            ),
+            _ => Response::Error(ErrorReply::new(ErrorCode::NotFound, "not served here")),
+        }
+    }
+    fn refused(&self, _: &str) {}
+}
+
+/// Copies blocks `0..=to` of `chain` from witness 1 into `store`, each checked as appended.
+async fn copy_chain(cluster: &Cluster, store: &chainiac_skipchain::store::MemoryStore, chain: ChainId, to: u64) {
+    let mut next = 0;
+    while next <= to {
+        let count = (to + 1 - next).min(256) as u32;
+        let reply = cluster.client.call(&cluster.witnesses[1], Request::GetBlocks { chain, from: next, count }).await;
+        let Ok(Response::Blocks(blocks)) = reply else { panic!("no blocks: {reply:?}") };
+        assert!(!blocks.is_empty());
+        for block in blocks.iter().take((to + 1 - next) as usize) {
+            chainiac_skipchain::store::append(store, block).unwrap();
+        }
+        next += blocks.len() as u64;
+    }
+}
+
+/// Every key of the cothority colludes: it signs a second block at the index of the
+/// client's newest block and a timeline block recording that one, and serves them from
+/// the first member the client asks. Linked proofs (the default) and forward proofs
+/// (`--every-hop`) both refuse the recorded head, naming a fork — the honest members'
+/// proofs too, since they reach the client's block, not the recorded one — and the client
+/// keeps the block it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_signed_by_the_whole_cothority_is_refused_and_named() {
+    use chainiac_cosi::simulation::sign_with_all_keys;
+    use chainiac_cosi::Mask;
+    use chainiac_skipchain::store::{self, MemoryStore, Store};
+    use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, TimelineEntry};
+    let mut cluster = Cluster::start(4).await;
+    let (timeline, timeline_genesis) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
+    let (project, project_genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;
+    for i in 0..2 {
+        cluster.propose(1, project, format!("release {i}").as_bytes()).await.unwrap();
+    }
+    wait_timeline_has(&cluster, project, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::open(&dir.path().join("client.state"), TrustLevel::default()).unwrap();
+    client.anchor(&timeline_genesis).unwrap();
+    client.anchor(&project_genesis).unwrap();
+    assert_eq!(client.update(project).await.unwrap().to, 2);
+    let honest = client.state().chains[&project].id;
+
+    // The forgery: block 2' after block 1, and a timeline block recording it.
+    let committee = Committee::byzantine(cluster.roster(&[0, 1, 2, 3]));
+    let ordered: Vec<SecretKey> = committee
+        .roster()
+        .members()
+        .iter()
+        .map(|m| {
+            let w = cluster.witnesses.iter().find(|w| w.key == m.key).unwrap();
+            chainiac_witness::keyfile::read(&w.dir.join("node.key")).unwrap()
+        })
+        .collect();
+    let mut rng = <rand_chacha::ChaCha20Rng as rand_chacha::rand_core::SeedableRng>::seed_from_u64(7);
+    let mut sign = |block: &mut chainiac_skipchain::Block| {
+        let mask = Mask::full(ordered.len());
+        block.signature = Some(sign_with_all_keys(committee.roster(), &ordered, &mask, &block.id().0, &mut rng));
+    };
+    let forged = MemoryStore::new();
+    copy_chain(&cluster, &forged, project, 1).await;
+    let at_1 = store::head_state(&forged, &project).unwrap().into_inner();
+    let proposal = Proposal { kind: 0, payload: b"release 1, evil".to_vec(), ..Proposal::default() };
+    let mut evil = at_1.propose(proposal, |j| forged.block_id(&project, j).unwrap()).unwrap();
+    sign(&mut evil);
+    store::append(&forged, &evil).unwrap();
+    assert_ne!(evil.id(), honest);
+    let timeline_head = cluster.head(1, timeline).await.unwrap();
+    copy_chain(&cluster, &forged, timeline, timeline_head).await;
+    let set = HeadSet::new(vec![HeadLeaf { chain: project, index: 2, id: evil.id() }]);
+    let now = common::now_ms();
+    let entry = TimelineEntry { time_ms: now, chains: 1, root: set.root(), changes: None };
+    let at_head = store::head_state(&forged, &timeline).unwrap().into_inner();
+    let proposal =
+        Proposal { kind: KIND_TIMELINE, payload: entry.to_bytes(), timestamp_ms: now, ..Proposal::default() };
+    let mut recording = at_head.propose(proposal, |j| forged.block_id(&timeline, j).unwrap()).unwrap();
+    sign(&mut recording);
+    store::append(&forged, &recording).unwrap();
+
+    // Witness 0, the first the client asks, serves the forgery; the honest others stay up.
+    cluster.witnesses[0].kill();
+    let forger_key = chainiac_witness::keyfile::read(&cluster.witnesses[0].dir.join("node.key")).unwrap();
+    let endpoint =
+        chainiac_proto::endpoint::server(&forger_key, cluster.witnesses[0].address.parse().unwrap()).unwrap();
+    let forger = Arc::new(Forger { store: forged, timeline, index: timeline_head + 1, entry, set });
+    tokio::spawn(chainiac_proto::server::serve(forger, endpoint, &[FrameClass::Query]));
+
+    for every_hop in [false, true] {
+        client.every_hop = every_hop;
+        match client.update(project).await {
+            Err(ClientError::Fork { chain, index: 2, evidence }) => {
+                assert_eq!(chain, project);
+                // Every member shows it, the honest ones included: their proofs reach the
+                // client's block, not the recorded one.
+                assert_eq!(evidence.len(), 4, "every_hop {every_hop}: {evidence:?}");
+                assert!(evidence.iter().all(|(_, why)| why.contains("a fork")), "{evidence:?}");
+            }
+            other => panic!("every_hop {every_hop}: the fork is not named: {other:?}"),
+        }
+        assert_eq!(client.state().chains[&project].id, honest, "every_hop {every_hop}");
+        assert_eq!(client.state().chains[&project].index(), 2);
+    }
+}

@@ -297,6 +297,11 @@ pub enum ClientError {
     BadAnchor(String),
     #[error("no witness gave a valid answer: {}", describe(.0))]
     NoHonestWitness(Vec<(String, String)>),
+    /// The timeline, signed by the cothority, records another block at an index where this
+    /// client holds (or a witness proved) a block signed by the same cothority: two blocks
+    /// at one index. Keep the evidence; the chain is not updated.
+    #[error("FORK on chain {chain}: the timeline records another block {index} than the one signed for this chain ({})", describe(.evidence))]
+    Fork { chain: ChainId, index: u64, evidence: Vec<(String, String)> },
     #[error("the timeline is {age_ms} ms old, more than the allowed {max_age_ms} ms: the cothority may be frozen")]
     Stale { age_ms: u64, max_age_ms: u64 },
     #[error("the timeline does not record this chain's head consistently: {0}")]

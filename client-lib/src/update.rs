@@ -108,6 +108,14 @@ struct Caught {
 
 type Skipped = Vec<(String, String)>;
 
+/// What the proof rounds of an update found, by chain: the proofs kept, and the chains
+/// whose timeline record conflicts with a signed block (the index).
+#[derive(Default)]
+struct Proven {
+    caught: HashMap<ChainId, Caught>,
+    forks: HashMap<ChainId, u64>,
+}
+
 /// Why a member's change lists were not taken.
 enum Stop {
     /// They would cost more than inclusion proofs (the same at every member).
@@ -214,12 +222,12 @@ impl Client {
                 false
             }
         };
-        let mut caught: HashMap<ChainId, Caught> = HashMap::new();
+        let mut proven = Proven::default();
         let mut skipped_by_chain: HashMap<ChainId, Skipped> = HashMap::new();
         for (members, group) in groups.values() {
             for chunk in group.chunks(MAX_PROOF_QUERIES) {
                 let how = if linked { Asked::Linked(&recorded) } else { Asked::Forward };
-                let skipped = self.prove_chunk(chunk, members, how, &recorded, &mut held, &mut caught).await?;
+                let skipped = self.prove_chunk(chunk, members, how, &recorded, &mut held, &mut proven).await?;
                 for chain in chunk {
                     skipped_by_chain.insert(*chain, skipped.clone());
                 }
@@ -240,13 +248,16 @@ impl Client {
             };
             let mut skipped = view.as_ref().map(|v| v.update.skipped.clone()).unwrap_or_default();
             skipped.extend(skipped_by_chain.remove(&chain).unwrap_or_default());
-            let result = match caught.remove(&chain) {
+            let result = match proven.caught.remove(&chain) {
                 None if view.as_ref().is_some_and(|v| v.unmoved.contains(&chain)) => {
                     let view = view.as_ref().expect("checked");
                     self.unmoved(trusted, view, skipped).map(|update| (trusted.clone(), update))
                 }
                 None if view.is_some() && !recorded.contains_key(&chain) => Err(not_recorded(chain)),
-                None => Err(ClientError::NoHonestWitness(skipped)),
+                None => match proven.forks.get(&chain) {
+                    Some(&index) => Err(ClientError::Fork { chain, index, evidence: skipped }),
+                    None => Err(ClientError::NoHonestWitness(skipped)),
+                },
                 Some(reached) => self.check_reached(trusted, reached, view.as_ref(), skipped),
             };
             // Reconciled with the timeline block that recorded the chain (or showed it did
@@ -653,7 +664,9 @@ impl Client {
 
     /// Proofs for `chunk`, asked of `members` in turn until every chain has a
     /// verified proof reaching at least the head the timeline records for it (`recorded`),
-    /// or none is left to ask. A witness whose proof stops short is skipped like a liar, so
+    /// or none is left to ask. A proof that shows the timeline records another block at
+    /// the client's index, or at the index a forward proof reaches, is fork evidence: the
+    /// chain goes into `forks` and the proof is not kept. A witness whose proof stops short is skipped like a liar, so
     /// one freezing witness cannot stop an update; if every one stops short, the best such
     /// proof is kept and the timeline check refuses it as a freeze. Returns the witnesses
     /// skipped and why.
@@ -664,7 +677,7 @@ impl Client {
         how: Asked<'_>,
         recorded: &HashMap<ChainId, (u64, BlockId)>,
         held: &mut HeldCommittees,
-        caught: &mut HashMap<ChainId, Caught>,
+        proven: &mut Proven,
     ) -> Result<Skipped, ClientError> {
         let pool = self.pool()?;
         let states: HashMap<ChainId, ChainState> =
@@ -707,6 +720,14 @@ impl Client {
                         Ok(Ok(reached)) => {
                             let index = reached.caught.state.index();
                             match recorded.get(chain) {
+                                // Both signed by the cothority, both at one index: a fork.
+                                Some(&(head, id)) if head == index && reached.caught.state.id != id => {
+                                    let why = format!(
+                                        "chain {chain}: proved block {index} is not the block {index} the timeline records: a fork"
+                                    );
+                                    skipped.push((member.address.clone(), why));
+                                    proven.forks.insert(*chain, index);
+                                }
                                 Some(&(head, _)) if head > index => {
                                     let why = format!(
                                         "chain {chain}: proved head {index}, the timeline records {head}: frozen or behind"
@@ -717,9 +738,17 @@ impl Client {
                                     }
                                 }
                                 _ => {
-                                    caught.insert(*chain, reached);
+                                    proven.caught.insert(*chain, reached);
                                 }
                             }
+                        }
+                        // The timeline, not this member, shows the other block.
+                        Ok(Err(ProofError::Fork { index })) => {
+                            skipped.push((
+                                member.address.clone(),
+                                format!("chain {chain}: {}", ProofError::Fork { index }),
+                            ));
+                            proven.forks.insert(*chain, index);
                         }
                         Ok(Err(e)) if lie.is_none() => lie = Some(format!("lied: chain {chain}: {e}")),
                         Ok(Err(_)) => {}
@@ -739,14 +768,14 @@ impl Client {
                 }
                 asking = busy;
             }
-            pending.retain(|chain| !caught.contains_key(chain));
+            pending.retain(|chain| !proven.caught.contains_key(chain));
             if pending.is_empty() {
                 break;
             }
         }
         for chain in pending {
             if let Some(reached) = short.remove(&chain) {
-                caught.insert(chain, reached);
+                proven.caught.insert(chain, reached);
             }
         }
         Ok(skipped)
