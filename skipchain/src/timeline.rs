@@ -77,8 +77,7 @@ pub fn chain_prefix(chain: &ChainId) -> ChainPrefix {
 /// timeline tree's shape and hashes, in list order), so a client downloads the prefixes
 /// and opens only the leaves whose prefix it follows.
 pub fn changes_hash(changes: &[HeadLeaf]) -> [u8; 32] {
-    let prefixes: Vec<ChainPrefix> = changes.iter().map(|leaf| chain_prefix(&leaf.chain)).collect();
-    commit_changes(&prefixes, &HeadSet::in_order(changes.to_vec()).root())
+    ChangeList::new(changes.to_vec()).hash()
 }
 
 fn commit_changes(prefixes: &[ChainPrefix], list_root: &[u8; 32]) -> [u8; 32] {
@@ -188,11 +187,6 @@ impl HeadSet {
             changes: changes.as_deref().map(changes_hash),
         };
         (entry, changes)
-    }
-
-    /// The leaves, sorted by chain.
-    pub fn leaves(&self) -> &[HeadLeaf] {
-        &self.leaves
     }
 
     pub fn leaf(&self, chain: &ChainId) -> Option<&HeadLeaf> {
@@ -527,10 +521,6 @@ impl ChangeList {
     /// The list of leaves (sorted by chain, as [`HeadSet::changes_since`] gives them).
     pub fn new(leaves: Vec<HeadLeaf>) -> Self {
         ChangeList(HeadSet::in_order(leaves))
-    }
-
-    pub fn leaves(&self) -> &[HeadLeaf] {
-        &self.0.leaves
     }
 
     pub fn len(&self) -> usize {
