@@ -305,6 +305,19 @@ async fn demo(root: &Path) -> Result<()> {
     tampered[last] ^= 1;
     let refused = client.verify_artifact(chain, "hello-1.2/hello", &tampered).is_err();
     step.done(t, &format!("hello {version} verified; a copy with one bit changed is refused: {refused}"));
+    let t = step.say("the client checks again a moment later: nothing new, the timeline says so");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let again = client.update(chain).await?;
+    let how = if again.change_lists {
+        "from the timeline's change lists (no proof per chain)"
+    } else {
+        // One chain in the tree: its inclusion proof is cheaper than the lists.
+        "from an inclusion proof"
+    };
+    step.done(
+        t,
+        &format!("still block {}, fresh {how}; timeline {} ms old", again.to, again.timeline_age_ms.unwrap_or(0)),
+    );
     println!("\ndone: 3 releases, 1 key rotation, every build reproduced by 2 verifiers and cosigned by {WITNESSES} witnesses.");
     Ok(())
 }

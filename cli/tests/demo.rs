@@ -15,6 +15,7 @@ fn the_demo_releases_verifies_and_cleans_up() {
         "cosigned at index 4",
         "past checkpoint(s) [3]",
         "hello 1.2 verified; a copy with one bit changed is refused: true",
+        "still block 4, fresh from",
     ] {
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
     }
