@@ -161,7 +161,7 @@ pub fn update(
         return Ok(());
     }
     let mut values = Vec::new();
-    let mut failed = 0;
+    let (mut failed, mut forked) = (0, 0);
     for (chain, result) in &results {
         match result {
             Ok(update) => {
@@ -173,7 +173,12 @@ pub fn update(
             }
             Err(e) => {
                 failed += 1;
-                values.push(serde_json::json!({ "chain": chain.to_hex(), "error": e.to_string() }));
+                let mut value = serde_json::json!({ "chain": chain.to_hex(), "error": e.to_string() });
+                if let chainiac_client::ClientError::Fork { index, .. } = e {
+                    forked += 1;
+                    value["fork_at"] = serde_json::json!(index);
+                }
+                values.push(value);
                 if !json {
                     println!("chain {chain}: FAILED, its state is unchanged: {e}");
                 }
@@ -183,11 +188,19 @@ pub fn update(
     if json {
         println!("{}", serde_json::json!({ "updates": values, "failed": failed }));
     }
+    if forked > 0 {
+        return Err(ForkSeen(forked).into());
+    }
     if failed > 0 {
         anyhow::bail!("{failed} of {} chains failed to update", results.len());
     }
     Ok(())
 }
+
+/// Chains whose update found fork evidence (exit code 3).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} chain(s) forked: the cothority signed two blocks at one index (evidence above); alert its operators")]
+pub struct ForkSeen(pub usize);
 
 fn describe_update(update: &chainiac_client::Update) -> (serde_json::Value, String) {
     let chain = update.chain;

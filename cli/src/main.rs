@@ -141,6 +141,9 @@ pub mod exit {
     pub const FAILURE: u8 = 1;
     /// The command line or a file it names is wrong.
     pub const USAGE: u8 = 2;
+    /// A chain forked: the cothority signed two blocks at one index (`update`; the message
+    /// holds the evidence). Not a transient failure: alert whoever runs the cothority.
+    pub const FORK: u8 = 3;
 }
 
 fn main() -> ExitCode {
@@ -175,7 +178,20 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("error: {error:#}");
             let usage = error.chain().any(|e| e.downcast_ref::<UsageError>().is_some());
-            ExitCode::from(if usage { exit::USAGE } else { exit::FAILURE })
+            let fork = error.chain().any(|e| {
+                e.downcast_ref::<client_cmd::ForkSeen>().is_some()
+                    || matches!(
+                        e.downcast_ref::<chainiac_client::ClientError>(),
+                        Some(chainiac_client::ClientError::Fork { .. })
+                    )
+            });
+            ExitCode::from(if usage {
+                exit::USAGE
+            } else if fork {
+                exit::FORK
+            } else {
+                exit::FAILURE
+            })
         }
     }
 }

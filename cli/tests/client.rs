@@ -891,4 +891,21 @@ async fn a_fork_signed_by_the_whole_cothority_is_refused_and_named() {
         assert_eq!(client.state().chains[&project].id, honest, "every_hop {every_hop}");
         assert_eq!(client.state().chains[&project].index(), 2);
     }
+    // The command line says so with its own exit code, for update agents to alert on.
+    drop(client);
+    let state = dir.path().join("client.state");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_chainiac"))
+            .args(["update", "--state", state.to_str().unwrap(), "--all", "--json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let forked: Vec<_> = answer["updates"].as_array().unwrap().iter().filter(|u| u["fork_at"] == 2).collect();
+    assert_eq!(forked.len(), 1, "{stdout}");
+    assert_eq!(forked[0]["chain"], project.to_hex());
 }
