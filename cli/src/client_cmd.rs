@@ -141,11 +141,13 @@ pub fn update(
     chains: &[String],
     all: bool,
     every_hop: bool,
+    every_hop_for: &[String],
     trust: &TrustArgs,
     json: bool,
 ) -> Result<()> {
     let mut client = Client::open(&state.state, trust.level()?)?;
     client.every_hop = every_hop;
+    client.every_hop_chains = every_hop_for.iter().map(|c| parse_chain(c)).collect::<Result<_>>()?;
     let chains: Vec<ChainId> = if all {
         client.state().chains.keys().copied().collect()
     } else {

@@ -67,6 +67,10 @@ enum Command {
         /// chain's committee for a chain's blocks.
         #[arg(long)]
         every_hop: bool,
+        /// `--every-hop` for this chain only (genesis id, hex; repeat for several): the
+        /// others take the timeline's word.
+        #[arg(long, value_name = "CHAIN")]
+        every_hop_for: Vec<String>,
         #[command(flatten)]
         trust: client_cmd::TrustArgs,
         #[arg(long)]
@@ -159,8 +163,8 @@ fn main() -> ExitCode {
         Command::Demo { keep } => demo::run(keep),
         Command::Keygen { out, from_openssh, json } => client_cmd::keygen(&out, from_openssh.as_deref(), json),
         Command::Anchor { state, genesis, json } => client_cmd::anchor(&state, &genesis, json),
-        Command::Update { state, chain, all, every_hop, trust, json } => {
-            client_cmd::update(&state, &chain, all, every_hop, &trust, json)
+        Command::Update { state, chain, all, every_hop, every_hop_for, trust, json } => {
+            client_cmd::update(&state, &chain, all, every_hop, &every_hop_for, &trust, json)
         }
         Command::Verify { state, chain, artifact, file, trust, json } => {
             client_cmd::verify(&state, &chain, &artifact, &file, &trust, json)

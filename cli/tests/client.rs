@@ -876,8 +876,11 @@ async fn a_fork_signed_by_the_whole_cothority_is_refused_and_named() {
     let forger = Arc::new(Forger { store: forged, timeline, index: timeline_head + 1, entry, set });
     tokio::spawn(chainiac_proto::server::serve(forger, endpoint, &[FrameClass::Query]));
 
-    for every_hop in [false, true] {
+    // Linked proofs, forward proofs for every chain, and forward proofs for this one only.
+    for (every_hop, this_one) in [(false, false), (true, false), (false, true)] {
         client.every_hop = every_hop;
+        client.every_hop_chains = if this_one { [project].into() } else { Default::default() };
+        let forward = every_hop || this_one;
         match client.update(project).await {
             Err(ClientError::Fork { chain, index: 2, evidence }) => {
                 assert_eq!(chain, project);
@@ -885,6 +888,9 @@ async fn a_fork_signed_by_the_whole_cothority_is_refused_and_named() {
                 // client's block, not the recorded one.
                 assert_eq!(evidence.len(), 4, "every_hop {every_hop}: {evidence:?}");
                 assert!(evidence.iter().all(|(_, why)| why.contains("a fork")), "{evidence:?}");
+                // Forward proofs reach the client's block; linked ones stop at the record.
+                let by_forward_proof = evidence.iter().all(|(_, why)| why.contains("proved block 2"));
+                assert_eq!(by_forward_proof, forward, "every_hop {every_hop}, this one {this_one}: {evidence:?}");
             }
             other => panic!("every_hop {every_hop}: the fork is not named: {other:?}"),
         }

@@ -12,7 +12,7 @@ use chainiac_release::{Outcome, ReleasePayload, TimeWindow, KIND_RELEASE};
 use chainiac_skipchain::timeline::KIND_TIMELINE;
 use chainiac_skipchain::{Block, BlockId, ChainId, ChainParams, ChainState, Committee, Header};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -359,6 +359,9 @@ pub struct Client {
     /// checkpoint) instead of trusting the timeline's signature for the heads it records
     /// (linked proofs, hashes only; the default). See `update.rs`.
     pub every_hop: bool,
+    /// Chains that take forward proofs even when `every_hop` is off: the few a client
+    /// wants vouched for by their own committees (its own updater, say), the rest linked.
+    pub every_hop_chains: HashSet<ChainId>,
     timeout: Duration,
 }
 
@@ -378,6 +381,7 @@ impl Client {
             trust,
             default_max_age_ms: 3_600_000,
             every_hop: false,
+            every_hop_chains: HashSet::new(),
             timeout: Duration::from_secs(20),
         })
     }
@@ -696,6 +700,11 @@ pub mod blocking {
         /// See [`super::Client::every_hop`].
         pub fn set_every_hop(&mut self, every_hop: bool) {
             self.inner.every_hop = every_hop;
+        }
+
+        /// See [`super::Client::every_hop_chains`].
+        pub fn set_every_hop_chains(&mut self, chains: impl IntoIterator<Item = ChainId>) {
+            self.inner.every_hop_chains = chains.into_iter().collect();
         }
 
         pub fn verify_artifact(&self, chain: ChainId, path: &str, bytes: &[u8]) -> Result<String, ClientError> {

@@ -108,6 +108,10 @@ struct Caught {
 
 type Skipped = Vec<(String, String)>;
 
+/// Chains asked of one list of members: the timeline's holders (linked proofs) or one
+/// committee (forward proofs).
+type ProofGroup = (Vec<chainiac_cosi::Member>, Vec<ChainId>);
+
 /// What the proof rounds of an update found, by chain: the proofs kept, and the chains
 /// whose timeline record conflicts with a signed block (the index).
 #[derive(Default)]
@@ -201,32 +205,29 @@ impl Client {
             .map(|v| v.leaves.iter().map(|(chain, (leaf, _, _))| (*chain, (leaf.index, leaf.id))).collect())
             .unwrap_or_default();
         // Linked proofs (the default) are asked of the timeline's signers (each holds every
-        // chain it recorded), then its current committee: one group, and a chain whose own
-        // committee has long retired is still served. Forward proofs (`every_hop`) are
-        // asked of each chain's committee: one request per 256 chains sharing one.
-        let mut groups: BTreeMap<[u8; 32], (Vec<chainiac_cosi::Member>, Vec<ChainId>)> = BTreeMap::new();
-        let linked = match &view {
-            Some(view) if !self.every_hop => {
-                let recorded_projects = projects.iter().copied().filter(|c| recorded.contains_key(c)).collect();
-                groups.insert([0; 32], (view.holders.clone(), recorded_projects));
-                true
-            }
-            _ => {
-                // Chains the change lists show did not move need no proof.
-                let unmoved = view.as_ref().map(|v| &v.unmoved);
-                for chain in projects.iter().filter(|c| !unmoved.is_some_and(|u| u.contains(*c))) {
-                    let committee = &self.state.chains[chain].committee;
-                    let entry = groups.entry(committee_of[chain]);
-                    entry.or_insert_with(|| (committee.roster().members().to_vec(), Vec::new())).1.push(*chain);
-                }
-                false
-            }
-        };
+        // chain it recorded), then its current committee: one group (`None`), and a chain
+        // whose own committee has long retired is still served. Forward proofs (`every_hop`,
+        // `every_hop_chains`, or no timeline) are asked of each chain's committee: one
+        // request per 256 chains sharing one. Chains the change lists show did not move
+        // need no proof.
+        let forward = |c: &ChainId| view.is_none() || self.every_hop || self.every_hop_chains.contains(c);
+        let mut groups: BTreeMap<Option<[u8; 32]>, ProofGroup> = BTreeMap::new();
+        if let Some(view) = &view {
+            let linked: Vec<ChainId> =
+                projects.iter().copied().filter(|c| !forward(c) && recorded.contains_key(c)).collect();
+            groups.insert(None, (view.holders.clone(), linked));
+        }
+        let unmoved = view.as_ref().map(|v| &v.unmoved);
+        for chain in projects.iter().filter(|c| forward(c) && !unmoved.is_some_and(|u| u.contains(*c))) {
+            let committee = &self.state.chains[chain].committee;
+            let entry = groups.entry(Some(committee_of[chain]));
+            entry.or_insert_with(|| (committee.roster().members().to_vec(), Vec::new())).1.push(*chain);
+        }
         let mut proven = Proven::default();
         let mut skipped_by_chain: HashMap<ChainId, Skipped> = HashMap::new();
-        for (members, group) in groups.values() {
+        for (key, (members, group)) in &groups {
             for chunk in group.chunks(MAX_PROOF_QUERIES) {
-                let how = if linked { Asked::Linked(&recorded) } else { Asked::Forward };
+                let how = if key.is_none() { Asked::Linked(&recorded) } else { Asked::Forward };
                 let skipped = self.prove_chunk(chunk, members, how, &recorded, &mut held, &mut proven).await?;
                 for chain in chunk {
                     skipped_by_chain.insert(*chain, skipped.clone());
