@@ -106,7 +106,12 @@ pub fn parse_date(text: &str) -> Result<u64, String> {
     let (y, m, d) = (parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?);
     let (y, m, d): (i64, u32, u32) =
         (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?, d.parse().map_err(|_| bad())?);
-    if y < 1970 || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    if y < 1970 || !(1..=12).contains(&m) || d < 1 {
+        return Err(bad());
+    }
+    // The day must exist: the next month's first day comes after it.
+    let (next_y, next_m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    if days_from_civil(y, m, 1) + d as i64 > days_from_civil(next_y, next_m, 1) {
         return Err(bad());
     }
     Ok(days_from_civil(y, m, d) as u64 * DAY_MS)
@@ -134,7 +139,10 @@ fn now_within(now: Now, edge: u64, edge_is: &str) -> anyhow::Result<(u64, String
         Now::Edge => return Ok((edge, edge_is.to_string())),
         Now::At(at) if at <= edge => at,
         Now::At(at) => bail!("--now ({at} ms) is after the data's edge ({edge_is}, {edge} ms): nothing is known there"),
-        Now::BeforeEdge(days) => edge.checked_sub(days * DAY_MS).context("--now-before-edge reaches before 1970")?,
+        Now::BeforeEdge(days) => days
+            .checked_mul(DAY_MS)
+            .and_then(|back| edge.checked_sub(back))
+            .context("--now-before-edge reaches before 1970")?,
     };
     Ok((at, format!("{} days before the data's edge, {edge_is}", (edge - at) / DAY_MS)))
 }
@@ -748,17 +756,10 @@ fn batched<P: Batched>(
     answered
 }
 
-/// What the change lists of the blocks after `from` (the client's timeline block) take
-/// for a client watching `watched`, as the witness reckons it; counting stops past `cap`.
-fn lists_cost(lists: &[ChangeList], from: u64, to: u64, watched: &HashSet<ChainPrefix>, cap: u64) -> u64 {
-    let mut total = 0;
-    for list in &lists[from as usize..to as usize] {
-        total += changes_cost(list.len(), list.opened(watched));
-        if total > cap {
-            break;
-        }
-    }
-    total
+/// What the change lists of the blocks after `from` (the client's timeline block) take,
+/// as the witness weighs them against the client's offer (their prefixes).
+fn lists_cost(lists: &[ChangeList], from: u64, to: u64) -> u64 {
+    lists[from as usize..to as usize].iter().map(|list| changes_cost(list.len(), 0)).sum()
 }
 
 /// The `GetTimelineChanges` answers (1,024 blocks each, or the budget) from the client's
@@ -1128,9 +1129,8 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
             // with its timeline block at the last update) and takes them when the witness
             // does not refuse them as dearer than the inclusion proofs.
             let followed: Vec<BlockId> = chains[..follow].iter().map(|c| c.chain).collect();
-            let watched: HashSet<ChainPrefix> = followed.iter().map(chain_prefix).collect();
             let offer = inclusion_cost(follow as u64, n, MAX_TIMELINE_CHAINS as u64);
-            let wanted = lists_cost(&lists, trusted.index(), head_index, &watched, offer);
+            let wanted = lists_cost(&lists, trusted.index(), head_index);
             let used_lists = wanted <= offer;
             if used_lists {
                 let (pages, moved) =
@@ -1309,7 +1309,8 @@ mod tests {
         let error =
             load_events(&path, DAY_MS, Now::At(parse_date("1970-01-05").unwrap()), 1).err().unwrap().to_string();
         assert!(error.contains("--now") && error.contains("edge"), "{error}");
-        for bad in ["2026-13-01", "2026-1", "yesterday", "1969-12-31"] {
+        assert_eq!(parse_date("2024-02-29").unwrap(), days_from_civil(2024, 2, 29) as u64 * DAY_MS);
+        for bad in ["2026-13-01", "2026-1", "yesterday", "1969-12-31", "2026-02-29", "2026-04-31", "2026-01-00"] {
             assert!(parse_date(bad).unwrap_err().contains(bad), "{bad}");
         }
     }

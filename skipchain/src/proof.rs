@@ -145,6 +145,9 @@ pub enum ProofError {
     LinksNotNeeded { recorded: u64, trusted: u64 },
     #[error("linked proof: the timeline records another block {index} than the trusted one: a fork")]
     Fork { index: u64 },
+    /// Links the prover chose: wrong links and a fork below the trusted block look alike.
+    #[error("linked proof: the links down to the recorded block {index} do not lead into the trusted block's history (bad links, or a fork below it)")]
+    LinksBelow { index: u64 },
     #[error(
         "linked proof: the timeline records block {recorded} after the trusted {trusted}, but no link leads there"
     )]
@@ -456,10 +459,13 @@ impl LinkedProof {
             return Err(ProofError::LinkOrder { step: 0, index: below.0, above: from });
         }
         let level = trusted.params.link_level(below.0, from);
-        if level.is_none_or(|l| trusted.header.back_links.get(l as usize) != Some(&below.1)) {
-            return Err(ProofError::Fork { index });
+        match level.and_then(|l| trusted.header.back_links.get(l as usize)) {
+            Some(id) if *id == below.1 => Ok(()),
+            // The trusted header itself links to the recorded index: the record names
+            // another block there.
+            Some(_) if self.links.is_empty() => Err(ProofError::Fork { index }),
+            _ => Err(ProofError::LinksBelow { index }),
         }
-        Ok(())
     }
 
     /// The committee and policy hashes each link's left-out ones default to: the link's

@@ -128,7 +128,7 @@ type ChangeLists = std::collections::BTreeMap<u64, Arc<ChangeList>>;
 
 /// Change lists kept per timeline (newest blocks), to answer `GetTimelineChanges`.
 const KEPT_CHANGE_LISTS: usize = 4096;
-/// At most this many leaves in the lists kept per timeline (≈ 72 MB).
+/// At most this many leaves in the lists kept per timeline (≈ 150 MB with their trees).
 const KEPT_CHANGE_LEAVES: usize = 1 << 20;
 
 /// A round this node takes part in, between its commitment and its response.
@@ -765,21 +765,23 @@ impl Node {
         if !self.timeline_chains.lock().expect("lock").contains(timeline) {
             return Err(err(ErrorCode::NotFound, "no such timeline here"));
         }
-        let head = self.head_index(timeline)?;
-        if from > head {
-            return Err(err(ErrorCode::NotFound, format!("the timeline's head is block {head}, before {from}")));
-        }
+        // The newest block whose list (if any) is in place: a block just stored has its list
+        // added a moment later, and must not look like one without.
+        let head = self.timelines.lock().expect("lock").get(timeline).map(|(index, _, _)| *index);
+        let Some(head) = head.filter(|&head| head >= from) else {
+            return Err(err(ErrorCode::NotFound, format!("this witness has checked no timeline block after {from}")));
+        };
         let lists = self.change_lists.lock().expect("lock").get(timeline).cloned().unwrap_or_default();
-        let cost = |list: &ChangeList| changes_cost(list.len(), list.opened(&watched));
-        let costs: std::collections::BTreeMap<u64, u64> =
-            lists.range(from + 1..).map(|(&k, list)| (k, cost(list))).collect();
-        let size: u64 = costs.values().sum();
+        // The offer is weighed against the prefixes alone (one length per list, however
+        // large the request): the opened leaves are the client's own moves.
+        let size: u64 = lists.range(from + 1..).map(|(_, list)| changes_cost(list.len(), 0)).sum();
         if max_bytes > 0 && size > max_bytes {
             return Err(chainiac_proto::changes_too_large(from, size, max_bytes));
         }
         let budget = PROOFS_RESPONSE_BUDGET as u64;
-        let to = changes_page_end(from, head, |k| costs.get(&k).copied(), MAX_CHANGE_BLOCKS, budget);
-        let page: Vec<u64> = costs.range(from + 1..=to).map(|(_, &c)| c).collect();
+        let cost = |k: u64| lists.get(&k).map(|list| changes_cost(list.len(), list.opened(&watched)));
+        let to = changes_page_end(from, head, cost, MAX_CHANGE_BLOCKS, budget);
+        let page: Vec<u64> = ((from + 1)..=to).filter_map(cost).collect();
         // Lists that stop short of the head for want of one would show the client an old
         // block as the newest: it is told, and asks another member or takes inclusion proofs.
         if to < head && !changes_page_full(&page, MAX_CHANGE_BLOCKS, budget) {

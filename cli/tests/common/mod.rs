@@ -24,8 +24,18 @@ pub fn bin() -> PathBuf {
 }
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// A port free now, below the ephemeral range (32768 and up on Linux): the clients of
+/// tests running alongside bind ephemeral ports all the time, and one taking a witness's
+/// port between this check and the witness's start would keep it from coming up.
 pub fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use rand_core::RngCore;
+    loop {
+        let port = 20_000 + (rand_core::OsRng.next_u32() % 12_000) as u16;
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if udp.is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn now_ms() -> u64 {
