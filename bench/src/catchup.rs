@@ -17,7 +17,7 @@ use chainiac_release::{
 use chainiac_skipchain::block::payload_hash;
 use chainiac_skipchain::store::{self, MemoryStore, Store};
 use chainiac_skipchain::timeline::{
-    chain_prefix, changes_cost, changes_page_end, inclusion_cost, ChainPrefix, ChangeList, HeadLeaf, HeadSet,
+    chain_prefix, changes_cost, changes_page, inclusion_cost, ChainPrefix, ChangeList, HeadLeaf, HeadSet,
     TimelineChanges, TimelineEntry, KIND_TIMELINE,
 };
 use chainiac_skipchain::CatchUp;
@@ -782,7 +782,8 @@ fn change_answers(
             let list = &lists[k as usize - 1];
             Some(changes_cost(list.len(), list.opened(&watched)))
         };
-        let end = changes_page_end(state.index(), to, block_cost, MAX_CHANGE_BLOCKS, PROOFS_RESPONSE_BUDGET as u64);
+        let page = changes_page(state.index(), to, block_cost, MAX_CHANGE_BLOCKS, PROOFS_RESPONSE_BUDGET as u64);
+        let end = state.index() + page.len() as u64;
         let proof = store::prove_each(store, timeline, state.index(), end)
             .expect("stored")
             .without_committees(|h| known.contains_key(h));
@@ -1107,6 +1108,8 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
         let d_answers = batched::<LinkedProof>(&store, &all, d, &held);
         let d1_answers = batched::<Proof>(&store, &all, d, &held);
         let n = set.len() as u64;
+        // What the witness weighs every client's offer against: the same for all of them.
+        let wanted = lists_cost(&lists, trusted.index(), head_index);
         let (mut c_full, mut d_full, mut d1_full) = (Default::default(), Default::default(), Default::default());
         for (f, &follow) in options.follows.iter().enumerate() {
             let follow = follow.min(per_project.len());
@@ -1130,7 +1133,6 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
             // does not refuse them as dearer than the inclusion proofs.
             let followed: Vec<BlockId> = chains[..follow].iter().map(|c| c.chain).collect();
             let offer = inclusion_cost(follow as u64, n, MAX_TIMELINE_CHAINS as u64);
-            let wanted = lists_cost(&lists, trusted.index(), head_index);
             let used_lists = wanted <= offer;
             if used_lists {
                 let (pages, moved) =

@@ -102,17 +102,40 @@ impl Handler for Liar {
     fn refused(&self, _: &str) {}
 }
 
+/// Kills witness 0 and serves `handler` with its key at its address.
+fn replace_witness_0<H: Handler>(cluster: &mut Cluster, handler: H) {
+    cluster.witnesses[0].kill();
+    let key = chainiac_witness::keyfile::read(&cluster.witnesses[0].dir.join("node.key")).unwrap();
+    let endpoint = chainiac_proto::endpoint::server(&key, cluster.witnesses[0].address.parse().unwrap()).unwrap();
+    tokio::spawn(chainiac_proto::server::serve(Arc::new(handler), endpoint, &[FrameClass::Query]));
+}
+
 /// Kills witness 0 and serves, with its key at its address, a [`Liar`] relaying witness 1.
 fn replace_witness_0_with_a_liar(cluster: &mut Cluster) {
-    cluster.witnesses[0].kill();
-    let liar_key = chainiac_witness::keyfile::read(&cluster.witnesses[0].dir.join("node.key")).unwrap();
-    let endpoint = chainiac_proto::endpoint::server(&liar_key, cluster.witnesses[0].address.parse().unwrap()).unwrap();
-    let liar = Arc::new(Liar {
+    let liar = Liar {
         honest: Arc::new(common::Client::new()),
         honest_address: cluster.witnesses[1].address.clone(),
         honest_key: cluster.witnesses[1].key,
-    });
-    tokio::spawn(chainiac_proto::server::serve(liar, endpoint, &[FrameClass::Query]));
+    };
+    replace_witness_0(cluster, liar);
+}
+
+/// Four witnesses, a timeline, a raw chain of three blocks the timeline records, and a
+/// client (its state `client.state` in the folder returned) caught up to block 2.
+async fn a_client_at_block_2() -> (Cluster, ChainId, ChainId, tempfile::TempDir, Client) {
+    let cluster = Cluster::start(4).await;
+    let (timeline, timeline_genesis) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
+    let (chain, raw_genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;
+    for i in 0..2 {
+        cluster.propose(1, chain, format!("a{i}").as_bytes()).await.unwrap();
+    }
+    wait_timeline_has(&cluster, chain, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::open(&dir.path().join("client.state"), TrustLevel::default()).unwrap();
+    client.anchor(&timeline_genesis).unwrap();
+    client.anchor(&raw_genesis).unwrap();
+    assert_eq!(client.update(chain).await.unwrap().to, 2);
+    (cluster, timeline, chain, dir, client)
 }
 
 /// The last step is always signed (SPEC §7.3).
@@ -413,7 +436,7 @@ fn the_blocking_client_catches_up_without_an_async_caller() {
     });
     let dir = tempfile::tempdir().unwrap();
     let mut client =
-        chainiac_client::blocking::Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+        chainiac_client::blocking::Client::open(&dir.path().join("client.state"), TrustLevel::default()).unwrap();
     assert_eq!(client.anchor(&raw_genesis).unwrap(), chain);
     let update = client.update(chain).unwrap();
     assert_eq!((update.from, update.to), (0, 3));
@@ -461,40 +484,26 @@ impl Handler for Freezer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_witness_serving_a_head_older_than_the_timeline_says_is_skipped_as_a_freezer() {
-    let mut cluster = Cluster::start(4).await;
-    let (_, timeline_genesis) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
-    let (chain, raw_genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;
-    for i in 0..2 {
-        cluster.propose(1, chain, format!("a{i}").as_bytes()).await.unwrap();
-    }
-    wait_timeline_has(&cluster, chain, 2).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
-    client.anchor(&timeline_genesis).unwrap();
-    client.anchor(&raw_genesis).unwrap();
-    assert_eq!(client.update(chain).await.unwrap().to, 2);
+    let (mut cluster, _, chain, dir, client) = a_client_at_block_2().await;
     for i in 0..2 {
         cluster.propose(2, chain, format!("b{i}").as_bytes()).await.unwrap();
     }
     wait_timeline_has(&cluster, chain, 4).await;
 
     // Witness 0, first in the roster, now serves a frozen view of the project.
-    cluster.witnesses[0].kill();
-    let key = chainiac_witness::keyfile::read(&cluster.witnesses[0].dir.join("node.key")).unwrap();
-    let endpoint = chainiac_proto::endpoint::server(&key, cluster.witnesses[0].address.parse().unwrap()).unwrap();
-    let freezer = Arc::new(Freezer {
+    let freezer = Freezer {
         honest: Arc::new(common::Client::new()),
         honest_address: cluster.witnesses[1].address.clone(),
         honest_key: cluster.witnesses[1].key,
         frozen_chain: chain,
-    });
-    tokio::spawn(chainiac_proto::server::serve(freezer, endpoint, &[FrameClass::Query]));
+    };
+    replace_witness_0(&mut cluster, freezer);
     // A fresh run of the client (its connections to the old witness 0 are gone), checking
     // every hop's signature: the freezer's proof verifies but stops short of the head the
     // timeline records.
     drop(client);
-    let saved = std::fs::read(dir.path().join("c.state")).unwrap();
-    let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+    let saved = std::fs::read(dir.path().join("client.state")).unwrap();
+    let mut client = Client::open(&dir.path().join("client.state"), TrustLevel::default()).unwrap();
     client.every_hop = true;
     let update = client.update(chain).await.unwrap();
     assert_eq!(update.to, 4, "the client went past the freezer to an honest witness");
@@ -508,8 +517,8 @@ async fn a_witness_serving_a_head_older_than_the_timeline_says_is_skipped_as_a_f
     // The same with linked proofs (the default), from the same state: the freezer cannot
     // link down from the recorded head at all, and is named a liar.
     drop(client);
-    std::fs::write(dir.path().join("c.state"), saved).unwrap();
-    let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+    std::fs::write(dir.path().join("client.state"), saved).unwrap();
+    let mut client = Client::open(&dir.path().join("client.state"), TrustLevel::default()).unwrap();
     let update = client.update(chain).await.unwrap();
     assert_eq!((update.from, update.to), (2, 4));
     assert!(
@@ -614,7 +623,7 @@ async fn many_chains_update_together_and_a_new_committee_travels_once() {
 
     // The library: every chain in one call, results in the order asked.
     let dir = tempfile::tempdir().unwrap();
-    let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+    let mut client = Client::open(&dir.path().join("client.state"), TrustLevel::default()).unwrap();
     client.anchor(&timeline_genesis).unwrap();
     for (_, genesis) in &chains {
         client.anchor(genesis).unwrap();
@@ -634,7 +643,7 @@ async fn many_chains_update_together_and_a_new_committee_travels_once() {
 
     // The shell: --all, then a chain the witnesses lost track of fails alone.
     drop(client);
-    let state = dir.path().join("c.state");
+    let state = dir.path().join("client.state");
     let (more, _) = cluster.create_chain(&[0, 1, 2, 3]).await;
     cluster.propose(1, more, b"x").await.unwrap();
     cluster.propose(2, all[0], b"newer").await.unwrap();
@@ -678,7 +687,7 @@ async fn a_client_following_many_chains_learns_what_moved_from_change_lists() {
     }
     wait_timeline_has(&cluster, chains[63].0, 1).await;
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("c.state");
+    let state = dir.path().join("client.state");
     let mut client = Client::open(&state, TrustLevel::default()).unwrap();
     client.anchor(&timeline_genesis).unwrap();
     let all: Vec<ChainId> = chains.iter().map(|(_, g)| client.anchor(g).unwrap()).collect();
@@ -818,18 +827,7 @@ async fn a_fork_signed_by_the_whole_cothority_is_refused_and_named() {
     use chainiac_cosi::Mask;
     use chainiac_skipchain::store::{self, MemoryStore, Store};
     use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, TimelineEntry};
-    let mut cluster = Cluster::start(4).await;
-    let (timeline, timeline_genesis) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
-    let (project, project_genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;
-    for i in 0..2 {
-        cluster.propose(1, project, format!("release {i}").as_bytes()).await.unwrap();
-    }
-    wait_timeline_has(&cluster, project, 2).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut client = Client::open(&dir.path().join("client.state"), TrustLevel::default()).unwrap();
-    client.anchor(&timeline_genesis).unwrap();
-    client.anchor(&project_genesis).unwrap();
-    assert_eq!(client.update(project).await.unwrap().to, 2);
+    let (mut cluster, timeline, project, dir, client) = a_client_at_block_2().await;
     let honest = client.state().chains[&project].id;
 
     // The forgery: block 2' after block 1, and a timeline block recording it.
@@ -851,7 +849,7 @@ async fn a_fork_signed_by_the_whole_cothority_is_refused_and_named() {
     let forged = MemoryStore::new();
     copy_chain(&cluster, &forged, project, 1).await;
     let at_1 = store::head_state(&forged, &project).unwrap().into_inner();
-    let proposal = Proposal { kind: 0, payload: b"release 1, evil".to_vec(), ..Proposal::default() };
+    let proposal = Proposal { kind: 0, payload: b"a1, evil".to_vec(), ..Proposal::default() };
     let mut evil = at_1.propose(proposal, |j| forged.block_id(&project, j).unwrap()).unwrap();
     sign(&mut evil);
     store::append(&forged, &evil).unwrap();
@@ -869,12 +867,7 @@ async fn a_fork_signed_by_the_whole_cothority_is_refused_and_named() {
     store::append(&forged, &recording).unwrap();
 
     // Witness 0, the first the client asks, serves the forgery; the honest others stay up.
-    cluster.witnesses[0].kill();
-    let forger_key = chainiac_witness::keyfile::read(&cluster.witnesses[0].dir.join("node.key")).unwrap();
-    let endpoint =
-        chainiac_proto::endpoint::server(&forger_key, cluster.witnesses[0].address.parse().unwrap()).unwrap();
-    let forger = Arc::new(Forger { store: forged, timeline, index: timeline_head + 1, entry, set });
-    tokio::spawn(chainiac_proto::server::serve(forger, endpoint, &[FrameClass::Query]));
+    replace_witness_0(&mut cluster, Forger { store: forged, timeline, index: timeline_head + 1, entry, set });
     // A fresh client process: no connection left to the witness the forger replaced.
     drop(client);
     let mut client = Client::open(&dir.path().join("client.state"), TrustLevel::default()).unwrap();

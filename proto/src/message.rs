@@ -80,7 +80,7 @@ pub enum Request {
     /// list as a client following chains with the `watched` prefixes (at most
     /// [`MAX_WATCHED_PREFIXES`]) needs it (`timeline::ChangedBlock`), up to
     /// [`MAX_CHANGE_BLOCKS`] blocks or [`PROOFS_RESPONSE_BUDGET`] of lists
-    /// (`timeline::changes_page_end`; the client asks again from where a full answer
+    /// (`timeline::changes_page`; the client asks again from where a full answer
     /// stopped). Committees as in [`Request::GetProofs`]. Refused if all the lists
     /// since `from` would take more than about `max_bytes` (0: no limit): the client then
     /// takes inclusion proofs, the cheaper path.

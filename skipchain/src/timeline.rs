@@ -445,22 +445,25 @@ pub fn changes_cost(listed: usize, opened: usize) -> u64 {
     250 + PREFIX_LEN as u64 * listed as u64 + opened as u64 * (72 + 32 * depth)
 }
 
-/// The last block of a page of change lists after block `from` (none past `head`): it
-/// stops before the first block whose list `cost` does not have (else it gives the
-/// block's [`changes_cost`]), after `max_blocks` blocks, or once the page's cost reached
-/// `budget`. Returns `from` for an empty page.
-pub fn changes_page_end(from: u64, head: u64, cost: impl Fn(u64) -> Option<u64>, max_blocks: u64, budget: u64) -> u64 {
-    let (mut end, mut total) = (from, 0);
+/// The page of change lists after block `from` (none past `head`), as the cost of each of
+/// its blocks in order (block `from + 1` first; empty for an empty page): it stops before
+/// the first block whose list `cost` does not have (else it gives the block's
+/// [`changes_cost`]), after `max_blocks` blocks, or once the page's cost reached `budget`.
+pub fn changes_page(from: u64, head: u64, cost: impl Fn(u64) -> Option<u64>, max_blocks: u64, budget: u64) -> Vec<u64> {
+    let mut page = Vec::new();
+    let mut total = 0;
+    let mut end = from;
     while end < head && end - from < max_blocks && total < budget {
         let Some(block) = cost(end + 1) else { break };
+        page.push(block);
         total += block;
         end += 1;
     }
-    end
+    page
 }
 
 /// Whether a page of change lists whose blocks cost `costs` stopped for its size (the
-/// count or the budget of [`changes_page_end`]), so that more may follow: the client asks
+/// count or the budget of [`changes_page`]), so that more may follow: the client asks
 /// again.
 pub fn changes_page_full(costs: &[u64], max_blocks: u64, budget: u64) -> bool {
     costs.len() as u64 >= max_blocks || costs.iter().sum::<u64>() >= budget
@@ -699,9 +702,11 @@ mod tests {
         ) {
             let head = from + lens.len() as u64;
             let list = |k: u64| lens[(k - from - 1) as usize].map(|len| changes_cost(len, len / 50));
-            let end = changes_page_end(from, head, list, max_blocks, budget);
-            prop_assert!(end >= from && end <= head && end - from <= max_blocks);
-            let page: Vec<u64> = ((from + 1)..=end).map(|k| list(k).expect("only held lists")).collect();
+            let page = changes_page(from, head, list, max_blocks, budget);
+            let end = from + page.len() as u64;
+            prop_assert!(end <= head && end - from <= max_blocks);
+            let held: Vec<u64> = ((from + 1)..=end).map(|k| list(k).expect("only held lists")).collect();
+            prop_assert_eq!(&page, &held);
             let full = changes_page_full(&page, max_blocks, budget);
             if !full {
                 prop_assert!(end == head || list(end + 1).is_none());

@@ -21,7 +21,7 @@ use chainiac_release::{KIND_POLICY_CHANGE, KIND_RELEASE};
 use chainiac_skipchain::rocks::RocksStore;
 use chainiac_skipchain::store::{self, Store, StoreError};
 use chainiac_skipchain::timeline::{
-    changes_cost, changes_page_end, changes_page_full, ChainPrefix, ChangeList, HeadLeaf, HeadSet, TimelineChanges,
+    changes_cost, changes_page, changes_page_full, ChainPrefix, ChangeList, HeadLeaf, HeadSet, TimelineChanges,
     TimelineEntry, KIND_TIMELINE,
 };
 use chainiac_skipchain::{Block, BlockId, ChainId, ChainState, Proposal};
@@ -780,8 +780,8 @@ impl Node {
         }
         let budget = PROOFS_RESPONSE_BUDGET as u64;
         let cost = |k: u64| lists.get(&k).map(|list| changes_cost(list.len(), list.opened(&watched)));
-        let to = changes_page_end(from, head, cost, MAX_CHANGE_BLOCKS, budget);
-        let page: Vec<u64> = ((from + 1)..=to).filter_map(cost).collect();
+        let page = changes_page(from, head, cost, MAX_CHANGE_BLOCKS, budget);
+        let to = from + page.len() as u64;
         // Lists that stop short of the head for want of one would show the client an old
         // block as the newest: it is told, and asks another member or takes inclusion proofs.
         if to < head && !changes_page_full(&page, MAX_CHANGE_BLOCKS, budget) {
