@@ -14,8 +14,9 @@
 //! state file records it per chain), the client first asks for the timeline's change lists
 //! since that block (`GetTimelineChanges`, SPEC §8), capped at what the inclusion proofs
 //! would cost: the lists show which chains moved (those get linked proofs as above) and that
-//! the others did not, for ≈ 250 bytes a timeline block and 72 a move instead of one
-//! inclusion leaf per followed chain. A member whose lists do not verify is skipped like any
+//! the others did not, for ≈ 250 bytes a timeline block and 4 per head that moved in the
+//! registry (its chain prefix; the client's own heads opened) instead of one inclusion
+//! leaf per followed chain. A member whose lists do not verify is skipped like any
 //! liar; if no member serves them within the cap, the update takes inclusion proofs.
 //! Committees the client holds — its trusted states' and those the timeline proof brought
 //! — are named by hash and left out of the answers, so a roster change costs the client one
