@@ -14,6 +14,7 @@ use chainiac_release::{
     content_hash, Artifact, Attestation, AttestationBody, DeveloperSignature, Manifest, Outcome, Policy, PolicyChange,
     Recipe, ReleasePayload, RootSignature, SourceArchive, VerifierEntry, KIND_POLICY_CHANGE, KIND_RELEASE,
 };
+use chainiac_skipchain::authority::KIND_COMMITTEE;
 use chainiac_skipchain::block::payload_hash;
 use chainiac_skipchain::store::{self, MemoryStore, Store};
 use chainiac_skipchain::timeline::{
@@ -22,7 +23,8 @@ use chainiac_skipchain::timeline::{
 };
 use chainiac_skipchain::CatchUp;
 use chainiac_skipchain::{
-    Block, BlockId, ChainParams, ChainState, Committee, LinkedProof, Proof, ProofStep, Proposal, StepHeader,
+    Appointment, Appointments, Block, BlockId, ChainParams, ChainState, LinkedProof, Proof, ProofStep, Proposal,
+    StepHeader, Verified,
 };
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -37,6 +39,8 @@ const MONTH_MS: f64 = 30.436_875 * DAY_MS as f64;
 const YEAR_MS: u64 = 365 * DAY_MS + DAY_MS / 4;
 const WITNESSES: usize = 16;
 const THRESHOLD: u32 = 11;
+/// How long the operators' approvals of a new roster stay valid (the chains move within it).
+const APPROVAL_VALIDITY_MS: u64 = 30 * DAY_MS;
 
 pub struct Options {
     pub pypi: PathBuf,
@@ -472,9 +476,9 @@ fn build_project(
                 ..Proposal::default()
             },
             Event::RosterChange(epoch) => Proposal {
-                kind: KIND_RELEASE,
+                kind: KIND_COMMITTEE,
                 payload: vec![],
-                committee: Some(cothority.committee(epoch).clone()),
+                committee: Some(cothority.appoint(epoch, t + APPROVAL_VALIDITY_MS)),
                 timestamp_ms: t,
                 ..Proposal::default()
             },
@@ -547,8 +551,10 @@ impl std::ops::AddAssign for Cost {
     }
 }
 
-fn committee_bytes(committee: Option<&Committee>) -> u64 {
-    committee.map_or(0, |c| postcard::to_allocvec(c).expect("serializes").len() as u64)
+/// The bytes of a carried committee: its roster and threshold, and the approvals that
+/// appoint it.
+fn committee_bytes(committee: Option<&Appointment>) -> u64 {
+    committee.map_or(0, |a| postcard::to_allocvec(a).expect("serializes").len() as u64)
 }
 
 fn blocks(store: &MemoryStore, chain: &BlockId, from: u64, to: u64) -> Vec<Vec<u8>> {
@@ -615,8 +621,9 @@ fn tuf_style(store: &MemoryStore, trusted: &ChainState, to: u64, release: bool) 
         .expect("signed by the committee in force");
         carried += committee_bytes(block.committee.as_ref());
         if let Some(next) = &block.committee {
-            assert_eq!(next.hash(), block.header.committee_hash);
-            committee = std::sync::Arc::new(next.clone());
+            assert_eq!(next.committee.hash(), block.header.committee_hash);
+            next.check_change(&committee, block.header.timestamp_ms).expect("an authorized change");
+            committee = std::sync::Arc::new(next.committee.clone());
         }
         last = Some(block);
     }
@@ -629,25 +636,23 @@ fn tuf_style(store: &MemoryStore, trusted: &ChainState, to: u64, release: bool) 
 }
 
 /// (c) The skipchain proof from the trusted block to the head, carrying the head's payload.
-/// Committees the client already holds (`held`, by hash) are left out of it and looked up
-/// (`Proof::without_committees` / `verify_with`). Returns the committees the proof carried.
+/// Appointments the client already holds (`held`, by committee hash) are left out of it and
+/// looked up (`Proof::without_committees` / `verify_with`). Returns the appointments the
+/// proof carried, checked.
 fn skipchain(
     store: &MemoryStore,
     trusted: &ChainState,
     to: u64,
     release: bool,
-    held: &[Committee],
-) -> (Cost, Option<Vec<u8>>, Vec<Committee>) {
-    // Hashed once, outside the timing: a client keeps its committees by hash.
-    let held: Vec<([u8; 32], &Committee)> = held.iter().map(|c| (c.hash(), c)).collect();
+    held: &Appointments,
+) -> (Cost, Option<Vec<u8>>, Vec<Verified<Appointment>>) {
     let proof = store::prove(store, &trusted.chain, trusted.index(), to, to > trusted.index())
         .unwrap()
-        .without_committees(|hash| held.iter().any(|(h, _)| h == hash));
+        .without_committees(|hash| held.contains(hash));
     let wire = proof.to_bytes();
     let started = Instant::now();
-    let lookup = |hash: &[u8; 32]| held.iter().find(|(h, _)| h == hash).map(|(_, c)| (*c).clone());
     let reached =
-        Proof::from_bytes(&wire).expect("decodes").verify_with(trusted, lookup).expect("a valid proof").into_inner();
+        Proof::from_bytes(&wire).expect("decodes").verify_with(trusted, held).expect("a valid proof").into_inner();
     assert_eq!(reached.state.index(), to);
     if release && reached.state.header.kind == KIND_RELEASE {
         if let Some(payload) = reached.payload.as_ref().filter(|p| !p.is_empty()) {
@@ -655,9 +660,8 @@ fn skipchain(
         }
     }
     let cpu = started.elapsed();
-    let carried: Vec<Committee> = proof.steps.iter().filter_map(|s| s.committee.clone()).collect();
-    let committee_bytes = carried.iter().map(|c| committee_bytes(Some(c))).sum();
-    (Cost { bytes: wire.len() as u64, cpu, committee_bytes }, reached.payload, carried)
+    let committee_bytes = proof.steps.iter().map(|s| committee_bytes(s.committee.as_ref())).sum();
+    (Cost { bytes: wire.len() as u64, cpu, committee_bytes }, reached.payload, reached.appointments)
 }
 
 /// Decoded and verified by the client: one entry of a `GetProofs` or `GetLinkedProofs`
@@ -672,14 +676,9 @@ trait Batched: Serialize + serde::de::DeserializeOwned + Sized {
     /// The witness's proof for `chain` from `trusted` to its head, leaving out the
     /// committees `named` holds.
     fn make(store: &MemoryStore, trusted: &ChainState, chain: &ChainBuilder, named: &HashSet<[u8; 32]>) -> Self;
-    /// The client's check with the committees it holds.
-    fn check(
-        &self,
-        trusted: &ChainState,
-        chain: &ChainBuilder,
-        known: &HashMap<[u8; 32], Committee>,
-    ) -> chainiac_skipchain::CatchUp;
-    fn carried(&self) -> Vec<&Committee>;
+    /// The client's check with the appointments it holds.
+    fn check(&self, trusted: &ChainState, chain: &ChainBuilder, known: &Appointments) -> chainiac_skipchain::CatchUp;
+    fn carried(&self) -> Vec<&Appointment>;
 }
 
 impl Batched for Proof {
@@ -689,10 +688,10 @@ impl Batched for Proof {
             .unwrap()
             .without_committees(|hash| named.contains(hash))
     }
-    fn check(&self, trusted: &ChainState, _: &ChainBuilder, known: &HashMap<[u8; 32], Committee>) -> CatchUp {
-        self.verify_with(trusted, |h| known.get(h).cloned()).expect("a valid proof").into_inner()
+    fn check(&self, trusted: &ChainState, _: &ChainBuilder, known: &Appointments) -> CatchUp {
+        self.verify_with(trusted, known).expect("a valid proof").into_inner()
     }
-    fn carried(&self) -> Vec<&Committee> {
+    fn carried(&self) -> Vec<&Appointment> {
         self.steps.iter().filter_map(|s| s.committee.as_ref()).collect()
     }
 }
@@ -707,36 +706,36 @@ impl Batched for LinkedProof {
         })
         .unwrap()
     }
-    fn check(&self, trusted: &ChainState, chain: &ChainBuilder, known: &HashMap<[u8; 32], Committee>) -> CatchUp {
+    fn check(&self, trusted: &ChainState, chain: &ChainBuilder, known: &Appointments) -> CatchUp {
         let recorded = (chain.head.index(), chain.head.id);
-        self.verify_with(trusted, recorded, |h| known.get(h).cloned()).expect("a valid proof").into_inner()
+        self.verify_with(trusted, recorded, known).expect("a valid proof").into_inner()
     }
-    fn carried(&self) -> Vec<&Committee> {
-        self.committee.iter().chain(self.beyond.steps.iter().filter_map(|s| s.committee.as_ref())).collect()
+    fn carried(&self) -> Vec<&Appointment> {
+        self.appointments.iter().chain(self.beyond.steps.iter().filter_map(|s| s.committee.as_ref())).collect()
     }
 }
 
 /// The proofs of `chains` as a client receives them in `GetProofs` or `GetLinkedProofs`
-/// answers (one per [`MAX_PROOF_QUERIES`] chains): a witness leaves out every committee the
-/// client named (`held`, then whatever the client learned from earlier answers) and every
-/// committee an earlier proof of the same answer carried. Each entry is decoded and
-/// verified as the client does, with the committees it holds.
+/// answers (one per [`MAX_PROOF_QUERIES`] chains): a witness leaves out every appointment
+/// the client named (`held`, then whatever the client learned from earlier answers) and
+/// every one an earlier proof of the same answer carried. Each entry is decoded and
+/// verified as the client does, with the appointments it holds.
 fn batched<P: Batched>(
     store: &MemoryStore,
     chains: &[&ChainBuilder],
     d: usize,
-    held: &[Committee],
+    held: &Appointments,
 ) -> Vec<Answered<P>> {
-    let mut known: HashMap<[u8; 32], Committee> = held.iter().map(|c| (c.hash(), c.clone())).collect();
+    let mut known = held.clone();
     let mut answered = Vec::with_capacity(chains.len());
     for chunk in chains.chunks(MAX_PROOF_QUERIES) {
         // What the request names: everything the client knows before this answer.
-        let mut named: HashSet<[u8; 32]> = known.keys().copied().collect();
+        let mut named: HashSet<[u8; 32]> = known.newest(usize::MAX).into_iter().collect();
         for chain in chunk {
             let trusted = &chain.states_at_marks[d];
             let to = chain.head.index();
             let proof = P::make(store, trusted, chain, &named);
-            named.extend(proof.carried().into_iter().map(Committee::hash));
+            named.extend(proof.carried().into_iter().map(|a| a.committee.hash()));
             let wire = postcard::to_allocvec(&proof).expect("serializes");
             let started = Instant::now();
             let decoded: P = chainiac_skipchain::decode_exact(&wire).expect("decodes");
@@ -747,8 +746,8 @@ fn batched<P: Batched>(
                     assert!(check_release(payload));
                 }
             }
-            for committee in decoded.carried() {
-                known.entry(committee.hash()).or_insert_with(|| committee.clone());
+            for appointment in reached.appointments {
+                known.hold(appointment);
             }
             answered.push(Answered { entry: Ok(proof), cpu: started.elapsed() });
         }
@@ -771,11 +770,11 @@ fn change_answers(
     lists: &[ChangeList],
     trusted: &ChainState,
     to: u64,
-    held: &[Committee],
+    held: &Appointments,
     followed: &[BlockId],
 ) -> (Cost, HashSet<BlockId>) {
     let watched: HashSet<ChainPrefix> = followed.iter().map(chain_prefix).collect();
-    let mut known: HashMap<[u8; 32], Committee> = held.iter().map(|c| (c.hash(), c.clone())).collect();
+    let mut known = held.clone();
     let (mut cost, mut moved, mut state) = (Cost::default(), HashSet::new(), trusted.clone());
     while state.index() < to {
         let block_cost = |k: u64| {
@@ -786,7 +785,7 @@ fn change_answers(
         let end = state.index() + page.len() as u64;
         let proof = store::prove_each(store, timeline, state.index(), end)
             .expect("stored")
-            .without_committees(|h| known.contains_key(h));
+            .without_committees(|h| known.contains(h));
         let blocks = ((state.index() + 1)..=end).map(|k| {
             let block = store.block(timeline, k).unwrap().expect("stored");
             (TimelineEntry::from_bytes(&block.payload).expect("an entry"), &lists[k as usize - 1])
@@ -795,13 +794,14 @@ fn change_answers(
             .expect("encodes");
         let started = Instant::now();
         let Ok(Response::TimelineChanges(answer)) = postcard::from_bytes::<Response>(&wire) else { panic!("decodes") };
-        let seen =
-            answer.verify_with(&state, |h| known.get(h).cloned(), followed).expect("valid change lists").into_inner();
+        let seen = answer.verify_with(&state, &known, followed).expect("valid change lists").into_inner();
         cost.cpu += started.elapsed();
         cost.bytes += wire.len() as u64;
         for committee in answer.proof.steps.iter().filter_map(|s| s.committee.as_ref()) {
             cost.committee_bytes += committee_bytes(Some(committee));
-            known.entry(committee.hash()).or_insert_with(|| committee.clone());
+        }
+        for appointment in seen.caught.appointments.iter().cloned() {
+            known.hold(appointment);
         }
         moved.extend(seen.moved.into_keys());
         state = seen.caught.state;
@@ -1018,7 +1018,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
             hash::sha3_256("chainiac-bench/root", &[&(k as u64).to_be_bytes()])
         };
         let entry = TimelineEntry { time_ms: t, chains: set.len() as u64, root, changes: Some(lists[k].hash()) };
-        let committee = epoch.map(|e| cothority.committee(e).clone());
+        let committee = epoch.map(|e| cothority.appoint(e, t + APPROVAL_VALIDITY_MS));
         timeline.append(
             &store,
             &mut cothority,
@@ -1075,14 +1075,14 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
         let trusted = &timeline.states_at_marks[d];
         let tl_a = linear(&store, trusted, head_index, false);
         let tl_b = tuf_style(&store, trusted, head_index, false);
-        let (tl_single, payload, carried) = skipchain(&store, trusted, head_index, false, &[]);
+        let (tl_single, payload, carried) = skipchain(&store, trusted, head_index, false, &Appointments::default());
         assert_eq!(payload.map(|p| TimelineEntry::from_bytes(&p).unwrap()), Some(head_entry.clone()));
         // The batches bring the entry; the client checks it against the proven header.
         let tl_answer =
             Response::Proofs(vec![Ok(store::prove(&store, &timeline.chain, trusted.index(), head_index, false)?)]);
         let tl_d = Cost { bytes: postcard::to_allocvec(&tl_answer)?.len() as u64, ..tl_single };
-        let mut held = vec![trusted.committee.as_ref().clone()];
-        held.extend(carried);
+        let mut held = Appointments::default();
+        carried.into_iter().for_each(|a| held.hold(a));
         // Per-project costs, once; clients following P projects sum a prefix.
         let mut per_project = Vec::with_capacity(chains.len());
         let progress = progress_bar(chains.len() as u64, &format!("measuring updates every {days_behind} days"));
@@ -1101,10 +1101,10 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
             per_project.push((a, b, to - trusted.index(), floor as u64));
         }
         progress.finish_and_clear();
-        // (c): the client holds its projects' trusted committee; (d): the timeline's too.
-        let project_held = vec![chains[0].states_at_marks[d].committee.as_ref().clone()];
+        // (c): the client holds no appointment yet (its trusted committee came without any);
+        // (d): those the timeline's proof brought.
         let all: Vec<&ChainBuilder> = chains.iter().collect();
-        let c_answers = batched::<Proof>(&store, &all, d, &project_held);
+        let c_answers = batched::<Proof>(&store, &all, d, &Appointments::default());
         let d_answers = batched::<LinkedProof>(&store, &all, d, &held);
         let d1_answers = batched::<Proof>(&store, &all, d, &held);
         let n = set.len() as u64;

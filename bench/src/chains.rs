@@ -7,7 +7,7 @@
 use chainiac_cosi::simulation::sign_with_all_keys;
 use chainiac_cosi::{Mask, Member, Roster, SecretKey, Signature};
 use chainiac_skipchain::store::{self, MemoryStore, Store};
-use chainiac_skipchain::{genesis, ChainId, ChainParams, ChainState, Committee, Proposal};
+use chainiac_skipchain::{genesis, Appointment, Approval, ChainId, ChainParams, ChainState, Committee, Proposal};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -41,6 +41,18 @@ impl Cothority {
 
     pub fn committee(&self, epoch: usize) -> &Committee {
         &self.committees[epoch]
+    }
+
+    /// Epoch `epoch`'s committee, appointed by the threshold of the epoch before's members
+    /// (what a change must carry), their approvals valid until `expires_ms`.
+    pub fn appoint(&self, epoch: usize, expires_ms: u64) -> Appointment {
+        let before = &self.committees[epoch - 1];
+        let next = &self.committees[epoch];
+        let approvers = &self.keys[epoch - 1..epoch - 1 + before.threshold()];
+        Appointment {
+            committee: next.clone(),
+            approvals: approvers.iter().map(|k| Approval::sign(k, next, expires_ms)).collect(),
+        }
     }
 
     /// The committee of `epoch` signs `message`, one member (at random) missing as real
@@ -91,7 +103,9 @@ impl ChainBuilder {
     pub fn append(&mut self, store: &MemoryStore, cothority: &mut Cothority, proposal: Proposal) {
         let chain = self.chain;
         let next_epoch = match &proposal.committee {
-            Some(c) => (0..cothority.epochs()).find(|&e| cothority.committee(e) == c).expect("a cothority epoch"),
+            Some(a) => {
+                (0..cothority.epochs()).find(|&e| *cothority.committee(e) == a.committee).expect("a cothority epoch")
+            }
             None => self.epoch,
         };
         let mut block = self.head.propose(proposal, |j| store.block_id(&chain, j).unwrap()).expect("proposable");

@@ -197,8 +197,14 @@ async fn demo(root: &Path) -> Result<()> {
     let timeline_genesis =
         genesis(ChainParams::DEFAULT, committee.clone(), b"timeline".to_vec(), KIND_TIMELINE, vec![], now);
     let project_genesis = genesis(ChainParams::DEFAULT, committee, policy.to_bytes(), KIND_RELEASE, vec![], now);
-    for g in [&timeline_genesis, &project_genesis] {
-        match call(&pool, &witnesses[0], Request::CreateChain { genesis: g.clone() }).await? {
+    // The timeline is created by an operator of its committee (witness 0's, with its key);
+    // the project by anyone.
+    let operator = {
+        let endpoint = chainiac_proto::endpoint::client("127.0.0.1:0".parse()?)?;
+        Pool::new(endpoint, Arc::new(keyfile::read(&root.join("witness-0").join("node.key"))?))
+    };
+    for (who, g) in [(&operator, &timeline_genesis), (&pool, &project_genesis)] {
+        match call(who, &witnesses[0], Request::CreateChain { genesis: g.clone() }).await? {
             Response::Created { .. } => {}
             other => bail!("chain not created: {other:?}"),
         }

@@ -31,9 +31,14 @@ pub enum ProjectCommand {
         /// Make the cothority's timeline instead of a project.
         #[arg(long)]
         timeline: bool,
-        /// Witnesses that must cosign each block (default: the Byzantine quorum).
+        /// Witnesses that must cosign each block (default: the Byzantine quorum; it must
+        /// exceed two thirds of the roster).
         #[arg(long)]
         threshold: Option<u32>,
+        /// The key to present to the witness: a witness key of the roster (its operator's)
+        /// to create a timeline, or an allow-listed creator's key (default: a throwaway key).
+        #[arg(long)]
+        key: Option<PathBuf>,
         /// Where to write the genesis block (clients anchor on it).
         #[arg(long)]
         out: PathBuf,
@@ -194,8 +199,13 @@ fn decode<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> 
 }
 
 fn pool() -> Result<Pool> {
+    pool_with(chainiac_cosi::SecretKey::generate(&mut rand_core::OsRng))
+}
+
+/// A connection pool that presents `key` to the nodes it calls.
+pub(crate) fn pool_with(key: chainiac_cosi::SecretKey) -> Result<Pool> {
     let endpoint = chainiac_proto::endpoint::client("0.0.0.0:0".parse().expect("valid"))?;
-    Ok(Pool::new(endpoint, Arc::new(chainiac_cosi::SecretKey::generate(&mut rand_core::OsRng))))
+    Ok(Pool::new(endpoint, Arc::new(key)))
 }
 
 /// Updates the client's view of `chain` and returns the client.
@@ -299,10 +309,10 @@ fn show(state: &Path, chain: &str, json: bool) -> Result<()> {
 }
 
 pub fn project(command: ProjectCommand) -> Result<()> {
-    let (roster, policy, timeline, threshold, out, json) = match command {
+    let (roster, policy, timeline, threshold, key, out, json) = match command {
         ProjectCommand::Show { state, chain, json } => return show(&state, &chain, json),
-        ProjectCommand::Init { roster, policy, timeline, threshold, out, json } => {
-            (roster, policy, timeline, threshold, out, json)
+        ProjectCommand::Init { roster, policy, timeline, threshold, key, out, json } => {
+            (roster, policy, timeline, threshold, key, out, json)
         }
     };
     let text = std::fs::read_to_string(&roster).with_context(|| format!("reading {}", roster.display()))?;
@@ -321,7 +331,10 @@ pub fn project(command: ProjectCommand) -> Result<()> {
     let member = committee.roster().members()[0].clone();
     let runtime = tokio::runtime::Runtime::new()?;
     let reply = runtime.block_on(async {
-        let pool = pool()?;
+        let pool = match &key {
+            Some(path) => pool_with(crate::client_cmd::read_key(path)?)?,
+            None => pool()?,
+        };
         anyhow::Ok(
             pool.call(
                 &member.address,

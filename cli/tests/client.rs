@@ -470,8 +470,12 @@ impl Handler for Freezer {
         if let Request::GetLinkedProofs { queries, .. } = &request {
             if queries.iter().any(|q| q.chain == self.frozen_chain) {
                 let empty = chainiac_skipchain::Proof { steps: vec![], payload: None };
-                let nothing =
-                    chainiac_skipchain::LinkedProof { links: vec![], committee: None, policy: None, beyond: empty };
+                let nothing = chainiac_skipchain::LinkedProof {
+                    links: vec![],
+                    appointments: vec![],
+                    policy: None,
+                    beyond: empty,
+                };
                 return Response::LinkedProofs(queries.iter().map(|_| Ok(nothing.clone())).collect());
             }
         }
@@ -598,7 +602,7 @@ async fn many_chains_update_together_and_a_new_committee_travels_once() {
             assert_eq!(proofs.len(), 12);
             let proofs: Vec<_> = proofs.into_iter().map(Result::unwrap).collect();
             assert!(proofs.iter().all(|p| p.links.first().is_some_and(|l| l.index == 3) && p.beyond.payload.is_some()));
-            proofs.iter().filter(|p| p.committee.is_some()).count()
+            proofs.iter().filter(|p| !p.appointments.is_empty()).count()
         }
         other => panic!("{other:?}"),
     };

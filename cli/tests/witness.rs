@@ -304,7 +304,7 @@ async fn the_timeline_commits_to_every_head_and_clients_check_inclusion_and_age(
         timestamp_ms: bogus.time_ms,
         ..Default::default()
     };
-    let reply = cluster.client.call(&cluster.witnesses[0], Request::Propose { chain: timeline, proposal }).await;
+    let reply = cluster.operator(1).call(&cluster.witnesses[0], Request::Propose { chain: timeline, proposal }).await;
     let error = reply.unwrap_err();
     assert!(refusal(&error).message.contains("timeline root"), "{error}");
     // And a timeline block on a project chain is refused by kind.
@@ -383,7 +383,8 @@ async fn timeline_change_lists_name_every_moved_head() {
     let project_head = cluster.prove_from_genesis(0, project, &project_genesis).await;
     let other_head = cluster.prove_from_genesis(0, other, &other_genesis).await;
     if let Some(answer) = ask(0).await {
-        let seen = answer.verify_with(&genesis, |_| None, &both).unwrap().into_inner();
+        let seen =
+            answer.verify_with(&genesis, &chainiac_skipchain::Appointments::default(), &both).unwrap().into_inner();
         if seen.caught.state.index() >= first.index {
             assert_eq!(seen.moved.len(), 2, "{:?}", seen.moved);
             assert_eq!((seen.moved[&project].index, seen.moved[&project].id), (3, project_head.id));
@@ -404,7 +405,7 @@ async fn timeline_change_lists_name_every_moved_head() {
         cluster.propose(1, project, format!("p{head}").as_bytes()).await.unwrap();
         let recording = recorded(head).await;
         let Some(answer) = ask(held.index()).await else { continue };
-        let seen = answer.verify_with(&held, |_| None, &both).unwrap().into_inner();
+        let seen = answer.verify_with(&held, &chainiac_skipchain::Appointments::default(), &both).unwrap().into_inner();
         if seen.caught.state.index() < recording.index {
             continue;
         }
@@ -414,7 +415,7 @@ async fn timeline_change_lists_name_every_moved_head() {
         let mut cut = answer.clone();
         let block = cut.blocks.iter_mut().find(|b| !b.opened.is_empty()).expect("the move is opened");
         block.opened.clear();
-        assert!(cut.verify_with(&held, |_| None, &both).is_err());
+        assert!(cut.verify_with(&held, &chainiac_skipchain::Appointments::default(), &both).is_err());
         checked = true;
         break;
     }
@@ -437,8 +438,11 @@ async fn timeline_change_lists_name_every_moved_head() {
         timestamp_ms: forged.time_ms,
         ..Default::default()
     };
-    let error =
-        cluster.client.call(&cluster.witnesses[0], Request::Propose { chain: timeline, proposal }).await.unwrap_err();
+    let error = cluster
+        .operator(1)
+        .call(&cluster.witnesses[0], Request::Propose { chain: timeline, proposal })
+        .await
+        .unwrap_err();
     assert!(refusal(&error).message.contains("change list"), "{error}");
 
     // A block without a list (a leader lacking the heads before proposes one): lists from
@@ -457,7 +461,7 @@ async fn timeline_change_lists_name_every_moved_head() {
             timestamp_ms: entry.time_ms,
             ..Default::default()
         };
-        match cluster.client.call(&cluster.witnesses[0], Request::Propose { chain: timeline, proposal }).await {
+        match cluster.operator(1).call(&cluster.witnesses[0], Request::Propose { chain: timeline, proposal }).await {
             Ok(Response::Appended { block }) => break block.header.index,
             other => {
                 attempts += 1;
@@ -506,6 +510,7 @@ async fn timeline_change_lists_name_every_moved_head() {
     };
     let at_listless = proof.verify(&genesis).unwrap().into_inner().state;
     let after = ask(listless).await.expect("lists after the list-less block");
-    let seen = after.verify_with(&at_listless, |_| None, &both).unwrap().into_inner();
+    let seen =
+        after.verify_with(&at_listless, &chainiac_skipchain::Appointments::default(), &both).unwrap().into_inner();
     assert!(seen.caught.state.index() > listless && seen.moved.is_empty(), "{seen:?}");
 }

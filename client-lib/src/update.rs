@@ -34,52 +34,26 @@ use chainiac_skipchain::block::payload_hash;
 use chainiac_skipchain::timeline::{
     chain_prefix, changes_cost, changes_page_full, inclusion_cost, HeadLeaf, TimelineEntry,
 };
-use chainiac_skipchain::{BlockId, CatchUp, ChainId, ChainState, Committee, LinkedProof, Proof, ProofError};
+use chainiac_skipchain::{Appointments, BlockId, CatchUp, ChainId, ChainState, Committee, Proof, ProofError};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-/// Committees the client holds, by hash, in the order it learned them.
-#[derive(Default, Clone)]
-struct HeldCommittees {
-    order: Vec<[u8; 32]>,
-    by_hash: HashMap<[u8; 32], Committee>,
+/// Appointments the client holds this update, by committee hash: each came checked with a
+/// proof it verified (a roster change the timeline's proof walked, say), so answers may
+/// leave it out. A trusted state's committee is not among them: it came without the
+/// approvals a change into it would need.
+type HeldCommittees = Appointments;
+
+/// Holds every appointment a verified proof carried.
+fn learn(held: &mut HeldCommittees, caught: &CatchUp) {
+    for appointment in &caught.appointments {
+        held.hold(appointment.clone());
+    }
 }
 
-impl HeldCommittees {
-    /// Holds `committee`.
-    fn add(&mut self, committee: &Committee) {
-        self.hold(committee.hash(), committee);
-    }
-
-    /// Holds `committee`, whose hash the caller knows to be `hash`.
-    fn hold(&mut self, hash: [u8; 32], committee: &Committee) {
-        if !self.by_hash.contains_key(&hash) {
-            self.order.push(hash);
-            self.by_hash.insert(hash, committee.clone());
-        }
-    }
-
-    /// The hashes to name in a request: the newest ones, as many as a request may carry.
-    fn newest(&self) -> Vec<[u8; 32]> {
-        self.order.iter().rev().take(MAX_HELD_COMMITTEES).copied().collect()
-    }
-
-    fn get(&self, hash: &[u8; 32]) -> Option<Committee> {
-        self.by_hash.get(hash).cloned()
-    }
-
-    fn learn(&mut self, proof: &Proof) {
-        for committee in proof.steps.iter().filter_map(|step| step.committee.as_ref()) {
-            self.add(committee);
-        }
-    }
-
-    fn learn_linked(&mut self, proof: &LinkedProof) {
-        if let Some(committee) = &proof.committee {
-            self.add(committee);
-        }
-        self.learn(&proof.beyond);
-    }
+/// The committee hashes to name in a request.
+fn named(held: &HeldCommittees) -> Vec<[u8; 32]> {
+    held.newest(MAX_HELD_COMMITTEES)
 }
 
 /// What the timeline says about the chains of one update.
@@ -170,18 +144,10 @@ impl Client {
         let mut seen = HashSet::new();
         let chains: Vec<ChainId> = chains.iter().copied().filter(|c| seen.insert(*c)).collect();
         // A trusted state's committee is the one its header names by hash (checked when the
-        // state was verified and when the state file was read): hold each once, group by it.
+        // state was verified and when the state file was read): group by it.
         let mut held = HeldCommittees::default();
-        let committee_of: HashMap<ChainId, [u8; 32]> = self
-            .state
-            .chains
-            .values()
-            .map(|trusted| {
-                let hash = trusted.header.committee_hash;
-                held.hold(hash, &trusted.committee);
-                (trusted.chain, hash)
-            })
-            .collect();
+        let committee_of: HashMap<ChainId, [u8; 32]> =
+            self.state.chains.values().map(|trusted| (trusted.chain, trusted.header.committee_hash)).collect();
         let timeline = self.state.timeline;
         let projects: Vec<ChainId> =
             chains.iter().copied().filter(|c| Some(*c) != timeline && self.state.chains.contains_key(c)).collect();
@@ -462,7 +428,7 @@ impl Client {
                 timeline,
                 from: state.index(),
                 watched: watched.clone(),
-                held_committees: local.newest(),
+                held_committees: named(&local),
                 max_bytes,
             };
             let answer = match pool.call(&member.address, &member.key, &request, self.timeout).await {
@@ -474,10 +440,10 @@ impl Client {
                 Err(e) => return Err((format!("unavailable: {e}"), Stop::Member)),
             };
             let seen = answer
-                .verify_with(&state, |h| local.get(h), projects)
+                .verify_with(&state, &local, projects)
                 .map_err(|e| (format!("lied: change lists: {e}"), Stop::Member))?
                 .into_inner();
-            local.learn(&answer.proof);
+            learn(&mut local, &seen.caught);
             hops += answer.proof.steps.len();
             checkpoints.extend(seen.caught.checkpoints);
             state = seen.caught.state;
@@ -619,9 +585,9 @@ impl Client {
             // payload itself is only asked for when no batch brought an entry.
             let query = ProofQuery { chain: timeline, from: state.index(), to: target };
             let with_payload = target.is_none();
-            let request = Request::GetProofs { queries: vec![query], with_payload, held_committees: local.newest() };
+            let request = Request::GetProofs { queries: vec![query], with_payload, held_committees: named(&local) };
             let proof = single_proof(call(request).await?).map_err(|e| format!("lied: {e}"))?;
-            let reached = proof.verify_with(&state, |h| local.get(h)).map_err(|e| format!("lied: {e}"))?.into_inner();
+            let reached = proof.verify_with(&state, &local).map_err(|e| format!("lied: {e}"))?.into_inner();
             let index = reached.state.index();
             if target.is_some_and(|t| index != t) {
                 return Err(format!("lied: proved timeline block {index} instead of {target:?}"));
@@ -639,7 +605,7 @@ impl Client {
                 ),
                 (None, _) => None,
             };
-            local.learn(&proof);
+            learn(&mut local, &reached);
             // The last step was signed by the committee the step before it names (or the
             // state it started from names): every committee named was held or carried.
             if let Some((_, before)) = proof.steps.split_last() {
@@ -649,7 +615,7 @@ impl Client {
                 let signer = if named == state.header.committee_hash {
                     Some((*state.committee).clone())
                 } else {
-                    local.get(&named)
+                    local.get(&named).map(|a| a.committee().clone())
                 };
                 signers.extend(signer);
             }
@@ -706,7 +672,7 @@ impl Client {
         for member in members {
             let mut asking = pending.clone();
             while !asking.is_empty() {
-                let request = how.request(&asking, &states, held.newest());
+                let request = how.request(&asking, &states, named(held));
                 let answers = match pool.call(&member.address, &member.key, &request, self.timeout).await {
                     Ok(response) => match how.check(response, &asking, &states, held) {
                         Ok(answers) => answers,
@@ -845,8 +811,8 @@ impl Asked<'_> {
                 .zip(answers)
                 .map(|(chain, answer)| {
                     answer.map(|proof| {
-                        let reached = proof.verify_with(&states[chain], |h| held.get(h))?.into_inner();
-                        held.learn(&proof);
+                        let reached = proof.verify_with(&states[chain], held)?.into_inner();
+                        learn(held, &reached);
                         Ok(Caught { caught: reached, hops: proof.steps.len() })
                     })
                 })
@@ -856,8 +822,8 @@ impl Asked<'_> {
                 .zip(answers)
                 .map(|(chain, answer)| {
                     answer.map(|proof| {
-                        let reached = proof.verify_with(&states[chain], recorded[chain], |h| held.get(h))?.into_inner();
-                        held.learn_linked(&proof);
+                        let reached = proof.verify_with(&states[chain], recorded[chain], held)?.into_inner();
+                        learn(held, &reached);
                         Ok(Caught { caught: reached, hops: proof.links.len() + proof.beyond.steps.len() })
                     })
                 })

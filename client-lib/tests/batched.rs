@@ -178,7 +178,10 @@ fn timeline_over(
         kind: KIND_TIMELINE,
         payload: entry.to_bytes(),
         timestamp_ms: now,
-        committee: handover,
+        committee: handover.map(|next| chainiac_skipchain::Appointment {
+            approvals: keys.iter().map(|k| chainiac_skipchain::Approval::sign(k, &next, now + 60_000)).collect(),
+            committee: next,
+        }),
         ..Proposal::default()
     };
     let mut block = head.propose(proposal, |k| store.block_id(&head.chain, k).unwrap()).unwrap();

@@ -421,7 +421,7 @@ mod tests {
 
         let response = Response::LinkedProofs(vec![Ok(LinkedProof {
             links: vec![],
-            committee: None,
+            appointments: vec![],
             policy: None,
             beyond: Proof { steps: vec![], payload: Some(b"p".to_vec()) },
         })]);

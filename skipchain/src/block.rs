@@ -1,5 +1,6 @@
 //! Blocks, their identifiers, and the arithmetic of heights and links.
 
+use crate::authority::Appointment;
 use chainiac_cosi::hash;
 use chainiac_cosi::{Roster, Signature};
 use serde::{Deserialize, Serialize};
@@ -275,8 +276,9 @@ pub struct Block {
     pub header: Header,
     pub payload: Vec<u8>,
     /// Present exactly when `header.committee_hash` differs from the predecessor's (and in
-    /// the genesis).
-    pub committee: Option<Committee>,
+    /// the genesis): the new committee and the approvals that authorize the change (none in
+    /// the genesis; see [`crate::authority`]).
+    pub committee: Option<Appointment>,
     /// Present exactly when `header.policy_hash` differs from the predecessor's (and in
     /// the genesis).
     pub policy: Option<Vec<u8>>,

@@ -1,5 +1,6 @@
 //! What it takes for a block to extend a chain, and the verified state a chain is in.
 
+use crate::authority::{Appointment, AuthorityError};
 use crate::block::{payload_hash, policy_hash, Block, BlockId, ChainId, ChainParams, Committee, Header, ParamsError};
 use chainiac_cosi::VerifyError;
 use std::ops::Deref;
@@ -72,6 +73,8 @@ pub enum BlockError {
     MissingSignature { index: u64 },
     #[error("block {index}: collective signature by the predecessor's committee: {error}")]
     Signature { index: u64, error: VerifyError },
+    #[error("block {index} changes the committee without authority: {error}")]
+    Authority { index: u64, error: AuthorityError },
 }
 
 /// A chain's verified state at one block: enough to check the next block, or a proof
@@ -95,9 +98,13 @@ impl ChainState {
     /// Checks a genesis block and returns the chain's state at it.
     pub fn genesis(block: &Block) -> Result<Verified<ChainState>, BlockError> {
         let h = &block.header;
-        let (Some(params), Some(committee), Some(policy)) = (h.params, &block.committee, &block.policy) else {
+        let (Some(params), Some(appointment), Some(policy)) = (h.params, &block.committee, &block.policy) else {
             return Err(BlockError::MalformedGenesis);
         };
+        if !appointment.approvals.is_empty() {
+            return Err(BlockError::Authority { index: 0, error: AuthorityError::GenesisApprovals });
+        }
+        let committee = &appointment.committee;
         if h.chain.is_some()
             || h.index != 0
             || !h.back_links.is_empty()
@@ -183,10 +190,15 @@ impl ChainState {
         if payload_hash(&block.payload) != h.payload_hash {
             return Err(BlockError::PayloadHash { index: next });
         }
-        check_carried(h, block.committee.as_ref(), block.policy.as_ref(), &self.header)?;
+        check_carried(h, block.committee.as_ref().map(|a| &a.committee), block.policy.as_ref(), &self.header)?;
         let expected = self.next_previous_checkpoint();
         if h.previous_checkpoint != expected {
             return Err(BlockError::PreviousCheckpoint { index: next, expected, got: h.previous_checkpoint });
+        }
+        if let Some(appointment) = &block.committee {
+            appointment
+                .check_change(&self.committee, h.timestamp_ms)
+                .map_err(|error| BlockError::Authority { index: next, error })?;
         }
         Ok(())
     }
@@ -209,7 +221,7 @@ impl ChainState {
 
     /// The state at `block`, which has been checked to follow this one.
     pub(crate) fn successor(&self, block: &Block, id: BlockId) -> ChainState {
-        self.successor_of(&block.header, id, block.committee.as_ref(), block.policy.as_ref())
+        self.successor_of(&block.header, id, block.committee.as_ref().map(|a| &a.committee), block.policy.as_ref())
     }
 
     pub(crate) fn successor_of(
@@ -241,7 +253,7 @@ impl ChainState {
             let id = if target == self.header.index { Some(self.id) } else { back_link(target) };
             back_links.push(id.ok_or(BlockError::BackLink { index, level, target })?);
         }
-        let committee = proposal.committee.filter(|c| c.hash() != self.header.committee_hash);
+        let committee = proposal.committee.filter(|a| a.committee.hash() != self.header.committee_hash);
         let policy = proposal.policy.filter(|p| policy_hash(p) != self.header.policy_hash);
         let header = Header {
             chain: Some(self.chain),
@@ -251,7 +263,7 @@ impl ChainState {
             params: None,
             kind: proposal.kind,
             payload_hash: payload_hash(&proposal.payload),
-            committee_hash: committee.as_ref().map_or(self.header.committee_hash, Committee::hash),
+            committee_hash: committee.as_ref().map_or(self.header.committee_hash, |a| a.committee.hash()),
             policy_hash: policy.as_deref().map_or(self.header.policy_hash, policy_hash),
             previous_checkpoint: self.next_previous_checkpoint(),
             timestamp_ms: proposal.timestamp_ms.max(self.header.timestamp_ms),
@@ -267,8 +279,9 @@ pub struct Proposal {
     pub payload: Vec<u8>,
     /// Raised to the predecessor's timestamp if earlier.
     pub timestamp_ms: u64,
-    /// A new committee to sign the blocks after this one.
-    pub committee: Option<Committee>,
+    /// A new committee to sign the blocks after this one, with the approvals of the
+    /// outgoing committee's members that authorize it.
+    pub committee: Option<Appointment>,
     /// A new policy in force from this block on.
     pub policy: Option<Vec<u8>>,
 }
@@ -295,7 +308,7 @@ pub fn genesis(
         previous_checkpoint: 0,
         timestamp_ms,
     };
-    Block { header, payload, committee: Some(committee), policy: Some(policy), signature: None }
+    Block { header, payload, committee: Some(Appointment::anchor(committee)), policy: Some(policy), signature: None }
 }
 
 /// A committee or policy is carried exactly when its hash changes, and then matches it.

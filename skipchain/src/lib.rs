@@ -5,6 +5,8 @@
 //! that id is therefore its forward link at every level. No forward link is added later, so
 //! none can go missing.
 //!
+//! - [`authority`]: who may change a chain's committee — the approvals an appointment
+//!   carries, and the rule that checks them (one home for witnesses and clients alike).
 //! - [`block`]: blocks, headers, committees, heights and link arithmetic.
 //! - [`chain`]: the rules a block must meet to extend a chain, and [`ChainState`], the
 //!   verified state at a block.
@@ -18,6 +20,7 @@
 //!
 //! The core does no I/O: only the RocksDB store touches a disk.
 
+pub mod authority;
 pub mod block;
 pub mod chain;
 pub mod proof;
@@ -26,6 +29,7 @@ pub mod rocks;
 pub mod store;
 pub mod timeline;
 
+pub use authority::{Appointment, Appointments, Approval, AuthorityError};
 pub use block::{Block, BlockId, ChainId, ChainParams, Committee, Header};
 pub use chain::{genesis, BlockError, ChainState, Proposal, Verified};
 pub use proof::{BackwardProof, CatchUp, LinkedProof, Proof, ProofError, ProofStep, StepHeader};

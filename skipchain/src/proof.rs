@@ -1,7 +1,8 @@
 //! Catch-up proofs: from a trusted block forward to a later one (one collective signature
 //! per hop), and from a trusted block back to an earlier one (hashes only).
 
-use crate::block::{payload_hash, BlockId, ChainId, ChainParams, Committee, Header};
+use crate::authority::{Appointment, Appointments, AuthorityError};
+use crate::block::{payload_hash, BlockId, ChainId, ChainParams, Header};
 use crate::chain::{check_carried, BlockError, ChainState, Verified};
 use chainiac_cosi::Signature;
 use serde::{Deserialize, Serialize};
@@ -15,7 +16,9 @@ pub struct ProofStep {
     /// may leave it out: a later signed step of the same committee covers them by hash
     /// (its id covers its back link to this step's id, and so on down).
     pub signature: Option<Signature>,
-    pub committee: Option<Committee>,
+    /// The committee the step's block appoints, with its approvals; left out (None) when
+    /// the verifier holds that appointment.
+    pub committee: Option<Appointment>,
     pub policy: Option<Vec<u8>>,
 }
 
@@ -177,6 +180,8 @@ pub struct CatchUp {
     pub payload: Option<Vec<u8>>,
     /// Indices of the checkpoints the proof landed on (committee or policy changes).
     pub checkpoints: Vec<u64>,
+    /// The appointments the proof carried, checked: what the verifier may hold from now on.
+    pub appointments: Vec<Verified<Appointment>>,
 }
 
 impl Proof {
@@ -191,34 +196,36 @@ impl Proof {
     /// Checks the proof hop by hop from `trusted` and returns the state at its last block.
     /// An empty proof proves `trusted` itself.
     pub fn verify(&self, trusted: &ChainState) -> Result<Verified<CatchUp>, ProofError> {
-        self.verify_with(trusted, |_| None)
+        self.verify_with(trusted, &Appointments::default())
     }
 
-    /// The proof without the committees `held` says the verifier already has (by hash):
-    /// the same cothority's roster recurs in every chain it serves, and costs ≈2 KB each.
+    /// The proof without the appointments `held` says the verifier already has (by
+    /// committee hash): the same cothority's roster change recurs in every chain it
+    /// serves, and costs ≈2 KB of roster and a threshold of approvals each time.
     pub fn without_committees(mut self, held: impl Fn(&[u8; 32]) -> bool) -> Proof {
         for step in &mut self.steps {
-            if step.committee.as_ref().is_some_and(|c| held(&c.hash())) {
+            if step.committee.as_ref().is_some_and(|a| held(&a.committee.hash())) {
                 step.committee = None;
             }
         }
         self
     }
 
-    /// [`Proof::verify`], taking a committee a step left out (see
-    /// [`Proof::without_committees`]) from `held`, looked up by the hash the header names.
-    /// What `held` returns is checked against that hash like a carried committee.
-    pub fn verify_with(
-        &self,
-        trusted: &ChainState,
-        held: impl Fn(&[u8; 32]) -> Option<Committee>,
-    ) -> Result<Verified<CatchUp>, ProofError> {
+    /// [`Proof::verify`], taking an appointment a step left out (see
+    /// [`Proof::without_committees`]) from `held`, by the committee hash the header names.
+    /// A held appointment authorizes a change like a carried one: at least the outgoing
+    /// committee's threshold of its members approved it, unexpired at the step's time.
+    pub fn verify_with(&self, trusted: &ChainState, held: &Appointments) -> Result<Verified<CatchUp>, ProofError> {
         let mut state = trusted.clone();
         let mut checkpoints = Vec::new();
+        let mut appointments = Vec::new();
         for (hop, step) in self.steps.iter().enumerate() {
             let index = step.header.index;
             let last = hop + 1 == self.steps.len();
-            state = hop_from(&state, step, last, &held).map_err(|error| ProofError::Hop { hop, index, error })?;
+            let (next, appointed) =
+                hop_from(&state, step, last, held).map_err(|error| ProofError::Hop { hop, index, error })?;
+            state = next;
+            appointments.extend(appointed);
             if state.is_checkpoint {
                 checkpoints.push(index);
             }
@@ -228,19 +235,21 @@ impl Proof {
                 return Err(ProofError::PayloadHash);
             }
         }
-        Ok(Verified::new(CatchUp { state, payload: self.payload.clone(), checkpoints }))
+        Ok(Verified::new(CatchUp { state, payload: self.payload.clone(), checkpoints, appointments }))
     }
 }
 
 /// One hop: `step` must link back to `state`'s block, skip no checkpoint, carry exactly the
-/// committee and policy it changes, and be signed by `state`'s committee — or, if it is
-/// not the `last` step and keeps the committee, leave the signature to a later step.
+/// committee and policy it changes (a committee with the approvals that authorize the
+/// change, or held), and be signed by `state`'s committee — or, if it is not the `last`
+/// step and keeps the committee, leave the signature to a later step. Returns the state at
+/// the step and the appointment it carried, checked.
 fn hop_from(
     state: &ChainState,
     step: &ProofStep,
     last: bool,
-    held: &impl Fn(&[u8; 32]) -> Option<Committee>,
-) -> Result<ChainState, BlockError> {
+    held: &Appointments,
+) -> Result<(ChainState, Option<Verified<Appointment>>), BlockError> {
     // The rebuilt header links back to `state` by construction (or is refused).
     let h = &step.header.header(state)?;
     let index = h.index;
@@ -257,11 +266,21 @@ fn hop_from(
         return Err(BlockError::TimestampBackwards { index, previous: state.header.timestamp_ms, got: h.timestamp_ms });
     }
     let looked_up = match &step.committee {
-        None if h.committee_hash != state.header.committee_hash => held(&h.committee_hash),
+        None if h.committee_hash != state.header.committee_hash => held.get(&h.committee_hash),
         _ => None,
     };
-    let committee = step.committee.as_ref().or(looked_up.as_ref());
+    let committee = step.committee.as_ref().map(|a| &a.committee).or(looked_up.map(|a| a.committee()));
     check_carried(h, committee, step.policy.as_ref(), &state.header)?;
+    // A change of committee needs the outgoing committee's authority (crate::authority).
+    let authority = |error| BlockError::Authority { index, error };
+    let appointed = match (&step.committee, looked_up) {
+        (Some(carried), _) => Some(carried.check_change(&state.committee, h.timestamp_ms).map_err(authority)?),
+        (None, Some(held)) => {
+            held.authorizes(&state.committee, h.timestamp_ms).map_err(authority)?;
+            None
+        }
+        (None, None) => None,
+    };
     let id = h.id();
     match &step.signature {
         Some(signature) => {
@@ -273,7 +292,7 @@ fn hop_from(
         None if !last && h.committee_hash == state.header.committee_hash => {}
         None => return Err(BlockError::MissingSignature { index }),
     }
-    Ok(state.successor_of(h, id, committee, step.policy.as_ref()))
+    Ok((state.successor_of(h, id, committee, step.policy.as_ref()), appointed))
 }
 
 /// A catch-up proof for a block the verifier learned by id from a timeline block it has
@@ -295,9 +314,12 @@ pub struct LinkedProof {
     /// it (the first: of the trusted header). Empty when the recorded block is not after
     /// the trusted one.
     pub links: Vec<StepHeader>,
-    /// The recorded block's committee, when it is not the trusted one's and the verifier
-    /// did not name it as held.
-    pub committee: Option<Committee>,
+    /// When the recorded block's committee is not the trusted one's: the appointments of
+    /// the committees the chain went through from the trusted block to the recorded one, in
+    /// order, that the verifier did not name as held. The verifier checks that the
+    /// recorded committee descends from the trusted one by approvals
+    /// ([`Appointments::lineage`]); empty otherwise.
+    pub appointments: Vec<Appointment>,
     /// The recorded block's policy, when it is not the trusted one's.
     pub policy: Option<Vec<u8>>,
     /// Forward from the recorded block (or the trusted one, if that is later) to the head,
@@ -307,17 +329,18 @@ pub struct LinkedProof {
 
 impl LinkedProof {
     /// Checks the links from the block the timeline records (`recorded`: index and id) down
-    /// to `trusted`, then the forward proof from there. `held` supplies committees left
-    /// out, by hash.
+    /// to `trusted`, then the forward proof from there. `held` supplies appointments left
+    /// out, by committee hash.
     pub fn verify_with(
         &self,
         trusted: &ChainState,
         recorded: (u64, BlockId),
-        held: impl Fn(&[u8; 32]) -> Option<Committee>,
+        held: &Appointments,
     ) -> Result<Verified<CatchUp>, ProofError> {
         let (index, id) = recorded;
         let from = trusted.header.index;
         let mut linked_checkpoints = Vec::new();
+        let mut appointed = Vec::new();
         let start = if index <= from {
             // Links lead down to an earlier recorded block, unless it is the genesis (whose id
             // is the chain's) or the trusted block itself.
@@ -326,7 +349,7 @@ impl LinkedProof {
                 i if i == from => !self.links.is_empty(),
                 _ => false,
             };
-            if links_wrong || self.committee.is_some() || self.policy.is_some() {
+            if links_wrong || !self.appointments.is_empty() || self.policy.is_some() {
                 return Err(ProofError::LinksNotNeeded { recorded: index, trusted: from });
             }
             if index == from && id != trusted.id {
@@ -340,24 +363,28 @@ impl LinkedProof {
             }
             trusted.clone()
         } else {
-            let state = self.link_down(trusted, index, id, &held)?;
+            let (state, carried) = self.link_down(trusted, index, id, held)?;
             linked_checkpoints = self.shown_checkpoints(trusted, &state);
+            appointed = carried;
             state
         };
         let mut caught = self.beyond.verify_with(&start, held)?.into_inner();
         linked_checkpoints.append(&mut caught.checkpoints);
         caught.checkpoints = linked_checkpoints;
+        appointed.append(&mut caught.appointments);
+        caught.appointments = appointed;
         Ok(Verified::new(caught))
     }
 
-    /// The state at the recorded block, its id and its links down to `trusted` checked.
+    /// The state at the recorded block, its id and its links down to `trusted` checked, and
+    /// the appointments the proof carried (checked).
     fn link_down(
         &self,
         trusted: &ChainState,
         index: u64,
         id: BlockId,
-        held: &impl Fn(&[u8; 32]) -> Option<Committee>,
-    ) -> Result<ChainState, ProofError> {
+        held: &Appointments,
+    ) -> Result<(ChainState, Vec<Verified<Appointment>>), ProofError> {
         let from = trusted.header.index;
         let Some(first) = self.links.first() else {
             return Err(ProofError::NoLinks { recorded: index, trusted: from });
@@ -399,14 +426,30 @@ impl LinkedProof {
         }
         let top = top.expect("links are not empty");
         // The committee and policy in force at the recorded block, carried exactly when
-        // they differ from the trusted ones (a committee may instead be held).
+        // they differ from the trusted ones (a committee may instead be held); a new
+        // committee must descend from the trusted one by approved appointments.
         let state_error = |error| ProofError::LinkState { index, error };
-        let looked_up = match &self.committee {
-            None if top.committee_hash != trusted.header.committee_hash => held(&top.committee_hash),
-            _ => None,
+        let authority = |error| state_error(BlockError::Authority { index, error });
+        let changed = top.committee_hash != trusted.header.committee_hash;
+        if !changed && !self.appointments.is_empty() {
+            return Err(ProofError::LinksNotNeeded { recorded: index, trusted: from });
+        }
+        let carried =
+            self.appointments.iter().map(Appointment::verify).collect::<Result<Vec<_>, _>>().map_err(authority)?;
+        let committee = match changed {
+            false => None,
+            true => {
+                held.lineage(&carried, &trusted.committee, &top.committee_hash, trusted.header.timestamp_ms)
+                    .map_err(authority)?;
+                let found =
+                    carried.iter().find(|a| a.committee.hash() == top.committee_hash).or(held.get(&top.committee_hash));
+                let Some(found) = found else {
+                    return Err(authority(AuthorityError::Missing { hash: BlockId(top.committee_hash).to_hex() }));
+                };
+                Some(found.committee().clone())
+            }
         };
-        let committee = self.committee.as_ref().or(looked_up.as_ref());
-        check_carried(&top, committee, self.policy.as_ref(), &trusted.header).map_err(state_error)?;
+        check_carried(&top, committee.as_ref(), self.policy.as_ref(), &trusted.header).map_err(state_error)?;
         // The recorded block is a checkpoint when its hashes differ from its predecessor's,
         // which are those of the newest checkpoint before it (`previous_checkpoint`): the
         // trusted block's if that is not after it, else any link at or after it (no
@@ -426,15 +469,16 @@ impl LinkedProof {
             found
         };
         let is_checkpoint = predecessor.is_some_and(|hashes| hashes != (top.committee_hash, top.policy_hash));
-        Ok(ChainState {
+        let state = ChainState {
             chain: trusted.chain,
             params: trusted.params,
             id,
-            committee: committee.map_or_else(|| trusted.committee.clone(), |c| std::sync::Arc::new(c.clone())),
+            committee: committee.map_or_else(|| trusted.committee.clone(), std::sync::Arc::new),
             policy: self.policy.as_ref().map_or_else(|| trusted.policy.clone(), |p| std::sync::Arc::new(p.clone())),
             header: top,
             is_checkpoint,
-        })
+        };
+        Ok((state, carried))
     }
 
     /// For a recorded block below the trusted one: the links lead from the trusted block

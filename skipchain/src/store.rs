@@ -101,11 +101,12 @@ pub fn head_state<S: Store>(store: &S, chain: &ChainId) -> StoreResult<Verified<
     let block =
         need(store.block(chain, head.index).map_err(StoreError::Backend)?, || format!("head {} missing", head.index))?;
     let committee = match block.committee.clone() {
-        Some(c) => c,
+        Some(a) => a.committee,
         None => {
             need(store.block(chain, head.committee_at).map_err(StoreError::Backend)?.and_then(|b| b.committee), || {
                 format!("committee at {} missing", head.committee_at)
             })?
+            .committee
         }
     };
     let policy = match block.policy.clone() {
@@ -294,9 +295,10 @@ fn link_headers<S: Store>(
 }
 
 /// The linked proof from block `from` (the verifier's) through block `recorded` (the head a
-/// timeline block records) to block `to`: the links down from `recorded`, the committee
-/// (unless `held` says the verifier has it) and policy in force there when they differ from
-/// those at `from`, then the forward proof from the later of `from` and `recorded`. If
+/// timeline block records) to block `to`: the links down from `recorded`; when the
+/// committee in force there differs from the one at `from`, the appointments of every
+/// committee change in between (those `held` does not name); the policy in force there
+/// when it differs; then the forward proof from the later of `from` and `recorded`. If
 /// `recorded` is below `from` (and not the genesis), the links lead down from `from` to it.
 pub fn prove_linked<S: Store>(
     store: &S,
@@ -315,7 +317,7 @@ pub fn prove_linked<S: Store>(
     }
     let beyond = prove(store, chain, start, to, with_payload)?;
     if recorded == from || recorded == 0 {
-        return Ok(LinkedProof { links: Vec::new(), committee: None, policy: None, beyond });
+        return Ok(LinkedProof { links: Vec::new(), appointments: Vec::new(), policy: None, beyond });
     }
     let params = store.head(chain).map_err(StoreError::Backend)?.expect("head read above").params;
     let trusted = read_block(store, chain, from, head)?.header;
@@ -325,35 +327,38 @@ pub fn prove_linked<S: Store>(
         let mut path = backward_path(&params, from, recorded);
         path.pop();
         let links = link_headers(store, chain, head, &params, &trusted, &path, recorded)?;
-        return Ok(LinkedProof { links, committee: None, policy: None, beyond });
+        return Ok(LinkedProof { links, appointments: Vec::new(), policy: None, beyond });
     }
     let mut path = vec![recorded];
     path.extend(backward_path(&params, recorded, from));
     path.pop(); // `from` itself: the verifier has it
     let links = link_headers(store, chain, head, &params, &trusted, &path, from)?;
     let top = read_block(store, chain, recorded, head)?.header;
-    // Hashes change only at checkpoints: the newest one in (from, recorded] that carries a
-    // committee (policy) carries the one in force at `recorded`.
-    let (mut committee, mut policy) = (None, None);
-    let need_committee = top.committee_hash != trusted.committee_hash && !held(&top.committee_hash);
+    // Hashes change only at checkpoints: every committee change in (from, recorded] goes
+    // in (the verifier checks the lineage), and the newest one that carries a policy
+    // carries the one in force at `recorded`.
+    let mut appointments = Vec::new();
+    let mut policy = None;
+    let need_committee = top.committee_hash != trusted.committee_hash;
     let need_policy = top.policy_hash != trusted.policy_hash;
     if need_committee || need_policy {
         let mut checkpoints = store.checkpoints(chain, from, recorded).map_err(StoreError::Backend)?;
         checkpoints.push(recorded);
         for index in checkpoints.into_iter().rev() {
             let block = read_block(store, chain, index, head)?;
-            if need_committee && committee.is_none() {
-                committee = block.committee.filter(|c| c.hash() == top.committee_hash);
+            if need_committee {
+                appointments.extend(block.committee.filter(|a| !held(&a.committee.hash())));
             }
             if need_policy && policy.is_none() {
                 policy = block.policy.filter(|p| crate::block::policy_hash(p) == top.policy_hash);
             }
-            if (committee.is_some() || !need_committee) && (policy.is_some() || !need_policy) {
+            if !need_committee && policy.is_some() {
                 break;
             }
         }
+        appointments.reverse();
     }
-    Ok(LinkedProof { links, committee, policy, beyond })
+    Ok(LinkedProof { links, appointments, policy, beyond })
 }
 
 /// The backward proof from block `from` down to block `to` (`to <= from`).

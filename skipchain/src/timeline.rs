@@ -6,7 +6,7 @@
 //! with chainiac's own domain tags. Leaves are sorted by chain id, so every witness that
 //! holds the same heads computes the same root.
 
-use crate::block::{payload_hash, BlockId, ChainId, Committee};
+use crate::block::{payload_hash, BlockId, ChainId};
 use crate::chain::{ChainState, Verified};
 use crate::proof::{CatchUp, Proof, ProofError};
 use chainiac_cosi::hash;
@@ -593,14 +593,14 @@ impl TimelineChanges {
         TimelineChanges { proof, blocks }
     }
 
-    /// Checks the proof from `trusted` (committees left out taken from `held`), that it
+    /// Checks the proof from `trusted` (appointments left out taken from `held`), that it
     /// covers every block after it, and each entry and change list against its block, for
     /// a client following the chains `watched`: every leaf with a watched prefix must be
     /// opened, so none of theirs can be left out.
     pub fn verify_with(
         &self,
         trusted: &ChainState,
-        held: impl Fn(&[u8; 32]) -> Option<Committee>,
+        held: &crate::authority::Appointments,
         watched: &[ChainId],
     ) -> Result<Verified<SeenChanges>, ChangesError> {
         let prefixes: std::collections::HashSet<ChainPrefix> = watched.iter().map(chain_prefix).collect();

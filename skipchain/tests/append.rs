@@ -106,7 +106,7 @@ fn header_rules_are_enforced() {
     refused(&chain, &block, |e| matches!(e, BlockError::PayloadHash { .. }));
 
     let (mut block, _) = chain.next_block(None, false, 0);
-    block.committee = Some(chain.signer.committee.clone());
+    block.committee = Some(chainiac_skipchain::Appointment::anchor(chain.signer.committee.clone()));
     refused(&chain, &block, |e| matches!(e, BlockError::UnexpectedCommittee { .. }));
 
     let (mut block, _) = chain.next_block(Some(4), false, 0);

@@ -37,9 +37,19 @@ pub struct WitnessConfig {
     /// How long to wait for a verifier to rebuild a submitted release.
     #[serde(default = "defaults::build_timeout_ms")]
     pub build_timeout_ms: u64,
-    /// Witnesses allowed to send peer messages for chains this node does not serve yet.
+    /// Witnesses allowed to send peer messages for chains this node does not serve yet
+    /// (besides the members of the timelines it serves): what a new member of a cothority
+    /// configures to learn its chains.
     #[serde(default)]
     pub peers: Vec<Peer>,
+    /// How many chains one caller (a client key, and separately an IP address) may create
+    /// here in 24 hours, when `chain_creators` is empty.
+    #[serde(default = "defaults::chain_quota_per_day")]
+    pub chain_quota_per_day: u32,
+    /// Allow-list mode: when not empty, only these keys (hex) may create chains here, with no
+    /// quota.
+    #[serde(default)]
+    pub chain_creators: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,9 +62,7 @@ pub struct Peer {
 
 impl Peer {
     pub fn public_key(&self) -> Option<PublicKey> {
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(&self.key, &mut bytes).ok()?;
-        PublicKey::from_bytes(&bytes).ok()
+        parse_key(&self.key)
     }
 }
 
@@ -76,6 +84,9 @@ mod defaults {
     }
     pub fn build_timeout_ms() -> u64 {
         15 * 60_000
+    }
+    pub fn chain_quota_per_day() -> u32 {
+        64
     }
 }
 
@@ -102,6 +113,8 @@ impl WitnessConfig {
             timeline_interval_ms: defaults::timeline_interval_ms(),
             build_timeout_ms: defaults::build_timeout_ms(),
             peers: Vec::new(),
+            chain_quota_per_day: defaults::chain_quota_per_day(),
+            chain_creators: Vec::new(),
         }
     }
 
@@ -122,6 +135,14 @@ impl WitnessConfig {
                 });
             }
         }
+        for key in &config.chain_creators {
+            if parse_key(key).is_none() {
+                return Err(ConfigError::Invalid {
+                    path: name,
+                    message: format!("chain creator key {key} is not a valid key"),
+                });
+            }
+        }
         if config.branching == 0 {
             return Err(ConfigError::Invalid { path: name, message: "branching must be at least 1".into() });
         }
@@ -135,6 +156,17 @@ impl WitnessConfig {
     pub fn peer_timeout(&self) -> Duration {
         Duration::from_millis(self.peer_timeout_ms)
     }
+
+    /// The allow-listed chain creators (valid keys: checked on load).
+    pub fn creators(&self) -> Vec<PublicKey> {
+        self.chain_creators.iter().filter_map(|k| parse_key(k)).collect()
+    }
+}
+
+fn parse_key(hex_key: &str) -> Option<PublicKey> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(hex_key, &mut bytes).ok()?;
+    PublicKey::from_bytes(&bytes).ok()
 }
 
 /// A roster entry as operators exchange it: what `chainiac witness init` prints and a

@@ -17,7 +17,7 @@ use chainiac_proto::message::{
     PROOFS_RESPONSE_BUDGET,
 };
 use chainiac_proto::{CallError, FrameClass, Pool};
-use chainiac_release::{KIND_POLICY_CHANGE, KIND_RELEASE};
+use chainiac_release::KIND_RELEASE;
 use chainiac_skipchain::rocks::RocksStore;
 use chainiac_skipchain::store::{self, Store, StoreError};
 use chainiac_skipchain::timeline::{
@@ -131,6 +131,17 @@ const KEPT_CHANGE_LISTS: usize = 4096;
 /// At most this many leaves in the lists kept per timeline (≈ 150 MB with their trees).
 const KEPT_CHANGE_LEAVES: usize = 1 << 20;
 
+/// Who a chain-creation quota counts against: a client key, and separately the address it
+/// connects from (throwaway keys are free; addresses are not).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Creator {
+    Key([u8; 32]),
+    Address(std::net::IpAddr),
+}
+
+/// The window a chain-creation quota counts over.
+const QUOTA_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
 /// A round this node takes part in, between its commitment and its response.
 struct RoundState {
     chain: ChainId,
@@ -174,6 +185,8 @@ pub struct Node {
     heads: Mutex<HashMap<ChainId, Arc<ChainState>>>,
     /// The timeline chains this node serves.
     timeline_chains: Mutex<std::collections::HashSet<ChainId>>,
+    /// Chains created per caller (key, and IP address) in the last 24 hours.
+    created: Mutex<HashMap<Creator, Vec<Instant>>>,
     pub metrics: Metrics,
     started: Instant,
 }
@@ -201,6 +214,7 @@ impl Node {
             heads: Mutex::new(HashMap::new()),
             released: Mutex::new(HashMap::new()),
             timeline_chains: Mutex::new(timeline_chains),
+            created: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
             started: Instant::now(),
         })
@@ -234,9 +248,9 @@ impl Node {
                     .map_err(store_err)
             }
             Request::GetTimeline { timeline, chain } => self.timeline_info(timeline, chain),
-            Request::CreateChain { genesis } => self.create_chain(genesis).await,
+            Request::CreateChain { genesis } => self.create_chain(caller, from, genesis).await,
             Request::Propose { chain, proposal } => {
-                self.lead(chain, proposal).await.map(|block| Response::Appended { block })
+                self.propose(caller, chain, proposal).await.map(|block| Response::Appended { block })
             }
             Request::Announce(announce) => self.on_announce(caller, from, announce).await,
             Request::Challenge { session, challenge } => self.on_challenge(caller, session, challenge).await,
@@ -346,7 +360,8 @@ impl Node {
             let proof = store::prove(&self.store, &query.chain, query.from, to, with_payload && to > query.from)
                 .map_err(store_err)?
                 .without_committees(|hash| held.contains(hash));
-            let carried = proof.steps.iter().filter_map(|step| step.committee.as_ref().map(|c| c.hash())).collect();
+            let carried =
+                proof.steps.iter().filter_map(|step| step.committee.as_ref().map(|a| a.committee.hash())).collect();
             Ok((proof, carried))
         })?;
         Ok(Response::Proofs(answers))
@@ -369,10 +384,10 @@ impl Node {
             let beyond = proof.beyond.clone().without_committees(|hash| held.contains(hash));
             let proof = chainiac_skipchain::LinkedProof { beyond, ..proof };
             let carried = proof
-                .committee
+                .appointments
                 .iter()
                 .chain(proof.beyond.steps.iter().filter_map(|step| step.committee.as_ref()))
-                .map(|c| c.hash())
+                .map(|a| a.committee.hash())
                 .collect();
             Ok((proof, carried))
         })?;
@@ -421,12 +436,28 @@ impl Node {
         self.config.peers.iter().any(|p| p.public_key().as_ref() == Some(caller))
     }
 
+    /// A witness this node may catch a chain it lacks up from: a configured peer, or a member
+    /// of the committee of a timeline it serves (its cothority). Anyone else could make it
+    /// fetch and verify a long chain of their own for nothing.
+    fn is_known_witness(&self, caller: &PublicKey) -> bool {
+        if self.is_configured_peer(caller) {
+            return true;
+        }
+        let timelines: Vec<ChainId> = self.timeline_chains.lock().expect("lock").iter().copied().collect();
+        timelines.iter().any(|t| self.head(t).is_ok_and(|head| head.committee.roster().index_of(caller).is_some()))
+    }
+
+    fn forbidden(&self, message: String) -> ErrorReply {
+        self.metrics.refused_frames.fetch_add(1, Ordering::Relaxed);
+        err(ErrorCode::Forbidden, message)
+    }
+
+    /// Round and replication messages come from members of the chain's committee only.
     fn authorize(&self, caller: &PublicKey, roster: &Roster) -> Result<(), ErrorReply> {
-        if roster.index_of(caller).is_some() || self.is_configured_peer(caller) {
+        if roster.index_of(caller).is_some() {
             Ok(())
         } else {
-            self.metrics.refused_frames.fetch_add(1, Ordering::Relaxed);
-            Err(err(ErrorCode::Forbidden, format!("key {caller} is not a witness of this chain")))
+            Err(self.forbidden(format!("key {caller} is not a member of this chain's committee")))
         }
     }
 
@@ -451,45 +482,20 @@ impl Node {
                 ),
             ));
         }
-        let chain_kind = self
-            .store
-            .head(&head.chain)
-            .map_err(|e| err(ErrorCode::Internal, e.to_string()))?
-            .map_or(block.header.kind, |h| h.kind);
-        if !rules::kind_allowed(chain_kind, block.header.kind) {
-            return Err(err(
-                ErrorCode::Refused,
-                format!("a block of kind {} cannot go on a chain of kind {chain_kind}", block.header.kind),
-            ));
+        let chain_kind = self.chain_kind(&head.chain)?;
+        let is_released = |version: &str| self.is_released(&head.chain, version);
+        rules::check_rules(chain_kind, head, block, self.release_window(), is_released)
+            .map_err(|reason| err(ErrorCode::Refused, reason))?;
+        if block.header.kind == KIND_TIMELINE {
+            self.check_timeline_block(block)?;
         }
-        let refused = |reason: String| err(ErrorCode::Refused, reason);
-        match block.header.kind {
-            KIND_TIMELINE => self.check_timeline_block(block),
-            KIND_RELEASE => {
-                if block.policy.is_some() {
-                    return Err(refused("a release block cannot change the policy; use a policy change".into()));
-                }
-                let is_released = |version: &str| self.is_released(&head.chain, version);
-                chainiac_release::check_release(
-                    &head.policy,
-                    &block.payload,
-                    block.header.timestamp_ms,
-                    self.release_window(),
-                    is_released,
-                )
-                .map(|_| ())
-                .map_err(|e| refused(e.to_string()))
-            }
-            KIND_POLICY_CHANGE => chainiac_release::check_policy_change(
-                &head.chain.0,
-                &head.policy,
-                block.policy.as_deref(),
-                &block.payload,
-            )
-            .map(|_| ())
-            .map_err(|e| refused(e.to_string())),
-            _ => Ok(()),
-        }
+        Ok(())
+    }
+
+    /// The kind of a chain this node serves (its genesis's).
+    fn chain_kind(&self, chain: &ChainId) -> Result<u16, ErrorReply> {
+        let record = self.store.head(chain).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+        record.map(|h| h.kind).ok_or_else(|| err(ErrorCode::NotFound, format!("chain {chain} is not served here")))
     }
 
     fn release_window(&self) -> chainiac_release::TimeWindow {
@@ -722,15 +728,31 @@ impl Node {
         if age < wait {
             return Ok(());
         }
+        self.extend_timeline(chain, None).await.map(|_| ())
+    }
+
+    /// Leads the next timeline block: the root over this node's heads now, its change list
+    /// when it holds the head's heads (unless listed proposals kept failing), and the
+    /// committee `appointment` appoints, if any.
+    async fn extend_timeline(
+        self: &Arc<Self>,
+        chain: ChainId,
+        appointment: Option<chainiac_skipchain::Appointment>,
+    ) -> Result<Block, ErrorReply> {
+        let head = self.head(&chain)?;
+        let set = self.head_set()?;
         let time_ms = now_ms().max(head.header.timestamp_ms);
-        // A change list when this node holds the head's heads, unless listed proposals kept
-        // failing.
         let failures = self.lists_refused.lock().expect("lock").get(&chain).copied().unwrap_or(0);
         let previous = if failures >= LISTED_FAILURES { None } else { self.timeline_set(Some(chain), head.index()) };
         let (entry, _) = set.entry(time_ms, previous.as_deref());
         let listed = entry.changes.is_some();
-        let proposal =
-            Proposal { kind: KIND_TIMELINE, payload: entry.to_bytes(), timestamp_ms: time_ms, ..Proposal::default() };
+        let proposal = Proposal {
+            kind: KIND_TIMELINE,
+            payload: entry.to_bytes(),
+            timestamp_ms: time_ms,
+            committee: appointment,
+            ..Proposal::default()
+        };
         let led = self.lead(chain, proposal).await;
         let mut refused = self.lists_refused.lock().expect("lock");
         match (&led, listed) {
@@ -740,7 +762,33 @@ impl Node {
             }
         }
         drop(refused);
-        led.map(|_| ())
+        led
+    }
+
+    /// A `Propose`: a block the caller wants on the chain, checked like any block before a
+    /// round starts (so a proposal that fails a rule costs no round). On a timeline only a
+    /// member of its committee may ask for a block that appoints no new committee (each is a
+    /// round of the whole committee, and their own timer makes them anyway); with an empty
+    /// payload this node makes the entry itself.
+    async fn propose(
+        self: &Arc<Self>,
+        caller: PublicKey,
+        chain: ChainId,
+        proposal: Proposal,
+    ) -> Result<Block, ErrorReply> {
+        if self.chain_kind(&chain)? == KIND_TIMELINE {
+            let head = self.head(&chain)?;
+            if proposal.committee.is_none() && head.committee.roster().index_of(&caller).is_none() {
+                return Err(self.forbidden(
+                    "only a member of the timeline's committee proposes a timeline block that appoints no committee"
+                        .into(),
+                ));
+            }
+            if proposal.payload.is_empty() {
+                return self.extend_timeline(chain, proposal.committee).await;
+            }
+        }
+        self.lead(chain, proposal).await
     }
 
     /// The blocks of `timeline` after `from` with their change lists, up to
@@ -860,34 +908,100 @@ impl Node {
         self.pool.call(&member.address, &member.key, request, timeout).await
     }
 
-    /// Fetches, checks and appends blocks from `source` until the chain's head is at least
-    /// `index`. A chain unknown here starts from the genesis `source` serves.
-    async fn catch_up(&self, chain: ChainId, index: u64, source: &Member) -> Result<(), ErrorReply> {
+    /// Who may send a round or replication message about block `index` of `chain`, checked
+    /// before anything else this node does for it; then what it takes to get there. For a
+    /// chain this node serves, the caller must be a member of the committee at its head or a
+    /// witness it knows ([`Node::is_known_witness`]: its committee may have changed since);
+    /// it then catches up from the caller, every block checked and written as it comes
+    /// (blocks of a chain it serves, each signed by that chain's committee). For a chain it
+    /// lacks, only a witness it knows is heard: the chain is fetched from the genesis and
+    /// checked without writing anything, and written only if this node is in the committee
+    /// at `index − 1` (or in the one `appointing` appoints, checked: a committed block that
+    /// brings it in). Either way the caller must be in the committee at `index − 1`.
+    async fn admit_peer(
+        &self,
+        caller: &PublicKey,
+        from: SocketAddr,
+        chain: ChainId,
+        index: u64,
+        appointing: Option<&Block>,
+    ) -> Result<Arc<ChainState>, ErrorReply> {
+        let Some(before) = index.checked_sub(1) else {
+            return Err(err(ErrorCode::BadRequest, "block 0 is a genesis: it is created, not announced or committed"));
+        };
+        let known = self.store.head(&chain).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+        match known {
+            Some(record) => {
+                let head = self.head(&chain)?;
+                if head.committee.roster().index_of(caller).is_none() && !self.is_known_witness(caller) {
+                    return Err(self.forbidden(format!("key {caller} is not a member of this chain's committee")));
+                }
+                if record.index < before {
+                    let source = self.source_for(caller, from, &chain);
+                    self.catch_up(chain, before, &source).await?;
+                }
+            }
+            None => {
+                if !self.is_known_witness(caller) {
+                    return Err(self.forbidden(format!(
+                        "chain {chain} is not served here, and key {caller} is no witness this node knows to learn it from"
+                    )));
+                }
+                let source = self.source_for(caller, from, &chain);
+                self.learn_chain(chain, before, &source, caller, appointing).await?;
+            }
+        }
+        let head = self.head(&chain)?;
+        self.authorize(caller, head.committee.roster())?;
+        Ok(head)
+    }
+
+    /// One page of blocks of `chain` from `next` as `source` serves them.
+    async fn fetch_blocks(&self, chain: ChainId, next: u64, source: &Member) -> Result<Vec<Block>, ErrorReply> {
         let timeout = self.config.peer_timeout() * 4;
+        let request = Request::GetBlocks { chain, from: next, count: MAX_BLOCKS_PER_ANSWER };
+        match self.call(source, &request, timeout).await {
+            Ok(Response::Blocks(blocks)) if !blocks.is_empty() && blocks.len() <= MAX_BLOCKS_PER_ANSWER as usize => {
+                Ok(blocks)
+            }
+            Ok(_) => {
+                Err(err(ErrorCode::Unavailable, format!("{} has no block {next} to catch up from", source.address)))
+            }
+            Err(e) => Err(err(ErrorCode::Unavailable, format!("catching up from {}: {e}", source.address))),
+        }
+    }
+
+    /// The chain rules, kind rules and deterministic payload rules of a block after `head`,
+    /// as this node checks every block it catches up on (the clock and the timeline's
+    /// heads are those of the moment it was made, so they are not checked again).
+    fn check_caught_up(&self, chain_kind: u16, head: &ChainState, block: &Block) -> Result<(), ErrorReply> {
+        rules::check_rules(chain_kind, head, block, chainiac_release::TimeWindow::default(), |_| false)
+            .map_err(|reason| err(ErrorCode::Refused, format!("block {} caught up: {reason}", block.header.index)))
+    }
+
+    /// Fetches, checks and appends blocks from `source` until the chain's head (a chain this
+    /// node serves) is at least `index`.
+    async fn catch_up(&self, chain: ChainId, index: u64, source: &Member) -> Result<(), ErrorReply> {
+        let chain_kind = self.chain_kind(&chain)?;
         loop {
-            let next = match self.store.head(&chain).map_err(|e| err(ErrorCode::Internal, e.to_string()))? {
-                Some(head) if head.index >= index => return Ok(()),
-                Some(head) => head.index + 1,
-                None => 0,
-            };
-            let request = Request::GetBlocks { chain, from: next, count: MAX_BLOCKS_PER_ANSWER };
-            let blocks = match self.call(source, &request, timeout).await {
-                Ok(Response::Blocks(blocks)) if !blocks.is_empty() => blocks,
-                Ok(_) => {
-                    return Err(err(
-                        ErrorCode::Unavailable,
-                        format!("{} has no block {next} to catch up from", source.address),
-                    ))
-                }
-                Err(e) => return Err(err(ErrorCode::Unavailable, format!("catching up from {}: {e}", source.address))),
-            };
+            let head = self.head(&chain)?;
+            if head.index() >= index {
+                return Ok(());
+            }
+            let next = head.index() + 1;
+            let blocks = self.fetch_blocks(chain, next, source).await?;
             for block in blocks {
-                if block.header.index == 0 && block.id() != chain {
-                    return Err(err(ErrorCode::Refused, "the genesis served does not match the chain id"));
+                let head = self.head(&chain)?;
+                if block.header.index != head.index() + 1 {
+                    if block.header.index <= head.index() {
+                        continue; // raced a commit
+                    }
+                    return Err(err(ErrorCode::Refused, format!("{} served blocks out of order", source.address)));
                 }
+                self.check_caught_up(chain_kind, &head, &block)?;
                 match self.append(&block) {
-                    Ok(_) | Err(StoreError::ChainExists(_)) => {}
-                    Err(StoreError::Block(chainiac_skipchain::BlockError::WrongIndex { .. })) => {} // raced a commit
+                    Ok(_) => {}
+                    Err(StoreError::Conflict { .. }) => {} // raced a commit
                     Err(e) => return Err(store_err(e)),
                 }
             }
@@ -895,13 +1009,88 @@ impl Node {
         }
     }
 
+    /// Learns a chain this node lacks, up to block `index`, from `source`: a first pass
+    /// fetches and checks every block from the genesis (genesis rules, chain rules and
+    /// signatures, kind and payload rules) keeping only their ids; only if the caller and
+    /// this node belong (see [`Node::admit_peer`]) does a second pass fetch and append them.
+    async fn learn_chain(
+        &self,
+        chain: ChainId,
+        index: u64,
+        source: &Member,
+        caller: &PublicKey,
+        appointing: Option<&Block>,
+    ) -> Result<(), ErrorReply> {
+        let genesis = self.fetch_blocks(chain, 0, source).await?.swap_remove(0);
+        if genesis.header.index != 0 || genesis.id() != chain {
+            return Err(err(ErrorCode::Refused, "the genesis served does not match the chain id"));
+        }
+        let mut state = ChainState::genesis(&genesis)
+            .map_err(|e| err(ErrorCode::Refused, format!("genesis served: {e}")))?
+            .into_inner();
+        rules::check_genesis(&genesis).map_err(|reason| err(ErrorCode::Refused, reason))?;
+        let chain_kind = genesis.header.kind;
+        let mut ids = vec![chain];
+        while state.index() < index {
+            let blocks = self.fetch_blocks(chain, state.index() + 1, source).await?;
+            for block in blocks {
+                if block.header.index > index {
+                    break;
+                }
+                let link = |i: u64| ids.get(i as usize).copied();
+                let next = state.extend(&block, link).map_err(|e| {
+                    err(ErrorCode::Refused, format!("{} served a chain that does not verify: {e}", source.address))
+                })?;
+                self.check_caught_up(chain_kind, &state, &block)?;
+                ids.push(next.id);
+                state = next.into_inner();
+            }
+        }
+        let me = self.key.public_key();
+        let mut member = state.committee.roster().index_of(&me).is_some();
+        if let Some(block) =
+            appointing.filter(|b| b.committee.as_ref().is_some_and(|a| a.committee.roster().index_of(&me).is_some()))
+        {
+            member |= state.extend(block, |i| ids.get(i as usize).copied()).is_ok();
+        }
+        if state.committee.roster().index_of(caller).is_none() {
+            return Err(self.forbidden(format!("key {caller} is not a member of chain {chain}'s committee")));
+        }
+        if !member {
+            return Err(err(ErrorCode::Forbidden, format!("this witness is not in chain {chain}'s committee")));
+        }
+        match self.append(&genesis) {
+            Ok(_) | Err(StoreError::ChainExists(_)) => {}
+            Err(e) => return Err(store_err(e)),
+        }
+        self.catch_up(chain, index, source).await
+    }
+
     // ---- submissions ----
 
-    async fn create_chain(self: &Arc<Self>, genesis: Block) -> Reply {
+    /// A new chain: this node must be in its committee; a timeline only from a member of it
+    /// (an operator, with its witness key) or an allow-listed key, since every timeline
+    /// costs its committee a round per interval forever; anything else within the caller's
+    /// quota, or only from allow-listed keys in allow-list mode.
+    async fn create_chain(self: &Arc<Self>, caller: PublicKey, from: SocketAddr, genesis: Block) -> Reply {
         let state = ChainState::genesis(&genesis).map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
         rules::check_genesis(&genesis).map_err(|reason| err(ErrorCode::Refused, reason))?;
         let roster = state.committee.roster().clone();
         self.member_of(&roster)?;
+        let creators = self.config.creators();
+        let listed = creators.contains(&caller);
+        if genesis.header.kind == KIND_TIMELINE && !listed && roster.index_of(&caller).is_none() {
+            return Err(self.forbidden(
+                "only a member of a timeline's committee (its operator, with the witness key) creates a timeline"
+                    .into(),
+            ));
+        }
+        if !creators.is_empty() && !listed {
+            return Err(self.forbidden(format!("key {caller} may not create chains here (allow-list mode)")));
+        }
+        if self.store.head(&state.chain).map_err(|e| err(ErrorCode::Internal, e.to_string()))?.is_none() && !listed {
+            self.count_creation(caller, from)?;
+        }
         match self.append(&genesis) {
             Ok(_) => {}
             Err(StoreError::ChainExists(_)) => self.note_appended(&genesis),
@@ -911,6 +1100,34 @@ impl Node {
         let request = Request::Genesis { genesis };
         self.broadcast(&roster, &request).await;
         Ok(Response::Created { chain: state.chain })
+    }
+
+    /// Counts a chain creation against the caller's key and address, refusing past the quota.
+    fn count_creation(&self, caller: PublicKey, from: SocketAddr) -> Result<(), ErrorReply> {
+        let quota = self.config.chain_quota_per_day as usize;
+        let now = Instant::now();
+        let mut created = self.created.lock().expect("lock");
+        created.retain(|_, times| {
+            times.retain(|t| now.duration_since(*t) < QUOTA_WINDOW);
+            !times.is_empty()
+        });
+        let who = [Creator::Key(caller.to_bytes()), Creator::Address(from.ip())];
+        for creator in who {
+            if created.get(&creator).is_some_and(|times| times.len() >= quota) {
+                let whom = match creator {
+                    Creator::Key(_) => format!("key {caller}"),
+                    Creator::Address(ip) => format!("address {ip}"),
+                };
+                drop(created);
+                return Err(self.forbidden(format!(
+                    "{whom} created {quota} chains here in the last 24 hours, the limit (chain_quota_per_day)"
+                )));
+            }
+        }
+        for creator in who {
+            created.entry(creator).or_default().push(now);
+        }
+        Ok(())
     }
 
     fn on_genesis(&self, caller: PublicKey, genesis: Block) -> Reply {
@@ -1155,6 +1372,7 @@ impl Node {
                     if let Some(next) = &block.committee {
                         // New members learn the chain now rather than at their first round.
                         let newcomers: Vec<Member> = next
+                            .committee
                             .roster()
                             .members()
                             .iter()
@@ -1234,14 +1452,8 @@ impl Node {
         let chain =
             announce.block.header.chain.ok_or_else(|| err(ErrorCode::BadRequest, "a genesis is not announced"))?;
         let index = announce.block.header.index;
-        let known = self.store.head(&chain).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
-        if known.is_none_or(|h| h.index + 1 < index) {
-            let source = self.source_for(&caller, from, &chain);
-            self.catch_up(chain, index - 1, &source).await?;
-        }
-        let head = self.head(&chain)?;
+        let head = self.admit_peer(&caller, from, chain, index, None).await?;
         let roster = Arc::new(head.committee.roster().clone());
-        self.authorize(&caller, &roster)?;
         if index <= head.index() {
             return Err(err(
                 ErrorCode::Conflict,
@@ -1378,19 +1590,14 @@ impl Node {
     async fn on_commit(self: &Arc<Self>, caller: PublicKey, from: SocketAddr, block: Block) -> Reply {
         let chain = block.header.chain.ok_or_else(|| err(ErrorCode::BadRequest, "a genesis is not committed"))?;
         let index = block.header.index;
-        let known = self.store.head(&chain).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
-        if known.is_none_or(|h| h.index + 1 < index) {
-            let source = self.source_for(&caller, from, &chain);
-            self.catch_up(chain, index - 1, &source).await?;
-        }
-        let head = self.head(&chain)?;
-        self.authorize(&caller, head.committee.roster())?;
+        let head = self.admit_peer(&caller, from, chain, index, Some(&block)).await?;
         if index <= head.index() {
             return match self.store.block_id(&chain, index) {
                 Ok(Some(id)) if id == block.id() => Ok(Response::Ack),
                 _ => Err(err(ErrorCode::Conflict, format!("this witness holds another block at index {index}"))),
             };
         }
+        self.check_caught_up(self.chain_kind(&chain)?, &head, &block)?;
         match self.append(&block) {
             Ok(_) => {
                 self.release(chain, index);

@@ -2,25 +2,49 @@
 //! payload rules themselves live with their data: releases in `chainiac-release`, timeline
 //! entries in the node (they need the node's heads).
 
-use chainiac_release::{Policy, KIND_POLICY_CHANGE, KIND_RELEASE};
+use chainiac_release::{Policy, TimeWindow, KIND_POLICY_CHANGE, KIND_RELEASE};
+use chainiac_skipchain::authority::{check_quorum, KIND_COMMITTEE};
 use chainiac_skipchain::timeline::KIND_TIMELINE;
-use chainiac_skipchain::Block;
+use chainiac_skipchain::{Block, ChainState};
 
 /// Blocks of a test chain: any payload.
 pub const KIND_RAW: u16 = 0;
 
-/// Whether a block of `kind` may extend a chain whose genesis has `chain_kind`.
+/// Whether a block of `kind` may extend a chain whose genesis has `chain_kind`. Committee
+/// changes go in their own blocks (`KIND_COMMITTEE`), except on a timeline, whose every
+/// block carries an entry (its committee changes in a timeline block).
 pub fn kind_allowed(chain_kind: u16, kind: u16) -> bool {
     match chain_kind {
-        KIND_RAW => kind == KIND_RAW,
+        KIND_RAW => kind == KIND_RAW || kind == KIND_COMMITTEE,
         KIND_TIMELINE => kind == KIND_TIMELINE,
-        KIND_RELEASE => kind == KIND_RELEASE || kind == KIND_POLICY_CHANGE,
+        KIND_RELEASE => kind == KIND_RELEASE || kind == KIND_POLICY_CHANGE || kind == KIND_COMMITTEE,
         _ => false,
     }
 }
 
-/// The kind-specific checks of a genesis: a release chain's policy must be a valid policy.
+/// What a block may carry besides its payload: a committee only in a committee-change block
+/// (or a timeline block), which carries nothing else; a policy never with a committee.
+pub fn check_carried(block: &Block) -> Result<(), String> {
+    let kind = block.header.kind;
+    match (kind, &block.committee, &block.policy) {
+        (KIND_COMMITTEE, None, _) => Err("a committee-change block must carry the new committee".into()),
+        (KIND_COMMITTEE, Some(_), Some(_)) => Err("a committee-change block cannot change the policy".into()),
+        (KIND_COMMITTEE, Some(_), None) if !block.payload.is_empty() => {
+            Err("a committee-change block carries no payload".into())
+        }
+        (KIND_COMMITTEE | KIND_TIMELINE, _, _) => Ok(()),
+        (_, Some(_), _) => Err(format!("a block of kind {kind} cannot change the committee; use a committee change")),
+        _ => Ok(()),
+    }
+}
+
+/// The kind-specific checks of a genesis: its committee must be a Byzantine quorum (this
+/// witness's promise never to sign two blocks at one index protects clients only if two
+/// thresholds overlap in an honest member), and a release chain's policy a valid policy.
 pub fn check_genesis(genesis: &Block) -> Result<(), String> {
+    if let Some(appointment) = &genesis.committee {
+        check_quorum(&appointment.committee).map_err(|e| format!("genesis committee: {e}"))?;
+    }
     match genesis.header.kind {
         KIND_RAW | KIND_TIMELINE => Ok(()),
         KIND_RELEASE => {
@@ -28,5 +52,46 @@ pub fn check_genesis(genesis: &Block) -> Result<(), String> {
             Policy::from_bytes(policy).map(|_| ()).map_err(|e| format!("release chain genesis: {e}"))
         }
         other => Err(format!("chain kind {other} is not known to this witness")),
+    }
+}
+
+/// The rules of the layers above the chain for `block` after `head` on a chain of
+/// `chain_kind`, those that depend on nothing but the chain: its kind, what it carries, and
+/// its payload (releases and policy changes; timeline entries need the node's heads and
+/// are checked by the node). What a witness checks before it cosigns, and again for every
+/// block it catches up on. `is_released` says whether a version is already on the chain.
+pub fn check_rules(
+    chain_kind: u16,
+    head: &ChainState,
+    block: &Block,
+    window: TimeWindow,
+    is_released: impl Fn(&str) -> bool,
+) -> Result<(), String> {
+    let kind = block.header.kind;
+    if !kind_allowed(chain_kind, kind) {
+        return Err(format!("a block of kind {kind} cannot go on a chain of kind {chain_kind}"));
+    }
+    check_carried(block)?;
+    match kind {
+        KIND_RELEASE => {
+            if block.policy.is_some() {
+                return Err("a release block cannot change the policy; use a policy change".into());
+            }
+            chainiac_release::check_release(
+                &head.policy,
+                &block.payload,
+                block.header.timestamp_ms,
+                window,
+                is_released,
+            )
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        }
+        KIND_POLICY_CHANGE => {
+            chainiac_release::check_policy_change(&head.chain.0, &head.policy, block.policy.as_deref(), &block.payload)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        _ => Ok(()),
     }
 }

@@ -6,8 +6,11 @@ use chainiac_cosi::{PublicKey, Roster, SecretKey};
 use chainiac_proto::endpoint;
 use chainiac_proto::message::{ErrorReply, Request, Response};
 use chainiac_proto::CallError;
-use chainiac_skipchain::{genesis, Block, ChainId, ChainParams, ChainState, Committee, Proposal};
+use chainiac_skipchain::{
+    genesis, Appointment, Approval, Block, ChainId, ChainParams, ChainState, Committee, Proposal,
+};
 use chainiac_witness::config::RosterFile;
+use chainiac_witness::keyfile;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -123,6 +126,8 @@ pub struct Cluster {
     pub root: tempfile::TempDir,
     pub witnesses: Vec<WitnessProcess>,
     pub client: Client,
+    /// When the operators' approvals made in this test expire.
+    pub approvals_expire_ms: u64,
 }
 
 impl Cluster {
@@ -137,6 +142,21 @@ impl Cluster {
         let mut witnesses: Vec<WitnessProcess> = (0..n)
             .map(|i| WitnessProcess::init_with(&root.path().join(format!("w{i}")), timeline_interval_ms))
             .collect();
+        // A cothority whose operators know each other: each witness learns chains it lacks
+        // from the others (a newcomer to a committee, say).
+        let peers: Vec<chainiac_witness::config::Peer> = witnesses
+            .iter()
+            .map(|w| chainiac_witness::config::Peer { key: w.key.to_string(), address: w.address.clone() })
+            .collect();
+        for w in &witnesses {
+            let path = w.dir.join("witness.toml");
+            let mut config: chainiac_witness::WitnessConfig =
+                toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            config.peers = peers.iter().filter(|p| p.key != w.key.to_string()).cloned().collect();
+            // Tests create chains by the dozen from one address.
+            config.chain_quota_per_day = 100_000;
+            std::fs::write(&path, config.to_toml()).unwrap();
+        }
         for w in &mut witnesses {
             w.start();
         }
@@ -144,7 +164,7 @@ impl Cluster {
         for w in &witnesses {
             client.wait_ready(w).await;
         }
-        Cluster { root, witnesses, client }
+        Cluster { root, witnesses, client, approvals_expire_ms: now_ms() + 86_400_000 }
     }
 
     /// The roster of witnesses `members`, read from the `member.toml` files `init` wrote.
@@ -168,8 +188,15 @@ impl Cluster {
         let committee = Committee::byzantine(self.roster(members));
         let genesis =
             genesis(ChainParams::new(2, 20).unwrap(), committee, b"test policy".to_vec(), kind, vec![], now_ms());
-        let reply =
-            self.client.call(&self.witnesses[members[0]], Request::CreateChain { genesis: genesis.clone() }).await;
+        // A timeline is created by an operator of its committee, with the witness key.
+        let operator;
+        let client = if kind == chainiac_skipchain::timeline::KIND_TIMELINE {
+            operator = self.operator(members[0]);
+            &operator
+        } else {
+            &self.client
+        };
+        let reply = client.call(&self.witnesses[members[0]], Request::CreateChain { genesis: genesis.clone() }).await;
         match reply {
             Ok(Response::Created { chain }) => (chain, genesis),
             other => panic!("create chain: {other:?}"),
@@ -184,19 +211,65 @@ impl Cluster {
         }
     }
 
-    /// Proposes a block that hands the chain to `committee` from the next block on.
+    /// The witness keys of `members`, read from their key files (what their operators hold).
+    pub fn keys(&self, members: &[usize]) -> Vec<SecretKey> {
+        members.iter().map(|&i| keyfile::read(&self.witnesses[i].dir.join("node.key")).unwrap()).collect()
+    }
+
+    /// A client presenting witness `i`'s key: its operator.
+    pub fn operator(&self, i: usize) -> Client {
+        Client::with_key(self.keys(&[i]).pop().unwrap())
+    }
+
+    /// `committee` appointed by the operators of witnesses `approvers`, their approvals
+    /// valid for a day (the same bytes every time in one test: signatures are deterministic).
+    pub fn appoint(&self, approvers: &[usize], committee: &Committee) -> Appointment {
+        let approvals =
+            self.keys(approvers).iter().map(|k| Approval::sign(k, committee, self.approvals_expire_ms)).collect();
+        Appointment { committee: committee.clone(), approvals }
+    }
+
+    /// Proposes a block that hands the chain to `committee` from the next block on,
+    /// approved by the operators of every member of the chain's committee now (`outgoing`).
     pub async fn propose_change(
         &self,
         leader: usize,
         chain: ChainId,
         committee: Committee,
     ) -> Result<Block, CallError> {
-        let proposal =
-            Proposal { kind: 0, payload: b"roster change".to_vec(), committee: Some(committee), ..Proposal::default() };
+        let outgoing = self.committee_of(leader, chain).await;
+        let approvers: Vec<usize> = (0..self.witnesses.len())
+            .filter(|&i| outgoing.roster().index_of(&self.witnesses[i].key).is_some())
+            .collect();
+        self.propose_appointment(leader, chain, self.appoint(&approvers, &committee)).await
+    }
+
+    /// Proposes a committee-change block carrying `appointment` as it is.
+    pub async fn propose_appointment(
+        &self,
+        leader: usize,
+        chain: ChainId,
+        appointment: Appointment,
+    ) -> Result<Block, CallError> {
+        let proposal = Proposal {
+            kind: chainiac_skipchain::authority::KIND_COMMITTEE,
+            committee: Some(appointment),
+            ..Proposal::default()
+        };
         match self.client.call(&self.witnesses[leader], Request::Propose { chain, proposal }).await? {
             Response::Appended { block } => Ok(block),
             other => panic!("propose: unexpected {other:?}"),
         }
+    }
+
+    /// The committee in force at `chain`'s head, as witness `i` proves it from the genesis
+    /// it serves.
+    pub async fn committee_of(&self, i: usize, chain: ChainId) -> Committee {
+        let genesis = match self.client.call(&self.witnesses[i], Request::GetBlock { chain, index: 0 }).await {
+            Ok(Response::Block(Some(genesis))) => genesis,
+            other => panic!("genesis: {other:?}"),
+        };
+        self.prove_from_genesis(i, chain, &genesis).await.committee.as_ref().clone()
     }
 
     pub async fn head(&self, witness: usize, chain: ChainId) -> Option<u64> {
@@ -241,10 +314,13 @@ pub struct Client {
 
 impl Client {
     pub fn new() -> Self {
+        Self::with_key(SecretKey::generate(&mut rand_core::OsRng))
+    }
+
+    /// A client that presents `key`.
+    pub fn with_key(key: SecretKey) -> Self {
         let endpoint = endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        Client {
-            pool: chainiac_proto::Pool::new(endpoint, std::sync::Arc::new(SecretKey::generate(&mut rand_core::OsRng))),
-        }
+        Client { pool: chainiac_proto::Pool::new(endpoint, std::sync::Arc::new(key)) }
     }
 
     pub async fn call(&self, witness: &WitnessProcess, request: Request) -> Result<Response, CallError> {

@@ -6,7 +6,9 @@
 use chainiac_cosi::simulation::sign_with_all_keys;
 use chainiac_cosi::{Mask, Member, Roster, SecretKey};
 use chainiac_skipchain::store::{self, Store};
-use chainiac_skipchain::{genesis, Block, ChainId, ChainParams, ChainState, Committee, Proposal, Verified};
+use chainiac_skipchain::{
+    genesis, Appointment, Approval, Block, ChainId, ChainParams, ChainState, Committee, Proposal, Verified,
+};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use std::sync::Arc;
@@ -37,6 +39,19 @@ impl TestCommittee {
         }
         sign_with_all_keys(self.committee.roster(), &self.keys, &mask, message, rng)
     }
+
+    /// `next` appointed by `approvers` of this committee's members (the first ones), their
+    /// approvals valid until `expires_ms`.
+    pub fn appoint(&self, next: &Committee, approvers: usize, expires_ms: u64) -> Appointment {
+        let approvals = self.keys.iter().take(approvers).map(|k| Approval::sign(k, next, expires_ms)).collect();
+        Appointment { committee: next.clone(), approvals }
+    }
+}
+
+/// A Byzantine-quorum threshold for `members`, drawn at random (`3t > 2n`).
+pub fn quorum_threshold(members: usize, rng: &mut ChaCha20Rng) -> u32 {
+    let lowest = (2 * members) / 3 + 1;
+    (lowest + rng.next_u32() as usize % (members - lowest + 1)) as u32
 }
 
 pub struct TestChain<S: Store> {
@@ -84,6 +99,14 @@ impl<S: Store> TestChain<S> {
         ChainState::genesis(&self.genesis).unwrap()
     }
 
+    /// `next` appointed by the current signers: as many approvals as their threshold, the
+    /// rest at random, valid for a day past the chain's clock.
+    pub fn appoint(&mut self, next: &Committee) -> Appointment {
+        let spare = self.signer.keys.len() - self.signer.committee.threshold();
+        let approvers = self.signer.committee.threshold() + self.rng.next_u32() as usize % (spare + 1);
+        self.signer.appoint(next, approvers, self.time_ms + 86_400_000)
+    }
+
     /// The next block, signed, with an optional new committee (of `members`) or new policy.
     pub fn next_block(
         &mut self,
@@ -94,7 +117,7 @@ impl<S: Store> TestChain<S> {
         let head = self.head();
         self.time_ms += 1 + self.rng.next_u32() as u64 % 1000;
         let next_committee = new_members.map(|m| {
-            let threshold = 1 + self.rng.next_u32() % m as u32;
+            let threshold = quorum_threshold(m, &mut self.rng);
             Arc::new(TestCommittee::new(m, threshold, &mut self.rng))
         });
         if new_policy {
@@ -104,7 +127,7 @@ impl<S: Store> TestChain<S> {
             kind: 1,
             payload: format!("release {}", head.index() + 1).into_bytes(),
             timestamp_ms: self.time_ms,
-            committee: next_committee.as_ref().map(|c| c.committee.clone()),
+            committee: next_committee.as_ref().map(|c| self.appoint(&c.committee)),
             policy: new_policy.then(|| policy(self.policy_version)),
         };
         let store = &self.store;
@@ -124,7 +147,7 @@ impl<S: Store> TestChain<S> {
             kind: 1,
             payload: payload_at(self.time_ms),
             timestamp_ms: self.time_ms,
-            committee: next.as_ref().map(|c| c.committee.clone()),
+            committee: next.as_ref().map(|c| self.appoint(&c.committee)),
             policy: None,
         };
         let store = &self.store;

@@ -1,0 +1,268 @@
+//! Who may change a committee: a block or proof step that appoints a new committee needs
+//! the approvals of at least the outgoing committee's threshold of its own members,
+//! unexpired, over exactly that committee, and the new committee must be a Byzantine
+//! quorum. Every other appointment is refused with the rule named, and nothing is written.
+
+mod common;
+
+use chainiac_cosi::{Member, Roster, SecretKey};
+use chainiac_skipchain::store::{self, MemoryStore, Store, StoreError};
+use chainiac_skipchain::{
+    Appointment, Appointments, Approval, AuthorityError, Block, BlockError, ChainParams, Committee, LinkedProof,
+    ProofError,
+};
+use common::{quorum_threshold, TestChain, TestCommittee};
+use proptest::prelude::*;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+fn chain_of(members: usize, len: u64, seed: u64) -> TestChain<MemoryStore> {
+    let mut chain = TestChain::new(MemoryStore::new(), ChainParams::new(2, 8).unwrap(), members, seed);
+    for _ in 0..len {
+        chain.push(None, false, 0);
+    }
+    chain
+}
+
+/// The next block of `chain`, changing to a new committee of `members`, with `appointment`
+/// made from that committee and the current signers, signed by them.
+fn change_block(
+    chain: &mut TestChain<MemoryStore>,
+    members: usize,
+    appointment: impl FnOnce(&TestCommittee, &Committee, u64) -> Appointment,
+) -> (Block, TestCommittee) {
+    let mut rng = ChaCha20Rng::seed_from_u64(chain.rng.next_u64());
+    let next = TestCommittee::new(members, quorum_threshold(members, &mut rng), &mut rng);
+    let (mut block, _) = chain.next_block(None, false, 0);
+    let head = chain.head();
+    let time = block.header.timestamp_ms;
+    let appointed = appointment(&chain.signer, &next.committee, time);
+    let proposal = chainiac_skipchain::Proposal {
+        kind: block.header.kind,
+        payload: block.payload.clone(),
+        timestamp_ms: time,
+        committee: Some(appointed),
+        policy: None,
+    };
+    let store = &chain.store;
+    let id = chain.chain;
+    block = head.propose(proposal, |i| store.block_id(&id, i).unwrap()).unwrap();
+    block.signature = Some(chain.signer.sign(&block.id().0, 0, &mut chain.rng));
+    (block, next)
+}
+
+fn refused(chain: &TestChain<MemoryStore>, block: &Block, expected: impl Fn(&AuthorityError) -> bool) {
+    let before = chain.head();
+    match store::append(&chain.store, block) {
+        Err(StoreError::Block(BlockError::Authority { error, .. })) => {
+            assert!(expected(&error), "unexpected refusal: {error}")
+        }
+        other => panic!("expected an authority refusal, got {other:?}"),
+    }
+    assert_eq!(chain.head(), before, "nothing written");
+}
+
+#[test]
+fn an_unapproved_committee_change_is_refused_even_when_the_old_committee_signed_it() {
+    let mut chain = chain_of(4, 3, 1);
+    let (block, _) = change_block(&mut chain, 4, |_, next, _| Appointment::anchor(next.clone()));
+    refused(&chain, &block, |e| matches!(e, AuthorityError::TooFewApprovals { valid: 0, threshold: 3, .. }));
+}
+
+#[test]
+fn too_few_expired_foreign_or_misdirected_approvals_are_refused() {
+    let mut chain = chain_of(4, 3, 2);
+    let threshold = chain.signer.committee.threshold();
+    // One short of the threshold.
+    let (block, _) = change_block(&mut chain, 5, |old, next, t| old.appoint(next, threshold - 1, t + 1));
+    refused(&chain, &block, |e| matches!(e, AuthorityError::TooFewApprovals { valid, .. } if *valid == threshold - 1));
+    // Enough, but expired before the block's time.
+    let (block, _) = change_block(&mut chain, 5, |old, next, t| old.appoint(next, 4, t - 1));
+    refused(&chain, &block, |e| matches!(e, AuthorityError::TooFewApprovals { valid: 0, expired: 4, .. }));
+    // Approvals over another roster.
+    let (block, _) = change_block(&mut chain, 5, |old, next, t| {
+        let mut rng = ChaCha20Rng::seed_from_u64(7);
+        let other = TestCommittee::new(5, 4, &mut rng).committee;
+        let approvals = old.appoint(&other, 4, t + 1).approvals;
+        Appointment { committee: next.clone(), approvals }
+    });
+    refused(&chain, &block, |e| matches!(e, AuthorityError::BadSignature { .. }));
+    // Approved by strangers (the incoming members themselves).
+    let mut rng = ChaCha20Rng::seed_from_u64(8);
+    let strangers: Vec<SecretKey> = (0..4).map(|_| SecretKey::generate(&mut rng)).collect();
+    let (block, _) = change_block(&mut chain, 5, |_, next, t| Appointment {
+        committee: next.clone(),
+        approvals: strangers.iter().map(|k| Approval::sign(k, next, t + 1)).collect(),
+    });
+    refused(&chain, &block, |e| matches!(e, AuthorityError::NotAMember { .. }));
+    // One member approving twice does not count twice.
+    let (block, _) = change_block(&mut chain, 5, |old, next, t| {
+        let mut appointment = old.appoint(next, threshold - 1, t + 1);
+        appointment.approvals.push(appointment.approvals[0].clone());
+        appointment
+    });
+    refused(&chain, &block, |e| matches!(e, AuthorityError::Duplicate { .. }));
+    // A committee that is no Byzantine quorum, however approved.
+    let (block, _) = change_block(&mut chain, 4, |old, next, t| {
+        let weak = Committee::new(next.roster().clone(), 2).unwrap();
+        old.appoint(&weak, 4, t + 1)
+    });
+    refused(&chain, &block, |e| matches!(e, AuthorityError::WeakThreshold { threshold: 2, members: 4 }));
+    // The rightful change goes through, and the new committee signs from then on.
+    let (block, next) = change_block(&mut chain, 5, |old, next, t| old.appoint(next, threshold, t + 1));
+    store::append(&chain.store, &block).unwrap();
+    assert_eq!(chain.head().committee.hash(), next.committee.hash());
+}
+
+#[test]
+fn a_genesis_with_approvals_is_refused() {
+    let mut rng = ChaCha20Rng::seed_from_u64(3);
+    let signer = TestCommittee::new(4, 3, &mut rng);
+    let mut genesis =
+        chainiac_skipchain::genesis(ChainParams::DEFAULT, signer.committee.clone(), vec![], 0, vec![], 1_000);
+    genesis.committee = Some(signer.appoint(&signer.committee, 3, 2_000));
+    let err = chainiac_skipchain::ChainState::genesis(&genesis).unwrap_err();
+    assert!(matches!(err, BlockError::Authority { index: 0, error: AuthorityError::GenesisApprovals }), "{err}");
+}
+
+/// A forward proof whose committee change carries a forged appointment is refused, even
+/// though the whole old committee signed the block (a colluding cothority cannot skip its
+/// operators); a held appointment stands in for a carried one only where it authorizes.
+#[test]
+fn proofs_check_every_appointment_carried_or_held() {
+    let mut chain = chain_of(4, 2, 4);
+    chain.push(Some(5), false, 0);
+    chain.push(None, false, 0);
+    let head = chain.head().index();
+    let genesis = chain.genesis_state();
+    let honest = store::prove(&chain.store, &chain.chain, 0, head, true).unwrap();
+    let caught = honest.verify(&genesis).unwrap().into_inner();
+    assert_eq!(caught.appointments.len(), 1);
+    let k = honest.steps.iter().position(|s| s.committee.is_some()).unwrap();
+    let mut forged = honest.clone();
+    forged.steps[k].committee.as_mut().unwrap().approvals.truncate(1);
+    let err = forged.verify(&genesis).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProofError::Hop {
+                error: BlockError::Authority { error: AuthorityError::TooFewApprovals { valid: 1, .. }, .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Left out and held: fine. Held, but appointed by another committee only: refused.
+    let lean = honest.clone().without_committees(|_| true);
+    let mut held = Appointments::default();
+    held.hold(caught.appointments[0].clone());
+    assert_eq!(lean.verify_with(&genesis, &held).unwrap().state.id, caught.state.id);
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let other = TestCommittee::new(4, 3, &mut rng);
+    let elsewhere = other.appoint(caught.appointments[0].committee(), 4, u64::MAX).verify().unwrap();
+    let mut foreign = Appointments::default();
+    foreign.hold(elsewhere);
+    let err = lean.verify_with(&genesis, &foreign).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProofError::Hop {
+                error: BlockError::Authority { error: AuthorityError::TooFewApprovals { valid: 0, .. }, .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+/// A linked proof shows only the committee in force at the recorded block: it must descend
+/// from the trusted one by appointments the proof carries or the verifier holds.
+#[test]
+fn linked_proofs_check_the_lineage_of_the_recorded_committee() {
+    let mut chain = chain_of(4, 3, 5);
+    chain.push(Some(5), false, 0);
+    chain.push(None, false, 0);
+    chain.push(Some(4), false, 0);
+    chain.push(None, false, 0);
+    let head = chain.head().index();
+    let id = chain.store.block_id(&chain.chain, head).unwrap().unwrap();
+    let genesis = chain.genesis_state();
+    let proof = store::prove_linked(&chain.store, &chain.chain, 0, head, head, true, |_| false).unwrap();
+    assert_eq!(proof.appointments.len(), 2, "both changes");
+    let caught = proof.verify_with(&genesis, (head, id), &Appointments::default()).unwrap().into_inner();
+    assert_eq!(caught.state.committee.hash(), chain.head().committee.hash());
+    // Without the first appointment, nothing shows the second committee's authority.
+    let cut = LinkedProof { appointments: proof.appointments[1..].to_vec(), ..proof.clone() };
+    let err = cut.verify_with(&genesis, (head, id), &Appointments::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProofError::LinkState { error: BlockError::Authority { error: AuthorityError::NoLineage, .. }, .. }
+        ),
+        "{err}"
+    );
+    // Held, the first may be left out; the prover leaves out exactly what is named.
+    let mut held = Appointments::default();
+    held.hold(caught.appointments[0].clone());
+    cut.verify_with(&genesis, (head, id), &held).unwrap();
+    let lean = store::prove_linked(&chain.store, &chain.chain, 0, head, head, true, |h| held.contains(h)).unwrap();
+    assert_eq!(lean, cut);
+    // A forged approval anywhere in the lineage is refused.
+    let mut forged = proof.clone();
+    forged.appointments[0].approvals[0].signature[0] ^= 1;
+    let err = forged.verify_with(&genesis, (head, id), &Appointments::default()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ProofError::LinkState {
+                error: BlockError::Authority { error: AuthorityError::BadSignature { .. }, .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+fn roster(keys: &[SecretKey]) -> Roster {
+    Roster::new(keys.iter().enumerate().map(|(i, k)| Member::new(k, format!("127.0.0.1:{}", 9000 + i))).collect())
+        .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// `check_change` accepts exactly when at least the outgoing threshold of distinct
+    /// outgoing members approved the new committee, unexpired at the block's time, and the
+    /// new committee is a quorum.
+    #[test]
+    fn a_change_is_authorized_exactly_by_a_threshold_of_unexpired_member_approvals(
+        n in 1usize..8,
+        m in 1usize..8,
+        threshold_seed in any::<u32>(),
+        new_threshold in 1u32..8,
+        approvers in proptest::collection::vec(any::<bool>(), 8),
+        expiries in proptest::collection::vec(0u64..4, 8),
+        at in 0u64..4,
+        seed in any::<u64>(),
+    ) {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let old_keys: Vec<SecretKey> = (0..n).map(|_| SecretKey::generate(&mut rng)).collect();
+        let threshold = 1 + threshold_seed % n as u32;
+        let outgoing = Committee::new(roster(&old_keys), threshold).unwrap();
+        let new_keys: Vec<SecretKey> = (0..m).map(|_| SecretKey::generate(&mut rng)).collect();
+        let new_threshold = new_threshold.min(m as u32);
+        let next = Committee::new(roster(&new_keys), new_threshold).unwrap();
+        let approvals: Vec<Approval> = (0..n)
+            .filter(|&i| approvers[i])
+            .map(|i| Approval::sign(&old_keys[i], &next, expiries[i]))
+            .collect();
+        let valid = (0..n).filter(|&i| approvers[i] && expiries[i] >= at).count();
+        let appointment = Appointment { committee: next.clone(), approvals };
+        let result = appointment.check_change(&outgoing, at);
+        let quorum = 3 * new_threshold as usize > 2 * m;
+        prop_assert_eq!(result.is_ok(), quorum && valid >= threshold as usize, "{:?}", result);
+        if !quorum {
+            prop_assert!(matches!(result, Err(AuthorityError::WeakThreshold { .. })), "{:?}", result);
+        }
+    }
+}
