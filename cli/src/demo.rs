@@ -12,8 +12,9 @@ use chainiac_release::{
     content_hash, Artifact, DeveloperSignature, Manifest, Policy, PolicyChange, Recipe, SourceArchive, VerifierEntry,
     KIND_POLICY_CHANGE, KIND_RELEASE,
 };
+use chainiac_skipchain::authority::KIND_COMMITTEE;
 use chainiac_skipchain::timeline::KIND_TIMELINE;
-use chainiac_skipchain::{genesis, ChainId, ChainParams, Committee, Proposal};
+use chainiac_skipchain::{genesis, Appointment, Approval, ChainId, ChainParams, Committee, Proposal};
 use chainiac_verifier::service::VerifierConfig;
 use chainiac_witness::{keyfile, WitnessConfig};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,8 @@ use std::time::{Duration, Instant};
 use tokio::process::{Child, Command};
 
 const WITNESSES: usize = 4;
+/// A fifth witness that joins the cothority in the demo's roster change.
+const NEWCOMER: usize = WITNESSES;
 const VERIFIERS: usize = 2;
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -63,17 +66,31 @@ fn spawn(args: &[&str], log: &Path) -> Result<Child> {
         .context("starting a child process")
 }
 
-fn start_witness(dir: &Path) -> Result<(Node, Member)> {
-    std::fs::create_dir_all(dir)?;
-    let key = SecretKey::generate(&mut rand_core::OsRng);
-    keyfile::write(&dir.join("node.key"), &key)?;
-    let address = format!("127.0.0.1:{}", free_port()?);
-    let mut config = WitnessConfig::new(address.parse()?, address.clone());
-    config.timeline_interval_ms = 500;
-    std::fs::write(dir.join("witness.toml"), config.to_toml())?;
-    let child = spawn(&["witness", "run", "--config", dir.join("witness.toml").to_str().unwrap()], &dir.join("log"))?;
-    let member = Member::new(&key, address.clone());
-    Ok((Node { key: key.public_key(), address, _child: child }, member))
+/// Makes the witnesses' keys and configs in `dirs` (each lists the others as peers: the
+/// operators of a new cothority know each other), then starts them.
+fn start_witnesses(dirs: &[PathBuf]) -> Result<(Vec<Node>, Vec<Member>)> {
+    let mut members = Vec::new();
+    for dir in dirs {
+        std::fs::create_dir_all(dir)?;
+        let key = SecretKey::generate(&mut rand_core::OsRng);
+        keyfile::write(&dir.join("node.key"), &key)?;
+        members.push(Member::new(&key, format!("127.0.0.1:{}", free_port()?)));
+    }
+    let mut nodes = Vec::new();
+    for (dir, member) in dirs.iter().zip(&members) {
+        let mut config = WitnessConfig::new(member.address.parse()?, member.address.clone());
+        config.timeline_interval_ms = 500;
+        config.peers = members
+            .iter()
+            .filter(|m| m.key != member.key)
+            .map(|m| chainiac_witness::config::Peer { key: m.key.to_string(), address: m.address.clone() })
+            .collect();
+        std::fs::write(dir.join("witness.toml"), config.to_toml())?;
+        let child =
+            spawn(&["witness", "run", "--config", dir.join("witness.toml").to_str().unwrap()], &dir.join("log"))?;
+        nodes.push(Node { key: member.key, address: member.address.clone(), _child: child });
+    }
+    Ok((nodes, members))
 }
 
 fn start_verifier(dir: &Path) -> Result<Node> {
@@ -157,14 +174,14 @@ pub fn run(keep: Option<PathBuf>) -> Result<()> {
 
 async fn demo(root: &Path) -> Result<()> {
     let mut step = Step { started: Instant::now(), n: 0 };
-    let t = step.say(&format!("starting {WITNESSES} witnesses and {VERIFIERS} build verifiers in {}", root.display()));
-    let mut witnesses = Vec::new();
-    let mut members = Vec::new();
-    for i in 0..WITNESSES {
-        let (node, member) = start_witness(&root.join(format!("witness-{i}")))?;
-        witnesses.push(node);
-        members.push(member);
-    }
+    let t = step.say(&format!(
+        "starting {} witnesses ({WITNESSES} in the first roster, one to join later) and {VERIFIERS} build verifiers in {}",
+        WITNESSES + 1,
+        root.display()
+    ));
+    let dirs: Vec<PathBuf> = (0..=NEWCOMER).map(|i| root.join(format!("witness-{i}"))).collect();
+    let (witnesses, all_members) = start_witnesses(&dirs)?;
+    let members = all_members[..WITNESSES].to_vec();
     let verifiers: Vec<Node> =
         (0..VERIFIERS).map(|i| start_verifier(&root.join(format!("verifier-{i}")))).collect::<Result<_>>()?;
     let endpoint = chainiac_proto::endpoint::client("127.0.0.1:0".parse()?)?;
@@ -218,6 +235,9 @@ async fn demo(root: &Path) -> Result<()> {
     let mut signers = vec![&developers[0], &developers[1]];
     let mut last_binary = Vec::new();
     for (n, version) in ["1.0", "1.1", "1.2"].into_iter().enumerate() {
+        if n == 1 {
+            change_roster(&mut step, &pool, &witnesses, &dirs, &all_members, &[timeline_genesis.id(), chain]).await?;
+        }
         if n == 2 {
             let t = step.say("rotating developer keys: the root key replaces developer 1 with developer 4");
             let rotated = Policy {
@@ -288,7 +308,9 @@ async fn demo(root: &Path) -> Result<()> {
         last_binary = binary;
     }
 
-    let t = step.say("a client anchored at the genesis catches up (timeline freshness, rotation, release checks)");
+    let t = step.say(
+        "a client anchored at the genesis catches up (timeline freshness, roster change, key rotation, release checks)",
+    );
     wait_for_timeline(&pool, &witnesses[0], chain).await?;
     let mut client = Client::open(&root.join("client.state"), TrustLevel::default())?;
     client.anchor(&timeline_genesis)?;
@@ -324,7 +346,51 @@ async fn demo(root: &Path) -> Result<()> {
         t,
         &format!("still block {}, fresh {how}; timeline {} ms old", again.to, again.timeline_age_ms.unwrap_or(0)),
     );
-    println!("\ndone: 3 releases, 1 key rotation, every build reproduced by 2 verifiers and cosigned by {WITNESSES} witnesses.");
+    println!(
+        "\ndone: 3 releases, 1 roster change, 1 key rotation, every build reproduced by 2 verifiers and cosigned by {WITNESSES} witnesses."
+    );
+    Ok(())
+}
+
+/// The cothority's roster changes the rightful way: witness 3 leaves and witness 4 joins.
+/// A change nobody approved is refused first; then the operators of witnesses 0–2 (3 of
+/// the 4 members, the threshold) approve the new roster with their witness keys, and the
+/// timeline and the project move to it.
+async fn change_roster(
+    step: &mut Step,
+    pool: &Pool,
+    witnesses: &[Node],
+    dirs: &[PathBuf],
+    members: &[Member],
+    chains: &[ChainId],
+) -> Result<()> {
+    let t = step.say("changing the roster: witness 3 leaves, witness 4 joins, approved by 3 of the 4 operators");
+    let next = Committee::byzantine(Roster::new([0, 1, 2, NEWCOMER].iter().map(|&i| members[i].clone()).collect())?);
+    let propose = |appointment: Appointment, chain: ChainId| {
+        let proposal = Proposal { kind: KIND_COMMITTEE, committee: Some(appointment), ..Proposal::default() };
+        call(pool, &witnesses[1], Request::Propose { chain, proposal })
+    };
+    let refused = match propose(Appointment::anchor(next.clone()), chains[0]).await {
+        Err(e) => e.to_string(),
+        Ok(other) => bail!("a change nobody approved was not refused: {other:?}"),
+    };
+    let expires_ms = chainiac_client::now_ms() + 30 * 86_400_000;
+    let mut approvals = Vec::new();
+    for dir in &dirs[..3] {
+        approvals.push(Approval::sign(&keyfile::read(&dir.join("node.key"))?, &next, expires_ms));
+    }
+    let appointment = Appointment { committee: next, approvals };
+    let mut moved = Vec::new();
+    for &chain in chains {
+        match propose(appointment.clone(), chain).await? {
+            Response::Appended { block } => moved.push(block.header.index.to_string()),
+            other => bail!("the approved change was refused: {other:?}"),
+        }
+    }
+    step.done(
+        t,
+        &format!("unapproved: {refused}; approved: timeline and project changed at blocks {}", moved.join(" and ")),
+    );
     Ok(())
 }
 

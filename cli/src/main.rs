@@ -3,6 +3,7 @@
 mod client_cmd;
 mod demo;
 mod release_cmd;
+mod roster_cmd;
 mod verifier_cmd;
 mod witness_cmd;
 
@@ -101,6 +102,10 @@ enum Command {
     /// Change a project's policy.
     #[command(subcommand)]
     Policy(release_cmd::PolicyCommand),
+    /// Change a committee the rightful way: a threshold of the outgoing members' operators
+    /// approve the new roster, then anyone submits the change.
+    #[command(subcommand)]
+    Roster(roster_cmd::RosterCommand),
     /// Prepare, sign and submit releases.
     #[command(subcommand)]
     Release(release_cmd::ReleaseCommand),
@@ -173,6 +178,7 @@ fn main() -> ExitCode {
         Command::Project(command) => release_cmd::project(command),
         Command::Release(command) => release_cmd::release(command),
         Command::Policy(command) => release_cmd::policy(command),
+        Command::Roster(command) => roster_cmd::run(command),
         Command::Chain(ChainCommand::Show { chain, witness, witness_key, from, count, json }) => {
             client_cmd::chain_show(&chain, &witness, &witness_key, from, count, json)
         }

@@ -9,8 +9,7 @@ use chainiac_release::{
     content_hash, Artifact, DeveloperSignature, Manifest, Policy, Recipe, SourceArchive, VerifierEntry, KIND_RELEASE,
 };
 use chainiac_skipchain::timeline::KIND_TIMELINE;
-use chainiac_skipchain::{genesis, ChainParams, Committee};
-use chainiac_witness::config::RosterFile;
+use chainiac_skipchain::{genesis, ChainParams};
 use clap::Subcommand;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -315,13 +314,8 @@ pub fn project(command: ProjectCommand) -> Result<()> {
             (roster, policy, timeline, threshold, key, out, json)
         }
     };
-    let text = std::fs::read_to_string(&roster).with_context(|| format!("reading {}", roster.display()))?;
-    let file: RosterFile = toml::from_str(&text).map_err(|e| UsageError(format!("{}: {e}", roster.display())))?;
-    let roster = file.to_roster().map_err(UsageError)?;
-    let committee = match threshold {
-        Some(t) => Committee::new(roster, t).map_err(|e| UsageError(e.to_string()))?,
-        None => Committee::byzantine(roster),
-    };
+    let committee = crate::roster_cmd::read_committee(&roster, threshold)?;
+    chainiac_skipchain::authority::check_quorum(&committee).map_err(|e| UsageError(e.to_string()))?;
     let (kind, policy_bytes) = match (timeline, policy) {
         (true, _) => (KIND_TIMELINE, b"timeline".to_vec()),
         (false, Some(path)) => (KIND_RELEASE, read_policy(&path)?.to_bytes()),

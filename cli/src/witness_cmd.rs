@@ -38,6 +38,17 @@ pub enum WitnessCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Add every member of a roster file (but this witness) to the peers of a witness's
+    /// config: the witnesses it learns chains from before a timeline names them (a new
+    /// cothority, a newcomer to one). Restart the witness to apply.
+    Peers {
+        /// The config file `init` wrote.
+        #[arg(long)]
+        config: PathBuf,
+        /// `[[member]]` entries, as `chainiac witness init` prints them.
+        #[arg(long)]
+        roster: PathBuf,
+    },
     /// Serve until SIGINT or SIGTERM.
     Run {
         /// The config file `init` wrote.
@@ -62,9 +73,34 @@ pub fn run(command: WitnessCommand) -> Result<()> {
         WitnessCommand::Init { dir, listen, address, branching, timeline_interval_ms, peers, json } => {
             init(dir, listen, address, branching, timeline_interval_ms, peers, json)
         }
+        WitnessCommand::Peers { config, roster } => add_peers(&config, &roster),
         WitnessCommand::Run { config } => serve(config),
         WitnessCommand::Status { address, key, json } => status(address, key, json),
     }
+}
+
+fn add_peers(path: &std::path::Path, roster: &std::path::Path) -> Result<()> {
+    // Read as written (relative paths stay relative), checked as `run` will load it.
+    WitnessConfig::load(path)?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut config: WitnessConfig =
+        toml::from_str(&text).map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+    let key = keyfile::read(&path.parent().unwrap_or(std::path::Path::new(".")).join(&config.key_file))?.public_key();
+    let members = crate::roster_cmd::read_committee(roster, None)?;
+    let mut added = 0;
+    for member in members.roster().members().iter().filter(|m| m.key != key) {
+        if !config.peers.iter().any(|p| p.public_key() == Some(member.key)) {
+            config.peers.push(Peer { key: member.key.to_string(), address: member.address.clone() });
+            added += 1;
+        }
+    }
+    std::fs::write(path, config.to_toml()).with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "{added} peer(s) added to {} ({} in all); restart the witness to apply",
+        path.display(),
+        config.peers.len()
+    );
+    Ok(())
 }
 
 fn parse_peer(spec: &str) -> Result<Peer> {

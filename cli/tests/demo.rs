@@ -11,11 +11,14 @@ fn the_demo_releases_verifies_and_cleans_up() {
     assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     for expected in [
         "cosigned at index 1",
-        "policy change cosigned at index 3",
-        "cosigned at index 4",
-        "past checkpoint(s) [3]",
+        "unapproved: refused by the node: Refused: block 2 changes the committee without authority: 0 of the outgoing committee's members approved",
+        "approved: timeline and project changed at blocks",
+        "cosigned at index 3",
+        "policy change cosigned at index 4",
+        "cosigned at index 5",
+        "past checkpoint(s) [2, 4]",
         "hello 1.2 verified; a copy with one bit changed is refused: true",
-        "still block 4, fresh from",
+        "still block 5, fresh from",
     ] {
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
     }
@@ -32,6 +35,10 @@ fn every_subcommand_has_help() {
         vec!["witness", "init", "--help"],
         vec!["witness", "run", "--help"],
         vec!["witness", "status", "--help"],
+        vec!["witness", "peers", "--help"],
+        vec!["roster", "--help"],
+        vec!["roster", "approve", "--help"],
+        vec!["roster", "rotate", "--help"],
         vec!["verifier", "--help"],
         vec!["verifier", "init", "--help"],
         vec!["verifier", "run", "--help"],

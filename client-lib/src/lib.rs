@@ -598,7 +598,8 @@ impl Bundle {
 }
 
 fn meets(trust: &TrustLevel, release: &ReleasePayload) -> Result<(), String> {
-    let reproduced: Vec<PublicKey> = release
+    // Each verifier counts once, however often a block lists it.
+    let reproduced: std::collections::BTreeSet<PublicKey> = release
         .attestations
         .iter()
         .filter(|a| a.body.outcome == Outcome::Reproduced)

@@ -24,6 +24,12 @@ pub enum ReleaseError {
     UnknownDeveloperKey { key: String },
     #[error("developer signature by {key} is not valid for this manifest")]
     BadDeveloperSignature { key: String },
+    #[error("developer {key} signed twice: each key signs once")]
+    DuplicateDeveloper { key: String },
+    #[error("verifier {key} attested twice: each verifier attests once")]
+    DuplicateAttestation { key: String },
+    #[error("root key {key} signed twice: each key signs once")]
+    DuplicateRootSignature { key: String },
     #[error("{valid} distinct valid developer signatures; the policy requires {threshold}")]
     DeveloperThreshold { valid: usize, threshold: u32 },
     #[error("attestation by {key}, which is not a verifier of the policy in force")]
@@ -130,20 +136,28 @@ pub fn check_release(
         if !policy.developers.contains(&signature.key) {
             return Err(ReleaseError::UnknownDeveloperKey { key: signature.key.to_string() });
         }
+        if !signers.insert(signature.key) {
+            return Err(ReleaseError::DuplicateDeveloper { key: signature.key.to_string() });
+        }
         if !signature.verify(&id) {
             return Err(ReleaseError::BadDeveloperSignature { key: signature.key.to_string() });
         }
-        signers.insert(signature.key);
     }
     if signers.len() < policy.release_threshold as usize {
         return Err(ReleaseError::DeveloperThreshold { valid: signers.len(), threshold: policy.release_threshold });
     }
     let mut reproduced = HashSet::new();
+    let mut attested = HashSet::new();
     let mut disagreements = Vec::new();
     for attestation in &release.attestations {
         let key = attestation.body.verifier;
         if !policy.is_verifier(&key) {
             return Err(ReleaseError::UnknownVerifier { key: key.to_string() });
+        }
+        // One verifier, one say: a second attestation would count twice towards every
+        // client's and policy's bar.
+        if !attested.insert(key) {
+            return Err(ReleaseError::DuplicateAttestation { key: key.to_string() });
         }
         if !attestation.verify() {
             return Err(ReleaseError::BadAttestation { key: key.to_string() });
@@ -203,10 +217,12 @@ pub fn check_policy_change(
         if !old.root_keys.contains(&signature.key) {
             return Err(ReleaseError::UnknownRootKey { key: signature.key.to_string() });
         }
+        if !signers.insert(signature.key) {
+            return Err(ReleaseError::DuplicateRootSignature { key: signature.key.to_string() });
+        }
         if !signature.verify(chain, &old_hash, &new_hash) {
             return Err(ReleaseError::BadRootSignature { key: signature.key.to_string() });
         }
-        signers.insert(signature.key);
     }
     if signers.len() < old.root_threshold as usize {
         return Err(ReleaseError::RootThreshold { valid: signers.len(), threshold: old.root_threshold });

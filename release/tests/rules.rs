@@ -92,9 +92,9 @@ fn developer_rules() {
     let f = fixture();
     let payload = release(&f, manifest("1.0"), &[1], &[0, 1]);
     assert_eq!(check(&f, &payload).unwrap_err(), ReleaseError::DeveloperThreshold { valid: 1, threshold: 2 });
-    // The same developer twice counts once.
+    // The same developer twice is refused by name (it would count once at best).
     let payload = release(&f, manifest("1.0"), &[1, 1], &[0, 1]);
-    assert_eq!(check(&f, &payload).unwrap_err(), ReleaseError::DeveloperThreshold { valid: 1, threshold: 2 });
+    assert!(matches!(check(&f, &payload).unwrap_err(), ReleaseError::DuplicateDeveloper { .. }));
     let mut payload = release(&f, manifest("1.0"), &[0, 1], &[0, 1]);
     payload.developer_signatures.push(DeveloperSignature::sign(&key(99), &payload.manifest.id()));
     assert!(matches!(check(&f, &payload).unwrap_err(), ReleaseError::UnknownDeveloperKey { .. }));
@@ -154,6 +154,11 @@ fn verifier_rules() {
     let mut payload = release(&f, m.clone(), &[0, 1], &[0, 1]);
     payload.attestations.push(attest(&key(77), &m, Outcome::Reproduced));
     assert!(matches!(check(&f, &payload).unwrap_err(), ReleaseError::UnknownVerifier { .. }));
+    // One verifier listed twice does not make two reproductions: refused, whatever else.
+    let payload = release(&f, m.clone(), &[0, 1], &[0, 0]);
+    assert!(matches!(check(&f, &payload).unwrap_err(), ReleaseError::DuplicateAttestation { .. }));
+    let payload = release(&f, m.clone(), &[0, 1], &[0, 1, 1]);
+    assert!(matches!(check(&f, &payload).unwrap_err(), ReleaseError::DuplicateAttestation { .. }));
 }
 
 #[test]

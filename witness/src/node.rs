@@ -1068,10 +1068,11 @@ impl Node {
 
     // ---- submissions ----
 
-    /// A new chain: this node must be in its committee; a timeline only from a member of it
-    /// (an operator, with its witness key) or an allow-listed key, since every timeline
-    /// costs its committee a round per interval forever; anything else within the caller's
-    /// quota, or only from allow-listed keys in allow-list mode.
+    /// A new chain: this node must be in its committee. A timeline only from this node's
+    /// operator (its own key), a witness it knows or an allow-listed key, since every
+    /// timeline costs its committee a round per interval forever; anything else from anyone
+    /// within the caller's quota (witnesses it knows and allow-listed keys have none), or only
+    /// from allow-listed keys in allow-list mode.
     async fn create_chain(self: &Arc<Self>, caller: PublicKey, from: SocketAddr, genesis: Block) -> Reply {
         let state = ChainState::genesis(&genesis).map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
         rules::check_genesis(&genesis).map_err(|reason| err(ErrorCode::Refused, reason))?;
@@ -1079,16 +1080,18 @@ impl Node {
         self.member_of(&roster)?;
         let creators = self.config.creators();
         let listed = creators.contains(&caller);
-        if genesis.header.kind == KIND_TIMELINE && !listed && roster.index_of(&caller).is_none() {
+        let operator = caller == self.key.public_key() || self.is_known_witness(&caller);
+        if genesis.header.kind == KIND_TIMELINE && !listed && !operator {
             return Err(self.forbidden(
-                "only a member of a timeline's committee (its operator, with the witness key) creates a timeline"
+                "a timeline is created by an operator: with this witness's key, a peer's, or an allow-listed one"
                     .into(),
             ));
         }
         if !creators.is_empty() && !listed {
             return Err(self.forbidden(format!("key {caller} may not create chains here (allow-list mode)")));
         }
-        if self.store.head(&state.chain).map_err(|e| err(ErrorCode::Internal, e.to_string()))?.is_none() && !listed {
+        let exists = self.store.head(&state.chain).map_err(|e| err(ErrorCode::Internal, e.to_string()))?.is_some();
+        if !exists && !listed && !operator {
             self.count_creation(caller, from)?;
         }
         match self.append(&genesis) {
@@ -1130,9 +1133,16 @@ impl Node {
         Ok(())
     }
 
+    /// A chain another witness created: only from a witness this node knows, in the chain's
+    /// committee (which must name this node too); the creator applied the quota.
     fn on_genesis(&self, caller: PublicKey, genesis: Block) -> Reply {
         let state = ChainState::genesis(&genesis).map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
         rules::check_genesis(&genesis).map_err(|reason| err(ErrorCode::Refused, reason))?;
+        if !self.is_known_witness(&caller) {
+            return Err(
+                self.forbidden(format!("key {caller} is no witness this node knows; create chains with CreateChain"))
+            );
+        }
         self.authorize(&caller, state.committee.roster())?;
         self.member_of(state.committee.roster())?;
         match self.append(&genesis) {
