@@ -5,7 +5,6 @@ mod common;
 
 use chainiac_client::{Client, ClientError, TrustLevel};
 use chainiac_cosi::{PublicKey, SecretKey};
-use chainiac_proto::frame::FrameClass;
 use chainiac_proto::server::Handler;
 use chainiac_proto::{Request, Response};
 use chainiac_release::*;
@@ -14,7 +13,6 @@ use chainiac_skipchain::{genesis, ChainId, ChainParams, Committee, Proposal};
 use common::Cluster;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 fn key(i: u8) -> SecretKey {
     SecretKey::from_seed(&[i; 32])
@@ -102,14 +100,6 @@ impl Handler for Liar {
     fn refused(&self, _: &str) {}
 }
 
-/// Kills witness 0 and serves `handler` with its key at its address.
-fn replace_witness_0<H: Handler>(cluster: &mut Cluster, handler: H) {
-    cluster.witnesses[0].kill();
-    let key = chainiac_witness::keyfile::read(&cluster.witnesses[0].dir.join("node.key")).unwrap();
-    let endpoint = chainiac_proto::endpoint::server(&key, cluster.witnesses[0].address.parse().unwrap()).unwrap();
-    tokio::spawn(chainiac_proto::server::serve(Arc::new(handler), endpoint, &[FrameClass::Query]));
-}
-
 /// Kills witness 0 and serves, with its key at its address, a [`Liar`] relaying witness 1.
 fn replace_witness_0_with_a_liar(cluster: &mut Cluster) {
     let liar = Liar {
@@ -117,7 +107,7 @@ fn replace_witness_0_with_a_liar(cluster: &mut Cluster) {
         honest_address: cluster.witnesses[1].address.clone(),
         honest_key: cluster.witnesses[1].key,
     };
-    replace_witness_0(cluster, liar);
+    common::replace_witness_0(cluster, liar);
 }
 
 /// Four witnesses, a timeline, a raw chain of three blocks the timeline records, and a
@@ -129,7 +119,7 @@ async fn a_client_at_block_2() -> (Cluster, ChainId, ChainId, tempfile::TempDir,
     for i in 0..2 {
         cluster.propose(1, chain, format!("a{i}").as_bytes()).await.unwrap();
     }
-    wait_timeline_has(&cluster, chain, 2).await;
+    common::wait_timeline_has(&cluster, chain, 2).await;
     let dir = tempfile::tempdir().unwrap();
     let mut client = Client::open(&dir.path().join("client.state"), TrustLevel::default()).unwrap();
     client.anchor(&timeline_genesis).unwrap();
@@ -142,23 +132,6 @@ async fn a_client_at_block_2() -> (Cluster, ChainId, ChainId, tempfile::TempDir,
 fn bend_last_signature(proof: &mut chainiac_skipchain::Proof) {
     let step = proof.steps.last_mut().expect("not empty");
     step.signature.as_mut().expect("the last step is signed").s[3] ^= 1;
-}
-
-async fn wait_timeline_has(cluster: &Cluster, chain: ChainId, index: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let reply = cluster
-            .client
-            .call(&cluster.witnesses[1], Request::GetTimeline { timeline: None, chain: Some(chain) })
-            .await;
-        if let Ok(Response::Timeline(info)) = reply {
-            if info.inclusion.is_some_and(|p| p.leaf.index >= index) {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "the timeline never recorded head {index}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +167,7 @@ async fn a_client_catches_up_checks_freshness_and_artifacts_and_skips_a_liar() {
             .await;
         assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
     }
-    wait_timeline_has(&cluster, chain, 2).await;
+    common::wait_timeline_has(&cluster, chain, 2).await;
 
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("client.state");
@@ -260,7 +233,7 @@ async fn a_client_catches_up_checks_freshness_and_artifacts_and_skips_a_liar() {
         .call(&cluster.witnesses[3], Request::Propose { chain, proposal: release("1.2", &[&v1, &v2]) })
         .await;
     assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
-    wait_timeline_has(&cluster, chain, 3).await;
+    common::wait_timeline_has(&cluster, chain, 3).await;
     let update = client.update(chain).await.unwrap();
     assert_eq!((update.from, update.to), (2, 3));
     assert!(
@@ -282,7 +255,7 @@ async fn a_client_catches_up_checks_freshness_and_artifacts_and_skips_a_liar() {
     frozen.default_max_age_ms = 0;
     frozen.anchor(&timeline_genesis).unwrap();
     let raw = frozen.anchor(&raw_genesis).unwrap();
-    wait_timeline_has(&cluster, raw, 0).await;
+    common::wait_timeline_has(&cluster, raw, 0).await;
     match frozen.update(raw).await {
         Err(ClientError::Stale { age_ms, max_age_ms: 0 }) => assert!(age_ms > 0),
         other => panic!("a stale timeline must be refused, got {other:?}"),
@@ -322,7 +295,7 @@ async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
         .call(&cluster.witnesses[1], Request::Propose { chain, proposal: release("2.0", &[&v1, &v2]) })
         .await;
     assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
-    wait_timeline_has(&cluster, chain, 1).await;
+    common::wait_timeline_has(&cluster, chain, 1).await;
 
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
@@ -492,7 +465,7 @@ async fn a_witness_serving_a_head_older_than_the_timeline_says_is_skipped_as_a_f
     for i in 0..2 {
         cluster.propose(2, chain, format!("b{i}").as_bytes()).await.unwrap();
     }
-    wait_timeline_has(&cluster, chain, 4).await;
+    common::wait_timeline_has(&cluster, chain, 4).await;
 
     // Witness 0, first in the roster, now serves a frozen view of the project.
     let freezer = Freezer {
@@ -501,7 +474,7 @@ async fn a_witness_serving_a_head_older_than_the_timeline_says_is_skipped_as_a_f
         honest_key: cluster.witnesses[1].key,
         frozen_chain: chain,
     };
-    replace_witness_0(&mut cluster, freezer);
+    common::replace_witness_0(&mut cluster, freezer);
     // A fresh run of the client (its connections to the old witness 0 are gone), checking
     // every hop's signature: the freezer's proof verifies but stops short of the head the
     // timeline records.
@@ -556,7 +529,7 @@ async fn many_chains_update_together_and_a_new_committee_travels_once() {
         chains.push((chain, genesis));
     }
     for (chain, _) in &chains {
-        wait_timeline_has(&cluster, *chain, 3).await;
+        common::wait_timeline_has(&cluster, *chain, 3).await;
     }
 
     // The wire: the new committee once per answer, or never when named.
@@ -651,7 +624,7 @@ async fn many_chains_update_together_and_a_new_committee_travels_once() {
     let (more, _) = cluster.create_chain(&[0, 1, 2, 3]).await;
     cluster.propose(1, more, b"x").await.unwrap();
     cluster.propose(2, all[0], b"newer").await.unwrap();
-    wait_timeline_has(&cluster, all[0], 4).await;
+    common::wait_timeline_has(&cluster, all[0], 4).await;
     let out = Command::new(common::bin())
         .args(["update", "--state", state.to_str().unwrap(), "--all", "--every-hop", "--json"])
         .output()
@@ -689,7 +662,7 @@ async fn a_client_following_many_chains_learns_what_moved_from_change_lists() {
         cluster.propose(i % 4, chain, b"first").await.unwrap();
         chains.push((chain, genesis));
     }
-    wait_timeline_has(&cluster, chains[63].0, 1).await;
+    common::wait_timeline_has(&cluster, chains[63].0, 1).await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("client.state");
     let mut client = Client::open(&state, TrustLevel::default()).unwrap();
@@ -705,7 +678,7 @@ async fn a_client_following_many_chains_learns_what_moved_from_change_lists() {
     // Witness 0 now hides moves in its change lists; one chain moves.
     replace_witness_0_with_a_liar(&mut cluster);
     cluster.propose(1, all[5], b"second").await.unwrap();
-    wait_timeline_has(&cluster, all[5], 2).await;
+    common::wait_timeline_has(&cluster, all[5], 2).await;
     // Reopened: the reconciliation records come from the state file (and no connection to
     // the killed witness lingers).
     drop(client);
@@ -729,7 +702,7 @@ async fn a_client_following_many_chains_learns_what_moved_from_change_lists() {
     }
     // With every hop too: the lists say which moved, each chain's committee vouches for it.
     cluster.propose(2, all[6], b"second").await.unwrap();
-    wait_timeline_has(&cluster, all[6], 2).await;
+    common::wait_timeline_has(&cluster, all[6], 2).await;
     client.every_hop = true;
     for (chain, result) in client.update_many(&all).await.unwrap() {
         let update = result.unwrap();
@@ -750,73 +723,6 @@ async fn a_client_following_many_chains_learns_what_moved_from_change_lists() {
     assert_eq!(reopened.state().chains[&all[5]].index(), 2);
     assert_eq!(reopened.state().chains[&all[6]].index(), 2);
     assert!(all.iter().all(|c| reopened.state().synced.get(c) == Some(&at)), "reconciled again, and saved");
-}
-
-/// A witness that serves a forged view: a store holding the honest chains up to some block
-/// and, past it, blocks signed by a colluding cothority (every key of the committee).
-struct Forger {
-    store: chainiac_skipchain::store::MemoryStore,
-    timeline: ChainId,
-    index: u64,
-    entry: chainiac_skipchain::timeline::TimelineEntry,
-    set: chainiac_skipchain::timeline::HeadSet,
-}
-
-impl Handler for Forger {
-    async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
-        use chainiac_proto::{ErrorCode, ErrorReply, TimelineBatch};
-        use chainiac_skipchain::store::{self, Store};
-        let head = |chain: &ChainId| self.store.head(chain).unwrap().map(|h| h.index);
-        match request {
-            // No change lists: the client takes inclusion proofs of the forged block.
-            Request::GetTimelineChanges { from, max_bytes, .. } => {
-                Response::Error(chainiac_proto::changes_too_large(from, u64::MAX, max_bytes))
-            }
-            Request::GetTimelineBatch { chains, .. } => Response::TimelineBatch(TimelineBatch {
-                timeline: self.timeline,
-                index: self.index,
-                entry: self.entry.clone(),
-                inclusion: self.set.prove_many(&chains),
-            }),
-            Request::GetProofs { queries, with_payload, .. } => Response::Proofs(
-                queries
-                    .iter()
-                    .map(|q| {
-                        let to = q.to.or(head(&q.chain)).unwrap_or(0);
-                        store::prove(&self.store, &q.chain, q.from, to, with_payload && to > q.from)
-                            .map_err(|e| ErrorReply::new(ErrorCode::NotFound, e.to_string()))
-                    })
-                    .collect(),
-            ),
-            Request::GetLinkedProofs { queries, with_payload, .. } => Response::LinkedProofs(
-                queries
-                    .iter()
-                    .map(|q| {
-                        let to = head(&q.chain).unwrap_or(0);
-                        store::prove_linked(&self.store, &q.chain, q.from, q.recorded, to, with_payload, |_| false)
-                            .map_err(|e| ErrorReply::new(ErrorCode::NotFound, e.to_string()))
-                    })
-                    .collect(),
-            ),
-            _ => Response::Error(ErrorReply::new(ErrorCode::NotFound, "not served here")),
-        }
-    }
-    fn refused(&self, _: &str) {}
-}
-
-/// Copies blocks `0..=to` of `chain` from witness 1 into `store`, each checked as appended.
-async fn copy_chain(cluster: &Cluster, store: &chainiac_skipchain::store::MemoryStore, chain: ChainId, to: u64) {
-    let mut next = 0;
-    while next <= to {
-        let count = (to + 1 - next).min(256) as u32;
-        let reply = cluster.client.call(&cluster.witnesses[1], Request::GetBlocks { chain, from: next, count }).await;
-        let Ok(Response::Blocks(blocks)) = reply else { panic!("no blocks: {reply:?}") };
-        assert!(!blocks.is_empty());
-        for block in blocks.iter().take((to + 1 - next) as usize) {
-            chainiac_skipchain::store::append(store, block).unwrap();
-        }
-        next += blocks.len() as u64;
-    }
 }
 
 /// Every key of the cothority colludes: it signs a second block at the index of the
@@ -851,7 +757,7 @@ async fn a_fork_signed_by_the_whole_cothority_is_refused_and_named() {
         block.signature = Some(sign_with_all_keys(committee.roster(), &ordered, &mask, &block.id().0, &mut rng));
     };
     let forged = MemoryStore::new();
-    copy_chain(&cluster, &forged, project, 1).await;
+    common::copy_chain(&cluster, &forged, project, 1).await;
     let at_1 = store::head_state(&forged, &project).unwrap().into_inner();
     let proposal = Proposal { kind: 0, payload: b"a1, evil".to_vec(), ..Proposal::default() };
     let mut evil = at_1.propose(proposal, |j| forged.block_id(&project, j).unwrap()).unwrap();
@@ -859,7 +765,7 @@ async fn a_fork_signed_by_the_whole_cothority_is_refused_and_named() {
     store::append(&forged, &evil).unwrap();
     assert_ne!(evil.id(), honest);
     let timeline_head = cluster.head(1, timeline).await.unwrap();
-    copy_chain(&cluster, &forged, timeline, timeline_head).await;
+    common::copy_chain(&cluster, &forged, timeline, timeline_head).await;
     let set = HeadSet::new(vec![HeadLeaf { chain: project, index: 2, id: evil.id() }]);
     let now = common::now_ms();
     let entry = TimelineEntry { time_ms: now, chains: 1, root: set.root(), changes: None };
@@ -871,7 +777,10 @@ async fn a_fork_signed_by_the_whole_cothority_is_refused_and_named() {
     store::append(&forged, &recording).unwrap();
 
     // Witness 0, the first the client asks, serves the forgery; the honest others stay up.
-    replace_witness_0(&mut cluster, Forger { store: forged, timeline, index: timeline_head + 1, entry, set });
+    common::replace_witness_0(
+        &mut cluster,
+        common::Forger { store: forged, timeline, index: timeline_head + 1, entry, set },
+    );
     // A fresh client process: no connection left to the witness the forger replaced.
     drop(client);
     let mut client = Client::open(&dir.path().join("client.state"), TrustLevel::default()).unwrap();

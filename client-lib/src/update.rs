@@ -341,6 +341,18 @@ impl Client {
         Ok((updated, update))
     }
 
+    /// The strictest freshness bound among `chains` (their policies' `max_age_ms`, the
+    /// client's default for a chain without one): a timeline block older than it fails some
+    /// chain of the update as stale.
+    fn strictest_max_age(&self, chains: &[ChainId]) -> u64 {
+        chains
+            .iter()
+            .filter_map(|c| self.state.chains.get(c))
+            .map(|trusted| Policy::from_bytes(&trusted.policy).map(|p| p.max_age_ms).unwrap_or(self.default_max_age_ms))
+            .min()
+            .unwrap_or(self.default_max_age_ms)
+    }
+
     /// The entry's age, if a chain under `policy` accepts it (freeze attacks).
     fn fresh_enough(&self, policy: &[u8], entry: &TimelineEntry) -> Result<u64, ClientError> {
         let max_age_ms = Policy::from_bytes(policy).map(|p| p.max_age_ms).unwrap_or(self.default_max_age_ms);
@@ -463,8 +475,12 @@ impl Client {
             return Err(("no timeline block since the client's".into(), Stop::Member));
         };
         let age_ms = crate::now_ms().saturating_sub(entry.time_ms);
-        if age_ms > self.default_max_age_ms {
-            return Err((format!("its change lists stop at a block {age_ms} ms old"), Stop::Member));
+        let max_age_ms = self.strictest_max_age(projects);
+        if age_ms > max_age_ms {
+            return Err((
+                format!("stale: its change lists stop at a block {age_ms} ms old, over the {max_age_ms} ms the chains allow"),
+                Stop::Member,
+            ));
         }
         let index = state.index();
         let leaves: HashMap<ChainId, (HeadLeaf, TimelineEntry, u64)> =
@@ -505,25 +521,39 @@ impl Client {
         held: &mut HeldCommittees,
     ) -> Result<TimelineView, ClientError> {
         let trusted = self.state.chains.get(&timeline).cloned().ok_or(ClientError::NotAnchored(timeline))?;
+        let max_age_ms = self.strictest_max_age(projects);
         let mut skipped = Vec::new();
-        let mut best: Option<(TimelineView, HeldCommittees)> = None;
+        // The first member whose block is fresh and records every chain is used; failing
+        // that, the best: fresh before stale, then the most chains recorded. A member whose
+        // newest block is older than the chains allow is stale (frozen, or lagging): the
+        // next one may be fresh, and its block would fail every chain as stale.
+        let mut best: Option<(TimelineView, HeldCommittees, bool)> = None;
         for member in trusted.committee.roster().members() {
             match self.timeline_from(member, &trusted, projects, held).await {
                 Ok((view, learned)) => {
                     let recorded = view.leaves.len();
-                    if recorded == projects.len() {
-                        best = Some((view, learned));
+                    let age_ms = view.newest.as_ref().map(|e| crate::now_ms().saturating_sub(e.time_ms));
+                    let fresh = age_ms.is_some_and(|age| age <= max_age_ms);
+                    if fresh && recorded == projects.len() {
+                        best = Some((view, learned, fresh));
                         break;
                     }
-                    let why = format!("its timeline block records {recorded} of the {} chains asked", projects.len());
+                    let why = match age_ms {
+                        _ if fresh => format!("its timeline block records {recorded} of the {} chains asked", projects.len()),
+                        Some(age) => format!("stale: its newest timeline block is {age} ms old, over the {max_age_ms} ms the chains allow"),
+                        None => "stale: it serves no timeline block with an entry".into(),
+                    };
                     skipped.push((member.address.clone(), why));
-                    if best.as_ref().is_none_or(|(b, _)| b.leaves.len() < recorded) {
-                        best = Some((view, learned));
+                    let better =
+                        best.as_ref().is_none_or(|(b, _, b_fresh)| (fresh, recorded) > (*b_fresh, b.leaves.len()));
+                    if better {
+                        best = Some((view, learned, fresh));
                     }
                 }
                 Err(why) => skipped.push((member.address.clone(), why)),
             }
         }
+        let best = best.map(|(view, learned, _)| (view, learned));
         let Some((mut view, learned)) = best else {
             return Err(ClientError::NoHonestWitness(skipped));
         };

@@ -447,6 +447,16 @@ impl Node {
         timelines.iter().any(|t| self.head(t).is_ok_and(|head| head.committee.roster().index_of(caller).is_some()))
     }
 
+    /// A message about a round this node has no state for: `NotFound` to a witness it
+    /// knows (the round expired or never reached it), `Forbidden` to anyone else.
+    fn unknown_session(&self, caller: &PublicKey) -> ErrorReply {
+        if self.is_known_witness(caller) {
+            err(ErrorCode::NotFound, "unknown or expired session")
+        } else {
+            self.forbidden(format!("key {caller} is no witness this node knows"))
+        }
+    }
+
     fn forbidden(&self, message: String) -> ErrorReply {
         self.metrics.refused_frames.fetch_add(1, Ordering::Relaxed);
         err(ErrorCode::Forbidden, message)
@@ -1069,10 +1079,11 @@ impl Node {
     // ---- submissions ----
 
     /// A new chain: this node must be in its committee. A timeline only from this node's
-    /// operator (its own key), a witness it knows or an allow-listed key, since every
-    /// timeline costs its committee a round per interval forever; anything else from anyone
-    /// within the caller's quota (witnesses it knows and allow-listed keys have none), or only
-    /// from allow-listed keys in allow-list mode.
+    /// operator (its own key), a witness it knows that is in the timeline's committee, or an
+    /// allow-listed key, since every timeline costs its committee a round per interval
+    /// forever; anything else from anyone within the caller's quota (this node's operator,
+    /// the witnesses it knows and allow-listed keys have none), or only from allow-listed
+    /// keys in allow-list mode.
     async fn create_chain(self: &Arc<Self>, caller: PublicKey, from: SocketAddr, genesis: Block) -> Reply {
         let state = ChainState::genesis(&genesis).map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
         rules::check_genesis(&genesis).map_err(|reason| err(ErrorCode::Refused, reason))?;
@@ -1080,10 +1091,13 @@ impl Node {
         self.member_of(&roster)?;
         let creators = self.config.creators();
         let listed = creators.contains(&caller);
-        let operator = caller == self.key.public_key() || self.is_known_witness(&caller);
+        let own = caller == self.key.public_key();
+        let known = self.is_known_witness(&caller);
+        let operator = own || (known && roster.index_of(&caller).is_some());
         if genesis.header.kind == KIND_TIMELINE && !listed && !operator {
             return Err(self.forbidden(
-                "a timeline is created by an operator: with this witness's key, a peer's, or an allow-listed one"
+                "a timeline is created by an operator of its committee: with this witness's key, a member peer's, \
+                 or an allow-listed one"
                     .into(),
             ));
         }
@@ -1091,7 +1105,7 @@ impl Node {
             return Err(self.forbidden(format!("key {caller} may not create chains here (allow-list mode)")));
         }
         let exists = self.store.head(&state.chain).map_err(|e| err(ErrorCode::Internal, e.to_string()))?.is_some();
-        if !exists && !listed && !operator {
+        if !exists && !listed && !own && !known {
             self.count_creation(caller, from)?;
         }
         match self.append(&genesis) {
@@ -1470,10 +1484,6 @@ impl Node {
                 format!("chain is at index {}; propose on the new head", head.index()),
             ));
         }
-        let block = announce.block;
-        self.check_block(&head, &block)?;
-        let id = block.id();
-        self.reserve(chain, index, id)?;
         let me = self.member_of(&roster)?;
         let leader = announce.leader as usize;
         let excluded = Mask::from_bytes(&announce.excluded, roster.len())
@@ -1485,6 +1495,14 @@ impl Node {
         if !tree.contains(me) {
             return Err(err(ErrorCode::BadRequest, "this witness is excluded from the round's tree"));
         }
+        // Only this node's parent in the round's tree drives its part of the round.
+        if tree.parent(me).and_then(|p| roster.member(p)).map(|m| m.key) != Some(caller) {
+            return Err(self.forbidden(format!("key {caller} is not this witness's parent in the round's tree")));
+        }
+        let block = announce.block;
+        self.check_block(&head, &block)?;
+        let id = block.id();
+        self.reserve(chain, index, id)?;
         let session = Session::new(roster.clone(), announce.session, id.0.to_vec());
         let (nonces, own) = commit(&session, me, &self.key, &mut OsRng).map_err(protocol_err)?;
         let children = tree.children(me);
@@ -1531,15 +1549,20 @@ impl Node {
     }
 
     async fn on_challenge(self: &Arc<Self>, caller: PublicKey, session_id: SessionId, challenge: Challenge) -> Reply {
-        let state = self
-            .rounds
-            .lock()
-            .expect("lock")
-            .remove(&session_id)
-            .ok_or_else(|| err(ErrorCode::NotFound, "unknown or expired session"))?;
+        let state = {
+            let mut rounds = self.rounds.lock().expect("lock");
+            let Some(state) = rounds.get(&session_id) else {
+                drop(rounds);
+                return Err(self.unknown_session(&caller));
+            };
+            if !is_parent(state, &caller) {
+                drop(rounds);
+                return Err(self.forbidden(format!("key {caller} is not this witness's parent in the round")));
+            }
+            rounds.remove(&session_id).expect("present")
+        };
         let RoundState { chain, block, session, member: me, tree, nonces, mut aggregator, .. } = state;
         let roster = session.roster().clone();
-        self.authorize(&caller, &roster)?;
         let head = self.head(&chain)?;
         if head.index() + 1 != block.header.index {
             return Err(err(ErrorCode::Conflict, format!("chain moved to index {} during the round", head.index())));
@@ -1579,9 +1602,13 @@ impl Node {
         let state = {
             let mut rounds = self.rounds.lock().expect("lock");
             match rounds.get(&session) {
-                None => return Ok(Response::Ack),
-                Some(state) if state.session.roster().index_of(&caller).is_none() => {
-                    return Err(err(ErrorCode::Forbidden, "only a committee member may abort a round"));
+                None => {
+                    drop(rounds);
+                    return Err(self.unknown_session(&caller));
+                }
+                Some(state) if !is_parent(state, &caller) => {
+                    drop(rounds);
+                    return Err(self.forbidden(format!("key {caller} is not this witness's parent in the round")));
                 }
                 Some(_) => rounds.remove(&session).expect("present"),
             }
@@ -1617,6 +1644,13 @@ impl Node {
             Err(e) => Err(store_err(e)),
         }
     }
+}
+
+/// Whether `caller` is the member that announced `round` to this node (its parent in the
+/// round's tree): the only one that may challenge or abort it here.
+fn is_parent(round: &RoundState, caller: &PublicKey) -> bool {
+    let roster = round.session.roster();
+    round.tree.parent(round.member).and_then(|p| roster.member(p)).is_some_and(|m| m.key == *caller)
 }
 
 fn describe(roster: &Roster, members: &[u32]) -> String {

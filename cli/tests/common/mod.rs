@@ -138,6 +138,15 @@ impl Cluster {
 
     /// `n` witnesses with automatic timeline blocks every `timeline_interval_ms` (0: none).
     pub async fn start_with(n: usize, timeline_interval_ms: u64) -> Self {
+        Self::start_configured(n, timeline_interval_ms, |_, _| {}).await
+    }
+
+    /// [`Cluster::start_with`], each witness's config (`i`) changed by `configure` first.
+    pub async fn start_configured(
+        n: usize,
+        timeline_interval_ms: u64,
+        configure: impl Fn(usize, &mut chainiac_witness::WitnessConfig),
+    ) -> Self {
         let root = tempfile::tempdir().unwrap();
         let mut witnesses: Vec<WitnessProcess> = (0..n)
             .map(|i| WitnessProcess::init_with(&root.path().join(format!("w{i}")), timeline_interval_ms))
@@ -148,13 +157,14 @@ impl Cluster {
             .iter()
             .map(|w| chainiac_witness::config::Peer { key: w.key.to_string(), address: w.address.clone() })
             .collect();
-        for w in &witnesses {
+        for (i, w) in witnesses.iter().enumerate() {
             let path = w.dir.join("witness.toml");
             let mut config: chainiac_witness::WitnessConfig =
                 toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
             config.peers = peers.iter().filter(|p| p.key != w.key.to_string()).cloned().collect();
             // Tests create chains by the dozen from one address.
             config.chain_quota_per_day = 100_000;
+            configure(i, &mut config);
             std::fs::write(&path, config.to_toml()).unwrap();
         }
         for w in &mut witnesses {
@@ -425,5 +435,102 @@ impl Drop for VerifierProcess {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Kills witness 0 and serves `handler` with its key at its address.
+pub fn replace_witness_0<H: chainiac_proto::server::Handler>(cluster: &mut Cluster, handler: H) {
+    cluster.witnesses[0].kill();
+    let key = chainiac_witness::keyfile::read(&cluster.witnesses[0].dir.join("node.key")).unwrap();
+    let endpoint = chainiac_proto::endpoint::server(&key, cluster.witnesses[0].address.parse().unwrap()).unwrap();
+    tokio::spawn(chainiac_proto::server::serve(
+        std::sync::Arc::new(handler),
+        endpoint,
+        &[chainiac_proto::frame::FrameClass::Query],
+    ));
+}
+
+/// A witness that serves a forged view: a store holding the honest chains up to some block
+/// and, past it, blocks signed by a colluding cothority (every key of the committee).
+pub struct Forger {
+    pub store: chainiac_skipchain::store::MemoryStore,
+    pub timeline: ChainId,
+    pub index: u64,
+    pub entry: chainiac_skipchain::timeline::TimelineEntry,
+    pub set: chainiac_skipchain::timeline::HeadSet,
+}
+
+impl chainiac_proto::server::Handler for Forger {
+    async fn handle(self: std::sync::Arc<Self>, _: PublicKey, _: std::net::SocketAddr, request: Request) -> Response {
+        use chainiac_proto::{ErrorCode, ErrorReply, TimelineBatch};
+        use chainiac_skipchain::store::{self, Store};
+        let head = |chain: &ChainId| self.store.head(chain).unwrap().map(|h| h.index);
+        match request {
+            // No change lists: the client takes inclusion proofs of the forged block.
+            Request::GetTimelineChanges { from, max_bytes, .. } => {
+                Response::Error(chainiac_proto::changes_too_large(from, u64::MAX, max_bytes))
+            }
+            Request::GetTimelineBatch { chains, .. } => Response::TimelineBatch(TimelineBatch {
+                timeline: self.timeline,
+                index: self.index,
+                entry: self.entry.clone(),
+                inclusion: self.set.prove_many(&chains),
+            }),
+            Request::GetProofs { queries, with_payload, .. } => Response::Proofs(
+                queries
+                    .iter()
+                    .map(|q| {
+                        let to = q.to.or(head(&q.chain)).unwrap_or(0);
+                        store::prove(&self.store, &q.chain, q.from, to, with_payload && to > q.from)
+                            .map_err(|e| ErrorReply::new(ErrorCode::NotFound, e.to_string()))
+                    })
+                    .collect(),
+            ),
+            Request::GetLinkedProofs { queries, with_payload, .. } => Response::LinkedProofs(
+                queries
+                    .iter()
+                    .map(|q| {
+                        let to = head(&q.chain).unwrap_or(0);
+                        store::prove_linked(&self.store, &q.chain, q.from, q.recorded, to, with_payload, |_| false)
+                            .map_err(|e| ErrorReply::new(ErrorCode::NotFound, e.to_string()))
+                    })
+                    .collect(),
+            ),
+            _ => Response::Error(ErrorReply::new(ErrorCode::NotFound, "not served here")),
+        }
+    }
+    fn refused(&self, _: &str) {}
+}
+
+/// Copies blocks `0..=to` of `chain` from witness 1 into `store`, each checked as appended.
+pub async fn copy_chain(cluster: &Cluster, store: &chainiac_skipchain::store::MemoryStore, chain: ChainId, to: u64) {
+    let mut next = 0;
+    while next <= to {
+        let count = (to + 1 - next).min(256) as u32;
+        let reply = cluster.client.call(&cluster.witnesses[1], Request::GetBlocks { chain, from: next, count }).await;
+        let Ok(Response::Blocks(blocks)) = reply else { panic!("no blocks: {reply:?}") };
+        assert!(!blocks.is_empty());
+        for block in blocks.iter().take((to + 1 - next) as usize) {
+            chainiac_skipchain::store::append(store, block).unwrap();
+        }
+        next += blocks.len() as u64;
+    }
+}
+
+/// Waits until witness 1's newest timeline block records `chain` at `index` or later.
+pub async fn wait_timeline_has(cluster: &Cluster, chain: ChainId, index: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = cluster
+            .client
+            .call(&cluster.witnesses[1], Request::GetTimeline { timeline: None, chain: Some(chain) })
+            .await;
+        if let Ok(Response::Timeline(info)) = reply {
+            if info.inclusion.is_some_and(|p| p.leaf.index >= index) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "the timeline never recorded head {index}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
