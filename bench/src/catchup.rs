@@ -622,7 +622,7 @@ fn tuf_style(store: &MemoryStore, trusted: &ChainState, to: u64, release: bool) 
         carried += committee_bytes(block.committee.as_ref());
         if let Some(next) = &block.committee {
             assert_eq!(next.committee.hash(), block.header.committee_hash);
-            next.check_change(&committee, block.header.timestamp_ms).expect("an authorized change");
+            next.check_change(&committee, &chain, block.header.timestamp_ms).expect("an authorized change");
             committee = std::sync::Arc::new(next.committee.clone());
         }
         last = Some(block);
@@ -637,7 +637,7 @@ fn tuf_style(store: &MemoryStore, trusted: &ChainState, to: u64, release: bool) 
 
 /// (c) The skipchain proof from the trusted block to the head, carrying the head's payload.
 /// Appointments the client already holds (`held`, by committee hash) are left out of it and
-/// looked up (`Proof::without_committees` / `verify_with`). Returns the appointments the
+/// looked up (`Proof::without_appointments` / `verify_with`). Returns the appointments the
 /// proof carried, checked.
 fn skipchain(
     store: &MemoryStore,
@@ -648,7 +648,7 @@ fn skipchain(
 ) -> (Cost, Option<Vec<u8>>, Vec<Verified<Appointment>>) {
     let proof = store::prove(store, &trusted.chain, trusted.index(), to, to > trusted.index())
         .unwrap()
-        .without_committees(|hash| held.contains(hash));
+        .without_appointments(|hash| held.holds(hash));
     let wire = proof.to_bytes();
     let started = Instant::now();
     let reached =
@@ -686,7 +686,7 @@ impl Batched for Proof {
         let to = chain.head.index();
         store::prove(store, &trusted.chain, trusted.index(), to, to > trusted.index())
             .unwrap()
-            .without_committees(|hash| named.contains(hash))
+            .without_appointments(|hash| named.contains(hash))
     }
     fn check(&self, trusted: &ChainState, _: &ChainBuilder, known: &Appointments) -> CatchUp {
         self.verify_with(trusted, known).expect("a valid proof").into_inner()
@@ -735,7 +735,7 @@ fn batched<P: Batched>(
             let trusted = &chain.states_at_marks[d];
             let to = chain.head.index();
             let proof = P::make(store, trusted, chain, &named);
-            named.extend(proof.carried().into_iter().map(|a| a.committee.hash()));
+            named.extend(proof.carried().into_iter().map(|a| a.digest()));
             let wire = postcard::to_allocvec(&proof).expect("serializes");
             let started = Instant::now();
             let decoded: P = chainiac_skipchain::decode_exact(&wire).expect("decodes");
@@ -785,7 +785,7 @@ fn change_answers(
         let end = state.index() + page.len() as u64;
         let proof = store::prove_each(store, timeline, state.index(), end)
             .expect("stored")
-            .without_committees(|h| known.contains(h));
+            .without_appointments(|h| known.holds(h));
         let blocks = ((state.index() + 1)..=end).map(|k| {
             let block = store.block(timeline, k).unwrap().expect("stored");
             (TimelineEntry::from_bytes(&block.payload).expect("an entry"), &lists[k as usize - 1])

@@ -51,7 +51,7 @@ impl Cothority {
         let approvers = &self.keys[epoch - 1..epoch - 1 + before.threshold()];
         Appointment {
             committee: next.clone(),
-            approvals: approvers.iter().map(|k| Approval::sign(k, next, expires_ms)).collect(),
+            approvals: approvers.iter().map(|k| Approval::sign(k, next, expires_ms, None)).collect(),
         }
     }
 

@@ -377,7 +377,7 @@ async fn change_roster(
     let expires_ms = chainiac_client::now_ms() + 30 * 86_400_000;
     let mut approvals = Vec::new();
     for dir in &dirs[..3] {
-        approvals.push(Approval::sign(&keyfile::read(&dir.join("node.key"))?, &next, expires_ms));
+        approvals.push(Approval::sign(&keyfile::read(&dir.join("node.key"))?, &next, expires_ms, None));
     }
     let appointment = Appointment { committee: next, approvals };
     let mut moved = Vec::new();

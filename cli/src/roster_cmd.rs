@@ -27,8 +27,12 @@ pub enum RosterCommand {
         #[arg(long)]
         key: PathBuf,
         /// How long the approval holds: the chains must move within it.
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = 7)]
         valid_days: u64,
+        /// Approve for this chain only (genesis id, hex); by default for every chain your
+        /// witness serves in (a whole cothority moves on one set of approvals).
+        #[arg(long)]
+        chain: Option<String>,
         /// The approvals file (TOML `[[approval]]` entries) to append to.
         #[arg(long)]
         approvals: PathBuf,
@@ -106,6 +110,9 @@ struct ApprovalEntry {
     /// The hash of the committee approved (hex): a check that all approve the same one.
     committee: String,
     expires_ms: u64,
+    /// The one chain the approval is for (hex); absent: every chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chain: Option<String>,
     /// Ed25519 signature (hex).
     signature: String,
 }
@@ -134,15 +141,17 @@ fn approvals_of(file: &ApprovalsFile, committee: &Committee) -> Result<Vec<Appro
             let mut signature = [0u8; 64];
             hex::decode_to_slice(&entry.signature, &mut signature)
                 .map_err(|_| UsageError(format!("the approval by {} has no 128-digit hex signature", entry.key)))?;
-            Ok(Approval { key: parse_key(&entry.key)?, expires_ms: entry.expires_ms, signature })
+            let chain = entry.chain.as_deref().map(parse_chain).transpose()?;
+            Ok(Approval { key: parse_key(&entry.key)?, expires_ms: entry.expires_ms, chain, signature })
         })
         .collect()
 }
 
 pub fn run(command: RosterCommand) -> Result<()> {
     match command {
-        RosterCommand::Approve { committee, key, valid_days, approvals, json } => {
-            approve(&committee.committee()?, &key, valid_days, &approvals, json)
+        RosterCommand::Approve { committee, key, valid_days, chain, approvals, json } => {
+            let chain = chain.as_deref().map(parse_chain).transpose()?;
+            approve(&committee.committee()?, &key, valid_days, chain, &approvals, json)
         }
         RosterCommand::Rotate { committee, approvals, chain, all, witness, witness_key, json } => {
             let chains = chain.iter().map(|c| parse_chain(c)).collect::<Result<Vec<_>>>()?;
@@ -151,18 +160,27 @@ pub fn run(command: RosterCommand) -> Result<()> {
     }
 }
 
-fn approve(committee: &Committee, key: &Path, valid_days: u64, path: &Path, json: bool) -> Result<()> {
+fn approve(
+    committee: &Committee,
+    key: &Path,
+    valid_days: u64,
+    chain: Option<ChainId>,
+    path: &Path,
+    json: bool,
+) -> Result<()> {
     chainiac_skipchain::authority::check_quorum(committee).map_err(|e| UsageError(e.to_string()))?;
     let key = read_key(key)?;
     let expires_ms = chainiac_client::now_ms().saturating_add(valid_days.saturating_mul(86_400_000));
-    let approval = Approval::sign(&key, committee, expires_ms);
+    let approval = Approval::sign(&key, committee, expires_ms, chain);
     let mut file = read_approvals(path)?;
     let hash = hex::encode(committee.hash());
-    file.approval.retain(|a| a.key != approval.key.to_string());
+    let scope = chain.map(|c| c.to_hex());
+    file.approval.retain(|a| a.key != approval.key.to_string() || a.chain != scope);
     file.approval.push(ApprovalEntry {
         key: approval.key.to_string(),
         committee: hash.clone(),
         expires_ms,
+        chain: scope,
         signature: hex::encode(approval.signature),
     });
     approvals_of(&file, committee)?;

@@ -166,9 +166,18 @@ async fn every_row_of_the_access_table_refuses_strangers_and_non_members() {
             who,
         );
         assert!(m.contains("not in the chain's committee"), "{who}: {m}");
-        // Propose: a timeline block that appoints no committee only by its members.
+        // Propose: a timeline block that appoints no committee only by its members, nor one
+        // that "appoints" the committee in force (it would be a free round).
         let proposal = Proposal { kind: KIND_TIMELINE, ..Proposal::default() };
         refused(client.call(to(0), Request::Propose { chain: timeline, proposal }).await, &[Forbidden], who);
+        let proposal = Proposal {
+            kind: KIND_TIMELINE,
+            committee: Some(Appointment::anchor(members.clone())),
+            policy: Some(b"a new timeline policy".to_vec()),
+            ..Proposal::default()
+        };
+        let m = refused(client.call(to(0), Request::Propose { chain: timeline, proposal }).await, &[Refused], who);
+        assert!(m.contains("already in force"), "{who}: {m}");
         // Propose: a committee change without approvals, on either chain.
         for target in [timeline, chain] {
             let proposal = Proposal {
@@ -183,6 +192,12 @@ async fn every_row_of_the_access_table_refuses_strangers_and_non_members() {
         let announce =
             Announce { block: next.clone(), session: SessionId([5; 32]), leader: 0, branching: 8, excluded: vec![0] };
         refused(client.call(to(1), Request::Announce(announce.clone())).await, &[Forbidden], who);
+        if who.contains("throwaway") {
+            // A member of the committee that is not this witness's parent in the round.
+            let from_member = cluster.operator(2).call(to(1), Request::Announce(announce.clone())).await;
+            let m = refused(from_member, &[Forbidden], "a member that is not the parent");
+            assert!(m.contains("parent"), "{m}");
+        }
         let challenge = chainiac_cosi::protocol::Challenge {
             session: SessionId([5; 32]),
             mask: chainiac_cosi::WireMask(vec![15]),
@@ -346,7 +361,7 @@ async fn only_the_outgoing_operators_change_a_committee_and_clients_follow_in_ev
     let before = heads(&cluster, &[project]).await;
     let expires = cluster.approvals_expire_ms;
     let approvals = |members: &[usize], committee: &Committee, expires_ms: u64| -> Vec<Approval> {
-        cluster.keys(members).iter().map(|k| Approval::sign(k, committee, expires_ms)).collect()
+        cluster.keys(members).iter().map(|k| Approval::sign(k, committee, expires_ms, None)).collect()
     };
     let other = Committee::byzantine(cluster.roster(&[0, 1, 2, 3, 4]));
     let weak = Committee::new(next.roster().clone(), 2).unwrap();
@@ -370,7 +385,7 @@ async fn only_the_outgoing_operators_change_a_committee_and_clients_follow_in_ev
         (
             "expired",
             Appointment { committee: next.clone(), approvals: approvals(&[0, 1, 2], &next, common::now_ms() - 1) },
-            "3 expired",
+            "3 more expired",
         ),
         (
             "to a committee that is no quorum",
@@ -397,6 +412,18 @@ async fn only_the_outgoing_operators_change_a_committee_and_clients_follow_in_ev
     cluster.propose_appointment(2, timeline, rightful).await.unwrap();
     for i in 0..5 {
         cluster.wait_head(i, project, changed).await;
+    }
+    // A client whose head is the committee change still exports a bundle: it ends on the
+    // newest release, before the change.
+    common::wait_timeline_has(&cluster, project, changed).await;
+    {
+        let path = dir.path().join("at-change.state");
+        std::fs::copy(&state, &path).unwrap();
+        let mut client = Client::open(&path, TrustLevel::default()).unwrap();
+        assert_eq!(client.update(project).await.unwrap().to, changed);
+        let bundle = client.export_bundle(&project_genesis, Some(&timeline_genesis)).await.unwrap();
+        let checked = bundle.verify(&project, Some(&timeline), &TrustLevel::default()).unwrap();
+        assert_eq!((checked.index, checked.release.manifest.version.as_str()), (1, "1.0"));
     }
     // The newcomer leads the next release; the one who left cannot.
     let release_2 = release("1.1", &[&key(20), &key(21)]);
@@ -450,13 +477,13 @@ impl Handler for Unapproved {
         // Ask for everything in full: nothing left out as held, so every change shows.
         let request = match request {
             Request::GetProofs { queries, with_payload, .. } => {
-                Request::GetProofs { queries, with_payload, held_committees: vec![] }
+                Request::GetProofs { queries, with_payload, held_appointments: vec![] }
             }
             Request::GetLinkedProofs { queries, with_payload, .. } => {
-                Request::GetLinkedProofs { queries, with_payload, held_committees: vec![] }
+                Request::GetLinkedProofs { queries, with_payload, held_appointments: vec![] }
             }
             Request::GetTimelineChanges { timeline, from, watched, max_bytes, .. } => {
-                Request::GetTimelineChanges { timeline, from, watched, held_committees: vec![], max_bytes }
+                Request::GetTimelineChanges { timeline, from, watched, held_appointments: vec![], max_bytes }
             }
             other => other,
         };

@@ -513,7 +513,7 @@ async fn a_witness_serving_a_head_older_than_the_timeline_says_is_skipped_as_a_f
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_chains_update_together_and_a_new_committee_travels_once() {
     use chainiac_proto::{
-        ErrorCode, LinkedQuery, ProofQuery, MAX_HELD_COMMITTEES, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS,
+        ErrorCode, LinkedQuery, ProofQuery, MAX_HELD_APPOINTMENTS, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS,
     };
     use std::process::Command;
     let cluster = Cluster::start(5).await;
@@ -537,7 +537,7 @@ async fn many_chains_update_together_and_a_new_committee_travels_once() {
     let ask = |held: Vec<[u8; 32]>, queries: Vec<ProofQuery>| {
         cluster
             .client
-            .call(&cluster.witnesses[1], Request::GetProofs { queries, with_payload: false, held_committees: held })
+            .call(&cluster.witnesses[1], Request::GetProofs { queries, with_payload: false, held_appointments: held })
     };
     let carried = |response: Response| match response {
         Response::Proofs(proofs) => {
@@ -546,8 +546,10 @@ async fn many_chains_update_together_and_a_new_committee_travels_once() {
         }
         other => panic!("{other:?}"),
     };
-    assert_eq!(carried(ask(vec![old.hash()], queries.clone()).await.unwrap()), 1);
-    assert_eq!(carried(ask(vec![old.hash(), new.hash()], queries.clone()).await.unwrap()), 0);
+    // Held appointments are named by digest: the committee's hash alone leaves nothing out.
+    let appointment = cluster.appoint(&[0, 1, 2, 3], &new).digest();
+    assert_eq!(carried(ask(vec![old.hash(), new.hash()], queries.clone()).await.unwrap()), 1);
+    assert_eq!(carried(ask(vec![old.hash(), appointment], queries.clone()).await.unwrap()), 0);
     let refused = |r: Result<Response, _>| match r {
         Err(chainiac_proto::CallError::Remote(reply)) => {
             assert_eq!(reply.code, ErrorCode::BadRequest);
@@ -557,7 +559,7 @@ async fn many_chains_update_together_and_a_new_committee_travels_once() {
     };
     let message = refused(ask(vec![], vec![queries[0]; MAX_PROOF_QUERIES + 1]).await);
     assert!(message.contains("257 proofs"), "{message}");
-    let message = refused(ask(vec![[7; 32]; MAX_HELD_COMMITTEES + 1], vec![queries[0]]).await);
+    let message = refused(ask(vec![[7; 32]; MAX_HELD_APPOINTMENTS + 1], vec![queries[0]]).await);
     assert!(message.contains("65 held committees"), "{message}");
     let message = refused(ask(vec![], vec![]).await);
     assert!(message.contains("0 proofs"), "{message}");
@@ -567,7 +569,7 @@ async fn many_chains_update_together_and_a_new_committee_travels_once() {
     let ask_linked = |held: Vec<[u8; 32]>, queries: Vec<LinkedQuery>| {
         cluster.client.call(
             &cluster.witnesses[1],
-            Request::GetLinkedProofs { queries, with_payload: true, held_committees: held },
+            Request::GetLinkedProofs { queries, with_payload: true, held_appointments: held },
         )
     };
     let carried_linked = |response: Response| match response {
@@ -580,7 +582,7 @@ async fn many_chains_update_together_and_a_new_committee_travels_once() {
         other => panic!("{other:?}"),
     };
     assert_eq!(carried_linked(ask_linked(vec![old.hash()], linked.clone()).await.unwrap()), 1);
-    assert_eq!(carried_linked(ask_linked(vec![new.hash()], linked.clone()).await.unwrap()), 0);
+    assert_eq!(carried_linked(ask_linked(vec![appointment], linked.clone()).await.unwrap()), 0);
     let message = refused(ask_linked(vec![], vec![linked[0]; MAX_PROOF_QUERIES + 1]).await);
     assert!(message.contains("257 proofs"), "{message}");
     let request =

@@ -365,7 +365,7 @@ async fn timeline_change_lists_name_every_moved_head() {
                     timeline,
                     from,
                     watched: watched(),
-                    held_committees: vec![],
+                    held_appointments: vec![],
                     max_bytes: 0,
                 };
                 match cluster.client.call(witness, request).await {
@@ -422,7 +422,7 @@ async fn timeline_change_lists_name_every_moved_head() {
     assert!(checked, "five tries, each with a block in between that went without a list");
     // A client that would rather take inclusion proofs says how much it would pay.
     let request =
-        Request::GetTimelineChanges { timeline, from: 0, watched: watched(), held_committees: vec![], max_bytes: 10 };
+        Request::GetTimelineChanges { timeline, from: 0, watched: watched(), held_appointments: vec![], max_bytes: 10 };
     let error = cluster.client.call(&cluster.witnesses[1], request).await.unwrap_err();
     assert!(refusal(&error).message.contains("more than the 10 asked"), "{error}");
 
@@ -492,7 +492,7 @@ async fn timeline_change_lists_name_every_moved_head() {
             timeline,
             from: listless - 2,
             watched: watched(),
-            held_committees: vec![],
+            held_appointments: vec![],
             max_bytes: 0,
         };
         match cluster.client.call(witness, request).await {

@@ -631,7 +631,22 @@ impl Client {
         let chain = genesis.id();
         let trusted = self.state.chains.get(&chain).cloned().ok_or(ClientError::NotAnchored(chain))?;
         let mut skipped = Vec::new();
-        let target = trusted.index();
+        // The bundle ends on the newest release: the head may be a committee or policy
+        // change after it (what a witness says of the kinds is checked with the proof).
+        let mut target = trusted.index();
+        for _ in 0..MAX_BLOCKS_AFTER_RELEASE {
+            let request = Request::GetBlock { chain, index: target };
+            let block = self
+                .ask(&trusted, request, &mut skipped, |r| match r {
+                    Response::Block(Some(block)) if block.header.index == target => Ok(block),
+                    other => Err(format!("answered {other:?}")),
+                })
+                .await?;
+            if block.header.kind == KIND_RELEASE || target == 0 {
+                break;
+            }
+            target -= 1;
+        }
         let request = Request::GetProof { chain, from: 0, to: Some(target), with_payload: true };
         let proof = self
             .ask(&trusted, request, &mut skipped, |r| match r {
@@ -665,6 +680,10 @@ impl Client {
         Ok(bundle)
     }
 }
+
+/// How far back from a chain's head a bundle looks for its newest release (committee and
+/// policy changes come after releases only a few at a time).
+const MAX_BLOCKS_AFTER_RELEASE: usize = 64;
 
 /// The same client for callers without an async runtime: each call runs on a runtime of
 /// the client's own.

@@ -26,7 +26,7 @@
 
 use crate::{Client, ClientError, TrustedChain, Update, UpdateResults};
 use chainiac_proto::{
-    CallError, ErrorCode, ErrorReply, LinkedQuery, ProofQuery, Request, Response, TimelineBatch, MAX_HELD_COMMITTEES,
+    CallError, ErrorCode, ErrorReply, LinkedQuery, ProofQuery, Request, Response, TimelineBatch, MAX_HELD_APPOINTMENTS,
     MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS,
 };
 use chainiac_release::{Policy, TimeWindow, KIND_RELEASE};
@@ -53,7 +53,7 @@ fn learn(held: &mut HeldCommittees, caught: &CatchUp) {
 
 /// The committee hashes to name in a request.
 fn named(held: &HeldCommittees) -> Vec<[u8; 32]> {
-    held.newest(MAX_HELD_COMMITTEES)
+    held.newest(MAX_HELD_APPOINTMENTS)
 }
 
 /// What the timeline says about the chains of one update.
@@ -440,7 +440,7 @@ impl Client {
                 timeline,
                 from: state.index(),
                 watched: watched.clone(),
-                held_committees: named(&local),
+                held_appointments: named(&local),
                 max_bytes,
             };
             let answer = match pool.call(&member.address, &member.key, &request, self.timeout).await {
@@ -615,7 +615,7 @@ impl Client {
             // payload itself is only asked for when no batch brought an entry.
             let query = ProofQuery { chain: timeline, from: state.index(), to: target };
             let with_payload = target.is_none();
-            let request = Request::GetProofs { queries: vec![query], with_payload, held_committees: named(&local) };
+            let request = Request::GetProofs { queries: vec![query], with_payload, held_appointments: named(&local) };
             let proof = single_proof(call(request).await?).map_err(|e| format!("lied: {e}"))?;
             let reached = proof.verify_with(&state, &local).map_err(|e| format!("lied: {e}"))?.into_inner();
             let index = reached.state.index();
@@ -813,7 +813,7 @@ impl Asked<'_> {
             Asked::Forward => Request::GetProofs {
                 queries: asking.iter().map(|c| ProofQuery { chain: *c, from: states[c].index(), to: None }).collect(),
                 with_payload: true,
-                held_committees: held,
+                held_appointments: held,
             },
             Asked::Linked(recorded) => Request::GetLinkedProofs {
                 queries: asking
@@ -821,7 +821,7 @@ impl Asked<'_> {
                     .map(|c| LinkedQuery { chain: *c, from: states[c].index(), recorded: recorded[c].0 })
                     .collect(),
                 with_payload: true,
-                held_committees: held,
+                held_appointments: held,
             },
         }
     }

@@ -179,7 +179,7 @@ fn timeline_over(
         payload: entry.to_bytes(),
         timestamp_ms: now,
         committee: handover.map(|next| chainiac_skipchain::Appointment {
-            approvals: keys.iter().map(|k| chainiac_skipchain::Approval::sign(k, &next, now + 60_000)).collect(),
+            approvals: keys.iter().map(|k| chainiac_skipchain::Approval::sign(k, &next, now + 60_000, None)).collect(),
             committee: next,
         }),
         ..Proposal::default()

@@ -14,6 +14,6 @@ pub use endpoint::{call, CallError, Pool};
 pub use frame::{FrameClass, FrameError, VERSION};
 pub use message::{
     changes_too_large, Announce, ErrorCode, ErrorReply, HeadInfo, LinkedQuery, NodeStatus, ProofQuery, Request,
-    Response, TimelineBatch, TimelineInfo, MAX_CHANGE_BLOCKS, MAX_HELD_COMMITTEES, MAX_PROOF_QUERIES,
+    Response, TimelineBatch, TimelineInfo, MAX_CHANGE_BLOCKS, MAX_HELD_APPOINTMENTS, MAX_PROOF_QUERIES,
     MAX_TIMELINE_CHAINS, MAX_WATCHED_PREFIXES, PROOFS_RESPONSE_BUDGET,
 };

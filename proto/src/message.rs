@@ -65,38 +65,38 @@ pub enum Request {
 
     // --- batched queries (appended: older variants keep their tags) ---
     /// Forward proofs for up to [`MAX_PROOF_QUERIES`] chains, answered in order. A proof
-    /// leaves out every committee named in `held_committees` (at most
-    /// [`MAX_HELD_COMMITTEES`] hashes) or carried by an earlier proof of the same answer;
-    /// the client looks those up by the hash the header names.
-    GetProofs { queries: Vec<ProofQuery>, with_payload: bool, held_committees: Vec<[u8; 32]> },
+    /// leaves out every committee appointment whose digest `held_appointments` names (at
+    /// most [`MAX_HELD_APPOINTMENTS`]) or that an earlier proof of the same answer carried;
+    /// the client looks those up by the committee hash the header names.
+    GetProofs { queries: Vec<ProofQuery>, with_payload: bool, held_appointments: Vec<[u8; 32]> },
     /// The newest timeline block and one inclusion proof for up to [`MAX_TIMELINE_CHAINS`]
     /// chains (those the block records; the client sees which are missing).
     GetTimelineBatch { timeline: Option<ChainId>, chains: Vec<ChainId> },
     /// Linked proofs for up to [`MAX_PROOF_QUERIES`] chains, answered in order: down from
     /// the head a timeline block records to the client's block, hashes only, then forward
-    /// to the head. Committees as in [`Request::GetProofs`].
-    GetLinkedProofs { queries: Vec<LinkedQuery>, with_payload: bool, held_committees: Vec<[u8; 32]> },
+    /// to the head. Appointments as in [`Request::GetProofs`].
+    GetLinkedProofs { queries: Vec<LinkedQuery>, with_payload: bool, held_appointments: Vec<[u8; 32]> },
     /// Every block of `timeline` after the client's block `from`, with each entry's change
     /// list as a client following chains with the `watched` prefixes (at most
     /// [`MAX_WATCHED_PREFIXES`]) needs it (`timeline::ChangedBlock`), up to
     /// [`MAX_CHANGE_BLOCKS`] blocks or [`PROOFS_RESPONSE_BUDGET`] of lists
     /// (`timeline::changes_page`; the client asks again from where a full answer
-    /// stopped). Committees as in [`Request::GetProofs`]. Refused if all the lists
+    /// stopped). Appointments as in [`Request::GetProofs`]. Refused if all the lists
     /// since `from` would take more than about `max_bytes` (0: no limit): the client then
     /// takes inclusion proofs, the cheaper path.
     GetTimelineChanges {
         timeline: ChainId,
         from: u64,
         watched: Vec<ChainPrefix>,
-        held_committees: Vec<[u8; 32]>,
+        held_appointments: Vec<[u8; 32]>,
         max_bytes: u64,
     },
 }
 
 /// Most chains one [`Request::GetProofs`] may name.
 pub const MAX_PROOF_QUERIES: usize = 256;
-/// Most committee hashes one [`Request::GetProofs`] may name.
-pub const MAX_HELD_COMMITTEES: usize = 64;
+/// Most appointment digests one [`Request::GetProofs`] may name.
+pub const MAX_HELD_APPOINTMENTS: usize = 64;
 /// The refusal of change lists dearer than the client offered (`max_bytes`).
 pub fn changes_too_large(from: u64, size: u64, max_bytes: u64) -> ErrorReply {
     ErrorReply::new(
@@ -377,7 +377,7 @@ mod tests {
             timeline: BlockId([0xff; 32]),
             from: u64::MAX,
             watched: vec![[0xff; 4]; MAX_WATCHED_PREFIXES],
-            held_committees: vec![[0xff; 32]; MAX_HELD_COMMITTEES],
+            held_appointments: vec![[0xff; 32]; MAX_HELD_APPOINTMENTS],
             max_bytes: u64::MAX,
         };
         assert!(crate::frame::encode(request.class(), &request).is_ok());
@@ -390,7 +390,7 @@ mod tests {
         let request = Request::GetProofs {
             queries: vec![ProofQuery { chain: BlockId([1; 32]), from: 300, to: None }],
             with_payload: true,
-            held_committees: vec![[2; 32]],
+            held_appointments: vec![[2; 32]],
         };
         let expected = bytes(&[&[20, 1], &[1; 32], &[0xac, 0x02, 0, 1, 1], &[2; 32]]);
         assert_eq!(postcard::to_allocvec(&request).unwrap(), expected);
@@ -412,7 +412,7 @@ mod tests {
         let request = Request::GetLinkedProofs {
             queries: vec![LinkedQuery { chain: BlockId([5; 32]), from: 7, recorded: 300 }],
             with_payload: true,
-            held_committees: vec![],
+            held_appointments: vec![],
         };
         let expected = bytes(&[&[22, 1], &[5; 32], &[7, 0xac, 0x02, 1, 0]]);
         assert_eq!(postcard::to_allocvec(&request).unwrap(), expected);
@@ -433,7 +433,7 @@ mod tests {
             timeline: BlockId([6; 32]),
             from: 300,
             watched: vec![[1, 2, 3, 4]],
-            held_committees: vec![],
+            held_appointments: vec![],
             max_bytes: 1000,
         };
         let expected = bytes(&[&[23], &[6; 32], &[0xac, 0x02, 1, 1, 2, 3, 4, 0, 0xe8, 0x07]]);

@@ -197,7 +197,7 @@ impl ChainState {
         }
         if let Some(appointment) = &block.committee {
             appointment
-                .check_change(&self.committee, h.timestamp_ms)
+                .check_change(&self.committee, &self.chain, h.timestamp_ms)
                 .map_err(|error| BlockError::Authority { index: next, error })?;
         }
         Ok(())

@@ -199,12 +199,12 @@ impl Proof {
         self.verify_with(trusted, &Appointments::default())
     }
 
-    /// The proof without the appointments `held` says the verifier already has (by
-    /// committee hash): the same cothority's roster change recurs in every chain it
+    /// The proof without the appointments `held` says the verifier already has, by
+    /// [`Appointment::digest`]: the same cothority's roster change recurs in every chain it
     /// serves, and costs ≈2 KB of roster and a threshold of approvals each time.
-    pub fn without_committees(mut self, held: impl Fn(&[u8; 32]) -> bool) -> Proof {
+    pub fn without_appointments(mut self, held: impl Fn(&[u8; 32]) -> bool) -> Proof {
         for step in &mut self.steps {
-            if step.committee.as_ref().is_some_and(|a| held(&a.committee.hash())) {
+            if step.committee.as_ref().is_some_and(|a| held(&a.digest())) {
                 step.committee = None;
             }
         }
@@ -212,7 +212,7 @@ impl Proof {
     }
 
     /// [`Proof::verify`], taking an appointment a step left out (see
-    /// [`Proof::without_committees`]) from `held`, by the committee hash the header names.
+    /// [`Proof::without_appointments`]) from `held`, by the committee hash the header names.
     /// A held appointment authorizes a change like a carried one: at least the outgoing
     /// committee's threshold of its members approved it, unexpired at the step's time.
     pub fn verify_with(&self, trusted: &ChainState, held: &Appointments) -> Result<Verified<CatchUp>, ProofError> {
@@ -274,9 +274,11 @@ fn hop_from(
     // A change of committee needs the outgoing committee's authority (crate::authority).
     let authority = |error| BlockError::Authority { index, error };
     let appointed = match (&step.committee, looked_up) {
-        (Some(carried), _) => Some(carried.check_change(&state.committee, h.timestamp_ms).map_err(authority)?),
+        (Some(carried), _) => {
+            Some(carried.check_change(&state.committee, &state.chain, h.timestamp_ms).map_err(authority)?)
+        }
         (None, Some(held)) => {
-            held.authorizes(&state.committee, h.timestamp_ms).map_err(authority)?;
+            held.authorizes(&state.committee, &state.chain, h.timestamp_ms).map_err(authority)?;
             None
         }
         (None, None) => None,
@@ -434,19 +436,27 @@ impl LinkedProof {
         if !changed && !self.appointments.is_empty() {
             return Err(ProofError::LinksNotNeeded { recorded: index, trusted: from });
         }
-        let carried =
+        let mut carried =
             self.appointments.iter().map(Appointment::verify).collect::<Result<Vec<_>, _>>().map_err(authority)?;
         let committee = match changed {
             false => None,
             true => {
-                held.lineage(&carried, &trusted.committee, &top.committee_hash, trusted.header.timestamp_ms)
-                    .map_err(authority)?;
-                let found =
-                    carried.iter().find(|a| a.committee.hash() == top.committee_hash).or(held.get(&top.committee_hash));
+                let found = carried
+                    .iter()
+                    .find(|a| a.committee.hash() == top.committee_hash)
+                    .or(held.get(&top.committee_hash))
+                    .map(|a| a.committee().clone());
                 let Some(found) = found else {
                     return Err(authority(AuthorityError::Missing { hash: BlockId(top.committee_hash).to_hex() }));
                 };
-                Some(found.committee().clone())
+                let at = trusted.header.timestamp_ms;
+                let reached = held
+                    .lineage(&carried, &trusted.committee, &top.committee_hash, &trusted.chain, at)
+                    .map_err(authority)?;
+                // Only appointments whose authority derives from the trusted committee are the
+                // verifier's to hold (a prover's extra ones are dropped).
+                carried.retain(|a| reached.contains(&a.committee.hash()));
+                Some(found)
             }
         };
         check_carried(&top, committee.as_ref(), self.policy.as_ref(), &trusted.header).map_err(state_error)?;

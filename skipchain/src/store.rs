@@ -297,7 +297,7 @@ fn link_headers<S: Store>(
 /// The linked proof from block `from` (the verifier's) through block `recorded` (the head a
 /// timeline block records) to block `to`: the links down from `recorded`; when the
 /// committee in force there differs from the one at `from`, the appointments of every
-/// committee change in between (those `held` does not name); the policy in force there
+/// committee change in between (those whose digest `held` does not name); the policy in force there
 /// when it differs; then the forward proof from the later of `from` and `recorded`. If
 /// `recorded` is below `from` (and not the genesis), the links lead down from `from` to it.
 pub fn prove_linked<S: Store>(
@@ -347,7 +347,7 @@ pub fn prove_linked<S: Store>(
         for index in checkpoints.into_iter().rev() {
             let block = read_block(store, chain, index, head)?;
             if need_committee {
-                appointments.extend(block.committee.filter(|a| !held(&a.committee.hash())));
+                appointments.extend(block.committee.filter(|a| !held(&a.digest())));
             }
             if need_policy && policy.is_none() {
                 policy = block.policy.filter(|p| crate::block::policy_hash(p) == top.policy_hash);

@@ -8,8 +8,8 @@ mod common;
 use chainiac_cosi::{Member, Roster, SecretKey};
 use chainiac_skipchain::store::{self, MemoryStore, Store, StoreError};
 use chainiac_skipchain::{
-    Appointment, Appointments, Approval, AuthorityError, Block, BlockError, ChainParams, Committee, LinkedProof,
-    ProofError,
+    Appointment, Appointments, Approval, AuthorityError, Block, BlockError, BlockId, ChainParams, Committee,
+    LinkedProof, ProofError,
 };
 use common::{quorum_threshold, TestChain, TestCommittee};
 use proptest::prelude::*;
@@ -92,7 +92,7 @@ fn too_few_expired_foreign_or_misdirected_approvals_are_refused() {
     let strangers: Vec<SecretKey> = (0..4).map(|_| SecretKey::generate(&mut rng)).collect();
     let (block, _) = change_block(&mut chain, 5, |_, next, t| Appointment {
         committee: next.clone(),
-        approvals: strangers.iter().map(|k| Approval::sign(k, next, t + 1)).collect(),
+        approvals: strangers.iter().map(|k| Approval::sign(k, next, t + 1, None)).collect(),
     });
     refused(&chain, &block, |e| matches!(e, AuthorityError::NotAMember { .. }));
     // One member approving twice does not count twice.
@@ -153,7 +153,7 @@ fn proofs_check_every_appointment_carried_or_held() {
         "{err}"
     );
     // Left out and held: fine. Held, but appointed by another committee only: refused.
-    let lean = honest.clone().without_committees(|_| true);
+    let lean = honest.clone().without_appointments(|_| true);
     let mut held = Appointments::default();
     held.hold(caught.appointments[0].clone());
     assert_eq!(lean.verify_with(&genesis, &held).unwrap().state.id, caught.state.id);
@@ -205,7 +205,7 @@ fn linked_proofs_check_the_lineage_of_the_recorded_committee() {
     let mut held = Appointments::default();
     held.hold(caught.appointments[0].clone());
     cut.verify_with(&genesis, (head, id), &held).unwrap();
-    let lean = store::prove_linked(&chain.store, &chain.chain, 0, head, head, true, |h| held.contains(h)).unwrap();
+    let lean = store::prove_linked(&chain.store, &chain.chain, 0, head, head, true, |h| held.holds(h)).unwrap();
     assert_eq!(lean, cut);
     // A forged approval anywhere in the lineage is refused.
     let mut forged = proof.clone();
@@ -223,6 +223,58 @@ fn linked_proofs_check_the_lineage_of_the_recorded_committee() {
     );
 }
 
+/// A verifier holds only appointments whose authority derives from the committee it
+/// trusted: an extra one a prover slips into a linked proof is ignored, not held (else a
+/// liar could make the verifier name, as held, an appointment honest provers would then
+/// leave out). Held ones are named by digest, so a prover leaves out only what the
+/// verifier holds byte for byte; held approvals of one committee merge, keeping the later
+/// expiry.
+#[test]
+fn only_appointments_with_authority_are_held_and_they_are_named_by_digest() {
+    let mut chain = chain_of(4, 2, 6);
+    chain.push(Some(4), false, 0);
+    chain.push(None, false, 0);
+    let head = chain.head().index();
+    let id = chain.store.block_id(&chain.chain, head).unwrap().unwrap();
+    let genesis = chain.genesis_state();
+    let mut proof = store::prove_linked(&chain.store, &chain.chain, 0, head, head, true, |_| false).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(10);
+    let stranger = TestCommittee::new(4, 3, &mut rng);
+    proof.appointments.push(Appointment::anchor(stranger.committee.clone()));
+    let caught = proof.verify_with(&genesis, (head, id), &Appointments::default()).unwrap().into_inner();
+    let held: Vec<[u8; 32]> = caught.appointments.iter().map(|a| a.committee().hash()).collect();
+    assert_eq!(held, vec![chain.head().committee.hash()], "the extra appointment is not held");
+
+    let appointment = proof.appointments[0].clone();
+    let mut holding = Appointments::default();
+    holding.hold(caught.appointments[0].clone());
+    assert!(holding.holds(&appointment.digest()));
+    assert!(!holding.holds(&appointment.committee.hash()), "named by digest, not committee hash");
+    let lean = store::prove_linked(&chain.store, &chain.chain, 0, head, head, true, |d| holding.holds(d)).unwrap();
+    assert!(lean.appointments.is_empty());
+    // The same committee, the same approvers, other approval bytes: not left out.
+    let mut other = appointment.clone();
+    other.approvals.pop();
+    let mut holding_other = Appointments::default();
+    holding_other.hold(other.verify().unwrap());
+    let full =
+        store::prove_linked(&chain.store, &chain.chain, 0, head, head, true, |d| holding_other.holds(d)).unwrap();
+    assert_eq!(full.appointments.len(), 1);
+
+    // Merging: one key's approval with the later expiry stands, whichever came first.
+    let next = &appointment.committee;
+    let signer = TestCommittee::new(4, 3, &mut rng);
+    let early = signer.appoint(next, 4, 100).verify().unwrap();
+    let late = signer.appoint(next, 4, 200).verify().unwrap();
+    for order in [[early.clone(), late.clone()], [late, early]] {
+        let mut merged = Appointments::default();
+        order.into_iter().for_each(|a| merged.hold(a));
+        let held = merged.get(&next.hash()).unwrap();
+        assert_eq!(held.approvals.len(), 4);
+        held.authorizes(&signer.committee, &chain.chain, 150).unwrap();
+    }
+}
+
 fn roster(keys: &[SecretKey]) -> Roster {
     Roster::new(keys.iter().enumerate().map(|(i, k)| Member::new(k, format!("127.0.0.1:{}", 9000 + i))).collect())
         .unwrap()
@@ -232,8 +284,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     /// `check_change` accepts exactly when at least the outgoing threshold of distinct
-    /// outgoing members approved the new committee, unexpired at the block's time, and the
-    /// new committee is a quorum.
+    /// outgoing members approved the new committee for this chain (or every chain),
+    /// unexpired at the block's time, and the new committee is a quorum.
     #[test]
     fn a_change_is_authorized_exactly_by_a_threshold_of_unexpired_member_approvals(
         n in 1usize..8,
@@ -242,9 +294,12 @@ proptest! {
         new_threshold in 1u32..8,
         approvers in proptest::collection::vec(any::<bool>(), 8),
         expiries in proptest::collection::vec(0u64..4, 8),
+        scopes in proptest::collection::vec(0u8..3, 8),
         at in 0u64..4,
         seed in any::<u64>(),
     ) {
+        let (here, elsewhere) = (BlockId([1; 32]), BlockId([2; 32]));
+        let scope = |i: usize| [None, Some(here), Some(elsewhere)][scopes[i] as usize];
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let old_keys: Vec<SecretKey> = (0..n).map(|_| SecretKey::generate(&mut rng)).collect();
         let threshold = 1 + threshold_seed % n as u32;
@@ -254,11 +309,11 @@ proptest! {
         let next = Committee::new(roster(&new_keys), new_threshold).unwrap();
         let approvals: Vec<Approval> = (0..n)
             .filter(|&i| approvers[i])
-            .map(|i| Approval::sign(&old_keys[i], &next, expiries[i]))
+            .map(|i| Approval::sign(&old_keys[i], &next, expiries[i], scope(i)))
             .collect();
-        let valid = (0..n).filter(|&i| approvers[i] && expiries[i] >= at).count();
+        let valid = (0..n).filter(|&i| approvers[i] && expiries[i] >= at && scope(i) != Some(elsewhere)).count();
         let appointment = Appointment { committee: next.clone(), approvals };
-        let result = appointment.check_change(&outgoing, at);
+        let result = appointment.check_change(&outgoing, &here, at);
         let quorum = 3 * new_threshold as usize > 2 * m;
         prop_assert_eq!(result.is_ok(), quorum && valid >= threshold as usize, "{:?}", result);
         if !quorum {

@@ -128,7 +128,7 @@ proptest! {
         let (chain, _) = build_chain(base, len, 60, seed);
         let full = store::prove(&chain.store, &chain.chain, 0, len, true).unwrap();
         let expected = full.verify(&chain.genesis_state()).unwrap().into_inner();
-        let lean = full.clone().without_committees(|_| true);
+        let lean = full.clone().without_appointments(|_| true);
         prop_assert!(lean.steps.iter().all(|s| s.committee.is_none()));
         prop_assert!(lean.to_bytes().len() <= full.to_bytes().len());
         let mut held = Appointments::default();
@@ -340,7 +340,7 @@ proptest! {
                     caught.appointments.iter().cloned().for_each(|a| held.hold(a));
                     let relinked = lean.verify_with(&trusted, (r, id_at(r)), &held).unwrap();
                     prop_assert_eq!(relinked.state.id, expected.id);
-                    let lean_built = store::prove_linked(&chain.store, &chain.chain, i, r, j, true, |h| held.contains(h)).unwrap();
+                    let lean_built = store::prove_linked(&chain.store, &chain.chain, i, r, j, true, |h| held.holds(h)).unwrap();
                     prop_assert_eq!(lean_built, lean);
                 }
             } else if r == i {
@@ -362,7 +362,7 @@ proptest! {
         let reached = full.verify_with(&trusted, (len, id_at(len)), &Appointments::default()).unwrap().into_inner();
         let mut held = Appointments::default();
         reached.appointments.iter().cloned().for_each(|a| held.hold(a));
-        let proof = store::prove_linked(&chain.store, &chain.chain, i, len, len, true, |h| held.contains(h)).unwrap();
+        let proof = store::prove_linked(&chain.store, &chain.chain, i, len, len, true, |h| held.holds(h)).unwrap();
         let bytes = postcard::to_allocvec(&proof).unwrap();
         for position in 0..bytes.len() {
             let mut tampered = bytes.clone();

@@ -13,8 +13,8 @@ use chainiac_cosi::protocol::{
 use chainiac_cosi::{Mask, Member, PublicKey, Roster, SecretKey};
 use chainiac_proto::message::{
     Announce, ErrorCode, ErrorReply, HeadInfo, LinkedQuery, NodeStatus, ProofQuery, Request, Response, TimelineBatch,
-    TimelineInfo, MAX_CHANGE_BLOCKS, MAX_HELD_COMMITTEES, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS, MAX_WATCHED_PREFIXES,
-    PROOFS_RESPONSE_BUDGET,
+    TimelineInfo, MAX_CHANGE_BLOCKS, MAX_HELD_APPOINTMENTS, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS,
+    MAX_WATCHED_PREFIXES, PROOFS_RESPONSE_BUDGET,
 };
 use chainiac_proto::{CallError, FrameClass, Pool};
 use chainiac_release::KIND_RELEASE;
@@ -53,18 +53,18 @@ fn err(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
 /// first proof too large for a frame alone is `Refused`.
 fn answer_each<Q, P: serde::Serialize>(
     queries: &[Q],
-    held_committees: Vec<[u8; 32]>,
+    held_appointments: Vec<[u8; 32]>,
     mut prove: impl FnMut(&Q, &HashSet<[u8; 32]>) -> Result<(P, Vec<[u8; 32]>), ErrorReply>,
 ) -> Result<Vec<Result<P, ErrorReply>>, ErrorReply> {
     if queries.is_empty() || queries.len() > MAX_PROOF_QUERIES {
         let n = queries.len();
         return Err(err(ErrorCode::BadRequest, format!("asks for {n} proofs; 1 to {MAX_PROOF_QUERIES} allowed")));
     }
-    if held_committees.len() > MAX_HELD_COMMITTEES {
-        let n = held_committees.len();
-        return Err(err(ErrorCode::BadRequest, format!("names {n} held committees; at most {MAX_HELD_COMMITTEES}")));
+    if held_appointments.len() > MAX_HELD_APPOINTMENTS {
+        let n = held_appointments.len();
+        return Err(err(ErrorCode::BadRequest, format!("names {n} held committees; at most {MAX_HELD_APPOINTMENTS}")));
     }
-    let mut held: HashSet<[u8; 32]> = held_committees.into_iter().collect();
+    let mut held: HashSet<[u8; 32]> = held_appointments.into_iter().collect();
     let mut size = 0usize;
     let answers = queries
         .iter()
@@ -141,6 +141,36 @@ enum Creator {
 
 /// The window a chain-creation quota counts over.
 const QUOTA_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// The address a quota counts against: an IPv4 address, or an IPv6 /64 (one host usually
+/// holds a whole /64, so counting single IPv6 addresses would let it create without end).
+fn quota_address(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                std::net::IpAddr::V6(std::net::Ipv6Addr::from(segments))
+            }
+        },
+        v4 => v4,
+    }
+}
+
+/// Most blocks one round or replication message may make a node catch up on: a member that
+/// is further behind learns the chain in steps, from rounds at lower indices.
+const MAX_CATCH_UP_BLOCKS: u64 = 1 << 20;
+
+fn check_catch_up_length(head: u64, index: u64) -> Result<(), ErrorReply> {
+    if index.saturating_sub(head) > MAX_CATCH_UP_BLOCKS {
+        return Err(err(
+            ErrorCode::Refused,
+            format!("block {index} is more than {MAX_CATCH_UP_BLOCKS} blocks past this witness's head {head}"),
+        ));
+    }
+    Ok(())
+}
 
 /// A round this node takes part in, between its commitment and its response.
 struct RoundState {
@@ -261,15 +291,15 @@ impl Node {
                 self.submit_release(chain, manifest, developer_signatures, source).await
             }
             Request::GetAgreement { chain } => self.agreement(&chain),
-            Request::GetProofs { queries, with_payload, held_committees } => {
-                self.proofs(&queries, with_payload, held_committees)
+            Request::GetProofs { queries, with_payload, held_appointments } => {
+                self.proofs(&queries, with_payload, held_appointments)
             }
             Request::GetTimelineBatch { timeline, chains } => self.timeline_batch(timeline, &chains),
-            Request::GetLinkedProofs { queries, with_payload, held_committees } => {
-                self.linked_proofs(&queries, with_payload, held_committees)
+            Request::GetLinkedProofs { queries, with_payload, held_appointments } => {
+                self.linked_proofs(&queries, with_payload, held_appointments)
             }
-            Request::GetTimelineChanges { timeline, from, watched, held_committees, max_bytes } => {
-                self.timeline_changes(&timeline, from, watched, held_committees, max_bytes)
+            Request::GetTimelineChanges { timeline, from, watched, held_appointments, max_bytes } => {
+                self.timeline_changes(&timeline, from, watched, held_appointments, max_bytes)
             }
             Request::Build { .. } | Request::GetAttestation { .. } | Request::GetBuildLog { .. } => {
                 Err(err(ErrorCode::BadRequest, "this is a witness; send build jobs to a verifier"))
@@ -348,10 +378,10 @@ impl Node {
         store::prove(&self.store, chain, from, to, with_payload).map(Response::Proof).map_err(store_err)
     }
 
-    /// Proofs for many chains in one answer; each committee travels at most once (and not
+    /// Proofs for many chains in one answer; each appointment travels at most once (and not
     /// at all if the client holds it), and the answer stops growing at the byte budget.
-    fn proofs(&self, queries: &[ProofQuery], with_payload: bool, held_committees: Vec<[u8; 32]>) -> Reply {
-        let answers = answer_each(queries, held_committees, |query, held| {
+    fn proofs(&self, queries: &[ProofQuery], with_payload: bool, held_appointments: Vec<[u8; 32]>) -> Reply {
+        let answers = answer_each(queries, held_appointments, |query, held| {
             let to = match query.to {
                 Some(to) => to,
                 None => self.head_index(&query.chain)?,
@@ -359,16 +389,15 @@ impl Node {
             // No payload for a chain that did not move: the client has it already.
             let proof = store::prove(&self.store, &query.chain, query.from, to, with_payload && to > query.from)
                 .map_err(store_err)?
-                .without_committees(|hash| held.contains(hash));
-            let carried =
-                proof.steps.iter().filter_map(|step| step.committee.as_ref().map(|a| a.committee.hash())).collect();
+                .without_appointments(|hash| held.contains(hash));
+            let carried = proof.steps.iter().filter_map(|step| step.committee.as_ref().map(|a| a.digest())).collect();
             Ok((proof, carried))
         })?;
         Ok(Response::Proofs(answers))
     }
 
-    fn linked_proofs(&self, queries: &[LinkedQuery], with_payload: bool, held_committees: Vec<[u8; 32]>) -> Reply {
-        let answers = answer_each(queries, held_committees, |query, held| {
+    fn linked_proofs(&self, queries: &[LinkedQuery], with_payload: bool, held_appointments: Vec<[u8; 32]>) -> Reply {
+        let answers = answer_each(queries, held_appointments, |query, held| {
             let to = self.head_index(&query.chain)?;
             let moved = to > query.from;
             let proof = store::prove_linked(
@@ -381,13 +410,13 @@ impl Node {
                 |hash| held.contains(hash),
             )
             .map_err(store_err)?;
-            let beyond = proof.beyond.clone().without_committees(|hash| held.contains(hash));
+            let beyond = proof.beyond.clone().without_appointments(|hash| held.contains(hash));
             let proof = chainiac_skipchain::LinkedProof { beyond, ..proof };
             let carried = proof
                 .appointments
                 .iter()
                 .chain(proof.beyond.steps.iter().filter_map(|step| step.committee.as_ref()))
-                .map(|a| a.committee.hash())
+                .map(|a| a.digest())
                 .collect();
             Ok((proof, carried))
         })?;
@@ -784,15 +813,32 @@ impl Node {
         self: &Arc<Self>,
         caller: PublicKey,
         chain: ChainId,
-        proposal: Proposal,
+        mut proposal: Proposal,
     ) -> Result<Block, ErrorReply> {
+        let head = self.head(&chain)?;
+        // An appointment is checked before anything else: the committee must change, and
+        // the outgoing committee's operators must have approved it (no round, no head set
+        // for a change that cannot pass).
+        if let Some(appointment) = &proposal.committee {
+            if appointment.committee.hash() == head.header.committee_hash {
+                return Err(err(ErrorCode::Refused, "the proposal appoints the committee already in force"));
+            }
+            let index = head.index() + 1;
+            appointment.check_change(&head.committee, &chain, now_ms()).map_err(|error| {
+                err(ErrorCode::Refused, chainiac_skipchain::BlockError::Authority { index, error }.to_string())
+            })?;
+        }
         if self.chain_kind(&chain)? == KIND_TIMELINE {
-            let head = self.head(&chain)?;
-            if proposal.committee.is_none() && head.committee.roster().index_of(&caller).is_none() {
+            let member = head.committee.roster().index_of(&caller).is_some();
+            if !member && proposal.committee.is_none() {
                 return Err(self.forbidden(
                     "only a member of the timeline's committee proposes a timeline block that appoints no committee"
                         .into(),
                 ));
+            }
+            // Anyone else brings only the appointment: this node makes the entry.
+            if !member {
+                proposal.payload.clear();
             }
             if proposal.payload.is_empty() {
                 return self.extend_timeline(chain, proposal.committee).await;
@@ -810,11 +856,11 @@ impl Node {
         timeline: &ChainId,
         from: u64,
         watched: Vec<ChainPrefix>,
-        held_committees: Vec<[u8; 32]>,
+        held_appointments: Vec<[u8; 32]>,
         max_bytes: u64,
     ) -> Reply {
-        if held_committees.len() > MAX_HELD_COMMITTEES {
-            return Err(err(ErrorCode::BadRequest, format!("more than {MAX_HELD_COMMITTEES} held committees")));
+        if held_appointments.len() > MAX_HELD_APPOINTMENTS {
+            return Err(err(ErrorCode::BadRequest, format!("more than {MAX_HELD_APPOINTMENTS} held committees")));
         }
         if watched.len() > MAX_WATCHED_PREFIXES {
             return Err(err(ErrorCode::BadRequest, format!("more than {MAX_WATCHED_PREFIXES} watched prefixes")));
@@ -860,10 +906,10 @@ impl Node {
             let list = lists.get(&k).ok_or_else(|| err(ErrorCode::Internal, "a paged list is gone"))?;
             blocks.push((entry, &**list));
         }
-        let held: std::collections::HashSet<[u8; 32]> = held_committees.into_iter().collect();
+        let held: std::collections::HashSet<[u8; 32]> = held_appointments.into_iter().collect();
         let proof = store::prove_each(&self.store, timeline, from, to)
             .map_err(store_err)?
-            .without_committees(|h| held.contains(h));
+            .without_appointments(|h| held.contains(h));
         Ok(Response::TimelineChanges(TimelineChanges::answer(proof, blocks, &watched)))
     }
 
@@ -985,7 +1031,10 @@ impl Node {
     /// as this node checks every block it catches up on (the clock and the timeline's
     /// heads are those of the moment it was made, so they are not checked again).
     fn check_caught_up(&self, chain_kind: u16, head: &ChainState, block: &Block) -> Result<(), ErrorReply> {
-        rules::check_rules(chain_kind, head, block, chainiac_release::TimeWindow::default(), |_| false)
+        // Any manifest time: the committee checked it against its clocks then, and a node
+        // configured with a narrower skew must not refuse what the cothority signed.
+        let window = chainiac_release::TimeWindow { skew_ms: u64::MAX, delay_ms: u64::MAX };
+        rules::check_rules(chain_kind, head, block, window, |_| false)
             .map_err(|reason| err(ErrorCode::Refused, format!("block {} caught up: {reason}", block.header.index)))
     }
 
@@ -993,6 +1042,7 @@ impl Node {
     /// node serves) is at least `index`.
     async fn catch_up(&self, chain: ChainId, index: u64, source: &Member) -> Result<(), ErrorReply> {
         let chain_kind = self.chain_kind(&chain)?;
+        check_catch_up_length(self.head(&chain)?.index(), index)?;
         loop {
             let head = self.head(&chain)?;
             if head.index() >= index {
@@ -1014,6 +1064,10 @@ impl Node {
                     Err(StoreError::Conflict { .. }) => {} // raced a commit
                     Err(e) => return Err(store_err(e)),
                 }
+            }
+            // A page of blocks this node had already (or none it could use) is no progress.
+            if self.head(&chain)?.index() < next {
+                return Err(err(ErrorCode::Refused, format!("{} served no block {next}", source.address)));
             }
             info!(chain = %chain.to_hex()[..16], from = next, "caught up blocks from {}", source.address);
         }
@@ -1040,20 +1094,27 @@ impl Node {
             .into_inner();
         rules::check_genesis(&genesis).map_err(|reason| err(ErrorCode::Refused, reason))?;
         let chain_kind = genesis.header.kind;
+        // A timeline makes its committee witnesses this node knows: only the operator's
+        // configured peers bring one.
+        if chain_kind == KIND_TIMELINE && !self.is_configured_peer(caller) {
+            return Err(self.forbidden(format!("timeline {chain} is learned only from a configured peer")));
+        }
+        check_catch_up_length(0, index)?;
         let mut ids = vec![chain];
         while state.index() < index {
             let blocks = self.fetch_blocks(chain, state.index() + 1, source).await?;
-            for block in blocks {
-                if block.header.index > index {
-                    break;
-                }
+            let before = state.index();
+            for block in blocks.iter().take_while(|b| b.header.index <= index) {
                 let link = |i: u64| ids.get(i as usize).copied();
-                let next = state.extend(&block, link).map_err(|e| {
+                let next = state.extend(block, link).map_err(|e| {
                     err(ErrorCode::Refused, format!("{} served a chain that does not verify: {e}", source.address))
                 })?;
-                self.check_caught_up(chain_kind, &state, &block)?;
+                self.check_caught_up(chain_kind, &state, block)?;
                 ids.push(next.id);
                 state = next.into_inner();
+            }
+            if state.index() == before {
+                return Err(err(ErrorCode::Refused, format!("{} served no block {}", source.address, before + 1)));
             }
         }
         let me = self.key.public_key();
@@ -1073,7 +1134,35 @@ impl Node {
             Ok(_) | Err(StoreError::ChainExists(_)) => {}
             Err(e) => return Err(store_err(e)),
         }
-        self.catch_up(chain, index, source).await
+        // The second pass writes exactly the blocks the first checked (a source serving
+        // another branch now is refused), each verified again as it is appended.
+        loop {
+            let head = self.head(&chain)?;
+            if head.index() >= index {
+                return Ok(());
+            }
+            let blocks = self.fetch_blocks(chain, head.index() + 1, source).await?;
+            let mut progressed = false;
+            for block in blocks.iter().take_while(|b| b.header.index <= index) {
+                let head = self.head(&chain)?;
+                let expected = usize::try_from(block.header.index).ok().and_then(|i| ids.get(i));
+                if block.header.index != head.index() + 1 || expected != Some(&block.id()) {
+                    return Err(err(
+                        ErrorCode::Refused,
+                        format!("{} served block {} unlike the first time", source.address, block.header.index),
+                    ));
+                }
+                self.check_caught_up(chain_kind, &head, block)?;
+                match self.append(block) {
+                    Ok(_) => progressed = true,
+                    Err(StoreError::Conflict { .. }) => {} // raced a commit of the same chain
+                    Err(e) => return Err(store_err(e)),
+                }
+            }
+            if !progressed && self.head(&chain)?.index() < index {
+                return Err(err(ErrorCode::Refused, format!("{} stopped serving the chain", source.address)));
+            }
+        }
     }
 
     // ---- submissions ----
@@ -1093,7 +1182,9 @@ impl Node {
         let listed = creators.contains(&caller);
         let own = caller == self.key.public_key();
         let known = self.is_known_witness(&caller);
-        let operator = own || (known && roster.index_of(&caller).is_some());
+        // A timeline makes its committee witnesses this node knows: only the operator, a
+        // configured peer in the committee or an allow-listed key creates one.
+        let operator = own || (self.is_configured_peer(&caller) && roster.index_of(&caller).is_some());
         if genesis.header.kind == KIND_TIMELINE && !listed && !operator {
             return Err(self.forbidden(
                 "a timeline is created by an operator of its committee: with this witness's key, a member peer's, \
@@ -1101,7 +1192,7 @@ impl Node {
                     .into(),
             ));
         }
-        if !creators.is_empty() && !listed {
+        if !creators.is_empty() && !listed && !own {
             return Err(self.forbidden(format!("key {caller} may not create chains here (allow-list mode)")));
         }
         let exists = self.store.head(&state.chain).map_err(|e| err(ErrorCode::Internal, e.to_string()))?.is_some();
@@ -1128,7 +1219,7 @@ impl Node {
             times.retain(|t| now.duration_since(*t) < QUOTA_WINDOW);
             !times.is_empty()
         });
-        let who = [Creator::Key(caller.to_bytes()), Creator::Address(from.ip())];
+        let who = [Creator::Key(caller.to_bytes()), Creator::Address(quota_address(from.ip()))];
         for creator in who {
             if created.get(&creator).is_some_and(|times| times.len() >= quota) {
                 let whom = match creator {
@@ -1156,6 +1247,9 @@ impl Node {
             return Err(
                 self.forbidden(format!("key {caller} is no witness this node knows; create chains with CreateChain"))
             );
+        }
+        if genesis.header.kind == KIND_TIMELINE && !self.is_configured_peer(&caller) {
+            return Err(self.forbidden(format!("a timeline comes only from a configured peer, not key {caller}")));
         }
         self.authorize(&caller, state.committee.roster())?;
         self.member_of(state.committee.roster())?;

@@ -32,6 +32,7 @@ pub fn check_carried(block: &Block) -> Result<(), String> {
         (KIND_COMMITTEE, Some(_), None) if !block.payload.is_empty() => {
             Err("a committee-change block carries no payload".into())
         }
+        (KIND_TIMELINE, _, Some(_)) => Err("a timeline block cannot change the policy".into()),
         (KIND_COMMITTEE | KIND_TIMELINE, _, _) => Ok(()),
         (_, Some(_), _) => Err(format!("a block of kind {kind} cannot change the committee; use a committee change")),
         _ => Ok(()),

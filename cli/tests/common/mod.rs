@@ -235,7 +235,7 @@ impl Cluster {
     /// valid for a day (the same bytes every time in one test: signatures are deterministic).
     pub fn appoint(&self, approvers: &[usize], committee: &Committee) -> Appointment {
         let approvals =
-            self.keys(approvers).iter().map(|k| Approval::sign(k, committee, self.approvals_expire_ms)).collect();
+            self.keys(approvers).iter().map(|k| Approval::sign(k, committee, self.approvals_expire_ms, None)).collect();
         Appointment { committee: committee.clone(), approvals }
     }
 

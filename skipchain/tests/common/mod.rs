@@ -43,7 +43,7 @@ impl TestCommittee {
     /// `next` appointed by `approvers` of this committee's members (the first ones), their
     /// approvals valid until `expires_ms`.
     pub fn appoint(&self, next: &Committee, approvers: usize, expires_ms: u64) -> Appointment {
-        let approvals = self.keys.iter().take(approvers).map(|k| Approval::sign(k, next, expires_ms)).collect();
+        let approvals = self.keys.iter().take(approvers).map(|k| Approval::sign(k, next, expires_ms, None)).collect();
         Appointment { committee: next.clone(), approvals }
     }
 }
