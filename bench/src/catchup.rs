@@ -515,7 +515,8 @@ fn build_project(
 pub struct Cost {
     pub bytes: u64,
     pub cpu: Duration,
-    /// Of `bytes`, those of full committees (rosters) carried by checkpoint blocks.
+    /// Of `bytes`, those of full committees (rosters and the approvals appointing them)
+    /// carried by checkpoint blocks.
     pub committee_bytes: u64,
 }
 
