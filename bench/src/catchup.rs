@@ -23,8 +23,8 @@ use chainiac_skipchain::timeline::{
 };
 use chainiac_skipchain::CatchUp;
 use chainiac_skipchain::{
-    Appointment, Appointments, Block, BlockId, ChainParams, ChainState, LinkedProof, Proof, ProofStep, Proposal,
-    StepHeader, Verified,
+    Appointment, Appointments, Block, BlockId, ChainParams, ChainState, LinkedProof, PolicyChanged, Proof, ProofStep,
+    Proposal, StepHeader, Verified,
 };
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -578,10 +578,11 @@ fn linear(store: &MemoryStore, trusted: &ChainState, to: u64, release: bool) -> 
             header: StepHeader::new(&b.header, previous, 0),
             signature: Some(b.signature.clone().expect("signed")),
             committee: b.committee.clone(),
-            policy: b.policy.clone(),
+            policy: b.policy.clone().map(|policy| PolicyChanged { policy, payload: b.payload.clone() }),
         })
         .collect();
-    let reached = Proof { steps, payload: None }.verify(trusted).expect("a valid chain");
+    let reached =
+        Proof { steps, payload: None }.verify(trusted, &chainiac_release::policy_rule).expect("a valid chain");
     assert!(ok && reached.state.index() == to);
     if release {
         if let Some(last) = decoded.last().filter(|b| b.header.kind == KIND_RELEASE && !b.payload.is_empty()) {
@@ -652,8 +653,11 @@ fn skipchain(
         .without_appointments(|hash| held.holds(hash));
     let wire = proof.to_bytes();
     let started = Instant::now();
-    let reached =
-        Proof::from_bytes(&wire).expect("decodes").verify_with(trusted, held).expect("a valid proof").into_inner();
+    let reached = Proof::from_bytes(&wire)
+        .expect("decodes")
+        .verify_with(trusted, held, &chainiac_release::policy_rule)
+        .expect("a valid proof")
+        .into_inner();
     assert_eq!(reached.state.index(), to);
     if release && reached.state.header.kind == KIND_RELEASE {
         if let Some(payload) = reached.payload.as_ref().filter(|p| !p.is_empty()) {
@@ -690,7 +694,7 @@ impl Batched for Proof {
             .without_appointments(|hash| named.contains(hash))
     }
     fn check(&self, trusted: &ChainState, _: &ChainBuilder, known: &Appointments) -> CatchUp {
-        self.verify_with(trusted, known).expect("a valid proof").into_inner()
+        self.verify_with(trusted, known, &chainiac_release::policy_rule).expect("a valid proof").into_inner()
     }
     fn carried(&self) -> Vec<&Appointment> {
         self.steps.iter().filter_map(|s| s.committee.as_ref()).collect()
@@ -709,7 +713,7 @@ impl Batched for LinkedProof {
     }
     fn check(&self, trusted: &ChainState, chain: &ChainBuilder, known: &Appointments) -> CatchUp {
         let recorded = (chain.head.index(), chain.head.id);
-        self.verify_with(trusted, recorded, known).expect("a valid proof").into_inner()
+        self.verify_with(trusted, recorded, known, &chainiac_release::policy_rule).expect("a valid proof").into_inner()
     }
     fn carried(&self) -> Vec<&Appointment> {
         self.appointments.iter().chain(self.beyond.steps.iter().filter_map(|s| s.committee.as_ref())).collect()
@@ -795,7 +799,10 @@ fn change_answers(
             .expect("encodes");
         let started = Instant::now();
         let Ok(Response::TimelineChanges(answer)) = postcard::from_bytes::<Response>(&wire) else { panic!("decodes") };
-        let seen = answer.verify_with(&state, &known, followed).expect("valid change lists").into_inner();
+        let seen = answer
+            .verify_with(&state, &known, followed, &chainiac_release::policy_rule)
+            .expect("valid change lists")
+            .into_inner();
         cost.cpu += started.elapsed();
         cost.bytes += wire.len() as u64;
         for committee in answer.proof.steps.iter().filter_map(|s| s.committee.as_ref()) {

@@ -382,16 +382,35 @@ async fn change_roster(
     let appointment = Appointment { committee: next, approvals };
     let mut moved = Vec::new();
     for &chain in chains {
-        match propose(appointment.clone(), chain).await? {
-            Response::Appended { block } => moved.push(block.header.index.to_string()),
-            other => bail!("the approved change was refused: {other:?}"),
-        }
+        // The timeline's own blocks may hold the index for a moment: ask again.
+        let mut tries = 0;
+        let block = loop {
+            match propose(appointment.clone(), chain).await {
+                Ok(Response::Appended { block }) => break block,
+                Ok(other) => bail!("the approved change was refused: {other:?}"),
+                Err(e) if tries < 20 && is_busy(&e) => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        moved.push(block.header.index.to_string());
     }
     step.done(
         t,
         &format!("unapproved: {refused}; approved: timeline and project changed at blocks {}", moved.join(" and ")),
     );
     Ok(())
+}
+
+/// Whether a call failed because the index was held or taken by a block racing it.
+fn is_busy(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<chainiac_proto::CallError>(),
+        Some(chainiac_proto::CallError::Remote(reply))
+            if matches!(reply.code, chainiac_proto::ErrorCode::Busy | chainiac_proto::ErrorCode::Conflict)
+    )
 }
 
 /// Waits until the timeline records the project's current head.

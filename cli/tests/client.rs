@@ -446,7 +446,7 @@ impl Handler for Freezer {
                 let nothing = chainiac_skipchain::LinkedProof {
                     links: vec![],
                     appointments: vec![],
-                    policy: None,
+                    policies: vec![],
                     beyond: empty,
                 };
                 return Response::LinkedProofs(queries.iter().map(|_| Ok(nothing.clone())).collect());

@@ -165,7 +165,7 @@ async fn the_cothority_enforces_every_release_rule_and_clients_see_key_rotation(
     // A client anchored at the genesis catches up, landing on the rotation.
     let request = Request::GetProof { chain, from: 0, to: None, with_payload: true };
     let Ok(Response::Proof(proof)) = cluster.client.call(&cluster.witnesses[3], request).await else { panic!() };
-    let reached = proof.verify(&ChainState::genesis(&first).unwrap()).unwrap();
+    let reached = proof.verify(&ChainState::genesis(&first).unwrap(), &chainiac_release::policy_rule).unwrap();
     assert_eq!(reached.state.id, last.id());
     assert_eq!(reached.checkpoints, vec![rotation.header.index]);
     assert_eq!(Policy::from_bytes(&reached.state.policy).unwrap(), rotated);

@@ -144,7 +144,9 @@ async fn roster_changes_four_five_four_and_a_client_catches_up_across_both() {
     else {
         panic!("no proof")
     };
-    let reached = proof.verify(&chainiac_skipchain::ChainState::genesis(&genesis).unwrap()).unwrap();
+    let reached = proof
+        .verify(&chainiac_skipchain::ChainState::genesis(&genesis).unwrap(), &chainiac_release::policy_rule)
+        .unwrap();
     assert_eq!(reached.state.index(), 10);
     assert_eq!(reached.checkpoints, vec![4, 8], "the proof lands on both roster changes");
     assert_eq!(reached.state.committee.hash(), shrink.hash());
@@ -281,7 +283,9 @@ async fn the_timeline_commits_to_every_head_and_clients_check_inclusion_and_age(
     // The client proves the timeline block from the timeline's genesis and checks its entry.
     let request = Request::GetProof { chain: timeline, from: 0, to: Some(info.index), with_payload: true };
     let Response::Proof(proof) = cluster.client.call(&cluster.witnesses[0], request).await.unwrap() else { panic!() };
-    let reached = proof.verify(&chainiac_skipchain::ChainState::genesis(&timeline_genesis).unwrap()).unwrap();
+    let reached = proof
+        .verify(&chainiac_skipchain::ChainState::genesis(&timeline_genesis).unwrap(), &chainiac_release::policy_rule)
+        .unwrap();
     let entry = TimelineEntry::from_bytes(reached.payload.as_ref().unwrap()).unwrap();
     assert_eq!(entry, info.entry);
     let age = common::now_ms().saturating_sub(entry.time_ms);
@@ -383,8 +387,10 @@ async fn timeline_change_lists_name_every_moved_head() {
     let project_head = cluster.prove_from_genesis(0, project, &project_genesis).await;
     let other_head = cluster.prove_from_genesis(0, other, &other_genesis).await;
     if let Some(answer) = ask(0).await {
-        let seen =
-            answer.verify_with(&genesis, &chainiac_skipchain::Appointments::default(), &both).unwrap().into_inner();
+        let seen = answer
+            .verify_with(&genesis, &chainiac_skipchain::Appointments::default(), &both, &chainiac_release::policy_rule)
+            .unwrap()
+            .into_inner();
         if seen.caught.state.index() >= first.index {
             assert_eq!(seen.moved.len(), 2, "{:?}", seen.moved);
             assert_eq!((seen.moved[&project].index, seen.moved[&project].id), (3, project_head.id));
@@ -400,12 +406,15 @@ async fn timeline_change_lists_name_every_moved_head() {
         let Response::Proof(proof) = cluster.client.call(&cluster.witnesses[1], request).await.unwrap() else {
             panic!("not a proof")
         };
-        let held = proof.verify(&genesis).unwrap().into_inner().state;
+        let held = proof.verify(&genesis, &chainiac_release::policy_rule).unwrap().into_inner().state;
         let head = 4 + attempt;
         cluster.propose(1, project, format!("p{head}").as_bytes()).await.unwrap();
         let recording = recorded(head).await;
         let Some(answer) = ask(held.index()).await else { continue };
-        let seen = answer.verify_with(&held, &chainiac_skipchain::Appointments::default(), &both).unwrap().into_inner();
+        let seen = answer
+            .verify_with(&held, &chainiac_skipchain::Appointments::default(), &both, &chainiac_release::policy_rule)
+            .unwrap()
+            .into_inner();
         if seen.caught.state.index() < recording.index {
             continue;
         }
@@ -415,7 +424,9 @@ async fn timeline_change_lists_name_every_moved_head() {
         let mut cut = answer.clone();
         let block = cut.blocks.iter_mut().find(|b| !b.opened.is_empty()).expect("the move is opened");
         block.opened.clear();
-        assert!(cut.verify_with(&held, &chainiac_skipchain::Appointments::default(), &both).is_err());
+        assert!(cut
+            .verify_with(&held, &chainiac_skipchain::Appointments::default(), &both, &chainiac_release::policy_rule)
+            .is_err());
         checked = true;
         break;
     }
@@ -508,9 +519,11 @@ async fn timeline_change_lists_name_every_moved_head() {
     let Response::Proof(proof) = cluster.client.call(&cluster.witnesses[1], request).await.unwrap() else {
         panic!("not a proof")
     };
-    let at_listless = proof.verify(&genesis).unwrap().into_inner().state;
+    let at_listless = proof.verify(&genesis, &chainiac_release::policy_rule).unwrap().into_inner().state;
     let after = ask(listless).await.expect("lists after the list-less block");
-    let seen =
-        after.verify_with(&at_listless, &chainiac_skipchain::Appointments::default(), &both).unwrap().into_inner();
+    let seen = after
+        .verify_with(&at_listless, &chainiac_skipchain::Appointments::default(), &both, &chainiac_release::policy_rule)
+        .unwrap()
+        .into_inner();
     assert!(seen.caught.state.index() > listless && seen.moved.is_empty(), "{seen:?}");
 }

@@ -550,7 +550,11 @@ impl Bundle {
                 genesis.chain
             )));
         }
-        let reached = self.proof.verify(&genesis).map_err(|e| ClientError::Release(e.to_string()))?.into_inner();
+        let reached = self
+            .proof
+            .verify(&genesis, &chainiac_release::policy_rule)
+            .map_err(|e| ClientError::Release(e.to_string()))?
+            .into_inner();
         if reached.state.header.kind != KIND_RELEASE {
             return Err(ClientError::Release("the bundle does not end on a release block".into()));
         }
@@ -576,8 +580,11 @@ impl Bundle {
                         "the bundle's timeline is not the one this client trusts".into(),
                     ));
                 }
-                let timeline =
-                    evidence.proof.verify(&start).map_err(|e| ClientError::Timeline(e.to_string()))?.into_inner();
+                let timeline = evidence
+                    .proof
+                    .verify(&start, &chainiac_release::policy_rule)
+                    .map_err(|e| ClientError::Timeline(e.to_string()))?
+                    .into_inner();
                 let entry = chainiac_skipchain::timeline::TimelineEntry::from_bytes(
                     timeline.payload.as_deref().unwrap_or_default(),
                 )

@@ -452,7 +452,7 @@ impl Client {
                 Err(e) => return Err((format!("unavailable: {e}"), Stop::Member)),
             };
             let seen = answer
-                .verify_with(&state, &local, projects)
+                .verify_with(&state, &local, projects, &chainiac_release::policy_rule)
                 .map_err(|e| (format!("lied: change lists: {e}"), Stop::Member))?
                 .into_inner();
             learn(&mut local, &seen.caught);
@@ -617,7 +617,10 @@ impl Client {
             let with_payload = target.is_none();
             let request = Request::GetProofs { queries: vec![query], with_payload, held_appointments: named(&local) };
             let proof = single_proof(call(request).await?).map_err(|e| format!("lied: {e}"))?;
-            let reached = proof.verify_with(&state, &local).map_err(|e| format!("lied: {e}"))?.into_inner();
+            let reached = proof
+                .verify_with(&state, &local, &chainiac_release::policy_rule)
+                .map_err(|e| format!("lied: {e}"))?
+                .into_inner();
             let index = reached.state.index();
             if target.is_some_and(|t| index != t) {
                 return Err(format!("lied: proved timeline block {index} instead of {target:?}"));
@@ -841,7 +844,8 @@ impl Asked<'_> {
                 .zip(answers)
                 .map(|(chain, answer)| {
                     answer.map(|proof| {
-                        let reached = proof.verify_with(&states[chain], held)?.into_inner();
+                        let reached =
+                            proof.verify_with(&states[chain], held, &chainiac_release::policy_rule)?.into_inner();
                         learn(held, &reached);
                         Ok(Caught { caught: reached, hops: proof.steps.len() })
                     })
@@ -852,7 +856,9 @@ impl Asked<'_> {
                 .zip(answers)
                 .map(|(chain, answer)| {
                     answer.map(|proof| {
-                        let reached = proof.verify_with(&states[chain], recorded[chain], held)?.into_inner();
+                        let reached = proof
+                            .verify_with(&states[chain], recorded[chain], held, &chainiac_release::policy_rule)?
+                            .into_inner();
                         learn(held, &reached);
                         Ok(Caught { caught: reached, hops: proof.links.len() + proof.beyond.steps.len() })
                     })

@@ -69,6 +69,17 @@ fn release(version: &str, signer: u8, now: u64) -> Proposal {
 /// release 1.0 by the old developer, a root-signed rotation to the new developer, then
 /// release 1.1 signed by `last_signer`.
 fn chain(witness_keys: &[SecretKey], address: &str, last_signer: u8) -> (MemoryStore, Block, ChainId, u64) {
+    chain_rotated_by(witness_keys, address, last_signer, &[ROOT])
+}
+
+/// [`chain`], the rotation signed by the root keys `rotators` (none: the colluding
+/// committee's rotation alone).
+fn chain_rotated_by(
+    witness_keys: &[SecretKey],
+    address: &str,
+    last_signer: u8,
+    rotators: &[u8],
+) -> (MemoryStore, Block, ChainId, u64) {
     let roster = Roster::new(witness_keys.iter().map(|k| Member::new(k, address)).collect()).unwrap();
     let committee = Committee::new(roster.clone(), 3).unwrap();
     let now = chainiac_client::now_ms();
@@ -90,7 +101,10 @@ fn chain(witness_keys: &[SecretKey], address: &str, last_signer: u8) -> (MemoryS
     let rotation = Proposal {
         kind: KIND_POLICY_CHANGE,
         payload: PolicyChange {
-            root_signatures: vec![RootSignature::sign(&key(ROOT), &chain.0, &old_hash, &new_hash)],
+            root_signatures: rotators
+                .iter()
+                .map(|&r| RootSignature::sign(&key(r), &chain.0, &old_hash, &new_hash))
+                .collect(),
         }
         .to_bytes(),
         policy: Some(policy(NEW_DEVELOPER).to_bytes()),
@@ -178,4 +192,40 @@ fn the_same_chain_signed_by_the_new_key_is_accepted() {
     assert_eq!(checked.index, head);
     assert_eq!(checked.release.manifest.version, "1.1");
     assert_eq!(ChainState::genesis(&bundle.genesis).unwrap().chain, chain);
+}
+
+/// The colluding committee rotates the developer key on its own (no root signature, or a
+/// signature by a key that is not a root key) and signs a release by its own developer
+/// key: the client re-checks every policy change on the way with the policy's root keys,
+/// so it refuses the update online and the bundle offline, naming the rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_the_root_keys_did_not_sign_is_refused() {
+    let witness_keys: Vec<SecretKey> = (40..44).map(key).collect();
+    for rotators in [vec![], vec![OLD_DEVELOPER]] {
+        let address = free_udp_address();
+        let (store, first, chain, head) =
+            chain_rotated_by(&witness_keys, &address.to_string(), NEW_DEVELOPER, &rotators);
+        let bundle = Bundle {
+            genesis: first.clone(),
+            proof: store::prove(&store, &chain, 0, head, true).unwrap(),
+            timeline: None,
+        };
+        let endpoint = chainiac_proto::endpoint::server(&witness_keys[0], address).unwrap();
+        tokio::spawn(chainiac_proto::server::serve(Arc::new(Colluder { store }), endpoint, &[FrameClass::Query]));
+        let dir = tempfile::tempdir().unwrap();
+        let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+        client.anchor(&first).unwrap();
+        match client.update(chain).await {
+            Err(ClientError::NoHonestWitness(tries)) => {
+                // The colluder's answer (the other members share its address, not its key).
+                assert!(tries.iter().any(|(_, why)| why.contains("changes the policy without authority")), "{tries:?}");
+            }
+            other => panic!("a policy change without the root keys must be refused, got {other:?}"),
+        }
+        assert_eq!(client.state().chains[&chain].index(), 0, "nothing was saved");
+        match Bundle::from_bytes(&bundle.to_bytes()).unwrap().verify(&chain, None, &TrustLevel::default()) {
+            Err(ClientError::Release(reason)) => assert!(reason.contains("without authority"), "{reason}"),
+            other => panic!("the bundle must be refused, got {other:?}"),
+        }
+    }
 }

@@ -422,7 +422,7 @@ mod tests {
         let response = Response::LinkedProofs(vec![Ok(LinkedProof {
             links: vec![],
             appointments: vec![],
-            policy: None,
+            policies: vec![],
             beyond: Proof { steps: vec![], payload: Some(b"p".to_vec()) },
         })]);
         let expected = vec![18, 1, 0, 0, 0, 0, 0, 1, 1, b'p'];

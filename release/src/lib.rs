@@ -14,4 +14,4 @@ pub use model::{
     Outcome, Policy, PolicyChange, PolicyError, Recipe, ReleasePayload, RootSignature, SourceArchive, VerifierEntry,
     KIND_POLICY_CHANGE, KIND_RELEASE,
 };
-pub use rules::{check_policy_change, check_release, Agreement, ReleaseError, TimeWindow};
+pub use rules::{check_policy_change, check_release, policy_rule, Agreement, ReleaseError, TimeWindow};

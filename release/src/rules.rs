@@ -230,6 +230,17 @@ pub fn check_policy_change(
     Ok(new)
 }
 
+/// The rule a client passes to every proof it checks ([`chainiac_skipchain::PolicyRule`]):
+/// a change away from a release policy must be a policy change (§11.4) that the old
+/// policy's root threshold signed, for this chain and exactly this transition. Chains
+/// whose policy is not a release policy (timelines, raw chains) have no rule to apply.
+pub fn policy_rule(chain: &chainiac_skipchain::ChainId, old: &[u8], new: &[u8], payload: &[u8]) -> Result<(), String> {
+    if Policy::from_bytes(old).is_err() {
+        return Ok(());
+    }
+    check_policy_change(&chain.0, old, Some(new), payload).map(|_| ()).map_err(|e| e.to_string())
+}
+
 /// How often a verifier agreed with the majority of the verifiers that attested the same
 /// releases: a verifier that keeps disagreeing is broken or compromised.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -97,7 +97,12 @@ fn proofs(quick: bool) {
             let trusted = if from == 0 {
                 genesis_state.clone()
             } else {
-                store::prove(&store, &chain, 0, from, false).unwrap().verify(&genesis_state).unwrap().into_inner().state
+                store::prove(&store, &chain, 0, from, false)
+                    .unwrap()
+                    .verify(&genesis_state, &chainiac_skipchain::any_policy)
+                    .unwrap()
+                    .into_inner()
+                    .state
             };
             let proof = store::prove(&store, &chain, from, to, false).unwrap();
             let bytes = proof.to_bytes();
@@ -105,7 +110,8 @@ fn proofs(quick: bool) {
             let mut times = Vec::with_capacity(runs);
             for _ in 0..runs {
                 let t = Instant::now();
-                let reached = Proof::from_bytes(&bytes).unwrap().verify(&trusted).unwrap();
+                let reached =
+                    Proof::from_bytes(&bytes).unwrap().verify(&trusted, &chainiac_skipchain::any_policy).unwrap();
                 times.push(t.elapsed());
                 assert_eq!(reached.state.index(), to);
             }

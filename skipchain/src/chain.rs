@@ -75,6 +75,8 @@ pub enum BlockError {
     Signature { index: u64, error: VerifyError },
     #[error("block {index} changes the committee without authority: {error}")]
     Authority { index: u64, error: AuthorityError },
+    #[error("block {index} changes the policy without authority: {reason}")]
+    PolicyAuthority { index: u64, reason: String },
 }
 
 /// A chain's verified state at one block: enough to check the next block, or a proof

@@ -32,7 +32,10 @@ pub mod timeline;
 pub use authority::{Appointment, Appointments, Approval, AuthorityError};
 pub use block::{Block, BlockId, ChainId, ChainParams, Committee, Header};
 pub use chain::{genesis, BlockError, ChainState, Proposal, Verified};
-pub use proof::{BackwardProof, CatchUp, LinkedProof, Proof, ProofError, ProofStep, StepHeader};
+pub use proof::{
+    any_policy, BackwardProof, CatchUp, LinkedProof, PolicyChanged, PolicyRule, Proof, ProofError, ProofStep,
+    StepHeader,
+};
 pub use store::{MemoryStore, Store, StoreError};
 
 /// Bytes that are not exactly one encoded value.

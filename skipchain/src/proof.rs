@@ -19,7 +19,30 @@ pub struct ProofStep {
     /// The committee the step's block appoints, with its approvals; left out (None) when
     /// the verifier holds that appointment.
     pub committee: Option<Appointment>,
-    pub policy: Option<Vec<u8>>,
+    /// The policy the step's block puts in force, with the block's payload (what authorizes
+    /// the change: the verifier's [`PolicyRule`] checks it).
+    pub policy: Option<PolicyChanged>,
+}
+
+/// A new policy as a proof carries it: the policy and the payload of the block that made
+/// the change (for a release chain, the root keys' signatures over the transition).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyChanged {
+    pub policy: Vec<u8>,
+    pub payload: Vec<u8>,
+}
+
+/// The layer above's rule for a policy change on `chain` from `old` to `new`, given the
+/// payload of the block that made it (the release layer checks the old policy's root
+/// signatures over the transition). A verifier passes it to every proof it checks, so a
+/// policy never changes on a committee's word alone. [`any_policy`] is the rule for chains
+/// whose policy means nothing to the verifier.
+pub type PolicyRule = dyn Fn(&ChainId, &[u8], &[u8], &[u8]) -> Result<(), String>;
+
+/// The rule that accepts every policy change: for chains whose policy is opaque to the
+/// verifier (tests, raw chains).
+pub fn any_policy(_: &ChainId, _: &[u8], _: &[u8], _: &[u8]) -> Result<(), String> {
+    Ok(())
 }
 
 /// A block header as a proof step carries it: without what the verifier already knows —
@@ -194,9 +217,9 @@ impl Proof {
     }
 
     /// Checks the proof hop by hop from `trusted` and returns the state at its last block.
-    /// An empty proof proves `trusted` itself.
-    pub fn verify(&self, trusted: &ChainState) -> Result<Verified<CatchUp>, ProofError> {
-        self.verify_with(trusted, &Appointments::default())
+    /// An empty proof proves `trusted` itself. `rule` checks every policy change.
+    pub fn verify(&self, trusted: &ChainState, rule: &PolicyRule) -> Result<Verified<CatchUp>, ProofError> {
+        self.verify_with(trusted, &Appointments::default(), rule)
     }
 
     /// The proof without the appointments `held` says the verifier already has, by
@@ -215,7 +238,12 @@ impl Proof {
     /// [`Proof::without_appointments`]) from `held`, by the committee hash the header names.
     /// A held appointment authorizes a change like a carried one: at least the outgoing
     /// committee's threshold of its members approved it, unexpired at the step's time.
-    pub fn verify_with(&self, trusted: &ChainState, held: &Appointments) -> Result<Verified<CatchUp>, ProofError> {
+    pub fn verify_with(
+        &self,
+        trusted: &ChainState,
+        held: &Appointments,
+        rule: &PolicyRule,
+    ) -> Result<Verified<CatchUp>, ProofError> {
         let mut state = trusted.clone();
         let mut checkpoints = Vec::new();
         let mut appointments = Vec::new();
@@ -223,7 +251,7 @@ impl Proof {
             let index = step.header.index;
             let last = hop + 1 == self.steps.len();
             let (next, appointed) =
-                hop_from(&state, step, last, held).map_err(|error| ProofError::Hop { hop, index, error })?;
+                hop_from(&state, step, last, held, rule).map_err(|error| ProofError::Hop { hop, index, error })?;
             state = next;
             appointments.extend(appointed);
             if state.is_checkpoint {
@@ -249,6 +277,7 @@ fn hop_from(
     step: &ProofStep,
     last: bool,
     held: &Appointments,
+    rule: &PolicyRule,
 ) -> Result<(ChainState, Option<Verified<Appointment>>), BlockError> {
     // The rebuilt header links back to `state` by construction (or is refused).
     let h = &step.header.header(state)?;
@@ -270,7 +299,17 @@ fn hop_from(
         _ => None,
     };
     let committee = step.committee.as_ref().map(|a| &a.committee).or(looked_up.map(|a| a.committee()));
-    check_carried(h, committee, step.policy.as_ref(), &state.header)?;
+    let policy = step.policy.as_ref().map(|p| &p.policy);
+    check_carried(h, committee, policy, &state.header)?;
+    // A change of policy needs what the layer above requires (root signatures), carried in
+    // the block's own payload.
+    if let Some(changed) = &step.policy {
+        if payload_hash(&changed.payload) != h.payload_hash {
+            return Err(BlockError::PayloadHash { index });
+        }
+        rule(&state.chain, &state.policy, &changed.policy, &changed.payload)
+            .map_err(|reason| BlockError::PolicyAuthority { index, reason })?;
+    }
     // A change of committee needs the outgoing committee's authority (crate::authority).
     let authority = |error| BlockError::Authority { index, error };
     let appointed = match (&step.committee, looked_up) {
@@ -294,7 +333,7 @@ fn hop_from(
         None if !last && h.committee_hash == state.header.committee_hash => {}
         None => return Err(BlockError::MissingSignature { index }),
     }
-    Ok((state.successor_of(h, id, committee, step.policy.as_ref()), appointed))
+    Ok((state.successor_of(h, id, committee, policy), appointed))
 }
 
 /// A catch-up proof for a block the verifier learned by id from a timeline block it has
@@ -322,8 +361,11 @@ pub struct LinkedProof {
     /// recorded committee descends from the trusted one by approvals
     /// ([`Appointments::lineage`]); empty otherwise.
     pub appointments: Vec<Appointment>,
-    /// The recorded block's policy, when it is not the trusted one's.
-    pub policy: Option<Vec<u8>>,
+    /// When the recorded block's policy is not the trusted one's: every policy the chain
+    /// put in force from the trusted block to the recorded one, in order, each with the
+    /// payload that authorized it (the verifier's [`PolicyRule`] checks each transition;
+    /// the last is the recorded block's). Empty otherwise.
+    pub policies: Vec<PolicyChanged>,
     /// Forward from the recorded block (or the trusted one, if that is later) to the head,
     /// with the last block's payload when asked for.
     pub beyond: Proof,
@@ -338,6 +380,7 @@ impl LinkedProof {
         trusted: &ChainState,
         recorded: (u64, BlockId),
         held: &Appointments,
+        rule: &PolicyRule,
     ) -> Result<Verified<CatchUp>, ProofError> {
         let (index, id) = recorded;
         let from = trusted.header.index;
@@ -351,7 +394,7 @@ impl LinkedProof {
                 i if i == from => !self.links.is_empty(),
                 _ => false,
             };
-            if links_wrong || !self.appointments.is_empty() || self.policy.is_some() {
+            if links_wrong || !self.appointments.is_empty() || !self.policies.is_empty() {
                 return Err(ProofError::LinksNotNeeded { recorded: index, trusted: from });
             }
             if index == from && id != trusted.id {
@@ -365,12 +408,12 @@ impl LinkedProof {
             }
             trusted.clone()
         } else {
-            let (state, carried) = self.link_down(trusted, index, id, held)?;
+            let (state, carried) = self.link_down(trusted, index, id, held, rule)?;
             linked_checkpoints = self.shown_checkpoints(trusted, &state);
             appointed = carried;
             state
         };
-        let mut caught = self.beyond.verify_with(&start, held)?.into_inner();
+        let mut caught = self.beyond.verify_with(&start, held, rule)?.into_inner();
         linked_checkpoints.append(&mut caught.checkpoints);
         caught.checkpoints = linked_checkpoints;
         appointed.append(&mut caught.appointments);
@@ -386,6 +429,7 @@ impl LinkedProof {
         index: u64,
         id: BlockId,
         held: &Appointments,
+        rule: &PolicyRule,
     ) -> Result<(ChainState, Vec<Verified<Appointment>>), ProofError> {
         let from = trusted.header.index;
         let Some(first) = self.links.first() else {
@@ -459,7 +503,21 @@ impl LinkedProof {
                 Some(found)
             }
         };
-        check_carried(&top, committee.as_ref(), self.policy.as_ref(), &trusted.header).map_err(state_error)?;
+        // The policies in force since the trusted block, each change checked by the rule
+        // (root signatures bind the chain and both policies' hashes, so the sequence needs
+        // no headers); the last must be the recorded block's.
+        let policy_changed = top.policy_hash != trusted.header.policy_hash;
+        if !policy_changed && !self.policies.is_empty() {
+            return Err(ProofError::LinksNotNeeded { recorded: index, trusted: from });
+        }
+        let mut policy: &[u8] = &trusted.policy;
+        for changed in &self.policies {
+            rule(&trusted.chain, policy, &changed.policy, &changed.payload)
+                .map_err(|reason| state_error(BlockError::PolicyAuthority { index, reason }))?;
+            policy = &changed.policy;
+        }
+        let carried_policy = self.policies.last().map(|p| &p.policy);
+        check_carried(&top, committee.as_ref(), carried_policy, &trusted.header).map_err(state_error)?;
         // The recorded block is a checkpoint when its hashes differ from its predecessor's,
         // which are those of the newest checkpoint before it (`previous_checkpoint`): the
         // trusted block's if that is not after it, else any link at or after it (no
@@ -484,7 +542,7 @@ impl LinkedProof {
             params: trusted.params,
             id,
             committee: committee.map_or_else(|| trusted.committee.clone(), std::sync::Arc::new),
-            policy: self.policy.as_ref().map_or_else(|| trusted.policy.clone(), |p| std::sync::Arc::new(p.clone())),
+            policy: carried_policy.map_or_else(|| trusted.policy.clone(), |p| std::sync::Arc::new(p.clone())),
             header: top,
             is_checkpoint,
         };

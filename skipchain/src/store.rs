@@ -5,7 +5,9 @@
 
 use crate::block::{Block, BlockId, ChainId, ChainParams, Header};
 use crate::chain::{BlockError, ChainState, Verified};
-use crate::proof::{backward_path, forward_path, BackwardProof, LinkedProof, Proof, ProofStep, StepHeader};
+use crate::proof::{
+    backward_path, forward_path, BackwardProof, LinkedProof, PolicyChanged, Proof, ProofStep, StepHeader,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
@@ -251,13 +253,15 @@ fn prove_along<S: Store>(
         let signature = need(block.signature, || format!("block {index} has no signature"))?;
         // Only committee changes and the target keep their signature (`ProofStep`).
         let signature = (index == to || block.committee.is_some()).then_some(signature);
+        // A policy change travels with the payload that authorizes it.
+        let policy = block.policy.map(|policy| PolicyChanged { policy, payload: block.payload.clone() });
         if index == to && with_payload {
             payload = Some(block.payload);
         }
         let previous_header = previous.as_ref().expect("read when the path is not empty");
         let header =
             StepHeader::new(&block.header, previous_header, implied_level(params, previous_header.index, index));
-        steps.push(ProofStep { header, signature, committee: block.committee, policy: block.policy });
+        steps.push(ProofStep { header, signature, committee: block.committee, policy });
         previous = Some(block.header);
     }
     if with_payload && from == to {
@@ -317,7 +321,7 @@ pub fn prove_linked<S: Store>(
     }
     let beyond = prove(store, chain, start, to, with_payload)?;
     if recorded == from || recorded == 0 {
-        return Ok(LinkedProof { links: Vec::new(), appointments: Vec::new(), policy: None, beyond });
+        return Ok(LinkedProof { links: Vec::new(), appointments: Vec::new(), policies: Vec::new(), beyond });
     }
     let params = store.head(chain).map_err(StoreError::Backend)?.expect("head read above").params;
     let trusted = read_block(store, chain, from, head)?.header;
@@ -327,7 +331,7 @@ pub fn prove_linked<S: Store>(
         let mut path = backward_path(&params, from, recorded);
         path.pop();
         let links = link_headers(store, chain, head, &params, &trusted, &path, recorded)?;
-        return Ok(LinkedProof { links, appointments: Vec::new(), policy: None, beyond });
+        return Ok(LinkedProof { links, appointments: Vec::new(), policies: Vec::new(), beyond });
     }
     let mut path = vec![recorded];
     path.extend(backward_path(&params, recorded, from));
@@ -335,30 +339,26 @@ pub fn prove_linked<S: Store>(
     let links = link_headers(store, chain, head, &params, &trusted, &path, from)?;
     let top = read_block(store, chain, recorded, head)?.header;
     // Hashes change only at checkpoints: every committee change in (from, recorded] goes
-    // in (the verifier checks the lineage), and the newest one that carries a policy
-    // carries the one in force at `recorded`.
+    // in (the verifier checks the lineage), and every policy change with the payload that
+    // authorized it (the verifier checks each transition).
     let mut appointments = Vec::new();
-    let mut policy = None;
+    let mut policies = Vec::new();
     let need_committee = top.committee_hash != trusted.committee_hash;
     let need_policy = top.policy_hash != trusted.policy_hash;
     if need_committee || need_policy {
         let mut checkpoints = store.checkpoints(chain, from, recorded).map_err(StoreError::Backend)?;
         checkpoints.push(recorded);
-        for index in checkpoints.into_iter().rev() {
+        for index in checkpoints {
             let block = read_block(store, chain, index, head)?;
             if need_committee {
                 appointments.extend(block.committee.filter(|a| !held(&a.digest())));
             }
-            if need_policy && policy.is_none() {
-                policy = block.policy.filter(|p| crate::block::policy_hash(p) == top.policy_hash);
-            }
-            if !need_committee && policy.is_some() {
-                break;
+            if need_policy {
+                policies.extend(block.policy.map(|policy| PolicyChanged { policy, payload: block.payload }));
             }
         }
-        appointments.reverse();
     }
-    Ok(LinkedProof { links, appointments, policy, beyond })
+    Ok(LinkedProof { links, appointments, policies, beyond })
 }
 
 /// The backward proof from block `from` down to block `to` (`to <= from`).

@@ -602,6 +602,7 @@ impl TimelineChanges {
         trusted: &ChainState,
         held: &crate::authority::Appointments,
         watched: &[ChainId],
+        rule: &crate::proof::PolicyRule,
     ) -> Result<Verified<SeenChanges>, ChangesError> {
         let prefixes: std::collections::HashSet<ChainPrefix> = watched.iter().map(chain_prefix).collect();
         let watched: std::collections::HashSet<&ChainId> = watched.iter().collect();
@@ -615,7 +616,7 @@ impl TimelineChanges {
                 return Err(ChangesError::NotEveryBlock { step, index: s.header.index, expected });
             }
         }
-        let caught = self.proof.verify_with(trusted, held)?.into_inner();
+        let caught = self.proof.verify_with(trusted, held, rule)?.into_inner();
         // The steps' headers are now proven: each entry must be its block's payload.
         let mut moved = BTreeMap::new();
         for (s, block) in steps.iter().zip(&self.blocks) {

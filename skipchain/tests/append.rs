@@ -155,7 +155,7 @@ fn a_proof_that_skips_a_checkpoint_is_refused() {
         }],
         payload: None,
     };
-    let err = skipping.verify(&chain.genesis_state()).unwrap_err();
+    let err = skipping.verify(&chain.genesis_state(), &common::policy_rule).unwrap_err();
     assert!(
         matches!(err, ProofError::Hop { hop: 0, index: 4, error: BlockError::SkippedCheckpoint { checkpoint: 3, .. } }),
         "{err}"
@@ -163,7 +163,7 @@ fn a_proof_that_skips_a_checkpoint_is_refused() {
     let honest = store::prove(&chain.store, &chain.chain, 0, 4, false).unwrap();
     let indices: Vec<u64> = honest.steps.iter().map(|s| s.header.index).collect();
     assert_eq!(indices, [2, 3, 4]);
-    let reached = honest.verify(&chain.genesis_state()).unwrap();
+    let reached = honest.verify(&chain.genesis_state(), &common::policy_rule).unwrap();
     assert_eq!(reached.checkpoints, [3]);
     assert_eq!(*reached.state.policy, common::policy(1));
 }

@@ -136,12 +136,12 @@ fn proofs_check_every_appointment_carried_or_held() {
     let head = chain.head().index();
     let genesis = chain.genesis_state();
     let honest = store::prove(&chain.store, &chain.chain, 0, head, true).unwrap();
-    let caught = honest.verify(&genesis).unwrap().into_inner();
+    let caught = honest.verify(&genesis, &common::policy_rule).unwrap().into_inner();
     assert_eq!(caught.appointments.len(), 1);
     let k = honest.steps.iter().position(|s| s.committee.is_some()).unwrap();
     let mut forged = honest.clone();
     forged.steps[k].committee.as_mut().unwrap().approvals.truncate(1);
-    let err = forged.verify(&genesis).unwrap_err();
+    let err = forged.verify(&genesis, &common::policy_rule).unwrap_err();
     assert!(
         matches!(
             err,
@@ -156,13 +156,13 @@ fn proofs_check_every_appointment_carried_or_held() {
     let lean = honest.clone().without_appointments(|_| true);
     let mut held = Appointments::default();
     held.hold(caught.appointments[0].clone());
-    assert_eq!(lean.verify_with(&genesis, &held).unwrap().state.id, caught.state.id);
+    assert_eq!(lean.verify_with(&genesis, &held, &common::policy_rule).unwrap().state.id, caught.state.id);
     let mut rng = ChaCha20Rng::seed_from_u64(9);
     let other = TestCommittee::new(4, 3, &mut rng);
     let elsewhere = other.appoint(caught.appointments[0].committee(), 4, u64::MAX).verify().unwrap();
     let mut foreign = Appointments::default();
     foreign.hold(elsewhere);
-    let err = lean.verify_with(&genesis, &foreign).unwrap_err();
+    let err = lean.verify_with(&genesis, &foreign, &common::policy_rule).unwrap_err();
     assert!(
         matches!(
             err,
@@ -189,11 +189,12 @@ fn linked_proofs_check_the_lineage_of_the_recorded_committee() {
     let genesis = chain.genesis_state();
     let proof = store::prove_linked(&chain.store, &chain.chain, 0, head, head, true, |_| false).unwrap();
     assert_eq!(proof.appointments.len(), 2, "both changes");
-    let caught = proof.verify_with(&genesis, (head, id), &Appointments::default()).unwrap().into_inner();
+    let caught =
+        proof.verify_with(&genesis, (head, id), &Appointments::default(), &common::policy_rule).unwrap().into_inner();
     assert_eq!(caught.state.committee.hash(), chain.head().committee.hash());
     // Without the first appointment, nothing shows the second committee's authority.
     let cut = LinkedProof { appointments: proof.appointments[1..].to_vec(), ..proof.clone() };
-    let err = cut.verify_with(&genesis, (head, id), &Appointments::default()).unwrap_err();
+    let err = cut.verify_with(&genesis, (head, id), &Appointments::default(), &common::policy_rule).unwrap_err();
     assert!(
         matches!(
             err,
@@ -204,13 +205,13 @@ fn linked_proofs_check_the_lineage_of_the_recorded_committee() {
     // Held, the first may be left out; the prover leaves out exactly what is named.
     let mut held = Appointments::default();
     held.hold(caught.appointments[0].clone());
-    cut.verify_with(&genesis, (head, id), &held).unwrap();
+    cut.verify_with(&genesis, (head, id), &held, &common::policy_rule).unwrap();
     let lean = store::prove_linked(&chain.store, &chain.chain, 0, head, head, true, |h| held.holds(h)).unwrap();
     assert_eq!(lean, cut);
     // A forged approval anywhere in the lineage is refused.
     let mut forged = proof.clone();
     forged.appointments[0].approvals[0].signature[0] ^= 1;
-    let err = forged.verify_with(&genesis, (head, id), &Appointments::default()).unwrap_err();
+    let err = forged.verify_with(&genesis, (head, id), &Appointments::default(), &common::policy_rule).unwrap_err();
     assert!(
         matches!(
             err,
@@ -241,7 +242,8 @@ fn only_appointments_with_authority_are_held_and_they_are_named_by_digest() {
     let mut rng = ChaCha20Rng::seed_from_u64(10);
     let stranger = TestCommittee::new(4, 3, &mut rng);
     proof.appointments.push(Appointment::anchor(stranger.committee.clone()));
-    let caught = proof.verify_with(&genesis, (head, id), &Appointments::default()).unwrap().into_inner();
+    let caught =
+        proof.verify_with(&genesis, (head, id), &Appointments::default(), &common::policy_rule).unwrap().into_inner();
     let held: Vec<[u8; 32]> = caught.appointments.iter().map(|a| a.committee().hash()).collect();
     assert_eq!(held, vec![chain.head().committee.hash()], "the extra appointment is not held");
 
@@ -273,6 +275,59 @@ fn only_appointments_with_authority_are_held_and_they_are_named_by_digest() {
         assert_eq!(held.approvals.len(), 4);
         held.authorizes(&signer.committee, &chain.chain, 150).unwrap();
     }
+}
+
+/// A policy change is taken only with the payload that authorizes it, checked by the
+/// verifier's rule (the release layer's root signatures), in forward and linked proofs
+/// alike: a committee that signs a policy change its root keys did not is refused by
+/// every client, whoever serves the proof.
+#[test]
+fn proofs_check_every_policy_change_with_the_verifiers_rule() {
+    let mut chain = chain_of(4, 2, 7);
+    chain.push(None, true, 0);
+    chain.push(None, false, 0);
+    chain.push(None, true, 0);
+    chain.push(None, false, 0);
+    // Block 7: a policy change the committee signs without its authorization.
+    let head = chain.head();
+    let proposal = chainiac_skipchain::Proposal {
+        kind: 1,
+        payload: b"no authority at all".to_vec(),
+        timestamp_ms: head.header.timestamp_ms + 1,
+        committee: None,
+        policy: Some(common::policy(9)),
+    };
+    let store = &chain.store;
+    let id = chain.chain;
+    let mut forged = head.propose(proposal, |i| store.block_id(&id, i).unwrap()).unwrap();
+    forged.signature = Some(chain.signer.sign(&forged.id().0, 0, &mut chain.rng));
+    store::append(&chain.store, &forged).unwrap();
+    let genesis = chain.genesis_state();
+    let rule = &common::policy_rule;
+    // Up to block 6 both changes verify; block 7's is refused.
+    let honest = store::prove(&chain.store, &chain.chain, 0, 6, true).unwrap();
+    assert_eq!(*honest.verify(&genesis, rule).unwrap().state.policy, common::policy(2));
+    let proof = store::prove(&chain.store, &chain.chain, 0, 7, true).unwrap();
+    let err = proof.verify(&genesis, rule).unwrap_err();
+    assert!(matches!(err, ProofError::Hop { index: 7, error: BlockError::PolicyAuthority { .. }, .. }), "{err}");
+    // A carried payload other than the block's is refused by its hash.
+    let mut swapped = honest.clone();
+    let k = swapped.steps.iter().position(|s| s.policy.is_some()).unwrap();
+    swapped.steps[k].policy.as_mut().unwrap().payload = b"authorizes anything".to_vec();
+    let err = swapped.verify(&genesis, rule).unwrap_err();
+    assert!(matches!(err, ProofError::Hop { error: BlockError::PayloadHash { .. }, .. }), "{err}");
+    // Linked: every change since the trusted block comes with its payload, in order.
+    let id_at = |i: u64| chain.store.block_id(&chain.chain, i).unwrap().unwrap();
+    let linked = store::prove_linked(&chain.store, &chain.chain, 0, 6, 6, true, |_| false).unwrap();
+    assert_eq!(linked.policies.len(), 2);
+    let none = Appointments::default();
+    assert_eq!(*linked.verify_with(&genesis, (6, id_at(6)), &none, rule).unwrap().state.policy, common::policy(2));
+    let cut = LinkedProof { policies: linked.policies[1..].to_vec(), ..linked.clone() };
+    let err = cut.verify_with(&genesis, (6, id_at(6)), &none, rule).unwrap_err();
+    assert!(matches!(err, ProofError::LinkState { error: BlockError::PolicyAuthority { .. }, .. }), "{err}");
+    let forged_linked = store::prove_linked(&chain.store, &chain.chain, 0, 7, 7, true, |_| false).unwrap();
+    let err = forged_linked.verify_with(&genesis, (7, id_at(7)), &none, rule).unwrap_err();
+    assert!(matches!(err, ProofError::LinkState { error: BlockError::PolicyAuthority { .. }, .. }), "{err}");
 }
 
 fn roster(keys: &[SecretKey]) -> Roster {

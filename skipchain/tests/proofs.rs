@@ -62,7 +62,7 @@ fn build_chain(base: u8, len: u64, change_per_mille: u32, seed: u64) -> (TestCha
 
 fn state_at(chain: &TestChain<MemoryStore>, index: u64) -> ChainState {
     let proof = store::prove(&chain.store, &chain.chain, 0, index, false).unwrap();
-    proof.verify(&chain.genesis_state()).unwrap().into_inner().state
+    proof.verify(&chain.genesis_state(), &common::policy_rule).unwrap().into_inner().state
 }
 
 proptest! {
@@ -92,7 +92,7 @@ proptest! {
         for (i, j) in pairs {
             let trusted = state_at(&chain, i);
             let proof = store::prove(&chain.store, &chain.chain, i, j, true).unwrap();
-            let caught = proof.verify(&trusted).unwrap();
+            let caught = proof.verify(&trusted, &common::policy_rule).unwrap();
             prop_assert_eq!(caught.state.index(), j);
             prop_assert_eq!(Some(caught.state.id), chain.store.block_id(&chain.chain, j).unwrap());
             prop_assert_eq!(caught.payload.clone(), Some(chain.store.block(&chain.chain, j).unwrap().unwrap().payload));
@@ -127,17 +127,17 @@ proptest! {
     ) {
         let (chain, _) = build_chain(base, len, 60, seed);
         let full = store::prove(&chain.store, &chain.chain, 0, len, true).unwrap();
-        let expected = full.verify(&chain.genesis_state()).unwrap().into_inner();
+        let expected = full.verify(&chain.genesis_state(), &common::policy_rule).unwrap().into_inner();
         let lean = full.clone().without_appointments(|_| true);
         prop_assert!(lean.steps.iter().all(|s| s.committee.is_none()));
         prop_assert!(lean.to_bytes().len() <= full.to_bytes().len());
         let mut held = Appointments::default();
         expected.appointments.iter().cloned().for_each(|a| held.hold(a));
-        let reached = lean.verify_with(&chain.genesis_state(), &held).unwrap().into_inner();
+        let reached = lean.verify_with(&chain.genesis_state(), &held, &common::policy_rule).unwrap().into_inner();
         prop_assert_eq!(&reached.state, &expected.state);
         prop_assert!(reached.appointments.is_empty(), "nothing carried");
         if !expected.appointments.is_empty() {
-            let missing = lean.verify(&chain.genesis_state());
+            let missing = lean.verify(&chain.genesis_state(), &common::policy_rule);
             prop_assert!(
                 matches!(missing, Err(chainiac_skipchain::ProofError::Hop { error: chainiac_skipchain::BlockError::MissingCommittee { .. }, .. })),
                 "{:?}", missing
@@ -174,9 +174,9 @@ proptest! {
             prop_assert_eq!(names_hashes, checkpoints.contains(&step.header.index));
             let mut wrong = Proof { steps: proof.steps[..=k].to_vec(), payload: None };
             wrong.steps[k].header.committee_hash = Some([7; 32]);
-            prop_assert!(wrong.verify(&chain.genesis_state()).is_err());
+            prop_assert!(wrong.verify(&chain.genesis_state(), &common::policy_rule).is_err());
             state = Proof { steps: proof.steps[..=k].to_vec(), payload: None }
-                .verify(&chain.genesis_state())
+                .verify(&chain.genesis_state(), &common::policy_rule)
                 .unwrap()
                 .into_inner()
                 .state;
@@ -196,11 +196,11 @@ proptest! {
         let trusted = state_at(&chain, i);
         let proof = store::prove(&chain.store, &chain.chain, i, len, true).unwrap();
         let bytes = proof.to_bytes();
-        prop_assert!(Proof::from_bytes(&bytes).unwrap().verify(&trusted).is_ok());
+        prop_assert!(Proof::from_bytes(&bytes).unwrap().verify(&trusted, &common::policy_rule).is_ok());
         for position in 0..bytes.len() {
             let mut tampered = bytes.clone();
             tampered[position] ^= 1 << (rng.next_u32() % 8);
-            let accepted = Proof::from_bytes(&tampered).ok().and_then(|p| p.verify(&trusted).ok());
+            let accepted = Proof::from_bytes(&tampered).ok().and_then(|p| p.verify(&trusted, &common::policy_rule).ok());
             prop_assert!(accepted.is_none(), "byte {} of {} changed and the proof still verified", position, bytes.len());
         }
     }
@@ -260,7 +260,7 @@ proptest! {
             let expected = state_at(&chain, j);
             let proof = store::prove_linked(&chain.store, &chain.chain, i, r, j, true, |_| false).unwrap();
             let none = Appointments::default();
-            let caught = proof.verify_with(&trusted, (r, id_at(r)), &none).unwrap().into_inner();
+            let caught = proof.verify_with(&trusted, (r, id_at(r)), &none, &common::policy_rule).unwrap().into_inner();
             prop_assert_eq!(caught.state.id, expected.id);
             prop_assert_eq!(&caught.state.header, &expected.header);
             prop_assert_eq!(&caught.state.committee, &expected.committee);
@@ -285,7 +285,7 @@ proptest! {
                 let bound = 2 * (base as u64 - 1) * ceil_log(base as u64, r - i + 1) + 1;
                 prop_assert!(proof.links.len() as u64 <= bound, "{} links from {} to {}", proof.links.len(), i, r);
             } else {
-                prop_assert!(proof.appointments.is_empty() && proof.policy.is_none());
+                prop_assert!(proof.appointments.is_empty() && proof.policies.is_empty());
                 // Below the trusted block: the links between the two show the recorded block is
                 // its ancestor (none when the trusted block links to it directly).
                 let between = if r == i || r == 0 { 0 } else { backward_path(&trusted.params, i, r).len() - 1 };
@@ -296,7 +296,7 @@ proptest! {
                     // Below the trusted block the verifier cannot tell bad links from a
                     // fork (links are the prover's): fork evidence only where the trusted
                     // header links to the recorded index itself, or it is the genesis.
-                    let forked = proof.verify_with(&trusted, (r, BlockId([9; 32])), &none);
+                    let forked = proof.verify_with(&trusted, (r, BlockId([9; 32])), &none, &common::policy_rule);
                     if r == 0 || proof.links.is_empty() {
                         prop_assert!(matches!(forked, Err(ProofError::Fork { .. })), "{:?}", forked);
                     } else {
@@ -304,53 +304,53 @@ proptest! {
                     }
                     if r > 0 && !proof.links.is_empty() {
                         let bare = LinkedProof { links: vec![], ..proof.clone() };
-                        let refused = bare.verify_with(&trusted, (r, id_at(r)), &none);
+                        let refused = bare.verify_with(&trusted, (r, id_at(r)), &none, &common::policy_rule);
                         prop_assert!(matches!(refused, Err(ProofError::LinksBelow { .. })), "{:?}", refused);
                         let mut bent = proof.clone();
                         bent.links.last_mut().unwrap().timestamp_ms ^= 1;
-                        prop_assert!(bent.verify_with(&trusted, (r, id_at(r)), &none).is_err());
+                        prop_assert!(bent.verify_with(&trusted, (r, id_at(r)), &none, &common::policy_rule).is_err());
                         let mut cut = proof.clone();
                         cut.links.pop();
-                        prop_assert!(cut.verify_with(&trusted, (r, id_at(r)), &none).is_err());
+                        prop_assert!(cut.verify_with(&trusted, (r, id_at(r)), &none, &common::policy_rule).is_err());
                     }
                 }
             }
             // The timeline names another block: refused.
             if r > i {
                 if r > i + 1 {
-                    let wrong_index = proof.verify_with(&trusted, (r - 1, id_at(r)), &none);
+                    let wrong_index = proof.verify_with(&trusted, (r - 1, id_at(r)), &none, &common::policy_rule);
                     prop_assert!(matches!(wrong_index, Err(ProofError::LinkTop { .. })), "{:?}", wrong_index);
                 }
-                let wrong_id = proof.verify_with(&trusted, (r, BlockId([9; 32])), &none);
+                let wrong_id = proof.verify_with(&trusted, (r, BlockId([9; 32])), &none, &common::policy_rule);
                 prop_assert!(matches!(wrong_id, Err(ProofError::LinkId { .. })), "{:?}", wrong_id);
                 let mut cut = proof.clone();
                 cut.links.pop();
-                prop_assert!(cut.verify_with(&trusted, (r, id_at(r)), &none).is_err(), "a cut link is refused");
+                prop_assert!(cut.verify_with(&trusted, (r, id_at(r)), &none, &common::policy_rule).is_err(), "a cut link is refused");
                 if proof.links.len() > 2 {
                     let mut swapped = proof.clone();
                     swapped.links.swap(1, 2);
-                    prop_assert!(swapped.verify_with(&trusted, (r, id_at(r)), &none).is_err());
+                    prop_assert!(swapped.verify_with(&trusted, (r, id_at(r)), &none, &common::policy_rule).is_err());
                 }
                 // Its appointments left out verify only when held.
                 if !proof.appointments.is_empty() {
                     let lean = LinkedProof { appointments: vec![], ..proof.clone() };
-                    let missing = lean.verify_with(&trusted, (r, id_at(r)), &none);
+                    let missing = lean.verify_with(&trusted, (r, id_at(r)), &none, &common::policy_rule);
                     prop_assert!(matches!(missing, Err(ProofError::LinkState { .. })), "{:?}", missing);
                     let mut held = Appointments::default();
                     caught.appointments.iter().cloned().for_each(|a| held.hold(a));
-                    let relinked = lean.verify_with(&trusted, (r, id_at(r)), &held).unwrap();
+                    let relinked = lean.verify_with(&trusted, (r, id_at(r)), &held, &common::policy_rule).unwrap();
                     prop_assert_eq!(relinked.state.id, expected.id);
                     let lean_built = store::prove_linked(&chain.store, &chain.chain, i, r, j, true, |h| held.holds(h)).unwrap();
                     prop_assert_eq!(lean_built, lean);
                 }
             } else if r == i {
-                let fork = proof.verify_with(&trusted, (r, BlockId([9; 32])), &none);
+                let fork = proof.verify_with(&trusted, (r, BlockId([9; 32])), &none, &common::policy_rule);
                 prop_assert!(matches!(fork, Err(ProofError::Fork { .. })), "{:?}", fork);
             }
             if r > i && r > 0 {
                 let not_needed = store::prove_linked(&chain.store, &chain.chain, i, r, j, true, |_| false).unwrap();
                 let later = state_at(&chain, r);
-                let refused = not_needed.verify_with(&later, (r, id_at(r)), &none);
+                let refused = not_needed.verify_with(&later, (r, id_at(r)), &none, &common::policy_rule);
                 prop_assert!(matches!(refused, Err(ProofError::LinksNotNeeded { .. })), "{:?}", refused);
             }
         }
@@ -359,7 +359,7 @@ proptest! {
         let i = rng.next_u64() % len;
         let trusted = state_at(&chain, i);
         let full = store::prove_linked(&chain.store, &chain.chain, i, len, len, true, |_| false).unwrap();
-        let reached = full.verify_with(&trusted, (len, id_at(len)), &Appointments::default()).unwrap().into_inner();
+        let reached = full.verify_with(&trusted, (len, id_at(len)), &Appointments::default(), &common::policy_rule).unwrap().into_inner();
         let mut held = Appointments::default();
         reached.appointments.iter().cloned().for_each(|a| held.hold(a));
         let proof = store::prove_linked(&chain.store, &chain.chain, i, len, len, true, |h| held.holds(h)).unwrap();
@@ -369,21 +369,21 @@ proptest! {
             tampered[position] ^= 1 << (rng.next_u32() % 8);
             let accepted = chainiac_skipchain::decode_exact::<LinkedProof>(&tampered)
                 .ok()
-                .and_then(|p| p.verify_with(&trusted, (len, id_at(len)), &held).ok());
+                .and_then(|p| p.verify_with(&trusted, (len, id_at(len)), &held, &common::policy_rule).ok());
             prop_assert!(accepted.is_none(), "byte {} of {} changed and the linked proof still verified", position, bytes.len());
         }
         if let Some(first) = full.appointments.first() {
             let only = LinkedProof { appointments: vec![first.clone()], ..proof.clone() };
             let mut rest = Appointments::default();
             reached.appointments.iter().skip(1).cloned().for_each(|a| rest.hold(a));
-            prop_assert!(only.verify_with(&trusted, (len, id_at(len)), &rest).is_ok());
+            prop_assert!(only.verify_with(&trusted, (len, id_at(len)), &rest, &common::policy_rule).is_ok());
             let bytes = postcard::to_allocvec(first).unwrap();
             for position in 0..bytes.len() {
                 let mut tampered = bytes.clone();
                 tampered[position] ^= 1 << (rng.next_u32() % 8);
                 let Ok(appointment) = chainiac_skipchain::decode_exact::<chainiac_skipchain::Appointment>(&tampered) else { continue };
                 let forged = LinkedProof { appointments: vec![appointment], ..proof.clone() };
-                let accepted = forged.verify_with(&trusted, (len, id_at(len)), &rest).is_ok();
+                let accepted = forged.verify_with(&trusted, (len, id_at(len)), &rest, &common::policy_rule).is_ok();
                 prop_assert!(!accepted, "byte {} of the appointment changed and the linked proof still verified", position);
             }
         }
@@ -409,7 +409,7 @@ proptest! {
         let i = rng.next_u64() % len;
         let trusted = state_at(&chain, i);
         let proof = store::prove(&chain.store, &chain.chain, i, len, false).unwrap();
-        let expected = proof.verify(&trusted).unwrap().into_inner();
+        let expected = proof.verify(&trusted, &common::policy_rule).unwrap().into_inner();
         let (last, rest) = proof.steps.split_last().unwrap();
         prop_assert!(last.signature.is_some());
         for step in rest {
@@ -420,21 +420,21 @@ proptest! {
         for step in &mut full.steps {
             step.signature = chain.store.block(&chain.chain, step.header.index).unwrap().unwrap().signature;
         }
-        prop_assert_eq!(full.verify(&trusted).unwrap().into_inner(), expected);
+        prop_assert_eq!(full.verify(&trusted, &common::policy_rule).unwrap().into_inner(), expected);
         // Cut after an unsigned step: its block is vouched for by nobody.
         if let Some(k) = rest.iter().position(|s| s.signature.is_none()) {
             let cut = Proof { steps: proof.steps[..=k].to_vec(), payload: None };
-            let refused = cut.verify(&trusted);
+            let refused = cut.verify(&trusted, &common::policy_rule);
             prop_assert!(matches!(refused, Err(ProofError::Hop { error: BlockError::MissingSignature { .. }, .. })), "{:?}", refused);
         }
         // A committee change without its signature.
         if let Some(k) = proof.steps.iter().position(|s| s.committee.is_some()) {
             let mut unsigned = proof.clone();
             unsigned.steps[k].signature = None;
-            prop_assert!(unsigned.verify(&trusted).is_err());
+            prop_assert!(unsigned.verify(&trusted, &common::policy_rule).is_err());
         }
         let mut unsigned_last = proof.clone();
         unsigned_last.steps.last_mut().unwrap().signature = None;
-        prop_assert!(unsigned_last.verify(&trusted).is_err());
+        prop_assert!(unsigned_last.verify(&trusted, &common::policy_rule).is_err());
     }
 }

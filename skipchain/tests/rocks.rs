@@ -46,7 +46,7 @@ fn ten_thousand_synced_appends_survive_a_reopen() {
     assert_eq!(revalidate(&store, &chain_id), 10_000);
     assert_eq!(store.checkpoints(&chain_id, 0, 10_001).unwrap(), vec![1_001, 3_501, 6_001, 8_501]);
     let proof = store::prove(&store, &chain_id, 0, 10_000, true).unwrap();
-    let reached = proof.verify(&genesis_state).unwrap();
+    let reached = proof.verify(&genesis_state, &common::policy_rule).unwrap();
     assert_eq!(reached.state.id, head_id);
     assert_eq!(reached.checkpoints, vec![1_001, 3_501, 6_001, 8_501]);
 }

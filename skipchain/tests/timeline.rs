@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashSet};
 
 fn state_at(chain: &TestChain<MemoryStore>, index: u64) -> ChainState {
     let proof = store::prove(&chain.store, &chain.chain, 0, index, false).unwrap();
-    proof.verify(&chain.genesis_state()).unwrap().into_inner().state
+    proof.verify(&chain.genesis_state(), &common::policy_rule).unwrap().into_inner().state
 }
 
 /// Chain `k`; every third one (k ≡ 2 mod 3) shares the prefix of the one before, so
@@ -125,7 +125,7 @@ proptest! {
         let trusted = state_at(&chain, from);
         let watched: Vec<BlockId> = (0..64).filter(|c| watch >> c & 1 == 1).map(chain_id).collect();
         let answer = changes_from(&chain, &lists, from, &watched);
-        let seen = answer.verify_with(&trusted, &Appointments::default(), &watched).unwrap().into_inner();
+        let seen = answer.verify_with(&trusted, &Appointments::default(), &watched, &common::policy_rule).unwrap().into_inner();
         prop_assert_eq!(seen.caught.state.index(), blocks);
         prop_assert_eq!(seen.entry.as_ref().map(|e| e.root), (from < blocks).then(|| sets[blocks as usize].root()));
         let newest = &sets[blocks as usize];
@@ -145,7 +145,7 @@ proptest! {
         }
         // Whole lists: watching every chain shows every move.
         let everyone: Vec<BlockId> = (0..256).map(chain_id).collect();
-        let whole = changes_from(&chain, &lists, from, &everyone).verify_with(&trusted, &Appointments::default(), &everyone).unwrap().into_inner();
+        let whole = changes_from(&chain, &lists, from, &everyone).verify_with(&trusted, &Appointments::default(), &everyone, &common::policy_rule).unwrap().into_inner();
         let all_moves: BTreeMap<BlockId, HeadLeaf> =
             newest.changes_since(&sets[from as usize]).into_iter().map(|l| (l.chain, l)).collect();
         prop_assert_eq!(whole.moved, all_moves);
@@ -155,17 +155,17 @@ proptest! {
             if !answer.blocks[k].opened.is_empty() {
                 let mut dropped = answer.clone();
                 dropped.blocks[k].opened.pop();
-                let refused = dropped.verify_with(&trusted, &Appointments::default(), &watched);
+                let refused = dropped.verify_with(&trusted, &Appointments::default(), &watched, &common::policy_rule);
                 prop_assert!(matches!(refused, Err(ChangesError::Opened { .. })), "{:?}", refused);
                 // A watched leaf hidden by bending its prefix: the entry no longer matches.
                 let mut hidden = answer.clone();
                 let j = hidden.blocks[k].prefixes.iter().position(|p| prefixes.contains(p)).unwrap();
                 hidden.blocks[k].prefixes[j][3] ^= 0x80;
                 hidden.blocks[k].opened.remove(0);
-                prop_assert!(hidden.verify_with(&trusted, &Appointments::default(), &watched).is_err());
+                prop_assert!(hidden.verify_with(&trusted, &Appointments::default(), &watched, &common::policy_rule).is_err());
                 let mut moved = answer.clone();
                 moved.blocks[k].opened[0].index += 1;
-                let refused = moved.verify_with(&trusted, &Appointments::default(), &watched);
+                let refused = moved.verify_with(&trusted, &Appointments::default(), &watched, &common::policy_rule);
                 prop_assert!(matches!(refused, Err(ChangesError::ChangesHash { .. })), "{:?}", refused);
             }
             // A client watching one more chain that moved in a block refuses an answer made
@@ -173,16 +173,16 @@ proptest! {
             if let Some(extra) = lists[from as usize + 1 + k].iter().find(|l| !prefixes.contains(&chain_prefix(&l.chain))) {
                 let mut more = watched.clone();
                 more.push(extra.chain);
-                let refused = answer.verify_with(&trusted, &Appointments::default(), &more);
+                let refused = answer.verify_with(&trusted, &Appointments::default(), &more, &common::policy_rule);
                 prop_assert!(matches!(refused, Err(ChangesError::Opened { .. })), "{:?}", refused);
             }
             let mut forged = answer.clone();
             forged.blocks[k].entry.chains += 1;
-            let refused = forged.verify_with(&trusted, &Appointments::default(), &watched);
+            let refused = forged.verify_with(&trusted, &Appointments::default(), &watched, &common::policy_rule);
             prop_assert!(matches!(refused, Err(ChangesError::EntryHash { .. })), "{:?}", refused);
             let mut short = answer.clone();
             short.blocks.pop();
-            let refused = short.verify_with(&trusted, &Appointments::default(), &watched);
+            let refused = short.verify_with(&trusted, &Appointments::default(), &watched, &common::policy_rule);
             prop_assert!(matches!(refused, Err(ChangesError::Count { .. })), "{:?}", refused);
             // A forward proof that skips blocks proves the head but not every entry.
             let skipping = TimelineChanges {
@@ -190,7 +190,7 @@ proptest! {
                 blocks: answer.blocks.clone(),
             };
             if skipping.proof.steps.len() as u64 != blocks - from {
-                let refused = skipping.verify_with(&trusted, &Appointments::default(), &watched);
+                let refused = skipping.verify_with(&trusted, &Appointments::default(), &watched, &common::policy_rule);
                 prop_assert!(matches!(refused, Err(ChangesError::Count { .. } | ChangesError::NotEveryBlock { .. })), "{:?}", refused);
             }
         }
@@ -203,7 +203,7 @@ proptest! {
             tampered[position] ^= 1 << (rng.next_u32() % 8);
             let accepted = chainiac_skipchain::decode_exact::<TimelineChanges>(&tampered)
                 .ok()
-                .and_then(|a| a.verify_with(&trusted, &Appointments::default(), &watched).ok());
+                .and_then(|a| a.verify_with(&trusted, &Appointments::default(), &watched, &common::policy_rule).ok());
             prop_assert!(accepted.is_none(), "byte {} of {} changed and the answer still verified", position, bytes.len());
         }
     }
@@ -215,11 +215,11 @@ fn a_block_without_a_change_list_is_refused() {
     let (chain, _, lists) = timeline(5, 6, &[4]);
     let watched: Vec<BlockId> = (0..8).map(chain_id).collect();
     let answer = changes_from(&chain, &lists, 2, &watched);
-    let refused = answer.verify_with(&state_at(&chain, 2), &Appointments::default(), &watched);
+    let refused = answer.verify_with(&state_at(&chain, 2), &Appointments::default(), &watched, &common::policy_rule);
     assert!(matches!(refused, Err(ChangesError::NotRecorded { index: 4 })), "{refused:?}");
     let after = changes_from(&chain, &lists, 4, &watched);
     assert!(
-        after.verify_with(&state_at(&chain, 4), &Appointments::default(), &watched).is_ok(),
+        after.verify_with(&state_at(&chain, 4), &Appointments::default(), &watched, &common::policy_rule).is_ok(),
         "lists from block 4 on are whole"
     );
 }

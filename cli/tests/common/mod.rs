@@ -254,7 +254,8 @@ impl Cluster {
         self.propose_appointment(leader, chain, self.appoint(&approvers, &committee)).await
     }
 
-    /// Proposes a committee-change block carrying `appointment` as it is.
+    /// Proposes a committee-change block carrying `appointment` as it is; asks again while
+    /// the index is busy or taken (a timeline's own blocks race it).
     pub async fn propose_appointment(
         &self,
         leader: usize,
@@ -266,9 +267,21 @@ impl Cluster {
             committee: Some(appointment),
             ..Proposal::default()
         };
-        match self.client.call(&self.witnesses[leader], Request::Propose { chain, proposal }).await? {
-            Response::Appended { block } => Ok(block),
-            other => panic!("propose: unexpected {other:?}"),
+        let mut tries = 0;
+        loop {
+            let request = Request::Propose { chain, proposal: proposal.clone() };
+            match self.client.call(&self.witnesses[leader], request).await {
+                Ok(Response::Appended { block }) => return Ok(block),
+                Ok(other) => panic!("propose: unexpected {other:?}"),
+                Err(CallError::Remote(reply))
+                    if matches!(reply.code, chainiac_proto::ErrorCode::Busy | chainiac_proto::ErrorCode::Conflict)
+                        && tries < 20 =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -312,7 +325,7 @@ impl Cluster {
             panic!("no proof")
         };
         let trusted = ChainState::genesis(genesis).unwrap();
-        proof.verify(&trusted).unwrap().into_inner().state
+        proof.verify(&trusted, &chainiac_release::policy_rule).unwrap().into_inner().state
     }
 }
 

@@ -69,6 +69,21 @@ pub fn policy(version: u32) -> Vec<u8> {
     format!("policy v{version}").into_bytes()
 }
 
+/// The payload that authorizes a policy change in these test chains (root signatures do
+/// for a release chain): what [`policy_rule`] checks.
+pub fn authorization(old: &[u8], new: &[u8]) -> Vec<u8> {
+    [b"authorizes ".as_slice(), old, b" -> ", new].concat()
+}
+
+/// The test chains' rule for a policy change (a [`chainiac_skipchain::PolicyRule`]).
+pub fn policy_rule(_: &ChainId, old: &[u8], new: &[u8], payload: &[u8]) -> Result<(), String> {
+    if payload == authorization(old, new) {
+        Ok(())
+    } else {
+        Err("the payload does not authorize this policy change".into())
+    }
+}
+
 impl<S: Store> TestChain<S> {
     pub fn new(store: S, params: ChainParams, members: usize, seed: u64) -> Self {
         let chain = Self::open_or_create(store, params, members, seed);
@@ -123,12 +138,17 @@ impl<S: Store> TestChain<S> {
         if new_policy {
             self.policy_version += 1;
         }
+        let new_policy = new_policy.then(|| policy(self.policy_version));
+        let payload = match &new_policy {
+            Some(new) => authorization(&head.policy, new),
+            None => format!("release {}", head.index() + 1).into_bytes(),
+        };
         let proposal = Proposal {
             kind: 1,
-            payload: format!("release {}", head.index() + 1).into_bytes(),
+            payload,
             timestamp_ms: self.time_ms,
             committee: next_committee.as_ref().map(|c| self.appoint(&c.committee)),
-            policy: new_policy.then(|| policy(self.policy_version)),
+            policy: new_policy,
         };
         let store = &self.store;
         let chain = self.chain;
