@@ -372,6 +372,7 @@ fn policy(project: &str, generation: u64, keys: &Keys) -> Policy {
             .collect(),
         verifier_threshold: 2,
         max_age_ms: 2 * 3_600_000,
+        version: generation,
     }
 }
 

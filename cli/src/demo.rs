@@ -209,6 +209,7 @@ async fn demo(root: &Path) -> Result<()> {
         verifiers: verifiers.iter().map(|v| VerifierEntry { key: v.key, address: v.address.clone() }).collect(),
         verifier_threshold: 2,
         max_age_ms: 60_000,
+        version: 0,
     };
     let now = chainiac_client::now_ms();
     let timeline_genesis =
@@ -242,6 +243,7 @@ async fn demo(root: &Path) -> Result<()> {
             let t = step.say("rotating developer keys: the root key replaces developer 1 with developer 4");
             let rotated = Policy {
                 developers: vec![developers[3].public_key(), developers[1].public_key(), developers[2].public_key()],
+                version: policy.version + 1,
                 ..policy.clone()
             };
             let (old, new) = (policy.to_bytes(), rotated.to_bytes());

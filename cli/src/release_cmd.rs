@@ -152,6 +152,9 @@ struct PolicyFile {
     verifier_threshold: u32,
     #[serde(default = "default_max_age_ms")]
     max_age_ms: u64,
+    /// Raised by every change; `policy rotate` takes the version after the chain's when the
+    /// file says none (a new project starts at 0).
+    version: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,7 +168,8 @@ fn default_max_age_ms() -> u64 {
     3_600_000
 }
 
-fn read_policy(path: &Path) -> Result<Policy> {
+/// The policy in `path`; its version, if the file gives none, is `default_version`.
+fn read_policy(path: &Path, default_version: u64) -> Result<Policy> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let file: PolicyFile = toml::from_str(&text).map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
     let keys = |list: &[String]| list.iter().map(|k| parse_key(k)).collect::<Result<Vec<_>>>();
@@ -182,6 +186,7 @@ fn read_policy(path: &Path) -> Result<Policy> {
             .collect::<Result<_>>()?,
         verifier_threshold: file.verifier_threshold,
         max_age_ms: file.max_age_ms,
+        version: file.version.unwrap_or(default_version),
     };
     policy.check().map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
     Ok(policy)
@@ -221,10 +226,12 @@ fn updated_client(
 pub fn policy(command: PolicyCommand) -> Result<()> {
     let PolicyCommand::Rotate { state, chain, policy, keys, json } = command;
     let chain = parse_chain(&chain)?;
-    let new = read_policy(&policy)?.to_bytes();
     let runtime = tokio::runtime::Runtime::new()?;
     let client = updated_client(&state, chain, &runtime)?;
     let trusted = client.state().chains[&chain].clone();
+    let current = chainiac_release::Policy::from_bytes(&trusted.policy)
+        .map_err(|e| UsageError(format!("chain {chain} has no release policy: {e}")))?;
+    let new = read_policy(&policy, current.version + 1)?.to_bytes();
     let (old_hash, new_hash) =
         (chainiac_skipchain::block::policy_hash(&trusted.policy), chainiac_skipchain::block::policy_hash(&new));
     let root_signatures = keys
@@ -318,7 +325,7 @@ pub fn project(command: ProjectCommand) -> Result<()> {
     chainiac_skipchain::authority::check_quorum(&committee).map_err(|e| UsageError(e.to_string()))?;
     let (kind, policy_bytes) = match (timeline, policy) {
         (true, _) => (KIND_TIMELINE, b"timeline".to_vec()),
-        (false, Some(path)) => (KIND_RELEASE, read_policy(&path)?.to_bytes()),
+        (false, Some(path)) => (KIND_RELEASE, read_policy(&path, 0)?.to_bytes()),
         (false, None) => bail!(UsageError("a project needs --policy (or pass --timeline)".into())),
     };
     let first = genesis(ChainParams::DEFAULT, committee.clone(), policy_bytes, kind, vec![], now_ms());

@@ -59,6 +59,7 @@ fn policy() -> Policy {
         ],
         verifier_threshold: 1,
         max_age_ms: 60_000,
+        version: 0,
     }
 }
 

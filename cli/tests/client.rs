@@ -150,6 +150,7 @@ async fn a_client_catches_up_checks_freshness_and_artifacts_and_skips_a_liar() {
         ],
         verifier_threshold: 2,
         max_age_ms: 60_000,
+        version: 0,
     };
     let (timeline, timeline_genesis) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
     let committee = Committee::byzantine(cluster.roster(&[0, 1, 2, 3]));
@@ -280,6 +281,7 @@ async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
         ],
         verifier_threshold: 2,
         max_age_ms: 60_000,
+        version: 0,
     };
     let (timeline, timeline_genesis) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
     let committee = Committee::byzantine(cluster.roster(&[0, 1, 2, 3]));

@@ -73,6 +73,7 @@ async fn the_cothority_enforces_every_release_rule_and_clients_see_key_rotation(
         ],
         verifier_threshold: 2,
         max_age_ms: 3_600_000,
+        version: 0,
     };
     let committee = Committee::byzantine(cluster.roster(&[0, 1, 2, 3]));
     let first =
@@ -130,6 +131,7 @@ async fn the_cothority_enforces_every_release_rule_and_clients_see_key_rotation(
     // Rotation: the root keys replace developer 1 with developer 4.
     let mut rotated = policy.clone();
     rotated.developers[0] = d4.public_key();
+    rotated.version = 1;
     let (old_bytes, new_bytes) = (policy.to_bytes(), rotated.to_bytes());
     let (old_hash, new_hash) =
         (chainiac_skipchain::block::policy_hash(&old_bytes), chainiac_skipchain::block::policy_hash(&new_bytes));
@@ -214,6 +216,7 @@ async fn verifiers_rebuild_submitted_releases_and_only_reproduced_ones_are_appen
         verifiers: verifiers.iter().map(|v| VerifierEntry { key: v.key, address: v.address.clone() }).collect(),
         verifier_threshold: 2,
         max_age_ms: 3_600_000,
+        version: 0,
     };
     let committee = Committee::byzantine(cluster.roster(&[0, 1, 2, 3]));
     let first =

@@ -150,6 +150,9 @@ impl TryFrom<LegacyState> for ClientState {
             if hash != c.header.committee_hash {
                 return Err(format!("chain {}: its committee does not match its header", c.chain));
             }
+            if chainiac_skipchain::block::policy_hash(&c.policy) != c.header.policy_hash {
+                return Err(format!("chain {}: its policy does not match its header", c.chain));
+            }
             let committee = shared.entry(hash).or_insert_with(|| Arc::new(c.committee)).clone();
             let trusted = TrustedChain {
                 chain: c.chain,
@@ -257,6 +260,9 @@ impl TryFrom<StoredState> for ClientState {
                 .ok_or_else(|| format!("chain {} names committee {} of {}", c.chain, c.committee, committees.len()))?;
             if *hash != c.header.committee_hash {
                 return Err(format!("chain {}: its committee does not match its header", c.chain));
+            }
+            if chainiac_skipchain::block::policy_hash(&c.policy) != c.header.policy_hash {
+                return Err(format!("chain {}: its policy does not match its header", c.chain));
             }
             let trusted = TrustedChain {
                 chain: c.chain,
@@ -828,11 +834,16 @@ mod tests {
         let read = ClientState::from_bytes(&postcard::to_allocvec(&legacy).unwrap()).unwrap();
         assert_eq!(read, state);
         assert_eq!(postcard::from_bytes::<StoredState>(&read.to_bytes()).unwrap().committees.len(), 2);
-        // A legacy file whose committee is not the one its header names is refused too.
+        // A legacy file whose committee is not the one its header names is refused too, and
+        // so is one whose policy is not (the policy decides which rule a change must pass).
         let mut wrong = legacy;
         wrong.chains.values_mut().next().unwrap().committee = committee(90, 4);
         let error = ClientState::from_bytes(&postcard::to_allocvec(&wrong).unwrap()).unwrap_err();
-        assert!(error.contains("does not match its header"), "{error}");
+        assert!(error.contains("committee does not match its header"), "{error}");
+        let mut wrong_policy = state.clone();
+        wrong_policy.chains.values_mut().next().unwrap().policy = b"another policy".to_vec();
+        let error = ClientState::from_bytes(&wrong_policy.to_bytes()).unwrap_err();
+        assert!(error.contains("policy does not match its header"), "{error}");
     }
 
     #[test]

@@ -37,6 +37,7 @@ fn policy(developer: u8) -> Policy {
         verifiers: vec![VerifierEntry { key: key(VERIFIER).public_key(), address: "127.0.0.1:1".into() }],
         verifier_threshold: 1,
         max_age_ms: 3_600_000,
+        version: developer as u64,
     }
 }
 

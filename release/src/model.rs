@@ -49,6 +49,10 @@ pub struct Policy {
     pub verifier_threshold: u32,
     /// Clients refuse a timeline head older than this (freeze attacks).
     pub max_age_ms: u64,
+    /// Grows with every change (0 at the genesis): a policy never comes back byte for byte,
+    /// so root signatures over one transition cannot be replayed after the policy went back
+    /// to an earlier one (SPEC §11.4).
+    pub version: u64,
 }
 
 /// A build verifier the policy trusts, and where it takes build jobs (`host:port`; its

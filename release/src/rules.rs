@@ -54,6 +54,8 @@ pub enum ReleaseError {
     BadRootSignature { key: String },
     #[error("{valid} distinct valid root signatures; the policy requires {threshold}")]
     RootThreshold { valid: usize, threshold: u32 },
+    #[error("the new policy's version {new} does not follow the old one's {old}: each change raises it")]
+    VersionNotRaised { old: u64, new: u64 },
 }
 
 /// How far a manifest's time may be from the block's: up to `skew_ms` ahead of it (clocks
@@ -208,6 +210,9 @@ pub fn check_policy_change(
     let new = Policy::from_bytes(new_bytes).map_err(ReleaseError::NewPolicy)?;
     if new.project != old.project {
         return Err(ReleaseError::ProjectRenamed { expected: old.project, got: new.project });
+    }
+    if new.version <= old.version {
+        return Err(ReleaseError::VersionNotRaised { old: old.version, new: new.version });
     }
     let change = PolicyChange::from_bytes(payload).map_err(ReleaseError::DecodeChange)?;
     let old_hash = policy_hash(old_policy);

@@ -3,6 +3,7 @@
 use chainiac_cosi::SecretKey;
 use chainiac_release::model::{ArtifactMismatch, RootSignature};
 use chainiac_release::*;
+use chainiac_skipchain::block::policy_hash;
 use proptest::prelude::*;
 
 struct Fixture {
@@ -33,6 +34,7 @@ fn fixture() -> Fixture {
             .collect(),
         verifier_threshold: 2,
         max_age_ms: 3_600_000,
+        version: 0,
     };
     Fixture { developers, roots, verifiers, policy }
 }
@@ -168,6 +170,7 @@ fn policy_changes_need_the_root_threshold_and_rotate_developer_keys() {
     let old = f.policy.to_bytes();
     let mut rotated = f.policy.clone();
     rotated.developers[0] = key(4).public_key(); // developer 1's key is replaced
+    rotated.version = 1;
     let new = rotated.to_bytes();
     let (old_hash, new_hash) =
         (chainiac_skipchain::block::policy_hash(&old), chainiac_skipchain::block::policy_hash(&new));
@@ -194,6 +197,38 @@ fn policy_changes_need_the_root_threshold_and_rotate_developer_keys() {
         check_policy_change(&chain, &old, None, &change.to_bytes()).unwrap_err(),
         ReleaseError::MissingNewPolicy
     );
+    // The version must rise: the roots' own signatures over a change that keeps it are
+    // refused, so a policy never comes back byte for byte ...
+    let mut same_version = rotated.clone();
+    same_version.version = f.policy.version;
+    let same = same_version.to_bytes();
+    let sign_same = |k: &SecretKey| RootSignature::sign(k, &chain, &old_hash, &policy_hash(&same));
+    let change_same = PolicyChange { root_signatures: vec![sign_same(&f.roots[0]), sign_same(&f.roots[1])] };
+    assert_eq!(
+        check_policy_change(&chain, &old, Some(&same), &change_same.to_bytes()).unwrap_err(),
+        ReleaseError::VersionNotRaised { old: 0, new: 0 }
+    );
+    // ... and signatures over an old transition cannot be replayed once the roots moved the
+    // policy back: "back" is a new version, with a new hash.
+    let mut back = f.policy.clone();
+    back.version = 2;
+    let back_bytes = back.to_bytes();
+    assert_ne!(policy_hash(&back_bytes), old_hash);
+    assert!(matches!(
+        check_policy_change(&chain, &back_bytes, Some(&new), &change.to_bytes()).unwrap_err(),
+        ReleaseError::VersionNotRaised { old: 2, new: 1 }
+    ));
+
+    // The clients' rule is the same check, and applies to release policies only.
+    let rule = |old: &[u8], new: &[u8], payload: &[u8]| {
+        chainiac_release::policy_rule(&chainiac_skipchain::BlockId(chain), old, new, payload)
+    };
+    assert!(rule(&old, &new, &change.to_bytes()).is_ok());
+    assert!(rule(&old, &new, &one.to_bytes()).unwrap_err().contains("root signatures"));
+    assert!(rule(&old, &new, &[]).unwrap_err().contains("does not decode"));
+    assert!(rule(&old, &new, &replayed.to_bytes()).is_err(), "signed for another chain");
+    assert!(rule(b"timeline", b"anything", &[]).is_ok(), "not a release policy: no rule");
+    assert!(rule(&old, b"not a policy", &change.to_bytes()).is_err(), "a release policy stays one");
 
     // After the rotation the old key no longer counts and the new one does.
     let m = manifest("2.0");
