@@ -1,7 +1,7 @@
 //! The rules a witness applies before it cosigns a release or a policy change. Each refusal
 //! names the rule that failed.
 
-use crate::model::{Attestation, Manifest, Outcome, Policy, PolicyChange, PolicyError, ReleasePayload};
+use crate::model::{Attestation, Manifest, Outcome, Policy, PolicyError, ReleasePayload};
 use chainiac_cosi::PublicKey;
 use chainiac_skipchain::block::policy_hash;
 use std::collections::{HashMap, HashSet};
@@ -196,54 +196,101 @@ fn short(key: &PublicKey) -> String {
 }
 
 /// Checks a policy-change block: it carries the new policy (`new_policy`), which is valid and
-/// for the same project, and the payload holds at least the root threshold of distinct valid
-/// signatures by root keys of the policy in force (`old_policy`) over
-/// (chain, old policy hash, new policy hash). Returns the new policy.
+/// for the same project, with a higher version, and the payload holds at least the root
+/// threshold of distinct valid signatures by root keys of the policy in force
+/// (`old_policy`) over (chain, old policy hash, new policy hash). Returns the new policy.
 pub fn check_policy_change(
     chain: &[u8; 32],
     old_policy: &[u8],
     new_policy: Option<&[u8]>,
     payload: &[u8],
 ) -> Result<Policy, ReleaseError> {
-    let old = Policy::from_bytes(old_policy).map_err(ReleaseError::Policy)?;
+    Policy::from_bytes(old_policy).map_err(ReleaseError::Policy)?;
     let new_bytes = new_policy.ok_or(ReleaseError::MissingNewPolicy)?;
     let new = Policy::from_bytes(new_bytes).map_err(ReleaseError::NewPolicy)?;
+    check_transition(chain, old_policy, new_bytes, payload)?;
+    Ok(new)
+}
+
+/// A policy's fields as bytes, keys undecoded: what a transition's check reads (decoding
+/// every key strictly costs a point decompression and a torsion check each, and a client
+/// checks every policy change of every chain it follows).
+#[derive(serde::Deserialize)]
+struct PolicyFields {
+    project: String,
+    _developers: Vec<KeyBytes>,
+    _release_threshold: u32,
+    root_keys: Vec<KeyBytes>,
+    root_threshold: u32,
+    _verifiers: Vec<(KeyBytes, String)>,
+    _verifier_threshold: u32,
+    _max_age_ms: u64,
+    version: u64,
+}
+
+#[derive(serde::Deserialize, PartialEq, Eq, Hash, Clone, Copy)]
+struct KeyBytes(#[serde(with = "chainiac_cosi::bytes")] [u8; 32]);
+
+#[derive(serde::Deserialize)]
+struct RootSignatureFields {
+    key: KeyBytes,
+    #[serde(with = "chainiac_cosi::bytes")]
+    signature: [u8; 64],
+}
+
+/// The transition rules both witnesses and clients apply (one home): same project, a
+/// higher version, and the old root threshold's distinct signatures over this chain and
+/// these two policies. Only the root keys that signed are decoded.
+fn check_transition(chain: &[u8; 32], old_bytes: &[u8], new_bytes: &[u8], payload: &[u8]) -> Result<(), ReleaseError> {
+    let decode = |e: chainiac_skipchain::DecodeError| PolicyError::Decode(e.to_string());
+    let old: PolicyFields = chainiac_skipchain::decode_exact(old_bytes).map_err(|e| ReleaseError::Policy(decode(e)))?;
+    let new: PolicyFields =
+        chainiac_skipchain::decode_exact(new_bytes).map_err(|e| ReleaseError::NewPolicy(decode(e)))?;
     if new.project != old.project {
         return Err(ReleaseError::ProjectRenamed { expected: old.project, got: new.project });
     }
     if new.version <= old.version {
         return Err(ReleaseError::VersionNotRaised { old: old.version, new: new.version });
     }
-    let change = PolicyChange::from_bytes(payload).map_err(ReleaseError::DecodeChange)?;
-    let old_hash = policy_hash(old_policy);
-    let new_hash = policy_hash(new_bytes);
+    let change: Vec<RootSignatureFields> =
+        chainiac_skipchain::decode_exact(payload).map_err(|e| ReleaseError::DecodeChange(e.to_string()))?;
+    let message = crate::model::RootSignature::message(chain, &policy_hash(old_bytes), &policy_hash(new_bytes));
     let mut signers = HashSet::new();
-    for signature in &change.root_signatures {
+    for signature in &change {
+        let name = || hex(&signature.key.0);
         if !old.root_keys.contains(&signature.key) {
-            return Err(ReleaseError::UnknownRootKey { key: signature.key.to_string() });
+            return Err(ReleaseError::UnknownRootKey { key: name() });
         }
         if !signers.insert(signature.key) {
-            return Err(ReleaseError::DuplicateRootSignature { key: signature.key.to_string() });
+            return Err(ReleaseError::DuplicateRootSignature { key: name() });
         }
-        if !signature.verify(chain, &old_hash, &new_hash) {
-            return Err(ReleaseError::BadRootSignature { key: signature.key.to_string() });
+        let valid =
+            PublicKey::from_bytes(&signature.key.0).is_ok_and(|key| key.verify_ed25519(&message, &signature.signature));
+        if !valid {
+            return Err(ReleaseError::BadRootSignature { key: name() });
         }
     }
     if signers.len() < old.root_threshold as usize {
         return Err(ReleaseError::RootThreshold { valid: signers.len(), threshold: old.root_threshold });
     }
-    Ok(new)
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The rule a client passes to every proof it checks ([`chainiac_skipchain::PolicyRule`]):
-/// a change away from a release policy must be a policy change (§11.4) that the old
-/// policy's root threshold signed, for this chain and exactly this transition. Chains
-/// whose policy is not a release policy (timelines, raw chains) have no rule to apply.
+/// a change away from a release policy must meet the transition rules witnesses apply
+/// (same project, a higher version, the old root threshold's signatures over this chain
+/// and both policies). Chains whose policy is not a release policy (timelines, raw chains)
+/// have no rule to apply. The new policy's keys are not decoded here: a client decodes a
+/// policy strictly when it checks a release under it.
 pub fn policy_rule(chain: &chainiac_skipchain::ChainId, old: &[u8], new: &[u8], payload: &[u8]) -> Result<(), String> {
-    if Policy::from_bytes(old).is_err() {
+    if chainiac_skipchain::decode_exact::<PolicyFields>(old).is_err() {
         return Ok(());
     }
-    check_policy_change(&chain.0, old, Some(new), payload).map(|_| ()).map_err(|e| e.to_string())
+    check_transition(&chain.0, old, new, payload).map_err(|e| e.to_string())
 }
 
 /// How often a verifier agreed with the majority of the verifiers that attested the same
