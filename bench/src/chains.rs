@@ -30,6 +30,7 @@ impl Cothority {
                     (e..e + size).map(|i| Member::new(&keys[i], format!("witness-{i}.example.org:7441"))).collect();
                 Committee::new(Roster::new(members).expect("distinct generated keys"), threshold)
                     .expect("threshold fits")
+                    .with_epoch(e as u64)
             })
             .collect();
         Cothority { keys, committees, size, rng }

@@ -321,6 +321,7 @@ pub fn chain_show(chain: &str, witness: &str, witness_key: &str, from: u64, coun
                 "index": h.index, "id": b.id().to_hex(), "height": h.height, "kind": h.kind,
                 "links_to": links, "checkpoint": b.committee.is_some() || b.policy.is_some(),
                 "roster_change": h.index > 0 && b.committee.is_some(), "policy_change": h.index > 0 && b.policy.is_some(),
+                "committee_epoch": b.committee.as_ref().map(|a| a.committee.epoch()),
             })
         })
         .collect();
@@ -336,8 +337,10 @@ pub fn chain_show(chain: &str, witness: &str, witness_key: &str, from: u64, coun
             (false, true, _) => "  [checkpoint: policy]",
             _ => "",
         };
+        let epoch =
+            b.committee.as_ref().map(|a| format!(" (committee epoch {})", a.committee.epoch())).unwrap_or_default();
         println!(
-            "{:>8}  h{:<2} kind {}  {}  links to {}{mark}",
+            "{:>8}  h{:<2} kind {}  {}  links to {}{mark}{epoch}",
             b.header.index,
             b.header.height,
             b.header.kind,

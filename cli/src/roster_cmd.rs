@@ -65,9 +65,14 @@ pub enum RosterCommand {
     },
 }
 
-/// The new committee: a roster file and its threshold.
+/// The new committee: a roster file, its threshold and its epoch.
 #[derive(Args)]
 pub struct CommitteeArgs {
+    /// The new committee's epoch: above the epoch of the committee the chains have now
+    /// (`chainiac chain show` prints it at each roster change; a new chain's is 0). Approvals
+    /// name it, so they cannot bring a committee back after the chains moved past it.
+    #[arg(long)]
+    epoch: u64,
     /// The new roster: `[[member]]` entries, as `chainiac witness init` prints them.
     #[arg(long)]
     roster: PathBuf,
@@ -79,11 +84,12 @@ pub struct CommitteeArgs {
 
 impl CommitteeArgs {
     fn committee(&self) -> Result<Committee> {
-        read_committee(&self.roster, self.threshold)
+        Ok(read_committee(&self.roster, self.threshold)?.with_epoch(self.epoch))
     }
 }
 
-/// A committee from a roster file and an optional threshold (default: the Byzantine quorum).
+/// A committee from a roster file and an optional threshold (default: the Byzantine quorum),
+/// at epoch 0 (what a genesis names).
 pub fn read_committee(roster: &Path, threshold: Option<u32>) -> Result<Committee> {
     let text = std::fs::read_to_string(roster).with_context(|| format!("reading {}", roster.display()))?;
     let file: RosterFile = toml::from_str(&text).map_err(|e| UsageError(format!("{}: {e}", roster.display())))?;
@@ -134,7 +140,7 @@ fn approvals_of(file: &ApprovalsFile, committee: &Committee) -> Result<Vec<Appro
         .map(|entry| {
             if entry.committee != hash {
                 bail!(UsageError(format!(
-                    "the approval by {} is of committee {}, not of this roster and threshold ({hash})",
+                    "the approval by {} is of committee {}, not of this roster, threshold and epoch ({hash})",
                     entry.key, entry.committee
                 )));
             }

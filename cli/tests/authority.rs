@@ -147,7 +147,7 @@ async fn every_row_of_the_access_table_refuses_strangers_and_non_members() {
     let next = next_block(&cluster, chain, &raw_genesis).await;
     let mut block_zero = next.clone();
     block_zero.header.index = 0;
-    let new_roster = Committee::byzantine(cluster.roster(&[0, 1, 2, 4]));
+    let new_roster = Committee::byzantine(cluster.roster(&[0, 1, 2, 4])).with_epoch(1);
 
     let stranger = common::Client::new();
     let outsider = cluster.operator(4);
@@ -357,15 +357,16 @@ async fn only_the_outgoing_operators_change_a_committee_and_clients_follow_in_ev
         assert_eq!(client.update(project).await.unwrap().to, 1);
     }
 
-    let next = Committee::byzantine(cluster.roster(&[0, 1, 2, 4]));
+    let next = Committee::byzantine(cluster.roster(&[0, 1, 2, 4])).with_epoch(1);
     let old = cluster.committee_of(1, timeline).await;
     let before = heads(&cluster, &[project]).await;
     let expires = cluster.approvals_expire_ms;
     let approvals = |members: &[usize], committee: &Committee, expires_ms: u64| -> Vec<Approval> {
         cluster.keys(members).iter().map(|k| Approval::sign(k, committee, expires_ms, None)).collect()
     };
-    let other = Committee::byzantine(cluster.roster(&[0, 1, 2, 3, 4]));
-    let weak = Committee::new(next.roster().clone(), 2).unwrap();
+    let other = Committee::byzantine(cluster.roster(&[0, 1, 2, 3, 4])).with_epoch(1);
+    let weak = Committee::new(next.roster().clone(), 2).unwrap().with_epoch(1);
+    let same_epoch = next.clone().with_epoch(0);
     let wrong: Vec<(&str, Appointment, &str)> = vec![
         ("anonymous", Appointment::anchor(next.clone()), "0 of the outgoing committee's members approved"),
         (
@@ -377,6 +378,11 @@ async fn only_the_outgoing_operators_change_a_committee_and_clients_follow_in_ev
             "over another roster",
             Appointment { committee: next.clone(), approvals: approvals(&[0, 1, 2], &other, expires) },
             "not a valid signature over the new committee",
+        ),
+        (
+            "numbered no higher than the committee in force",
+            Appointment { committee: same_epoch.clone(), approvals: approvals(&[0, 1, 2, 3], &same_epoch, expires) },
+            "epoch 0 does not exceed the outgoing committee's 0",
         ),
         (
             "by a stranger to the committee",
@@ -524,7 +530,7 @@ async fn a_client_refuses_an_unapproved_committee_change_whoever_serves_it() {
     let (timeline, timeline_genesis) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
     let (chain, raw_genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;
     cluster.propose(1, chain, b"before").await.unwrap();
-    let next = Committee::byzantine(cluster.roster(&[0, 1, 2, 4]));
+    let next = Committee::byzantine(cluster.roster(&[0, 1, 2, 4])).with_epoch(1);
     let changed = cluster.propose_change(1, chain, next.clone()).await.unwrap().header.index;
     cluster.propose_change(1, timeline, next.clone()).await.unwrap();
     let head = cluster.propose(4, chain, b"after").await.unwrap().header.index;

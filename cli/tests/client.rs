@@ -521,7 +521,7 @@ async fn many_chains_update_together_and_a_new_committee_travels_once() {
     let cluster = Cluster::start(5).await;
     let (timeline, timeline_genesis) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
     let old = Committee::byzantine(cluster.roster(&[0, 1, 2, 3]));
-    let new = Committee::byzantine(cluster.roster(&[0, 1, 2, 4]));
+    let new = Committee::byzantine(cluster.roster(&[0, 1, 2, 4])).with_epoch(1);
     let mut chains = Vec::new();
     for i in 0..12 {
         let (chain, genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;

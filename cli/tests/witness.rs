@@ -120,14 +120,14 @@ async fn roster_changes_four_five_four_and_a_client_catches_up_across_both() {
     for i in 0..3 {
         cluster.propose(0, chain, format!("v{i}").as_bytes()).await.unwrap();
     }
-    let grow = chainiac_skipchain::Committee::byzantine(cluster.roster(&[0, 1, 2, 3, 4]));
+    let grow = chainiac_skipchain::Committee::byzantine(cluster.roster(&[0, 1, 2, 3, 4])).with_epoch(1);
     let change = cluster.propose_change(1, chain, grow.clone()).await.unwrap();
     assert_eq!(change.header.index, 4);
     // The newcomer leads a round on the new roster: it caught up first.
     for i in 0..3 {
         cluster.propose(4, chain, format!("five {i}").as_bytes()).await.unwrap();
     }
-    let shrink = chainiac_skipchain::Committee::byzantine(cluster.roster(&[0, 1, 2, 4]));
+    let shrink = chainiac_skipchain::Committee::byzantine(cluster.roster(&[0, 1, 2, 4])).with_epoch(2);
     let change = cluster.propose_change(4, chain, shrink.clone()).await.unwrap();
     assert_eq!(change.header.index, 8);
     for i in 0..2 {

@@ -481,7 +481,7 @@ async fn linked_proofs_are_asked_of_the_timeline_signers_before_a_new_committee(
     let newcomers: Vec<Member> = (100..104)
         .map(|i| Member::new(&key(i), SocketAddr::from(([127, 0, 0, 1], 20 + i as u16)).to_string()))
         .collect();
-    let handover = Committee::new(Roster::new(newcomers.clone()).unwrap(), 3).unwrap();
+    let handover = Committee::new(Roster::new(newcomers.clone()).unwrap(), 3).unwrap().with_epoch(1);
     let (geneses, timeline_genesis, _) = cothority_serving([Mode::Honest; 4], 3, None, Some(handover.clone())).await;
     let (client, _dir, mut results) = update_all(&geneses, &timeline_genesis, false).await;
     unrecorded(&mut results);

@@ -81,39 +81,46 @@ fn chain_rotated_by(
     last_signer: u8,
     rotators: &[u8],
 ) -> (MemoryStore, Block, ChainId, u64) {
+    colluders_chain(witness_keys, address, KIND_RELEASE, policy(OLD_DEVELOPER).to_bytes(), |chain, now| {
+        let (old_hash, new_hash) = (
+            chainiac_skipchain::block::policy_hash(&policy(OLD_DEVELOPER).to_bytes()),
+            chainiac_skipchain::block::policy_hash(&policy(NEW_DEVELOPER).to_bytes()),
+        );
+        let rotation = Proposal {
+            kind: KIND_POLICY_CHANGE,
+            payload: PolicyChange {
+                root_signatures: rotators
+                    .iter()
+                    .map(|&r| RootSignature::sign(&key(r), &chain.0, &old_hash, &new_hash))
+                    .collect(),
+            }
+            .to_bytes(),
+            policy: Some(policy(NEW_DEVELOPER).to_bytes()),
+            timestamp_ms: now,
+            ..Proposal::default()
+        };
+        vec![release("1.0", OLD_DEVELOPER, now), rotation, release("1.1", last_signer, now)]
+    })
+}
+
+/// A chain of `kind` with `policy` in its genesis, then `blocks` (made from the chain id and
+/// the time), every one signed by the whole committee, rules or not.
+fn colluders_chain(
+    witness_keys: &[SecretKey],
+    address: &str,
+    kind: u16,
+    policy: Vec<u8>,
+    blocks: impl FnOnce(ChainId, u64) -> Vec<Proposal>,
+) -> (MemoryStore, Block, ChainId, u64) {
     let roster = Roster::new(witness_keys.iter().map(|k| Member::new(k, address)).collect()).unwrap();
     let committee = Committee::new(roster.clone(), 3).unwrap();
     let now = chainiac_client::now_ms();
-    let first = genesis(
-        ChainParams::new(2, 4).unwrap(),
-        committee,
-        policy(OLD_DEVELOPER).to_bytes(),
-        KIND_RELEASE,
-        Vec::new(),
-        now,
-    );
+    let first = genesis(ChainParams::new(2, 4).unwrap(), committee, policy, kind, Vec::new(), now);
     let store = MemoryStore::new();
     let mut head = store::append(&store, &first).unwrap().into_inner();
     let chain = head.chain;
-    let (old_hash, new_hash) = (
-        chainiac_skipchain::block::policy_hash(&policy(OLD_DEVELOPER).to_bytes()),
-        chainiac_skipchain::block::policy_hash(&policy(NEW_DEVELOPER).to_bytes()),
-    );
-    let rotation = Proposal {
-        kind: KIND_POLICY_CHANGE,
-        payload: PolicyChange {
-            root_signatures: rotators
-                .iter()
-                .map(|&r| RootSignature::sign(&key(r), &chain.0, &old_hash, &new_hash))
-                .collect(),
-        }
-        .to_bytes(),
-        policy: Some(policy(NEW_DEVELOPER).to_bytes()),
-        timestamp_ms: now,
-        ..Proposal::default()
-    };
     let mut rng = rand_core::OsRng;
-    for proposal in [release("1.0", OLD_DEVELOPER, now), rotation, release("1.1", last_signer, now)] {
+    for proposal in blocks(chain, now) {
         let mut block = head.propose(proposal, |j| store.block_id(&chain, j).unwrap()).unwrap();
         block.signature =
             Some(sign_with_all_keys(&roster, witness_keys, &Mask::full(witness_keys.len()), &block.id().0, &mut rng));
@@ -193,6 +200,28 @@ fn the_same_chain_signed_by_the_new_key_is_accepted() {
     assert_eq!(checked.index, head);
     assert_eq!(checked.release.manifest.version, "1.1");
     assert_eq!(ChainState::genesis(&bundle.genesis).unwrap().chain, chain);
+}
+
+/// A chain whose genesis names no release policy (a raw chain, no root keys): the colluding
+/// committee gives it a release policy with its own developer key and signs a release under
+/// it. A chain never becomes a release chain after its genesis, so the client refuses it.
+#[test]
+fn a_chain_that_is_not_a_release_chain_cannot_become_one() {
+    let witness_keys: Vec<SecretKey> = (40..44).map(key).collect();
+    let (store, first, chain, head) = colluders_chain(&witness_keys, "127.0.0.1:1", 0, b"raw".to_vec(), |_, now| {
+        let takeover = Proposal {
+            kind: 0,
+            policy: Some(policy(NEW_DEVELOPER).to_bytes()),
+            timestamp_ms: now,
+            ..Proposal::default()
+        };
+        vec![takeover, release("1.0", NEW_DEVELOPER, now)]
+    });
+    let bundle = Bundle { genesis: first, proof: store::prove(&store, &chain, 0, head, true).unwrap(), timeline: None };
+    match bundle.verify(&chain, None, &TrustLevel::default()) {
+        Err(ClientError::Release(reason)) => assert!(reason.contains("cannot take one"), "{reason}"),
+        other => panic!("a raw chain turned release chain must be refused, got {other:?}"),
+    }
 }
 
 /// The colluding committee rotates the developer key on its own (no root signature, or a

@@ -284,10 +284,19 @@ fn hex(bytes: &[u8]) -> String {
 /// a change away from a release policy must meet the transition rules witnesses apply
 /// (same project, a higher version, the old root threshold's signatures over this chain
 /// and both policies). Chains whose policy is not a release policy (timelines, raw chains)
-/// have no rule to apply. The new policy's keys are not decoded here: a client decodes a
-/// policy strictly when it checks a release under it.
+/// have no rule to apply, except that they never take a release policy: what a chain is
+/// follows from its genesis, so a committee cannot turn a chain no root key governs into one
+/// whose releases clients would check against keys of the committee's choice. The new
+/// policy's keys are not decoded here: a client decodes a policy strictly when it checks a
+/// release under it.
 pub fn policy_rule(chain: &chainiac_skipchain::ChainId, old: &[u8], new: &[u8], payload: &[u8]) -> Result<(), String> {
-    if chainiac_skipchain::decode_exact::<PolicyFields>(old).is_err() {
+    let is_release = |policy: &[u8]| chainiac_skipchain::decode_exact::<PolicyFields>(policy).is_ok();
+    if !is_release(old) {
+        if is_release(new) {
+            return Err(
+                "a chain whose policy is not a release policy cannot take one: its genesis decides what it is".into()
+            );
+        }
         return Ok(());
     }
     check_transition(&chain.0, old, new, payload).map_err(|e| e.to_string())

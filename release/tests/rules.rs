@@ -228,6 +228,10 @@ fn policy_changes_need_the_root_threshold_and_rotate_developer_keys() {
     assert!(rule(&old, &new, &[]).unwrap_err().contains("does not decode"));
     assert!(rule(&old, &new, &replayed.to_bytes()).is_err(), "signed for another chain");
     assert!(rule(b"timeline", b"anything", &[]).is_ok(), "not a release policy: no rule");
+    assert!(
+        rule(b"raw", &new, &change.to_bytes()).unwrap_err().contains("cannot take one"),
+        "a chain that is not a release chain never becomes one"
+    );
     assert!(rule(&old, b"not a policy", &change.to_bytes()).is_err(), "a release policy stays one");
 
     // After the rotation the old key no longer counts and the new one does.

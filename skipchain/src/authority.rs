@@ -107,6 +107,8 @@ pub enum AuthorityError {
     BadSignature { key: String },
     #[error("{valid} of the outgoing committee's members approved the new committee for this chain, unexpired at {at_ms} ms ({expired} more expired or for another chain); its threshold is {threshold}")]
     TooFewApprovals { valid: usize, expired: usize, threshold: usize, at_ms: u64 },
+    #[error("the new committee's epoch {epoch} does not exceed the outgoing committee's {outgoing}: appointments must raise it, so approvals cannot be replayed to bring back a committee the chain moved away from")]
+    StaleEpoch { epoch: u64, outgoing: u64 },
     #[error("a genesis carries no approvals: its committee is the trust anchor's")]
     GenesisApprovals,
     #[error("the committee changes to {hash} but no appointment for it is carried or held")]
@@ -121,6 +123,15 @@ pub fn check_quorum(committee: &Committee) -> Result<(), AuthorityError> {
     let (threshold, members) = (committee.threshold(), committee.roster().len());
     if 3 * threshold <= 2 * members {
         return Err(AuthorityError::WeakThreshold { threshold, members });
+    }
+    Ok(())
+}
+
+/// Whether `incoming` is numbered above `outgoing` (§7.6): a committee the chain left cannot
+/// be appointed again on its old approvals.
+fn check_epoch(incoming: &Committee, outgoing: &Committee) -> Result<(), AuthorityError> {
+    if incoming.epoch() <= outgoing.epoch() {
+        return Err(AuthorityError::StaleEpoch { epoch: incoming.epoch(), outgoing: outgoing.epoch() });
     }
     Ok(())
 }
@@ -170,6 +181,7 @@ impl Appointment {
         if let Some(stranger) = self.approvals.iter().find(|a| outgoing.roster().index_of(&a.key).is_none()) {
             return Err(AuthorityError::NotAMember { key: stranger.key.to_string() });
         }
+        check_epoch(&self.committee, outgoing)?;
         let verified = self.verify()?;
         verified.authorizes(outgoing, chain, at_ms)?;
         Ok(verified)
@@ -182,6 +194,7 @@ impl Verified<Appointment> {
     /// are not counted (a held appointment may have come with a change from another
     /// committee).
     pub fn authorizes(&self, outgoing: &Committee, chain: &ChainId, at_ms: u64) -> Result<(), AuthorityError> {
+        check_epoch(&self.committee, outgoing)?;
         let members: Vec<&Approval> =
             self.approvals.iter().filter(|a| outgoing.roster().index_of(&a.key).is_some()).collect();
         let valid: HashSet<&PublicKey> = members.iter().filter(|a| a.holds(chain, at_ms)).map(|a| &a.key).collect();

@@ -160,17 +160,23 @@ impl ChainParams {
 /// The witnesses that sign a chain's next block, and how many of them must.
 ///
 /// Invariant: `1 <= threshold <= roster.len()` (checked by [`Committee::new`] and on decode).
+///
+/// `epoch` numbers the committee among its chain's committees: an appointment must raise it
+/// (§7.6), so approvals of a committee that once took office cannot appoint it again after
+/// the chain moved on, even with the same roster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "CommitteeFields", into = "CommitteeFields")]
 pub struct Committee {
     roster: Roster,
     threshold: u32,
+    epoch: u64,
 }
 
 #[derive(Serialize, Deserialize)]
 struct CommitteeFields {
     roster: Roster,
     threshold: u32,
+    epoch: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -185,7 +191,14 @@ impl Committee {
         if threshold == 0 || threshold as usize > roster.len() {
             return Err(ThresholdError { threshold, members: roster.len() });
         }
-        Ok(Committee { roster, threshold })
+        Ok(Committee { roster, threshold, epoch: 0 })
+    }
+
+    /// The same committee numbered `epoch` (new committees start at 0; a successor must be
+    /// numbered above the committee it takes over from).
+    pub fn with_epoch(mut self, epoch: u64) -> Self {
+        self.epoch = epoch;
+        self
     }
 
     /// A committee that tolerates `f` faulty members out of `n = 3f + 1 + r`: threshold
@@ -193,7 +206,7 @@ impl Committee {
     pub fn byzantine(roster: Roster) -> Self {
         let n = roster.len() as u32;
         let threshold = n - (n - 1) / 3;
-        Committee { roster, threshold }
+        Committee { roster, threshold, epoch: 0 }
     }
 
     pub fn roster(&self) -> &Roster {
@@ -204,6 +217,10 @@ impl Committee {
         self.threshold as usize
     }
 
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     pub fn hash(&self) -> [u8; 32] {
         hash::sha3_256(TAG_COMMITTEE, &[&postcard::to_allocvec(self).expect("committees serialize")])
     }
@@ -212,13 +229,13 @@ impl Committee {
 impl TryFrom<CommitteeFields> for Committee {
     type Error = ThresholdError;
     fn try_from(fields: CommitteeFields) -> Result<Self, ThresholdError> {
-        Committee::new(fields.roster, fields.threshold)
+        Ok(Committee::new(fields.roster, fields.threshold)?.with_epoch(fields.epoch))
     }
 }
 
 impl From<Committee> for CommitteeFields {
     fn from(c: Committee) -> Self {
-        CommitteeFields { roster: c.roster, threshold: c.threshold }
+        CommitteeFields { roster: c.roster, threshold: c.threshold, epoch: c.epoch }
     }
 }
 
@@ -318,6 +335,30 @@ mod tests {
         assert_eq!(p.height(9), 3);
         assert_eq!(p.height(27), 3, "capped");
         assert_eq!(p.height(6), 2);
+    }
+
+    /// SPEC §7.1's vector: the encoding and hash of a one-member committee (key with seed
+    /// 01×32 at `127.0.0.1:7441`, threshold 1, epoch 300), and a decode that refuses an
+    /// impossible threshold.
+    #[test]
+    fn committee_vector() {
+        let hex = |bytes: &[u8]| bytes.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let member = chainiac_cosi::Member::new(&chainiac_cosi::SecretKey::from_seed(&[1; 32]), "127.0.0.1:7441");
+        let committee = Committee::new(Roster::new(vec![member]).unwrap(), 1).unwrap().with_epoch(300);
+        let bytes = postcard::to_allocvec(&committee).unwrap();
+        assert_eq!(
+            hex(&bytes),
+            "018a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c\
+             abb6a1c65b63196678184160464fec69698f561f1fdaa10af75946a83266a581\
+             ce68cb9d78682912160b4148188b47e3bccec92c729a96ebb232b9b59c9d0204\
+             0e3132372e302e302e313a3734343101ac02"
+        );
+        assert_eq!(hex(&committee.hash()), "95316228dd74fca18beedc0d41e937be0c73532a5c19225ceb165e88d9893197");
+        assert_eq!(postcard::from_bytes::<Committee>(&bytes).unwrap(), committee);
+        let mut zero_threshold = bytes.clone();
+        let at = bytes.len() - 3;
+        zero_threshold[at] = 0;
+        assert!(postcard::from_bytes::<Committee>(&zero_threshold).is_err());
     }
 
     #[test]

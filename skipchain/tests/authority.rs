@@ -32,7 +32,18 @@ fn change_block(
     appointment: impl FnOnce(&TestCommittee, &Committee, u64) -> Appointment,
 ) -> (Block, TestCommittee) {
     let mut rng = ChaCha20Rng::seed_from_u64(chain.rng.next_u64());
-    let next = TestCommittee::new(members, quorum_threshold(members, &mut rng), &mut rng);
+    let epoch = chain.signer.committee.epoch() + 1;
+    let next = TestCommittee::new(members, quorum_threshold(members, &mut rng), &mut rng).at_epoch(epoch);
+    change_block_to(chain, next, appointment)
+}
+
+/// The next block of `chain`, changing to `next` with `appointment`, signed by the current
+/// signers.
+fn change_block_to(
+    chain: &mut TestChain<MemoryStore>,
+    next: TestCommittee,
+    appointment: impl FnOnce(&TestCommittee, &Committee, u64) -> Appointment,
+) -> (Block, TestCommittee) {
     let (mut block, _) = chain.next_block(None, false, 0);
     let head = chain.head();
     let time = block.header.timestamp_ms;
@@ -104,14 +115,39 @@ fn too_few_expired_foreign_or_misdirected_approvals_are_refused() {
     refused(&chain, &block, |e| matches!(e, AuthorityError::Duplicate { .. }));
     // A committee that is no Byzantine quorum, however approved.
     let (block, _) = change_block(&mut chain, 4, |old, next, t| {
-        let weak = Committee::new(next.roster().clone(), 2).unwrap();
+        let weak = Committee::new(next.roster().clone(), 2).unwrap().with_epoch(next.epoch());
         old.appoint(&weak, 4, t + 1)
     });
     refused(&chain, &block, |e| matches!(e, AuthorityError::WeakThreshold { threshold: 2, members: 4 }));
+    // A committee numbered no higher than the one in force, however approved.
+    let (block, _) =
+        change_block(&mut chain, 5, |old, next, t| old.appoint(&next.clone().with_epoch(0), threshold, t + 1));
+    refused(&chain, &block, |e| matches!(e, AuthorityError::StaleEpoch { epoch: 0, outgoing: 0 }));
     // The rightful change goes through, and the new committee signs from then on.
     let (block, next) = change_block(&mut chain, 5, |old, next, t| old.appoint(next, threshold, t + 1));
     store::append(&chain.store, &block).unwrap();
     assert_eq!(chain.head().committee.hash(), next.committee.hash());
+}
+
+/// C0 → C1 → C0 again (same roster, next epoch) inside the approvals' window: the first
+/// appointment, by C0's members and unexpired, would hand the chain back to C1 if it could
+/// be replayed; the epoch it names is behind, so it is refused.
+#[test]
+fn approvals_cannot_bring_back_a_committee_the_chain_moved_away_from() {
+    let mut chain = chain_of(4, 3, 11);
+    let first = chain.signer.clone();
+    let (block, c1) = change_block(&mut chain, 4, |old, next, t| old.appoint(next, 4, t + 86_400_000));
+    let replayed = block.committee.clone().expect("a change block carries its appointment");
+    store::append(&chain.store, &block).unwrap();
+    chain.signer = std::sync::Arc::new(c1);
+    let keys = first.keys.iter().map(|k| SecretKey::from_seed(&k.seed())).collect();
+    let back = TestCommittee { committee: first.committee.clone().with_epoch(2), keys };
+    let (block, back) = change_block_to(&mut chain, back, |old, next, t| old.appoint(next, 4, t + 86_400_000));
+    store::append(&chain.store, &block).unwrap();
+    chain.signer = std::sync::Arc::new(back);
+    assert_eq!(chain.head().committee.roster(), first.committee.roster(), "the first roster is back");
+    let (block, _) = change_block(&mut chain, 4, |_, _, _| replayed.clone());
+    refused(&chain, &block, |e| matches!(e, AuthorityError::StaleEpoch { epoch: 1, outgoing: 2 }));
 }
 
 #[test]
@@ -351,6 +387,7 @@ proptest! {
         expiries in proptest::collection::vec(0u64..4, 8),
         scopes in proptest::collection::vec(0u8..3, 8),
         at in 0u64..4,
+        (old_epoch, new_epoch) in (0u64..3, 0u64..3),
         seed in any::<u64>(),
     ) {
         let (here, elsewhere) = (BlockId([1; 32]), BlockId([2; 32]));
@@ -358,10 +395,10 @@ proptest! {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let old_keys: Vec<SecretKey> = (0..n).map(|_| SecretKey::generate(&mut rng)).collect();
         let threshold = 1 + threshold_seed % n as u32;
-        let outgoing = Committee::new(roster(&old_keys), threshold).unwrap();
+        let outgoing = Committee::new(roster(&old_keys), threshold).unwrap().with_epoch(old_epoch);
         let new_keys: Vec<SecretKey> = (0..m).map(|_| SecretKey::generate(&mut rng)).collect();
         let new_threshold = new_threshold.min(m as u32);
-        let next = Committee::new(roster(&new_keys), new_threshold).unwrap();
+        let next = Committee::new(roster(&new_keys), new_threshold).unwrap().with_epoch(new_epoch);
         let approvals: Vec<Approval> = (0..n)
             .filter(|&i| approvers[i])
             .map(|i| Approval::sign(&old_keys[i], &next, expiries[i], scope(i)))
@@ -370,8 +407,11 @@ proptest! {
         let appointment = Appointment { committee: next.clone(), approvals };
         let result = appointment.check_change(&outgoing, &here, at);
         let quorum = 3 * new_threshold as usize > 2 * m;
-        prop_assert_eq!(result.is_ok(), quorum && valid >= threshold as usize, "{:?}", result);
-        if !quorum {
+        let later = new_epoch > old_epoch;
+        prop_assert_eq!(result.is_ok(), later && quorum && valid >= threshold as usize, "{:?}", result);
+        if !later {
+            prop_assert!(matches!(result, Err(AuthorityError::StaleEpoch { .. })), "{:?}", result);
+        } else if !quorum {
             prop_assert!(matches!(result, Err(AuthorityError::WeakThreshold { .. })), "{:?}", result);
         }
     }

@@ -73,6 +73,10 @@ pub fn check_rules(
         return Err(format!("a block of kind {kind} cannot go on a chain of kind {chain_kind}"));
     }
     check_carried(block)?;
+    if let (Some(new), false) = (&block.policy, kind == KIND_POLICY_CHANGE) {
+        // Policies on other chains: the clients' rule (a raw chain never takes a release policy).
+        chainiac_release::policy_rule(&head.chain, &head.policy, new, &block.payload)?;
+    }
     match kind {
         KIND_RELEASE => {
             if block.policy.is_some() {
@@ -94,5 +98,44 @@ pub fn check_rules(
                 .map_err(|e| e.to_string())
         }
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chainiac_cosi::{Member, Roster, SecretKey};
+    use chainiac_release::VerifierEntry;
+    use chainiac_skipchain::{genesis, ChainParams, Committee, Proposal};
+
+    /// A raw chain may change its opaque policy, but never to a release policy: a committee
+    /// cannot make a chain no root key governs into one whose releases clients check
+    /// against developer keys of its choice.
+    #[test]
+    fn a_raw_chain_never_takes_a_release_policy() {
+        let key = SecretKey::from_seed(&[3; 32]);
+        let committee = Committee::new(Roster::new(vec![Member::new(&key, "127.0.0.1:1")]).unwrap(), 1).unwrap();
+        let first = genesis(ChainParams::DEFAULT, committee, b"raw".to_vec(), KIND_RAW, vec![], 1_000);
+        let head = ChainState::genesis(&first).unwrap().into_inner();
+        let release_policy = Policy {
+            project: "hello".into(),
+            developers: vec![key.public_key()],
+            release_threshold: 1,
+            root_keys: vec![key.public_key()],
+            root_threshold: 1,
+            verifiers: vec![VerifierEntry { key: key.public_key(), address: "127.0.0.1:2".into() }],
+            verifier_threshold: 1,
+            max_age_ms: 1,
+            version: 1,
+        };
+        let with_policy = |policy: Vec<u8>| {
+            let proposal =
+                Proposal { kind: KIND_RAW, policy: Some(policy), timestamp_ms: 2_000, ..Proposal::default() };
+            head.propose(proposal, |_| Some(first.id())).unwrap()
+        };
+        let check = |block: &Block| check_rules(KIND_RAW, &head, block, TimeWindow::default(), |_| false);
+        assert_eq!(check(&with_policy(b"raw, second".to_vec())), Ok(()));
+        let refused = check(&with_policy(release_policy.to_bytes())).unwrap_err();
+        assert!(refused.contains("cannot take one"), "{refused}");
     }
 }

@@ -28,6 +28,12 @@ impl TestCommittee {
         TestCommittee { committee: Committee::new(roster, threshold).unwrap(), keys }
     }
 
+    /// The same committee numbered `epoch` (a successor must be numbered above its outgoing).
+    pub fn at_epoch(mut self, epoch: u64) -> Self {
+        self.committee = self.committee.with_epoch(epoch);
+        self
+    }
+
     /// A signature by this committee on `message` with up to `absent` members missing
     /// (never below the threshold).
     pub fn sign(&self, message: &[u8], absent: usize, rng: &mut ChaCha20Rng) -> chainiac_cosi::Signature {
@@ -133,7 +139,7 @@ impl<S: Store> TestChain<S> {
         self.time_ms += 1 + self.rng.next_u32() as u64 % 1000;
         let next_committee = new_members.map(|m| {
             let threshold = quorum_threshold(m, &mut self.rng);
-            Arc::new(TestCommittee::new(m, threshold, &mut self.rng))
+            Arc::new(TestCommittee::new(m, threshold, &mut self.rng).at_epoch(self.signer.committee.epoch() + 1))
         });
         if new_policy {
             self.policy_version += 1;
@@ -162,7 +168,8 @@ impl<S: Store> TestChain<S> {
     pub fn push_payload(&mut self, payload_at: impl FnOnce(u64) -> Vec<u8>, new_members: Option<usize>) -> u64 {
         let head = self.head();
         self.time_ms += 1 + self.rng.next_u32() as u64 % 1000;
-        let next = new_members.map(|m| Arc::new(TestCommittee::new(m, m as u32, &mut self.rng)));
+        let epoch = self.signer.committee.epoch() + 1;
+        let next = new_members.map(|m| Arc::new(TestCommittee::new(m, m as u32, &mut self.rng).at_epoch(epoch)));
         let proposal = Proposal {
             kind: 1,
             payload: payload_at(self.time_ms),
