@@ -34,6 +34,12 @@ pub enum ProjectCommand {
         /// exceed two thirds of the roster).
         #[arg(long)]
         threshold: Option<u32>,
+        /// The committee's epoch: the cothority's current one (its timeline committee's, as
+        /// `chainiac chain show` prints it at the last roster change; 0 before any). Witnesses
+        /// refuse a new chain below it, since approvals of a committee the cothority left
+        /// would still appoint it there.
+        #[arg(long, default_value_t = 0)]
+        epoch: u64,
         /// The key to present to the witness: a witness key of the roster (its operator's)
         /// to create a timeline, or an allow-listed creator's key (default: a throwaway key).
         #[arg(long)]
@@ -315,13 +321,13 @@ fn show(state: &Path, chain: &str, json: bool) -> Result<()> {
 }
 
 pub fn project(command: ProjectCommand) -> Result<()> {
-    let (roster, policy, timeline, threshold, key, out, json) = match command {
+    let (roster, policy, timeline, threshold, epoch, key, out, json) = match command {
         ProjectCommand::Show { state, chain, json } => return show(&state, &chain, json),
-        ProjectCommand::Init { roster, policy, timeline, threshold, key, out, json } => {
-            (roster, policy, timeline, threshold, key, out, json)
+        ProjectCommand::Init { roster, policy, timeline, threshold, epoch, key, out, json } => {
+            (roster, policy, timeline, threshold, epoch, key, out, json)
         }
     };
-    let committee = crate::roster_cmd::read_committee(&roster, threshold)?;
+    let committee = crate::roster_cmd::read_committee(&roster, threshold)?.with_epoch(epoch);
     chainiac_skipchain::authority::check_quorum(&committee).map_err(|e| UsageError(e.to_string()))?;
     let (kind, policy_bytes) = match (timeline, policy) {
         (true, _) => (KIND_TIMELINE, b"timeline".to_vec()),

@@ -175,6 +175,9 @@ fn approve(
     json: bool,
 ) -> Result<()> {
     chainiac_skipchain::authority::check_quorum(committee).map_err(|e| UsageError(e.to_string()))?;
+    if committee.epoch() == u64::MAX {
+        bail!(UsageError("epoch 18446744073709551615 would leave the committee no successor".into()));
+    }
     let key = read_key(key)?;
     let expires_ms = chainiac_client::now_ms().saturating_add(valid_days.saturating_mul(86_400_000));
     let approval = Approval::sign(&key, committee, expires_ms, chain);

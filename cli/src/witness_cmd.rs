@@ -203,18 +203,20 @@ fn status(address: String, key: String, json: bool) -> Result<()> {
                     "round_ms_max": status.round_ms_max,
                     "peers_up": status.peers_up,
                     "refused_frames": status.refused_frames,
+                    "blocks_adopted": status.blocks_adopted,
                     "chains": chains,
                 })
             );
         } else {
             println!("witness {} at {} (up {} s)", hex::encode(status.key), status.address, status.uptime_s);
             println!(
-                "rounds led {}, failed {} (mean {} ms, max {} ms); blocks signed {}; faults named {}",
+                "rounds led {}, failed {} (mean {} ms, max {} ms); blocks signed {}, re-led as promised {}; faults named {}",
                 status.rounds_led,
                 status.rounds_failed,
                 status.round_ms_mean,
                 status.round_ms_max,
                 status.blocks_signed,
+                status.blocks_adopted,
                 status.faults_named
             );
             println!("peers connected {}, frames refused {}", status.peers_up, status.refused_frames);

@@ -190,8 +190,14 @@ async fn every_row_of_the_access_table_refuses_strangers_and_non_members() {
             assert!(m.contains("without authority"), "{who}: {m}");
         }
         // Announce, Challenge, Abort, Commit: only the round's parent, a committee member.
-        let announce =
-            Announce { block: next.clone(), session: SessionId([5; 32]), leader: 0, branching: 8, excluded: vec![0] };
+        let announce = Announce {
+            block: next.clone(),
+            session: SessionId([5; 32]),
+            leader: 0,
+            branching: 8,
+            excluded: vec![0],
+            promises: vec![],
+        };
         refused(client.call(to(1), Request::Announce(announce.clone())).await, &[Forbidden], who);
         if who.contains("throwaway") {
             // A member of the committee that is not this witness's parent in the round.
@@ -212,6 +218,8 @@ async fn every_row_of_the_access_table_refuses_strangers_and_non_members() {
         );
         refused(client.call(to(1), Request::Abort { session: SessionId([5; 32]) }).await, &[Forbidden, NotFound], who);
         refused(client.call(to(1), Request::Commit { block: next.clone() }).await, &[Forbidden], who);
+        // Promises are reported to members of the chain's committee only.
+        refused(client.call(to(1), Request::GetPromise { chain, index: 2 }).await, &[Forbidden], who);
         // Genesis broadcasts: only a witness this node knows, in the new chain's committee.
         refused(client.call(to(1), Request::Genesis { genesis: raw_here.clone() }).await, &[Forbidden], who);
         // Block 0 announced or committed: a clean refusal, and the node stays up.
@@ -286,6 +294,7 @@ async fn chains_cannot_be_injected_through_announce_or_commit() {
         leader: 0,
         branching: 8,
         excluded: vec![0],
+        promises: vec![],
     };
 
     // A stranger: refused at once.
@@ -416,10 +425,28 @@ async fn only_the_outgoing_operators_change_a_committee_and_clients_follow_in_ev
     // The rightful change: operators of witnesses 0, 1 and 2 (the threshold, 3 of 4).
     let rightful = Appointment { committee: next.clone(), approvals: approvals(&[0, 1, 2], &next, expires) };
     let changed = cluster.propose_appointment(1, project, rightful.clone()).await.unwrap().header.index;
-    cluster.propose_appointment(2, timeline, rightful).await.unwrap();
+    cluster.propose_appointment(2, timeline, rightful.clone()).await.unwrap();
     for i in 0..5 {
         cluster.wait_head(i, project, changed).await;
     }
+    // New chains start at the cothority's epoch, so the approvals just used cannot appoint
+    // their committee on a chain created afterwards (even on the roster the cothority left).
+    let below = genesis(ChainParams::DEFAULT, old.clone(), vec![9], 0, vec![], common::now_ms());
+    let m = refused(
+        cluster.client.call(&cluster.witnesses[1], Request::CreateChain { genesis: below }).await,
+        &[ErrorCode::Refused],
+        "a chain below the epoch",
+    );
+    assert!(m.contains("below the cothority's 1"), "{m}");
+    let at_epoch = genesis(ChainParams::DEFAULT, old.clone().with_epoch(1), vec![9], 0, vec![], common::now_ms());
+    let Ok(Response::Created { chain: late }) =
+        cluster.client.call(&cluster.witnesses[1], Request::CreateChain { genesis: at_epoch }).await
+    else {
+        panic!("a chain at the cothority's epoch is created")
+    };
+    let replay = cluster.propose_appointment(1, late, rightful.clone()).await.unwrap_err();
+    let m = &refusal(&replay).message;
+    assert!(m.contains("epoch 1 does not exceed the outgoing committee's 1"), "{m}");
     // A client whose head is the committee change still exports a bundle: it ends on the
     // newest release, before the change.
     common::wait_timeline_has(&cluster, project, changed).await;

@@ -94,6 +94,8 @@ impl ClientState {
 
     /// Decodes a state file: this format, or one of the two before it (without the
     /// reconciliation records; with a committee per chain), which the next save replaces.
+    /// All three hold committees with their epoch: files from before epochs are refused
+    /// (every chain id changed with the committee encoding; anchor again).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
         // Decoded, then converted: the conversion's reasons survive (postcard drops them).
         if let Ok(stored) = chainiac_skipchain::decode_exact::<StoredState>(bytes) {
@@ -109,7 +111,10 @@ impl ClientState {
             }),
             Err(e) => match chainiac_skipchain::decode_exact::<LegacyState>(bytes) {
                 Ok(legacy) => ClientState::try_from(legacy),
-                Err(_) => Err(format!("not a chainiac client state: {e}")),
+                Err(_) => Err(format!(
+                    "not a chainiac client state ({e}); a state written before committees carried an epoch \
+                     (2026-11-30) is not read: anchor the chains again"
+                )),
             },
         }
     }

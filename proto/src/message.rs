@@ -6,6 +6,7 @@
 
 use crate::frame::FrameClass;
 use chainiac_cosi::protocol::{Challenge, Commitment, Response as CosiResponse, SessionId};
+use chainiac_cosi::PublicKey;
 use chainiac_release::{Attestation, DeveloperSignature, Manifest, ManifestId};
 use chainiac_skipchain::timeline::{ChainPrefix, InclusionProof, MultiInclusionProof, TimelineChanges, TimelineEntry};
 use chainiac_skipchain::{BackwardProof, Block, BlockId, ChainId, Header, LinkedProof, Proof, Proposal};
@@ -91,6 +92,46 @@ pub enum Request {
         held_appointments: Vec<[u8; 32]>,
         max_bytes: u64,
     },
+
+    // --- between witnesses (appended) ---
+    /// The block this witness promised at `(chain, index)`, if any, signed: what a member
+    /// that leads at an unfilled index gathers first, to re-lead what was promised (§9.2).
+    GetPromise { chain: ChainId, index: u64 },
+}
+
+/// The tag of the statement a witness signs when it reports a promise (SPEC §9.2).
+pub const TAG_PROMISE: &str = "chainiac/v1/witness/promise";
+
+/// A witness's signed report that it durably promised `block` (unsigned) at its index: it
+/// will sign no other block there. Carried in an [`Announce`] that re-leads a promised
+/// block, so that members that did not promise it see who did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedPromise {
+    pub member: PublicKey,
+    pub block: Block,
+    #[serde(with = "chainiac_cosi::bytes")]
+    pub signature: [u8; 64],
+}
+
+impl SignedPromise {
+    /// `tagged(TAG_PROMISE) || block id`: the id covers the chain and the index.
+    pub fn message(id: &BlockId) -> Vec<u8> {
+        let mut message = Vec::with_capacity(1 + TAG_PROMISE.len() + 32);
+        message.push(TAG_PROMISE.len() as u8);
+        message.extend_from_slice(TAG_PROMISE.as_bytes());
+        message.extend_from_slice(&id.0);
+        message
+    }
+
+    pub fn sign(key: &chainiac_cosi::SecretKey, block: Block) -> Self {
+        let signature = key.sign_ed25519(&Self::message(&block.id()));
+        SignedPromise { member: key.public_key(), block, signature }
+    }
+
+    /// Strict RFC 8032 verification by `member`.
+    pub fn verify(&self) -> bool {
+        self.member.verify_ed25519(&Self::message(&self.block.id()), &self.signature)
+    }
 }
 
 /// Most chains one [`Request::GetProofs`] may name.
@@ -148,6 +189,9 @@ pub struct Announce {
     pub branching: u32,
     /// Members left out of this attempt's tree (mask bytes over the committee's roster).
     pub excluded: Vec<u8>,
+    /// When the leader re-leads a block that members promised (§9.2): their signed
+    /// promises of it. Empty for a new block.
+    pub promises: Vec<SignedPromise>,
 }
 
 impl Request {
@@ -170,7 +214,8 @@ impl Request {
             | Request::Challenge { .. }
             | Request::Abort { .. }
             | Request::Commit { .. }
-            | Request::Genesis { .. } => FrameClass::Peer,
+            | Request::Genesis { .. }
+            | Request::GetPromise { .. } => FrameClass::Peer,
             Request::GetAttestation { .. } | Request::GetBuildLog { .. } | Request::GetAgreement { .. } => {
                 FrameClass::Query
             }
@@ -205,6 +250,7 @@ impl Request {
             Request::GetTimelineBatch { .. } => "get_timeline_batch",
             Request::GetLinkedProofs { .. } => "get_linked_proofs",
             Request::GetTimelineChanges { .. } => "get_timeline_changes",
+            Request::GetPromise { .. } => "get_promise",
         }
     }
 }
@@ -240,6 +286,8 @@ pub enum Response {
     LinkedProofs(Vec<Result<LinkedProof, ErrorReply>>),
     /// The answer to [`Request::GetTimelineChanges`].
     TimelineChanges(TimelineChanges),
+    /// The answer to [`Request::GetPromise`].
+    Promise(Option<Box<SignedPromise>>),
 }
 
 impl Response {
@@ -266,6 +314,7 @@ impl Response {
             Response::TimelineBatch(_) => "timeline_batch",
             Response::LinkedProofs(_) => "linked_proofs",
             Response::TimelineChanges(_) => "timeline_changes",
+            Response::Promise(_) => "promise",
         }
     }
 }
@@ -325,6 +374,9 @@ pub struct NodeStatus {
     pub peers_up: u64,
     /// Frames refused as malformed, oversized, of an unknown version or unauthorized.
     pub refused_frames: u64,
+    /// Blocks this node re-led because members had promised them (a leader died or
+    /// withheld the signature after the promises, §9.2).
+    pub blocks_adopted: u64,
 }
 
 /// A refusal, with a code scripts can branch on and a message people can act on.
@@ -353,6 +405,9 @@ pub enum ErrorCode {
     Forbidden,
     /// Something broke on the node.
     Internal,
+    /// This witness durably promised another block at this index and signs no other: the
+    /// leader should gather the promises there and re-lead what was promised (§9.2).
+    Promised,
 }
 
 impl ErrorReply {
@@ -368,6 +423,52 @@ mod tests {
 
     fn bytes(parts: &[&[u8]]) -> Vec<u8> {
         parts.concat()
+    }
+
+    /// SPEC §9.1: a promise report signs `tagged(TAG_PROMISE) || block id` (60 bytes,
+    /// starting 0x1b), deterministically (RFC 8032), and stops verifying when the block or
+    /// the member changes.
+    #[test]
+    fn promise_report_vector() {
+        let key = chainiac_cosi::SecretKey::from_seed(&[1; 32]);
+        let message = SignedPromise::message(&BlockId([7; 32]));
+        assert_eq!(message.len(), 60);
+        assert_eq!(message[0], 0x1b);
+        assert_eq!(&message[1..28], b"chainiac/v1/witness/promise");
+        assert_eq!(&message[28..], &[7; 32]);
+        let block = Block {
+            header: Header {
+                chain: Some(BlockId([1; 32])),
+                index: 2,
+                height: 1,
+                back_links: vec![BlockId([3; 32])],
+                params: None,
+                kind: 0,
+                payload_hash: [4; 32],
+                committee_hash: [5; 32],
+                policy_hash: [6; 32],
+                previous_checkpoint: 0,
+                timestamp_ms: 1_000,
+            },
+            payload: vec![],
+            committee: None,
+            policy: None,
+            signature: None,
+        };
+        let promise = SignedPromise::sign(&key, block.clone());
+        let hex: String = promise.signature.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(block.id().to_hex(), "af83e5d60b7407a811d19794253468f4a1a76411f8332419c22a2e729a0352c7");
+        assert_eq!(
+            hex,
+            "0b166264103875248962f328bcf7789d61f143ccca071bc0c6815ba673b2fc64\
+             4e29a74d119d906c172614f346ef0be230f4e9aa39121ff613ced5b1efbee70b"
+        );
+        assert!(promise.verify());
+        let mut other = promise.clone();
+        other.block.header.index = 3;
+        assert!(!other.verify(), "another block");
+        let stranger = chainiac_cosi::SecretKey::from_seed(&[2; 32]).public_key();
+        assert!(!SignedPromise { member: stranger, ..promise }.verify(), "another member");
     }
 
     /// The largest change-list request a client may send fits a query frame.

@@ -32,6 +32,7 @@ async fn serve(endpoint: quinn::Endpoint) {
                             round_ms_max: 0,
                             peers_up: 0,
                             refused_frames: 0,
+                            blocks_adopted: 0,
                         }),
                         Ok(_) => Response::Error(ErrorReply::new(ErrorCode::BadRequest, "only status here")),
                         Err(e) => Response::Error(ErrorReply::new(ErrorCode::BadRequest, e.to_string())),

@@ -54,6 +54,8 @@ pub enum ReleaseError {
     BadRootSignature { key: String },
     #[error("{valid} distinct valid root signatures; the policy requires {threshold}")]
     RootThreshold { valid: usize, threshold: u32 },
+    #[error("the old policy's root threshold {threshold} of {keys} root keys authorizes no change")]
+    DegenerateRootThreshold { threshold: u32, keys: usize },
     #[error("the new policy's version {new} does not follow the old one's {old}: each change raises it")]
     VersionNotRaised { old: u64, new: u64 },
 }
@@ -251,6 +253,11 @@ fn check_transition(chain: &[u8; 32], old_bytes: &[u8], new_bytes: &[u8], payloa
     }
     if new.version <= old.version {
         return Err(ReleaseError::VersionNotRaised { old: old.version, new: new.version });
+    }
+    // A degenerate old policy (no root threshold, or one its keys cannot meet) authorizes
+    // nothing: checked here, where policies are read without `Policy::check`.
+    if old.root_threshold == 0 || old.root_threshold as usize > old.root_keys.len() {
+        return Err(ReleaseError::DegenerateRootThreshold { threshold: old.root_threshold, keys: old.root_keys.len() });
     }
     let change: Vec<RootSignatureFields> =
         chainiac_skipchain::decode_exact(payload).map_err(|e| ReleaseError::DecodeChange(e.to_string()))?;

@@ -232,6 +232,12 @@ fn policy_changes_need_the_root_threshold_and_rotate_developer_keys() {
         rule(b"raw", &new, &change.to_bytes()).unwrap_err().contains("cannot take one"),
         "a chain that is not a release chain never becomes one"
     );
+    // A release-shaped policy with no root threshold (a raw genesis may name one, unchecked)
+    // authorizes no change, with no signature or any.
+    let mut degenerate = f.policy.clone();
+    degenerate.root_threshold = 0;
+    let error = rule(&degenerate.to_bytes(), &new, &PolicyChange { root_signatures: vec![] }.to_bytes()).unwrap_err();
+    assert!(error.contains("authorizes no change"), "{error}");
     assert!(rule(&old, b"not a policy", &change.to_bytes()).is_err(), "a release policy stays one");
 
     // After the rotation the old key no longer counts and the new one does.

@@ -8,6 +8,8 @@ pub struct Metrics {
     pub rounds_led: AtomicU64,
     pub rounds_failed: AtomicU64,
     pub blocks_signed: AtomicU64,
+    /// Promised blocks this node re-led to fill their index.
+    pub blocks_adopted: AtomicU64,
     /// Members named by an aggregator for a missing or wrong partial signature.
     pub faults_named: AtomicU64,
     /// Frames refused: malformed, oversized, unknown version, or not allowed to this caller.

@@ -12,8 +12,8 @@ use chainiac_cosi::protocol::{
 };
 use chainiac_cosi::{Mask, Member, PublicKey, Roster, SecretKey};
 use chainiac_proto::message::{
-    Announce, ErrorCode, ErrorReply, HeadInfo, LinkedQuery, NodeStatus, ProofQuery, Request, Response, TimelineBatch,
-    TimelineInfo, MAX_CHANGE_BLOCKS, MAX_HELD_APPOINTMENTS, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS,
+    Announce, ErrorCode, ErrorReply, HeadInfo, LinkedQuery, NodeStatus, ProofQuery, Request, Response, SignedPromise,
+    TimelineBatch, TimelineInfo, MAX_CHANGE_BLOCKS, MAX_HELD_APPOINTMENTS, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS,
     MAX_WATCHED_PREFIXES, PROOFS_RESPONSE_BUDGET,
 };
 use chainiac_proto::{CallError, FrameClass, Pool};
@@ -33,8 +33,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
 
-/// Column family of promises: `chain || index` → the one block id this node will sign there.
+/// Column family of promises: `chain || index` → the one block (unsigned, encoded) this node
+/// will sign there; records written before promises kept the block hold its 32-byte id.
 pub const CF_PROMISES: &str = "promises";
+/// Promised blocks a leader re-leads before its own proposal, at most (one per index).
+const MAX_ADOPTIONS: usize = 4;
 /// Most blocks one `GetBlocks` answer carries.
 const MAX_BLOCKS_PER_ANSWER: u32 = 256;
 /// Attempts per round before the leader gives up.
@@ -172,6 +175,20 @@ fn check_catch_up_length(head: u64, index: u64) -> Result<(), ErrorReply> {
     Ok(())
 }
 
+/// What this node promised at an index: the block's id and, unless the record predates
+/// promises that keep the block, the block.
+struct Promised {
+    id: BlockId,
+    block: Option<Block>,
+}
+
+fn promise_key(chain: &ChainId, index: u64) -> [u8; 40] {
+    let mut key = [0u8; 40];
+    key[..32].copy_from_slice(&chain.0);
+    key[32..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
 /// A round this node takes part in, between its commitment and its response.
 struct RoundState {
     chain: ChainId,
@@ -287,6 +304,7 @@ impl Node {
             Request::Abort { session } => self.on_abort(caller, session),
             Request::Commit { block } => self.on_commit(caller, from, block).await,
             Request::Genesis { genesis } => self.on_genesis(caller, genesis),
+            Request::GetPromise { chain, index } => self.get_promise(caller, chain, index),
             Request::SubmitRelease { chain, manifest, developer_signatures, source } => {
                 self.submit_release(chain, manifest, developer_signatures, source).await
             }
@@ -333,6 +351,7 @@ impl Node {
             round_ms_max: m.round_ms_max.load(Ordering::Relaxed),
             peers_up: self.pool.live_connections() as u64,
             refused_frames: m.refused_frames.load(Ordering::Relaxed),
+            blocks_adopted: m.blocks_adopted.load(Ordering::Relaxed),
         }))
     }
 
@@ -457,6 +476,7 @@ impl Node {
         };
         let state = Arc::new(state.into_inner());
         self.heads.lock().expect("lock").insert(state.chain, state.clone());
+        self.forget_promises(&state.chain, state.index());
         self.note_appended(block);
         Ok(state)
     }
@@ -508,9 +528,11 @@ impl Node {
 
     // ---- the rules a proposed block must meet here ----
 
+    /// Every rule for a block this node is asked to sign now: [`Node::check_valid`], then
+    /// that it is fresh (its time within the clock skew; a timeline block's heads are this
+    /// node's).
     fn check_block(&self, head: &ChainState, block: &Block) -> Result<(), ErrorReply> {
-        head.check_successor(block, |i| self.store.block_id(&head.chain, i).ok().flatten())
-            .map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
+        self.check_valid(head, block)?;
         let skew = block.header.timestamp_ms.abs_diff(now_ms());
         if skew > self.config.max_clock_skew_ms {
             return Err(err(
@@ -521,12 +543,61 @@ impl Node {
                 ),
             ));
         }
+        if block.header.kind == KIND_TIMELINE {
+            self.check_timeline_block(block)?;
+        }
+        Ok(())
+    }
+
+    /// The rules that do not depend on the moment: the block extends the head (chain
+    /// rules, committee authority) and meets its kind's rules.
+    fn check_valid(&self, head: &ChainState, block: &Block) -> Result<(), ErrorReply> {
+        head.check_successor(block, |i| self.store.block_id(&head.chain, i).ok().flatten())
+            .map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
         let chain_kind = self.chain_kind(&head.chain)?;
         let is_released = |version: &str| self.is_released(&head.chain, version);
         rules::check_rules(chain_kind, head, block, self.release_window(), is_released)
-            .map_err(|reason| err(ErrorCode::Refused, reason))?;
-        if block.header.kind == KIND_TIMELINE {
-            self.check_timeline_block(block)?;
+            .map_err(|reason| err(ErrorCode::Refused, reason))
+    }
+
+    /// The checks before this node commits to `block` in a round (§9.2). A node that
+    /// promised another block at the index refuses (`Promised`: the leader should re-lead
+    /// that one). A block this node promised, or that more members promised than the
+    /// committee may have faulty ones (`n − t`, so at least one honest member checked it
+    /// when it was fresh), is checked by the rules that do not depend on the moment: it
+    /// may be older than the clock skew, and a timeline block's heads may have moved since.
+    /// Any other block gets every rule ([`Node::check_block`]).
+    fn check_to_sign(&self, head: &ChainState, block: &Block, promises: &[SignedPromise]) -> Result<(), ErrorReply> {
+        let index = block.header.index;
+        let id = block.id();
+        let vouched = match self.promised(&head.chain, index)? {
+            Some(own) if own.id != id => {
+                return Err(err(
+                    ErrorCode::Promised,
+                    format!(
+                        "this witness promised another block at index {index} and signs no other; re-lead that one"
+                    ),
+                ))
+            }
+            Some(_) => true,
+            None if promises.is_empty() => false,
+            None => {
+                let roster = head.committee.roster();
+                let promisers: HashSet<PublicKey> = promises
+                    .iter()
+                    .filter(|p| p.block.id() == id && roster.index_of(&p.member).is_some() && p.verify())
+                    .map(|p| p.member)
+                    .collect();
+                promisers.len() > roster.len() - head.committee.threshold()
+            }
+        };
+        if !vouched {
+            return self.check_block(head, block);
+        }
+        self.check_valid(head, block)?;
+        let ahead = block.header.timestamp_ms.saturating_sub(now_ms());
+        if ahead > self.config.max_clock_skew_ms {
+            return Err(err(ErrorCode::Refused, format!("block time is {ahead} ms ahead of this witness's clock")));
         }
         Ok(())
     }
@@ -934,28 +1005,131 @@ impl Node {
         self.reservations.lock().expect("lock").retain(|(c, i), _| !(*c == chain && *i <= index));
     }
 
-    /// Durably promises to sign no block but `id` at `(chain, index)`; refuses if another
-    /// id was promised. Called before any partial response leaves this node.
-    fn promise(&self, chain: ChainId, index: u64, id: BlockId) -> Result<(), ErrorReply> {
+    /// Durably promises to sign no block but `block` at its index; refuses if another was
+    /// promised. Called before any partial response leaves this node. The block is kept
+    /// (unsigned) so that a leader can re-lead it if this round dies (§9.2).
+    fn promise(&self, block: &Block) -> Result<(), ErrorReply> {
+        let chain = block.header.chain.ok_or_else(|| err(ErrorCode::BadRequest, "a genesis is not promised"))?;
+        let index = block.header.index;
         let _guard = self.promise_lock.lock().expect("lock");
-        let db = self.store.db();
-        let cf = db.cf_handle(CF_PROMISES).expect("promises column family is opened at start");
-        let mut key = [0u8; 40];
-        key[..32].copy_from_slice(&chain.0);
-        key[32..].copy_from_slice(&index.to_be_bytes());
-        let internal = |e: rocksdb::Error| err(ErrorCode::Internal, format!("promise store: {e}"));
-        match db.get_pinned_cf(cf, key).map_err(internal)? {
-            Some(existing) if existing.as_ref() != id.0 => Err(err(
-                ErrorCode::Refused,
+        match self.promised(&chain, index)? {
+            Some(existing) if existing.id != block.id() => Err(err(
+                ErrorCode::Promised,
                 format!("this witness already promised another block at index {index} and never signs two"),
             )),
             Some(_) => Ok(()),
             None => {
+                let db = self.store.db();
+                let cf = db.cf_handle(CF_PROMISES).expect("promises column family is opened at start");
+                let unsigned = Block { signature: None, ..block.clone() };
+                let bytes = postcard::to_allocvec(&unsigned).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
                 let mut options = rocksdb::WriteOptions::default();
                 options.set_sync(true);
-                db.put_cf_opt(cf, key, id.0, &options).map_err(internal)
+                db.put_cf_opt(cf, promise_key(&chain, index), bytes, &options)
+                    .map_err(|e| err(ErrorCode::Internal, format!("promise store: {e}")))
             }
         }
+    }
+
+    /// What this node promised at `(chain, index)`, if anything.
+    fn promised(&self, chain: &ChainId, index: u64) -> Result<Option<Promised>, ErrorReply> {
+        let db = self.store.db();
+        let cf = db.cf_handle(CF_PROMISES).expect("promises column family is opened at start");
+        let internal = |e: String| err(ErrorCode::Internal, format!("promise store: {e}"));
+        let Some(value) = db.get_pinned_cf(cf, promise_key(chain, index)).map_err(|e| internal(e.to_string()))? else {
+            return Ok(None);
+        };
+        if let Ok(id) = <[u8; 32]>::try_from(value.as_ref()) {
+            return Ok(Some(Promised { id: BlockId(id), block: None }));
+        }
+        let block: Block = chainiac_skipchain::decode_exact(&value).map_err(|e| internal(e.to_string()))?;
+        Ok(Some(Promised { id: block.id(), block: Some(block) }))
+    }
+
+    /// A promise ends when its index is filled: drops this chain's promises up to `index`.
+    fn forget_promises(&self, chain: &ChainId, index: u64) {
+        let db = self.store.db();
+        let cf = db.cf_handle(CF_PROMISES).expect("promises column family is opened at start");
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_range_cf(cf, promise_key(chain, 0), promise_key(chain, index));
+        batch.delete_cf(cf, promise_key(chain, index));
+        if let Err(e) = db.write(batch) {
+            warn!(chain = %chain.to_hex()[..16], "could not drop filled promises: {e}");
+        }
+    }
+
+    /// A `GetPromise` from a member of the chain's committee: the block this node promised
+    /// at an unfilled index, signed (none at a filled one).
+    fn get_promise(&self, caller: PublicKey, chain: ChainId, index: u64) -> Reply {
+        let head = self.head(&chain)?;
+        self.authorize(&caller, head.committee.roster())?;
+        if index <= head.index() {
+            return Ok(Response::Promise(None));
+        }
+        let promise =
+            self.promised(&chain, index)?.and_then(|p| p.block).map(|b| Box::new(SignedPromise::sign(&self.key, b)));
+        Ok(Response::Promise(promise))
+    }
+
+    /// The promises members hold at the index after `head`, gathered from every member
+    /// (this node's own included), and the block to re-lead: this node's own promise if it
+    /// has one (it signs no other there), else the block most members promised (ties: the
+    /// lower id). `None` when nobody reports one.
+    async fn gather_promises(
+        self: &Arc<Self>,
+        head: &ChainState,
+    ) -> Result<Option<(Block, Vec<SignedPromise>)>, ErrorReply> {
+        let (chain, index) = (head.chain, head.index() + 1);
+        let roster = Arc::new(head.committee.roster().clone());
+        let me = self.member_of(&roster)?;
+        let own = self.promised(&chain, index)?;
+        let mut reports: Vec<SignedPromise> = Vec::new();
+        if let Some(block) = own.as_ref().and_then(|p| p.block.clone()) {
+            reports.push(SignedPromise::sign(&self.key, block));
+        }
+        let others: Vec<usize> = (0..roster.len()).filter(|&i| i != me).collect();
+        let request = Request::GetPromise { chain, index };
+        for (member, reply) in self.ask_children(&roster, &others, request, self.config.peer_timeout()).await {
+            if let Ok(Response::Promise(Some(promise))) = reply {
+                let from_member = roster.member(member).is_some_and(|m| m.key == promise.member);
+                let here = promise.block.header.chain == Some(chain) && promise.block.header.index == index;
+                if from_member && here && promise.verify() {
+                    reports.push(*promise);
+                }
+            }
+        }
+        let chosen = match &own {
+            Some(own) => own.id,
+            None => {
+                let mut counts: HashMap<BlockId, usize> = HashMap::new();
+                for report in &reports {
+                    *counts.entry(report.block.id()).or_default() += 1;
+                }
+                match counts.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0 .0.cmp(&a.0 .0))) {
+                    Some((id, _)) => id,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let promises: Vec<SignedPromise> = reports.into_iter().filter(|p| p.block.id() == chosen).collect();
+        Ok(promises.first().map(|p| (p.block.clone(), promises.clone())))
+    }
+
+    /// Fills the index after `head` with the block its members promised there (a leader
+    /// died or withheld the signature after the promises were written, §9.2).
+    async fn adopt(self: &Arc<Self>, head: &ChainState) -> Result<Block, ErrorReply> {
+        let index = head.index() + 1;
+        let Some((block, promises)) = self.gather_promises(head).await? else {
+            return Err(err(
+                ErrorCode::Unavailable,
+                format!("a member promised another block at index {index}, but no member reported it; try again"),
+            ));
+        };
+        self.check_to_sign(head, &block, &promises)?;
+        info!(chain = %head.chain.to_hex()[..16], index, promised_by = promises.len(), "re-leading the promised block");
+        let block = self.run_round(head, block, promises).await?;
+        self.metrics.blocks_adopted.fetch_add(1, Ordering::Relaxed);
+        Ok(block)
     }
 
     // ---- catching up ----
@@ -1178,6 +1352,7 @@ impl Node {
         rules::check_genesis(&genesis).map_err(|reason| err(ErrorCode::Refused, reason))?;
         let roster = state.committee.roster().clone();
         self.member_of(&roster)?;
+        self.check_genesis_epoch(&state.committee)?;
         let creators = self.config.creators();
         let listed = creators.contains(&caller);
         let own = caller == self.key.public_key();
@@ -1208,6 +1383,31 @@ impl Node {
         let request = Request::Genesis { genesis };
         self.broadcast(&roster, &request).await;
         Ok(Response::Created { chain: state.chain })
+    }
+
+    /// A new chain starts at the cothority's epoch: at or above the epoch of every timeline
+    /// committee this node serves in. Below it, approvals of a committee the cothority has
+    /// moved away from (still unexpired) would appoint it on the new chain (§7.6).
+    fn check_genesis_epoch(&self, committee: &chainiac_skipchain::Committee) -> Result<(), ErrorReply> {
+        let timelines: Vec<ChainId> = self.timeline_chains.lock().expect("lock").iter().copied().collect();
+        let me = self.key.public_key();
+        let current = timelines
+            .iter()
+            .filter_map(|t| self.head(t).ok())
+            .filter(|head| head.committee.roster().index_of(&me).is_some())
+            .map(|head| head.committee.epoch())
+            .max();
+        match current {
+            Some(epoch) if committee.epoch() < epoch => Err(err(
+                ErrorCode::Refused,
+                format!(
+                    "the genesis committee's epoch {} is below the cothority's {epoch} (its timeline's committee): \
+                     create the chain at epoch {epoch} or above",
+                    committee.epoch()
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Counts a chain creation against the caller's key and address, refusing past the quota.
@@ -1365,18 +1565,47 @@ impl Node {
     }
 
     /// Leads a round for the block `proposal` makes on top of the chain's head, appends the
-    /// signed block and tells the other witnesses.
+    /// signed block and tells the other witnesses. Where members promised another block at
+    /// that index (its leader died or withheld the signature), that block is re-led first
+    /// and the proposal goes on the next index; a timeline proposal ends there (the
+    /// timeline moved).
     pub async fn lead(self: &Arc<Self>, chain: ChainId, mut proposal: Proposal) -> Result<Block, ErrorReply> {
         let lock = self.chain_lock(chain);
         let _one_round_per_chain = lock.lock().await;
-        let head = self.head(&chain)?;
-        if proposal.kind != KIND_TIMELINE {
-            proposal.timestamp_ms = now_ms().max(head.header.timestamp_ms);
+        for _ in 0..=MAX_ADOPTIONS {
+            let head = self.head(&chain)?;
+            // This node signs nothing but what it promised at the index: that goes first.
+            if self.promised(&chain, head.index() + 1)?.is_none() {
+                if proposal.kind != KIND_TIMELINE {
+                    proposal.timestamp_ms = now_ms().max(head.header.timestamp_ms);
+                }
+                let block = head
+                    .propose(proposal.clone(), |i| self.store.block_id(&chain, i).ok().flatten())
+                    .map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
+                self.check_block(&head, &block)?;
+                match self.run_round(&head, block, Vec::new()).await {
+                    Err(e) if e.code == ErrorCode::Promised => {}
+                    done => return done,
+                }
+            }
+            let adopted = self.adopt(&head).await?;
+            if proposal.kind == KIND_TIMELINE {
+                return Ok(adopted);
+            }
         }
-        let mut block = head
-            .propose(proposal, |i| self.store.block_id(&chain, i).ok().flatten())
-            .map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
-        self.check_block(&head, &block)?;
+        Err(err(ErrorCode::Unavailable, "every index tried held another promised block; propose again"))
+    }
+
+    /// One round for `block` on top of `head` (attempts with faulty members left out),
+    /// then the append and the commit to every member. `promises`: the members' signed
+    /// promises of a block re-led as promised.
+    async fn run_round(
+        self: &Arc<Self>,
+        head: &ChainState,
+        mut block: Block,
+        promises: Vec<SignedPromise>,
+    ) -> Result<Block, ErrorReply> {
+        let chain = head.chain;
         let roster = Arc::new(head.committee.roster().clone());
         let me = self.member_of(&roster)?;
         let id = block.id();
@@ -1409,9 +1638,11 @@ impl Node {
                 leader: me as u32,
                 branching: self.config.branching,
                 excluded: excluded.as_bytes().to_vec(),
+                promises: promises.clone(),
             };
             let wait = self.wait_for_children(&tree, me);
             let mut busy = false;
+            let mut promised_elsewhere = 0;
             for (child, reply) in
                 self.ask_children(&roster, &tree.children(me), Request::Announce(announce), wait).await
             {
@@ -1423,6 +1654,7 @@ impl Node {
                     }
                     Ok(other) => warn!(member = child, "unexpected answer to announce: {other:?}"),
                     Err(CallError::Remote(reply)) if reply.code == ErrorCode::Busy => busy = true,
+                    Err(CallError::Remote(reply)) if reply.code == ErrorCode::Promised => promised_elsewhere += 1,
                     Err(e) => debug!(member = child, "no commitment: {e}"),
                 }
             }
@@ -1439,6 +1671,14 @@ impl Node {
                         ),
                     );
                     self.abort_children(&roster, &tree, me, session_id).await;
+                    if promised_elsewhere > 0 && promises.is_empty() {
+                        // Members promised another block here: the caller re-leads it.
+                        last_error = err(
+                            ErrorCode::Promised,
+                            format!("{promised_elsewhere} member(s) promised another block at index {index}"),
+                        );
+                        break;
+                    }
                     if busy && attempt < MAX_ATTEMPTS {
                         // Another leader holds some witnesses for its block at this index:
                         // step back for a random while so that one of us wins.
@@ -1458,7 +1698,7 @@ impl Node {
                     break;
                 }
             };
-            self.promise(chain, index, id)?;
+            self.promise(&block)?;
             let own = nonces.respond(&session, &self.key, &challenge).map_err(protocol_err)?;
             leader.aggregator().receive_response(me, &own).map_err(protocol_err)?;
             let responders: Vec<usize> =
@@ -1593,8 +1833,8 @@ impl Node {
         if tree.parent(me).and_then(|p| roster.member(p)).map(|m| m.key) != Some(caller) {
             return Err(self.forbidden(format!("key {caller} is not this witness's parent in the round's tree")));
         }
-        let block = announce.block;
-        self.check_block(&head, &block)?;
+        self.check_to_sign(&head, &announce.block, &announce.promises)?;
+        let block = announce.block.clone();
         let id = block.id();
         self.reserve(chain, index, id)?;
         let session = Session::new(roster.clone(), announce.session, id.0.to_vec());
@@ -1605,7 +1845,7 @@ impl Node {
         } else {
             let mut aggregator = Aggregator::new(session.clone(), &tree, me);
             aggregator.receive_commitment(me, &own).map_err(protocol_err)?;
-            let relay = Announce { block: block.clone(), ..announce };
+            let relay = announce.clone();
             let wait = self.wait_for_children(&tree, me);
             for (child, reply) in self.ask_children(&roster, &children, Request::Announce(relay), wait).await {
                 if let Ok(Response::Commitment(c)) = reply {
@@ -1664,7 +1904,7 @@ impl Node {
         if let Some(aggregator) = aggregator.as_mut() {
             aggregator.receive_challenge(&challenge).map_err(protocol_err)?;
         }
-        self.promise(chain, block.header.index, block.id())?;
+        self.promise(&block)?;
         let own = nonces.respond(&session, &self.key, &challenge).map_err(protocol_err)?;
         let Some(mut aggregator) = aggregator else {
             return Ok(Response::Signed(own));
