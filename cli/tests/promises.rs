@@ -76,8 +76,9 @@ async fn lead_until_the_promises(cluster: &Cluster, witness: usize, members: usi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_dying_after_the_promises_leaves_its_block_to_the_next_leader() {
-    // No automatic timeline blocks: only this test's requests move the chain.
-    let mut cluster = Cluster::start_with(4, 0).await;
+    // No automatic timeline blocks: only this test's requests move the chain. A tight clock
+    // skew, so that the promised block is stale by the time it is re-led.
+    let mut cluster = Cluster::start_configured(4, 0, |_, config| config.max_clock_skew_ms = 1_500).await;
     let (chain, genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;
     cluster.propose(0, chain, b"first").await.unwrap();
     for i in 0..4 {
@@ -159,4 +160,33 @@ async fn a_leader_dying_after_the_promises_leaves_its_block_to_the_next_leader()
         Ok(Response::Promise(None)) => {}
         other => panic!("a filled index reports no promise, got {other:?}"),
     }
+
+    // What a faulty member can do with the promises an announce carries: no more than
+    // without them. A block older than the clock skew, vouched for only by its own
+    // promise (no more than the faulty members a committee tolerates), gets every check.
+    tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
+    let mut stale = next_block(&cluster, 1, chain, &genesis, b"backdated").await;
+    let head_time = cluster.prove_from_genesis(1, chain, &genesis).await.header.timestamp_ms;
+    stale.header.timestamp_ms = head_time + 1;
+    let faulty = cluster.keys(&[0]).pop().unwrap();
+    let own = chainiac_proto::message::SignedPromise::sign(&faulty, stale.clone()).signature();
+    let announce = |promises| Announce {
+        block: stale.clone(),
+        session: SessionId([9; 32]),
+        leader: roster.index_of(&cluster.witnesses[0].key).unwrap() as u32,
+        branching: 4,
+        excluded: vec![0],
+        promises,
+    };
+    let as_leader = Client::with_key(cluster.keys(&[0]).pop().unwrap());
+    let reply = as_leader.call(&cluster.witnesses[1], Request::Announce(announce(vec![own]))).await.unwrap_err();
+    assert!(refusal(&reply).message.contains("from this witness's clock"), "{}", refusal(&reply).message);
+    // The same promise twice, or a stranger's, is refused before any signature is checked.
+    let reply = as_leader.call(&cluster.witnesses[1], Request::Announce(announce(vec![own, own]))).await.unwrap_err();
+    assert_eq!(refusal(&reply).code, ErrorCode::BadRequest, "{}", refusal(&reply).message);
+    let stranger_key = chainiac_cosi::SecretKey::from_seed(&[77; 32]);
+    let strangers = chainiac_proto::message::SignedPromise::sign(&stranger_key, stale.clone()).signature();
+    let reply =
+        as_leader.call(&cluster.witnesses[1], Request::Announce(announce(vec![own, strangers]))).await.unwrap_err();
+    assert_eq!(refusal(&reply).code, ErrorCode::BadRequest, "{}", refusal(&reply).message);
 }

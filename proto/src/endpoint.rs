@@ -49,13 +49,33 @@ fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(transport)
 }
 
-/// A node's endpoint: serves on `listen` with `key`, and connects out with it too.
+/// The tag of the stateless-reset key's derivation (SPEC §10.1).
+pub const TAG_STATELESS_RESET: &str = "chainiac/v1/quic/stateless-reset";
+
+/// A node's endpoint: serves on `listen` with `key`, and connects out with it too. Its
+/// stateless-reset key is derived from the node key, so a restarted node resets the
+/// connections its previous run had at their first packet, and peers reconnect at once
+/// instead of waiting for the idle timeout.
 pub fn server(key: &SecretKey, listen: SocketAddr) -> Result<Endpoint, EndpointError> {
     let crypto =
         QuicServerConfig::try_from(tls::server_config(key)?).map_err(|e| EndpointError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(transport());
-    Endpoint::server(config, listen).map_err(|source| EndpointError::Bind { address: listen, source })
+    // The connection ids' hash key too: the new run must take the old run's ids for its
+    // own, or it drops their packets as invalid instead of resetting them.
+    let mut seed = key.seed();
+    let mut reset_key = chainiac_cosi::hash::sha3_256(TAG_STATELESS_RESET, &[&seed]);
+    let mut cid_key = chainiac_cosi::hash::sha3_256(TAG_STATELESS_RESET, &[&seed, b"cid"]);
+    let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset_key);
+    let cid_hash_key = u64::from_le_bytes(cid_key[..8].try_into().expect("8 bytes"));
+    zeroize::Zeroize::zeroize(&mut seed);
+    zeroize::Zeroize::zeroize(&mut reset_key);
+    zeroize::Zeroize::zeroize(&mut cid_key);
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(hmac));
+    endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_hash_key)));
+    let socket = std::net::UdpSocket::bind(listen).map_err(|source| EndpointError::Bind { address: listen, source })?;
+    Endpoint::new(endpoint_config, Some(config), socket, Arc::new(quinn::TokioRuntime))
+        .map_err(|source| EndpointError::Bind { address: listen, source })
 }
 
 /// An endpoint that only connects out (clients).

@@ -95,11 +95,11 @@ pub enum Request {
 
     // --- between witnesses (appended) ---
     /// The block this witness promised at `(chain, index)`, if any, signed: what a member
-    /// that leads at an unfilled index gathers first, to re-lead what was promised (§9.2).
+    /// that leads at an unfilled index gathers first, to re-lead what was promised (§9.1).
     GetPromise { chain: ChainId, index: u64 },
 }
 
-/// The tag of the statement a witness signs when it reports a promise (SPEC §9.2).
+/// The tag of the statement a witness signs when it reports a promise (SPEC §9.1).
 pub const TAG_PROMISE: &str = "chainiac/v1/witness/promise";
 
 /// A witness's signed report that it durably promised `block` (unsigned) at its index: it
@@ -131,6 +131,27 @@ impl SignedPromise {
     /// Strict RFC 8032 verification by `member`.
     pub fn verify(&self) -> bool {
         self.member.verify_ed25519(&Self::message(&self.block.id()), &self.signature)
+    }
+
+    /// The report without its block, as an [`Announce`] of that block carries it.
+    pub fn signature(&self) -> PromiseSignature {
+        PromiseSignature { member: self.member, signature: self.signature }
+    }
+}
+
+/// A [`SignedPromise`]'s signature, carried in the [`Announce`] of the promised block
+/// (whose id it signs) rather than with a copy of the block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromiseSignature {
+    pub member: PublicKey,
+    #[serde(with = "chainiac_cosi::bytes")]
+    pub signature: [u8; 64],
+}
+
+impl PromiseSignature {
+    /// Whether `member` reported promising the block with this id.
+    pub fn verify(&self, id: &BlockId) -> bool {
+        self.member.verify_ed25519(&SignedPromise::message(id), &self.signature)
     }
 }
 
@@ -189,9 +210,9 @@ pub struct Announce {
     pub branching: u32,
     /// Members left out of this attempt's tree (mask bytes over the committee's roster).
     pub excluded: Vec<u8>,
-    /// When the leader re-leads a block that members promised (§9.2): their signed
-    /// promises of it. Empty for a new block.
-    pub promises: Vec<SignedPromise>,
+    /// When the leader re-leads a block that members promised (§9.1): their signed
+    /// promises of it, at most one per committee member. Empty for a new block.
+    pub promises: Vec<PromiseSignature>,
 }
 
 impl Request {
@@ -375,7 +396,7 @@ pub struct NodeStatus {
     /// Frames refused as malformed, oversized, of an unknown version or unauthorized.
     pub refused_frames: u64,
     /// Blocks this node re-led because members had promised them (a leader died or
-    /// withheld the signature after the promises, §9.2).
+    /// withheld the signature after the promises, §9.1).
     pub blocks_adopted: u64,
 }
 
@@ -406,7 +427,7 @@ pub enum ErrorCode {
     /// Something broke on the node.
     Internal,
     /// This witness durably promised another block at this index and signs no other: the
-    /// leader should gather the promises there and re-lead what was promised (§9.2).
+    /// leader should gather the promises there and re-lead what was promised (§9.1).
     Promised,
 }
 

@@ -152,6 +152,42 @@ impl HeadSet {
         self.leaves.is_empty()
     }
 
+    /// The set with `changes` applied: moved heads replace their chain's leaf and rehash
+    /// only its path (O(log n) each, what a witness does on every append); chains new to
+    /// the set are merged in and the levels rebuilt once. Equal to [`HeadSet::new`] over
+    /// the merged leaves (a chain listed twice in `changes` keeps the later entry).
+    pub fn apply(&mut self, changes: &[HeadLeaf]) {
+        let mut new = Vec::new();
+        for change in changes {
+            match self.leaves.binary_search_by(|l| l.chain.cmp(&change.chain)) {
+                Ok(i) => {
+                    self.leaves[i] = *change;
+                    self.levels[0][i] = change.hash();
+                    let mut at = i;
+                    for h in 1..self.levels.len() {
+                        at /= 2;
+                        if at >= self.levels[h].len() {
+                            break;
+                        }
+                        let below = &self.levels[h - 1];
+                        let parent = node(&below[2 * at], &below[2 * at + 1]);
+                        self.levels[h][at] = parent;
+                    }
+                }
+                Err(_) => new.push(*change),
+            }
+        }
+        if !new.is_empty() {
+            new.reverse(); // the later entry of a chain listed twice comes first, and is kept
+            new.sort_by_key(|l| l.chain);
+            new.dedup_by_key(|l| l.chain);
+            let mut merged = std::mem::take(&mut self.leaves);
+            merged.extend(new);
+            merged.sort_by_key(|l| l.chain);
+            *self = Self::in_order(merged);
+        }
+    }
+
     pub fn root(&self) -> [u8; 32] {
         if self.leaves.is_empty() {
             return hash::sha3_256(TAG_EMPTY, &[]);
@@ -877,6 +913,38 @@ mod tests {
             let set = HeadSet::new(leaves(n, seed));
             let hashes: Vec<[u8; 32]> = set.leaves.iter().map(HeadLeaf::hash).collect();
             prop_assert_eq!(set.root(), root_of(&hashes));
+        }
+
+        /// Applying moves and new chains to a set gives the set built from scratch over
+        /// the merged leaves: same leaves, same levels, same root.
+        #[test]
+        fn applied_changes_equal_the_set_built_from_scratch(
+            n in 0usize..300,
+            seed in any::<u8>(),
+            moves in proptest::collection::vec((any::<usize>(), 1u64..5), 0..20),
+            fresh in 0usize..20,
+        ) {
+            let start = leaves(n, seed);
+            let mut changes: Vec<HeadLeaf> = Vec::new();
+            if n > 0 {
+                for (at, step) in moves {
+                    let mut leaf = start[at % n];
+                    leaf.index += step;
+                    leaf.id = BlockId(hash::sha3_256("moved", &[&leaf.id.0, &leaf.index.to_be_bytes()]));
+                    changes.push(leaf);
+                }
+            }
+            changes.extend(leaves(fresh, seed.wrapping_add(1)));
+            let mut applied = HeadSet::new(start.clone());
+            applied.apply(&changes);
+            let mut merged: std::collections::BTreeMap<ChainId, HeadLeaf> =
+                start.into_iter().map(|l| (l.chain, l)).collect();
+            for change in &changes {
+                merged.insert(change.chain, *change);
+            }
+            let scratch = HeadSet::new(merged.into_values().collect());
+            prop_assert_eq!(&applied, &scratch);
+            prop_assert_eq!(applied.root(), scratch.root());
         }
     }
 }

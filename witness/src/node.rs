@@ -12,9 +12,9 @@ use chainiac_cosi::protocol::{
 };
 use chainiac_cosi::{Mask, Member, PublicKey, Roster, SecretKey};
 use chainiac_proto::message::{
-    Announce, ErrorCode, ErrorReply, HeadInfo, LinkedQuery, NodeStatus, ProofQuery, Request, Response, SignedPromise,
-    TimelineBatch, TimelineInfo, MAX_CHANGE_BLOCKS, MAX_HELD_APPOINTMENTS, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS,
-    MAX_WATCHED_PREFIXES, PROOFS_RESPONSE_BUDGET,
+    Announce, ErrorCode, ErrorReply, HeadInfo, LinkedQuery, NodeStatus, PromiseSignature, ProofQuery, Request,
+    Response, SignedPromise, TimelineBatch, TimelineInfo, MAX_CHANGE_BLOCKS, MAX_HELD_APPOINTMENTS, MAX_PROOF_QUERIES,
+    MAX_TIMELINE_CHAINS, MAX_WATCHED_PREFIXES, PROOFS_RESPONSE_BUDGET,
 };
 use chainiac_proto::{CallError, FrameClass, Pool};
 use chainiac_release::KIND_RELEASE;
@@ -34,8 +34,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
 
 /// Column family of promises: `chain || index` → the one block (unsigned, encoded) this node
-/// will sign there; records written before promises kept the block hold its 32-byte id.
+/// will sign there, until the index is filled.
 pub const CF_PROMISES: &str = "promises";
+/// Column family of the head set of each timeline's newest block this node holds one for:
+/// `timeline || chain` → `u64be(index) || id` per leaf, and `timeline` → `u64be(block
+/// index)`. Written with each newer timeline block (its changes only), read at start, so
+/// that a restarted node answers timeline clients at once.
+pub const CF_TIMELINE_HEADS: &str = "timeline_heads";
 /// Promised blocks a leader re-leads before its own proposal, at most (one per index).
 const MAX_ADOPTIONS: usize = 4;
 /// Most blocks one `GetBlocks` answer carries.
@@ -147,6 +152,46 @@ const QUOTA_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// The address a quota counts against: an IPv4 address, or an IPv6 /64 (one host usually
 /// holds a whole /64, so counting single IPv6 addresses would let it create without end).
+/// The head set of each timeline's newest recorded block, read back from
+/// [`CF_TIMELINE_HEADS`] and kept only if it is the one the block's entry commits to (root
+/// and size), so that a restarted node serves timeline clients at once.
+fn restore_timelines(store: &RocksStore, timelines: &HashSet<ChainId>) -> HashMap<ChainId, KnownTimeline> {
+    let db = store.db();
+    let cf = db.cf_handle(CF_TIMELINE_HEADS).expect("timeline heads column family is opened at start");
+    let mut restored = HashMap::new();
+    for timeline in timelines {
+        let Ok(Some(recorded)) = db.get_cf(cf, timeline.0) else { continue };
+        let Ok(index) = <[u8; 8]>::try_from(recorded.as_slice()).map(u64::from_be_bytes) else { continue };
+        let mut leaves = Vec::new();
+        let prefix = timeline.0;
+        for item in db.iterator_cf(cf, rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward)) {
+            let Ok((key, value)) = item else { break };
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            if key.len() != 64 || value.len() != 40 {
+                continue; // the block index, under the bare timeline id
+            }
+            let chain = BlockId(key[32..].try_into().expect("64-byte key"));
+            let index = u64::from_be_bytes(value[..8].try_into().expect("40-byte value"));
+            leaves.push(HeadLeaf { chain, index, id: BlockId(value[8..].try_into().expect("40-byte value")) });
+        }
+        let set = HeadSet::new(leaves);
+        let entry =
+            store.block(timeline, index).ok().flatten().and_then(|b| TimelineEntry::from_bytes(&b.payload).ok());
+        match entry {
+            Some(entry) if entry.root == set.root() && entry.chains == set.len() as u64 => {
+                info!(timeline = %timeline.to_hex()[..16], index, chains = set.len(), "timeline heads restored");
+                restored.insert(*timeline, (index, entry, Arc::new(set)));
+            }
+            _ => {
+                warn!(timeline = %timeline.to_hex()[..16], index, "recorded timeline heads do not match their block; answering from the next one")
+            }
+        }
+    }
+    restored
+}
+
 fn quota_address(ip: std::net::IpAddr) -> std::net::IpAddr {
     match ip {
         std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -175,11 +220,18 @@ fn check_catch_up_length(head: u64, index: u64) -> Result<(), ErrorReply> {
     Ok(())
 }
 
-/// What this node promised at an index: the block's id and, unless the record predates
-/// promises that keep the block, the block.
+/// What this node promised at an index: the block, and its id.
 struct Promised {
     id: BlockId,
-    block: Option<Block>,
+    block: Block,
+}
+
+/// How many members of `committee` may be faulty while its rounds stay safe: fewer than a
+/// third, and at most `n − t` (beyond that no threshold is reached without them anyway).
+/// More promises of a block than this include an honest member's.
+fn faulty_bound(committee: &chainiac_skipchain::Committee) -> usize {
+    let n = committee.roster().len();
+    (n - committee.threshold()).max((n - 1) / 3)
 }
 
 fn promise_key(chain: &ChainId, index: u64) -> [u8; 40] {
@@ -230,6 +282,9 @@ pub struct Node {
     released: Mutex<HashMap<ChainId, std::collections::HashSet<String>>>,
     /// The verified head of each chain, as last read or appended.
     heads: Mutex<HashMap<ChainId, Arc<ChainState>>>,
+    /// The heads of every chain that is not a timeline, as a timeline records them: read
+    /// once at start, then updated on each append (a moved head rehashes its path).
+    current_heads: Mutex<Arc<HeadSet>>,
     /// The timeline chains this node serves.
     timeline_chains: Mutex<std::collections::HashSet<ChainId>>,
     /// Chains created per caller (key, and IP address) in the last 24 hours.
@@ -241,10 +296,20 @@ pub struct Node {
 impl Node {
     pub fn new(key: SecretKey, config: WitnessConfig, store: RocksStore, endpoint: quinn::Endpoint) -> Arc<Self> {
         let key = Arc::new(key);
-        let timeline_chains = store
-            .heads()
-            .map(|heads| heads.into_iter().filter(|(_, h)| h.kind == KIND_TIMELINE).map(|(c, _)| c).collect())
-            .unwrap_or_default();
+        let heads = store.heads().unwrap_or_else(|e| {
+            warn!("cannot read the chains' heads: {e}");
+            Vec::new()
+        });
+        let timeline_chains: HashSet<ChainId> =
+            heads.iter().filter(|(_, h)| h.kind == KIND_TIMELINE).map(|(c, _)| *c).collect();
+        let current_heads = HeadSet::new(
+            heads
+                .iter()
+                .filter(|(_, head)| head.kind != KIND_TIMELINE)
+                .map(|(chain, head)| HeadLeaf { chain: *chain, index: head.index, id: head.id })
+                .collect(),
+        );
+        let timelines = restore_timelines(&store, &timeline_chains);
         Arc::new(Node {
             pool: Pool::new(endpoint, key.clone()),
             key,
@@ -257,8 +322,9 @@ impl Node {
             pending_timelines: Mutex::new(HashMap::new()),
             change_lists: Mutex::new(HashMap::new()),
             lists_refused: Mutex::new(HashMap::new()),
-            timelines: Mutex::new(HashMap::new()),
+            timelines: Mutex::new(timelines),
             heads: Mutex::new(HashMap::new()),
+            current_heads: Mutex::new(Arc::new(current_heads)),
             released: Mutex::new(HashMap::new()),
             timeline_chains: Mutex::new(timeline_chains),
             created: Mutex::new(HashMap::new()),
@@ -476,6 +542,12 @@ impl Node {
         };
         let state = Arc::new(state.into_inner());
         self.heads.lock().expect("lock").insert(state.chain, state.clone());
+        let timeline =
+            block.header.kind == KIND_TIMELINE || self.timeline_chains.lock().expect("lock").contains(&state.chain);
+        if !timeline {
+            let leaf = HeadLeaf { chain: state.chain, index: state.index(), id: state.id };
+            Arc::make_mut(&mut self.current_heads.lock().expect("lock")).apply(&[leaf]);
+        }
         self.forget_promises(&state.chain, state.index());
         self.note_appended(block);
         Ok(state)
@@ -560,14 +632,15 @@ impl Node {
             .map_err(|reason| err(ErrorCode::Refused, reason))
     }
 
-    /// The checks before this node commits to `block` in a round (§9.2). A node that
+    /// The checks before this node commits to `block` in a round (§9.1). A node that
     /// promised another block at the index refuses (`Promised`: the leader should re-lead
     /// that one). A block this node promised, or that more members promised than the
-    /// committee may have faulty ones (`n − t`, so at least one honest member checked it
-    /// when it was fresh), is checked by the rules that do not depend on the moment: it
-    /// may be older than the clock skew, and a timeline block's heads may have moved since.
-    /// Any other block gets every rule ([`Node::check_block`]).
-    fn check_to_sign(&self, head: &ChainState, block: &Block, promises: &[SignedPromise]) -> Result<(), ErrorReply> {
+    /// committee may have faulty ones ([`faulty_bound`], so at least one honest member
+    /// checked it when it was fresh), is checked by the rules that do not depend on the
+    /// moment: it may be older than the clock skew, and a timeline block's heads may have
+    /// moved since (its entry must still decode and carry the block's time). Any other
+    /// block gets every rule ([`Node::check_block`]).
+    fn check_to_sign(&self, head: &ChainState, block: &Block, promises: &[PromiseSignature]) -> Result<(), ErrorReply> {
         let index = block.header.index;
         let id = block.id();
         let vouched = match self.promised(&head.chain, index)? {
@@ -583,12 +656,18 @@ impl Node {
             None if promises.is_empty() => false,
             None => {
                 let roster = head.committee.roster();
-                let promisers: HashSet<PublicKey> = promises
-                    .iter()
-                    .filter(|p| p.block.id() == id && roster.index_of(&p.member).is_some() && p.verify())
-                    .map(|p| p.member)
-                    .collect();
-                promisers.len() > roster.len() - head.committee.threshold()
+                // Members and no member twice, before any signature is checked.
+                let mut seen = HashSet::with_capacity(promises.len());
+                if promises.len() > roster.len()
+                    || promises.iter().any(|p| roster.index_of(&p.member).is_none() || !seen.insert(p.member))
+                {
+                    return Err(err(
+                        ErrorCode::BadRequest,
+                        "the announce's promises must be by distinct members of the committee",
+                    ));
+                }
+                let valid = promises.iter().filter(|p| p.verify(&id)).count();
+                valid > faulty_bound(&head.committee)
             }
         };
         if !vouched {
@@ -598,6 +677,13 @@ impl Node {
         let ahead = block.header.timestamp_ms.saturating_sub(now_ms());
         if ahead > self.config.max_clock_skew_ms {
             return Err(err(ErrorCode::Refused, format!("block time is {ahead} ms ahead of this witness's clock")));
+        }
+        if block.header.kind == KIND_TIMELINE {
+            let entry = TimelineEntry::from_bytes(&block.payload)
+                .map_err(|e| err(ErrorCode::Refused, format!("timeline entry does not decode: {e}")))?;
+            if entry.time_ms != block.header.timestamp_ms {
+                return Err(err(ErrorCode::Refused, "timeline entry time differs from the block's time"));
+            }
         }
         Ok(())
     }
@@ -634,14 +720,8 @@ impl Node {
     }
 
     /// The heads of every chain here that is not a timeline, as a timeline would record them.
-    pub fn head_set(&self) -> Result<HeadSet, ErrorReply> {
-        let heads = self.store.heads().map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
-        let leaves = heads
-            .into_iter()
-            .filter(|(_, head)| head.kind != KIND_TIMELINE)
-            .map(|(chain, head)| HeadLeaf { chain, index: head.index, id: head.id })
-            .collect();
-        Ok(HeadSet::new(leaves))
+    pub fn head_set(&self) -> Result<Arc<HeadSet>, ErrorReply> {
+        Ok(self.current_heads.lock().expect("lock").clone())
     }
 
     /// A timeline block must carry its own time and the root of the heads this node holds.
@@ -694,7 +774,7 @@ impl Node {
         if pending.len() >= 8 {
             pending.clear();
         }
-        pending.insert(block.id(), (Arc::new(set), changes));
+        pending.insert(block.id(), (set, changes));
         Ok(())
     }
 
@@ -740,7 +820,7 @@ impl Node {
                         .timeline_set(Some(chain), index - 1)
                         .map(|previous| ChangeList::new(set.changes_since(&previous)))
                         .filter(|changes| entry.changes == Some(changes.hash()));
-                    (Arc::new(set), changes.map(Arc::new))
+                    (set, changes.map(Arc::new))
                 }
                 _ => return, // heads moved since; the next timeline block will do
             },
@@ -758,7 +838,33 @@ impl Node {
         let mut timelines = self.timelines.lock().expect("lock");
         let newer = timelines.get(&chain).is_none_or(|(index, _, _)| *index < block.header.index);
         if newer {
+            self.record_timeline_heads(&chain, index, &set, timelines.get(&chain).map(|(_, _, before)| &**before));
             timelines.insert(chain, (block.header.index, entry, set));
+        }
+    }
+
+    /// Writes the head set of timeline block `index` (its changes since `before`, the set
+    /// last written; all of it when none), so that a restart finds it.
+    fn record_timeline_heads(&self, timeline: &ChainId, index: u64, set: &HeadSet, before: Option<&HeadSet>) {
+        let db = self.store.db();
+        let cf = db.cf_handle(CF_TIMELINE_HEADS).expect("timeline heads column family is opened at start");
+        let mut batch = rocksdb::WriteBatch::default();
+        let leaves = match before {
+            Some(before) => set.changes_since(before),
+            None => set.changes_since(&HeadSet::default()),
+        };
+        for leaf in &leaves {
+            let mut key = [0u8; 64];
+            key[..32].copy_from_slice(&timeline.0);
+            key[32..].copy_from_slice(&leaf.chain.0);
+            let mut value = [0u8; 40];
+            value[..8].copy_from_slice(&leaf.index.to_be_bytes());
+            value[8..].copy_from_slice(&leaf.id.0);
+            batch.put_cf(cf, key, value);
+        }
+        batch.put_cf(cf, timeline.0, index.to_be_bytes());
+        if let Err(e) = db.write(batch) {
+            warn!(timeline = %timeline.to_hex()[..16], "could not record the timeline's heads: {e}");
         }
     }
 
@@ -1007,11 +1113,17 @@ impl Node {
 
     /// Durably promises to sign no block but `block` at its index; refuses if another was
     /// promised. Called before any partial response leaves this node. The block is kept
-    /// (unsigned) so that a leader can re-lead it if this round dies (§9.2).
+    /// (unsigned) so that a leader can re-lead it if this round dies (§9.1).
     fn promise(&self, block: &Block) -> Result<(), ErrorReply> {
         let chain = block.header.chain.ok_or_else(|| err(ErrorCode::BadRequest, "a genesis is not promised"))?;
         let index = block.header.index;
         let _guard = self.promise_lock.lock().expect("lock");
+        // Under the lock that `forget_promises` takes too: no promise is written at an index
+        // already filled (its earlier promise may just have been dropped).
+        let filled = self.store.head(&chain).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+        if filled.is_some_and(|head| head.index >= index) {
+            return Err(err(ErrorCode::Conflict, format!("index {index} is filled; propose on the new head")));
+        }
         match self.promised(&chain, index)? {
             Some(existing) if existing.id != block.id() => Err(err(
                 ErrorCode::Promised,
@@ -1039,15 +1151,13 @@ impl Node {
         let Some(value) = db.get_pinned_cf(cf, promise_key(chain, index)).map_err(|e| internal(e.to_string()))? else {
             return Ok(None);
         };
-        if let Ok(id) = <[u8; 32]>::try_from(value.as_ref()) {
-            return Ok(Some(Promised { id: BlockId(id), block: None }));
-        }
         let block: Block = chainiac_skipchain::decode_exact(&value).map_err(|e| internal(e.to_string()))?;
-        Ok(Some(Promised { id: block.id(), block: Some(block) }))
+        Ok(Some(Promised { id: block.id(), block }))
     }
 
     /// A promise ends when its index is filled: drops this chain's promises up to `index`.
     fn forget_promises(&self, chain: &ChainId, index: u64) {
+        let _guard = self.promise_lock.lock().expect("lock");
         let db = self.store.db();
         let cf = db.cf_handle(CF_PROMISES).expect("promises column family is opened at start");
         let mut batch = rocksdb::WriteBatch::default();
@@ -1066,8 +1176,7 @@ impl Node {
         if index <= head.index() {
             return Ok(Response::Promise(None));
         }
-        let promise =
-            self.promised(&chain, index)?.and_then(|p| p.block).map(|b| Box::new(SignedPromise::sign(&self.key, b)));
+        let promise = self.promised(&chain, index)?.map(|p| Box::new(SignedPromise::sign(&self.key, p.block)));
         Ok(Response::Promise(promise))
     }
 
@@ -1078,14 +1187,14 @@ impl Node {
     async fn gather_promises(
         self: &Arc<Self>,
         head: &ChainState,
-    ) -> Result<Option<(Block, Vec<SignedPromise>)>, ErrorReply> {
+    ) -> Result<Option<(Block, Vec<PromiseSignature>)>, ErrorReply> {
         let (chain, index) = (head.chain, head.index() + 1);
         let roster = Arc::new(head.committee.roster().clone());
         let me = self.member_of(&roster)?;
         let own = self.promised(&chain, index)?;
         let mut reports: Vec<SignedPromise> = Vec::new();
-        if let Some(block) = own.as_ref().and_then(|p| p.block.clone()) {
-            reports.push(SignedPromise::sign(&self.key, block));
+        if let Some(own) = &own {
+            reports.push(SignedPromise::sign(&self.key, own.block.clone()));
         }
         let others: Vec<usize> = (0..roster.len()).filter(|&i| i != me).collect();
         let request = Request::GetPromise { chain, index };
@@ -1093,7 +1202,8 @@ impl Node {
             if let Ok(Response::Promise(Some(promise))) = reply {
                 let from_member = roster.member(member).is_some_and(|m| m.key == promise.member);
                 let here = promise.block.header.chain == Some(chain) && promise.block.header.index == index;
-                if from_member && here && promise.verify() {
+                let again = reports.iter().any(|r| r.member == promise.member);
+                if from_member && here && !again && promise.verify() {
                     reports.push(*promise);
                 }
             }
@@ -1111,20 +1221,20 @@ impl Node {
                 }
             }
         };
-        let promises: Vec<SignedPromise> = reports.into_iter().filter(|p| p.block.id() == chosen).collect();
-        Ok(promises.first().map(|p| (p.block.clone(), promises.clone())))
+        let block = reports.iter().find(|p| p.block.id() == chosen).map(|p| p.block.clone());
+        let promises = reports.iter().filter(|p| p.block.id() == chosen).map(SignedPromise::signature).collect();
+        Ok(block.map(|block| (block, promises)))
     }
 
-    /// Fills the index after `head` with the block its members promised there (a leader
-    /// died or withheld the signature after the promises were written, §9.2).
-    async fn adopt(self: &Arc<Self>, head: &ChainState) -> Result<Block, ErrorReply> {
-        let index = head.index() + 1;
-        let Some((block, promises)) = self.gather_promises(head).await? else {
-            return Err(err(
-                ErrorCode::Unavailable,
-                format!("a member promised another block at index {index}, but no member reported it; try again"),
-            ));
-        };
+    /// Fills the index after `head` with `block`, which members promised there (a leader
+    /// died or withheld the signature after the promises were written, §9.1).
+    async fn adopt(
+        self: &Arc<Self>,
+        head: &ChainState,
+        block: Block,
+        promises: Vec<PromiseSignature>,
+    ) -> Result<Block, ErrorReply> {
+        let index = block.header.index;
         self.check_to_sign(head, &block, &promises)?;
         info!(chain = %head.chain.to_hex()[..16], index, promised_by = promises.len(), "re-leading the promised block");
         let block = self.run_round(head, block, promises).await?;
@@ -1574,8 +1684,11 @@ impl Node {
         let _one_round_per_chain = lock.lock().await;
         for _ in 0..=MAX_ADOPTIONS {
             let head = self.head(&chain)?;
+            let index = head.index() + 1;
             // This node signs nothing but what it promised at the index: that goes first.
-            if self.promised(&chain, head.index() + 1)?.is_none() {
+            let failure = if self.promised(&chain, index)?.is_some() {
+                None
+            } else {
                 if proposal.kind != KIND_TIMELINE {
                     proposal.timestamp_ms = now_ms().max(head.header.timestamp_ms);
                 }
@@ -1584,13 +1697,34 @@ impl Node {
                     .map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
                 self.check_block(&head, &block)?;
                 match self.run_round(&head, block, Vec::new()).await {
-                    Err(e) if e.code == ErrorCode::Promised => {}
+                    // Too few signed: members may be bound to a block whose leader died
+                    // or withheld the signature (members deeper in the tree answer their
+                    // parent, not this node, so any shortfall is a reason to ask).
+                    Err(e) if matches!(e.code, ErrorCode::Promised | ErrorCode::Unavailable) => Some(e),
                     done => return done,
                 }
+            };
+            let Some((block, promises)) = self.gather_promises(&head).await? else {
+                return Err(failure.unwrap_or_else(|| {
+                    err(ErrorCode::Unavailable, format!("no member reported a promise at index {index}; try again"))
+                }));
+            };
+            let adopted = self.adopt(&head, block, promises).await?;
+            let same = adopted.header.kind == proposal.kind
+                && adopted.payload == proposal.payload
+                && adopted.committee == proposal.committee
+                && adopted.policy == proposal.policy;
+            if same {
+                return Ok(adopted); // a retried proposal whose first leader died after the promises
             }
-            let adopted = self.adopt(&head).await?;
             if proposal.kind == KIND_TIMELINE {
-                return Ok(adopted);
+                if proposal.committee.is_some() {
+                    return Err(err(
+                        ErrorCode::Conflict,
+                        format!("index {index} held a promised timeline block, now appended; propose the change again"),
+                    ));
+                }
+                return Ok(adopted); // the timeline moved, which is what a tick asks
             }
         }
         Err(err(ErrorCode::Unavailable, "every index tried held another promised block; propose again"))
@@ -1603,7 +1737,7 @@ impl Node {
         self: &Arc<Self>,
         head: &ChainState,
         mut block: Block,
-        promises: Vec<SignedPromise>,
+        promises: Vec<PromiseSignature>,
     ) -> Result<Block, ErrorReply> {
         let chain = head.chain;
         let roster = Arc::new(head.committee.roster().clone());
@@ -1671,8 +1805,9 @@ impl Node {
                         ),
                     );
                     self.abort_children(&roster, &tree, me, session_id).await;
-                    if promised_elsewhere > 0 && promises.is_empty() {
-                        // Members promised another block here: the caller re-leads it.
+                    if roster.len() - promised_elsewhere < threshold && promises.is_empty() {
+                        // So many members promised another block here that this one
+                        // cannot pass: the caller re-leads that one.
                         last_error = err(
                             ErrorCode::Promised,
                             format!("{promised_elsewhere} member(s) promised another block at index {index}"),
