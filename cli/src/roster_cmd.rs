@@ -233,15 +233,24 @@ fn rotate(
             async move { pool.call(witness, &witness_key, &request, Duration::from_secs(60)).await }
         };
         let chains = if all {
-            match call(Request::Status).await? {
-                Response::Status(status) => status
-                    .chains
-                    .iter()
-                    .filter(|head| head.header.committee_hash != hash)
-                    .map(|head| head.chain)
-                    .collect(),
-                other => bail!("unexpected answer to a status request: {other:?}"),
+            // Every chain the witness serves, a page at a time.
+            let mut moving = Vec::new();
+            let mut after = None;
+            loop {
+                match call(Request::ListChains { after }).await? {
+                    Response::Chains { heads, more } => {
+                        after = heads.last().map(|head| head.chain);
+                        moving.extend(
+                            heads.iter().filter(|head| head.header.committee_hash != hash).map(|head| head.chain),
+                        );
+                        if !more || after.is_none() {
+                            break;
+                        }
+                    }
+                    other => bail!("unexpected answer to a chain listing: {other:?}"),
+                }
             }
+            moving
         } else {
             chains
         };

@@ -204,6 +204,7 @@ fn status(address: String, key: String, json: bool) -> Result<()> {
                     "peers_up": status.peers_up,
                     "refused_frames": status.refused_frames,
                     "blocks_adopted": status.blocks_adopted,
+                    "chains_total": status.chains_total,
                     "chains": chains,
                 })
             );
@@ -220,8 +221,12 @@ fn status(address: String, key: String, json: bool) -> Result<()> {
                 status.faults_named
             );
             println!("peers connected {}, frames refused {}", status.peers_up, status.refused_frames);
+            let listed = status.chains.len() as u64;
             for chain in status.chains {
                 println!("chain {}  head {}  {}", chain.chain.to_hex(), chain.index, chain.id.to_hex());
+            }
+            if status.chains_total > listed {
+                println!("... and {} more chains ({} in all)", status.chains_total - listed, status.chains_total);
             }
         }
         Ok(())

@@ -697,3 +697,87 @@ async fn a_stale_member_is_skipped_and_the_update_goes_through_the_next() {
         .unwrap_or_else(|| panic!("the stale member was not named: {:?}", update.skipped));
     assert!(why.starts_with("stale:"), "{why}");
 }
+
+/// The operators' path end to end, as README's "Changing the roster" shows it: three of the
+/// four operators run `chainiac roster approve` with their witness keys, then `chainiac
+/// roster rotate --all` moves every chain a witness serves (the timeline and both projects,
+/// listed page by page); a rotation to an epoch the chains are already at is refused by the
+/// witnesses, naming the rule, and the command exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_approve_and_rotate_every_chain_from_the_command_line() {
+    use std::process::Command;
+    let cluster = Cluster::start_with(5, 0).await;
+    let (timeline, _) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
+    let (first, _) = cluster.create_chain(&[0, 1, 2, 3]).await;
+    let (second, _) = cluster.create_chain(&[0, 1, 2, 3]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let roster = dir.path().join("new-roster.toml");
+    let members: String = [0, 1, 2, 4]
+        .iter()
+        .map(|&i| std::fs::read_to_string(cluster.witnesses[i].dir.join("member.toml")).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&roster, members).unwrap();
+    let approvals = dir.path().join("approvals.toml");
+    let run = |args: &[&str]| Command::new(common::bin()).args(args).output().unwrap();
+    for i in [0, 1, 2] {
+        let key = cluster.witnesses[i].dir.join("node.key");
+        let out = run(&[
+            "roster",
+            "approve",
+            "--roster",
+            roster.to_str().unwrap(),
+            "--epoch",
+            "1",
+            "--key",
+            key.to_str().unwrap(),
+            "--approvals",
+            approvals.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(out.status.success(), "approve {i}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let w = &cluster.witnesses[1];
+    let rotate = |epoch: &str| {
+        run(&[
+            "roster",
+            "rotate",
+            "--roster",
+            roster.to_str().unwrap(),
+            "--epoch",
+            epoch,
+            "--approvals",
+            approvals.to_str().unwrap(),
+            "--all",
+            "--witness",
+            &w.address,
+            "--witness-key",
+            &w.key.to_string(),
+            "--json",
+        ])
+    };
+    // Approvals name epoch 1: a rotation that names another committee does not use them.
+    let out = rotate("2");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not of this roster, threshold and epoch"));
+    let out = rotate("1");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let moved: Vec<&str> = answer["chains"].as_array().unwrap().iter().map(|c| c["chain"].as_str().unwrap()).collect();
+    assert_eq!(moved.len(), 3, "{answer}");
+    for chain in [timeline, first, second] {
+        assert!(moved.contains(&chain.to_hex().as_str()), "{answer}");
+        let committee = cluster.committee_of(1, chain).await;
+        assert_eq!((committee.epoch(), committee.roster()), (1, &cluster.roster(&[0, 1, 2, 4])));
+    }
+    // Nothing is left to move; the same appointment again is refused per chain.
+    let again = Command::new(common::bin())
+        .args(["roster", "rotate", "--roster", roster.to_str().unwrap(), "--epoch", "1"])
+        .args(["--approvals", approvals.to_str().unwrap(), "--chain", &first.to_hex()])
+        .args(["--witness", &w.address, "--witness-key", &w.key.to_string()])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(said.contains("refused"), "{said}");
+}

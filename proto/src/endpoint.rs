@@ -44,7 +44,8 @@ fn transport() -> Arc<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(Duration::from_secs(30).try_into().expect("30 s is a valid idle timeout")));
     transport.keep_alive_interval(Some(Duration::from_secs(5)));
-    transport.max_concurrent_bidi_streams(512u32.into());
+    // Requests handled at once per connection (each stream is one request).
+    transport.max_concurrent_bidi_streams(64u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
     Arc::new(transport)
 }

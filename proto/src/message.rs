@@ -97,7 +97,15 @@ pub enum Request {
     /// The block this witness promised at `(chain, index)`, if any, signed: what a member
     /// that leads at an unfilled index gathers first, to re-lead what was promised (§9.1).
     GetPromise { chain: ChainId, index: u64 },
+
+    // --- queries (appended) ---
+    /// The heads of the chains this node serves, in id order after `after`, at most
+    /// [`CHAINS_PER_PAGE`]: `Status` names only the first page.
+    ListChains { after: Option<ChainId> },
 }
+
+/// Chains per [`Request::ListChains`] answer, and in a [`NodeStatus`].
+pub const CHAINS_PER_PAGE: usize = 256;
 
 /// The tag of the statement a witness signs when it reports a promise (SPEC §9.1).
 pub const TAG_PROMISE: &str = "chainiac/v1/witness/promise";
@@ -229,7 +237,8 @@ impl Request {
             | Request::GetProofs { .. }
             | Request::GetTimelineBatch { .. }
             | Request::GetLinkedProofs { .. }
-            | Request::GetTimelineChanges { .. } => FrameClass::Query,
+            | Request::GetTimelineChanges { .. }
+            | Request::ListChains { .. } => FrameClass::Query,
             Request::CreateChain { .. } | Request::Propose { .. } => FrameClass::Submit,
             Request::Announce(_)
             | Request::Challenge { .. }
@@ -272,6 +281,7 @@ impl Request {
             Request::GetLinkedProofs { .. } => "get_linked_proofs",
             Request::GetTimelineChanges { .. } => "get_timeline_changes",
             Request::GetPromise { .. } => "get_promise",
+            Request::ListChains { .. } => "list_chains",
         }
     }
 }
@@ -309,6 +319,11 @@ pub enum Response {
     TimelineChanges(TimelineChanges),
     /// The answer to [`Request::GetPromise`].
     Promise(Option<Box<SignedPromise>>),
+    /// The answer to [`Request::ListChains`]: a page of heads; `more` when chains follow.
+    Chains {
+        heads: Vec<HeadInfo>,
+        more: bool,
+    },
 }
 
 impl Response {
@@ -336,6 +351,7 @@ impl Response {
             Response::LinkedProofs(_) => "linked_proofs",
             Response::TimelineChanges(_) => "timeline_changes",
             Response::Promise(_) => "promise",
+            Response::Chains { .. } => "chains",
         }
     }
 }
@@ -380,6 +396,7 @@ pub struct NodeStatus {
     /// The node's public key.
     pub key: [u8; 32],
     pub address: String,
+    /// The first [`CHAINS_PER_PAGE`] chains by id (`ListChains` pages through the rest).
     pub chains: Vec<HeadInfo>,
     /// Seconds since the node started.
     pub uptime_s: u64,
@@ -398,6 +415,8 @@ pub struct NodeStatus {
     /// Blocks this node re-led because members had promised them (a leader died or
     /// withheld the signature after the promises, §9.1).
     pub blocks_adopted: u64,
+    /// How many chains this node serves.
+    pub chains_total: u64,
 }
 
 /// A refusal, with a code scripts can branch on and a message people can act on.

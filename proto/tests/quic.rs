@@ -33,6 +33,7 @@ async fn serve(endpoint: quinn::Endpoint) {
                             peers_up: 0,
                             refused_frames: 0,
                             blocks_adopted: 0,
+                            chains_total: 0,
                         }),
                         Ok(_) => Response::Error(ErrorReply::new(ErrorCode::BadRequest, "only status here")),
                         Err(e) => Response::Error(ErrorReply::new(ErrorCode::BadRequest, e.to_string())),
@@ -105,4 +106,80 @@ async fn bad_frames_are_refused_and_the_connection_survives() {
     }
     // Still healthy.
     assert!(matches!(endpoint::call(&connection, &Request::Status, TIMEOUT).await.unwrap(), Response::Status(_)));
+}
+
+/// A handler for the shared server: `Status` at once; `GetHead` sleeps past any deadline.
+struct Slow;
+
+impl chainiac_proto::server::Handler for Slow {
+    async fn handle(
+        self: std::sync::Arc<Self>,
+        _: chainiac_cosi::PublicKey,
+        _: std::net::SocketAddr,
+        request: Request,
+    ) -> Response {
+        if let Request::GetHead { .. } = request {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        Response::Ack
+    }
+    fn refused(&self, _: &str) {}
+}
+
+fn start_limited(key: &SecretKey, limits: chainiac_proto::server::Limits) -> String {
+    let endpoint = endpoint::server(key, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let address = endpoint.local_addr().unwrap().to_string();
+    const ALLOWED: &[FrameClass] = &[FrameClass::Query, FrameClass::Submit];
+    tokio::spawn(chainiac_proto::server::serve_with(std::sync::Arc::new(Slow), endpoint, ALLOWED, limits));
+    address
+}
+
+/// SPEC §10.6: bodies are admitted against budgets before they are allocated, so one
+/// connection announcing large frames and sending nothing stalls only itself; connections
+/// per address are capped; a handler past its deadline is answered `Unavailable`.
+#[tokio::test]
+async fn peers_are_held_to_budgets_connections_and_deadlines() {
+    let server_key = SecretKey::from_seed(&[4; 32]);
+    let limits = chainiac_proto::server::Limits {
+        body_bytes: 8 << 20,
+        body_bytes_per_connection: 4 << 20,
+        connections_per_address: 2,
+        deadlines: [Duration::from_millis(300); 4],
+    };
+    let address = start_limited(&server_key, limits);
+    let client = endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let me = SecretKey::from_seed(&[5; 32]);
+    let hog = endpoint::connect(&client, &me, &address, &server_key.public_key()).await.unwrap();
+    let polite = endpoint::connect(&client, &me, &address, &server_key.public_key()).await.unwrap();
+
+    // The hog announces three 4 MiB submissions and sends no body: its budget holds one.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let (mut send, recv) = hog.open_bi().await.unwrap();
+        let mut header = vec![VERSION, FrameClass::Submit as u8];
+        header.extend_from_slice(&(4u32 << 20).to_le_bytes());
+        send.write_all(&header).await.unwrap();
+        stalled.push((send, recv));
+    }
+    // Another connection is served meanwhile.
+    assert!(matches!(endpoint::call(&polite, &Request::Status, TIMEOUT).await.unwrap(), Response::Ack));
+
+    // A third connection from the same address is refused.
+    let third = endpoint::connect(&client, &me, &address, &server_key.public_key()).await;
+    let refused = match third {
+        Err(_) => true,
+        Ok(connection) => endpoint::call(&connection, &Request::Status, TIMEOUT).await.is_err(),
+    };
+    assert!(refused, "a third connection from one address must be refused");
+
+    // A handler past its deadline: answered, not left hanging.
+    let chain = chainiac_skipchain::BlockId([1; 32]);
+    match endpoint::call(&polite, &Request::GetHead { chain }, TIMEOUT).await {
+        Err(CallError::Remote(reply)) => {
+            assert_eq!(reply.code, ErrorCode::Unavailable);
+            assert!(reply.message.contains("not answered within"), "{}", reply.message);
+        }
+        other => panic!("a request past its deadline must be answered Unavailable, got {other:?}"),
+    }
+    drop(stalled);
 }

@@ -107,6 +107,26 @@ impl Store for RocksStore {
         Ok(chains)
     }
 
+    fn chains_after(&self, after: Option<&ChainId>, limit: usize) -> Result<Vec<ChainId>, RocksError> {
+        let mode = match after {
+            Some(after) => IteratorMode::From(&after.0, rocksdb::Direction::Forward),
+            None => IteratorMode::Start,
+        };
+        let mut chains = Vec::with_capacity(limit.min(4096));
+        for item in self.db.iterator_cf(self.cf(CF_HEADS), mode) {
+            let (key, _) = item?;
+            let key: [u8; 32] = key.as_ref().try_into().map_err(|_| RocksError::Key { cf: CF_HEADS })?;
+            if after.is_some_and(|a| a.0 == key) {
+                continue;
+            }
+            if chains.len() == limit {
+                break;
+            }
+            chains.push(BlockId(key));
+        }
+        Ok(chains)
+    }
+
     fn heads(&self) -> Result<Vec<(ChainId, HeadRecord)>, RocksError> {
         let mut heads = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_HEADS), IteratorMode::Start) {

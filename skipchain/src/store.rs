@@ -35,6 +35,13 @@ pub trait Store: Send + Sync {
     type Error: std::error::Error + Send + Sync + 'static;
 
     fn chains(&self) -> Result<Vec<ChainId>, Self::Error>;
+    /// Up to `limit` chains in id order, after `after` (from the first if `None`): a page
+    /// of [`Store::chains`] that costs the page, where the store can.
+    fn chains_after(&self, after: Option<&ChainId>, limit: usize) -> Result<Vec<ChainId>, Self::Error> {
+        let mut chains = self.chains()?;
+        chains.sort_unstable();
+        Ok(chains.into_iter().filter(|c| after.is_none_or(|a| c > a)).take(limit).collect())
+    }
     fn head(&self, chain: &ChainId) -> Result<Option<HeadRecord>, Self::Error>;
     /// Every chain's head record, in one pass where the store can.
     fn heads(&self) -> Result<Vec<(ChainId, HeadRecord)>, Self::Error> {

@@ -73,6 +73,23 @@ fn many_chains_share_one_store() {
     let mut ids: Vec<ChainId> = expected.iter().map(|e| e.0).collect();
     ids.sort();
     assert_eq!(found, ids);
+    // Pages of any size, after any chain, give the same chains in id order as the default
+    // (filtering) implementation would.
+    for limit in 1..=4 {
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.chains_after(after.as_ref(), limit).unwrap();
+            assert!(page.len() <= limit);
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().copied();
+            paged.extend(page);
+        }
+        assert_eq!(paged, ids, "pages of {limit}");
+    }
+    assert_eq!(store.chains_after(Some(&ids[0]), 10).unwrap(), ids[1..].to_vec(), "after excludes its chain");
     for (chain, head) in expected {
         assert_eq!(revalidate(&store, &chain), head);
         // A block id of one chain is never found in another.

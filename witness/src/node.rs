@@ -13,8 +13,8 @@ use chainiac_cosi::protocol::{
 use chainiac_cosi::{Mask, Member, PublicKey, Roster, SecretKey};
 use chainiac_proto::message::{
     Announce, ErrorCode, ErrorReply, HeadInfo, LinkedQuery, NodeStatus, PromiseSignature, ProofQuery, Request,
-    Response, SignedPromise, TimelineBatch, TimelineInfo, MAX_CHANGE_BLOCKS, MAX_HELD_APPOINTMENTS, MAX_PROOF_QUERIES,
-    MAX_TIMELINE_CHAINS, MAX_WATCHED_PREFIXES, PROOFS_RESPONSE_BUDGET,
+    Response, SignedPromise, TimelineBatch, TimelineInfo, CHAINS_PER_PAGE, MAX_CHANGE_BLOCKS, MAX_HELD_APPOINTMENTS,
+    MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS, MAX_WATCHED_PREFIXES, PROOFS_RESPONSE_BUDGET,
 };
 use chainiac_proto::{CallError, FrameClass, Pool};
 use chainiac_release::KIND_RELEASE;
@@ -45,6 +45,9 @@ pub const CF_TIMELINE_HEADS: &str = "timeline_heads";
 const MAX_ADOPTIONS: usize = 4;
 /// Most blocks one `GetBlocks` answer carries.
 const MAX_BLOCKS_PER_ANSWER: u32 = 256;
+/// Bytes of blocks one `GetBlocks` answer carries past its first block (blocks carry up to
+/// 4 MiB of payload: 256 of them would pass the response frame limit many times over).
+const BLOCKS_RESPONSE_BUDGET: usize = 16 << 20;
 /// Attempts per round before the leader gives up.
 const MAX_ATTEMPTS: usize = 3;
 
@@ -226,6 +229,16 @@ struct Promised {
     block: Block,
 }
 
+/// Runs disk work (synced RocksDB writes, whole-chain scans) off the runtime's worker
+/// threads: the worker becomes a blocking thread for the call and the runtime moves its
+/// other tasks to a fresh worker, so one slow fsync does not stall every round and query.
+fn blocking<R>(work: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
 /// How many members of `committee` may be faulty while its rounds stay safe: fewer than a
 /// third, and at most `n − t` (beyond that no threshold is reached without them anyway).
 /// More promises of a block than this include an honest member's.
@@ -371,6 +384,9 @@ impl Node {
             Request::Commit { block } => self.on_commit(caller, from, block).await,
             Request::Genesis { genesis } => self.on_genesis(caller, genesis),
             Request::GetPromise { chain, index } => self.get_promise(caller, chain, index),
+            Request::ListChains { after } => {
+                self.chain_page(after).map(|(heads, more)| Response::Chains { heads, more })
+            }
             Request::SubmitRelease { chain, manifest, developer_signatures, source } => {
                 self.submit_release(chain, manifest, developer_signatures, source).await
             }
@@ -401,13 +417,15 @@ impl Node {
     // ---- queries ----
 
     fn status(&self) -> Reply {
-        let chains = self.store.chains().map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
-        let heads = chains.iter().filter_map(|c| self.head_info(c).ok()).collect();
+        let (heads, _) = self.chain_page(None)?;
+        let chains_total =
+            self.current_heads.lock().expect("lock").len() + self.timeline_chains.lock().expect("lock").len();
         let m = &self.metrics;
         Ok(Response::Status(NodeStatus {
             key: self.key.public_key().to_bytes(),
             address: self.config.address.clone(),
             chains: heads,
+            chains_total: chains_total as u64,
             uptime_s: self.started.elapsed().as_secs(),
             rounds_led: m.rounds_led.load(Ordering::Relaxed),
             rounds_failed: m.rounds_failed.load(Ordering::Relaxed),
@@ -419,6 +437,22 @@ impl Node {
             refused_frames: m.refused_frames.load(Ordering::Relaxed),
             blocks_adopted: m.blocks_adopted.load(Ordering::Relaxed),
         }))
+    }
+
+    /// A page of heads after `after`, as stored (no committee decoded), and whether more
+    /// chains follow.
+    fn chain_page(&self, after: Option<ChainId>) -> Result<(Vec<HeadInfo>, bool), ErrorReply> {
+        let internal = |e: chainiac_skipchain::rocks::RocksError| err(ErrorCode::Internal, e.to_string());
+        let mut chains = self.store.chains_after(after.as_ref(), CHAINS_PER_PAGE + 1).map_err(internal)?;
+        let more = chains.len() > CHAINS_PER_PAGE;
+        chains.truncate(CHAINS_PER_PAGE);
+        let mut heads = Vec::with_capacity(chains.len());
+        for chain in chains {
+            let Some(record) = self.store.head(&chain).map_err(internal)? else { continue };
+            let Some(block) = self.store.block(&chain, record.index).map_err(internal)? else { continue };
+            heads.push(HeadInfo { chain, index: record.index, id: record.id, header: block.header });
+        }
+        Ok((heads, more))
     }
 
     fn head_info(&self, chain: &ChainId) -> Result<HeadInfo, ErrorReply> {
@@ -444,11 +478,21 @@ impl Node {
         Ok(Response::Block(block))
     }
 
+    /// Up to `count` blocks from `from`, at most [`MAX_BLOCKS_PER_ANSWER`] and, past the
+    /// first, no more than [`BLOCKS_RESPONSE_BUDGET`] bytes: the caller asks again from
+    /// where the answer stopped.
     fn blocks(&self, chain: &ChainId, from: u64, count: u32) -> Reply {
         let mut blocks = Vec::new();
+        let mut bytes = 0usize;
         for index in from..from.saturating_add(count.min(MAX_BLOCKS_PER_ANSWER) as u64) {
             match self.store.block(chain, index).map_err(|e| err(ErrorCode::Internal, e.to_string()))? {
-                Some(block) => blocks.push(block),
+                Some(block) => {
+                    bytes += postcard::experimental::serialized_size(&block).unwrap_or(usize::MAX / 2);
+                    if !blocks.is_empty() && bytes > BLOCKS_RESPONSE_BUDGET {
+                        break;
+                    }
+                    blocks.push(block);
+                }
                 None => break,
             }
         }
@@ -531,6 +575,10 @@ impl Node {
 
     /// Verifies `block` against the chain's head (or as a genesis) and appends it.
     fn append(&self, block: &Block) -> Result<Arc<ChainState>, StoreError<chainiac_skipchain::rocks::RocksError>> {
+        blocking(|| self.append_now(block))
+    }
+
+    fn append_now(&self, block: &Block) -> Result<Arc<ChainState>, StoreError<chainiac_skipchain::rocks::RocksError>> {
         let state = match block.header.chain {
             None => store::append(&self.store, block)?,
             Some(chain) => {
@@ -701,6 +749,10 @@ impl Node {
     /// Whether `version` is already released on `chain` (the set is built from the chain on
     /// first use and kept up to date on every append).
     fn is_released(&self, chain: &ChainId, version: &str) -> bool {
+        blocking(|| self.is_released_scan(chain, version))
+    }
+
+    fn is_released_scan(&self, chain: &ChainId, version: &str) -> bool {
         let mut released = self.released.lock().expect("lock");
         if !released.contains_key(chain) {
             let mut versions = std::collections::HashSet::new();
@@ -1115,6 +1167,10 @@ impl Node {
     /// promised. Called before any partial response leaves this node. The block is kept
     /// (unsigned) so that a leader can re-lead it if this round dies (§9.1).
     fn promise(&self, block: &Block) -> Result<(), ErrorReply> {
+        blocking(|| self.promise_now(block))
+    }
+
+    fn promise_now(&self, block: &Block) -> Result<(), ErrorReply> {
         let chain = block.header.chain.ok_or_else(|| err(ErrorCode::BadRequest, "a genesis is not promised"))?;
         let index = block.header.index;
         let _guard = self.promise_lock.lock().expect("lock");
@@ -1646,6 +1702,10 @@ impl Node {
     /// Per verifier, how often it agreed with the majority on this chain's releases (from the
     /// attestations kept in every release block, agreeing or not).
     fn agreement(&self, chain: &ChainId) -> Reply {
+        blocking(|| self.agreement_scan(chain))
+    }
+
+    fn agreement_scan(&self, chain: &ChainId) -> Reply {
         let head = self.head(chain)?;
         let mut releases = Vec::new();
         for index in 1..=head.index() {
