@@ -205,6 +205,8 @@ fn status(address: String, key: String, json: bool) -> Result<()> {
                     "refused_frames": status.refused_frames,
                     "blocks_adopted": status.blocks_adopted,
                     "chains_total": status.chains_total,
+                    "peers_left_out": status.peers_left_out,
+                    "timeline_age_ms": status.timeline_age_ms,
                     "chains": chains,
                 })
             );
@@ -220,7 +222,13 @@ fn status(address: String, key: String, json: bool) -> Result<()> {
                 status.blocks_adopted,
                 status.faults_named
             );
-            println!("peers connected {}, frames refused {}", status.peers_up, status.refused_frames);
+            println!(
+                "peers connected {}, left out of trees {}; frames refused {}",
+                status.peers_up, status.peers_left_out, status.refused_frames
+            );
+            if let Some(age) = status.timeline_age_ms {
+                println!("newest timeline block made {:.1} s ago", age as f64 / 1000.0);
+            }
             let listed = status.chains.len() as u64;
             for chain in status.chains {
                 println!("chain {}  head {}  {}", chain.chain.to_hex(), chain.index, chain.id.to_hex());

@@ -590,3 +590,30 @@ async fn a_full_restart_keeps_serving_timeline_clients() {
     assert_eq!(info.index, next);
     assert!(info.entry.changes.is_some(), "a change list over the restored set");
 }
+
+/// A dead member is asked once, then left out of the leader's trees while the others reach
+/// the threshold (every round used to wait out its timeout); it is asked again once back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_member_is_left_out_of_the_next_rounds_and_rejoins() {
+    use chainiac_proto::{Request, Response};
+    let mut cluster = Cluster::start_with(4, 0).await;
+    let (chain, _) = cluster.create_chain(&[0, 1, 2, 3]).await;
+    cluster.propose(0, chain, b"all four").await.unwrap();
+    cluster.witnesses[3].kill();
+    for i in 0..5 {
+        cluster.propose(0, chain, format!("three of four {i}").as_bytes()).await.unwrap();
+    }
+    let status = match cluster.client.call(&cluster.witnesses[0], Request::Status).await {
+        Ok(Response::Status(status)) => status,
+        other => panic!("status: {other:?}"),
+    };
+    assert_eq!(status.peers_left_out, 4, "asked in the first round after it died, left out of the next four");
+    assert_eq!(status.timeline_age_ms, None, "no timeline served");
+    cluster.witnesses[3].start();
+    cluster.client.wait_ready(&cluster.witnesses[3]).await;
+    // Back after the presumption lapses (10 s): asked again, and it signs again.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let block = cluster.propose(0, chain, b"four again").await.unwrap();
+    let signers: u32 = block.signature.as_ref().unwrap().mask.iter().map(|b| b.count_ones()).sum();
+    assert_eq!(signers, 4, "the member that came back signed");
+}

@@ -417,6 +417,11 @@ pub struct NodeStatus {
     pub blocks_adopted: u64,
     /// How many chains this node serves.
     pub chains_total: u64,
+    /// Members left out of rounds' trees because they missed a recent round this node led.
+    pub peers_left_out: u64,
+    /// Milliseconds since the newest timeline block this node holds was made (none: it
+    /// serves no timeline). A stall shows here.
+    pub timeline_age_ms: Option<u64>,
 }
 
 /// A refusal, with a code scripts can branch on and a message people can act on.

@@ -34,6 +34,8 @@ async fn serve(endpoint: quinn::Endpoint) {
                             refused_frames: 0,
                             blocks_adopted: 0,
                             chains_total: 0,
+                            peers_left_out: 0,
+                            timeline_age_ms: None,
                         }),
                         Ok(_) => Response::Error(ErrorReply::new(ErrorCode::BadRequest, "only status here")),
                         Err(e) => Response::Error(ErrorReply::new(ErrorCode::BadRequest, e.to_string())),

@@ -10,6 +10,8 @@ pub struct Metrics {
     pub blocks_signed: AtomicU64,
     /// Promised blocks this node re-led to fill their index.
     pub blocks_adopted: AtomicU64,
+    /// Members left out of rounds' trees because they missed a recent round.
+    pub peers_left_out: AtomicU64,
     /// Members named by an aggregator for a missing or wrong partial signature.
     pub faults_named: AtomicU64,
     /// Frames refused: malformed, oversized, unknown version, or not allowed to this caller.

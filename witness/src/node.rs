@@ -41,6 +41,9 @@ pub const CF_PROMISES: &str = "promises";
 /// index)`. Written with each newer timeline block (its changes only), read at start, so
 /// that a restarted node answers timeline clients at once.
 pub const CF_TIMELINE_HEADS: &str = "timeline_heads";
+/// How long a member that missed a round this node led is left out of its next rounds'
+/// trees (while the threshold allows), before it is asked again.
+const PRESUMED_DOWN: Duration = Duration::from_secs(10);
 /// Promised blocks a leader re-leads before its own proposal, at most (one per index).
 const MAX_ADOPTIONS: usize = 4;
 /// Most blocks one `GetBlocks` answer carries.
@@ -295,6 +298,8 @@ pub struct Node {
     released: Mutex<HashMap<ChainId, std::collections::HashSet<String>>>,
     /// The verified head of each chain, as last read or appended.
     heads: Mutex<HashMap<ChainId, Arc<ChainState>>>,
+    /// Members that missed a round this node led, until when they are left out of trees.
+    down: Mutex<HashMap<PublicKey, Instant>>,
     /// The heads of every chain that is not a timeline, as a timeline records them: read
     /// once at start, then updated on each append (a moved head rehashes its path).
     current_heads: Mutex<Arc<HeadSet>>,
@@ -338,6 +343,7 @@ impl Node {
             timelines: Mutex::new(timelines),
             heads: Mutex::new(HashMap::new()),
             current_heads: Mutex::new(Arc::new(current_heads)),
+            down: Mutex::new(HashMap::new()),
             released: Mutex::new(HashMap::new()),
             timeline_chains: Mutex::new(timeline_chains),
             created: Mutex::new(HashMap::new()),
@@ -436,7 +442,17 @@ impl Node {
             peers_up: self.pool.live_connections() as u64,
             refused_frames: m.refused_frames.load(Ordering::Relaxed),
             blocks_adopted: m.blocks_adopted.load(Ordering::Relaxed),
+            peers_left_out: m.peers_left_out.load(Ordering::Relaxed),
+            timeline_age_ms: self.timeline_age_ms(),
         }))
+    }
+
+    /// How long ago the newest block of the timelines this node serves was made: a stalled
+    /// timeline shows here before clients see stale answers.
+    fn timeline_age_ms(&self) -> Option<u64> {
+        let timelines: Vec<ChainId> = self.timeline_chains.lock().expect("lock").iter().copied().collect();
+        let newest = timelines.iter().filter_map(|t| self.head(t).ok()).map(|h| h.header.timestamp_ms).max()?;
+        Some(now_ms().saturating_sub(newest))
     }
 
     /// A page of heads after `after`, as stored (no committee decoded), and whether more
@@ -1807,7 +1823,13 @@ impl Node {
         let threshold = head.committee.threshold();
         let started = Instant::now();
         self.metrics.rounds_led.fetch_add(1, Ordering::Relaxed);
-        let mut excluded = Mask::empty(roster.len());
+        // Members that missed a recent round are left out of the first attempt while the
+        // others can still reach the threshold: a dead peer costs one timeout, not one a round.
+        let mut excluded = self.presumed_down(&roster, threshold, me);
+        let mut presumed = excluded.count() > 0;
+        if presumed {
+            self.metrics.peers_left_out.fetch_add(excluded.count() as u64, Ordering::Relaxed);
+        }
         let mut last_error = err(ErrorCode::Unavailable, "no attempt made");
         for attempt in 1..=MAX_ATTEMPTS {
             if self.head(&chain)?.index() != head.index() {
@@ -1855,6 +1877,7 @@ impl Node {
             let challenge = match leader.challenge() {
                 Ok(challenge) => challenge,
                 Err(RoundError::BelowThreshold { present, threshold, unreachable }) => {
+                    self.note_reachability(&roster, &tree, &unreachable);
                     let hidden = unreachable.iter().any(|&u| !tree.children(u as usize).is_empty());
                     last_error = err(
                         ErrorCode::Unavailable,
@@ -1865,6 +1888,12 @@ impl Node {
                         ),
                     );
                     self.abort_children(&roster, &tree, me, session_id).await;
+                    if presumed && attempt < MAX_ATTEMPTS {
+                        // Too few without the members presumed down: ask everyone.
+                        excluded = Mask::empty(roster.len());
+                        presumed = false;
+                        continue;
+                    }
                     if roster.len() - promised_elsewhere < threshold && promises.is_empty() {
                         // So many members promised another block here that this one
                         // cannot pass: the caller re-leads that one.
@@ -1893,6 +1922,7 @@ impl Node {
                     break;
                 }
             };
+            self.note_reachability(&roster, &tree, leader.unreachable());
             self.promise(&block)?;
             let own = nonces.respond(&session, &self.key, &challenge).map_err(protocol_err)?;
             leader.aggregator().receive_response(me, &own).map_err(protocol_err)?;
@@ -1961,6 +1991,40 @@ impl Node {
         self.metrics.rounds_failed.fetch_add(1, Ordering::Relaxed);
         self.release(chain, index);
         Err(last_error)
+    }
+
+    /// The members (other than `me`) that missed a round this node led within
+    /// [`PRESUMED_DOWN`], if leaving them out still leaves the threshold.
+    fn presumed_down(&self, roster: &Roster, threshold: usize, me: usize) -> Mask {
+        let now = Instant::now();
+        let mut down = self.down.lock().expect("lock");
+        down.retain(|_, until| *until > now);
+        let mut mask = Mask::empty(roster.len());
+        for (i, member) in roster.members().iter().enumerate() {
+            if i != me && down.contains_key(&member.key) {
+                mask.insert(i);
+            }
+        }
+        if roster.len() - mask.count() >= threshold {
+            mask
+        } else {
+            Mask::empty(roster.len())
+        }
+    }
+
+    /// After a round's commitments: members of the tree that did not commit are presumed
+    /// down for a while, the others up.
+    fn note_reachability(&self, roster: &Roster, tree: &Tree, unreachable: &[u32]) {
+        let until = Instant::now() + PRESUMED_DOWN;
+        let mut down = self.down.lock().expect("lock");
+        for member in tree.members_top_down() {
+            let Some(key) = roster.member(member).map(|m| m.key) else { continue };
+            if unreachable.contains(&(member as u32)) {
+                down.insert(key, until);
+            } else {
+                down.remove(&key);
+            }
+        }
     }
 
     /// How long a node at `member`'s depth waits for its children: one peer timeout per
