@@ -9,6 +9,7 @@
 //! - [`server`]: the QUIC accept loop.
 //! - [`rules`]: payload rules per chain kind.
 
+pub mod agreement;
 pub mod config;
 pub mod keyfile;
 pub mod metrics;
