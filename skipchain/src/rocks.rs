@@ -46,17 +46,22 @@ impl RocksStore {
     }
 
     /// Opens the store with `extra` column families for the caller's own records (the
-    /// witness keeps its promises there) and `sync` deciding whether each commit is fsynced
-    /// before it returns. Only benchmarks that build chains to read them turn `sync` off.
+    /// witness keeps its agreement states there) and `sync` deciding whether each commit is
+    /// fsynced before it returns. Only benchmarks that build chains to read them turn `sync`
+    /// off. Column families the store has and nobody names any more (an older version's)
+    /// are opened too, and left alone: RocksDB refuses to open a store without them.
     pub fn open_with(path: &Path, extra: &[&str], sync: bool) -> Result<Self, RocksError> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
-        let descriptors = CHAIN_CFS
-            .iter()
-            .chain(extra)
-            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()))
-            .collect::<Vec<_>>();
+        let mut names: Vec<String> = CHAIN_CFS.iter().chain(extra).map(|s| s.to_string()).collect();
+        for existing in DB::list_cf(&options, path).unwrap_or_default() {
+            if existing != "default" && !names.contains(&existing) {
+                names.push(existing);
+            }
+        }
+        let descriptors =
+            names.iter().map(|name| ColumnFamilyDescriptor::new(name, Options::default())).collect::<Vec<_>>();
         let db = DB::open_cf_descriptors(&options, path, descriptors)?;
         Ok(RocksStore { db: Arc::new(db), commit_lock: Arc::new(Mutex::new(())), sync })
     }

@@ -147,3 +147,19 @@ fn a_killed_appender_reopens_to_a_consistent_prefix() {
         acknowledged = head;
     }
 }
+
+/// A store opened by an older version with a column family nobody names any more still
+/// opens (RocksDB refuses a store opened without all its families), chains intact.
+#[test]
+fn a_store_with_a_family_no_longer_named_still_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = {
+        let store = RocksStore::open_with(dir.path(), &["promises"], true).unwrap();
+        let mut chain = TestChain::new(store, params(), 4, 7);
+        chain.push(None, false, 0);
+        chain.chain
+    };
+    let store = RocksStore::open_with(dir.path(), &["agreement"], true).unwrap();
+    assert_eq!(revalidate(&store, &chain), 1);
+    assert!(store.db().cf_handle("agreement").is_some());
+}

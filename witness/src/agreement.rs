@@ -1,11 +1,12 @@
 //! Agreement on one index, sans I/O: the rules by which members vote, lock and release
 //! their partial signatures so that two blocks never both gather a threshold and an index
 //! whose leaders die — however the promises split — still completes. No network, no disk,
-//! no clock, no cryptography: the node verifies signatures and stores [`Durable`] before
-//! acting on what these functions return; the simulation (`tests/agreement.rs`) drives
-//! thousands of seeded clusters through them.
+//! no clock, no cryptography: the node (`node.rs`: `cast_vote`, `take_lock`,
+//! `plan_index`) verifies signatures and stores the state before acting on what these
+//! functions return; the simulation (`tests/agreement.rs`) drives thousands of seeded
+//! clusters through them.
 //!
-//! The protocol (SPEC §9.2) is Tendermint's locking over ballots:
+//! The protocol (SPEC §9.1) is Tendermint's locking over ballots:
 //! 1. *Vote.* A leader announces block `B` at ballot `b`. A member votes for it — durably
 //!    raising its voted ballot to `b` — only if `b` is above every ballot it voted at, and,
 //!    if it is locked on another block, only when the announce carries a certificate for

@@ -1,4 +1,4 @@
-//! A deterministic simulation of one index's agreement (SPEC §9.2) among n members — a
+//! A deterministic simulation of one index's agreement (SPEC §9.1) among n members — a
 //! simulation, not the network: the rules are `chainiac_witness::agreement`'s, the
 //! messages are moved by a seeded scheduler that delays, reorders, drops and duplicates
 //! them, crashes members (a crash keeps only what [`Durable`] holds) and restarts them,
