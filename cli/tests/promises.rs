@@ -1,16 +1,15 @@
-//! No index freezes when its leader dies after the locks (SPEC §9.1), against real witness
-//! processes (QUIC, RocksDB). A stand-in holding witness 0's key leads a round through the
-//! votes and the certificate, until the other members have durably locked its block and
-//! released their partial signatures, then vanishes — what a leader SIGKILLed mid-round,
-//! or one withholding the signature, leaves behind. Those members then vote for no other
-//! block without a newer certificate; before members kept what they were bound to, the
-//! chain stopped there for good (issue 17's wedge).
+//! No index freezes when its leader dies after the promises (SPEC §9.2), against real
+//! witness processes (QUIC, RocksDB). A stand-in holding witness 0's key leads a round up
+//! to the point where the other members have durably promised its block, then vanishes —
+//! what a leader SIGKILLed mid-round, or one withholding the signature, leaves behind.
+//! Every member then refuses any other block at that index for good; before promises kept
+//! their block, the chain stopped there forever (issue 17's wedge).
 
 mod common;
 
 use chainiac_cosi::protocol::{commit, Leader, Session, SessionId, Tree};
 use chainiac_cosi::Mask;
-use chainiac_proto::message::{Announce, Certificate, Vote};
+use chainiac_proto::message::Announce;
 use chainiac_proto::{ErrorCode, Request, Response};
 use chainiac_skipchain::{Block, ChainId, Proposal};
 use common::{refusal, Client, Cluster};
@@ -33,14 +32,14 @@ async fn next_block(cluster: &Cluster, i: usize, chain: ChainId, genesis: &Block
     head.propose(proposal, |i| ids.get(&i).copied()).unwrap()
 }
 
-/// Leads a round for `block` at ballot 1 as witness `witness` (with its key) over a star of
-/// every other member: announce (each member votes and commits), certificate, challenge
-/// (each locks and signs) — and stops there: no signature is formed, no commit is sent.
-/// Returns how many members signed.
-async fn lead_until_the_locks(cluster: &Cluster, witness: usize, members: usize, block: &Block) -> usize {
+/// Leads a round for `block` as witness `leader` (with its key) over a star of every other
+/// member, through the challenge — each member promises the block before it answers —
+/// and stops there: no signature is formed, no commit is sent. Returns how many answered.
+async fn lead_until_the_promises(cluster: &Cluster, witness: usize, members: usize, block: &Block) -> usize {
     let key = cluster.keys(&[witness]).pop().unwrap();
     let stand_in = Client::with_key(cluster.keys(&[witness]).pop().unwrap());
     let roster = Arc::new(cluster.roster(&(0..members).collect::<Vec<_>>()));
+    // Roster positions, by witness.
     let at = |w: usize| roster.index_of(&cluster.witnesses[w].key).unwrap();
     let leader = at(witness);
     let session_id = SessionId([7; 32]);
@@ -55,37 +54,30 @@ async fn lead_until_the_locks(cluster: &Cluster, witness: usize, members: usize,
         leader: leader as u32,
         branching: members as u32,
         excluded: Mask::empty(members).as_bytes().to_vec(),
-        ballot: 1,
-        justification: None,
+        promises: vec![],
     };
-    let mut votes = vec![Vote::sign(&key, leader as u32, &block.id(), 1)];
     let others: Vec<usize> = (0..members).filter(|&w| w != witness).collect();
     for &w in &others {
         match stand_in.call(&cluster.witnesses[w], Request::Announce(announce.clone())).await {
-            Ok(Response::Voted { commitment, votes: theirs }) => {
-                round.aggregator().receive_commitment(at(w), &commitment).unwrap();
-                votes.extend(theirs);
-            }
-            other => panic!("witness {w} did not vote: {other:?}"),
+            Ok(Response::Commitment(c)) => round.aggregator().receive_commitment(at(w), &c).unwrap(),
+            other => panic!("witness {w} did not commit: {other:?}"),
         }
     }
     let challenge = round.challenge().unwrap();
-    let certificate = Certificate { ballot: 1, votes };
-    let mut signed = 0;
+    let mut answered = 0;
     for &w in &others {
-        let request =
-            Request::Challenge { session: session_id, challenge: challenge.clone(), certificate: certificate.clone() };
+        let request = Request::Challenge { session: session_id, challenge: challenge.clone() };
         if let Ok(Response::Signed(_)) = stand_in.call(&cluster.witnesses[w], request).await {
-            signed += 1;
+            answered += 1;
         }
     }
-    signed
+    answered
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_dying_after_the_locks_leaves_its_block_to_the_next_leader() {
+async fn a_leader_dying_after_the_promises_leaves_its_block_to_the_next_leader() {
     // No automatic timeline blocks: only this test's requests move the chain. A tight clock
-    // skew, so that the locked block is stale by the time it is re-led.
+    // skew, so that the promised block is stale by the time it is re-led.
     let mut cluster = Cluster::start_configured(4, 0, |_, config| config.max_clock_skew_ms = 1_500).await;
     let (chain, genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;
     cluster.propose(0, chain, b"first").await.unwrap();
@@ -93,41 +85,40 @@ async fn a_leader_dying_after_the_locks_leaves_its_block_to_the_next_leader() {
         cluster.wait_head(i, chain, 1).await;
     }
 
-    // Witness 0 dies; its key leads block X at index 2 through the locks, then vanishes.
+    // Witness 0 dies; its key leads block X at index 2 up to the promises, then vanishes.
     cluster.witnesses[0].kill();
-    let locked = next_block(&cluster, 1, chain, &genesis, b"locked by three").await;
-    assert_eq!(locked.header.index, 2);
-    assert_eq!(lead_until_the_locks(&cluster, 0, 4, &locked).await, 3, "members 1-3 locked X and signed");
+    let promised = next_block(&cluster, 1, chain, &genesis, b"promised by three").await;
+    assert_eq!(promised.header.index, 2);
+    assert_eq!(lead_until_the_promises(&cluster, 0, 4, &promised).await, 3, "members 1-3 promised X");
 
-    // Each member reports its state to a member of the committee, and to no one else.
+    // Each member reports its promise, signed, to a member of the committee, and to no one else.
     let member = cluster.operator(2);
-    match member.call(&cluster.witnesses[1], Request::GetIndexState { chain, index: 2 }).await {
-        Ok(Response::IndexState(state)) => {
-            let (block, certificate) = state.lock.clone().expect("witness 1 is locked");
-            assert_eq!((block.id(), certificate.ballot, certificate.votes.len()), (locked.id(), 1, 4));
-            assert_eq!(state.voted, 1);
+    match member.call(&cluster.witnesses[1], Request::GetPromise { chain, index: 2 }).await {
+        Ok(Response::Promise(Some(p))) => {
+            assert!(p.verify(), "a valid signature");
+            assert_eq!((p.member, p.block.id()), (cluster.witnesses[1].key, promised.id()));
         }
-        other => panic!("witness 1 must report its lock, got {other:?}"),
+        other => panic!("witness 1 must report its promise, got {other:?}"),
     }
     let stranger = Client::new();
-    let refused = stranger.call(&cluster.witnesses[1], Request::GetIndexState { chain, index: 2 }).await.unwrap_err();
+    let refused = stranger.call(&cluster.witnesses[1], Request::GetPromise { chain, index: 2 }).await.unwrap_err();
     assert_eq!(refusal(&refused).code, ErrorCode::Forbidden);
 
-    // A full restart of the locked members: only what is on disk survives.
+    // A full restart of the members that promised: only what is on disk survives.
     for i in 1..4 {
         cluster.witnesses[i].kill();
     }
-    tokio::time::sleep(std::time::Duration::from_millis(2_000)).await; // X is now older than the skew
     for i in 1..4 {
         cluster.witnesses[i].start();
     }
     for i in 1..4 {
         cluster.client.wait_ready(&cluster.witnesses[i]).await;
     }
+    // Connections cached from before the restart are dead: new clients.
     cluster.client = Client::new();
     let member = cluster.operator(2);
 
-    // Another block at index 2, at a higher ballot, is refused by every locked member...
+    // Another block at index 2 is refused by every member that promised X...
     let other = next_block(&cluster, 1, chain, &genesis, b"another block").await;
     let roster = cluster.roster(&[0, 1, 2, 3]);
     let announce = Announce {
@@ -136,15 +127,12 @@ async fn a_leader_dying_after_the_locks_leaves_its_block_to_the_next_leader() {
         leader: roster.index_of(&cluster.witnesses[1].key).unwrap() as u32,
         branching: 4,
         excluded: vec![0],
-        ballot: 5,
-        justification: None,
+        promises: vec![],
     };
     let reply = cluster.operator(1).call(&cluster.witnesses[2], Request::Announce(announce)).await.unwrap_err();
     assert_eq!(refusal(&reply).code, ErrorCode::Promised, "{}", refusal(&reply).message);
-    assert!(refusal(&reply).message.contains("locked"), "{}", refusal(&reply).message);
 
-    // ...so the next proposal re-leads X (stale now, justified by its certificate) at a
-    // higher ballot, then goes on index 3.
+    // ...so the next proposal fills index 2 with X first, then goes on index 3.
     let mine = cluster.propose(2, chain, b"after the dead leader").await.unwrap();
     assert_eq!(mine.header.index, 3);
     assert_eq!(mine.payload, b"after the dead leader");
@@ -158,41 +146,47 @@ async fn a_leader_dying_after_the_locks_leaves_its_block_to_the_next_leader() {
         else {
             panic!("witness {i} lacks block 2")
         };
-        assert_eq!(block.id(), locked.id(), "witness {i} holds the locked block at index 2");
+        assert_eq!(block.id(), promised.id(), "witness {i} holds the promised block at index 2");
         assert!(block.signature.is_some());
     }
     // The client's view: the whole chain verifies from the genesis.
     assert_eq!(cluster.prove_from_genesis(3, chain, &genesis).await.index(), 4);
     match cluster.client.call(&cluster.witnesses[2], Request::Status).await {
-        Ok(Response::Status(status)) => assert_eq!(status.blocks_adopted, 1, "witness 2 re-led one locked block"),
+        Ok(Response::Status(status)) => assert_eq!(status.blocks_adopted, 1, "witness 2 re-led one promised block"),
         other => panic!("status: {other:?}"),
     }
-    // The state ends when its index is filled: nothing is reported there any more.
-    match member.call(&cluster.witnesses[1], Request::GetIndexState { chain, index: 2 }).await {
-        Ok(Response::IndexState(state)) => assert_eq!(*state, Default::default()),
-        other => panic!("a filled index reports no state, got {other:?}"),
+    // A promise ends when its index is filled: nothing is reported there any more.
+    match member.call(&cluster.witnesses[1], Request::GetPromise { chain, index: 2 }).await {
+        Ok(Response::Promise(None)) => {}
+        other => panic!("a filled index reports no promise, got {other:?}"),
     }
 
-    // What a faulty member can do with a justification: no more than without one. A block
-    // older than the clock skew with a certificate of its own vote alone (fewer than the
-    // threshold) gets every check.
+    // What a faulty member can do with the promises an announce carries: no more than
+    // without them. A block older than the clock skew, vouched for only by its own
+    // promise (no more than the faulty members a committee tolerates), gets every check.
     tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
     let mut stale = next_block(&cluster, 1, chain, &genesis, b"backdated").await;
     let head_time = cluster.prove_from_genesis(1, chain, &genesis).await.header.timestamp_ms;
     stale.header.timestamp_ms = head_time + 1;
     let faulty = cluster.keys(&[0]).pop().unwrap();
-    let leader = roster.index_of(&cluster.witnesses[0].key).unwrap() as u32;
-    let own_vote = Vote::sign(&faulty, leader, &stale.id(), 1);
-    let announce = Announce {
+    let own = chainiac_proto::message::SignedPromise::sign(&faulty, stale.clone()).signature();
+    let announce = |promises| Announce {
         block: stale.clone(),
         session: SessionId([9; 32]),
-        leader,
+        leader: roster.index_of(&cluster.witnesses[0].key).unwrap() as u32,
         branching: 4,
         excluded: vec![0],
-        ballot: 2,
-        justification: Some(Certificate { ballot: 1, votes: vec![own_vote, own_vote, own_vote] }),
+        promises,
     };
     let as_leader = Client::with_key(cluster.keys(&[0]).pop().unwrap());
-    let reply = as_leader.call(&cluster.witnesses[1], Request::Announce(announce)).await.unwrap_err();
+    let reply = as_leader.call(&cluster.witnesses[1], Request::Announce(announce(vec![own]))).await.unwrap_err();
     assert!(refusal(&reply).message.contains("from this witness's clock"), "{}", refusal(&reply).message);
+    // The same promise twice, or a stranger's, is refused before any signature is checked.
+    let reply = as_leader.call(&cluster.witnesses[1], Request::Announce(announce(vec![own, own]))).await.unwrap_err();
+    assert_eq!(refusal(&reply).code, ErrorCode::BadRequest, "{}", refusal(&reply).message);
+    let stranger_key = chainiac_cosi::SecretKey::from_seed(&[77; 32]);
+    let strangers = chainiac_proto::message::SignedPromise::sign(&stranger_key, stale.clone()).signature();
+    let reply =
+        as_leader.call(&cluster.witnesses[1], Request::Announce(announce(vec![own, strangers]))).await.unwrap_err();
+    assert_eq!(refusal(&reply).code, ErrorCode::BadRequest, "{}", refusal(&reply).message);
 }

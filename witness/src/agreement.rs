@@ -1,12 +1,11 @@
 //! Agreement on one index, sans I/O: the rules by which members vote, lock and release
 //! their partial signatures so that two blocks never both gather a threshold and an index
 //! whose leaders die — however the promises split — still completes. No network, no disk,
-//! no clock, no cryptography: the node (`node.rs`: `cast_vote`, `take_lock`,
-//! `plan_index`) verifies signatures and stores the state before acting on what these
-//! functions return; the simulation (`tests/agreement.rs`) drives thousands of seeded
-//! clusters through them.
+//! no clock, no cryptography: the node verifies signatures and stores [`Durable`] before
+//! acting on what these functions return; the simulation (`tests/agreement.rs`) drives
+//! thousands of seeded clusters through them.
 //!
-//! The protocol (SPEC §9.1) is Tendermint's locking over ballots:
+//! The protocol (SPEC §9.2) is Tendermint's locking over ballots:
 //! 1. *Vote.* A leader announces block `B` at ballot `b`. A member votes for it — durably
 //!    raising its voted ballot to `b` — only if `b` is above every ballot it voted at, and,
 //!    if it is locked on another block, only when the announce carries a certificate for
@@ -29,8 +28,17 @@
 //! lock change needs a certificate for a non-`X` block between `b` and `b'`, and there is
 //! none below `b'`), so it needed a certificate for `Y` at a ballot in `[b, b')` — none
 //! exists. So no certificate for another block at `b` or after, and no honest member
-//! releases a share for one. (Partial signatures of different rounds do not combine: a
-//! signature needs `t` shares of one session.)
+//! releases a share for one.
+//!
+//! **Precondition: a partial signature binds its ballot.** The argument counts shares of
+//! one ballot. CoSi shares over the bare block id combine across sessions — a Byzantine
+//! leader can sum members' commitments from different sessions into one challenge — so a
+//! node may use these rules only once the collective signature covers `id ‖ ballot` (the
+//! ballot carried with the signature and checked by every verifier). Without it, a member
+//! locked low can share `X`, move to `Y` on a newer certificate and share `Y`, and `X`
+//! completes from shares of several ballots: test
+//! `shares_of_different_ballots_must_not_combine` replays the attack through these rules.
+//! The simulation keys shares by ballot, i.e. it assumes the precondition.
 //!
 //! Why an index completes: once a leader gathers the states of the honest members and no
 //! new ballot interferes, the highest lock among them has the highest certificate any
@@ -222,6 +230,33 @@ mod tests {
         assert_eq!(d.lock(C, &cert(2, 6, &[0, 1, 3])), Err(Refusal::Superseded { ballot: 6, voted: 7 }));
         d.lock(C, &cert(2, 7, &[0, 1, 3])).unwrap();
         assert_eq!(d.lock(C, &cert(1, 7, &[0, 1])), Err(Refusal::Incomplete { voters: 2, threshold: 3 }));
+    }
+
+    /// Why a node needs ballot-bound signatures before it uses these rules (found by an
+    /// attack review): with n = 4, t = 3 and one Byzantine member Z that leads, honest M, N
+    /// and K follow every rule, yet M and N lock `X` at different ballots (1 and 4) and sign
+    /// it — shares a Byzantine leader can sum into one signature over a bare block id — and
+    /// then M and K lock and sign `Y` at ballot 5. Per ballot, no block has `t` shares; over
+    /// all ballots, both do.
+    #[test]
+    fn shares_of_different_ballots_must_not_combine() {
+        let (x, y) = (1u8, 2u8);
+        let (mut m, mut n, mut k) = (Durable::default(), Durable::default(), Durable::default());
+        n.vote(C, &x, 1, None).unwrap();
+        n.vote(C, &y, 3, None).unwrap();
+        k.vote(C, &y, 3, None).unwrap();
+        let y3 = cert(y, 3, &[1, 2, 3]); // N, K and Z
+        n.vote(C, &x, 4, None).unwrap();
+        k.vote(C, &x, 4, None).unwrap();
+        m.vote(C, &x, 1, None).unwrap();
+        // Z sums M's commitment of session X@1 and N's of session X@4 into one challenge.
+        m.lock(C, &cert(x, 1, &[0, 1, 3])).unwrap(); // shares X
+        n.lock(C, &cert(x, 4, &[1, 2, 3])).unwrap(); // shares X: with Z's, X is signed
+        k.vote(C, &y, 5, None).unwrap();
+        m.vote(C, &y, 5, Some(&y3)).unwrap(); // Y@3 is newer than M's lock at 1
+        let y5 = cert(y, 5, &[0, 2, 3]);
+        m.lock(C, &y5).unwrap(); // shares Y
+        k.lock(C, &y5).unwrap(); // shares Y: with Z's, Y is signed too
     }
 
     /// What the simulation found: a member that voted at ballot 2 while unlocked must not

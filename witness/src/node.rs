@@ -3,7 +3,6 @@
 //! between the two and the rules that are the node's own (promises, reservations, who may
 //! ask what).
 
-use crate::agreement;
 use crate::config::WitnessConfig;
 use crate::metrics::Metrics;
 use crate::rules;
@@ -13,8 +12,8 @@ use chainiac_cosi::protocol::{
 };
 use chainiac_cosi::{Mask, Member, PublicKey, Roster, SecretKey};
 use chainiac_proto::message::{
-    Announce, Certificate, ErrorCode, ErrorReply, HeadInfo, IndexState, LinkedQuery, NodeStatus, ProofQuery, Request,
-    Response, TimelineBatch, TimelineInfo, Vote, CHAINS_PER_PAGE, MAX_CHANGE_BLOCKS, MAX_HELD_APPOINTMENTS,
+    Announce, ErrorCode, ErrorReply, HeadInfo, LinkedQuery, NodeStatus, PromiseSignature, ProofQuery, Request,
+    Response, SignedPromise, TimelineBatch, TimelineInfo, CHAINS_PER_PAGE, MAX_CHANGE_BLOCKS, MAX_HELD_APPOINTMENTS,
     MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS, MAX_WATCHED_PREFIXES, PROOFS_RESPONSE_BUDGET,
 };
 use chainiac_proto::{CallError, FrameClass, Pool};
@@ -27,19 +26,16 @@ use chainiac_skipchain::timeline::{
 };
 use chainiac_skipchain::{Block, BlockId, ChainId, ChainState, Proposal};
 use rand_core::{OsRng, RngCore};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
 
-/// Column family of agreement states (§9.1): `chain || index` → `IndexState` (the highest
-/// ballot voted at, and the lock: a block with its certificate), until the index is filled.
-pub const CF_AGREEMENT: &str = "agreement";
-/// How far above its own voted ballot a leader goes on members' reports (a liar's huge
-/// ballot would otherwise use the ballots up).
-const MAX_BALLOT_STEP: u64 = 1 << 20;
+/// Column family of promises: `chain || index` → the one block (unsigned, encoded) this node
+/// will sign there, until the index is filled.
+pub const CF_PROMISES: &str = "promises";
 /// Column family of the head set of each timeline's newest block this node holds one for:
 /// `timeline || chain` → `u64be(index) || id` per leaf, and `timeline` → `u64be(block
 /// index)`. Written with each newer timeline block (its changes only), read at start, so
@@ -230,6 +226,12 @@ fn check_catch_up_length(head: u64, index: u64) -> Result<(), ErrorReply> {
     Ok(())
 }
 
+/// What this node promised at an index: the block, and its id.
+struct Promised {
+    id: BlockId,
+    block: Block,
+}
+
 /// Runs disk work (synced RocksDB writes, whole-chain scans) off the runtime's worker
 /// threads: the worker becomes a blocking thread for the call and the runtime moves its
 /// other tasks to a fresh worker, so one slow fsync does not stall every round and query.
@@ -240,50 +242,15 @@ fn blocking<R>(work: impl FnOnce() -> R) -> R {
     }
 }
 
-fn agreement_committee(committee: &chainiac_skipchain::Committee) -> agreement::Committee {
-    agreement::Committee { members: committee.roster().len(), threshold: committee.threshold() }
+/// How many members of `committee` may be faulty while its rounds stay safe: fewer than a
+/// third, and at most `n − t` (beyond that no threshold is reached without them anyway).
+/// More promises of a block than this include an honest member's.
+fn faulty_bound(committee: &chainiac_skipchain::Committee) -> usize {
+    let n = committee.roster().len();
+    (n - committee.threshold()).max((n - 1) / 3)
 }
 
-/// The votes of `certificate` that are valid for block `id`: by distinct members of
-/// `roster`, each a valid signature over the block and the certificate's ballot (more
-/// votes than members: none counted).
-fn checked_certificate(roster: &Roster, id: &BlockId, certificate: &Certificate) -> agreement::Certificate<BlockId> {
-    let mut voters = std::collections::BTreeSet::new();
-    if certificate.votes.len() <= roster.len() {
-        for vote in &certificate.votes {
-            let member = vote.member as usize;
-            let valid = roster.member(member).is_some_and(|m| vote.verify(&m.key, id, certificate.ballot));
-            if valid {
-                voters.insert(member);
-            }
-        }
-    }
-    agreement::Certificate { block: *id, ballot: certificate.ballot, voters }
-}
-
-/// This node's stored state as the agreement rules see it (its lock was checked when taken).
-fn core_state(roster: &Roster, state: &IndexState) -> agreement::Durable<BlockId> {
-    let lock = state.lock.as_ref().map(|(block, certificate)| agreement::Lock {
-        certificate: agreement::Certificate {
-            block: block.id(),
-            ballot: certificate.ballot,
-            voters: certificate.votes.iter().map(|v| v.member as usize).filter(|&m| m < roster.len()).collect(),
-        },
-    });
-    agreement::Durable { voted: state.voted, lock }
-}
-
-/// A refusal by the agreement rules, as the leader acts on it: `Promised` (gather the
-/// members' states, re-lead at a higher ballot) when locked elsewhere or past this ballot.
-fn refused(index: u64, refusal: agreement::Refusal) -> ErrorReply {
-    let code = match refusal {
-        agreement::Refusal::Locked { .. } | agreement::Refusal::OldBallot { .. } => ErrorCode::Promised,
-        _ => ErrorCode::Refused,
-    };
-    err(code, format!("index {index}: {refusal}"))
-}
-
-fn index_key(chain: &ChainId, index: u64) -> [u8; 40] {
+fn promise_key(chain: &ChainId, index: u64) -> [u8; 40] {
     let mut key = [0u8; 40];
     key[..32].copy_from_slice(&chain.0);
     key[32..].copy_from_slice(&index.to_be_bytes());
@@ -418,13 +385,11 @@ impl Node {
                 self.propose(caller, chain, proposal).await.map(|block| Response::Appended { block })
             }
             Request::Announce(announce) => self.on_announce(caller, from, announce).await,
-            Request::Challenge { session, challenge, certificate } => {
-                self.on_challenge(caller, session, challenge, certificate).await
-            }
+            Request::Challenge { session, challenge } => self.on_challenge(caller, session, challenge).await,
             Request::Abort { session } => self.on_abort(caller, session),
             Request::Commit { block } => self.on_commit(caller, from, block).await,
             Request::Genesis { genesis } => self.on_genesis(caller, genesis),
-            Request::GetIndexState { chain, index } => self.get_index_state(caller, chain, index),
+            Request::GetPromise { chain, index } => self.get_promise(caller, chain, index),
             Request::ListChains { after } => {
                 self.chain_page(after).map(|(heads, more)| Response::Chains { heads, more })
             }
@@ -647,7 +612,7 @@ impl Node {
             let leaf = HeadLeaf { chain: state.chain, index: state.index(), id: state.id };
             Arc::make_mut(&mut self.current_heads.lock().expect("lock")).apply(&[leaf]);
         }
-        self.forget_index_states(&state.chain, state.index());
+        self.forget_promises(&state.chain, state.index());
         self.note_appended(block);
         Ok(state)
     }
@@ -731,25 +696,44 @@ impl Node {
             .map_err(|reason| err(ErrorCode::Refused, reason))
     }
 
-    /// The checks before this node votes for `block` (§9.1). A block this node is locked on,
-    /// or one the announce justifies with a complete certificate (`t` votes: more than the
-    /// faulty members, so an honest one checked it when it was fresh), is checked by the
-    /// rules that do not depend on the moment: it may be older than the clock skew, and a
-    /// timeline block's heads may have moved since (its entry must still decode and carry
-    /// the block's time). Any other block gets every rule ([`Node::check_block`]).
-    fn check_to_sign(
-        &self,
-        head: &ChainState,
-        block: &Block,
-        justification: Option<&Certificate>,
-    ) -> Result<(), ErrorReply> {
+    /// The checks before this node commits to `block` in a round (§9.1). A node that
+    /// promised another block at the index refuses (`Promised`: the leader should re-lead
+    /// that one). A block this node promised, or that more members promised than the
+    /// committee may have faulty ones ([`faulty_bound`], so at least one honest member
+    /// checked it when it was fresh), is checked by the rules that do not depend on the
+    /// moment: it may be older than the clock skew, and a timeline block's heads may have
+    /// moved since (its entry must still decode and carry the block's time). Any other
+    /// block gets every rule ([`Node::check_block`]).
+    fn check_to_sign(&self, head: &ChainState, block: &Block, promises: &[PromiseSignature]) -> Result<(), ErrorReply> {
+        let index = block.header.index;
         let id = block.id();
-        let roster = head.committee.roster();
-        let locked = self.index_state(&head.chain, block.header.index)?.lock.is_some_and(|(b, _)| b.id() == id);
-        let vouched = locked
-            || justification.is_some_and(|c| {
-                checked_certificate(roster, &id, c).is_complete(roster.len(), head.committee.threshold())
-            });
+        let vouched = match self.promised(&head.chain, index)? {
+            Some(own) if own.id != id => {
+                return Err(err(
+                    ErrorCode::Promised,
+                    format!(
+                        "this witness promised another block at index {index} and signs no other; re-lead that one"
+                    ),
+                ))
+            }
+            Some(_) => true,
+            None if promises.is_empty() => false,
+            None => {
+                let roster = head.committee.roster();
+                // Members and no member twice, before any signature is checked.
+                let mut seen = HashSet::with_capacity(promises.len());
+                if promises.len() > roster.len()
+                    || promises.iter().any(|p| roster.index_of(&p.member).is_none() || !seen.insert(p.member))
+                {
+                    return Err(err(
+                        ErrorCode::BadRequest,
+                        "the announce's promises must be by distinct members of the committee",
+                    ));
+                }
+                let valid = promises.iter().filter(|p| p.verify(&id)).count();
+                valid > faulty_bound(&head.committee)
+            }
+        };
         if !vouched {
             return self.check_block(head, block);
         }
@@ -1195,152 +1179,139 @@ impl Node {
         self.reservations.lock().expect("lock").retain(|(c, i), _| !(*c == chain && *i <= index));
     }
 
-    /// This node's agreement state at `(chain, index)` (§9.1; the default when none).
-    fn index_state(&self, chain: &ChainId, index: u64) -> Result<IndexState, ErrorReply> {
-        let db = self.store.db();
-        let cf = db.cf_handle(CF_AGREEMENT).expect("agreement column family is opened at start");
-        let internal = |e: String| err(ErrorCode::Internal, format!("agreement store: {e}"));
-        match db.get_pinned_cf(cf, index_key(chain, index)).map_err(|e| internal(e.to_string()))? {
-            None => Ok(IndexState::default()),
-            Some(value) => chainiac_skipchain::decode_exact(&value).map_err(|e| internal(e.to_string())),
-        }
+    /// Durably promises to sign no block but `block` at its index; refuses if another was
+    /// promised. Called before any partial response leaves this node. The block is kept
+    /// (unsigned) so that a leader can re-lead it if this round dies (§9.1).
+    fn promise(&self, block: &Block) -> Result<(), ErrorReply> {
+        blocking(|| self.promise_now(block))
     }
 
-    /// Writes the agreement state at `(chain, index)`, synced, under `promise_lock`, after
-    /// checking the index is not filled (its state may just have been dropped).
-    fn store_index_state(&self, chain: &ChainId, index: u64, state: &IndexState) -> Result<(), ErrorReply> {
-        let filled = self.store.head(chain).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+    fn promise_now(&self, block: &Block) -> Result<(), ErrorReply> {
+        let chain = block.header.chain.ok_or_else(|| err(ErrorCode::BadRequest, "a genesis is not promised"))?;
+        let index = block.header.index;
+        let _guard = self.promise_lock.lock().expect("lock");
+        // Under the lock that `forget_promises` takes too: no promise is written at an index
+        // already filled (its earlier promise may just have been dropped).
+        let filled = self.store.head(&chain).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
         if filled.is_some_and(|head| head.index >= index) {
             return Err(err(ErrorCode::Conflict, format!("index {index} is filled; propose on the new head")));
         }
-        let db = self.store.db();
-        let cf = db.cf_handle(CF_AGREEMENT).expect("agreement column family is opened at start");
-        let bytes = postcard::to_allocvec(state).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
-        let mut options = rocksdb::WriteOptions::default();
-        options.set_sync(true);
-        db.put_cf_opt(cf, index_key(chain, index), bytes, &options)
-            .map_err(|e| err(ErrorCode::Internal, format!("agreement store: {e}")))
-    }
-
-    /// Rule 1 of §9.1: votes for `block` at `ballot` if the agreement rules allow, storing
-    /// the raised ballot (synced) before the vote leaves this node.
-    fn cast_vote(
-        &self,
-        head: &ChainState,
-        block: &Block,
-        ballot: u64,
-        justification: Option<&Certificate>,
-    ) -> Result<Vote, ErrorReply> {
-        blocking(|| {
-            let (chain, index, id) = (head.chain, block.header.index, block.id());
-            let roster = head.committee.roster();
-            let me = self.member_of(roster)?;
-            let justification = justification.map(|c| checked_certificate(roster, &id, c));
-            let _guard = self.promise_lock.lock().expect("lock");
-            let mut state = self.index_state(&chain, index)?;
-            let mut durable = core_state(roster, &state);
-            durable
-                .vote(agreement_committee(&head.committee), &id, ballot, justification.as_ref())
-                .map_err(|refusal| refused(index, refusal))?;
-            state.voted = durable.voted;
-            self.store_index_state(&chain, index, &state)?;
-            Ok(Vote::sign(&self.key, me as u32, &id, ballot))
-        })
-    }
-
-    /// Rule 3 of §9.1: locks on `block` with `certificate` (stored, synced) before this
-    /// node's partial signature over it leaves.
-    fn take_lock(&self, head: &ChainState, block: &Block, certificate: &Certificate) -> Result<(), ErrorReply> {
-        blocking(|| {
-            let (chain, index, id) = (head.chain, block.header.index, block.id());
-            let roster = head.committee.roster();
-            let checked = checked_certificate(roster, &id, certificate);
-            let _guard = self.promise_lock.lock().expect("lock");
-            let mut state = self.index_state(&chain, index)?;
-            let mut durable = core_state(roster, &state);
-            durable.lock(agreement_committee(&head.committee), &checked).map_err(|refusal| refused(index, refusal))?;
-            state.voted = durable.voted;
-            let mut votes: Vec<Vote> = Vec::with_capacity(checked.voters.len());
-            for vote in &certificate.votes {
-                if checked.voters.contains(&(vote.member as usize)) && !votes.iter().any(|v| v.member == vote.member) {
-                    votes.push(*vote);
-                }
+        match self.promised(&chain, index)? {
+            Some(existing) if existing.id != block.id() => Err(err(
+                ErrorCode::Promised,
+                format!("this witness already promised another block at index {index} and never signs two"),
+            )),
+            Some(_) => Ok(()),
+            None => {
+                let db = self.store.db();
+                let cf = db.cf_handle(CF_PROMISES).expect("promises column family is opened at start");
+                let unsigned = Block { signature: None, ..block.clone() };
+                let bytes = postcard::to_allocvec(&unsigned).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+                let mut options = rocksdb::WriteOptions::default();
+                options.set_sync(true);
+                db.put_cf_opt(cf, promise_key(&chain, index), bytes, &options)
+                    .map_err(|e| err(ErrorCode::Internal, format!("promise store: {e}")))
             }
-            let unsigned = Block { signature: None, ..block.clone() };
-            state.lock = Some((unsigned, Certificate { ballot: certificate.ballot, votes }));
-            self.store_index_state(&chain, index, &state)
-        })
-    }
-
-    /// The agreement state ends when its index is filled: drops this chain's states up to
-    /// `index`.
-    fn forget_index_states(&self, chain: &ChainId, index: u64) {
-        let _guard = self.promise_lock.lock().expect("lock");
-        let db = self.store.db();
-        let cf = db.cf_handle(CF_AGREEMENT).expect("agreement column family is opened at start");
-        let mut batch = rocksdb::WriteBatch::default();
-        batch.delete_range_cf(cf, index_key(chain, 0), index_key(chain, index));
-        batch.delete_cf(cf, index_key(chain, index));
-        if let Err(e) = db.write(batch) {
-            warn!(chain = %chain.to_hex()[..16], "could not drop filled agreement states: {e}");
         }
     }
 
-    /// A `GetIndexState` from a member of the chain's committee: this node's agreement
-    /// state at an unfilled index (the default at a filled one).
-    fn get_index_state(&self, caller: PublicKey, chain: ChainId, index: u64) -> Reply {
-        let head = self.head(&chain)?;
-        self.authorize(&caller, head.committee.roster())?;
-        let state = if index <= head.index() { IndexState::default() } else { self.index_state(&chain, index)? };
-        Ok(Response::IndexState(Box::new(state)))
+    /// What this node promised at `(chain, index)`, if anything.
+    fn promised(&self, chain: &ChainId, index: u64) -> Result<Option<Promised>, ErrorReply> {
+        let db = self.store.db();
+        let cf = db.cf_handle(CF_PROMISES).expect("promises column family is opened at start");
+        let internal = |e: String| err(ErrorCode::Internal, format!("promise store: {e}"));
+        let Some(value) = db.get_pinned_cf(cf, promise_key(chain, index)).map_err(|e| internal(e.to_string()))? else {
+            return Ok(None);
+        };
+        let block: Block = chainiac_skipchain::decode_exact(&value).map_err(|e| internal(e.to_string()))?;
+        Ok(Some(Promised { id: block.id(), block }))
     }
 
-    /// Rule 4 of §9.1: the states of the members at the index after `head` (this node's
-    /// own and every member's that answers; a reported lock is kept only with a complete
-    /// certificate for its block at that index), and what to lead: the block of the highest
-    /// lock with its certificate, or none (then the caller's own block) — at a ballot above
-    /// every ballot reported.
-    async fn plan_index(
+    /// A promise ends when its index is filled: drops this chain's promises up to `index`.
+    fn forget_promises(&self, chain: &ChainId, index: u64) {
+        let _guard = self.promise_lock.lock().expect("lock");
+        let db = self.store.db();
+        let cf = db.cf_handle(CF_PROMISES).expect("promises column family is opened at start");
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_range_cf(cf, promise_key(chain, 0), promise_key(chain, index));
+        batch.delete_cf(cf, promise_key(chain, index));
+        if let Err(e) = db.write(batch) {
+            warn!(chain = %chain.to_hex()[..16], "could not drop filled promises: {e}");
+        }
+    }
+
+    /// A `GetPromise` from a member of the chain's committee: the block this node promised
+    /// at an unfilled index, signed (none at a filled one).
+    fn get_promise(&self, caller: PublicKey, chain: ChainId, index: u64) -> Reply {
+        let head = self.head(&chain)?;
+        self.authorize(&caller, head.committee.roster())?;
+        if index <= head.index() {
+            return Ok(Response::Promise(None));
+        }
+        let promise = self.promised(&chain, index)?.map(|p| Box::new(SignedPromise::sign(&self.key, p.block)));
+        Ok(Response::Promise(promise))
+    }
+
+    /// The promises members hold at the index after `head`, gathered from every member
+    /// (this node's own included), and the block to re-lead: this node's own promise if it
+    /// has one (it signs no other there), else the block most members promised (ties: the
+    /// lower id). `None` when nobody reports one.
+    async fn gather_promises(
         self: &Arc<Self>,
         head: &ChainState,
-    ) -> Result<(u64, Option<(Block, Certificate)>), ErrorReply> {
+    ) -> Result<Option<(Block, Vec<PromiseSignature>)>, ErrorReply> {
         let (chain, index) = (head.chain, head.index() + 1);
         let roster = Arc::new(head.committee.roster().clone());
         let me = self.member_of(&roster)?;
-        let own = self.index_state(&chain, index)?;
-        let mut reports: Vec<IndexState> = vec![own.clone()];
+        let own = self.promised(&chain, index)?;
+        let mut reports: Vec<SignedPromise> = Vec::new();
+        if let Some(own) = &own {
+            reports.push(SignedPromise::sign(&self.key, own.block.clone()));
+        }
         let others: Vec<usize> = (0..roster.len()).filter(|&i| i != me).collect();
-        let request = Request::GetIndexState { chain, index };
-        for (_, reply) in self.ask_children(&roster, &others, request, self.config.peer_timeout()).await {
-            if let Ok(Response::IndexState(mut state)) = reply {
-                // A liar's ballot is capped, so that it cannot use up the ballots.
-                state.voted = state.voted.min(own.voted.saturating_add(MAX_BALLOT_STEP));
-                let valid = state.lock.as_ref().is_some_and(|(block, certificate)| {
-                    block.header.chain == Some(chain)
-                        && block.header.index == index
-                        && checked_certificate(&roster, &block.id(), certificate)
-                            .is_complete(roster.len(), head.committee.threshold())
-                });
-                if !valid {
-                    state.lock = None;
+        let request = Request::GetPromise { chain, index };
+        for (member, reply) in self.ask_children(&roster, &others, request, self.config.peer_timeout()).await {
+            if let Ok(Response::Promise(Some(promise))) = reply {
+                let from_member = roster.member(member).is_some_and(|m| m.key == promise.member);
+                let here = promise.block.header.chain == Some(chain) && promise.block.header.index == index;
+                let again = reports.iter().any(|r| r.member == promise.member);
+                if from_member && here && !again && promise.verify() {
+                    reports.push(*promise);
                 }
-                reports.push(*state);
             }
         }
-        let committee = agreement_committee(&head.committee);
-        let durables: Vec<agreement::Durable<BlockId>> = reports.iter().map(|r| core_state(&roster, r)).collect();
-        let Some(plan) = agreement::plan(committee, &durables, BlockId([0; 32]), own.voted) else {
-            return Err(err(
-                ErrorCode::Unavailable,
-                format!("only {} of {} members reported their state at index {index}", reports.len(), roster.len()),
-            ));
+        let chosen = match &own {
+            Some(own) => own.id,
+            None => {
+                let mut counts: HashMap<BlockId, usize> = HashMap::new();
+                for report in &reports {
+                    *counts.entry(report.block.id()).or_default() += 1;
+                }
+                match counts.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0 .0.cmp(&a.0 .0))) {
+                    Some((id, _)) => id,
+                    None => return Ok(None),
+                }
+            }
         };
-        let locked = plan.justification.as_ref().and_then(|c| {
-            reports
-                .iter()
-                .find_map(|r| r.lock.clone().filter(|(block, lock)| block.id() == c.block && lock.ballot == c.ballot))
-        });
-        Ok((plan.ballot, locked))
+        let block = reports.iter().find(|p| p.block.id() == chosen).map(|p| p.block.clone());
+        let promises = reports.iter().filter(|p| p.block.id() == chosen).map(SignedPromise::signature).collect();
+        Ok(block.map(|block| (block, promises)))
+    }
+
+    /// Fills the index after `head` with `block`, which members promised there (a leader
+    /// died or withheld the signature after the promises were written, §9.1).
+    async fn adopt(
+        self: &Arc<Self>,
+        head: &ChainState,
+        block: Block,
+        promises: Vec<PromiseSignature>,
+    ) -> Result<Block, ErrorReply> {
+        let index = block.header.index;
+        self.check_to_sign(head, &block, &promises)?;
+        info!(chain = %head.chain.to_hex()[..16], index, promised_by = promises.len(), "re-leading the promised block");
+        let block = self.run_round(head, block, promises).await?;
+        self.metrics.blocks_adopted.fetch_add(1, Ordering::Relaxed);
+        Ok(block)
     }
 
     // ---- catching up ----
@@ -1790,74 +1761,59 @@ impl Node {
         for _ in 0..=MAX_ADOPTIONS {
             let head = self.head(&chain)?;
             let index = head.index() + 1;
-            // The fast path: this node's own block at the next ballot, no gathering first.
-            // A node locked here signs nothing but its lock's block: that goes first.
-            let own = self.index_state(&chain, index)?;
-            let mut failure = None;
-            if own.lock.is_none() {
-                match self.run_round(&head, self.own_block(&head, &mut proposal)?, own.voted + 1, None).await {
-                    // Too few voted or signed: members may be locked on a block whose
-                    // leader died, or past this ballot (members deeper in the tree answer
-                    // their parent, not this node, so any shortfall is a reason to ask).
-                    Err(e) if matches!(e.code, ErrorCode::Promised | ErrorCode::Unavailable) => failure = Some(e),
+            // This node signs nothing but what it promised at the index: that goes first.
+            let failure = if self.promised(&chain, index)?.is_some() {
+                None
+            } else {
+                if proposal.kind != KIND_TIMELINE {
+                    proposal.timestamp_ms = now_ms().max(head.header.timestamp_ms);
+                }
+                let block = head
+                    .propose(proposal.clone(), |i| self.store.block_id(&chain, i).ok().flatten())
+                    .map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
+                self.check_block(&head, &block)?;
+                match self.run_round(&head, block, Vec::new()).await {
+                    // Too few signed: members may be bound to a block whose leader died
+                    // or withheld the signature (members deeper in the tree answer their
+                    // parent, not this node, so any shortfall is a reason to ask).
+                    Err(e) if matches!(e.code, ErrorCode::Promised | ErrorCode::Unavailable) => Some(e),
                     done => return done,
                 }
-            }
-            // Too few members answer to plan: the round's own failure says more.
-            let (ballot, locked) = match self.plan_index(&head).await {
-                Ok(plan) => plan,
-                Err(e) => return Err(failure.unwrap_or(e)),
             };
-            let Some((block, certificate)) = locked else {
-                // Nobody is locked: this node's block again, above every ballot reported.
-                return self.run_round(&head, self.own_block(&head, &mut proposal)?, ballot, None).await;
+            let Some((block, promises)) = self.gather_promises(&head).await? else {
+                return Err(failure.unwrap_or_else(|| {
+                    err(ErrorCode::Unavailable, format!("no member reported a promise at index {index}; try again"))
+                }));
             };
-            self.check_to_sign(&head, &block, Some(&certificate))?;
-            info!(chain = %chain.to_hex()[..16], index, ballot, "re-leading the locked block");
-            let adopted = self.run_round(&head, block, ballot, Some(certificate)).await?;
-            self.metrics.blocks_adopted.fetch_add(1, Ordering::Relaxed);
+            let adopted = self.adopt(&head, block, promises).await?;
             let same = adopted.header.kind == proposal.kind
                 && adopted.payload == proposal.payload
                 && adopted.committee == proposal.committee
                 && adopted.policy == proposal.policy;
             if same {
-                return Ok(adopted); // a retried proposal whose first leader died after the locks
+                return Ok(adopted); // a retried proposal whose first leader died after the promises
             }
             if proposal.kind == KIND_TIMELINE {
                 if proposal.committee.is_some() {
                     return Err(err(
                         ErrorCode::Conflict,
-                        format!("index {index} held a locked timeline block, now appended; propose the change again"),
+                        format!("index {index} held a promised timeline block, now appended; propose the change again"),
                     ));
                 }
                 return Ok(adopted); // the timeline moved, which is what a tick asks
             }
         }
-        Err(err(ErrorCode::Unavailable, "every index tried held another locked block; propose again"))
+        Err(err(ErrorCode::Unavailable, "every index tried held another promised block; propose again"))
     }
 
-    /// The block `proposal` makes on `head`, stamped now (timeline blocks keep their entry's
-    /// time), checked by every rule.
-    fn own_block(&self, head: &ChainState, proposal: &mut Proposal) -> Result<Block, ErrorReply> {
-        if proposal.kind != KIND_TIMELINE {
-            proposal.timestamp_ms = now_ms().max(head.header.timestamp_ms);
-        }
-        let block = head
-            .propose(proposal.clone(), |i| self.store.block_id(&head.chain, i).ok().flatten())
-            .map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
-        self.check_block(head, &block)?;
-        Ok(block)
-    }
-
-    /// One round for `block` on top of `head` from ballot `ballot` (each retry one ballot
-    /// higher; faulty members left out), then the append and the commit to every member.
-    /// `justification`: the certificate of a locked block being re-led.
+    /// One round for `block` on top of `head` (attempts with faulty members left out),
+    /// then the append and the commit to every member. `promises`: the members' signed
+    /// promises of a block re-led as promised.
     async fn run_round(
         self: &Arc<Self>,
         head: &ChainState,
         mut block: Block,
-        ballot: u64,
-        justification: Option<Certificate>,
+        promises: Vec<PromiseSignature>,
     ) -> Result<Block, ErrorReply> {
         let chain = head.chain;
         let roster = Arc::new(head.committee.roster().clone());
@@ -1883,11 +1839,6 @@ impl Node {
                 ));
             }
             self.reserve(chain, index, id)?;
-            // Each attempt is a ballot of its own: members vote at most once per ballot.
-            let ballot = ballot + attempt as u64 - 1;
-            let mut votes: BTreeMap<u32, Vote> = BTreeMap::new();
-            let own_vote = self.cast_vote(head, &block, ballot, justification.as_ref())?;
-            votes.insert(own_vote.member, own_vote);
             let mut session_id = [0u8; 32];
             OsRng.fill_bytes(&mut session_id);
             let session_id = SessionId(session_id);
@@ -1903,8 +1854,7 @@ impl Node {
                 leader: me as u32,
                 branching: self.config.branching,
                 excluded: excluded.as_bytes().to_vec(),
-                ballot,
-                justification: justification.clone(),
+                promises: promises.clone(),
             };
             let wait = self.wait_for_children(&tree, me);
             let mut busy = false;
@@ -1913,16 +1863,9 @@ impl Node {
                 self.ask_children(&roster, &tree.children(me), Request::Announce(announce), wait).await
             {
                 match reply {
-                    Ok(Response::Voted { commitment, votes: subtree }) => {
-                        if let Err(e) = leader.aggregator().receive_commitment(child, &commitment) {
+                    Ok(Response::Commitment(c)) => {
+                        if let Err(e) = leader.aggregator().receive_commitment(child, &c) {
                             warn!(member = child, "bad commitment: {e}");
-                        }
-                        for vote in subtree.into_iter().take(roster.len()) {
-                            let valid =
-                                roster.member(vote.member as usize).is_some_and(|m| vote.verify(&m.key, &id, ballot));
-                            if valid {
-                                votes.insert(vote.member, vote);
-                            }
                         }
                     }
                     Ok(other) => warn!(member = child, "unexpected answer to announce: {other:?}"),
@@ -1951,12 +1894,12 @@ impl Node {
                         presumed = false;
                         continue;
                     }
-                    if roster.len() - promised_elsewhere < threshold {
-                        // So many members are locked elsewhere or past this ballot that this
-                        // block cannot pass: the caller gathers their states.
+                    if roster.len() - promised_elsewhere < threshold && promises.is_empty() {
+                        // So many members promised another block here that this one
+                        // cannot pass: the caller re-leads that one.
                         last_error = err(
                             ErrorCode::Promised,
-                            format!("{promised_elsewhere} member(s) are locked on another block at index {index} or voted past ballot {ballot}"),
+                            format!("{promised_elsewhere} member(s) promised another block at index {index}"),
                         );
                         break;
                     }
@@ -1980,25 +1923,12 @@ impl Node {
                 }
             };
             self.note_reachability(&roster, &tree, leader.unreachable());
-            if votes.len() < threshold {
-                last_error = err(
-                    ErrorCode::Unavailable,
-                    format!(
-                        "only {} of {} members voted at ballot {ballot}, {threshold} must",
-                        votes.len(),
-                        roster.len()
-                    ),
-                );
-                self.abort_children(&roster, &tree, me, session_id).await;
-                continue;
-            }
-            let certificate = Certificate { ballot, votes: votes.into_values().collect() };
-            self.take_lock(head, &block, &certificate)?;
+            self.promise(&block)?;
             let own = nonces.respond(&session, &self.key, &challenge).map_err(protocol_err)?;
             leader.aggregator().receive_response(me, &own).map_err(protocol_err)?;
             let responders: Vec<usize> =
                 leader.aggregator().expected_responders().into_iter().filter(|&m| m != me).collect();
-            let request = Request::Challenge { session: session_id, challenge, certificate };
+            let request = Request::Challenge { session: session_id, challenge };
             for (child, reply) in self.ask_children(&roster, &responders, request, wait).await {
                 match reply {
                     Ok(Response::Signed(r)) => {
@@ -2162,20 +2092,10 @@ impl Node {
         if tree.parent(me).and_then(|p| roster.member(p)).map(|m| m.key) != Some(caller) {
             return Err(self.forbidden(format!("key {caller} is not this witness's parent in the round's tree")));
         }
-        self.check_to_sign(&head, &announce.block, announce.justification.as_ref())?;
+        self.check_to_sign(&head, &announce.block, &announce.promises)?;
         let block = announce.block.clone();
         let id = block.id();
         self.reserve(chain, index, id)?;
-        let vote = match self.cast_vote(&head, &block, announce.ballot, announce.justification.as_ref()) {
-            Ok(vote) => vote,
-            Err(refusal) => {
-                // Not this block: its reservation would only hold the index against the one
-                // this node is bound to.
-                self.reservations.lock().expect("lock").retain(|k, (held, _)| *k != (chain, index) || *held != id);
-                return Err(refusal);
-            }
-        };
-        let mut votes = vec![vote];
         let session = Session::new(roster.clone(), announce.session, id.0.to_vec());
         let (nonces, own) = commit(&session, me, &self.key, &mut OsRng).map_err(protocol_err)?;
         let children = tree.children(me);
@@ -2187,15 +2107,12 @@ impl Node {
             let relay = announce.clone();
             let wait = self.wait_for_children(&tree, me);
             for (child, reply) in self.ask_children(&roster, &children, Request::Announce(relay), wait).await {
-                if let Ok(Response::Voted { commitment, votes: subtree }) = reply {
-                    if let Err(e) = aggregator.receive_commitment(child, &commitment) {
+                if let Ok(Response::Commitment(c)) = reply {
+                    if let Err(e) = aggregator.receive_commitment(child, &c) {
                         warn!(member = child, "bad commitment: {e}");
                     }
-                    // Passed up as they came: the leader checks each (at most one a member).
-                    votes.extend(subtree.into_iter().take(roster.len()));
                 }
             }
-            votes.truncate(roster.len());
             (aggregator.commitment().expect("own commitment is in"), Some(aggregator))
         };
         let expires = Instant::now() + Duration::from_millis(self.config.reservation_ms);
@@ -2205,7 +2122,7 @@ impl Node {
             announce.session,
             RoundState { chain, block, session, member: me, tree, nonces, aggregator, expires },
         );
-        Ok(Response::Voted { commitment, votes })
+        Ok(Response::Commitment(commitment))
     }
 
     /// Where to catch up from: the caller, at the address its connection comes from (a
@@ -2224,13 +2141,7 @@ impl Node {
         }
     }
 
-    async fn on_challenge(
-        self: &Arc<Self>,
-        caller: PublicKey,
-        session_id: SessionId,
-        challenge: Challenge,
-        certificate: Certificate,
-    ) -> Reply {
+    async fn on_challenge(self: &Arc<Self>, caller: PublicKey, session_id: SessionId, challenge: Challenge) -> Reply {
         let state = {
             let mut rounds = self.rounds.lock().expect("lock");
             let Some(state) = rounds.get(&session_id) else {
@@ -2252,7 +2163,7 @@ impl Node {
         if let Some(aggregator) = aggregator.as_mut() {
             aggregator.receive_challenge(&challenge).map_err(protocol_err)?;
         }
-        self.take_lock(&head, &block, &certificate)?;
+        self.promise(&block)?;
         let own = nonces.respond(&session, &self.key, &challenge).map_err(protocol_err)?;
         let Some(mut aggregator) = aggregator else {
             return Ok(Response::Signed(own));
@@ -2260,7 +2171,7 @@ impl Node {
         aggregator.receive_response(me, &own).map_err(protocol_err)?;
         let responders: Vec<usize> = aggregator.expected_responders().into_iter().filter(|&m| m != me).collect();
         let wait = self.wait_for_children(&tree, me);
-        let request = Request::Challenge { session: session_id, challenge, certificate };
+        let request = Request::Challenge { session: session_id, challenge };
         for (child, reply) in self.ask_children(&roster, &responders, request, wait).await {
             if let Ok(Response::Signed(r)) = reply {
                 if let Err(e) = aggregator.receive_response(child, &r) {
