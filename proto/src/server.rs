@@ -67,14 +67,19 @@ fn kib(bytes: usize) -> u32 {
     bytes.div_ceil(1024).max(1) as u32
 }
 
-/// The address a connection counts against: an IPv6 /64 is one address.
-fn counted_address(ip: IpAddr) -> IpAddr {
+/// The address a peer counts as (connection caps here, chain-creation quotas in the
+/// witness): an IPv4 address, or an IPv6 /64 — one host usually holds a whole /64, so
+/// counting single IPv6 addresses would let it open connections or create without end.
+pub fn counted_address(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => {
-            let mut octets = v6.octets();
-            octets[8..].fill(0);
-            IpAddr::from(octets)
-        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(std::net::Ipv6Addr::from(segments))
+            }
+        },
         v4 => v4,
     }
 }

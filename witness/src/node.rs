@@ -156,8 +156,6 @@ enum Creator {
 /// The window a chain-creation quota counts over.
 const QUOTA_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
-/// The address a quota counts against: an IPv4 address, or an IPv6 /64 (one host usually
-/// holds a whole /64, so counting single IPv6 addresses would let it create without end).
 /// The head set of each timeline's newest recorded block, read back from
 /// [`CF_TIMELINE_HEADS`] and kept only if it is the one the block's entry commits to (root
 /// and size), so that a restarted node serves timeline clients at once.
@@ -198,20 +196,6 @@ fn restore_timelines(store: &RocksStore, timelines: &HashSet<ChainId>) -> HashMa
     restored
 }
 
-fn quota_address(ip: std::net::IpAddr) -> std::net::IpAddr {
-    match ip {
-        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => std::net::IpAddr::V4(v4),
-            None => {
-                let mut segments = v6.segments();
-                segments[4..].fill(0);
-                std::net::IpAddr::V6(std::net::Ipv6Addr::from(segments))
-            }
-        },
-        v4 => v4,
-    }
-}
-
 /// Most blocks one round or replication message may make a node catch up on: a member that
 /// is further behind learns the chain in steps, from rounds at lower indices.
 const MAX_CATCH_UP_BLOCKS: u64 = 1 << 20;
@@ -230,6 +214,39 @@ fn check_catch_up_length(head: u64, index: u64) -> Result<(), ErrorReply> {
 struct Promised {
     id: BlockId,
     block: Block,
+}
+
+/// The heads a timeline records, kept up to date per append: a moved head rehashes its
+/// path at once; chains new since the last read wait in `new` and are merged when the set
+/// is next read (one rebuild of the levels per timeline tick, not one per created chain —
+/// creating 15,000 chains one by one would otherwise rehash the set 15,000 times).
+struct CurrentHeads {
+    set: Arc<HeadSet>,
+    new: Vec<HeadLeaf>,
+}
+
+impl CurrentHeads {
+    fn note(&mut self, leaf: HeadLeaf) {
+        if self.set.leaf(&leaf.chain).is_some() {
+            Arc::make_mut(&mut self.set).apply(&[leaf]);
+        } else if let Some(waiting) = self.new.iter_mut().find(|l| l.chain == leaf.chain) {
+            *waiting = leaf;
+        } else {
+            self.new.push(leaf);
+        }
+    }
+
+    fn set(&mut self) -> Arc<HeadSet> {
+        if !self.new.is_empty() {
+            let new = std::mem::take(&mut self.new);
+            Arc::make_mut(&mut self.set).apply(&new);
+        }
+        self.set.clone()
+    }
+
+    fn len(&self) -> usize {
+        self.set.len() + self.new.len()
+    }
 }
 
 /// Runs disk work (synced RocksDB writes, whole-chain scans) off the runtime's worker
@@ -302,7 +319,7 @@ pub struct Node {
     down: Mutex<HashMap<PublicKey, Instant>>,
     /// The heads of every chain that is not a timeline, as a timeline records them: read
     /// once at start, then updated on each append (a moved head rehashes its path).
-    current_heads: Mutex<Arc<HeadSet>>,
+    current_heads: Mutex<CurrentHeads>,
     /// The timeline chains this node serves.
     timeline_chains: Mutex<std::collections::HashSet<ChainId>>,
     /// Chains created per caller (key, and IP address) in the last 24 hours.
@@ -342,7 +359,7 @@ impl Node {
             lists_refused: Mutex::new(HashMap::new()),
             timelines: Mutex::new(timelines),
             heads: Mutex::new(HashMap::new()),
-            current_heads: Mutex::new(Arc::new(current_heads)),
+            current_heads: Mutex::new(CurrentHeads { set: Arc::new(current_heads), new: Vec::new() }),
             down: Mutex::new(HashMap::new()),
             released: Mutex::new(HashMap::new()),
             timeline_chains: Mutex::new(timeline_chains),
@@ -610,7 +627,7 @@ impl Node {
             block.header.kind == KIND_TIMELINE || self.timeline_chains.lock().expect("lock").contains(&state.chain);
         if !timeline {
             let leaf = HeadLeaf { chain: state.chain, index: state.index(), id: state.id };
-            Arc::make_mut(&mut self.current_heads.lock().expect("lock")).apply(&[leaf]);
+            self.current_heads.lock().expect("lock").note(leaf);
         }
         self.forget_promises(&state.chain, state.index());
         self.note_appended(block);
@@ -789,7 +806,7 @@ impl Node {
 
     /// The heads of every chain here that is not a timeline, as a timeline would record them.
     pub fn head_set(&self) -> Result<Arc<HeadSet>, ErrorReply> {
-        Ok(self.current_heads.lock().expect("lock").clone())
+        Ok(self.current_heads.lock().expect("lock").set())
     }
 
     /// A timeline block must carry its own time and the root of the heads this node holds.
@@ -1601,7 +1618,8 @@ impl Node {
             times.retain(|t| now.duration_since(*t) < QUOTA_WINDOW);
             !times.is_empty()
         });
-        let who = [Creator::Key(caller.to_bytes()), Creator::Address(quota_address(from.ip()))];
+        let who =
+            [Creator::Key(caller.to_bytes()), Creator::Address(chainiac_proto::server::counted_address(from.ip()))];
         for creator in who {
             if created.get(&creator).is_some_and(|times| times.len() >= quota) {
                 let whom = match creator {
@@ -2255,4 +2273,31 @@ fn describe(roster: &Roster, members: &[u32]) -> String {
         .map(|&m| roster.member(m as usize).map_or_else(|| format!("#{m}"), |x| format!("#{m} ({})", x.address)))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(chain: u8, index: u64) -> HeadLeaf {
+        HeadLeaf { chain: BlockId([chain; 32]), index, id: BlockId([chain.wrapping_add(index as u8); 32]) }
+    }
+
+    /// New chains wait until the set is read, moves apply at once, a chain moved before the
+    /// read keeps its newest head; what is read is the set built from scratch.
+    #[test]
+    fn current_heads_read_as_the_set_built_from_scratch() {
+        let mut heads = CurrentHeads { set: Arc::new(HeadSet::new(vec![leaf(1, 1), leaf(3, 1)])), new: Vec::new() };
+        heads.note(leaf(2, 1));
+        heads.note(leaf(3, 2));
+        heads.note(leaf(2, 4));
+        heads.note(leaf(9, 1));
+        assert_eq!(heads.len(), 4);
+        assert_eq!(heads.new.len(), 2, "new chains wait for a read");
+        let read = heads.set();
+        assert_eq!(*read, HeadSet::new(vec![leaf(1, 1), leaf(2, 4), leaf(3, 2), leaf(9, 1)]));
+        assert!(heads.new.is_empty());
+        heads.note(leaf(9, 2));
+        assert_eq!(*heads.set(), HeadSet::new(vec![leaf(1, 1), leaf(2, 4), leaf(3, 2), leaf(9, 2)]));
+    }
 }
