@@ -1,6 +1,8 @@
 //! Scenario 3: real `chainiac witness run` processes over QUIC on 127.0.0.1, each with its
-//! own RocksDB (synced promises and appends): append latency, throughput with concurrent
-//! projects, and a timeline block over many project chains.
+//! own RocksDB (synced promises and appends): append latency, append latency while a
+//! witness is killed and restarted every 5 s, the time a dead leader's promised index
+//! takes to fill, throughput with concurrent projects, and a timeline block over many
+//! project chains.
 
 #[path = "../../cli/tests/common/mod.rs"]
 mod common;
@@ -19,6 +21,9 @@ pub struct Options {
     pub concurrent_projects: usize,
     pub appends_each: usize,
     pub timeline_chains: usize,
+    /// How long appends run under kills, and every how many seconds a witness is killed.
+    pub kill_seconds: u64,
+    pub kill_every: u64,
 }
 
 async fn append_latency(witnesses: usize, appends: usize) -> (Vec<String>, f64) {
@@ -48,6 +53,133 @@ async fn append_latency(witnesses: usize, appends: usize) -> (Vec<String>, f64) 
         ],
         median,
     )
+}
+
+/// Append latency (until acknowledged, retries through another witness included) for
+/// `seconds`, while a random witness is SIGKILLed and restarted every `every` seconds.
+async fn append_latency_under_kills(witnesses: usize, seconds: u64, every: u64) -> Vec<String> {
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    let mut cluster = Cluster::start_with(witnesses, 0).await;
+    let members: Vec<usize> = (0..witnesses).collect();
+    let (chain, _) = cluster.create_chain(&members).await;
+    let addresses: Vec<(String, chainiac_cosi::PublicKey)> =
+        cluster.witnesses.iter().map(|w| (w.address.clone(), w.key)).collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(5);
+            let mut kills = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tokio::time::sleep(std::time::Duration::from_secs(every)).await;
+                let victim = rng.next_u32() as usize % cluster.witnesses.len();
+                cluster.witnesses[victim].kill();
+                kills += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                cluster.witnesses[victim].start();
+            }
+            kills
+        })
+    };
+    let client = common::Client::new();
+    let mut latencies = Vec::new();
+    let mut retries = 0;
+    let started = Instant::now();
+    let mut i = 0;
+    while started.elapsed() < std::time::Duration::from_secs(seconds) {
+        i += 1;
+        let t = Instant::now();
+        let mut at = i % witnesses;
+        loop {
+            let (address, key) = &addresses[at];
+            let proposal = Proposal { payload: format!("release {i}").into_bytes(), ..Proposal::default() };
+            match client.call_at(address, key, Request::Propose { chain, proposal }).await {
+                Ok(Response::Appended { .. }) => break,
+                _ => {
+                    retries += 1;
+                    at = (at + 1) % witnesses;
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            }
+        }
+        latencies.push(t.elapsed());
+    }
+    let total = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let kills = killer.await.expect("the killer task");
+    latencies.sort();
+    vec![
+        witnesses.to_string(),
+        latencies.len().to_string(),
+        kills.to_string(),
+        retries.to_string(),
+        format!("{:.1}", percentile(&latencies, 0.5)),
+        format!("{:.1}", percentile(&latencies, 0.99)),
+        format!("{:.0}", latencies.last().map_or(0.0, |l| l.as_secs_f64() * 1000.0)),
+        format!("{:.0}", latencies.len() as f64 / total.as_secs_f64()),
+    ]
+}
+
+/// A leader that dies after the other members promised its block (a stand-in with its key
+/// stops there, as SIGKILL would): the time from then until a proposal at another witness
+/// has filled that index with the promised block and appended its own after it.
+async fn dead_leader_recovery(witnesses: usize) -> Vec<String> {
+    use chainiac_cosi::protocol::{commit, Leader, Session, SessionId, Tree};
+    use chainiac_cosi::Mask;
+    let mut cluster = Cluster::start_with(witnesses, 0).await;
+    let members: Vec<usize> = (0..witnesses).collect();
+    let (chain, genesis) = cluster.create_chain(&members).await;
+    cluster.propose(0, chain, b"first").await.expect("append");
+    for i in 0..witnesses {
+        cluster.wait_head(i, chain, 1).await;
+    }
+    cluster.witnesses[0].kill();
+    let head = cluster.prove_from_genesis(1, chain, &genesis).await;
+    let mut ids = std::collections::HashMap::new();
+    for index in 0..=head.index() {
+        if let Ok(Response::Block(Some(block))) =
+            cluster.client.call(&cluster.witnesses[1], Request::GetBlock { chain, index }).await
+        {
+            ids.insert(index, block.id());
+        }
+    }
+    let proposal = Proposal { payload: b"promised".to_vec(), timestamp_ms: common::now_ms(), ..Proposal::default() };
+    let block = head.propose(proposal, |i| ids.get(&i).copied()).expect("a block");
+    let key = cluster.keys(&[0]).pop().expect("a key");
+    let stand_in = common::Client::with_key(cluster.keys(&[0]).pop().expect("a key"));
+    let roster = Arc::new(cluster.roster(&members));
+    let at = |w: usize| roster.index_of(&cluster.witnesses[w].key).expect("a member");
+    let session_id = SessionId([7; 32]);
+    let session = Session::new(roster.clone(), session_id, block.id().0.to_vec());
+    let tree = Tree::new(witnesses, at(0), witnesses, &Mask::empty(witnesses));
+    let mut round = Leader::new(session.clone(), &tree, witnesses - 1).expect("a round");
+    let (_nonces, own) = commit(&session, at(0), &key, &mut rand_core::OsRng).expect("a commitment");
+    round.aggregator().receive_commitment(at(0), &own).expect("own commitment");
+    let announce = chainiac_proto::message::Announce {
+        block: block.clone(),
+        session: session_id,
+        leader: at(0) as u32,
+        branching: witnesses as u32,
+        excluded: Mask::empty(witnesses).as_bytes().to_vec(),
+        promises: vec![],
+    };
+    for w in 1..witnesses {
+        if let Ok(Response::Commitment(c)) =
+            stand_in.call(&cluster.witnesses[w], Request::Announce(announce.clone())).await
+        {
+            let _ = round.aggregator().receive_commitment(at(w), &c);
+        }
+    }
+    let challenge = round.challenge().expect("a challenge");
+    for w in 1..witnesses {
+        let request = Request::Challenge { session: session_id, challenge: challenge.clone() };
+        let _ = stand_in.call(&cluster.witnesses[w], request).await;
+    }
+    let dead = Instant::now();
+    let appended = cluster.propose(1, chain, b"after the dead leader").await.expect("the index fills");
+    let took = dead.elapsed();
+    assert_eq!(appended.header.index, 3, "the promised block at 2, then this one");
+    vec![witnesses.to_string(), format!("{:.0}", took.as_secs_f64() * 1000.0)]
 }
 
 async fn concurrent_projects(witnesses: usize, projects: usize, appends_each: usize) -> Vec<String> {
@@ -201,6 +333,16 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<()> {
             medians.push((n as f64, median));
         }
         report.table(&["witnesses", "appends", "median ms", "p99 ms", "appends/s"], &rows);
+        report.text(
+            &format!("#### Append latency while a random witness is SIGKILLed and restarted every {} s (4 witnesses, {} s)\n\nEach append is timed until acknowledged, retries through the next witness included.\n", options.kill_every, options.kill_seconds),
+        );
+        let row = append_latency_under_kills(4, options.kill_seconds, options.kill_every).await;
+        report.table(&["witnesses", "appends", "kills", "retries", "median ms", "p99 ms", "max ms", "appends/s"], &[row]);
+        report.text(
+            "#### A leader dies after the promises (4 witnesses)\n\nFrom the moment the other members have promised its block until a proposal at another witness has re-led that block and appended its own after it.\n",
+        );
+        let row = dead_leader_recovery(4).await;
+        report.table(&["witnesses", "index filled and next appended, ms"], &[row]);
         report.text("#### Throughput with concurrent projects\n");
         let mut rows = Vec::new();
         for &n in options.sizes.iter().take(2) {

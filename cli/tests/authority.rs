@@ -560,6 +560,7 @@ async fn a_client_refuses_an_unapproved_committee_change_whoever_serves_it() {
     let next = Committee::byzantine(cluster.roster(&[0, 1, 2, 4])).with_epoch(1);
     let changed = cluster.propose_change(1, chain, next.clone()).await.unwrap().header.index;
     cluster.propose_change(1, timeline, next.clone()).await.unwrap();
+    cluster.wait_head(4, chain, changed).await;
     let head = cluster.propose(4, chain, b"after").await.unwrap().header.index;
     common::wait_timeline_has(&cluster, chain, head).await;
     let liar = Unapproved {

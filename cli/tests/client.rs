@@ -526,7 +526,10 @@ async fn many_chains_update_together_and_a_new_committee_travels_once() {
     for i in 0..12 {
         let (chain, genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;
         cluster.propose(i % 4, chain, b"first").await.unwrap();
-        cluster.propose_change(0, chain, new.clone()).await.unwrap();
+        let change = cluster.propose_change(0, chain, new.clone()).await.unwrap();
+        // The newcomer learns the chain from the change's commit; under load that can
+        // outlast the leader's wait for it.
+        cluster.wait_head(4, chain, change.header.index).await;
         cluster.propose(4, chain, b"after the change").await.unwrap();
         chains.push((chain, genesis));
     }

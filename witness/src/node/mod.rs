@@ -827,16 +827,29 @@ impl Node {
     }
 
     /// Sends `request` to every other member of `roster` and waits (bounded) for them.
+    /// Sends `request` to every other member of `roster` and waits for the answers of those
+    /// not presumed down; members presumed down (they missed a recent round) get it in the
+    /// background, so a dead member does not add a peer timeout to every append.
     async fn broadcast(self: &Arc<Self>, roster: &Roster, request: &Request) {
         let me = self.key.public_key();
+        let down: HashSet<PublicKey> = {
+            let now = Instant::now();
+            self.down.lock().expect("lock").iter().filter(|(_, until)| **until > now).map(|(k, _)| *k).collect()
+        };
         let mut tasks = tokio::task::JoinSet::new();
         for member in roster.members().iter().filter(|m| m.key != me) {
+            let presumed_down = down.contains(&member.key);
             let (node, member, request) = (self.clone(), member.clone(), request.clone());
-            tasks.spawn(async move {
+            let send = async move {
                 if let Err(e) = node.call(&member, &request, node.config.peer_timeout()).await {
                     debug!("{} to {} failed: {e}", request.name(), member.address);
                 }
-            });
+            };
+            if presumed_down {
+                tokio::spawn(send);
+            } else {
+                tasks.spawn(send);
+            }
         }
         while tasks.join_next().await.is_some() {}
     }

@@ -115,7 +115,13 @@ impl Node {
         if let Some(own) = &own {
             reports.push(SignedPromise::sign(&self.key, own.block.clone()));
         }
-        let others: Vec<usize> = (0..roster.len()).filter(|&i| i != me).collect();
+        // Members presumed down (they just missed a round) are not waited for.
+        let now = Instant::now();
+        let down: HashSet<PublicKey> =
+            self.down.lock().expect("lock").iter().filter(|(_, until)| **until > now).map(|(k, _)| *k).collect();
+        let others: Vec<usize> = (0..roster.len())
+            .filter(|&i| i != me && roster.member(i).is_some_and(|m| !down.contains(&m.key)))
+            .collect();
         let request = Request::GetPromise { chain, index };
         for (member, reply) in self.ask_children(&roster, &others, request, self.config.peer_timeout()).await {
             if let Ok(Response::Promise(Some(promise))) = reply {
