@@ -225,23 +225,23 @@ struct Promised {
 /// creating 15,000 chains one by one would otherwise rehash the set 15,000 times).
 struct CurrentHeads {
     set: Arc<HeadSet>,
-    new: Vec<HeadLeaf>,
+    /// By chain, so that a node that never reads the set (it serves no timeline) does not
+    /// pay a scan of every waiting chain per append.
+    new: HashMap<ChainId, HeadLeaf>,
 }
 
 impl CurrentHeads {
     fn note(&mut self, leaf: HeadLeaf) {
         if self.set.leaf(&leaf.chain).is_some() {
             Arc::make_mut(&mut self.set).apply(&[leaf]);
-        } else if let Some(waiting) = self.new.iter_mut().find(|l| l.chain == leaf.chain) {
-            *waiting = leaf;
         } else {
-            self.new.push(leaf);
+            self.new.insert(leaf.chain, leaf);
         }
     }
 
     fn set(&mut self) -> Arc<HeadSet> {
         if !self.new.is_empty() {
-            let new = std::mem::take(&mut self.new);
+            let new: Vec<HeadLeaf> = std::mem::take(&mut self.new).into_values().collect();
             Arc::make_mut(&mut self.set).apply(&new);
         }
         self.set.clone()
@@ -367,7 +367,7 @@ impl Node {
             lists_refused: Mutex::new(HashMap::new()),
             timelines: Mutex::new(timelines),
             heads: Mutex::new(HashMap::new()),
-            current_heads: Mutex::new(CurrentHeads { set: Arc::new(current_heads), new: Vec::new() }),
+            current_heads: Mutex::new(CurrentHeads { set: Arc::new(current_heads), new: HashMap::new() }),
             down: Mutex::new(HashMap::new()),
             released: Mutex::new(HashMap::new()),
             timeline_chains: Mutex::new(timeline_chains),
@@ -743,7 +743,7 @@ impl Node {
         }
         info!(chain = %state.chain.to_hex()[..16], members = roster.len(), "chain created");
         let request = Request::Genesis { genesis };
-        self.broadcast(&roster, &request).await;
+        self.broadcast(&roster, &request, false).await;
         Ok(Response::Created { chain: state.chain })
     }
 
@@ -827,12 +827,16 @@ impl Node {
     }
 
     /// Sends `request` to every other member of `roster` and waits (bounded) for them.
-    /// Sends `request` to every other member of `roster` and waits for the answers of those
-    /// not presumed down; members presumed down (they missed a recent round) get it in the
-    /// background, so a dead member does not add a peer timeout to every append.
-    async fn broadcast(self: &Arc<Self>, roster: &Roster, request: &Request) {
+    /// Sends `request` to every other member of `roster` and waits for their answers — with
+    /// `live_only`, only for those not presumed down: members that missed a recent round get
+    /// it in the background, so a dead member does not add a peer timeout to every append (a
+    /// commit; a member that lacks one catches up at its next round). A new chain's genesis
+    /// waits for all: the caller may next propose through any member.
+    async fn broadcast(self: &Arc<Self>, roster: &Roster, request: &Request, live_only: bool) {
         let me = self.key.public_key();
-        let down: HashSet<PublicKey> = {
+        let down: HashSet<PublicKey> = if !live_only {
+            HashSet::new()
+        } else {
             let now = Instant::now();
             self.down.lock().expect("lock").iter().filter(|(_, until)| **until > now).map(|(k, _)| *k).collect()
         };
@@ -940,7 +944,7 @@ mod tests {
     /// read keeps its newest head; what is read is the set built from scratch.
     #[test]
     fn current_heads_read_as_the_set_built_from_scratch() {
-        let mut heads = CurrentHeads { set: Arc::new(HeadSet::new(vec![leaf(1, 1), leaf(3, 1)])), new: Vec::new() };
+        let mut heads = CurrentHeads { set: Arc::new(HeadSet::new(vec![leaf(1, 1), leaf(3, 1)])), new: HashMap::new() };
         heads.note(leaf(2, 1));
         heads.note(leaf(3, 2));
         heads.note(leaf(2, 4));

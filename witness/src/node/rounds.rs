@@ -372,7 +372,7 @@ impl Node {
                     // Answer once every live witness has the block, so that a client reading
                     // from any of them next sees it.
                     let commit = Request::Commit { block: block.clone() };
-                    self.broadcast(&roster, &commit).await;
+                    self.broadcast(&roster, &commit, true).await;
                     if let Some(next) = &block.committee {
                         // New members learn the chain now rather than at their first round.
                         let newcomers: Vec<Member> = next
@@ -384,7 +384,7 @@ impl Node {
                             .cloned()
                             .collect();
                         if let Ok(newcomers) = Roster::new(newcomers) {
-                            self.broadcast(&newcomers, &commit).await;
+                            self.broadcast(&newcomers, &commit, true).await;
                         }
                     }
                     return Ok(block);
