@@ -615,13 +615,7 @@ fn tuf_style(store: &MemoryStore, trusted: &ChainState, to: u64, release: bool) 
         let block = Block::from_bytes(bytes).expect("decodes");
         let id = block.id();
         assert_eq!(block.header.chain, Some(chain));
-        chainiac_cosi::verify(
-            committee.roster(),
-            committee.threshold(),
-            &id.0,
-            block.signature.as_ref().expect("signed"),
-        )
-        .expect("signed by the committee in force");
+        block.signature.as_ref().expect("signed").verify(&committee, &id).expect("signed by the committee in force");
         carried += committee_bytes(block.committee.as_ref());
         if let Some(next) = &block.committee {
             assert_eq!(next.committee.hash(), block.header.committee_hash);

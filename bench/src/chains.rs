@@ -7,6 +7,7 @@
 use chainiac_cosi::simulation::sign_with_all_keys;
 use chainiac_cosi::{Mask, Member, Roster, SecretKey, Signature};
 use chainiac_skipchain::store::{self, MemoryStore, Store};
+use chainiac_skipchain::BlockSignature;
 use chainiac_skipchain::{genesis, Appointment, Approval, ChainId, ChainParams, ChainState, Committee, Proposal};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -110,7 +111,10 @@ impl ChainBuilder {
             None => self.epoch,
         };
         let mut block = self.head.propose(proposal, |j| store.block_id(&chain, j).unwrap()).expect("proposable");
-        block.signature = Some(cothority.sign(self.epoch, &block.id().0));
+        block.signature = Some(BlockSignature {
+            ballot: 0,
+            signature: cothority.sign(self.epoch, &BlockSignature::message(&block.id(), 0)),
+        });
         let state = self.head.extend(&block, |j| store.block_id(&chain, j).unwrap()).expect("a valid block");
         store::commit_verified(store, &state, &block, Some(self.head.index())).expect("appends");
         self.head = state.into_inner();

@@ -10,6 +10,7 @@ mod common;
 use crate::report::{percentile, Plot, Report, Series};
 use chainiac_proto::{Request, Response};
 use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, TimelineEntry, KIND_TIMELINE};
+use chainiac_skipchain::BlockSignature;
 use chainiac_skipchain::Proposal;
 use common::Cluster;
 use std::sync::Arc;
@@ -150,7 +151,7 @@ async fn dead_leader_recovery(witnesses: usize) -> Vec<String> {
     let roster = Arc::new(cluster.roster(&members));
     let at = |w: usize| roster.index_of(&cluster.witnesses[w].key).expect("a member");
     let session_id = SessionId([7; 32]);
-    let session = Session::new(roster.clone(), session_id, block.id().0.to_vec());
+    let session = Session::new(roster.clone(), session_id, BlockSignature::message(&block.id(), 1).to_vec());
     let tree = Tree::new(witnesses, at(0), witnesses, &Mask::empty(witnesses));
     let mut round = Leader::new(session.clone(), &tree, witnesses - 1).expect("a round");
     let (_nonces, own) = commit(&session, at(0), &key, &mut rand_core::OsRng).expect("a commitment");
@@ -161,6 +162,7 @@ async fn dead_leader_recovery(witnesses: usize) -> Vec<String> {
         leader: at(0) as u32,
         branching: witnesses as u32,
         excluded: Mask::empty(witnesses).as_bytes().to_vec(),
+        ballot: 1,
         promises: vec![],
     };
     for w in 1..witnesses {

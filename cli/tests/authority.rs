@@ -14,6 +14,7 @@ use chainiac_proto::{CallError, ErrorCode, Request, Response};
 use chainiac_release::*;
 use chainiac_skipchain::authority::KIND_COMMITTEE;
 use chainiac_skipchain::timeline::KIND_TIMELINE;
+use chainiac_skipchain::BlockSignature;
 use chainiac_skipchain::{genesis, Appointment, Approval, Block, ChainId, ChainParams, Committee, Proposal};
 use common::{refusal, Cluster};
 use std::net::SocketAddr;
@@ -196,6 +197,7 @@ async fn every_row_of_the_access_table_refuses_strangers_and_non_members() {
             leader: 0,
             branching: 8,
             excluded: vec![0],
+            ballot: 1,
             promises: vec![],
         };
         refused(client.call(to(1), Request::Announce(announce.clone())).await, &[Forbidden], who);
@@ -267,7 +269,16 @@ fn made_up_chain(store: &chainiac_skipchain::store::MemoryStore, keys: &[SecretK
         let proposal = Proposal { payload: vec![j as u8], timestamp_ms: common::now_ms(), ..Proposal::default() };
         let mut block = head.propose(proposal, |i| blocks.get(i as usize).map(Block::id)).unwrap();
         let mask = chainiac_cosi::Mask::full(keys.len());
-        block.signature = Some(sign_with_all_keys(&roster, keys, &mask, &block.id().0, &mut rand_core::OsRng));
+        block.signature = Some(BlockSignature {
+            ballot: 0,
+            signature: sign_with_all_keys(
+                &roster,
+                keys,
+                &mask,
+                &BlockSignature::message(&block.id(), 0),
+                &mut rand_core::OsRng,
+            ),
+        });
         head = chainiac_skipchain::store::append(store, &block).unwrap().into_inner();
         blocks.push(block);
     }
@@ -294,6 +305,7 @@ async fn chains_cannot_be_injected_through_announce_or_commit() {
         leader: 0,
         branching: 8,
         excluded: vec![0],
+        ballot: 1,
         promises: vec![],
     };
 

@@ -9,6 +9,7 @@ use chainiac_proto::server::Handler;
 use chainiac_proto::{Request, Response};
 use chainiac_release::*;
 use chainiac_skipchain::timeline::KIND_TIMELINE;
+use chainiac_skipchain::BlockSignature;
 use chainiac_skipchain::{genesis, ChainId, ChainParams, Committee, Proposal};
 use common::Cluster;
 use std::net::SocketAddr;
@@ -131,7 +132,7 @@ async fn a_client_at_block_2() -> (Cluster, ChainId, ChainId, tempfile::TempDir,
 /// The last step is always signed (SPEC §7.3).
 fn bend_last_signature(proof: &mut chainiac_skipchain::Proof) {
     let step = proof.steps.last_mut().expect("not empty");
-    step.signature.as_mut().expect("the last step is signed").s[3] ^= 1;
+    step.signature.as_mut().expect("the last step is signed").signature.s[3] ^= 1;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -761,7 +762,16 @@ async fn a_fork_signed_by_the_whole_cothority_is_refused_and_named() {
     let mut rng = <rand_chacha::ChaCha20Rng as rand_chacha::rand_core::SeedableRng>::seed_from_u64(7);
     let mut sign = |block: &mut chainiac_skipchain::Block| {
         let mask = Mask::full(ordered.len());
-        block.signature = Some(sign_with_all_keys(committee.roster(), &ordered, &mask, &block.id().0, &mut rng));
+        block.signature = Some(BlockSignature {
+            ballot: 0,
+            signature: sign_with_all_keys(
+                committee.roster(),
+                &ordered,
+                &mask,
+                &BlockSignature::message(&block.id(), 0),
+                &mut rng,
+            ),
+        });
     };
     let forged = MemoryStore::new();
     common::copy_chain(&cluster, &forged, project, 1).await;

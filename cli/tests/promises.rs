@@ -11,7 +11,7 @@ use chainiac_cosi::protocol::{commit, Leader, Session, SessionId, Tree};
 use chainiac_cosi::Mask;
 use chainiac_proto::message::Announce;
 use chainiac_proto::{ErrorCode, Request, Response};
-use chainiac_skipchain::{Block, ChainId, Proposal};
+use chainiac_skipchain::{Block, BlockSignature, ChainId, Proposal};
 use common::{refusal, Client, Cluster};
 use rand_core::OsRng;
 use std::sync::Arc;
@@ -43,7 +43,7 @@ async fn lead_until_the_promises(cluster: &Cluster, witness: usize, members: usi
     let at = |w: usize| roster.index_of(&cluster.witnesses[w].key).unwrap();
     let leader = at(witness);
     let session_id = SessionId([7; 32]);
-    let session = Session::new(roster.clone(), session_id, block.id().0.to_vec());
+    let session = Session::new(roster.clone(), session_id, BlockSignature::message(&block.id(), 1).to_vec());
     let tree = Tree::new(members, leader, members, &Mask::empty(members));
     let mut round = Leader::new(session.clone(), &tree, members - 1).unwrap();
     let (_nonces, own) = commit(&session, leader, &key, &mut OsRng).unwrap();
@@ -54,6 +54,7 @@ async fn lead_until_the_promises(cluster: &Cluster, witness: usize, members: usi
         leader: leader as u32,
         branching: members as u32,
         excluded: Mask::empty(members).as_bytes().to_vec(),
+        ballot: 1,
         promises: vec![],
     };
     let others: Vec<usize> = (0..members).filter(|&w| w != witness).collect();
@@ -127,6 +128,7 @@ async fn a_leader_dying_after_the_promises_leaves_its_block_to_the_next_leader()
         leader: roster.index_of(&cluster.witnesses[1].key).unwrap() as u32,
         branching: 4,
         excluded: vec![0],
+        ballot: 1,
         promises: vec![],
     };
     let reply = cluster.operator(1).call(&cluster.witnesses[2], Request::Announce(announce)).await.unwrap_err();
@@ -176,6 +178,7 @@ async fn a_leader_dying_after_the_promises_leaves_its_block_to_the_next_leader()
         leader: roster.index_of(&cluster.witnesses[0].key).unwrap() as u32,
         branching: 4,
         excluded: vec![0],
+        ballot: 1,
         promises,
     };
     let as_leader = Client::with_key(cluster.keys(&[0]).pop().unwrap());

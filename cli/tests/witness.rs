@@ -614,6 +614,6 @@ async fn a_dead_member_is_left_out_of_the_next_rounds_and_rejoins() {
     // Back after the presumption lapses (10 s): asked again, and it signs again.
     tokio::time::sleep(Duration::from_secs(11)).await;
     let block = cluster.propose(0, chain, b"four again").await.unwrap();
-    let signers: u32 = block.signature.as_ref().unwrap().mask.iter().map(|b| b.count_ones()).sum();
+    let signers: u32 = block.signature.as_ref().unwrap().signature.mask.iter().map(|b| b.count_ones()).sum();
     assert_eq!(signers, 4, "the member that came back signed");
 }

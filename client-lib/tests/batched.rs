@@ -11,6 +11,7 @@ use chainiac_proto::frame::FrameClass;
 use chainiac_proto::server::Handler;
 use chainiac_proto::{ErrorCode, ErrorReply, Request, Response};
 use chainiac_skipchain::store::{self, MemoryStore, Store};
+use chainiac_skipchain::BlockSignature;
 use chainiac_skipchain::{genesis, Block, ChainId, ChainParams, Committee, Proposal};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,18 +28,24 @@ fn chains(n: u8, keys: &[SecretKey], addresses: &[SocketAddr]) -> (MemoryStore, 
     (store, geneses)
 }
 
+/// `block`'s signature by every member of `roster` (whose keys are `keys`), at ballot 0.
+fn signed_by_all(block: &Block, roster: &Roster, keys: &[SecretKey]) -> BlockSignature {
+    let message = BlockSignature::message(&block.id(), 0);
+    let signature = sign_with_all_keys(roster, keys, &Mask::full(keys.len()), &message, &mut rand_core::OsRng);
+    BlockSignature { ballot: 0, signature }
+}
+
 /// Raw chain number `i` of 5 signed blocks in `store`; its genesis.
 fn chain_into(store: &MemoryStore, i: u16, keys: &[SecretKey], addresses: &[SocketAddr]) -> Block {
     let members = keys.iter().zip(addresses).map(|(k, a)| Member::new(k, a.to_string())).collect();
     let roster = Roster::new(members).unwrap();
     let committee = Committee::new(roster.clone(), 3).unwrap();
-    let mut rng = rand_core::OsRng;
     let first = genesis(ChainParams::new(2, 8).unwrap(), committee, vec![], 0, i.to_be_bytes().to_vec(), 1_000);
     let mut head = store::append(store, &first).unwrap().into_inner();
     for j in 0..5u8 {
         let proposal = Proposal { payload: vec![i as u8, j], timestamp_ms: 2_000, ..Proposal::default() };
         let mut block = head.propose(proposal, |k| store.block_id(&head.chain, k).unwrap()).unwrap();
-        block.signature = Some(sign_with_all_keys(&roster, keys, &Mask::full(keys.len()), &block.id().0, &mut rng));
+        block.signature = Some(signed_by_all(&block, &roster, keys));
         let state = head.extend(&block, |k| store.block_id(&head.chain, k).unwrap()).unwrap();
         store::commit_verified(store, &state, &block, Some(head.index())).unwrap();
         head = state.into_inner();
@@ -53,8 +60,7 @@ fn extend(store: &MemoryStore, chain: ChainId, keys: &[SecretKey], n: u8) {
         let proposal = Proposal { payload: vec![0xaa, j], timestamp_ms: 3_000, ..Proposal::default() };
         let mut block = head.propose(proposal, |k| store.block_id(&chain, k).unwrap()).unwrap();
         let roster = head.committee.roster().clone();
-        block.signature =
-            Some(sign_with_all_keys(&roster, keys, &Mask::full(keys.len()), &block.id().0, &mut rand_core::OsRng));
+        block.signature = Some(signed_by_all(&block, &roster, keys));
         let state = head.extend(&block, |k| store.block_id(&chain, k).unwrap()).unwrap();
         store::commit_verified(store, &state, &block, Some(head.index())).unwrap();
         head = state.into_inner();
@@ -89,7 +95,7 @@ impl Handler for Awkward {
                 let mut proof =
                     store::prove(&self.store, &q.chain, q.from, q.to.unwrap_or(head), with_payload).unwrap();
                 if q.chain == self.forged && (call == 1 || self.always_forge) {
-                    proof.steps.last_mut().unwrap().signature.as_mut().unwrap().s[5] ^= 1;
+                    proof.steps.last_mut().unwrap().signature.as_mut().unwrap().signature.s[5] ^= 1;
                 }
                 Ok(proof)
             })
@@ -186,8 +192,7 @@ fn timeline_over(
     };
     let mut block = head.propose(proposal, |k| store.block_id(&head.chain, k).unwrap()).unwrap();
     let roster = committee.roster();
-    block.signature =
-        Some(sign_with_all_keys(roster, keys, &Mask::full(keys.len()), &block.id().0, &mut rand_core::OsRng));
+    block.signature = Some(signed_by_all(&block, roster, keys));
     let state = head.extend(&block, |k| store.block_id(&head.chain, k).unwrap()).unwrap();
     store::commit_verified(store, &state, &block, Some(0)).unwrap();
     first

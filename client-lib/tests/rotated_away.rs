@@ -13,6 +13,7 @@ use chainiac_proto::server::Handler;
 use chainiac_proto::{Request, Response};
 use chainiac_release::*;
 use chainiac_skipchain::store::{self, MemoryStore, Store};
+use chainiac_skipchain::BlockSignature;
 use chainiac_skipchain::{genesis, Block, ChainId, ChainParams, ChainState, Committee, Proposal};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -122,8 +123,16 @@ fn colluders_chain(
     let mut rng = rand_core::OsRng;
     for proposal in blocks(chain, now) {
         let mut block = head.propose(proposal, |j| store.block_id(&chain, j).unwrap()).unwrap();
-        block.signature =
-            Some(sign_with_all_keys(&roster, witness_keys, &Mask::full(witness_keys.len()), &block.id().0, &mut rng));
+        block.signature = Some(BlockSignature {
+            ballot: 0,
+            signature: sign_with_all_keys(
+                &roster,
+                witness_keys,
+                &Mask::full(witness_keys.len()),
+                &BlockSignature::message(&block.id(), 0),
+                &mut rng,
+            ),
+        });
         let state = head.extend(&block, |j| store.block_id(&chain, j).unwrap()).unwrap();
         store::commit_verified(&store, &state, &block, Some(head.index())).unwrap();
         head = state.into_inner();

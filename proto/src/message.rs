@@ -218,6 +218,8 @@ pub struct Announce {
     pub branching: u32,
     /// Members left out of this attempt's tree (mask bytes over the committee's roster).
     pub excluded: Vec<u8>,
+    /// The attempt's ballot (§9.1): members sign `BlockSignature::message(id, ballot)`.
+    pub ballot: u64,
     /// When the leader re-leads a block that members promised (§9.1): their signed
     /// promises of it, at most one per committee member. Empty for a new block.
     pub promises: Vec<PromiseSignature>,

@@ -11,6 +11,7 @@ use chainiac_cosi::simulation::sign_with_all_keys;
 use chainiac_cosi::{Mask, Member, Roster, SecretKey};
 use chainiac_skipchain::rocks::RocksStore;
 use chainiac_skipchain::store::{self, MemoryStore, Store};
+use chainiac_skipchain::BlockSignature;
 use chainiac_skipchain::{genesis, ChainParams, ChainState, Committee, Proof, Proposal};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -58,7 +59,8 @@ fn build<S: Store>(store: &S, signer: &mut Signer, params: ChainParams, blocks: 
         let payload = format!("release hello-{i}: manifest {:064x}", i * 7919).into_bytes();
         let proposal = Proposal { kind: 0, payload, timestamp_ms: 1_000 + i, ..Proposal::default() };
         let mut block = head.propose(proposal, |j| store.block_id(&chain, j).unwrap()).unwrap();
-        block.signature = Some(signer.sign(&block.id().0));
+        block.signature =
+            Some(BlockSignature { ballot: 0, signature: signer.sign(&BlockSignature::message(&block.id(), 0)) });
         let state = head.extend(&block, |j| store.block_id(&chain, j).unwrap()).unwrap();
         store::commit_verified(store, &state, &block, Some(head.index())).unwrap();
         head = state.into_inner();
@@ -145,7 +147,8 @@ fn appends(quick: bool) {
         for i in 1..=blocks {
             let proposal = Proposal { kind: 0, payload: vec![7; 100], timestamp_ms: 1_000 + i, ..Proposal::default() };
             let mut block = head.propose(proposal, |j| store.block_id(&chain, j).unwrap()).unwrap();
-            block.signature = Some(signer.sign(&block.id().0));
+            block.signature =
+                Some(BlockSignature { ballot: 0, signature: signer.sign(&BlockSignature::message(&block.id(), 0)) });
             // What a witness does per block: full check against its cached head, one batch.
             let t = Instant::now();
             let state = head.extend(&block, |j| store.block_id(&chain, j).unwrap()).unwrap();

@@ -216,8 +216,7 @@ impl ChainState {
         let index = block.header.index;
         let id = block.header.id();
         let signature = block.signature.as_ref().ok_or(BlockError::MissingSignature { index })?;
-        chainiac_cosi::verify(self.committee.roster(), self.committee.threshold(), &id.0, signature)
-            .map_err(|error| BlockError::Signature { index, error })?;
+        signature.verify(&self.committee, &id).map_err(|error| BlockError::Signature { index, error })?;
         Ok(Verified::new(self.successor(block, id)))
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Collectively signed skipchains. A block's id is the hash of its header, which holds its
 //! back links; the block's one collective signature, by its predecessor's committee, over
-//! that id is therefore its forward link at every level. No forward link is added later, so
+//! that id (and the ballot it was given at) is therefore its forward link at every level. No forward link is added later, so
 //! none can go missing.
 //!
 //! - [`authority`]: who may change a chain's committee — the approvals an appointment
@@ -30,7 +30,7 @@ pub mod store;
 pub mod timeline;
 
 pub use authority::{Appointment, Appointments, Approval, AuthorityError};
-pub use block::{Block, BlockId, ChainId, ChainParams, Committee, Header};
+pub use block::{Block, BlockId, BlockSignature, ChainId, ChainParams, Committee, Header};
 pub use chain::{genesis, BlockError, ChainState, Proposal, Verified};
 pub use proof::{
     any_policy, BackwardProof, CatchUp, LinkedProof, PolicyChanged, PolicyRule, Proof, ProofError, ProofStep,

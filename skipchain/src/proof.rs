@@ -2,9 +2,8 @@
 //! per hop), and from a trusted block back to an earlier one (hashes only).
 
 use crate::authority::{Appointment, Appointments, AuthorityError};
-use crate::block::{payload_hash, BlockId, ChainId, ChainParams, Header};
+use crate::block::{payload_hash, BlockId, BlockSignature, ChainId, ChainParams, Header};
 use crate::chain::{check_carried, BlockError, ChainState, Verified};
-use chainiac_cosi::Signature;
 use serde::{Deserialize, Serialize};
 
 /// One hop of a forward proof: a block header, its collective signature, and the committee
@@ -15,7 +14,7 @@ pub struct ProofStep {
     /// Present on the last step and on every step that changes the committee; the others
     /// may leave it out: a later signed step of the same committee covers them by hash
     /// (its id covers its back link to this step's id, and so on down).
-    pub signature: Option<Signature>,
+    pub signature: Option<BlockSignature>,
     /// The committee the step's block appoints, with its approvals; left out (None) when
     /// the verifier holds that appointment.
     pub committee: Option<Appointment>,
@@ -325,8 +324,7 @@ fn hop_from(
     let id = h.id();
     match &step.signature {
         Some(signature) => {
-            chainiac_cosi::verify(state.committee.roster(), state.committee.threshold(), &id.0, signature)
-                .map_err(|error| BlockError::Signature { index, error })?
+            signature.verify(&state.committee, &id).map_err(|error| BlockError::Signature { index, error })?
         }
         // Covered by the next signed step, which the same committee signs (a committee
         // change is always signed, and the last step too).

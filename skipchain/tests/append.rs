@@ -5,6 +5,7 @@ mod common;
 
 use chainiac_cosi::Mask;
 use chainiac_skipchain::store::{self, MemoryStore, Store, StoreError};
+use chainiac_skipchain::BlockSignature;
 use chainiac_skipchain::{BlockError, ChainParams, Proof, ProofError, ProofStep, StepHeader};
 use common::{TestChain, TestCommittee};
 use rand_chacha::rand_core::SeedableRng;
@@ -29,7 +30,10 @@ fn refused(chain: &TestChain<MemoryStore>, block: &chainiac_skipchain::Block, ex
 }
 
 fn resign(chain: &mut TestChain<MemoryStore>, block: &mut chainiac_skipchain::Block) {
-    block.signature = Some(chain.signer.sign(&block.id().0, 0, &mut chain.rng));
+    block.signature = Some(BlockSignature {
+        ballot: 0,
+        signature: chain.signer.sign(&BlockSignature::message(&block.id(), 0), 0, &mut chain.rng),
+    });
 }
 
 #[test]
@@ -70,7 +74,10 @@ fn signatures_by_the_wrong_roster_or_below_threshold_are_refused() {
     let (mut block, _) = chain.next_block(None, false, 0);
     let mut rng = ChaCha20Rng::seed_from_u64(99);
     let outsiders = TestCommittee::new(5, 4, &mut rng);
-    block.signature = Some(outsiders.sign(&block.id().0, 0, &mut rng));
+    block.signature = Some(BlockSignature {
+        ballot: 0,
+        signature: outsiders.sign(&BlockSignature::message(&block.id(), 0), 0, &mut rng),
+    });
     refused(&chain, &block, |e| matches!(e, BlockError::Signature { index: 4, .. }));
 
     let signer = chain.signer.clone();
@@ -79,13 +86,14 @@ fn signatures_by_the_wrong_roster_or_below_threshold_are_refused() {
     for i in threshold - 1..5 {
         mask.remove(i);
     }
-    block.signature = Some(chainiac_cosi::simulation::sign_with_all_keys(
+    let signature = chainiac_cosi::simulation::sign_with_all_keys(
         signer.committee.roster(),
         &signer.keys,
         &mask,
-        &block.id().0,
+        &BlockSignature::message(&block.id(), 0),
         &mut rng,
-    ));
+    );
+    block.signature = Some(BlockSignature { ballot: 0, signature });
     refused(&chain, &block, |e| {
         matches!(e, BlockError::Signature { error: chainiac_cosi::VerifyError::BelowThreshold { .. }, .. })
     });
@@ -174,21 +182,17 @@ fn a_roster_change_is_signed_by_the_old_roster_and_the_next_block_by_the_new() {
     let old = chain.signer.clone();
     let (change, new) = chain.next_block(Some(6), false, 0);
     let new = new.unwrap();
-    assert!(chainiac_cosi::verify(
-        old.committee.roster(),
-        old.committee.threshold(),
-        &change.id().0,
-        change.signature.as_ref().unwrap()
-    )
-    .is_ok());
+    assert!(change.signature.as_ref().unwrap().verify(&old.committee, &change.id()).is_ok());
     store::append(&chain.store, &change).unwrap();
     chain.signer = new.clone();
     // The old committee can no longer sign.
     let (mut next, _) = chain.next_block(None, false, 0);
     let mut rng = ChaCha20Rng::seed_from_u64(5);
-    next.signature = Some(old.sign(&next.id().0, 0, &mut rng));
+    next.signature =
+        Some(BlockSignature { ballot: 0, signature: old.sign(&BlockSignature::message(&next.id(), 0), 0, &mut rng) });
     refused(&chain, &next, |e| matches!(e, BlockError::Signature { .. }));
-    next.signature = Some(new.sign(&next.id().0, 0, &mut rng));
+    next.signature =
+        Some(BlockSignature { ballot: 0, signature: new.sign(&BlockSignature::message(&next.id(), 0), 0, &mut rng) });
     store::append(&chain.store, &next).unwrap();
     let head = chain.head();
     assert_eq!(head.committee.hash(), new.committee.hash());

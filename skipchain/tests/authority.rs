@@ -7,6 +7,7 @@ mod common;
 
 use chainiac_cosi::{Member, Roster, SecretKey};
 use chainiac_skipchain::store::{self, MemoryStore, Store, StoreError};
+use chainiac_skipchain::BlockSignature;
 use chainiac_skipchain::{
     Appointment, Appointments, Approval, AuthorityError, Block, BlockError, BlockId, ChainParams, Committee,
     LinkedProof, ProofError,
@@ -58,7 +59,10 @@ fn change_block_to(
     let store = &chain.store;
     let id = chain.chain;
     block = head.propose(proposal, |i| store.block_id(&id, i).unwrap()).unwrap();
-    block.signature = Some(chain.signer.sign(&block.id().0, 0, &mut chain.rng));
+    block.signature = Some(BlockSignature {
+        ballot: 0,
+        signature: chain.signer.sign(&BlockSignature::message(&block.id(), 0), 0, &mut chain.rng),
+    });
     (block, next)
 }
 
@@ -336,7 +340,10 @@ fn proofs_check_every_policy_change_with_the_verifiers_rule() {
     let store = &chain.store;
     let id = chain.chain;
     let mut forged = head.propose(proposal, |i| store.block_id(&id, i).unwrap()).unwrap();
-    forged.signature = Some(chain.signer.sign(&forged.id().0, 0, &mut chain.rng));
+    forged.signature = Some(BlockSignature {
+        ballot: 0,
+        signature: chain.signer.sign(&BlockSignature::message(&forged.id(), 0), 0, &mut chain.rng),
+    });
     store::append(&chain.store, &forged).unwrap();
     let genesis = chain.genesis_state();
     let rule = &common::policy_rule;

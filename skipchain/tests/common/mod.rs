@@ -6,6 +6,7 @@
 use chainiac_cosi::simulation::sign_with_all_keys;
 use chainiac_cosi::{Mask, Member, Roster, SecretKey};
 use chainiac_skipchain::store::{self, Store};
+use chainiac_skipchain::BlockSignature;
 use chainiac_skipchain::{
     genesis, Appointment, Approval, Block, ChainId, ChainParams, ChainState, Committee, Proposal, Verified,
 };
@@ -159,7 +160,10 @@ impl<S: Store> TestChain<S> {
         let store = &self.store;
         let chain = self.chain;
         let mut block = head.propose(proposal, |i| store.block_id(&chain, i).unwrap()).unwrap();
-        block.signature = Some(self.signer.sign(&block.id().0, absent, &mut self.rng));
+        block.signature = Some(BlockSignature {
+            ballot: 0,
+            signature: self.signer.sign(&BlockSignature::message(&block.id(), 0), absent, &mut self.rng),
+        });
         (block, next_committee)
     }
 
@@ -180,7 +184,10 @@ impl<S: Store> TestChain<S> {
         let store = &self.store;
         let chain = self.chain;
         let mut block = head.propose(proposal, |i| store.block_id(&chain, i).unwrap()).unwrap();
-        block.signature = Some(self.signer.sign(&block.id().0, 0, &mut self.rng));
+        block.signature = Some(BlockSignature {
+            ballot: 0,
+            signature: self.signer.sign(&BlockSignature::message(&block.id(), 0), 0, &mut self.rng),
+        });
         let state = store::append(&self.store, &block).unwrap();
         if let Some(next) = next {
             self.signer = next;

@@ -27,7 +27,7 @@ use chainiac_skipchain::timeline::{
     changes_cost, changes_page, changes_page_full, ChainPrefix, ChangeList, HeadLeaf, HeadSet, TimelineChanges,
     TimelineEntry, KIND_TIMELINE,
 };
-use chainiac_skipchain::{Block, BlockId, ChainId, ChainState, Proposal};
+use chainiac_skipchain::{Block, BlockId, BlockSignature, ChainId, ChainState, Proposal};
 use rand_core::{OsRng, RngCore};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;

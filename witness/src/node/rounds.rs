@@ -263,7 +263,8 @@ impl Node {
             let mut session_id = [0u8; 32];
             OsRng.fill_bytes(&mut session_id);
             let session_id = SessionId(session_id);
-            let session = Session::new(roster.clone(), session_id, id.0.to_vec());
+            let ballot = attempt as u64;
+            let session = Session::new(roster.clone(), session_id, BlockSignature::message(&id, ballot).to_vec());
             let tree = Tree::new(roster.len(), me, self.config.branching as usize, &excluded);
             let mut leader =
                 Leader::new(session.clone(), &tree, threshold).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
@@ -275,6 +276,7 @@ impl Node {
                 leader: me as u32,
                 branching: self.config.branching,
                 excluded: excluded.as_bytes().to_vec(),
+                ballot,
                 promises: promises.clone(),
             };
             let wait = self.wait_for_children(&tree, me);
@@ -363,7 +365,7 @@ impl Node {
             }
             match leader.finish() {
                 Ok(signature) => {
-                    block.signature = Some(signature);
+                    block.signature = Some(BlockSignature { ballot, signature });
                     self.append(&block).map_err(store_err)?;
                     self.release(chain, index);
                     self.metrics.record_round(started.elapsed());
@@ -526,7 +528,8 @@ impl Node {
         let block = announce.block.clone();
         let id = block.id();
         self.reserve(chain, index, id)?;
-        let session = Session::new(roster.clone(), announce.session, id.0.to_vec());
+        let session =
+            Session::new(roster.clone(), announce.session, BlockSignature::message(&id, announce.ballot).to_vec());
         let (nonces, own) = commit(&session, me, &self.key, &mut OsRng).map_err(protocol_err)?;
         let children = tree.children(me);
         let (commitment, aggregator) = if children.is_empty() {
