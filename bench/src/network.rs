@@ -1,6 +1,6 @@
 //! Scenario 3: real `chainiac witness run` processes over QUIC on 127.0.0.1, each with its
-//! own RocksDB (synced promises and appends): append latency, append latency while a
-//! witness is killed and restarted every 5 s, the time a dead leader's promised index
+//! own RocksDB (synced votes, locks and appends): append latency, append latency while a
+//! witness is killed and restarted every 5 s, the time a dead leader's locked index
 //! takes to fill, throughput with concurrent projects, and a timeline block over many
 //! project chains.
 
@@ -121,12 +121,13 @@ async fn append_latency_under_kills(witnesses: usize, seconds: u64, every: u64) 
     ]
 }
 
-/// A leader that dies after the other members promised its block (a stand-in with its key
+/// A leader that dies after the other members locked its block (a stand-in with its key
 /// stops there, as SIGKILL would): the time from then until a proposal at another witness
-/// has filled that index with the promised block and appended its own after it.
+/// has filled that index with the locked block and appended its own after it.
 async fn dead_leader_recovery(witnesses: usize) -> Vec<String> {
     use chainiac_cosi::protocol::{commit, Leader, Session, SessionId, Tree};
     use chainiac_cosi::Mask;
+    use chainiac_proto::message::{Certificate, Vote};
     let mut cluster = Cluster::start_with(witnesses, 0).await;
     let members: Vec<usize> = (0..witnesses).collect();
     let (chain, genesis) = cluster.create_chain(&members).await;
@@ -163,24 +164,28 @@ async fn dead_leader_recovery(witnesses: usize) -> Vec<String> {
         branching: witnesses as u32,
         excluded: Mask::empty(witnesses).as_bytes().to_vec(),
         ballot: 1,
-        promises: vec![],
+        justification: None,
     };
+    let mut votes = vec![Vote::sign(&key, at(0) as u32, &block.id(), 1)];
     for w in 1..witnesses {
-        if let Ok(Response::Commitment(c)) =
+        if let Ok(Response::Voted { commitment, votes: theirs }) =
             stand_in.call(&cluster.witnesses[w], Request::Announce(announce.clone())).await
         {
-            let _ = round.aggregator().receive_commitment(at(w), &c);
+            let _ = round.aggregator().receive_commitment(at(w), &commitment);
+            votes.extend(theirs);
         }
     }
     let challenge = round.challenge().expect("a challenge");
+    let certificate = Certificate { ballot: 1, votes };
     for w in 1..witnesses {
-        let request = Request::Challenge { session: session_id, challenge: challenge.clone() };
+        let request =
+            Request::Challenge { session: session_id, challenge: challenge.clone(), certificate: certificate.clone() };
         let _ = stand_in.call(&cluster.witnesses[w], request).await;
     }
     let dead = Instant::now();
     let appended = cluster.propose(1, chain, b"after the dead leader").await.expect("the index fills");
     let took = dead.elapsed();
-    assert_eq!(appended.header.index, 3, "the promised block at 2, then this one");
+    assert_eq!(appended.header.index, 3, "the locked block at 2, then this one");
     vec![witnesses.to_string(), format!("{:.0}", took.as_secs_f64() * 1000.0)]
 }
 
@@ -323,7 +328,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async {
         report.text(&format!(
-            "Real `{}` witness processes on 127.0.0.1 (QUIC, RocksDB with synced promises and appends).\n",
+            "Real `{}` witness processes on 127.0.0.1 (QUIC, RocksDB with synced votes, locks and appends).\n",
             binary.display()
         ));
         report.text("#### Append latency, one project, leaders rotating\n");
@@ -341,7 +346,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         let row = append_latency_under_kills(4, options.kill_seconds, options.kill_every).await;
         report.table(&["witnesses", "appends", "kills", "retries", "median ms", "p99 ms", "max ms", "appends/s"], &[row]);
         report.text(
-            "#### A leader dies after the promises (4 witnesses)\n\nFrom the moment the other members have promised its block until a proposal at another witness has re-led that block and appended its own after it.\n",
+            "#### A leader dies after the locks (4 witnesses)\n\nFrom the moment the other members have locked its block until a proposal at another witness has re-led that block and appended its own after it.\n",
         );
         let row = dead_leader_recovery(4).await;
         report.table(&["witnesses", "index filled and next appended, ms"], &[row]);

@@ -213,7 +213,7 @@ fn status(address: String, key: String, json: bool) -> Result<()> {
         } else {
             println!("witness {} at {} (up {} s)", hex::encode(status.key), status.address, status.uptime_s);
             println!(
-                "rounds led {}, failed {} (mean {} ms, max {} ms); blocks signed {}, re-led as promised {}; faults named {}",
+                "rounds led {}, failed {} (mean {} ms, max {} ms); blocks signed {}, re-led as locked {}; faults named {}",
                 status.rounds_led,
                 status.rounds_failed,
                 status.round_ms_mean,

@@ -198,7 +198,7 @@ async fn every_row_of_the_access_table_refuses_strangers_and_non_members() {
             branching: 8,
             excluded: vec![0],
             ballot: 1,
-            promises: vec![],
+            justification: None,
         };
         refused(client.call(to(1), Request::Announce(announce.clone())).await, &[Forbidden], who);
         if who.contains("throwaway") {
@@ -214,14 +214,23 @@ async fn every_row_of_the_access_table_refuses_strangers_and_non_members() {
             r2: [0; 32],
         };
         refused(
-            client.call(to(1), Request::Challenge { session: SessionId([5; 32]), challenge }).await,
+            client
+                .call(
+                    to(1),
+                    Request::Challenge {
+                        session: SessionId([5; 32]),
+                        challenge,
+                        certificate: chainiac_proto::message::Certificate { ballot: 1, votes: vec![] },
+                    },
+                )
+                .await,
             &[Forbidden, NotFound],
             who,
         );
         refused(client.call(to(1), Request::Abort { session: SessionId([5; 32]) }).await, &[Forbidden, NotFound], who);
         refused(client.call(to(1), Request::Commit { block: next.clone() }).await, &[Forbidden], who);
-        // Promises are reported to members of the chain's committee only.
-        refused(client.call(to(1), Request::GetPromise { chain, index: 2 }).await, &[Forbidden], who);
+        // Agreement states are reported to members of the chain's committee only.
+        refused(client.call(to(1), Request::GetIndexState { chain, index: 2 }).await, &[Forbidden], who);
         // Genesis broadcasts: only a witness this node knows, in the new chain's committee.
         refused(client.call(to(1), Request::Genesis { genesis: raw_here.clone() }).await, &[Forbidden], who);
         // Block 0 announced or committed: a clean refusal, and the node stays up.
@@ -306,7 +315,7 @@ async fn chains_cannot_be_injected_through_announce_or_commit() {
         branching: 8,
         excluded: vec![0],
         ballot: 1,
-        promises: vec![],
+        justification: None,
     };
 
     // A stranger: refused at once.

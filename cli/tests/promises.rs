@@ -1,15 +1,16 @@
-//! No index freezes when its leader dies after the promises (SPEC §9.2), against real
-//! witness processes (QUIC, RocksDB). A stand-in holding witness 0's key leads a round up
-//! to the point where the other members have durably promised its block, then vanishes —
-//! what a leader SIGKILLed mid-round, or one withholding the signature, leaves behind.
-//! Every member then refuses any other block at that index for good; before promises kept
-//! their block, the chain stopped there forever (issue 17's wedge).
+//! No index freezes when its leader dies after the locks (SPEC §9.1), against real witness
+//! processes (QUIC, RocksDB). A stand-in holding witness 0's key leads a round through the
+//! votes and the certificate, until the other members have durably locked its block and
+//! released their partial signatures, then vanishes — what a leader SIGKILLed mid-round,
+//! or one withholding the signature, leaves behind. Those members then vote for no other
+//! block without a newer certificate; before members kept what they were bound to, the
+//! chain stopped there for good (issue 17's wedge).
 
 mod common;
 
 use chainiac_cosi::protocol::{commit, Leader, Session, SessionId, Tree};
 use chainiac_cosi::Mask;
-use chainiac_proto::message::Announce;
+use chainiac_proto::message::{Announce, Certificate, Vote};
 use chainiac_proto::{ErrorCode, Request, Response};
 use chainiac_skipchain::{Block, BlockSignature, ChainId, Proposal};
 use common::{refusal, Client, Cluster};
@@ -32,20 +33,28 @@ async fn next_block(cluster: &Cluster, i: usize, chain: ChainId, genesis: &Block
     head.propose(proposal, |i| ids.get(&i).copied()).unwrap()
 }
 
-/// Leads a round for `block` as witness `leader` (with its key) over a star of every other
-/// member, through the challenge — each member promises the block before it answers —
-/// and stops there: no signature is formed, no commit is sent. Returns how many answered.
-async fn lead_until_the_promises(cluster: &Cluster, witness: usize, members: usize, block: &Block) -> usize {
+/// Leads a round for `block` at `ballot` as witness `witness` (with its key) over a star of
+/// `voters` (witness indices; the roster is witnesses `0..members`): announce (each votes
+/// and commits), certificate, challenge to `lockers` only (each locks and signs) — and stops
+/// there: no signature is formed, no commit is sent. Returns how many signed.
+async fn lead_until_the_locks(
+    cluster: &Cluster,
+    witness: usize,
+    members: usize,
+    block: &Block,
+    ballot: u64,
+    voters: &[usize],
+    lockers: &[usize],
+) -> usize {
     let key = cluster.keys(&[witness]).pop().unwrap();
     let stand_in = Client::with_key(cluster.keys(&[witness]).pop().unwrap());
     let roster = Arc::new(cluster.roster(&(0..members).collect::<Vec<_>>()));
-    // Roster positions, by witness.
     let at = |w: usize| roster.index_of(&cluster.witnesses[w].key).unwrap();
     let leader = at(witness);
-    let session_id = SessionId([7; 32]);
-    let session = Session::new(roster.clone(), session_id, BlockSignature::message(&block.id(), 1).to_vec());
+    let session_id = SessionId([ballot as u8; 32]);
+    let session = Session::new(roster.clone(), session_id, BlockSignature::message(&block.id(), ballot).to_vec());
     let tree = Tree::new(members, leader, members, &Mask::empty(members));
-    let mut round = Leader::new(session.clone(), &tree, members - 1).unwrap();
+    let mut round = Leader::new(session.clone(), &tree, voters.len() + 1).unwrap();
     let (_nonces, own) = commit(&session, leader, &key, &mut OsRng).unwrap();
     round.aggregator().receive_commitment(leader, &own).unwrap();
     let announce = Announce {
@@ -54,31 +63,46 @@ async fn lead_until_the_promises(cluster: &Cluster, witness: usize, members: usi
         leader: leader as u32,
         branching: members as u32,
         excluded: Mask::empty(members).as_bytes().to_vec(),
-        ballot: 1,
-        promises: vec![],
+        ballot,
+        justification: None,
     };
-    let others: Vec<usize> = (0..members).filter(|&w| w != witness).collect();
-    for &w in &others {
+    let mut votes = vec![Vote::sign(&key, leader as u32, &block.id(), ballot)];
+    for &w in voters {
         match stand_in.call(&cluster.witnesses[w], Request::Announce(announce.clone())).await {
-            Ok(Response::Commitment(c)) => round.aggregator().receive_commitment(at(w), &c).unwrap(),
-            other => panic!("witness {w} did not commit: {other:?}"),
+            Ok(Response::Voted { commitment, votes: theirs }) => {
+                round.aggregator().receive_commitment(at(w), &commitment).unwrap();
+                votes.extend(theirs);
+            }
+            other => panic!("witness {w} did not vote: {other:?}"),
         }
     }
     let challenge = round.challenge().unwrap();
-    let mut answered = 0;
-    for &w in &others {
-        let request = Request::Challenge { session: session_id, challenge: challenge.clone() };
+    let certificate = Certificate { ballot, votes };
+    // A voter left out of the locks is shown a certificate of another ballot than its
+    // session's, and refuses it: its share would leave over `id || ballot` while it locked
+    // at another ballot.
+    for &w in voters.iter().filter(|w| !lockers.contains(w)) {
+        let mut wrong = certificate.clone();
+        wrong.ballot -= 1;
+        let request = Request::Challenge { session: session_id, challenge: challenge.clone(), certificate: wrong };
+        let reply = stand_in.call(&cluster.witnesses[w], request).await.unwrap_err();
+        assert!(refusal(&reply).message.contains("this round's is"), "{}", refusal(&reply).message);
+    }
+    let mut signed = 0;
+    for &w in lockers {
+        let request =
+            Request::Challenge { session: session_id, challenge: challenge.clone(), certificate: certificate.clone() };
         if let Ok(Response::Signed(_)) = stand_in.call(&cluster.witnesses[w], request).await {
-            answered += 1;
+            signed += 1;
         }
     }
-    answered
+    signed
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_dying_after_the_promises_leaves_its_block_to_the_next_leader() {
+async fn a_leader_dying_after_the_locks_leaves_its_block_to_the_next_leader() {
     // No automatic timeline blocks: only this test's requests move the chain. A tight clock
-    // skew, so that the promised block is stale by the time it is re-led.
+    // skew, so that the locked block is stale by the time it is re-led.
     let mut cluster = Cluster::start_configured(4, 0, |_, config| config.max_clock_skew_ms = 1_500).await;
     let (chain, genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;
     cluster.propose(0, chain, b"first").await.unwrap();
@@ -86,40 +110,45 @@ async fn a_leader_dying_after_the_promises_leaves_its_block_to_the_next_leader()
         cluster.wait_head(i, chain, 1).await;
     }
 
-    // Witness 0 dies; its key leads block X at index 2 up to the promises, then vanishes.
+    // Witness 0 dies; its key leads block X at index 2 through the locks, then vanishes.
     cluster.witnesses[0].kill();
-    let promised = next_block(&cluster, 1, chain, &genesis, b"promised by three").await;
-    assert_eq!(promised.header.index, 2);
-    assert_eq!(lead_until_the_promises(&cluster, 0, 4, &promised).await, 3, "members 1-3 promised X");
+    let locked = next_block(&cluster, 1, chain, &genesis, b"locked by three").await;
+    assert_eq!(locked.header.index, 2);
+    assert_eq!(
+        lead_until_the_locks(&cluster, 0, 4, &locked, 1, &[1, 2, 3], &[1, 2, 3]).await,
+        3,
+        "members 1-3 locked X and signed"
+    );
 
-    // Each member reports its promise, signed, to a member of the committee, and to no one else.
+    // Each member reports its state to a member of the committee, and to no one else.
     let member = cluster.operator(2);
-    match member.call(&cluster.witnesses[1], Request::GetPromise { chain, index: 2 }).await {
-        Ok(Response::Promise(Some(p))) => {
-            assert!(p.verify(), "a valid signature");
-            assert_eq!((p.member, p.block.id()), (cluster.witnesses[1].key, promised.id()));
+    match member.call(&cluster.witnesses[1], Request::GetIndexState { chain, index: 2 }).await {
+        Ok(Response::IndexState(state)) => {
+            let (block, certificate) = state.lock.clone().expect("witness 1 is locked");
+            assert_eq!((block.id(), certificate.ballot, certificate.votes.len()), (locked.id(), 1, 4));
+            assert_eq!(state.voted, 1);
         }
-        other => panic!("witness 1 must report its promise, got {other:?}"),
+        other => panic!("witness 1 must report its lock, got {other:?}"),
     }
     let stranger = Client::new();
-    let refused = stranger.call(&cluster.witnesses[1], Request::GetPromise { chain, index: 2 }).await.unwrap_err();
+    let refused = stranger.call(&cluster.witnesses[1], Request::GetIndexState { chain, index: 2 }).await.unwrap_err();
     assert_eq!(refusal(&refused).code, ErrorCode::Forbidden);
 
-    // A full restart of the members that promised: only what is on disk survives.
+    // A full restart of the locked members: only what is on disk survives.
     for i in 1..4 {
         cluster.witnesses[i].kill();
     }
+    tokio::time::sleep(std::time::Duration::from_millis(2_000)).await; // X is now older than the skew
     for i in 1..4 {
         cluster.witnesses[i].start();
     }
     for i in 1..4 {
         cluster.client.wait_ready(&cluster.witnesses[i]).await;
     }
-    // Connections cached from before the restart are dead: new clients.
     cluster.client = Client::new();
     let member = cluster.operator(2);
 
-    // Another block at index 2 is refused by every member that promised X...
+    // Another block at index 2, at a higher ballot, is refused by every locked member...
     let other = next_block(&cluster, 1, chain, &genesis, b"another block").await;
     let roster = cluster.roster(&[0, 1, 2, 3]);
     let announce = Announce {
@@ -128,13 +157,15 @@ async fn a_leader_dying_after_the_promises_leaves_its_block_to_the_next_leader()
         leader: roster.index_of(&cluster.witnesses[1].key).unwrap() as u32,
         branching: 4,
         excluded: vec![0],
-        ballot: 1,
-        promises: vec![],
+        ballot: 5,
+        justification: None,
     };
     let reply = cluster.operator(1).call(&cluster.witnesses[2], Request::Announce(announce)).await.unwrap_err();
     assert_eq!(refusal(&reply).code, ErrorCode::Promised, "{}", refusal(&reply).message);
+    assert!(refusal(&reply).message.contains("locked"), "{}", refusal(&reply).message);
 
-    // ...so the next proposal fills index 2 with X first, then goes on index 3.
+    // ...so the next proposal re-leads X (stale now, justified by its certificate) at a
+    // higher ballot, then goes on index 3.
     let mine = cluster.propose(2, chain, b"after the dead leader").await.unwrap();
     assert_eq!(mine.header.index, 3);
     assert_eq!(mine.payload, b"after the dead leader");
@@ -148,48 +179,111 @@ async fn a_leader_dying_after_the_promises_leaves_its_block_to_the_next_leader()
         else {
             panic!("witness {i} lacks block 2")
         };
-        assert_eq!(block.id(), promised.id(), "witness {i} holds the promised block at index 2");
+        assert_eq!(block.id(), locked.id(), "witness {i} holds the locked block at index 2");
         assert!(block.signature.is_some());
     }
     // The client's view: the whole chain verifies from the genesis.
     assert_eq!(cluster.prove_from_genesis(3, chain, &genesis).await.index(), 4);
     match cluster.client.call(&cluster.witnesses[2], Request::Status).await {
-        Ok(Response::Status(status)) => assert_eq!(status.blocks_adopted, 1, "witness 2 re-led one promised block"),
+        Ok(Response::Status(status)) => assert_eq!(status.blocks_adopted, 1, "witness 2 re-led one locked block"),
         other => panic!("status: {other:?}"),
     }
-    // A promise ends when its index is filled: nothing is reported there any more.
-    match member.call(&cluster.witnesses[1], Request::GetPromise { chain, index: 2 }).await {
-        Ok(Response::Promise(None)) => {}
-        other => panic!("a filled index reports no promise, got {other:?}"),
+    // The state ends when its index is filled: nothing is reported there any more.
+    match member.call(&cluster.witnesses[1], Request::GetIndexState { chain, index: 2 }).await {
+        Ok(Response::IndexState(state)) => assert_eq!(*state, Default::default()),
+        other => panic!("a filled index reports no state, got {other:?}"),
     }
 
-    // What a faulty member can do with the promises an announce carries: no more than
-    // without them. A block older than the clock skew, vouched for only by its own
-    // promise (no more than the faulty members a committee tolerates), gets every check.
+    // What a faulty member can do with a justification: no more than without one. A block
+    // older than the clock skew with a certificate of its own vote alone (fewer than the
+    // threshold) gets every check.
     tokio::time::sleep(std::time::Duration::from_millis(2_500)).await;
     let mut stale = next_block(&cluster, 1, chain, &genesis, b"backdated").await;
     let head_time = cluster.prove_from_genesis(1, chain, &genesis).await.header.timestamp_ms;
     stale.header.timestamp_ms = head_time + 1;
     let faulty = cluster.keys(&[0]).pop().unwrap();
-    let own = chainiac_proto::message::SignedPromise::sign(&faulty, stale.clone()).signature();
-    let announce = |promises| Announce {
+    let leader = roster.index_of(&cluster.witnesses[0].key).unwrap() as u32;
+    let own_vote = Vote::sign(&faulty, leader, &stale.id(), 1);
+    let announce = Announce {
         block: stale.clone(),
         session: SessionId([9; 32]),
+        leader,
+        branching: 4,
+        excluded: vec![0],
+        ballot: 2,
+        justification: Some(Certificate { ballot: 1, votes: vec![own_vote, own_vote, own_vote] }),
+    };
+    let as_leader = Client::with_key(cluster.keys(&[0]).pop().unwrap());
+    let reply = as_leader.call(&cluster.witnesses[1], Request::Announce(announce)).await.unwrap_err();
+    assert!(refusal(&reply).message.contains("from this witness's clock"), "{}", refusal(&reply).message);
+}
+
+/// Split locks, the case that froze an index under promises: with witness 0 dead, member 1
+/// is locked on X at ballot 1, member 2 on Y at ballot 2, member 3 voted at ballot 2 — no
+/// block can gather 3 of the 3 live members as they stand. The next leader gathers their
+/// states, re-leads Y (the highest lock) with its certificate at ballot 3, member 1 moves
+/// on that newer certificate, and the index fills with Y; a ballot too far above a
+/// member's own is refused and only raises it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_locks_no_longer_freeze_an_index() {
+    let mut cluster = Cluster::start_with(4, 0).await;
+    let (chain, genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;
+    cluster.propose(0, chain, b"first").await.unwrap();
+    for i in 0..4 {
+        cluster.wait_head(i, chain, 1).await;
+    }
+    cluster.witnesses[0].kill();
+    let x = next_block(&cluster, 1, chain, &genesis, b"X").await;
+    let y = next_block(&cluster, 1, chain, &genesis, b"Y").await;
+    assert_eq!(lead_until_the_locks(&cluster, 0, 4, &x, 1, &[1, 2, 3], &[1]).await, 1, "member 1 locked X at 1");
+    assert_eq!(lead_until_the_locks(&cluster, 0, 4, &y, 2, &[2, 3], &[2]).await, 1, "member 2 locked Y at 2");
+    let member = cluster.operator(3);
+    for (w, block, ballot) in [(1, &x, 1), (2, &y, 2)] {
+        let Ok(Response::IndexState(state)) =
+            member.call(&cluster.witnesses[w], Request::GetIndexState { chain, index: 2 }).await
+        else {
+            panic!("witness {w} reports its state")
+        };
+        let (locked, certificate) = state.lock.clone().expect("locked");
+        assert_eq!((locked.id(), certificate.ballot), (block.id(), ballot), "witness {w}");
+    }
+
+    // A stranger's huge ballot: refused, and the member's ballot moves one step only.
+    let roster = cluster.roster(&[0, 1, 2, 3]);
+    let far = Announce {
+        block: y.clone(),
+        session: SessionId([0x33; 32]),
         leader: roster.index_of(&cluster.witnesses[0].key).unwrap() as u32,
         branching: 4,
         excluded: vec![0],
-        ballot: 1,
-        promises,
+        ballot: u64::MAX,
+        justification: None,
     };
-    let as_leader = Client::with_key(cluster.keys(&[0]).pop().unwrap());
-    let reply = as_leader.call(&cluster.witnesses[1], Request::Announce(announce(vec![own]))).await.unwrap_err();
-    assert!(refusal(&reply).message.contains("from this witness's clock"), "{}", refusal(&reply).message);
-    // The same promise twice, or a stranger's, is refused before any signature is checked.
-    let reply = as_leader.call(&cluster.witnesses[1], Request::Announce(announce(vec![own, own]))).await.unwrap_err();
-    assert_eq!(refusal(&reply).code, ErrorCode::BadRequest, "{}", refusal(&reply).message);
-    let stranger_key = chainiac_cosi::SecretKey::from_seed(&[77; 32]);
-    let strangers = chainiac_proto::message::SignedPromise::sign(&stranger_key, stale.clone()).signature();
-    let reply =
-        as_leader.call(&cluster.witnesses[1], Request::Announce(announce(vec![own, strangers]))).await.unwrap_err();
-    assert_eq!(refusal(&reply).code, ErrorCode::BadRequest, "{}", refusal(&reply).message);
+    let as_zero = Client::with_key(cluster.keys(&[0]).pop().unwrap());
+    let reply = as_zero.call(&cluster.witnesses[3], Request::Announce(far)).await.unwrap_err();
+    assert_eq!(refusal(&reply).code, ErrorCode::Promised, "{}", refusal(&reply).message);
+    assert!(refusal(&reply).message.contains("raised to 1048578"), "{}", refusal(&reply).message);
+
+    // The next proposal fills index 2 with Y, then goes on index 3.
+    let mine = match cluster.propose(3, chain, b"after the split").await {
+        Ok(block) => block,
+        Err(e) => panic!(
+            "{e:?}\n{}\n{}\n{}",
+            cluster.witnesses[1].log(),
+            cluster.witnesses[2].log(),
+            cluster.witnesses[3].log()
+        ),
+    };
+    assert_eq!((mine.header.index, mine.payload.as_slice()), (3, &b"after the split"[..]));
+    for i in 1..4 {
+        cluster.wait_head(i, chain, 3).await;
+        let Ok(Response::Block(Some(block))) =
+            cluster.client.call(&cluster.witnesses[i], Request::GetBlock { chain, index: 2 }).await
+        else {
+            panic!("witness {i} lacks block 2")
+        };
+        assert_eq!(block.id(), y.id(), "witness {i} holds Y, the highest lock, at index 2");
+        assert!(block.signature.as_ref().unwrap().ballot > 2, "signed at a ballot above both locks");
+    }
+    assert_eq!(cluster.prove_from_genesis(1, chain, &genesis).await.index(), 3);
 }

@@ -42,8 +42,9 @@ pub enum Request {
     // --- between witnesses ---
     /// Phase 1 of a round: check `block` (unsigned) and answer with the subtree's commitment.
     Announce(Announce),
-    /// Phase 2: answer with the subtree's (checked) response.
-    Challenge { session: SessionId, challenge: Challenge },
+    /// Phase 2: lock on the block the certificate's votes name, then answer with the
+    /// subtree's (checked) response.
+    Challenge { session: SessionId, challenge: Challenge, certificate: Certificate },
     /// The round failed or was abandoned: forget the session and its nonces.
     Abort { session: SessionId },
     /// A block signed by the round: append it.
@@ -94,9 +95,9 @@ pub enum Request {
     },
 
     // --- between witnesses (appended) ---
-    /// The block this witness promised at `(chain, index)`, if any, signed: what a member
-    /// that leads at an unfilled index gathers first, to re-lead what was promised (§9.1).
-    GetPromise { chain: ChainId, index: u64 },
+    /// This witness's agreement state at `(chain, index)`: what a member that leads there
+    /// gathers before it re-leads a locked block (§9.1).
+    GetIndexState { chain: ChainId, index: u64 },
 
     // --- queries (appended) ---
     /// The heads of the chains this node serves, in id order after `after`, at most
@@ -107,60 +108,53 @@ pub enum Request {
 /// Chains per [`Request::ListChains`] answer, and in a [`NodeStatus`].
 pub const CHAINS_PER_PAGE: usize = 256;
 
-/// The tag of the statement a witness signs when it reports a promise (SPEC §9.1).
-pub const TAG_PROMISE: &str = "chainiac/v1/witness/promise";
+/// The tag of a member's vote (SPEC §9.1).
+pub const TAG_VOTE: &str = "chainiac/v1/witness/vote";
 
-/// A witness's signed report that it durably promised `block` (unsigned) at its index: it
-/// will sign no other block there. Carried in an [`Announce`] that re-leads a promised
-/// block, so that members that did not promise it see who did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SignedPromise {
-    pub member: PublicKey,
-    pub block: Block,
+/// A member's vote for the announced block at a ballot: an Ed25519 signature by the member
+/// at roster position `member` over [`Vote::message`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vote {
+    pub member: u32,
     #[serde(with = "chainiac_cosi::bytes")]
     pub signature: [u8; 64],
 }
 
-impl SignedPromise {
-    /// `tagged(TAG_PROMISE) || block id`: the id covers the chain and the index.
-    pub fn message(id: &BlockId) -> Vec<u8> {
-        let mut message = Vec::with_capacity(1 + TAG_PROMISE.len() + 32);
-        message.push(TAG_PROMISE.len() as u8);
-        message.extend_from_slice(TAG_PROMISE.as_bytes());
+impl Vote {
+    /// `tagged(TAG_VOTE) || block id || u64be(ballot)` (65 bytes): the id covers the chain
+    /// and the index.
+    pub fn message(id: &BlockId, ballot: u64) -> Vec<u8> {
+        let mut message = Vec::with_capacity(1 + TAG_VOTE.len() + 40);
+        message.push(TAG_VOTE.len() as u8);
+        message.extend_from_slice(TAG_VOTE.as_bytes());
         message.extend_from_slice(&id.0);
+        message.extend_from_slice(&ballot.to_be_bytes());
         message
     }
 
-    pub fn sign(key: &chainiac_cosi::SecretKey, block: Block) -> Self {
-        let signature = key.sign_ed25519(&Self::message(&block.id()));
-        SignedPromise { member: key.public_key(), block, signature }
+    pub fn sign(key: &chainiac_cosi::SecretKey, member: u32, id: &BlockId, ballot: u64) -> Self {
+        Vote { member, signature: key.sign_ed25519(&Self::message(id, ballot)) }
     }
 
-    /// Strict RFC 8032 verification by `member`.
-    pub fn verify(&self) -> bool {
-        self.member.verify_ed25519(&Self::message(&self.block.id()), &self.signature)
-    }
-
-    /// The report without its block, as an [`Announce`] of that block carries it.
-    pub fn signature(&self) -> PromiseSignature {
-        PromiseSignature { member: self.member, signature: self.signature }
+    /// Strict RFC 8032 verification by `key` (the roster's key at `member`).
+    pub fn verify(&self, key: &PublicKey, id: &BlockId, ballot: u64) -> bool {
+        key.verify_ed25519(&Self::message(id, ballot), &self.signature)
     }
 }
 
-/// A [`SignedPromise`]'s signature, carried in the [`Announce`] of the promised block
-/// (whose id it signs) rather than with a copy of the block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PromiseSignature {
-    pub member: PublicKey,
-    #[serde(with = "chainiac_cosi::bytes")]
-    pub signature: [u8; 64],
+/// Votes for one block (named by the message that carries the certificate) at one ballot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Certificate {
+    pub ballot: u64,
+    pub votes: Vec<Vote>,
 }
 
-impl PromiseSignature {
-    /// Whether `member` reported promising the block with this id.
-    pub fn verify(&self, id: &BlockId) -> bool {
-        self.member.verify_ed25519(&SignedPromise::message(id), &self.signature)
-    }
+/// A member's agreement state at an unfilled index (SPEC §9.1): the highest ballot it voted
+/// at, and its lock — the block it signs there, with the certificate that locked it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct IndexState {
+    pub voted: u64,
+    pub lock: Option<(Block, Certificate)>,
 }
 
 /// Most chains one [`Request::GetProofs`] may name.
@@ -218,11 +212,12 @@ pub struct Announce {
     pub branching: u32,
     /// Members left out of this attempt's tree (mask bytes over the committee's roster).
     pub excluded: Vec<u8>,
-    /// The attempt's ballot (§9.1): members sign `BlockSignature::message(id, ballot)`.
+    /// The attempt's ballot (§9.1): above every ballot a member voted at at this index;
+    /// members vote for the block at it and sign `BlockSignature::message(id, ballot)`.
     pub ballot: u64,
-    /// When the leader re-leads a block that members promised (§9.1): their signed
-    /// promises of it, at most one per committee member. Empty for a new block.
-    pub promises: Vec<PromiseSignature>,
+    /// When the leader re-leads a locked block: the certificate that locked it, from an
+    /// earlier ballot (§9.1). None for a new block.
+    pub justification: Option<Certificate>,
 }
 
 impl Request {
@@ -247,7 +242,7 @@ impl Request {
             | Request::Abort { .. }
             | Request::Commit { .. }
             | Request::Genesis { .. }
-            | Request::GetPromise { .. } => FrameClass::Peer,
+            | Request::GetIndexState { .. } => FrameClass::Peer,
             Request::GetAttestation { .. } | Request::GetBuildLog { .. } | Request::GetAgreement { .. } => {
                 FrameClass::Query
             }
@@ -282,7 +277,7 @@ impl Request {
             Request::GetTimelineBatch { .. } => "get_timeline_batch",
             Request::GetLinkedProofs { .. } => "get_linked_proofs",
             Request::GetTimelineChanges { .. } => "get_timeline_changes",
-            Request::GetPromise { .. } => "get_promise",
+            Request::GetIndexState { .. } => "get_index_state",
             Request::ListChains { .. } => "list_chains",
         }
     }
@@ -305,7 +300,12 @@ pub enum Response {
     Appended {
         block: Block,
     },
-    Commitment(Commitment),
+    /// The answer to an [`Announce`]: the subtree's aggregate commitment and the votes of
+    /// its members that voted for the block at the ballot (§9.1).
+    Voted {
+        commitment: Commitment,
+        votes: Vec<Vote>,
+    },
     Signed(CosiResponse),
     Ack,
     Error(ErrorReply),
@@ -319,8 +319,8 @@ pub enum Response {
     LinkedProofs(Vec<Result<LinkedProof, ErrorReply>>),
     /// The answer to [`Request::GetTimelineChanges`].
     TimelineChanges(TimelineChanges),
-    /// The answer to [`Request::GetPromise`].
-    Promise(Option<Box<SignedPromise>>),
+    /// The answer to [`Request::GetIndexState`].
+    IndexState(Box<IndexState>),
     /// The answer to [`Request::ListChains`]: a page of heads; `more` when chains follow.
     Chains {
         heads: Vec<HeadInfo>,
@@ -341,7 +341,7 @@ impl Response {
             Response::Timeline(_) => "timeline",
             Response::Created { .. } => "created",
             Response::Appended { .. } => "appended",
-            Response::Commitment(_) => "commitment",
+            Response::Voted { .. } => "voted",
             Response::Signed(_) => "signed",
             Response::Ack => "ack",
             Response::Error(_) => "error",
@@ -352,7 +352,7 @@ impl Response {
             Response::TimelineBatch(_) => "timeline_batch",
             Response::LinkedProofs(_) => "linked_proofs",
             Response::TimelineChanges(_) => "timeline_changes",
-            Response::Promise(_) => "promise",
+            Response::IndexState(_) => "index_state",
             Response::Chains { .. } => "chains",
         }
     }
@@ -452,8 +452,9 @@ pub enum ErrorCode {
     Forbidden,
     /// Something broke on the node.
     Internal,
-    /// This witness durably promised another block at this index and signs no other: the
-    /// leader should gather the promises there and re-lead what was promised (§9.1).
+    /// This witness is locked on another block at this index and the announce carries no
+    /// newer certificate for this one: the leader should gather the members' states and
+    /// re-lead the locked block (§9.1).
     Promised,
 }
 
@@ -472,50 +473,31 @@ mod tests {
         parts.concat()
     }
 
-    /// SPEC §9.1: a promise report signs `tagged(TAG_PROMISE) || block id` (60 bytes,
-    /// starting 0x1b), deterministically (RFC 8032), and stops verifying when the block or
-    /// the member changes.
+    /// SPEC §9.1: a vote signs `tagged(TAG_VOTE) || block id || u64be(ballot)` (65 bytes,
+    /// starting 0x18), deterministically (RFC 8032), and stops verifying when the block, the
+    /// ballot or the key changes.
     #[test]
-    fn promise_report_vector() {
+    fn vote_vector() {
         let key = chainiac_cosi::SecretKey::from_seed(&[1; 32]);
-        let message = SignedPromise::message(&BlockId([7; 32]));
-        assert_eq!(message.len(), 60);
-        assert_eq!(message[0], 0x1b);
-        assert_eq!(&message[1..28], b"chainiac/v1/witness/promise");
-        assert_eq!(&message[28..], &[7; 32]);
-        let block = Block {
-            header: Header {
-                chain: Some(BlockId([1; 32])),
-                index: 2,
-                height: 1,
-                back_links: vec![BlockId([3; 32])],
-                params: None,
-                kind: 0,
-                payload_hash: [4; 32],
-                committee_hash: [5; 32],
-                policy_hash: [6; 32],
-                previous_checkpoint: 0,
-                timestamp_ms: 1_000,
-            },
-            payload: vec![],
-            committee: None,
-            policy: None,
-            signature: None,
-        };
-        let promise = SignedPromise::sign(&key, block.clone());
-        let hex: String = promise.signature.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(block.id().to_hex(), "af83e5d60b7407a811d19794253468f4a1a76411f8332419c22a2e729a0352c7");
+        let id = BlockId([7; 32]);
+        let message = Vote::message(&id, 0x0102_0304_0506_0708);
+        assert_eq!(message.len(), 65);
+        assert_eq!(message[0], 0x18);
+        assert_eq!(&message[1..25], b"chainiac/v1/witness/vote");
+        assert_eq!(&message[25..57], &[7; 32]);
+        assert_eq!(&message[57..], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        let vote = Vote::sign(&key, 3, &id, 0x0102_0304_0506_0708);
+        let hex: String = vote.signature.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             hex,
-            "0b166264103875248962f328bcf7789d61f143ccca071bc0c6815ba673b2fc64\
-             4e29a74d119d906c172614f346ef0be230f4e9aa39121ff613ced5b1efbee70b"
+            "fe440dc905f534763b8ee72f4ec2b684b4cc4c538188f9e2a0ce48d025bf3c73\
+             c3a384a27582b8657b96b0e166e2fcba1cfd72412266a02df4362087ef63be0c"
         );
-        assert!(promise.verify());
-        let mut other = promise.clone();
-        other.block.header.index = 3;
-        assert!(!other.verify(), "another block");
+        assert!(vote.verify(&key.public_key(), &id, 0x0102_0304_0506_0708));
+        assert!(!vote.verify(&key.public_key(), &BlockId([8; 32]), 0x0102_0304_0506_0708), "another block");
+        assert!(!vote.verify(&key.public_key(), &id, 0x0102_0304_0506_0709), "another ballot");
         let stranger = chainiac_cosi::SecretKey::from_seed(&[2; 32]).public_key();
-        assert!(!SignedPromise { member: stranger, ..promise }.verify(), "another member");
+        assert!(!vote.verify(&stranger, &id, 0x0102_0304_0506_0708), "another member");
     }
 
     /// The largest change-list request a client may send fits a query frame.

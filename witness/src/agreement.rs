@@ -1,11 +1,11 @@
 //! Agreement on one index, sans I/O: the rules by which members vote, lock and release
 //! their partial signatures so that two blocks never both gather a threshold and an index
-//! whose leaders die — however the promises split — still completes. No network, no disk,
+//! whose leaders die — however the members split — still completes. No network, no disk,
 //! no clock, no cryptography: the node verifies signatures and stores [`Durable`] before
 //! acting on what these functions return; the simulation (`tests/agreement.rs`) drives
 //! thousands of seeded clusters through them.
 //!
-//! The protocol (SPEC §9.2) is Tendermint's locking over ballots:
+//! The protocol (SPEC §9.1) is Tendermint's locking over ballots:
 //! 1. *Vote.* A leader announces block `B` at ballot `b`. A member votes for it — durably
 //!    raising its voted ballot to `b` — only if `b` is above every ballot it voted at, and,
 //!    if it is locked on another block, only when the announce carries a certificate for
@@ -33,8 +33,8 @@
 //! **Precondition: a partial signature binds its ballot.** The argument counts shares of
 //! one ballot. CoSi shares over the bare block id combine across sessions — a Byzantine
 //! leader can sum members' commitments from different sessions into one challenge — so a
-//! node may use these rules only once the collective signature covers `id ‖ ballot` (the
-//! ballot carried with the signature and checked by every verifier). Without it, a member
+//! node may use these rules only because the collective signature covers `id ‖ ballot`
+//! (`chainiac_skipchain::BlockSignature`, checked by every verifier). Without it, a member
 //! locked low can share `X`, move to `Y` on a newer certificate and share `Y`, and `X`
 //! completes from shares of several ballots: test
 //! `shares_of_different_ballots_must_not_combine` replays the attack through these rules.
@@ -183,7 +183,8 @@ pub fn plan<B: Clone>(committee: Committee, reports: &[Durable<B>], own: B, at_l
     if reports.len() < committee.threshold {
         return None;
     }
-    let ballot = reports.iter().map(|r| r.voted).max().unwrap_or(0).max(at_least) + 1;
+    // Saturating: a member at `Ballot::MAX` refuses the ballot (`OldBallot`), nothing panics.
+    let ballot = reports.iter().map(|r| r.voted).max().unwrap_or(0).max(at_least).saturating_add(1);
     let highest = reports
         .iter()
         .filter_map(|r| r.lock.as_ref())

@@ -1,7 +1,7 @@
 //! # chainiac-witness
 //!
 //! The witness node. It stores chains in RocksDB, checks every proposed block completely,
-//! promises durably never to sign two blocks at one index, takes part in (and leads)
+//! votes and locks durably so that it never signs two blocks at one index, takes part in (and leads)
 //! cosigning rounds over a tree of QUIC connections, and answers queries.
 //!
 //! - [`config`]: the TOML configuration; [`keyfile`]: the node key on disk.
@@ -47,7 +47,7 @@ impl Witness {
         let key = keyfile::read(&config.key_file)?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
-        let store = RocksStore::open_with(&config.data_dir, &[node::CF_PROMISES, node::CF_TIMELINE_HEADS], true)
+        let store = RocksStore::open_with(&config.data_dir, &[node::CF_AGREEMENT, node::CF_TIMELINE_HEADS], true)
             .map_err(|source| StartError::Store { path: config.data_dir.display().to_string(), source })?;
         let endpoint = chainiac_proto::endpoint::server(&key, config.listen)?;
         let node = Node::new(key, config, store, endpoint.clone());

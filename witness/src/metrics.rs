@@ -8,7 +8,7 @@ pub struct Metrics {
     pub rounds_led: AtomicU64,
     pub rounds_failed: AtomicU64,
     pub blocks_signed: AtomicU64,
-    /// Promised blocks this node re-led to fill their index.
+    /// Locked blocks this node re-led to fill their index.
     pub blocks_adopted: AtomicU64,
     /// Members left out of rounds' trees because they missed a recent round.
     pub peers_left_out: AtomicU64,

@@ -1,4 +1,4 @@
-//! A deterministic simulation of one index's agreement (SPEC §9.2) among n members — a
+//! A deterministic simulation of one index's agreement (SPEC §9.1) among n members — a
 //! simulation, not the network: the rules are `chainiac_witness::agreement`'s, the
 //! messages are moved by a seeded scheduler that delays, reorders, drops and duplicates
 //! them, crashes members (a crash keeps only what [`Durable`] holds) and restarts them,
@@ -7,7 +7,7 @@
 //! members. Properties, over many seeds:
 //! - never two blocks with `t` partial signatures of one ballot at the index (shares are
 //!   keyed by ballot: the simulation assumes signatures that bind their ballot, SPEC
-//!   §9.2's precondition — without it shares of different ballots combine, see
+//!   §9.1's precondition — without it shares of different ballots combine, see
 //!   `agreement::tests::shares_of_different_ballots_must_not_combine`);
 //! - once the faults stop, an honest leader that hears every honest member completes the
 //!   index within a few attempts, however the earlier leaders split the members.

@@ -3,9 +3,10 @@
 //! between the two and the rules that are the node's own. Here: the state, dispatch, who
 //! may ask what (access), the block rules a witness applies, appends, submissions and chain
 //! creation. By concern: [`queries`] (read-only answers), [`timeline`] (recorded heads,
-//! timeline blocks), [`rounds`] (reservations, promises, leading and joining rounds) and
+//! timeline blocks), [`rounds`] (reservations, votes and locks, leading and joining rounds) and
 //! [`catch_up`] (learning chains and blocks from peers).
 
+use crate::agreement;
 use crate::config::WitnessConfig;
 use crate::metrics::Metrics;
 use crate::rules;
@@ -15,8 +16,8 @@ use chainiac_cosi::protocol::{
 };
 use chainiac_cosi::{Mask, Member, PublicKey, Roster, SecretKey};
 use chainiac_proto::message::{
-    Announce, ErrorCode, ErrorReply, HeadInfo, LinkedQuery, NodeStatus, PromiseSignature, ProofQuery, Request,
-    Response, SignedPromise, TimelineBatch, TimelineInfo, CHAINS_PER_PAGE, MAX_CHANGE_BLOCKS, MAX_HELD_APPOINTMENTS,
+    Announce, Certificate, ErrorCode, ErrorReply, HeadInfo, IndexState, LinkedQuery, NodeStatus, ProofQuery, Request,
+    Response, TimelineBatch, TimelineInfo, Vote, CHAINS_PER_PAGE, MAX_CHANGE_BLOCKS, MAX_HELD_APPOINTMENTS,
     MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS, MAX_WATCHED_PREFIXES, PROOFS_RESPONSE_BUDGET,
 };
 use chainiac_proto::{CallError, FrameClass, Pool};
@@ -36,9 +37,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{debug, info, warn};
 
-/// Column family of promises: `chain || index` → the one block (unsigned, encoded) this node
-/// will sign there, until the index is filled.
-pub const CF_PROMISES: &str = "promises";
+/// Column family of agreement states (SPEC §9.1): `chain || index` → `IndexState` (the
+/// highest ballot voted at, and the lock: a block with its certificate), until the index is
+/// filled.
+pub const CF_AGREEMENT: &str = "agreement";
+/// How far above the highest ballot a member knows of at an index a ballot may go: a
+/// Byzantine leader or reporter could otherwise push ballots to `u64::MAX` and leave no
+/// ballot above them.
+pub(crate) const MAX_BALLOT_STEP: u64 = 1 << 20;
 /// Column family of the head set of each timeline's newest block this node holds one for:
 /// `timeline || chain` → `u64be(index) || id` per leaf, and `timeline` → `u64be(block
 /// index)`. Written with each newer timeline block (its changes only), read at start, so
@@ -47,7 +53,7 @@ pub const CF_TIMELINE_HEADS: &str = "timeline_heads";
 /// How long a member that missed a round this node led is left out of its next rounds'
 /// trees (while the threshold allows), before it is asked again.
 const PRESUMED_DOWN: Duration = Duration::from_secs(10);
-/// Promised blocks a leader re-leads before its own proposal, at most (one per index).
+/// Locked blocks a leader re-leads before its own proposal, at most (one per index).
 const MAX_ADOPTIONS: usize = 4;
 /// Most blocks one `GetBlocks` answer carries.
 const MAX_BLOCKS_PER_ANSWER: u32 = 256;
@@ -213,12 +219,6 @@ fn check_catch_up_length(head: u64, index: u64) -> Result<(), ErrorReply> {
     Ok(())
 }
 
-/// What this node promised at an index: the block, and its id.
-struct Promised {
-    id: BlockId,
-    block: Block,
-}
-
 /// The heads a timeline records, kept up to date per append: a moved head rehashes its
 /// path at once; chains new since the last read wait in `new` and are merged when the set
 /// is next read (one rebuild of the levels per timeline tick, not one per created chain —
@@ -262,15 +262,59 @@ fn blocking<R>(work: impl FnOnce() -> R) -> R {
     }
 }
 
-/// How many members of `committee` may be faulty while its rounds stay safe: fewer than a
-/// third, and at most `n − t` (beyond that no threshold is reached without them anyway).
-/// More promises of a block than this include an honest member's.
-fn faulty_bound(committee: &chainiac_skipchain::Committee) -> usize {
-    let n = committee.roster().len();
-    (n - committee.threshold()).max((n - 1) / 3)
+fn agreement_committee(committee: &chainiac_skipchain::Committee) -> agreement::Committee {
+    agreement::Committee { members: committee.roster().len(), threshold: committee.threshold() }
 }
 
-fn promise_key(chain: &ChainId, index: u64) -> [u8; 40] {
+/// The voters of `certificate` whose votes are valid for block `id`: distinct members of
+/// `roster`, each vote a valid signature over the block and the certificate's ballot. More
+/// votes than members: none counted (checking them would be a liar's way to spend our CPU).
+fn checked_certificate(roster: &Roster, id: &BlockId, certificate: &Certificate) -> agreement::Certificate<BlockId> {
+    let mut voters = std::collections::BTreeSet::new();
+    if certificate.votes.len() <= roster.len() {
+        for vote in &certificate.votes {
+            let member = vote.member as usize;
+            if voters.contains(&member) {
+                continue;
+            }
+            if roster.member(member).is_some_and(|m| vote.verify(&m.key, id, certificate.ballot)) {
+                voters.insert(member);
+            }
+        }
+    }
+    agreement::Certificate { block: *id, ballot: certificate.ballot, voters }
+}
+
+/// This node's stored state as the agreement rules see it (its lock's votes were checked
+/// when it was taken).
+fn core_state(roster: &Roster, state: &IndexState) -> agreement::Durable<BlockId> {
+    let lock = state.lock.as_ref().map(|(block, certificate)| agreement::Lock {
+        certificate: agreement::Certificate {
+            block: block.id(),
+            ballot: certificate.ballot,
+            voters: certificate.votes.iter().map(|v| v.member as usize).filter(|&m| m < roster.len()).collect(),
+        },
+    });
+    agreement::Durable { voted: state.voted, lock }
+}
+
+/// A refusal by the agreement rules as the leader acts on it: `Promised` (gather the
+/// members' states and re-lead at a higher ballot) when this member is locked elsewhere or
+/// past the ballot.
+fn refused(index: u64, refusal: agreement::Refusal) -> ErrorReply {
+    let code = match refusal {
+        agreement::Refusal::Locked { .. } | agreement::Refusal::OldBallot { .. } => ErrorCode::Promised,
+        _ => ErrorCode::Refused,
+    };
+    err(code, format!("index {index}: {refusal}"))
+}
+
+/// The ballot after `ballot`; none after the last (a member there votes no more at that index).
+fn next_ballot(ballot: u64) -> Result<u64, ErrorReply> {
+    ballot.checked_add(1).ok_or_else(|| err(ErrorCode::Refused, "no ballot is left above this member's at the index"))
+}
+
+fn index_key(chain: &ChainId, index: u64) -> [u8; 40] {
     let mut key = [0u8; 40];
     key[..32].copy_from_slice(&chain.0);
     key[32..].copy_from_slice(&index.to_be_bytes());
@@ -281,6 +325,8 @@ fn promise_key(chain: &ChainId, index: u64) -> [u8; 40] {
 struct RoundState {
     chain: ChainId,
     block: Block,
+    /// The ballot this node voted for `block` at: the only one it locks at in this session.
+    ballot: u64,
     session: Session,
     member: usize,
     tree: Tree,
@@ -297,8 +343,9 @@ pub struct Node {
     rounds: Mutex<HashMap<SessionId, RoundState>>,
     /// `(chain, index)` → the announced block holding that index, until when.
     reservations: Mutex<HashMap<(ChainId, u64), (BlockId, Instant)>>,
-    /// Makes a promise's check and write one step.
-    promise_lock: Mutex<()>,
+    /// Makes an agreement state's read, check and write one step (votes, locks, and the
+    /// drop when an index is filled).
+    agreement_lock: Mutex<()>,
     /// One round led at a time per chain on this node.
     chain_locks: Mutex<HashMap<ChainId, Arc<tokio::sync::Mutex<()>>>>,
     /// Head sets that matched a timeline block this node checked, by block id, until the
@@ -360,7 +407,7 @@ impl Node {
             store,
             rounds: Mutex::new(HashMap::new()),
             reservations: Mutex::new(HashMap::new()),
-            promise_lock: Mutex::new(()),
+            agreement_lock: Mutex::new(()),
             chain_locks: Mutex::new(HashMap::new()),
             pending_timelines: Mutex::new(HashMap::new()),
             change_lists: Mutex::new(HashMap::new()),
@@ -410,11 +457,13 @@ impl Node {
                 self.propose(caller, chain, proposal).await.map(|block| Response::Appended { block })
             }
             Request::Announce(announce) => self.on_announce(caller, from, announce).await,
-            Request::Challenge { session, challenge } => self.on_challenge(caller, session, challenge).await,
+            Request::Challenge { session, challenge, certificate } => {
+                self.on_challenge(caller, session, challenge, certificate).await
+            }
             Request::Abort { session } => self.on_abort(caller, session),
             Request::Commit { block } => self.on_commit(caller, from, block).await,
             Request::Genesis { genesis } => self.on_genesis(caller, genesis),
-            Request::GetPromise { chain, index } => self.get_promise(caller, chain, index),
+            Request::GetIndexState { chain, index } => self.get_index_state(caller, chain, index),
             Request::ListChains { after } => {
                 self.chain_page(after).map(|(heads, more)| Response::Chains { heads, more })
             }
@@ -487,7 +536,7 @@ impl Node {
             let leaf = HeadLeaf { chain: state.chain, index: state.index(), id: state.id };
             self.current_heads.lock().expect("lock").note(leaf);
         }
-        self.forget_promises(&state.chain, state.index());
+        self.forget_index_states(&state.chain, state.index());
         self.note_appended(block);
         Ok(state)
     }
@@ -569,46 +618,26 @@ impl Node {
             .map_err(|reason| err(ErrorCode::Refused, reason))
     }
 
-    /// The checks before this node commits to `block` in a round (§9.1). A node that
-    /// promised another block at the index refuses (`Promised`: the leader should re-lead
-    /// that one). A block this node promised, or that more members promised than the
-    /// committee may have faulty ones ([`faulty_bound`], so at least one honest member
-    /// checked it when it was fresh), is checked by the rules that do not depend on the
-    /// moment: it may be older than the clock skew, and a timeline block's heads may have
-    /// moved since (its entry must still decode and carry the block's time). Any other
-    /// block gets every rule ([`Node::check_block`]).
-    fn check_to_sign(&self, head: &ChainState, block: &Block, promises: &[PromiseSignature]) -> Result<(), ErrorReply> {
-        let index = block.header.index;
+    /// The checks before this node votes for `block` (§9.1). A block this node is locked on,
+    /// or one the announce justifies with a complete certificate (`t` votes: more than the
+    /// faulty members, so an honest one checked it when it was fresh), is checked by the
+    /// rules that do not depend on the moment: it may be older than the clock skew, and a
+    /// timeline block's heads may have moved since (its entry must still decode and carry
+    /// the block's time). Any other block gets every rule ([`Node::check_block`]). Returns
+    /// whether the justification is a complete certificate.
+    fn check_to_sign(
+        &self,
+        head: &ChainState,
+        block: &Block,
+        justification: Option<&Certificate>,
+    ) -> Result<bool, ErrorReply> {
         let id = block.id();
-        let vouched = match self.promised(&head.chain, index)? {
-            Some(own) if own.id != id => {
-                return Err(err(
-                    ErrorCode::Promised,
-                    format!(
-                        "this witness promised another block at index {index} and signs no other; re-lead that one"
-                    ),
-                ))
-            }
-            Some(_) => true,
-            None if promises.is_empty() => false,
-            None => {
-                let roster = head.committee.roster();
-                // Members and no member twice, before any signature is checked.
-                let mut seen = HashSet::with_capacity(promises.len());
-                if promises.len() > roster.len()
-                    || promises.iter().any(|p| roster.index_of(&p.member).is_none() || !seen.insert(p.member))
-                {
-                    return Err(err(
-                        ErrorCode::BadRequest,
-                        "the announce's promises must be by distinct members of the committee",
-                    ));
-                }
-                let valid = promises.iter().filter(|p| p.verify(&id)).count();
-                valid > faulty_bound(&head.committee)
-            }
-        };
-        if !vouched {
-            return self.check_block(head, block);
+        let roster = head.committee.roster();
+        let locked = self.index_state(&head.chain, block.header.index)?.lock.is_some_and(|(b, _)| b.id() == id);
+        let justified = justification
+            .is_some_and(|c| checked_certificate(roster, &id, c).is_complete(roster.len(), head.committee.threshold()));
+        if !locked && !justified {
+            return self.check_block(head, block).map(|()| false);
         }
         self.check_valid(head, block)?;
         let ahead = block.header.timestamp_ms.saturating_sub(now_ms());
@@ -622,7 +651,7 @@ impl Node {
                 return Err(err(ErrorCode::Refused, "timeline entry time differs from the block's time"));
             }
         }
-        Ok(())
+        Ok(justified)
     }
 
     /// The kind of a chain this node serves (its genesis's).

@@ -1,18 +1,22 @@
-//! Rounds: reservations, durable promises and re-leading what was promised (SPEC §9.1),
-//! leading a round over the tree, and taking part in others' (announce, challenge, abort,
-//! commit).
+//! Rounds: reservations, agreement states (votes and locks, SPEC §9.1, by the rules of
+//! [`crate::agreement`]) and re-leading a locked block, leading a round over the tree, and
+//! taking part in others' (announce, challenge, abort, commit).
 
 use super::*;
+use std::collections::BTreeMap;
 
 impl Node {
     /// Holds `(chain, index)` for `id` for a while, so that concurrent leaders do not split
-    /// the witnesses between two blocks before any response is given.
-    pub(super) fn reserve(&self, chain: ChainId, index: u64, id: BlockId) -> Result<(), ErrorReply> {
+    /// the witnesses between two blocks before any response is given. `takeover`: the block
+    /// is re-led with a complete certificate, so it replaces whatever is held (a reservation
+    /// is only a way to settle racing leaders; the one a dead leader left would otherwise
+    /// hold the index against its own recovery for a whole lease).
+    pub(super) fn reserve(&self, chain: ChainId, index: u64, id: BlockId, takeover: bool) -> Result<(), ErrorReply> {
         let now = Instant::now();
         let mut reservations = self.reservations.lock().expect("lock");
         reservations.retain(|_, (_, until)| *until > now);
         match reservations.get(&(chain, index)) {
-            Some((held, _)) if *held != id => {
+            Some((held, _)) if *held != id && !takeover => {
                 Err(err(ErrorCode::Busy, format!("index {index} is held by another proposed block; retry shortly")))
             }
             _ => {
@@ -26,95 +30,138 @@ impl Node {
         self.reservations.lock().expect("lock").retain(|(c, i), _| !(*c == chain && *i <= index));
     }
 
-    /// Durably promises to sign no block but `block` at its index; refuses if another was
-    /// promised. Called before any partial response leaves this node. The block is kept
-    /// (unsigned) so that a leader can re-lead it if this round dies (§9.1).
-    pub(super) fn promise(&self, block: &Block) -> Result<(), ErrorReply> {
-        blocking(|| self.promise_now(block))
+    /// This node's agreement state at `(chain, index)` (§9.1; the default when none).
+    pub(super) fn index_state(&self, chain: &ChainId, index: u64) -> Result<IndexState, ErrorReply> {
+        let db = self.store.db();
+        let cf = db.cf_handle(CF_AGREEMENT).expect("agreement column family is opened at start");
+        let internal = |e: String| err(ErrorCode::Internal, format!("agreement store: {e}"));
+        match db.get_pinned_cf(cf, index_key(chain, index)).map_err(|e| internal(e.to_string()))? {
+            None => Ok(IndexState::default()),
+            Some(value) => chainiac_skipchain::decode_exact(&value).map_err(|e| internal(e.to_string())),
+        }
     }
 
-    pub(super) fn promise_now(&self, block: &Block) -> Result<(), ErrorReply> {
-        let chain = block.header.chain.ok_or_else(|| err(ErrorCode::BadRequest, "a genesis is not promised"))?;
-        let index = block.header.index;
-        let _guard = self.promise_lock.lock().expect("lock");
-        // Under the lock that `forget_promises` takes too: no promise is written at an index
-        // already filled (its earlier promise may just have been dropped).
-        let filled = self.store.head(&chain).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+    /// Writes the agreement state at `(chain, index)`, synced. The caller holds
+    /// `agreement_lock`, which `forget_index_states` takes too: no state is written at an
+    /// index already filled (its earlier state may just have been dropped).
+    fn store_index_state(&self, chain: &ChainId, index: u64, state: &IndexState) -> Result<(), ErrorReply> {
+        let filled = self.store.head(chain).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
         if filled.is_some_and(|head| head.index >= index) {
             return Err(err(ErrorCode::Conflict, format!("index {index} is filled; propose on the new head")));
         }
-        match self.promised(&chain, index)? {
-            Some(existing) if existing.id != block.id() => Err(err(
-                ErrorCode::Promised,
-                format!("this witness already promised another block at index {index} and never signs two"),
-            )),
-            Some(_) => Ok(()),
-            None => {
-                let db = self.store.db();
-                let cf = db.cf_handle(CF_PROMISES).expect("promises column family is opened at start");
-                let unsigned = Block { signature: None, ..block.clone() };
-                let bytes = postcard::to_allocvec(&unsigned).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
-                let mut options = rocksdb::WriteOptions::default();
-                options.set_sync(true);
-                db.put_cf_opt(cf, promise_key(&chain, index), bytes, &options)
-                    .map_err(|e| err(ErrorCode::Internal, format!("promise store: {e}")))
+        let db = self.store.db();
+        let cf = db.cf_handle(CF_AGREEMENT).expect("agreement column family is opened at start");
+        let bytes = postcard::to_allocvec(state).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(true);
+        db.put_cf_opt(cf, index_key(chain, index), bytes, &options)
+            .map_err(|e| err(ErrorCode::Internal, format!("agreement store: {e}")))
+    }
+
+    /// Rule 1 of §9.1: votes for `block` at `ballot` if the agreement rules allow, storing
+    /// the raised ballot (synced) before the vote leaves this node. A ballot more than
+    /// [`MAX_BALLOT_STEP`] above this node's is refused, and this node's ballot raised by
+    /// that step instead (raising it without a vote is always safe: it only refuses more),
+    /// so that a liar cannot use the ballots up while honest leaders still reach members
+    /// a liar left behind.
+    pub(super) fn cast_vote(
+        &self,
+        head: &ChainState,
+        block: &Block,
+        ballot: u64,
+        justification: Option<&Certificate>,
+    ) -> Result<Vote, ErrorReply> {
+        blocking(|| {
+            let (chain, index, id) = (head.chain, block.header.index, block.id());
+            let roster = head.committee.roster();
+            let me = self.member_of(roster)?;
+            let justification = justification.map(|c| checked_certificate(roster, &id, c));
+            let _guard = self.agreement_lock.lock().expect("lock");
+            let mut state = self.index_state(&chain, index)?;
+            let reach = state.voted.saturating_add(MAX_BALLOT_STEP);
+            if ballot > reach {
+                let message = format!("index {index}: ballot {ballot} is more than {MAX_BALLOT_STEP} above ballot {}, at which this member voted; raised to {reach}", state.voted);
+                state.voted = reach;
+                self.store_index_state(&chain, index, &state)?;
+                return Err(err(ErrorCode::Promised, message));
             }
-        }
+            let mut durable = core_state(roster, &state);
+            durable
+                .vote(agreement_committee(&head.committee), &id, ballot, justification.as_ref())
+                .map_err(|refusal| refused(index, refusal))?;
+            state.voted = durable.voted;
+            self.store_index_state(&chain, index, &state)?;
+            Ok(Vote::sign(&self.key, me as u32, &id, ballot))
+        })
     }
 
-    /// What this node promised at `(chain, index)`, if anything.
-    pub(super) fn promised(&self, chain: &ChainId, index: u64) -> Result<Option<Promised>, ErrorReply> {
-        let db = self.store.db();
-        let cf = db.cf_handle(CF_PROMISES).expect("promises column family is opened at start");
-        let internal = |e: String| err(ErrorCode::Internal, format!("promise store: {e}"));
-        let Some(value) = db.get_pinned_cf(cf, promise_key(chain, index)).map_err(|e| internal(e.to_string()))? else {
-            return Ok(None);
-        };
-        let block: Block = chainiac_skipchain::decode_exact(&value).map_err(|e| internal(e.to_string()))?;
-        Ok(Some(Promised { id: block.id(), block }))
+    /// Rule 3 of §9.1: locks on `block` with `certificate` (stored, synced) before this
+    /// node's partial signature over it at the certificate's ballot leaves.
+    pub(super) fn take_lock(
+        &self,
+        head: &ChainState,
+        block: &Block,
+        certificate: &Certificate,
+    ) -> Result<(), ErrorReply> {
+        blocking(|| {
+            let (chain, index, id) = (head.chain, block.header.index, block.id());
+            let roster = head.committee.roster();
+            let checked = checked_certificate(roster, &id, certificate);
+            let _guard = self.agreement_lock.lock().expect("lock");
+            let mut state = self.index_state(&chain, index)?;
+            let mut durable = core_state(roster, &state);
+            durable.lock(agreement_committee(&head.committee), &checked).map_err(|refusal| refused(index, refusal))?;
+            state.voted = durable.voted;
+            // Only the valid votes are kept, one per member.
+            let mut votes: Vec<Vote> = Vec::with_capacity(checked.voters.len());
+            for vote in &certificate.votes {
+                if checked.voters.contains(&(vote.member as usize)) && !votes.iter().any(|v| v.member == vote.member) {
+                    votes.push(*vote);
+                }
+            }
+            let unsigned = Block { signature: None, ..block.clone() };
+            state.lock = Some((unsigned, Certificate { ballot: certificate.ballot, votes }));
+            self.store_index_state(&chain, index, &state)
+        })
     }
 
-    /// A promise ends when its index is filled: drops this chain's promises up to `index`.
-    pub(super) fn forget_promises(&self, chain: &ChainId, index: u64) {
-        let _guard = self.promise_lock.lock().expect("lock");
+    /// An agreement state ends when its index is filled: drops this chain's states up to
+    /// `index`.
+    pub(super) fn forget_index_states(&self, chain: &ChainId, index: u64) {
+        let _guard = self.agreement_lock.lock().expect("lock");
         let db = self.store.db();
-        let cf = db.cf_handle(CF_PROMISES).expect("promises column family is opened at start");
+        let cf = db.cf_handle(CF_AGREEMENT).expect("agreement column family is opened at start");
         let mut batch = rocksdb::WriteBatch::default();
-        batch.delete_range_cf(cf, promise_key(chain, 0), promise_key(chain, index));
-        batch.delete_cf(cf, promise_key(chain, index));
+        batch.delete_range_cf(cf, index_key(chain, 0), index_key(chain, index));
+        batch.delete_cf(cf, index_key(chain, index));
         if let Err(e) = db.write(batch) {
-            warn!(chain = %chain.to_hex()[..16], "could not drop filled promises: {e}");
+            warn!(chain = %chain.to_hex()[..16], "could not drop filled agreement states: {e}");
         }
     }
 
-    /// A `GetPromise` from a member of the chain's committee: the block this node promised
-    /// at an unfilled index, signed (none at a filled one).
-    pub(super) fn get_promise(&self, caller: PublicKey, chain: ChainId, index: u64) -> Reply {
+    /// A `GetIndexState` from a member of the chain's committee: this node's agreement
+    /// state at an unfilled index (the default at a filled one).
+    pub(super) fn get_index_state(&self, caller: PublicKey, chain: ChainId, index: u64) -> Reply {
         let head = self.head(&chain)?;
         self.authorize(&caller, head.committee.roster())?;
-        if index <= head.index() {
-            return Ok(Response::Promise(None));
-        }
-        let promise = self.promised(&chain, index)?.map(|p| Box::new(SignedPromise::sign(&self.key, p.block)));
-        Ok(Response::Promise(promise))
+        let state = if index <= head.index() { IndexState::default() } else { self.index_state(&chain, index)? };
+        Ok(Response::IndexState(Box::new(state)))
     }
 
-    /// The promises members hold at the index after `head`, gathered from every member
-    /// (this node's own included), and the block to re-lead: this node's own promise if it
-    /// has one (it signs no other there), else the block most members promised (ties: the
-    /// lower id). `None` when nobody reports one.
-    pub(super) async fn gather_promises(
+    /// Rule 4 of §9.1: the states of the members at the index after `head` (this node's
+    /// own and every member's that answers; a reported lock counts only with a complete
+    /// certificate for a block at that index), and what to lead: the block of the highest
+    /// lock with its certificate, or none (then the caller's own block), at a ballot above
+    /// every ballot reported.
+    pub(super) async fn plan_index(
         self: &Arc<Self>,
         head: &ChainState,
-    ) -> Result<Option<(Block, Vec<PromiseSignature>)>, ErrorReply> {
+    ) -> Result<(u64, Option<(Block, Certificate)>), ErrorReply> {
         let (chain, index) = (head.chain, head.index() + 1);
         let roster = Arc::new(head.committee.roster().clone());
         let me = self.member_of(&roster)?;
-        let own = self.promised(&chain, index)?;
-        let mut reports: Vec<SignedPromise> = Vec::new();
-        if let Some(own) = &own {
-            reports.push(SignedPromise::sign(&self.key, own.block.clone()));
-        }
+        let own = self.index_state(&chain, index)?;
+        let mut reports: Vec<IndexState> = vec![own.clone()];
         // Members presumed down (they just missed a round) are not waited for.
         let now = Instant::now();
         let down: HashSet<PublicKey> =
@@ -122,49 +169,37 @@ impl Node {
         let others: Vec<usize> = (0..roster.len())
             .filter(|&i| i != me && roster.member(i).is_some_and(|m| !down.contains(&m.key)))
             .collect();
-        let request = Request::GetPromise { chain, index };
-        for (member, reply) in self.ask_children(&roster, &others, request, self.config.peer_timeout()).await {
-            if let Ok(Response::Promise(Some(promise))) = reply {
-                let from_member = roster.member(member).is_some_and(|m| m.key == promise.member);
-                let here = promise.block.header.chain == Some(chain) && promise.block.header.index == index;
-                let again = reports.iter().any(|r| r.member == promise.member);
-                if from_member && here && !again && promise.verify() {
-                    reports.push(*promise);
+        let request = Request::GetIndexState { chain, index };
+        for (_, reply) in self.ask_children(&roster, &others, request, self.config.peer_timeout()).await {
+            if let Ok(Response::IndexState(mut state)) = reply {
+                // A member accepts ballots at most one step above its own: so is a report.
+                state.voted = state.voted.min(own.voted.saturating_add(MAX_BALLOT_STEP));
+                let valid = state.lock.as_ref().is_some_and(|(block, certificate)| {
+                    block.header.chain == Some(chain)
+                        && block.header.index == index
+                        && checked_certificate(&roster, &block.id(), certificate)
+                            .is_complete(roster.len(), head.committee.threshold())
+                });
+                if !valid {
+                    state.lock = None;
                 }
+                reports.push(*state);
             }
         }
-        let chosen = match &own {
-            Some(own) => own.id,
-            None => {
-                let mut counts: HashMap<BlockId, usize> = HashMap::new();
-                for report in &reports {
-                    *counts.entry(report.block.id()).or_default() += 1;
-                }
-                match counts.into_iter().max_by(|a, b| a.1.cmp(&b.1).then(b.0 .0.cmp(&a.0 .0))) {
-                    Some((id, _)) => id,
-                    None => return Ok(None),
-                }
-            }
+        let committee = agreement_committee(&head.committee);
+        let durables: Vec<agreement::Durable<BlockId>> = reports.iter().map(|r| core_state(&roster, r)).collect();
+        let Some(plan) = agreement::plan(committee, &durables, BlockId([0; 32]), own.voted) else {
+            return Err(err(
+                ErrorCode::Unavailable,
+                format!("only {} of {} members reported their state at index {index}", reports.len(), roster.len()),
+            ));
         };
-        let block = reports.iter().find(|p| p.block.id() == chosen).map(|p| p.block.clone());
-        let promises = reports.iter().filter(|p| p.block.id() == chosen).map(SignedPromise::signature).collect();
-        Ok(block.map(|block| (block, promises)))
-    }
-
-    /// Fills the index after `head` with `block`, which members promised there (a leader
-    /// died or withheld the signature after the promises were written, §9.1).
-    pub(super) async fn adopt(
-        self: &Arc<Self>,
-        head: &ChainState,
-        block: Block,
-        promises: Vec<PromiseSignature>,
-    ) -> Result<Block, ErrorReply> {
-        let index = block.header.index;
-        self.check_to_sign(head, &block, &promises)?;
-        info!(chain = %head.chain.to_hex()[..16], index, promised_by = promises.len(), "re-leading the promised block");
-        let block = self.run_round(head, block, promises).await?;
-        self.metrics.blocks_adopted.fetch_add(1, Ordering::Relaxed);
-        Ok(block)
+        let locked = plan.justification.as_ref().and_then(|c| {
+            reports
+                .iter()
+                .find_map(|r| r.lock.clone().filter(|(block, lock)| block.id() == c.block && lock.ballot == c.ballot))
+        });
+        Ok((plan.ballot, locked))
     }
 
     pub(super) fn chain_lock(&self, chain: ChainId) -> Arc<tokio::sync::Mutex<()>> {
@@ -172,8 +207,8 @@ impl Node {
     }
 
     /// Leads a round for the block `proposal` makes on top of the chain's head, appends the
-    /// signed block and tells the other witnesses. Where members promised another block at
-    /// that index (its leader died or withheld the signature), that block is re-led first
+    /// signed block and tells the other witnesses. Where members are locked on another block
+    /// at that index (its leader died or withheld the signature), that block is re-led first
     /// and the proposal goes on the next index; a timeline proposal ends there (the
     /// timeline moved).
     pub async fn lead(self: &Arc<Self>, chain: ChainId, mut proposal: Proposal) -> Result<Block, ErrorReply> {
@@ -182,59 +217,84 @@ impl Node {
         for _ in 0..=MAX_ADOPTIONS {
             let head = self.head(&chain)?;
             let index = head.index() + 1;
-            // This node signs nothing but what it promised at the index: that goes first.
-            let failure = if self.promised(&chain, index)?.is_some() {
-                None
-            } else {
-                if proposal.kind != KIND_TIMELINE {
-                    proposal.timestamp_ms = now_ms().max(head.header.timestamp_ms);
-                }
-                let block = head
-                    .propose(proposal.clone(), |i| self.store.block_id(&chain, i).ok().flatten())
-                    .map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
-                self.check_block(&head, &block)?;
-                match self.run_round(&head, block, Vec::new()).await {
-                    // Too few signed: members may be bound to a block whose leader died
-                    // or withheld the signature (members deeper in the tree answer their
+            // The fast path: this node's own block at the ballot after its own, no gathering
+            // first. A node locked here signs nothing but its lock's block: that goes first.
+            let own = self.index_state(&chain, index)?;
+            let mut failure = None;
+            if own.lock.is_none() {
+                let block = self.own_block(&head, &mut proposal)?;
+                match self.run_round(&head, block, next_ballot(own.voted)?, None).await {
+                    // Too few voted or signed: members may be locked on a block whose leader
+                    // died, or past this ballot (members deeper in the tree answer their
                     // parent, not this node, so any shortfall is a reason to ask).
-                    Err(e) if matches!(e.code, ErrorCode::Promised | ErrorCode::Unavailable) => Some(e),
+                    Err(e) if matches!(e.code, ErrorCode::Promised | ErrorCode::Unavailable) => failure = Some(e),
+                    done => return done,
+                }
+            }
+            // Too few members answer to plan: the round's own failure says more.
+            let (ballot, locked) = match self.plan_index(&head).await {
+                Ok(plan) => plan,
+                Err(e) => return Err(failure.unwrap_or(e)),
+            };
+            let Some((block, certificate)) = locked else {
+                // Nobody is locked: this node's block again, above every ballot reported.
+                let block = self.own_block(&head, &mut proposal)?;
+                match self.run_round(&head, block, ballot, None).await {
+                    // Members moved past the ballot meanwhile (or a liar's ballot raised them
+                    // a step): gather again.
+                    Err(e) if e.code == ErrorCode::Promised => continue,
                     done => return done,
                 }
             };
-            let Some((block, promises)) = self.gather_promises(&head).await? else {
-                return Err(failure.unwrap_or_else(|| {
-                    err(ErrorCode::Unavailable, format!("no member reported a promise at index {index}; try again"))
-                }));
+            self.check_to_sign(&head, &block, Some(&certificate))?;
+            info!(chain = %chain.to_hex()[..16], index, ballot, "re-leading the locked block");
+            let adopted = match self.run_round(&head, block, ballot, Some(certificate)).await {
+                Err(e) if e.code == ErrorCode::Promised => continue,
+                done => done?,
             };
-            let adopted = self.adopt(&head, block, promises).await?;
+            self.metrics.blocks_adopted.fetch_add(1, Ordering::Relaxed);
             let same = adopted.header.kind == proposal.kind
                 && adopted.payload == proposal.payload
                 && adopted.committee == proposal.committee
                 && adopted.policy == proposal.policy;
             if same {
-                return Ok(adopted); // a retried proposal whose first leader died after the promises
+                return Ok(adopted); // a retried proposal whose first leader died after the locks
             }
             if proposal.kind == KIND_TIMELINE {
                 if proposal.committee.is_some() {
                     return Err(err(
                         ErrorCode::Conflict,
-                        format!("index {index} held a promised timeline block, now appended; propose the change again"),
+                        format!("index {index} held a locked timeline block, now appended; propose the change again"),
                     ));
                 }
                 return Ok(adopted); // the timeline moved, which is what a tick asks
             }
         }
-        Err(err(ErrorCode::Unavailable, "every index tried held another promised block; propose again"))
+        Err(err(ErrorCode::Unavailable, "every index tried held another locked block; propose again"))
     }
 
-    /// One round for `block` on top of `head` (attempts with faulty members left out),
-    /// then the append and the commit to every member. `promises`: the members' signed
-    /// promises of a block re-led as promised.
+    /// The block `proposal` makes on `head`, stamped now (timeline blocks keep their entry's
+    /// time), checked by every rule.
+    fn own_block(&self, head: &ChainState, proposal: &mut Proposal) -> Result<Block, ErrorReply> {
+        if proposal.kind != KIND_TIMELINE {
+            proposal.timestamp_ms = now_ms().max(head.header.timestamp_ms);
+        }
+        let block = head
+            .propose(proposal.clone(), |i| self.store.block_id(&head.chain, i).ok().flatten())
+            .map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
+        self.check_block(head, &block)?;
+        Ok(block)
+    }
+
+    /// One round for `block` on top of `head` from ballot `first_ballot` (each attempt one
+    /// ballot higher; faulty members left out), then the append and the commit to every
+    /// member. `justification`: the certificate of a locked block being re-led.
     pub(super) async fn run_round(
         self: &Arc<Self>,
         head: &ChainState,
         mut block: Block,
-        promises: Vec<PromiseSignature>,
+        first_ballot: u64,
+        justification: Option<Certificate>,
     ) -> Result<Block, ErrorReply> {
         let chain = head.chain;
         let roster = Arc::new(head.committee.roster().clone());
@@ -259,11 +319,21 @@ impl Node {
                     "the chain moved on while this block was proposed; propose again on the new head",
                 ));
             }
-            self.reserve(chain, index, id)?;
+            self.reserve(chain, index, id, justification.is_some())?;
             let mut session_id = [0u8; 32];
             OsRng.fill_bytes(&mut session_id);
             let session_id = SessionId(session_id);
-            let ballot = attempt as u64;
+            // Each attempt is a ballot of its own: members vote at most once per ballot.
+            let ballot = first_ballot.saturating_add(attempt as u64 - 1);
+            let own_vote = match self.cast_vote(head, &block, ballot, justification.as_ref()) {
+                Ok(vote) => vote,
+                Err(e) => {
+                    self.release(chain, index);
+                    self.metrics.rounds_failed.fetch_add(1, Ordering::Relaxed);
+                    return Err(e);
+                }
+            };
+            let mut votes: BTreeMap<u32, Vote> = BTreeMap::from([(own_vote.member, own_vote)]);
             let session = Session::new(roster.clone(), session_id, BlockSignature::message(&id, ballot).to_vec());
             let tree = Tree::new(roster.len(), me, self.config.branching as usize, &excluded);
             let mut leader =
@@ -277,18 +347,34 @@ impl Node {
                 branching: self.config.branching,
                 excluded: excluded.as_bytes().to_vec(),
                 ballot,
-                promises: promises.clone(),
+                justification: justification.clone(),
             };
             let wait = self.wait_for_children(&tree, me);
             let mut busy = false;
             let mut promised_elsewhere = 0;
+            // Children that answered, if only with a refusal: up, whatever the round says.
+            let mut answered: Vec<u32> = Vec::new();
             for (child, reply) in
                 self.ask_children(&roster, &tree.children(me), Request::Announce(announce), wait).await
             {
+                if matches!(reply, Err(CallError::Remote(_))) {
+                    answered.push(child as u32);
+                }
                 match reply {
-                    Ok(Response::Commitment(c)) => {
-                        if let Err(e) = leader.aggregator().receive_commitment(child, &c) {
+                    Ok(Response::Voted { commitment, votes: subtree }) => {
+                        if let Err(e) = leader.aggregator().receive_commitment(child, &commitment) {
                             warn!(member = child, "bad commitment: {e}");
+                        }
+                        // Only votes of the child's subtree count, each checked, one a member.
+                        let below = tree.subtree(child);
+                        for vote in subtree.into_iter().take(roster.len()) {
+                            let member = vote.member as usize;
+                            let valid = below.contains(member)
+                                && !votes.contains_key(&vote.member)
+                                && roster.member(member).is_some_and(|m| vote.verify(&m.key, &id, ballot));
+                            if valid {
+                                votes.insert(vote.member, vote);
+                            }
                         }
                     }
                     Ok(other) => warn!(member = child, "unexpected answer to announce: {other:?}"),
@@ -300,7 +386,8 @@ impl Node {
             let challenge = match leader.challenge() {
                 Ok(challenge) => challenge,
                 Err(RoundError::BelowThreshold { present, threshold, unreachable }) => {
-                    self.note_reachability(&roster, &tree, &unreachable);
+                    let silent: Vec<u32> = unreachable.iter().copied().filter(|u| !answered.contains(u)).collect();
+                    self.note_reachability(&roster, &tree, &silent);
                     let hidden = unreachable.iter().any(|&u| !tree.children(u as usize).is_empty());
                     last_error = err(
                         ErrorCode::Unavailable,
@@ -317,12 +404,12 @@ impl Node {
                         presumed = false;
                         continue;
                     }
-                    if roster.len() - promised_elsewhere < threshold && promises.is_empty() {
-                        // So many members promised another block here that this one
-                        // cannot pass: the caller re-leads that one.
+                    if roster.len() - promised_elsewhere < threshold {
+                        // So many members are locked elsewhere or past this ballot that this
+                        // block cannot pass here: the caller gathers their states.
                         last_error = err(
                             ErrorCode::Promised,
-                            format!("{promised_elsewhere} member(s) promised another block at index {index}"),
+                            format!("{promised_elsewhere} member(s) are locked on another block at index {index} or voted past ballot {ballot}"),
                         );
                         break;
                     }
@@ -346,12 +433,30 @@ impl Node {
                 }
             };
             self.note_reachability(&roster, &tree, leader.unreachable());
-            self.promise(&block)?;
+            if votes.len() < threshold {
+                // Committed but not voted (a subtree's parent may drop votes): short.
+                last_error = err(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "only {} of {} members voted at ballot {ballot}, {threshold} must",
+                        votes.len(),
+                        roster.len()
+                    ),
+                );
+                self.abort_children(&roster, &tree, me, session_id).await;
+                continue;
+            }
+            let certificate = Certificate { ballot, votes: votes.into_values().collect() };
+            if let Err(e) = self.take_lock(head, &block, &certificate) {
+                self.abort_children(&roster, &tree, me, session_id).await;
+                last_error = e;
+                break;
+            }
             let own = nonces.respond(&session, &self.key, &challenge).map_err(protocol_err)?;
             leader.aggregator().receive_response(me, &own).map_err(protocol_err)?;
             let responders: Vec<usize> =
                 leader.aggregator().expected_responders().into_iter().filter(|&m| m != me).collect();
-            let request = Request::Challenge { session: session_id, challenge };
+            let request = Request::Challenge { session: session_id, challenge, certificate };
             for (child, reply) in self.ask_children(&roster, &responders, request, wait).await {
                 match reply {
                     Ok(Response::Signed(r)) => {
@@ -524,10 +629,26 @@ impl Node {
         if tree.parent(me).and_then(|p| roster.member(p)).map(|m| m.key) != Some(caller) {
             return Err(self.forbidden(format!("key {caller} is not this witness's parent in the round's tree")));
         }
-        self.check_to_sign(&head, &announce.block, &announce.promises)?;
+        let justified = self.check_to_sign(&head, &announce.block, announce.justification.as_ref())?;
         let block = announce.block.clone();
         let id = block.id();
-        self.reserve(chain, index, id)?;
+        // A member the rules keep from voting says so before it holds the index.
+        let mut durable = core_state(&roster, &self.index_state(&chain, index)?);
+        let justification = announce.justification.as_ref().map(|c| checked_certificate(&roster, &id, c));
+        durable
+            .vote(agreement_committee(&head.committee), &id, announce.ballot, justification.as_ref())
+            .map_err(|refusal| refused(index, refusal))?;
+        self.reserve(chain, index, id, justified)?;
+        let vote = match self.cast_vote(&head, &block, announce.ballot, announce.justification.as_ref()) {
+            Ok(vote) => vote,
+            Err(refusal) => {
+                // Not this block: its reservation would only hold the index against the one
+                // this node may vote for.
+                self.reservations.lock().expect("lock").retain(|k, (held, _)| *k != (chain, index) || *held != id);
+                return Err(refusal);
+            }
+        };
+        let mut votes = vec![vote];
         let session =
             Session::new(roster.clone(), announce.session, BlockSignature::message(&id, announce.ballot).to_vec());
         let (nonces, own) = commit(&session, me, &self.key, &mut OsRng).map_err(protocol_err)?;
@@ -540,9 +661,18 @@ impl Node {
             let relay = announce.clone();
             let wait = self.wait_for_children(&tree, me);
             for (child, reply) in self.ask_children(&roster, &children, Request::Announce(relay), wait).await {
-                if let Ok(Response::Commitment(c)) = reply {
-                    if let Err(e) = aggregator.receive_commitment(child, &c) {
+                if let Ok(Response::Voted { commitment, votes: subtree }) = reply {
+                    if let Err(e) = aggregator.receive_commitment(child, &commitment) {
                         warn!(member = child, "bad commitment: {e}");
+                    }
+                    // Passed up unchecked (the leader checks each), but only the child's
+                    // subtree's, one a member: a liar below cannot crowd out the others.
+                    let below = tree.subtree(child);
+                    for vote in subtree.into_iter().take(roster.len()) {
+                        let member = vote.member as usize;
+                        if below.contains(member) && !votes.iter().any(|v| v.member == vote.member) {
+                            votes.push(vote);
+                        }
                     }
                 }
             }
@@ -553,9 +683,19 @@ impl Node {
         rounds.retain(|_, r| r.expires > Instant::now());
         rounds.insert(
             announce.session,
-            RoundState { chain, block, session, member: me, tree, nonces, aggregator, expires },
+            RoundState {
+                chain,
+                block,
+                ballot: announce.ballot,
+                session,
+                member: me,
+                tree,
+                nonces,
+                aggregator,
+                expires,
+            },
         );
-        Ok(Response::Commitment(commitment))
+        Ok(Response::Voted { commitment, votes })
     }
 
     pub(super) async fn on_challenge(
@@ -563,6 +703,7 @@ impl Node {
         caller: PublicKey,
         session_id: SessionId,
         challenge: Challenge,
+        certificate: Certificate,
     ) -> Reply {
         let state = {
             let mut rounds = self.rounds.lock().expect("lock");
@@ -576,7 +717,15 @@ impl Node {
             }
             rounds.remove(&session_id).expect("present")
         };
-        let RoundState { chain, block, session, member: me, tree, nonces, mut aggregator, .. } = state;
+        let RoundState { chain, block, ballot, session, member: me, tree, nonces, mut aggregator, .. } = state;
+        // The share leaves over `id || ballot` of this session: the lock must be at that ballot.
+        if certificate.ballot != ballot {
+            self.release(chain, block.header.index);
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("the certificate is for ballot {}, this round's is {ballot}", certificate.ballot),
+            ));
+        }
         let roster = session.roster().clone();
         let head = self.head(&chain)?;
         if head.index() + 1 != block.header.index {
@@ -585,7 +734,7 @@ impl Node {
         if let Some(aggregator) = aggregator.as_mut() {
             aggregator.receive_challenge(&challenge).map_err(protocol_err)?;
         }
-        self.promise(&block)?;
+        self.take_lock(&head, &block, &certificate)?;
         let own = nonces.respond(&session, &self.key, &challenge).map_err(protocol_err)?;
         let Some(mut aggregator) = aggregator else {
             return Ok(Response::Signed(own));
@@ -593,7 +742,7 @@ impl Node {
         aggregator.receive_response(me, &own).map_err(protocol_err)?;
         let responders: Vec<usize> = aggregator.expected_responders().into_iter().filter(|&m| m != me).collect();
         let wait = self.wait_for_children(&tree, me);
-        let request = Request::Challenge { session: session_id, challenge };
+        let request = Request::Challenge { session: session_id, challenge, certificate };
         for (child, reply) in self.ask_children(&roster, &responders, request, wait).await {
             if let Ok(Response::Signed(r)) = reply {
                 if let Err(e) = aggregator.receive_response(child, &r) {
