@@ -7,8 +7,8 @@ use crate::report::{bytes, Plot, Report, Series};
 use anyhow::{bail, Context};
 use chainiac_cosi::{hash, SecretKey};
 use chainiac_proto::{
-    ErrorReply, Response, TimelineBatch, MAX_CHANGE_BLOCKS, MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS,
-    PROOFS_RESPONSE_BUDGET,
+    ErrorCode, ErrorReply, LinkedQuery, ProofQuery, Response, TimelineBatch, MAX_HELD_APPOINTMENTS, MAX_PROOF_QUERIES,
+    MAX_TIMELINE_CHAINS,
 };
 use chainiac_release::{
     content_hash, Artifact, Attestation, AttestationBody, DeveloperSignature, Manifest, Outcome, Policy, PolicyChange,
@@ -18,20 +18,22 @@ use chainiac_skipchain::authority::KIND_COMMITTEE;
 use chainiac_skipchain::block::payload_hash;
 use chainiac_skipchain::store::{self, MemoryStore, Store};
 use chainiac_skipchain::timeline::{
-    chain_prefix, changes_cost, changes_page, inclusion_cost, ChainPrefix, ChangeList, HeadLeaf, HeadSet,
-    TimelineChanges, TimelineEntry, KIND_TIMELINE,
+    chain_prefix, changes_cost, inclusion_cost, ChainPrefix, ChangeList, HeadLeaf, HeadSet, TimelineEntry,
+    KIND_TIMELINE,
 };
 use chainiac_skipchain::CatchUp;
 use chainiac_skipchain::{
     Appointment, Appointments, Block, BlockId, ChainParams, ChainState, LinkedProof, PolicyChanged, Proof, ProofStep,
     Proposal, StepHeader, Verified,
 };
+use chainiac_witness::answers;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const DAY_MS: u64 = 86_400_000;
@@ -671,55 +673,66 @@ struct Answered<P> {
     cpu: Duration,
 }
 
-/// How the bench makes and checks one kind of batched proof, as a witness and a client do.
-trait Batched: Serialize + serde::de::DeserializeOwned + Sized {
-    /// The witness's proof for `chain` from `trusted` to its head, leaving out the
-    /// committees `named` holds.
-    fn make(store: &MemoryStore, trusted: &ChainState, chain: &ChainBuilder, named: &HashSet<[u8; 32]>) -> Self;
+/// One kind of batched proof: the witness's own answer to a request for some chains (the
+/// functions of `chainiac_witness::answers` over the bench's store), and the client's check.
+trait Batched: Serialize + serde::de::DeserializeOwned + Clone + Sized {
+    /// The witness's answer for `chains`, each from its state at mark `d`, for a client that
+    /// names `held` as held.
+    fn answer(
+        store: &MemoryStore,
+        chains: &[&ChainBuilder],
+        d: usize,
+        held: Vec<[u8; 32]>,
+    ) -> Vec<Result<Self, ErrorReply>>;
     /// The client's check with the appointments it holds.
     fn check(&self, trusted: &ChainState, chain: &ChainBuilder, known: &Appointments) -> chainiac_skipchain::CatchUp;
-    fn carried(&self) -> Vec<&Appointment>;
 }
 
 impl Batched for Proof {
-    fn make(store: &MemoryStore, trusted: &ChainState, chain: &ChainBuilder, named: &HashSet<[u8; 32]>) -> Self {
-        let to = chain.head.index();
-        store::prove(store, &trusted.chain, trusted.index(), to, to > trusted.index())
-            .unwrap()
-            .without_appointments(|hash| named.contains(hash))
+    fn answer(
+        store: &MemoryStore,
+        chains: &[&ChainBuilder],
+        d: usize,
+        held: Vec<[u8; 32]>,
+    ) -> Vec<Result<Self, ErrorReply>> {
+        let queries: Vec<ProofQuery> = chains
+            .iter()
+            .map(|c| ProofQuery { chain: c.chain, from: c.states_at_marks[d].index(), to: None })
+            .collect();
+        answers::proofs(store, &queries, true, held).expect("a well-formed request")
     }
     fn check(&self, trusted: &ChainState, _: &ChainBuilder, known: &Appointments) -> CatchUp {
         self.verify_with(trusted, known, &chainiac_release::policy_rule).expect("a valid proof").into_inner()
-    }
-    fn carried(&self) -> Vec<&Appointment> {
-        self.steps.iter().filter_map(|s| s.committee.as_ref()).collect()
     }
 }
 
 /// Through the head the timeline's newest block records: here the chain's head (the
 /// bench's last root is over the real heads).
 impl Batched for LinkedProof {
-    fn make(store: &MemoryStore, trusted: &ChainState, chain: &ChainBuilder, named: &HashSet<[u8; 32]>) -> Self {
-        let to = chain.head.index();
-        store::prove_linked(store, &trusted.chain, trusted.index(), to, to, to > trusted.index(), |hash| {
-            named.contains(hash)
-        })
-        .unwrap()
+    fn answer(
+        store: &MemoryStore,
+        chains: &[&ChainBuilder],
+        d: usize,
+        held: Vec<[u8; 32]>,
+    ) -> Vec<Result<Self, ErrorReply>> {
+        let queries: Vec<LinkedQuery> = chains
+            .iter()
+            .map(|c| LinkedQuery { chain: c.chain, from: c.states_at_marks[d].index(), recorded: c.head.index() })
+            .collect();
+        answers::linked_proofs(store, &queries, true, held).expect("a well-formed request")
     }
     fn check(&self, trusted: &ChainState, chain: &ChainBuilder, known: &Appointments) -> CatchUp {
         let recorded = (chain.head.index(), chain.head.id);
         self.verify_with(trusted, recorded, known, &chainiac_release::policy_rule).expect("a valid proof").into_inner()
     }
-    fn carried(&self) -> Vec<&Appointment> {
-        self.appointments.iter().chain(self.beyond.steps.iter().filter_map(|s| s.committee.as_ref())).collect()
-    }
 }
 
 /// The proofs of `chains` as a client receives them in `GetProofs` or `GetLinkedProofs`
-/// answers (one per [`MAX_PROOF_QUERIES`] chains): a witness leaves out every appointment
-/// the client named (`held`, then whatever the client learned from earlier answers) and
-/// every one an earlier proof of the same answer carried. Each entry is decoded and
-/// verified as the client does, with the appointments it holds.
+/// answers: requests of [`MAX_PROOF_QUERIES`] chains naming the newest
+/// [`MAX_HELD_APPOINTMENTS`] committees the client holds, as `chainiac update` sends them;
+/// entries the witness answers `Busy` (its answer was full) are asked for again in the next
+/// request. Each entry is decoded and verified as the client does, with the appointments
+/// it holds.
 fn batched<P: Batched>(
     store: &MemoryStore,
     chains: &[&ChainBuilder],
@@ -728,14 +741,22 @@ fn batched<P: Batched>(
 ) -> Vec<Answered<P>> {
     let mut known = held.clone();
     let mut answered = Vec::with_capacity(chains.len());
-    for chunk in chains.chunks(MAX_PROOF_QUERIES) {
-        // What the request names: everything the client knows before this answer.
-        let mut named: HashSet<[u8; 32]> = known.newest(usize::MAX).into_iter().collect();
-        for chain in chunk {
+    let mut pending: std::collections::VecDeque<&ChainBuilder> = chains.iter().copied().collect();
+    while !pending.is_empty() {
+        let ask: Vec<&ChainBuilder> = pending.drain(..pending.len().min(MAX_PROOF_QUERIES)).collect();
+        let entries = P::answer(store, &ask, d, known.newest(MAX_HELD_APPOINTMENTS));
+        let mut again = Vec::new();
+        for (chain, entry) in ask.into_iter().zip(entries) {
+            let proof = match entry {
+                Ok(proof) => proof,
+                Err(e) if e.code == ErrorCode::Busy => {
+                    again.push(chain);
+                    continue;
+                }
+                Err(e) => panic!("the witness refused a proof: {e}"),
+            };
             let trusted = &chain.states_at_marks[d];
             let to = chain.head.index();
-            let proof = P::make(store, trusted, chain, &named);
-            named.extend(proof.carried().into_iter().map(|a| a.digest()));
             let wire = postcard::to_allocvec(&proof).expect("serializes");
             let started = Instant::now();
             let decoded: P = chainiac_skipchain::decode_exact(&wire).expect("decodes");
@@ -750,6 +771,9 @@ fn batched<P: Batched>(
                 known.hold(appointment);
             }
             answered.push(Answered { entry: Ok(proof), cpu: started.elapsed() });
+        }
+        for chain in again.into_iter().rev() {
+            pending.push_front(chain);
         }
     }
     answered
@@ -767,7 +791,7 @@ fn lists_cost(lists: &[ChangeList], from: u64, to: u64) -> u64 {
 fn change_answers(
     store: &MemoryStore,
     timeline: &BlockId,
-    lists: &[ChangeList],
+    lists: &BTreeMap<u64, Arc<ChangeList>>,
     trusted: &ChainState,
     to: u64,
     held: &Appointments,
@@ -777,21 +801,18 @@ fn change_answers(
     let mut known = held.clone();
     let (mut cost, mut moved, mut state) = (Cost::default(), HashSet::new(), trusted.clone());
     while state.index() < to {
-        let block_cost = |k: u64| {
-            let list = &lists[k as usize - 1];
-            Some(changes_cost(list.len(), list.opened(&watched)))
-        };
-        let page = changes_page(state.index(), to, block_cost, MAX_CHANGE_BLOCKS, PROOFS_RESPONSE_BUDGET as u64);
-        let end = state.index() + page.len() as u64;
-        let proof = store::prove_each(store, timeline, state.index(), end)
-            .expect("stored")
-            .without_appointments(|h| known.holds(h));
-        let blocks = ((state.index() + 1)..=end).map(|k| {
-            let block = store.block(timeline, k).unwrap().expect("stored");
-            (TimelineEntry::from_bytes(&block.payload).expect("an entry"), &lists[k as usize - 1])
-        });
-        let wire = postcard::to_allocvec(&Response::TimelineChanges(TimelineChanges::answer(proof, blocks, &watched)))
-            .expect("encodes");
+        let answer = answers::timeline_changes(
+            store,
+            timeline,
+            state.index(),
+            to,
+            lists,
+            &watched,
+            known.newest(MAX_HELD_APPOINTMENTS),
+            0,
+        )
+        .expect("the witness serves the lists");
+        let wire = postcard::to_allocvec(&Response::TimelineChanges(answer)).expect("encodes");
         let started = Instant::now();
         let Ok(Response::TimelineChanges(answer)) = postcard::from_bytes::<Response>(&wire) else { panic!("decodes") };
         let seen = answer
@@ -1113,6 +1134,9 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
         let n = set.len() as u64;
         // What the witness weighs every client's offer against: the same for all of them.
         let wanted = lists_cost(&lists, trusted.index(), head_index);
+        // The lists as the witness keeps them: by block index.
+        let served_lists: BTreeMap<u64, Arc<ChangeList>> =
+            lists.iter().enumerate().map(|(k, list)| (k as u64 + 1, Arc::new(list.clone()))).collect();
         let (mut c_full, mut d_full, mut d1_full) = (Default::default(), Default::default(), Default::default());
         for (f, &follow) in options.follows.iter().enumerate() {
             let follow = follow.min(per_project.len());
@@ -1139,7 +1163,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
             let used_lists = wanted <= offer;
             if used_lists {
                 let (pages, moved) =
-                    change_answers(&store, &timeline.chain, &lists, trusted, head_index, &held, &followed);
+                    change_answers(&store, &timeline.chain, &served_lists, trusted, head_index, &held, &followed);
                 let moved: Vec<&ChainBuilder> = chains[..follow].iter().filter(|c| moved.contains(&c.chain)).collect();
                 let linked = batched::<LinkedProof>(&store, &moved, d, &held);
                 dd = pages;

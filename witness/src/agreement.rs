@@ -51,6 +51,13 @@ use std::collections::BTreeSet;
 /// A ballot number: a leader's attempt at an index. Higher is newer.
 pub type Ballot = u64;
 
+/// How far above its own ballot a member votes, and how far above its own a leader counts
+/// a report. Without a bound one liar's announce at `Ballot::MAX` would leave no ballot
+/// above it. A member shown a farther ballot refuses it and raises its own ballot by this
+/// step instead (raising without a vote only makes it refuse more: safe), so that members a
+/// liar pushed apart come within one step of each other as honest leaders keep trying.
+pub const MAX_BALLOT_STEP: Ballot = 1 << 20;
+
 /// `t` members' votes for one block at one ballot, as the node verified them (each vote is
 /// a signature by that member over the block, the index and the ballot).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +111,10 @@ pub enum Refusal {
     OlderThanLock { ballot: Ballot, lock: Ballot },
     #[error("the certificate's ballot {ballot} is below ballot {voted}, at which this member already voted")]
     Superseded { ballot: Ballot, voted: Ballot },
+    #[error(
+        "ballot {ballot} is more than {MAX_BALLOT_STEP} above this member's; its ballot was raised to {raised_to}"
+    )]
+    TooFar { ballot: Ballot, raised_to: Ballot },
 }
 
 /// The committee an index is agreed in: its size and threshold.
@@ -115,7 +126,8 @@ pub struct Committee {
 
 impl<B: Clone + PartialEq> Durable<B> {
     /// Rule 1: whether this member votes for `block` at `ballot`, given the announce's
-    /// `justification`; on `Ok` the caller stores the raised `voted` before answering.
+    /// `justification`; on `Ok` the caller stores the raised `voted` before answering, and
+    /// on [`Refusal::TooFar`] too (the ballot was raised by [`MAX_BALLOT_STEP`]).
     pub fn vote(
         &mut self,
         committee: Committee,
@@ -125,6 +137,11 @@ impl<B: Clone + PartialEq> Durable<B> {
     ) -> Result<(), Refusal> {
         if ballot <= self.voted {
             return Err(Refusal::OldBallot { ballot, voted: self.voted });
+        }
+        let reach = self.voted.saturating_add(MAX_BALLOT_STEP);
+        if ballot > reach {
+            self.voted = reach;
+            return Err(Refusal::TooFar { ballot, raised_to: reach });
         }
         if let Some(lock) = &self.lock {
             if lock.certificate.block != *block {
@@ -178,13 +195,16 @@ pub struct Plan<B> {
 /// Rule 4: from the states of at least `t` members (`reports`), the block to lead and its
 /// ballot: the block of the highest-ballot complete lock, justified by its certificate, or
 /// `own` when nobody reported a lock; the ballot above every ballot reported and above
-/// `at_least`. `None` when fewer than `t` reported.
+/// `at_least` (the leader's own), each report counted at most `MAX_BALLOT_STEP − 1` above
+/// `at_least` so that the leader itself accepts the ballot (a liar's report cannot make it
+/// refuse its own vote). `None` when fewer than `t` reported.
 pub fn plan<B: Clone>(committee: Committee, reports: &[Durable<B>], own: B, at_least: Ballot) -> Option<Plan<B>> {
     if reports.len() < committee.threshold {
         return None;
     }
+    let cap = at_least.saturating_add(MAX_BALLOT_STEP - 1);
     // Saturating: a member at `Ballot::MAX` refuses the ballot (`OldBallot`), nothing panics.
-    let ballot = reports.iter().map(|r| r.voted).max().unwrap_or(0).max(at_least).saturating_add(1);
+    let ballot = reports.iter().map(|r| r.voted.min(cap)).max().unwrap_or(0).max(at_least).saturating_add(1);
     let highest = reports
         .iter()
         .filter_map(|r| r.lock.as_ref())
@@ -258,6 +278,25 @@ mod tests {
         let y5 = cert(y, 5, &[0, 2, 3]);
         m.lock(C, &y5).unwrap(); // shares Y
         k.lock(C, &y5).unwrap(); // shares Y: with Z's, Y is signed too
+    }
+
+    /// A liar's ballot: a far announce is refused and raises the member one step only, and
+    /// a far report does not carry a plan beyond the step the leader itself accepts.
+    #[test]
+    fn ballots_move_at_most_one_step_at_a_time() {
+        let mut d = Durable::<u8>::default();
+        assert_eq!(
+            d.vote(C, &1, Ballot::MAX, None),
+            Err(Refusal::TooFar { ballot: Ballot::MAX, raised_to: MAX_BALLOT_STEP })
+        );
+        assert_eq!(d.voted, MAX_BALLOT_STEP);
+        d.vote(C, &1, 2 * MAX_BALLOT_STEP, None).unwrap();
+        let liar = Durable { voted: Ballot::MAX, lock: None };
+        let honest = Durable { voted: 7, lock: None };
+        let p = plan(C, &[liar, honest.clone(), honest], 1, 5).unwrap();
+        assert_eq!(p.ballot, 5 + MAX_BALLOT_STEP);
+        let mut leader = Durable { voted: 5, lock: None };
+        leader.vote(C, &1, p.ballot, None).unwrap();
     }
 
     /// What the simulation found: a member that voted at ballot 2 while unlocked must not

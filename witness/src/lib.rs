@@ -10,6 +10,7 @@
 //! - [`rules`]: payload rules per chain kind.
 
 pub mod agreement;
+pub mod answers;
 pub mod config;
 pub mod keyfile;
 pub mod metrics;

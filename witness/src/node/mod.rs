@@ -7,6 +7,7 @@
 //! [`catch_up`] (learning chains and blocks from peers).
 
 use crate::agreement;
+use crate::answers::{self, store_err};
 use crate::config::WitnessConfig;
 use crate::metrics::Metrics;
 use crate::rules;
@@ -17,17 +18,13 @@ use chainiac_cosi::protocol::{
 use chainiac_cosi::{Mask, Member, PublicKey, Roster, SecretKey};
 use chainiac_proto::message::{
     Announce, Certificate, ErrorCode, ErrorReply, HeadInfo, IndexState, LinkedQuery, NodeStatus, ProofQuery, Request,
-    Response, TimelineBatch, TimelineInfo, Vote, CHAINS_PER_PAGE, MAX_CHANGE_BLOCKS, MAX_HELD_APPOINTMENTS,
-    MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS, MAX_WATCHED_PREFIXES, PROOFS_RESPONSE_BUDGET,
+    Response, TimelineBatch, TimelineInfo, Vote, CHAINS_PER_PAGE, MAX_TIMELINE_CHAINS,
 };
-use chainiac_proto::{CallError, FrameClass, Pool};
+use chainiac_proto::{CallError, Pool};
 use chainiac_release::KIND_RELEASE;
 use chainiac_skipchain::rocks::RocksStore;
 use chainiac_skipchain::store::{self, Store, StoreError};
-use chainiac_skipchain::timeline::{
-    changes_cost, changes_page, changes_page_full, ChainPrefix, ChangeList, HeadLeaf, HeadSet, TimelineChanges,
-    TimelineEntry, KIND_TIMELINE,
-};
+use chainiac_skipchain::timeline::{ChainPrefix, ChangeList, HeadLeaf, HeadSet, TimelineEntry, KIND_TIMELINE};
 use chainiac_skipchain::{Block, BlockId, BlockSignature, ChainId, ChainState, Proposal};
 use rand_core::{OsRng, RngCore};
 use std::collections::{HashMap, HashSet};
@@ -41,10 +38,6 @@ use tracing::{debug, info, warn};
 /// highest ballot voted at, and the lock: a block with its certificate), until the index is
 /// filled.
 pub const CF_AGREEMENT: &str = "agreement";
-/// How far above the highest ballot a member knows of at an index a ballot may go: a
-/// Byzantine leader or reporter could otherwise push ballots to `u64::MAX` and leave no
-/// ballot above them.
-pub(crate) const MAX_BALLOT_STEP: u64 = 1 << 20;
 /// Column family of the head set of each timeline's newest block this node holds one for:
 /// `timeline || chain` → `u64be(index) || id` per leaf, and `timeline` → `u64be(block
 /// index)`. Written with each newer timeline block (its changes only), read at start, so
@@ -67,66 +60,6 @@ type Reply = Result<Response, ErrorReply>;
 
 fn err(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
     ErrorReply::new(code, message)
-}
-
-/// The answers of a batched proof request, in order: `prove` makes each (with the hashes of
-/// the committees it carries), leaving out every committee the request names as held or an
-/// earlier answer carried. Once the answer holds [`PROOFS_RESPONSE_BUDGET`] bytes, or the
-/// next proof would overflow one response frame, the rest are `Busy` ("ask again"); a
-/// first proof too large for a frame alone is `Refused`.
-fn answer_each<Q, P: serde::Serialize>(
-    queries: &[Q],
-    held_appointments: Vec<[u8; 32]>,
-    mut prove: impl FnMut(&Q, &HashSet<[u8; 32]>) -> Result<(P, Vec<[u8; 32]>), ErrorReply>,
-) -> Result<Vec<Result<P, ErrorReply>>, ErrorReply> {
-    if queries.is_empty() || queries.len() > MAX_PROOF_QUERIES {
-        let n = queries.len();
-        return Err(err(ErrorCode::BadRequest, format!("asks for {n} proofs; 1 to {MAX_PROOF_QUERIES} allowed")));
-    }
-    if held_appointments.len() > MAX_HELD_APPOINTMENTS {
-        let n = held_appointments.len();
-        return Err(err(ErrorCode::BadRequest, format!("names {n} held committees; at most {MAX_HELD_APPOINTMENTS}")));
-    }
-    let mut held: HashSet<[u8; 32]> = held_appointments.into_iter().collect();
-    let mut size = 0usize;
-    let answers = queries
-        .iter()
-        .map(|query| {
-            if size >= PROOFS_RESPONSE_BUDGET {
-                return Err(err(ErrorCode::Busy, "this answer is full; ask for this chain again"));
-            }
-            let (proof, carried) = prove(query, &held)?;
-            // The answer must fit one response frame whatever the chains hold. Measured
-            // without encoding: the answer is encoded once, when it is sent.
-            let len = postcard::experimental::serialized_size(&proof).expect("proofs serialize");
-            let room = FrameClass::Response.limit() - (1 << 20);
-            if size + len > room {
-                return Err(if size > 0 {
-                    err(ErrorCode::Busy, "this answer is full; ask for this chain again")
-                } else {
-                    err(
-                        ErrorCode::Refused,
-                        format!("the proof is {len} bytes, over one answer; ask for a nearer block"),
-                    )
-                });
-            }
-            held.extend(carried);
-            size += len;
-            Ok(proof)
-        })
-        .collect();
-    Ok(answers)
-}
-
-fn store_err<E: std::error::Error>(e: StoreError<E>) -> ErrorReply {
-    match e {
-        StoreError::Block(b) => err(ErrorCode::Refused, b.to_string()),
-        StoreError::UnknownChain(c) => err(ErrorCode::NotFound, format!("chain {c} is not served here")),
-        StoreError::NoSuchBlock { .. } => err(ErrorCode::NotFound, e.to_string()),
-        StoreError::Conflict { .. } => err(ErrorCode::Conflict, e.to_string()),
-        StoreError::WrongDirection { .. } | StoreError::ChainExists(_) => err(ErrorCode::BadRequest, e.to_string()),
-        StoreError::Backend(_) | StoreError::Corrupt(_) => err(ErrorCode::Internal, e.to_string()),
-    }
 }
 
 fn protocol_err(e: ProtocolError) -> ErrorReply {
@@ -303,7 +236,9 @@ fn core_state(roster: &Roster, state: &IndexState) -> agreement::Durable<BlockId
 /// past the ballot.
 fn refused(index: u64, refusal: agreement::Refusal) -> ErrorReply {
     let code = match refusal {
-        agreement::Refusal::Locked { .. } | agreement::Refusal::OldBallot { .. } => ErrorCode::Promised,
+        agreement::Refusal::Locked { .. }
+        | agreement::Refusal::OldBallot { .. }
+        | agreement::Refusal::TooFar { .. } => ErrorCode::Promised,
         _ => ErrorCode::Refused,
     };
     err(code, format!("index {index}: {refusal}"))

@@ -58,11 +58,8 @@ impl Node {
         Ok(HeadInfo { chain: *chain, index: head.index(), id: head.id, header: head.header.clone() })
     }
 
-    /// The index of a chain's head: one record read, no block decoded (a batched answer
-    /// needs it for every chain it names).
     pub(super) fn head_index(&self, chain: &ChainId) -> Result<u64, ErrorReply> {
-        let record = self.store.head(chain).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
-        record.map(|r| r.index).ok_or_else(|| err(ErrorCode::NotFound, format!("chain {chain} is not served here")))
+        answers::head_index(&self.store, chain)
     }
 
     pub(super) fn block_by_id(&self, id: &BlockId) -> Reply {
@@ -105,22 +102,8 @@ impl Node {
         store::prove(&self.store, chain, from, to, with_payload).map(Response::Proof).map_err(store_err)
     }
 
-    /// Proofs for many chains in one answer; each appointment travels at most once (and not
-    /// at all if the client holds it), and the answer stops growing at the byte budget.
     pub(super) fn proofs(&self, queries: &[ProofQuery], with_payload: bool, held_appointments: Vec<[u8; 32]>) -> Reply {
-        let answers = answer_each(queries, held_appointments, |query, held| {
-            let to = match query.to {
-                Some(to) => to,
-                None => self.head_index(&query.chain)?,
-            };
-            // No payload for a chain that did not move: the client has it already.
-            let proof = store::prove(&self.store, &query.chain, query.from, to, with_payload && to > query.from)
-                .map_err(store_err)?
-                .without_appointments(|hash| held.contains(hash));
-            let carried = proof.steps.iter().filter_map(|step| step.committee.as_ref().map(|a| a.digest())).collect();
-            Ok((proof, carried))
-        })?;
-        Ok(Response::Proofs(answers))
+        answers::proofs(&self.store, queries, with_payload, held_appointments).map(Response::Proofs)
     }
 
     pub(super) fn linked_proofs(
@@ -129,30 +112,7 @@ impl Node {
         with_payload: bool,
         held_appointments: Vec<[u8; 32]>,
     ) -> Reply {
-        let answers = answer_each(queries, held_appointments, |query, held| {
-            let to = self.head_index(&query.chain)?;
-            let moved = to > query.from;
-            let proof = store::prove_linked(
-                &self.store,
-                &query.chain,
-                query.from,
-                query.recorded,
-                to,
-                with_payload && moved,
-                |hash| held.contains(hash),
-            )
-            .map_err(store_err)?;
-            let beyond = proof.beyond.clone().without_appointments(|hash| held.contains(hash));
-            let proof = chainiac_skipchain::LinkedProof { beyond, ..proof };
-            let carried = proof
-                .appointments
-                .iter()
-                .chain(proof.beyond.steps.iter().filter_map(|step| step.committee.as_ref()))
-                .map(|a| a.digest())
-                .collect();
-            Ok((proof, carried))
-        })?;
-        Ok(Response::LinkedProofs(answers))
+        answers::linked_proofs(&self.store, queries, with_payload, held_appointments).map(Response::LinkedProofs)
     }
 
     /// The timeline block asked for, or the newest of any timeline this node serves.
@@ -208,12 +168,7 @@ impl Node {
         held_appointments: Vec<[u8; 32]>,
         max_bytes: u64,
     ) -> Reply {
-        if held_appointments.len() > MAX_HELD_APPOINTMENTS {
-            return Err(err(ErrorCode::BadRequest, format!("more than {MAX_HELD_APPOINTMENTS} held committees")));
-        }
-        if watched.len() > MAX_WATCHED_PREFIXES {
-            return Err(err(ErrorCode::BadRequest, format!("more than {MAX_WATCHED_PREFIXES} watched prefixes")));
-        }
+        answers::check_changes_request(&watched, &held_appointments)?;
         let watched: std::collections::HashSet<ChainPrefix> = watched.into_iter().collect();
         if !self.timeline_chains.lock().expect("lock").contains(timeline) {
             return Err(err(ErrorCode::NotFound, "no such timeline here"));
@@ -225,41 +180,8 @@ impl Node {
             return Err(err(ErrorCode::NotFound, format!("this witness has checked no timeline block after {from}")));
         };
         let lists = self.change_lists.lock().expect("lock").get(timeline).cloned().unwrap_or_default();
-        // The offer is weighed against the prefixes alone (one length per list, however
-        // large the request): the opened leaves are the client's own moves.
-        let size: u64 = lists.range(from + 1..).map(|(_, list)| changes_cost(list.len(), 0)).sum();
-        if max_bytes > 0 && size > max_bytes {
-            return Err(chainiac_proto::changes_too_large(from, size, max_bytes));
-        }
-        let budget = PROOFS_RESPONSE_BUDGET as u64;
-        let cost = |k: u64| lists.get(&k).map(|list| changes_cost(list.len(), list.opened(&watched)));
-        let page = changes_page(from, head, cost, MAX_CHANGE_BLOCKS, budget);
-        let to = from + page.len() as u64;
-        // Lists that stop short of the head for want of one would show the client an old
-        // block as the newest: it is told, and asks another member or takes inclusion proofs.
-        if to < head && !changes_page_full(&page, MAX_CHANGE_BLOCKS, budget) {
-            return Err(err(
-                ErrorCode::NotFound,
-                format!("this witness holds no change list for block {} (its head is block {head})", to + 1),
-            ));
-        }
-        let mut blocks = Vec::new();
-        for k in (from + 1)..=to {
-            let block = self
-                .store
-                .block(timeline, k)
-                .map_err(|e| err(ErrorCode::Internal, e.to_string()))?
-                .ok_or_else(|| err(ErrorCode::Internal, "a listed block is not stored"))?;
-            let entry = TimelineEntry::from_bytes(&block.payload)
-                .map_err(|e| err(ErrorCode::Internal, format!("stored timeline entry: {e}")))?;
-            let list = lists.get(&k).ok_or_else(|| err(ErrorCode::Internal, "a paged list is gone"))?;
-            blocks.push((entry, &**list));
-        }
-        let held: std::collections::HashSet<[u8; 32]> = held_appointments.into_iter().collect();
-        let proof = store::prove_each(&self.store, timeline, from, to)
-            .map_err(store_err)?
-            .without_appointments(|h| held.contains(h));
-        Ok(Response::TimelineChanges(TimelineChanges::answer(proof, blocks, &watched)))
+        answers::timeline_changes(&self.store, timeline, from, head, &lists, &watched, held_appointments, max_bytes)
+            .map(Response::TimelineChanges)
     }
 
     /// Per verifier, how often it agreed with the majority on this chain's releases (from the

@@ -59,11 +59,8 @@ impl Node {
     }
 
     /// Rule 1 of §9.1: votes for `block` at `ballot` if the agreement rules allow, storing
-    /// the raised ballot (synced) before the vote leaves this node. A ballot more than
-    /// [`MAX_BALLOT_STEP`] above this node's is refused, and this node's ballot raised by
-    /// that step instead (raising it without a vote is always safe: it only refuses more),
-    /// so that a liar cannot use the ballots up while honest leaders still reach members
-    /// a liar left behind.
+    /// the raised ballot (synced) before the vote leaves this node; a ballot too far above
+    /// this node's raises it one step (`agreement::MAX_BALLOT_STEP`), stored too.
     pub(super) fn cast_vote(
         &self,
         head: &ChainState,
@@ -78,17 +75,15 @@ impl Node {
             let justification = justification.map(|c| checked_certificate(roster, &id, c));
             let _guard = self.agreement_lock.lock().expect("lock");
             let mut state = self.index_state(&chain, index)?;
-            let reach = state.voted.saturating_add(MAX_BALLOT_STEP);
-            if ballot > reach {
-                let message = format!("index {index}: ballot {ballot} is more than {MAX_BALLOT_STEP} above ballot {}, at which this member voted; raised to {reach}", state.voted);
-                state.voted = reach;
-                self.store_index_state(&chain, index, &state)?;
-                return Err(err(ErrorCode::Promised, message));
-            }
             let mut durable = core_state(roster, &state);
-            durable
-                .vote(agreement_committee(&head.committee), &id, ballot, justification.as_ref())
-                .map_err(|refusal| refused(index, refusal))?;
+            let voted = durable.vote(agreement_committee(&head.committee), &id, ballot, justification.as_ref());
+            if let Err(refusal) = voted {
+                if matches!(refusal, agreement::Refusal::TooFar { .. }) {
+                    state.voted = durable.voted;
+                    self.store_index_state(&chain, index, &state)?;
+                }
+                return Err(refused(index, refusal));
+            }
             state.voted = durable.voted;
             self.store_index_state(&chain, index, &state)?;
             Ok(Vote::sign(&self.key, me as u32, &id, ballot))
@@ -172,8 +167,6 @@ impl Node {
         let request = Request::GetIndexState { chain, index };
         for (_, reply) in self.ask_children(&roster, &others, request, self.config.peer_timeout()).await {
             if let Ok(Response::IndexState(mut state)) = reply {
-                // A member accepts ballots at most one step above its own: so is a report.
-                state.voted = state.voted.min(own.voted.saturating_add(MAX_BALLOT_STEP));
                 let valid = state.lock.as_ref().is_some_and(|(block, certificate)| {
                     block.header.chain == Some(chain)
                         && block.header.index == index
@@ -434,7 +427,14 @@ impl Node {
             };
             self.note_reachability(&roster, &tree, leader.unreachable());
             if votes.len() < threshold {
-                // Committed but not voted (a subtree's parent may drop votes): short.
+                // Committed but not voted: a parent dropped its subtree's votes, or a member
+                // committed without voting. Children whose subtree holds such a member are
+                // left out of the next attempt, as a faulty member is.
+                let committed = leader.aggregator().expected_responders();
+                for child in withheld_votes(&tree, me, &committed, |m| votes.contains_key(&(m as u32))) {
+                    warn!(member = child, "its subtree committed without its votes: left out of the next attempt");
+                    excluded.insert(child);
+                }
                 last_error = err(
                     ErrorCode::Unavailable,
                     format!(
@@ -632,12 +632,14 @@ impl Node {
         let justified = self.check_to_sign(&head, &announce.block, announce.justification.as_ref())?;
         let block = announce.block.clone();
         let id = block.id();
-        // A member the rules keep from voting says so before it holds the index.
+        // A member the rules keep from voting says so before it holds the index (a ballot
+        // too far is left to `cast_vote`, which raises this member's ballot).
         let mut durable = core_state(&roster, &self.index_state(&chain, index)?);
         let justification = announce.justification.as_ref().map(|c| checked_certificate(&roster, &id, c));
-        durable
-            .vote(agreement_committee(&head.committee), &id, announce.ballot, justification.as_ref())
-            .map_err(|refusal| refused(index, refusal))?;
+        match durable.vote(agreement_committee(&head.committee), &id, announce.ballot, justification.as_ref()) {
+            Ok(()) | Err(agreement::Refusal::TooFar { .. }) => {}
+            Err(refusal) => return Err(refused(index, refusal)),
+        }
         self.reserve(chain, index, id, justified)?;
         let vote = match self.cast_vote(&head, &block, announce.ballot, announce.justification.as_ref()) {
             Ok(vote) => vote,
@@ -720,7 +722,8 @@ impl Node {
         let RoundState { chain, block, ballot, session, member: me, tree, nonces, mut aggregator, .. } = state;
         // The share leaves over `id || ballot` of this session: the lock must be at that ballot.
         if certificate.ballot != ballot {
-            self.release(chain, block.header.index);
+            let (index, id) = (block.header.index, block.id());
+            self.reservations.lock().expect("lock").retain(|k, (held, _)| *k != (chain, index) || *held != id);
             return Err(err(
                 ErrorCode::BadRequest,
                 format!("the certificate is for ballot {}, this round's is {ballot}", certificate.ballot),
@@ -807,5 +810,40 @@ impl Node {
             Err(StoreError::Conflict { .. }) => Ok(Response::Ack),
             Err(e) => Err(store_err(e)),
         }
+    }
+}
+
+/// The children of `me` in `tree` whose subtree holds a member that committed (`committed`)
+/// without a valid vote: its parent dropped the votes, or it sent none. Votes ride in the
+/// same answer as commitments, so an honest subtree never lands here.
+fn withheld_votes(tree: &Tree, me: usize, committed: &[usize], voted: impl Fn(usize) -> bool) -> Vec<usize> {
+    tree.children(me)
+        .into_iter()
+        .filter(|&child| {
+            let below = tree.subtree(child);
+            committed.iter().any(|&m| below.contains(m) && !voted(m))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A parent that passes its subtree's commitments up but drops their votes is named, and
+    /// so is a leaf that committed without voting; subtrees whose votes all arrived are not.
+    #[test]
+    fn children_whose_subtrees_lost_votes_are_named() {
+        let tree = Tree::new(7, 0, 2, &Mask::empty(7));
+        let children = tree.children(0);
+        assert_eq!(children.len(), 2);
+        let committed: Vec<usize> = (0..7).collect();
+        assert_eq!(withheld_votes(&tree, 0, &committed, |_| true), Vec::<usize>::new());
+        // Drop the votes of one grandchild: its subtree's root is named, the other is not.
+        let lost = tree.children(children[1])[0];
+        assert_eq!(withheld_votes(&tree, 0, &committed, |m| m != lost), vec![children[1]]);
+        // A member that did not commit is not asked for a vote.
+        let committed: Vec<usize> = committed.into_iter().filter(|&m| m != lost).collect();
+        assert_eq!(withheld_votes(&tree, 0, &committed, |m| m != lost), Vec::<usize>::new());
     }
 }
