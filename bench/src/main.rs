@@ -328,7 +328,7 @@ fn network_run(sizes: &[usize], quick: bool, report: &mut Report) -> anyhow::Res
         appends: if quick { 30 } else { 300 },
         concurrent_projects: 8,
         appends_each: if quick { 5 } else { 40 },
-        timeline_chains: if quick { 300 } else { 15_000 },
+        timeline_chains: if quick { vec![300] } else { vec![15_000, 100_000] },
         kill_seconds: if quick { 5 } else { 60 },
         kill_every: if quick { 2 } else { 5 },
     };

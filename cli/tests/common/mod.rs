@@ -53,6 +53,15 @@ pub struct WitnessProcess {
 }
 
 impl WitnessProcess {
+    /// The process's resident memory in KiB (Linux `/proc`), while it runs.
+    #[allow(dead_code)] // the bench's; tests do not read it
+    pub fn rss_kib(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
     /// `chainiac witness init` in `dir`.
     pub fn init(dir: &Path) -> Self {
         Self::init_with(dir, 400)

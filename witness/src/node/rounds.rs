@@ -72,7 +72,7 @@ impl Node {
             let (chain, index, id) = (head.chain, block.header.index, block.id());
             let roster = head.committee.roster();
             let me = self.member_of(roster)?;
-            let justification = justification.map(|c| checked_certificate(roster, &id, c));
+            let justification = justification.map(|c| checked_certificate(roster, head.committee.threshold(), &id, c));
             let _guard = self.agreement_lock.lock().expect("lock");
             let mut state = self.index_state(&chain, index)?;
             let mut durable = core_state(roster, &state);
@@ -101,7 +101,7 @@ impl Node {
         blocking(|| {
             let (chain, index, id) = (head.chain, block.header.index, block.id());
             let roster = head.committee.roster();
-            let checked = checked_certificate(roster, &id, certificate);
+            let checked = checked_certificate(roster, head.committee.threshold(), &id, certificate);
             let _guard = self.agreement_lock.lock().expect("lock");
             let mut state = self.index_state(&chain, index)?;
             let mut durable = core_state(roster, &state);
@@ -170,7 +170,7 @@ impl Node {
                 let valid = state.lock.as_ref().is_some_and(|(block, certificate)| {
                     block.header.chain == Some(chain)
                         && block.header.index == index
-                        && checked_certificate(&roster, &block.id(), certificate)
+                        && checked_certificate(&roster, head.committee.threshold(), &block.id(), certificate)
                             .is_complete(roster.len(), head.committee.threshold())
                 });
                 if !valid {
@@ -358,9 +358,13 @@ impl Node {
                         if let Err(e) = leader.aggregator().receive_commitment(child, &commitment) {
                             warn!(member = child, "bad commitment: {e}");
                         }
-                        // Only votes of the child's subtree count, each checked, one a member.
+                        // Only votes of the child's subtree count, each checked, one a member;
+                        // none is checked once the certificate is complete.
                         let below = tree.subtree(child);
                         for vote in subtree.into_iter().take(roster.len()) {
+                            if votes.len() >= threshold {
+                                break;
+                            }
                             let member = vote.member as usize;
                             let valid = below.contains(member)
                                 && !votes.contains_key(&vote.member)
@@ -635,7 +639,8 @@ impl Node {
         // A member the rules keep from voting says so before it holds the index (a ballot
         // too far is left to `cast_vote`, which raises this member's ballot).
         let mut durable = core_state(&roster, &self.index_state(&chain, index)?);
-        let justification = announce.justification.as_ref().map(|c| checked_certificate(&roster, &id, c));
+        let justification =
+            announce.justification.as_ref().map(|c| checked_certificate(&roster, head.committee.threshold(), &id, c));
         match durable.vote(agreement_committee(&head.committee), &id, announce.ballot, justification.as_ref()) {
             Ok(()) | Err(agreement::Refusal::TooFar { .. }) => {}
             Err(refusal) => return Err(refused(index, refusal)),
