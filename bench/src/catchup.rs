@@ -26,6 +26,7 @@ use chainiac_skipchain::{
     Appointment, Appointments, Block, BlockId, ChainParams, ChainState, LinkedProof, PolicyChanged, Proof, ProofStep,
     Proposal, StepHeader, Verified,
 };
+use chainiac_verifier::unpack::days_from_civil;
 use chainiac_witness::answers;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -84,17 +85,6 @@ struct Workload {
 }
 
 // ---------------------------------------------------------------- data
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
 
 fn month_start_ms(month: &str) -> Option<u64> {
     let (y, m) = month.split_once('-')?;

@@ -9,6 +9,7 @@
 
 pub mod sandbox;
 pub mod service;
+pub mod unpack;
 
 use chainiac_cosi::hash;
 use chainiac_cosi::SecretKey;
@@ -197,7 +198,7 @@ impl Verifier {
         root: &Path,
     ) -> Result<(Outcome, Vec<u8>), VerifierError> {
         let limits = &self.settings.limits;
-        if let Err(e) = sandbox::unpack(source, root, limits) {
+        if let Err(e) = unpack::unpack(source, root, limits) {
             let reason = format!("unpacking the source: {e}");
             return Ok((Outcome::Failed { reason: reason.clone() }, reason.into_bytes()));
         }

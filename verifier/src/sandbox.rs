@@ -1,10 +1,9 @@
-//! Unpacking a source archive safely and running a build recipe in a clean, normalized
-//! environment with limits.
+//! Running a build recipe in a clean, normalized environment with limits (the source is
+//! unpacked by [`crate::unpack`]).
 
 use chainiac_release::rules::is_safe_relative;
 use chainiac_release::{content_hash, Artifact, ArtifactMismatch, Outcome, Recipe};
-use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
@@ -34,117 +33,6 @@ impl Default for Limits {
             max_log_bytes: 1 << 20,
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum UnpackError {
-    #[error("the archive is not a readable tar (or tar.gz): {0}")]
-    Malformed(String),
-    #[error("archive entry {path:?} is not a plain relative path")]
-    UnsafePath { path: String },
-    #[error("archive entry {path:?} links to {target:?}, outside the source tree")]
-    LinkOut { path: String, target: String },
-    #[error("archive entry {path:?} is a {kind}, which sources may not contain")]
-    UnsupportedEntry { path: String, kind: &'static str },
-    #[error("the archive has more than {limit} entries")]
-    TooManyFiles { limit: usize },
-    #[error("the archive unpacks to more than {limit} bytes")]
-    TooLarge { limit: u64 },
-    #[error("writing {path:?}: {reason}")]
-    Io { path: String, reason: String },
-}
-
-/// Whether `target`, a symlink at `link` (both relative to the root), stays inside the root.
-fn link_stays_inside(link: &str, target: &str) -> bool {
-    if target.starts_with('/') {
-        return false;
-    }
-    let mut depth: i64 = 0;
-    let parent = Path::new(link).parent().unwrap_or(Path::new(""));
-    for component in parent.components().chain(Path::new(target).components()) {
-        match component {
-            Component::Normal(_) => depth += 1,
-            Component::ParentDir => {
-                depth -= 1;
-                if depth < 0 {
-                    return false;
-                }
-            }
-            Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return false,
-        }
-    }
-    true
-}
-
-/// Unpacks a tar or gzip-compressed tar into `dest` (which must exist and be empty):
-/// regular files, directories and symlinks that stay inside; nothing else.
-pub fn unpack(archive: &[u8], dest: &Path, limits: &Limits) -> Result<usize, UnpackError> {
-    let reader: Box<dyn Read + '_> = if archive.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::read::GzDecoder::new(archive))
-    } else {
-        Box::new(archive)
-    };
-    let mut tar = tar::Archive::new(reader);
-    let entries = tar.entries().map_err(|e| UnpackError::Malformed(e.to_string()))?;
-    let (mut files, mut bytes) = (0usize, 0u64);
-    for entry in entries {
-        let mut entry = entry.map_err(|e| UnpackError::Malformed(e.to_string()))?;
-        files += 1;
-        if files > limits.max_files {
-            return Err(UnpackError::TooManyFiles { limit: limits.max_files });
-        }
-        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let path = raw.trim_end_matches('/').trim_start_matches("./").to_string();
-        if path.is_empty() || !is_safe_relative(&path) {
-            if path.is_empty() && entry.header().entry_type().is_dir() {
-                continue; // "./" itself
-            }
-            return Err(UnpackError::UnsafePath { path: raw });
-        }
-        let target = dest.join(&path);
-        let io = |e: std::io::Error| UnpackError::Io { path: path.clone(), reason: e.to_string() };
-        let kind = entry.header().entry_type();
-        if let Some(parent) = target.parent() {
-            std::fs::create_dir_all(parent).map_err(io)?;
-        }
-        if kind.is_dir() {
-            std::fs::create_dir_all(&target).map_err(io)?;
-        } else if kind.is_file() {
-            let size = entry.header().size().map_err(|e| UnpackError::Malformed(e.to_string()))?;
-            bytes += size;
-            if bytes > limits.max_unpacked_bytes {
-                return Err(UnpackError::TooLarge { limit: limits.max_unpacked_bytes });
-            }
-            let mut contents = Vec::with_capacity(size as usize);
-            entry.read_to_end(&mut contents).map_err(io)?;
-            std::fs::write(&target, &contents).map_err(io)?;
-            let mode = entry.header().mode().unwrap_or(0o644) & 0o755;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode | 0o600)).map_err(io)?;
-        } else if kind.is_symlink() {
-            let link = entry
-                .link_name_bytes()
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .ok_or_else(|| UnpackError::Malformed(format!("symlink {path:?} without a target")))?;
-            if !link_stays_inside(&path, &link) {
-                return Err(UnpackError::LinkOut { path, target: link });
-            }
-            std::os::unix::fs::symlink(&link, &target).map_err(io)?;
-        } else {
-            let kind = if kind.is_hard_link() {
-                "hard link"
-            } else if kind.is_character_special() || kind.is_block_special() {
-                "device"
-            } else if kind.is_fifo() {
-                "fifo"
-            } else {
-                "special entry"
-            };
-            return Err(UnpackError::UnsupportedEntry { path, kind });
-        }
-    }
-    Ok(files)
 }
 
 /// The environment every build starts from, plus the recipe's own variables.
@@ -314,19 +202,4 @@ fn read_inside(root: &Path, relative: &str) -> Option<Vec<u8>> {
         return None;
     }
     std::fs::read(path).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn links_are_resolved_lexically() {
-        assert!(link_stays_inside("a/b", "c"));
-        assert!(link_stays_inside("a/b", "../c"));
-        assert!(!link_stays_inside("a/b", "../../c"));
-        assert!(!link_stays_inside("b", "/etc/passwd"));
-        assert!(!link_stays_inside("b", ".."));
-        assert!(link_stays_inside("a/b", "./x/../y"));
-    }
 }

@@ -155,7 +155,7 @@ async fn failures_time_limits_and_escaping_archives_give_failed_attestations() {
         ),
         (raw_tar("hello-1.0/up", tar::EntryType::Symlink, Some("../../x")), vec!["true"], "outside the source tree"),
         (raw_tar("hello-1.0/hard", tar::EntryType::Link, Some("hello-1.0/f")), vec!["true"], "hard link"),
-        (b"this is not a tar archive at all, just words".to_vec(), vec!["true"], "not a readable tar"),
+        (b"this is not a tar archive at all, just words".to_vec(), vec!["true"], "not an archive this verifier reads"),
     ];
     for (i, (archive, argv, reason)) in cases.into_iter().enumerate() {
         let mut m = manifest(&archive, &argv, artifact.clone());
