@@ -5,7 +5,7 @@
 use crate::report::{Plot, Report, Series};
 use chainiac_cosi::SecretKey;
 use chainiac_release::{content_hash, Artifact, Manifest, Outcome, Recipe, SourceArchive};
-use chainiac_verifier::sandbox::Limits;
+use chainiac_verifier::sandbox::{bubblewrap_works, Isolation, Limits};
 use chainiac_verifier::{network_isolation_available, Settings, Verifier};
 use std::time::{Duration, Instant};
 
@@ -48,10 +48,14 @@ pub fn run(runs: usize, report: &mut Report) -> anyhow::Result<()> {
     let (_, binary) = bare_build()?;
     let dir = tempfile::tempdir()?;
     let isolate = network_isolation_available();
+    // The verifier's default confinement where this machine has it.
+    let isolation = if bubblewrap_works("bwrap".as_ref()).is_ok() { Isolation::Bubblewrap } else { Isolation::None };
     let settings = Settings {
         data_dir: dir.path().to_path_buf(),
         limits: Limits::default(),
         concurrency: 1,
+        isolation,
+        bwrap: "bwrap".into(),
         isolate_network: isolate,
     };
     let verifier = Verifier::open(SecretKey::from_seed(&[1; 32]), settings)?;
@@ -83,7 +87,8 @@ pub fn run(runs: usize, report: &mut Report) -> anyhow::Result<()> {
     let (b, v) = (median(bare), median(verified));
     let overhead = v.saturating_sub(b);
     let goal = b.as_secs_f64() * 0.05 + 0.2;
-    report.text(&format!("{runs} runs each, medians; network isolation: {isolate}.\n"));
+    report
+        .text(&format!("{runs} runs each, medians; isolation: {}; network isolation: {isolate}.\n", isolation.name()));
     report.table(
         &["bare `make`, ms", "verifier build, ms", "overhead, ms", "overhead, %", "goal: < 5 % + 200 ms"],
         &[vec![

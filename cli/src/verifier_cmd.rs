@@ -4,6 +4,7 @@ use crate::witness_cmd::wait_for_signal;
 use crate::UsageError;
 use anyhow::{Context, Result};
 use chainiac_cosi::SecretKey;
+use chainiac_verifier::sandbox::Isolation;
 use chainiac_verifier::service::{Service, VerifierConfig, ALLOWED};
 use chainiac_verifier::Verifier;
 use chainiac_witness::keyfile;
@@ -30,6 +31,10 @@ pub enum VerifierCommand {
         /// Seconds a build may run.
         #[arg(long, default_value_t = 600)]
         time_limit_s: u64,
+        /// How builds are confined: `bubblewrap` (namespaces; the verifier refuses to start
+        /// where it does not work) or `none` (unconfined: builds see the verifier's files).
+        #[arg(long, default_value = "bubblewrap", value_parser = ["bubblewrap", "none"])]
+        isolation: String,
         #[arg(long)]
         json: bool,
     },
@@ -42,13 +47,14 @@ pub enum VerifierCommand {
 
 pub fn run(command: VerifierCommand) -> Result<()> {
     match command {
-        VerifierCommand::Init { dir, listen, address, concurrency, time_limit_s, json } => {
+        VerifierCommand::Init { dir, listen, address, concurrency, time_limit_s, isolation, json } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let key = SecretKey::generate(&mut rand_core::OsRng);
             keyfile::write(&dir.join("node.key"), &key)?;
             let mut config = VerifierConfig::new(listen, address.unwrap_or_else(|| listen.to_string()));
             config.concurrency = concurrency;
             config.time_limit_s = time_limit_s;
+            config.isolation = if isolation == "none" { Isolation::None } else { Isolation::Bubblewrap };
             let path = dir.join("verifier.toml");
             std::fs::write(&path, config.to_toml()).with_context(|| format!("writing {}", path.display()))?;
             let entry = serde_json::json!({ "key": key.public_key().to_string(), "address": config.address });

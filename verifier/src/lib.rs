@@ -36,6 +36,8 @@ pub enum VerifierError {
     Corrupt(String),
     #[error("preparing the build directory: {0}")]
     Io(#[from] std::io::Error),
+    #[error("builds cannot be confined: {reason}")]
+    Isolation { reason: String },
 }
 
 /// A verifier's settings.
@@ -45,7 +47,11 @@ pub struct Settings {
     pub limits: Limits,
     /// Builds running at once; more wait their turn.
     pub concurrency: usize,
-    /// Run builds in a new network namespace (needs `unshare --net` to work here).
+    /// How builds are confined.
+    pub isolation: sandbox::Isolation,
+    /// The bubblewrap program (`bwrap` on the `PATH` by default).
+    pub bwrap: PathBuf,
+    /// Without bubblewrap: run builds in a new network namespace (needs `unshare --net`).
     pub isolate_network: bool,
 }
 
@@ -68,7 +74,7 @@ pub fn network_isolation_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn describe_environment(isolate_network: bool) -> String {
+fn describe_environment(settings: &Settings) -> String {
     let run = |argv: &[&str]| {
         std::process::Command::new(argv[0])
             .args(&argv[1..])
@@ -78,25 +84,35 @@ fn describe_environment(isolate_network: bool) -> String {
             .unwrap_or_else(|| "absent".into())
     };
     format!(
-        "os={} arch={} kernel={} cc={} make={} network={}",
+        "os={} arch={} kernel={} cc={} make={} isolation={} network={}",
         std::env::consts::OS,
         std::env::consts::ARCH,
         run(&["uname", "-r"]),
         run(&["cc", "--version"]),
         run(&["make", "--version"]),
-        if isolate_network { "isolated" } else { "shared" }
+        settings.isolation.name(),
+        match settings.isolation {
+            sandbox::Isolation::Bubblewrap => "loopback only",
+            sandbox::Isolation::None if settings.isolate_network => "isolated",
+            sandbox::Isolation::None => "shared",
+        }
     )
 }
 
 impl Verifier {
     /// Opens (creating if needed) the verifier's store under `settings.data_dir`.
     pub fn open(key: SecretKey, settings: Settings) -> Result<Arc<Self>, VerifierError> {
+        if settings.isolation == sandbox::Isolation::Bubblewrap {
+            sandbox::bubblewrap_works(&settings.bwrap).map_err(|reason| VerifierError::Isolation {
+                reason: format!("{reason}; install bubblewrap, or set isolation = \"none\" to build unconfined"),
+            })?;
+        }
         std::fs::create_dir_all(&settings.data_dir)?;
         let mut options = rocksdb::Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         let db = rocksdb::DB::open_cf(&options, settings.data_dir.join("db"), [CF_ATTESTATIONS, CF_LOGS])?;
-        let environment_description = describe_environment(settings.isolate_network);
+        let environment_description = describe_environment(&settings);
         let environment = hash::sha3_256(TAG_ENVIRONMENT, &[environment_description.as_bytes()]);
         info!(environment = %environment_description, "verifier environment");
         Ok(Arc::new(Verifier {
@@ -203,7 +219,17 @@ impl Verifier {
             return Ok((Outcome::Failed { reason: reason.clone() }, reason.into_bytes()));
         }
         let epoch = manifest.time_ms / 1000;
-        let report = sandbox::run(&manifest.recipe, job, root, epoch, limits, self.settings.isolate_network).await;
+        let build_path = match sandbox::build_path(&manifest.project, &manifest.version) {
+            Ok(path) => path,
+            Err(reason) => return Ok((Outcome::Failed { reason: reason.clone() }, reason.into_bytes())),
+        };
+        let confinement = sandbox::Confinement {
+            isolation: self.settings.isolation,
+            bwrap: self.settings.bwrap.clone(),
+            isolate_network: self.settings.isolate_network,
+            build_path,
+        };
+        let report = sandbox::run(&manifest.recipe, job, root, epoch, limits, &confinement).await;
         let mut log = report.log;
         let outcome = match report.result {
             Err(reason) => {

@@ -1,8 +1,20 @@
 //! Running a build recipe in a clean, normalized environment with limits (the source is
 //! unpacked by [`crate::unpack`]).
+//!
+//! With [`Isolation::Bubblewrap`] (the default) a build runs under `bwrap` in new user,
+//! mount, pid, network, ipc and uts namespaces: the host's system directories read-only
+//! (`/usr`, `/etc` and the `/bin`, `/sbin`, `/lib*` links or directories), nothing else of
+//! the host — not the verifier's data, key or configuration — the source read-write at
+//! `/build/<project>-<version>` (the same path on every verifier, so `-g` builds reproduce
+//! as they are), `HOME` and `TMPDIR` on size-capped tmpfs, only a loopback interface, and
+//! the pid namespace torn down with the build, so nothing it started outlives it. Resource
+//! limits (address space, CPU time, file size, processes) are set with `prlimit` in both
+//! modes. [`Isolation::None`] must be chosen explicitly: a verifier refuses to start with
+//! bubblewrap selected and not working.
 
 use chainiac_release::rules::is_safe_relative;
 use chainiac_release::{content_hash, Artifact, ArtifactMismatch, Outcome, Recipe};
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -21,6 +33,12 @@ pub struct Limits {
     pub max_output_bytes: u64,
     /// Bytes of build log kept.
     pub max_log_bytes: usize,
+    /// Address space of each build process (`RLIMIT_AS`).
+    pub max_memory_bytes: u64,
+    /// Processes of the build's user (`RLIMIT_NPROC`; the kernel does not apply it to root).
+    pub max_processes: u64,
+    /// Size of the tmpfs that holds `HOME`, and of the one that holds `TMPDIR` (bubblewrap).
+    pub tmpfs_bytes: u64,
 }
 
 impl Default for Limits {
@@ -31,21 +49,129 @@ impl Default for Limits {
             time_limit: Duration::from_secs(600),
             max_output_bytes: 2 << 30,
             max_log_bytes: 1 << 20,
+            max_memory_bytes: 8 << 30,
+            max_processes: 4096,
+            tmpfs_bytes: 1 << 30,
         }
     }
 }
 
+/// How builds are confined (`isolation` in verifier.toml).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Namespaces through bubblewrap (see the module comment).
+    #[default]
+    Bubblewrap,
+    /// No confinement: the build runs as the verifier's user and sees its files (the
+    /// network is still cut with `unshare --net` where that works). Never the default.
+    None,
+}
+
+impl Isolation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Isolation::Bubblewrap => "bubblewrap",
+            Isolation::None => "none",
+        }
+    }
+}
+
+/// Where the source is inside the sandbox: `/build/<project>-<version>`.
+pub fn build_path(project: &str, version: &str) -> Result<String, String> {
+    let name = format!("{project}-{version}");
+    if name.contains('/') || !is_safe_relative(&name) {
+        return Err(format!("project and version {name:?} do not make a directory name"));
+    }
+    Ok(format!("/build/{name}"))
+}
+
+/// The `bwrap` arguments up to the command: namespaces, the read-only system, capped tmpfs
+/// for `HOME` and `TMPDIR`, the source at `build` (host directory `source`), `chdir` there.
+fn bwrap_args(bwrap: &Path, source: &Path, build: &str, chdir: &str, limits: &Limits) -> Vec<String> {
+    let mut args: Vec<String> = vec![bwrap.display().to_string()];
+    let tmpfs = limits.tmpfs_bytes.to_string();
+    args.extend(
+        [
+            "--unshare-all",
+            "--unshare-user",
+            "--uid",
+            "1000",
+            "--gid",
+            "1000",
+            "--hostname",
+            "build",
+            "--die-with-parent",
+            "--new-session",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+            "--ro-bind",
+            "/etc",
+            "/etc",
+        ]
+        .map(String::from),
+    );
+    // Merged /usr makes these links; older systems have directories.
+    for top in ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"] {
+        match std::fs::symlink_metadata(top) {
+            Ok(meta) if meta.is_symlink() => {
+                if let Ok(target) = std::fs::read_link(top) {
+                    args.extend(["--symlink".into(), target.display().to_string(), top.into()]);
+                }
+            }
+            Ok(_) => args.extend(["--ro-bind".into(), top.into(), top.into()]),
+            Err(_) => {}
+        }
+    }
+    for dir in ["/tmp", "/home/build"] {
+        args.extend(["--size".into(), tmpfs.clone(), "--tmpfs".into(), dir.into()]);
+    }
+    args.extend(["--bind".into(), source.display().to_string(), build.into(), "--chdir".into(), chdir.into()]);
+    args
+}
+
+/// Whether bubblewrap runs here with every namespace the builds use; the reason if not.
+pub fn bubblewrap_works(bwrap: &Path) -> Result<(), String> {
+    let dir = std::env::temp_dir();
+    let mut argv = bwrap_args(bwrap, &dir, "/build/probe", "/build/probe", &Limits::default());
+    argv.push("true".into());
+    match std::process::Command::new(&argv[0]).args(&argv[1..]).stdin(Stdio::null()).output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => {
+            Err(format!("{} does not run here: {}", bwrap.display(), String::from_utf8_lossy(&out.stderr).trim()))
+        }
+        Err(e) => Err(format!("{} cannot be started: {e} (Debian: apt install bubblewrap)", bwrap.display())),
+    }
+}
+
 /// The environment every build starts from, plus the recipe's own variables.
-fn environment(job: &Path, source_date_epoch: u64) -> Vec<(String, String)> {
+fn environment(home: &str, tmp: &str, source_date_epoch: u64) -> Vec<(String, String)> {
     vec![
         ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
-        ("HOME".into(), job.join("home").display().to_string()),
-        ("TMPDIR".into(), job.join("tmp").display().to_string()),
+        ("HOME".into(), home.into()),
+        ("TMPDIR".into(), tmp.into()),
         ("TZ".into(), "UTC".into()),
         ("LC_ALL".into(), "C".into()),
         ("LANG".into(), "C".into()),
         ("SOURCE_DATE_EPOCH".into(), source_date_epoch.to_string()),
     ]
+}
+
+/// How a build is confined, and where: the sandbox settings [`run`] needs.
+#[derive(Debug, Clone)]
+pub struct Confinement {
+    pub isolation: Isolation,
+    /// The bubblewrap program.
+    pub bwrap: PathBuf,
+    /// Without bubblewrap: a new network namespace (`unshare --net`).
+    pub isolate_network: bool,
+    /// The source's path inside the sandbox ([`build_path`]).
+    pub build_path: String,
 }
 
 /// How a build went.
@@ -58,23 +184,28 @@ pub struct RunReport {
     pub took: Duration,
 }
 
-/// Runs `recipe` in `root/recipe.workdir` with a clean environment, umask 022, in a new
-/// session (so the whole process group can be killed at the time limit) and, when
-/// `isolate_network`, in a new network namespace with no interfaces up.
+/// Runs `recipe` in `recipe.workdir` of the source (host directory `root`, inside the
+/// sandbox at `confinement.build_path`) with a clean environment, umask 022, the limits,
+/// in its own process group (killed whole at the time limit) and confined as
+/// `confinement` says. `job` holds `HOME` and `TMPDIR` when there is no sandbox.
 pub async fn run(
     recipe: &Recipe,
     job: &Path,
     root: &Path,
     source_date_epoch: u64,
     limits: &Limits,
-    isolate_network: bool,
+    confinement: &Confinement,
 ) -> RunReport {
     let started = Instant::now();
     let fail = |reason: String, log: Vec<u8>| RunReport { result: Err(reason), log, took: started.elapsed() };
     if !is_safe_relative(&recipe.workdir) {
         return fail(format!("working directory {:?} is not a plain relative path", recipe.workdir), vec![]);
     }
-    let base = environment(job, source_date_epoch);
+    let (home, tmp) = match confinement.isolation {
+        Isolation::Bubblewrap => ("/home/build".to_string(), "/tmp".to_string()),
+        Isolation::None => (job.join("home").display().to_string(), job.join("tmp").display().to_string()),
+    };
+    let base = environment(&home, &tmp, source_date_epoch);
     for (name, _) in &recipe.env {
         if base.iter().any(|(b, _)| b == name) {
             return fail(format!("the recipe may not override {name}"), vec![]);
@@ -85,16 +216,39 @@ pub async fn run(
             return fail(format!("preparing the build: {e}"), vec![]);
         }
     }
-    let mut argv: Vec<String> = vec!["setsid".into()];
-    if isolate_network {
-        argv.extend(["unshare".into(), "--net".into(), "--".into()]);
+    let cpu_seconds = limits.time_limit.as_secs().max(1);
+    let mut argv: Vec<String> = vec![
+        "prlimit".into(),
+        format!("--as={}", limits.max_memory_bytes),
+        format!("--cpu={cpu_seconds}"),
+        format!("--fsize={}", limits.max_output_bytes),
+        format!("--nproc={}", limits.max_processes),
+        "--".into(),
+    ];
+    let workdir = root.join(&recipe.workdir);
+    match confinement.isolation {
+        Isolation::Bubblewrap => {
+            let inside = format!("{}/{}", confinement.build_path, recipe.workdir);
+            let inside = inside.trim_end_matches('/').trim_end_matches("/.");
+            argv.extend(bwrap_args(&confinement.bwrap, root, &confinement.build_path, inside, limits));
+            argv.push("--".into());
+        }
+        Isolation::None => {
+            if confinement.isolate_network {
+                argv.extend(["unshare".into(), "--net".into(), "--".into()]);
+            }
+        }
     }
     argv.extend(["sh".into(), "-c".into(), "umask 022; exec \"$@\"".into(), "sh".into()]);
     argv.extend(recipe.argv.iter().cloned());
+    if !workdir.is_dir() {
+        return fail(format!("working directory {:?} is not in the source", recipe.workdir), vec![]);
+    }
     let mut command = tokio::process::Command::new(&argv[0]);
     command
         .args(&argv[1..])
-        .current_dir(root.join(&recipe.workdir))
+        .process_group(0)
+        .current_dir(&workdir)
         .env_clear()
         .envs(base.iter().cloned())
         .envs(recipe.env.iter().cloned())

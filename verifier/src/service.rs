@@ -1,7 +1,7 @@
 //! The verifier as a network service: build jobs and queries over QUIC, and its TOML
 //! configuration.
 
-use crate::sandbox::Limits;
+use crate::sandbox::{Isolation, Limits};
 use crate::{network_isolation_available, Settings, Verifier};
 use chainiac_cosi::PublicKey;
 use chainiac_proto::frame::FrameClass;
@@ -32,8 +32,12 @@ pub struct VerifierConfig {
     pub time_limit_s: u64,
     #[serde(default = "defaults::max_output_bytes")]
     pub max_output_bytes: u64,
-    /// `true`: require a new network namespace for builds; `false`: never; absent: when
-    /// the machine allows it.
+    /// How builds are confined: `"bubblewrap"` (the default; the verifier refuses to start
+    /// if it does not work here) or `"none"` (unconfined, chosen explicitly).
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// With `isolation = "none"`: `true` requires a new network namespace for builds,
+    /// `false` never, absent when the machine allows it.
     #[serde(default)]
     pub isolate_network: Option<bool>,
 }
@@ -68,6 +72,7 @@ impl VerifierConfig {
             concurrency: defaults::concurrency(),
             time_limit_s: defaults::time_limit_s(),
             max_output_bytes: defaults::max_output_bytes(),
+            isolation: Isolation::default(),
             isolate_network: None,
         }
     }
@@ -78,7 +83,9 @@ impl VerifierConfig {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: name.clone(), source })?;
         let mut config: VerifierConfig =
             toml::from_str(&text).map_err(|e| ConfigError::Invalid { path: name.clone(), message: e.to_string() })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        // Absolute, so that builds (which run elsewhere) and logs name real places.
+        let base = std::path::absolute(path.parent().unwrap_or(Path::new(".")))
+            .map_err(|source| ConfigError::Read { path: name.clone(), source })?;
         config.data_dir = base.join(&config.data_dir);
         config.key_file = base.join(&config.key_file);
         if config.isolate_network == Some(true) && !network_isolation_available() {
@@ -103,6 +110,8 @@ impl VerifierConfig {
                 ..Limits::default()
             },
             concurrency: self.concurrency,
+            isolation: self.isolation,
+            bwrap: PathBuf::from("bwrap"),
             isolate_network: self.isolate_network.unwrap_or_else(network_isolation_available),
         }
     }

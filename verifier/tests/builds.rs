@@ -3,7 +3,7 @@
 
 use chainiac_cosi::SecretKey;
 use chainiac_release::{content_hash, Artifact, Manifest, Outcome, Recipe, SourceArchive};
-use chainiac_verifier::sandbox::Limits;
+use chainiac_verifier::sandbox::{Isolation, Limits};
 use chainiac_verifier::{network_isolation_available, Settings, Verifier};
 use std::path::Path;
 use std::time::Duration;
@@ -78,6 +78,8 @@ fn verifier(dir: &Path, seed: u8, limits: Limits) -> std::sync::Arc<Verifier> {
         data_dir: dir.to_path_buf(),
         limits,
         concurrency: 2,
+        isolation: Isolation::Bubblewrap,
+        bwrap: "bwrap".into(),
         isolate_network: network_isolation_available(),
     };
     Verifier::open(SecretKey::from_seed(&[seed; 32]), settings).unwrap()
@@ -200,8 +202,109 @@ async fn builds_see_only_the_normalized_environment_and_no_network() {
         assert!(log.contains(expected), "{expected} missing from:\n{log}");
     }
     assert!(!log.contains("CHAINIAC_SECRET_HOST_VARIABLE"), "host environment leaked:\n{log}");
-    assert!(log.lines().any(|l| l.starts_with("HOME=") && l.contains(&dir.path().display().to_string())));
-    if network_isolation_available() {
-        assert!(log.trim_end().ends_with('1'), "only the loopback interface is visible:\n{log}");
+    assert!(log.lines().any(|l| l == "HOME=/home/build") && log.lines().any(|l| l == "TMPDIR=/tmp"), "{log}");
+    assert!(log.trim_end().ends_with('1'), "only the loopback interface is visible:\n{log}");
+}
+
+/// The build as an attacker writes it: it reads the verifier's files, dials the host, writes
+/// outside its tree, fills its tmpfs and leaves a process behind. None of it works, and the
+/// build sits at the same path on every verifier.
+#[tokio::test]
+async fn a_hostile_build_sees_nothing_of_the_host_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("node.key");
+    std::fs::write(&secret, "TOP-SECRET-KEY-MATERIAL").unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let limits = Limits { tmpfs_bytes: 1 << 20, ..Limits::default() };
+    let v = verifier(dir.path(), 6, limits);
+    assert!(v.environment_description().contains("isolation=bubblewrap"), "{}", v.environment_description());
+    let source = tar_of(&[("hello-1.0/f", b"1", 0o644)]);
+    let script = format!(
+        "cat {secret} && echo READ-THE-KEY; \
+         ls {data} >/dev/null 2>&1 && echo SAW-THE-DATA-DIR; \
+         bash -c 'echo hi > /dev/tcp/127.0.0.1/{port}' 2>/dev/null && echo DIALED-THE-HOST; \
+         touch /usr/evil /etc/evil 2>/dev/null && echo WROTE-THE-SYSTEM; \
+         head -c 3000000 /dev/zero > $TMPDIR/big 2>/dev/null && echo FILLED-TMP; \
+         setsid sleep 4242 & \
+         echo PWD=$(pwd) UID=$(id -u); echo done",
+        secret = secret.display(),
+        data = dir.path().display(),
+    );
+    let m = manifest(
+        &source,
+        &["sh", "-c", &script],
+        vec![Artifact { path: "hello-1.0/none".into(), sha3: [0; 32], size: 0 }],
+    );
+    let attestation = v.build(&m, &source).await.unwrap();
+    assert!(matches!(attestation.body.outcome, Outcome::Mismatch { .. }), "{:?}", attestation.body.outcome);
+    let log = String::from_utf8(v.log(&m.id()).unwrap().unwrap()).unwrap();
+    assert!(log.contains("done"), "the script ran:\n{log}");
+    for breach in
+        ["TOP-SECRET", "READ-THE-KEY", "SAW-THE-DATA-DIR", "DIALED-THE-HOST", "WROTE-THE-SYSTEM", "FILLED-TMP"]
+    {
+        assert!(!log.contains(breach), "{breach}:\n{log}");
     }
+    assert!(log.contains("PWD=/build/hello-1.0/hello-1.0 UID=1000"), "the fixed build path:\n{log}");
+    assert!(listener.accept().is_err(), "no connection reached the host");
+    assert!(!Path::new("/usr/evil").exists() && !Path::new("/etc/evil").exists());
+    // The pid namespace went with the build: its background process is gone.
+    let left = std::process::Command::new("pgrep").args(["-f", "sleep 4242"]).output().unwrap();
+    assert!(left.stdout.is_empty(), "a build process outlived the build: {}", String::from_utf8_lossy(&left.stdout));
+}
+
+/// Fail closed: with bubblewrap selected and not working, the verifier does not start; it
+/// builds unconfined only when told to, and says so in its environment.
+#[test]
+fn a_verifier_without_a_working_sandbox_refuses_to_start_unless_told_to_build_unconfined() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = |isolation| Settings {
+        data_dir: dir.path().to_path_buf(),
+        limits: Limits::default(),
+        concurrency: 1,
+        isolation,
+        bwrap: "/nonexistent/bwrap".into(),
+        isolate_network: false,
+    };
+    let refused =
+        Verifier::open(SecretKey::from_seed(&[7; 32]), settings(Isolation::Bubblewrap)).err().expect("refused");
+    let message = refused.to_string();
+    assert!(message.contains("/nonexistent/bwrap") && message.contains("isolation = \"none\""), "{message}");
+    let unconfined = Verifier::open(SecretKey::from_seed(&[7; 32]), settings(Isolation::None)).unwrap();
+    assert!(unconfined.environment_description().contains("isolation=none"));
+}
+
+/// The issue's release manager's case: GNU hello 2.10 from `../shared/data/sources`, built
+/// by its own `./configure && make` (default `-g -O2`, no tricks) on two verifiers in
+/// different directories. The same path inside the sandbox and the archive's file times
+/// make the two binaries identical.
+#[tokio::test]
+async fn gnu_hello_reproduces_on_two_verifiers_as_its_makefile_builds_it() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/sources/hello-2.10.tar.gz");
+    let Ok(source) = std::fs::read(&path) else {
+        println!("SKIPPED: {} is not on this machine", path.display());
+        return;
+    };
+    let mut m = manifest(
+        &source,
+        &["sh", "-c", "./configure --quiet && make --quiet"],
+        vec![Artifact { path: "hello-2.10/hello".into(), sha3: [0; 32], size: 0 }],
+    );
+    m.version = "2.10".into();
+    m.recipe.workdir = "hello-2.10".into();
+    let limits = Limits { time_limit: Duration::from_secs(300), ..Limits::default() };
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut got = Vec::new();
+    for (dir, seed) in [(&a, 8), (&b, 9)] {
+        let v = verifier(dir.path(), seed, limits.clone());
+        let attestation = v.build(&m, &source).await.unwrap();
+        let log = String::from_utf8_lossy(&v.log(&m.id()).unwrap().unwrap()).into_owned();
+        match &attestation.body.outcome {
+            Outcome::Mismatch { artifacts } => got.push((artifacts[0].got.expect("built"), artifacts[0].got_size)),
+            other => panic!("the build should run to the end: {other:?}\n{log}"),
+        }
+        assert!(!log.contains("aclocal") || !log.contains("command not found"), "make did not regenerate:\n{log}");
+    }
+    assert_eq!(got[0], got[1], "both verifiers built the same bytes");
 }
