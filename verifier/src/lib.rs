@@ -38,6 +38,10 @@ pub enum VerifierError {
     Io(#[from] std::io::Error),
     #[error("builds cannot be confined: {reason}")]
     Isolation { reason: String },
+    /// The bytes sent are not the manifest's source: nothing is built, signed or kept (an
+    /// attestation would speak for the manifest, and anyone can send wrong bytes).
+    #[error("the source archive does not match the manifest's hash and size; nothing was built")]
+    SourceMismatch,
 }
 
 /// A verifier's settings.
@@ -106,6 +110,8 @@ impl Verifier {
             sandbox::bubblewrap_works(&settings.bwrap).map_err(|reason| VerifierError::Isolation {
                 reason: format!("{reason}; install bubblewrap, or set isolation = \"none\" to build unconfined"),
             })?;
+            sandbox::jobs_reachable(&settings.data_dir.join("jobs"))
+                .map_err(|reason| VerifierError::Isolation { reason })?;
         }
         std::fs::create_dir_all(&settings.data_dir)?;
         let mut options = rocksdb::Options::default();
@@ -158,6 +164,9 @@ impl Verifier {
         if let Some(stored) = self.attestation(&id)? {
             return Ok(stored);
         }
+        if source.len() as u64 != manifest.source.size || content_hash(source) != manifest.source.sha3 {
+            return Err(VerifierError::SourceMismatch);
+        }
         let _slot = self.slots.acquire().await.expect("the semaphore is never closed");
         if let Some(stored) = self.attestation(&id)? {
             return Ok(stored); // built while we waited
@@ -186,9 +195,6 @@ impl Verifier {
 
     async fn rebuild(&self, manifest: &Manifest, source: &[u8]) -> Result<(Outcome, Vec<u8>), VerifierError> {
         let failed = |reason: String| Ok((Outcome::Failed { reason: reason.clone() }, reason.into_bytes()));
-        if source.len() as u64 != manifest.source.size || content_hash(source) != manifest.source.sha3 {
-            return failed("the source archive does not match the manifest's hash and size".into());
-        }
         if let Err(e) = chainiac_release::rules::check_manifest(manifest) {
             return failed(e.to_string());
         }

@@ -86,10 +86,55 @@ pub fn build_path(project: &str, version: &str) -> Result<String, String> {
     Ok(format!("/build/{name}"))
 }
 
+/// The user a root verifier's builds run as on the host (`nobody`): inside the sandbox's
+/// user namespace the build is uid 1000, but files are checked against the host uid it maps
+/// to, and for a root verifier that would be root (able to read `/etc/shadow` and host keys
+/// under `/etc`).
+pub const BUILD_HOST_UID: u32 = 65534;
+
+/// For a root verifier: the job directories must be reachable by [`BUILD_HOST_UID`], which
+/// sets up the sandbox (bubblewrap binds the source before the build sees anything; the
+/// build itself sees none of the host's directories). Makes `jobs` (0711) and names the
+/// first directory above it that others cannot search.
+pub fn jobs_reachable(jobs: &Path) -> Result<(), String> {
+    if !running_as_root() {
+        return Ok(());
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(jobs).map_err(|e| format!("creating {}: {e}", jobs.display()))?;
+    std::fs::set_permissions(jobs, std::fs::Permissions::from_mode(0o711))
+        .map_err(|e| format!("{}: {e}", jobs.display()))?;
+    let absolute = std::path::absolute(jobs).map_err(|e| format!("{}: {e}", jobs.display()))?;
+    for dir in absolute.ancestors().skip(1) {
+        let mode = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?.permissions().mode();
+        if mode & 0o001 == 0 {
+            return Err(format!(
+                "builds run as uid {BUILD_HOST_UID} on the host and must reach {}, but {} is not searchable by others (chmod o+x {})",
+                jobs.display(),
+                dir.display(),
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// The `bwrap` arguments up to the command: namespaces, the read-only system, capped tmpfs
 /// for `HOME` and `TMPDIR`, the source at `build` (host directory `source`), `chdir` there.
+/// A root verifier first drops to [`BUILD_HOST_UID`] with `setpriv`.
 fn bwrap_args(bwrap: &Path, source: &Path, build: &str, chdir: &str, limits: &Limits) -> Vec<String> {
-    let mut args: Vec<String> = vec![bwrap.display().to_string()];
+    let mut args: Vec<String> = Vec::new();
+    if running_as_root() {
+        let id = BUILD_HOST_UID.to_string();
+        args.extend(["setpriv".into(), format!("--reuid={id}"), format!("--regid={id}"), "--clear-groups".into()]);
+        args.push("--".into());
+    }
+    args.push(bwrap.display().to_string());
     let tmpfs = limits.tmpfs_bytes.to_string();
     args.extend(
         [
@@ -174,6 +219,20 @@ pub struct Confinement {
     pub build_path: String,
 }
 
+/// Hands the unpacked tree to `uid` (symlinks themselves, not their targets).
+fn chown_tree(root: &Path, uid: u32) -> std::io::Result<()> {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        std::os::unix::fs::lchown(&path, Some(uid), Some(uid))?;
+        if std::fs::symlink_metadata(&path)?.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                stack.push(entry?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// How a build went.
 #[derive(Debug)]
 pub struct RunReport {
@@ -206,9 +265,14 @@ pub async fn run(
         Isolation::None => (job.join("home").display().to_string(), job.join("tmp").display().to_string()),
     };
     let base = environment(&home, &tmp, source_date_epoch);
-    for (name, _) in &recipe.env {
+    for (name, value) in &recipe.env {
         if base.iter().any(|(b, _)| b == name) {
             return fail(format!("the recipe may not override {name}"), vec![]);
+        }
+        let plain = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !plain || value.contains('\0') {
+            return fail(format!("recipe variable {name:?} is not a plain NAME=value"), vec![]);
         }
     }
     for dir in ["home", "tmp"] {
@@ -239,19 +303,31 @@ pub async fn run(
             }
         }
     }
+    // The recipe's variables reach the build only, through `env` at the end of the chain:
+    // the host-side programs before it (prlimit, setpriv, bwrap, unshare) run with the base
+    // environment alone, or `LD_PRELOAD=./evil.so` from the archive would run on the host.
+    argv.push("env".into());
+    argv.extend(recipe.env.iter().map(|(name, value)| format!("{name}={value}")));
     argv.extend(["sh".into(), "-c".into(), "umask 022; exec \"$@\"".into(), "sh".into()]);
     argv.extend(recipe.argv.iter().cloned());
     if !workdir.is_dir() {
         return fail(format!("working directory {:?} is not in the source", recipe.workdir), vec![]);
     }
+    if confinement.isolation == Isolation::Bubblewrap && running_as_root() {
+        if let Err(e) = chown_tree(root, BUILD_HOST_UID) {
+            return fail(format!("preparing the build: {e}"), vec![]);
+        }
+    }
+    // Unconfined builds start in their working directory; a sandbox's host side starts in
+    // the job (never in a directory the archive shaped).
+    let host_dir = if confinement.isolation == Isolation::None { workdir.clone() } else { job.to_path_buf() };
     let mut command = tokio::process::Command::new(&argv[0]);
     command
         .args(&argv[1..])
         .process_group(0)
-        .current_dir(&workdir)
+        .current_dir(&host_dir)
         .env_clear()
         .envs(base.iter().cloned())
-        .envs(recipe.env.iter().cloned())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -314,7 +390,8 @@ fn directory_size(dir: &Path) -> std::io::Result<u64> {
             if meta.is_dir() {
                 stack.push(entry.path());
             } else {
-                total += meta.len();
+                // Saturating: a build can make sparse files of any length.
+                total = u64::saturating_add(total, meta.len());
             }
         }
     }

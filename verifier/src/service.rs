@@ -139,6 +139,9 @@ impl Handler for Service {
         match request {
             Request::Build { manifest, source } => match self.verifier.build(&manifest, &source).await {
                 Ok(attestation) => Response::Attestation(Some(attestation)),
+                Err(e @ crate::VerifierError::SourceMismatch) => {
+                    Response::Error(ErrorReply::new(ErrorCode::BadRequest, e.to_string()))
+                }
                 Err(e) => internal(e),
             },
             Request::GetAttestation { manifest } => {

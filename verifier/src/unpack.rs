@@ -5,7 +5,8 @@
 //! - every path is plain and relative (no `..`, no `.`, no absolute path, no NUL);
 //! - no entry is written at or beneath a symlink the archive made (the job root is fresh, so
 //!   those are the only symlinks below it), and files are opened with `O_NOFOLLOW`;
-//! - symlinks point inside the tree, resolved lexically from where they stand;
+//! - symlinks point inside the tree, resolved lexically from where they stand, and never
+//!   through another link the archive made (so chains of links cannot climb out either);
 //! - entry counts and byte counts are checked (with checked sums) before memory is taken,
 //!   and the decompressed stream itself is capped, so a decompression bomb stops early;
 //! - files and directories keep the archive's modification times, as `tar` does, so that
@@ -269,7 +270,7 @@ impl<'a> Writer<'a> {
                 }
             }
             Kind::Symlink(link) => {
-                if !link_stays_inside(&path, &link) {
+                if !link_stays_inside(&path, &link) || self.through_links(&relative, &link) {
                     return Err(UnpackError::LinkOut { path, target: link });
                 }
                 if std::fs::symlink_metadata(&target).is_ok() {
@@ -281,6 +282,27 @@ impl<'a> Writer<'a> {
             Kind::Other(kind) => return Err(UnpackError::UnsupportedEntry { path, kind }),
         }
         Ok(())
+    }
+
+    /// Whether the target of a link at `at` passes through a link the archive made: the
+    /// lexical check alone would let `l2 -> .` then `l3 -> l2/l2/l2/../../..` climb out.
+    fn through_links(&self, at: &Path, target: &str) -> bool {
+        let mut walked = at.parent().map(Path::to_path_buf).unwrap_or_default();
+        for component in Path::new(target).components() {
+            match component {
+                Component::Normal(name) => {
+                    walked.push(name);
+                    if self.links.contains(&walked) {
+                        return true;
+                    }
+                }
+                Component::ParentDir => {
+                    walked.pop();
+                }
+                _ => {}
+            }
+        }
+        false
     }
 
     /// Directory times, deepest first, once nothing more is written inside them.

@@ -74,6 +74,9 @@ fn manifest(source: &[u8], argv: &[&str], artifacts: Vec<Artifact>) -> Manifest 
 }
 
 fn verifier(dir: &Path, seed: u8, limits: Limits) -> std::sync::Arc<Verifier> {
+    // A root verifier's builds start as uid 65534, which must reach the job directories.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).unwrap();
     let settings = Settings {
         data_dir: dir.to_path_buf(),
         limits,
@@ -176,11 +179,15 @@ async fn failures_time_limits_and_escaping_archives_give_failed_attestations() {
     }
     // Nothing escaped into the verifier's directory.
     assert!(!dir.path().join("evil").exists() && !dir.path().join("jobs/evil").exists());
-    // A source that does not match the manifest is refused before anything runs.
+    // A source that does not match the manifest is refused before anything runs, and
+    // nothing is signed or kept: anyone could otherwise poison a manifest with wrong bytes.
     let mut m = manifest(&source, &["true"], artifact.clone());
     m.version = "tampered".into();
-    let attestation = v.build(&m, b"other bytes").await.unwrap();
-    assert!(matches!(&attestation.body.outcome, Outcome::Failed { reason } if reason.contains("does not match")));
+    let refused = v.build(&m, b"other bytes").await.unwrap_err();
+    assert!(matches!(refused, chainiac_verifier::VerifierError::SourceMismatch), "{refused}");
+    assert_eq!(v.attestation(&m.id()).unwrap(), None, "nothing kept");
+    let attestation = v.build(&m, &source).await.unwrap();
+    assert!(matches!(&attestation.body.outcome, Outcome::Mismatch { .. }), "the right bytes still build");
 }
 
 #[tokio::test]
@@ -226,6 +233,7 @@ async fn a_hostile_build_sees_nothing_of_the_host_and_leaves_nothing_behind() {
          ls {data} >/dev/null 2>&1 && echo SAW-THE-DATA-DIR; \
          bash -c 'echo hi > /dev/tcp/127.0.0.1/{port}' 2>/dev/null && echo DIALED-THE-HOST; \
          touch /usr/evil /etc/evil 2>/dev/null && echo WROTE-THE-SYSTEM; \
+         cat /etc/shadow 2>/dev/null && echo READ-SHADOW; \
          head -c 3000000 /dev/zero > $TMPDIR/big 2>/dev/null && echo FILLED-TMP; \
          setsid sleep 4242 & \
          echo PWD=$(pwd) UID=$(id -u); echo done",
@@ -241,9 +249,15 @@ async fn a_hostile_build_sees_nothing_of_the_host_and_leaves_nothing_behind() {
     assert!(matches!(attestation.body.outcome, Outcome::Mismatch { .. }), "{:?}", attestation.body.outcome);
     let log = String::from_utf8(v.log(&m.id()).unwrap().unwrap()).unwrap();
     assert!(log.contains("done"), "the script ran:\n{log}");
-    for breach in
-        ["TOP-SECRET", "READ-THE-KEY", "SAW-THE-DATA-DIR", "DIALED-THE-HOST", "WROTE-THE-SYSTEM", "FILLED-TMP"]
-    {
+    for breach in [
+        "TOP-SECRET",
+        "READ-THE-KEY",
+        "SAW-THE-DATA-DIR",
+        "DIALED-THE-HOST",
+        "WROTE-THE-SYSTEM",
+        "READ-SHADOW",
+        "FILLED-TMP",
+    ] {
         assert!(!log.contains(breach), "{breach}:\n{log}");
     }
     assert!(log.contains("PWD=/build/hello-1.0/hello-1.0 UID=1000"), "the fixed build path:\n{log}");
@@ -307,4 +321,42 @@ async fn gnu_hello_reproduces_on_two_verifiers_as_its_makefile_builds_it() {
         assert!(!log.contains("aclocal") || !log.contains("command not found"), "make did not regenerate:\n{log}");
     }
     assert_eq!(got[0], got[1], "both verifiers built the same bytes");
+}
+
+/// The recipe's variables reach the build only, never the host-side programs that set the
+/// sandbox up (found by review): `LD_PRELOAD=./evil.so` from the archive once ran as the
+/// verifier, outside every namespace. Names that are not plain are refused.
+#[tokio::test]
+async fn recipe_variables_reach_only_the_build() {
+    let work = tempfile::tempdir().unwrap();
+    let marker = format!("/tmp/chainiac-preload-{}", std::process::id());
+    let c = format!(
+        "#include <stdio.h>\n__attribute__((constructor)) static void run(void) {{ FILE *f = fopen(\"{marker}\", \"a\"); if (f) {{ fputs(\"ran\\n\", f); fclose(f); }} }}\n"
+    );
+    std::fs::write(work.path().join("evil.c"), c).unwrap();
+    let built = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o", "evil.so", "evil.c"])
+        .current_dir(work.path())
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let so = std::fs::read(work.path().join("evil.so")).unwrap();
+    let source = tar_of(&[("hello-1.0/evil.so", &so, 0o755)]);
+    let dir = tempfile::tempdir().unwrap();
+    let v = verifier(dir.path(), 10, Limits::default());
+    let none = vec![Artifact { path: "hello-1.0/none".into(), sha3: [0; 32], size: 0 }];
+    let mut m = manifest(&source, &["sh", "-c", "echo built"], none);
+    for preload in ["./evil.so", "/build/hello-1.0/hello-1.0/evil.so"] {
+        m.recipe.env = vec![("LD_PRELOAD".into(), preload.into())];
+        m.version = format!("1.0-{}", preload.len());
+        let _ = v.build(&m, &source).await.unwrap();
+        assert!(!Path::new(&marker).exists(), "{preload}: the preload ran on the host");
+    }
+    m.recipe.env = vec![("LD_PRELOAD ./x".into(), "1".into())];
+    m.version = "1.0-bad-name".into();
+    let attestation = v.build(&m, &source).await.unwrap();
+    match &attestation.body.outcome {
+        Outcome::Failed { reason } => assert!(reason.contains("not a plain NAME=value"), "{reason}"),
+        other => panic!("a variable name with a space must be refused, got {other:?}"),
+    }
 }

@@ -80,6 +80,15 @@ fn entries_beneath_an_archive_made_symlink_are_refused() {
     assert!(matches!(e, UnpackError::UnderLink { .. }), "{e}");
     assert!(!src.join("t").exists());
     drop(dir);
+
+    // Links through links (found by review): `l2 -> .` is inside, and `l3 ->
+    // l2/l2/l2/../../..` is inside by text, yet resolves three levels up.
+    let (_dir, src) = job();
+    let mut b = tar::Builder::new(Vec::new());
+    raw_entry(&mut b, "l2", tar::EntryType::Symlink, Some("."), b"");
+    raw_entry(&mut b, "l3", tar::EntryType::Symlink, Some("l2/l2/l2/../../.."), b"");
+    let e = unpack(&b.into_inner().unwrap(), &src, &Limits::default()).unwrap_err();
+    assert_eq!(e, UnpackError::LinkOut { path: "l3".into(), target: "l2/l2/l2/../../..".into() });
 }
 
 /// A plain source: a directory, two files (one executable), a symlink inside; every format.
