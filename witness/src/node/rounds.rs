@@ -157,26 +157,35 @@ impl Node {
         let me = self.member_of(&roster)?;
         let own = self.index_state(&chain, index)?;
         let mut reports: Vec<IndexState> = vec![own.clone()];
-        // Members presumed down (they just missed a round) are not waited for.
+        // Members presumed down (they just missed a round) are asked only if the others are
+        // too few: a dead peer then costs no timeout, and a slow one is not left out for good.
         let now = Instant::now();
         let down: HashSet<PublicKey> =
             self.down.lock().expect("lock").iter().filter(|(_, until)| **until > now).map(|(k, _)| *k).collect();
-        let others: Vec<usize> = (0..roster.len())
-            .filter(|&i| i != me && roster.member(i).is_some_and(|m| !down.contains(&m.key)))
-            .collect();
-        let request = Request::GetIndexState { chain, index };
-        for (_, reply) in self.ask_children(&roster, &others, request, self.config.peer_timeout()).await {
-            if let Ok(Response::IndexState(mut state)) = reply {
-                let valid = state.lock.as_ref().is_some_and(|(block, certificate)| {
-                    block.header.chain == Some(chain)
-                        && block.header.index == index
-                        && checked_certificate(&roster, head.committee.threshold(), &block.id(), certificate)
-                            .is_complete(roster.len(), head.committee.threshold())
-                });
-                if !valid {
-                    state.lock = None;
+        let is_down = |i: usize| roster.member(i).is_some_and(|m| down.contains(&m.key));
+        let up: Vec<usize> = (0..roster.len()).filter(|&i| i != me && !is_down(i)).collect();
+        let presumed: Vec<usize> = (0..roster.len()).filter(|&i| i != me && is_down(i)).collect();
+        for (pass, asked) in [up, presumed].into_iter().enumerate() {
+            if pass > 0 && reports.len() >= head.committee.threshold() {
+                break;
+            }
+            if asked.is_empty() {
+                continue;
+            }
+            let request = Request::GetIndexState { chain, index };
+            for (_, reply) in self.ask_children(&roster, &asked, request, self.config.peer_timeout()).await {
+                if let Ok(Response::IndexState(mut state)) = reply {
+                    let valid = state.lock.as_ref().is_some_and(|(block, certificate)| {
+                        block.header.chain == Some(chain)
+                            && block.header.index == index
+                            && checked_certificate(&roster, head.committee.threshold(), &block.id(), certificate)
+                                .is_complete(roster.len(), head.committee.threshold())
+                    });
+                    if !valid {
+                        state.lock = None;
+                    }
+                    reports.push(*state);
                 }
-                reports.push(*state);
             }
         }
         let committee = agreement_committee(&head.committee);
@@ -207,7 +216,16 @@ impl Node {
     pub async fn lead(self: &Arc<Self>, chain: ChainId, mut proposal: Proposal) -> Result<Block, ErrorReply> {
         let lock = self.chain_lock(chain);
         let _one_round_per_chain = lock.lock().await;
-        for _ in 0..=MAX_ADOPTIONS {
+        // A timeline proposal that loses its index is not built again on the new head: its
+        // entry records the heads and time of its own moment (a tick is done: the timeline
+        // moved; a committee change is proposed again by its caller).
+        let tick = proposal.kind == KIND_TIMELINE;
+        for pass in 0..=MAX_ADOPTIONS {
+            if pass > 0 {
+                // Another leader is at this index: step back for a random while, as for
+                // `Busy`, so that two leaders do not outbid each other's ballots forever.
+                back_off().await;
+            }
             let head = self.head(&chain)?;
             let index = head.index() + 1;
             // The fast path: this node's own block at the ballot after its own, no gathering
@@ -221,6 +239,8 @@ impl Node {
                     // died, or past this ballot (members deeper in the tree answer their
                     // parent, not this node, so any shortfall is a reason to ask).
                     Err(e) if matches!(e.code, ErrorCode::Promised | ErrorCode::Unavailable) => failure = Some(e),
+                    // Another leader filled the index first: this proposal goes on the new head.
+                    Err(e) if e.code == ErrorCode::Conflict && !tick => continue,
                     done => return done,
                 }
             }
@@ -230,12 +250,17 @@ impl Node {
                 Err(e) => return Err(failure.unwrap_or(e)),
             };
             let Some((block, certificate)) = locked else {
-                // Nobody is locked: this node's block again, above every ballot reported.
+                // Nobody is locked: this node's block again, above every ballot reported —
+                // after a random pause if another leader's ballot beat the first try.
+                if failure.as_ref().is_some_and(|e| e.code == ErrorCode::Promised) {
+                    back_off().await;
+                }
                 let block = self.own_block(&head, &mut proposal)?;
                 match self.run_round(&head, block, ballot, None).await {
                     // Members moved past the ballot meanwhile (or a liar's ballot raised them
                     // a step): gather again.
                     Err(e) if e.code == ErrorCode::Promised => continue,
+                    Err(e) if e.code == ErrorCode::Conflict && !tick => continue,
                     done => return done,
                 }
             };
@@ -414,8 +439,7 @@ impl Node {
                         // Another leader holds some witnesses for its block at this index:
                         // step back for a random while so that one of us wins.
                         self.release(chain, index);
-                        let pause = 50 + OsRng.next_u32() as u64 % 400;
-                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                        back_off().await;
                         continue;
                     }
                     if hidden && attempt < MAX_ATTEMPTS {
@@ -816,6 +840,11 @@ impl Node {
             Err(e) => Err(store_err(e)),
         }
     }
+}
+
+/// A random pause of 50–450 ms: how racing leaders at one index settle on one of them.
+async fn back_off() {
+    tokio::time::sleep(Duration::from_millis(50 + OsRng.next_u32() as u64 % 400)).await;
 }
 
 /// The children of `me` in `tree` whose subtree holds a member that committed (`committed`)
