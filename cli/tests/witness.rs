@@ -103,21 +103,7 @@ async fn two_leaders_racing_at_one_index_append_exactly_one_block() {
         for w in 0..4 {
             cluster.wait_head(w, chain, last).await;
         }
-        for index in next..=last {
-            let mut ids = Vec::new();
-            for w in 0..4 {
-                let reply = cluster
-                    .client
-                    .call(&cluster.witnesses[w], chainiac_proto::Request::GetBlock { chain, index })
-                    .await
-                    .unwrap();
-                let chainiac_proto::Response::Block(Some(block)) = reply else {
-                    panic!("witness {w} lacks block {index}")
-                };
-                ids.push(block.id());
-            }
-            assert!(ids.windows(2).all(|w| w[0] == w[1]), "every node holds the same block at {index}");
-        }
+        cluster.assert_same_blocks(4, chain, next..=last).await;
         next = last + 1;
     }
 }
@@ -185,19 +171,7 @@ async fn a_witness_killed_repeatedly_during_appends_never_forks() {
     for w in 0..4 {
         cluster.wait_head(w, chain, appended).await;
     }
-    for index in 1..=appended {
-        let mut ids = std::collections::HashSet::new();
-        for w in 0..4 {
-            let reply = cluster
-                .client
-                .call(&cluster.witnesses[w], chainiac_proto::Request::GetBlock { chain, index })
-                .await
-                .unwrap();
-            let chainiac_proto::Response::Block(Some(block)) = reply else { panic!("missing block {index} on {w}") };
-            ids.insert(block.id());
-        }
-        assert_eq!(ids.len(), 1, "witnesses disagree at index {index}");
-    }
+    cluster.assert_same_blocks(4, chain, 1..=appended).await;
     assert_eq!(cluster.prove_from_genesis(3, chain, &genesis).await.index(), appended);
 }
 

@@ -311,6 +311,20 @@ impl Cluster {
         }
     }
 
+    /// Asserts that witnesses `0..n` hold one and the same block at each of `indices`.
+    #[allow(dead_code)] // not every test binary uses it
+    pub async fn assert_same_blocks(&self, n: usize, chain: ChainId, indices: std::ops::RangeInclusive<u64>) {
+        for index in indices {
+            let mut ids = std::collections::HashSet::new();
+            for w in 0..n {
+                let reply = self.client.call(&self.witnesses[w], Request::GetBlock { chain, index }).await.unwrap();
+                let Response::Block(Some(block)) = reply else { panic!("witness {w} lacks block {index}") };
+                ids.insert(block.id());
+            }
+            assert_eq!(ids.len(), 1, "witnesses disagree at index {index}");
+        }
+    }
+
     /// Waits until witness `i` reports head `index` for `chain`.
     pub async fn wait_head(&self, i: usize, chain: ChainId, index: u64) {
         let deadline = Instant::now() + Duration::from_secs(30);
