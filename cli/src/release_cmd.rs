@@ -90,7 +90,8 @@ pub enum ReleaseCommand {
         project: String,
         #[arg(long)]
         version: String,
-        /// The source archive (tar or tar.gz) verifiers rebuild from.
+        /// The source archive verifiers rebuild from: tar, tar.gz, tar.xz, tar.bz2, tar.zst
+        /// or zip (anything else is refused here, before it is signed).
         #[arg(long)]
         source: PathBuf,
         /// Where to run the build, relative to the unpacked source.
@@ -371,6 +372,9 @@ pub fn release(command: ReleaseCommand) -> Result<()> {
     match command {
         ReleaseCommand::Prepare { project, version, source, workdir, artifacts, env, out, json, command } => {
             let archive = std::fs::read(&source).with_context(|| format!("reading {}", source.display()))?;
+            // What the verifiers will refuse, refused now rather than after signing.
+            chainiac_verifier::unpack::ArchiveFormat::detect(&archive)
+                .map_err(|e| UsageError(format!("{}: {e}", source.display())))?;
             let artifacts = artifacts
                 .iter()
                 .map(|spec| {

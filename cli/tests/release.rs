@@ -404,6 +404,18 @@ async fn a_release_manager_works_from_the_shell() {
         .unwrap()
         .success());
     let binary = build.join("hello").to_str().unwrap().to_string();
+    // A source no verifier reads is refused by `prepare`, before anything is signed.
+    let not_an_archive = build.join("Makefile");
+    let refused = Command::new(common::bin())
+        .args(["release", "prepare", "--project", "hello", "--version", "1.0", "--source"])
+        .arg(&not_an_archive)
+        .args(["--workdir", "hello-1.0", "--artifact", &format!("hello-1.0/hello={binary}")])
+        .args(["--out", &path("never.manifest"), "--", "make"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("tar, tar.gz, tar.xz, tar.bz2, tar.zst, zip"), "{stderr}");
+    assert!(!std::path::Path::new(&path("never.manifest")).exists());
     let prepared = json(run(&[
         "release",
         "prepare",
