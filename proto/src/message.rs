@@ -414,8 +414,8 @@ pub struct NodeStatus {
     pub peers_up: u64,
     /// Frames refused as malformed, oversized, of an unknown version or unauthorized.
     pub refused_frames: u64,
-    /// Blocks this node re-led because members had promised them (a leader died or
-    /// withheld the signature after the promises, §9.1).
+    /// Blocks this node re-led because members were locked on them (a leader died or
+    /// withheld the signature after the locks, §9.1).
     pub blocks_adopted: u64,
     /// How many chains this node serves.
     pub chains_total: u64,

@@ -40,7 +40,7 @@ pub fn check_carried(block: &Block) -> Result<(), String> {
 }
 
 /// The kind-specific checks of a genesis: its committee must be a Byzantine quorum (this
-/// witness's promise never to sign two blocks at one index protects clients only if two
+/// witnesses' votes and locks keep two blocks from both being signed at one index only if two
 /// thresholds overlap in an honest member), and a release chain's policy a valid policy.
 pub fn check_genesis(genesis: &Block) -> Result<(), String> {
     if let Some(appointment) = &genesis.committee {
