@@ -93,12 +93,16 @@ fn start_witnesses(dirs: &[PathBuf]) -> Result<(Vec<Node>, Vec<Member>)> {
     Ok((nodes, members))
 }
 
-fn start_verifier(dir: &Path) -> Result<Node> {
+/// A verifier that takes build jobs from the witnesses `members`.
+fn start_verifier(dir: &Path, members: &[Member]) -> Result<Node> {
     std::fs::create_dir_all(dir)?;
     let key = SecretKey::generate(&mut rand_core::OsRng);
     keyfile::write(&dir.join("node.key"), &key)?;
     let address = format!("127.0.0.1:{}", free_port()?);
-    let config = VerifierConfig::new(address.parse()?, address.clone());
+    let mut config = VerifierConfig::new(address.parse()?, address.clone());
+    for member in members {
+        config.allow(&member.key);
+    }
     std::fs::write(dir.join("verifier.toml"), config.to_toml())?;
     let child = spawn(&["verifier", "run", "--config", dir.join("verifier.toml").to_str().unwrap()], &dir.join("log"))?;
     Ok(Node { key: key.public_key(), address, _child: child })
@@ -182,8 +186,9 @@ async fn demo(root: &Path) -> Result<()> {
     let dirs: Vec<PathBuf> = (0..=NEWCOMER).map(|i| root.join(format!("witness-{i}"))).collect();
     let (witnesses, all_members) = start_witnesses(&dirs)?;
     let members = all_members[..WITNESSES].to_vec();
-    let verifiers: Vec<Node> =
-        (0..VERIFIERS).map(|i| start_verifier(&root.join(format!("verifier-{i}")))).collect::<Result<_>>()?;
+    let verifiers: Vec<Node> = (0..VERIFIERS)
+        .map(|i| start_verifier(&root.join(format!("verifier-{i}")), &all_members))
+        .collect::<Result<_>>()?;
     let endpoint = chainiac_proto::endpoint::client("127.0.0.1:0".parse()?)?;
     let pool = Pool::new(endpoint, Arc::new(SecretKey::generate(&mut rand_core::OsRng)));
     for w in &witnesses {

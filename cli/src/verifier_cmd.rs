@@ -1,9 +1,10 @@
-//! `chainiac verifier init | run`.
+//! `chainiac verifier init | allow | run | status`.
 
-use crate::witness_cmd::wait_for_signal;
+use crate::witness_cmd::{parse_key, wait_for_signal, RunningNode};
 use crate::UsageError;
 use anyhow::{Context, Result};
-use chainiac_cosi::SecretKey;
+use chainiac_cosi::{PublicKey, SecretKey};
+use chainiac_proto::Response;
 use chainiac_verifier::sandbox::Isolation;
 use chainiac_verifier::service::{Service, VerifierConfig, ALLOWED};
 use chainiac_verifier::Verifier;
@@ -35,19 +36,61 @@ pub enum VerifierCommand {
         /// where it does not work) or `none` (unconfined: builds see the verifier's files).
         #[arg(long, default_value = "bubblewrap", value_parser = ["bubblewrap", "none"])]
         isolation: String,
+        /// Let the members of this roster file (`[[member]]` entries, as `chainiac witness
+        /// init` prints them) send build jobs: the witnesses of the chains this verifier
+        /// checks.
+        #[arg(long)]
+        roster: Option<PathBuf>,
+        /// Let this key (hex) send build jobs and read build logs too (repeatable).
+        #[arg(long = "allow")]
+        allow: Vec<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// Let more keys send build jobs and read build logs (`build_callers` in the config):
+    /// the members of a roster file and keys given. Restart the verifier to apply.
+    Allow {
+        /// The config file `init` wrote.
+        #[arg(long)]
+        config: PathBuf,
+        /// `[[member]]` entries, as `chainiac witness init` prints them.
+        #[arg(long)]
+        roster: Option<PathBuf>,
+        /// A key (hex), repeatable.
+        #[arg(long = "key")]
+        keys: Vec<String>,
     },
     /// Serve build jobs until SIGINT or SIGTERM.
     Run {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Ask a running verifier for its confinement, environment and counters.
+    Status {
+        #[command(flatten)]
+        node: RunningNode,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The keys a roster file and `--key`/`--allow` arguments name.
+fn keys_to_allow(roster: Option<&std::path::Path>, keys: &[String]) -> Result<Vec<PublicKey>> {
+    let mut allowed = Vec::new();
+    if let Some(roster) = roster {
+        let committee = crate::roster_cmd::read_committee(roster, None)?;
+        allowed.extend(committee.roster().members().iter().map(|m| m.key));
+    }
+    for key in keys {
+        allowed.push(parse_key(key)?);
+    }
+    Ok(allowed)
 }
 
 pub fn run(command: VerifierCommand) -> Result<()> {
     match command {
-        VerifierCommand::Init { dir, listen, address, concurrency, time_limit_s, isolation, json } => {
+        VerifierCommand::Init { dir, listen, address, concurrency, time_limit_s, isolation, roster, allow, json } => {
+            let callers = keys_to_allow(roster.as_deref(), &allow)?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let key = SecretKey::generate(&mut rand_core::OsRng);
             keyfile::write(&dir.join("node.key"), &key)?;
@@ -55,6 +98,9 @@ pub fn run(command: VerifierCommand) -> Result<()> {
             config.concurrency = concurrency;
             config.time_limit_s = time_limit_s;
             config.isolation = if isolation == "none" { Isolation::None } else { Isolation::Bubblewrap };
+            for key in &callers {
+                config.allow(key);
+            }
             let path = dir.join("verifier.toml");
             std::fs::write(&path, config.to_toml()).with_context(|| format!("writing {}", path.display()))?;
             let entry = serde_json::json!({ "key": key.public_key().to_string(), "address": config.address });
@@ -62,6 +108,12 @@ pub fn run(command: VerifierCommand) -> Result<()> {
                 println!("{entry}");
             } else {
                 eprintln!("wrote {} (key, mode 0600) and {}", dir.join("node.key").display(), path.display());
+                if config.build_callers.is_empty() {
+                    eprintln!(
+                        "no witness may send build jobs yet: add the witnesses' roster with `chainiac verifier allow --config {} --roster FILE`",
+                        path.display()
+                    );
+                }
                 eprintln!("policy entry for this verifier:");
                 println!("[[verifier]]\nkey = \"{}\"\naddress = \"{}\"", key.public_key(), config.address);
             }
@@ -75,7 +127,7 @@ pub fn run(command: VerifierCommand) -> Result<()> {
                 let endpoint = chainiac_proto::endpoint::server(&key, config.listen)?;
                 let verifier = Verifier::open(key, config.settings())?;
                 tracing::info!(listen = %config.listen, key = %verifier.public_key(), environment = verifier.environment_description(), "verifier serving");
-                let service = Service::new(verifier);
+                let service = Service::new(verifier, config.address.clone(), config.callers());
                 tokio::spawn(chainiac_proto::server::serve(service, endpoint.clone(), ALLOWED));
                 wait_for_signal().await;
                 tracing::info!("shutting down");
@@ -83,5 +135,68 @@ pub fn run(command: VerifierCommand) -> Result<()> {
                 Ok(())
             })
         }
+        VerifierCommand::Allow { config, roster, keys } => allow(&config, roster.as_deref(), &keys),
+        VerifierCommand::Status { node, json } => status(&node, json),
     }
+}
+
+fn allow(path: &std::path::Path, roster: Option<&std::path::Path>, keys: &[String]) -> Result<()> {
+    if roster.is_none() && keys.is_empty() {
+        return Err(UsageError("name a --roster file or a --key to allow".into()).into());
+    }
+    let allowed = keys_to_allow(roster, keys)?;
+    // Checked as `run` will load it, then edited as written (relative paths stay relative).
+    VerifierConfig::load(path).map_err(|e| UsageError(e.to_string()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut config: VerifierConfig =
+        toml::from_str(&text).map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+    let added = allowed.iter().filter(|key| config.allow(key)).count();
+    std::fs::write(path, config.to_toml()).with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "{added} key(s) added to build_callers in {} ({} in all); restart the verifier to apply",
+        path.display(),
+        config.build_callers.len()
+    );
+    Ok(())
+}
+
+fn status(node: &RunningNode, json: bool) -> Result<()> {
+    let response = node.status()?;
+    let Response::VerifierStatus(s) = response else {
+        anyhow::bail!("{} answered {}, not a verifier's status", node.address, response.name())
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "key": hex::encode(s.key),
+                "address": s.address,
+                "isolation": s.isolation,
+                "environment": s.environment,
+                "uptime_s": s.uptime_s,
+                "builds": s.builds,
+                "reproduced": s.reproduced,
+                "mismatched": s.mismatched,
+                "failed": s.failed,
+                "not_kept": s.not_kept,
+                "answered_from_store": s.answered_from_store,
+                "running": s.running,
+                "waiting": s.waiting,
+                "refused_requests": s.refused_requests,
+                "refused_frames": s.refused_frames,
+            })
+        );
+    } else {
+        println!("verifier {} at {} (up {} s)", hex::encode(s.key), s.address, s.uptime_s);
+        println!("isolation {}; environment {}", s.isolation, s.environment);
+        println!(
+            "builds {} (reproduced {}, mismatched {}, failed {}; {} not kept as they may depend on the moment); {} answered from the store",
+            s.builds, s.reproduced, s.mismatched, s.failed, s.not_kept, s.answered_from_store
+        );
+        println!(
+            "running {}, waiting {}; requests refused {}, frames refused {}",
+            s.running, s.waiting, s.refused_requests, s.refused_frames
+        );
+    }
+    Ok(())
 }

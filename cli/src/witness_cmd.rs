@@ -57,15 +57,36 @@ pub enum WitnessCommand {
     },
     /// Ask a running witness for its health and counters.
     Status {
-        /// The witness's address.
-        #[arg(long)]
-        address: String,
-        /// The witness's public key (hex), pinned for the connection.
-        #[arg(long)]
-        key: String,
+        #[command(flatten)]
+        node: RunningNode,
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A running node (witness or verifier) to ask, by address and pinned key.
+#[derive(clap::Args)]
+pub struct RunningNode {
+    /// The node's address.
+    #[arg(long)]
+    pub address: String,
+    /// The node's public key (hex), pinned for the connection.
+    #[arg(long)]
+    pub key: String,
+}
+
+impl RunningNode {
+    /// Its answer to `Status`, asked with a fresh key.
+    pub fn status(&self) -> Result<Response> {
+        let key = parse_key(&self.key)?;
+        let runtime = tokio::runtime::Runtime::new()?;
+        runtime.block_on(async move {
+            let endpoint = chainiac_proto::endpoint::client("0.0.0.0:0".parse().expect("valid"))?;
+            let me = SecretKey::generate(&mut rand_core::OsRng);
+            let connection = chainiac_proto::endpoint::connect(&endpoint, &me, &self.address, &key).await?;
+            Ok(chainiac_proto::call(&connection, &Request::Status, Duration::from_secs(5)).await?)
+        })
+    }
 }
 
 pub fn run(command: WitnessCommand) -> Result<()> {
@@ -75,7 +96,7 @@ pub fn run(command: WitnessCommand) -> Result<()> {
         }
         WitnessCommand::Peers { config, roster } => add_peers(&config, &roster),
         WitnessCommand::Run { config } => serve(config),
-        WitnessCommand::Status { address, key, json } => status(address, key, json),
+        WitnessCommand::Status { node, json } => status(&node, json),
     }
 }
 
@@ -174,69 +195,64 @@ pub fn parse_key(hex_key: &str) -> Result<PublicKey> {
     Ok(PublicKey::from_bytes(&bytes).map_err(|e| UsageError(format!("key {hex_key}: {e}")))?)
 }
 
-fn status(address: String, key: String, json: bool) -> Result<()> {
-    let key = parse_key(&key)?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async move {
-        let endpoint = chainiac_proto::endpoint::client("0.0.0.0:0".parse().expect("valid"))?;
-        let me = SecretKey::generate(&mut rand_core::OsRng);
-        let connection = chainiac_proto::endpoint::connect(&endpoint, &me, &address, &key).await?;
-        let response = chainiac_proto::call(&connection, &Request::Status, Duration::from_secs(5)).await?;
-        let Response::Status(status) = response else { anyhow::bail!("unexpected answer: {response:?}") };
-        if json {
-            let chains: Vec<_> = status
-                .chains
-                .iter()
-                .map(|c| serde_json::json!({"chain": c.chain.to_hex(), "head": c.index, "head_id": c.id.to_hex()}))
-                .collect();
-            println!(
-                "{}",
-                serde_json::json!({
-                    "key": hex::encode(status.key),
-                    "address": status.address,
-                    "uptime_s": status.uptime_s,
-                    "rounds_led": status.rounds_led,
-                    "rounds_failed": status.rounds_failed,
-                    "blocks_signed": status.blocks_signed,
-                    "faults_named": status.faults_named,
-                    "round_ms_mean": status.round_ms_mean,
-                    "round_ms_max": status.round_ms_max,
-                    "peers_up": status.peers_up,
-                    "refused_frames": status.refused_frames,
-                    "blocks_adopted": status.blocks_adopted,
-                    "chains_total": status.chains_total,
-                    "peers_left_out": status.peers_left_out,
-                    "timeline_age_ms": status.timeline_age_ms,
-                    "chains": chains,
-                })
-            );
-        } else {
-            println!("witness {} at {} (up {} s)", hex::encode(status.key), status.address, status.uptime_s);
-            println!(
-                "rounds led {}, failed {} (mean {} ms, max {} ms); blocks signed {}, re-led as locked {}; faults named {}",
-                status.rounds_led,
-                status.rounds_failed,
-                status.round_ms_mean,
-                status.round_ms_max,
-                status.blocks_signed,
-                status.blocks_adopted,
-                status.faults_named
-            );
-            println!(
-                "peers connected {}, left out of trees {}; frames refused {}",
-                status.peers_up, status.peers_left_out, status.refused_frames
-            );
-            if let Some(age) = status.timeline_age_ms {
-                println!("newest timeline block made {:.1} s ago", age as f64 / 1000.0);
-            }
-            let listed = status.chains.len() as u64;
-            for chain in status.chains {
-                println!("chain {}  head {}  {}", chain.chain.to_hex(), chain.index, chain.id.to_hex());
-            }
-            if status.chains_total > listed {
-                println!("... and {} more chains ({} in all)", status.chains_total - listed, status.chains_total);
-            }
+fn status(node: &RunningNode, json: bool) -> Result<()> {
+    let response = node.status()?;
+    let Response::Status(status) = response else {
+        anyhow::bail!("{} answered {}, not a witness's status", node.address, response.name())
+    };
+    if json {
+        let chains: Vec<_> = status
+            .chains
+            .iter()
+            .map(|c| serde_json::json!({"chain": c.chain.to_hex(), "head": c.index, "head_id": c.id.to_hex()}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "key": hex::encode(status.key),
+                "address": status.address,
+                "uptime_s": status.uptime_s,
+                "rounds_led": status.rounds_led,
+                "rounds_failed": status.rounds_failed,
+                "blocks_signed": status.blocks_signed,
+                "faults_named": status.faults_named,
+                "round_ms_mean": status.round_ms_mean,
+                "round_ms_max": status.round_ms_max,
+                "peers_up": status.peers_up,
+                "refused_frames": status.refused_frames,
+                "blocks_adopted": status.blocks_adopted,
+                "chains_total": status.chains_total,
+                "peers_left_out": status.peers_left_out,
+                "timeline_age_ms": status.timeline_age_ms,
+                "chains": chains,
+            })
+        );
+    } else {
+        println!("witness {} at {} (up {} s)", hex::encode(status.key), status.address, status.uptime_s);
+        println!(
+            "rounds led {}, failed {} (mean {} ms, max {} ms); blocks signed {}, re-led as locked {}; faults named {}",
+            status.rounds_led,
+            status.rounds_failed,
+            status.round_ms_mean,
+            status.round_ms_max,
+            status.blocks_signed,
+            status.blocks_adopted,
+            status.faults_named
+        );
+        println!(
+            "peers connected {}, left out of trees {}; frames refused {}",
+            status.peers_up, status.peers_left_out, status.refused_frames
+        );
+        if let Some(age) = status.timeline_age_ms {
+            println!("newest timeline block made {:.1} s ago", age as f64 / 1000.0);
         }
-        Ok(())
-    })
+        let listed = status.chains.len() as u64;
+        for chain in status.chains {
+            println!("chain {}  head {}  {}", chain.chain.to_hex(), chain.index, chain.id.to_hex());
+        }
+        if status.chains_total > listed {
+            println!("... and {} more chains ({} in all)", status.chains_total - listed, status.chains_total);
+        }
+    }
+    Ok(())
 }

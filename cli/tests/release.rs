@@ -196,9 +196,16 @@ fn source_archive(files: &[(&str, &str)]) -> Vec<u8> {
 async fn verifiers_rebuild_submitted_releases_and_only_reproduced_ones_are_appended() {
     let cluster = Cluster::start_with(4, 0).await;
     let root = tempfile::tempdir().unwrap();
+    // The verifiers take build jobs from the witnesses and from the release manager.
+    let manager = key(20);
+    let mut callers: Vec<_> = cluster.witnesses.iter().map(|w| w.key).collect();
+    callers.push(manager.public_key());
     // Verifier 2 is broken: no build fits its time limit of 0 s, so it keeps disagreeing.
     let mut verifiers: Vec<common::VerifierProcess> = (0..3)
-        .map(|i| common::VerifierProcess::init_with(&root.path().join(format!("v{i}")), if i == 2 { 0 } else { 60 }))
+        .map(|i| {
+            let limit = if i == 2 { 0 } else { 60 };
+            common::VerifierProcess::init_with(&root.path().join(format!("v{i}")), limit, &callers)
+        })
         .collect();
     for v in &mut verifiers {
         v.start();
@@ -286,11 +293,38 @@ async fn verifiers_rebuild_submitted_releases_and_only_reproduced_ones_are_appen
     let row = |v: &common::VerifierProcess| rows.iter().find(|r| r.verifier == v.key.to_bytes()).unwrap().clone();
     assert_eq!((row(&verifiers[0]).agreed, row(&verifiers[0]).disagreed), (1, 0));
     assert_eq!((row(&verifiers[2]).agreed, row(&verifiers[2]).disagreed), (0, 1));
-    // The verifier keeps the attestation and the build log.
-    let reply =
-        cluster.client.call_at(&verifiers[0].address, &verifiers[0].key, Request::GetBuildLog { manifest: id }).await;
+    // The verifier keeps the attestation and the build log; the log goes to those who may
+    // build, the attestation to anyone.
+    let reply = common::Client::with_key(key(20))
+        .call_at(&verifiers[0].address, &verifiers[0].key, Request::GetBuildLog { manifest: id })
+        .await;
     let Ok(Response::BuildLog(Some(log))) = reply else { panic!("no build log: {reply:?}") };
     assert!(String::from_utf8_lossy(&log).contains("gcc -O2"), "{}", String::from_utf8_lossy(&log));
+    let stranger = &cluster.client;
+    let refused =
+        stranger.call_at(&verifiers[0].address, &verifiers[0].key, Request::GetBuildLog { manifest: id }).await;
+    let reply = refusal(refused.as_ref().unwrap_err());
+    assert!(reply.code == ErrorCode::Forbidden && reply.message.contains("build_callers"), "{reply:?}");
+    let kept =
+        stranger.call_at(&verifiers[0].address, &verifiers[0].key, Request::GetAttestation { manifest: id }).await;
+    assert!(matches!(kept, Ok(Response::Attestation(Some(a))) if a.body.outcome == Outcome::Reproduced));
+    // A stranger's build job is refused before anything is unpacked or run.
+    let mut other = manifest.clone();
+    other.version = "1.0-stranger".into();
+    let request = Request::Build { manifest: other.clone(), source: source.clone() };
+    let refused = stranger.call_at(&verifiers[1].address, &verifiers[1].key, request).await;
+    assert_eq!(refusal(refused.as_ref().unwrap_err()).code, ErrorCode::Forbidden);
+    let status = stranger.call_at(&verifiers[1].address, &verifiers[1].key, Request::Status).await;
+    let Ok(Response::VerifierStatus(status)) = status else { panic!("no status: {status:?}") };
+    assert_eq!((status.builds, status.reproduced, status.refused_requests), (1, 1, 1), "{status:?}");
+    assert_eq!(status.isolation, "bubblewrap");
+    // Verifier 2's time-limit failure was signed but not kept: it depends on the moment.
+    let status = stranger.call_at(&verifiers[2].address, &verifiers[2].key, Request::Status).await;
+    let Ok(Response::VerifierStatus(status)) = status else { panic!("no status: {status:?}") };
+    assert_eq!((status.builds, status.failed, status.not_kept), (1, 1, 1), "{status:?}");
+    let kept =
+        stranger.call_at(&verifiers[2].address, &verifiers[2].key, Request::GetAttestation { manifest: id }).await;
+    assert!(matches!(kept, Ok(Response::Attestation(None))), "{kept:?}");
 
     // A build that embeds the time: both verifiers report a mismatch naming the artifact;
     // the witnesses refuse and nothing is appended.
@@ -325,13 +359,7 @@ async fn a_release_manager_works_from_the_shell() {
     let cluster = Cluster::start_with(4, 0).await;
     let root = tempfile::tempdir().unwrap();
     let mut verifiers: Vec<common::VerifierProcess> =
-        (0..2).map(|i| common::VerifierProcess::init(&root.path().join(format!("v{i}")))).collect();
-    for v in &mut verifiers {
-        v.start();
-    }
-    for v in &verifiers {
-        v.wait_ready(&cluster.client).await;
-    }
+        (0..2).map(|i| common::VerifierProcess::init(&root.path().join(format!("v{i}")), &[])).collect();
     let path = |name: &str| root.path().join(name).to_str().unwrap().to_string();
     let run = |args: &[&str]| {
         let out = Command::new(common::bin()).args(args).output().unwrap();
@@ -368,6 +396,28 @@ async fn a_release_manager_works_from_the_shell() {
         roster += &std::fs::read_to_string(w.dir.join("member.toml")).unwrap();
     }
     std::fs::write(path("roster.toml"), roster).unwrap();
+    // The verifiers' operators let the cothority's witnesses send build jobs.
+    for v in &verifiers {
+        let config = v.dir.join("verifier.toml");
+        let added = run(&["verifier", "allow", "--config", config.to_str().unwrap(), "--roster", &path("roster.toml")]);
+        assert!(added.starts_with("4 key(s) added"), "{added}");
+    }
+    for v in &mut verifiers {
+        v.start();
+    }
+    for v in &verifiers {
+        v.wait_ready(&cluster.client).await;
+    }
+    let status = json(run(&[
+        "verifier",
+        "status",
+        "--address",
+        &verifiers[0].address,
+        "--key",
+        &verifiers[0].key.to_string(),
+        "--json",
+    ]));
+    assert_eq!((status["isolation"].as_str(), status["builds"].as_u64()), (Some("bubblewrap"), Some(0)), "{status}");
     let mut policy = format!(
         "project = \"hello\"\ndevelopers = [\"{}\", \"{}\"]\nrelease_threshold = 2\nroot_keys = [\"{root_key}\"]\nroot_threshold = 1\nverifier_threshold = 2\n",
         developers[0], developers[1]

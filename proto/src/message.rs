@@ -326,6 +326,8 @@ pub enum Response {
         heads: Vec<HeadInfo>,
         more: bool,
     },
+    /// A verifier's answer to [`Request::Status`].
+    VerifierStatus(VerifierStatus),
 }
 
 impl Response {
@@ -354,8 +356,40 @@ impl Response {
             Response::TimelineChanges(_) => "timeline_changes",
             Response::IndexState(_) => "index_state",
             Response::Chains { .. } => "chains",
+            Response::VerifierStatus(_) => "verifier_status",
         }
     }
+}
+
+/// A build verifier's identity, confinement and counters since it started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifierStatus {
+    pub key: [u8; 32],
+    pub address: String,
+    /// How builds are confined: `bubblewrap` or `none`.
+    pub isolation: String,
+    /// The build environment; attestations carry its digest.
+    pub environment: String,
+    pub uptime_s: u64,
+    /// Builds run; each outcome counted below.
+    pub builds: u64,
+    pub reproduced: u64,
+    pub mismatched: u64,
+    pub failed: u64,
+    /// Outcomes signed but not kept, since they may depend on the moment (a time limit, a
+    /// kill by signal, the verifier's own trouble): the next request builds again.
+    pub not_kept: u64,
+    /// Build requests answered with a kept attestation.
+    pub answered_from_store: u64,
+    pub running: u64,
+    /// Build requests waiting for a slot.
+    pub waiting: u64,
+    /// Build and log requests refused: from a key the verifier does not serve, or with a
+    /// source that is not the manifest's.
+    pub refused_requests: u64,
+    /// Frames refused as malformed, oversized, of an unknown version or of a class the
+    /// verifier does not take.
+    pub refused_frames: u64,
 }
 
 /// How often one verifier's attestations agreed with the majority's on a chain's releases.
@@ -592,6 +626,36 @@ mod tests {
             &[2],
             &[8; 32],
             &[0],
+        ]);
+        assert_eq!(postcard::to_allocvec(&response).unwrap(), expected);
+        assert_eq!(postcard::from_bytes::<Response>(&expected).unwrap(), response);
+    }
+
+    /// SPEC §10.3's vector for a verifier's status.
+    #[test]
+    fn verifier_status_encodes_as_the_spec_says() {
+        let response = Response::VerifierStatus(VerifierStatus {
+            key: [1; 32],
+            address: "v:1".into(),
+            isolation: "none".into(),
+            environment: "e".into(),
+            uptime_s: 300,
+            builds: 2,
+            reproduced: 1,
+            mismatched: 0,
+            failed: 1,
+            not_kept: 1,
+            answered_from_store: 3,
+            running: 0,
+            waiting: 0,
+            refused_requests: 4,
+            refused_frames: 5,
+        });
+        let expected = bytes(&[
+            &[22],
+            &[1; 32],
+            &[3, b'v', b':', b'1', 4, b'n', b'o', b'n', b'e', 1, b'e'],
+            &[0xac, 0x02, 2, 1, 0, 1, 1, 3, 0, 0, 4, 5],
         ]);
         assert_eq!(postcard::to_allocvec(&response).unwrap(), expected);
         assert_eq!(postcard::from_bytes::<Response>(&expected).unwrap(), response);

@@ -4,8 +4,10 @@
 //! safely into a fresh directory, runs the recipe in a clean, normalized environment with
 //! limits, compares what came out with the manifest's artifacts bit for bit, and signs an
 //! attestation — reproduced, mismatch (which artifacts, which hashes) or failed (why).
-//! Attestations and build logs are kept: the same manifest asked twice gets the stored
-//! attestation.
+//! Deterministic outcomes are kept, with the build log: the same manifest asked twice gets
+//! the stored attestation. An outcome that may depend on the moment — a time limit, a kill
+//! by signal, the verifier's own trouble — is signed but not kept, and neither is a failure
+//! from another build environment (after the operator fixed or upgraded the verifier).
 
 pub mod sandbox;
 pub mod service;
@@ -13,6 +15,7 @@ pub mod unpack;
 
 use chainiac_cosi::hash;
 use chainiac_cosi::SecretKey;
+use chainiac_proto::message::VerifierStatus;
 use chainiac_release::{content_hash, Attestation, AttestationBody, Manifest, ManifestId, Outcome};
 use rand_core::RngCore;
 use sandbox::Limits;
@@ -66,6 +69,21 @@ pub struct Verifier {
     slots: Semaphore,
     environment: [u8; 32],
     environment_description: String,
+    counters: Counters,
+}
+
+/// What the verifier did since it started (`chainiac verifier status`).
+#[derive(Debug, Default)]
+struct Counters {
+    started: std::sync::OnceLock<std::time::Instant>,
+    builds: std::sync::atomic::AtomicU64,
+    reproduced: std::sync::atomic::AtomicU64,
+    mismatched: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+    not_kept: std::sync::atomic::AtomicU64,
+    answered_from_store: std::sync::atomic::AtomicU64,
+    running: std::sync::atomic::AtomicU64,
+    waiting: std::sync::atomic::AtomicU64,
 }
 
 /// Whether `unshare --net` works on this machine (root, or unprivileged user namespaces).
@@ -128,7 +146,40 @@ impl Verifier {
             db,
             environment,
             environment_description,
+            counters: Counters { started: std::sync::OnceLock::from(std::time::Instant::now()), ..Counters::default() },
         }))
+    }
+
+    /// Its identity, confinement and build counters (the service adds its address and
+    /// what it refused).
+    pub fn status(&self) -> VerifierStatus {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.counters;
+        VerifierStatus {
+            key: self.key.public_key().to_bytes(),
+            address: String::new(),
+            isolation: self.settings.isolation.name().into(),
+            environment: self.environment_description.clone(),
+            uptime_s: c.started.get().map(|s| s.elapsed().as_secs()).unwrap_or(0),
+            builds: c.builds.load(Relaxed),
+            reproduced: c.reproduced.load(Relaxed),
+            mismatched: c.mismatched.load(Relaxed),
+            failed: c.failed.load(Relaxed),
+            not_kept: c.not_kept.load(Relaxed),
+            answered_from_store: c.answered_from_store.load(Relaxed),
+            running: c.running.load(Relaxed),
+            waiting: c.waiting.load(Relaxed),
+            refused_requests: 0,
+            refused_frames: 0,
+        }
+    }
+
+    /// The kept attestation for `manifest` that still holds here: any but a failure
+    /// signed in another build environment (the operator may have fixed what failed).
+    fn kept(&self, manifest: &ManifestId) -> Result<Option<Attestation>, VerifierError> {
+        Ok(self
+            .attestation(manifest)?
+            .filter(|a| a.body.environment == self.environment || !matches!(a.body.outcome, Outcome::Failed { .. })))
     }
 
     pub fn public_key(&self) -> chainiac_cosi::PublicKey {
@@ -156,23 +207,41 @@ impl Verifier {
         Ok(self.db.get_cf(self.cf(CF_LOGS), manifest.0)?)
     }
 
-    /// Builds `manifest` from `source` (or returns the stored attestation) and signs the
+    /// Builds `manifest` from `source` (or returns the kept attestation) and signs the
     /// outcome. Every failure to build is an attestation too (`Failed`, with the reason);
-    /// only the verifier's own storage failing is an error.
+    /// only the verifier's own storage failing, and a source that is not the manifest's,
+    /// are errors. The kept attestation is keyed by the manifest id, which covers the
+    /// source's hash and size.
     pub async fn build(&self, manifest: &Manifest, source: &[u8]) -> Result<Attestation, VerifierError> {
+        use std::sync::atomic::Ordering::Relaxed;
         let id = manifest.id();
-        if let Some(stored) = self.attestation(&id)? {
+        if let Some(stored) = self.kept(&id)? {
+            self.counters.answered_from_store.fetch_add(1, Relaxed);
             return Ok(stored);
         }
         if source.len() as u64 != manifest.source.size || content_hash(source) != manifest.source.sha3 {
             return Err(VerifierError::SourceMismatch);
         }
-        let _slot = self.slots.acquire().await.expect("the semaphore is never closed");
-        if let Some(stored) = self.attestation(&id)? {
+        self.counters.waiting.fetch_add(1, Relaxed);
+        let slot = self.slots.acquire().await;
+        self.counters.waiting.fetch_sub(1, Relaxed);
+        let _slot = slot.expect("the semaphore is never closed");
+        if let Some(stored) = self.kept(&id)? {
+            self.counters.answered_from_store.fetch_add(1, Relaxed);
             return Ok(stored); // built while we waited
         }
-        let (outcome, log) = self.rebuild(manifest, source).await?;
-        info!(manifest = %id, outcome = ?outcome_name(&outcome), "built");
+        self.counters.builds.fetch_add(1, Relaxed);
+        self.counters.running.fetch_add(1, Relaxed);
+        let rebuilt = self.rebuild(manifest, source).await;
+        self.counters.running.fetch_sub(1, Relaxed);
+        let (outcome, log, deterministic) = rebuilt?;
+        let counter = match outcome {
+            Outcome::Reproduced => &self.counters.reproduced,
+            Outcome::Mismatch { .. } => &self.counters.mismatched,
+            Outcome::Failed { .. } => &self.counters.failed,
+        };
+        counter.fetch_add(1, Relaxed);
+        info!(manifest = %id, outcome = ?outcome_name(&outcome), kept = deterministic, "built");
         let body = AttestationBody {
             verifier: self.key.public_key(),
             manifest: id,
@@ -185,7 +254,13 @@ impl Verifier {
         };
         let attestation = Attestation::sign(&self.key, body);
         let mut batch = rocksdb::WriteBatch::default();
-        batch.put_cf(self.cf(CF_ATTESTATIONS), id.0, attestation.to_bytes());
+        if deterministic {
+            batch.put_cf(self.cf(CF_ATTESTATIONS), id.0, attestation.to_bytes());
+        } else {
+            // The latest log is kept either way: it is how the operator sees why.
+            batch.delete_cf(self.cf(CF_ATTESTATIONS), id.0);
+            self.counters.not_kept.fetch_add(1, Relaxed);
+        }
         batch.put_cf(self.cf(CF_LOGS), id.0, &log);
         let mut options = rocksdb::WriteOptions::default();
         options.set_sync(true);
@@ -193,8 +268,9 @@ impl Verifier {
         Ok(attestation)
     }
 
-    async fn rebuild(&self, manifest: &Manifest, source: &[u8]) -> Result<(Outcome, Vec<u8>), VerifierError> {
-        let failed = |reason: String| Ok((Outcome::Failed { reason: reason.clone() }, reason.into_bytes()));
+    /// The outcome, the log, and whether the outcome is deterministic (to be kept).
+    async fn rebuild(&self, manifest: &Manifest, source: &[u8]) -> Result<(Outcome, Vec<u8>, bool), VerifierError> {
+        let failed = |reason: String| Ok((Outcome::Failed { reason: reason.clone() }, reason.into_bytes(), true));
         if let Err(e) = chainiac_release::rules::check_manifest(manifest) {
             return failed(e.to_string());
         }
@@ -218,16 +294,18 @@ impl Verifier {
         source: &[u8],
         job: &Path,
         root: &Path,
-    ) -> Result<(Outcome, Vec<u8>), VerifierError> {
+    ) -> Result<(Outcome, Vec<u8>, bool), VerifierError> {
         let limits = &self.settings.limits;
         if let Err(e) = unpack::unpack(source, root, limits) {
             let reason = format!("unpacking the source: {e}");
-            return Ok((Outcome::Failed { reason: reason.clone() }, reason.into_bytes()));
+            // The archive's own fault, or the verifier's disk: only the first is kept.
+            let deterministic = !matches!(e, unpack::UnpackError::Io { .. });
+            return Ok((Outcome::Failed { reason: reason.clone() }, reason.into_bytes(), deterministic));
         }
         let epoch = manifest.time_ms / 1000;
         let build_path = match sandbox::build_path(&manifest.project, &manifest.version) {
             Ok(path) => path,
-            Err(reason) => return Ok((Outcome::Failed { reason: reason.clone() }, reason.into_bytes())),
+            Err(reason) => return Ok((Outcome::Failed { reason: reason.clone() }, reason.into_bytes(), true)),
         };
         let confinement = sandbox::Confinement {
             isolation: self.settings.isolation,
@@ -237,14 +315,14 @@ impl Verifier {
         };
         let report = sandbox::run(&manifest.recipe, job, root, epoch, limits, &confinement).await;
         let mut log = report.log;
-        let outcome = match report.result {
-            Err(reason) => {
+        match report.result {
+            Err(failure) => {
+                let reason = failure.reason;
                 log.extend_from_slice(format!("\n[chainiac-verifier] {reason}\n").as_bytes());
-                Outcome::Failed { reason }
+                Ok((Outcome::Failed { reason }, log, failure.deterministic))
             }
-            Ok(()) => sandbox::compare(root, &manifest.artifacts),
-        };
-        Ok((outcome, log))
+            Ok(()) => Ok((sandbox::compare(root, &manifest.artifacts), log, true)),
+        }
     }
 }
 

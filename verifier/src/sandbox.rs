@@ -233,11 +233,32 @@ fn chown_tree(root: &Path, uid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Why a build did not succeed, and whether the same build would fail again anywhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildFailure {
+    pub reason: String,
+    /// The build failed on its own: a bad recipe, a non-zero exit, too much output. Not so
+    /// a time limit, a kill by signal (a CPU or memory limit, the OOM killer) or the
+    /// verifier's own trouble: those can depend on the machine's load, so the verifier
+    /// signs them but does not keep them (a later request builds again).
+    pub deterministic: bool,
+}
+
+impl BuildFailure {
+    fn of_build(reason: String) -> Self {
+        BuildFailure { reason, deterministic: true }
+    }
+
+    fn of_circumstance(reason: String) -> Self {
+        BuildFailure { reason, deterministic: false }
+    }
+}
+
 /// How a build went.
 #[derive(Debug)]
 pub struct RunReport {
-    /// `Err(reason)` when the recipe could not run or did not succeed.
-    pub result: Result<(), String>,
+    /// Why the recipe could not run or did not succeed.
+    pub result: Result<(), BuildFailure>,
     /// stdout and stderr, interleaved as read, cut at the log limit.
     pub log: Vec<u8>,
     pub took: Duration,
@@ -256,7 +277,16 @@ pub async fn run(
     confinement: &Confinement,
 ) -> RunReport {
     let started = Instant::now();
-    let fail = |reason: String, log: Vec<u8>| RunReport { result: Err(reason), log, took: started.elapsed() };
+    let fail = |reason: String, log: Vec<u8>| RunReport {
+        result: Err(BuildFailure::of_build(reason)),
+        log,
+        took: started.elapsed(),
+    };
+    let trouble = |reason: String, log: Vec<u8>| RunReport {
+        result: Err(BuildFailure::of_circumstance(reason)),
+        log,
+        took: started.elapsed(),
+    };
     if !is_safe_relative(&recipe.workdir) {
         return fail(format!("working directory {:?} is not a plain relative path", recipe.workdir), vec![]);
     }
@@ -277,7 +307,7 @@ pub async fn run(
     }
     for dir in ["home", "tmp"] {
         if let Err(e) = std::fs::create_dir_all(job.join(dir)) {
-            return fail(format!("preparing the build: {e}"), vec![]);
+            return trouble(format!("preparing the build: {e}"), vec![]);
         }
     }
     let cpu_seconds = limits.time_limit.as_secs().max(1);
@@ -315,7 +345,7 @@ pub async fn run(
     }
     if confinement.isolation == Isolation::Bubblewrap && running_as_root() {
         if let Err(e) = chown_tree(root, BUILD_HOST_UID) {
-            return fail(format!("preparing the build: {e}"), vec![]);
+            return trouble(format!("preparing the build: {e}"), vec![]);
         }
     }
     // Unconfined builds start in their working directory; a sandbox's host side starts in
@@ -334,7 +364,7 @@ pub async fn run(
         .kill_on_drop(true);
     let mut child = match command.spawn() {
         Ok(child) => child,
-        Err(e) => return fail(format!("cannot start {:?}: {e}", recipe.argv[0]), vec![]),
+        Err(e) => return trouble(format!("cannot start {:?}: {e}", argv[0]), vec![]),
     };
     let pid = child.id();
     let (mut out, mut err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
@@ -361,15 +391,22 @@ pub async fn run(
                 // The build runs in its own session: kill the whole group.
                 let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).status();
             }
-            fail(format!("the build exceeded its time limit of {} s", limits.time_limit.as_secs()), vec![])
+            trouble(format!("the build exceeded its time limit of {} s", limits.time_limit.as_secs()), vec![])
         }
-        Ok((log, Err(e))) => fail(format!("waiting for the build: {e}"), log),
-        Ok((log, Ok(status))) if !status.success() => fail(format!("the build command failed ({status})"), log),
+        Ok((log, Err(e))) => trouble(format!("waiting for the build: {e}"), log),
+        // An exit code is the build's own answer; a signal may be a limit's (SIGXCPU,
+        // SIGKILL from the OOM killer) and so depend on the load.
+        Ok((log, Ok(status))) if status.code().is_some_and(|c| c != 0) => {
+            fail(format!("the build command failed ({status})"), log)
+        }
+        Ok((log, Ok(status))) if !status.success() => {
+            trouble(format!("the build command was killed ({status}); a limit may have been reached"), log)
+        }
         Ok((log, Ok(_))) => match directory_size(root) {
             Ok(size) if size > limits.max_output_bytes => {
                 fail(format!("the build wrote {size} bytes, more than the limit of {}", limits.max_output_bytes), log)
             }
-            Err(e) => fail(format!("measuring the build output: {e}"), log),
+            Err(e) => trouble(format!("measuring the build output: {e}"), log),
             Ok(_) => RunReport { result: Ok(()), log, took: started.elapsed() },
         },
     }

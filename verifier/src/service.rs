@@ -5,6 +5,7 @@ use crate::sandbox::{Isolation, Limits};
 use crate::{network_isolation_available, Settings, Verifier};
 use chainiac_cosi::PublicKey;
 use chainiac_proto::frame::FrameClass;
+use chainiac_proto::message::VerifierStatus;
 use chainiac_proto::message::{ErrorCode, ErrorReply};
 use chainiac_proto::server::Handler;
 use chainiac_proto::{Request, Response};
@@ -40,6 +41,12 @@ pub struct VerifierConfig {
     /// `false` never, absent when the machine allows it.
     #[serde(default)]
     pub isolate_network: Option<bool>,
+    /// Keys (hex) that may send build jobs and read build logs: the witnesses of the chains
+    /// whose policies name this verifier (`chainiac verifier allow --roster`), and release
+    /// managers it serves. The verifier's own key (its operator's) always may. Attestations
+    /// and the status are open to anyone.
+    #[serde(default)]
+    pub build_callers: Vec<String>,
 }
 
 mod defaults {
@@ -74,7 +81,22 @@ impl VerifierConfig {
             max_output_bytes: defaults::max_output_bytes(),
             isolation: Isolation::default(),
             isolate_network: None,
+            build_callers: Vec::new(),
         }
+    }
+
+    /// The keys `build_callers` names (checked on load).
+    pub fn callers(&self) -> Vec<PublicKey> {
+        self.build_callers.iter().filter_map(|k| parse_key(k).ok()).collect()
+    }
+
+    /// Adds `key` to `build_callers` unless it is there; whether it was added.
+    pub fn allow(&mut self, key: &PublicKey) -> bool {
+        if self.callers().contains(key) {
+            return false;
+        }
+        self.build_callers.push(key.to_string());
+        true
     }
 
     /// Reads a config file; relative paths are relative to its folder.
@@ -88,6 +110,11 @@ impl VerifierConfig {
             .map_err(|source| ConfigError::Read { path: name.clone(), source })?;
         config.data_dir = base.join(&config.data_dir);
         config.key_file = base.join(&config.key_file);
+        for key in &config.build_callers {
+            if let Err(reason) = parse_key(key) {
+                return Err(ConfigError::Invalid { path: name, message: format!("build_callers: {reason}") });
+            }
+        }
         if config.isolate_network == Some(true) && !network_isolation_available() {
             return Err(ConfigError::Invalid {
                 path: name,
@@ -117,31 +144,78 @@ impl VerifierConfig {
     }
 }
 
+fn parse_key(hex_key: &str) -> Result<PublicKey, String> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(hex_key, &mut bytes).map_err(|_| format!("key {hex_key:?} is not 64 hex digits"))?;
+    PublicKey::from_bytes(&bytes).map_err(|e| format!("key {hex_key}: {e}"))
+}
+
 /// A verifier behind its QUIC endpoint.
 pub struct Service {
     pub verifier: Arc<Verifier>,
-    refused: AtomicU64,
+    address: String,
+    /// Who may build and read logs besides the verifier's own key.
+    callers: Vec<PublicKey>,
+    refused_frames: AtomicU64,
+    refused_requests: AtomicU64,
 }
 
 impl Service {
-    pub fn new(verifier: Arc<Verifier>) -> Arc<Self> {
-        Arc::new(Service { verifier, refused: AtomicU64::new(0) })
+    /// `address`: where witnesses reach it (for the status); `callers`: the keys that may
+    /// send build jobs and read build logs besides its own.
+    pub fn new(verifier: Arc<Verifier>, address: String, callers: Vec<PublicKey>) -> Arc<Self> {
+        Arc::new(Service {
+            verifier,
+            address,
+            callers,
+            refused_frames: AtomicU64::new(0),
+            refused_requests: AtomicU64::new(0),
+        })
     }
 
     pub fn refused_frames(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
+        self.refused_frames.load(Ordering::Relaxed)
+    }
+
+    /// Whether `caller` may send build jobs and read build logs here.
+    pub fn may_build(&self, caller: &PublicKey) -> bool {
+        *caller == self.verifier.public_key() || self.callers.contains(caller)
+    }
+
+    fn refuse(&self, code: ErrorCode, message: String) -> Response {
+        self.refused_requests.fetch_add(1, Ordering::Relaxed);
+        Response::Error(ErrorReply::new(code, message))
+    }
+
+    fn status(&self) -> Response {
+        Response::VerifierStatus(VerifierStatus {
+            address: self.address.clone(),
+            refused_requests: self.refused_requests.load(Ordering::Relaxed),
+            refused_frames: self.refused_frames(),
+            ..self.verifier.status()
+        })
     }
 }
 
 impl Handler for Service {
-    async fn handle(self: Arc<Self>, _caller: PublicKey, _from: SocketAddr, request: Request) -> Response {
+    async fn handle(self: Arc<Self>, caller: PublicKey, _from: SocketAddr, request: Request) -> Response {
         let internal = |e: crate::VerifierError| Response::Error(ErrorReply::new(ErrorCode::Internal, e.to_string()));
+        // Builds cost minutes of CPU and logs show what a build printed: only the witnesses
+        // and release managers the operator named, and the operator.
+        if matches!(request, Request::Build { .. } | Request::GetBuildLog { .. }) && !self.may_build(&caller) {
+            return self.refuse(
+                ErrorCode::Forbidden,
+                format!(
+                    "key {caller} may not send {} to this verifier; its operator lists the keys that may in build_callers",
+                    request.name()
+                ),
+            );
+        }
         match request {
+            Request::Status => self.status(),
             Request::Build { manifest, source } => match self.verifier.build(&manifest, &source).await {
                 Ok(attestation) => Response::Attestation(Some(attestation)),
-                Err(e @ crate::VerifierError::SourceMismatch) => {
-                    Response::Error(ErrorReply::new(ErrorCode::BadRequest, e.to_string()))
-                }
+                Err(e @ crate::VerifierError::SourceMismatch) => self.refuse(ErrorCode::BadRequest, e.to_string()),
                 Err(e) => internal(e),
             },
             Request::GetAttestation { manifest } => {
@@ -158,6 +232,6 @@ impl Handler for Service {
     }
 
     fn refused(&self, _reason: &str) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
+        self.refused_frames.fetch_add(1, Ordering::Relaxed);
     }
 }

@@ -176,7 +176,22 @@ async fn failures_time_limits_and_escaping_archives_give_failed_attestations() {
             let log = v.log(&m.id()).unwrap().unwrap();
             assert!(String::from_utf8_lossy(&log).contains("compiling"), "the build log is kept");
         }
+        // A failure of the build's own (exit 3, a hostile archive) is kept; a time limit,
+        // which depends on the machine's load, is signed but not kept: asked again, the
+        // verifier builds again.
+        let builds = v.status().builds;
+        let again = v.build(&m, &archive).await.unwrap();
+        if i == 1 {
+            assert_eq!(v.attestation(&m.id()).unwrap(), None, "case {i}: a time limit is not kept");
+            assert_eq!(v.status().builds, builds + 1, "case {i}: built again");
+            assert!(matches!(&again.body.outcome, Outcome::Failed { reason } if reason.contains("time limit")));
+        } else {
+            assert_eq!(v.attestation(&m.id()).unwrap(), Some(attestation.clone()), "case {i}: kept");
+            assert_eq!((again, v.status().builds), (attestation, builds), "case {i}: answered from the store");
+        }
     }
+    let counters = v.status();
+    assert_eq!((counters.not_kept, counters.failed, counters.running, counters.waiting), (2, 8, 0, 0), "{counters:?}");
     // Nothing escaped into the verifier's directory.
     assert!(!dir.path().join("evil").exists() && !dir.path().join("jobs/evil").exists());
     // A source that does not match the manifest is refused before anything runs, and
@@ -287,6 +302,49 @@ fn a_verifier_without_a_working_sandbox_refuses_to_start_unless_told_to_build_un
     assert!(message.contains("/nonexistent/bwrap") && message.contains("isolation = \"none\""), "{message}");
     let unconfined = Verifier::open(SecretKey::from_seed(&[7; 32]), settings(Isolation::None)).unwrap();
     assert!(unconfined.environment_description().contains("isolation=none"));
+}
+
+/// A kept failure speaks for the environment that signed it: after the operator changes
+/// the verifier (here: from unconfined to bubblewrap, which changes the environment digest)
+/// the same manifest is built again, and a recipe that needed the change now reproduces. A
+/// kept success stays kept.
+#[tokio::test]
+async fn a_failure_kept_in_another_build_environment_is_built_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = tar_of(&[("hello-1.0/f", b"1", 0o644)]);
+    // Passes only where the source sits at the fixed path the sandbox gives it.
+    let needs_sandbox = &["sh", "-c", "test \"$(pwd)\" = /build/hello-1.0/hello-1.0 && echo ok > out"][..];
+    let artifacts = vec![Artifact { path: "hello-1.0/out".into(), sha3: content_hash(b"ok\n"), size: 3 }];
+    let m = manifest(&source, needs_sandbox, artifacts.clone());
+    let mut plain = manifest(&source, &["sh", "-c", "echo ok > out"], artifacts);
+    plain.version = "1.0-plain".into();
+    let unconfined = Settings {
+        data_dir: dir.path().to_path_buf(),
+        limits: Limits::default(),
+        concurrency: 1,
+        isolation: Isolation::None,
+        bwrap: "bwrap".into(),
+        isolate_network: false,
+    };
+    {
+        let v = Verifier::open(SecretKey::from_seed(&[8; 32]), unconfined).unwrap();
+        let failed = v.build(&m, &source).await.unwrap();
+        assert!(matches!(failed.body.outcome, Outcome::Failed { .. }), "{:?}", failed.body.outcome);
+        assert_eq!(v.attestation(&m.id()).unwrap(), Some(failed), "a failure of the build's own is kept");
+        assert_eq!(v.build(&plain, &source).await.unwrap().body.outcome, Outcome::Reproduced);
+    }
+    let v = verifier(dir.path(), 8, Limits::default());
+    let rebuilt = v.build(&m, &source).await.unwrap();
+    assert_eq!(
+        rebuilt.body.outcome,
+        Outcome::Reproduced,
+        "{}",
+        String::from_utf8_lossy(&v.log(&m.id()).unwrap().unwrap())
+    );
+    assert_eq!(v.attestation(&m.id()).unwrap(), Some(rebuilt));
+    let kept = v.build(&plain, &source).await.unwrap();
+    assert_ne!(kept.body.environment, v.attestation(&m.id()).unwrap().unwrap().body.environment);
+    assert_eq!(v.status().builds, 1, "the kept success was not built again");
 }
 
 /// The release manager's case: GNU hello 2.10 from `../shared/data/sources`, built

@@ -410,28 +410,24 @@ pub struct VerifierProcess {
 }
 
 impl VerifierProcess {
-    pub fn init(dir: &Path) -> Self {
-        Self::init_with(dir, 60)
+    /// A verifier that takes build jobs from `callers` (the witnesses, release managers).
+    pub fn init(dir: &Path, callers: &[PublicKey]) -> Self {
+        Self::init_with(dir, 60, callers)
     }
 
     /// A verifier whose builds may run `time_limit_s` seconds.
-    pub fn init_with(dir: &Path, time_limit_s: u64) -> Self {
+    pub fn init_with(dir: &Path, time_limit_s: u64, callers: &[PublicKey]) -> Self {
         let address = format!("127.0.0.1:{}", free_port());
         let limit = time_limit_s.to_string();
-        let out = Command::new(bin())
-            .args([
-                "verifier",
-                "init",
-                "--dir",
-                dir.to_str().unwrap(),
-                "--listen",
-                &address,
-                "--json",
-                "--time-limit-s",
-                &limit,
-            ])
-            .output()
-            .unwrap();
+        let mut args: Vec<String> = ["verifier", "init", "--dir", dir.to_str().unwrap(), "--listen", &address]
+            .into_iter()
+            .chain(["--json", "--time-limit-s", &limit])
+            .map(String::from)
+            .collect();
+        for key in callers {
+            args.extend(["--allow".to_string(), key.to_string()]);
+        }
+        let out = Command::new(bin()).args(&args).output().unwrap();
         assert!(out.status.success(), "verifier init failed: {}", String::from_utf8_lossy(&out.stderr));
         let entry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         VerifierProcess { dir: dir.to_path_buf(), address, key: parse_key(entry["key"].as_str().unwrap()), child: None }
