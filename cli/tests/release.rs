@@ -338,11 +338,17 @@ async fn verifiers_rebuild_submitted_releases_and_only_reproduced_ones_are_appen
     unreproducible.recipe.workdir = "hello-1.1".into();
     unreproducible.artifacts[0].path = "hello-1.1/hello".into();
     let head_before = cluster.head(0, chain).await;
+    let artifact = &unreproducible.artifacts[0];
+    let expected = format!("the manifest's {}…, {} bytes", hex::encode(&artifact.sha3[..8]), artifact.size);
     let refused = submit(unreproducible, source).await.unwrap_err();
     let reply = refusal(&refused);
     assert_eq!(reply.code, ErrorCode::Refused);
+    // Each verifier's hash and size, beside the manifest's: two machines that agree with
+    // each other and not with the manifest point at the release manager's build.
     assert!(
-        reply.message.contains("reproduced the build") && reply.message.contains("hello-1.1/hello"),
+        reply.message.contains("reproduced the build")
+            && reply.message.matches("hello-1.1/hello (sha3 ").count() == 2
+            && reply.message.matches(&expected).count() == 2,
         "{}",
         reply.message
     );

@@ -227,6 +227,8 @@ fn witness_run_stops_cleanly_on_sigterm() {
     let status = witness.stop();
     assert!(status.success(), "exit status {status:?}\n{}", witness.log());
     assert!(witness.log().contains("shutting down"));
+    // Written to a file, log lines carry no colour codes.
+    assert!(!witness.log().contains('\x1b'), "{}", witness.log());
     let key = std::fs::metadata(dir.path().join("w/node.key")).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(key.permissions().mode() & 0o777, 0o600);

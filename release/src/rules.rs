@@ -1,7 +1,7 @@
 //! The rules a witness applies before it cosigns a release or a policy change. Each refusal
 //! names the rule that failed.
 
-use crate::model::{Attestation, Manifest, Outcome, Policy, PolicyError, ReleasePayload};
+use crate::model::{ArtifactMismatch, Attestation, Manifest, Outcome, Policy, PolicyError, ReleasePayload};
 use chainiac_cosi::PublicKey;
 use chainiac_skipchain::block::policy_hash;
 use std::collections::{HashMap, HashSet};
@@ -176,7 +176,7 @@ pub fn check_release(
             Outcome::Mismatch { artifacts } => disagreements.push(format!(
                 "{} got different {}",
                 short(&key),
-                artifacts.iter().map(|a| a.path.as_str()).collect::<Vec<_>>().join(", ")
+                artifacts.iter().map(|a| describe_mismatch(&release.manifest, a)).collect::<Vec<_>>().join(", ")
             )),
             Outcome::Failed { reason } => disagreements.push(format!("{} failed: {reason}", short(&key))),
         }
@@ -195,6 +195,22 @@ pub fn check_release(
 
 fn short(key: &PublicKey) -> String {
     key.to_string()[..16].to_string()
+}
+
+/// `path (sha3 <got>…, <n> bytes; the manifest's <expected>…, <m> bytes)`: what a release
+/// manager compares across verifiers to tell one odd machine from an unreproducible build.
+fn describe_mismatch(manifest: &Manifest, mismatch: &ArtifactMismatch) -> String {
+    let expected_size = manifest.artifacts.iter().find(|a| a.path == mismatch.path).map(|a| a.size);
+    let got = match (mismatch.got, mismatch.got_size) {
+        (Some(hash), Some(size)) => format!("sha3 {}…, {size} bytes", hex::encode(&hash[..8])),
+        (Some(hash), None) => format!("sha3 {}…", hex::encode(&hash[..8])),
+        _ => "not built".to_string(),
+    };
+    let expected = match expected_size {
+        Some(size) => format!("{}…, {size} bytes", hex::encode(&mismatch.expected[..8])),
+        None => format!("{}…", hex::encode(&mismatch.expected[..8])),
+    };
+    format!("{} ({got}; the manifest's {expected})", mismatch.path)
 }
 
 /// Checks a policy-change block: it carries the new policy (`new_policy`), which is valid and
