@@ -7,9 +7,11 @@ use anyhow::{bail, Context, Result};
 use chainiac_proto::{Pool, Request, Response};
 use chainiac_release::{
     content_hash, Artifact, DeveloperSignature, Manifest, Policy, Recipe, SourceArchive, VerifierEntry, KIND_RELEASE,
+    SOURCE_DATE_EPOCH,
 };
 use chainiac_skipchain::timeline::KIND_TIMELINE;
 use chainiac_skipchain::{genesis, ChainParams};
+use chainiac_verifier::sandbox::Isolation;
 use clap::Subcommand;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -84,7 +86,9 @@ pub enum PolicyCommand {
 
 #[derive(Subcommand)]
 pub enum ReleaseCommand {
-    /// Hash a source archive and the artifacts of a local build into a manifest.
+    /// Hash a source archive and the artifacts of a build into a manifest. With `--build`
+    /// the build runs here exactly as verifiers run it (the same sandbox, path and
+    /// environment); without it, the artifacts are files you built.
     Prepare {
         #[arg(long)]
         project: String,
@@ -97,12 +101,24 @@ pub enum ReleaseCommand {
         /// Where to run the build, relative to the unpacked source.
         #[arg(long, default_value = ".")]
         workdir: String,
-        /// An expected artifact: PATH_IN_SOURCE_TREE=LOCAL_FILE (repeatable).
+        /// An expected artifact: PATH_IN_SOURCE_TREE with `--build`, else
+        /// PATH_IN_SOURCE_TREE=LOCAL_FILE (repeatable).
         #[arg(long = "artifact", required = true)]
         artifacts: Vec<String>,
         /// A variable the build needs: NAME=VALUE (repeatable).
         #[arg(long = "env")]
         env: Vec<String>,
+        /// Build here, in the verifiers' sandbox, and take the artifacts from that build.
+        #[arg(long)]
+        build: bool,
+        /// The sandbox for `--build`: `bubblewrap` (what verifiers use) or `none`
+        /// (unconfined, at another path: `-g` builds then differ from the verifiers').
+        #[arg(long, default_value = "bubblewrap", value_parser = ["bubblewrap", "none"])]
+        isolation: String,
+        /// The SOURCE_DATE_EPOCH every build of this release sees (seconds since 1970;
+        /// default: the newest modification time in the archive). Recorded in the recipe.
+        #[arg(long)]
+        source_date_epoch: Option<u64>,
         #[arg(long)]
         out: PathBuf,
         #[arg(long)]
@@ -363,6 +379,138 @@ pub fn project(command: ProjectCommand) -> Result<()> {
     Ok(())
 }
 
+/// How `prepare` records the build.
+struct RecipeArgs {
+    workdir: String,
+    env: Vec<String>,
+    command: Vec<String>,
+    source_date_epoch: Option<u64>,
+}
+
+/// The manifest for `source` and its build, checked for what would fail at the verifiers
+/// before anyone signs it: an archive they do not read or that exceeds a build frame, a
+/// command that is one quoted string, a bad SOURCE_DATE_EPOCH. With `build`, the recipe runs
+/// here in that sandbox (its log beside `out`, as `<out>.build.log`) and the artifacts are
+/// hashed from it; else `artifacts` name local files.
+fn prepare(
+    project: String,
+    version: String,
+    source: &Path,
+    artifacts: &[String],
+    recipe: RecipeArgs,
+    build: Option<Isolation>,
+    out: &Path,
+) -> Result<Manifest> {
+    let archive = std::fs::read(source).with_context(|| format!("reading {}", source.display()))?;
+    let name = source.display();
+    // What the verifiers will refuse, refused now rather than after signing.
+    chainiac_verifier::unpack::ArchiveFormat::detect(&archive).map_err(|e| UsageError(format!("{name}: {e}")))?;
+    let limit = chainiac_proto::FrameClass::Build.limit();
+    // Room for the manifest, the chain id and a few hundred developer signatures.
+    if archive.len() > limit - (256 << 10) {
+        bail!(UsageError(format!(
+            "{name} is {} bytes; a release submission carries it in one frame of at most {limit} bytes (with the manifest and signatures): ship a smaller source archive",
+            archive.len()
+        )));
+    }
+    if let [only] = recipe.command.as_slice() {
+        if only.contains(char::is_whitespace) {
+            bail!(UsageError(format!(
+                "the build command is the one word {only:?}, which no verifier can run; write `-- sh -c {only:?}` to run it through a shell, or give each word separately"
+            )));
+        }
+    }
+    let mut env = recipe.env.iter().map(|e| split_pair(e, "env")).collect::<Result<Vec<_>>>()?;
+    if env.iter().any(|(name, _)| name == SOURCE_DATE_EPOCH) {
+        bail!(UsageError(format!("set {SOURCE_DATE_EPOCH} with --source-date-epoch, not --env")));
+    }
+    let limits = chainiac_verifier::sandbox::Limits::default();
+    let epoch = match recipe.source_date_epoch {
+        Some(epoch) => epoch,
+        None => newest_time(&archive, &limits).map_err(|e| UsageError(format!("{name}: {e}")))?,
+    };
+    env.push((SOURCE_DATE_EPOCH.to_string(), epoch.to_string()));
+    let mut manifest = Manifest {
+        project,
+        version,
+        source: SourceArchive {
+            name: source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            sha3: content_hash(&archive),
+            size: archive.len() as u64,
+        },
+        recipe: Recipe { argv: recipe.command, env, workdir: recipe.workdir },
+        artifacts: vec![],
+        time_ms: now_ms(),
+    };
+    match build {
+        None => {
+            for spec in artifacts {
+                let (path, local) = split_pair(spec, "artifact")?;
+                let bytes = std::fs::read(&local).with_context(|| format!("reading {local}"))?;
+                manifest.artifacts.push(Artifact { path, sha3: content_hash(&bytes), size: bytes.len() as u64 });
+            }
+        }
+        Some(isolation) => {
+            for path in artifacts {
+                if path.contains('=') {
+                    bail!(UsageError(format!(
+                        "with --build, --artifact names a path in the source tree only, not {path:?}"
+                    )));
+                }
+                manifest.artifacts.push(Artifact { path: path.clone(), sha3: [0; 32], size: 0 });
+            }
+            chainiac_release::rules::check_manifest(&manifest).map_err(|e| UsageError(e.to_string()))?;
+            manifest.artifacts = build_here(&manifest, &archive, isolation, out)?;
+        }
+    }
+    chainiac_release::rules::check_manifest(&manifest).map_err(|e| UsageError(e.to_string()))?;
+    Ok(manifest)
+}
+
+/// The newest modification time in `archive`: what it holds was made by then.
+fn newest_time(archive: &[u8], limits: &chainiac_verifier::sandbox::Limits) -> Result<u64> {
+    let scratch = tempfile::tempdir().context("making a scratch directory")?;
+    let unpacked = chainiac_verifier::unpack::unpack(archive, scratch.path(), limits)?;
+    unpacked
+        .newest_mtime_s
+        .ok_or_else(|| UsageError("the archive records no modification times; give --source-date-epoch".into()).into())
+}
+
+/// Runs `manifest`'s recipe here as a verifier would, and returns its artifacts.
+fn build_here(manifest: &Manifest, archive: &[u8], isolation: Isolation, out: &Path) -> Result<Vec<Artifact>> {
+    let scratch = tempfile::Builder::new().prefix("chainiac-prepare-").tempdir().context("making a build directory")?;
+    // A root build drops to uid 65534, which must reach the job (as on a verifier).
+    std::fs::set_permissions(scratch.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
+    let settings = chainiac_verifier::Settings {
+        data_dir: scratch.path().to_path_buf(),
+        limits: chainiac_verifier::sandbox::Limits::default(),
+        concurrency: 1,
+        isolation,
+        bwrap: PathBuf::from("bwrap"),
+        isolate_network: chainiac_verifier::network_isolation_available(),
+    };
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.set_message(format!("building {} {} as the verifiers will", manifest.project, manifest.version));
+    progress.enable_steady_tick(Duration::from_millis(120));
+    let runtime = tokio::runtime::Runtime::new()?;
+    let built = runtime.block_on(chainiac_verifier::build_locally(&settings, manifest, archive));
+    progress.finish_and_clear();
+    let built = built.map_err(|e| UsageError(format!("{e} (or build with --isolation none)")))?;
+    let log_path = PathBuf::from(format!("{}.build.log", out.display()));
+    std::fs::write(&log_path, &built.log).with_context(|| format!("writing {}", log_path.display()))?;
+    built.result.map_err(|reason| {
+        let log = String::from_utf8_lossy(&built.log);
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        UsageError(format!(
+            "the build failed: {reason}; nothing was written but its log, {}; it ends:\n{}",
+            log_path.display(),
+            tail.join("\n")
+        ))
+        .into()
+    })
+}
+
 fn split_pair(spec: &str, what: &str) -> Result<(String, String)> {
     let (a, b) = spec.split_once('=').ok_or_else(|| UsageError(format!("{what} {spec:?} is not A=B")))?;
     Ok((a.to_string(), b.to_string()))
@@ -370,45 +518,43 @@ fn split_pair(spec: &str, what: &str) -> Result<(String, String)> {
 
 pub fn release(command: ReleaseCommand) -> Result<()> {
     match command {
-        ReleaseCommand::Prepare { project, version, source, workdir, artifacts, env, out, json, command } => {
-            let archive = std::fs::read(&source).with_context(|| format!("reading {}", source.display()))?;
-            // What the verifiers will refuse, refused now rather than after signing.
-            chainiac_verifier::unpack::ArchiveFormat::detect(&archive)
-                .map_err(|e| UsageError(format!("{}: {e}", source.display())))?;
-            let artifacts = artifacts
-                .iter()
-                .map(|spec| {
-                    let (path, local) = split_pair(spec, "artifact")?;
-                    let bytes = std::fs::read(&local).with_context(|| format!("reading {local}"))?;
-                    Ok(Artifact { path, sha3: content_hash(&bytes), size: bytes.len() as u64 })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let manifest = Manifest {
-                project,
-                version,
-                source: SourceArchive {
-                    name: source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-                    sha3: content_hash(&archive),
-                    size: archive.len() as u64,
-                },
-                recipe: Recipe {
-                    argv: command,
-                    env: env.iter().map(|e| split_pair(e, "env")).collect::<Result<_>>()?,
-                    workdir,
-                },
-                artifacts,
-                time_ms: now_ms(),
-            };
-            chainiac_release::rules::check_manifest(&manifest).map_err(|e| UsageError(e.to_string()))?;
+        ReleaseCommand::Prepare {
+            project,
+            version,
+            source,
+            workdir,
+            artifacts,
+            env,
+            build,
+            isolation,
+            source_date_epoch,
+            out,
+            json,
+            command,
+        } => {
+            let recipe = RecipeArgs { workdir, env, command, source_date_epoch };
+            let build = build.then(|| if isolation == "none" { Isolation::None } else { Isolation::Bubblewrap });
+            let manifest = prepare(project, version, &source, &artifacts, recipe, build, &out)?;
             std::fs::write(&out, manifest.to_bytes()).with_context(|| format!("writing {}", out.display()))?;
             if json {
                 let id = hex::encode(manifest.id().0);
                 let file = out.display().to_string();
+                let artifacts: Vec<_> = manifest
+                    .artifacts
+                    .iter()
+                    .map(|a| serde_json::json!({ "path": a.path, "sha3": hex::encode(a.sha3), "size": a.size }))
+                    .collect();
                 println!(
                     "{}",
-                    serde_json::json!({ "manifest": id, "project": manifest.project, "version": manifest.version, "file": file })
+                    serde_json::json!({
+                        "manifest": id, "project": manifest.project, "version": manifest.version, "file": file,
+                        "source_date_epoch": manifest.source_date_epoch().ok(), "artifacts": artifacts,
+                    })
                 );
             } else {
+                for a in &manifest.artifacts {
+                    println!("artifact {}: sha3 {}, {} bytes", a.path, hex::encode(a.sha3), a.size);
+                }
                 println!(
                     "manifest {} for {} {} written to {}",
                     manifest.id(),

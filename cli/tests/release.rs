@@ -9,7 +9,7 @@ use chainiac_cosi::SecretKey;
 use chainiac_proto::{ErrorCode, Request, Response};
 use chainiac_release::model::RootSignature;
 use chainiac_release::*;
-use chainiac_skipchain::{genesis, ChainParams, ChainState, Committee, Proposal};
+use chainiac_skipchain::{genesis, ChainId, ChainParams, ChainState, Committee, Proposal};
 use common::{refusal, Cluster};
 
 fn key(i: u8) -> SecretKey {
@@ -424,14 +424,7 @@ async fn a_release_manager_works_from_the_shell() {
         "--json",
     ]));
     assert_eq!((status["isolation"].as_str(), status["builds"].as_u64()), (Some("bubblewrap"), Some(0)), "{status}");
-    let mut policy = format!(
-        "project = \"hello\"\ndevelopers = [\"{}\", \"{}\"]\nrelease_threshold = 2\nroot_keys = [\"{root_key}\"]\nroot_threshold = 1\nverifier_threshold = 2\n",
-        developers[0], developers[1]
-    );
-    for v in &verifiers {
-        policy += &format!("[[verifier]]\nkey = \"{}\"\naddress = \"{}\"\n", v.key, v.address);
-    }
-    std::fs::write(path("policy.toml"), policy).unwrap();
+    std::fs::write(path("policy.toml"), policy_toml(&developers, &root_key, &verifiers)).unwrap();
     let created = json(run(&[
         "project",
         "init",
@@ -506,23 +499,10 @@ async fn a_release_manager_works_from_the_shell() {
         ]);
     }
     let w = &cluster.witnesses[2];
-    let submitted = json(run(&[
-        "release",
-        "submit",
-        "--chain",
-        &chain,
-        "--manifest",
-        &path("hello.manifest"),
-        "--signatures",
-        &path("hello.sigs"),
-        "--source",
-        &path("hello-1.0.tar"),
-        "--witness",
-        &w.address,
-        "--witness-key",
-        &w.key.to_string(),
-        "--json",
-    ]));
+    let submitted = {
+        let args = submit_args(&chain, &path("hello.manifest"), &path("hello.sigs"), &path("hello-1.0.tar"), w);
+        json(run(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+    };
     assert_eq!(submitted["index"], 1);
 
     // A client, from the shell too.
@@ -567,4 +547,135 @@ async fn a_release_manager_works_from_the_shell() {
     assert_eq!(blocks[2]["policy_change"], true, "the rotation is marked as a checkpoint");
     assert_eq!(blocks[2]["links_to"], serde_json::json!([1, 0]));
     assert_eq!(blocks[1]["policy_change"], false);
+}
+
+/// `chainiac release submit` of a manifest, its signatures and source to witness `w`, JSON out.
+fn submit_args<'a>(
+    chain: &'a str,
+    manifest: &'a str,
+    signatures: &'a str,
+    source: &'a str,
+    w: &'a common::WitnessProcess,
+) -> Vec<String> {
+    let mut args: Vec<String> =
+        ["release", "submit", "--chain", chain, "--manifest", manifest, "--signatures", signatures]
+            .map(String::from)
+            .to_vec();
+    args.extend(
+        ["--source", source, "--witness", &w.address, "--witness-key", &w.key.to_string(), "--json"].map(String::from),
+    );
+    args
+}
+
+/// README's `policy.toml` for project hello: both developers sign, both verifiers reproduce.
+fn policy_toml(developers: &[String], root_key: &str, verifiers: &[common::VerifierProcess]) -> String {
+    let mut policy = format!(
+        "project = \"hello\"\ndevelopers = [\"{}\", \"{}\"]\nrelease_threshold = 2\nroot_keys = [\"{root_key}\"]\nroot_threshold = 1\nverifier_threshold = 2\nmax_age_ms = 86400000\n",
+        developers[0], developers[1]
+    );
+    for v in verifiers {
+        policy += &format!("\n[[verifier]]\nkey = \"{}\"\naddress = \"{}\"\n", v.key, v.address);
+    }
+    policy
+}
+
+/// The release manager, as README's worked example goes: GNU hello 2.10 from
+/// `../shared/data/sources`, prepared with `--build` (in the verifiers' sandbox, at their
+/// path, with SOURCE_DATE_EPOCH from the archive fixed first; no touch step, no prefix
+/// map), signed by two developers, and reproduced bit for bit by two verifiers with
+/// different data folders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gnu_hello_is_released_from_a_build_in_the_verifiers_sandbox() {
+    use std::process::Command;
+    let tarball = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/sources/hello-2.10.tar.gz");
+    if !tarball.exists() {
+        println!("SKIPPED: {} is not on this machine", tarball.display());
+        return;
+    }
+    let cluster = Cluster::start_with(4, 0).await;
+    let root = tempfile::tempdir().unwrap();
+    let path = |name: &str| root.path().join(name).to_str().unwrap().to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new(common::bin()).args(args).current_dir(root.path()).output().unwrap();
+        assert!(out.status.success(), "{args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let json = |out: String| serde_json::from_str::<serde_json::Value>(&out).unwrap();
+    std::fs::copy(&tarball, path("hello-2.10.tar.gz")).unwrap();
+    let mut roster = String::new();
+    for w in &cluster.witnesses {
+        roster += &std::fs::read_to_string(w.dir.join("member.toml")).unwrap();
+    }
+    std::fs::write(path("roster.toml"), roster).unwrap();
+    let mut verifiers: Vec<common::VerifierProcess> =
+        (0..2).map(|i| common::VerifierProcess::init(&root.path().join(format!("v{i}")), &[])).collect();
+    for v in &mut verifiers {
+        run(&[
+            "verifier",
+            "allow",
+            "--config",
+            v.dir.join("verifier.toml").to_str().unwrap(),
+            "--roster",
+            "roster.toml",
+        ]);
+        v.start();
+    }
+    for v in &verifiers {
+        v.wait_ready(&cluster.client).await;
+    }
+    let key = |name: &str| json(run(&["keygen", "--out", name, "--json"]))["public_key"].as_str().unwrap().to_string();
+    let (dev1, dev2, root_key) = (key("dev1.key"), key("dev2.key"), key("root.key"));
+    std::fs::write(path("policy.toml"), policy_toml(&[dev1, dev2], &root_key, &verifiers)).unwrap();
+    let created = json(run(&[
+        "project",
+        "init",
+        "--roster",
+        "roster.toml",
+        "--policy",
+        "policy.toml",
+        "--out",
+        "project.genesis",
+        "--json",
+    ]));
+    let chain = created["chain"].as_str().unwrap().to_string();
+
+    let prepare = ["release", "prepare", "--project", "hello", "--version", "2.10", "--source", "hello-2.10.tar.gz"];
+    let artifact = ["--workdir", "hello-2.10", "--artifact", "hello-2.10/hello", "--build", "--out", "hello.manifest"];
+    // One quoted string is no command a verifier can run: refused, with the fix.
+    let refused = Command::new(common::bin())
+        .args(prepare)
+        .args(artifact)
+        .args(["--", "./configure && make"])
+        .current_dir(root.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(refused.status.code() == Some(2) && stderr.contains("sh -c"), "{stderr}");
+    let prepared =
+        json(run(&[&prepare[..], &artifact[..], &["--json", "--", "sh", "-c", "./configure && make"]].concat()));
+    // The archive's newest file time (2014-11-16), not the moment of preparing.
+    let epoch = prepared["source_date_epoch"].as_u64().unwrap();
+    assert!((1_416_000_000..1_416_300_000).contains(&epoch), "{prepared}");
+    assert!(prepared["artifacts"][0]["size"].as_u64().unwrap() > 10_000, "{prepared}");
+    let log = std::fs::read_to_string(path("hello.manifest.build.log")).unwrap();
+    assert!(log.contains("checking for gcc"), "the local build's log is kept beside the manifest");
+    for key in ["dev1.key", "dev2.key"] {
+        run(&["release", "sign", "--manifest", "hello.manifest", "--key", key, "--signatures", "hello.sigs"]);
+    }
+    let w = &cluster.witnesses[1];
+    let submitted = {
+        let args = submit_args(&chain, "hello.manifest", "hello.sigs", "hello-2.10.tar.gz", w);
+        json(run(&args.iter().map(String::as_str).collect::<Vec<_>>()))
+    };
+    assert_eq!(submitted["index"], 1, "{submitted}");
+    let Ok(Response::Block(Some(block))) = cluster
+        .client
+        .call(&cluster.witnesses[0], Request::GetBlock { chain: ChainId::from_hex(&chain).unwrap(), index: 1 })
+        .await
+    else {
+        panic!("no release block")
+    };
+    let payload = ReleasePayload::from_bytes(&block.payload).unwrap();
+    assert_eq!(payload.attestations.len(), 2);
+    assert!(payload.attestations.iter().all(|a| a.body.outcome == Outcome::Reproduced), "{:?}", payload.attestations);
 }

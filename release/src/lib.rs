@@ -12,6 +12,6 @@ pub mod rules;
 pub use model::{
     content_hash, Artifact, ArtifactMismatch, Attestation, AttestationBody, DeveloperSignature, Manifest, ManifestId,
     Outcome, Policy, PolicyChange, PolicyError, Recipe, ReleasePayload, RootSignature, SourceArchive, VerifierEntry,
-    KIND_POLICY_CHANGE, KIND_RELEASE,
+    KIND_POLICY_CHANGE, KIND_RELEASE, SOURCE_DATE_EPOCH,
 };
 pub use rules::{check_policy_change, check_release, policy_rule, Agreement, ReleaseError, TimeWindow};

@@ -181,7 +181,25 @@ impl Manifest {
     pub fn id(&self) -> ManifestId {
         ManifestId(hash::sha3_256(TAG_MANIFEST, &[&self.to_bytes()]))
     }
+
+    /// The `SOURCE_DATE_EPOCH` builds of this release see: the recipe's, if it names one (a
+    /// decimal number of seconds — `chainiac release prepare` records the newest time in
+    /// the archive there), else `⌊time_ms / 1000⌋`. `Err` names a value that is not one.
+    pub fn source_date_epoch(&self) -> Result<u64, String> {
+        match self.recipe.env.iter().find(|(name, _)| name == SOURCE_DATE_EPOCH) {
+            None => Ok(self.time_ms / 1000),
+            Some((_, value)) => value
+                .parse::<u64>()
+                .ok()
+                .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| format!("the recipe's {SOURCE_DATE_EPOCH} {value:?} is not a number of seconds")),
+        }
+    }
 }
+
+/// The variable reproducible builds take their timestamps from
+/// (<https://reproducible-builds.org/specs/source-date-epoch/>).
+pub const SOURCE_DATE_EPOCH: &str = "SOURCE_DATE_EPOCH";
 
 /// A developer's Ed25519 signature on a manifest id.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

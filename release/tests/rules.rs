@@ -343,3 +343,26 @@ proptest! {
         }
     }
 }
+
+/// The SOURCE_DATE_EPOCH builds see: the recipe's when it names one, else the manifest's
+/// time; a value that is not plain decimal seconds, or named twice, makes the manifest
+/// malformed (refused before any build).
+#[test]
+fn source_date_epoch_comes_from_the_recipe_or_the_manifest_time() {
+    let mut m = manifest("1.0");
+    assert_eq!(m.source_date_epoch(), Ok((NOW - 60_000) / 1000));
+    m.recipe.env.push((SOURCE_DATE_EPOCH.into(), "1416096000".into()));
+    assert_eq!(m.source_date_epoch(), Ok(1_416_096_000));
+    assert_eq!(rules::check_manifest(&m), Ok(()));
+    for bad in ["", "+5", "-1", " 5", "5s", "0x10", "18446744073709551616"] {
+        m.recipe.env.last_mut().unwrap().1 = bad.into();
+        let refused = rules::check_manifest(&m).unwrap_err().to_string();
+        assert!(
+            refused.contains("SOURCE_DATE_EPOCH") && refused.contains("not a number of seconds"),
+            "{bad:?}: {refused}"
+        );
+    }
+    m.recipe.env.last_mut().unwrap().1 = "7".into();
+    m.recipe.env.push((SOURCE_DATE_EPOCH.into(), "7".into()));
+    assert!(rules::check_manifest(&m).unwrap_err().to_string().contains("twice"));
+}

@@ -16,7 +16,7 @@ pub mod unpack;
 use chainiac_cosi::hash;
 use chainiac_cosi::SecretKey;
 use chainiac_proto::message::VerifierStatus;
-use chainiac_release::{content_hash, Attestation, AttestationBody, Manifest, ManifestId, Outcome};
+use chainiac_release::{content_hash, Artifact, Attestation, AttestationBody, Manifest, ManifestId, Outcome};
 use rand_core::RngCore;
 use sandbox::Limits;
 use std::path::{Path, PathBuf};
@@ -124,13 +124,7 @@ fn describe_environment(settings: &Settings) -> String {
 impl Verifier {
     /// Opens (creating if needed) the verifier's store under `settings.data_dir`.
     pub fn open(key: SecretKey, settings: Settings) -> Result<Arc<Self>, VerifierError> {
-        if settings.isolation == sandbox::Isolation::Bubblewrap {
-            sandbox::bubblewrap_works(&settings.bwrap).map_err(|reason| VerifierError::Isolation {
-                reason: format!("{reason}; install bubblewrap, or set isolation = \"none\" to build unconfined"),
-            })?;
-            sandbox::jobs_reachable(&settings.data_dir.join("jobs"))
-                .map_err(|reason| VerifierError::Isolation { reason })?;
-        }
+        check_confinement(&settings)?;
         std::fs::create_dir_all(&settings.data_dir)?;
         let mut options = rocksdb::Options::default();
         options.create_if_missing(true);
@@ -270,60 +264,121 @@ impl Verifier {
 
     /// The outcome, the log, and whether the outcome is deterministic (to be kept).
     async fn rebuild(&self, manifest: &Manifest, source: &[u8]) -> Result<(Outcome, Vec<u8>, bool), VerifierError> {
-        let failed = |reason: String| Ok((Outcome::Failed { reason: reason.clone() }, reason.into_bytes(), true));
-        if let Err(e) = chainiac_release::rules::check_manifest(manifest) {
-            return failed(e.to_string());
-        }
-        let mut nonce = [0u8; 8];
-        rand_core::OsRng.fill_bytes(&mut nonce);
-        let job = self.settings.data_dir.join("jobs").join(format!(
-            "{}-{}",
-            hex::encode(&manifest.id().0[..8]),
-            hex::encode(nonce)
-        ));
-        let root = job.join("src");
-        std::fs::create_dir_all(&root)?;
-        let result = self.build_in(manifest, source, &job, &root).await;
-        let _ = std::fs::remove_dir_all(&job);
-        result
-    }
-
-    async fn build_in(
-        &self,
-        manifest: &Manifest,
-        source: &[u8],
-        job: &Path,
-        root: &Path,
-    ) -> Result<(Outcome, Vec<u8>, bool), VerifierError> {
-        let limits = &self.settings.limits;
-        if let Err(e) = unpack::unpack(source, root, limits) {
-            let reason = format!("unpacking the source: {e}");
-            // The archive's own fault, or the verifier's disk: only the first is kept.
-            let deterministic = !matches!(e, unpack::UnpackError::Io { .. });
-            return Ok((Outcome::Failed { reason: reason.clone() }, reason.into_bytes(), deterministic));
-        }
-        let epoch = manifest.time_ms / 1000;
-        let build_path = match sandbox::build_path(&manifest.project, &manifest.version) {
-            Ok(path) => path,
-            Err(reason) => return Ok((Outcome::Failed { reason: reason.clone() }, reason.into_bytes(), true)),
-        };
-        let confinement = sandbox::Confinement {
-            isolation: self.settings.isolation,
-            bwrap: self.settings.bwrap.clone(),
-            isolate_network: self.settings.isolate_network,
-            build_path,
-        };
-        let report = sandbox::run(&manifest.recipe, job, root, epoch, limits, &confinement).await;
-        let mut log = report.log;
-        match report.result {
+        let (job, root) = new_job(&self.settings, manifest)?;
+        let (result, mut log) = run_job(&self.settings, manifest, source, &job, &root).await;
+        let outcome = match result {
             Err(failure) => {
                 let reason = failure.reason;
                 log.extend_from_slice(format!("\n[chainiac-verifier] {reason}\n").as_bytes());
-                Ok((Outcome::Failed { reason }, log, failure.deterministic))
+                (Outcome::Failed { reason }, log, failure.deterministic)
             }
-            Ok(()) => Ok((sandbox::compare(root, &manifest.artifacts), log, true)),
-        }
+            Ok(()) => (sandbox::compare(&root, &manifest.artifacts), log, true),
+        };
+        let _ = std::fs::remove_dir_all(&job);
+        Ok(outcome)
     }
+}
+
+/// A fresh job directory under `settings.data_dir/jobs` and the source directory in it.
+fn new_job(settings: &Settings, manifest: &Manifest) -> Result<(PathBuf, PathBuf), VerifierError> {
+    let mut nonce = [0u8; 8];
+    rand_core::OsRng.fill_bytes(&mut nonce);
+    let name = format!("{}-{}", hex::encode(&manifest.id().0[..8]), hex::encode(nonce));
+    let job = settings.data_dir.join("jobs").join(name);
+    let root = job.join("src");
+    std::fs::create_dir_all(&root)?;
+    Ok((job, root))
+}
+
+/// Checks the manifest, unpacks `source` into `root` and runs the recipe as `settings`
+/// say: everything a verifier does before comparing. The failure says whether it is the
+/// build's own (deterministic) or the moment's.
+async fn run_job(
+    settings: &Settings,
+    manifest: &Manifest,
+    source: &[u8],
+    job: &Path,
+    root: &Path,
+) -> (Result<(), sandbox::BuildFailure>, Vec<u8>) {
+    let failed = |reason: String, deterministic: bool| {
+        let log = reason.clone().into_bytes();
+        (Err(sandbox::BuildFailure { reason, deterministic }), log)
+    };
+    if let Err(e) = chainiac_release::rules::check_manifest(manifest) {
+        return failed(e.to_string(), true);
+    }
+    let limits = &settings.limits;
+    if let Err(e) = unpack::unpack(source, root, limits) {
+        // The archive's own fault, or the verifier's disk: only the first is kept.
+        return failed(format!("unpacking the source: {e}"), !matches!(e, unpack::UnpackError::Io { .. }));
+    }
+    let epoch = match manifest.source_date_epoch() {
+        Ok(epoch) => epoch,
+        Err(reason) => return failed(reason, true),
+    };
+    let build_path = match sandbox::build_path(&manifest.project, &manifest.version) {
+        Ok(path) => path,
+        Err(reason) => return failed(reason, true),
+    };
+    let confinement = sandbox::Confinement {
+        isolation: settings.isolation,
+        bwrap: settings.bwrap.clone(),
+        isolate_network: settings.isolate_network,
+        build_path,
+    };
+    let report = sandbox::run(&manifest.recipe, job, root, epoch, limits, &confinement).await;
+    (report.result, report.log)
+}
+
+/// What a local build made: each named artifact's hash and size, or why the build failed.
+#[derive(Debug)]
+pub struct LocalBuild {
+    pub result: Result<Vec<Artifact>, String>,
+    pub log: Vec<u8>,
+}
+
+/// Builds `manifest` from `source` exactly as a verifier with `settings` would — the same
+/// manifest checks, unpacking, sandbox, path inside it, environment and
+/// `SOURCE_DATE_EPOCH` — in a fresh job under `settings.data_dir`, and hashes the files at
+/// `manifest.artifacts`' paths (their hashes and sizes are ignored): what `chainiac
+/// release prepare --build` records. Refuses, like [`Verifier::open`], a sandbox that does
+/// not work here.
+pub async fn build_locally(
+    settings: &Settings,
+    manifest: &Manifest,
+    source: &[u8],
+) -> Result<LocalBuild, VerifierError> {
+    check_confinement(settings)?;
+    let (job, root) = new_job(settings, manifest)?;
+    let (result, log) = run_job(settings, manifest, source, &job, &root).await;
+    let result = match (result, root.canonicalize()) {
+        (Err(failure), _) => Err(failure.reason),
+        (Ok(()), Err(e)) => Err(format!("the build directory vanished: {e}")),
+        (Ok(()), Ok(root)) => manifest
+            .artifacts
+            .iter()
+            .map(|artifact| {
+                let bytes = sandbox::read_inside(&root, &artifact.path)
+                    .ok_or_else(|| format!("the build made no file {:?}", artifact.path))?;
+                Ok(Artifact { path: artifact.path.clone(), sha3: content_hash(&bytes), size: bytes.len() as u64 })
+            })
+            .collect(),
+    };
+    let _ = std::fs::remove_dir_all(&job);
+    Ok(LocalBuild { result, log })
+}
+
+/// That the sandbox `settings` choose works here (and, as root, that its builds can reach
+/// the job directories).
+fn check_confinement(settings: &Settings) -> Result<(), VerifierError> {
+    if settings.isolation == sandbox::Isolation::Bubblewrap {
+        sandbox::bubblewrap_works(&settings.bwrap).map_err(|reason| VerifierError::Isolation {
+            reason: format!("{reason}; install bubblewrap, or set isolation = \"none\" to build unconfined"),
+        })?;
+        sandbox::jobs_reachable(&settings.data_dir.join("jobs"))
+            .map_err(|reason| VerifierError::Isolation { reason })?;
+    }
+    Ok(())
 }
 
 fn outcome_name(outcome: &Outcome) -> &'static str {

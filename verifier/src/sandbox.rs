@@ -13,7 +13,7 @@
 //! bubblewrap selected and not working.
 
 use chainiac_release::rules::is_safe_relative;
-use chainiac_release::{content_hash, Artifact, ArtifactMismatch, Outcome, Recipe};
+use chainiac_release::{content_hash, Artifact, ArtifactMismatch, Outcome, Recipe, SOURCE_DATE_EPOCH};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -203,7 +203,7 @@ fn environment(home: &str, tmp: &str, source_date_epoch: u64) -> Vec<(String, St
         ("TZ".into(), "UTC".into()),
         ("LC_ALL".into(), "C".into()),
         ("LANG".into(), "C".into()),
-        ("SOURCE_DATE_EPOCH".into(), source_date_epoch.to_string()),
+        (SOURCE_DATE_EPOCH.into(), source_date_epoch.to_string()),
     ]
 }
 
@@ -295,7 +295,10 @@ pub async fn run(
         Isolation::None => (job.join("home").display().to_string(), job.join("tmp").display().to_string()),
     };
     let base = environment(&home, &tmp, source_date_epoch);
-    for (name, value) in &recipe.env {
+    // The recipe's SOURCE_DATE_EPOCH is the one `source_date_epoch` carries (the caller took
+    // it from the manifest): it is in `base` already.
+    let recipe_env: Vec<&(String, String)> = recipe.env.iter().filter(|(name, _)| name != SOURCE_DATE_EPOCH).collect();
+    for (name, value) in recipe_env.iter().copied() {
         if base.iter().any(|(b, _)| b == name) {
             return fail(format!("the recipe may not override {name}"), vec![]);
         }
@@ -337,7 +340,7 @@ pub async fn run(
     // the host-side programs before it (prlimit, setpriv, bwrap, unshare) run with the base
     // environment alone, or `LD_PRELOAD=./evil.so` from the archive would run on the host.
     argv.push("env".into());
-    argv.extend(recipe.env.iter().map(|(name, value)| format!("{name}={value}")));
+    argv.extend(recipe_env.iter().map(|(name, value)| format!("{name}={value}")));
     argv.extend(["sh".into(), "-c".into(), "umask 022; exec \"$@\"".into(), "sh".into()]);
     argv.extend(recipe.argv.iter().cloned());
     if !workdir.is_dir() {
@@ -461,7 +464,8 @@ pub fn compare(root: &Path, expected: &[Artifact]) -> Outcome {
     }
 }
 
-fn read_inside(root: &Path, relative: &str) -> Option<Vec<u8>> {
+/// The file at `relative` under `root` (canonical), if it is a regular file inside it.
+pub(crate) fn read_inside(root: &Path, relative: &str) -> Option<Vec<u8>> {
     if !is_safe_relative(relative) {
         return None;
     }

@@ -185,6 +185,16 @@ struct Writer<'a> {
     links: HashSet<PathBuf>,
     /// Directory times, set at the end (writing inside a directory moves its time).
     dir_times: Vec<(PathBuf, SystemTime)>,
+    newest: Option<SystemTime>,
+}
+
+/// What [`unpack`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unpacked {
+    pub entries: usize,
+    /// The newest modification time of an entry, in seconds since 1970: the default
+    /// `SOURCE_DATE_EPOCH` of a release (`chainiac release prepare`).
+    pub newest_mtime_s: Option<u64>,
 }
 
 impl<'a> Writer<'a> {
@@ -200,6 +210,7 @@ impl<'a> Writer<'a> {
         if self.files > self.limits.max_files {
             return Err(UnpackError::TooManyFiles { limit: self.limits.max_files });
         }
+        self.newest = self.newest.max(mtime);
         let path = raw.trim_end_matches('/').trim_start_matches("./").to_string();
         if path.is_empty() || path == "." {
             return match kind {
@@ -306,24 +317,25 @@ impl<'a> Writer<'a> {
     }
 
     /// Directory times, deepest first, once nothing more is written inside them.
-    fn finish(mut self) -> Result<usize, UnpackError> {
+    fn finish(mut self) -> Result<Unpacked, UnpackError> {
         self.dir_times.sort_by_key(|(path, _)| std::cmp::Reverse(path.components().count()));
         for (dir, time) in &self.dir_times {
             let set = std::fs::File::open(dir).and_then(|f| f.set_modified(*time));
             set.map_err(|e| UnpackError::Io { path: dir.display().to_string(), reason: e.to_string() })?;
         }
-        Ok(self.files)
+        let newest_mtime_s = self.newest.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs());
+        Ok(Unpacked { entries: self.files, newest_mtime_s })
     }
 }
 
 /// Unpacks `archive` (any of [`SUPPORTED_FORMATS`]) into `dest`, which must exist and be
-/// empty: regular files, directories and symlinks that stay inside; nothing else. Returns
-/// the number of entries.
-pub fn unpack(archive: &[u8], dest: &Path, limits: &Limits) -> Result<usize, UnpackError> {
+/// empty: regular files, directories and symlinks that stay inside; nothing else.
+pub fn unpack(archive: &[u8], dest: &Path, limits: &Limits) -> Result<Unpacked, UnpackError> {
     let format = ArchiveFormat::detect(archive)?;
     // What the headers may take on top of the contents: a 1 KiB allowance per entry.
     let cap = limits.max_unpacked_bytes.saturating_add((limits.max_files as u64).saturating_mul(1024));
-    let writer = Writer { dest, limits, files: 0, bytes: 0, links: HashSet::new(), dir_times: Vec::new() };
+    let writer =
+        Writer { dest, limits, files: 0, bytes: 0, links: HashSet::new(), dir_times: Vec::new(), newest: None };
     let capped = |inner| Capped { inner, left: cap, limit: cap };
     let decoder: Box<dyn Read + '_> = match format {
         ArchiveFormat::Zip => return unpack_zip(archive, writer),
@@ -339,7 +351,7 @@ pub fn unpack(archive: &[u8], dest: &Path, limits: &Limits) -> Result<usize, Unp
     unpack_tar(capped(decoder), format, writer)
 }
 
-fn unpack_tar(reader: impl Read, format: ArchiveFormat, mut writer: Writer<'_>) -> Result<usize, UnpackError> {
+fn unpack_tar(reader: impl Read, format: ArchiveFormat, mut writer: Writer<'_>) -> Result<Unpacked, UnpackError> {
     let malformed = |e: std::io::Error| UnpackError::Malformed { format: format.name(), reason: e.to_string() };
     let mut tar = tar::Archive::new(reader);
     for entry in tar.entries().map_err(malformed)? {
@@ -373,7 +385,7 @@ fn unpack_tar(reader: impl Read, format: ArchiveFormat, mut writer: Writer<'_>) 
     writer.finish()
 }
 
-fn unpack_zip(archive: &[u8], mut writer: Writer<'_>) -> Result<usize, UnpackError> {
+fn unpack_zip(archive: &[u8], mut writer: Writer<'_>) -> Result<Unpacked, UnpackError> {
     let malformed = |e: zip::result::ZipError| UnpackError::Malformed { format: "zip", reason: e.to_string() };
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(archive)).map_err(malformed)?;
     if zip.len() > writer.limits.max_files {

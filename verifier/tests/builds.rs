@@ -379,6 +379,94 @@ async fn gnu_hello_reproduces_on_two_verifiers_as_its_makefile_builds_it() {
         assert!(!log.contains("aclocal") || !log.contains("command not found"), "make did not regenerate:\n{log}");
     }
     assert_eq!(got[0], got[1], "both verifiers built the same bytes");
+
+    // The same release repacked as .tar.xz, .tar.bz2 and .zip builds the same bytes: the
+    // unpacked tree (times included) does not depend on the format. Built as `chainiac
+    // release prepare --build` builds, which is the verifiers' build.
+    let mut tar = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&source[..]), &mut tar).unwrap();
+    let tree = tempfile::tempdir().unwrap();
+    chainiac_verifier::unpack::unpack(&source, tree.path(), &Limits::default()).unwrap();
+    let repacks = [("tar.xz", xz(&tar)), ("tar.bz2", bz2(&tar)), ("zip", zip_of_tree(tree.path()))];
+    let scratch = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let settings = Settings {
+        data_dir: scratch.path().to_path_buf(),
+        limits,
+        concurrency: 1,
+        isolation: Isolation::Bubblewrap,
+        bwrap: "bwrap".into(),
+        isolate_network: false,
+    };
+    for (format, archive) in repacks {
+        let mut repacked = m.clone();
+        repacked.source = SourceArchive {
+            name: format!("hello-2.10.{format}"),
+            sha3: content_hash(&archive),
+            size: archive.len() as u64,
+        };
+        let built = chainiac_verifier::build_locally(&settings, &repacked, &archive).await.unwrap();
+        let artifacts =
+            built.result.unwrap_or_else(|e| panic!("{format}: {e}\n{}", String::from_utf8_lossy(&built.log)));
+        assert_eq!((artifacts[0].sha3, Some(artifacts[0].size)), got[0], "{format} builds the same bytes");
+    }
+}
+
+fn xz(data: &[u8]) -> Vec<u8> {
+    let mut e = lzma_rust2::XzWriter::new(Vec::new(), lzma_rust2::XzOptions::default()).unwrap();
+    std::io::Write::write_all(&mut e, data).unwrap();
+    e.finish().unwrap()
+}
+
+fn bz2(data: &[u8]) -> Vec<u8> {
+    let mut e = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
+    std::io::Write::write_all(&mut e, data).unwrap();
+    e.finish().unwrap()
+}
+
+/// A zip of the files and directories under `root`, with their modes and times (zip keeps
+/// local date and time fields; the unpacker reads them as UTC, and so they are written).
+fn zip_of_tree(root: &Path) -> Vec<u8> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        for path in entries {
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let name = path.strip_prefix(root).unwrap().to_str().unwrap().to_string();
+            let secs = meta.modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+            let options = zip::write::SimpleFileOptions::default()
+                .last_modified_time(zip_time(secs))
+                .unix_permissions(meta.permissions().mode() & 0o777);
+            if meta.is_dir() {
+                w.add_directory(format!("{name}/"), options).unwrap();
+                stack.push(path);
+            } else {
+                w.start_file(name, options).unwrap();
+                std::io::Write::write_all(&mut w, &std::fs::read(&path).unwrap()).unwrap();
+            }
+        }
+    }
+    w.finish().unwrap().into_inner()
+}
+
+/// Seconds since 1970 as zip's date and time fields, in UTC (days to civil date: Howard
+/// Hinnant's algorithm).
+fn zip_time(secs: u64) -> zip::DateTime {
+    let (days, rest) = ((secs / 86_400) as i64 + 719_468, secs % 86_400);
+    let era = days.div_euclid(146_097);
+    let doe = days - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let year = (yoe + era * 400 + i64::from(month <= 2)) as u16;
+    let (hour, minute, second) = ((rest / 3600) as u8, (rest / 60 % 60) as u8, (rest % 60) as u8);
+    zip::DateTime::from_date_and_time(year, month, day, hour, minute, second).unwrap()
 }
 
 /// The recipe's variables reach the build only, never the host-side programs that set the
