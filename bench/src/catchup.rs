@@ -405,6 +405,7 @@ fn release_payload(project: &Project, k: usize, generation: u64, time_ms: u64, k
                     outcome: Outcome::Reproduced,
                     environment: [7; 32],
                     time_ms: time_ms + 60_000,
+                    isolation: chainiac_release::BuildIsolation::Namespaces,
                 },
             )
         })

@@ -26,13 +26,21 @@ pub struct TrustArgs {
     /// Refuse releases this verifier (hex key) did not reproduce; repeatable.
     #[arg(long = "require-verifier")]
     required_verifiers: Vec<String>,
+    /// Count only builds that ran in a sandbox (new namespaces, the host read-only; an
+    /// attestation records it), for `--min-reproductions` and `--require-verifier`.
+    #[arg(long)]
+    require_isolation: bool,
 }
 
 impl TrustArgs {
     fn level(&self) -> Result<TrustLevel> {
         let required_verifiers =
             self.required_verifiers.iter().map(|k| crate::witness_cmd::parse_key(k)).collect::<Result<_>>()?;
-        Ok(TrustLevel { min_reproductions: self.min_reproductions, required_verifiers })
+        Ok(TrustLevel {
+            min_reproductions: self.min_reproductions,
+            required_verifiers,
+            require_isolation: self.require_isolation,
+        })
     }
 }
 

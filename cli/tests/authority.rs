@@ -82,6 +82,7 @@ fn release(version: &str, verifiers: &[&SecretKey]) -> Proposal {
             outcome: Outcome::Reproduced,
             environment: [0; 32],
             time_ms: common::now_ms(),
+            isolation: chainiac_release::BuildIsolation::Namespaces,
         };
         Attestation::sign(v, body)
     };

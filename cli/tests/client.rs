@@ -44,6 +44,7 @@ fn release(version: &str, verifiers: &[&SecretKey]) -> Proposal {
                         outcome: Outcome::Reproduced,
                         environment: [0; 32],
                         time_ms: common::now_ms(),
+                        isolation: chainiac_release::BuildIsolation::Namespaces,
                     },
                 )
             })
@@ -219,8 +220,7 @@ async fn a_client_catches_up_checks_freshness_and_artifacts_and_skips_a_liar() {
 
     // The client's own bar: three reproductions, or a named verifier.
     let strict_state = dir.path().join("strict.state");
-    let mut strict =
-        Client::open(&strict_state, TrustLevel { min_reproductions: 3, required_verifiers: vec![] }).unwrap();
+    let mut strict = Client::open(&strict_state, TrustLevel { min_reproductions: 3, ..TrustLevel::default() }).unwrap();
     strict.anchor(&timeline_genesis).unwrap();
     strict.anchor(&project_genesis).unwrap();
     let update = strict.update(chain).await.unwrap();

@@ -46,6 +46,7 @@ fn release(m: Manifest, developers: &[&SecretKey], verifiers: &[(&SecretKey, Out
                         outcome: outcome.clone(),
                         environment: [1; 32],
                         time_ms: common::now_ms(),
+                        isolation: chainiac_release::BuildIsolation::Namespaces,
                     },
                 )
             })

@@ -8,7 +8,7 @@
 
 use chainiac_cosi::PublicKey;
 use chainiac_proto::{Pool, Request, Response};
-use chainiac_release::{Outcome, ReleasePayload, TimeWindow, KIND_RELEASE};
+use chainiac_release::{BuildIsolation, Outcome, ReleasePayload, TimeWindow, KIND_RELEASE};
 use chainiac_skipchain::timeline::KIND_TIMELINE;
 use chainiac_skipchain::{Block, BlockId, ChainId, ChainParams, ChainState, Committee, Header};
 use serde::{Deserialize, Serialize};
@@ -294,6 +294,9 @@ pub struct TrustLevel {
     pub min_reproductions: usize,
     /// These verifiers must be among those that reproduced it.
     pub required_verifiers: Vec<PublicKey>,
+    /// Only builds confined in namespaces count (`BuildIsolation::Namespaces`): an
+    /// unconfined build could read the verifier's key and files.
+    pub require_isolation: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -621,18 +624,20 @@ fn meets(trust: &TrustLevel, release: &ReleasePayload) -> Result<(), String> {
         .attestations
         .iter()
         .filter(|a| a.body.outcome == Outcome::Reproduced)
+        .filter(|a| !trust.require_isolation || a.body.isolation == BuildIsolation::Namespaces)
         .map(|a| a.body.verifier)
         .collect();
+    let how = if trust.require_isolation { " in a sandbox" } else { "" };
     if reproduced.len() < trust.min_reproductions {
         return Err(format!(
-            "{} verifiers reproduced it, this client wants {}",
+            "{} verifiers reproduced it{how}, this client wants {}",
             reproduced.len(),
             trust.min_reproductions
         ));
     }
     for required in &trust.required_verifiers {
         if !reproduced.contains(required) {
-            return Err(format!("verifier {required} did not reproduce it"));
+            return Err(format!("verifier {required} did not reproduce it{how}"));
         }
     }
     Ok(())
@@ -883,5 +888,48 @@ mod tests {
         stored.committees.swap(0, 1);
         let error = ClientState::from_bytes(&postcard::to_allocvec(&stored).unwrap()).unwrap_err();
         assert!(error.contains("does not match its header"), "{error}");
+    }
+
+    /// A client that requires isolation counts only the attestations of sandboxed builds,
+    /// towards its count and its required verifiers; without it, every reproduction counts.
+    #[test]
+    fn a_client_may_count_only_sandboxed_builds() {
+        use chainiac_release::{Attestation, AttestationBody, Manifest, Recipe, SourceArchive};
+        let manifest = Manifest {
+            project: "p".into(),
+            version: "1".into(),
+            source: SourceArchive { name: "p.tar".into(), sha3: [0; 32], size: 0 },
+            recipe: Recipe { argv: vec!["make".into()], env: vec![], workdir: ".".into() },
+            artifacts: vec![],
+            time_ms: 0,
+        };
+        let attest = |seed: u8, isolation| {
+            let key = SecretKey::from_seed(&[seed; 32]);
+            let body = AttestationBody {
+                verifier: key.public_key(),
+                manifest: manifest.id(),
+                outcome: Outcome::Reproduced,
+                environment: [0; 32],
+                time_ms: 0,
+                isolation,
+            };
+            Attestation::sign(&key, body)
+        };
+        let release = ReleasePayload {
+            manifest: manifest.clone(),
+            developer_signatures: vec![],
+            attestations: vec![attest(1, BuildIsolation::Namespaces), attest(2, BuildIsolation::None)],
+        };
+        let unconfined = SecretKey::from_seed(&[2; 32]).public_key();
+        let two = TrustLevel { min_reproductions: 2, ..TrustLevel::default() };
+        assert_eq!(meets(&two, &release), Ok(()));
+        let isolated = TrustLevel { require_isolation: true, ..two.clone() };
+        let refused = meets(&isolated, &release).unwrap_err();
+        assert!(refused.contains("1 verifiers reproduced it in a sandbox, this client wants 2"), "{refused}");
+        let named =
+            TrustLevel { required_verifiers: vec![unconfined], require_isolation: true, ..TrustLevel::default() };
+        assert!(meets(&named, &release).unwrap_err().contains("did not reproduce it in a sandbox"));
+        let named = TrustLevel { required_verifiers: vec![unconfined], ..TrustLevel::default() };
+        assert_eq!(meets(&named, &release), Ok(()));
     }
 }

@@ -58,6 +58,7 @@ fn release(version: &str, signer: u8, now: u64) -> Proposal {
         outcome: Outcome::Reproduced,
         environment: [0; 32],
         time_ms: now,
+        isolation: chainiac_release::BuildIsolation::Namespaces,
     };
     let payload = ReleasePayload {
         developer_signatures: vec![DeveloperSignature::sign(&key(signer), &id)],

@@ -254,6 +254,27 @@ pub struct AttestationBody {
     /// disagreements can be traced to environments.
     pub environment: [u8; 32],
     pub time_ms: u64,
+    /// How the build was confined: a client or a policy may count only sandboxed builds.
+    pub isolation: BuildIsolation,
+}
+
+/// How the build behind an attestation was confined (SPEC §11.3, §11.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BuildIsolation {
+    /// Unconfined: the build ran as the verifier's user and could read what it can.
+    None,
+    /// New user, mount, pid, network (loopback only), ipc and uts namespaces; the host's
+    /// system directories read-only and nothing else of it visible (bubblewrap).
+    Namespaces,
+}
+
+impl BuildIsolation {
+    pub fn name(self) -> &'static str {
+        match self {
+            BuildIsolation::None => "none",
+            BuildIsolation::Namespaces => "namespaces",
+        }
+    }
 }
 
 /// A build verifier's signed statement about one manifest.

@@ -65,6 +65,7 @@ fn attest(verifier: &SecretKey, manifest: &Manifest, outcome: Outcome) -> Attest
             outcome,
             environment: [9; 32],
             time_ms: NOW - 30_000,
+            isolation: chainiac_release::BuildIsolation::Namespaces,
         },
     )
 }

@@ -169,11 +169,17 @@ impl Verifier {
     }
 
     /// The kept attestation for `manifest` that still holds here: any but a failure
-    /// signed in another build environment (the operator may have fixed what failed).
+    /// signed in another build environment (the operator may have fixed what failed), and
+    /// none if what is kept no longer decodes (kept by an older version: built again).
     fn kept(&self, manifest: &ManifestId) -> Result<Option<Attestation>, VerifierError> {
-        Ok(self
-            .attestation(manifest)?
-            .filter(|a| a.body.environment == self.environment || !matches!(a.body.outcome, Outcome::Failed { .. })))
+        let kept = match self.attestation(manifest) {
+            Err(VerifierError::Corrupt(reason)) => {
+                tracing::warn!(%manifest, "a kept attestation does not decode ({reason}); building again");
+                None
+            }
+            other => other?,
+        };
+        Ok(kept.filter(|a| a.body.environment == self.environment || !matches!(a.body.outcome, Outcome::Failed { .. })))
     }
 
     pub fn public_key(&self) -> chainiac_cosi::PublicKey {
@@ -245,6 +251,7 @@ impl Verifier {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
+            isolation: self.settings.isolation.level(),
         };
         let attestation = Attestation::sign(&self.key, body);
         let mut batch = rocksdb::WriteBatch::default();

@@ -69,6 +69,14 @@ pub enum Isolation {
 }
 
 impl Isolation {
+    /// What attestations record of it.
+    pub fn level(self) -> chainiac_release::BuildIsolation {
+        match self {
+            Isolation::Bubblewrap => chainiac_release::BuildIsolation::Namespaces,
+            Isolation::None => chainiac_release::BuildIsolation::None,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Isolation::Bubblewrap => "bubblewrap",

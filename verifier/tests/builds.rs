@@ -330,6 +330,7 @@ async fn a_failure_kept_in_another_build_environment_is_built_again() {
         let v = Verifier::open(SecretKey::from_seed(&[8; 32]), unconfined).unwrap();
         let failed = v.build(&m, &source).await.unwrap();
         assert!(matches!(failed.body.outcome, Outcome::Failed { .. }), "{:?}", failed.body.outcome);
+        assert_eq!(failed.body.isolation, chainiac_release::BuildIsolation::None, "the attestation says how");
         assert_eq!(v.attestation(&m.id()).unwrap(), Some(failed), "a failure of the build's own is kept");
         assert_eq!(v.build(&plain, &source).await.unwrap().body.outcome, Outcome::Reproduced);
     }
@@ -341,6 +342,7 @@ async fn a_failure_kept_in_another_build_environment_is_built_again() {
         "{}",
         String::from_utf8_lossy(&v.log(&m.id()).unwrap().unwrap())
     );
+    assert_eq!(rebuilt.body.isolation, chainiac_release::BuildIsolation::Namespaces);
     assert_eq!(v.attestation(&m.id()).unwrap(), Some(rebuilt));
     let kept = v.build(&plain, &source).await.unwrap();
     assert_ne!(kept.body.environment, v.attestation(&m.id()).unwrap().unwrap().body.environment);
