@@ -93,19 +93,27 @@ fn start_witnesses(dirs: &[PathBuf]) -> Result<(Vec<Node>, Vec<Member>)> {
     Ok((nodes, members))
 }
 
-/// A verifier that takes build jobs from the witnesses `members`.
-fn start_verifier(dir: &Path, members: &[Member]) -> Result<Node> {
+/// A verifier's key (written in `dir`) and address: what a policy names.
+fn init_verifier(dir: &Path) -> Result<VerifierEntry> {
     std::fs::create_dir_all(dir)?;
     let key = SecretKey::generate(&mut rand_core::OsRng);
     keyfile::write(&dir.join("node.key"), &key)?;
-    let address = format!("127.0.0.1:{}", free_port()?);
-    let mut config = VerifierConfig::new(address.parse()?, address.clone());
+    Ok(VerifierEntry { key: key.public_key(), address: format!("127.0.0.1:{}", free_port()?) })
+}
+
+/// Starts the verifier `init_verifier` made in `dir`, taking build jobs from the witnesses
+/// `members` for the release chains `chains`.
+fn start_verifier(dir: &Path, entry: &VerifierEntry, members: &[Member], chains: &[ChainId]) -> Result<Node> {
+    let mut config = VerifierConfig::new(entry.address.parse()?, entry.address.clone());
     for member in members {
         config.allow(&member.key);
     }
+    for chain in chains {
+        config.allow_chain(chain);
+    }
     std::fs::write(dir.join("verifier.toml"), config.to_toml())?;
     let child = spawn(&["verifier", "run", "--config", dir.join("verifier.toml").to_str().unwrap()], &dir.join("log"))?;
-    Ok(Node { key: key.public_key(), address, _child: child })
+    Ok(Node { key: entry.key, address: entry.address.clone(), _child: child })
 }
 
 async fn wait_ready(pool: &Pool, node: &Node, probe: Request) -> Result<()> {
@@ -186,8 +194,33 @@ async fn demo(root: &Path) -> Result<()> {
     let dirs: Vec<PathBuf> = (0..=NEWCOMER).map(|i| root.join(format!("witness-{i}"))).collect();
     let (witnesses, all_members) = start_witnesses(&dirs)?;
     let members = all_members[..WITNESSES].to_vec();
-    let verifiers: Vec<Node> = (0..VERIFIERS)
-        .map(|i| start_verifier(&root.join(format!("verifier-{i}")), &all_members))
+    // The project names its verifiers, and each verifier's operator lists the project's
+    // chain among those it builds for: keys and addresses first, the chain id, then the
+    // verifiers start.
+    let verifier_dirs: Vec<PathBuf> = (0..VERIFIERS).map(|i| root.join(format!("verifier-{i}"))).collect();
+    let entries: Vec<VerifierEntry> = verifier_dirs.iter().map(|d| init_verifier(d)).collect::<Result<_>>()?;
+    let committee = Committee::byzantine(Roster::new(members)?);
+    let developers: Vec<SecretKey> = (0..4).map(|_| SecretKey::generate(&mut rand_core::OsRng)).collect();
+    let root_key = SecretKey::generate(&mut rand_core::OsRng);
+    let policy = Policy {
+        project: "hello".into(),
+        developers: developers[..3].iter().map(SecretKey::public_key).collect(),
+        release_threshold: 2,
+        root_keys: vec![root_key.public_key()],
+        root_threshold: 1,
+        verifiers: entries.clone(),
+        verifier_threshold: 2,
+        max_age_ms: 60_000,
+        version: 0,
+    };
+    let now = chainiac_client::now_ms();
+    let timeline_genesis =
+        genesis(ChainParams::DEFAULT, committee.clone(), b"timeline".to_vec(), KIND_TIMELINE, vec![], now);
+    let project_genesis = genesis(ChainParams::DEFAULT, committee, policy.to_bytes(), KIND_RELEASE, vec![], now);
+    let verifiers: Vec<Node> = verifier_dirs
+        .iter()
+        .zip(&entries)
+        .map(|(dir, entry)| start_verifier(dir, entry, &all_members, &[project_genesis.id()]))
         .collect::<Result<_>>()?;
     let endpoint = chainiac_proto::endpoint::client("127.0.0.1:0".parse()?)?;
     let pool = Pool::new(endpoint, Arc::new(SecretKey::generate(&mut rand_core::OsRng)));
@@ -201,25 +234,6 @@ async fn demo(root: &Path) -> Result<()> {
 
     let t =
         step.say("creating the timeline and the project `hello` (developers 2 of 3, both verifiers must reproduce)");
-    let roster = Roster::new(members)?;
-    let committee = Committee::byzantine(roster);
-    let developers: Vec<SecretKey> = (0..4).map(|_| SecretKey::generate(&mut rand_core::OsRng)).collect();
-    let root_key = SecretKey::generate(&mut rand_core::OsRng);
-    let policy = Policy {
-        project: "hello".into(),
-        developers: developers[..3].iter().map(SecretKey::public_key).collect(),
-        release_threshold: 2,
-        root_keys: vec![root_key.public_key()],
-        root_threshold: 1,
-        verifiers: verifiers.iter().map(|v| VerifierEntry { key: v.key, address: v.address.clone() }).collect(),
-        verifier_threshold: 2,
-        max_age_ms: 60_000,
-        version: 0,
-    };
-    let now = chainiac_client::now_ms();
-    let timeline_genesis =
-        genesis(ChainParams::DEFAULT, committee.clone(), b"timeline".to_vec(), KIND_TIMELINE, vec![], now);
-    let project_genesis = genesis(ChainParams::DEFAULT, committee, policy.to_bytes(), KIND_RELEASE, vec![], now);
     // The timeline is created by an operator of its committee (witness 0's, with its key);
     // the project by anyone.
     let operator = {

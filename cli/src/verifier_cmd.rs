@@ -1,5 +1,6 @@
 //! `chainiac verifier init | allow | run | status`.
 
+use crate::client_cmd::parse_chain;
 use crate::witness_cmd::{parse_key, wait_for_signal, RunningNode};
 use crate::UsageError;
 use anyhow::{Context, Result};
@@ -44,11 +45,16 @@ pub enum VerifierCommand {
         /// Let this key (hex) send build jobs and read build logs too (repeatable).
         #[arg(long = "allow")]
         allow: Vec<String>,
+        /// Build for this release chain (genesis id, hex) when its witnesses ask
+        /// (repeatable).
+        #[arg(long = "chain")]
+        chains: Vec<String>,
         #[arg(long)]
         json: bool,
     },
     /// Let more keys send build jobs and read build logs (`build_callers` in the config):
-    /// the members of a roster file and keys given. Restart the verifier to apply.
+    /// the members of a roster file and keys given; and build for more release chains
+    /// (`build_chains`). Restart the verifier to apply.
     Allow {
         /// The config file `init` wrote.
         #[arg(long)]
@@ -59,6 +65,9 @@ pub enum VerifierCommand {
         /// A key (hex), repeatable.
         #[arg(long = "key")]
         keys: Vec<String>,
+        /// A release chain (genesis id, hex) to build for, repeatable.
+        #[arg(long = "chain")]
+        chains: Vec<String>,
     },
     /// Serve build jobs until SIGINT or SIGTERM.
     Run {
@@ -89,8 +98,20 @@ fn keys_to_allow(roster: Option<&std::path::Path>, keys: &[String]) -> Result<Ve
 
 pub fn run(command: VerifierCommand) -> Result<()> {
     match command {
-        VerifierCommand::Init { dir, listen, address, concurrency, time_limit_s, isolation, roster, allow, json } => {
+        VerifierCommand::Init {
+            dir,
+            listen,
+            address,
+            concurrency,
+            time_limit_s,
+            isolation,
+            roster,
+            allow,
+            chains,
+            json,
+        } => {
             let callers = keys_to_allow(roster.as_deref(), &allow)?;
+            let chains = chains.iter().map(|c| parse_chain(c)).collect::<Result<Vec<_>>>()?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let key = SecretKey::generate(&mut rand_core::OsRng);
             keyfile::write(&dir.join("node.key"), &key)?;
@@ -100,6 +121,9 @@ pub fn run(command: VerifierCommand) -> Result<()> {
             config.isolation = if isolation == "none" { Isolation::None } else { Isolation::Bubblewrap };
             for key in &callers {
                 config.allow(key);
+            }
+            for chain in &chains {
+                config.allow_chain(chain);
             }
             let path = dir.join("verifier.toml");
             std::fs::write(&path, config.to_toml()).with_context(|| format!("writing {}", path.display()))?;
@@ -127,7 +151,7 @@ pub fn run(command: VerifierCommand) -> Result<()> {
                 let endpoint = chainiac_proto::endpoint::server(&key, config.listen)?;
                 let verifier = Verifier::open(key, config.settings())?;
                 tracing::info!(listen = %config.listen, key = %verifier.public_key(), environment = verifier.environment_description(), "verifier serving");
-                let service = Service::new(verifier, config.address.clone(), config.callers());
+                let service = Service::new(verifier, config.address.clone(), config.callers(), config.chains());
                 tokio::spawn(chainiac_proto::server::serve(service, endpoint.clone(), ALLOWED));
                 wait_for_signal().await;
                 tracing::info!("shutting down");
@@ -135,27 +159,33 @@ pub fn run(command: VerifierCommand) -> Result<()> {
                 Ok(())
             })
         }
-        VerifierCommand::Allow { config, roster, keys } => allow(&config, roster.as_deref(), &keys),
+        VerifierCommand::Allow { config, roster, keys, chains } => allow(&config, roster.as_deref(), &keys, &chains),
         VerifierCommand::Status { node, json } => status(&node, json),
     }
 }
 
-fn allow(path: &std::path::Path, roster: Option<&std::path::Path>, keys: &[String]) -> Result<()> {
-    if roster.is_none() && keys.is_empty() {
-        return Err(UsageError("name a --roster file or a --key to allow".into()).into());
+fn allow(path: &std::path::Path, roster: Option<&std::path::Path>, keys: &[String], chains: &[String]) -> Result<()> {
+    if roster.is_none() && keys.is_empty() && chains.is_empty() {
+        return Err(UsageError("name a --roster file, a --key or a --chain to allow".into()).into());
     }
     let allowed = keys_to_allow(roster, keys)?;
+    let chains = chains.iter().map(|c| parse_chain(c)).collect::<Result<Vec<_>>>()?;
     // Checked as `run` will load it, then edited as written (relative paths stay relative).
     VerifierConfig::load(path).map_err(|e| UsageError(e.to_string()))?;
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut config: VerifierConfig =
         toml::from_str(&text).map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
     let added = allowed.iter().filter(|key| config.allow(key)).count();
-    std::fs::write(path, config.to_toml()).with_context(|| format!("writing {}", path.display()))?;
+    let added_chains = chains.iter().filter(|chain| config.allow_chain(chain)).count();
+    // Written beside and renamed over: a crash leaves the old config or the new, whole.
+    let staged = path.with_extension("toml.new");
+    std::fs::write(&staged, config.to_toml()).with_context(|| format!("writing {}", staged.display()))?;
+    std::fs::rename(&staged, path).with_context(|| format!("replacing {}", path.display()))?;
     println!(
-        "{added} key(s) added to build_callers in {} ({} in all); restart the verifier to apply",
+        "{added} key(s) added to build_callers ({} in all) and {added_chains} chain(s) to build_chains ({} in all) in {}; restart the verifier to apply",
+        config.build_callers.len(),
+        config.build_chains.len(),
         path.display(),
-        config.build_callers.len()
     );
     Ok(())
 }

@@ -208,12 +208,6 @@ async fn verifiers_rebuild_submitted_releases_and_only_reproduced_ones_are_appen
             common::VerifierProcess::init_with(&root.path().join(format!("v{i}")), limit, &callers)
         })
         .collect();
-    for v in &mut verifiers {
-        v.start();
-    }
-    for v in &verifiers {
-        v.wait_ready(&cluster.client).await;
-    }
     let (d1, d2) = (key(1), key(2));
     let policy = Policy {
         project: "hello".into(),
@@ -234,6 +228,14 @@ async fn verifiers_rebuild_submitted_releases_and_only_reproduced_ones_are_appen
     else {
         panic!("release chain not created")
     };
+    // Each verifier's operator agrees to build for this chain.
+    for v in &mut verifiers {
+        v.allow(&["--chain", &chain.to_hex()]);
+        v.start();
+    }
+    for v in &verifiers {
+        v.wait_ready(&cluster.client).await;
+    }
 
     // The release manager builds locally to learn what the artifact must be.
     let local = tempfile::tempdir().unwrap();
@@ -312,7 +314,7 @@ async fn verifiers_rebuild_submitted_releases_and_only_reproduced_ones_are_appen
     // A stranger's build job is refused before anything is unpacked or run.
     let mut other = manifest.clone();
     other.version = "1.0-stranger".into();
-    let request = Request::Build { manifest: other.clone(), source: source.clone() };
+    let request = Request::Build { manifest: other.clone(), source: source.clone(), chain: None };
     let refused = stranger.call_at(&verifiers[1].address, &verifiers[1].key, request).await;
     assert_eq!(refusal(refused.as_ref().unwrap_err()).code, ErrorCode::Forbidden);
     let status = stranger.call_at(&verifiers[1].address, &verifiers[1].key, Request::Status).await;
@@ -326,6 +328,55 @@ async fn verifiers_rebuild_submitted_releases_and_only_reproduced_ones_are_appen
     let kept =
         stranger.call_at(&verifiers[2].address, &verifiers[2].key, Request::GetAttestation { manifest: id }).await;
     assert!(matches!(kept, Ok(Response::Attestation(None))), "{kept:?}");
+
+    // A stranger cannot borrow the witnesses' standing with the verifiers: anyone may
+    // create a chain whose policy names verifier 0 and sign releases for it with their
+    // own developer key, but the verifier builds only for the chains its operator listed.
+    let intruder = key(30);
+    let borrowed = Policy {
+        developers: vec![intruder.public_key()],
+        release_threshold: 1,
+        verifiers: vec![VerifierEntry { key: verifiers[0].key, address: verifiers[0].address.clone() }],
+        verifier_threshold: 1,
+        ..policy.clone()
+    };
+    let committee = Committee::byzantine(cluster.roster(&[0, 1, 2, 3]));
+    let theirs = genesis(
+        ChainParams::new(2, 24).unwrap(),
+        committee,
+        borrowed.to_bytes(),
+        KIND_RELEASE,
+        vec![],
+        common::now_ms(),
+    );
+    let Ok(Response::Created { chain: their_chain }) =
+        stranger.call(&cluster.witnesses[0], Request::CreateChain { genesis: theirs }).await
+    else {
+        panic!("anyone may create a chain")
+    };
+    let status = |v: &common::VerifierProcess| {
+        let (address, key) = (v.address.clone(), v.key);
+        async move {
+            match stranger.call_at(&address, &key, Request::Status).await {
+                Ok(Response::VerifierStatus(s)) => s,
+                other => panic!("no status: {other:?}"),
+            }
+        }
+    };
+    let before = status(&verifiers[0]).await;
+    let mut work = manifest.clone();
+    work.version = "1.0-borrowed".into();
+    let request = Request::SubmitRelease {
+        chain: their_chain,
+        developer_signatures: vec![DeveloperSignature::sign(&intruder, &work.id())],
+        manifest: work,
+        source: source.clone(),
+    };
+    let refused = stranger.call(&cluster.witnesses[3], request).await.unwrap_err();
+    assert_eq!(refusal(&refused).code, ErrorCode::Refused, "{refused}");
+    let after = status(&verifiers[0]).await;
+    assert_eq!(after.builds, before.builds, "nothing was built for the stranger's chain");
+    assert_eq!(after.refused_requests, before.refused_requests + 1, "the witness's Build was refused");
 
     // A build that embeds the time: both verifiers report a mismatch naming the artifact;
     // the witnesses refuse and nothing is appended.
@@ -403,13 +454,26 @@ async fn a_release_manager_works_from_the_shell() {
         roster += &std::fs::read_to_string(w.dir.join("member.toml")).unwrap();
     }
     std::fs::write(path("roster.toml"), roster).unwrap();
-    // The verifiers' operators let the cothority's witnesses send build jobs.
-    for v in &verifiers {
-        let config = v.dir.join("verifier.toml");
-        let added = run(&["verifier", "allow", "--config", config.to_str().unwrap(), "--roster", &path("roster.toml")]);
-        assert!(added.starts_with("4 key(s) added"), "{added}");
-    }
+    std::fs::write(path("policy.toml"), policy_toml(&developers, &root_key, &verifiers)).unwrap();
+    let created = json(run(&[
+        "project",
+        "init",
+        "--roster",
+        &path("roster.toml"),
+        "--policy",
+        &path("policy.toml"),
+        "--out",
+        &path("project.genesis"),
+        "--json",
+    ]));
+    let chain = created["chain"].as_str().unwrap().to_string();
+    // The verifiers' operators let the cothority's witnesses send build jobs for it.
     for v in &mut verifiers {
+        let config = v.dir.join("verifier.toml");
+        let config = config.to_str().unwrap();
+        let added =
+            run(&["verifier", "allow", "--config", config, "--roster", &path("roster.toml"), "--chain", &chain]);
+        assert!(added.starts_with("4 key(s) added to build_callers (4 in all) and 1 chain(s)"), "{added}");
         v.start();
     }
     for v in &verifiers {
@@ -425,19 +489,6 @@ async fn a_release_manager_works_from_the_shell() {
         "--json",
     ]));
     assert_eq!((status["isolation"].as_str(), status["builds"].as_u64()), (Some("bubblewrap"), Some(0)), "{status}");
-    std::fs::write(path("policy.toml"), policy_toml(&developers, &root_key, &verifiers)).unwrap();
-    let created = json(run(&[
-        "project",
-        "init",
-        "--roster",
-        &path("roster.toml"),
-        "--policy",
-        &path("policy.toml"),
-        "--out",
-        &path("project.genesis"),
-        "--json",
-    ]));
-    let chain = created["chain"].as_str().unwrap().to_string();
 
     // Build locally, pack, prepare, sign twice, submit.
     let source = source_archive(&[("hello-1.0/Makefile", MAKEFILE), ("hello-1.0/hello.c", HELLO_C)]);
@@ -610,20 +661,6 @@ async fn gnu_hello_is_released_from_a_build_in_the_verifiers_sandbox() {
     std::fs::write(path("roster.toml"), roster).unwrap();
     let mut verifiers: Vec<common::VerifierProcess> =
         (0..2).map(|i| common::VerifierProcess::init(&root.path().join(format!("v{i}")), &[])).collect();
-    for v in &mut verifiers {
-        run(&[
-            "verifier",
-            "allow",
-            "--config",
-            v.dir.join("verifier.toml").to_str().unwrap(),
-            "--roster",
-            "roster.toml",
-        ]);
-        v.start();
-    }
-    for v in &verifiers {
-        v.wait_ready(&cluster.client).await;
-    }
     let key = |name: &str| json(run(&["keygen", "--out", name, "--json"]))["public_key"].as_str().unwrap().to_string();
     let (dev1, dev2, root_key) = (key("dev1.key"), key("dev2.key"), key("root.key"));
     std::fs::write(path("policy.toml"), policy_toml(&[dev1, dev2], &root_key, &verifiers)).unwrap();
@@ -639,6 +676,14 @@ async fn gnu_hello_is_released_from_a_build_in_the_verifiers_sandbox() {
         "--json",
     ]));
     let chain = created["chain"].as_str().unwrap().to_string();
+    // Each verifier's operator serves the cothority's witnesses, for this chain.
+    for v in &mut verifiers {
+        v.allow(&["--roster", &path("roster.toml"), "--chain", &chain]);
+        v.start();
+    }
+    for v in &verifiers {
+        v.wait_ready(&cluster.client).await;
+    }
 
     let prepare = ["release", "prepare", "--project", "hello", "--version", "2.10", "--source", "hello-2.10.tar.gz"];
     let artifact = ["--workdir", "hello-2.10", "--artifact", "hello-2.10/hello", "--build", "--out", "hello.manifest"];

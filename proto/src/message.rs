@@ -54,7 +54,9 @@ pub enum Request {
 
     // --- build verification ---
     /// To a verifier: rebuild `manifest` from `source` and answer with a signed attestation.
-    Build { manifest: Manifest, source: Vec<u8> },
+    /// `chain`: the release chain a witness builds for (the verifier builds only for the
+    /// chains its operator lists); `None` from a release manager or the operator.
+    Build { manifest: Manifest, source: Vec<u8>, chain: Option<ChainId> },
     /// To a verifier: the attestation it stored for a manifest, if any.
     GetAttestation { manifest: ManifestId },
     /// To a verifier: the build log it kept for a manifest.

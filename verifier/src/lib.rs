@@ -20,6 +20,7 @@ use chainiac_release::{content_hash, Artifact, Attestation, AttestationBody, Man
 use rand_core::RngCore;
 use sandbox::Limits;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tracing::info;
@@ -70,6 +71,8 @@ pub struct Verifier {
     environment: [u8; 32],
     environment_description: String,
     counters: Counters,
+    /// Manifests being built (one build of a manifest at a time).
+    building: std::sync::Mutex<std::collections::HashMap<ManifestId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// What the verifier did since it started (`chainiac verifier status`).
@@ -105,8 +108,9 @@ fn describe_environment(settings: &Settings) -> String {
             .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string())
             .unwrap_or_else(|| "absent".into())
     };
+    let limits = &settings.limits;
     format!(
-        "os={} arch={} kernel={} cc={} make={} isolation={} network={}",
+        "os={} arch={} kernel={} cc={} make={} isolation={} network={} limits=time:{}s,memory:{},processes:{},output:{},tmpfs:{},files:{},unpacked:{}",
         std::env::consts::OS,
         std::env::consts::ARCH,
         run(&["uname", "-r"]),
@@ -117,7 +121,16 @@ fn describe_environment(settings: &Settings) -> String {
             sandbox::Isolation::Bubblewrap => "loopback only",
             sandbox::Isolation::None if settings.isolate_network => "isolated",
             sandbox::Isolation::None => "shared",
-        }
+        },
+        // A kept failure (too much output, say) is another environment's once the
+        // operator changes a limit, and is built again.
+        limits.time_limit.as_secs(),
+        limits.max_memory_bytes,
+        limits.max_processes,
+        limits.max_output_bytes,
+        limits.tmpfs_bytes,
+        limits.max_files,
+        limits.max_unpacked_bytes,
     )
 }
 
@@ -141,6 +154,7 @@ impl Verifier {
             environment,
             environment_description,
             counters: Counters { started: std::sync::OnceLock::from(std::time::Instant::now()), ..Counters::default() },
+            building: Default::default(),
         }))
     }
 
@@ -222,18 +236,21 @@ impl Verifier {
         if source.len() as u64 != manifest.source.size || content_hash(source) != manifest.source.sha3 {
             return Err(VerifierError::SourceMismatch);
         }
-        self.counters.waiting.fetch_add(1, Relaxed);
-        let slot = self.slots.acquire().await;
-        self.counters.waiting.fetch_sub(1, Relaxed);
-        let _slot = slot.expect("the semaphore is never closed");
+        // One build of a manifest at a time: two at once could sign different outcomes
+        // for one manifest and environment (found by review), the later overwriting.
+        let waiting = Gauge::up(&self.counters.waiting);
+        let manifest_lock = self.manifest_lock(&id);
+        let _one_build_per_manifest = manifest_lock.lock().await;
+        let _slot = self.slots.acquire().await.expect("the semaphore is never closed");
+        drop(waiting);
         if let Some(stored) = self.kept(&id)? {
             self.counters.answered_from_store.fetch_add(1, Relaxed);
             return Ok(stored); // built while we waited
         }
         self.counters.builds.fetch_add(1, Relaxed);
-        self.counters.running.fetch_add(1, Relaxed);
+        let running = Gauge::up(&self.counters.running);
         let rebuilt = self.rebuild(manifest, source).await;
-        self.counters.running.fetch_sub(1, Relaxed);
+        drop(running);
         let (outcome, log, deterministic) = rebuilt?;
         let counter = match outcome {
             Outcome::Reproduced => &self.counters.reproduced,
@@ -255,11 +272,12 @@ impl Verifier {
         };
         let attestation = Attestation::sign(&self.key, body);
         let mut batch = rocksdb::WriteBatch::default();
+        // Under the manifest's lock nothing of this environment is kept (else it would have
+        // been answered): a kept outcome is written once, never replaced by a later one.
+        // The latest log is kept either way: it is how the operator sees why.
         if deterministic {
             batch.put_cf(self.cf(CF_ATTESTATIONS), id.0, attestation.to_bytes());
         } else {
-            // The latest log is kept either way: it is how the operator sees why.
-            batch.delete_cf(self.cf(CF_ATTESTATIONS), id.0);
             self.counters.not_kept.fetch_add(1, Relaxed);
         }
         batch.put_cf(self.cf(CF_LOGS), id.0, &log);
@@ -269,10 +287,19 @@ impl Verifier {
         Ok(attestation)
     }
 
+    /// The lock that keeps builds of `manifest` one at a time (dropped from the map once
+    /// nobody holds or waits for it).
+    fn manifest_lock(&self, manifest: &ManifestId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.building.lock().expect("lock");
+        locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        locks.entry(*manifest).or_default().clone()
+    }
+
     /// The outcome, the log, and whether the outcome is deterministic (to be kept).
     async fn rebuild(&self, manifest: &Manifest, source: &[u8]) -> Result<(Outcome, Vec<u8>, bool), VerifierError> {
-        let (job, root) = new_job(&self.settings, manifest)?;
-        let (result, mut log) = run_job(&self.settings, manifest, source, &job, &root).await;
+        let job = new_job(&self.settings, manifest)?;
+        let (job, root) = (&job.0, job.0.join("src"));
+        let (result, mut log) = run_job(&self.settings, manifest, source, job, &root).await;
         let outcome = match result {
             Err(failure) => {
                 let reason = failure.reason;
@@ -281,20 +308,45 @@ impl Verifier {
             }
             Ok(()) => (sandbox::compare(&root, &manifest.artifacts), log, true),
         };
-        let _ = std::fs::remove_dir_all(&job);
         Ok(outcome)
     }
 }
 
-/// A fresh job directory under `settings.data_dir/jobs` and the source directory in it.
-fn new_job(settings: &Settings, manifest: &Manifest) -> Result<(PathBuf, PathBuf), VerifierError> {
+/// A counter raised for as long as this lives: a request the server abandons (its
+/// deadline) drops it wherever it was, and the counter comes back down.
+struct Gauge<'a>(&'a AtomicU64);
+
+impl<'a> Gauge<'a> {
+    fn up(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Gauge(counter)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A job directory, removed when dropped (also when the request is abandoned mid-build).
+struct JobDir(PathBuf);
+
+impl Drop for JobDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh job directory under `settings.data_dir/jobs`, with the source directory `src`
+/// in it.
+fn new_job(settings: &Settings, manifest: &Manifest) -> Result<JobDir, VerifierError> {
     let mut nonce = [0u8; 8];
     rand_core::OsRng.fill_bytes(&mut nonce);
     let name = format!("{}-{}", hex::encode(&manifest.id().0[..8]), hex::encode(nonce));
-    let job = settings.data_dir.join("jobs").join(name);
-    let root = job.join("src");
-    std::fs::create_dir_all(&root)?;
-    Ok((job, root))
+    let job = JobDir(settings.data_dir.join("jobs").join(name));
+    std::fs::create_dir_all(job.0.join("src"))?;
+    Ok(job)
 }
 
 /// Checks the manifest, unpacks `source` into `root` and runs the recipe as `settings`
@@ -356,8 +408,9 @@ pub async fn build_locally(
     source: &[u8],
 ) -> Result<LocalBuild, VerifierError> {
     check_confinement(settings)?;
-    let (job, root) = new_job(settings, manifest)?;
-    let (result, log) = run_job(settings, manifest, source, &job, &root).await;
+    let job = new_job(settings, manifest)?;
+    let (job, root) = (&job.0, job.0.join("src"));
+    let (result, log) = run_job(settings, manifest, source, job, &root).await;
     let result = match (result, root.canonicalize()) {
         (Err(failure), _) => Err(failure.reason),
         (Ok(()), Err(e)) => Err(format!("the build directory vanished: {e}")),
@@ -371,7 +424,6 @@ pub async fn build_locally(
             })
             .collect(),
     };
-    let _ = std::fs::remove_dir_all(&job);
     Ok(LocalBuild { result, log })
 }
 

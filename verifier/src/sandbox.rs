@@ -245,10 +245,15 @@ fn chown_tree(root: &Path, uid: u32) -> std::io::Result<()> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildFailure {
     pub reason: String,
-    /// The build failed on its own: a bad recipe, a non-zero exit, too much output. Not so
-    /// a time limit, a kill by signal (a CPU or memory limit, the OOM killer) or the
-    /// verifier's own trouble: those can depend on the machine's load, so the verifier
-    /// signs them but does not keep them (a later request builds again).
+    /// The failure is the recipe's and would recur on any machine: a working directory
+    /// or variable the recipe may not have, too much output. Not so anything the running
+    /// build ran into: a non-zero exit (under bubblewrap a kill by a CPU or memory limit
+    /// comes back as exit code 128 + signal, and make or sh turn a child's failed fork —
+    /// the process limit is shared by every build of uid 65534 — or allocation into exit
+    /// 2), a signal, the time limit, or the verifier's own trouble: those can depend on the
+    /// machine's load, so the verifier signs them but does not keep them (a later request
+    /// builds again; an attack review showed a concurrent build making an honest one
+    /// fail, which a kept failure would have pinned on its manifest).
     pub deterministic: bool,
 }
 
@@ -405,10 +410,8 @@ pub async fn run(
             trouble(format!("the build exceeded its time limit of {} s", limits.time_limit.as_secs()), vec![])
         }
         Ok((log, Err(e))) => trouble(format!("waiting for the build: {e}"), log),
-        // An exit code is the build's own answer; a signal may be a limit's (SIGXCPU,
-        // SIGKILL from the OOM killer) and so depend on the load.
         Ok((log, Ok(status))) if status.code().is_some_and(|c| c != 0) => {
-            fail(format!("the build command failed ({status})"), log)
+            trouble(format!("the build command failed ({status})"), log)
         }
         Ok((log, Ok(status))) if !status.success() => {
             trouble(format!("the build command was killed ({status}); a limit may have been reached"), log)

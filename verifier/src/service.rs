@@ -9,6 +9,7 @@ use chainiac_proto::message::VerifierStatus;
 use chainiac_proto::message::{ErrorCode, ErrorReply};
 use chainiac_proto::server::Handler;
 use chainiac_proto::{Request, Response};
+use chainiac_skipchain::ChainId;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,12 @@ pub struct VerifierConfig {
     /// and the status are open to anyone.
     #[serde(default)]
     pub build_callers: Vec<String>,
+    /// Release chains (hex genesis ids) this verifier rebuilds for when a witness asks:
+    /// those whose policies name it and whose projects its operator agreed to serve. A
+    /// witness asks for any chain whose policy names this verifier, and anyone can create a
+    /// chain with such a policy, so a chain not listed is refused.
+    #[serde(default)]
+    pub build_chains: Vec<String>,
 }
 
 mod defaults {
@@ -82,7 +89,22 @@ impl VerifierConfig {
             isolation: Isolation::default(),
             isolate_network: None,
             build_callers: Vec::new(),
+            build_chains: Vec::new(),
         }
+    }
+
+    /// The chains `build_chains` names (checked on load).
+    pub fn chains(&self) -> Vec<ChainId> {
+        self.build_chains.iter().filter_map(|c| ChainId::from_hex(c)).collect()
+    }
+
+    /// Adds `chain` to `build_chains` unless it is there; whether it was added.
+    pub fn allow_chain(&mut self, chain: &ChainId) -> bool {
+        if self.chains().contains(chain) {
+            return false;
+        }
+        self.build_chains.push(chain.to_hex());
+        true
     }
 
     /// The keys `build_callers` names (checked on load).
@@ -113,6 +135,12 @@ impl VerifierConfig {
         for key in &config.build_callers {
             if let Err(reason) = parse_key(key) {
                 return Err(ConfigError::Invalid { path: name, message: format!("build_callers: {reason}") });
+            }
+        }
+        for chain in &config.build_chains {
+            if ChainId::from_hex(chain).is_none() {
+                let message = format!("build_chains: {chain:?} is not a 64-digit hex chain id");
+                return Err(ConfigError::Invalid { path: name, message });
             }
         }
         if config.isolate_network == Some(true) && !network_isolation_available() {
@@ -156,18 +184,22 @@ pub struct Service {
     address: String,
     /// Who may build and read logs besides the verifier's own key.
     callers: Vec<PublicKey>,
+    /// The chains it builds for when a witness asks.
+    chains: Vec<ChainId>,
     refused_frames: AtomicU64,
     refused_requests: AtomicU64,
 }
 
 impl Service {
     /// `address`: where witnesses reach it (for the status); `callers`: the keys that may
-    /// send build jobs and read build logs besides its own.
-    pub fn new(verifier: Arc<Verifier>, address: String, callers: Vec<PublicKey>) -> Arc<Self> {
+    /// send build jobs and read build logs besides its own; `chains`: the release chains
+    /// it builds for.
+    pub fn new(verifier: Arc<Verifier>, address: String, callers: Vec<PublicKey>, chains: Vec<ChainId>) -> Arc<Self> {
         Arc::new(Service {
             verifier,
             address,
             callers,
+            chains,
             refused_frames: AtomicU64::new(0),
             refused_requests: AtomicU64::new(0),
         })
@@ -213,7 +245,11 @@ impl Handler for Service {
         }
         match request {
             Request::Status => self.status(),
-            Request::Build { manifest, source } => match self.verifier.build(&manifest, &source).await {
+            Request::Build { chain: Some(chain), .. } if !self.chains.contains(&chain) => self.refuse(
+                ErrorCode::Forbidden,
+                format!("this verifier does not build for chain {chain}; its operator lists the chains it serves in build_chains"),
+            ),
+            Request::Build { manifest, source, .. } => match self.verifier.build(&manifest, &source).await {
                 Ok(attestation) => Response::Attestation(Some(attestation)),
                 Err(e @ crate::VerifierError::SourceMismatch) => self.refuse(ErrorCode::BadRequest, e.to_string()),
                 Err(e) => internal(e),

@@ -152,6 +152,8 @@ async fn failures_time_limits_and_escaping_archives_give_failed_attestations() {
     let cases: Vec<(Vec<u8>, Vec<&str>, &str)> = vec![
         (source.clone(), vec!["sh", "-c", "echo compiling; exit 3"], "the build command failed"),
         (source.clone(), vec!["sh", "-c", "sleep 30 & sleep 30"], "time limit"),
+        // Killed as a memory or CPU limit kills: under bubblewrap, exit code 137.
+        (source.clone(), vec!["sh", "-c", "kill -KILL $$"], "the build command"),
         (raw_tar("../evil", tar::EntryType::Regular, None), vec!["true"], "not a plain relative path"),
         (
             raw_tar("hello-1.0/link", tar::EntryType::Symlink, Some("/etc/passwd")),
@@ -176,22 +178,22 @@ async fn failures_time_limits_and_escaping_archives_give_failed_attestations() {
             let log = v.log(&m.id()).unwrap().unwrap();
             assert!(String::from_utf8_lossy(&log).contains("compiling"), "the build log is kept");
         }
-        // A failure of the build's own (exit 3, a hostile archive) is kept; a time limit,
-        // which depends on the machine's load, is signed but not kept: asked again, the
-        // verifier builds again.
+        // The archive's fault is kept; what the running build ran into (an exit code, a
+        // kill, the time limit) may depend on the machine's load: it is signed but not
+        // kept, and asked again, the verifier builds again.
         let builds = v.status().builds;
         let again = v.build(&m, &archive).await.unwrap();
-        if i == 1 {
-            assert_eq!(v.attestation(&m.id()).unwrap(), None, "case {i}: a time limit is not kept");
+        if i <= 2 {
+            assert_eq!(v.attestation(&m.id()).unwrap(), None, "case {i}: not kept");
             assert_eq!(v.status().builds, builds + 1, "case {i}: built again");
-            assert!(matches!(&again.body.outcome, Outcome::Failed { reason } if reason.contains("time limit")));
+            assert!(matches!(&again.body.outcome, Outcome::Failed { reason: got } if got.contains(reason)));
         } else {
             assert_eq!(v.attestation(&m.id()).unwrap(), Some(attestation.clone()), "case {i}: kept");
             assert_eq!((again, v.status().builds), (attestation, builds), "case {i}: answered from the store");
         }
     }
     let counters = v.status();
-    assert_eq!((counters.not_kept, counters.failed, counters.running, counters.waiting), (2, 8, 0, 0), "{counters:?}");
+    assert_eq!((counters.not_kept, counters.failed, counters.running, counters.waiting), (6, 11, 0, 0), "{counters:?}");
     // Nothing escaped into the verifier's directory.
     assert!(!dir.path().join("evil").exists() && !dir.path().join("jobs/evil").exists());
     // A source that does not match the manifest is refused before anything runs, and
@@ -305,22 +307,25 @@ fn a_verifier_without_a_working_sandbox_refuses_to_start_unless_told_to_build_un
 }
 
 /// A kept failure speaks for the environment that signed it: after the operator changes
-/// the verifier (here: from unconfined to bubblewrap, which changes the environment digest)
-/// the same manifest is built again, and a recipe that needed the change now reproduces. A
-/// kept success stays kept.
+/// the verifier (here: from unconfined with a small output limit to bubblewrap with the
+/// default limits, each of which changes the environment digest) the same manifest is
+/// built again, and a recipe that needed the change now reproduces. A kept success stays
+/// kept.
 #[tokio::test]
 async fn a_failure_kept_in_another_build_environment_is_built_again() {
     let dir = tempfile::tempdir().unwrap();
     let source = tar_of(&[("hello-1.0/f", b"1", 0o644)]);
-    // Passes only where the source sits at the fixed path the sandbox gives it.
-    let needs_sandbox = &["sh", "-c", "test \"$(pwd)\" = /build/hello-1.0/hello-1.0 && echo ok > out"][..];
+    // 2,000 bytes of output in files of 200: over a 1,000-byte output limit, a
+    // deterministic failure (each file stays under the file-size limit).
+    let writes_much =
+        &["sh", "-c", "for i in 0 1 2 3 4 5 6 7 8 9; do head -c 200 /dev/zero > f$i; done; echo ok > out"][..];
     let artifacts = vec![Artifact { path: "hello-1.0/out".into(), sha3: content_hash(b"ok\n"), size: 3 }];
-    let m = manifest(&source, needs_sandbox, artifacts.clone());
+    let m = manifest(&source, writes_much, artifacts.clone());
     let mut plain = manifest(&source, &["sh", "-c", "echo ok > out"], artifacts);
     plain.version = "1.0-plain".into();
     let unconfined = Settings {
         data_dir: dir.path().to_path_buf(),
-        limits: Limits::default(),
+        limits: Limits { max_output_bytes: 1000, ..Limits::default() },
         concurrency: 1,
         isolation: Isolation::None,
         bwrap: "bwrap".into(),
@@ -329,9 +334,13 @@ async fn a_failure_kept_in_another_build_environment_is_built_again() {
     {
         let v = Verifier::open(SecretKey::from_seed(&[8; 32]), unconfined).unwrap();
         let failed = v.build(&m, &source).await.unwrap();
-        assert!(matches!(failed.body.outcome, Outcome::Failed { .. }), "{:?}", failed.body.outcome);
+        assert!(
+            matches!(&failed.body.outcome, Outcome::Failed { reason } if reason.contains("more than the limit of 1000")),
+            "{:?}",
+            failed.body.outcome
+        );
         assert_eq!(failed.body.isolation, chainiac_release::BuildIsolation::None, "the attestation says how");
-        assert_eq!(v.attestation(&m.id()).unwrap(), Some(failed), "a failure of the build's own is kept");
+        assert_eq!(v.attestation(&m.id()).unwrap(), Some(failed), "a failure of the recipe's own is kept");
         assert_eq!(v.build(&plain, &source).await.unwrap().body.outcome, Outcome::Reproduced);
     }
     let v = verifier(dir.path(), 8, Limits::default());
@@ -347,6 +356,33 @@ async fn a_failure_kept_in_another_build_environment_is_built_again() {
     let kept = v.build(&plain, &source).await.unwrap();
     assert_ne!(kept.body.environment, v.attestation(&m.id()).unwrap().unwrap().body.environment);
     assert_eq!(v.status().builds, 1, "the kept success was not built again");
+}
+
+/// Two requests for one manifest at once make one build, and both get its attestation: two
+/// builds could sign two outcomes for one manifest (found by review). A request abandoned
+/// mid-build (the server's deadline) leaves no counter raised and no job directory.
+#[tokio::test]
+async fn one_manifest_builds_once_at_a_time_and_abandoned_builds_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = verifier(dir.path(), 10, Limits::default());
+    let source = tar_of(&[("hello-1.0/f", b"1", 0o644)]);
+    let artifacts = vec![Artifact { path: "hello-1.0/out".into(), sha3: content_hash(b"ok\n"), size: 3 }];
+    let m = manifest(&source, &["sh", "-c", "sleep 1; echo ok > out"], artifacts.clone());
+    let (a, b) = tokio::join!(v.build(&m, &source), v.build(&m, &source));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.body.outcome, Outcome::Reproduced);
+    assert_eq!(a, b, "one outcome for one manifest");
+    let status = v.status();
+    assert_eq!((status.builds, status.answered_from_store), (1, 1), "{status:?}");
+
+    let mut slow = manifest(&source, &["sh", "-c", "sleep 30"], artifacts);
+    slow.version = "1.0-slow".into();
+    let abandoned = tokio::time::timeout(Duration::from_millis(500), v.build(&slow, &source)).await;
+    assert!(abandoned.is_err(), "still building");
+    let status = v.status();
+    assert_eq!((status.running, status.waiting, status.builds), (0, 0, 2), "{status:?}");
+    let jobs: Vec<_> = std::fs::read_dir(dir.path().join("jobs")).unwrap().collect();
+    assert!(jobs.is_empty(), "the abandoned job's directory is gone: {jobs:?}");
 }
 
 /// The release manager's case: GNU hello 2.10 from `../shared/data/sources`, built

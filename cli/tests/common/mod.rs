@@ -433,6 +433,17 @@ impl VerifierProcess {
         VerifierProcess { dir: dir.to_path_buf(), address, key: parse_key(entry["key"].as_str().unwrap()), child: None }
     }
 
+    /// `chainiac verifier allow` on its config (`--chain ID`, `--roster FILE`, `--key K`);
+    /// applied at the next start.
+    pub fn allow(&self, args: &[&str]) {
+        let out = Command::new(bin())
+            .args(["verifier", "allow", "--config", self.dir.join("verifier.toml").to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "verifier allow failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     pub fn start(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("verifier.log")).unwrap();
         let child = Command::new(bin())

@@ -860,7 +860,7 @@ impl Node {
             Err(e) => return Err(err(ErrorCode::Refused, e.to_string())),
         }
         let id = unattested.manifest.id();
-        let request = Request::Build { manifest: unattested.manifest.clone(), source };
+        let request = Request::Build { manifest: unattested.manifest.clone(), source, chain: Some(chain) };
         let timeout = Duration::from_millis(self.config.build_timeout_ms);
         let mut tasks = tokio::task::JoinSet::new();
         for verifier in &policy.verifiers {
