@@ -159,6 +159,23 @@ pub enum ReleaseCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Fetch each verifier's attestation and build log for a manifest: what to read when a
+    /// release was not reproduced. The verifiers must list your key in `build_callers`.
+    Logs {
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The project's policy (TOML): its `[[verifier]]` entries are asked.
+        #[arg(long)]
+        policy: PathBuf,
+        /// The key to present (a chainiac key file or an OpenSSH ed25519 key).
+        #[arg(long)]
+        key: PathBuf,
+        /// Where to write `<verifier key>.log` files.
+        #[arg(long, default_value = ".")]
+        out_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A policy as release managers write it.
@@ -623,6 +640,77 @@ pub fn release(command: ReleaseCommand) -> Result<()> {
                 println!("release {version} reproduced and cosigned: block {} ({})", block.header.index, block.id());
             }
             Ok(())
+        }
+        ReleaseCommand::Logs { manifest, policy, key, out_dir, json } => {
+            logs(&decode(&manifest, "manifest")?, &read_policy(&policy, 0)?, &key, &out_dir, json)
+        }
+    }
+}
+
+/// `release logs`: per verifier of `policy`, its kept attestation of `manifest` and its
+/// build log (written to `out_dir`); a verifier that refuses or does not answer is named.
+fn logs(manifest: &Manifest, policy: &Policy, key: &Path, out_dir: &Path, json: bool) -> Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let _in_runtime = runtime.enter(); // the endpoint binds its socket on the runtime
+    let pool = pool_with(crate::client_cmd::read_key(key)?)?;
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let id = manifest.id();
+    let mut rows = Vec::new();
+    for verifier in &policy.verifiers {
+        let (get_attestation, get_log) =
+            (Request::GetAttestation { manifest: id }, Request::GetBuildLog { manifest: id });
+        let ask = |request| pool.call(&verifier.address, &verifier.key, request, Duration::from_secs(30));
+        let (attestation, log) = runtime.block_on(async { (ask(&get_attestation).await, ask(&get_log).await) });
+        let outcome = match attestation {
+            Ok(Response::Attestation(Some(a))) if a.body.verifier == verifier.key && a.verify() => {
+                describe_outcome(&a.body.outcome)
+            }
+            Ok(Response::Attestation(None)) => "no kept attestation".to_string(),
+            Ok(other) => format!("unexpected answer {}", other.name()),
+            Err(e) => format!("no answer: {e}"),
+        };
+        let (log_file, log_note) = match log {
+            Ok(Response::BuildLog(Some(bytes))) => {
+                let file = out_dir.join(format!("{}.log", &verifier.key.to_string()[..16]));
+                std::fs::write(&file, &bytes).with_context(|| format!("writing {}", file.display()))?;
+                (Some(file.display().to_string()), format!("{} bytes", bytes.len()))
+            }
+            Ok(Response::BuildLog(None)) => (None, "it never built this manifest".to_string()),
+            Ok(other) => (None, format!("unexpected answer {}", other.name())),
+            Err(e) => (None, e.to_string()),
+        };
+        rows.push((verifier, outcome, log_file, log_note));
+    }
+    if json {
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|(v, outcome, file, note)| {
+                serde_json::json!({ "verifier": v.key.to_string(), "address": v.address, "outcome": outcome, "log": file, "note": note })
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "manifest": hex::encode(id.0), "verifiers": rows }));
+    } else {
+        for (v, outcome, file, note) in &rows {
+            let log = file.as_ref().map(|f| format!("log {f} ({note})")).unwrap_or_else(|| format!("no log: {note}"));
+            println!("{} at {}: {outcome}; {log}", &v.key.to_string()[..16], v.address);
+        }
+    }
+    Ok(())
+}
+
+fn describe_outcome(outcome: &chainiac_release::Outcome) -> String {
+    match outcome {
+        chainiac_release::Outcome::Reproduced => "reproduced".into(),
+        chainiac_release::Outcome::Failed { reason } => format!("failed: {reason}"),
+        chainiac_release::Outcome::Mismatch { artifacts } => {
+            let each: Vec<String> = artifacts
+                .iter()
+                .map(|a| match (a.got, a.got_size) {
+                    (Some(hash), Some(size)) => format!("{} (sha3 {}…, {size} bytes)", a.path, hex::encode(&hash[..8])),
+                    _ => format!("{} (not built)", a.path),
+                })
+                .collect();
+            format!("mismatch: {}", each.join(", "))
         }
     }
 }

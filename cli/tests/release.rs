@@ -471,9 +471,21 @@ async fn a_release_manager_works_from_the_shell() {
     for v in &mut verifiers {
         let config = v.dir.join("verifier.toml");
         let config = config.to_str().unwrap();
-        let added =
-            run(&["verifier", "allow", "--config", config, "--roster", &path("roster.toml"), "--chain", &chain]);
-        assert!(added.starts_with("4 key(s) added to build_callers (4 in all) and 1 chain(s)"), "{added}");
+        // ... and developer 0, who reads the build logs.
+        let roster = path("roster.toml");
+        let added = run(&[
+            "verifier",
+            "allow",
+            "--config",
+            config,
+            "--roster",
+            &roster,
+            "--chain",
+            &chain,
+            "--key",
+            &developers[0],
+        ]);
+        assert!(added.starts_with("5 key(s) added to build_callers (5 in all) and 1 chain(s)"), "{added}");
         v.start();
     }
     for v in &verifiers {
@@ -556,6 +568,24 @@ async fn a_release_manager_works_from_the_shell() {
         json(run(&args.iter().map(String::as_str).collect::<Vec<_>>()))
     };
     assert_eq!(submitted["index"], 1);
+    // Each verifier's outcome and build log, for a key the verifiers serve; a key they do
+    // not serve gets the outcome (public) and is told why there is no log.
+    let logs_dir = path("logs");
+    let logs = |key: &str| {
+        let args = ["release", "logs", "--manifest", &path("hello.manifest"), "--policy", &path("policy.toml")];
+        json(run(&[&args[..], &["--key", key, "--out-dir", &logs_dir, "--json"]].concat()))
+    };
+    let served = logs(&path("dev0.key"));
+    for row in served["verifiers"].as_array().unwrap() {
+        assert_eq!(row["outcome"], "reproduced", "{served}");
+        let log = std::fs::read_to_string(row["log"].as_str().unwrap()).unwrap();
+        assert!(log.contains("gcc"), "{log}");
+    }
+    let refused = logs(&path("root.key"));
+    for row in refused["verifiers"].as_array().unwrap() {
+        assert!(row["log"].is_null() && row["note"].as_str().unwrap().contains("build_callers"), "{refused}");
+        assert_eq!(row["outcome"], "reproduced", "{refused}");
+    }
 
     // A client, from the shell too.
     let state = path("client.state");
