@@ -109,7 +109,7 @@ enum Scenario {
         #[arg(long, value_delimiter = ',')]
         chains: Vec<usize>,
     },
-    /// 5. Build verification: the verifier's overhead over the bare build.
+    /// 5. Build verification: the verifier's overhead over the bare build (a small C program, then GNU hello 2.10).
     Verification {
         /// Builds of each kind. Default 15 (quick: 3).
         #[arg(long)]
@@ -261,7 +261,7 @@ fn main() -> anyhow::Result<()> {
         }
         Scenario::Verification { runs } => {
             section(&mut report, "5. Build verification");
-            verification::run(runs.unwrap_or(if quick { 3 } else { 15 }), &mut report)?;
+            verification::run(runs.unwrap_or(if quick { 3 } else { 15 }), if quick { 1 } else { 3 }, &mut report)?;
         }
         Scenario::All { catchup: args } => {
             section(&mut report, "1. Client catch-up on PyPI-like data");
@@ -283,7 +283,7 @@ fn main() -> anyhow::Result<()> {
             section(&mut report, "4. Timeline scale");
             timeline::run(&or(&[], &[15_000, 886_000], &[15_000, 100_000], quick), &mut report)?;
             section(&mut report, "5. Build verification");
-            verification::run(if quick { 3 } else { 15 }, &mut report)?;
+            verification::run(if quick { 3 } else { 15 }, if quick { 1 } else { 3 }, &mut report)?;
         }
     }
     let took = started.elapsed().as_secs_f64();

@@ -37,12 +37,25 @@ fn bare_build() -> anyhow::Result<(Duration, Vec<u8>)> {
     Ok((took, std::fs::read(dir.path().join("hello"))?))
 }
 
+/// A verifier's settings with data in `dir`: default limits, one build at a time.
+fn settings(dir: &std::path::Path, isolation: Isolation) -> Settings {
+    Settings {
+        data_dir: dir.to_path_buf(),
+        limits: Limits::default(),
+        concurrency: 1,
+        isolation,
+        bwrap: "bwrap".into(),
+        isolate_network: network_isolation_available(),
+    }
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
 
-pub fn run(runs: usize, report: &mut Report) -> anyhow::Result<()> {
+/// `runs` builds of a small C program each way, then `hello_runs` of GNU hello 2.10.
+pub fn run(runs: usize, hello_runs: usize, report: &mut Report) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let source = archive()?;
     let (_, binary) = bare_build()?;
@@ -50,15 +63,7 @@ pub fn run(runs: usize, report: &mut Report) -> anyhow::Result<()> {
     let isolate = network_isolation_available();
     // The verifier's default confinement where this machine has it.
     let isolation = if bubblewrap_works("bwrap".as_ref()).is_ok() { Isolation::Bubblewrap } else { Isolation::None };
-    let settings = Settings {
-        data_dir: dir.path().to_path_buf(),
-        limits: Limits::default(),
-        concurrency: 1,
-        isolation,
-        bwrap: "bwrap".into(),
-        isolate_network: isolate,
-    };
-    let verifier = Verifier::open(SecretKey::from_seed(&[1; 32]), settings)?;
+    let verifier = Verifier::open(SecretKey::from_seed(&[1; 32]), settings(dir.path(), isolation))?;
     let (mut bare, mut verified) = (Vec::new(), Vec::new());
     for run in 0..runs {
         bare.push(bare_build()?.0);
@@ -107,5 +112,75 @@ pub fn run(runs: usize, report: &mut Report) -> anyhow::Result<()> {
         log_x: false,
         log_y: false,
         series,
-    })
+    })?;
+    gnu_hello(hello_runs, isolation, report)
+}
+
+/// A real upstream release: GNU hello 2.10's `./configure && make`, bare (unpacked with the
+/// archive's times, in a temporary directory) against the verifier's path to a finished
+/// build (`build_locally`: unpacking, the sandbox, hashing). Goal: under 5 % + 1 s.
+fn gnu_hello(runs: usize, isolation: Isolation, report: &mut Report) -> anyhow::Result<()> {
+    let tarball = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/sources/hello-2.10.tar.gz");
+    let Ok(source) = std::fs::read(&tarball) else {
+        report.text(&format!("GNU hello 2.10: skipped, {} is not on this machine.\n", tarball.display()));
+        return Ok(());
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let command = "./configure --quiet && make --quiet";
+    let manifest = Manifest {
+        project: "hello".into(),
+        version: "2.10".into(),
+        source: SourceArchive {
+            name: "hello-2.10.tar.gz".into(),
+            sha3: content_hash(&source),
+            size: source.len() as u64,
+        },
+        recipe: Recipe {
+            argv: vec!["sh".into(), "-c".into(), command.into()],
+            env: vec![],
+            workdir: "hello-2.10".into(),
+        },
+        artifacts: vec![Artifact { path: "hello-2.10/hello".into(), sha3: [0; 32], size: 0 }],
+        time_ms: 1_416_096_000_000,
+    };
+    let (mut bare, mut sandboxed) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let dir = tempfile::tempdir()?;
+        chainiac_verifier::unpack::unpack(&source, dir.path(), &Limits::default())?;
+        let started = Instant::now();
+        let status = std::process::Command::new("sh")
+            .args(["-c", command])
+            .current_dir(dir.path().join("hello-2.10"))
+            .env("SOURCE_DATE_EPOCH", "1416096000")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        bare.push(started.elapsed());
+        anyhow::ensure!(status.success(), "the bare GNU hello build failed");
+
+        let scratch = tempfile::tempdir()?;
+        std::fs::set_permissions(scratch.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
+        let settings = settings(scratch.path(), isolation);
+        let started = Instant::now();
+        let built = runtime.block_on(chainiac_verifier::build_locally(&settings, &manifest, &source))?;
+        sandboxed.push(started.elapsed());
+        built.result.map_err(|e| anyhow::anyhow!("the sandboxed GNU hello build failed: {e}"))?;
+    }
+    let (b, s) = (median(bare), median(sandboxed));
+    // Signed: on an idle machine the two are within noise of each other.
+    let overhead = s.as_secs_f64() - b.as_secs_f64();
+    let goal = b.as_secs_f64() * 0.05 + 1.0;
+    report
+        .text(&format!("GNU hello 2.10 (`{command}`), {runs} runs each, medians; isolation: {}.\n", isolation.name()));
+    report.table(
+        &["bare build, s", "verifier's build, s", "overhead, s", "overhead, %", "goal: < 5 % + 1 s"],
+        &[vec![
+            format!("{:.2}", b.as_secs_f64()),
+            format!("{:.2}", s.as_secs_f64()),
+            format!("{overhead:.2}"),
+            format!("{:.1}", overhead / b.as_secs_f64() * 100.0),
+            if overhead <= goal { "met".into() } else { "missed".into() },
+        ]],
+    );
+    Ok(())
 }
