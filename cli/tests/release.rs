@@ -755,3 +755,57 @@ async fn gnu_hello_is_released_from_a_build_in_the_verifiers_sandbox() {
     assert_eq!(payload.attestations.len(), 2);
     assert!(payload.attestations.iter().all(|a| a.body.outcome == Outcome::Reproduced), "{:?}", payload.attestations);
 }
+
+/// `release prepare --build` works for a release manager without root, in the same
+/// sandbox, and gets the same bytes as root does (a root build drops to uid 65534 before
+/// bubblewrap; an unprivileged one enters a user namespace itself). Run as root, the test
+/// runs the second prepare as uid 65534.
+#[test]
+fn prepare_builds_the_same_bytes_as_root_and_as_an_unprivileged_user() {
+    use std::process::Command;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path();
+    let source = source_archive(&[("hello-1.0/Makefile", MAKEFILE), ("hello-1.0/hello.c", HELLO_C)]);
+    std::fs::write(dir.join("hello-1.0.tar"), &source).unwrap();
+    let as_root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+    let nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+    if as_root {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let reachable = Command::new(nobody[0]).args(&nobody[1..]).arg(common::bin()).arg("--version").output();
+        if !reachable.is_ok_and(|o| o.status.success()) {
+            let bin = common::bin();
+            println!("SKIPPED: uid 65534 cannot run {} (a directory above it is not searchable)", bin.display());
+            return;
+        }
+    }
+    let prepare = |out: &str, unprivileged: bool| {
+        let mut command = if unprivileged && as_root {
+            let mut c = Command::new(nobody[0]);
+            c.args(&nobody[1..]).arg(common::bin()).env("HOME", dir).env("TMPDIR", dir);
+            c
+        } else {
+            Command::new(common::bin())
+        };
+        let output = command
+            .args(["release", "prepare", "--project", "hello", "--version", "1.0", "--source", "hello-1.0.tar"])
+            .args(["--workdir", "hello-1.0", "--artifact", "hello-1.0/hello", "--build", "--out", out, "--json"])
+            .args(["--", "make"])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned(), stderr)
+    };
+    let (ok, first, stderr) = prepare("root.manifest", false);
+    assert!(ok, "{stderr}");
+    let (ok, second, stderr) = prepare("user.manifest", true);
+    if !ok && stderr.contains("does not run here") {
+        println!("SKIPPED: bubblewrap does not run unprivileged on this machine: {stderr}");
+        return;
+    }
+    assert!(ok, "as uid 65534: {stderr}");
+    let artifacts = |out: &str| serde_json::from_str::<serde_json::Value>(out).unwrap()["artifacts"].clone();
+    assert_eq!(artifacts(&first), artifacts(&second), "the same bytes either way");
+    assert!(artifacts(&first)[0]["size"].as_u64().unwrap() > 1000);
+}
