@@ -249,6 +249,7 @@ fn describe_update(update: &chainiac_client::Update) -> (serde_json::Value, Stri
 pub fn verify(
     state: &StateArg,
     chain: &str,
+    version: Option<&str>,
     path_in_release: &str,
     file: &Path,
     trust: &TrustArgs,
@@ -257,7 +258,15 @@ pub fn verify(
     let chain = parse_chain(chain)?;
     let client = Client::open(&state.state, trust.level()?)?;
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let version = client.verify_artifact(chain, path_in_release, &bytes)?;
+    let version = match version {
+        None => client.verify_artifact(chain, path_in_release, &bytes)?,
+        Some(version) => tokio::runtime::Runtime::new()?.block_on(client.verify_artifact_of(
+            chain,
+            version,
+            path_in_release,
+            &bytes,
+        ))?,
+    };
     print(
         json,
         serde_json::json!({ "chain": chain.to_hex(), "artifact": path_in_release, "version": version, "verified": true }),

@@ -77,12 +77,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Check a file against the newest verified release of a chain before installing it.
+    /// Check a file against the newest verified release of a chain (or `--version`'s)
+    /// before installing it.
     Verify {
         #[command(flatten)]
         state: client_cmd::StateArg,
         #[arg(long)]
         chain: String,
+        /// Check against this release instead of the newest: any release up to the head
+        /// `update` verified (its blocks are fetched and linked down from that head).
+        #[arg(long)]
+        version: Option<String>,
         /// The artifact's path in the release manifest.
         #[arg(long)]
         artifact: String,
@@ -173,8 +178,8 @@ fn main() -> ExitCode {
         Command::Update { state, chain, all, every_hop, every_hop_for, trust, json } => {
             client_cmd::update(&state, &chain, all, every_hop, &every_hop_for, &trust, json)
         }
-        Command::Verify { state, chain, artifact, file, trust, json } => {
-            client_cmd::verify(&state, &chain, &artifact, &file, &trust, json)
+        Command::Verify { state, chain, version, artifact, file, trust, json } => {
+            client_cmd::verify(&state, &chain, version.as_deref(), &artifact, &file, &trust, json)
         }
         Command::Bundle(command) => client_cmd::bundle(command),
         Command::Project(command) => release_cmd::project(command),

@@ -87,6 +87,13 @@ impl Handler for Liar {
                 }
                 Response::TimelineChanges(changes)
             }
+            Ok(Response::Blocks(mut blocks)) => {
+                // Swaps in another payload: a release that was never appended.
+                if let Some(block) = blocks.iter_mut().find(|b| !b.payload.is_empty()) {
+                    block.payload = release("6.6.6", &[]).payload;
+                }
+                Response::Blocks(blocks)
+            }
             Ok(Response::LinkedProofs(mut proofs)) => {
                 for proof in proofs.iter_mut().flatten().filter(|p| !p.links.is_empty()) {
                     proof.links[0].timestamp_ms += 1;
@@ -249,6 +256,15 @@ async fn a_client_catches_up_checks_freshness_and_artifacts_and_skips_a_liar() {
     let reopened = Client::open(&state, TrustLevel::default()).unwrap();
     assert_eq!(reopened.state().chains[&chain].index(), 3);
     assert_eq!(reopened.verify_artifact(chain, "hello", BINARY).unwrap(), "1.2");
+    // Any earlier release too: its block is linked down from the verified head by hashes,
+    // so the liar's swapped payload is caught and the next witness answers.
+    assert_eq!(reopened.verify_artifact_of(chain, "1.0", "hello", BINARY).await.unwrap(), "1.0");
+    assert!(matches!(
+        reopened.verify_artifact_of(chain, "1.0", "hello", &BINARY[1..]).await,
+        Err(ClientError::Artifact { .. })
+    ));
+    let missing = reopened.verify_artifact_of(chain, "6.6.6", "hello", BINARY).await;
+    assert!(matches!(&missing, Err(ClientError::NoSuchRelease { version, .. }) if version == "6.6.6"), "{missing:?}");
 
     // Freeze: a client whose own bound is 0 ms (raw chains have no policy, so the client's
     // bound applies) refuses the real, slightly old, timeline.
@@ -341,6 +357,25 @@ async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
         run(&["verify", "--state", &state, "--chain", &chain_hex, "--artifact", "hello", &path("hello"), "--json"]);
     assert_eq!(code, Some(0));
     assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["verified"], true);
+    // A named release: this one, or one the chain never had (walked down to the genesis).
+    let verify_version = |version: &str| {
+        run(&[
+            "verify",
+            "--state",
+            &state,
+            "--chain",
+            &chain_hex,
+            "--version",
+            version,
+            "--artifact",
+            "hello",
+            &path("hello"),
+        ])
+    };
+    let (code, out, err) = verify_version("2.0");
+    assert!(code == Some(0) && out.contains("release 2.0: verified"), "{out}{err}");
+    let (code, _, err) = verify_version("1.9");
+    assert!(code == Some(1) && err.contains("has no release \"1.9\""), "{err}");
     let (code, _, err) =
         run(&["verify", "--state", &state, "--chain", &chain_hex, "--artifact", "hello", &path("evil")]);
     assert_eq!(code, Some(1));

@@ -324,6 +324,8 @@ pub enum ClientError {
     Release(String),
     #[error("no verified release on chain {0}")]
     NoRelease(ChainId),
+    #[error("chain {chain} has no release {version:?} up to the head this client verified")]
+    NoSuchRelease { chain: ChainId, version: String },
     #[error("the release does not meet this client's bar: {0}")]
     BelowClientBar(String),
     #[error("artifact {path}: {reason}")]
@@ -488,6 +490,59 @@ impl Client {
     pub fn verify_artifact(&self, chain: ChainId, path: &str, bytes: &[u8]) -> Result<String, ClientError> {
         let trusted = self.state.chains.get(&chain).ok_or(ClientError::NotAnchored(chain))?;
         let release = trusted.release.as_ref().ok_or(ClientError::NoRelease(chain))?;
+        self.check_artifact(release, path, bytes)
+    }
+
+    /// Checks an artifact's bytes against release `version` of `chain`, any release on it
+    /// up to the head this client verified: the blocks below that head are fetched from
+    /// the chain's committee and each is checked by hash links down from it (so no witness
+    /// can slip in a block that is not the chain's), its payload against its header.
+    pub async fn verify_artifact_of(
+        &self,
+        chain: ChainId,
+        version: &str,
+        path: &str,
+        bytes: &[u8],
+    ) -> Result<String, ClientError> {
+        let release = self.release_by_version(chain, version).await?;
+        self.check_artifact(&release, path, bytes)
+    }
+
+    /// Release `version` of `chain`, walking down from the trusted head a page of blocks at
+    /// a time (see [`Client::verify_artifact_of`]).
+    pub async fn release_by_version(&self, chain: ChainId, version: &str) -> Result<ReleasePayload, ClientError> {
+        let trusted = self.state.chains.get(&chain).cloned().ok_or(ClientError::NotAnchored(chain))?;
+        if let Some(release) = trusted.release.as_ref().filter(|r| r.manifest.version == version) {
+            return Ok(release.clone());
+        }
+        let mut skipped = Vec::new();
+        // The block the walk reaches next, by index and the id the block above names.
+        let mut expected = (trusted.index(), trusted.id);
+        loop {
+            let top = expected.0;
+            let from = top.saturating_sub(u64::from(BLOCKS_PER_PAGE) - 1);
+            let request = Request::GetBlocks { chain, from, count: (top - from + 1) as u32 };
+            // A page is taken from one member whole or not at all (256 release blocks are
+            // far below the 16 MiB a `GetBlocks` answer may carry).
+            let page = self.ask(&trusted, request, &mut skipped, |r| linked_page(r, from, expected)).await?;
+            for block in page.iter().rev() {
+                if block.header.kind == KIND_RELEASE {
+                    if let Ok(release) = ReleasePayload::from_bytes(&block.payload) {
+                        if release.manifest.version == version {
+                            return Ok(release);
+                        }
+                    }
+                }
+            }
+            let lowest = page.first().expect("pages are not empty");
+            match lowest.header.back_links.first() {
+                Some(below) => expected = (lowest.header.index - 1, *below),
+                None => return Err(ClientError::NoSuchRelease { chain, version: version.to_string() }),
+            }
+        }
+    }
+
+    fn check_artifact(&self, release: &ReleasePayload, path: &str, bytes: &[u8]) -> Result<String, ClientError> {
         self.meets_bar(release).map_err(ClientError::BelowClientBar)?;
         let fail = |reason: String| ClientError::Artifact { path: path.to_string(), reason };
         let artifact = release
@@ -704,6 +759,32 @@ impl Client {
     }
 }
 
+/// Blocks asked per page when walking down a chain.
+const BLOCKS_PER_PAGE: u32 = 256;
+
+/// The blocks of a `GetBlocks` answer from `from` that end at `expected` (index and id)
+/// and link down by hashes, each payload matching its header; cut at the top if the answer
+/// reaches beyond it.
+fn linked_page(response: Response, from: u64, expected: (u64, BlockId)) -> Result<Vec<Block>, String> {
+    let Response::Blocks(mut blocks) = response else { return Err(format!("answered {}", response.name())) };
+    blocks.retain(|b| b.header.index <= expected.0);
+    if blocks.last().map(|b| (b.header.index, b.id())) != Some(expected) {
+        return Err(format!("no block {} with the id the chain links to", expected.0));
+    }
+    for (i, block) in blocks.iter().enumerate() {
+        if block.header.index != from + i as u64 {
+            return Err(format!("block {} where block {} belongs", block.header.index, from + i as u64));
+        }
+        if chainiac_skipchain::block::payload_hash(&block.payload) != block.header.payload_hash {
+            return Err(format!("block {}'s payload does not match its header", block.header.index));
+        }
+        if i > 0 && block.header.back_links.first() != Some(&blocks[i - 1].id()) {
+            return Err(format!("block {} does not link to block {}", block.header.index, block.header.index - 1));
+        }
+    }
+    Ok(blocks)
+}
+
 /// How far back from a chain's head a bundle looks for its newest release (committee and
 /// policy changes come after releases only a few at a time).
 const MAX_BLOCKS_AFTER_RELEASE: usize = 64;
@@ -752,6 +833,16 @@ pub mod blocking {
 
         pub fn verify_artifact(&self, chain: ChainId, path: &str, bytes: &[u8]) -> Result<String, ClientError> {
             self.inner.verify_artifact(chain, path, bytes)
+        }
+
+        pub fn verify_artifact_of(
+            &self,
+            chain: ChainId,
+            version: &str,
+            path: &str,
+            bytes: &[u8],
+        ) -> Result<String, ClientError> {
+            self.runtime.block_on(self.inner.verify_artifact_of(chain, version, path, bytes))
         }
 
         pub fn export_bundle(&self, genesis: &Block, timeline_genesis: Option<&Block>) -> Result<Bundle, ClientError> {
