@@ -481,6 +481,7 @@ fn prepare(
         }
     }
     chainiac_release::rules::check_manifest(&manifest).map_err(|e| UsageError(e.to_string()))?;
+    manifest.source_date_epoch().map_err(UsageError)?;
     Ok(manifest)
 }
 
@@ -522,7 +523,7 @@ fn build_here(manifest: &Manifest, archive: &[u8], isolation: Isolation, out: &P
         UsageError(format!(
             "the build failed: {reason}; nothing was written but its log, {}; it ends:\n{}",
             log_path.display(),
-            tail.join("\n")
+            printable(&tail.join("\n"))
         ))
         .into()
     })
@@ -662,7 +663,9 @@ fn logs(manifest: &Manifest, policy: &Policy, key: &Path, out_dir: &Path, json: 
         let ask = |request| pool.call(&verifier.address, &verifier.key, request, Duration::from_secs(30));
         let (attestation, log) = runtime.block_on(async { (ask(&get_attestation).await, ask(&get_log).await) });
         let outcome = match attestation {
-            Ok(Response::Attestation(Some(a))) if a.body.verifier == verifier.key && a.verify() => {
+            Ok(Response::Attestation(Some(a)))
+                if a.body.verifier == verifier.key && a.body.manifest == id && a.verify() =>
+            {
                 describe_outcome(&a.body.outcome)
             }
             Ok(Response::Attestation(None)) => "no kept attestation".to_string(),
@@ -692,10 +695,20 @@ fn logs(manifest: &Manifest, policy: &Policy, key: &Path, out_dir: &Path, json: 
     } else {
         for (v, outcome, file, note) in &rows {
             let log = file.as_ref().map(|f| format!("log {f} ({note})")).unwrap_or_else(|| format!("no log: {note}"));
-            println!("{} at {}: {outcome}; {log}", &v.key.to_string()[..16], v.address);
+            // What a verifier or a build wrote reaches the terminal with its control
+            // characters escaped.
+            println!("{} at {}: {}; {}", &v.key.to_string()[..16], v.address, printable(outcome), printable(&log));
         }
     }
     Ok(())
+}
+
+/// `text` with control characters (but newlines and tabs) escaped: build output and what
+/// a verifier says must not drive the terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() && c != '\n' && c != '\t' { c.escape_default().to_string() } else { c.to_string() })
+        .collect()
 }
 
 fn describe_outcome(outcome: &chainiac_release::Outcome) -> String {
@@ -712,5 +725,14 @@ fn describe_outcome(outcome: &chainiac_release::Outcome) -> String {
                 .collect();
             format!("mismatch: {}", each.join(", "))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A hostile build's log cannot move the cursor or recolour the terminal.
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(super::printable("a\x1b[31mb\r\n\tc\u{7}"), "a\\u{1b}[31mb\\r\n\tc\\u{7}");
     }
 }

@@ -151,6 +151,9 @@ pub fn run(command: VerifierCommand) -> Result<()> {
                 let endpoint = chainiac_proto::endpoint::server(&key, config.listen)?;
                 let verifier = Verifier::open(key, config.settings())?;
                 tracing::info!(listen = %config.listen, key = %verifier.public_key(), environment = verifier.environment_description(), "verifier serving");
+                if config.build_chains.is_empty() {
+                    tracing::warn!("build_chains is empty: every witness's build job is refused; add the release chains this verifier serves with `chainiac verifier allow --chain ID`");
+                }
                 let service = Service::new(verifier, config.address.clone(), config.callers(), config.chains());
                 tokio::spawn(chainiac_proto::server::serve(service, endpoint.clone(), ALLOWED));
                 wait_for_signal().await;

@@ -315,11 +315,16 @@ async fn verifiers_rebuild_submitted_releases_and_only_reproduced_ones_are_appen
     let mut other = manifest.clone();
     other.version = "1.0-stranger".into();
     let request = Request::Build { manifest: other.clone(), source: source.clone(), chain: None };
-    let refused = stranger.call_at(&verifiers[1].address, &verifiers[1].key, request).await;
+    let refused = stranger.call_at(&verifiers[1].address, &verifiers[1].key, request.clone()).await;
     assert_eq!(refusal(refused.as_ref().unwrap_err()).code, ErrorCode::Forbidden);
+    // A key the verifier serves must name a chain it builds for: only its operator sends
+    // build jobs for none.
+    let refused = common::Client::with_key(key(20)).call_at(&verifiers[1].address, &verifiers[1].key, request).await;
+    let reply = refusal(refused.as_ref().unwrap_err());
+    assert!(reply.code == ErrorCode::Forbidden && reply.message.contains("names the release chain"), "{reply:?}");
     let status = stranger.call_at(&verifiers[1].address, &verifiers[1].key, Request::Status).await;
     let Ok(Response::VerifierStatus(status)) = status else { panic!("no status: {status:?}") };
-    assert_eq!((status.builds, status.reproduced, status.refused_requests), (1, 1, 1), "{status:?}");
+    assert_eq!((status.builds, status.reproduced, status.refused_requests), (1, 1, 2), "{status:?}");
     assert_eq!(status.isolation, "bubblewrap");
     // Verifier 2's time-limit failure was signed but not kept: it depends on the moment.
     let status = stranger.call_at(&verifiers[2].address, &verifiers[2].key, Request::Status).await;

@@ -183,17 +183,23 @@ impl Manifest {
     }
 
     /// The `SOURCE_DATE_EPOCH` builds of this release see: the recipe's, if it names one (a
-    /// decimal number of seconds — `chainiac release prepare` records the newest time in
-    /// the archive there), else `⌊time_ms / 1000⌋`. `Err` names a value that is not one.
+    /// decimal number of seconds, canonical: no sign, no leading zero — `chainiac release
+    /// prepare` records the newest time in the archive there), else `⌊time_ms / 1000⌋`.
+    /// `Err` names a value that is not one, or a second one. Verifiers apply this (a
+    /// `Failed` attestation), not the chain's rules: blocks the rules once accepted stay
+    /// valid.
     pub fn source_date_epoch(&self) -> Result<u64, String> {
-        match self.recipe.env.iter().find(|(name, _)| name == SOURCE_DATE_EPOCH) {
-            None => Ok(self.time_ms / 1000),
-            Some((_, value)) => value
-                .parse::<u64>()
-                .ok()
-                .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or_else(|| format!("the recipe's {SOURCE_DATE_EPOCH} {value:?} is not a number of seconds")),
+        let mut named = self.recipe.env.iter().filter(|(name, _)| name == SOURCE_DATE_EPOCH);
+        let Some((_, value)) = named.next() else { return Ok(self.time_ms / 1000) };
+        if named.next().is_some() {
+            return Err(format!("the recipe sets {SOURCE_DATE_EPOCH} twice"));
         }
+        let canonical = value.bytes().all(|b| b.is_ascii_digit()) && (value == "0" || !value.starts_with('0'));
+        value
+            .parse::<u64>()
+            .ok()
+            .filter(|_| canonical)
+            .ok_or_else(|| format!("the recipe's {SOURCE_DATE_EPOCH} {value:?} is not a number of seconds"))
     }
 }
 

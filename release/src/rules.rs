@@ -98,10 +98,6 @@ pub fn check_manifest(manifest: &Manifest) -> Result<(), ReleaseError> {
             return fail(format!("artifact {:?} is listed twice", artifact.path));
         }
     }
-    if manifest.recipe.env.iter().filter(|(name, _)| name == crate::model::SOURCE_DATE_EPOCH).count() > 1 {
-        return fail(format!("the recipe sets {} twice", crate::model::SOURCE_DATE_EPOCH));
-    }
-    manifest.source_date_epoch().map_err(ReleaseError::Manifest)?;
     Ok(())
 }
 

@@ -25,6 +25,12 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tracing::info;
 
+/// How long an outcome that is not kept (it may depend on the moment) is answered again
+/// before a request builds the manifest again: requests waiting behind a build get its
+/// outcome, and replaying a signed manifest to every witness costs each verifier at most
+/// one build per this while (found by review).
+pub const BUILD_AGAIN_AFTER: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// manifest id → encoded [`Attestation`].
 pub const CF_ATTESTATIONS: &str = "attestations";
 /// manifest id → build log bytes.
@@ -71,6 +77,8 @@ pub struct Verifier {
     environment: [u8; 32],
     environment_description: String,
     counters: Counters,
+    /// Outcomes not kept, answered again for a while (in memory only).
+    recent: std::sync::Mutex<std::collections::HashMap<ManifestId, (Attestation, std::time::Instant)>>,
     /// Manifests being built (one build of a manifest at a time).
     building: std::sync::Mutex<std::collections::HashMap<ManifestId, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -155,6 +163,7 @@ impl Verifier {
             environment_description,
             counters: Counters { started: std::sync::OnceLock::from(std::time::Instant::now()), ..Counters::default() },
             building: Default::default(),
+            recent: Default::default(),
         }))
     }
 
@@ -229,7 +238,7 @@ impl Verifier {
     pub async fn build(&self, manifest: &Manifest, source: &[u8]) -> Result<Attestation, VerifierError> {
         use std::sync::atomic::Ordering::Relaxed;
         let id = manifest.id();
-        if let Some(stored) = self.kept(&id)? {
+        if let Some(stored) = self.kept(&id)?.or_else(|| self.recent(&id)) {
             self.counters.answered_from_store.fetch_add(1, Relaxed);
             return Ok(stored);
         }
@@ -243,9 +252,9 @@ impl Verifier {
         let _one_build_per_manifest = manifest_lock.lock().await;
         let _slot = self.slots.acquire().await.expect("the semaphore is never closed");
         drop(waiting);
-        if let Some(stored) = self.kept(&id)? {
+        if let Some(stored) = self.kept(&id)?.or_else(|| self.recent(&id)) {
             self.counters.answered_from_store.fetch_add(1, Relaxed);
-            return Ok(stored); // built while we waited
+            return Ok(stored); // built while we waited, or a moment ago
         }
         self.counters.builds.fetch_add(1, Relaxed);
         let running = Gauge::up(&self.counters.running);
@@ -279,12 +288,21 @@ impl Verifier {
             batch.put_cf(self.cf(CF_ATTESTATIONS), id.0, attestation.to_bytes());
         } else {
             self.counters.not_kept.fetch_add(1, Relaxed);
+            let mut recent = self.recent.lock().expect("lock");
+            recent.retain(|_, (_, at)| at.elapsed() < BUILD_AGAIN_AFTER);
+            recent.insert(id, (attestation.clone(), std::time::Instant::now()));
         }
         batch.put_cf(self.cf(CF_LOGS), id.0, &log);
         let mut options = rocksdb::WriteOptions::default();
         options.set_sync(true);
         self.db.write_opt(batch, &options)?;
         Ok(attestation)
+    }
+
+    /// An outcome not kept, signed less than [`BUILD_AGAIN_AFTER`] ago.
+    fn recent(&self, manifest: &ManifestId) -> Option<Attestation> {
+        let recent = self.recent.lock().expect("lock");
+        recent.get(manifest).filter(|(_, at)| at.elapsed() < BUILD_AGAIN_AFTER).map(|(a, _)| a.clone())
     }
 
     /// The lock that keeps builds of `manifest` one at a time (dropped from the map once

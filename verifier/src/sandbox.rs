@@ -383,6 +383,10 @@ pub async fn run(
         Err(e) => return trouble(format!("cannot start {:?}: {e}", argv[0]), vec![]),
     };
     let pid = child.id();
+    // Whatever the build left running in its group dies with it, also when the request is
+    // abandoned mid-build (the sandbox's pid namespace does that too; unconfined builds
+    // have only this).
+    let _group = pid.map(ProcessGroup);
     let (mut out, mut err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
     let max_log = limits.max_log_bytes;
     let collect = async move {
@@ -423,6 +427,18 @@ pub async fn run(
             Err(e) => trouble(format!("measuring the build output: {e}"), log),
             Ok(_) => RunReport { result: Ok(()), log, took: started.elapsed() },
         },
+    }
+}
+
+/// A build's process group (its leader's pid), killed whole when dropped.
+struct ProcessGroup(u32);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Ok(pgid) = i32::try_from(self.0) {
+            // SAFETY: kill has no memory effects; a group that is gone answers ESRCH.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
     }
 }
 

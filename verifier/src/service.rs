@@ -249,6 +249,12 @@ impl Handler for Service {
                 ErrorCode::Forbidden,
                 format!("this verifier does not build for chain {chain}; its operator lists the chains it serves in build_chains"),
             ),
+            // Only the operator builds for no chain: anyone else names one it serves.
+            Request::Build { chain: None, .. } if caller != self.verifier.public_key() => self.refuse(
+                ErrorCode::Forbidden,
+                "a build job names the release chain it is for; only this verifier's operator may send one without"
+                    .to_string(),
+            ),
             Request::Build { manifest, source, .. } => match self.verifier.build(&manifest, &source).await {
                 Ok(attestation) => Response::Attestation(Some(attestation)),
                 Err(e @ crate::VerifierError::SourceMismatch) => self.refuse(ErrorCode::BadRequest, e.to_string()),
