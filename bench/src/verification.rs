@@ -46,6 +46,7 @@ fn settings(dir: &std::path::Path, isolation: Isolation) -> Settings {
         isolation,
         bwrap: "bwrap".into(),
         isolate_network: network_isolation_available(),
+        keep_differing: chainiac_verifier::DEFAULT_KEEP_DIFFERING,
     }
 }
 

@@ -506,6 +506,7 @@ fn build_here(manifest: &Manifest, archive: &[u8], isolation: Isolation, out: &P
         isolation,
         bwrap: PathBuf::from("bwrap"),
         isolate_network: chainiac_verifier::network_isolation_available(),
+        keep_differing: chainiac_verifier::DEFAULT_KEEP_DIFFERING,
     };
     let progress = indicatif::ProgressBar::new_spinner();
     progress.set_message(format!("building {} {} as the verifiers will", manifest.project, manifest.version));

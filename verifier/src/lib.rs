@@ -67,7 +67,16 @@ pub struct Settings {
     pub bwrap: PathBuf,
     /// Without bubblewrap: run builds in a new network namespace (needs `unshare --net`).
     pub isolate_network: bool,
+    /// How long the artifacts of a mismatched build are kept for the operator to compare
+    /// (`data_dir/differing/<manifest id>/<artifact path>`).
+    pub keep_differing: std::time::Duration,
 }
+
+/// A week: how long differing artifacts are kept unless the config says otherwise.
+pub const DEFAULT_KEEP_DIFFERING: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
+/// Where a mismatched build's artifacts are kept, under the data directory.
+pub const DIFFERING_DIR: &str = "differing";
 
 pub struct Verifier {
     key: SecretKey,
@@ -326,7 +335,39 @@ impl Verifier {
             }
             Ok(()) => (sandbox::compare(&root, &manifest.artifacts), log, true),
         };
+        if let Outcome::Mismatch { artifacts } = &outcome.0 {
+            self.keep_differing(manifest, &root, artifacts);
+        }
         Ok(outcome)
+    }
+
+    /// Copies what a mismatched build made of each differing artifact to
+    /// `data_dir/differing/<manifest id>/<path>` for the operator to compare with the
+    /// release manager's (diffoscope), and drops copies older than `keep_differing`.
+    fn keep_differing(&self, manifest: &Manifest, root: &Path, artifacts: &[chainiac_release::ArtifactMismatch]) {
+        let differing = self.settings.data_dir.join(DIFFERING_DIR);
+        if let Ok(entries) = std::fs::read_dir(&differing) {
+            for entry in entries.flatten() {
+                let old = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+                if old.is_some_and(|age| age > self.settings.keep_differing) {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let Ok(root) = root.canonicalize() else { return };
+        let kept = differing.join(hex::encode(manifest.id().0));
+        for artifact in artifacts.iter().filter(|a| a.got.is_some()) {
+            // The path passed the manifest's rules (plain, relative) and the bytes are read
+            // from inside the job only.
+            let Some(bytes) = sandbox::read_inside(&root, &artifact.path) else { continue };
+            let target = kept.join(&artifact.path);
+            let written =
+                target.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&target, bytes));
+            match written {
+                Ok(()) => info!(artifact = %artifact.path, kept = %target.display(), "differing artifact kept"),
+                Err(e) => tracing::warn!(artifact = %artifact.path, "could not keep the differing artifact: {e}"),
+            }
+        }
     }
 }
 

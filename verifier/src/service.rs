@@ -54,6 +54,10 @@ pub struct VerifierConfig {
     /// chain with such a policy, so a chain not listed is refused.
     #[serde(default)]
     pub build_chains: Vec<String>,
+    /// Days the artifacts of a build that did not match are kept under
+    /// `data_dir/differing/<manifest id>/`, for the operator to compare (diffoscope).
+    #[serde(default = "defaults::keep_differing_days")]
+    pub keep_differing_days: u64,
 }
 
 mod defaults {
@@ -65,6 +69,9 @@ mod defaults {
     }
     pub fn max_output_bytes() -> u64 {
         2 << 30
+    }
+    pub fn keep_differing_days() -> u64 {
+        7
     }
 }
 
@@ -90,6 +97,7 @@ impl VerifierConfig {
             isolate_network: None,
             build_callers: Vec::new(),
             build_chains: Vec::new(),
+            keep_differing_days: defaults::keep_differing_days(),
         }
     }
 
@@ -168,6 +176,7 @@ impl VerifierConfig {
             isolation: self.isolation,
             bwrap: PathBuf::from("bwrap"),
             isolate_network: self.isolate_network.unwrap_or_else(network_isolation_available),
+            keep_differing: Duration::from_secs(self.keep_differing_days.saturating_mul(86_400)),
         }
     }
 }

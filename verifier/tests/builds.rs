@@ -84,6 +84,7 @@ fn verifier(dir: &Path, seed: u8, limits: Limits) -> std::sync::Arc<Verifier> {
         isolation: Isolation::Bubblewrap,
         bwrap: "bwrap".into(),
         isolate_network: network_isolation_available(),
+        keep_differing: chainiac_verifier::DEFAULT_KEEP_DIFFERING,
     };
     Verifier::open(SecretKey::from_seed(&[seed; 32]), settings).unwrap()
 }
@@ -137,9 +138,31 @@ async fn a_build_that_embeds_the_time_is_a_mismatch_naming_the_artifact() {
             assert_eq!(artifacts[0].path, "hello-1.0/stamp");
             assert_eq!(artifacts[0].expected, expected);
             assert!(artifacts[0].got.is_some_and(|g| g != expected));
+            // What the verifier built is kept for its operator to compare.
+            let kept = dir.path().join("differing").join(hex::encode(m.id().0)).join("hello-1.0/stamp");
+            let bytes = std::fs::read(&kept).unwrap();
+            assert_eq!(Some(content_hash(&bytes)), artifacts[0].got);
         }
         other => panic!("expected a mismatch, got {other:?}"),
     }
+    // Kept for `keep_differing`: a verifier that keeps them for no time drops the old
+    // copies at its next mismatch and keeps the new one.
+    let settings = Settings {
+        data_dir: dir.path().to_path_buf(),
+        limits: Limits::default(),
+        concurrency: 1,
+        isolation: Isolation::Bubblewrap,
+        bwrap: "bwrap".into(),
+        isolate_network: false,
+        keep_differing: Duration::ZERO,
+    };
+    let v = Verifier::open(SecretKey::from_seed(&[3; 32]), settings).unwrap();
+    let mut next = m.clone();
+    next.version = "1.1".into();
+    assert!(matches!(v.build(&next, &source).await.unwrap().body.outcome, Outcome::Mismatch { .. }));
+    let differing = dir.path().join("differing");
+    assert!(!differing.join(hex::encode(m.id().0)).exists(), "the old copy is gone");
+    assert!(differing.join(hex::encode(next.id().0)).join("hello-1.0/stamp").exists());
 }
 
 #[tokio::test]
@@ -297,6 +320,7 @@ fn a_verifier_without_a_working_sandbox_refuses_to_start_unless_told_to_build_un
         isolation,
         bwrap: "/nonexistent/bwrap".into(),
         isolate_network: false,
+        keep_differing: chainiac_verifier::DEFAULT_KEEP_DIFFERING,
     };
     let refused =
         Verifier::open(SecretKey::from_seed(&[7; 32]), settings(Isolation::Bubblewrap)).err().expect("refused");
@@ -330,6 +354,7 @@ async fn a_failure_kept_in_another_build_environment_is_built_again() {
         isolation: Isolation::None,
         bwrap: "bwrap".into(),
         isolate_network: false,
+        keep_differing: chainiac_verifier::DEFAULT_KEEP_DIFFERING,
     };
     {
         let v = Verifier::open(SecretKey::from_seed(&[8; 32]), unconfined).unwrap();
@@ -397,6 +422,7 @@ async fn an_unconfined_build_leaves_no_process_behind() {
         isolation: Isolation::None,
         bwrap: "bwrap".into(),
         isolate_network: false,
+        keep_differing: chainiac_verifier::DEFAULT_KEEP_DIFFERING,
     };
     let v = Verifier::open(SecretKey::from_seed(&[11; 32]), settings).unwrap();
     let source = tar_of(&[("hello-1.0/f", b"1", 0o644)]);
@@ -461,6 +487,7 @@ async fn gnu_hello_reproduces_on_two_verifiers_as_its_makefile_builds_it() {
         isolation: Isolation::Bubblewrap,
         bwrap: "bwrap".into(),
         isolate_network: false,
+        keep_differing: chainiac_verifier::DEFAULT_KEEP_DIFFERING,
     };
     for (format, archive) in repacks {
         let mut repacked = m.clone();
