@@ -410,6 +410,29 @@ async fn one_manifest_builds_once_at_a_time_and_abandoned_builds_leave_nothing()
     assert!(jobs.is_empty(), "the abandoned job's directory is gone: {jobs:?}");
 }
 
+/// A fork bomb runs into the process limit (here 64 processes of the build's user), fails,
+/// is signed but not kept (a process limit is shared, so the failure may be the load's),
+/// and the verifier goes on building. (A root verifier's builds run as uid 65534, so the
+/// limit applies: the kernel does not apply RLIMIT_NPROC to root.)
+#[tokio::test]
+async fn a_fork_bomb_stops_at_the_process_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits { max_processes: 64, time_limit: Duration::from_secs(30), ..Limits::default() };
+    let v = verifier(dir.path(), 12, limits);
+    let source = tar_of(&[("hello-1.0/f", b"1", 0o644)]);
+    let artifacts = vec![Artifact { path: "hello-1.0/out".into(), sha3: content_hash(b"ok\n"), size: 3 }];
+    let bomb = "i=0; while [ $i -lt 400 ]; do sleep 3 & i=$((i+1)); done; wait; echo ok > out";
+    let m = manifest(&source, &["sh", "-c", bomb], artifacts.clone());
+    let attestation = v.build(&m, &source).await.unwrap();
+    let log = String::from_utf8_lossy(&v.log(&m.id()).unwrap().unwrap()).into_owned();
+    assert!(matches!(&attestation.body.outcome, Outcome::Failed { .. }), "{:?}\n{log}", attestation.body.outcome);
+    assert!(log.to_lowercase().contains("fork"), "the shell says it could not fork:\n{log}");
+    assert_eq!(v.attestation(&m.id()).unwrap(), None, "not kept");
+    let mut next = manifest(&source, &["sh", "-c", "echo ok > out"], artifacts);
+    next.version = "1.1".into();
+    assert_eq!(v.build(&next, &source).await.unwrap().body.outcome, Outcome::Reproduced, "the verifier goes on");
+}
+
 /// An unconfined build (no pid namespace to end) still leaves nothing running: its process
 /// group is killed when the build ends.
 #[tokio::test]
