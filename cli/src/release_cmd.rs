@@ -170,9 +170,14 @@ pub enum ReleaseCommand {
         /// The key to present (a chainiac key file or an OpenSSH ed25519 key).
         #[arg(long)]
         key: PathBuf,
-        /// Where to write `<verifier key>.log` files.
+        /// Where to write `<verifier key>.log` files (and fetched artifacts).
         #[arg(long, default_value = ".")]
         out_dir: PathBuf,
+        /// PATH_IN_SOURCE_TREE=LOCAL_FILE (repeatable): fetch what each verifier whose
+        /// build differed made of that artifact, and name the first byte where it differs
+        /// from your file.
+        #[arg(long = "compare")]
+        compare: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -643,15 +648,23 @@ pub fn release(command: ReleaseCommand) -> Result<()> {
             }
             Ok(())
         }
-        ReleaseCommand::Logs { manifest, policy, key, out_dir, json } => {
-            logs(&decode(&manifest, "manifest")?, &read_policy(&policy, 0)?, &key, &out_dir, json)
+        ReleaseCommand::Logs { manifest, policy, key, out_dir, compare, json } => {
+            let compare = compare.iter().map(|c| split_pair(c, "compare")).collect::<Result<Vec<_>>>()?;
+            logs(&decode(&manifest, "manifest")?, &read_policy(&policy, 0)?, &key, &out_dir, &compare, json)
         }
     }
 }
 
 /// `release logs`: per verifier of `policy`, its kept attestation of `manifest` and its
 /// build log (written to `out_dir`); a verifier that refuses or does not answer is named.
-fn logs(manifest: &Manifest, policy: &Policy, key: &Path, out_dir: &Path, json: bool) -> Result<()> {
+fn logs(
+    manifest: &Manifest,
+    policy: &Policy,
+    key: &Path,
+    out_dir: &Path,
+    compare: &[(String, String)],
+    json: bool,
+) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     let _in_runtime = runtime.enter(); // the endpoint binds its socket on the runtime
     let pool = pool_with(crate::client_cmd::read_key(key)?)?;
@@ -663,10 +676,19 @@ fn logs(manifest: &Manifest, policy: &Policy, key: &Path, out_dir: &Path, json: 
             (Request::GetAttestation { manifest: id }, Request::GetBuildLog { manifest: id });
         let ask = |request| pool.call(&verifier.address, &verifier.key, request, Duration::from_secs(30));
         let (attestation, log) = runtime.block_on(async { (ask(&get_attestation).await, ask(&get_log).await) });
+        let mut differences = Vec::new();
         let outcome = match attestation {
             Ok(Response::Attestation(Some(a)))
                 if a.body.verifier == verifier.key && a.body.manifest == id && a.verify() =>
             {
+                if let chainiac_release::Outcome::Mismatch { artifacts } = &a.body.outcome {
+                    for (path, local) in compare.iter().filter(|(p, _)| artifacts.iter().any(|a| &a.path == p)) {
+                        let request = Request::GetArtifact { manifest: id, path: path.clone() };
+                        let timeout = Duration::from_secs(60);
+                        let theirs = runtime.block_on(pool.call(&verifier.address, &verifier.key, &request, timeout));
+                        differences.push(compare_artifact(verifier, path, local, theirs, out_dir)?);
+                    }
+                }
                 describe_outcome(&a.body.outcome)
             }
             Ok(Response::Attestation(None)) => "no kept attestation".to_string(),
@@ -683,25 +705,66 @@ fn logs(manifest: &Manifest, policy: &Policy, key: &Path, out_dir: &Path, json: 
             Ok(other) => (None, format!("unexpected answer {}", other.name())),
             Err(e) => (None, e.to_string()),
         };
-        rows.push((verifier, outcome, log_file, log_note));
+        rows.push((verifier, outcome, log_file, log_note, differences));
     }
     if json {
         let rows: Vec<_> = rows
             .iter()
-            .map(|(v, outcome, file, note)| {
-                serde_json::json!({ "verifier": v.key.to_string(), "address": v.address, "outcome": outcome, "log": file, "note": note })
+            .map(|(v, outcome, file, note, differences)| {
+                serde_json::json!({
+                    "verifier": v.key.to_string(), "address": v.address, "outcome": outcome, "log": file,
+                    "note": note, "differences": differences,
+                })
             })
             .collect();
         println!("{}", serde_json::json!({ "manifest": hex::encode(id.0), "verifiers": rows }));
     } else {
-        for (v, outcome, file, note) in &rows {
+        for (v, outcome, file, note, differences) in &rows {
             let log = file.as_ref().map(|f| format!("log {f} ({note})")).unwrap_or_else(|| format!("no log: {note}"));
             // What a verifier or a build wrote reaches the terminal with its control
             // characters escaped.
             println!("{} at {}: {}; {}", &v.key.to_string()[..16], v.address, printable(outcome), printable(&log));
+            for difference in differences {
+                println!("  {}", printable(difference));
+            }
         }
     }
     Ok(())
+}
+
+/// Fetched bytes of a differing artifact against the local file: where they first differ,
+/// and where the verifier's copy was written.
+fn compare_artifact(
+    verifier: &VerifierEntry,
+    path: &str,
+    local: &str,
+    theirs: Result<Response, chainiac_proto::CallError>,
+    out_dir: &Path,
+) -> Result<String> {
+    let ours = std::fs::read(local).with_context(|| format!("reading {local}"))?;
+    let theirs = match theirs {
+        Ok(Response::Artifact(Some(bytes))) => bytes,
+        Ok(Response::Artifact(None)) => return Ok(format!("{path}: the verifier no longer keeps its copy")),
+        Ok(other) => return Ok(format!("{path}: unexpected answer {}", other.name())),
+        Err(e) => return Ok(format!("{path}: {e}")),
+    };
+    let file = out_dir.join(format!("{}-{}", &verifier.key.to_string()[..16], path.replace('/', "_")));
+    std::fs::write(&file, &theirs).with_context(|| format!("writing {}", file.display()))?;
+    let sizes = format!("theirs {} bytes, yours {}", theirs.len(), ours.len());
+    Ok(match first_difference(&theirs, &ours) {
+        None => format!("{path}: the same bytes as {local} ({sizes})"),
+        Some(at) => format!("{path}: first difference at byte {at} ({sizes}); theirs is {}", file.display()),
+    })
+}
+
+/// The offset of the first byte where `a` and `b` differ (the shorter one's length if one is
+/// a prefix of the other); `None` if they are equal.
+fn first_difference(a: &[u8], b: &[u8]) -> Option<u64> {
+    match a.iter().zip(b).position(|(x, y)| x != y) {
+        Some(at) => Some(at as u64),
+        None if a.len() != b.len() => Some(a.len().min(b.len()) as u64),
+        None => None,
+    }
 }
 
 /// `text` with control characters (but newlines and tabs) escaped: build output and what
@@ -732,6 +795,15 @@ fn describe_outcome(outcome: &chainiac_release::Outcome) -> String {
 #[cfg(test)]
 mod tests {
     /// A hostile build's log cannot move the cursor or recolour the terminal.
+    #[test]
+    fn the_first_difference_is_found() {
+        use super::first_difference;
+        assert_eq!(first_difference(b"abc", b"abc"), None);
+        assert_eq!(first_difference(b"abc", b"abd"), Some(2));
+        assert_eq!(first_difference(b"ab", b"abc"), Some(2));
+        assert_eq!(first_difference(b"", b"x"), Some(0));
+    }
+
     #[test]
     fn control_characters_are_escaped() {
         assert_eq!(super::printable("a\x1b[31mb\r\n\tc\u{7}"), "a\\u{1b}[31mb\\r\n\tc\\u{7}");

@@ -397,6 +397,7 @@ async fn verifiers_rebuild_submitted_releases_and_only_reproduced_ones_are_appen
     let head_before = cluster.head(0, chain).await;
     let artifact = &unreproducible.artifacts[0];
     let expected = format!("the manifest's {}…, {} bytes", hex::encode(&artifact.sha3[..8]), artifact.size);
+    let unreproducible_id = unreproducible.id();
     let refused = submit(unreproducible, source).await.unwrap_err();
     let reply = refusal(&refused);
     assert_eq!(reply.code, ErrorCode::Refused);
@@ -410,6 +411,18 @@ async fn verifiers_rebuild_submitted_releases_and_only_reproduced_ones_are_appen
         reply.message
     );
     assert_eq!(cluster.head(0, chain).await, head_before, "nothing appended");
+    // What each verifier built is kept for comparison, for the keys it serves only, and
+    // only under the manifest's own artifact paths.
+    let get = |path: &str| Request::GetArtifact { manifest: unreproducible_id, path: path.into() };
+    let manager = common::Client::with_key(key(20));
+    let kept = manager.call_at(&verifiers[0].address, &verifiers[0].key, get("hello-1.1/hello")).await;
+    assert!(matches!(&kept, Ok(Response::Artifact(Some(bytes))) if bytes.starts_with(b"\x7fELF")), "{kept:?}");
+    for path in ["../../node.key", "/etc/passwd", "hello-1.1/hello.c/.."] {
+        let none = manager.call_at(&verifiers[0].address, &verifiers[0].key, get(path)).await;
+        assert!(matches!(none, Ok(Response::Artifact(None))), "{path}: {none:?}");
+    }
+    let refused = stranger.call_at(&verifiers[0].address, &verifiers[0].key, get("hello-1.1/hello")).await;
+    assert_eq!(refusal(refused.as_ref().unwrap_err()).code, ErrorCode::Forbidden);
     // The verifiers stay up.
     for v in &verifiers {
         v.wait_ready(&cluster.client).await;

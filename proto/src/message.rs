@@ -105,6 +105,11 @@ pub enum Request {
     /// The heads of the chains this node serves, in id order after `after`, at most
     /// [`CHAINS_PER_PAGE`]: `Status` names only the first page.
     ListChains { after: Option<ChainId> },
+
+    // --- build verification (appended) ---
+    /// To a verifier: what it built of artifact `path` of `manifest` when that build did
+    /// not match (kept for a while for the operator and the release manager to compare).
+    GetArtifact { manifest: ManifestId, path: String },
 }
 
 /// Chains per [`Request::ListChains`] answer, and in a [`NodeStatus`].
@@ -237,7 +242,8 @@ impl Request {
             | Request::GetTimelineBatch { .. }
             | Request::GetLinkedProofs { .. }
             | Request::GetTimelineChanges { .. }
-            | Request::ListChains { .. } => FrameClass::Query,
+            | Request::ListChains { .. }
+            | Request::GetArtifact { .. } => FrameClass::Query,
             Request::CreateChain { .. } | Request::Propose { .. } => FrameClass::Submit,
             Request::Announce(_)
             | Request::Challenge { .. }
@@ -281,6 +287,7 @@ impl Request {
             Request::GetTimelineChanges { .. } => "get_timeline_changes",
             Request::GetIndexState { .. } => "get_index_state",
             Request::ListChains { .. } => "list_chains",
+            Request::GetArtifact { .. } => "get_artifact",
         }
     }
 }
@@ -330,6 +337,8 @@ pub enum Response {
     },
     /// A verifier's answer to [`Request::Status`].
     VerifierStatus(VerifierStatus),
+    /// The answer to [`Request::GetArtifact`]: the bytes, if the verifier keeps them.
+    Artifact(Option<Vec<u8>>),
 }
 
 impl Response {
@@ -359,6 +368,7 @@ impl Response {
             Response::IndexState(_) => "index_state",
             Response::Chains { .. } => "chains",
             Response::VerifierStatus(_) => "verifier_status",
+            Response::Artifact(_) => "artifact",
         }
     }
 }

@@ -234,6 +234,16 @@ impl Verifier {
         }
     }
 
+    /// What the last mismatched build of `manifest` made of artifact `path`, while it is
+    /// kept (`Settings::keep_differing`); `None` for a path that is not a plain relative one.
+    pub fn differing_artifact(&self, manifest: &ManifestId, path: &str) -> Option<Vec<u8>> {
+        if path.is_empty() || path == "." || !chainiac_release::rules::is_safe_relative(path) {
+            return None;
+        }
+        let kept = self.settings.data_dir.join(DIFFERING_DIR).join(hex::encode(manifest.0)).canonicalize().ok()?;
+        sandbox::read_inside(&kept, path)
+    }
+
     /// The build log kept for `manifest`.
     pub fn log(&self, manifest: &ManifestId) -> Result<Option<Vec<u8>>, VerifierError> {
         Ok(self.db.get_cf(self.cf(CF_LOGS), manifest.0)?)

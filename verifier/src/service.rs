@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The largest differing artifact sent in one answer (the response frame is 64 MiB).
+const ARTIFACT_ANSWER_LIMIT: usize = 60 << 20;
+
 /// Verifiers take queries and build jobs.
 pub const ALLOWED: &[FrameClass] = &[FrameClass::Query, FrameClass::Build];
 
@@ -243,7 +246,9 @@ impl Handler for Service {
         let internal = |e: crate::VerifierError| Response::Error(ErrorReply::new(ErrorCode::Internal, e.to_string()));
         // Builds cost minutes of CPU and logs show what a build printed: only the witnesses
         // and release managers the operator named, and the operator.
-        if matches!(request, Request::Build { .. } | Request::GetBuildLog { .. }) && !self.may_build(&caller) {
+        let restricted =
+            matches!(request, Request::Build { .. } | Request::GetBuildLog { .. } | Request::GetArtifact { .. });
+        if restricted && !self.may_build(&caller) {
             return self.refuse(
                 ErrorCode::Forbidden,
                 format!(
@@ -272,6 +277,13 @@ impl Handler for Service {
             Request::GetAttestation { manifest } => {
                 self.verifier.attestation(&manifest).map(Response::Attestation).unwrap_or_else(internal)
             }
+            Request::GetArtifact { manifest, path } => match self.verifier.differing_artifact(&manifest, &path) {
+                Some(bytes) if bytes.len() > ARTIFACT_ANSWER_LIMIT => self.refuse(
+                    ErrorCode::Refused,
+                    format!("artifact {path:?} is {} bytes, more than one answer carries; its operator can copy it", bytes.len()),
+                ),
+                kept => Response::Artifact(kept),
+            },
             Request::GetBuildLog { manifest } => {
                 self.verifier.log(&manifest).map(Response::BuildLog).unwrap_or_else(internal)
             }

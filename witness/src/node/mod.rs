@@ -426,7 +426,10 @@ impl Node {
             Request::GetTimelineChanges { timeline, from, watched, held_appointments, max_bytes } => {
                 self.timeline_changes(&timeline, from, watched, held_appointments, max_bytes)
             }
-            Request::Build { .. } | Request::GetAttestation { .. } | Request::GetBuildLog { .. } => {
+            Request::Build { .. }
+            | Request::GetAttestation { .. }
+            | Request::GetBuildLog { .. }
+            | Request::GetArtifact { .. } => {
                 Err(err(ErrorCode::BadRequest, "this is a witness; send build jobs to a verifier"))
             }
         };
