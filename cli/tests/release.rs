@@ -605,6 +605,57 @@ async fn a_release_manager_works_from_the_shell() {
         assert_eq!(row["outcome"], "reproduced", "{refused}");
     }
 
+    // A release whose manifest names the wrong file as its artifact: the verifiers' builds
+    // differ, the submission is refused, and `release logs --compare` fetches each
+    // verifier's copy and names the first byte where it differs from the local file.
+    let wrong = build.join("Makefile").to_str().unwrap().to_string();
+    let source_11 = source_archive(&[("hello-1.1/Makefile", MAKEFILE), ("hello-1.1/hello.c", HELLO_C)]);
+    std::fs::write(path("hello-1.1.tar"), &source_11).unwrap();
+    let prepare_11 =
+        ["release", "prepare", "--project", "hello", "--version", "1.1", "--source", &path("hello-1.1.tar")];
+    let artifact_11 = format!("hello-1.1/hello={wrong}");
+    let rest =
+        ["--workdir", "hello-1.1", "--artifact", &artifact_11, "--out", &path("hello-1.1.manifest"), "--", "make"];
+    run(&[&prepare_11[..], &rest[..]].concat());
+    for key in [path("dev0.key"), ssh_key.clone()] {
+        let signatures = path("hello-1.1.sigs");
+        run_ssh(&[
+            "release",
+            "sign",
+            "--manifest",
+            &path("hello-1.1.manifest"),
+            "--key",
+            &key,
+            "--signatures",
+            &signatures,
+        ]);
+    }
+    let args = submit_args(&chain, &path("hello-1.1.manifest"), &path("hello-1.1.sigs"), &path("hello-1.1.tar"), w);
+    let refused = Command::new(common::bin()).args(&args).output().unwrap();
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("reproduced the build"));
+    let compared = json(run(&[
+        "release",
+        "logs",
+        "--manifest",
+        &path("hello-1.1.manifest"),
+        "--policy",
+        &path("policy.toml"),
+        "--key",
+        &path("dev0.key"),
+        "--out-dir",
+        &logs_dir,
+        "--compare",
+        &artifact_11,
+        "--json",
+    ]));
+    for row in compared["verifiers"].as_array().unwrap() {
+        assert!(row["outcome"].as_str().unwrap().starts_with("mismatch: hello-1.1/hello"), "{compared}");
+        let difference = row["differences"][0].as_str().unwrap();
+        assert!(difference.starts_with("hello-1.1/hello: first difference at byte 0"), "{compared}");
+        let theirs = difference.rsplit("theirs is ").next().unwrap();
+        assert!(std::fs::read(theirs).unwrap().starts_with(b"\x7fELF"), "the verifier's copy is written: {theirs}");
+    }
+
     // A client, from the shell too.
     let state = path("client.state");
     run(&["anchor", "--state", &state, &path("project.genesis")]);
