@@ -190,9 +190,7 @@ pub async fn wait_for_signal() {
 }
 
 pub fn parse_key(hex_key: &str) -> Result<PublicKey> {
-    let mut bytes = [0u8; 32];
-    hex::decode_to_slice(hex_key, &mut bytes).map_err(|_| UsageError(format!("key {hex_key} is not 64 hex digits")))?;
-    Ok(PublicKey::from_bytes(&bytes).map_err(|e| UsageError(format!("key {hex_key}: {e}")))?)
+    Ok(PublicKey::from_hex(hex_key).map_err(UsageError)?)
 }
 
 fn status(node: &RunningNode, json: bool) -> Result<()> {

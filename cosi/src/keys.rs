@@ -70,6 +70,14 @@ impl PublicKey {
         Ok(PublicKey { bytes: *bytes, point })
     }
 
+    /// Decodes a key written as 64 hex digits (what `Display` prints), with the checks of
+    /// [`PublicKey::from_slice`]; the error names the text and what was wrong.
+    pub fn from_hex(text: &str) -> Result<Self, String> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes).map_err(|_| format!("key {text:?} is not 64 hex digits"))?;
+        Self::from_bytes(&bytes).map_err(|e| format!("key {text}: {e}"))
+    }
+
     pub fn to_bytes(&self) -> [u8; 32] {
         self.bytes
     }
@@ -293,6 +301,18 @@ mod tests {
             let err = PublicKey::from_bytes(&bytes).unwrap_err();
             assert!(matches!(err, PointError::SmallOrder | PointError::NonCanonical), "{err:?}");
         }
+    }
+
+    /// Hex text round-trips through `Display`; bad text and bad points are named.
+    #[test]
+    fn keys_decode_from_the_hex_they_print() {
+        let key = SecretKey::from_seed(&[7u8; 32]).public_key();
+        assert_eq!(PublicKey::from_hex(&key.to_string()), Ok(key));
+        assert!(PublicKey::from_hex("abc").unwrap_err().contains("not 64 hex digits"));
+        let mut identity = "01".to_string() + &"00".repeat(31);
+        assert!(PublicKey::from_hex(&identity).unwrap_err().contains(&PointError::SmallOrder.to_string()));
+        identity.replace_range(0..1, "g");
+        assert!(PublicKey::from_hex(&identity).unwrap_err().contains("not 64 hex digits"));
     }
 
     #[test]

@@ -86,6 +86,7 @@ pub struct Verifier {
     environment: [u8; 32],
     environment_description: String,
     counters: Counters,
+    started: std::time::Instant,
     /// Outcomes not kept, answered again for a while (in memory only).
     recent: std::sync::Mutex<std::collections::HashMap<ManifestId, (Attestation, std::time::Instant)>>,
     /// Manifests being built (one build of a manifest at a time).
@@ -95,7 +96,6 @@ pub struct Verifier {
 /// What the verifier did since it started (`chainiac verifier status`).
 #[derive(Debug, Default)]
 struct Counters {
-    started: std::sync::OnceLock<std::time::Instant>,
     builds: std::sync::atomic::AtomicU64,
     reproduced: std::sync::atomic::AtomicU64,
     mismatched: std::sync::atomic::AtomicU64,
@@ -170,7 +170,8 @@ impl Verifier {
             db,
             environment,
             environment_description,
-            counters: Counters { started: std::sync::OnceLock::from(std::time::Instant::now()), ..Counters::default() },
+            counters: Counters::default(),
+            started: std::time::Instant::now(),
             building: Default::default(),
             recent: Default::default(),
         }))
@@ -186,7 +187,7 @@ impl Verifier {
             address: String::new(),
             isolation: self.settings.isolation.name().into(),
             environment: self.environment_description.clone(),
-            uptime_s: c.started.get().map(|s| s.elapsed().as_secs()).unwrap_or(0),
+            uptime_s: self.started.elapsed().as_secs(),
             builds: c.builds.load(Relaxed),
             reproduced: c.reproduced.load(Relaxed),
             mismatched: c.mismatched.load(Relaxed),
@@ -335,8 +336,8 @@ impl Verifier {
     /// The outcome, the log, and whether the outcome is deterministic (to be kept).
     async fn rebuild(&self, manifest: &Manifest, source: &[u8]) -> Result<(Outcome, Vec<u8>, bool), VerifierError> {
         let job = new_job(&self.settings, manifest)?;
-        let (job, root) = (&job.0, job.0.join("src"));
-        let (result, mut log) = run_job(&self.settings, manifest, source, job, &root).await;
+        let root = job.0.join("src");
+        let (result, mut log) = run_job(&self.settings, manifest, source, &job.0, &root).await;
         let outcome = match result {
             Err(failure) => {
                 let reason = failure.reason;
@@ -478,8 +479,8 @@ pub async fn build_locally(
 ) -> Result<LocalBuild, VerifierError> {
     check_confinement(settings)?;
     let job = new_job(settings, manifest)?;
-    let (job, root) = (&job.0, job.0.join("src"));
-    let (result, log) = run_job(settings, manifest, source, job, &root).await;
+    let root = job.0.join("src");
+    let (result, log) = run_job(settings, manifest, source, &job.0, &root).await;
     let result = match (result, root.canonicalize()) {
         (Err(failure), _) => Err(failure.reason),
         (Ok(()), Err(e)) => Err(format!("the build directory vanished: {e}")),
@@ -487,9 +488,9 @@ pub async fn build_locally(
             .artifacts
             .iter()
             .map(|artifact| {
-                let bytes = sandbox::read_inside(&root, &artifact.path)
+                let (sha3, size) = sandbox::hash_inside(&root, &artifact.path)
                     .ok_or_else(|| format!("the build made no file {:?}", artifact.path))?;
-                Ok(Artifact { path: artifact.path.clone(), sha3: content_hash(&bytes), size: bytes.len() as u64 })
+                Ok(Artifact { path: artifact.path.clone(), sha3, size })
             })
             .collect(),
     };

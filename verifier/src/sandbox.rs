@@ -474,7 +474,7 @@ pub fn compare(root: &Path, expected: &[Artifact]) -> Outcome {
     };
     let mut mismatches = Vec::new();
     for artifact in expected {
-        let got = read_inside(&root, &artifact.path).map(|bytes| (content_hash(&bytes), bytes.len() as u64));
+        let got = hash_inside(&root, &artifact.path);
         if got != Some((artifact.sha3, artifact.size)) {
             mismatches.push(ArtifactMismatch {
                 path: artifact.path.clone(),
@@ -489,6 +489,12 @@ pub fn compare(root: &Path, expected: &[Artifact]) -> Outcome {
     } else {
         Outcome::Mismatch { artifacts: mismatches }
     }
+}
+
+/// The content hash and size of the file at `relative` under `root` (canonical), if it is a
+/// regular file inside it: what artifacts are compared by.
+pub(crate) fn hash_inside(root: &Path, relative: &str) -> Option<([u8; 32], u64)> {
+    read_inside(root, relative).map(|bytes| (content_hash(&bytes), bytes.len() as u64))
 }
 
 /// The file at `relative` under `root` (canonical), if it is a regular file inside it.

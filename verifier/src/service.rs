@@ -120,7 +120,7 @@ impl VerifierConfig {
 
     /// The keys `build_callers` names (checked on load).
     pub fn callers(&self) -> Vec<PublicKey> {
-        self.build_callers.iter().filter_map(|k| parse_key(k).ok()).collect()
+        self.build_callers.iter().filter_map(|k| PublicKey::from_hex(k).ok()).collect()
     }
 
     /// Adds `key` to `build_callers` unless it is there; whether it was added.
@@ -144,7 +144,7 @@ impl VerifierConfig {
         config.data_dir = base.join(&config.data_dir);
         config.key_file = base.join(&config.key_file);
         for key in &config.build_callers {
-            if let Err(reason) = parse_key(key) {
+            if let Err(reason) = PublicKey::from_hex(key) {
                 return Err(ConfigError::Invalid { path: name, message: format!("build_callers: {reason}") });
             }
         }
@@ -182,12 +182,6 @@ impl VerifierConfig {
             keep_differing: Duration::from_secs(self.keep_differing_days.saturating_mul(86_400)),
         }
     }
-}
-
-fn parse_key(hex_key: &str) -> Result<PublicKey, String> {
-    let mut bytes = [0u8; 32];
-    hex::decode_to_slice(hex_key, &mut bytes).map_err(|_| format!("key {hex_key:?} is not 64 hex digits"))?;
-    PublicKey::from_bytes(&bytes).map_err(|e| format!("key {hex_key}: {e}"))
 }
 
 /// A verifier behind its QUIC endpoint.

@@ -62,7 +62,7 @@ pub struct Peer {
 
 impl Peer {
     pub fn public_key(&self) -> Option<PublicKey> {
-        parse_key(&self.key)
+        PublicKey::from_hex(&self.key).ok()
     }
 }
 
@@ -136,7 +136,7 @@ impl WitnessConfig {
             }
         }
         for key in &config.chain_creators {
-            if parse_key(key).is_none() {
+            if PublicKey::from_hex(key).is_err() {
                 return Err(ConfigError::Invalid {
                     path: name,
                     message: format!("chain creator key {key} is not a valid key"),
@@ -159,14 +159,8 @@ impl WitnessConfig {
 
     /// The allow-listed chain creators (valid keys: checked on load).
     pub fn creators(&self) -> Vec<PublicKey> {
-        self.chain_creators.iter().filter_map(|k| parse_key(k)).collect()
+        self.chain_creators.iter().filter_map(|k| PublicKey::from_hex(k).ok()).collect()
     }
-}
-
-fn parse_key(hex_key: &str) -> Option<PublicKey> {
-    let mut bytes = [0u8; 32];
-    hex::decode_to_slice(hex_key, &mut bytes).ok()?;
-    PublicKey::from_bytes(&bytes).ok()
 }
 
 /// A roster entry as operators exchange it: what `chainiac witness init` prints and a

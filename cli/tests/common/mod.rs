@@ -126,9 +126,7 @@ impl Drop for WitnessProcess {
 }
 
 pub fn parse_key(hex_key: &str) -> PublicKey {
-    let mut bytes = [0u8; 32];
-    hex::decode_to_slice(hex_key, &mut bytes).unwrap();
-    PublicKey::from_bytes(&bytes).unwrap()
+    PublicKey::from_hex(hex_key).unwrap()
 }
 
 pub struct Cluster {
