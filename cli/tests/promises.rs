@@ -291,3 +291,36 @@ async fn split_locks_no_longer_freeze_an_index() {
     }
     assert_eq!(cluster.prove_from_genesis(1, chain, &genesis).await.index(), 3);
 }
+
+/// A leader that missed a commit (it was down while the others appended) proposes at an
+/// index the others have filled. They answer `Conflict`; the leader catches up from them
+/// and leads its proposal at the next index. Before, it proposed at the filled index until
+/// another leader's message happened to bring it up to date: a chain led only through it
+/// stopped (found by the whole-cluster simulation, `witness/tests/cluster.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_missed_a_commit_catches_up_and_proposes_on_the_new_head() {
+    let mut cluster = Cluster::start_with(4, 0).await;
+    let (chain, _) = cluster.create_chain(&[0, 1, 2, 3]).await;
+    cluster.propose(0, chain, b"first").await.unwrap();
+    for i in 0..4 {
+        cluster.wait_head(i, chain, 1).await;
+    }
+    cluster.witnesses[3].kill();
+    let second = cluster.propose(0, chain, b"second").await.unwrap();
+    assert_eq!(second.header.index, 2);
+    // The commit to a member presumed down is sent in the background, within a peer timeout.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    cluster.witnesses[3].start();
+    cluster.client.wait_ready(&cluster.witnesses[3]).await;
+    assert_eq!(cluster.head(3, chain).await, Some(1), "witness 3 missed block 2");
+
+    let third = match cluster.propose(3, chain, b"third").await {
+        Ok(block) => block,
+        Err(e) => panic!("{e:?}\n{}", cluster.witnesses[3].log()),
+    };
+    assert_eq!((third.header.index, third.payload.as_slice()), (3, &b"third"[..]));
+    for i in 0..4 {
+        cluster.wait_head(i, chain, 3).await;
+    }
+    cluster.assert_same_blocks(4, chain, 1..=3).await;
+}

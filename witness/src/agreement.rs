@@ -186,19 +186,26 @@ impl<B: Clone + PartialEq> Durable<B> {
 /// What a leader does at an index after gathering members' states (rule 4).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan<B> {
-    pub block: B,
     pub ballot: Ballot,
-    /// The certificate that justifies re-leading a locked block (none for a new block).
+    /// The certificate of the locked block to re-lead, which justifies it; none: the
+    /// leader's own block.
     pub justification: Option<Certificate<B>>,
+}
+
+impl<B: Clone> Plan<B> {
+    /// The block the plan leads: the locked one, or `own`.
+    pub fn block(&self, own: B) -> B {
+        self.justification.as_ref().map_or(own, |c| c.block.clone())
+    }
 }
 
 /// Rule 4: from the states of at least `t` members (`reports`), the block to lead and its
 /// ballot: the block of the highest-ballot complete lock, justified by its certificate, or
-/// `own` when nobody reported a lock; the ballot above every ballot reported and above
+/// the leader's own when nobody reported a lock; the ballot above every ballot reported and above
 /// `at_least` (the leader's own), each report counted at most `MAX_BALLOT_STEP − 1` above
 /// `at_least` so that the leader itself accepts the ballot (a liar's report cannot make it
 /// refuse its own vote). `None` when fewer than `t` reported.
-pub fn plan<B: Clone>(committee: Committee, reports: &[Durable<B>], own: B, at_least: Ballot) -> Option<Plan<B>> {
+pub fn plan<B: Clone>(committee: Committee, reports: &[Durable<B>], at_least: Ballot) -> Option<Plan<B>> {
     if reports.len() < committee.threshold {
         return None;
     }
@@ -210,12 +217,7 @@ pub fn plan<B: Clone>(committee: Committee, reports: &[Durable<B>], own: B, at_l
         .filter_map(|r| r.lock.as_ref())
         .filter(|l| l.certificate.is_complete(committee.members, committee.threshold))
         .max_by_key(|l| l.certificate.ballot);
-    Some(match highest {
-        Some(lock) => {
-            Plan { block: lock.certificate.block.clone(), ballot, justification: Some(lock.certificate.clone()) }
-        }
-        None => Plan { block: own, ballot, justification: None },
-    })
+    Some(Plan { ballot, justification: highest.map(|lock| lock.certificate.clone()) })
 }
 
 #[cfg(test)]
@@ -291,9 +293,9 @@ mod tests {
         );
         assert_eq!(d.voted, MAX_BALLOT_STEP);
         d.vote(C, &1, 2 * MAX_BALLOT_STEP, None).unwrap();
-        let liar = Durable { voted: Ballot::MAX, lock: None };
+        let liar = Durable::<u8> { voted: Ballot::MAX, lock: None };
         let honest = Durable { voted: 7, lock: None };
-        let p = plan(C, &[liar, honest.clone(), honest], 1, 5).unwrap();
+        let p = plan(C, &[liar, honest.clone(), honest], 5).unwrap();
         assert_eq!(p.ballot, 5 + MAX_BALLOT_STEP);
         let mut leader = Durable { voted: 5, lock: None };
         leader.vote(C, &1, p.ballot, None).unwrap();
@@ -317,10 +319,10 @@ mod tests {
         let locked = Durable { voted: 5, lock: Some(Lock { certificate: cert(7, 4, &[0, 1, 2]) }) };
         let lower = Durable { voted: 3, lock: Some(Lock { certificate: cert(8, 2, &[0, 1, 3]) }) };
         let free = Durable { voted: 9, lock: None };
-        let p = plan(C, &[lower.clone(), locked.clone(), free.clone()], 1, 0).unwrap();
-        assert_eq!((p.block, p.ballot), (7, 10));
+        let p = plan(C, &[lower.clone(), locked.clone(), free.clone()], 0).unwrap();
+        assert_eq!((p.block(1), p.ballot), (7, 10));
         assert_eq!(p.justification.unwrap().ballot, 4);
-        assert_eq!(plan(C, &[free.clone(), free.clone(), free.clone()], 1, 20).unwrap().block, 1);
-        assert_eq!(plan(C, &[free.clone(), free], 1, 0), None, "fewer than the threshold reported");
+        assert_eq!(plan(C, &[free.clone(), free.clone(), free.clone()], 20).unwrap().block(1), 1);
+        assert_eq!(plan(C, &[free.clone(), free], 0), None, "fewer than the threshold reported");
     }
 }

@@ -5,6 +5,8 @@
 //! cosigning rounds over a tree of QUIC connections, and answers queries.
 //!
 //! - [`config`]: the TOML configuration; [`keyfile`]: the node key on disk.
+//! - [`agreement`]: the rules of votes and locks at one index; [`round`]: what a round's
+//!   leader and members do next, as state machines (both sans I/O).
 //! - [`node`]: the node's state and what it does with each request.
 //! - [`server`]: the QUIC accept loop.
 //! - [`rules`]: payload rules per chain kind.
@@ -15,6 +17,7 @@ pub mod config;
 pub mod keyfile;
 pub mod metrics;
 pub mod node;
+pub mod round;
 pub mod rules;
 pub mod server;
 

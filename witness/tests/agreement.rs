@@ -166,12 +166,13 @@ impl Sim {
                 a.reports.insert(from, state);
                 if a.plan.is_none() && a.reports.len() >= a.wait_for {
                     let reports: Vec<Durable<Block>> = a.reports.values().cloned().collect();
-                    let Some(p) = plan(c, &reports, own, 0) else { return };
+                    let Some(p) = plan(c, &reports, 0) else { return };
+                    let block = p.block(own);
                     a.plan = Some(p.clone());
                     if byzantine {
                         // Equivocate: a different block to every member, same ballot.
                         for m in 0..self.n() {
-                            let block = if m % 2 == 0 { p.block } else { own + 500 };
+                            let block = if m % 2 == 0 { block } else { own + 500 };
                             let msg = Msg::Announce {
                                 leader: to,
                                 attempt,
@@ -185,7 +186,7 @@ impl Sim {
                         self.broadcast(Msg::Announce {
                             leader: to,
                             attempt,
-                            block: p.block,
+                            block,
                             ballot: p.ballot,
                             justification: p.justification,
                         });
@@ -195,7 +196,7 @@ impl Sim {
             Msg::Vote { from, attempt, block, ballot } => {
                 let Some(a) = self.members[to].attempt.as_mut().filter(|a| a.id == attempt) else { return };
                 let Some(p) = &a.plan else { return };
-                if p.block != block || p.ballot != ballot {
+                if p.block(1_000 * (to as u32 + 1) + attempt as u32) != block || p.ballot != ballot {
                     return;
                 }
                 a.votes.insert(from);

@@ -3,13 +3,15 @@
 //! between the two and the rules that are the node's own. Here: the state, dispatch, who
 //! may ask what (access), the block rules a witness applies, appends, submissions and chain
 //! creation. By concern: [`queries`] (read-only answers), [`timeline`] (recorded heads,
-//! timeline blocks), [`rounds`] (reservations, votes and locks, leading and joining rounds) and
+//! timeline blocks), [`rounds`] (votes and locks on disk, the driver of [`crate::round`]'s
+//! leader, joining others' rounds) and
 //! [`catch_up`] (learning chains and blocks from peers).
 
 use crate::agreement;
 use crate::answers::{self, store_err};
 use crate::config::WitnessConfig;
 use crate::metrics::Metrics;
+use crate::round::{AnnounceOutcome, ChallengeOutcome, Event, LeaderRound, Proposed, Reservations, Step};
 use crate::rules;
 use chainiac_cosi::protocol::{
     commit, Aggregator, Challenge, Leader, ProtocolError, Response as CosiResponse, RoundError, Session, SessionId,
@@ -46,15 +48,11 @@ pub const CF_TIMELINE_HEADS: &str = "timeline_heads";
 /// How long a member that missed a round this node led is left out of its next rounds'
 /// trees (while the threshold allows), before it is asked again.
 const PRESUMED_DOWN: Duration = Duration::from_secs(10);
-/// Locked blocks a leader re-leads before its own proposal, at most (one per index).
-const MAX_ADOPTIONS: usize = 4;
 /// Most blocks one `GetBlocks` answer carries.
 const MAX_BLOCKS_PER_ANSWER: u32 = 256;
 /// Bytes of blocks one `GetBlocks` answer carries past its first block (blocks carry up to
 /// 4 MiB of payload: 256 of them would pass the response frame limit many times over).
 const BLOCKS_RESPONSE_BUDGET: usize = 16 << 20;
-/// Attempts per round before the leader gives up.
-const MAX_ATTEMPTS: usize = 3;
 
 type Reply = Result<Response, ErrorReply>;
 
@@ -254,11 +252,6 @@ fn refused(index: u64, refusal: agreement::Refusal) -> ErrorReply {
     err(code, format!("index {index}: {refusal}"))
 }
 
-/// The ballot after `ballot`; none after the last (a member there votes no more at that index).
-fn next_ballot(ballot: u64) -> Result<u64, ErrorReply> {
-    ballot.checked_add(1).ok_or_else(|| err(ErrorCode::Refused, "no ballot is left above this member's at the index"))
-}
-
 fn index_key(chain: &ChainId, index: u64) -> [u8; 40] {
     let mut key = [0u8; 40];
     key[..32].copy_from_slice(&chain.0);
@@ -280,6 +273,27 @@ struct RoundState {
     expires: Instant,
 }
 
+/// A round this node leads, from its announce to its signature (one attempt of a
+/// [`LeaderRound`]).
+struct LedAttempt {
+    roster: Arc<Roster>,
+    me: usize,
+    tree: Tree,
+    session_id: SessionId,
+    session: Session,
+    leader: Leader,
+    /// Taken when this node responds (nonces are used once).
+    nonces: Option<SignerNonces>,
+    /// None when too few committed.
+    challenge: Option<Challenge>,
+    votes: std::collections::BTreeMap<u32, Vote>,
+    /// The block is re-led with a certificate.
+    justified: bool,
+    /// The attempt's number within its run.
+    number: usize,
+    signature: Option<BlockSignature>,
+}
+
 pub struct Node {
     key: Arc<SecretKey>,
     config: WitnessConfig,
@@ -287,7 +301,7 @@ pub struct Node {
     pool: Pool,
     rounds: Mutex<HashMap<SessionId, RoundState>>,
     /// `(chain, index)` → the announced block holding that index, until when.
-    reservations: Mutex<HashMap<(ChainId, u64), (BlockId, Instant)>>,
+    reservations: Mutex<Reservations<ChainId, BlockId>>,
     /// Makes an agreement state's read, check and write one step (votes, locks, and the
     /// drop when an index is filled).
     agreement_lock: Mutex<()>,
@@ -351,7 +365,7 @@ impl Node {
             config,
             store,
             rounds: Mutex::new(HashMap::new()),
-            reservations: Mutex::new(HashMap::new()),
+            reservations: Mutex::new(Reservations::default()),
             agreement_lock: Mutex::new(()),
             chain_locks: Mutex::new(HashMap::new()),
             pending_timelines: Mutex::new(HashMap::new()),

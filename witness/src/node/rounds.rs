@@ -1,33 +1,17 @@
-//! Rounds: reservations, agreement states (votes and locks, SPEC §9.1, by the rules of
-//! [`crate::agreement`]) and re-leading a locked block, leading a round over the tree, and
-//! taking part in others' (announce, challenge, abort, commit).
+//! Rounds, the I/O half: agreement states on disk (votes and locks, SPEC §9.1, by the rules
+//! of [`crate::agreement`]), the driver that carries out a [`LeaderRound`]'s actions
+//! (head reads, gathering, the CoSi tree, appends, commits, catch-up), and taking part in
+//! others' rounds (announce, challenge, abort, commit) through [`round::accept_announce`]
+//! and [`round::accept_challenge`]. What to do next is decided in [`crate::round`].
 
 use super::*;
-use std::collections::BTreeMap;
+use crate::round;
+use std::collections::{BTreeMap, BTreeSet};
 
 impl Node {
-    /// Holds `(chain, index)` for `id` for a while, so that concurrent leaders do not split
-    /// the witnesses between two blocks before any response is given. `takeover`: the block
-    /// is re-led with a complete certificate, so it replaces whatever is held (a reservation
-    /// is only a way to settle racing leaders; the one a dead leader left would otherwise
-    /// hold the index against its own recovery for a whole lease).
-    pub(super) fn reserve(&self, chain: ChainId, index: u64, id: BlockId, takeover: bool) -> Result<(), ErrorReply> {
-        let now = Instant::now();
-        let mut reservations = self.reservations.lock().expect("lock");
-        reservations.retain(|_, (_, until)| *until > now);
-        match reservations.get(&(chain, index)) {
-            Some((held, _)) if *held != id && !takeover => {
-                Err(err(ErrorCode::Busy, format!("index {index} is held by another proposed block; retry shortly")))
-            }
-            _ => {
-                reservations.insert((chain, index), (id, now + Duration::from_millis(self.config.reservation_ms)));
-                Ok(())
-            }
-        }
-    }
-
+    /// Frees this node's reservations of the chain's indices up to `index`.
     pub(super) fn release(&self, chain: ChainId, index: u64) {
-        self.reservations.lock().expect("lock").retain(|(c, i), _| !(*c == chain && *i <= index));
+        self.reservations.lock().expect("lock").release(&chain, index);
     }
 
     /// This node's agreement state at `(chain, index)` (§9.1; the default when none).
@@ -58,10 +42,12 @@ impl Node {
             .map_err(|e| err(ErrorCode::Internal, format!("agreement store: {e}")))
     }
 
-    /// Rule 1 of §9.1: votes for `block` at `ballot` if the agreement rules allow, storing
-    /// the raised ballot (synced) before the vote leaves this node; a ballot too far above
-    /// this node's raises it one step (`agreement::MAX_BALLOT_STEP`), stored too.
-    pub(super) fn cast_vote(
+    /// Rule 1 of §9.1 with the index's reservation ([`round::accept_announce`]): votes for
+    /// `block` at `ballot` if the agreement rules allow and no other block holds the index
+    /// here, storing the raised ballot (synced) before the vote leaves this node; a ballot
+    /// too far above this node's raises it one step (`agreement::MAX_BALLOT_STEP`), stored
+    /// too. On `Ok` the index is held for the block for a lease.
+    pub(super) fn vote_for(
         &self,
         head: &ChainState,
         block: &Block,
@@ -76,26 +62,42 @@ impl Node {
             let _guard = self.agreement_lock.lock().expect("lock");
             let mut state = self.index_state(&chain, index)?;
             let mut durable = core_state(roster, &state);
-            let voted = durable.vote(agreement_committee(&head.committee), &id, ballot, justification.as_ref());
-            if let Err(refusal) = voted {
-                if matches!(refusal, agreement::Refusal::TooFar { .. }) {
-                    state.voted = durable.voted;
-                    self.store_index_state(&chain, index, &state)?;
+            let lease = Duration::from_millis(self.config.reservation_ms);
+            let accepted = round::accept_announce(
+                &mut durable,
+                &mut self.reservations.lock().expect("lock"),
+                Instant::now(),
+                lease,
+                &chain,
+                index,
+                agreement_committee(&head.committee),
+                &id,
+                ballot,
+                justification.as_ref(),
+            );
+            if durable.voted != state.voted {
+                state.voted = durable.voted;
+                if let Err(e) = self.store_index_state(&chain, index, &state) {
+                    self.reservations.lock().expect("lock").release_block(&chain, index, &id);
+                    return Err(e);
                 }
-                return Err(refused(index, refusal));
             }
-            state.voted = durable.voted;
-            self.store_index_state(&chain, index, &state)?;
+            accepted.map_err(|refusal| match refusal {
+                round::AnnounceRefusal::Rules(refusal) => refused(index, refusal),
+                round::AnnounceRefusal::Held(busy) => busy,
+            })?;
             Ok(Vote::sign(&self.key, me as u32, &id, ballot))
         })
     }
 
-    /// Rule 3 of §9.1: locks on `block` with `certificate` (stored, synced) before this
-    /// node's partial signature over it at the certificate's ballot leaves.
+    /// Rule 3 of §9.1 ([`round::accept_challenge`]): locks on `block` with `certificate`
+    /// (stored, synced) before this node's partial signature over it at `session_ballot`,
+    /// the ballot it voted at in the round, leaves.
     pub(super) fn take_lock(
         &self,
         head: &ChainState,
         block: &Block,
+        session_ballot: u64,
         certificate: &Certificate,
     ) -> Result<(), ErrorReply> {
         blocking(|| {
@@ -105,7 +107,11 @@ impl Node {
             let _guard = self.agreement_lock.lock().expect("lock");
             let mut state = self.index_state(&chain, index)?;
             let mut durable = core_state(roster, &state);
-            durable.lock(agreement_committee(&head.committee), &checked).map_err(|refusal| refused(index, refusal))?;
+            round::accept_challenge(&mut durable, agreement_committee(&head.committee), session_ballot, &checked)
+                .map_err(|refusal| match refusal {
+                    round::ChallengeRefusal::Rules(refusal) => refused(index, refusal),
+                    other => err(ErrorCode::BadRequest, other.to_string()),
+                })?;
             state.voted = durable.voted;
             // Only the valid votes are kept, one per member.
             let mut votes: Vec<Vote> = Vec::with_capacity(checked.voters.len());
@@ -143,65 +149,30 @@ impl Node {
         Ok(Response::IndexState(Box::new(state)))
     }
 
-    /// Rule 4 of §9.1: the states of the members at the index after `head` (this node's
-    /// own and every member's that answers; a reported lock counts only with a complete
-    /// certificate for a block at that index), and what to lead: the block of the highest
-    /// lock with its certificate, or none (then the caller's own block), at a ballot above
-    /// every ballot reported.
-    pub(super) async fn plan_index(
-        self: &Arc<Self>,
-        head: &ChainState,
-    ) -> Result<(u64, Option<(Block, Certificate)>), ErrorReply> {
+    /// Rule 4 of §9.1, the gathering half: the states at the index after `head` of the
+    /// members `asked` that answer; a reported lock counts only with a complete certificate
+    /// for a block at that index.
+    async fn gather_states(self: &Arc<Self>, head: &ChainState, asked: &[usize]) -> Vec<IndexState> {
         let (chain, index) = (head.chain, head.index() + 1);
         let roster = Arc::new(head.committee.roster().clone());
-        let me = self.member_of(&roster)?;
-        let own = self.index_state(&chain, index)?;
-        let mut reports: Vec<IndexState> = vec![own.clone()];
-        // Members presumed down (they just missed a round) are asked only if the others are
-        // too few: a dead peer then costs no timeout, and a slow one is not left out for good.
-        let now = Instant::now();
-        let down: HashSet<PublicKey> =
-            self.down.lock().expect("lock").iter().filter(|(_, until)| **until > now).map(|(k, _)| *k).collect();
-        let is_down = |i: usize| roster.member(i).is_some_and(|m| down.contains(&m.key));
-        let up: Vec<usize> = (0..roster.len()).filter(|&i| i != me && !is_down(i)).collect();
-        let presumed: Vec<usize> = (0..roster.len()).filter(|&i| i != me && is_down(i)).collect();
-        for (pass, asked) in [up, presumed].into_iter().enumerate() {
-            if pass > 0 && reports.len() >= head.committee.threshold() {
-                break;
-            }
-            if asked.is_empty() {
-                continue;
-            }
-            let request = Request::GetIndexState { chain, index };
-            for (_, reply) in self.ask_children(&roster, &asked, request, self.config.peer_timeout()).await {
-                if let Ok(Response::IndexState(mut state)) = reply {
-                    let valid = state.lock.as_ref().is_some_and(|(block, certificate)| {
-                        block.header.chain == Some(chain)
-                            && block.header.index == index
-                            && checked_certificate(&roster, head.committee.threshold(), &block.id(), certificate)
-                                .is_complete(roster.len(), head.committee.threshold())
-                    });
-                    if !valid {
-                        state.lock = None;
-                    }
-                    reports.push(*state);
+        let threshold = head.committee.threshold();
+        let request = Request::GetIndexState { chain, index };
+        let mut reports = Vec::with_capacity(asked.len());
+        for (_, reply) in self.ask_children(&roster, asked, request, self.config.peer_timeout()).await {
+            if let Ok(Response::IndexState(mut state)) = reply {
+                let valid = state.lock.as_ref().is_some_and(|(block, certificate)| {
+                    block.header.chain == Some(chain)
+                        && block.header.index == index
+                        && checked_certificate(&roster, threshold, &block.id(), certificate)
+                            .is_complete(roster.len(), threshold)
+                });
+                if !valid {
+                    state.lock = None;
                 }
+                reports.push(*state);
             }
         }
-        let committee = agreement_committee(&head.committee);
-        let durables: Vec<agreement::Durable<BlockId>> = reports.iter().map(|r| core_state(&roster, r)).collect();
-        let Some(plan) = agreement::plan(committee, &durables, BlockId([0; 32]), own.voted) else {
-            return Err(err(
-                ErrorCode::Unavailable,
-                format!("only {} of {} members reported their state at index {index}", reports.len(), roster.len()),
-            ));
-        };
-        let locked = plan.justification.as_ref().and_then(|c| {
-            reports
-                .iter()
-                .find_map(|r| r.lock.clone().filter(|(block, lock)| block.id() == c.block && lock.ballot == c.ballot))
-        });
-        Ok((plan.ballot, locked))
+        reports
     }
 
     pub(super) fn chain_lock(&self, chain: ChainId) -> Arc<tokio::sync::Mutex<()>> {
@@ -212,83 +183,158 @@ impl Node {
     /// signed block and tells the other witnesses. Where members are locked on another block
     /// at that index (its leader died or withheld the signature), that block is re-led first
     /// and the proposal goes on the next index; a timeline proposal ends there (the
-    /// timeline moved).
+    /// timeline moved). The decisions are [`round::LeaderRound`]'s; this carries them out.
     pub async fn lead(self: &Arc<Self>, chain: ChainId, mut proposal: Proposal) -> Result<Block, ErrorReply> {
         let lock = self.chain_lock(chain);
         let _one_round_per_chain = lock.lock().await;
         // A timeline proposal that loses its index is not built again on the new head: its
-        // entry records the heads and time of its own moment (a tick is done: the timeline
-        // moved; a committee change is proposed again by its caller).
-        let tick = proposal.kind == KIND_TIMELINE;
-        for pass in 0..=MAX_ADOPTIONS {
-            if pass > 0 {
-                // Another leader is at this index: step back for a random while, as for
-                // `Busy`, so that two leaders do not outbid each other's ballots forever.
+        // entry records the heads and time of its own moment.
+        let (mut machine, mut action) =
+            LeaderRound::<BlockId>::new(self.config.branching as usize, proposal.kind == KIND_TIMELINE);
+        let mut head = self.head(&chain)?;
+        // The locks this pass knows of (its own, and those members reported), to re-lead.
+        let mut locks: Vec<(Block, Certificate)> = Vec::new();
+        let mut block: Option<Block> = None;
+        let mut attempt: Option<LedAttempt> = None;
+        let mut started = Instant::now();
+        loop {
+            if action.abort {
+                if let Some(a) = &attempt {
+                    self.abort_children(&a.roster, &a.tree, a.me, a.session_id).await;
+                }
+            }
+            if action.release {
+                self.release(chain, head.index() + 1);
+            }
+            if action.round_failed {
+                self.metrics.rounds_failed.fetch_add(1, Ordering::Relaxed);
+            }
+            if action.back_off {
                 back_off().await;
             }
-            let head = self.head(&chain)?;
-            let index = head.index() + 1;
-            // The fast path: this node's own block at the ballot after its own, no gathering
-            // first. A node locked here signs nothing but its lock's block: that goes first.
-            let own = self.index_state(&chain, index)?;
-            let mut failure = None;
-            if own.lock.is_none() {
-                let block = self.own_block(&head, &mut proposal)?;
-                match self.run_round(&head, block, next_ballot(own.voted)?, None).await {
-                    // Too few voted or signed: members may be locked on a block whose leader
-                    // died, or past this ballot (members deeper in the tree answer their
-                    // parent, not this node, so any shortfall is a reason to ask).
-                    Err(e) if matches!(e.code, ErrorCode::Promised | ErrorCode::Unavailable) => failure = Some(e),
-                    // Another leader filled the index first: this proposal goes on the new head.
-                    Err(e) if e.code == ErrorCode::Conflict && !tick => continue,
-                    done => return done,
+            let event = match action.step {
+                Step::ReadHead => {
+                    head = self.head(&chain)?;
+                    let roster = head.committee.roster();
+                    let me = self.member_of(roster)?;
+                    let own = self.index_state(&chain, head.index() + 1)?;
+                    locks = own.lock.iter().cloned().collect();
+                    Event::Head {
+                        index: head.index() + 1,
+                        committee: agreement_committee(&head.committee),
+                        me,
+                        own: core_state(roster, &own),
+                        presumed_down: self.down_members(roster),
+                    }
                 }
-            }
-            // Too few members answer to plan: the round's own failure says more.
-            let (ballot, locked) = match self.plan_index(&head).await {
-                Ok(plan) => plan,
-                Err(e) => return Err(failure.unwrap_or(e)),
+                Step::Gather { ask } => {
+                    let reports = self.gather_states(&head, &ask).await;
+                    let own = self.index_state(&chain, head.index() + 1)?;
+                    locks.extend(own.lock.iter().cloned());
+                    locks.extend(reports.iter().filter_map(|r| r.lock.clone()));
+                    let roster = head.committee.roster();
+                    let reports = reports.iter().map(|r| core_state(roster, r)).collect();
+                    Event::Gathered { own: core_state(roster, &own), reports }
+                }
+                Step::Announce { proposed, ballot, attempt: number, excluded } => {
+                    let justification = match &proposed {
+                        Proposed::Own => {
+                            if number == 1 {
+                                block = Some(self.own_block(&head, &mut proposal)?);
+                            }
+                            None
+                        }
+                        Proposed::Locked(wanted) => {
+                            let found = locks.iter().find(|(b, c)| b.id() == wanted.block && c.ballot == wanted.ballot);
+                            let (locked, certificate) = found.cloned().ok_or_else(|| {
+                                err(ErrorCode::Internal, "the planned lock is not among those gathered")
+                            })?;
+                            if number == 1 {
+                                info!(chain = %chain.to_hex()[..16], index = head.index() + 1, ballot, "re-leading the locked block");
+                            }
+                            block = Some(locked);
+                            Some(certificate)
+                        }
+                    };
+                    let current = block.as_ref().expect("set above");
+                    if number == 1 {
+                        started = Instant::now();
+                        self.metrics.rounds_led.fetch_add(1, Ordering::Relaxed);
+                        if !excluded.is_empty() {
+                            self.metrics.peers_left_out.fetch_add(excluded.len() as u64, Ordering::Relaxed);
+                        }
+                    }
+                    let checked = match &justification {
+                        Some(certificate) => self.check_to_sign(&head, current, Some(certificate)).map(|_| ()),
+                        None => Ok(()),
+                    };
+                    match checked {
+                        Err(e) => Event::NotAnnounced(e),
+                        Ok(()) => match self.announce(&head, current, ballot, justification, &excluded).await? {
+                            Ok((mut led, outcome)) => {
+                                led.number = number;
+                                attempt = Some(led);
+                                Event::Announced(outcome)
+                            }
+                            Err(e) => Event::NotAnnounced(e),
+                        },
+                    }
+                }
+                Step::CatchUp { from } => {
+                    let index = head.index() + 1;
+                    let roster = head.committee.roster();
+                    for member in from.iter().filter_map(|&i| roster.member(i)) {
+                        match self.catch_up(chain, index, member).await {
+                            Ok(()) => break,
+                            Err(e) => {
+                                warn!(chain = %chain.to_hex()[..16], index, "a member said the index is filled, but: {}", e.message)
+                            }
+                        }
+                    }
+                    Event::CaughtUp { moved: self.head(&chain)?.index() >= index }
+                }
+                Step::Challenge { ballot, voters } => {
+                    let led = attempt.as_mut().expect("a challenge follows an announce");
+                    let current = block.as_ref().expect("a challenge follows an announce");
+                    self.challenge(&head, current, led, ballot, &voters).await
+                }
+                Step::Append => {
+                    let mut signed = block.take().expect("an append follows a signature");
+                    let led = attempt.take().expect("an append follows a signature");
+                    signed.signature = led.signature;
+                    self.append(&signed).map_err(store_err)?;
+                    self.release(chain, signed.header.index);
+                    self.metrics.record_round(started.elapsed());
+                    self.metrics.blocks_signed.fetch_add(1, Ordering::Relaxed);
+                    info!(chain = %chain.to_hex()[..16], index = signed.header.index, attempts = led.number, ms = started.elapsed().as_millis() as u64, "block appended");
+                    self.send_commit(&led.roster, &signed).await;
+                    let is_proposal = signed.header.kind == proposal.kind
+                        && signed.payload == proposal.payload
+                        && signed.committee == proposal.committee
+                        && signed.policy == proposal.policy;
+                    if led.justified {
+                        self.metrics.blocks_adopted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    block = Some(signed);
+                    Event::Appended { is_proposal }
+                }
+                Step::Done => return Ok(block.expect("done after an append")),
+                Step::Adopted => {
+                    if proposal.committee.is_some() {
+                        return Err(err(
+                            ErrorCode::Conflict,
+                            format!(
+                                "index {} held a locked timeline block, now appended; propose the change again",
+                                head.index() + 1
+                            ),
+                        ));
+                    }
+                    return Ok(block.expect("adopted after an append"));
+                }
+                Step::Fail(e) => return Err(e),
             };
-            let Some((block, certificate)) = locked else {
-                // Nobody is locked: this node's block again, above every ballot reported —
-                // after a random pause if another leader's ballot beat the first try.
-                if failure.as_ref().is_some_and(|e| e.code == ErrorCode::Promised) {
-                    back_off().await;
-                }
-                let block = self.own_block(&head, &mut proposal)?;
-                match self.run_round(&head, block, ballot, None).await {
-                    // Members moved past the ballot meanwhile (or a liar's ballot raised them
-                    // a step): gather again.
-                    Err(e) if e.code == ErrorCode::Promised => continue,
-                    Err(e) if e.code == ErrorCode::Conflict && !tick => continue,
-                    done => return done,
-                }
-            };
-            self.check_to_sign(&head, &block, Some(&certificate))?;
-            info!(chain = %chain.to_hex()[..16], index, ballot, "re-leading the locked block");
-            let adopted = match self.run_round(&head, block, ballot, Some(certificate)).await {
-                Err(e) if e.code == ErrorCode::Promised => continue,
-                done => done?,
-            };
-            self.metrics.blocks_adopted.fetch_add(1, Ordering::Relaxed);
-            let same = adopted.header.kind == proposal.kind
-                && adopted.payload == proposal.payload
-                && adopted.committee == proposal.committee
-                && adopted.policy == proposal.policy;
-            if same {
-                return Ok(adopted); // a retried proposal whose first leader died after the locks
-            }
-            if proposal.kind == KIND_TIMELINE {
-                if proposal.committee.is_some() {
-                    return Err(err(
-                        ErrorCode::Conflict,
-                        format!("index {index} held a locked timeline block, now appended; propose the change again"),
-                    ));
-                }
-                return Ok(adopted); // the timeline moved, which is what a tick asks
-            }
+            action = machine.handle(event);
         }
-        Err(err(ErrorCode::Unavailable, "every index tried held another locked block; propose again"))
     }
 
     /// The block `proposal` makes on `head`, stamped now (timeline blocks keep their entry's
@@ -304,268 +350,235 @@ impl Node {
         Ok(block)
     }
 
-    /// One round for `block` on top of `head` from ballot `first_ballot` (each attempt one
-    /// ballot higher; faulty members left out), then the append and the commit to every
-    /// member. `justification`: the certificate of a locked block being re-led.
-    pub(super) async fn run_round(
+    /// One attempt's announce: reserves the index, votes (stored), commits, and sends the
+    /// announce down the tree rooted at this node without `excluded`. The outer error ends
+    /// the proposal (no retry mends it); the inner one means the announce did not go out.
+    async fn announce(
         self: &Arc<Self>,
         head: &ChainState,
-        mut block: Block,
-        first_ballot: u64,
+        block: &Block,
+        ballot: u64,
         justification: Option<Certificate>,
-    ) -> Result<Block, ErrorReply> {
+        excluded: &BTreeSet<usize>,
+    ) -> Result<Result<(LedAttempt, AnnounceOutcome), ErrorReply>, ErrorReply> {
         let chain = head.chain;
         let roster = Arc::new(head.committee.roster().clone());
         let me = self.member_of(&roster)?;
-        let id = block.id();
-        let index = block.header.index;
-        let threshold = head.committee.threshold();
-        let started = Instant::now();
-        self.metrics.rounds_led.fetch_add(1, Ordering::Relaxed);
-        // Members that missed a recent round are left out of the first attempt while the
-        // others can still reach the threshold: a dead peer costs one timeout, not one a round.
-        let mut excluded = self.presumed_down(&roster, threshold, me);
-        let mut presumed = excluded.count() > 0;
-        if presumed {
-            self.metrics.peers_left_out.fetch_add(excluded.count() as u64, Ordering::Relaxed);
+        let (id, index, threshold) = (block.id(), block.header.index, head.committee.threshold());
+        if self.head(&chain)?.index() != head.index() {
+            return Ok(Err(err(
+                ErrorCode::Conflict,
+                "the chain moved on while this block was proposed; propose again on the new head",
+            )));
         }
-        let mut last_error = err(ErrorCode::Unavailable, "no attempt made");
-        for attempt in 1..=MAX_ATTEMPTS {
-            if self.head(&chain)?.index() != head.index() {
-                return Err(err(
-                    ErrorCode::Conflict,
-                    "the chain moved on while this block was proposed; propose again on the new head",
-                ));
-            }
-            self.reserve(chain, index, id, justification.is_some())?;
-            let mut session_id = [0u8; 32];
-            OsRng.fill_bytes(&mut session_id);
-            let session_id = SessionId(session_id);
-            // Each attempt is a ballot of its own: members vote at most once per ballot.
-            let ballot = first_ballot.saturating_add(attempt as u64 - 1);
-            let own_vote = match self.cast_vote(head, &block, ballot, justification.as_ref()) {
-                Ok(vote) => vote,
-                Err(e) => {
+        let own_vote = match self.vote_for(head, block, ballot, justification.as_ref()) {
+            Ok(vote) => vote,
+            Err(e) => {
+                // Refused by the rules: an earlier attempt's reservation of this block goes
+                // too (`Busy`: the reservation is another block's).
+                if e.code != ErrorCode::Busy {
                     self.release(chain, index);
                     self.metrics.rounds_failed.fetch_add(1, Ordering::Relaxed);
-                    return Err(e);
                 }
-            };
-            let mut votes: BTreeMap<u32, Vote> = BTreeMap::from([(own_vote.member, own_vote)]);
-            let session = Session::new(roster.clone(), session_id, BlockSignature::message(&id, ballot).to_vec());
-            let tree = Tree::new(roster.len(), me, self.config.branching as usize, &excluded);
-            let mut leader =
-                Leader::new(session.clone(), &tree, threshold).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
-            let (nonces, own) = commit(&session, me, &self.key, &mut OsRng).map_err(protocol_err)?;
-            leader.aggregator().receive_commitment(me, &own).map_err(protocol_err)?;
-            let announce = Announce {
-                block: block.clone(),
-                session: session_id,
-                leader: me as u32,
-                branching: self.config.branching,
-                excluded: excluded.as_bytes().to_vec(),
-                ballot,
-                justification: justification.clone(),
-            };
-            let wait = self.wait_for_children(&tree, me);
-            let mut busy = false;
-            let mut promised_elsewhere = 0;
-            // Children that answered, if only with a refusal: up, whatever the round says.
-            let mut answered: Vec<u32> = Vec::new();
-            for (child, reply) in
-                self.ask_children(&roster, &tree.children(me), Request::Announce(announce), wait).await
-            {
-                if matches!(reply, Err(CallError::Remote(_))) {
-                    answered.push(child as u32);
-                }
-                match reply {
-                    Ok(Response::Voted { commitment, votes: subtree }) => {
-                        if let Err(e) = leader.aggregator().receive_commitment(child, &commitment) {
-                            warn!(member = child, "bad commitment: {e}");
+                return Ok(Err(e));
+            }
+        };
+        let mut session_id = [0u8; 32];
+        OsRng.fill_bytes(&mut session_id);
+        let session_id = SessionId(session_id);
+        let mut votes: BTreeMap<u32, Vote> = BTreeMap::from([(own_vote.member, own_vote)]);
+        let session = Session::new(roster.clone(), session_id, BlockSignature::message(&id, ballot).to_vec());
+        let mut mask = Mask::empty(roster.len());
+        excluded.iter().for_each(|&i| mask.insert(i));
+        let tree = Tree::new(roster.len(), me, self.config.branching as usize, &mask);
+        let mut leader =
+            Leader::new(session.clone(), &tree, threshold).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+        let (nonces, own) = commit(&session, me, &self.key, &mut OsRng).map_err(protocol_err)?;
+        leader.aggregator().receive_commitment(me, &own).map_err(protocol_err)?;
+        let announce = Announce {
+            block: block.clone(),
+            session: session_id,
+            leader: me as u32,
+            branching: self.config.branching,
+            excluded: mask.as_bytes().to_vec(),
+            ballot,
+            justification: justification.clone(),
+        };
+        let wait = self.wait_for_children(&tree, me);
+        let (mut busy, mut promised_elsewhere, mut filled) = (false, 0, Vec::new());
+        // Children that answered, if only with a refusal: up, whatever the round says.
+        let mut answered: Vec<u32> = Vec::new();
+        for (child, reply) in self.ask_children(&roster, &tree.children(me), Request::Announce(announce), wait).await {
+            if matches!(reply, Err(CallError::Remote(_))) {
+                answered.push(child as u32);
+            }
+            match reply {
+                Ok(Response::Voted { commitment, votes: subtree }) => {
+                    if let Err(e) = leader.aggregator().receive_commitment(child, &commitment) {
+                        warn!(member = child, "bad commitment: {e}");
+                    }
+                    // Only votes of the child's subtree count, each checked, one a member;
+                    // none is checked once the certificate is complete.
+                    let below = tree.subtree(child);
+                    for vote in subtree.into_iter().take(roster.len()) {
+                        if votes.len() >= threshold {
+                            break;
                         }
-                        // Only votes of the child's subtree count, each checked, one a member;
-                        // none is checked once the certificate is complete.
-                        let below = tree.subtree(child);
-                        for vote in subtree.into_iter().take(roster.len()) {
-                            if votes.len() >= threshold {
-                                break;
-                            }
-                            let member = vote.member as usize;
-                            let valid = below.contains(member)
-                                && !votes.contains_key(&vote.member)
-                                && roster.member(member).is_some_and(|m| vote.verify(&m.key, &id, ballot));
-                            if valid {
-                                votes.insert(vote.member, vote);
-                            }
-                        }
-                    }
-                    Ok(other) => warn!(member = child, "unexpected answer to announce: {other:?}"),
-                    Err(CallError::Remote(reply)) if reply.code == ErrorCode::Busy => busy = true,
-                    Err(CallError::Remote(reply)) if reply.code == ErrorCode::Promised => promised_elsewhere += 1,
-                    Err(e) => debug!(member = child, "no commitment: {e}"),
-                }
-            }
-            let challenge = match leader.challenge() {
-                Ok(challenge) => challenge,
-                Err(RoundError::BelowThreshold { present, threshold, unreachable }) => {
-                    let silent: Vec<u32> = unreachable.iter().copied().filter(|u| !answered.contains(u)).collect();
-                    self.note_reachability(&roster, &tree, &silent);
-                    let hidden = unreachable.iter().any(|&u| !tree.children(u as usize).is_empty());
-                    last_error = err(
-                        ErrorCode::Unavailable,
-                        format!(
-                            "only {present} of {} witnesses answered, {threshold} must sign; unreachable: {}",
-                            roster.len(),
-                            describe(&roster, &unreachable)
-                        ),
-                    );
-                    self.abort_children(&roster, &tree, me, session_id).await;
-                    if presumed && attempt < MAX_ATTEMPTS {
-                        // Too few without the members presumed down: ask everyone.
-                        excluded = Mask::empty(roster.len());
-                        presumed = false;
-                        continue;
-                    }
-                    if roster.len() - promised_elsewhere < threshold {
-                        // So many members are locked elsewhere or past this ballot that this
-                        // block cannot pass here: the caller gathers their states.
-                        last_error = err(
-                            ErrorCode::Promised,
-                            format!("{promised_elsewhere} member(s) are locked on another block at index {index} or voted past ballot {ballot}"),
-                        );
-                        break;
-                    }
-                    if busy && attempt < MAX_ATTEMPTS {
-                        // Another leader holds some witnesses for its block at this index:
-                        // step back for a random while so that one of us wins.
-                        self.release(chain, index);
-                        back_off().await;
-                        continue;
-                    }
-                    if hidden && attempt < MAX_ATTEMPTS {
-                        unreachable.iter().for_each(|&u| excluded.insert(u as usize));
-                        continue;
-                    }
-                    break;
-                }
-                Err(e) => {
-                    last_error = err(ErrorCode::Internal, e.to_string());
-                    break;
-                }
-            };
-            self.note_reachability(&roster, &tree, leader.unreachable());
-            if votes.len() < threshold {
-                // Committed but not voted: a parent dropped its subtree's votes, or a member
-                // committed without voting. Children whose subtree holds such a member are
-                // left out of the next attempt, as a faulty member is.
-                let committed = leader.aggregator().expected_responders();
-                for child in withheld_votes(&tree, me, &committed, |m| votes.contains_key(&(m as u32))) {
-                    warn!(member = child, "its subtree committed without its votes: left out of the next attempt");
-                    excluded.insert(child);
-                }
-                last_error = err(
-                    ErrorCode::Unavailable,
-                    format!(
-                        "only {} of {} members voted at ballot {ballot}, {threshold} must",
-                        votes.len(),
-                        roster.len()
-                    ),
-                );
-                self.abort_children(&roster, &tree, me, session_id).await;
-                continue;
-            }
-            let certificate = Certificate { ballot, votes: votes.into_values().collect() };
-            if let Err(e) = self.take_lock(head, &block, &certificate) {
-                self.abort_children(&roster, &tree, me, session_id).await;
-                last_error = e;
-                break;
-            }
-            let own = nonces.respond(&session, &self.key, &challenge).map_err(protocol_err)?;
-            leader.aggregator().receive_response(me, &own).map_err(protocol_err)?;
-            let responders: Vec<usize> =
-                leader.aggregator().expected_responders().into_iter().filter(|&m| m != me).collect();
-            let request = Request::Challenge { session: session_id, challenge, certificate };
-            for (child, reply) in self.ask_children(&roster, &responders, request, wait).await {
-                match reply {
-                    Ok(Response::Signed(r)) => {
-                        if let Err(e) = leader.aggregator().receive_response(child, &r) {
-                            warn!(member = child, "bad response: {e}");
+                        let member = vote.member as usize;
+                        let valid = below.contains(member)
+                            && !votes.contains_key(&vote.member)
+                            && roster.member(member).is_some_and(|m| vote.verify(&m.key, &id, ballot));
+                        if valid {
+                            votes.insert(vote.member, vote);
                         }
                     }
-                    Ok(other) => warn!(member = child, "unexpected answer to challenge: {other:?}"),
-                    Err(e) => debug!(member = child, "no response: {e}"),
                 }
-            }
-            match leader.finish() {
-                Ok(signature) => {
-                    block.signature = Some(BlockSignature { ballot, signature });
-                    self.append(&block).map_err(store_err)?;
-                    self.release(chain, index);
-                    self.metrics.record_round(started.elapsed());
-                    self.metrics.blocks_signed.fetch_add(1, Ordering::Relaxed);
-                    info!(chain = %chain.to_hex()[..16], index, attempt, ms = started.elapsed().as_millis() as u64, "block appended");
-                    // Answer once every live witness has the block, so that a client reading
-                    // from any of them next sees it.
-                    let commit = Request::Commit { block: block.clone() };
-                    self.broadcast(&roster, &commit, true).await;
-                    if let Some(next) = &block.committee {
-                        // New members learn the chain now rather than at their first round.
-                        let newcomers: Vec<Member> = next
-                            .committee
-                            .roster()
-                            .members()
-                            .iter()
-                            .filter(|m| roster.index_of(&m.key).is_none())
-                            .cloned()
-                            .collect();
-                        if let Ok(newcomers) = Roster::new(newcomers) {
-                            self.broadcast(&newcomers, &commit, true).await;
-                        }
-                    }
-                    return Ok(block);
-                }
-                Err(RoundError::Faults { faults }) => {
-                    for fault in &faults {
-                        warn!(member = fault.member, address = %roster.member(fault.member as usize).map_or("?", |m| m.address.as_str()), "excluded from the restart: {fault}");
-                        excluded.insert(fault.member as usize);
-                    }
-                    self.metrics.faults_named.fetch_add(faults.len() as u64, Ordering::Relaxed);
-                    last_error = err(
-                        ErrorCode::Unavailable,
-                        format!(
-                            "round failed: {}",
-                            faults.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", ")
-                        ),
-                    );
-                }
-                Err(e) => {
-                    last_error = err(ErrorCode::Internal, e.to_string());
-                    break;
-                }
+                Ok(other) => warn!(member = child, "unexpected answer to announce: {other:?}"),
+                Err(CallError::Remote(reply)) if reply.code == ErrorCode::Busy => busy = true,
+                Err(CallError::Remote(reply)) if reply.code == ErrorCode::Promised => promised_elsewhere += 1,
+                Err(CallError::Remote(reply)) if reply.code == ErrorCode::Conflict => filled.push(child),
+                Err(e) => debug!(member = child, "no commitment: {e}"),
             }
         }
-        self.metrics.rounds_failed.fetch_add(1, Ordering::Relaxed);
-        self.release(chain, index);
-        Err(last_error)
+        let (challenge, below_threshold) = match leader.challenge() {
+            Ok(challenge) => {
+                self.note_reachability(&roster, &tree, leader.unreachable());
+                (Some(challenge), None)
+            }
+            Err(RoundError::BelowThreshold { present, threshold, unreachable }) => {
+                let silent: Vec<u32> = unreachable.iter().copied().filter(|u| !answered.contains(u)).collect();
+                self.note_reachability(&roster, &tree, &silent);
+                let error = err(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "only {present} of {} witnesses answered, {threshold} must sign; unreachable: {}",
+                        roster.len(),
+                        describe(&roster, &unreachable)
+                    ),
+                );
+                (None, Some((unreachable.iter().map(|&u| u as usize).collect(), error)))
+            }
+            Err(e) => {
+                self.abort_children(&roster, &tree, me, session_id).await;
+                self.release(chain, index);
+                self.metrics.rounds_failed.fetch_add(1, Ordering::Relaxed);
+                return Err(err(ErrorCode::Internal, e.to_string()));
+            }
+        };
+        let outcome = AnnounceOutcome {
+            below_threshold,
+            committed: leader.aggregator().expected_responders(),
+            voters: votes.keys().map(|&m| m as usize).collect(),
+            busy,
+            promised_elsewhere,
+            filled,
+            presumed_down: self.down_members(&roster),
+        };
+        let led = LedAttempt {
+            roster,
+            me,
+            tree,
+            session_id,
+            session,
+            leader,
+            nonces: Some(nonces),
+            challenge,
+            votes,
+            justified: justification.is_some(),
+            number: 0,
+            signature: None,
+        };
+        Ok(Ok((led, outcome)))
     }
 
-    /// The members (other than `me`) that missed a round this node led within
-    /// [`PRESUMED_DOWN`], if leaving them out still leaves the threshold.
-    pub(super) fn presumed_down(&self, roster: &Roster, threshold: usize, me: usize) -> Mask {
+    /// One attempt's challenge: this node locks on the voters' certificate (stored),
+    /// responds, challenges the members that committed, and combines their responses.
+    async fn challenge(
+        self: &Arc<Self>,
+        head: &ChainState,
+        block: &Block,
+        led: &mut LedAttempt,
+        ballot: u64,
+        voters: &BTreeSet<usize>,
+    ) -> Event<BlockId> {
+        let votes: Vec<Vote> = led.votes.values().filter(|v| voters.contains(&(v.member as usize))).copied().collect();
+        let certificate = Certificate { ballot, votes };
+        if let Err(e) = self.take_lock(head, block, ballot, &certificate) {
+            return Event::LockRefused(e);
+        }
+        let (Some(challenge), Some(nonces)) = (led.challenge.take(), led.nonces.take()) else {
+            return Event::Challenged(ChallengeOutcome::Broken(err(ErrorCode::Internal, "challenged twice")));
+        };
+        let own = match nonces.respond(&led.session, &self.key, &challenge) {
+            Ok(own) => own,
+            Err(e) => return Event::Challenged(ChallengeOutcome::Broken(protocol_err(e))),
+        };
+        if let Err(e) = led.leader.aggregator().receive_response(led.me, &own) {
+            return Event::Challenged(ChallengeOutcome::Broken(protocol_err(e)));
+        }
+        let responders: Vec<usize> =
+            led.leader.aggregator().expected_responders().into_iter().filter(|&m| m != led.me).collect();
+        let request = Request::Challenge { session: led.session_id, challenge, certificate };
+        let wait = self.wait_for_children(&led.tree, led.me);
+        for (child, reply) in self.ask_children(&led.roster, &responders, request, wait).await {
+            match reply {
+                Ok(Response::Signed(r)) => {
+                    if let Err(e) = led.leader.aggregator().receive_response(child, &r) {
+                        warn!(member = child, "bad response: {e}");
+                    }
+                }
+                Ok(other) => warn!(member = child, "unexpected answer to challenge: {other:?}"),
+                Err(e) => debug!(member = child, "no response: {e}"),
+            }
+        }
+        match led.leader.finish() {
+            Ok(signature) => {
+                led.signature = Some(BlockSignature { ballot, signature });
+                Event::Challenged(ChallengeOutcome::Signed)
+            }
+            Err(RoundError::Faults { faults }) => {
+                for fault in &faults {
+                    warn!(member = fault.member, address = %led.roster.member(fault.member as usize).map_or("?", |m| m.address.as_str()), "excluded from the restart: {fault}");
+                }
+                self.metrics.faults_named.fetch_add(faults.len() as u64, Ordering::Relaxed);
+                let error = err(
+                    ErrorCode::Unavailable,
+                    format!("round failed: {}", faults.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", ")),
+                );
+                let members = faults.iter().map(|f| f.member as usize).collect();
+                Event::Challenged(ChallengeOutcome::Faults { members, error })
+            }
+            Err(e) => Event::Challenged(ChallengeOutcome::Broken(err(ErrorCode::Internal, e.to_string()))),
+        }
+    }
+
+    /// Sends a signed block to every member (answering once every live one has it, so that a
+    /// client reading from any of them next sees it), and to the members a committee change
+    /// brings in (they learn the chain now rather than at their first round).
+    async fn send_commit(self: &Arc<Self>, roster: &Roster, block: &Block) {
+        let commit = Request::Commit { block: block.clone() };
+        self.broadcast(roster, &commit, true).await;
+        if let Some(next) = &block.committee {
+            let newcomers: Vec<Member> = next
+                .committee
+                .roster()
+                .members()
+                .iter()
+                .filter(|m| roster.index_of(&m.key).is_none())
+                .cloned()
+                .collect();
+            if let Ok(newcomers) = Roster::new(newcomers) {
+                self.broadcast(&newcomers, &commit, true).await;
+            }
+        }
+    }
+
+    /// The members of `roster` that missed a round this node led within [`PRESUMED_DOWN`].
+    pub(super) fn down_members(&self, roster: &Roster) -> BTreeSet<usize> {
         let now = Instant::now();
         let mut down = self.down.lock().expect("lock");
         down.retain(|_, until| *until > now);
-        let mut mask = Mask::empty(roster.len());
-        for (i, member) in roster.members().iter().enumerate() {
-            if i != me && down.contains_key(&member.key) {
-                mask.insert(i);
-            }
-        }
-        if roster.len() - mask.count() >= threshold {
-            mask
-        } else {
-            Mask::empty(roster.len())
-        }
+        (0..roster.len()).filter(|&i| roster.member(i).is_some_and(|m| down.contains_key(&m.key))).collect()
     }
 
     /// After a round's commitments: members of the tree that did not commit are presumed
@@ -657,28 +670,10 @@ impl Node {
         if tree.parent(me).and_then(|p| roster.member(p)).map(|m| m.key) != Some(caller) {
             return Err(self.forbidden(format!("key {caller} is not this witness's parent in the round's tree")));
         }
-        let justified = self.check_to_sign(&head, &announce.block, announce.justification.as_ref())?;
+        self.check_to_sign(&head, &announce.block, announce.justification.as_ref())?;
         let block = announce.block.clone();
         let id = block.id();
-        // A member the rules keep from voting says so before it holds the index (a ballot
-        // too far is left to `cast_vote`, which raises this member's ballot).
-        let mut durable = core_state(&roster, &self.index_state(&chain, index)?);
-        let justification =
-            announce.justification.as_ref().map(|c| checked_certificate(&roster, head.committee.threshold(), &id, c));
-        match durable.vote(agreement_committee(&head.committee), &id, announce.ballot, justification.as_ref()) {
-            Ok(()) | Err(agreement::Refusal::TooFar { .. }) => {}
-            Err(refusal) => return Err(refused(index, refusal)),
-        }
-        self.reserve(chain, index, id, justified)?;
-        let vote = match self.cast_vote(&head, &block, announce.ballot, announce.justification.as_ref()) {
-            Ok(vote) => vote,
-            Err(refusal) => {
-                // Not this block: its reservation would only hold the index against the one
-                // this node may vote for.
-                self.reservations.lock().expect("lock").retain(|k, (held, _)| *k != (chain, index) || *held != id);
-                return Err(refusal);
-            }
-        };
+        let vote = self.vote_for(&head, &block, announce.ballot, announce.justification.as_ref())?;
         let mut votes = vec![vote];
         let session =
             Session::new(roster.clone(), announce.session, BlockSignature::message(&id, announce.ballot).to_vec());
@@ -749,15 +744,6 @@ impl Node {
             rounds.remove(&session_id).expect("present")
         };
         let RoundState { chain, block, ballot, session, member: me, tree, nonces, mut aggregator, .. } = state;
-        // The share leaves over `id || ballot` of this session: the lock must be at that ballot.
-        if certificate.ballot != ballot {
-            let (index, id) = (block.header.index, block.id());
-            self.reservations.lock().expect("lock").retain(|k, (held, _)| *k != (chain, index) || *held != id);
-            return Err(err(
-                ErrorCode::BadRequest,
-                format!("the certificate is for ballot {}, this round's is {ballot}", certificate.ballot),
-            ));
-        }
         let roster = session.roster().clone();
         let head = self.head(&chain)?;
         if head.index() + 1 != block.header.index {
@@ -766,7 +752,12 @@ impl Node {
         if let Some(aggregator) = aggregator.as_mut() {
             aggregator.receive_challenge(&challenge).map_err(protocol_err)?;
         }
-        self.take_lock(&head, &block, &certificate)?;
+        if let Err(refusal) = self.take_lock(&head, &block, ballot, &certificate) {
+            // Not this block: its reservation would only hold the index against the one this
+            // node may sign.
+            self.reservations.lock().expect("lock").release_block(&chain, block.header.index, &block.id());
+            return Err(refusal);
+        }
         let own = nonces.respond(&session, &self.key, &challenge).map_err(protocol_err)?;
         let Some(mut aggregator) = aggregator else {
             return Ok(Response::Signed(own));
@@ -845,39 +836,4 @@ impl Node {
 /// A random pause of 50–450 ms: how racing leaders at one index settle on one of them.
 async fn back_off() {
     tokio::time::sleep(Duration::from_millis(50 + OsRng.next_u32() as u64 % 400)).await;
-}
-
-/// The children of `me` in `tree` whose subtree holds a member that committed (`committed`)
-/// without a valid vote: its parent dropped the votes, or it sent none. Votes ride in the
-/// same answer as commitments, so an honest subtree never lands here.
-fn withheld_votes(tree: &Tree, me: usize, committed: &[usize], voted: impl Fn(usize) -> bool) -> Vec<usize> {
-    tree.children(me)
-        .into_iter()
-        .filter(|&child| {
-            let below = tree.subtree(child);
-            committed.iter().any(|&m| below.contains(m) && !voted(m))
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A parent that passes its subtree's commitments up but drops their votes is named, and
-    /// so is a leaf that committed without voting; subtrees whose votes all arrived are not.
-    #[test]
-    fn children_whose_subtrees_lost_votes_are_named() {
-        let tree = Tree::new(7, 0, 2, &Mask::empty(7));
-        let children = tree.children(0);
-        assert_eq!(children.len(), 2);
-        let committed: Vec<usize> = (0..7).collect();
-        assert_eq!(withheld_votes(&tree, 0, &committed, |_| true), Vec::<usize>::new());
-        // Drop the votes of one grandchild: its subtree's root is named, the other is not.
-        let lost = tree.children(children[1])[0];
-        assert_eq!(withheld_votes(&tree, 0, &committed, |m| m != lost), vec![children[1]]);
-        // A member that did not commit is not asked for a vote.
-        let committed: Vec<usize> = committed.into_iter().filter(|&m| m != lost).collect();
-        assert_eq!(withheld_votes(&tree, 0, &committed, |m| m != lost), Vec::<usize>::new());
-    }
 }

@@ -1,0 +1,971 @@
+//! Rounds, sans I/O: what a leader does next at each step of getting one proposal into its
+//! chain ([`LeaderRound`]), and what a member does with an announce and a challenge
+//! ([`Reservations`], [`accept_announce`], [`accept_challenge`]). Like quinn-proto's
+//! `Connection`, these know no network, disk, clock or cryptography: the node
+//! (`node/rounds.rs`) reads the head, gathers states, runs the CoSi tree, stores votes and
+//! locks and appends, feeding what happened back as an [`Event`] and carrying out the
+//! [`Action`] it gets; the whole-cluster simulation (`tests/cluster.rs`) drives the same
+//! machines under a seeded scheduler that drops, reorders and duplicates messages and
+//! crashes members.
+//!
+//! A leader's path through one proposal (SPEC §9.1):
+//! 1. *Pass.* Read the head; the proposal goes at the next index. Each pass after the first
+//!    starts after a random pause (racing leaders settle).
+//! 2. *Fast path.* Unlocked here: lead this node's own block at the ballot after its own,
+//!    without gathering. Locked here: gather first (a locked node signs only its lock's block).
+//! 3. *Gather.* Ask the members for their agreement states (the ones presumed down only if
+//!    the others are too few), then [`agreement::plan`]: re-lead the highest lock with its
+//!    certificate, or this node's own block, above every ballot reported.
+//! 4. *Attempts.* Up to [`MAX_ATTEMPTS`] announces at consecutive ballots, leaving out
+//!    members presumed down, members that did not commit (where they hide others), children
+//!    whose subtree withheld votes, and members named by a failed signature.
+//! 5. *End.* A signed own block: done. A re-led block: the proposal goes on the next index
+//!    (a timeline tick is done: the timeline moved). Members locked or voted elsewhere: next
+//!    pass. Another leader filled the index: next pass, on the new head.
+
+use crate::agreement::{self, Ballot, Certificate, Committee, Durable, Refusal};
+use chainiac_cosi::protocol::Tree;
+use chainiac_cosi::Mask;
+use chainiac_proto::message::{ErrorCode, ErrorReply};
+use std::collections::{BTreeSet, HashMap};
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+/// Announces per gathered plan, each at the next ballot, before the leader gathers again.
+pub const MAX_ATTEMPTS: usize = 3;
+/// Passes per proposal: each index a re-led block fills moves the proposal one on.
+pub const MAX_PASSES: usize = 5;
+
+fn err(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+    ErrorReply { code, message: message.into() }
+}
+
+/// The block a leader announces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proposed<B> {
+    /// The proposal's own block, built on the head the pass read.
+    Own,
+    /// A block members are locked on, re-led with the certificate that justifies it.
+    Locked(Certificate<B>),
+}
+
+/// What the announce of one attempt came to, as the node's CoSi leader saw it.
+#[derive(Debug, Clone)]
+pub struct AnnounceOutcome {
+    /// `Some(why)` when too few members committed to challenge: the members whose
+    /// commitment is missing, and the error that says so.
+    pub below_threshold: Option<(Vec<usize>, ErrorReply)>,
+    /// Members whose commitment is in (they are asked for a response).
+    pub committed: Vec<usize>,
+    /// Members with a valid vote at this attempt's ballot, this node included.
+    pub voters: BTreeSet<usize>,
+    /// Some child answered `Busy`: another leader holds it for its block at this index.
+    pub busy: bool,
+    /// Children that refused as locked elsewhere or past the ballot (`Promised`).
+    pub promised_elsewhere: usize,
+    /// Children that answered that the index is filled (`Conflict`): this node missed the
+    /// block there.
+    pub filled: Vec<usize>,
+    /// The members this node presumes down now that it has seen who answered: the next
+    /// gathering and run leave them out (a dead member then costs one timeout, not one per
+    /// step).
+    pub presumed_down: BTreeSet<usize>,
+}
+
+/// What the challenge of one attempt came to.
+#[derive(Debug, Clone)]
+pub enum ChallengeOutcome {
+    /// The collective signature is complete.
+    Signed,
+    /// It is not: these members' responses were missing or wrong.
+    Faults { members: Vec<usize>, error: ErrorReply },
+    /// It failed for a reason no retry mends.
+    Broken(ErrorReply),
+}
+
+/// What happened, as the node feeds it to the machine.
+#[derive(Debug, Clone)]
+pub enum Event<B> {
+    /// The head the pass reads: the index proposed at, the committee that signs there and
+    /// this node's position in it, this node's own state there, and the members this node
+    /// presumes down (they missed a recent round).
+    Head {
+        index: u64,
+        committee: Committee,
+        me: usize,
+        own: Durable<B>,
+        presumed_down: BTreeSet<usize>,
+    },
+    /// This node's own state, read now (its own rounds and others' announces move it), and
+    /// the states of the members that answered a [`Step::Gather`] (complete certificates
+    /// only: the node checked each reported lock).
+    Gathered {
+        own: Durable<B>,
+        reports: Vec<Durable<B>>,
+    },
+    /// The announce did not go out: the chain moved, another block holds this node's
+    /// reservation, or this node's own vote was refused (its reservation is released).
+    NotAnnounced(ErrorReply),
+    Announced(AnnounceOutcome),
+    /// This node could not lock on the certificate it built.
+    LockRefused(ErrorReply),
+    /// The catch-up is over; `moved`: this node's head moved past the index.
+    CaughtUp {
+        moved: bool,
+    },
+    Challenged(ChallengeOutcome),
+    /// The signed block is appended; `is_proposal`: it is the proposal's own (a re-led
+    /// block may be the same proposal, retried after its first leader died).
+    Appended {
+        is_proposal: bool,
+    },
+}
+
+/// What the node does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step<B> {
+    /// Read the chain's head and this node's state at the next index: [`Event::Head`].
+    ReadHead,
+    /// Read this node's state at the index and ask these members (perhaps none) for theirs:
+    /// [`Event::Gathered`].
+    Gather {
+        ask: Vec<usize>,
+    },
+    /// Check the chain has not moved, vote and reserve the index ([`accept_announce`], the
+    /// state stored), commit and announce over the tree rooted at this node without
+    /// `excluded`: [`Event::Announced`] (or [`Event::NotAnnounced`]).
+    Announce {
+        proposed: Proposed<B>,
+        ballot: Ballot,
+        attempt: usize,
+        excluded: BTreeSet<usize>,
+    },
+    /// Catch up on the chain from these members (in turn, until one serves the blocks),
+    /// which answered that the index is filled: [`Event::CaughtUp`]. Without it a leader
+    /// that missed a commit would propose at a filled index for ever.
+    CatchUp {
+        from: Vec<usize>,
+    },
+    /// Lock on the certificate of these voters' votes for the announced block at `ballot`
+    /// (stored), respond, and challenge the committed members: [`Event::Challenged`] (or
+    /// [`Event::LockRefused`]).
+    Challenge {
+        ballot: Ballot,
+        voters: BTreeSet<usize>,
+    },
+    /// Append the signed block, release the index and send it to every member:
+    /// [`Event::Appended`].
+    Append,
+    /// Finished: the proposal's block is in the chain.
+    Done,
+    /// Finished: a block that was not the proposal filled the index, and a timeline tick
+    /// asks no more (the timeline moved).
+    Adopted,
+    Fail(ErrorReply),
+}
+
+/// A [`Step`] and what to do first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action<B> {
+    /// Abort the previous attempt's session down the tree.
+    pub abort: bool,
+    /// Release this node's reservations at the index.
+    pub release: bool,
+    /// Pause at random (50–450 ms) first.
+    pub back_off: bool,
+    /// A led round ended without a block (a metric).
+    pub round_failed: bool,
+    pub step: Step<B>,
+}
+
+impl<B> Action<B> {
+    fn step(step: Step<B>) -> Self {
+        Action { abort: false, release: false, back_off: false, round_failed: false, step }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunKind {
+    /// The first try of a pass, with no gathering.
+    Fast,
+    /// This node's block after gathering.
+    Own,
+    /// A locked block re-led.
+    Locked,
+}
+
+#[derive(Debug)]
+struct Run<B> {
+    kind: RunKind,
+    proposed: Proposed<B>,
+    first_ballot: Ballot,
+    attempt: usize,
+    excluded: BTreeSet<usize>,
+    /// `excluded` holds members left out only for being presumed down.
+    presumed: bool,
+    last_error: ErrorReply,
+}
+
+#[derive(Debug)]
+enum Phase<B> {
+    ReadingHead,
+    Gathering {
+        reports: Vec<Durable<B>>,
+        asked_presumed: bool,
+    },
+    Announcing(Run<B>),
+    /// Catching up, with the outcome to act on if the head does not move.
+    CatchingUp(Run<B>, AnnounceOutcome),
+    Challenging(Run<B>),
+    Appending(RunKind),
+    Finished,
+}
+
+/// One proposal's leader, from the first head read to a block in the chain (or a failure).
+#[derive(Debug)]
+pub struct LeaderRound<B> {
+    committee: Committee,
+    me: usize,
+    branching: usize,
+    /// A timeline tick: its block records its own moment, so it is not rebuilt on a new
+    /// head, and a re-led block at its index is enough.
+    tick: bool,
+    pass: usize,
+    index: u64,
+    own: Durable<B>,
+    presumed_down: BTreeSet<usize>,
+    /// The fast path's failure in this pass, if it failed.
+    fast_failure: Option<ErrorReply>,
+    /// This pass caught up once already (a liar's `Conflict` costs one try a pass).
+    caught_up: bool,
+    phase: Phase<B>,
+}
+
+impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
+    /// A leader over trees of `branching`; the first action is [`Step::ReadHead`].
+    pub fn new(branching: usize, tick: bool) -> (Self, Action<B>) {
+        let machine = LeaderRound {
+            committee: Committee { members: 1, threshold: 1 },
+            me: 0,
+            branching: branching.max(1),
+            tick,
+            pass: 0,
+            index: 0,
+            own: Durable::default(),
+            presumed_down: BTreeSet::new(),
+            fast_failure: None,
+            caught_up: false,
+            phase: Phase::ReadingHead,
+        };
+        (machine, Action::step(Step::ReadHead))
+    }
+
+    /// Whether the machine has finished (its last action was `Done`, `Adopted` or `Fail`).
+    pub fn is_finished(&self) -> bool {
+        matches!(self.phase, Phase::Finished)
+    }
+
+    /// Feeds what happened; returns what to do next. An event that does not fit the phase
+    /// (a driver bug) fails the proposal rather than panicking.
+    pub fn handle(&mut self, event: Event<B>) -> Action<B> {
+        match (std::mem::replace(&mut self.phase, Phase::Finished), event) {
+            (Phase::ReadingHead, Event::Head { index, committee, me, own, presumed_down }) => {
+                self.committee = committee;
+                self.me = me;
+                self.on_head(index, own, presumed_down)
+            }
+            (Phase::Gathering { mut reports, asked_presumed }, Event::Gathered { own, reports: more }) => {
+                reports.extend(more);
+                self.on_gathered(own, reports, asked_presumed)
+            }
+            (Phase::Announcing(run), Event::NotAnnounced(error)) => self.end_run(run.kind, error, false),
+            (Phase::Announcing(run), Event::Announced(outcome)) => self.on_announced(run, outcome),
+            (Phase::CatchingUp(_, _), Event::CaughtUp { moved: true }) => {
+                // The index is filled: the proposal goes on the new head (a tick is over:
+                // the timeline moved without it).
+                let mut action = if self.tick {
+                    let error = err(ErrorCode::Conflict, format!("index {} was filled meanwhile", self.index));
+                    self.finish(Action::step(Step::Fail(error)))
+                } else {
+                    self.next_pass()
+                };
+                action.abort = true;
+                action.release = true;
+                action.round_failed = true;
+                action
+            }
+            (Phase::CatchingUp(run, outcome), Event::CaughtUp { moved: false }) => self.on_announced(run, outcome),
+            (Phase::Challenging(run), Event::LockRefused(error)) => {
+                let mut action = self.end_run(run.kind, error, true);
+                action.abort = true;
+                action
+            }
+            (Phase::Challenging(run), Event::Challenged(outcome)) => self.on_challenged(run, outcome),
+            (Phase::Appending(kind), Event::Appended { is_proposal }) => self.on_appended(kind, is_proposal),
+            (_, event) => self.finish(Action::step(Step::Fail(err(
+                ErrorCode::Internal,
+                format!("round driver: {event:?} does not fit the round's phase"),
+            )))),
+        }
+    }
+
+    fn finish(&mut self, action: Action<B>) -> Action<B> {
+        self.phase = Phase::Finished;
+        action
+    }
+
+    fn on_head(&mut self, index: u64, own: Durable<B>, presumed_down: BTreeSet<usize>) -> Action<B> {
+        self.index = index;
+        self.presumed_down = presumed_down;
+        self.fast_failure = None;
+        self.caught_up = false;
+        let back_off = self.pass > 0;
+        let mut action = if own.lock.is_none() {
+            match own.voted.checked_add(1) {
+                Some(ballot) => {
+                    self.own = own;
+                    self.start_run(RunKind::Fast, Proposed::Own, ballot)
+                }
+                None => self.finish(Action::step(Step::Fail(err(
+                    ErrorCode::Refused,
+                    "no ballot is left above this member's at the index",
+                )))),
+            }
+        } else {
+            self.own = own;
+            self.gather()
+        };
+        action.back_off |= back_off;
+        action
+    }
+
+    /// The first gathering of a pass: the members not presumed down (possibly none: the
+    /// answer then brings this node's own state only).
+    fn gather(&mut self) -> Action<B> {
+        let n = self.committee.members;
+        let up: Vec<usize> = (0..n).filter(|&i| i != self.me && !self.presumed_down.contains(&i)).collect();
+        self.phase = Phase::Gathering { reports: Vec::new(), asked_presumed: false };
+        Action::step(Step::Gather { ask: up })
+    }
+
+    /// Plans from this node's fresh state and the others' reports, after asking the members
+    /// presumed down too if the others were too few.
+    fn on_gathered(&mut self, own: Durable<B>, reports: Vec<Durable<B>>, asked_presumed: bool) -> Action<B> {
+        self.own = own;
+        let n = self.committee.members;
+        let presumed: Vec<usize> = self.presumed_down.iter().copied().filter(|&i| i != self.me && i < n).collect();
+        if !asked_presumed && 1 + reports.len() < self.committee.threshold && !presumed.is_empty() {
+            self.phase = Phase::Gathering { reports, asked_presumed: true };
+            return Action::step(Step::Gather { ask: presumed });
+        }
+        let mut all = Vec::with_capacity(1 + reports.len());
+        all.push(self.own.clone());
+        all.extend(reports);
+        self.plan(all)
+    }
+
+    fn plan(&mut self, reports: Vec<Durable<B>>) -> Action<B> {
+        let Some(plan) = agreement::plan(self.committee, &reports, self.own.voted) else {
+            let error = self.fast_failure.take().unwrap_or_else(|| {
+                err(
+                    ErrorCode::Unavailable,
+                    format!(
+                        "only {} of {} members reported their state at index {}",
+                        reports.len(),
+                        self.committee.members,
+                        self.index
+                    ),
+                )
+            });
+            return self.finish(Action::step(Step::Fail(error)));
+        };
+        match plan.justification {
+            Some(certificate) => self.start_run(RunKind::Locked, Proposed::Locked(certificate), plan.ballot),
+            None => {
+                // Another leader's ballot beat the fast path: a random pause before trying
+                // above it.
+                let beaten = self.fast_failure.as_ref().is_some_and(|e| e.code == ErrorCode::Promised);
+                let mut action = self.start_run(RunKind::Own, Proposed::Own, plan.ballot);
+                action.back_off = beaten;
+                action
+            }
+        }
+    }
+
+    fn start_run(&mut self, kind: RunKind, proposed: Proposed<B>, first_ballot: Ballot) -> Action<B> {
+        // Members that missed a recent round are left out of the first attempt while the
+        // others can still reach the threshold: a dead peer costs one timeout, not one a round.
+        let excluded: BTreeSet<usize> = self.presumed_down.iter().copied().filter(|&i| i != self.me).collect();
+        let excluded = if self.committee.members.saturating_sub(excluded.len()) >= self.committee.threshold {
+            excluded
+        } else {
+            BTreeSet::new()
+        };
+        let run = Run {
+            kind,
+            proposed,
+            first_ballot,
+            attempt: 0,
+            presumed: !excluded.is_empty(),
+            excluded,
+            last_error: err(ErrorCode::Unavailable, "no attempt made"),
+        };
+        self.next_attempt(run)
+    }
+
+    /// The run's next attempt at the next ballot, or its end with its last error.
+    fn next_attempt(&mut self, mut run: Run<B>) -> Action<B> {
+        if run.attempt >= MAX_ATTEMPTS {
+            let error = run.last_error.clone();
+            return self.end_run(run.kind, error, true);
+        }
+        run.attempt += 1;
+        let Some(ballot) = run.first_ballot.checked_add(run.attempt as u64 - 1) else {
+            return self.end_run(run.kind, err(ErrorCode::Refused, "no ballot is left at the index"), true);
+        };
+        let step = Step::Announce {
+            proposed: run.proposed.clone(),
+            ballot,
+            attempt: run.attempt,
+            excluded: run.excluded.clone(),
+        };
+        self.phase = Phase::Announcing(run);
+        Action::step(step)
+    }
+
+    fn tree(&self, excluded: &BTreeSet<usize>) -> Tree {
+        let mut mask = Mask::empty(self.committee.members);
+        excluded.iter().for_each(|&i| mask.insert(i));
+        Tree::new(self.committee.members, self.me, self.branching, &mask)
+    }
+
+    fn ballot(run: &Run<B>) -> Ballot {
+        run.first_ballot + run.attempt as u64 - 1
+    }
+
+    fn on_announced(&mut self, mut run: Run<B>, mut outcome: AnnounceOutcome) -> Action<B> {
+        self.presumed_down = std::mem::take(&mut outcome.presumed_down);
+        let (n, t) = (self.committee.members, self.committee.threshold);
+        let ballot = Self::ballot(&run);
+        let short = outcome.below_threshold.is_some() || outcome.voters.len() < t;
+        if short && !outcome.filled.is_empty() && !self.caught_up {
+            self.caught_up = true;
+            let from = std::mem::take(&mut outcome.filled);
+            self.phase = Phase::CatchingUp(run, outcome);
+            return Action::step(Step::CatchUp { from });
+        }
+        if let Some((unreachable, error)) = outcome.below_threshold {
+            run.last_error = error;
+            let last = run.attempt >= MAX_ATTEMPTS;
+            let tree = self.tree(&run.excluded);
+            let hidden = unreachable.iter().any(|&u| !tree.children(u).is_empty());
+            let mut action = if run.presumed && !last {
+                // Too few without the members presumed down: ask everyone.
+                run.excluded.clear();
+                run.presumed = false;
+                self.next_attempt(run)
+            } else if n.saturating_sub(outcome.promised_elsewhere) < t {
+                // So many members are locked elsewhere or past this ballot that this block
+                // cannot pass here: gather their states.
+                let error = err(
+                    ErrorCode::Promised,
+                    format!(
+                        "{} member(s) are locked on another block at index {} or voted past ballot {ballot}",
+                        outcome.promised_elsewhere, self.index
+                    ),
+                );
+                self.end_run(run.kind, error, true)
+            } else if outcome.busy && !last {
+                // Another leader holds some members for its block at this index: step back
+                // for a random while so that one of us wins.
+                let mut action = self.next_attempt(run);
+                action.release = true;
+                action.back_off = true;
+                action
+            } else if hidden && !last {
+                run.excluded.extend(unreachable);
+                self.next_attempt(run)
+            } else {
+                let error = run.last_error.clone();
+                self.end_run(run.kind, error, true)
+            };
+            action.abort = true;
+            return action;
+        }
+        if outcome.voters.len() < t {
+            // Committed but not voted: a parent dropped its subtree's votes, or a member
+            // committed without voting. Children whose subtree holds such a member are left
+            // out of the next attempt, as a faulty member is.
+            let tree = self.tree(&run.excluded);
+            run.excluded.extend(withheld_votes(&tree, self.me, &outcome.committed, |m| outcome.voters.contains(&m)));
+            run.last_error = err(
+                ErrorCode::Unavailable,
+                format!("only {} of {n} members voted at ballot {ballot}, {t} must", outcome.voters.len()),
+            );
+            let mut action = self.next_attempt(run);
+            action.abort = true;
+            return action;
+        }
+        let step = Step::Challenge { ballot, voters: outcome.voters };
+        self.phase = Phase::Challenging(run);
+        Action::step(step)
+    }
+
+    fn on_challenged(&mut self, mut run: Run<B>, outcome: ChallengeOutcome) -> Action<B> {
+        match outcome {
+            ChallengeOutcome::Signed => {
+                self.phase = Phase::Appending(run.kind);
+                Action::step(Step::Append)
+            }
+            ChallengeOutcome::Faults { members, error } => {
+                run.excluded.extend(members);
+                run.last_error = error;
+                self.next_attempt(run)
+            }
+            ChallengeOutcome::Broken(error) => self.end_run(run.kind, error, true),
+        }
+    }
+
+    fn on_appended(&mut self, kind: RunKind, is_proposal: bool) -> Action<B> {
+        match kind {
+            RunKind::Fast | RunKind::Own => self.finish(Action::step(Step::Done)),
+            RunKind::Locked if is_proposal => self.finish(Action::step(Step::Done)),
+            RunKind::Locked if self.tick => self.finish(Action::step(Step::Adopted)),
+            RunKind::Locked => self.next_pass(),
+        }
+    }
+
+    /// A run that ended without a block. `counted`: the run announced (its reservation is
+    /// released and it counts as a failed round).
+    fn end_run(&mut self, kind: RunKind, error: ErrorReply, counted: bool) -> Action<B> {
+        let code = error.code;
+        let mut action = match kind {
+            // Too few voted or signed: members may be locked on a block whose leader died,
+            // or past this ballot (members deeper in the tree answer their parent, not this
+            // node, so any shortfall is a reason to ask).
+            RunKind::Fast if matches!(code, ErrorCode::Promised | ErrorCode::Unavailable) => {
+                self.fast_failure = Some(error);
+                self.gather()
+            }
+            // Members moved past the ballot meanwhile: gather again, in a new pass.
+            RunKind::Own | RunKind::Locked if code == ErrorCode::Promised => self.next_pass(),
+            // Another leader filled the index first: this proposal goes on the new head.
+            RunKind::Fast | RunKind::Own if code == ErrorCode::Conflict && !self.tick => self.next_pass(),
+            _ => self.finish(Action::step(Step::Fail(error))),
+        };
+        action.release |= counted;
+        action.round_failed |= counted;
+        action
+    }
+
+    fn next_pass(&mut self) -> Action<B> {
+        self.pass += 1;
+        if self.pass >= MAX_PASSES {
+            return self.finish(Action::step(Step::Fail(err(
+                ErrorCode::Unavailable,
+                "every index tried held another locked block; propose again",
+            ))));
+        }
+        self.phase = Phase::ReadingHead;
+        Action { back_off: true, ..Action::step(Step::ReadHead) }
+    }
+}
+
+/// The children of `me` in `tree` whose subtree holds a member that committed (`committed`)
+/// without a valid vote: its parent dropped the votes, or it sent none. Votes ride in the
+/// same answer as commitments, so an honest subtree never lands here.
+pub fn withheld_votes(tree: &Tree, me: usize, committed: &[usize], voted: impl Fn(usize) -> bool) -> Vec<usize> {
+    tree.children(me)
+        .into_iter()
+        .filter(|&child| {
+            let below = tree.subtree(child);
+            committed.iter().any(|&m| below.contains(m) && !voted(m))
+        })
+        .collect()
+}
+
+/// Which block holds each unfilled index at this member, until when: a member keeps
+/// racing leaders from splitting it between two blocks before any response is given.
+#[derive(Debug)]
+pub struct Reservations<K, B> {
+    held: HashMap<(K, u64), (B, Instant)>,
+}
+
+impl<K, B> Default for Reservations<K, B> {
+    fn default() -> Self {
+        Reservations { held: HashMap::new() }
+    }
+}
+
+impl<K: Hash + Eq + Clone, B: Clone + PartialEq> Reservations<K, B> {
+    /// Holds `(chain, index)` for `block` until `now + lease`, unless another block holds
+    /// it. `takeover`: the block is re-led with a complete certificate, so it replaces
+    /// whatever is held (a reservation only settles racing leaders; the one a dead leader
+    /// left would otherwise hold the index against its own recovery for a whole lease).
+    pub fn reserve(
+        &mut self,
+        now: Instant,
+        lease: Duration,
+        chain: &K,
+        index: u64,
+        block: &B,
+        takeover: bool,
+    ) -> Result<(), ErrorReply> {
+        self.held.retain(|_, (_, until)| *until > now);
+        match self.held.get(&(chain.clone(), index)) {
+            Some((held, _)) if held != block && !takeover => {
+                Err(err(ErrorCode::Busy, format!("index {index} is held by another proposed block; retry shortly")))
+            }
+            _ => {
+                self.held.insert((chain.clone(), index), (block.clone(), now + lease));
+                Ok(())
+            }
+        }
+    }
+
+    /// Frees the chain's indices up to `index` (filled, or given up by their leader).
+    pub fn release(&mut self, chain: &K, index: u64) {
+        self.held.retain(|(c, i), _| !(c == chain && *i <= index));
+    }
+
+    /// Frees `(chain, index)` if `block` holds it: this member will not sign that block
+    /// there, so the reservation would only hold the index against one it may sign.
+    pub fn release_block(&mut self, chain: &K, index: u64, block: &B) {
+        if self.held.get(&(chain.clone(), index)).is_some_and(|(held, _)| held == block) {
+            self.held.remove(&(chain.clone(), index));
+        }
+    }
+}
+
+/// Why a member does not vote for an announced block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnnounceRefusal {
+    /// The agreement rules refuse it. After [`Refusal::TooFar`] the member's ballot was
+    /// raised: the caller stores the state.
+    Rules(Refusal),
+    /// Another block holds the index here (`Busy`).
+    Held(ErrorReply),
+}
+
+/// What a member does with an announce of `block` at `ballot` at an unfilled index of
+/// `chain`, once the block passed every chain rule: it votes — `state` is raised and the
+/// caller stores it (synced) before the vote leaves — and holds the index for the block
+/// for `lease`; or it refuses, holding nothing. The rules are asked before the reservation
+/// is taken, so that a leader told `Busy` cannot have raised this member's ballot past the
+/// round that holds the index.
+#[allow(clippy::too_many_arguments)]
+pub fn accept_announce<K: Hash + Eq + Clone, B: Clone + PartialEq>(
+    state: &mut Durable<B>,
+    reservations: &mut Reservations<K, B>,
+    now: Instant,
+    lease: Duration,
+    chain: &K,
+    index: u64,
+    committee: Committee,
+    block: &B,
+    ballot: Ballot,
+    justification: Option<&Certificate<B>>,
+) -> Result<(), AnnounceRefusal> {
+    let mut dry_run = state.clone();
+    match dry_run.vote(committee, block, ballot, justification) {
+        Ok(()) | Err(Refusal::TooFar { .. }) => {}
+        Err(refusal) => return Err(AnnounceRefusal::Rules(refusal)),
+    }
+    let takeover =
+        justification.is_some_and(|c| c.block == *block && c.is_complete(committee.members, committee.threshold));
+    reservations.reserve(now, lease, chain, index, block, takeover).map_err(AnnounceRefusal::Held)?;
+    state.vote(committee, block, ballot, justification).map_err(|refusal| {
+        reservations.release_block(chain, index, block);
+        AnnounceRefusal::Rules(refusal)
+    })
+}
+
+/// Why a member does not lock at a challenge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChallengeRefusal {
+    #[error("the certificate is for ballot {certificate}, this round's is {session}")]
+    OtherBallot { certificate: Ballot, session: Ballot },
+    #[error(transparent)]
+    Rules(Refusal),
+}
+
+/// What a member does with the certificate of a round it voted in at `session_ballot`:
+/// locks on it — the caller stores `state` (synced) before its partial signature leaves —
+/// or refuses. The share leaves over `id ‖ ballot` of this session, so the lock must be at
+/// exactly that ballot.
+pub fn accept_challenge<B: Clone + PartialEq>(
+    state: &mut Durable<B>,
+    committee: Committee,
+    session_ballot: Ballot,
+    certificate: &Certificate<B>,
+) -> Result<(), ChallengeRefusal> {
+    if certificate.ballot != session_ballot {
+        return Err(ChallengeRefusal::OtherBallot { certificate: certificate.ballot, session: session_ballot });
+    }
+    state.lock(committee, certificate).map_err(ChallengeRefusal::Rules)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const C: Committee = Committee { members: 4, threshold: 3 };
+
+    fn head(own: Durable<u8>, down: &[usize]) -> Event<u8> {
+        Event::Head { index: 7, committee: C, me: 0, own, presumed_down: down.iter().copied().collect() }
+    }
+
+    fn signed_outcome(voters: &[usize]) -> AnnounceOutcome {
+        AnnounceOutcome {
+            below_threshold: None,
+            committed: vec![0, 1, 2, 3],
+            voters: voters.iter().copied().collect(),
+            busy: false,
+            promised_elsewhere: 0,
+            filled: Vec::new(),
+            presumed_down: BTreeSet::new(),
+        }
+    }
+
+    fn short(promised: usize, busy: bool) -> AnnounceOutcome {
+        AnnounceOutcome {
+            below_threshold: Some((vec![1, 2], err(ErrorCode::Unavailable, "too few"))),
+            committed: vec![0, 3],
+            voters: [0, 3].into_iter().collect(),
+            busy,
+            promised_elsewhere: promised,
+            filled: Vec::new(),
+            presumed_down: BTreeSet::new(),
+        }
+    }
+
+    /// The fast path: no gathering, the ballot after this node's own, then challenge,
+    /// append, done.
+    #[test]
+    fn an_unlocked_leader_announces_at_once_and_finishes_after_the_append() {
+        let (mut m, first) = LeaderRound::<u8>::new(8, false);
+        assert_eq!(first.step, Step::ReadHead);
+        let a = m.handle(head(Durable { voted: 4, lock: None }, &[]));
+        assert_eq!(
+            a.step,
+            Step::Announce { proposed: Proposed::Own, ballot: 5, attempt: 1, excluded: BTreeSet::new() }
+        );
+        let a = m.handle(Event::Announced(signed_outcome(&[0, 1, 3])));
+        assert_eq!(a.step, Step::Challenge { ballot: 5, voters: [0, 1, 3].into_iter().collect() });
+        assert_eq!(m.handle(Event::Challenged(ChallengeOutcome::Signed)).step, Step::Append);
+        assert_eq!(m.handle(Event::Appended { is_proposal: true }).step, Step::Done);
+        assert!(m.is_finished());
+    }
+
+    /// Members locked elsewhere: the leader gathers (after a pause, for another leader's
+    /// ballot beat it), re-leads the highest lock above every ballot, and its own proposal
+    /// goes on in a new pass; a timeline tick stops at the re-led block.
+    #[test]
+    fn a_refused_fast_path_gathers_and_re_leads_the_highest_lock() {
+        for tick in [false, true] {
+            let (mut m, _) = LeaderRound::<u8>::new(8, tick);
+            m.handle(head(Durable::default(), &[3]));
+            let a = m.handle(Event::Announced(short(2, false)));
+            assert!(matches!(a.step, Step::Announce { attempt: 2, .. }), "first without the member presumed down");
+            let mut silent_three = short(2, false);
+            silent_three.presumed_down = [3].into_iter().collect();
+            let a = m.handle(Event::Announced(silent_three));
+            assert!(a.abort && a.release && a.round_failed);
+            assert_eq!(a.step, Step::Gather { ask: vec![1, 2] }, "the members not presumed down first");
+            let lock = |block: u8, ballot: Ballot| {
+                Some(agreement::Lock {
+                    certificate: Certificate { block, ballot, voters: [0, 1, 2].into_iter().collect() },
+                })
+            };
+            let reports = vec![Durable { voted: 6, lock: lock(9, 3) }, Durable { voted: 4, lock: lock(8, 4) }];
+            let a = m.handle(Event::Gathered { own: Durable { voted: 2, lock: None }, reports });
+            let Step::Announce { proposed: Proposed::Locked(c), ballot, attempt: 1, excluded } = a.step else {
+                panic!("{a:?}")
+            };
+            assert_eq!((c.block, c.ballot, ballot), (8, 4, 7));
+            assert_eq!(excluded, [3].into_iter().collect(), "the member presumed down is left out");
+            m.handle(Event::Announced(signed_outcome(&[0, 1, 2])));
+            m.handle(Event::Challenged(ChallengeOutcome::Signed));
+            let a = m.handle(Event::Appended { is_proposal: false });
+            if tick {
+                assert_eq!(a.step, Step::Adopted);
+            } else {
+                assert_eq!((a.step, a.back_off), (Step::ReadHead, true), "the proposal goes on the next index");
+            }
+        }
+    }
+
+    /// Left out for being presumed down and too few without them: the next attempt asks
+    /// everyone, at the next ballot. Committed without votes: the withholding child is left
+    /// out. Faults named by the signature: left out.
+    #[test]
+    fn attempts_leave_out_whom_the_last_one_showed_faulty() {
+        let (mut m, _) = LeaderRound::<u8>::new(1, false); // a chain: 0 → 1 → 2 → 3
+        let a = m.handle(head(Durable::default(), &[3]));
+        let Step::Announce { excluded, .. } = a.step else { panic!() };
+        assert_eq!(excluded, [3].into_iter().collect());
+        let a = m.handle(Event::Announced(short(0, false)));
+        assert_eq!(
+            a.step,
+            Step::Announce { proposed: Proposed::Own, ballot: 2, attempt: 2, excluded: BTreeSet::new() }
+        );
+        let a = m.handle(Event::Announced(signed_outcome(&[0, 1])));
+        assert!(a.abort);
+        assert_eq!(
+            a.step,
+            Step::Announce { proposed: Proposed::Own, ballot: 3, attempt: 3, excluded: [1].into_iter().collect() },
+            "member 2 committed without a vote: the subtree under child 1 is left out"
+        );
+        m.handle(Event::Announced(signed_outcome(&[0, 1, 2])));
+        let a = m.handle(Event::Challenged(ChallengeOutcome::Faults {
+            members: vec![3],
+            error: err(ErrorCode::Unavailable, "bad share"),
+        }));
+        assert!(a.round_failed, "three attempts were made");
+        assert_eq!(a.step, Step::Gather { ask: vec![1, 2, 3] }, "a failed fast path gathers, from all that answered");
+    }
+
+    #[test]
+    fn busy_members_make_the_leader_step_back_and_an_event_out_of_phase_fails_cleanly() {
+        let (mut m, _) = LeaderRound::<u8>::new(8, false);
+        m.handle(head(Durable::default(), &[]));
+        let a = m.handle(Event::Announced(short(0, true)));
+        assert!(a.release && a.back_off && a.abort);
+        assert!(matches!(a.step, Step::Announce { attempt: 2, .. }));
+        let a = m.handle(Event::Appended { is_proposal: true });
+        assert!(matches!(a.step, Step::Fail(ErrorReply { code: ErrorCode::Internal, .. })));
+        assert!(m.is_finished());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Answer {
+        Report { voted: Ballot, locked: Option<(u8, Ballot)> },
+        Short { promised: usize, busy: bool },
+        Signed { voters: usize },
+        NotAnnounced(u8),
+        Faults,
+        Appended(bool),
+    }
+
+    fn answer() -> impl Strategy<Value = Answer> {
+        prop_oneof![
+            (0..20u64, proptest::option::of((0..3u8, 0..20u64)))
+                .prop_map(|(voted, locked)| Answer::Report { voted, locked }),
+            (0..5usize, any::<bool>()).prop_map(|(promised, busy)| Answer::Short { promised, busy }),
+            (0..5usize).prop_map(|voters| Answer::Signed { voters }),
+            (0..3u8).prop_map(Answer::NotAnnounced),
+            Just(Answer::Faults),
+            any::<bool>().prop_map(Answer::Appended),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the members answer, a leader finishes within a bounded number of steps,
+        /// every ballot it announces is above its own and above every ballot it was told
+        /// of, and only a signed block is appended.
+        #[test]
+        fn a_leader_always_finishes_and_announces_above_every_ballot_it_knows(
+            answers in proptest::collection::vec(answer(), 1..200),
+            tick in any::<bool>(),
+            own_voted in 0..10u64,
+        ) {
+            let (mut m, mut action) = LeaderRound::<u8>::new(8, tick);
+            let mut known = own_voted;
+            let mut steps = 0;
+            let mut answers = answers.into_iter().cycle();
+            let mut signed = false;
+            while !m.is_finished() {
+                steps += 1;
+                prop_assert!(steps < 200, "no end in sight: {action:?}");
+                let next = answers.next().expect("cycled");
+                let event = match &action.step {
+                    Step::ReadHead => {
+                        known = own_voted;
+                        head(Durable { voted: own_voted, lock: None }, &[])
+                    }
+                    Step::Gather { ask } => {
+                        let reports: Vec<Durable<u8>> = (0..ask.len()).map(|i| match &next {
+                            Answer::Report { voted, locked } => Durable {
+                                voted: voted + i as u64,
+                                lock: locked.map(|(block, ballot)| agreement::Lock {
+                                    certificate: Certificate { block, ballot, voters: [0, 1, 2].into_iter().collect() },
+                                }),
+                            },
+                            _ => Durable::default(),
+                        }).collect();
+                        known = known.max(reports.iter().map(|r| r.voted).max().unwrap_or(0));
+                        Event::Gathered { own: Durable { voted: own_voted, lock: None }, reports }
+                    }
+                    Step::Announce { ballot, .. } => {
+                        prop_assert!(*ballot > own_voted);
+                        prop_assert!(*ballot > known.min(own_voted + agreement::MAX_BALLOT_STEP - 1));
+                        match next {
+                            Answer::Short { promised: 4, busy } => {
+                                let mut outcome = short(0, busy);
+                                outcome.filled = vec![1];
+                                Event::Announced(outcome)
+                            }
+                            Answer::Short { promised, busy } => Event::Announced(short(promised, busy)),
+                            Answer::Signed { voters } => Event::Announced(signed_outcome(&(0..voters).collect::<Vec<_>>())),
+                            Answer::NotAnnounced(code) => Event::NotAnnounced(err(
+                                [ErrorCode::Conflict, ErrorCode::Busy, ErrorCode::Promised][code as usize],
+                                "no",
+                            )),
+                            _ => Event::Announced(signed_outcome(&[0, 1, 2, 3])),
+                        }
+                    }
+                    Step::Challenge { voters, .. } => {
+                        prop_assert!(voters.len() >= C.threshold);
+                        match next {
+                            Answer::Faults => Event::Challenged(ChallengeOutcome::Faults {
+                                members: vec![2],
+                                error: err(ErrorCode::Unavailable, "bad"),
+                            }),
+                            Answer::NotAnnounced(_) => Event::LockRefused(err(ErrorCode::Promised, "no")),
+                            _ => {
+                                signed = true;
+                                Event::Challenged(ChallengeOutcome::Signed)
+                            }
+                        }
+                    }
+                    Step::CatchUp { from } => {
+                        prop_assert_eq!(from, &vec![1]);
+                        Event::CaughtUp { moved: matches!(next, Answer::Appended(true)) }
+                    }
+                    Step::Append => {
+                        prop_assert!(signed, "an append without a signature");
+                        signed = false;
+                        match next {
+                            Answer::Appended(is_proposal) => Event::Appended { is_proposal },
+                            _ => Event::Appended { is_proposal: true },
+                        }
+                    }
+                    Step::Done | Step::Adopted | Step::Fail(_) => unreachable!("finished"),
+                };
+                action = m.handle(event);
+            }
+            prop_assert!(matches!(action.step, Step::Done | Step::Adopted | Step::Fail(_)));
+            if matches!(action.step, Step::Adopted) {
+                prop_assert!(tick);
+            }
+        }
+    }
+
+    /// A parent that passes its subtree's commitments up but drops their votes is named, and
+    /// so is a leaf that committed without voting; subtrees whose votes all arrived are not.
+    #[test]
+    fn children_whose_subtrees_lost_votes_are_named() {
+        let tree = Tree::new(7, 0, 2, &Mask::empty(7));
+        let children = tree.children(0);
+        assert_eq!(children.len(), 2);
+        let committed: Vec<usize> = (0..7).collect();
+        assert_eq!(withheld_votes(&tree, 0, &committed, |_| true), Vec::<usize>::new());
+        // Drop the votes of one grandchild: its subtree's root is named, the other is not.
+        let lost = tree.children(children[1])[0];
+        assert_eq!(withheld_votes(&tree, 0, &committed, |m| m != lost), vec![children[1]]);
+        // A member that did not commit is not asked for a vote.
+        let committed: Vec<usize> = committed.into_iter().filter(|&m| m != lost).collect();
+        assert_eq!(withheld_votes(&tree, 0, &committed, |m| m != lost), Vec::<usize>::new());
+    }
+}
