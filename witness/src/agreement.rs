@@ -138,7 +138,13 @@ impl<B: Clone + PartialEq> Durable<B> {
         if ballot <= self.voted {
             return Err(Refusal::OldBallot { ballot, voted: self.voted });
         }
-        let reach = self.voted.saturating_add(MAX_BALLOT_STEP);
+        // A complete certificate for the block shows `t` members (more than the faulty ones)
+        // voted at its ballot: ballots a step above it are in honest use, and a member that
+        // lagged reaches them at once instead of a step per announce.
+        let certified = justification
+            .filter(|c| c.block == *block && c.is_complete(committee.members, committee.threshold))
+            .map_or(0, |c| c.ballot);
+        let reach = self.voted.max(certified).saturating_add(MAX_BALLOT_STEP);
         if ballot > reach {
             self.voted = reach;
             return Err(Refusal::TooFar { ballot, raised_to: reach });
@@ -209,14 +215,16 @@ pub fn plan<B: Clone>(committee: Committee, reports: &[Durable<B>], at_least: Ba
     if reports.len() < committee.threshold {
         return None;
     }
-    let cap = at_least.saturating_add(MAX_BALLOT_STEP - 1);
-    // Saturating: a member at `Ballot::MAX` refuses the ballot (`OldBallot`), nothing panics.
-    let ballot = reports.iter().map(|r| r.voted.min(cap)).max().unwrap_or(0).max(at_least).saturating_add(1);
     let highest = reports
         .iter()
         .filter_map(|r| r.lock.as_ref())
         .filter(|l| l.certificate.is_complete(committee.members, committee.threshold))
         .max_by_key(|l| l.certificate.ballot);
+    // A re-led lock's certificate extends the reach of every vote for it (rule 1).
+    let certified = highest.map_or(0, |l| l.certificate.ballot);
+    let cap = at_least.max(certified).saturating_add(MAX_BALLOT_STEP - 1);
+    // Saturating: a member at `Ballot::MAX` refuses the ballot (`OldBallot`), nothing panics.
+    let ballot = reports.iter().map(|r| r.voted.min(cap)).max().unwrap_or(0).max(at_least).saturating_add(1);
     Some(Plan { ballot, justification: highest.map(|lock| lock.certificate.clone()) })
 }
 
@@ -299,6 +307,24 @@ mod tests {
         assert_eq!(p.ballot, 5 + MAX_BALLOT_STEP);
         let mut leader = Durable { voted: 5, lock: None };
         leader.vote(C, &1, p.ballot, None).unwrap();
+    }
+
+    /// A member a liar left behind by many steps reaches a ballot near a complete
+    /// certificate's at once when the announce carries it; an incomplete one or one for
+    /// another block does not extend its reach.
+    #[test]
+    fn a_certificate_extends_a_laggards_reach() {
+        let far = 5 * MAX_BALLOT_STEP;
+        let mut d = Durable::<u8>::default();
+        assert!(matches!(d.vote(C, &1, far + 3, Some(&cert(1, far, &[0, 1]))), Err(Refusal::TooFar { .. })));
+        assert!(matches!(d.vote(C, &1, far + 4, Some(&cert(2, far, &[0, 1, 2]))), Err(Refusal::TooFar { .. })));
+        d.vote(C, &1, far + 5, Some(&cert(1, far, &[0, 1, 2]))).unwrap();
+        let lagging = Durable { voted: 1, lock: None };
+        let locked = Durable { voted: far + 2, lock: Some(Lock { certificate: cert(1, far, &[0, 1, 2]) }) };
+        let p = plan(C, &[lagging.clone(), locked.clone(), locked], 1).unwrap();
+        assert_eq!(p.ballot, far + 3, "the leader lagging too plans above the lockers");
+        let mut leader = lagging;
+        leader.vote(C, &1, p.ballot, p.justification.as_ref()).unwrap();
     }
 
     /// What the simulation found: a member that voted at ballot 2 while unlocked must not

@@ -89,12 +89,15 @@ pub enum Event<B> {
     /// The head the pass reads: the index proposed at, the committee that signs there and
     /// this node's position in it, this node's own state there, and the members this node
     /// presumes down (they missed a recent round).
+    /// `newest_is_proposal`: the block at the head is the proposal's (the driver compares
+    /// contents; it matters once the head moved during the proposal).
     Head {
         index: u64,
         committee: Committee,
         me: usize,
         own: Durable<B>,
         presumed_down: BTreeSet<usize>,
+        newest_is_proposal: bool,
     },
     /// This node's own state, read now (its own rounds and others' announces move it), and
     /// the states of the members that answered a [`Step::Gather`] (complete certificates
@@ -140,9 +143,10 @@ pub enum Step<B> {
         attempt: usize,
         excluded: BTreeSet<usize>,
     },
-    /// Catch up on the chain from these members (in turn, until one serves the blocks),
-    /// which answered that the index is filled: [`Event::CaughtUp`]. Without it a leader
-    /// that missed a commit would propose at a filled index for ever.
+    /// Catch up on the chain from these members (in turn, until one serves the blocks,
+    /// within one overall deadline), which answered that the index is filled:
+    /// [`Event::CaughtUp`]. Without it a leader that missed a commit would propose at a
+    /// filled index for ever.
     CatchUp {
         from: Vec<usize>,
     },
@@ -269,10 +273,10 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
     /// (a driver bug) fails the proposal rather than panicking.
     pub fn handle(&mut self, event: Event<B>) -> Action<B> {
         match (std::mem::replace(&mut self.phase, Phase::Finished), event) {
-            (Phase::ReadingHead, Event::Head { index, committee, me, own, presumed_down }) => {
+            (Phase::ReadingHead, Event::Head { index, committee, me, own, presumed_down, newest_is_proposal }) => {
                 self.committee = committee;
                 self.me = me;
-                self.on_head(index, own, presumed_down)
+                self.on_head(index, own, presumed_down, newest_is_proposal)
             }
             (Phase::Gathering { mut reports, asked_presumed }, Event::Gathered { own, reports: more }) => {
                 reports.extend(more);
@@ -289,12 +293,14 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
                 } else {
                     self.next_pass()
                 };
-                action.abort = true;
-                action.release = true;
                 action.round_failed = true;
                 action
             }
-            (Phase::CatchingUp(run, outcome), Event::CaughtUp { moved: false }) => self.on_announced(run, outcome),
+            (Phase::CatchingUp(run, outcome), Event::CaughtUp { moved: false }) => {
+                let mut action = self.on_announced(run, outcome);
+                action.abort = false; // aborted before the catch-up
+                action
+            }
             (Phase::Challenging(run), Event::LockRefused(error)) => {
                 let mut action = self.end_run(run.kind, error, true);
                 action.abort = true;
@@ -314,13 +320,23 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
         action
     }
 
-    fn on_head(&mut self, index: u64, own: Durable<B>, presumed_down: BTreeSet<usize>) -> Action<B> {
+    fn on_head(
+        &mut self,
+        index: u64,
+        own: Durable<B>,
+        presumed_down: BTreeSet<usize>,
+        newest_is_proposal: bool,
+    ) -> Action<B> {
         self.index = index;
         self.presumed_down = presumed_down;
         self.fast_failure = None;
         self.caught_up = false;
-        let back_off = self.pass > 0;
-        let mut action = if own.lock.is_none() {
+        if newest_is_proposal && self.pass > 0 {
+            // The head moved during this proposal, to the proposal itself (another leader
+            // re-led it from this node's locks): done, not appended twice.
+            return self.finish(Action::step(Step::Done));
+        }
+        if own.lock.is_none() {
             match own.voted.checked_add(1) {
                 Some(ballot) => {
                     self.own = own;
@@ -334,9 +350,7 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
         } else {
             self.own = own;
             self.gather()
-        };
-        action.back_off |= back_off;
-        action
+        }
     }
 
     /// The first gathering of a pass: the members not presumed down (possibly none: the
@@ -444,7 +458,7 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
     }
 
     fn on_announced(&mut self, mut run: Run<B>, mut outcome: AnnounceOutcome) -> Action<B> {
-        self.presumed_down = std::mem::take(&mut outcome.presumed_down);
+        self.presumed_down = outcome.presumed_down.clone();
         let (n, t) = (self.committee.members, self.committee.threshold);
         let ballot = Self::ballot(&run);
         let short = outcome.below_threshold.is_some() || outcome.voters.len() < t;
@@ -452,7 +466,8 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
             self.caught_up = true;
             let from = std::mem::take(&mut outcome.filled);
             self.phase = Phase::CatchingUp(run, outcome);
-            return Action::step(Step::CatchUp { from });
+            // The attempt is over whatever the catch-up finds: its members go free first.
+            return Action { abort: true, release: true, ..Action::step(Step::CatchUp { from }) };
         }
         if let Some((unreachable, error)) = outcome.below_threshold {
             run.last_error = error;
@@ -713,7 +728,14 @@ mod tests {
     const C: Committee = Committee { members: 4, threshold: 3 };
 
     fn head(own: Durable<u8>, down: &[usize]) -> Event<u8> {
-        Event::Head { index: 7, committee: C, me: 0, own, presumed_down: down.iter().copied().collect() }
+        Event::Head {
+            index: 7,
+            committee: C,
+            me: 0,
+            own,
+            presumed_down: down.iter().copied().collect(),
+            newest_is_proposal: false,
+        }
     }
 
     fn signed_outcome(voters: &[usize]) -> AnnounceOutcome {

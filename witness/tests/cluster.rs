@@ -25,7 +25,7 @@
 //! --ignored` runs 200,000.
 
 use chainiac_proto::message::{ErrorCode, ErrorReply};
-use chainiac_witness::agreement::{Ballot, Certificate, Committee, Durable, Refusal};
+use chainiac_witness::agreement::{Ballot, Certificate, Committee, Durable, Refusal, MAX_BALLOT_STEP};
 use chainiac_witness::round::{
     accept_announce, accept_challenge, Action, AnnounceOutcome, AnnounceRefusal, ChallengeOutcome, Event, LeaderRound,
     Proposed, Reservations, Step,
@@ -177,6 +177,8 @@ struct Lead {
     wait: Option<Wait>,
     /// The members whose commitment the last announce got (challenged next).
     committed: BTreeSet<usize>,
+    /// The head when the proposal started.
+    first_head: Option<u64>,
     /// A liar that withholds the final signature.
     withholds: bool,
 }
@@ -244,6 +246,8 @@ struct Seen {
     pushed: usize,
     /// Leaders that learned their index was filled and caught up.
     caught_up: usize,
+    /// `Conflict` answers a liar gave at an unfilled index.
+    lying_conflicts: usize,
 }
 
 struct Sim {
@@ -258,6 +262,10 @@ struct Sim {
     faults: bool,
     /// Print every leader's actions (`CLUSTER_TRACE=1`, for one seed).
     trace: bool,
+    /// A liar pushes honest members' ballots (the calm phase), next at `next_push`.
+    pushing: bool,
+    next_push: u64,
+    push_until: u64,
     next_session: u64,
     next_block: BlockId,
     next_proposal: u32,
@@ -299,6 +307,9 @@ impl Sim {
             epoch: Instant::now(),
             faults: true,
             trace: false,
+            pushing: false,
+            next_push: 0,
+            push_until: 0,
             next_session: 1,
             next_block: 1,
             next_proposal: 1,
@@ -478,6 +489,11 @@ impl Sim {
                 if index > self.members[to].chain.len() as u64 + 1 {
                     return; // could not catch up: the caller's chain is no further
                 }
+                if byzantine && self.roll(10) {
+                    // A liar says the index is filled: the leader tries to catch up from it.
+                    self.seen.lying_conflicts += 1;
+                    return self.send(to, from, Msg::Refused { session, code: ErrorCode::Conflict });
+                }
                 if byzantine {
                     self.members[to].sessions.insert(session, (from, index, block, ballot));
                     let vote = !self.roll(30); // withholds its vote now and then
@@ -553,6 +569,7 @@ impl Sim {
             block: None,
             last: None,
             committed: BTreeSet::new(),
+            first_head: None,
             wait: None,
             withholds,
         });
@@ -604,8 +621,17 @@ impl Sim {
                 let index = member.chain.len() as u64 + 1;
                 let own = member.states.get(&index).cloned().unwrap_or_default();
                 let presumed_down = self.presumed_down(m);
-                self.members[m].lead.as_mut().expect("leading").index = index;
-                self.feed(m, Event::Head { index, committee: c, me: m, own, presumed_down });
+                let lead = self.members[m].lead.as_mut().expect("leading");
+                let first = *lead.first_head.get_or_insert(index - 1);
+                lead.index = index;
+                let proposal = lead.proposal;
+                let newest = self.members[m].chain.last().copied();
+                let newest_is_proposal =
+                    index - 1 > first && newest.is_some_and(|b| self.proposal_of.get(&b) == Some(&proposal));
+                if newest_is_proposal {
+                    self.members[m].lead.as_mut().expect("leading").block = newest;
+                }
+                self.feed(m, Event::Head { index, committee: c, me: m, own, presumed_down, newest_is_proposal });
             }
             Step::Gather { ask } => {
                 let session = self.session();
@@ -645,7 +671,7 @@ impl Sim {
                 }
                 if let Err(error) = self.vote(m, index, block, ballot, justification.clone()) {
                     if error.code != ErrorCode::Busy {
-                        self.members[m].reservations.release(&(), index);
+                        self.members[m].reservations.release_block(&(), index, &block);
                     }
                     return self.feed(m, Event::NotAnnounced(error));
                 }
@@ -769,6 +795,9 @@ impl Sim {
 
     /// A reply reaches leader `m`: counted once per member asked, in the session it answers.
     fn reply(&mut self, m: usize, from: usize, msg: Msg) {
+        if self.trace {
+            println!("{} ms: leader {m} hears from {from}: {msg:?}", self.now);
+        }
         let Some(wait) = self.members[m].lead.as_mut().and_then(|l| l.wait.as_mut()) else { return };
         let (session, asked, answered) = match wait {
             Wait::Act { .. } => return,
@@ -955,6 +984,40 @@ impl Sim {
         }
     }
 
+    /// Runs until `proposal` has finished (a pushing liar never lets the cluster settle).
+    fn run_until_finished(&mut self, proposal: u32) {
+        for _ in 0..200_000 {
+            if self.finished.contains_key(&proposal) {
+                return;
+            }
+            self.push();
+            if !self.step() {
+                return;
+            }
+        }
+        panic!("proposal {proposal} never finished");
+    }
+
+    /// While `pushing`, a liar announces a far ballot to an honest member every few
+    /// milliseconds: SPEC §9.1's ballot pushing.
+    fn push(&mut self) {
+        if !self.pushing || self.now < self.next_push || self.now > self.push_until {
+            return;
+        }
+        self.next_push = self.now + 100;
+        let Some(liar) = (0..self.n()).find(|&i| self.members[i].byzantine) else { return };
+        let honest: Vec<usize> = (0..self.n()).filter(|&i| !self.members[i].byzantine).collect();
+        let who = honest[self.rng.next_u32() as usize % honest.len()];
+        let index = self.members[who].chain.len() as u64 + 1;
+        let voted = self.members[who].states.get(&index).map_or(0, |s| s.voted);
+        // As far as the member still votes, or beyond (which raises it a step).
+        let ballot = if self.roll(50) { voted.saturating_add(MAX_BALLOT_STEP) } else { Ballot::MAX };
+        let session = self.session();
+        let block = self.next_block + 1_000_000;
+        self.send(liar, who, Msg::Announce { session, index, block, ballot, justification: None });
+        self.seen.pushed += 1;
+    }
+
     /// Runs until nothing is left to do (or a bound on steps).
     fn settle(&mut self) {
         for _ in 0..200_000 {
@@ -975,16 +1038,20 @@ impl Sim {
         }
         self.settle();
         let honest: Vec<usize> = (0..self.n()).filter(|&i| !self.members[i].byzantine).collect();
-        // A failed proposal is tried again a second later (by the next honest member), as
-        // `chainiac` clients and the timeline's ticks do; a reservation a lost leader left
-        // holds its index for a lease at most.
         // Every honest member gets its own proposal in, whatever the chaos left it with (a
-        // far ballot, a stale lock, a reservation).
+        // far ballot, a stale lock, a reservation), and though a liar goes on pushing honest
+        // members' ballots during the first second (SPEC §9.1: while a liar pushes, an index
+        // where every honest member is needed waits, and a member pushed k steps ahead
+        // costs about k rounds; the simulation shows it when pushing never stops). A failed
+        // proposal is tried again a second later, as `chainiac` clients and the timeline's
+        // ticks do; a reservation a lost leader left holds its index for a lease at most.
+        self.pushing = self.members.iter().any(|m| m.byzantine);
+        self.push_until = self.now + 1_000;
         'leaders: for &leader in &honest {
             for _ in 0..2 * LEASE / 1_000 {
                 let proposal = self.next_proposal;
                 self.propose(leader, false);
-                self.settle();
+                self.run_until_finished(proposal);
                 self.seen.calm_proposals += 1;
                 if self.finished.get(&proposal) == Some(&"done") {
                     continue 'leaders;
@@ -997,6 +1064,9 @@ impl Sim {
                 self.members.iter().map(|m| &m.states).collect::<Vec<_>>()
             );
         }
+        // The liar stops; the last commits arrive.
+        self.pushing = false;
+        self.settle();
     }
 
     fn check_final(&self) {
@@ -1036,6 +1106,7 @@ impl Seen {
         self.calm_proposals += one.calm_proposals;
         self.pushed += one.pushed;
         self.caught_up += one.caught_up;
+        self.lying_conflicts += one.lying_conflicts;
     }
 }
 

@@ -192,6 +192,7 @@ impl Node {
         let (mut machine, mut action) =
             LeaderRound::<BlockId>::new(self.config.branching as usize, proposal.kind == KIND_TIMELINE);
         let mut head = self.head(&chain)?;
+        let first_head = head.index();
         // The locks this pass knows of (its own, and those members reported), to re-lead.
         let mut locks: Vec<(Block, Certificate)> = Vec::new();
         let mut block: Option<Block> = None;
@@ -219,12 +220,22 @@ impl Node {
                     let me = self.member_of(roster)?;
                     let own = self.index_state(&chain, head.index() + 1)?;
                     locks = own.lock.iter().cloned().collect();
+                    // Once the head moved during this proposal: is the new head the proposal
+                    // itself (another leader re-led it from this node's locks)?
+                    let mut newest_is_proposal = false;
+                    if head.index() > first_head {
+                        if let Ok(Some(newest)) = self.store.block(&chain, head.index()) {
+                            newest_is_proposal = is_proposal(&newest, &proposal);
+                            block = Some(newest);
+                        }
+                    }
                     Event::Head {
                         index: head.index() + 1,
                         committee: agreement_committee(&head.committee),
                         me,
                         own: core_state(roster, &own),
                         presumed_down: self.down_members(roster),
+                        newest_is_proposal,
                     }
                 }
                 Step::Gather { ask } => {
@@ -283,14 +294,19 @@ impl Node {
                 Step::CatchUp { from } => {
                     let index = head.index() + 1;
                     let roster = head.committee.roster();
-                    for member in from.iter().filter_map(|&i| roster.member(i)) {
-                        match self.catch_up(chain, index, member).await {
-                            Ok(()) => break,
-                            Err(e) => {
-                                warn!(chain = %chain.to_hex()[..16], index, "a member said the index is filled, but: {}", e.message)
+                    // One deadline for all: members that lie about the index cost this much
+                    // per pass, however many they are.
+                    let tries = async {
+                        for member in from.iter().filter_map(|&i| roster.member(i)) {
+                            match self.catch_up(chain, index, member).await {
+                                Ok(()) => break,
+                                Err(e) => {
+                                    warn!(chain = %chain.to_hex()[..16], index, "{} said the index is filled, but: {}", member.address, e.message)
+                                }
                             }
                         }
-                    }
+                    };
+                    let _ = tokio::time::timeout(self.config.peer_timeout() * 2, tries).await;
                     Event::CaughtUp { moved: self.head(&chain)?.index() >= index }
                 }
                 Step::Challenge { ballot, voters } => {
@@ -308,10 +324,7 @@ impl Node {
                     self.metrics.blocks_signed.fetch_add(1, Ordering::Relaxed);
                     info!(chain = %chain.to_hex()[..16], index = signed.header.index, attempts = led.number, ms = started.elapsed().as_millis() as u64, "block appended");
                     self.send_commit(&led.roster, &signed).await;
-                    let is_proposal = signed.header.kind == proposal.kind
-                        && signed.payload == proposal.payload
-                        && signed.committee == proposal.committee
-                        && signed.policy == proposal.policy;
+                    let is_proposal = is_proposal(&signed, &proposal);
                     if led.justified {
                         self.metrics.blocks_adopted.fetch_add(1, Ordering::Relaxed);
                     }
@@ -375,9 +388,9 @@ impl Node {
             Ok(vote) => vote,
             Err(e) => {
                 // Refused by the rules: an earlier attempt's reservation of this block goes
-                // too (`Busy`: the reservation is another block's).
+                // too, and only that (another leader's block may hold the index here).
                 if e.code != ErrorCode::Busy {
-                    self.release(chain, index);
+                    self.reservations.lock().expect("lock").release_block(&chain, index, &id);
                     self.metrics.rounds_failed.fetch_add(1, Ordering::Relaxed);
                 }
                 return Ok(Err(e));
@@ -831,6 +844,15 @@ impl Node {
             Err(e) => Err(store_err(e)),
         }
     }
+}
+
+/// Whether `block` is what `proposal` asks for (its time aside): a retried proposal whose
+/// first leader died after the locks, or one another leader re-led, is done.
+fn is_proposal(block: &Block, proposal: &Proposal) -> bool {
+    block.header.kind == proposal.kind
+        && block.payload == proposal.payload
+        && block.committee == proposal.committee
+        && block.policy == proposal.policy
 }
 
 /// A random pause of 50–450 ms: how racing leaders at one index settle on one of them.
