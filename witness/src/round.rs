@@ -55,7 +55,8 @@ pub struct AnnounceOutcome {
     /// `Some(why)` when too few members committed to challenge: the members whose
     /// commitment is missing, and the error that says so.
     pub below_threshold: Option<(Vec<usize>, ErrorReply)>,
-    /// Members whose commitment is in (they are asked for a response).
+    /// Members whose commitment is in the aggregate, anywhere in the tree (the challenge's
+    /// mask).
     pub committed: Vec<usize>,
     /// Members with a valid vote at this attempt's ballot, this node included.
     pub voters: BTreeSet<usize>,

@@ -6,13 +6,15 @@
 //! messages and stores their states). What the simulation stands in for: the network (a
 //! seeded scheduler delays, reorders, drops and duplicates messages; late ones arrive after
 //! the leader stopped waiting), time (a logical clock: timeouts, leases, back-offs, members
-//! presumed down), the disk (a crash keeps chains and agreement states only), CoSi (a share
-//! is a member's name; the tree is flat) and catch-up (a member behind copies the sender's
-//! chain).
+//! presumed down), the disk (a crash keeps chains and agreement states only), CoSi (a
+//! commitment or a share is a member's name; half the runs use a star, half a binary tree
+//! whose inner members relay) and catch-up (a member behind copies the sender's chain).
 //!
-//! Up to f members are Byzantine: they vote and sign anything, hide their states, withhold
-//! votes, send bad shares, and as leaders withhold the final signature (no append, no
-//! commit) — the wedge issue 17 found, with crashes of leaders after the locks.
+//! Up to f members are Byzantine: they vote and sign anything, hide their states or forge
+//! locks, withhold votes, drop their subtree's votes as relays, send bad shares, answer
+//! `Conflict` falsely, push ballots, and as leaders equivocate, lie in certificates and
+//! withhold the final signature (no append, no commit) — the wedge issue 17 found, with
+//! crashes of leaders after the locks.
 //!
 //! Properties, over many seeds:
 //! - never two blocks with `t` shares of one ballot at one index, never two different
@@ -24,6 +26,8 @@
 //! CI runs 10,000 seeds; `cargo test --release -p chainiac-witness --test cluster --
 //! --ignored` runs 200,000.
 
+use chainiac_cosi::protocol::Tree;
+use chainiac_cosi::Mask;
 use chainiac_proto::message::{ErrorCode, ErrorReply};
 use chainiac_witness::agreement::{Ballot, Certificate, Committee, Durable, Refusal, MAX_BALLOT_STEP};
 use chainiac_witness::round::{
@@ -52,17 +56,21 @@ enum Msg {
         session: u64,
         state: Durable<BlockId>,
     },
+    /// Down the tree of `leader` without `excluded` (branching is the simulation's).
     Announce {
         session: u64,
         index: u64,
         block: BlockId,
         ballot: Ballot,
         justification: Option<Certificate<BlockId>>,
+        leader: usize,
+        excluded: BTreeSet<usize>,
     },
-    /// A commitment, with the member's vote or (a liar) without.
+    /// The subtree's commitments and votes (a liar may pass commitments without votes).
     Voted {
         session: u64,
-        vote: bool,
+        committed: BTreeSet<usize>,
+        voters: BTreeSet<usize>,
     },
     Refused {
         session: u64,
@@ -72,10 +80,10 @@ enum Msg {
         session: u64,
         certificate: Certificate<BlockId>,
     },
-    /// A share, valid or (a liar) not.
+    /// The subtree's shares, with the members whose shares were missing or wrong.
     Signed {
         session: u64,
-        valid: bool,
+        faulty: BTreeSet<usize>,
     },
     Abort {
         session: u64,
@@ -117,10 +125,7 @@ impl Ord for Flight {
 #[derive(Debug)]
 enum Wait {
     /// To carry out an action at `at` (a back-off).
-    Act {
-        at: u64,
-        action: Action<BlockId>,
-    },
+    Act { at: u64, action: Action<BlockId> },
     Gather {
         session: u64,
         asked: BTreeSet<usize>,
@@ -132,7 +137,13 @@ enum Wait {
         session: u64,
         asked: BTreeSet<usize>,
         answered: BTreeSet<usize>,
+        /// Every member of the tree but the leader, and each child's subtree.
+        members: BTreeSet<usize>,
+        subtrees: BTreeMap<usize, BTreeSet<usize>>,
+        wait_ms: u64,
+        /// Members whose commitments arrived, and the children that passed them up.
         committed: BTreeSet<usize>,
+        committed_children: BTreeSet<usize>,
         voters: BTreeSet<usize>,
         refused: BTreeSet<usize>,
         filled: Vec<usize>,
@@ -144,9 +155,51 @@ enum Wait {
         session: u64,
         asked: BTreeSet<usize>,
         answered: BTreeSet<usize>,
-        valid: BTreeSet<usize>,
+        subtrees: BTreeMap<usize, BTreeSet<usize>>,
+        faulty: BTreeSet<usize>,
         deadline: u64,
     },
+}
+
+/// A member between its parent's message and its answer, waiting for its children.
+#[derive(Debug)]
+struct Relay {
+    parent: usize,
+    challenge: bool,
+    asked: BTreeSet<usize>,
+    answered: BTreeSet<usize>,
+    committed: BTreeSet<usize>,
+    voters: BTreeSet<usize>,
+    faulty: BTreeSet<usize>,
+    /// Each child's subtree.
+    subtrees: BTreeMap<usize, BTreeSet<usize>>,
+    deadline: u64,
+}
+
+impl Relay {
+    fn due(&self) -> u64 {
+        if self.answered.len() >= self.asked.len() {
+            0
+        } else {
+            self.deadline
+        }
+    }
+}
+
+/// A round a member voted in: its parent, index, block and ballot, its children in the
+/// round's tree, and those whose commitments it passed up.
+#[derive(Debug, Clone)]
+struct Joined {
+    parent: usize,
+    index: u64,
+    block: BlockId,
+    ballot: Ballot,
+    children: Vec<usize>,
+    committed_children: BTreeSet<usize>,
+    /// Each child's subtree.
+    subtrees: BTreeMap<usize, BTreeSet<usize>>,
+    /// How long it waits for its children.
+    wait: u64,
 }
 
 impl Wait {
@@ -175,8 +228,11 @@ struct Lead {
     /// The last announce's session and the members it went to (for an abort).
     last: Option<(u64, BTreeSet<usize>)>,
     wait: Option<Wait>,
-    /// The members whose commitment the last announce got (challenged next).
+    /// The children whose subtree's commitments the last announce got (challenged next),
+    /// each child's subtree, and how long the leader waits for them.
     committed: BTreeSet<usize>,
+    subtrees: BTreeMap<usize, BTreeSet<usize>>,
+    wait_ms: u64,
     /// The head when the proposal started.
     first_head: Option<u64>,
     /// A liar that withholds the final signature.
@@ -186,13 +242,17 @@ struct Lead {
 struct Member {
     up: bool,
     byzantine: bool,
+    /// A liar that always drops its subtree's votes when it relays.
+    drops_votes: bool,
     // Durable.
     chain: Vec<BlockId>,
     states: BTreeMap<u64, Durable<BlockId>>,
     // Volatile.
     reservations: Reservations<(), BlockId>,
-    /// Rounds this member voted in: session → (leader, index, block, ballot).
-    sessions: BTreeMap<u64, (usize, u64, BlockId, Ballot)>,
+    /// Rounds this member voted in.
+    sessions: BTreeMap<u64, Joined>,
+    /// Rounds this member relays, waiting for its children.
+    relays: BTreeMap<u64, Relay>,
     /// Members this member presumes down, until when.
     down: BTreeMap<usize, u64>,
     lead: Option<Lead>,
@@ -203,6 +263,7 @@ impl Member {
         self.up = false;
         self.reservations = Reservations::default();
         self.sessions.clear();
+        self.relays.clear();
         self.down.clear();
         self.lead = None;
     }
@@ -248,6 +309,10 @@ struct Seen {
     caught_up: usize,
     /// `Conflict` answers a liar gave at an unfilled index.
     lying_conflicts: usize,
+    /// Subtrees' votes a lying relay dropped.
+    votes_dropped: usize,
+    /// Runs over a binary tree (the others over a star).
+    trees: usize,
 }
 
 struct Sim {
@@ -262,6 +327,8 @@ struct Sim {
     faults: bool,
     /// Print every leader's actions (`CLUSTER_TRACE=1`, for one seed).
     trace: bool,
+    /// The rounds' tree: `n` for a star, 2 for a binary tree with relays.
+    branching: usize,
     /// A liar pushes honest members' ballots (the calm phase), next at `next_push`.
     pushing: bool,
     next_push: u64,
@@ -289,10 +356,12 @@ impl Sim {
             .map(|i| Member {
                 up: true,
                 byzantine: i >= n - byzantine,
+                drops_votes: i >= n - byzantine && seed % 3 == 0,
                 chain: Vec::new(),
                 states: BTreeMap::new(),
                 reservations: Reservations::default(),
                 sessions: BTreeMap::new(),
+                relays: BTreeMap::new(),
                 down: BTreeMap::new(),
                 lead: None,
             })
@@ -307,6 +376,7 @@ impl Sim {
             epoch: Instant::now(),
             faults: true,
             trace: false,
+            branching: n,
             pushing: false,
             next_push: 0,
             push_until: 0,
@@ -479,7 +549,12 @@ impl Sim {
                 }
                 self.send(to, from, Msg::State { session, state });
             }
-            Msg::Announce { session, index, block, ballot, justification } => {
+            Msg::Announce { session, index, block, ballot, justification, leader, excluded } => {
+                // Only the member's parent in the round's tree drives its part (`on_announce`).
+                let tree = self.tree(leader, &excluded);
+                if !tree.contains(to) || tree.parent(to) != Some(from) {
+                    return self.send(to, from, Msg::Refused { session, code: ErrorCode::Forbidden });
+                }
                 if index > self.members[to].chain.len() as u64 + 1 {
                     self.catch_up(to, from, index - 1);
                 }
@@ -494,61 +569,199 @@ impl Sim {
                     self.seen.lying_conflicts += 1;
                     return self.send(to, from, Msg::Refused { session, code: ErrorCode::Conflict });
                 }
+                let mut voters = BTreeSet::new();
                 if byzantine {
-                    self.members[to].sessions.insert(session, (from, index, block, ballot));
-                    let vote = !self.roll(30); // withholds its vote now and then
-                    if vote {
+                    // Withholds its vote now and then (one that drops its subtree's votes
+                    // never does: only the votes below it are missing).
+                    if self.members[to].drops_votes || !self.roll(30) {
                         self.record_vote(to, index, ballot, block);
+                        voters.insert(to);
                     }
-                    return self.send(to, from, Msg::Voted { session, vote });
-                }
-                match self.vote(to, index, block, ballot, justification) {
-                    Ok(()) => {
-                        self.members[to].sessions.insert(session, (from, index, block, ballot));
-                        self.send(to, from, Msg::Voted { session, vote: true });
+                } else {
+                    if let Err(e) = self.vote(to, index, block, ballot, justification.clone()) {
+                        return self.send(to, from, Msg::Refused { session, code: e.code });
                     }
-                    Err(e) => self.send(to, from, Msg::Refused { session, code: e.code }),
+                    voters.insert(to);
                 }
+                let children = tree.children(to);
+                let below = tree.depth().saturating_sub(tree.depth_of(to).unwrap_or(0)).max(1) as u64;
+                let subtrees = self.subtrees(&tree, &children);
+                let joined = Joined {
+                    parent: from,
+                    index,
+                    block,
+                    ballot,
+                    children: children.clone(),
+                    committed_children: BTreeSet::new(),
+                    subtrees: subtrees.clone(),
+                    wait: PEER_TIMEOUT * below,
+                };
+                self.members[to].sessions.insert(session, joined);
+                if children.is_empty() {
+                    return self.send(to, from, Msg::Voted { session, committed: BTreeSet::from([to]), voters });
+                }
+                for &child in &children {
+                    let msg = Msg::Announce {
+                        session,
+                        index,
+                        block,
+                        ballot,
+                        justification: justification.clone(),
+                        leader,
+                        excluded: excluded.clone(),
+                    };
+                    self.send(to, child, msg);
+                }
+                let relay = Relay {
+                    parent: from,
+                    challenge: false,
+                    asked: children.into_iter().collect(),
+                    answered: BTreeSet::new(),
+                    committed: BTreeSet::from([to]),
+                    voters,
+                    faulty: BTreeSet::new(),
+                    subtrees,
+                    deadline: self.now + PEER_TIMEOUT * below,
+                };
+                self.members[to].relays.insert(session, relay);
             }
             Msg::Challenge { session, certificate } => {
-                let Some((leader, index, block, ballot)) = self.members[to].sessions.remove(&session) else {
+                let Some(joined) = self.members[to].sessions.remove(&session) else {
                     return self.send(to, from, Msg::Refused { session, code: ErrorCode::NotFound });
                 };
-                assert_eq!(leader, from, "only the parent challenges");
+                let Joined { parent, index, block, ballot, committed_children, subtrees, wait, .. } = joined;
+                assert_eq!(parent, from, "only the parent challenges");
                 if index != self.members[to].chain.len() as u64 + 1 {
                     return self.send(to, from, Msg::Refused { session, code: ErrorCode::Conflict });
                 }
                 // The votes are checked against the block of the session.
-                let certificate = self.checked(index, block, &certificate);
+                let checked = self.checked(index, block, &certificate);
+                let mut faulty = BTreeSet::new();
                 if byzantine {
                     self.record_share(to, index, ballot, block);
-                    let valid = !self.roll(20);
-                    return self.send(to, from, Msg::Signed { session, valid });
-                }
-                let member = &mut self.members[to];
-                let mut state = member.states.get(&index).cloned().unwrap_or_default();
-                match accept_challenge(&mut state, c, ballot, &certificate) {
-                    Ok(()) => {
-                        member.states.insert(index, state);
-                        self.record_share(to, index, ballot, block);
-                        self.send(to, from, Msg::Signed { session, valid: true });
+                    if self.roll(20) {
+                        faulty.insert(to); // a bad share: its parent names it
                     }
-                    Err(_) => {
+                } else {
+                    let member = &mut self.members[to];
+                    let mut state = member.states.get(&index).cloned().unwrap_or_default();
+                    if accept_challenge(&mut state, c, ballot, &checked).is_err() {
                         member.reservations.release_block(&(), index, &block);
-                        self.send(to, from, Msg::Refused { session, code: ErrorCode::Promised });
+                        return self.send(to, from, Msg::Refused { session, code: ErrorCode::Promised });
                     }
+                    member.states.insert(index, state);
+                    self.record_share(to, index, ballot, block);
                 }
+                if committed_children.is_empty() {
+                    return self.send(to, from, Msg::Signed { session, faulty });
+                }
+                for &child in &committed_children {
+                    self.send(to, child, Msg::Challenge { session, certificate: certificate.clone() });
+                }
+                let relay = Relay {
+                    parent: from,
+                    challenge: true,
+                    asked: committed_children,
+                    answered: BTreeSet::new(),
+                    committed: BTreeSet::new(),
+                    voters: BTreeSet::new(),
+                    faulty,
+                    subtrees,
+                    deadline: self.now + wait,
+                };
+                self.members[to].relays.insert(session, relay);
             }
             Msg::Abort { session } => {
-                if let Some((_, index, _, _)) = self.members[to].sessions.remove(&session) {
-                    self.members[to].reservations.release(&(), index);
+                self.members[to].relays.remove(&session);
+                if let Some(joined) = self.members[to].sessions.remove(&session) {
+                    self.members[to].reservations.release(&(), joined.index);
+                    for child in joined.children {
+                        self.send(to, child, Msg::Abort { session });
+                    }
                 }
             }
             Msg::Commit { index, block } => self.learn(to, from, index, block),
+            Msg::Voted { session, .. } | Msg::Refused { session, .. } | Msg::Signed { session, .. }
+                if self.members[to].relays.contains_key(&session) =>
+            {
+                self.relayed(to, from, msg)
+            }
             Msg::State { .. } | Msg::Voted { .. } | Msg::Refused { .. } | Msg::Signed { .. } => {
                 self.reply(to, from, msg)
             }
         }
+    }
+
+    /// The round tree rooted at `leader` without `excluded`, as `Tree::new` builds it for
+    /// every member from the announce.
+    fn tree(&self, leader: usize, excluded: &BTreeSet<usize>) -> Tree {
+        let mut mask = Mask::empty(self.n());
+        excluded.iter().filter(|&&i| i < self.n()).for_each(|&i| mask.insert(i));
+        Tree::new(self.n(), leader, self.branching, &mask)
+    }
+
+    /// Each of `children`'s subtree in `tree`.
+    fn subtrees(&self, tree: &Tree, children: &[usize]) -> BTreeMap<usize, BTreeSet<usize>> {
+        children
+            .iter()
+            .map(|&child| {
+                let below = tree.subtree(child);
+                (child, (0..self.n()).filter(|&i| below.contains(i)).collect())
+            })
+            .collect()
+    }
+
+    /// A child's answer reaches member `m` relaying `session`: only the child's subtree's
+    /// commitments, votes and blame count (`on_announce`, the aggregator).
+    fn relayed(&mut self, m: usize, from: usize, msg: Msg) {
+        let session = match &msg {
+            Msg::Voted { session, .. } | Msg::Refused { session, .. } | Msg::Signed { session, .. } => *session,
+            _ => return,
+        };
+        let Some(relay) = self.members[m].relays.get_mut(&session) else { return };
+        if !relay.asked.contains(&from) || !relay.answered.insert(from) {
+            return;
+        }
+        let below = relay.subtrees.get(&from).cloned().unwrap_or_default();
+        match (relay.challenge, msg) {
+            (false, Msg::Voted { committed, voters, .. }) => {
+                relay.committed.extend(committed.intersection(&below));
+                relay.voters.extend(voters.intersection(&below));
+                if let Some(joined) = self.members[m].sessions.get_mut(&session) {
+                    joined.committed_children.insert(from);
+                }
+            }
+            (true, Msg::Signed { faulty, .. }) => {
+                // Blame outside the child's subtree is the child's own fault.
+                if faulty.is_subset(&below) {
+                    relay.faulty.extend(faulty);
+                } else {
+                    relay.faulty.insert(from);
+                }
+            }
+            (true, _) => {
+                relay.faulty.insert(from);
+            }
+            (false, _) => {}
+        }
+    }
+
+    /// Member `m`'s wait for its children in `session` is over: it answers its parent.
+    fn complete_relay(&mut self, m: usize, session: u64) {
+        let Some(mut relay) = self.members[m].relays.remove(&session) else { return };
+        if relay.challenge {
+            for child in relay.asked.iter().filter(|c| !relay.answered.contains(c)) {
+                relay.faulty.insert(*child); // no response: its parent names it
+            }
+            return self.send(m, relay.parent, Msg::Signed { session, faulty: relay.faulty });
+        }
+        if self.members[m].byzantine && (self.members[m].drops_votes || self.roll(20)) {
+            // A liar passes its subtree's commitments up without their votes (some always).
+            relay.voters.retain(|&v| v == m);
+            self.seen.votes_dropped += 1;
+        }
+        let msg = Msg::Voted { session, committed: relay.committed, voters: relay.voters };
+        self.send(m, relay.parent, msg);
     }
 
     // ---- Leaders ----
@@ -560,7 +773,7 @@ impl Sim {
         }
         let proposal = self.next_proposal;
         self.next_proposal += 1;
-        let (machine, action) = LeaderRound::new(self.n(), tick);
+        let (machine, action) = LeaderRound::new(self.branching, tick);
         let withholds = self.members[m].byzantine && self.roll(50);
         self.members[m].lead = Some(Lead {
             machine,
@@ -569,6 +782,8 @@ impl Sim {
             block: None,
             last: None,
             committed: BTreeSet::new(),
+            subtrees: BTreeMap::new(),
+            wait_ms: PEER_TIMEOUT,
             first_head: None,
             wait: None,
             withholds,
@@ -676,7 +891,12 @@ impl Sim {
                     return self.feed(m, Event::NotAnnounced(error));
                 }
                 let session = self.session();
-                let asked: BTreeSet<usize> = others.iter().copied().filter(|i| !excluded.contains(i)).collect();
+                let tree = self.tree(m, &excluded);
+                let children = tree.children(m);
+                let subtrees = self.subtrees(&tree, &children);
+                let members: BTreeSet<usize> = tree.members_top_down().filter(|&i| i != m).collect();
+                let asked: BTreeSet<usize> = children.iter().copied().collect();
+                let wait = PEER_TIMEOUT * tree.depth().max(1) as u64;
                 let equivocates = self.members[m].byzantine && self.roll(30);
                 for &to in &asked {
                     let block = if equivocates && self.roll(50) {
@@ -686,7 +906,15 @@ impl Sim {
                     } else {
                         block
                     };
-                    let msg = Msg::Announce { session, index, block, ballot, justification: justification.clone() };
+                    let msg = Msg::Announce {
+                        session,
+                        index,
+                        block,
+                        ballot,
+                        justification: justification.clone(),
+                        leader: m,
+                        excluded: excluded.clone(),
+                    };
                     self.send(m, to, msg);
                 }
                 let lead = self.members[m].lead.as_mut().expect("leading");
@@ -695,13 +923,17 @@ impl Sim {
                     session,
                     asked,
                     answered: BTreeSet::new(),
+                    members,
+                    subtrees,
+                    wait_ms: wait,
+                    committed_children: BTreeSet::new(),
                     committed: BTreeSet::new(),
                     voters: BTreeSet::from([m]),
                     refused: BTreeSet::new(),
                     filled: Vec::new(),
                     busy: false,
                     promised: 0,
-                    deadline: self.now + PEER_TIMEOUT,
+                    deadline: self.now + wait,
                 });
             }
             Step::CatchUp { from } => {
@@ -741,12 +973,14 @@ impl Sim {
                     }
                     self.send(m, to, Msg::Challenge { session, certificate });
                 }
+                let lead = self.members[m].lead.as_ref().expect("leading");
                 let wait = Wait::Challenge {
                     session,
                     asked: committed,
                     answered: BTreeSet::new(),
-                    valid: BTreeSet::new(),
-                    deadline: self.now + PEER_TIMEOUT,
+                    subtrees: lead.subtrees.clone(),
+                    faulty: BTreeSet::new(),
+                    deadline: self.now + lead.wait_ms,
                 };
                 self.members[m].lead.as_mut().expect("leading").wait = Some(wait);
             }
@@ -817,11 +1051,15 @@ impl Sim {
         }
         match (wait, msg) {
             (Wait::Gather { reports, .. }, Msg::State { state, .. }) => reports.push(state),
-            (Wait::Announce { committed, voters, .. }, Msg::Voted { vote, .. }) => {
-                committed.insert(from);
-                if vote {
-                    voters.insert(from);
-                }
+            (
+                Wait::Announce { committed, committed_children, voters, subtrees, .. },
+                Msg::Voted { committed: c, voters: v, .. },
+            ) => {
+                // Only the child's subtree's commitments and votes count.
+                let below = subtrees.get(&from).cloned().unwrap_or_default();
+                committed.extend(c.intersection(&below));
+                voters.extend(v.intersection(&below));
+                committed_children.insert(from);
             }
             (Wait::Announce { refused, busy, promised, filled, .. }, Msg::Refused { code, .. }) => {
                 refused.insert(from);
@@ -835,8 +1073,17 @@ impl Sim {
                     self.seen.promised += 1;
                 }
             }
-            (Wait::Challenge { valid, .. }, Msg::Signed { valid: true, .. }) => {
-                valid.insert(from);
+            (Wait::Challenge { faulty, subtrees, .. }, Msg::Signed { faulty: named, .. }) => {
+                // Blame outside the child's subtree is the child's own fault.
+                let below = subtrees.get(&from).cloned().unwrap_or_default();
+                if named.is_subset(&below) {
+                    faulty.extend(named);
+                } else {
+                    faulty.insert(from);
+                }
+            }
+            (Wait::Challenge { faulty, .. }, Msg::Refused { .. }) => {
+                faulty.insert(from);
             }
             _ => {}
         }
@@ -863,16 +1110,28 @@ impl Sim {
                 let own = self.members[m].states.get(&index).cloned().unwrap_or_default();
                 self.feed(m, Event::Gathered { own, reports })
             }
-            Wait::Announce { asked, committed, voters, refused, filled, busy, promised, .. } => {
+            Wait::Announce {
+                members,
+                subtrees,
+                wait_ms,
+                committed,
+                committed_children,
+                voters,
+                refused,
+                filled,
+                busy,
+                promised,
+                ..
+            } => {
                 let present = 1 + committed.len();
-                let missing: Vec<usize> = asked.iter().copied().filter(|i| !committed.contains(i)).collect();
+                let missing: Vec<usize> = members.iter().copied().filter(|i| !committed.contains(i)).collect();
                 let below_threshold = (present < c.threshold)
                     .then(|| (missing.clone(), err(ErrorCode::Unavailable, "too few members answered")));
                 // Members that did not commit are presumed down for a while (those that
                 // refused only when the round failed: they answered), the others up.
                 let until = self.now + PRESUMED_DOWN;
                 let down = &mut self.members[m].down;
-                for &i in &asked {
+                for &i in &members {
                     let silent = !committed.contains(&i) && (below_threshold.is_none() || !refused.contains(&i));
                     if silent {
                         down.insert(i, until);
@@ -883,7 +1142,9 @@ impl Sim {
                 let mut all_committed: Vec<usize> = committed.iter().copied().collect();
                 all_committed.push(m);
                 if let Some(lead) = self.members[m].lead.as_mut() {
-                    lead.committed = committed;
+                    lead.committed = committed_children;
+                    lead.subtrees = subtrees;
+                    lead.wait_ms = wait_ms;
                 }
                 let outcome = AnnounceOutcome {
                     below_threshold,
@@ -896,8 +1157,10 @@ impl Sim {
                 };
                 self.feed(m, Event::Announced(outcome));
             }
-            Wait::Challenge { asked, valid, .. } => {
-                let faulty: Vec<usize> = asked.iter().copied().filter(|i| !valid.contains(i)).collect();
+            Wait::Challenge { asked, answered, mut faulty, .. } => {
+                // A child that did not answer is named, as the aggregator names it.
+                faulty.extend(asked.difference(&answered));
+                let faulty: Vec<usize> = faulty.into_iter().collect();
                 let outcome = if faulty.is_empty() {
                     ChallengeOutcome::Signed
                 } else {
@@ -921,18 +1184,26 @@ impl Sim {
 
     /// The next timed thing: a message or a leader's wait.
     fn step(&mut self) -> bool {
-        let next_wait = self
-            .members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.up)
-            .filter_map(|(i, m)| m.lead.as_ref().and_then(|l| l.wait.as_ref()).map(|w| (w.due(), i)))
-            .min();
+        // (due, member, the relay's session or none for the member's leadership)
+        let mut next_wait: Option<(u64, usize, Option<u64>)> = None;
+        for (i, member) in self.members.iter().enumerate().filter(|(_, m)| m.up) {
+            if let Some(wait) = member.lead.as_ref().and_then(|l| l.wait.as_ref()) {
+                let candidate = (wait.due(), i, None);
+                next_wait = Some(next_wait.map_or(candidate, |w| w.min(candidate)));
+            }
+            for (&session, relay) in &member.relays {
+                let candidate = (relay.due(), i, Some(session));
+                next_wait = Some(next_wait.map_or(candidate, |w| w.min(candidate)));
+            }
+        }
         let next_message = self.queue.peek().map(|f| f.at);
         match (next_wait, next_message) {
-            (Some((due, m)), message) if message.is_none_or(|at| due <= at) => {
+            (Some((due, m, relay)), message) if message.is_none_or(|at| due <= at) => {
                 self.now = self.now.max(due);
-                self.complete(m);
+                match relay {
+                    Some(session) => self.complete_relay(m, session),
+                    None => self.complete(m),
+                }
                 true
             }
             (_, Some(_)) => {
@@ -972,7 +1243,16 @@ impl Sim {
                         let index = self.members[who].chain.len() as u64 + 1;
                         let session = self.session();
                         let block = self.next_block + 1_000_000;
-                        let msg = Msg::Announce { session, index, block, ballot: Ballot::MAX, justification: None };
+                        let excluded = (0..self.n()).filter(|&i| i != liar && i != who).collect();
+                        let msg = Msg::Announce {
+                            session,
+                            index,
+                            block,
+                            ballot: Ballot::MAX,
+                            justification: None,
+                            leader: liar,
+                            excluded,
+                        };
                         self.send(liar, who, msg);
                         self.seen.pushed += 1;
                     }
@@ -1014,7 +1294,9 @@ impl Sim {
         let ballot = if self.roll(50) { voted.saturating_add(MAX_BALLOT_STEP) } else { Ballot::MAX };
         let session = self.session();
         let block = self.next_block + 1_000_000;
-        self.send(liar, who, Msg::Announce { session, index, block, ballot, justification: None });
+        let excluded = (0..self.n()).filter(|&i| i != liar && i != who).collect();
+        let msg = Msg::Announce { session, index, block, ballot, justification: None, leader: liar, excluded };
+        self.send(liar, who, msg);
         self.seen.pushed += 1;
     }
 
@@ -1107,12 +1389,18 @@ impl Seen {
         self.pushed += one.pushed;
         self.caught_up += one.caught_up;
         self.lying_conflicts += one.lying_conflicts;
+        self.votes_dropped += one.votes_dropped;
+        self.trees += one.trees;
     }
 }
 
 fn run(seed: u64) -> Seen {
     let (n, f) = [(4, 0), (4, 1), (5, 1), (7, 2)][(seed % 4) as usize];
     let mut sim = Sim::new(seed, n, f);
+    if (seed / 4) % 2 == 1 {
+        sim.branching = 2;
+        sim.seen.trees = 1;
+    }
     sim.chaos(1_000 + (seed % 5) as usize * 500);
     sim.calm();
     sim.check_final();
@@ -1141,7 +1429,7 @@ fn runs(seeds: std::ops::Range<u64>) {
     // The faults must have made the hard cases happen, or the pass means little.
     assert!(seen.leaders_lost_after_locks > count as usize / 10, "{seen:?}");
     assert!(seen.withheld > 0 && seen.adopted_blocks > 0 && seen.busy > 0 && seen.promised > 0, "{seen:?}");
-    assert!(seen.pushed > 0 && seen.caught_up > 0, "{seen:?}");
+    assert!(seen.pushed > 0 && seen.caught_up > 0 && seen.votes_dropped > 0, "{seen:?}");
 }
 
 #[test]

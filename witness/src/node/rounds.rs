@@ -480,7 +480,13 @@ impl Node {
         };
         let outcome = AnnounceOutcome {
             below_threshold,
-            committed: leader.aggregator().expected_responders(),
+            // Every member whose commitment is in the aggregate, deep in the tree too: a
+            // parent that passes up its children's commitments but drops their votes is
+            // found by them (`round::withheld_votes`).
+            committed: match &challenge {
+                Some(c) => Mask::from_bytes(&c.mask.0, roster.len()).map(|m| m.iter().collect()).unwrap_or_default(),
+                None => leader.aggregator().expected_responders(),
+            },
             voters: votes.keys().map(|&m| m as usize).collect(),
             busy,
             promised_elsewhere,
