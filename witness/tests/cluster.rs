@@ -178,11 +178,16 @@ struct Relay {
 
 impl Relay {
     fn due(&self) -> u64 {
-        if self.answered.len() >= self.asked.len() {
-            0
-        } else {
-            self.deadline
-        }
+        due(&self.asked, &self.answered, self.deadline)
+    }
+}
+
+/// When a wait for answers ends: at once when all answered, else at its deadline.
+fn due(asked: &BTreeSet<usize>, answered: &BTreeSet<usize>, deadline: u64) -> u64 {
+    if answered.len() >= asked.len() {
+        0
+    } else {
+        deadline
     }
 }
 
@@ -208,13 +213,7 @@ impl Wait {
             Wait::Act { at, .. } => *at,
             Wait::Gather { deadline, answered, asked, .. }
             | Wait::Announce { deadline, answered, asked, .. }
-            | Wait::Challenge { deadline, answered, asked, .. } => {
-                if answered.len() >= asked.len() {
-                    0
-                } else {
-                    *deadline
-                }
-            }
+            | Wait::Challenge { deadline, answered, asked, .. } => due(asked, answered, *deadline),
         }
     }
 }
