@@ -328,7 +328,8 @@ pub enum Response {
     LinkedProofs(Vec<Result<LinkedProof, ErrorReply>>),
     /// The answer to [`Request::GetTimelineChanges`].
     TimelineChanges(TimelineChanges),
-    /// The answer to [`Request::GetIndexState`].
+    /// The answer to [`Request::GetIndexState`] at an unfilled index (a filled one is
+    /// answered `Conflict`).
     IndexState(Box<IndexState>),
     /// The answer to [`Request::ListChains`]: a page of heads; `more` when chains follow.
     Chains {

@@ -103,9 +103,12 @@ pub enum Event<B> {
     /// This node's own state, read now (its own rounds and others' announces move it), and
     /// the states of the members that answered a [`Step::Gather`] (complete certificates
     /// only: the node checked each reported lock).
+    /// `filled`: members that answered that the index is filled there (this node missed
+    /// the block: it catches up, as after an announce).
     Gathered {
         own: Durable<B>,
         reports: Vec<Durable<B>>,
+        filled: Vec<usize>,
     },
     /// The announce did not go out: the chain moved, another block holds this node's
     /// reservation, or this node's own vote was refused (its reservation is released).
@@ -206,9 +209,17 @@ struct Run<B> {
     first_ballot: Ballot,
     attempt: usize,
     excluded: BTreeSet<usize>,
-    /// `excluded` holds members left out only for being presumed down.
-    presumed: bool,
+    /// The members of `excluded` left out only for being presumed down (none once they
+    /// were asked again).
+    presumed: BTreeSet<usize>,
     last_error: ErrorReply,
+}
+
+/// Where a leader goes on after a catch-up that found nothing.
+#[derive(Debug)]
+enum Resume<B> {
+    Announced(Box<(Run<B>, AnnounceOutcome)>),
+    Gathered { reports: Vec<Durable<B>>, asked_presumed: bool },
 }
 
 #[derive(Debug)]
@@ -219,8 +230,8 @@ enum Phase<B> {
         asked_presumed: bool,
     },
     Announcing(Run<B>),
-    /// Catching up, with the outcome to act on if the head does not move.
-    CatchingUp(Run<B>, AnnounceOutcome),
+    /// Catching up, with what to go on with if the head does not move.
+    CatchingUp(Resume<B>),
     Challenging(Run<B>),
     Appending(RunKind),
     Finished,
@@ -243,6 +254,9 @@ pub struct LeaderRound<B> {
     fast_failure: Option<ErrorReply>,
     /// This pass caught up once already (a liar's `Conflict` costs one try a pass).
     caught_up: bool,
+    /// Members that were silent in an attempt though their parent committed: asked when
+    /// gathering even if presumed down.
+    hidden_silent: BTreeSet<usize>,
     phase: Phase<B>,
 }
 
@@ -260,6 +274,7 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
             presumed_down: BTreeSet::new(),
             fast_failure: None,
             caught_up: false,
+            hidden_silent: BTreeSet::new(),
             phase: Phase::ReadingHead,
         };
         (machine, Action::step(Step::ReadHead))
@@ -279,13 +294,19 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
                 self.me = me;
                 self.on_head(index, own, presumed_down, newest_is_proposal)
             }
-            (Phase::Gathering { mut reports, asked_presumed }, Event::Gathered { own, reports: more }) => {
+            (Phase::Gathering { mut reports, asked_presumed }, Event::Gathered { own, reports: more, filled }) => {
                 reports.extend(more);
-                self.on_gathered(own, reports, asked_presumed)
+                self.own = own;
+                if !filled.is_empty() && !self.caught_up {
+                    self.caught_up = true;
+                    self.phase = Phase::CatchingUp(Resume::Gathered { reports, asked_presumed });
+                    return Action::step(Step::CatchUp { from: filled });
+                }
+                self.on_gathered(reports, asked_presumed)
             }
             (Phase::Announcing(run), Event::NotAnnounced(error)) => self.end_run(run.kind, error, false),
             (Phase::Announcing(run), Event::Announced(outcome)) => self.on_announced(run, outcome),
-            (Phase::CatchingUp(_, _), Event::CaughtUp { moved: true }) => {
+            (Phase::CatchingUp(_), Event::CaughtUp { moved: true }) => {
                 // The index is filled: the proposal goes on the new head (a tick is over:
                 // the timeline moved without it).
                 let mut action = if self.tick {
@@ -297,10 +318,14 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
                 action.round_failed = true;
                 action
             }
-            (Phase::CatchingUp(run, outcome), Event::CaughtUp { moved: false }) => {
+            (Phase::CatchingUp(Resume::Announced(resume)), Event::CaughtUp { moved: false }) => {
+                let (run, outcome) = *resume;
                 let mut action = self.on_announced(run, outcome);
                 action.abort = false; // aborted before the catch-up
                 action
+            }
+            (Phase::CatchingUp(Resume::Gathered { reports, asked_presumed }), Event::CaughtUp { moved: false }) => {
+                self.on_gathered(reports, asked_presumed)
             }
             (Phase::Challenging(run), Event::LockRefused(error)) => {
                 let mut action = self.end_run(run.kind, error, true);
@@ -358,15 +383,19 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
     /// answer then brings this node's own state only).
     fn gather(&mut self) -> Action<B> {
         let n = self.committee.members;
-        let up: Vec<usize> = (0..n).filter(|&i| i != self.me && !self.presumed_down.contains(&i)).collect();
+        // Members silent deep in a tree whose branch answered may have refused (a refusal
+        // stops at their parent) rather than be down: they are asked too, or the leader
+        // would never learn that a liar pushed their ballot above its plans.
+        let ask: Vec<usize> = (0..n)
+            .filter(|&i| i != self.me && (!self.presumed_down.contains(&i) || self.hidden_silent.contains(&i)))
+            .collect();
         self.phase = Phase::Gathering { reports: Vec::new(), asked_presumed: false };
-        Action::step(Step::Gather { ask: up })
+        Action::step(Step::Gather { ask })
     }
 
     /// Plans from this node's fresh state and the others' reports, after asking the members
     /// presumed down too if the others were too few.
-    fn on_gathered(&mut self, own: Durable<B>, reports: Vec<Durable<B>>, asked_presumed: bool) -> Action<B> {
-        self.own = own;
+    fn on_gathered(&mut self, reports: Vec<Durable<B>>, asked_presumed: bool) -> Action<B> {
         let n = self.committee.members;
         let presumed: Vec<usize> = self.presumed_down.iter().copied().filter(|&i| i != self.me && i < n).collect();
         if !asked_presumed && 1 + reports.len() < self.committee.threshold && !presumed.is_empty() {
@@ -421,7 +450,7 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
             proposed,
             first_ballot,
             attempt: 0,
-            presumed: !excluded.is_empty(),
+            presumed: excluded.clone(),
             excluded,
             last_error: err(ErrorCode::Unavailable, "no attempt made"),
         };
@@ -466,7 +495,7 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
         if short && !outcome.filled.is_empty() && !self.caught_up {
             self.caught_up = true;
             let from = std::mem::take(&mut outcome.filled);
-            self.phase = Phase::CatchingUp(run, outcome);
+            self.phase = Phase::CatchingUp(Resume::Announced(Box::new((run, outcome))));
             // The attempt is over whatever the catch-up finds: its members go free first.
             return Action { abort: true, release: true, ..Action::step(Step::CatchUp { from }) };
         }
@@ -475,10 +504,20 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
             let last = run.attempt >= MAX_ATTEMPTS;
             let tree = self.tree(&run.excluded);
             let hidden = unreachable.iter().any(|&u| !tree.children(u).is_empty());
-            let mut action = if run.presumed && !last {
-                // Too few without the members presumed down: ask everyone.
-                run.excluded.clear();
-                run.presumed = false;
+            let branches: BTreeSet<usize> = outcome.committed.iter().copied().collect();
+            for &u in &unreachable {
+                if tree.parent(u).is_some_and(|p| p != self.me && branches.contains(&p)) {
+                    self.hidden_silent.insert(u);
+                }
+            }
+            let mut action = if !run.presumed.is_empty() && !last {
+                // Too few without the members presumed down: ask them too. Members left out
+                // for what the attempts showed (faults, withheld votes) stay out: clearing
+                // them too let a relay that drops its subtree's votes back into every other
+                // attempt (the cluster simulation found it).
+                for member in std::mem::take(&mut run.presumed) {
+                    run.excluded.remove(&member);
+                }
                 self.next_attempt(run)
             } else if n.saturating_sub(outcome.promised_elsewhere) < t {
                 // So many members are locked elsewhere or past this ballot that this block
@@ -802,7 +841,7 @@ mod tests {
                 })
             };
             let reports = vec![Durable { voted: 6, lock: lock(9, 3) }, Durable { voted: 4, lock: lock(8, 4) }];
-            let a = m.handle(Event::Gathered { own: Durable { voted: 2, lock: None }, reports });
+            let a = m.handle(Event::Gathered { own: Durable { voted: 2, lock: None }, reports, filled: Vec::new() });
             let Step::Announce { proposed: Proposed::Locked(c), ballot, attempt: 1, excluded } = a.step else {
                 panic!("{a:?}")
             };
@@ -847,6 +886,40 @@ mod tests {
         }));
         assert!(a.round_failed, "three attempts were made");
         assert_eq!(a.step, Step::Gather { ask: vec![1, 2, 3] }, "a failed fast path gathers, from all that answered");
+    }
+
+    /// Asking the members presumed down again does not let back in a member the attempts
+    /// showed withholding votes.
+    #[test]
+    fn members_shown_faulty_stay_out_when_the_presumed_down_are_asked_again() {
+        let (mut m, _) = LeaderRound::<u8>::new(8, false);
+        let a = m.handle(head(Durable::default(), &[3]));
+        assert!(matches!(a.step, Step::Announce { attempt: 1, .. }));
+        let mut withheld = signed_outcome(&[0, 1]);
+        withheld.committed = vec![0, 1, 2];
+        let a = m.handle(Event::Announced(withheld));
+        let Step::Announce { excluded, .. } = a.step else { panic!("{a:?}") };
+        assert_eq!(excluded, [2, 3].into_iter().collect());
+        let a = m.handle(Event::Announced(short(0, false)));
+        let Step::Announce { excluded, attempt: 3, .. } = a.step else { panic!("{a:?}") };
+        assert_eq!(excluded, [2].into_iter().collect(), "3 is asked again, 2 stays out");
+    }
+
+    /// A member silent below a branch that answered may have refused rather than died: the
+    /// gathering asks it though it is presumed down; one below a silent branch is not asked.
+    #[test]
+    fn members_silent_below_an_answering_branch_are_asked_when_gathering() {
+        let (mut m, _) = LeaderRound::<u8>::new(1, false); // a chain: 0 → 1 → 2 → 3
+        m.handle(head(Durable::default(), &[]));
+        let mut silent = short(0, false);
+        silent.below_threshold = Some((vec![2, 3], err(ErrorCode::Unavailable, "too few")));
+        silent.committed = vec![0, 1];
+        silent.presumed_down = [2, 3].into_iter().collect();
+        let a = m.handle(Event::Announced(silent.clone()));
+        assert!(matches!(a.step, Step::Announce { attempt: 2, .. }), "2 hid 3: both left out, {a:?}");
+        silent.below_threshold = Some((vec![], err(ErrorCode::Unavailable, "too few")));
+        let a = m.handle(Event::Announced(silent));
+        assert_eq!(a.step, Step::Gather { ask: vec![1, 2] }, "2 is asked, 3 is not");
     }
 
     #[test]
@@ -918,7 +991,7 @@ mod tests {
                             _ => Durable::default(),
                         }).collect();
                         known = known.max(reports.iter().map(|r| r.voted).max().unwrap_or(0));
-                        Event::Gathered { own: Durable { voted: own_voted, lock: None }, reports }
+                        Event::Gathered { own: Durable { voted: own_voted, lock: None }, reports, filled: Vec::new() }
                     }
                     Step::Announce { ballot, .. } => {
                         prop_assert!(*ballot > own_voted);

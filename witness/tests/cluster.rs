@@ -131,6 +131,8 @@ enum Wait {
         asked: BTreeSet<usize>,
         answered: BTreeSet<usize>,
         reports: Vec<Durable<BlockId>>,
+        /// Members that answered the index is filled there.
+        filled: Vec<usize>,
         deadline: u64,
     },
     Announce {
@@ -534,6 +536,10 @@ impl Sim {
         let c = self.committee;
         match msg {
             Msg::GetState { session, index } => {
+                // A filled index (or a liar's word for it): the leader catches up from here.
+                if index <= self.members[to].chain.len() as u64 || (byzantine && self.roll(10)) {
+                    return self.send(to, from, Msg::Refused { session, code: ErrorCode::Conflict });
+                }
                 let member = &self.members[to];
                 let mut state = if byzantine || index <= member.chain.len() as u64 {
                     Durable::default()
@@ -858,6 +864,7 @@ impl Sim {
                     asked: ask.into_iter().collect(),
                     answered: BTreeSet::new(),
                     reports: Vec::new(),
+                    filled: Vec::new(),
                     deadline: self.now + PEER_TIMEOUT,
                 };
                 self.members[m].lead.as_mut().expect("leading").wait = Some(wait);
@@ -1050,6 +1057,7 @@ impl Sim {
         }
         match (wait, msg) {
             (Wait::Gather { reports, .. }, Msg::State { state, .. }) => reports.push(state),
+            (Wait::Gather { filled, .. }, Msg::Refused { code: ErrorCode::Conflict, .. }) => filled.push(from),
             (
                 Wait::Announce { committed, committed_children, voters, subtrees, .. },
                 Msg::Voted { committed: c, voters: v, .. },
@@ -1094,7 +1102,7 @@ impl Sim {
         let Some(wait) = self.members[m].lead.as_mut().and_then(|l| l.wait.take()) else { return };
         match wait {
             Wait::Act { action, .. } => self.act(m, action),
-            Wait::Gather { mut reports, .. } => {
+            Wait::Gather { mut reports, filled, .. } => {
                 // A reported lock counts only with a complete certificate (`gather_states`).
                 let index = self.members[m].lead.as_ref().map_or(0, |l| l.index);
                 for report in &mut reports {
@@ -1107,7 +1115,7 @@ impl Sim {
                     }
                 }
                 let own = self.members[m].states.get(&index).cloned().unwrap_or_default();
-                self.feed(m, Event::Gathered { own, reports })
+                self.feed(m, Event::Gathered { own, reports, filled })
             }
             Wait::Announce {
                 members,

@@ -141,24 +141,34 @@ impl Node {
     }
 
     /// A `GetIndexState` from a member of the chain's committee: this node's agreement
-    /// state at an unfilled index (the default at a filled one).
+    /// state at an unfilled index (`Conflict` at a filled one: the asker missed the block).
     pub(super) fn get_index_state(&self, caller: PublicKey, chain: ChainId, index: u64) -> Reply {
         let head = self.head(&chain)?;
         self.authorize(&caller, head.committee.roster())?;
-        let state = if index <= head.index() { IndexState::default() } else { self.index_state(&chain, index)? };
-        Ok(Response::IndexState(Box::new(state)))
+        if index <= head.index() {
+            // The asker missed the block there: it catches up from this node (§9.1).
+            return Err(err(
+                ErrorCode::Conflict,
+                format!("index {index} is filled; this chain is at {}", head.index()),
+            ));
+        }
+        Ok(Response::IndexState(Box::new(self.index_state(&chain, index)?)))
     }
 
     /// Rule 4 of §9.1, the gathering half: the states at the index after `head` of the
     /// members `asked` that answer; a reported lock counts only with a complete certificate
     /// for a block at that index.
-    async fn gather_states(self: &Arc<Self>, head: &ChainState, asked: &[usize]) -> Vec<IndexState> {
+    /// Also returns the members that answered that the index is filled there.
+    async fn gather_states(self: &Arc<Self>, head: &ChainState, asked: &[usize]) -> (Vec<IndexState>, Vec<usize>) {
         let (chain, index) = (head.chain, head.index() + 1);
         let roster = Arc::new(head.committee.roster().clone());
         let threshold = head.committee.threshold();
         let request = Request::GetIndexState { chain, index };
-        let mut reports = Vec::with_capacity(asked.len());
-        for (_, reply) in self.ask_children(&roster, asked, request, self.config.peer_timeout()).await {
+        let (mut reports, mut filled) = (Vec::with_capacity(asked.len()), Vec::new());
+        for (member, reply) in self.ask_children(&roster, asked, request, self.config.peer_timeout()).await {
+            if matches!(&reply, Err(CallError::Remote(e)) if e.code == ErrorCode::Conflict) {
+                filled.push(member);
+            }
             if let Ok(Response::IndexState(mut state)) = reply {
                 let valid = state.lock.as_ref().is_some_and(|(block, certificate)| {
                     block.header.chain == Some(chain)
@@ -172,7 +182,7 @@ impl Node {
                 reports.push(*state);
             }
         }
-        reports
+        (reports, filled)
     }
 
     pub(super) fn chain_lock(&self, chain: ChainId) -> Arc<tokio::sync::Mutex<()>> {
@@ -239,13 +249,13 @@ impl Node {
                     }
                 }
                 Step::Gather { ask } => {
-                    let reports = self.gather_states(&head, &ask).await;
+                    let (reports, filled) = self.gather_states(&head, &ask).await;
                     let own = self.index_state(&chain, head.index() + 1)?;
                     locks.extend(own.lock.iter().cloned());
                     locks.extend(reports.iter().filter_map(|r| r.lock.clone()));
                     let roster = head.committee.roster();
                     let reports = reports.iter().map(|r| core_state(roster, r)).collect();
-                    Event::Gathered { own: core_state(roster, &own), reports }
+                    Event::Gathered { own: core_state(roster, &own), reports, filled }
                 }
                 Step::Announce { proposed, ballot, attempt: number, excluded } => {
                     let justification = match &proposed {
@@ -469,7 +479,7 @@ impl Node {
                         describe(&roster, &unreachable)
                     ),
                 );
-                (None, Some((unreachable.iter().map(|&u| u as usize).collect(), error)))
+                (None, Some((unreachable.iter().map(|&u| u as usize).collect::<Vec<usize>>(), error)))
             }
             Err(e) => {
                 self.abort_children(&roster, &tree, me, session_id).await;
@@ -478,15 +488,21 @@ impl Node {
                 return Err(err(ErrorCode::Internal, e.to_string()));
             }
         };
+        // Every member whose commitment is in the aggregate, deep in the tree too (the
+        // challenge's mask; short of the threshold, the tree's members less those reported
+        // unreachable): a parent that passes up its children's commitments but drops their
+        // votes is found by them (`round::withheld_votes`), and members silent below a
+        // branch that answered are told apart from a dead branch.
+        let committed: Vec<usize> = match (&challenge, &below_threshold) {
+            (Some(c), _) => Mask::from_bytes(&c.mask.0, roster.len()).map(|m| m.iter().collect()).unwrap_or_default(),
+            (None, Some((unreachable, _))) => {
+                tree.members_top_down().filter(|member| !unreachable.contains(member)).collect()
+            }
+            (None, None) => vec![me],
+        };
         let outcome = AnnounceOutcome {
             below_threshold,
-            // Every member whose commitment is in the aggregate, deep in the tree too: a
-            // parent that passes up its children's commitments but drops their votes is
-            // found by them (`round::withheld_votes`).
-            committed: match &challenge {
-                Some(c) => Mask::from_bytes(&c.mask.0, roster.len()).map(|m| m.iter().collect()).unwrap_or_default(),
-                None => leader.aggregator().expected_responders(),
-            },
+            committed,
             voters: votes.keys().map(|&m| m as usize).collect(),
             busy,
             promised_elsewhere,
