@@ -90,15 +90,15 @@ pub enum Event<B> {
     /// The head the pass reads: the index proposed at, the committee that signs there and
     /// this node's position in it, this node's own state there, and the members this node
     /// presumes down (they missed a recent round).
-    /// `newest_is_proposal`: the block at the head is the proposal's (the driver compares
-    /// contents; it matters once the head moved during the proposal).
+    /// `proposal_appended`: a block appended since the proposal began is the proposal's
+    /// (the driver compares contents): another leader re-led it from this node's locks.
     Head {
         index: u64,
         committee: Committee,
         me: usize,
         own: Durable<B>,
         presumed_down: BTreeSet<usize>,
-        newest_is_proposal: bool,
+        proposal_appended: bool,
     },
     /// This node's own state, read now (its own rounds and others' announces move it), and
     /// the states of the members that answered a [`Step::Gather`] (complete certificates
@@ -289,15 +289,17 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
     /// (a driver bug) fails the proposal rather than panicking.
     pub fn handle(&mut self, event: Event<B>) -> Action<B> {
         match (std::mem::replace(&mut self.phase, Phase::Finished), event) {
-            (Phase::ReadingHead, Event::Head { index, committee, me, own, presumed_down, newest_is_proposal }) => {
+            (Phase::ReadingHead, Event::Head { index, committee, me, own, presumed_down, proposal_appended }) => {
                 self.committee = committee;
                 self.me = me;
-                self.on_head(index, own, presumed_down, newest_is_proposal)
+                self.on_head(index, own, presumed_down, proposal_appended)
             }
             (Phase::Gathering { mut reports, asked_presumed }, Event::Gathered { own, reports: more, filled }) => {
                 reports.extend(more);
                 self.own = own;
-                if !filled.is_empty() && !self.caught_up {
+                // Only when too few reported: with `t` states the index is not filled for
+                // the committee, and a liar's word would only cost a catch-up a pass.
+                if !filled.is_empty() && !self.caught_up && 1 + reports.len() < self.committee.threshold {
                     self.caught_up = true;
                     self.phase = Phase::CatchingUp(Resume::Gathered { reports, asked_presumed });
                     return Action::step(Step::CatchUp { from: filled });
@@ -351,13 +353,13 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
         index: u64,
         own: Durable<B>,
         presumed_down: BTreeSet<usize>,
-        newest_is_proposal: bool,
+        proposal_appended: bool,
     ) -> Action<B> {
         self.index = index;
         self.presumed_down = presumed_down;
         self.fast_failure = None;
         self.caught_up = false;
-        if newest_is_proposal && self.pass > 0 {
+        if proposal_appended && self.pass > 0 {
             // The head moved during this proposal, to the proposal itself (another leader
             // re-led it from this node's locks): done, not appended twice.
             return self.finish(Action::step(Step::Done));
@@ -397,7 +399,14 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
     /// presumed down too if the others were too few.
     fn on_gathered(&mut self, reports: Vec<Durable<B>>, asked_presumed: bool) -> Action<B> {
         let n = self.committee.members;
-        let presumed: Vec<usize> = self.presumed_down.iter().copied().filter(|&i| i != self.me && i < n).collect();
+        // Those asked already (silent below an answering branch) are not asked twice: a
+        // report must count once.
+        let presumed: Vec<usize> = self
+            .presumed_down
+            .iter()
+            .copied()
+            .filter(|&i| i != self.me && i < n && !self.hidden_silent.contains(&i))
+            .collect();
         if !asked_presumed && 1 + reports.len() < self.committee.threshold && !presumed.is_empty() {
             self.phase = Phase::Gathering { reports, asked_presumed: true };
             return Action::step(Step::Gather { ask: presumed });
@@ -484,7 +493,7 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
     }
 
     fn ballot(run: &Run<B>) -> Ballot {
-        run.first_ballot + run.attempt as u64 - 1
+        run.first_ballot + (run.attempt as u64 - 1) // checked when the attempt began
     }
 
     fn on_announced(&mut self, mut run: Run<B>, mut outcome: AnnounceOutcome) -> Action<B> {
@@ -774,7 +783,7 @@ mod tests {
             me: 0,
             own,
             presumed_down: down.iter().copied().collect(),
-            newest_is_proposal: false,
+            proposal_appended: false,
         }
     }
 

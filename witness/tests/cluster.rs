@@ -845,13 +845,13 @@ impl Sim {
                 let first = *lead.first_head.get_or_insert(index - 1);
                 lead.index = index;
                 let proposal = lead.proposal;
-                let newest = self.members[m].chain.last().copied();
-                let newest_is_proposal =
-                    index - 1 > first && newest.is_some_and(|b| self.proposal_of.get(&b) == Some(&proposal));
-                if newest_is_proposal {
-                    self.members[m].lead.as_mut().expect("leading").block = newest;
+                let since = self.members[m].chain.get(first as usize..).unwrap_or_default();
+                let appended = since.iter().copied().find(|b| self.proposal_of.get(b) == Some(&proposal));
+                let proposal_appended = appended.is_some();
+                if proposal_appended {
+                    self.members[m].lead.as_mut().expect("leading").block = appended;
                 }
-                self.feed(m, Event::Head { index, committee: c, me: m, own, presumed_down, newest_is_proposal });
+                self.feed(m, Event::Head { index, committee: c, me: m, own, presumed_down, proposal_appended });
             }
             Step::Gather { ask } => {
                 let session = self.session();

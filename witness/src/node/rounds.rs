@@ -232,11 +232,14 @@ impl Node {
                     locks = own.lock.iter().cloned().collect();
                     // Once the head moved during this proposal: is the new head the proposal
                     // itself (another leader re-led it from this node's locks)?
-                    let mut newest_is_proposal = false;
-                    if head.index() > first_head {
-                        if let Ok(Some(newest)) = self.store.block(&chain, head.index()) {
-                            newest_is_proposal = is_proposal(&newest, &proposal);
-                            block = Some(newest);
+                    let mut proposal_appended = false;
+                    for index in first_head + 1..=head.index() {
+                        if let Ok(Some(appended)) = self.store.block(&chain, index) {
+                            if is_proposal(&appended, &proposal) {
+                                proposal_appended = true;
+                                block = Some(appended);
+                                break;
+                            }
                         }
                     }
                     Event::Head {
@@ -245,7 +248,7 @@ impl Node {
                         me,
                         own: core_state(roster, &own),
                         presumed_down: self.down_members(roster),
-                        newest_is_proposal,
+                        proposal_appended,
                     }
                 }
                 Step::Gather { ask } => {
@@ -304,19 +307,31 @@ impl Node {
                 Step::CatchUp { from } => {
                     let index = head.index() + 1;
                     let roster = head.committee.roster();
-                    // One deadline for all: members that lie about the index cost this much
-                    // per pass, however many they are.
-                    let tries = async {
-                        for member in from.iter().filter_map(|&i| roster.member(i)) {
-                            match self.catch_up(chain, index, member).await {
-                                Ok(()) => break,
-                                Err(e) => {
+                    // From all of them at once, under one deadline: the first that serves the
+                    // blocks ends it, and members that lie about the index cost this much per
+                    // pass however many they are (one that answers `Conflict` first and then
+                    // nothing cannot keep the honest ones from being asked).
+                    let mut fetches = tokio::task::JoinSet::new();
+                    for member in from.iter().filter_map(|&i| roster.member(i)).cloned() {
+                        let node = self.clone();
+                        fetches.spawn(async move {
+                            let result = node.catch_up(chain, index, &member).await;
+                            (member, result)
+                        });
+                    }
+                    let first_served = async {
+                        while let Some(done) = fetches.join_next().await {
+                            match done {
+                                Ok((_, Ok(()))) => break,
+                                Ok((member, Err(e))) => {
                                     warn!(chain = %chain.to_hex()[..16], index, "{} said the index is filled, but: {}", member.address, e.message)
                                 }
+                                Err(_) => {}
                             }
                         }
                     };
-                    let _ = tokio::time::timeout(self.config.peer_timeout() * 2, tries).await;
+                    let _ = tokio::time::timeout(self.config.peer_timeout() * 2, first_served).await;
+                    drop(fetches); // the others stop at their next await; appends are whole
                     Event::CaughtUp { moved: self.head(&chain)?.index() >= index }
                 }
                 Step::Challenge { ballot, voters } => {
