@@ -153,7 +153,8 @@ async fn dead_leader_recovery(witnesses: usize) -> Vec<String> {
     let roster = Arc::new(cluster.roster(&members));
     let at = |w: usize| roster.index_of(&cluster.witnesses[w].key).expect("a member");
     let session_id = SessionId([7; 32]);
-    let session = Session::new(roster.clone(), session_id, BlockSignature::message(&block.id(), 1).to_vec());
+    let ballot = chainiac_witness::agreement::next_owned(0, at(0), witnesses).expect("a ballot");
+    let session = Session::new(roster.clone(), session_id, BlockSignature::message(&block.id(), ballot).to_vec());
     let tree = Tree::new(witnesses, at(0), witnesses, &Mask::empty(witnesses));
     let mut round = Leader::new(session.clone(), &tree, witnesses - 1).expect("a round");
     let (_nonces, own) = commit(&session, at(0), &key, &mut rand_core::OsRng).expect("a commitment");
@@ -164,10 +165,13 @@ async fn dead_leader_recovery(witnesses: usize) -> Vec<String> {
         leader: at(0) as u32,
         branching: witnesses as u32,
         excluded: Mask::empty(witnesses).as_bytes().to_vec(),
-        ballot: 1,
+        ballot,
         justification: None,
+        leader_signature: [0; 64],
     };
-    let mut votes = vec![Vote::sign(&key, at(0) as u32, &block.id(), 1)];
+    let mut announce = announce;
+    announce.sign(&key);
+    let mut votes = vec![Vote::sign(&key, at(0) as u32, &block.id(), ballot)];
     for w in 1..witnesses {
         if let Ok(Response::Voted { commitment, votes: theirs }) =
             stand_in.call(&cluster.witnesses[w], Request::Announce(announce.clone())).await
@@ -177,7 +181,7 @@ async fn dead_leader_recovery(witnesses: usize) -> Vec<String> {
         }
     }
     let challenge = round.challenge().expect("a challenge");
-    let certificate = Certificate { ballot: 1, votes };
+    let certificate = Certificate { ballot, votes };
     for w in 1..witnesses {
         let request =
             Request::Challenge { session: session_id, challenge: challenge.clone(), certificate: certificate.clone() };

@@ -200,6 +200,7 @@ async fn every_row_of_the_access_table_refuses_strangers_and_non_members() {
             excluded: vec![0],
             ballot: 1,
             justification: None,
+            leader_signature: [0; 64],
         };
         refused(client.call(to(1), Request::Announce(announce.clone())).await, &[Forbidden], who);
         if who.contains("throwaway") {
@@ -317,6 +318,7 @@ async fn chains_cannot_be_injected_through_announce_or_commit() {
         excluded: vec![0],
         ballot: 1,
         justification: None,
+        leader_signature: [0; 64],
     };
 
     // A stranger: refused at once.

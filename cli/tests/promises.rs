@@ -13,9 +13,23 @@ use chainiac_cosi::Mask;
 use chainiac_proto::message::{Announce, Certificate, Vote};
 use chainiac_proto::{ErrorCode, Request, Response};
 use chainiac_skipchain::{Block, BlockSignature, ChainId, Proposal};
+use chainiac_witness::agreement;
 use common::{refusal, Client, Cluster};
 use rand_core::OsRng;
 use std::sync::Arc;
+
+/// Four witnesses with a chain of one block, then witness 0 killed (its key is a test's to
+/// play with).
+async fn four_with_witness_zero_dead() -> (Cluster, ChainId, Block) {
+    let mut cluster = Cluster::start_with(4, 0).await;
+    let (chain, genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;
+    cluster.propose(0, chain, b"first").await.unwrap();
+    for i in 0..4 {
+        cluster.wait_head(i, chain, 1).await;
+    }
+    cluster.witnesses[0].kill();
+    (cluster, chain, genesis)
+}
 
 /// The next block of `chain` with `payload`, built on witness `i`'s proven head.
 async fn next_block(cluster: &Cluster, i: usize, chain: ChainId, genesis: &Block, payload: &[u8]) -> Block {
@@ -33,24 +47,26 @@ async fn next_block(cluster: &Cluster, i: usize, chain: ChainId, genesis: &Block
     head.propose(proposal, |i| ids.get(&i).copied()).unwrap()
 }
 
-/// Leads a round for `block` at `ballot` as witness `witness` (with its key) over a star of
-/// `voters` (witness indices; the roster is witnesses `0..members`): announce (each votes
-/// and commits), certificate, challenge to `lockers` only (each locks and signs) — and stops
-/// there: no signature is formed, no commit is sent. Returns how many signed.
+/// Leads a round for `block` at the first ballot above `above` that witness `witness` owns
+/// (with its key) over a star of `voters` (witness indices; the roster is witnesses
+/// `0..members`): announce (each votes and commits), certificate, challenge to `lockers`
+/// only (each locks and signs) — and stops there: no signature is formed, no commit is
+/// sent. Returns how many signed, and the ballot.
 async fn lead_until_the_locks(
     cluster: &Cluster,
     witness: usize,
     members: usize,
     block: &Block,
-    ballot: u64,
+    above: u64,
     voters: &[usize],
     lockers: &[usize],
-) -> usize {
+) -> (usize, u64) {
     let key = cluster.keys(&[witness]).pop().unwrap();
     let stand_in = Client::with_key(cluster.keys(&[witness]).pop().unwrap());
     let roster = Arc::new(cluster.roster(&(0..members).collect::<Vec<_>>()));
     let at = |w: usize| roster.index_of(&cluster.witnesses[w].key).unwrap();
     let leader = at(witness);
+    let ballot = agreement::next_owned(above, leader, members).unwrap();
     let session_id = SessionId([ballot as u8; 32]);
     let session = Session::new(roster.clone(), session_id, BlockSignature::message(&block.id(), ballot).to_vec());
     let tree = Tree::new(members, leader, members, &Mask::empty(members));
@@ -65,7 +81,10 @@ async fn lead_until_the_locks(
         excluded: Mask::empty(members).as_bytes().to_vec(),
         ballot,
         justification: None,
+        leader_signature: [0; 64],
     };
+    let mut announce = announce;
+    announce.sign(&key);
     let mut votes = vec![Vote::sign(&key, leader as u32, &block.id(), ballot)];
     for &w in voters {
         match stand_in.call(&cluster.witnesses[w], Request::Announce(announce.clone())).await {
@@ -96,7 +115,7 @@ async fn lead_until_the_locks(
             signed += 1;
         }
     }
-    signed
+    (signed, ballot)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,11 +133,8 @@ async fn a_leader_dying_after_the_locks_leaves_its_block_to_the_next_leader() {
     cluster.witnesses[0].kill();
     let locked = next_block(&cluster, 1, chain, &genesis, b"locked by three").await;
     assert_eq!(locked.header.index, 2);
-    assert_eq!(
-        lead_until_the_locks(&cluster, 0, 4, &locked, 1, &[1, 2, 3], &[1, 2, 3]).await,
-        3,
-        "members 1-3 locked X and signed"
-    );
+    let (signed, ballot) = lead_until_the_locks(&cluster, 0, 4, &locked, 0, &[1, 2, 3], &[1, 2, 3]).await;
+    assert_eq!(signed, 3, "members 1-3 locked X and signed");
 
     // Each member reports its state to a member of the committee, and to no one else.
     let member = cluster.operator(2);
@@ -127,10 +143,10 @@ async fn a_leader_dying_after_the_locks_leaves_its_block_to_the_next_leader() {
             let (block, certificate) = state.lock.clone().expect("witness 1 is locked");
             assert_eq!(
                 (block.id(), certificate.ballot, certificate.votes.len()),
-                (locked.id(), 1, 3),
+                (locked.id(), ballot, 3),
                 "a lock keeps the threshold's votes"
             );
-            assert_eq!(state.voted, 1);
+            assert_eq!(state.voted, ballot);
         }
         other => panic!("witness 1 must report its lock, got {other:?}"),
     }
@@ -155,15 +171,19 @@ async fn a_leader_dying_after_the_locks_leaves_its_block_to_the_next_leader() {
     // Another block at index 2, at a higher ballot, is refused by every locked member...
     let other = next_block(&cluster, 1, chain, &genesis, b"another block").await;
     let roster = cluster.roster(&[0, 1, 2, 3]);
-    let announce = Announce {
+    let one = roster.index_of(&cluster.witnesses[1].key).unwrap();
+    let higher = agreement::next_owned(ballot, one, 4).unwrap();
+    let mut announce = Announce {
+        leader_signature: [0; 64],
         block: other,
         session: SessionId([8; 32]),
-        leader: roster.index_of(&cluster.witnesses[1].key).unwrap() as u32,
+        leader: one as u32,
         branching: 4,
         excluded: vec![0],
-        ballot: 5,
+        ballot: higher,
         justification: None,
     };
+    announce.sign(&cluster.keys(&[1]).pop().unwrap());
     let reply = cluster.operator(1).call(&cluster.witnesses[2], Request::Announce(announce)).await.unwrap_err();
     assert_eq!(refusal(&reply).code, ErrorCode::Promised, "{}", refusal(&reply).message);
     assert!(refusal(&reply).message.contains("locked"), "{}", refusal(&reply).message);
@@ -214,7 +234,10 @@ async fn a_leader_dying_after_the_locks_leaves_its_block_to_the_next_leader() {
         excluded: vec![0],
         ballot: 2,
         justification: Some(Certificate { ballot: 1, votes: vec![own_vote, own_vote, own_vote] }),
+        leader_signature: [0; 64],
     };
+    let mut announce = announce;
+    announce.sign(&faulty);
     let as_leader = Client::with_key(cluster.keys(&[0]).pop().unwrap());
     let reply = as_leader.call(&cluster.witnesses[1], Request::Announce(announce)).await.unwrap_err();
     assert!(refusal(&reply).message.contains("from this witness's clock"), "{}", refusal(&reply).message);
@@ -224,23 +247,20 @@ async fn a_leader_dying_after_the_locks_leaves_its_block_to_the_next_leader() {
 /// is locked on X at ballot 1, member 2 on Y at ballot 2, member 3 voted at ballot 2 — no
 /// block can gather 3 of the 3 live members as they stand. The next leader gathers their
 /// states, re-leads Y (the highest lock) with its certificate at ballot 3, member 1 moves
-/// on that newer certificate, and the index fills with Y; a ballot too far above a
-/// member's own is refused and only raises it.
+/// on that newer certificate, and the index fills with Y. Rule 0 against real processes: a
+/// ballot beyond the member's frontier, a ballot of another member's and an announce
+/// not signed by its leader are refused and change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_locks_no_longer_freeze_an_index() {
-    let mut cluster = Cluster::start_with(4, 0).await;
-    let (chain, genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;
-    cluster.propose(0, chain, b"first").await.unwrap();
-    for i in 0..4 {
-        cluster.wait_head(i, chain, 1).await;
-    }
-    cluster.witnesses[0].kill();
+    let (cluster, chain, genesis) = four_with_witness_zero_dead().await;
     let x = next_block(&cluster, 1, chain, &genesis, b"X").await;
     let y = next_block(&cluster, 1, chain, &genesis, b"Y").await;
-    assert_eq!(lead_until_the_locks(&cluster, 0, 4, &x, 1, &[1, 2, 3], &[1]).await, 1, "member 1 locked X at 1");
-    assert_eq!(lead_until_the_locks(&cluster, 0, 4, &y, 2, &[2, 3], &[2]).await, 1, "member 2 locked Y at 2");
+    let (signed, x_ballot) = lead_until_the_locks(&cluster, 0, 4, &x, 0, &[1, 2, 3], &[1]).await;
+    assert_eq!(signed, 1, "member 1 locked X");
+    let (signed, y_ballot) = lead_until_the_locks(&cluster, 0, 4, &y, x_ballot, &[2, 3], &[2]).await;
+    assert_eq!(signed, 1, "member 2 locked Y, higher");
     let member = cluster.operator(3);
-    for (w, block, ballot) in [(1, &x, 1), (2, &y, 2)] {
+    for (w, block, ballot) in [(1, &x, x_ballot), (2, &y, y_ballot)] {
         let Ok(Response::IndexState(state)) =
             member.call(&cluster.witnesses[w], Request::GetIndexState { chain, index: 2 }).await
         else {
@@ -250,21 +270,45 @@ async fn split_locks_no_longer_freeze_an_index() {
         assert_eq!((locked.id(), certificate.ballot), (block.id(), ballot), "witness {w}");
     }
 
-    // A stranger's huge ballot: refused, and the member's ballot moves one step only.
+    // Rule 0, as a liar pushing ballots would try it: each refused, member 3's ballot unmoved.
     let roster = cluster.roster(&[0, 1, 2, 3]);
-    let far = Announce {
-        block: y.clone(),
-        session: SessionId([0x33; 32]),
-        leader: roster.index_of(&cluster.witnesses[0].key).unwrap() as u32,
-        branching: 4,
-        excluded: vec![0],
-        ballot: u64::MAX,
-        justification: None,
-    };
+    let zero = roster.index_of(&cluster.witnesses[0].key).unwrap();
+    let zero_key = cluster.keys(&[0]).pop().unwrap();
     let as_zero = Client::with_key(cluster.keys(&[0]).pop().unwrap());
-    let reply = as_zero.call(&cluster.witnesses[3], Request::Announce(far)).await.unwrap_err();
-    assert_eq!(refusal(&reply).code, ErrorCode::Promised, "{}", refusal(&reply).message);
-    assert!(refusal(&reply).message.contains("raised to 1048578"), "{}", refusal(&reply).message);
+    let beyond = agreement::next_owned(agreement::frontier(4, common::now_ms() + 60_000), zero, 4).unwrap();
+    let others = agreement::next_owned(y_ballot, (zero + 1) % 4, 4).unwrap();
+    let announce_at = |ballot: u64, signer: &chainiac_cosi::SecretKey| {
+        let mut announce = Announce {
+            block: y.clone(),
+            session: SessionId([0x33; 32]),
+            leader: zero as u32,
+            branching: 4,
+            excluded: vec![0],
+            ballot,
+            justification: None,
+            leader_signature: [0; 64],
+        };
+        announce.sign(signer);
+        announce
+    };
+    let one_key = cluster.keys(&[1]).pop().unwrap();
+    let cases = [
+        (beyond, &zero_key, ErrorCode::Promised, "beyond"),
+        (others, &zero_key, ErrorCode::Refused, "belongs to member"),
+        (y_ballot + 4, &one_key, ErrorCode::BadRequest, "not signed by its leader"),
+    ];
+    for (ballot, signer, code, says) in cases {
+        let reply = as_zero.call(&cluster.witnesses[3], Request::Announce(announce_at(ballot, signer))).await;
+        let reply = reply.unwrap_err();
+        assert_eq!(refusal(&reply).code, code, "{}", refusal(&reply).message);
+        assert!(refusal(&reply).message.contains(says), "{}", refusal(&reply).message);
+    }
+    let Ok(Response::IndexState(state)) =
+        member.call(&cluster.witnesses[3], Request::GetIndexState { chain, index: 2 }).await
+    else {
+        panic!("witness 3 reports its state")
+    };
+    assert_eq!(state.voted, y_ballot, "no refused announce moved witness 3's ballot");
 
     // The next proposal fills index 2 with Y, then goes on index 3.
     let mine = match cluster.propose(3, chain, b"after the split").await {
@@ -285,7 +329,7 @@ async fn split_locks_no_longer_freeze_an_index() {
             panic!("witness {i} lacks block 2")
         };
         assert_eq!(block.id(), y.id(), "witness {i} holds Y, the highest lock, at index 2");
-        assert!(block.signature.as_ref().unwrap().ballot > 2, "signed at a ballot above both locks");
+        assert!(block.signature.as_ref().unwrap().ballot > y_ballot, "signed at a ballot above both locks");
     }
     assert_eq!(cluster.prove_from_genesis(1, chain, &genesis).await.index(), 3);
 }
@@ -321,4 +365,80 @@ async fn a_leader_that_missed_a_commit_catches_up_and_proposes_on_the_new_head()
         cluster.wait_head(i, chain, 3).await;
     }
     cluster.assert_same_blocks(4, chain, 1..=3).await;
+}
+
+/// A liar in the committee — a stand-in with witness 0's key — pushes every honest
+/// member's ballot at the next index as far as rule 0 lets it (the highest ballot it owns
+/// within each member's frontier), twenty times a second, for the whole test. With `n = 4`
+/// and `t = 3` every honest member is needed, so before ballots had owners and epochs such
+/// a liar stopped the chain for as long as it kept at it (SPEC §9.1). Now the last ballot
+/// of each epoch's successor belongs to each member in turn, and honest proposals complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_complete_while_a_liar_pushes_ballots() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let (cluster, chain, genesis) = four_with_witness_zero_dead().await;
+    let roster = cluster.roster(&[0, 1, 2, 3]);
+    let zero = roster.index_of(&cluster.witnesses[0].key).unwrap();
+    let zero_key = cluster.keys(&[0]).pop().unwrap();
+    let cluster = Arc::new(cluster);
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let liar = {
+        let (cluster, stop, accepted, genesis) = (cluster.clone(), stop.clone(), accepted.clone(), genesis.clone());
+        let as_zero = Client::with_key(cluster.keys(&[0]).pop().unwrap());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let block = next_block(&cluster, 1, chain, &genesis, b"pushed by a liar").await;
+                let frontier = agreement::frontier(4, common::now_ms());
+                let ballot = (frontier - 8..=frontier).rev().find(|&b| agreement::owner(b, 4) == zero).unwrap();
+                for w in 1..4 {
+                    let target = roster.index_of(&cluster.witnesses[w].key).unwrap();
+                    let mut excluded = Mask::empty(4);
+                    (0..4).filter(|&i| i != zero && i != target).for_each(|i| excluded.insert(i));
+                    let mut announce = Announce {
+                        block: block.clone(),
+                        session: SessionId([0x55; 32]),
+                        leader: zero as u32,
+                        branching: 4,
+                        excluded: excluded.as_bytes().to_vec(),
+                        ballot,
+                        justification: None,
+                        leader_signature: [0; 64],
+                    };
+                    announce.sign(&zero_key);
+                    if let Ok(Response::Voted { .. }) =
+                        as_zero.call(&cluster.witnesses[w], Request::Announce(announce)).await
+                    {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+    };
+    // Honest proposals, retried as a client retries an error, under a generous bound: the
+    // liar may win every epoch but the leader's (SPEC §9.1).
+    let mut took = Vec::new();
+    for (i, payload) in [b"one".as_slice(), b"two"].into_iter().enumerate() {
+        let started = std::time::Instant::now();
+        let block = loop {
+            match cluster.propose(1 + i, chain, payload).await {
+                Ok(block) => break block,
+                Err(e) => {
+                    assert!(started.elapsed().as_secs() < 150, "no append in 150 s while the liar pushed: {e:?}");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        };
+        assert_eq!(block.header.index, 2 + i as u64);
+        took.push(started.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    liar.await.unwrap();
+    println!("appends took {took:?} while a liar pushed ballots; {} pushes accepted", accepted.load(Ordering::Relaxed));
+    assert!(accepted.load(Ordering::Relaxed) > 0, "the liar moved members' ballots");
+    for i in 1..4 {
+        cluster.wait_head(i, chain, 3).await;
+    }
+    assert_eq!(cluster.prove_from_genesis(2, chain, &genesis).await.index(), 3);
 }

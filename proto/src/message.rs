@@ -225,6 +225,43 @@ pub struct Announce {
     /// When the leader re-leads a locked block: the certificate that locked it, from an
     /// earlier ballot (§9.1). None for a new block.
     pub justification: Option<Certificate>,
+    /// The leader's signature over the announce ([`Announce::signed_message`]): members vote
+    /// only at a ballot its owner announced (§9.1, rule 0), and neither a relay nor anyone
+    /// else can re-shape the announce's tree or session in the leader's name.
+    #[serde(with = "chainiac_cosi::bytes")]
+    pub leader_signature: [u8; 64],
+}
+
+/// The domain of an announce's leader signature (§10.4).
+pub const TAG_ANNOUNCE: &str = "chainiac/v1/witness/announce";
+
+impl Announce {
+    /// `tagged(TAG_ANNOUNCE) || session || block id || u64be(ballot) || u32be(leader) ||
+    /// u32be(branching) || u32be(len excluded) || excluded`: everything that decides who
+    /// votes where, in which session, for what. The justification is checked on its own.
+    pub fn signed_message(&self) -> Vec<u8> {
+        let mut message = Vec::with_capacity(1 + TAG_ANNOUNCE.len() + 84 + self.excluded.len());
+        message.push(TAG_ANNOUNCE.len() as u8);
+        message.extend_from_slice(TAG_ANNOUNCE.as_bytes());
+        message.extend_from_slice(&self.session.0);
+        message.extend_from_slice(&self.block.id().0);
+        message.extend_from_slice(&self.ballot.to_be_bytes());
+        message.extend_from_slice(&self.leader.to_be_bytes());
+        message.extend_from_slice(&self.branching.to_be_bytes());
+        message.extend_from_slice(&(self.excluded.len() as u32).to_be_bytes());
+        message.extend_from_slice(&self.excluded);
+        message
+    }
+
+    /// Signs the announce as its leader.
+    pub fn sign(&mut self, key: &chainiac_cosi::SecretKey) {
+        self.leader_signature = key.sign_ed25519(&self.signed_message());
+    }
+
+    /// Strict RFC 8032 verification by `key` (the roster's key at `leader`).
+    pub fn verify(&self, key: &PublicKey) -> bool {
+        key.verify_ed25519(&self.signed_message(), &self.leader_signature)
+    }
 }
 
 impl Request {
@@ -518,6 +555,53 @@ mod tests {
 
     fn bytes(parts: &[&[u8]]) -> Vec<u8> {
         parts.concat()
+    }
+
+    /// SPEC §10.4: the leader signs the announce's session, block id, ballot, leader,
+    /// branching and excluded mask; any change to one of them breaks the signature.
+    #[test]
+    fn announce_signature_vector() {
+        let key = chainiac_cosi::SecretKey::from_seed(&[1; 32]);
+        let roster = chainiac_cosi::Roster::new(vec![chainiac_cosi::Member::new(&key, "127.0.0.1:1")]).unwrap();
+        let committee = chainiac_skipchain::Committee::byzantine(roster);
+        let params = chainiac_skipchain::ChainParams::new(2, 20).unwrap();
+        let block = chainiac_skipchain::genesis(params, committee, Vec::new(), 0, Vec::new(), 1_800_000_000_000);
+        let mut announce = Announce {
+            block,
+            session: chainiac_cosi::protocol::SessionId([2; 32]),
+            leader: 3,
+            branching: 8,
+            excluded: vec![0x05],
+            ballot: 0x0102_0304_0506_0708,
+            justification: None,
+            leader_signature: [0; 64],
+        };
+        let message = announce.signed_message();
+        assert_eq!(message.len(), 1 + 28 + 32 + 32 + 8 + 4 + 4 + 4 + 1);
+        assert_eq!(&message[..29], b"\x1cchainiac/v1/witness/announce");
+        assert_eq!(&message[29..61], &[2; 32]);
+        assert_eq!(&message[61..93], &announce.block.id().0);
+        assert_eq!(&message[93..], &[1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 3, 0, 0, 0, 8, 0, 0, 0, 1, 5]);
+        announce.sign(&key);
+        assert!(announce.verify(&key.public_key()));
+        let hex: String = announce.leader_signature.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "a3376a44b142c6f8a0d28148d962dd18824095c81bc8b46b9807b7f75eab4637\
+             da73f12fe388e85c0c0ce4ada85814b5cf9f97ce0d341892b6a4689b8e98ab0c"
+        );
+        let id: String = announce.block.id().0.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(id, "7371d35559c8a129a28831978724632e40d24d38f014eb78458679822c16449c");
+        for change in 0..4 {
+            let mut changed = announce.clone();
+            match change {
+                0 => changed.branching = 1,
+                1 => changed.excluded = vec![0x04],
+                2 => changed.session.0[0] ^= 1,
+                _ => changed.ballot += 1,
+            }
+            assert!(!changed.verify(&key.public_key()), "change {change}");
+        }
     }
 
     /// SPEC §9.1: a vote signs `tagged(TAG_VOTE) || block id || u64be(ballot)` (65 bytes,

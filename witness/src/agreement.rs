@@ -20,6 +20,17 @@
 //!    locked lower), or its own block if none is locked, at a ballot above every ballot
 //!    they voted at.
 //!
+//! Which ballots a leader may use, and when ([`admit`], for liveness only: safety holds
+//! whatever ballots are used): ballots come in epochs of `n`, one per member, and the order
+//! of the members within an epoch rotates from one epoch to the next ([`owner`]). A member
+//! votes at a ballot only when its owner announced it (the announce carries the owner's
+//! signed vote) and only up to the end of the epoch after the one its clock reads
+//! ([`frontier`], epochs of [`EPOCH_MS`]). A liar can then push honest members no further
+//! than its own ballot in the next epoch; the member owning the last ballot of that epoch
+//! outbids every ballot anyone may use until the epoch after begins, and that member is
+//! honest in `n − f` epochs of every `n`: Tendermint's rotating proposer, with rounds that
+//! only time advances.
+//!
 //! Why two blocks never both get `t` partial signatures: if `X` got them at ballot `b`, `t`
 //! members locked `(X, b)`. A certificate for `Y ≠ X` at `b` would need an honest member
 //! to vote twice at `b`. Take the lowest ballot `b' > b` with a certificate for some
@@ -51,12 +62,84 @@ use std::collections::BTreeSet;
 /// A ballot number: a leader's attempt at an index. Higher is newer.
 pub type Ballot = u64;
 
-/// How far above its own ballot a member votes, and how far above its own a leader counts
-/// a report. Without a bound one liar's announce at `Ballot::MAX` would leave no ballot
-/// above it. A member shown a farther ballot refuses it and raises its own ballot by this
-/// step instead (raising without a vote only makes it refuse more: safe), so that members a
-/// liar pushed apart come within one step of each other as honest leaders keep trying.
-pub const MAX_BALLOT_STEP: Ballot = 1 << 20;
+/// Milliseconds per ballot epoch. The honest owner of the last ballot of the epoch after
+/// the current one has the epoch less two clock margins (4 s) before anyone may outbid it:
+/// a round at the frontier (two phases of at most [`FRONTIER_PHASE_MS`]) fits with room.
+pub const EPOCH_MS: u64 = 6_000;
+
+/// How far apart honest members' clocks may be for rule 0 to work as argued (SPEC §9.1): a
+/// leader waits this long past its ballot's opening, for members whose clocks are behind.
+pub const CLOCK_MARGIN_MS: u64 = 1_000;
+
+/// How long a leader waits for each phase (announce, challenge) of a round at the
+/// frontier, which runs over a star: members slower than this (or liars answering as late
+/// as they may) are left out, so that no member can stretch the round past the time its
+/// ballot is unbeaten.
+pub const FRONTIER_PHASE_MS: u64 = 1_000;
+
+/// The member that may announce `ballot` in a committee of `members`: ballot `e·n + s` is
+/// slot `s` of epoch `e`, and slot `s` belongs to member `(s + e) mod n`, so every member
+/// owns one ballot an epoch and the last slot rotates through all of them.
+pub fn owner(ballot: Ballot, members: usize) -> usize {
+    let n = members.max(1) as u64;
+    ((ballot % n + (ballot / n) % n) % n) as usize
+}
+
+/// The highest ballot a member votes at while its clock reads `now_ms` (milliseconds since
+/// the Unix epoch): the last of the epoch after the current one, so that members whose
+/// clocks differ by less than an epoch accept one another's current ballots.
+pub fn frontier(members: usize, now_ms: u64) -> Ballot {
+    let n = members.max(1) as u64;
+    (now_ms / EPOCH_MS).saturating_add(2).saturating_mul(n).saturating_sub(1)
+}
+
+/// The lowest ballot above `above` that `member` owns (`None`: past `Ballot::MAX`).
+pub fn next_owned(above: Ballot, member: usize, members: usize) -> Option<Ballot> {
+    let n = members.max(1) as u64;
+    let m = member as u64 % n;
+    let first = above.checked_add(1)?;
+    let epoch = first / n;
+    for e in [epoch, epoch.checked_add(1)?] {
+        let slot = (m + n - e % n) % n;
+        let ballot = e.checked_mul(n)?.checked_add(slot)?;
+        if ballot >= first {
+            return Some(ballot);
+        }
+    }
+    None // unreachable: each epoch holds one ballot of every member
+}
+
+/// Whether `ballot` is of the current or the next epoch by the clock that gave `frontier`:
+/// ballots there are in use only because someone pushed ballots to the present, and rounds
+/// there run against the clock (a star, phases of [`FRONTIER_PHASE_MS`]; reservations do
+/// not hold against them).
+pub fn at_frontier(ballot: Ballot, members: usize, frontier: Ballot) -> bool {
+    let n = members.max(1) as u64;
+    ballot / n + 1 >= frontier / n
+}
+
+/// How long, from `now_ms`, until `ballot` is within the [`frontier`] of members whose
+/// clocks are up to [`CLOCK_MARGIN_MS`] behind (0: now; always so for the low ballots of
+/// ordinary rounds).
+pub fn opens_in_ms(ballot: Ballot, members: usize, now_ms: u64) -> u64 {
+    let n = members.max(1) as u64;
+    let opens = (ballot / n).saturating_sub(1).saturating_mul(EPOCH_MS).saturating_add(CLOCK_MARGIN_MS);
+    opens.saturating_sub(now_ms)
+}
+
+/// Rule 0, for liveness: a member votes at `ballot` only if `announcer` owns it and it is
+/// within `frontier` (the member's, from its clock). Checked before the rules of
+/// [`Durable::vote`]; a refusal changes nothing.
+pub fn admit(members: usize, ballot: Ballot, announcer: usize, frontier: Ballot) -> Result<(), Refusal> {
+    let owner = owner(ballot, members);
+    if owner != announcer {
+        return Err(Refusal::NotOwner { ballot, owner, announcer });
+    }
+    if ballot > frontier {
+        return Err(Refusal::Early { ballot, frontier });
+    }
+    Ok(())
+}
 
 /// `t` members' votes for one block at one ballot, as the node verified them (each vote is
 /// a signature by that member over the block, the index and the ballot).
@@ -111,10 +194,12 @@ pub enum Refusal {
     OlderThanLock { ballot: Ballot, lock: Ballot },
     #[error("the certificate's ballot {ballot} is below ballot {voted}, at which this member already voted")]
     Superseded { ballot: Ballot, voted: Ballot },
+    #[error("ballot {ballot} belongs to member {owner}, not to member {announcer}, which announced it")]
+    NotOwner { ballot: Ballot, owner: usize, announcer: usize },
     #[error(
-        "ballot {ballot} is more than {MAX_BALLOT_STEP} above this member's; its ballot was raised to {raised_to}"
+        "ballot {ballot} is beyond {frontier}, the last this member's clock allows now; retry when its epoch opens"
     )]
-    TooFar { ballot: Ballot, raised_to: Ballot },
+    Early { ballot: Ballot, frontier: Ballot },
 }
 
 /// The committee an index is agreed in: its size and threshold.
@@ -126,8 +211,7 @@ pub struct Committee {
 
 impl<B: Clone + PartialEq> Durable<B> {
     /// Rule 1: whether this member votes for `block` at `ballot`, given the announce's
-    /// `justification`; on `Ok` the caller stores the raised `voted` before answering, and
-    /// on [`Refusal::TooFar`] too (the ballot was raised by [`MAX_BALLOT_STEP`]).
+    /// `justification`; on `Ok` the caller stores the raised `voted` before answering.
     pub fn vote(
         &mut self,
         committee: Committee,
@@ -137,17 +221,6 @@ impl<B: Clone + PartialEq> Durable<B> {
     ) -> Result<(), Refusal> {
         if ballot <= self.voted {
             return Err(Refusal::OldBallot { ballot, voted: self.voted });
-        }
-        // A complete certificate for the block shows `t` members (more than the faulty ones)
-        // voted at its ballot: ballots a step above it are in honest use, and a member that
-        // lagged reaches them at once instead of a step per announce.
-        let certified = justification
-            .filter(|c| c.block == *block && c.is_complete(committee.members, committee.threshold))
-            .map_or(0, |c| c.ballot);
-        let reach = self.voted.max(certified).saturating_add(MAX_BALLOT_STEP);
-        if ballot > reach {
-            self.voted = reach;
-            return Err(Refusal::TooFar { ballot, raised_to: reach });
         }
         if let Some(lock) = &self.lock {
             if lock.certificate.block != *block {
@@ -207,11 +280,19 @@ impl<B: Clone> Plan<B> {
 
 /// Rule 4: from the states of at least `t` members (`reports`), the block to lead and its
 /// ballot: the block of the highest-ballot complete lock, justified by its certificate, or
-/// the leader's own when nobody reported a lock; the ballot above every ballot reported and above
-/// `at_least` (the leader's own), each report counted at most `MAX_BALLOT_STEP − 1` above
-/// `at_least` so that the leader itself accepts the ballot (a liar's report cannot make it
-/// refuse its own vote). `None` when fewer than `t` reported.
-pub fn plan<B: Clone>(committee: Committee, reports: &[Durable<B>], at_least: Ballot) -> Option<Plan<B>> {
+/// the leader's own when nobody reported a lock; the ballot: the lowest that `me` owns above
+/// every ballot reported and above `at_least` (the leader's own). A report's ballot beyond
+/// `frontier` (the leader's, from its clock) by more than an epoch is not counted: no honest
+/// member votes there (its clock would be an epoch ahead), so it is a liar's, and counting
+/// it would send the leader to the next epoch at every gathering. `None` when fewer than
+/// `t` reported.
+pub fn plan<B: Clone>(
+    committee: Committee,
+    reports: &[Durable<B>],
+    at_least: Ballot,
+    me: usize,
+    frontier: Ballot,
+) -> Option<Plan<B>> {
     if reports.len() < committee.threshold {
         return None;
     }
@@ -220,11 +301,10 @@ pub fn plan<B: Clone>(committee: Committee, reports: &[Durable<B>], at_least: Ba
         .filter_map(|r| r.lock.as_ref())
         .filter(|l| l.certificate.is_complete(committee.members, committee.threshold))
         .max_by_key(|l| l.certificate.ballot);
-    // A re-led lock's certificate extends the reach of every vote for it (rule 1).
-    let certified = highest.map_or(0, |l| l.certificate.ballot);
-    let cap = at_least.max(certified).saturating_add(MAX_BALLOT_STEP - 1);
-    // Saturating: a member at `Ballot::MAX` refuses the ballot (`OldBallot`), nothing panics.
-    let ballot = reports.iter().map(|r| r.voted.min(cap)).max().unwrap_or(0).max(at_least).saturating_add(1);
+    let believable = frontier.saturating_add(committee.members as u64);
+    let above = reports.iter().map(|r| r.voted).filter(|&v| v <= believable).max().unwrap_or(0).max(at_least);
+    // None only past `Ballot::MAX`: the leader's own vote then refuses it, nothing panics.
+    let ballot = next_owned(above, me, committee.members).unwrap_or(Ballot::MAX);
     Some(Plan { ballot, justification: highest.map(|lock| lock.certificate.clone()) })
 }
 
@@ -290,41 +370,84 @@ mod tests {
         k.lock(C, &y5).unwrap(); // shares Y: with Z's, Y is signed too
     }
 
-    /// A liar's ballot: a far announce is refused and raises the member one step only, and
-    /// a far report does not carry a plan beyond the step the leader itself accepts.
     #[test]
-    fn ballots_move_at_most_one_step_at_a_time() {
-        let mut d = Durable::<u8>::default();
+    fn each_member_owns_one_ballot_an_epoch_and_the_last_slot_rotates() {
+        for n in 1..9usize {
+            let mut last = std::collections::BTreeSet::new();
+            for epoch in 0..(3 * n as u64) {
+                let owners: std::collections::BTreeSet<usize> =
+                    (0..n as u64).map(|s| owner(epoch * n as u64 + s, n)).collect();
+                assert_eq!(owners.len(), n, "epoch {epoch} of {n}");
+                last.insert(owner(epoch * n as u64 + n as u64 - 1, n));
+            }
+            assert_eq!(last.len(), n, "every member owns the last slot of some epoch");
+        }
+        assert_eq!(owner(Ballot::MAX, 7), ((Ballot::MAX % 7 + (Ballot::MAX / 7) % 7) % 7) as usize);
+    }
+
+    /// Rule 0: the owner only, and not beyond the frontier; a refusal leaves no trace.
+    #[test]
+    fn only_a_ballots_owner_announces_it_and_not_before_its_epoch() {
+        let frontier = frontier(4, 10 * EPOCH_MS + 1); // epoch 10: ballots up to epoch 11
+        assert_eq!(frontier, 12 * 4 - 1);
+        assert_eq!(admit(4, 47, owner(47, 4), frontier), Ok(()));
+        assert_eq!(admit(4, 48, owner(48, 4), frontier), Err(Refusal::Early { ballot: 48, frontier: 47 }));
+        let other = (owner(45, 4) + 1) % 4;
         assert_eq!(
-            d.vote(C, &1, Ballot::MAX, None),
-            Err(Refusal::TooFar { ballot: Ballot::MAX, raised_to: MAX_BALLOT_STEP })
+            admit(4, 45, other, frontier),
+            Err(Refusal::NotOwner { ballot: 45, owner: owner(45, 4), announcer: other })
         );
-        assert_eq!(d.voted, MAX_BALLOT_STEP);
-        d.vote(C, &1, 2 * MAX_BALLOT_STEP, None).unwrap();
+        assert_eq!(opens_in_ms(48, 4, 10 * EPOCH_MS + 1), EPOCH_MS + CLOCK_MARGIN_MS - 1);
+        assert_eq!(opens_in_ms(47, 4, 10 * EPOCH_MS + 1), CLOCK_MARGIN_MS - 1, "for clocks behind");
+        assert_eq!(opens_in_ms(47, 4, 10 * EPOCH_MS + CLOCK_MARGIN_MS), 0);
+        assert_eq!(opens_in_ms(7, 4, 1_800_000_000_000), 0, "ordinary rounds never wait");
+        assert_eq!(opens_in_ms(Ballot::MAX, 4, 0), Ballot::MAX);
+    }
+
+    /// A liar's report of a ballot no honest clock admits is not counted; one at the
+    /// frontier (a member pushed there) sends the leader to its ballot of the next epoch,
+    /// which it accepts itself once that epoch opens.
+    #[test]
+    fn a_liars_report_beyond_the_frontier_is_not_counted() {
+        let now = 100 * EPOCH_MS;
+        let top = frontier(4, now);
+        let honest = Durable::<u8> { voted: 7, lock: None };
         let liar = Durable::<u8> { voted: Ballot::MAX, lock: None };
-        let honest = Durable { voted: 7, lock: None };
-        let p = plan(C, &[liar, honest.clone(), honest], 5).unwrap();
-        assert_eq!(p.ballot, 5 + MAX_BALLOT_STEP);
+        let p = plan(C, &[liar, honest.clone(), honest.clone()], 5, 2, top).unwrap();
+        assert_eq!(p.ballot, next_owned(7, 2, 4).unwrap(), "the liar's report changes nothing");
+        let pushed = Durable::<u8> { voted: top, lock: None };
+        let p = plan(C, &[pushed, honest.clone(), honest], 5, 2, top).unwrap();
+        assert!(p.ballot > top && owner(p.ballot, 4) == 2, "{}", p.ballot);
+        assert!(opens_in_ms(p.ballot, 4, now) <= EPOCH_MS + CLOCK_MARGIN_MS);
+        let later = now + opens_in_ms(p.ballot, 4, now);
+        assert_eq!(admit(4, p.ballot, 2, frontier(4, later)), Ok(()));
         let mut leader = Durable { voted: 5, lock: None };
         leader.vote(C, &1, p.ballot, None).unwrap();
     }
 
-    /// A member a liar left behind by many steps reaches a ballot near a complete
-    /// certificate's at once when the announce carries it; an incomplete one or one for
-    /// another block does not extend its reach.
-    #[test]
-    fn a_certificate_extends_a_laggards_reach() {
-        let far = 5 * MAX_BALLOT_STEP;
-        let mut d = Durable::<u8>::default();
-        assert!(matches!(d.vote(C, &1, far + 3, Some(&cert(1, far, &[0, 1]))), Err(Refusal::TooFar { .. })));
-        assert!(matches!(d.vote(C, &1, far + 4, Some(&cert(2, far, &[0, 1, 2]))), Err(Refusal::TooFar { .. })));
-        d.vote(C, &1, far + 5, Some(&cert(1, far, &[0, 1, 2]))).unwrap();
-        let lagging = Durable { voted: 1, lock: None };
-        let locked = Durable { voted: far + 2, lock: Some(Lock { certificate: cert(1, far, &[0, 1, 2]) }) };
-        let p = plan(C, &[lagging.clone(), locked.clone(), locked], 1).unwrap();
-        assert_eq!(p.ballot, far + 3, "the leader lagging too plans above the lockers");
-        let mut leader = lagging;
-        leader.vote(C, &1, p.ballot, p.justification.as_ref()).unwrap();
+    proptest::proptest! {
+        #[test]
+        fn next_owned_is_the_lowest_owned_ballot_above(above in 0u64..10_000, n in 1usize..9, m in 0usize..8) {
+            let m = m % n;
+            let expected = (above + 1..).find(|&b| owner(b, n) == m).unwrap();
+            proptest::prop_assert_eq!(next_owned(above, m, n), Some(expected));
+            proptest::prop_assert!(expected - above <= 2 * n as u64);
+        }
+
+        /// Liveness's core: while a clock reads epoch `E`, every ballot a liar may use is
+        /// below the last ballot of epoch `E + 1`, which its (other) owner may use at once.
+        #[test]
+        fn no_one_outbids_the_last_slot_of_the_next_epoch(now in 0u64..1 << 50, n in 1usize..9, liar in 0usize..8) {
+            let liar = liar % n;
+            let top = frontier(n, now);
+            let top_owner = owner(top, n);
+            proptest::prop_assert_eq!(admit(n, top, top_owner, top), Ok(()));
+            if liar != top_owner {
+                let best = (top.saturating_sub(2 * n as u64)..=top).rev().find(|&b| owner(b, n) == liar).unwrap();
+                proptest::prop_assert!(best < top);
+                proptest::prop_assert!(admit(n, top + 1, liar, top).is_err());
+            }
+        }
     }
 
     /// What the simulation found: a member that voted at ballot 2 while unlocked must not
@@ -345,10 +468,10 @@ mod tests {
         let locked = Durable { voted: 5, lock: Some(Lock { certificate: cert(7, 4, &[0, 1, 2]) }) };
         let lower = Durable { voted: 3, lock: Some(Lock { certificate: cert(8, 2, &[0, 1, 3]) }) };
         let free = Durable { voted: 9, lock: None };
-        let p = plan(C, &[lower.clone(), locked.clone(), free.clone()], 0).unwrap();
+        let p = plan(C, &[lower.clone(), locked.clone(), free.clone()], 0, 0, Ballot::MAX).unwrap();
         assert_eq!((p.block(1), p.ballot), (7, 10));
         assert_eq!(p.justification.unwrap().ballot, 4);
-        assert_eq!(plan(C, &[free.clone(), free.clone(), free.clone()], 20).unwrap().block(1), 1);
-        assert_eq!(plan(C, &[free.clone(), free], 0), None, "fewer than the threshold reported");
+        assert_eq!(plan(C, &[free.clone(), free.clone(), free.clone()], 20, 0, Ballot::MAX).unwrap().block(1), 1);
+        assert_eq!(plan(C, &[free.clone(), free], 0, 0, Ballot::MAX), None, "fewer than the threshold reported");
     }
 }

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub refused_frames: AtomicU64,
     pub round_ms_total: AtomicU64,
     pub round_ms_max: AtomicU64,
+    /// When this node last warned of a committee member's clock (ms since the Unix epoch).
+    pub clock_warned_ms: AtomicU64,
 }
 
 impl Metrics {

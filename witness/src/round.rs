@@ -99,16 +99,20 @@ pub enum Event<B> {
         own: Durable<B>,
         presumed_down: BTreeSet<usize>,
         proposal_appended: bool,
+        /// The highest ballot this node's clock admits now ([`agreement::frontier`]).
+        frontier: Ballot,
     },
     /// This node's own state, read now (its own rounds and others' announces move it), and
     /// the states of the members that answered a [`Step::Gather`] (complete certificates
     /// only: the node checked each reported lock).
     /// `filled`: members that answered that the index is filled there (this node missed
-    /// the block: it catches up, as after an announce).
+    /// the block: it catches up, as after an announce). `frontier`: the highest ballot this
+    /// node's clock admits now ([`agreement::frontier`]); reports count up to it.
     Gathered {
         own: Durable<B>,
         reports: Vec<Durable<B>>,
         filled: Vec<usize>,
+        frontier: Ballot,
     },
     /// The announce did not go out: the chain moved, another block holds this node's
     /// reservation, or this node's own vote was refused (its reservation is released).
@@ -138,14 +142,19 @@ pub enum Step<B> {
     Gather {
         ask: Vec<usize>,
     },
-    /// Check the chain has not moved, vote and reserve the index ([`accept_announce`], the
-    /// state stored), commit and announce over the tree rooted at this node without
-    /// `excluded`: [`Event::Announced`] (or [`Event::NotAnnounced`]).
+    /// Wait until `ballot` opens by this node's clock ([`agreement::opens_in_ms`]: at once
+    /// unless a liar or a rival pushed ballots to the frontier), check the chain has not
+    /// moved, vote and reserve the index ([`accept_announce`], the state stored), commit and
+    /// announce over the tree rooted at this node without `excluded`, the announce carrying
+    /// this node's vote (it owns `ballot`): [`Event::Announced`] (or [`Event::NotAnnounced`]).
     Announce {
         proposed: Proposed<B>,
         ballot: Ballot,
         attempt: usize,
         excluded: BTreeSet<usize>,
+        /// A round at the frontier ([`agreement::at_frontier`]): over a star, each phase
+        /// waiting [`agreement::FRONTIER_PHASE_MS`] at most.
+        at_frontier: bool,
     },
     /// Catch up on the chain from these members (in turn, until one serves the blocks,
     /// within one overall deadline), which answered that the index is filled:
@@ -206,7 +215,8 @@ enum RunKind {
 struct Run<B> {
     kind: RunKind,
     proposed: Proposed<B>,
-    first_ballot: Ballot,
+    /// The ballot of the current attempt (of the first before it began).
+    ballot: Ballot,
     attempt: usize,
     excluded: BTreeSet<usize>,
     /// The members of `excluded` left out only for being presumed down (none once they
@@ -248,6 +258,8 @@ pub struct LeaderRound<B> {
     tick: bool,
     pass: usize,
     index: u64,
+    /// The highest ballot this node's clock admitted at the last head read or gathering.
+    frontier: Ballot,
     own: Durable<B>,
     presumed_down: BTreeSet<usize>,
     /// The fast path's failure in this pass, if it failed.
@@ -270,6 +282,7 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
             tick,
             pass: 0,
             index: 0,
+            frontier: Ballot::MAX,
             own: Durable::default(),
             presumed_down: BTreeSet::new(),
             fast_failure: None,
@@ -289,14 +302,22 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
     /// (a driver bug) fails the proposal rather than panicking.
     pub fn handle(&mut self, event: Event<B>) -> Action<B> {
         match (std::mem::replace(&mut self.phase, Phase::Finished), event) {
-            (Phase::ReadingHead, Event::Head { index, committee, me, own, presumed_down, proposal_appended }) => {
+            (
+                Phase::ReadingHead,
+                Event::Head { index, committee, me, own, presumed_down, proposal_appended, frontier },
+            ) => {
                 self.committee = committee;
                 self.me = me;
+                self.frontier = frontier;
                 self.on_head(index, own, presumed_down, proposal_appended)
             }
-            (Phase::Gathering { mut reports, asked_presumed }, Event::Gathered { own, reports: more, filled }) => {
+            (
+                Phase::Gathering { mut reports, asked_presumed },
+                Event::Gathered { own, reports: more, filled, frontier },
+            ) => {
                 reports.extend(more);
                 self.own = own;
+                self.frontier = frontier;
                 // Only when too few reported: with `t` states the index is not filled for
                 // the committee, and a liar's word would only cost a catch-up a pass.
                 if !filled.is_empty() && !self.caught_up && 1 + reports.len() < self.committee.threshold {
@@ -365,7 +386,7 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
             return self.finish(Action::step(Step::Done));
         }
         if own.lock.is_none() {
-            match own.voted.checked_add(1) {
+            match agreement::next_owned(own.voted, self.me, self.committee.members) {
                 Some(ballot) => {
                     self.own = own;
                     self.start_run(RunKind::Fast, Proposed::Own, ballot)
@@ -418,7 +439,7 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
     }
 
     fn plan(&mut self, reports: Vec<Durable<B>>) -> Action<B> {
-        let Some(plan) = agreement::plan(self.committee, &reports, self.own.voted) else {
+        let Some(plan) = agreement::plan(self.committee, &reports, self.own.voted, self.me, self.frontier) else {
             let error = self.fast_failure.take().unwrap_or_else(|| {
                 err(
                     ErrorCode::Unavailable,
@@ -445,7 +466,7 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
         }
     }
 
-    fn start_run(&mut self, kind: RunKind, proposed: Proposed<B>, first_ballot: Ballot) -> Action<B> {
+    fn start_run(&mut self, kind: RunKind, proposed: Proposed<B>, ballot: Ballot) -> Action<B> {
         // Members that missed a recent round are left out of the first attempt while the
         // others can still reach the threshold: a dead peer costs one timeout, not one a round.
         let excluded: BTreeSet<usize> = self.presumed_down.iter().copied().filter(|&i| i != self.me).collect();
@@ -457,7 +478,7 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
         let run = Run {
             kind,
             proposed,
-            first_ballot,
+            ballot,
             attempt: 0,
             presumed: excluded.clone(),
             excluded,
@@ -466,40 +487,46 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
         self.next_attempt(run)
     }
 
-    /// The run's next attempt at the next ballot, or its end with its last error.
+    /// The run's next attempt at this node's next ballot, or its end with its last error.
     fn next_attempt(&mut self, mut run: Run<B>) -> Action<B> {
         if run.attempt >= MAX_ATTEMPTS {
             let error = run.last_error.clone();
             return self.end_run(run.kind, error, true);
         }
+        if run.attempt > 0 {
+            let Some(ballot) = agreement::next_owned(run.ballot, self.me, self.committee.members) else {
+                return self.end_run(run.kind, err(ErrorCode::Refused, "no ballot is left at the index"), true);
+            };
+            run.ballot = ballot;
+        }
         run.attempt += 1;
-        let Some(ballot) = run.first_ballot.checked_add(run.attempt as u64 - 1) else {
-            return self.end_run(run.kind, err(ErrorCode::Refused, "no ballot is left at the index"), true);
-        };
         let step = Step::Announce {
             proposed: run.proposed.clone(),
-            ballot,
+            ballot: run.ballot,
             attempt: run.attempt,
             excluded: run.excluded.clone(),
+            at_frontier: self.at_frontier(run.ballot),
         };
         self.phase = Phase::Announcing(run);
         Action::step(step)
     }
 
-    fn tree(&self, excluded: &BTreeSet<usize>) -> Tree {
-        let mut mask = Mask::empty(self.committee.members);
-        excluded.iter().for_each(|&i| mask.insert(i));
-        Tree::new(self.committee.members, self.me, self.branching, &mask)
+    fn at_frontier(&self, ballot: Ballot) -> bool {
+        agreement::at_frontier(ballot, self.committee.members, self.frontier)
     }
 
-    fn ballot(run: &Run<B>) -> Ballot {
-        run.first_ballot + (run.attempt as u64 - 1) // checked when the attempt began
+    /// The tree of an attempt at `ballot` without `excluded`: a star at the frontier.
+    fn tree(&self, ballot: Ballot, excluded: &BTreeSet<usize>) -> Tree {
+        let mut mask = Mask::empty(self.committee.members);
+        excluded.iter().for_each(|&i| mask.insert(i));
+        let branching = if self.at_frontier(ballot) { self.committee.members } else { self.branching };
+        Tree::new(self.committee.members, self.me, branching, &mask)
     }
 
     fn on_announced(&mut self, mut run: Run<B>, mut outcome: AnnounceOutcome) -> Action<B> {
         self.presumed_down = outcome.presumed_down.clone();
         let (n, t) = (self.committee.members, self.committee.threshold);
-        let ballot = Self::ballot(&run);
+        let ballot = run.ballot;
         let short = outcome.below_threshold.is_some() || outcome.voters.len() < t;
         if short && !outcome.filled.is_empty() && !self.caught_up {
             self.caught_up = true;
@@ -511,7 +538,7 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
         if let Some((unreachable, error)) = outcome.below_threshold {
             run.last_error = error;
             let last = run.attempt >= MAX_ATTEMPTS;
-            let tree = self.tree(&run.excluded);
+            let tree = self.tree(run.ballot, &run.excluded);
             let hidden = unreachable.iter().any(|&u| !tree.children(u).is_empty());
             let branches: BTreeSet<usize> = outcome.committed.iter().copied().collect();
             for &u in &unreachable {
@@ -560,7 +587,7 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
             // Committed but not voted: a parent dropped its subtree's votes, or a member
             // committed without voting. Children whose subtree holds such a member are left
             // out of the next attempt, as a faulty member is.
-            let tree = self.tree(&run.excluded);
+            let tree = self.tree(run.ballot, &run.excluded);
             run.excluded.extend(withheld_votes(&tree, self.me, &outcome.committed, |m| outcome.voters.contains(&m)));
             run.last_error = err(
                 ErrorCode::Unavailable,
@@ -650,22 +677,31 @@ pub fn withheld_votes(tree: &Tree, me: usize, committed: &[usize], voted: impl F
 
 /// Which block holds each unfilled index at this member, until when: a member keeps
 /// racing leaders from splitting it between two blocks before any response is given.
+/// A reservation only helps liveness (the agreement rules alone keep two blocks from
+/// both being signed), so each leader's holds at an index end one lease after its first
+/// there, as long as the index is open: a liar that announces again and again holds an
+/// index against honest leaders for one lease, not for as long as it keeps at it.
 #[derive(Debug)]
 pub struct Reservations<K, B> {
     held: HashMap<(K, u64), (B, Instant)>,
+    /// When each leader first held each open index here (announces come for a chain's
+    /// next index only, so the entries below the one announced are filled and dropped).
+    first: HashMap<(K, u64, usize), Instant>,
 }
 
 impl<K, B> Default for Reservations<K, B> {
     fn default() -> Self {
-        Reservations { held: HashMap::new() }
+        Reservations { held: HashMap::new(), first: HashMap::new() }
     }
 }
 
 impl<K: Hash + Eq + Clone, B: Clone + PartialEq> Reservations<K, B> {
-    /// Holds `(chain, index)` for `block` until `now + lease`, unless another block holds
-    /// it. `takeover`: the block is re-led with a complete certificate, so it replaces
-    /// whatever is held (a reservation only settles racing leaders; the one a dead leader
-    /// left would otherwise hold the index against its own recovery for a whole lease).
+    /// Holds `(chain, index)` for `block`, announced by `leader`, until `now + lease` but
+    /// no later than one lease after `leader` first held the index here (after that the
+    /// member votes without holding), unless another block holds it. `takeover`: the block
+    /// is re-led with a complete certificate, so it replaces whatever is held (the hold a
+    /// dead leader left would otherwise keep the index from its own recovery for a lease).
+    #[allow(clippy::too_many_arguments)]
     pub fn reserve(
         &mut self,
         now: Instant,
@@ -673,15 +709,23 @@ impl<K: Hash + Eq + Clone, B: Clone + PartialEq> Reservations<K, B> {
         chain: &K,
         index: u64,
         block: &B,
+        leader: usize,
         takeover: bool,
     ) -> Result<(), ErrorReply> {
         self.held.retain(|_, (_, until)| *until > now);
+        self.first.retain(|(c, i, _), _| c != chain || *i >= index);
         match self.held.get(&(chain.clone(), index)) {
             Some((held, _)) if held != block && !takeover => {
                 Err(err(ErrorCode::Busy, format!("index {index} is held by another proposed block; retry shortly")))
             }
             _ => {
-                self.held.insert((chain.clone(), index), (block.clone(), now + lease));
+                let first = *self.first.entry((chain.clone(), index, leader)).or_insert(now);
+                let until = (now + lease).min(first + lease);
+                if until > now {
+                    self.held.insert((chain.clone(), index), (block.clone(), until));
+                } else {
+                    self.held.remove(&(chain.clone(), index));
+                }
                 Ok(())
             }
         }
@@ -704,18 +748,19 @@ impl<K: Hash + Eq + Clone, B: Clone + PartialEq> Reservations<K, B> {
 /// Why a member does not vote for an announced block.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AnnounceRefusal {
-    /// The agreement rules refuse it. After [`Refusal::TooFar`] the member's ballot was
-    /// raised: the caller stores the state.
+    /// The agreement rules refuse it.
     Rules(Refusal),
     /// Another block holds the index here (`Busy`).
     Held(ErrorReply),
 }
 
-/// What a member does with an announce of `block` at `ballot` at an unfilled index of
-/// `chain`, once the block passed every chain rule: it votes — `state` is raised and the
-/// caller stores it (synced) before the vote leaves — and holds the index for the block
-/// for `lease`; or it refuses, holding nothing. The rules are asked before the reservation
-/// is taken, so that a leader told `Busy` cannot have raised this member's ballot past the
+/// What a member does with an announce of `block` at `ballot` by `announcer` (whose vote the
+/// caller checked) at an unfilled index of `chain`, once the block passed every chain rule:
+/// if `announcer` owns the ballot and it is within `frontier` (this member's, from its clock:
+/// [`agreement::admit`]), it votes — `state` is raised and the caller stores it (synced)
+/// before the vote leaves — and holds the index for the block for `lease`; or it refuses,
+/// holding nothing and changing nothing. The rules are asked before the reservation is
+/// taken, so that a leader told `Busy` cannot have raised this member's ballot past the
 /// round that holds the index.
 #[allow(clippy::too_many_arguments)]
 pub fn accept_announce<K: Hash + Eq + Clone, B: Clone + PartialEq>(
@@ -728,16 +773,18 @@ pub fn accept_announce<K: Hash + Eq + Clone, B: Clone + PartialEq>(
     committee: Committee,
     block: &B,
     ballot: Ballot,
+    announcer: usize,
+    frontier: Ballot,
     justification: Option<&Certificate<B>>,
 ) -> Result<(), AnnounceRefusal> {
-    let mut dry_run = state.clone();
-    match dry_run.vote(committee, block, ballot, justification) {
-        Ok(()) | Err(Refusal::TooFar { .. }) => {}
-        Err(refusal) => return Err(AnnounceRefusal::Rules(refusal)),
-    }
-    let takeover =
-        justification.is_some_and(|c| c.block == *block && c.is_complete(committee.members, committee.threshold));
-    reservations.reserve(now, lease, chain, index, block, takeover).map_err(AnnounceRefusal::Held)?;
+    agreement::admit(committee.members, ballot, announcer, frontier).map_err(AnnounceRefusal::Rules)?;
+    state.clone().vote(committee, block, ballot, justification).map_err(AnnounceRefusal::Rules)?;
+    // A re-led lock, or a ballot of the epochs at the frontier (reached only when a liar
+    // pushed ballots there; each leader owns one ballot an epoch there, so time, not holds,
+    // settles races, and a liar's hold must not outlast an honest owner's epoch).
+    let takeover = agreement::at_frontier(ballot, committee.members, frontier)
+        || justification.is_some_and(|c| c.block == *block && c.is_complete(committee.members, committee.threshold));
+    reservations.reserve(now, lease, chain, index, block, announcer, takeover).map_err(AnnounceRefusal::Held)?;
     state.vote(committee, block, ballot, justification).map_err(|refusal| {
         reservations.release_block(chain, index, block);
         AnnounceRefusal::Rules(refusal)
@@ -775,6 +822,7 @@ mod tests {
     use proptest::prelude::*;
 
     const C: Committee = Committee { members: 4, threshold: 3 };
+    const FRONTIER: Ballot = 1_000;
 
     fn head(own: Durable<u8>, down: &[usize]) -> Event<u8> {
         Event::Head {
@@ -784,6 +832,7 @@ mod tests {
             own,
             presumed_down: down.iter().copied().collect(),
             proposal_appended: false,
+            frontier: FRONTIER,
         }
     }
 
@@ -811,8 +860,8 @@ mod tests {
         }
     }
 
-    /// The fast path: no gathering, the ballot after this node's own, then challenge,
-    /// append, done.
+    /// The fast path: no gathering, this node's next ballot after its own (ballot 7: member
+    /// 0 of 4 owns ballots 0, 7, 10, 13, ...), then challenge, append, done.
     #[test]
     fn an_unlocked_leader_announces_at_once_and_finishes_after_the_append() {
         let (mut m, first) = LeaderRound::<u8>::new(8, false);
@@ -820,10 +869,16 @@ mod tests {
         let a = m.handle(head(Durable { voted: 4, lock: None }, &[]));
         assert_eq!(
             a.step,
-            Step::Announce { proposed: Proposed::Own, ballot: 5, attempt: 1, excluded: BTreeSet::new() }
+            Step::Announce {
+                proposed: Proposed::Own,
+                ballot: 7,
+                attempt: 1,
+                excluded: BTreeSet::new(),
+                at_frontier: false
+            }
         );
         let a = m.handle(Event::Announced(signed_outcome(&[0, 1, 3])));
-        assert_eq!(a.step, Step::Challenge { ballot: 5, voters: [0, 1, 3].into_iter().collect() });
+        assert_eq!(a.step, Step::Challenge { ballot: 7, voters: [0, 1, 3].into_iter().collect() });
         assert_eq!(m.handle(Event::Challenged(ChallengeOutcome::Signed)).step, Step::Append);
         assert_eq!(m.handle(Event::Appended { is_proposal: true }).step, Step::Done);
         assert!(m.is_finished());
@@ -850,8 +905,13 @@ mod tests {
                 })
             };
             let reports = vec![Durable { voted: 6, lock: lock(9, 3) }, Durable { voted: 4, lock: lock(8, 4) }];
-            let a = m.handle(Event::Gathered { own: Durable { voted: 2, lock: None }, reports, filled: Vec::new() });
-            let Step::Announce { proposed: Proposed::Locked(c), ballot, attempt: 1, excluded } = a.step else {
+            let a = m.handle(Event::Gathered {
+                own: Durable { voted: 2, lock: None },
+                reports,
+                filled: Vec::new(),
+                frontier: FRONTIER,
+            });
+            let Step::Announce { proposed: Proposed::Locked(c), ballot, attempt: 1, excluded, .. } = a.step else {
                 panic!("{a:?}")
             };
             assert_eq!((c.block, c.ballot, ballot), (8, 4, 7));
@@ -879,13 +939,25 @@ mod tests {
         let a = m.handle(Event::Announced(short(0, false)));
         assert_eq!(
             a.step,
-            Step::Announce { proposed: Proposed::Own, ballot: 2, attempt: 2, excluded: BTreeSet::new() }
+            Step::Announce {
+                proposed: Proposed::Own,
+                ballot: 10,
+                attempt: 2,
+                excluded: BTreeSet::new(),
+                at_frontier: false
+            }
         );
         let a = m.handle(Event::Announced(signed_outcome(&[0, 1])));
         assert!(a.abort);
         assert_eq!(
             a.step,
-            Step::Announce { proposed: Proposed::Own, ballot: 3, attempt: 3, excluded: [1].into_iter().collect() },
+            Step::Announce {
+                proposed: Proposed::Own,
+                ballot: 13,
+                attempt: 3,
+                excluded: [1].into_iter().collect(),
+                at_frontier: false
+            },
             "member 2 committed without a vote: the subtree under child 1 is left out"
         );
         m.handle(Event::Announced(signed_outcome(&[0, 1, 2])));
@@ -999,12 +1071,18 @@ mod tests {
                             },
                             _ => Durable::default(),
                         }).collect();
-                        known = known.max(reports.iter().map(|r| r.voted).max().unwrap_or(0));
-                        Event::Gathered { own: Durable { voted: own_voted, lock: None }, reports, filled: Vec::new() }
+                        known = known.max(reports.iter().map(|r| r.voted).filter(|&v| v <= FRONTIER + 4).max().unwrap_or(0));
+                        Event::Gathered {
+                            own: Durable { voted: own_voted, lock: None },
+                            reports,
+                            filled: Vec::new(),
+                            frontier: FRONTIER,
+                        }
                     }
                     Step::Announce { ballot, .. } => {
                         prop_assert!(*ballot > own_voted);
-                        prop_assert!(*ballot > known.min(own_voted + agreement::MAX_BALLOT_STEP - 1));
+                        prop_assert!(*ballot > known, "{} not above {}", ballot, known);
+                        prop_assert_eq!(agreement::owner(*ballot, C.members), 0, "a ballot of its own");
                         match next {
                             Answer::Short { promised: 4, busy } => {
                                 let mut outcome = short(0, busy);
@@ -1055,6 +1133,51 @@ mod tests {
                 prop_assert!(tick);
             }
         }
+    }
+
+    /// Rule 0 at the member, and reservations a liar cannot keep renewing: another member's
+    /// ballot or one beyond the frontier is refused with nothing held or raised; a leader's
+    /// holds at an index end a lease after its first there; a ballot at the frontier takes
+    /// any hold over.
+    #[test]
+    fn a_member_admits_owners_only_and_a_liars_holds_expire() {
+        let t0 = Instant::now();
+        let lease = Duration::from_secs(10);
+        let mut held = Reservations::<u8, u8>::default();
+        let mut state = Durable::<u8>::default();
+        let accept = |state: &mut Durable<u8>, held: &mut Reservations<u8, u8>, at: u64, block, ballot, leader| {
+            let frontier = agreement::frontier(4, 100 * agreement::EPOCH_MS);
+            let now = t0 + Duration::from_secs(at);
+            accept_announce(state, held, now, lease, &0, 7, C, &block, ballot, leader, frontier, None)
+        };
+        // Ballot 7 is member 0's (slot 3 of epoch 1), not member 3's.
+        let not_owner = accept(&mut state, &mut held, 0, 1, 7, 3);
+        assert!(matches!(not_owner, Err(AnnounceRefusal::Rules(Refusal::NotOwner { owner: 0, .. }))));
+        let far = agreement::next_owned(agreement::frontier(4, 100 * agreement::EPOCH_MS), 3, 4).unwrap();
+        assert!(matches!(
+            accept(&mut state, &mut held, 0, 1, far, 3),
+            Err(AnnounceRefusal::Rules(Refusal::Early { .. }))
+        ));
+        assert_eq!(state.voted, 0, "refusals change nothing");
+        // The liar (member 3) holds the index for its block 9, announcing again and again.
+        let mut ballot = 0;
+        for at in 0..=10 {
+            ballot = agreement::next_owned(ballot, 3, 4).unwrap();
+            accept(&mut state, &mut held, at, 9, ballot, 3).unwrap();
+            let honest = agreement::next_owned(ballot, 1, 4).unwrap();
+            let busy = accept(&mut state.clone(), &mut held, at, 5, honest, 1);
+            assert_eq!(matches!(busy, Err(AnnounceRefusal::Held(_))), at < 10, "second {at}");
+        }
+        // The honest block holds it now, and the liar is the one told `Busy`.
+        let liar = accept(&mut state.clone(), &mut held, 10, 9, agreement::next_owned(ballot, 3, 4).unwrap(), 3);
+        assert!(matches!(liar, Err(AnnounceRefusal::Held(_))));
+        // Ballots at the frontier are not held against.
+        let mut held = Reservations::<u8, u8>::default();
+        let mut state = Durable::<u8>::default();
+        let top = agreement::frontier(4, 100 * agreement::EPOCH_MS);
+        let epoch_start = top + 1 - 4;
+        accept(&mut state, &mut held, 0, 9, epoch_start, agreement::owner(epoch_start, 4)).unwrap();
+        accept(&mut state, &mut held, 0, 5, top, agreement::owner(top, 4)).unwrap();
     }
 
     /// A parent that passes its subtree's commitments up but drops their votes is named, and

@@ -166,7 +166,7 @@ impl Sim {
                 a.reports.insert(from, state);
                 if a.plan.is_none() && a.reports.len() >= a.wait_for {
                     let reports: Vec<Durable<Block>> = a.reports.values().cloned().collect();
-                    let Some(p) = plan(c, &reports, 0) else { return };
+                    let Some(p) = plan(c, &reports, 0, to, Ballot::MAX) else { return };
                     let block = p.block(own);
                     a.plan = Some(p.clone());
                     if byzantine {

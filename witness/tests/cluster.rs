@@ -12,16 +12,20 @@
 //!
 //! Up to f members are Byzantine: they vote and sign anything, hide their states or forge
 //! locks, withhold votes, drop their subtree's votes as relays, send bad shares, answer
-//! `Conflict` falsely, push ballots, and as leaders equivocate, lie in certificates and
+//! `Conflict` falsely, push ballots (as far as rule 0 of SPEC §9.1 lets them, and after the
+//! faults stop too, for good), and as leaders equivocate, lie in certificates and
 //! withhold the final signature (no append, no commit) — the wedge issue 17 found, with
 //! crashes of leaders after the locks.
 //!
 //! Properties, over many seeds:
 //! - never two blocks with `t` shares of one ballot at one index, never two different
 //!   blocks appended at one index, and every member's chain a prefix of one chain;
-//! - once the faults stop (every member up, nothing lost), honest proposals complete, and
-//!   every index at which an honest member voted is filled: an index a crashed or
-//!   withholding leader started is completed by someone else.
+//! - once the faults stop (every member up, nothing lost), honest proposals complete though
+//!   liars keep pushing ballots, and every index at which an honest member voted is filled:
+//!   an index a crashed or withholding leader started is completed by someone else.
+//!
+//! Time stands in for the clock too: members' wall clocks (which ballots' epochs follow)
+//! are the simulated time off by up to half a second either way.
 //!
 //! CI runs 10,000 seeds; `cargo test --release -p chainiac-witness --test cluster --
 //! --ignored` runs 200,000.
@@ -29,7 +33,7 @@
 use chainiac_cosi::protocol::Tree;
 use chainiac_cosi::Mask;
 use chainiac_proto::message::{ErrorCode, ErrorReply};
-use chainiac_witness::agreement::{Ballot, Certificate, Committee, Durable, Refusal, MAX_BALLOT_STEP};
+use chainiac_witness::agreement::{self, Ballot, Certificate, Committee, Durable, Refusal};
 use chainiac_witness::round::{
     accept_announce, accept_challenge, Action, AnnounceOutcome, AnnounceRefusal, ChallengeOutcome, Event, LeaderRound,
     Proposed, Reservations, Step,
@@ -43,6 +47,11 @@ use std::time::{Duration, Instant};
 const PEER_TIMEOUT: u64 = 2_000;
 const LEASE: u64 = 10_000;
 const PRESUMED_DOWN: u64 = 10_000;
+const SHOWN_FAULTY: u64 = 60_000;
+/// The members' clocks at simulated time zero (ms since the Unix epoch, as in 2027), each
+/// off by up to `MAX_SKEW` either way.
+const CLOCK_BASE: u64 = 1_800_000_000_000;
+const MAX_SKEW: u64 = agreement::CLOCK_MARGIN_MS / 2;
 
 type BlockId = u32;
 
@@ -56,7 +65,7 @@ enum Msg {
         session: u64,
         state: Durable<BlockId>,
     },
-    /// Down the tree of `leader` without `excluded` (branching is the simulation's).
+    /// Down the tree of `leader` with `branching` without `excluded`.
     Announce {
         session: u64,
         index: u64,
@@ -65,6 +74,7 @@ enum Msg {
         justification: Option<Certificate<BlockId>>,
         leader: usize,
         excluded: BTreeSet<usize>,
+        branching: usize,
     },
     /// The subtree's commitments and votes (a liar may pass commitments without votes).
     Voted {
@@ -159,6 +169,8 @@ enum Wait {
         answered: BTreeSet<usize>,
         subtrees: BTreeMap<usize, BTreeSet<usize>>,
         faulty: BTreeSet<usize>,
+        /// Children that refused (honest as far as the round shows).
+        refused: BTreeSet<usize>,
         deadline: u64,
     },
 }
@@ -234,6 +246,10 @@ struct Lead {
     committed: BTreeSet<usize>,
     subtrees: BTreeMap<usize, BTreeSet<usize>>,
     wait_ms: u64,
+    /// Every member whose commitment the last announce got, anywhere in the tree, and the
+    /// ballot challenged: the partial signatures the leader checks (`Leader::finish`).
+    responders: BTreeSet<usize>,
+    ballot: Ballot,
     /// The head when the proposal started.
     first_head: Option<u64>,
     /// A liar that withholds the final signature.
@@ -245,6 +261,8 @@ struct Member {
     byzantine: bool,
     /// A liar that always drops its subtree's votes when it relays.
     drops_votes: bool,
+    /// How far its clock is off, in ms (`MAX_SKEW` is zero).
+    skew: u64,
     // Durable.
     chain: Vec<BlockId>,
     states: BTreeMap<u64, Durable<BlockId>>,
@@ -256,6 +274,8 @@ struct Member {
     relays: BTreeMap<u64, Relay>,
     /// Members this member presumes down, until when.
     down: BTreeMap<usize, u64>,
+    /// Members its rounds showed faulty, until when (`Node::note_faulty`).
+    faulty: BTreeMap<usize, u64>,
     lead: Option<Lead>,
 }
 
@@ -266,6 +286,7 @@ impl Member {
         self.sessions.clear();
         self.relays.clear();
         self.down.clear();
+        self.faulty.clear();
         self.lead = None;
     }
 
@@ -284,7 +305,7 @@ fn err(code: ErrorCode, message: &str) -> ErrorReply {
 /// A refusal as a node answers it (`node::refused`).
 fn refusal_code(refusal: &Refusal) -> ErrorCode {
     match refusal {
-        Refusal::Locked { .. } | Refusal::OldBallot { .. } | Refusal::TooFar { .. } => ErrorCode::Promised,
+        Refusal::Locked { .. } | Refusal::OldBallot { .. } | Refusal::Early { .. } => ErrorCode::Promised,
         _ => ErrorCode::Refused,
     }
 }
@@ -314,6 +335,12 @@ struct Seen {
     votes_dropped: usize,
     /// Runs over a binary tree (the others over a star).
     trees: usize,
+    /// Announces a leader held back until their ballot's epoch opened.
+    waited_for_epochs: usize,
+    /// How long each calm proposal took while liars pushed, in simulated ms (strong liars:
+    /// `strong_ms`).
+    pushed_proposals_ms: Vec<u64>,
+    strong_ms: Vec<u64>,
 }
 
 struct Sim {
@@ -332,8 +359,11 @@ struct Sim {
     branching: usize,
     /// A liar pushes honest members' ballots (the calm phase), next at `next_push`.
     pushing: bool,
+    /// Once the faults stop, the liars push every honest member at once, 50 times a second,
+    /// to the highest ballot any of them owns within its frontier, answer as late as their
+    /// parent waits, and spoil their shares at every epoch's last slot.
+    strong_liars: bool,
     next_push: u64,
-    push_until: u64,
     next_session: u64,
     next_block: BlockId,
     next_proposal: u32,
@@ -358,12 +388,14 @@ impl Sim {
                 up: true,
                 byzantine: i >= n - byzantine,
                 drops_votes: i >= n - byzantine && seed % 3 == 0,
+                skew: (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (8 * i)) % (2 * MAX_SKEW + 1),
                 chain: Vec::new(),
                 states: BTreeMap::new(),
                 reservations: Reservations::default(),
                 sessions: BTreeMap::new(),
                 relays: BTreeMap::new(),
                 down: BTreeMap::new(),
+                faulty: BTreeMap::new(),
                 lead: None,
             })
             .collect();
@@ -379,8 +411,8 @@ impl Sim {
             trace: false,
             branching: n,
             pushing: false,
+            strong_liars: false,
             next_push: 0,
-            push_until: 0,
             next_session: 1,
             next_block: 1,
             next_proposal: 1,
@@ -409,6 +441,15 @@ impl Sim {
         self.epoch + Duration::from_millis(self.now)
     }
 
+    /// Member `m`'s wall clock (ms since the Unix epoch), which ballots' epochs follow.
+    fn clock(&self, m: usize) -> u64 {
+        CLOCK_BASE + self.now + self.members[m].skew - MAX_SKEW
+    }
+
+    fn frontier(&self, m: usize) -> Ballot {
+        agreement::frontier(self.n(), self.clock(m))
+    }
+
     fn send(&mut self, from: usize, to: usize, msg: Msg) {
         let copies = if !self.faults {
             1
@@ -429,6 +470,36 @@ impl Sim {
             self.seq += 1;
             self.queue.push(Flight { at: self.now + delay, seq: self.seq, from, to, msg: msg.clone() });
         }
+    }
+
+    /// Sends after `delay` (none: as `send` does, with its faults).
+    fn send_after(&mut self, from: usize, to: usize, msg: Msg, delay: Option<u64>) {
+        match delay {
+            None => self.send(from, to, msg),
+            Some(delay) => {
+                self.seq += 1;
+                self.queue.push(Flight { at: self.now + delay.max(1), seq: self.seq, from, to, msg });
+            }
+        }
+    }
+
+    /// How long `from`, member `to`'s parent in `tree` (rooted at `leader`), waits for it:
+    /// what the leader waits at `ballot` (a second at the frontier) or a relay's peer
+    /// timeout per level below it.
+    fn parent_wait(&self, tree: &Tree, leader: usize, from: usize, ballot: Ballot) -> u64 {
+        let below = tree.depth().saturating_sub(tree.depth_of(from).unwrap_or(0)).max(1) as u64;
+        let wait = PEER_TIMEOUT * below;
+        if from == leader && agreement::at_frontier(ballot, self.n(), self.frontier(leader)) {
+            wait.min(agreement::FRONTIER_PHASE_MS)
+        } else {
+            wait
+        }
+    }
+
+    /// A strong liar (once the faults stop) answers its parent just before the parent
+    /// stops waiting (`wait`): valid, so never left out, but the round as long as it may be.
+    fn liars_delay(&self, member: usize, wait: u64) -> Option<u64> {
+        (self.strong_liars && !self.faults && self.members[member].byzantine).then(|| wait.saturating_sub(50))
     }
 
     fn session(&mut self) -> u64 {
@@ -490,18 +561,20 @@ impl Sim {
 
     // ---- Members ----
 
-    /// Member `v` votes for `block` at `ballot` as `Node::vote_for` does: the justification's
-    /// votes checked, then `accept_announce`, the state kept (a far ballot raises it).
+    /// Member `v` votes for `block` at `ballot`, announced by `leader`, as `Node::vote_for`
+    /// does: the justification's votes checked, then `accept_announce` with `v`'s frontier.
     fn vote(
         &mut self,
         v: usize,
         index: u64,
         block: BlockId,
         ballot: Ballot,
+        leader: usize,
         justification: Option<Certificate<BlockId>>,
     ) -> Result<(), ErrorReply> {
         let justification = justification.map(|c| self.checked(index, c.block, &c));
         let now = self.instant();
+        let frontier = self.frontier(v);
         let member = &mut self.members[v];
         let mut state = member.states.get(&index).cloned().unwrap_or_default();
         let accepted = accept_announce(
@@ -514,6 +587,8 @@ impl Sim {
             self.committee,
             &block,
             ballot,
+            leader,
+            frontier,
             justification.as_ref(),
         );
         member.states.insert(index, state);
@@ -550,13 +625,15 @@ impl Sim {
                     // A lock nobody voted for, with a far ballot: the leader's check drops it.
                     let voters = (0..self.n()).collect();
                     let certificate = Certificate { block: 999_999, ballot: 1_000, voters };
-                    state = Durable { voted: 1_000, lock: Some(chainiac_witness::agreement::Lock { certificate }) };
+                    // A forged lock, and a ballot no honest member may vote at yet (or ever).
+                    let voted = if self.roll(50) { 1_000 } else { Ballot::MAX };
+                    state = Durable { voted, lock: Some(chainiac_witness::agreement::Lock { certificate }) };
                 }
                 self.send(to, from, Msg::State { session, state });
             }
-            Msg::Announce { session, index, block, ballot, justification, leader, excluded } => {
+            Msg::Announce { session, index, block, ballot, justification, leader, excluded, branching } => {
                 // Only the member's parent in the round's tree drives its part (`on_announce`).
-                let tree = self.tree(leader, &excluded);
+                let tree = self.tree(leader, &excluded, branching);
                 if !tree.contains(to) || tree.parent(to) != Some(from) {
                     return self.send(to, from, Msg::Refused { session, code: ErrorCode::Forbidden });
                 }
@@ -568,6 +645,11 @@ impl Sim {
                 }
                 if index > self.members[to].chain.len() as u64 + 1 {
                     return; // could not catch up: the caller's chain is no further
+                }
+                // The announce carries its leader's vote (`on_announce` checks its signature):
+                // nobody announces in another's name.
+                if !self.votes.get(&(index, ballot, block)).is_some_and(|v| v.contains(&leader)) {
+                    return self.send(to, from, Msg::Refused { session, code: ErrorCode::BadRequest });
                 }
                 if byzantine && self.roll(10) {
                     // A liar says the index is filled: the leader tries to catch up from it.
@@ -583,7 +665,7 @@ impl Sim {
                         voters.insert(to);
                     }
                 } else {
-                    if let Err(e) = self.vote(to, index, block, ballot, justification.clone()) {
+                    if let Err(e) = self.vote(to, index, block, ballot, leader, justification.clone()) {
                         return self.send(to, from, Msg::Refused { session, code: e.code });
                     }
                     voters.insert(to);
@@ -603,7 +685,13 @@ impl Sim {
                 };
                 self.members[to].sessions.insert(session, joined);
                 if children.is_empty() {
-                    return self.send(to, from, Msg::Voted { session, committed: BTreeSet::from([to]), voters });
+                    let parent_wait = self.parent_wait(&tree, leader, from, ballot);
+                    if let Some(joined) = self.members[to].sessions.get_mut(&session) {
+                        joined.wait = parent_wait;
+                    }
+                    let delay = self.liars_delay(to, parent_wait);
+                    let msg = Msg::Voted { session, committed: BTreeSet::from([to]), voters };
+                    return self.send_after(to, from, msg, delay);
                 }
                 for &child in &children {
                     let msg = Msg::Announce {
@@ -614,6 +702,7 @@ impl Sim {
                         justification: justification.clone(),
                         leader,
                         excluded: excluded.clone(),
+                        branching,
                     };
                     self.send(to, child, msg);
                 }
@@ -644,8 +733,11 @@ impl Sim {
                 let mut faulty = BTreeSet::new();
                 if byzantine {
                     self.record_share(to, index, ballot, block);
-                    if self.roll(20) {
-                        faulty.insert(to); // a bad share: its parent names it
+                    // A bad share (its parent names it) now and then, and a strong liar's at
+                    // every last slot of an epoch: the ballots rule 0 makes unbeatable.
+                    let last_slot = ballot % self.n() as u64 == self.n() as u64 - 1;
+                    if self.roll(20) || (self.strong_liars && !self.faults && last_slot) {
+                        faulty.insert(to);
                     }
                 } else {
                     let member = &mut self.members[to];
@@ -658,7 +750,8 @@ impl Sim {
                     self.record_share(to, index, ballot, block);
                 }
                 if committed_children.is_empty() {
-                    return self.send(to, from, Msg::Signed { session, faulty });
+                    let delay = self.liars_delay(to, wait);
+                    return self.send_after(to, from, Msg::Signed { session, faulty }, delay);
                 }
                 for &child in &committed_children {
                     self.send(to, child, Msg::Challenge { session, certificate: certificate.clone() });
@@ -697,12 +790,12 @@ impl Sim {
         }
     }
 
-    /// The round tree rooted at `leader` without `excluded`, as `Tree::new` builds it for
-    /// every member from the announce.
-    fn tree(&self, leader: usize, excluded: &BTreeSet<usize>) -> Tree {
+    /// The round tree rooted at `leader` with `branching` without `excluded`, as `Tree::new`
+    /// builds it for every member from the announce.
+    fn tree(&self, leader: usize, excluded: &BTreeSet<usize>, branching: usize) -> Tree {
         let mut mask = Mask::empty(self.n());
         excluded.iter().filter(|&&i| i < self.n()).for_each(|&i| mask.insert(i));
-        Tree::new(self.n(), leader, self.branching, &mask)
+        Tree::new(self.n(), leader, branching, &mask)
     }
 
     /// Each of `children`'s subtree in `tree`.
@@ -724,7 +817,12 @@ impl Sim {
             _ => return,
         };
         let Some(relay) = self.members[m].relays.get_mut(&session) else { return };
-        if !relay.asked.contains(&from) || !relay.answered.insert(from) {
+        // Of the relay's phase only, as in `reply`.
+        let fits = matches!(
+            (relay.challenge, &msg),
+            (false, Msg::Voted { .. }) | (true, Msg::Signed { .. }) | (_, Msg::Refused { .. })
+        );
+        if !fits || !relay.asked.contains(&from) || !relay.answered.insert(from) {
             return;
         }
         let below = relay.subtrees.get(&from).cloned().unwrap_or_default();
@@ -773,11 +871,18 @@ impl Sim {
 
     /// Member `m` starts leading a new proposal.
     fn propose(&mut self, m: usize, tick: bool) {
+        let proposal = self.next_proposal;
+        self.next_proposal += 1;
+        self.propose_again(m, tick, proposal);
+    }
+
+    /// Member `m` leads `proposal` (again, when a client retries it: a block of it that
+    /// another leader re-led is then the proposal's, as `node::is_proposal` finds by payload).
+    fn propose_again(&mut self, m: usize, tick: bool, proposal: u32) {
         if !self.members[m].up || self.members[m].lead.is_some() {
             return;
         }
-        let proposal = self.next_proposal;
-        self.next_proposal += 1;
+        self.finished.remove(&proposal);
         let (machine, action) = LeaderRound::new(self.branching, tick);
         let withholds = self.members[m].byzantine && self.roll(50);
         self.members[m].lead = Some(Lead {
@@ -789,6 +894,8 @@ impl Sim {
             committed: BTreeSet::new(),
             subtrees: BTreeMap::new(),
             wait_ms: PEER_TIMEOUT,
+            responders: BTreeSet::new(),
+            ballot: 0,
             first_head: None,
             wait: None,
             withholds,
@@ -803,7 +910,9 @@ impl Sim {
     }
 
     fn presumed_down(&self, m: usize) -> BTreeSet<usize> {
-        self.members[m].down.iter().filter(|(_, until)| **until > self.now).map(|(k, _)| *k).collect()
+        let member = &self.members[m];
+        let down = member.down.iter().chain(&member.faulty);
+        down.filter(|(_, until)| **until > self.now).map(|(k, _)| *k).collect()
     }
 
     /// Carries out a leader's action, as `Node::lead` does.
@@ -851,7 +960,11 @@ impl Sim {
                 if proposal_appended {
                     self.members[m].lead.as_mut().expect("leading").block = appended;
                 }
-                self.feed(m, Event::Head { index, committee: c, me: m, own, presumed_down, proposal_appended });
+                let frontier = self.frontier(m);
+                self.feed(
+                    m,
+                    Event::Head { index, committee: c, me: m, own, presumed_down, proposal_appended, frontier },
+                );
             }
             Step::Gather { ask } => {
                 let session = self.session();
@@ -869,7 +982,17 @@ impl Sim {
                 };
                 self.members[m].lead.as_mut().expect("leading").wait = Some(wait);
             }
-            Step::Announce { proposed, ballot, attempt, excluded } => {
+            Step::Announce { proposed, ballot, attempt, excluded, at_frontier } => {
+                // Not before the ballot's epoch opens by this leader's clock (`Node::lead`).
+                let wait = agreement::opens_in_ms(ballot, self.n(), self.clock(m));
+                if wait > 0 {
+                    self.seen.waited_for_epochs += 1;
+                    let step = Step::Announce { proposed, ballot, attempt, excluded, at_frontier };
+                    let action = Action { abort: false, release: false, back_off: false, round_failed: false, step };
+                    let at = self.now + wait.min(3 * agreement::EPOCH_MS);
+                    self.members[m].lead.as_mut().expect("leading").wait = Some(Wait::Act { at, action });
+                    return;
+                }
                 let lead = self.members[m].lead.as_ref().expect("leading");
                 let index = lead.index;
                 let block = match &proposed {
@@ -890,24 +1013,31 @@ impl Sim {
                 if self.members[m].chain.len() as u64 + 1 != index {
                     return self.feed(m, Event::NotAnnounced(err(ErrorCode::Conflict, "the chain moved on")));
                 }
-                if let Err(error) = self.vote(m, index, block, ballot, justification.clone()) {
+                if let Err(error) = self.vote(m, index, block, ballot, m, justification.clone()) {
                     if error.code != ErrorCode::Busy {
                         self.members[m].reservations.release_block(&(), index, &block);
                     }
                     return self.feed(m, Event::NotAnnounced(error));
                 }
                 let session = self.session();
-                let tree = self.tree(m, &excluded);
+                // At the frontier: a star, each phase a second at most (`Node::announce`).
+                let branching = if at_frontier { self.n() } else { self.branching };
+                let tree = self.tree(m, &excluded, branching);
                 let children = tree.children(m);
                 let subtrees = self.subtrees(&tree, &children);
                 let members: BTreeSet<usize> = tree.members_top_down().filter(|&i| i != m).collect();
                 let asked: BTreeSet<usize> = children.iter().copied().collect();
-                let wait = PEER_TIMEOUT * tree.depth().max(1) as u64;
+                let mut wait = PEER_TIMEOUT * tree.depth().max(1) as u64;
+                if at_frontier {
+                    wait = wait.min(agreement::FRONTIER_PHASE_MS);
+                }
                 let equivocates = self.members[m].byzantine && self.roll(30);
                 for &to in &asked {
                     let block = if equivocates && self.roll(50) {
-                        // A liar announces another block to some members, at the same ballot.
+                        // A liar announces another block to some members, at the same ballot
+                        // (and signs its vote for it too).
                         self.next_block += 1;
+                        self.record_vote(m, index, ballot, self.next_block);
                         self.next_block
                     } else {
                         block
@@ -920,6 +1050,7 @@ impl Sim {
                         justification: justification.clone(),
                         leader: m,
                         excluded: excluded.clone(),
+                        branching,
                     };
                     self.send(m, to, msg);
                 }
@@ -952,7 +1083,8 @@ impl Sim {
                 self.feed(m, Event::CaughtUp { moved });
             }
             Step::Challenge { ballot, voters } => {
-                let lead = self.members[m].lead.as_ref().expect("leading");
+                let lead = self.members[m].lead.as_mut().expect("leading");
+                lead.ballot = ballot;
                 let (index, block) = (lead.index, lead.block.expect("announced"));
                 let Some((session, _)) = lead.last.clone() else { unreachable!("a challenge follows an announce") };
                 let committed = lead.committed.clone();
@@ -986,6 +1118,7 @@ impl Sim {
                     answered: BTreeSet::new(),
                     subtrees: lead.subtrees.clone(),
                     faulty: BTreeSet::new(),
+                    refused: BTreeSet::new(),
                     deadline: self.now + lead.wait_ms,
                 };
                 self.members[m].lead.as_mut().expect("leading").wait = Some(wait);
@@ -993,7 +1126,13 @@ impl Sim {
             Step::Append => {
                 let lead = self.members[m].lead.as_ref().expect("leading");
                 let (index, block, proposal) = (lead.index, lead.block.expect("signed"), lead.proposal);
-                if lead.withholds {
+                // A signature is `t` shares of one ballot for the block. An honest leader
+                // that the members answered `Signed` has them; a lying one that equivocated
+                // may have had its members share another block, and has no signature.
+                let t = self.committee.threshold;
+                let signed = self.shares.iter().any(|((i, _, b), s)| *i == index && *b == block && s.len() >= t);
+                assert!(signed || self.members[m].byzantine, "honest leader {m} appends {block} at {index} unsigned");
+                if lead.withholds || !signed {
                     // A liar keeps the signature: no append, no commit.
                     self.seen.withheld += 1;
                     self.note_lost_leader(index);
@@ -1039,18 +1178,20 @@ impl Sim {
             println!("{} ms: leader {m} hears from {from}: {msg:?}", self.now);
         }
         let Some(wait) = self.members[m].lead.as_mut().and_then(|l| l.wait.as_mut()) else { return };
+        // An answer of the wait's kind only (as a node reads each answer on the request's own
+        // stream): a late duplicate `Voted` must not count as a child's `Signed`.
+        let replied = match (&*wait, &msg) {
+            (Wait::Gather { .. }, Msg::State { session, .. })
+            | (Wait::Announce { .. }, Msg::Voted { session, .. })
+            | (Wait::Challenge { .. }, Msg::Signed { session, .. })
+            | (_, Msg::Refused { session, .. }) => *session,
+            _ => return,
+        };
         let (session, asked, answered) = match wait {
             Wait::Act { .. } => return,
             Wait::Gather { session, asked, answered, .. }
             | Wait::Announce { session, asked, answered, .. }
             | Wait::Challenge { session, asked, answered, .. } => (*session, asked, answered),
-        };
-        let replied = match &msg {
-            Msg::State { session, .. }
-            | Msg::Voted { session, .. }
-            | Msg::Refused { session, .. }
-            | Msg::Signed { session, .. } => *session,
-            _ => return,
         };
         if replied != session || !asked.contains(&from) || !answered.insert(from) {
             return;
@@ -1089,8 +1230,9 @@ impl Sim {
                     faulty.insert(from);
                 }
             }
-            (Wait::Challenge { faulty, .. }, Msg::Refused { .. }) => {
+            (Wait::Challenge { faulty, refused, .. }, Msg::Refused { .. }) => {
                 faulty.insert(from);
+                refused.insert(from);
             }
             _ => {}
         }
@@ -1115,7 +1257,8 @@ impl Sim {
                     }
                 }
                 let own = self.members[m].states.get(&index).cloned().unwrap_or_default();
-                self.feed(m, Event::Gathered { own, reports, filled })
+                let frontier = self.frontier(m);
+                self.feed(m, Event::Gathered { own, reports, filled, frontier })
             }
             Wait::Announce {
                 members,
@@ -1146,12 +1289,20 @@ impl Sim {
                         down.remove(&i);
                     }
                 }
+                if below_threshold.is_none() && voters.len() < c.threshold {
+                    // Committed without a valid vote (`Node::announce`).
+                    let until = self.now + SHOWN_FAULTY;
+                    for &i in committed.iter().filter(|i| !voters.contains(i)) {
+                        self.members[m].faulty.insert(i, until);
+                    }
+                }
                 let mut all_committed: Vec<usize> = committed.iter().copied().collect();
                 all_committed.push(m);
                 if let Some(lead) = self.members[m].lead.as_mut() {
                     lead.committed = committed_children;
                     lead.subtrees = subtrees;
                     lead.wait_ms = wait_ms;
+                    lead.responders = committed.clone();
                 }
                 let outcome = AnnounceOutcome {
                     below_threshold,
@@ -1164,10 +1315,22 @@ impl Sim {
                 };
                 self.feed(m, Event::Announced(outcome));
             }
-            Wait::Challenge { asked, answered, mut faulty, .. } => {
+            Wait::Challenge { asked, answered, mut faulty, refused, .. } => {
                 // A child that did not answer is named, as the aggregator names it.
                 faulty.extend(asked.difference(&answered));
+                // The leader checks every partial signature against its commitment
+                // (`Leader::finish`): a member whose share is missing is named, whatever a
+                // relay above it said (a replayed announce resets a relay's session).
+                if let Some(lead) = self.members[m].lead.as_ref() {
+                    let (index, ballot, block) = (lead.index, lead.ballot, lead.block.unwrap_or(0));
+                    let shared = self.shares.get(&(index, ballot, block));
+                    faulty.extend(lead.responders.iter().filter(|r| !shared.is_some_and(|s| s.contains(r))));
+                }
                 let faulty: Vec<usize> = faulty.into_iter().collect();
+                let until = self.now + SHOWN_FAULTY;
+                for &f in faulty.iter().filter(|f| !refused.contains(f)) {
+                    self.members[m].faulty.insert(f, until);
+                }
                 let outcome = if faulty.is_empty() {
                     ChallengeOutcome::Signed
                 } else {
@@ -1242,28 +1405,7 @@ impl Sim {
                     }
                 }
                 40..=59 => self.members[who].up = true,
-                60..=64 => {
-                    // A liar's announce at the farthest ballot: the member refuses it and
-                    // raises its own ballot one step (its next rounds then lead far above
-                    // every other member's).
-                    if let Some(liar) = (0..self.n()).find(|&i| self.members[i].byzantine && self.members[i].up) {
-                        let index = self.members[who].chain.len() as u64 + 1;
-                        let session = self.session();
-                        let block = self.next_block + 1_000_000;
-                        let excluded = (0..self.n()).filter(|&i| i != liar && i != who).collect();
-                        let msg = Msg::Announce {
-                            session,
-                            index,
-                            block,
-                            ballot: Ballot::MAX,
-                            justification: None,
-                            leader: liar,
-                            excluded,
-                        };
-                        self.send(liar, who, msg);
-                        self.seen.pushed += 1;
-                    }
-                }
+                60..=64 => self.push_one(who),
                 _ => {
                     self.step();
                 }
@@ -1285,26 +1427,74 @@ impl Sim {
         panic!("proposal {proposal} never finished");
     }
 
-    /// While `pushing`, a liar announces a far ballot to an honest member every few
-    /// milliseconds: SPEC §9.1's ballot pushing.
+    /// While `pushing`, a liar pushes an honest member's ballot every 100 ms: SPEC §9.1's
+    /// ballot pushing, which rule 0 bounds.
     fn push(&mut self) {
-        if !self.pushing || self.now < self.next_push || self.now > self.push_until {
+        if !self.pushing || self.now < self.next_push {
+            return;
+        }
+        let honest: Vec<usize> = (0..self.n()).filter(|&i| !self.members[i].byzantine).collect();
+        if self.strong_liars {
+            self.next_push = self.now + 20;
+            for who in honest {
+                self.push_best(who);
+            }
             return;
         }
         self.next_push = self.now + 100;
-        let Some(liar) = (0..self.n()).find(|&i| self.members[i].byzantine) else { return };
-        let honest: Vec<usize> = (0..self.n()).filter(|&i| !self.members[i].byzantine).collect();
         let who = honest[self.rng.next_u32() as usize % honest.len()];
+        self.push_one(who);
+    }
+
+    /// The liars' best push of `who`: the highest ballot any of them owns within `who`'s
+    /// frontier, if above what `who` voted.
+    fn push_best(&mut self, who: usize) {
+        let n = self.n();
+        let liars: BTreeSet<usize> = (0..n).filter(|&i| self.members[i].byzantine && self.members[i].up).collect();
+        let frontier = self.frontier(who);
+        let best =
+            (frontier.saturating_sub(2 * n as u64)..=frontier).rev().find(|&b| liars.contains(&agreement::owner(b, n)));
+        let Some(ballot) = best else { return };
         let index = self.members[who].chain.len() as u64 + 1;
-        let voted = self.members[who].states.get(&index).map_or(0, |s| s.voted);
-        // As far as the member still votes, or beyond (which raises it a step).
-        let ballot = if self.roll(50) { voted.saturating_add(MAX_BALLOT_STEP) } else { Ballot::MAX };
-        let session = self.session();
-        let block = self.next_block + 1_000_000;
-        let excluded = (0..self.n()).filter(|&i| i != liar && i != who).collect();
-        let msg = Msg::Announce { session, index, block, ballot, justification: None, leader: liar, excluded };
+        if self.members[who].states.get(&index).is_some_and(|s| s.voted >= ballot) {
+            return;
+        }
+        self.send_push(agreement::owner(ballot, n), who, ballot);
+    }
+
+    /// `liar`'s announce of a block of its own at `ballot` (signed: its vote recorded) to
+    /// `who` alone, at `who`'s next index.
+    fn send_push(&mut self, liar: usize, who: usize, ballot: Ballot) {
+        let n = self.n();
+        let index = self.members[who].chain.len() as u64 + 1;
+        let (session, block) = (self.session(), self.next_block + 1_000_000);
+        self.record_vote(liar, index, ballot, block);
+        let excluded = (0..n).filter(|&i| i != liar && i != who).collect();
+        let msg =
+            Msg::Announce { session, index, block, ballot, justification: None, leader: liar, excluded, branching: n };
         self.send(liar, who, msg);
         self.seen.pushed += 1;
+    }
+
+    /// A liar's best push of member `who`: an announce (with the liar's vote) at the highest
+    /// ballot the liar owns that `who`'s clock admits; now and then one a step beyond it, or
+    /// another member's ballot, which `who` refuses.
+    fn push_one(&mut self, who: usize) {
+        let liars: Vec<usize> = (0..self.n()).filter(|&i| self.members[i].byzantine && self.members[i].up).collect();
+        if liars.is_empty() || self.members[who].byzantine {
+            return;
+        }
+        let liar = liars[self.rng.next_u32() as usize % liars.len()];
+        let n = self.n();
+        let frontier = self.frontier(who);
+        let best = (frontier.saturating_sub(2 * n as u64)..=frontier).rev().find(|&b| agreement::owner(b, n) == liar);
+        let ballot = match (self.rng.next_u32() % 10, best) {
+            (0, _) => agreement::next_owned(frontier, liar, n).unwrap_or(Ballot::MAX),
+            (1, _) => agreement::next_owned(frontier.saturating_sub(n as u64), (liar + 1) % n, n).unwrap_or(0),
+            (_, Some(best)) => best,
+            (_, None) => return,
+        };
+        self.send_push(liar, who, ballot);
     }
 
     /// Runs until nothing is left to do (or a bound on steps).
@@ -1328,34 +1518,47 @@ impl Sim {
         self.settle();
         let honest: Vec<usize> = (0..self.n()).filter(|&i| !self.members[i].byzantine).collect();
         // Every honest member gets its own proposal in, whatever the chaos left it with (a
-        // far ballot, a stale lock, a reservation), and though a liar goes on pushing honest
-        // members' ballots during the first second (SPEC §9.1: while a liar pushes, an index
-        // where every honest member is needed waits, and a member pushed k steps ahead
-        // costs about k rounds; the simulation shows it when pushing never stops). A failed
+        // ballot at the frontier, a stale lock, a reservation), though the liars push honest
+        // members' ballots all along, as far as rule 0 lets them (SPEC §9.1). A failed
         // proposal is tried again a second later, as `chainiac` clients and the timeline's
         // ticks do; a reservation a lost leader left holds its index for a lease at most.
         self.pushing = self.members.iter().any(|m| m.byzantine);
-        self.push_until = self.now + 1_000;
-        'leaders: for &leader in &honest {
-            for _ in 0..2 * LEASE / 1_000 {
-                let proposal = self.next_proposal;
-                self.propose(leader, false);
-                self.run_until_finished(proposal);
-                self.seen.calm_proposals += 1;
-                if self.finished.get(&proposal) == Some(&"done") {
-                    continue 'leaders;
-                }
-                self.now += 1_000;
+        for &leader in &honest {
+            let started = self.now;
+            self.get_in(leader);
+            if self.pushing && self.strong_liars {
+                self.seen.strong_ms.push(self.now - started);
+            } else if self.pushing {
+                self.seen.pushed_proposals_ms.push(self.now - started);
             }
-            panic!(
-                "member {leader}'s proposals never completed after the faults stopped: chains {:?}, states {:?}",
-                self.members.iter().map(|m| m.chain.len()).collect::<Vec<_>>(),
-                self.members.iter().map(|m| &m.states).collect::<Vec<_>>()
-            );
         }
-        // The liar stops; the last commits arrive.
+        // The liars stop; one more proposal fills the index their pushes left votes at, and
+        // the last commits arrive.
         self.pushing = false;
         self.settle();
+        self.get_in(honest[0]);
+        self.settle();
+    }
+
+    /// Member `leader` proposes until its proposal is done (up to `2 · LEASE` tries, a
+    /// second apart, of the same proposal as a client retries it).
+    fn get_in(&mut self, leader: usize) {
+        let proposal = self.next_proposal;
+        self.next_proposal += 1;
+        for _ in 0..2 * LEASE / 1_000 {
+            self.propose_again(leader, false, proposal);
+            self.run_until_finished(proposal);
+            self.seen.calm_proposals += 1;
+            if self.finished.get(&proposal) == Some(&"done") {
+                return;
+            }
+            self.now += 1_000;
+        }
+        panic!(
+            "member {leader}'s proposals never completed after the faults stopped: chains {:?}, states {:?}",
+            self.members.iter().map(|m| m.chain.len()).collect::<Vec<_>>(),
+            self.members.iter().map(|m| &m.states).collect::<Vec<_>>()
+        );
     }
 
     fn check_final(&self) {
@@ -1398,6 +1601,9 @@ impl Seen {
         self.lying_conflicts += one.lying_conflicts;
         self.votes_dropped += one.votes_dropped;
         self.trees += one.trees;
+        self.waited_for_epochs += one.waited_for_epochs;
+        self.pushed_proposals_ms.extend(&one.pushed_proposals_ms);
+        self.strong_ms.extend(&one.strong_ms);
     }
 }
 
@@ -1408,6 +1614,9 @@ fn run(seed: u64) -> Seen {
         sim.branching = 2;
         sim.seen.trees = 1;
     }
+    sim.strong_liars = f > 0 && (seed / 8) % 2 == 1;
+    // `CLUSTER_TRACE=all` prints the faulty phase too.
+    sim.trace = std::env::var("CLUSTER_TRACE").is_ok_and(|v| v == "all");
     sim.chaos(1_000 + (seed % 5) as usize * 500);
     sim.calm();
     sim.check_final();
@@ -1432,7 +1641,21 @@ fn runs(seeds: std::ops::Range<u64>) {
             Err(_) => panic!("seed {seed} failed: the panic above says how"),
         }
     }
+    let pushed = std::mem::take(&mut seen.pushed_proposals_ms);
+    let strong = std::mem::take(&mut seen.strong_ms);
     println!("{count} runs: {seen:?}");
+    for (mut took, liars) in [(pushed, "liars pushed ballots"), (strong, "strong liars pushed, stalled and spoiled")] {
+        took.sort_unstable();
+        let at = |q: f64| took.get(((took.len() as f64 - 1.0) * q) as usize).copied().unwrap_or(0);
+        println!(
+            "{} honest proposals while {liars}: median {} ms, p90 {} ms, p99 {} ms, max {} ms (simulated)",
+            took.len(),
+            at(0.5),
+            at(0.9),
+            at(0.99),
+            at(1.0)
+        );
+    }
     // The faults must have made the hard cases happen, or the pass means little.
     assert!(seen.leaders_lost_after_locks > count as usize / 10, "{seen:?}");
     assert!(seen.withheld > 0 && seen.adopted_blocks > 0 && seen.busy > 0 && seen.promised > 0, "{seen:?}");

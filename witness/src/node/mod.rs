@@ -48,6 +48,8 @@ pub const CF_TIMELINE_HEADS: &str = "timeline_heads";
 /// How long a member that missed a round this node led is left out of its next rounds'
 /// trees (while the threshold allows), before it is asked again.
 const PRESUMED_DOWN: Duration = Duration::from_secs(10);
+/// How long members a led round showed faulty are left out of this node's trees.
+const SHOWN_FAULTY: Duration = Duration::from_secs(60);
 /// Most blocks one `GetBlocks` answer carries.
 const MAX_BLOCKS_PER_ANSWER: u32 = 256;
 /// Bytes of blocks one `GetBlocks` answer carries past its first block (blocks carry up to
@@ -244,9 +246,9 @@ fn core_state(roster: &Roster, state: &IndexState) -> agreement::Durable<BlockId
 /// past the ballot.
 fn refused(index: u64, refusal: agreement::Refusal) -> ErrorReply {
     let code = match refusal {
-        agreement::Refusal::Locked { .. }
-        | agreement::Refusal::OldBallot { .. }
-        | agreement::Refusal::TooFar { .. } => ErrorCode::Promised,
+        agreement::Refusal::Locked { .. } | agreement::Refusal::OldBallot { .. } | agreement::Refusal::Early { .. } => {
+            ErrorCode::Promised
+        }
         _ => ErrorCode::Refused,
     };
     err(code, format!("index {index}: {refusal}"))
@@ -292,6 +294,8 @@ struct LedAttempt {
     /// The attempt's number within its run.
     number: usize,
     signature: Option<BlockSignature>,
+    /// How long the leader waits for each phase (§9.1: at most a second at the frontier).
+    phase_wait: Duration,
 }
 
 pub struct Node {
@@ -326,6 +330,8 @@ pub struct Node {
     heads: Mutex<HashMap<ChainId, Arc<ChainState>>>,
     /// Members that missed a round this node led, until when they are left out of trees.
     down: Mutex<HashMap<PublicKey, Instant>>,
+    /// Members shown faulty by a round this node led, until when ([`SHOWN_FAULTY`]).
+    faulty: Mutex<HashMap<PublicKey, Instant>>,
     /// The heads of every chain that is not a timeline, as a timeline records them: read
     /// once at start, then updated on each append (a moved head rehashes its path).
     current_heads: Mutex<CurrentHeads>,
@@ -375,6 +381,7 @@ impl Node {
             heads: Mutex::new(HashMap::new()),
             current_heads: Mutex::new(CurrentHeads { set: Arc::new(current_heads), new: HashMap::new() }),
             down: Mutex::new(HashMap::new()),
+            faulty: Mutex::new(HashMap::new()),
             released: Mutex::new(HashMap::new()),
             timeline_chains: Mutex::new(timeline_chains),
             created: Mutex::new(HashMap::new()),

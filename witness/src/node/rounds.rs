@@ -44,14 +44,15 @@ impl Node {
 
     /// Rule 1 of §9.1 with the index's reservation ([`round::accept_announce`]): votes for
     /// `block` at `ballot` if the agreement rules allow and no other block holds the index
-    /// here, storing the raised ballot (synced) before the vote leaves this node; a ballot
-    /// too far above this node's raises it one step (`agreement::MAX_BALLOT_STEP`), stored
-    /// too. On `Ok` the index is held for the block for a lease.
+    /// here, storing the raised ballot (synced) before the vote leaves this node. The ballot
+    /// must be `announcer`'s (whose vote the caller checked) and within this node's clock's
+    /// frontier (rule 0). On `Ok` the index is held for the block for a lease.
     pub(super) fn vote_for(
         &self,
         head: &ChainState,
         block: &Block,
         ballot: u64,
+        announcer: usize,
         justification: Option<&Certificate>,
     ) -> Result<Vote, ErrorReply> {
         blocking(|| {
@@ -73,6 +74,8 @@ impl Node {
                 agreement_committee(&head.committee),
                 &id,
                 ballot,
+                announcer,
+                crate::agreement::frontier(roster.len(), now_ms()),
                 justification.as_ref(),
             );
             if durable.voted != state.voted {
@@ -249,6 +252,7 @@ impl Node {
                         own: core_state(roster, &own),
                         presumed_down: self.down_members(roster),
                         proposal_appended,
+                        frontier: crate::agreement::frontier(roster.len(), now_ms()),
                     }
                 }
                 Step::Gather { ask } => {
@@ -258,9 +262,18 @@ impl Node {
                     locks.extend(reports.iter().filter_map(|r| r.lock.clone()));
                     let roster = head.committee.roster();
                     let reports = reports.iter().map(|r| core_state(roster, r)).collect();
-                    Event::Gathered { own: core_state(roster, &own), reports, filled }
+                    let frontier = crate::agreement::frontier(roster.len(), now_ms());
+                    Event::Gathered { own: core_state(roster, &own), reports, filled, frontier }
                 }
-                Step::Announce { proposed, ballot, attempt: number, excluded } => {
+                Step::Announce { proposed, ballot, attempt: number, excluded, at_frontier } => {
+                    // Ballots pushed to the frontier: this node's next opens with the next
+                    // epoch (at most two away: plans count reports up to the frontier).
+                    let members = head.committee.roster().len();
+                    let wait = crate::agreement::opens_in_ms(ballot, members, now_ms());
+                    if wait > 0 {
+                        debug!(chain = %chain.to_hex()[..16], ballot, wait_ms = wait, "waiting for the ballot's epoch");
+                        tokio::time::sleep(Duration::from_millis(wait.min(3 * crate::agreement::EPOCH_MS))).await;
+                    }
                     let justification = match &proposed {
                         Proposed::Own => {
                             if number == 1 {
@@ -294,14 +307,16 @@ impl Node {
                     };
                     match checked {
                         Err(e) => Event::NotAnnounced(e),
-                        Ok(()) => match self.announce(&head, current, ballot, justification, &excluded).await? {
-                            Ok((mut led, outcome)) => {
-                                led.number = number;
-                                attempt = Some(led);
-                                Event::Announced(outcome)
+                        Ok(()) => {
+                            match self.announce(&head, current, ballot, justification, &excluded, at_frontier).await? {
+                                Ok((mut led, outcome)) => {
+                                    led.number = number;
+                                    attempt = Some(led);
+                                    Event::Announced(outcome)
+                                }
+                                Err(e) => Event::NotAnnounced(e),
                             }
-                            Err(e) => Event::NotAnnounced(e),
-                        },
+                        }
                     }
                 }
                 Step::CatchUp { from } => {
@@ -391,6 +406,8 @@ impl Node {
     /// One attempt's announce: reserves the index, votes (stored), commits, and sends the
     /// announce down the tree rooted at this node without `excluded`. The outer error ends
     /// the proposal (no retry mends it); the inner one means the announce did not go out.
+    /// `at_frontier`: a round against the clock (§9.1 rule 0): over a star, each phase
+    /// waiting `agreement::FRONTIER_PHASE_MS` at most.
     async fn announce(
         self: &Arc<Self>,
         head: &ChainState,
@@ -398,6 +415,7 @@ impl Node {
         ballot: u64,
         justification: Option<Certificate>,
         excluded: &BTreeSet<usize>,
+        at_frontier: bool,
     ) -> Result<Result<(LedAttempt, AnnounceOutcome), ErrorReply>, ErrorReply> {
         let chain = head.chain;
         let roster = Arc::new(head.committee.roster().clone());
@@ -409,7 +427,7 @@ impl Node {
                 "the chain moved on while this block was proposed; propose again on the new head",
             )));
         }
-        let own_vote = match self.vote_for(head, block, ballot, justification.as_ref()) {
+        let own_vote = match self.vote_for(head, block, ballot, me, justification.as_ref()) {
             Ok(vote) => vote,
             Err(e) => {
                 // Refused by the rules: an earlier attempt's reservation of this block goes
@@ -428,21 +446,27 @@ impl Node {
         let session = Session::new(roster.clone(), session_id, BlockSignature::message(&id, ballot).to_vec());
         let mut mask = Mask::empty(roster.len());
         excluded.iter().for_each(|&i| mask.insert(i));
-        let tree = Tree::new(roster.len(), me, self.config.branching as usize, &mask);
+        let branching = if at_frontier { roster.len() as u32 } else { self.config.branching };
+        let tree = Tree::new(roster.len(), me, branching as usize, &mask);
         let mut leader =
             Leader::new(session.clone(), &tree, threshold).map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
         let (nonces, own) = commit(&session, me, &self.key, &mut OsRng).map_err(protocol_err)?;
         leader.aggregator().receive_commitment(me, &own).map_err(protocol_err)?;
-        let announce = Announce {
+        let mut announce = Announce {
             block: block.clone(),
             session: session_id,
             leader: me as u32,
-            branching: self.config.branching,
+            branching,
             excluded: mask.as_bytes().to_vec(),
             ballot,
             justification: justification.clone(),
+            leader_signature: [0; 64],
         };
-        let wait = self.wait_for_children(&tree, me);
+        announce.sign(&self.key);
+        let mut wait = self.wait_for_children(&tree, me);
+        if at_frontier {
+            wait = wait.min(Duration::from_millis(crate::agreement::FRONTIER_PHASE_MS));
+        }
         let (mut busy, mut promised_elsewhere, mut filled) = (false, 0, Vec::new());
         // Children that answered, if only with a refusal: up, whatever the round says.
         let mut answered: Vec<u32> = Vec::new();
@@ -515,6 +539,12 @@ impl Node {
             }
             (None, None) => vec![me],
         };
+        if challenge.is_some() && votes.len() < threshold {
+            // Committed without a valid vote: it sent none, or its parent dropped it.
+            let withheld: Vec<usize> =
+                committed.iter().copied().filter(|m| !votes.contains_key(&(*m as u32))).collect();
+            self.note_faulty(&roster, &withheld);
+        }
         let outcome = AnnounceOutcome {
             below_threshold,
             committed,
@@ -537,6 +567,7 @@ impl Node {
             justified: justification.is_some(),
             number: 0,
             signature: None,
+            phase_wait: wait,
         };
         Ok(Ok((led, outcome)))
     }
@@ -569,8 +600,14 @@ impl Node {
         let responders: Vec<usize> =
             led.leader.aggregator().expected_responders().into_iter().filter(|&m| m != led.me).collect();
         let request = Request::Challenge { session: led.session_id, challenge, certificate };
-        let wait = self.wait_for_children(&led.tree, led.me);
+        let wait = led.phase_wait;
+        // Members that refused (locked elsewhere, moved past the ballot) are honest as far
+        // as this round shows; the others the aggregator names sent a wrong share or none.
+        let mut refused: Vec<usize> = Vec::new();
         for (child, reply) in self.ask_children(&led.roster, &responders, request, wait).await {
+            if matches!(reply, Err(CallError::Remote(_))) {
+                refused.push(child);
+            }
             match reply {
                 Ok(Response::Signed(r)) => {
                     if let Err(e) = led.leader.aggregator().receive_response(child, &r) {
@@ -591,6 +628,9 @@ impl Node {
                     warn!(member = fault.member, address = %led.roster.member(fault.member as usize).map_or("?", |m| m.address.as_str()), "excluded from the restart: {fault}");
                 }
                 self.metrics.faults_named.fetch_add(faults.len() as u64, Ordering::Relaxed);
+                let named: Vec<usize> =
+                    faults.iter().map(|f| f.member as usize).filter(|m| !refused.contains(m)).collect();
+                self.note_faulty(&led.roster, &named);
                 let error = err(
                     ErrorCode::Unavailable,
                     format!("round failed: {}", faults.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", ")),
@@ -628,7 +668,44 @@ impl Node {
         let now = Instant::now();
         let mut down = self.down.lock().expect("lock");
         down.retain(|_, until| *until > now);
-        (0..roster.len()).filter(|&i| roster.member(i).is_some_and(|m| down.contains_key(&m.key))).collect()
+        let mut faulty = self.faulty.lock().expect("lock");
+        faulty.retain(|_, until| *until > now);
+        (0..roster.len())
+            .filter(|&i| roster.member(i).is_some_and(|m| down.contains_key(&m.key) || faulty.contains_key(&m.key)))
+            .collect()
+    }
+
+    /// Ballot epochs (§9.1 rule 0) need committee clocks within `CLOCK_MARGIN_MS`: a block
+    /// stamped further ahead of this node's clock by its leader says one of the two clocks
+    /// is off. Warned once a minute at most.
+    fn warn_of_clock(&self, leader: usize, roster: &Roster, stamped_ms: u64) {
+        let now = now_ms();
+        let ahead = stamped_ms.saturating_sub(now);
+        let last = self.metrics.clock_warned_ms.load(Ordering::Relaxed);
+        if ahead > crate::agreement::CLOCK_MARGIN_MS && now.saturating_sub(last) > 60_000 {
+            self.metrics.clock_warned_ms.store(now, Ordering::Relaxed);
+            let address = roster.member(leader).map_or("?", |m| m.address.as_str());
+            warn!(
+                member = leader,
+                %address,
+                ahead_ms = ahead,
+                "this member's clock is ahead of this witness's by more than {} ms; ballot epochs need committee clocks within that (SPEC §9.1): check NTP on both",
+                crate::agreement::CLOCK_MARGIN_MS
+            );
+        }
+    }
+
+    /// Members a round this node led showed faulty (a wrong or missing partial signature,
+    /// a commitment without a vote) are left out of its trees for [`SHOWN_FAULTY`] while the
+    /// others reach the threshold, whatever later rounds' commitments say: a liar that
+    /// commits and then spoils the signature would otherwise spoil one attempt in every run
+    /// (at the frontier, the one its owner could not be outbid at).
+    pub(super) fn note_faulty(&self, roster: &Roster, members: &[usize]) {
+        let until = Instant::now() + SHOWN_FAULTY;
+        let mut faulty = self.faulty.lock().expect("lock");
+        for key in members.iter().filter_map(|&m| roster.member(m)).map(|m| m.key) {
+            faulty.insert(key, until);
+        }
     }
 
     /// After a round's commitments: members of the tree that did not commit are presumed
@@ -720,10 +797,20 @@ impl Node {
         if tree.parent(me).and_then(|p| roster.member(p)).map(|m| m.key) != Some(caller) {
             return Err(self.forbidden(format!("key {caller} is not this witness's parent in the round's tree")));
         }
+        // The leader signed the announce (§9.1 rule 0, §10.4): its ballot, session and tree
+        // are its own, and no relay can re-shape them in its name.
+        let leader_key = &roster.member(leader).expect("checked above").key;
+        if !announce.verify(leader_key) {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("the announce is not signed by its leader, member {leader}, as it says"),
+            ));
+        }
         self.check_to_sign(&head, &announce.block, announce.justification.as_ref())?;
+        self.warn_of_clock(leader, &roster, announce.block.header.timestamp_ms);
         let block = announce.block.clone();
         let id = block.id();
-        let vote = self.vote_for(&head, &block, announce.ballot, announce.justification.as_ref())?;
+        let vote = self.vote_for(&head, &block, announce.ballot, leader, announce.justification.as_ref())?;
         let mut votes = vec![vote];
         let session =
             Session::new(roster.clone(), announce.session, BlockSignature::message(&id, announce.ballot).to_vec());
