@@ -4,7 +4,7 @@
 //! takes to fill, throughput with concurrent projects, and a timeline block over many
 //! project chains.
 
-#[path = "../../cli/tests/common/mod.rs"]
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use crate::report::{percentile, Plot, Report, Series};

@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// The `chainiac` binary: Cargo's, in this crate's tests and benches; elsewhere (the
-/// `chainiac-bench` binary) `$CHAINIAC_BIN`, else the `chainiac` next to the running program.
+/// The `chainiac` binary: in the `tests/` package's tests, Cargo's `chainiac-under-test`
+/// (the same `chainiac::main`); elsewhere (the `chainiac-bench` binary) `$CHAINIAC_BIN`,
+/// else the `chainiac` next to the running program.
 pub fn bin() -> PathBuf {
-    if let Some(path) = option_env!("CARGO_BIN_EXE_chainiac") {
+    if let Some(path) = option_env!("CARGO_BIN_EXE_chainiac-under-test") {
         return path.into();
     }
     std::env::var_os("CHAINIAC_BIN")

@@ -2,7 +2,7 @@
 //! 400 ms and two submitters appending without pause, while one random witness at a time
 //! is SIGKILLed — leaders mid-round included — and restarted a moment later. Afterwards
 //! every witness holds the same block at every index, every acknowledged append is there,
-//! and the timeline is moving. 60 s here; `CHAINIAC_CHAOS_SECS=600 cargo test --test chaos
+//! and the timeline is moving. 60 s here; `cargo test -p chainiac-tests --test chaos
 //! -- --ignored` runs the long version (issue 17's setup).
 
 mod common;

@@ -871,7 +871,7 @@ async fn a_fork_signed_by_the_whole_cothority_is_refused_and_named() {
     drop(client);
     let state = dir.path().join("client.state");
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_chainiac"))
+        std::process::Command::new(env!("CARGO_BIN_EXE_chainiac-under-test"))
             .args(["update", "--state", state.to_str().unwrap(), "--all", "--json"])
             .output()
             .unwrap()

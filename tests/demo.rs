@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_chainiac");
+const BIN: &str = env!("CARGO_BIN_EXE_chainiac-under-test");
 
 #[test]
 fn the_demo_releases_verifies_and_cleans_up() {
