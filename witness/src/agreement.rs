@@ -23,8 +23,8 @@
 //! Which ballots a leader may use, and when ([`admit`], for liveness only: safety holds
 //! whatever ballots are used): ballots come in epochs of `n`, one per member, and the order
 //! of the members within an epoch rotates from one epoch to the next ([`owner`]). A member
-//! votes at a ballot only when its owner announced it (the announce carries the owner's
-//! signed vote) and only up to the end of the epoch after the one its clock reads
+//! votes at a ballot only when its owner announced it (the owner signs the announce) and
+//! only up to the end of the epoch after the one its clock reads
 //! ([`frontier`], epochs of [`EPOCH_MS`]). A liar can then push honest members no further
 //! than its own ballot in the next epoch; the member owning the last ballot of that epoch
 //! outbids every ballot anyone may use until the epoch after begins, and that member is
@@ -115,7 +115,7 @@ pub fn next_owned(above: Ballot, member: usize, members: usize) -> Option<Ballot
 /// not hold against them).
 pub fn at_frontier(ballot: Ballot, members: usize, frontier: Ballot) -> bool {
     let n = members.max(1) as u64;
-    ballot / n + 1 >= frontier / n
+    (ballot / n).saturating_add(1) >= frontier / n
 }
 
 /// How long, from `now_ms`, until `ballot` is within the [`frontier`] of members whose
@@ -282,10 +282,10 @@ impl<B: Clone> Plan<B> {
 /// ballot: the block of the highest-ballot complete lock, justified by its certificate, or
 /// the leader's own when nobody reported a lock; the ballot: the lowest that `me` owns above
 /// every ballot reported and above `at_least` (the leader's own). A report's ballot beyond
-/// `frontier` (the leader's, from its clock) by more than an epoch is not counted: no honest
-/// member votes there (its clock would be an epoch ahead), so it is a liar's, and counting
-/// it would send the leader to the next epoch at every gathering. `None` when fewer than
-/// `t` reported.
+/// `frontier` (the leader's, from its clock) is not counted: no honest member votes there
+/// unless its clock runs ahead (then the leader's ballot is refused and it tries again a
+/// moment later), and counting a liar's would send the leader an epoch further at every
+/// gathering. `None` when fewer than `t` reported.
 pub fn plan<B: Clone>(
     committee: Committee,
     reports: &[Durable<B>],
@@ -301,8 +301,7 @@ pub fn plan<B: Clone>(
         .filter_map(|r| r.lock.as_ref())
         .filter(|l| l.certificate.is_complete(committee.members, committee.threshold))
         .max_by_key(|l| l.certificate.ballot);
-    let believable = frontier.saturating_add(committee.members as u64);
-    let above = reports.iter().map(|r| r.voted).filter(|&v| v <= believable).max().unwrap_or(0).max(at_least);
+    let above = reports.iter().map(|r| r.voted).filter(|&v| v <= frontier).max().unwrap_or(0).max(at_least);
     // None only past `Ballot::MAX`: the leader's own vote then refuses it, nothing panics.
     let ballot = next_owned(above, me, committee.members).unwrap_or(Ballot::MAX);
     Some(Plan { ballot, justification: highest.map(|lock| lock.certificate.clone()) })

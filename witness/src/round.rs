@@ -145,8 +145,8 @@ pub enum Step<B> {
     /// Wait until `ballot` opens by this node's clock ([`agreement::opens_in_ms`]: at once
     /// unless a liar or a rival pushed ballots to the frontier), check the chain has not
     /// moved, vote and reserve the index ([`accept_announce`], the state stored), commit and
-    /// announce over the tree rooted at this node without `excluded`, the announce carrying
-    /// this node's vote (it owns `ballot`): [`Event::Announced`] (or [`Event::NotAnnounced`]).
+    /// announce over the tree rooted at this node without `excluded`, signed by this node
+    /// (it owns `ballot`): [`Event::Announced`] (or [`Event::NotAnnounced`]).
     Announce {
         proposed: Proposed<B>,
         ballot: Ballot,
@@ -1071,7 +1071,7 @@ mod tests {
                             },
                             _ => Durable::default(),
                         }).collect();
-                        known = known.max(reports.iter().map(|r| r.voted).filter(|&v| v <= FRONTIER + 4).max().unwrap_or(0));
+                        known = known.max(reports.iter().map(|r| r.voted).filter(|&v| v <= FRONTIER).max().unwrap_or(0));
                         Event::Gathered {
                             own: Durable { voted: own_voted, lock: None },
                             reports,

@@ -171,6 +171,8 @@ enum Wait {
         faulty: BTreeSet<usize>,
         /// Children that refused (honest as far as the round shows).
         refused: BTreeSet<usize>,
+        /// The ballot was the frontier's last when announced (`LedAttempt::unbeatable`).
+        unbeatable: bool,
         deadline: u64,
     },
 }
@@ -250,6 +252,9 @@ struct Lead {
     /// ballot challenged: the partial signatures the leader checks (`Leader::finish`).
     responders: BTreeSet<usize>,
     ballot: Ballot,
+    /// The last announce was at the frontier (a star), and at its last ballot.
+    at_frontier: bool,
+    unbeatable: bool,
     /// The head when the proposal started.
     first_head: Option<u64>,
     /// A liar that withholds the final signature.
@@ -363,6 +368,13 @@ struct Sim {
     /// to the highest ballot any of them owns within its frontier, answer as late as their
     /// parent waits, and spoil their shares at every epoch's last slot.
     strong_liars: bool,
+    /// What strong liars also do, from `CLUSTER_ATTACK` (comma-separated; none in CI): `refuse`
+    /// a challenge at an epoch's last slot as if they had moved past it, push members
+    /// `pushlocked` on a block with that block, and `steer` gatherings (report the highest
+    /// ballot a leader believes, just before it stops waiting). Together they still stall
+    /// the honest member just before the liars in roster order on some seeds: the open
+    /// residual of SPEC §9.1.
+    attacks: BTreeSet<String>,
     next_push: u64,
     next_session: u64,
     next_block: BlockId,
@@ -412,6 +424,9 @@ impl Sim {
             branching: n,
             pushing: false,
             strong_liars: false,
+            attacks: std::env::var("CLUSTER_ATTACK")
+                .map(|a| a.split(',').map(str::to_owned).collect())
+                .unwrap_or_default(),
             next_push: 0,
             next_session: 1,
             next_block: 1,
@@ -621,6 +636,11 @@ impl Sim {
                 } else {
                     member.states.get(&index).cloned().unwrap_or_default()
                 };
+                if byzantine && self.strong_liars && !self.faults && self.attacks.contains("steer") {
+                    // The most a leader believes (its frontier), just before it stops waiting.
+                    let state = Durable { voted: self.frontier(from), lock: None };
+                    return self.send_after(to, from, Msg::State { session, state }, Some(PEER_TIMEOUT - 50));
+                }
                 if byzantine && self.roll(30) {
                     // A lock nobody voted for, with a far ballot: the leader's check drops it.
                     let voters = (0..self.n()).collect();
@@ -732,11 +752,17 @@ impl Sim {
                 let checked = self.checked(index, block, &certificate);
                 let mut faulty = BTreeSet::new();
                 if byzantine {
-                    self.record_share(to, index, ballot, block);
-                    // A bad share (its parent names it) now and then, and a strong liar's at
-                    // every last slot of an epoch: the ballots rule 0 makes unbeatable.
+                    // A bad share (its parent names it) now and then; a strong liar's, or a
+                    // refusal as if it had moved past the ballot, at every last slot of an
+                    // epoch: the ballots rule 0 makes unbeatable.
                     let last_slot = ballot % self.n() as u64 == self.n() as u64 - 1;
-                    if self.roll(20) || (self.strong_liars && !self.faults && last_slot) {
+                    let spoils = self.strong_liars && !self.faults && last_slot;
+                    if spoils && self.attacks.contains("refuse") && self.roll(50) {
+                        let delay = self.liars_delay(to, wait);
+                        return self.send_after(to, from, Msg::Refused { session, code: ErrorCode::Promised }, delay);
+                    }
+                    self.record_share(to, index, ballot, block);
+                    if self.roll(20) || spoils {
                         faulty.insert(to);
                     }
                 } else {
@@ -896,6 +922,8 @@ impl Sim {
             wait_ms: PEER_TIMEOUT,
             responders: BTreeSet::new(),
             ballot: 0,
+            at_frontier: false,
+            unbeatable: false,
             first_head: None,
             wait: None,
             withholds,
@@ -1054,7 +1082,10 @@ impl Sim {
                     };
                     self.send(m, to, msg);
                 }
+                let unbeatable = ballot == self.frontier(m);
                 let lead = self.members[m].lead.as_mut().expect("leading");
+                lead.at_frontier = at_frontier;
+                lead.unbeatable = unbeatable;
                 lead.last = Some((session, asked.clone()));
                 lead.wait = Some(Wait::Announce {
                     session,
@@ -1119,6 +1150,7 @@ impl Sim {
                     subtrees: lead.subtrees.clone(),
                     faulty: BTreeSet::new(),
                     refused: BTreeSet::new(),
+                    unbeatable: lead.unbeatable,
                     deadline: self.now + lead.wait_ms,
                 };
                 self.members[m].lead.as_mut().expect("leading").wait = Some(wait);
@@ -1230,9 +1262,12 @@ impl Sim {
                     faulty.insert(from);
                 }
             }
-            (Wait::Challenge { faulty, refused, .. }, Msg::Refused { .. }) => {
+            (Wait::Challenge { faulty, refused, unbeatable, .. }, Msg::Refused { code, .. }) => {
                 faulty.insert(from);
-                refused.insert(from);
+                // Nobody can be past the frontier's last ballot: refusing it is a fault.
+                if !*unbeatable || code == ErrorCode::Conflict {
+                    refused.insert(from);
+                }
             }
             _ => {}
         }
@@ -1282,15 +1317,16 @@ impl Sim {
                 let until = self.now + PRESUMED_DOWN;
                 let down = &mut self.members[m].down;
                 for &i in &members {
-                    let silent = !committed.contains(&i) && (below_threshold.is_none() || !refused.contains(&i));
+                    let silent = !committed.contains(&i) && !refused.contains(&i);
                     if silent {
                         down.insert(i, until);
                     } else {
                         down.remove(&i);
                     }
                 }
-                if below_threshold.is_none() && voters.len() < c.threshold {
-                    // Committed without a valid vote (`Node::announce`).
+                let at_frontier = self.members[m].lead.as_ref().is_some_and(|l| l.at_frontier);
+                if at_frontier && below_threshold.is_none() && voters.len() < c.threshold {
+                    // Committed without a valid vote, in a star at the frontier (`Node::announce`).
                     let until = self.now + SHOWN_FAULTY;
                     for &i in committed.iter().filter(|i| !voters.contains(i)) {
                         self.members[m].faulty.insert(i, until);
@@ -1328,7 +1364,8 @@ impl Sim {
                 }
                 let faulty: Vec<usize> = faulty.into_iter().collect();
                 let until = self.now + SHOWN_FAULTY;
-                for &f in faulty.iter().filter(|f| !refused.contains(f)) {
+                let at_frontier = self.members[m].lead.as_ref().is_some_and(|l| l.at_frontier);
+                for &f in faulty.iter().filter(|f| at_frontier && !refused.contains(f)) {
                     self.members[m].faulty.insert(f, until);
                 }
                 let outcome = if faulty.is_empty() {
@@ -1462,16 +1499,23 @@ impl Sim {
         self.send_push(agreement::owner(ballot, n), who, ballot);
     }
 
-    /// `liar`'s announce of a block of its own at `ballot` (signed: its vote recorded) to
-    /// `who` alone, at `who`'s next index.
+    /// `liar`'s announce at `ballot` (signed: its vote recorded) to `who` alone, at `who`'s
+    /// next index: of a block of its own, or (`pushlocked`, `who` locked there) of the
+    /// locked block with its certificate, which `who` votes for (a liar may re-lead a lock
+    /// as anyone may).
     fn send_push(&mut self, liar: usize, who: usize, ballot: Ballot) {
         let n = self.n();
         let index = self.members[who].chain.len() as u64 + 1;
-        let (session, block) = (self.session(), self.next_block + 1_000_000);
+        let lock = self.members[who].states.get(&index).and_then(|s| s.lock.clone());
+        let lock = lock.filter(|_| self.attacks.contains("pushlocked"));
+        let (block, justification) = match lock {
+            Some(lock) => (lock.certificate.block, Some(lock.certificate)),
+            None => (self.next_block + 1_000_000, None),
+        };
+        let session = self.session();
         self.record_vote(liar, index, ballot, block);
         let excluded = (0..n).filter(|&i| i != liar && i != who).collect();
-        let msg =
-            Msg::Announce { session, index, block, ballot, justification: None, leader: liar, excluded, branching: n };
+        let msg = Msg::Announce { session, index, block, ballot, justification, leader: liar, excluded, branching: n };
         self.send(liar, who, msg);
         self.seen.pushed += 1;
     }

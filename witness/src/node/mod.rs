@@ -296,6 +296,11 @@ struct LedAttempt {
     signature: Option<BlockSignature>,
     /// How long the leader waits for each phase (§9.1: at most a second at the frontier).
     phase_wait: Duration,
+    /// A round at the frontier (§9.1 rule 0): over a star.
+    at_frontier: bool,
+    /// The ballot was the last of the frontier when announced: no member can have voted
+    /// past it before the challenge, so a refusal then is a fault.
+    unbeatable: bool,
 }
 
 pub struct Node {

@@ -267,7 +267,7 @@ impl Node {
                 }
                 Step::Announce { proposed, ballot, attempt: number, excluded, at_frontier } => {
                     // Ballots pushed to the frontier: this node's next opens with the next
-                    // epoch (at most two away: plans count reports up to the frontier).
+                    // epoch (at most two epochs away: plans count reports up to the frontier).
                     let members = head.committee.roster().len();
                     let wait = crate::agreement::opens_in_ms(ballot, members, now_ms());
                     if wait > 0 {
@@ -467,6 +467,8 @@ impl Node {
         if at_frontier {
             wait = wait.min(Duration::from_millis(crate::agreement::FRONTIER_PHASE_MS));
         }
+        // The last ballot of the frontier: nobody can be past it during this round.
+        let unbeatable = ballot == crate::agreement::frontier(roster.len(), now_ms());
         let (mut busy, mut promised_elsewhere, mut filled) = (false, 0, Vec::new());
         // Children that answered, if only with a refusal: up, whatever the round says.
         let mut answered: Vec<u32> = Vec::new();
@@ -504,7 +506,9 @@ impl Node {
         }
         let (challenge, below_threshold) = match leader.challenge() {
             Ok(challenge) => {
-                self.note_reachability(&roster, &tree, leader.unreachable());
+                // Members that refused answered: up (a refusal is no sign of a dead peer).
+                let silent: Vec<u32> = leader.unreachable().iter().copied().filter(|u| !answered.contains(u)).collect();
+                self.note_reachability(&roster, &tree, &silent);
                 (Some(challenge), None)
             }
             Err(RoundError::BelowThreshold { present, threshold, unreachable }) => {
@@ -539,8 +543,10 @@ impl Node {
             }
             (None, None) => vec![me],
         };
-        if challenge.is_some() && votes.len() < threshold {
-            // Committed without a valid vote: it sent none, or its parent dropped it.
+        if at_frontier && challenge.is_some() && votes.len() < threshold {
+            // Committed without a valid vote, in a star (so no relay can frame it): it sent
+            // none. Remembered only at the frontier, where one spoiled attempt costs an epoch;
+            // in a tree a lying relay could drop an honest child's vote and have it blamed.
             let withheld: Vec<usize> =
                 committed.iter().copied().filter(|m| !votes.contains_key(&(*m as u32))).collect();
             self.note_faulty(&roster, &withheld);
@@ -568,6 +574,8 @@ impl Node {
             number: 0,
             signature: None,
             phase_wait: wait,
+            at_frontier,
+            unbeatable,
         };
         Ok(Ok((led, outcome)))
     }
@@ -602,11 +610,16 @@ impl Node {
         let request = Request::Challenge { session: led.session_id, challenge, certificate };
         let wait = led.phase_wait;
         // Members that refused (locked elsewhere, moved past the ballot) are honest as far
-        // as this round shows; the others the aggregator names sent a wrong share or none.
-        let mut refused: Vec<usize> = Vec::new();
+        // as this round shows — unless the ballot is the frontier's last, which no member can
+        // have moved past: refusing that is a liar's way to spoil the one attempt nobody
+        // outbids (the second attack review found it). The others the aggregator names sent
+        // a wrong share or none. A member that found the index filled is never blamed.
+        let mut excused: Vec<usize> = Vec::new();
         for (child, reply) in self.ask_children(&led.roster, &responders, request, wait).await {
-            if matches!(reply, Err(CallError::Remote(_))) {
-                refused.push(child);
+            if let Err(CallError::Remote(refusal)) = &reply {
+                if !led.unbeatable || refusal.code == ErrorCode::Conflict {
+                    excused.push(child);
+                }
             }
             match reply {
                 Ok(Response::Signed(r)) => {
@@ -628,9 +641,13 @@ impl Node {
                     warn!(member = fault.member, address = %led.roster.member(fault.member as usize).map_or("?", |m| m.address.as_str()), "excluded from the restart: {fault}");
                 }
                 self.metrics.faults_named.fetch_add(faults.len() as u64, Ordering::Relaxed);
-                let named: Vec<usize> =
-                    faults.iter().map(|f| f.member as usize).filter(|m| !refused.contains(m)).collect();
-                self.note_faulty(&led.roster, &named);
+                // Remembered only from a star at the frontier: in a tree a lying relay could
+                // name an honest child.
+                if led.at_frontier {
+                    let named: Vec<usize> =
+                        faults.iter().map(|f| f.member as usize).filter(|m| !excused.contains(m)).collect();
+                    self.note_faulty(&led.roster, &named);
+                }
                 let error = err(
                     ErrorCode::Unavailable,
                     format!("round failed: {}", faults.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", ")),
