@@ -266,6 +266,8 @@ pub struct LeaderRound<B> {
     fast_failure: Option<ErrorReply>,
     /// This pass caught up once already (a liar's `Conflict` costs one try a pass).
     caught_up: bool,
+    /// Why the last pass ended without the proposal's block, if a run failed.
+    last_failure: Option<ErrorReply>,
     /// Members that were silent in an attempt though their parent committed: asked when
     /// gathering even if presumed down.
     hidden_silent: BTreeSet<usize>,
@@ -287,6 +289,7 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
             presumed_down: BTreeSet::new(),
             fast_failure: None,
             caught_up: false,
+            last_failure: None,
             hidden_silent: BTreeSet::new(),
             phase: Phase::ReadingHead,
         };
@@ -622,7 +625,10 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
             RunKind::Fast | RunKind::Own => self.finish(Action::step(Step::Done)),
             RunKind::Locked if is_proposal => self.finish(Action::step(Step::Done)),
             RunKind::Locked if self.tick => self.finish(Action::step(Step::Adopted)),
-            RunKind::Locked => self.next_pass(),
+            RunKind::Locked => {
+                self.last_failure = None; // the pass filled its index, with another block
+                self.next_pass()
+            }
         }
     }
 
@@ -639,9 +645,15 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
                 self.gather()
             }
             // Members moved past the ballot meanwhile: gather again, in a new pass.
-            RunKind::Own | RunKind::Locked if code == ErrorCode::Promised => self.next_pass(),
+            RunKind::Own | RunKind::Locked if code == ErrorCode::Promised => {
+                self.last_failure = Some(error);
+                self.next_pass()
+            }
             // Another leader filled the index first: this proposal goes on the new head.
-            RunKind::Fast | RunKind::Own if code == ErrorCode::Conflict && !self.tick => self.next_pass(),
+            RunKind::Fast | RunKind::Own if code == ErrorCode::Conflict && !self.tick => {
+                self.last_failure = Some(error);
+                self.next_pass()
+            }
             _ => self.finish(Action::step(Step::Fail(error))),
         };
         action.release |= counted;
@@ -652,9 +664,15 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
     fn next_pass(&mut self) -> Action<B> {
         self.pass += 1;
         if self.pass >= MAX_PASSES {
+            // Say what stopped the last pass: members past the ballot (liars may be pushing
+            // ballots, SPEC §9.1), another block at each index, or the chain moving on.
+            let why = match self.last_failure.take() {
+                Some(last) => format!("the last: {}", last.message),
+                None => "each index tried took another, locked, block".to_owned(),
+            };
             return self.finish(Action::step(Step::Fail(err(
                 ErrorCode::Unavailable,
-                "every index tried held another locked block; propose again",
+                format!("no block after {MAX_PASSES} passes ({why}); propose again"),
             ))));
         }
         self.phase = Phase::ReadingHead;
@@ -1133,6 +1151,30 @@ mod tests {
                 prop_assert!(tick);
             }
         }
+    }
+
+    /// A proposal whose every pass ends with members past its ballot fails after
+    /// `MAX_PASSES`, saying so (not that other blocks took the indices).
+    #[test]
+    fn a_proposal_out_of_passes_says_what_stopped_the_last() {
+        let (mut m, _) = LeaderRound::<u8>::new(8, false);
+        let mut action = m.handle(head(Durable::default(), &[]));
+        for _ in 0..100 {
+            action = match &action.step {
+                Step::ReadHead => m.handle(head(Durable::default(), &[])),
+                Step::Announce { .. } => m.handle(Event::Announced(short(2, false))),
+                Step::Gather { .. } => m.handle(Event::Gathered {
+                    own: Durable::default(),
+                    reports: vec![Durable::default(); 3],
+                    filled: Vec::new(),
+                    frontier: FRONTIER,
+                }),
+                _ => break,
+            };
+        }
+        let Step::Fail(error) = &action.step else { panic!("{action:?}") };
+        assert!(error.message.starts_with(&format!("no block after {MAX_PASSES} passes")), "{}", error.message);
+        assert!(error.message.contains("locked on another block"), "{}", error.message);
     }
 
     /// Rule 0 at the member, and reservations a liar cannot keep renewing: another member's
