@@ -219,7 +219,8 @@ struct Joined {
     committed_children: BTreeSet<usize>,
     /// Each child's subtree.
     subtrees: BTreeMap<usize, BTreeSet<usize>>,
-    /// How long it waits for its children.
+    /// How long it waits for its children (a leaf: how long its parent waits for it, which
+    /// a strong liar answers just inside).
     wait: u64,
 }
 
