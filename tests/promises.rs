@@ -334,6 +334,94 @@ async fn split_locks_no_longer_freeze_an_index() {
     assert_eq!(cluster.prove_from_genesis(1, chain, &genesis).await.index(), 3);
 }
 
+/// A re-sign (SPEC §9.1): a leader whose signature fell short announces the same block at
+/// the same ballot again, in a fresh session. Members locked on that block at that ballot
+/// vote for it again, their state unchanged; another block at that ballot is refused; a
+/// second re-sign replaces the first one's session (one set of nonces per ballot); and the
+/// shares of the last session make a signature that every member appends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_signature_is_signed_again_at_its_ballot() {
+    let (cluster, chain, genesis) = four_with_witness_zero_dead().await;
+    let x = next_block(&cluster, 1, chain, &genesis, b"X").await;
+    let y = next_block(&cluster, 1, chain, &genesis, b"Y").await;
+    let (signed, ballot) = lead_until_the_locks(&cluster, 0, 4, &x, 0, &[1, 2, 3], &[1, 2, 3]).await;
+    assert_eq!(signed, 3, "members 1-3 locked X and signed; no signature was formed");
+    let key = cluster.keys(&[0]).pop().unwrap();
+    let stand_in = Client::with_key(cluster.keys(&[0]).pop().unwrap());
+    let roster = Arc::new(cluster.roster(&[0, 1, 2, 3]));
+    let at = |w: usize| roster.index_of(&cluster.witnesses[w].key).unwrap();
+    let zero = at(0);
+    let announce = |block: &Block, session: SessionId| {
+        let mut announce = Announce {
+            block: block.clone(),
+            session,
+            leader: zero as u32,
+            branching: 4,
+            excluded: Mask::empty(4).as_bytes().to_vec(),
+            ballot,
+            justification: None,
+            leader_signature: [0; 64],
+        };
+        announce.sign(&key);
+        Request::Announce(announce)
+    };
+    for w in 1..4 {
+        let reply = stand_in.call(&cluster.witnesses[w], announce(&y, SessionId([0x61; 32]))).await.unwrap_err();
+        assert_eq!(refusal(&reply).code, ErrorCode::Promised, "{}", refusal(&reply).message);
+    }
+
+    let (first, second) = (SessionId([0x62; 32]), SessionId([0x63; 32]));
+    let session = Session::new(roster.clone(), second, BlockSignature::message(&x.id(), ballot).to_vec());
+    let tree = Tree::new(4, zero, 4, &Mask::empty(4));
+    let mut round = Leader::new(session.clone(), &tree, 3).unwrap();
+    let (nonces, own) = commit(&session, zero, &key, &mut OsRng).unwrap();
+    round.aggregator().receive_commitment(zero, &own).unwrap();
+    let mut votes = vec![Vote::sign(&key, zero as u32, &x.id(), ballot)];
+    for w in 1..4 {
+        let reply = stand_in.call(&cluster.witnesses[w], announce(&x, first)).await;
+        assert!(matches!(reply, Ok(Response::Voted { .. })), "witness {w} re-signs: {reply:?}");
+        match stand_in.call(&cluster.witnesses[w], announce(&x, second)).await {
+            Ok(Response::Voted { commitment, votes: theirs }) => {
+                round.aggregator().receive_commitment(at(w), &commitment).unwrap();
+                assert!(theirs.iter().all(|v| v.verify(&cluster.witnesses[w].key, &x.id(), ballot)));
+                votes.extend(theirs);
+            }
+            other => panic!("witness {w} did not re-sign: {other:?}"),
+        }
+    }
+    let member = cluster.operator(1);
+    let Ok(Response::IndexState(state)) =
+        member.call(&cluster.witnesses[2], Request::GetIndexState { chain, index: 2 }).await
+    else {
+        panic!("witness 2 reports its state")
+    };
+    assert_eq!(state.voted, ballot, "a re-sign moves no ballot");
+    let challenge = round.challenge().unwrap();
+    let certificate = Certificate { ballot, votes };
+    let challenge_in =
+        |session| Request::Challenge { session, challenge: challenge.clone(), certificate: certificate.clone() };
+    let replaced = stand_in.call(&cluster.witnesses[1], challenge_in(first)).await.unwrap_err();
+    assert_eq!(refusal(&replaced).code, ErrorCode::NotFound, "the second re-sign replaced the first's session");
+    round.aggregator().receive_response(zero, &nonces.respond(&session, &key, &challenge).unwrap()).unwrap();
+    for w in 1..4 {
+        match stand_in.call(&cluster.witnesses[w], challenge_in(second)).await {
+            Ok(Response::Signed(share)) => round.aggregator().receive_response(at(w), &share).unwrap(),
+            other => panic!("witness {w} did not sign: {other:?}"),
+        }
+    }
+    let mut block = x.clone();
+    block.signature = Some(BlockSignature { ballot, signature: round.finish().unwrap() });
+    for w in 1..4 {
+        let reply = stand_in.call(&cluster.witnesses[w], Request::Commit { block: block.clone() }).await;
+        assert!(matches!(reply, Ok(Response::Ack)), "witness {w}: {reply:?}");
+    }
+    for w in 1..4 {
+        cluster.wait_head(w, chain, 2).await;
+    }
+    let head = cluster.prove_from_genesis(3, chain, &genesis).await;
+    assert_eq!((head.index(), head.id), (2, x.id()), "X, signed by the re-sign, at index 2");
+}
+
 /// A leader that missed a commit (it was down while the others appended) proposes at an
 /// index the others have filled. They answer `Conflict`; the leader catches up from them
 /// and leads its proposal at the next index. Before, it proposed at the filled index until

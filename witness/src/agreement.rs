@@ -9,7 +9,9 @@
 //! 1. *Vote.* A leader announces block `B` at ballot `b`. A member votes for it — durably
 //!    raising its voted ballot to `b` — only if `b` is above every ballot it voted at, and,
 //!    if it is locked on another block, only when the announce carries a certificate for
-//!    `B` from a ballot at or above its lock's.
+//!    `B` from a ballot at or above its lock's. A member locked on exactly `(B, b)` (so it
+//!    voted for `B` at `b`) votes for `B` at `b` again: the same vote, for a fresh signing
+//!    session when the first one's signature fell short (a *re-sign*).
 //! 2. *Certificate.* `t` votes for `B` at `b` (the committee's threshold, `3t > 2n`).
 //! 3. *Lock.* Shown the certificate, a member durably locks on `(B, b)` and only then
 //!    releases its partial signature over `B` — unless it already voted at a ballot above
@@ -39,7 +41,9 @@
 //! lock change needs a certificate for a non-`X` block between `b` and `b'`, and there is
 //! none below `b'`), so it needed a certificate for `Y` at a ballot in `[b, b')` — none
 //! exists. So no certificate for another block at `b` or after, and no honest member
-//! releases a share for one.
+//! releases a share for one. Re-signs change none of this: a re-sign vote goes only to a
+//! block already certified at its ballot, so the first certificate at every ballot is made
+//! of ordinary votes, and the argument runs over those.
 //!
 //! **Precondition: a partial signature binds its ballot.** The argument counts shares of
 //! one ballot. CoSi shares over the bare block id combine across sessions — a Byzantine
@@ -212,6 +216,13 @@ pub struct Committee {
 impl<B: Clone + PartialEq> Durable<B> {
     /// Rule 1: whether this member votes for `block` at `ballot`, given the announce's
     /// `justification`; on `Ok` the caller stores the raised `voted` before answering.
+    ///
+    /// A re-sign — `ballot` is the one voted at, and the lock is on `block` at `ballot` —
+    /// changes nothing and is a vote only for the block already certified at `ballot`: the
+    /// first certificate of any block at a ballot is made of votes cast without re-signs
+    /// (a re-sign needs a lock there, which needs a certificate there), and two such at one
+    /// ballot would need an honest member to vote twice; so no other block can be
+    /// certified at `ballot`, and a certified block gains nothing it did not have.
     pub fn vote(
         &mut self,
         committee: Committee,
@@ -219,6 +230,9 @@ impl<B: Clone + PartialEq> Durable<B> {
         ballot: Ballot,
         justification: Option<&Certificate<B>>,
     ) -> Result<(), Refusal> {
+        if ballot == self.voted && self.is_locked_on(block, ballot) {
+            return Ok(());
+        }
         if ballot <= self.voted {
             return Err(Refusal::OldBallot { ballot, voted: self.voted });
         }
@@ -238,6 +252,11 @@ impl<B: Clone + PartialEq> Durable<B> {
         }
         self.voted = ballot;
         Ok(())
+    }
+
+    /// Whether this member is locked on `block` by a certificate of `ballot`.
+    pub fn is_locked_on(&self, block: &B, ballot: Ballot) -> bool {
+        self.lock.as_ref().is_some_and(|l| l.certificate.ballot == ballot && l.certificate.block == *block)
     }
 
     /// Rule 3: lock on the certificate's block (the one announced at its ballot) before
@@ -340,6 +359,28 @@ mod tests {
         assert_eq!(d.lock(C, &cert(2, 6, &[0, 1, 3])), Err(Refusal::Superseded { ballot: 6, voted: 7 }));
         d.lock(C, &cert(2, 7, &[0, 1, 3])).unwrap();
         assert_eq!(d.lock(C, &cert(1, 7, &[0, 1])), Err(Refusal::Incomplete { voters: 2, threshold: 3 }));
+    }
+
+    /// A re-sign: locked on `(1, 5)`, a member votes for block 1 at ballot 5 again (and
+    /// locks again on another certificate of it), changing nothing; never for another block
+    /// at 5, never at 5 once it voted past it, never unlocked.
+    #[test]
+    fn a_member_votes_again_only_for_the_block_it_is_locked_on_at_that_ballot() {
+        let mut d = Durable::default();
+        d.vote(C, &1, 5, None).unwrap();
+        assert_eq!(d.vote(C, &1, 5, None), Err(Refusal::OldBallot { ballot: 5, voted: 5 }), "voted, not locked");
+        d.lock(C, &cert(1, 5, &[0, 1, 2])).unwrap();
+        let before = d.clone();
+        d.vote(C, &1, 5, None).unwrap();
+        assert_eq!(d, before, "a re-sign changes nothing");
+        assert_eq!(d.vote(C, &2, 5, Some(&cert(2, 5, &[0, 1, 3]))), Err(Refusal::OldBallot { ballot: 5, voted: 5 }));
+        assert_eq!(d.vote(C, &1, 4, None), Err(Refusal::OldBallot { ballot: 4, voted: 5 }));
+        d.lock(C, &cert(1, 5, &[1, 2, 3])).unwrap();
+        assert_eq!(d.lock.as_ref().map(|l| l.certificate.voters.len()), Some(3));
+        d.vote(C, &1, 6, None).unwrap();
+        assert_eq!(d.vote(C, &1, 5, None), Err(Refusal::OldBallot { ballot: 5, voted: 6 }), "moved on");
+        let mut locked_lower = Durable { voted: 5, lock: Some(Lock { certificate: cert(1, 4, &[0, 1, 2]) }) };
+        assert_eq!(locked_lower.vote(C, &1, 5, None), Err(Refusal::OldBallot { ballot: 5, voted: 5 }));
     }
 
     /// Why a node needs ballot-bound signatures before it uses these rules (found by an

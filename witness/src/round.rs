@@ -71,6 +71,10 @@ pub struct AnnounceOutcome {
     /// gathering and run leave them out (a dead member then costs one timeout, not one per
     /// step).
     pub presumed_down: BTreeSet<usize>,
+    /// The ballot was the last of this node's frontier when it announced
+    /// ([`agreement::frontier`]): no member can vote past it before the next epoch opens,
+    /// so a signature that falls short is re-signed at it ([`Step::Announce`]).
+    pub unbeatable: bool,
 }
 
 /// What the challenge of one attempt came to.
@@ -78,7 +82,10 @@ pub struct AnnounceOutcome {
 pub enum ChallengeOutcome {
     /// The collective signature is complete.
     Signed,
-    /// It is not: these members' responses were missing or wrong.
+    /// It is not: these members' responses were missing or wrong (left out of the next
+    /// attempt). Members that refused as past the ballot are not among them: they vote at
+    /// a higher one. At the frontier's last ballot nobody can be past it, and a refusal
+    /// there is a fault like any other.
     Faults { members: Vec<usize>, error: ErrorReply },
     /// It failed for a reason no retry mends.
     Broken(ErrorReply),
@@ -147,6 +154,12 @@ pub enum Step<B> {
     /// moved, vote and reserve the index ([`accept_announce`], the state stored), commit and
     /// announce over the tree rooted at this node without `excluded`, signed by this node
     /// (it owns `ballot`): [`Event::Announced`] (or [`Event::NotAnnounced`]).
+    ///
+    /// A *re-sign* is an announce at the ballot of the attempt before, of the same block:
+    /// its challenge at the frontier's last ballot fell short (members named by the
+    /// signature are now excluded), nobody can have outbid that ballot yet, and members
+    /// locked on the block there vote for it again ([`Durable::vote`]) in a fresh session.
+    /// The driver does nothing different: the members' and its own rules admit it.
     Announce {
         proposed: Proposed<B>,
         ballot: Ballot,
@@ -223,6 +236,10 @@ struct Run<B> {
     /// were asked again).
     presumed: BTreeSet<usize>,
     last_error: ErrorReply,
+    /// The current attempt's ballot was the frontier's last when announced.
+    unbeatable: bool,
+    /// Attempts that were re-signs: they do not count against [`MAX_ATTEMPTS`].
+    resigns: usize,
 }
 
 /// Where a leader goes on after a catch-up that found nothing.
@@ -486,13 +503,15 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
             presumed: excluded.clone(),
             excluded,
             last_error: err(ErrorCode::Unavailable, "no attempt made"),
+            unbeatable: false,
+            resigns: 0,
         };
         self.next_attempt(run)
     }
 
     /// The run's next attempt at this node's next ballot, or its end with its last error.
     fn next_attempt(&mut self, mut run: Run<B>) -> Action<B> {
-        if run.attempt >= MAX_ATTEMPTS {
+        if run.attempt - run.resigns >= MAX_ATTEMPTS {
             let error = run.last_error.clone();
             return self.end_run(run.kind, error, true);
         }
@@ -503,6 +522,10 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
             run.ballot = ballot;
         }
         run.attempt += 1;
+        self.announce(run)
+    }
+
+    fn announce(&mut self, run: Run<B>) -> Action<B> {
         let step = Step::Announce {
             proposed: run.proposed.clone(),
             ballot: run.ballot,
@@ -512,6 +535,18 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
         };
         self.phase = Phase::Announcing(run);
         Action::step(step)
+    }
+
+    /// A re-sign (SPEC §9.1): the same block at the same ballot, in a fresh session,
+    /// without the members the failed signature named (already in `excluded`). At the
+    /// frontier's last ballot one spoiled share would otherwise cost the whole window in
+    /// which nobody can outbid this node: its next such ballot is `n` epochs away. Each
+    /// re-sign follows a signature that named members now left out, so there are fewer
+    /// than `n` in a run.
+    fn resign(&mut self, mut run: Run<B>) -> Action<B> {
+        run.attempt += 1;
+        run.resigns += 1;
+        self.announce(run)
     }
 
     fn at_frontier(&self, ballot: Ballot) -> bool {
@@ -528,6 +563,7 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
 
     fn on_announced(&mut self, mut run: Run<B>, mut outcome: AnnounceOutcome) -> Action<B> {
         self.presumed_down = outcome.presumed_down.clone();
+        run.unbeatable = outcome.unbeatable;
         let (n, t) = (self.committee.members, self.committee.threshold);
         let ballot = run.ballot;
         let short = outcome.below_threshold.is_some() || outcome.voters.len() < t;
@@ -612,9 +648,14 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
                 Action::step(Step::Append)
             }
             ChallengeOutcome::Faults { members, error } => {
+                let named = members.iter().any(|m| !run.excluded.contains(m) && *m != self.me);
                 run.excluded.extend(members);
                 run.last_error = error;
-                self.next_attempt(run)
+                if run.unbeatable && named && run.resigns < self.committee.members {
+                    self.resign(run)
+                } else {
+                    self.next_attempt(run)
+                }
             }
             ChallengeOutcome::Broken(error) => self.end_run(run.kind, error, true),
         }
@@ -863,6 +904,7 @@ mod tests {
             promised_elsewhere: 0,
             filled: Vec::new(),
             presumed_down: BTreeSet::new(),
+            unbeatable: false,
         }
     }
 
@@ -875,6 +917,7 @@ mod tests {
             promised_elsewhere: promised,
             filled: Vec::new(),
             presumed_down: BTreeSet::new(),
+            unbeatable: false,
         }
     }
 
@@ -987,6 +1030,42 @@ mod tests {
         assert_eq!(a.step, Step::Gather { ask: vec![1, 2, 3] }, "a failed fast path gathers, from all that answered");
     }
 
+    /// A signature that falls short at the frontier's last ballot is signed again at that
+    /// ballot without the members it named (a re-sign, not counted as an attempt); one
+    /// that falls short elsewhere, or names nobody new, moves to the next ballot.
+    #[test]
+    fn a_short_signature_at_the_frontiers_last_ballot_is_signed_again_there() {
+        let announce = |ballot, attempt, excluded: &[usize]| Step::Announce {
+            proposed: Proposed::Own,
+            ballot,
+            attempt,
+            excluded: excluded.iter().copied().collect(),
+            at_frontier: false,
+        };
+        let faults = |members: Vec<usize>| {
+            Event::Challenged(ChallengeOutcome::Faults { members, error: err(ErrorCode::Unavailable, "bad share") })
+        };
+        let unbeatable = |voters: &[usize], unbeatable| {
+            let mut outcome = signed_outcome(voters);
+            outcome.unbeatable = unbeatable;
+            Event::Announced(outcome)
+        };
+        let (mut m, _) = LeaderRound::<u8>::new(8, false);
+        assert_eq!(m.handle(head(Durable { voted: 4, lock: None }, &[])).step, announce(7, 1, &[]));
+        assert!(matches!(m.handle(unbeatable(&[0, 1, 2, 3], true)).step, Step::Challenge { ballot: 7, .. }));
+        assert_eq!(m.handle(faults(vec![3])).step, announce(7, 2, &[3]), "re-signed at 7 without 3");
+        assert!(matches!(m.handle(unbeatable(&[0, 1, 2], true)).step, Step::Challenge { ballot: 7, .. }));
+        assert_eq!(m.handle(faults(vec![3])).step, announce(10, 3, &[3]), "nobody new named: the next ballot");
+        assert!(matches!(m.handle(unbeatable(&[0, 1, 2], true)).step, Step::Challenge { ballot: 10, .. }));
+        assert_eq!(m.handle(faults(vec![2])).step, announce(10, 4, &[2, 3]));
+        assert!(matches!(m.handle(unbeatable(&[0, 1, 3], false)).step, Step::Challenge { ballot: 10, .. }));
+        let a = m.handle(faults(vec![1]));
+        assert_eq!(a.step, announce(13, 5, &[1, 2, 3]), "not unbeatable: the next ballot; re-signs are not attempts");
+        assert!(matches!(m.handle(unbeatable(&[0, 1, 2], false)).step, Step::Challenge { ballot: 13, .. }));
+        assert_eq!(m.handle(Event::Challenged(ChallengeOutcome::Signed)).step, Step::Append);
+        assert_eq!(m.handle(Event::Appended { is_proposal: true }).step, Step::Done);
+    }
+
     /// Asking the members presumed down again does not let back in a member the attempts
     /// showed withholding votes.
     #[test]
@@ -1037,9 +1116,9 @@ mod tests {
     enum Answer {
         Report { voted: Ballot, locked: Option<(u8, Ballot)> },
         Short { promised: usize, busy: bool },
-        Signed { voters: usize },
+        Signed { voters: usize, unbeatable: bool },
         NotAnnounced(u8),
-        Faults,
+        Faults { named: usize },
         Appended(bool),
     }
 
@@ -1048,9 +1127,9 @@ mod tests {
             (0..20u64, proptest::option::of((0..3u8, 0..20u64)))
                 .prop_map(|(voted, locked)| Answer::Report { voted, locked }),
             (0..5usize, any::<bool>()).prop_map(|(promised, busy)| Answer::Short { promised, busy }),
-            (0..5usize).prop_map(|voters| Answer::Signed { voters }),
+            (0..5usize, any::<bool>()).prop_map(|(voters, unbeatable)| Answer::Signed { voters, unbeatable }),
             (0..3u8).prop_map(Answer::NotAnnounced),
-            Just(Answer::Faults),
+            (0..4usize).prop_map(|named| Answer::Faults { named }),
             any::<bool>().prop_map(Answer::Appended),
         ]
     }
@@ -1058,7 +1137,8 @@ mod tests {
     proptest! {
         /// Whatever the members answer, a leader finishes within a bounded number of steps,
         /// every ballot it announces is above its own and above every ballot it was told
-        /// of, and only a signed block is appended.
+        /// of — but for a re-sign, at the ballot of an unbeatable attempt whose signature
+        /// just fell short — and only a signed block is appended.
         #[test]
         fn a_leader_always_finishes_and_announces_above_every_ballot_it_knows(
             answers in proptest::collection::vec(answer(), 1..200),
@@ -1070,6 +1150,10 @@ mod tests {
             let mut steps = 0;
             let mut answers = answers.into_iter().cycle();
             let mut signed = false;
+            // The last announce's ballot and whether its outcome said unbeatable; whether
+            // its challenge then fell short.
+            let mut last: Option<(Ballot, bool)> = None;
+            let mut fell_short = false;
             while !m.is_finished() {
                 steps += 1;
                 prop_assert!(steps < 200, "no end in sight: {action:?}");
@@ -1098,9 +1182,16 @@ mod tests {
                         }
                     }
                     Step::Announce { ballot, .. } => {
-                        prop_assert!(*ballot > own_voted);
-                        prop_assert!(*ballot > known, "{} not above {}", ballot, known);
+                        if last.is_some_and(|(b, unbeatable)| b == *ballot && unbeatable) && fell_short {
+                            // A re-sign.
+                        } else {
+                            prop_assert!(*ballot > own_voted);
+                            prop_assert!(*ballot > known, "{} not above {}", ballot, known);
+                        }
                         prop_assert_eq!(agreement::owner(*ballot, C.members), 0, "a ballot of its own");
+                        let unbeatable = matches!(next, Answer::Signed { unbeatable: true, .. });
+                        last = Some((*ballot, unbeatable));
+                        fell_short = false;
                         match next {
                             Answer::Short { promised: 4, busy } => {
                                 let mut outcome = short(0, busy);
@@ -1108,7 +1199,11 @@ mod tests {
                                 Event::Announced(outcome)
                             }
                             Answer::Short { promised, busy } => Event::Announced(short(promised, busy)),
-                            Answer::Signed { voters } => Event::Announced(signed_outcome(&(0..voters).collect::<Vec<_>>())),
+                            Answer::Signed { voters, unbeatable } => {
+                                let mut outcome = signed_outcome(&(0..voters).collect::<Vec<_>>());
+                                outcome.unbeatable = unbeatable;
+                                Event::Announced(outcome)
+                            }
                             Answer::NotAnnounced(code) => Event::NotAnnounced(err(
                                 [ErrorCode::Conflict, ErrorCode::Busy, ErrorCode::Promised][code as usize],
                                 "no",
@@ -1119,10 +1214,13 @@ mod tests {
                     Step::Challenge { voters, .. } => {
                         prop_assert!(voters.len() >= C.threshold);
                         match next {
-                            Answer::Faults => Event::Challenged(ChallengeOutcome::Faults {
-                                members: vec![2],
-                                error: err(ErrorCode::Unavailable, "bad"),
-                            }),
+                            Answer::Faults { named } => {
+                                fell_short = true;
+                                Event::Challenged(ChallengeOutcome::Faults {
+                                    members: vec![named],
+                                    error: err(ErrorCode::Unavailable, "bad"),
+                                })
+                            }
                             Answer::NotAnnounced(_) => Event::LockRefused(err(ErrorCode::Promised, "no")),
                             _ => {
                                 signed = true;

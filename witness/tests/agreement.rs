@@ -40,6 +40,8 @@ struct Attempt {
     /// Wait for this many reports before planning (the calm phase waits for every live member).
     wait_for: usize,
     plan: Option<Plan<Block>>,
+    /// The block announced (to the even members, when a liar equivocates).
+    block: Option<Block>,
     votes: BTreeSet<usize>,
     challenged: bool,
     shares: BTreeSet<usize>,
@@ -64,6 +66,8 @@ struct Sim {
     decided: Option<Block>,
     faults: bool,
     delivered: u64,
+    /// Votes honest members cast again at the ballot they voted at (re-signs).
+    resign_votes: usize,
 }
 
 impl Sim {
@@ -82,6 +86,7 @@ impl Sim {
             decided: None,
             faults: true,
             delivered: 0,
+            resign_votes: 0,
         }
     }
 
@@ -114,6 +119,7 @@ impl Sim {
             reports: BTreeMap::new(),
             wait_for,
             plan: None,
+            block: None,
             votes: BTreeSet::new(),
             challenged: false,
             shares: BTreeSet::new(),
@@ -144,8 +150,12 @@ impl Sim {
                 self.send(leader, Msg::State { from: to, attempt, state });
             }
             Msg::Announce { leader, attempt, block, ballot, justification } => {
+                let again = self.members[to].durable.voted == ballot;
                 let voted =
                     byzantine || self.members[to].durable.vote(c, &block, ballot, justification.as_ref()).is_ok();
+                if voted && again && !byzantine {
+                    self.resign_votes += 1;
+                }
                 if voted {
                     self.send(leader, Msg::Vote { from: to, attempt, block, ballot });
                 }
@@ -169,34 +179,14 @@ impl Sim {
                     let Some(p) = plan(c, &reports, 0, to, Ballot::MAX) else { return };
                     let block = p.block(own);
                     a.plan = Some(p.clone());
-                    if byzantine {
-                        // Equivocate: a different block to every member, same ballot.
-                        for m in 0..self.n() {
-                            let block = if m % 2 == 0 { block } else { own + 500 };
-                            let msg = Msg::Announce {
-                                leader: to,
-                                attempt,
-                                block,
-                                ballot: p.ballot,
-                                justification: p.justification.clone(),
-                            };
-                            self.send(m, msg);
-                        }
-                    } else {
-                        self.broadcast(Msg::Announce {
-                            leader: to,
-                            attempt,
-                            block,
-                            ballot: p.ballot,
-                            justification: p.justification,
-                        });
-                    }
+                    a.block = Some(block);
+                    self.announce(to, attempt, block, own + 500, &p);
                 }
             }
             Msg::Vote { from, attempt, block, ballot } => {
                 let Some(a) = self.members[to].attempt.as_mut().filter(|a| a.id == attempt) else { return };
                 let Some(p) = &a.plan else { return };
-                if p.block(1_000 * (to as u32 + 1) + attempt as u32) != block || p.ballot != ballot {
+                if a.block != Some(block) || p.ballot != ballot {
                     return;
                 }
                 a.votes.insert(from);
@@ -223,6 +213,38 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// `leader`'s announce of `block` at the plan's ballot; a liar equivocates, announcing
+    /// `other` to the odd members at the same ballot.
+    fn announce(&mut self, leader: usize, attempt: u64, block: Block, other: Block, p: &Plan<Block>) {
+        for m in 0..self.n() {
+            let block = if self.members[leader].byzantine && m % 2 == 1 { other } else { block };
+            let msg =
+                Msg::Announce { leader, attempt, block, ballot: p.ballot, justification: p.justification.clone() };
+            self.send(m, msg);
+        }
+    }
+
+    /// A re-sign (SPEC §9.1): `leader`, whose attempt challenged, announces its block at
+    /// the same ballot again in a fresh attempt — a liar with another block to half the
+    /// members, trying for a second certificate at that ballot.
+    fn resign(&mut self, leader: usize) {
+        let Some(a) = self.members[leader].attempt.as_ref().filter(|a| a.challenged) else { return };
+        let (Some(p), Some(block)) = (a.plan.clone(), a.block) else { return };
+        let id = self.next_attempt;
+        self.next_attempt += 1;
+        self.members[leader].attempt = Some(Attempt {
+            id,
+            reports: BTreeMap::new(),
+            wait_for: 0,
+            plan: Some(p.clone()),
+            block: Some(block),
+            votes: BTreeSet::new(),
+            challenged: false,
+            shares: BTreeSet::new(),
+        });
+        self.announce(leader, id, block, block + 700, &p);
     }
 
     /// Delivers one queued message, picked at random (reordering).
@@ -255,6 +277,7 @@ impl Sim {
                     self.members[who].attempt = None;
                 }
                 11..=16 => self.members[who].up = true,
+                17..=19 => self.resign(who),
                 _ => {
                     self.step();
                 }
@@ -299,6 +322,7 @@ struct Seen {
     calm_attempts: usize,
     delivered: u64,
     shares: usize,
+    resign_votes: usize,
 }
 
 fn run(seed: u64, seen: &mut Seen) {
@@ -327,6 +351,7 @@ fn run(seed: u64, seen: &mut Seen) {
     seen.calm_attempts += attempts;
     seen.delivered += sim.delivered;
     seen.shares += sim.shares.values().map(|s| s.len()).sum::<usize>();
+    seen.resign_votes += sim.resign_votes;
     assert!(attempts <= 2 * n, "seed {seed}: {attempts} attempts");
 }
 
@@ -338,7 +363,7 @@ fn runs(seeds: u64) {
     println!("{seeds} runs: {seen:?}");
     // The faults must have made the hard cases happen, or the pass means little.
     assert!(seen.split > seeds as usize / 20, "{seen:?}");
-    assert!(seen.contested > 0, "{seen:?}");
+    assert!(seen.contested > 0 && seen.resign_votes > 0, "{seen:?}");
 }
 
 #[test]

@@ -559,6 +559,7 @@ impl Node {
             promised_elsewhere,
             filled,
             presumed_down: self.down_members(&roster),
+            unbeatable,
         };
         let led = LedAttempt {
             roster,
@@ -641,19 +642,21 @@ impl Node {
                     warn!(member = fault.member, address = %led.roster.member(fault.member as usize).map_or("?", |m| m.address.as_str()), "excluded from the restart: {fault}");
                 }
                 self.metrics.faults_named.fetch_add(faults.len() as u64, Ordering::Relaxed);
+                // Members that refused as past the ballot are alive and vote at a higher one:
+                // they stay in the next attempt (leaving them out spent the attempt at the
+                // frontier's last ballot on too few members; the cluster simulation found it).
+                let named: Vec<usize> =
+                    faults.iter().map(|f| f.member as usize).filter(|m| !excused.contains(m)).collect();
                 // Remembered only from a star at the frontier: in a tree a lying relay could
                 // name an honest child.
                 if led.at_frontier {
-                    let named: Vec<usize> =
-                        faults.iter().map(|f| f.member as usize).filter(|m| !excused.contains(m)).collect();
                     self.note_faulty(&led.roster, &named);
                 }
                 let error = err(
                     ErrorCode::Unavailable,
                     format!("round failed: {}", faults.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", ")),
                 );
-                let members = faults.iter().map(|f| f.member as usize).collect();
-                Event::Challenged(ChallengeOutcome::Faults { members, error })
+                Event::Challenged(ChallengeOutcome::Faults { members: named, error })
             }
             Err(e) => Event::Challenged(ChallengeOutcome::Broken(err(ErrorCode::Internal, e.to_string()))),
         }
@@ -861,6 +864,11 @@ impl Node {
         let expires = Instant::now() + Duration::from_millis(self.config.reservation_ms);
         let mut rounds = self.rounds.lock().expect("lock");
         rounds.retain(|_, r| r.expires > Instant::now());
+        // One session per ballot at an index: a re-sign's replaces the one whose signature
+        // fell short (§9.1), so however often a ballot's owner announces it again, this node
+        // holds one set of nonces for it.
+        let ballot = announce.ballot;
+        rounds.retain(|_, r| !(r.chain == chain && r.block.header.index == index && r.ballot == ballot));
         rounds.insert(
             announce.session,
             RoundState {
