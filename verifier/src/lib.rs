@@ -9,6 +9,7 @@
 //! by signal, the verifier's own trouble — is signed but not kept, and neither is a failure
 //! from another build environment (after the operator fixed or upgraded the verifier).
 
+pub mod cgroup;
 pub mod sandbox;
 pub mod service;
 pub mod unpack;
@@ -85,6 +86,8 @@ pub struct Verifier {
     slots: Semaphore,
     environment: [u8; 32],
     environment_description: String,
+    /// Where builds' own cgroups go; none: rlimits only (SPEC §11.6).
+    cgroups: Option<cgroup::Cgroups>,
     counters: Counters,
     started: std::time::Instant,
     /// Outcomes not kept, answered again for a while (in memory only).
@@ -116,7 +119,21 @@ pub fn network_isolation_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn describe_environment(settings: &Settings) -> String {
+/// Where this process can give each build its own cgroup (`None`, with a warning, when it
+/// cannot: builds are then limited per process and per user only).
+fn discover_cgroups() -> Option<cgroup::Cgroups> {
+    match cgroup::Cgroups::discover() {
+        Ok(cgroups) => Some(cgroups),
+        Err(reason) => {
+            tracing::warn!(
+                "no per-build cgroups ({reason}): each build's memory is limited per process and its processes per user, shared by the builds running at once; run the verifier as root or in a delegated cgroup v2 subtree for whole-build limits"
+            );
+            None
+        }
+    }
+}
+
+fn describe_environment(settings: &Settings, cgroups: Option<&cgroup::Cgroups>) -> String {
     let run = |argv: &[&str]| {
         std::process::Command::new(argv[0])
             .args(&argv[1..])
@@ -127,7 +144,7 @@ fn describe_environment(settings: &Settings) -> String {
     };
     let limits = &settings.limits;
     format!(
-        "os={} arch={} kernel={} cc={} make={} isolation={} network={} limits=time:{}s,memory:{},processes:{},output:{},tmpfs:{},files:{},unpacked:{}",
+        "os={} arch={} kernel={} cc={} make={} isolation={} network={} cgroups={} limits=time:{}s,memory:{},processes:{},output:{},tmpfs:{},files:{},unpacked:{}",
         std::env::consts::OS,
         std::env::consts::ARCH,
         run(&["uname", "-r"]),
@@ -139,6 +156,7 @@ fn describe_environment(settings: &Settings) -> String {
             sandbox::Isolation::None if settings.isolate_network => "isolated",
             sandbox::Isolation::None => "shared",
         },
+        cgroups.map_or("none", |c| c.name()),
         // A kept failure (too much output, say) is another environment's once the
         // operator changes a limit, and is built again.
         limits.time_limit.as_secs(),
@@ -160,7 +178,8 @@ impl Verifier {
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         let db = rocksdb::DB::open_cf(&options, settings.data_dir.join("db"), [CF_ATTESTATIONS, CF_LOGS])?;
-        let environment_description = describe_environment(&settings);
+        let cgroups = discover_cgroups();
+        let environment_description = describe_environment(&settings, cgroups.as_ref());
         let environment = hash::sha3_256(TAG_ENVIRONMENT, &[environment_description.as_bytes()]);
         info!(environment = %environment_description, "verifier environment");
         Ok(Arc::new(Verifier {
@@ -170,6 +189,7 @@ impl Verifier {
             db,
             environment,
             environment_description,
+            cgroups,
             counters: Counters::default(),
             started: std::time::Instant::now(),
             building: Default::default(),
@@ -221,6 +241,11 @@ impl Verifier {
 
     pub fn environment_description(&self) -> &str {
         &self.environment_description
+    }
+
+    /// Where builds get their own cgroups, if they do here.
+    pub fn cgroups(&self) -> Option<&cgroup::Cgroups> {
+        self.cgroups.as_ref()
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -337,7 +362,7 @@ impl Verifier {
     async fn rebuild(&self, manifest: &Manifest, source: &[u8]) -> Result<(Outcome, Vec<u8>, bool), VerifierError> {
         let job = new_job(&self.settings, manifest)?;
         let root = job.0.join("src");
-        let (result, mut log) = run_job(&self.settings, manifest, source, &job.0, &root).await;
+        let (result, mut log) = run_job(&self.settings, self.cgroups.as_ref(), manifest, source, &job.0, &root).await;
         let outcome = match result {
             Err(failure) => {
                 let reason = failure.reason;
@@ -424,6 +449,7 @@ fn new_job(settings: &Settings, manifest: &Manifest) -> Result<JobDir, VerifierE
 /// build's own (deterministic) or the moment's.
 async fn run_job(
     settings: &Settings,
+    cgroups: Option<&cgroup::Cgroups>,
     manifest: &Manifest,
     source: &[u8],
     job: &Path,
@@ -454,6 +480,7 @@ async fn run_job(
         bwrap: settings.bwrap.clone(),
         isolate_network: settings.isolate_network,
         build_path,
+        cgroups: cgroups.cloned(),
     };
     let report = sandbox::run(&manifest.recipe, job, root, epoch, limits, &confinement).await;
     (report.result, report.log)
@@ -480,7 +507,7 @@ pub async fn build_locally(
     check_confinement(settings)?;
     let job = new_job(settings, manifest)?;
     let root = job.0.join("src");
-    let (result, log) = run_job(settings, manifest, source, &job.0, &root).await;
+    let (result, log) = run_job(settings, discover_cgroups().as_ref(), manifest, source, &job.0, &root).await;
     let result = match (result, root.canonicalize()) {
         (Err(failure), _) => Err(failure.reason),
         (Ok(()), Err(e)) => Err(format!("the build directory vanished: {e}")),

@@ -225,6 +225,9 @@ pub struct Confinement {
     pub isolate_network: bool,
     /// The source's path inside the sandbox ([`build_path`]).
     pub build_path: String,
+    /// Where the build gets its own cgroup (its process and memory limits over the whole
+    /// build); none: the rlimits alone.
+    pub cgroups: Option<crate::cgroup::Cgroups>,
 }
 
 /// Hands the unpacked tree to `uid` (symlinks themselves, not their targets).
@@ -326,15 +329,31 @@ pub async fn run(
             return trouble(format!("preparing the build: {e}"), vec![]);
         }
     }
+    // The build's own cgroup, entered by its first process before it execs; dropped (what
+    // is left in it killed, the group removed) when this function returns.
+    let group = match &confinement.cgroups {
+        None => None,
+        Some(cgroups) => {
+            let name = job.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            match cgroups.create(&name, limits.max_processes, limits.max_memory_bytes) {
+                Ok(group) => Some(group),
+                Err(e) => return trouble(format!("preparing the build's cgroup: {e}"), vec![]),
+            }
+        }
+    };
     let cpu_seconds = limits.time_limit.as_secs().max(1);
     let mut argv: Vec<String> = vec![
         "prlimit".into(),
         format!("--as={}", limits.max_memory_bytes),
         format!("--cpu={cpu_seconds}"),
         format!("--fsize={}", limits.max_output_bytes),
-        format!("--nproc={}", limits.max_processes),
-        "--".into(),
     ];
+    // Without a cgroup the process limit is the build user's, shared by concurrent builds;
+    // with one, the group's limit is the build's own and the user's is not narrowed.
+    if group.is_none() {
+        argv.push(format!("--nproc={}", limits.max_processes));
+    }
+    argv.push("--".into());
     let workdir = root.join(&recipe.workdir);
     match confinement.isolation {
         Isolation::Bubblewrap => {
@@ -378,6 +397,12 @@ pub async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    if let Some(group) = &group {
+        let fds = group.procs_fds();
+        // SAFETY: the hook only writes to descriptors this function keeps open (in `group`)
+        // until the child has exec'd; `cgroup::enter` allocates nothing.
+        unsafe { command.pre_exec(move || crate::cgroup::enter(&fds)) };
+    }
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => return trouble(format!("cannot start {:?}: {e}", argv[0]), vec![]),
@@ -386,7 +411,7 @@ pub async fn run(
     // Whatever the build left running in its group dies with it, also when the request is
     // abandoned mid-build (the sandbox's pid namespace does that too; unconfined builds
     // have only this).
-    let _group = pid.map(ProcessGroup);
+    let _process_group = pid.map(ProcessGroup);
     let (mut out, mut err) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
     let max_log = limits.max_log_bytes;
     let collect = async move {
@@ -405,6 +430,20 @@ pub async fn run(
         (log, status)
     })
     .await;
+    // What the build's cgroup saw it run into, for the release manager reading the reason.
+    let reached = |reason: String| match group.as_ref().map(|g| g.limits_reached()).unwrap_or_default() {
+        reached if reached.is_empty() => reason,
+        reached => {
+            let what: Vec<String> = reached
+                .iter()
+                .map(|&limit| match limit {
+                    "processes" => format!("its limit of {} processes", limits.max_processes),
+                    _ => format!("its memory limit of {} bytes", limits.max_memory_bytes),
+                })
+                .collect();
+            format!("{reason}; the build reached {}", what.join(" and "))
+        }
+    };
     match waited {
         Err(_) => {
             if let Some(pid) = pid {
@@ -415,10 +454,10 @@ pub async fn run(
         }
         Ok((log, Err(e))) => trouble(format!("waiting for the build: {e}"), log),
         Ok((log, Ok(status))) if status.code().is_some_and(|c| c != 0) => {
-            trouble(format!("the build command failed ({status})"), log)
+            trouble(reached(format!("the build command failed ({status})")), log)
         }
         Ok((log, Ok(status))) if !status.success() => {
-            trouble(format!("the build command was killed ({status}); a limit may have been reached"), log)
+            trouble(reached(format!("the build command was killed ({status}); a limit may have been reached")), log)
         }
         Ok((log, Ok(_))) => match directory_size(root) {
             Ok(size) if size > limits.max_output_bytes => {

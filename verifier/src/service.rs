@@ -37,6 +37,17 @@ pub struct VerifierConfig {
     pub time_limit_s: u64,
     #[serde(default = "defaults::max_output_bytes")]
     pub max_output_bytes: u64,
+    /// Memory of a whole build where per-build cgroups are available, and address space of
+    /// each of its processes always.
+    #[serde(default = "defaults::max_memory_bytes")]
+    pub max_memory_bytes: u64,
+    /// Processes of a whole build where per-build cgroups are available; otherwise of the
+    /// build user, shared by the builds running at once.
+    #[serde(default = "defaults::max_processes")]
+    pub max_processes: u64,
+    /// Size of each of the tmpfs that hold a sandboxed build's `HOME` and `TMPDIR`.
+    #[serde(default = "defaults::tmpfs_bytes")]
+    pub tmpfs_bytes: u64,
     /// How builds are confined: `"bubblewrap"` (the default; the verifier refuses to start
     /// if it does not work here) or `"none"` (unconfined, chosen explicitly).
     #[serde(default)]
@@ -73,6 +84,15 @@ mod defaults {
     pub fn max_output_bytes() -> u64 {
         2 << 30
     }
+    pub fn max_memory_bytes() -> u64 {
+        8 << 30
+    }
+    pub fn max_processes() -> u64 {
+        4096
+    }
+    pub fn tmpfs_bytes() -> u64 {
+        1 << 30
+    }
     pub fn keep_differing_days() -> u64 {
         7
     }
@@ -96,6 +116,9 @@ impl VerifierConfig {
             concurrency: defaults::concurrency(),
             time_limit_s: defaults::time_limit_s(),
             max_output_bytes: defaults::max_output_bytes(),
+            max_memory_bytes: defaults::max_memory_bytes(),
+            max_processes: defaults::max_processes(),
+            tmpfs_bytes: defaults::tmpfs_bytes(),
             isolation: Isolation::default(),
             isolate_network: None,
             build_callers: Vec::new(),
@@ -173,6 +196,9 @@ impl VerifierConfig {
             limits: Limits {
                 time_limit: Duration::from_secs(self.time_limit_s),
                 max_output_bytes: self.max_output_bytes,
+                max_memory_bytes: self.max_memory_bytes,
+                max_processes: self.max_processes,
+                tmpfs_bytes: self.tmpfs_bytes,
                 ..Limits::default()
             },
             concurrency: self.concurrency,

@@ -427,10 +427,80 @@ async fn a_fork_bomb_stops_at_the_process_limit() {
     let log = String::from_utf8_lossy(&v.log(&m.id()).unwrap().unwrap()).into_owned();
     assert!(matches!(&attestation.body.outcome, Outcome::Failed { .. }), "{:?}\n{log}", attestation.body.outcome);
     assert!(log.to_lowercase().contains("fork"), "the shell says it could not fork:\n{log}");
+    if v.cgroups().is_some() {
+        let Outcome::Failed { reason } = &attestation.body.outcome else { unreachable!() };
+        assert!(reason.contains("reached its limit of 64 processes"), "the reason names the limit: {reason}");
+    }
     assert_eq!(v.attestation(&m.id()).unwrap(), None, "not kept");
     let mut next = manifest(&source, &["sh", "-c", "echo ok > out"], artifacts);
     next.version = "1.1".into();
     assert_eq!(v.build(&next, &source).await.unwrap().body.outcome, Outcome::Reproduced, "the verifier goes on");
+}
+
+/// Whole-build limits, where the verifier can make cgroups (as root, or in a delegated v2
+/// subtree): two builds at once each start 40 processes under a limit of 64 — under the
+/// shared per-user limit alone one of them failed — and a build of four processes of
+/// 80 MiB each is stopped at a memory limit of 200 MiB that each process alone is under,
+/// while two of them pass. Each build's group is gone afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_build_is_held_to_its_own_process_and_memory_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_processes: 64,
+        max_memory_bytes: 200 << 20,
+        time_limit: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let v = verifier(dir.path(), 13, limits);
+    let Some(cgroups) = v.cgroups().cloned() else {
+        println!("SKIPPED: no per-build cgroups here ({})", v.environment_description());
+        return;
+    };
+    assert!(v.environment_description().contains(&format!("cgroups={}", cgroups.name())));
+    let source = tar_of(&[("hello-1.0/f", b"1", 0o644)]);
+    let artifacts = vec![Artifact { path: "hello-1.0/out".into(), sha3: content_hash(b"ok\n"), size: 3 }];
+    let forty = "i=0; while [ $i -lt 40 ]; do sleep 2 & i=$((i+1)); done; wait; echo ok > out";
+    let (mut a, mut b) = (
+        manifest(&source, &["sh", "-c", forty], artifacts.clone()),
+        manifest(&source, &["sh", "-c", forty], artifacts.clone()),
+    );
+    a.version = "1.0-a".into();
+    b.version = "1.0-b".into();
+    let (first, second) = tokio::join!(v.build(&a, &source), v.build(&b, &source));
+    for (m, attestation) in [(&a, first.unwrap()), (&b, second.unwrap())] {
+        let log = String::from_utf8_lossy(&v.log(&m.id()).unwrap().unwrap_or_default()).into_owned();
+        assert_eq!(attestation.body.outcome, Outcome::Reproduced, "{}: {log}", m.version);
+    }
+
+    let eat = |copies: usize| {
+        let one = "dd if=/dev/zero of=/dev/null bs=80M count=30 2>/dev/null";
+        let starts: String = (0..copies).map(|i| format!("{one} & p{i}=$!; ")).collect();
+        let waits: Vec<String> = (0..copies).map(|i| format!("wait $p{i}")).collect();
+        format!("{starts}{} && echo ok > out", waits.join(" && "))
+    };
+    let mut two = manifest(&source, &["sh", "-c", &eat(2)], artifacts.clone());
+    two.version = "1.0-two".into();
+    let attestation = v.build(&two, &source).await.unwrap();
+    let log = String::from_utf8_lossy(&v.log(&two.id()).unwrap().unwrap_or_default()).into_owned();
+    assert_eq!(attestation.body.outcome, Outcome::Reproduced, "160 MiB fit: {log}");
+    let mut four = manifest(&source, &["sh", "-c", &eat(4)], artifacts);
+    four.version = "1.0-four".into();
+    let Outcome::Failed { reason } = v.build(&four, &source).await.unwrap().body.outcome else {
+        panic!("320 MiB in one build passed a limit of 200 MiB")
+    };
+    assert!(reason.contains("its memory limit of 209715200 bytes"), "{reason}");
+    // A job's group is named after its job: the manifest id's first 8 bytes, then a nonce
+    // (other tests build beside this one).
+    let ours: Vec<String> =
+        [&a, &b, &two, &four].iter().map(|m| format!("chainiac-build-{}-", hex::encode(&m.id().0[..8]))).collect();
+    for parent in cgroups.parents() {
+        let left: Vec<String> = std::fs::read_dir(parent)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .filter(|name| ours.iter().any(|o| name.starts_with(o)))
+            .collect();
+        assert!(left.is_empty(), "groups left in {}: {left:?}", parent.display());
+    }
 }
 
 /// An unconfined build (no pid namespace to end) still leaves nothing running: its process
