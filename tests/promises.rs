@@ -422,6 +422,80 @@ async fn a_short_signature_is_signed_again_at_its_ballot() {
     assert_eq!((head.index(), head.id), (2, x.id()), "X, signed by the re-sign, at index 2");
 }
 
+/// A member that votes and commits at every announce, then refuses every challenge as
+/// if a liar had pushed it past the ballot (`Promised`): a stand-in with witness 0's key,
+/// at its address.
+struct RefusesEveryChallenge {
+    roster: Arc<chainiac_cosi::Roster>,
+    key: chainiac_cosi::SecretKey,
+    me: usize,
+    refused: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl chainiac_proto::server::Handler for RefusesEveryChallenge {
+    async fn handle(
+        self: Arc<Self>,
+        _: chainiac_cosi::PublicKey,
+        _: std::net::SocketAddr,
+        request: Request,
+    ) -> Response {
+        use chainiac_proto::ErrorReply;
+        match request {
+            Request::Announce(announce) => {
+                let id = announce.block.id();
+                let message = BlockSignature::message(&id, announce.ballot).to_vec();
+                let session = Session::new(self.roster.clone(), announce.session, message);
+                let (_nonces, commitment) = commit(&session, self.me, &self.key, &mut OsRng).unwrap();
+                Response::Voted { commitment, votes: vec![Vote::sign(&self.key, self.me as u32, &id, announce.ballot)] }
+            }
+            Request::Challenge { .. } => {
+                self.refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Response::Error(ErrorReply::new(ErrorCode::Promised, "voted past this ballot"))
+            }
+            Request::GetIndexState { .. } => Response::IndexState(Box::default()),
+            Request::Commit { .. } | Request::Abort { .. } => Response::Ack,
+            _ => Response::Error(ErrorReply::new(ErrorCode::NotFound, "not served here")),
+        }
+    }
+    fn refused(&self, _: &str) {}
+}
+
+/// A liar that refuses every challenge, as an honest member pushed past the ballot would
+/// (SPEC §9.1): with `n = 4` and `t = 3` no round completes with it in, so a leader must
+/// leave it out while the others reach the threshold. A leader that never left such a
+/// refuser out stalled every index (an attack review); one that always left refusers out
+/// spent its attempts on too few members when the refusers were honest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_complete_while_a_liar_refuses_every_challenge() {
+    let mut cluster = Cluster::start_with(4, 0).await;
+    let (chain, genesis) = cluster.create_chain(&[0, 1, 2, 3]).await;
+    cluster.propose(1, chain, b"first").await.unwrap();
+    for i in 0..4 {
+        cluster.wait_head(i, chain, 1).await;
+    }
+    let roster = Arc::new(cluster.roster(&[0, 1, 2, 3]));
+    let me = roster.index_of(&cluster.witnesses[0].key).unwrap();
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let liar = RefusesEveryChallenge { roster, key: cluster.keys(&[0]).pop().unwrap(), me, refused: refused.clone() };
+    common::replace_witness_0_serving(
+        &mut cluster,
+        liar,
+        &[chainiac_proto::frame::FrameClass::Query, chainiac_proto::frame::FrameClass::Peer],
+    );
+    for (i, payload) in [(1, b"two".as_slice()), (2, b"three"), (3, b"four")] {
+        let block = match cluster.propose(i, chain, payload).await {
+            Ok(block) => block,
+            Err(e) => panic!("{e:?}\n{}", cluster.witnesses[i].log()),
+        };
+        assert_eq!(block.payload, payload);
+    }
+    assert!(refused.load(std::sync::atomic::Ordering::Relaxed) > 0, "the liar was challenged, and refused");
+    for i in 1..4 {
+        cluster.wait_head(i, chain, 4).await;
+    }
+    assert_eq!(cluster.prove_from_genesis(3, chain, &genesis).await.index(), 4);
+}
+
 /// A leader that missed a commit (it was down while the others appended) proposes at an
 /// index the others have filled. They answer `Conflict`; the leader catches up from them
 /// and leads its proposal at the next index. Before, it proposed at the filled index until

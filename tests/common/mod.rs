@@ -480,16 +480,22 @@ impl Drop for VerifierProcess {
     }
 }
 
-/// Kills witness 0 and serves `handler` with its key at its address.
+/// Kills witness 0 and serves `handler` with its key at its address (queries only).
 pub fn replace_witness_0<H: chainiac_proto::server::Handler>(cluster: &mut Cluster, handler: H) {
+    replace_witness_0_serving(cluster, handler, &[chainiac_proto::frame::FrameClass::Query]);
+}
+
+/// Kills witness 0 and serves `handler` with its key at its address, taking frames of
+/// `classes` (`Peer` for a stand-in member of rounds).
+pub fn replace_witness_0_serving<H: chainiac_proto::server::Handler>(
+    cluster: &mut Cluster,
+    handler: H,
+    classes: &'static [chainiac_proto::frame::FrameClass],
+) {
     cluster.witnesses[0].kill();
     let key = chainiac_witness::keyfile::read(&cluster.witnesses[0].dir.join("node.key")).unwrap();
     let endpoint = chainiac_proto::endpoint::server(&key, cluster.witnesses[0].address.parse().unwrap()).unwrap();
-    tokio::spawn(chainiac_proto::server::serve(
-        std::sync::Arc::new(handler),
-        endpoint,
-        &[chainiac_proto::frame::FrameClass::Query],
-    ));
+    tokio::spawn(chainiac_proto::server::serve(std::sync::Arc::new(handler), endpoint, classes));
 }
 
 /// A witness that serves a forged view: a store holding the honest chains up to some block

@@ -122,6 +122,17 @@ pub fn at_frontier(ballot: Ballot, members: usize, frontier: Ballot) -> bool {
     (ballot / n).saturating_add(1) >= frontier / n
 }
 
+/// Whether a round at the frontier announced at `ballot` at `now_ms` (this leader's clock)
+/// is *unbeatable* from its start to its end: `ballot` is the frontier's last now and still
+/// will be for every honest clock (within [`CLOCK_MARGIN_MS`] of this one) when its two
+/// phases of at most [`FRONTIER_PHASE_MS`] are over. No honest member can then be past it
+/// during the round: refusing it is a fault, and a signature that falls short is signed
+/// again at it (SPEC §9.1's re-sign). A round that could outlast the window is not.
+pub fn unbeatable(ballot: Ballot, members: usize, now_ms: u64) -> bool {
+    let end = now_ms.saturating_add(CLOCK_MARGIN_MS + 2 * FRONTIER_PHASE_MS);
+    ballot == frontier(members, now_ms) && ballot == frontier(members, end)
+}
+
 /// How long, from `now_ms`, until `ballot` is within the [`frontier`] of members whose
 /// clocks are up to [`CLOCK_MARGIN_MS`] behind (0: now; always so for the low ballots of
 /// ordinary rounds).

@@ -18,7 +18,10 @@
 //!    certificate, or this node's own block, above every ballot reported.
 //! 4. *Attempts.* Up to [`MAX_ATTEMPTS`] announces at consecutive ballots, leaving out
 //!    members presumed down, members that did not commit (where they hide others), children
-//!    whose subtree withheld votes, and members named by a failed signature.
+//!    whose subtree withheld votes, and members named by a failed signature; members that
+//!    refused a challenge as an honest member may, only while the others reach the
+//!    threshold. A signature that falls short at an unbeatable ballot is signed again at
+//!    it (a re-sign, not counted as an attempt).
 //! 5. *End.* A signed own block: done. A re-led block: the proposal goes on the next index
 //!    (a timeline tick is done: the timeline moved). Members locked or voted elsewhere: next
 //!    pass. Another leader filled the index: next pass, on the new head.
@@ -62,8 +65,8 @@ pub struct AnnounceOutcome {
     pub voters: BTreeSet<usize>,
     /// Some child answered `Busy`: another leader holds it for its block at this index.
     pub busy: bool,
-    /// Children that refused as locked elsewhere or past the ballot (`Promised`).
-    pub promised_elsewhere: usize,
+    /// Members that refused as locked elsewhere or past the ballot (`Promised`).
+    pub promised_elsewhere: Vec<usize>,
     /// Children that answered that the index is filled (`Conflict`): this node missed the
     /// block there.
     pub filled: Vec<usize>,
@@ -82,11 +85,15 @@ pub struct AnnounceOutcome {
 pub enum ChallengeOutcome {
     /// The collective signature is complete.
     Signed,
-    /// It is not: these members' responses were missing or wrong (left out of the next
-    /// attempt). Members that refused as past the ballot are not among them: they vote at
-    /// a higher one. At the frontier's last ballot nobody can be past it, and a refusal
-    /// there is a fault like any other.
-    Faults { members: Vec<usize>, error: ErrorReply },
+    /// It is not. `members`: responses missing or wrong, or refusals no honest member
+    /// gives (left out of the rest of the run). `refused`: refusals an honest member may
+    /// give — `Promised` below an unbeatable ballot (a liar pushed it past the ballot while
+    /// the round ran) or `Conflict` (the index filled there) — left out only while the
+    /// others reach the threshold, those that refused most first, and asked again when
+    /// too few answer without them: leaving honest refusers out spent the next attempt,
+    /// sometimes the unbeatable one, on too few members, while never leaving a refuser
+    /// out let a liar that refuses every challenge stall the index (an attack review).
+    Faults { members: Vec<usize>, refused: Vec<usize>, error: ErrorReply },
     /// It failed for a reason no retry mends.
     Broken(ErrorReply),
 }
@@ -105,6 +112,10 @@ pub enum Event<B> {
         me: usize,
         own: Durable<B>,
         presumed_down: BTreeSet<usize>,
+        /// Members presumed down that gatherings ask all the same: silent below a parent
+        /// that answered, in a round this node led lately (their silence may be a refusal:
+        /// a ballot pushed past its plans), or shown faulty (alive).
+        hidden: BTreeSet<usize>,
         proposal_appended: bool,
         /// The highest ballot this node's clock admits now ([`agreement::frontier`]).
         frontier: Ballot,
@@ -288,6 +299,11 @@ pub struct LeaderRound<B> {
     /// Members that were silent in an attempt though their parent committed: asked when
     /// gathering even if presumed down.
     hidden_silent: BTreeSet<usize>,
+    /// Members that refused an announce as past its ballot or locked elsewhere: their
+    /// states decide the next plan, so they are asked when gathering even if presumed down.
+    past_ballot: BTreeSet<usize>,
+    /// Challenges each member refused during this proposal ([`ChallengeOutcome::Faults`]).
+    refusals: HashMap<usize, usize>,
     phase: Phase<B>,
 }
 
@@ -308,6 +324,8 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
             caught_up: false,
             last_failure: None,
             hidden_silent: BTreeSet::new(),
+            past_ballot: BTreeSet::new(),
+            refusals: HashMap::new(),
             phase: Phase::ReadingHead,
         };
         (machine, Action::step(Step::ReadHead))
@@ -324,11 +342,12 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
         match (std::mem::replace(&mut self.phase, Phase::Finished), event) {
             (
                 Phase::ReadingHead,
-                Event::Head { index, committee, me, own, presumed_down, proposal_appended, frontier },
+                Event::Head { index, committee, me, own, presumed_down, hidden, proposal_appended, frontier },
             ) => {
                 self.committee = committee;
                 self.me = me;
                 self.frontier = frontier;
+                self.hidden_silent.extend(hidden);
                 self.on_head(index, own, presumed_down, proposal_appended)
             }
             (
@@ -430,7 +449,12 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
         // stops at their parent) rather than be down: they are asked too, or the leader
         // would never learn that a liar pushed their ballot above its plans.
         let ask: Vec<usize> = (0..n)
-            .filter(|&i| i != self.me && (!self.presumed_down.contains(&i) || self.hidden_silent.contains(&i)))
+            .filter(|&i| {
+                i != self.me
+                    && (!self.presumed_down.contains(&i)
+                        || self.hidden_silent.contains(&i)
+                        || self.past_ballot.contains(&i))
+            })
             .collect();
         self.phase = Phase::Gathering { reports: Vec::new(), asked_presumed: false };
         Action::step(Step::Gather { ask })
@@ -446,7 +470,7 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
             .presumed_down
             .iter()
             .copied()
-            .filter(|&i| i != self.me && i < n && !self.hidden_silent.contains(&i))
+            .filter(|&i| i != self.me && i < n && !self.hidden_silent.contains(&i) && !self.past_ballot.contains(&i))
             .collect();
         if !asked_presumed && 1 + reports.len() < self.committee.threshold && !presumed.is_empty() {
             self.phase = Phase::Gathering { reports, asked_presumed: true };
@@ -487,26 +511,54 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
     }
 
     fn start_run(&mut self, kind: RunKind, proposed: Proposed<B>, ballot: Ballot) -> Action<B> {
-        // Members that missed a recent round are left out of the first attempt while the
-        // others can still reach the threshold: a dead peer costs one timeout, not one a round.
-        let excluded: BTreeSet<usize> = self.presumed_down.iter().copied().filter(|&i| i != self.me).collect();
-        let excluded = if self.committee.members.saturating_sub(excluded.len()) >= self.committee.threshold {
-            excluded
-        } else {
-            BTreeSet::new()
-        };
+        // Members that missed a recent round, and those that refused this proposal's
+        // challenges, are left out of the first attempt while the others can still reach the
+        // threshold: a dead peer costs one timeout, not one a round.
+        let (mut excluded, mut presumed) = (BTreeSet::new(), BTreeSet::new());
+        self.leave_out(&mut excluded, &mut presumed, BTreeSet::new());
         let run = Run {
             kind,
             proposed,
             ballot,
             attempt: 0,
-            presumed: excluded.clone(),
+            presumed,
             excluded,
             last_error: err(ErrorCode::Unavailable, "no attempt made"),
             unbeatable: false,
             resigns: 0,
         };
         self.next_attempt(run)
+    }
+
+    /// Leaves out of the next attempt, on top of `excluded` (faults the attempts showed),
+    /// as many as the threshold allows of `soft` — members presumed down or that refused
+    /// this proposal's challenges (as an honest member may), and members in `soft` besides —
+    /// repeat refusers first, then single refusers, then members presumed down (a refusal
+    /// is seen, a silence may be a lost message), and records them in `presumed` (asked
+    /// again if the others fall short).
+    fn leave_out(&self, excluded: &mut BTreeSet<usize>, presumed: &mut BTreeSet<usize>, soft: BTreeSet<usize>) {
+        let (n, t) = (self.committee.members, self.committee.threshold);
+        let refusals = |m: &usize| self.refusals.get(m).copied().unwrap_or(0);
+        let before = soft.clone();
+        let mut candidates: Vec<usize> = soft
+            .into_iter()
+            .chain(self.presumed_down.iter().copied())
+            .chain(self.refusals.keys().copied())
+            .filter(|&m| m != self.me && m < n && !excluded.contains(&m))
+            .collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        // On a tie, those already left out stay out.
+        candidates.sort_by_key(|m| {
+            (std::cmp::Reverse(2 * refusals(m) + usize::from(self.presumed_down.contains(m))), !before.contains(m), *m)
+        });
+        for member in candidates {
+            if n.saturating_sub(excluded.len() + 1) < t {
+                break;
+            }
+            excluded.insert(member);
+            presumed.insert(member);
+        }
     }
 
     /// The run's next attempt at this node's next ballot, or its end with its last error.
@@ -563,6 +615,7 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
 
     fn on_announced(&mut self, mut run: Run<B>, mut outcome: AnnounceOutcome) -> Action<B> {
         self.presumed_down = outcome.presumed_down.clone();
+        self.past_ballot.extend(outcome.promised_elsewhere.iter().copied());
         run.unbeatable = outcome.unbeatable;
         let (n, t) = (self.committee.members, self.committee.threshold);
         let ballot = run.ballot;
@@ -594,14 +647,15 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
                     run.excluded.remove(&member);
                 }
                 self.next_attempt(run)
-            } else if n.saturating_sub(outcome.promised_elsewhere) < t {
+            } else if n.saturating_sub(outcome.promised_elsewhere.len()) < t {
                 // So many members are locked elsewhere or past this ballot that this block
                 // cannot pass here: gather their states.
                 let error = err(
                     ErrorCode::Promised,
                     format!(
                         "{} member(s) are locked on another block at index {} or voted past ballot {ballot}",
-                        outcome.promised_elsewhere, self.index
+                        outcome.promised_elsewhere.len(),
+                        self.index
                     ),
                 );
                 self.end_run(run.kind, error, true)
@@ -647,9 +701,19 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
                 self.phase = Phase::Appending(run.kind);
                 Action::step(Step::Append)
             }
-            ChallengeOutcome::Faults { members, error } => {
-                let named = members.iter().any(|m| !run.excluded.contains(m) && *m != self.me);
-                run.excluded.extend(members);
+            ChallengeOutcome::Faults { members, refused, error } => {
+                let before = run.excluded.clone();
+                for &member in &refused {
+                    *self.refusals.entry(member).or_default() += 1;
+                }
+                // Faults stay out; who else is left out is chosen again, refusers first.
+                let soft = std::mem::take(&mut run.presumed);
+                for member in &soft {
+                    run.excluded.remove(member);
+                }
+                run.excluded.extend(members.into_iter().filter(|&m| m != self.me));
+                self.leave_out(&mut run.excluded, &mut run.presumed, soft);
+                let named = !run.excluded.is_subset(&before);
                 run.last_error = error;
                 if run.unbeatable && named && run.resigns < self.committee.members {
                     self.resign(run)
@@ -890,6 +954,7 @@ mod tests {
             me: 0,
             own,
             presumed_down: down.iter().copied().collect(),
+            hidden: BTreeSet::new(),
             proposal_appended: false,
             frontier: FRONTIER,
         }
@@ -901,7 +966,7 @@ mod tests {
             committed: vec![0, 1, 2, 3],
             voters: voters.iter().copied().collect(),
             busy: false,
-            promised_elsewhere: 0,
+            promised_elsewhere: Vec::new(),
             filled: Vec::new(),
             presumed_down: BTreeSet::new(),
             unbeatable: false,
@@ -914,7 +979,7 @@ mod tests {
             committed: vec![0, 3],
             voters: [0, 3].into_iter().collect(),
             busy,
-            promised_elsewhere: promised,
+            promised_elsewhere: (1..=promised).collect(),
             filled: Vec::new(),
             presumed_down: BTreeSet::new(),
             unbeatable: false,
@@ -1024,6 +1089,7 @@ mod tests {
         m.handle(Event::Announced(signed_outcome(&[0, 1, 2])));
         let a = m.handle(Event::Challenged(ChallengeOutcome::Faults {
             members: vec![3],
+            refused: vec![],
             error: err(ErrorCode::Unavailable, "bad share"),
         }));
         assert!(a.round_failed, "three attempts were made");
@@ -1043,7 +1109,11 @@ mod tests {
             at_frontier: false,
         };
         let faults = |members: Vec<usize>| {
-            Event::Challenged(ChallengeOutcome::Faults { members, error: err(ErrorCode::Unavailable, "bad share") })
+            Event::Challenged(ChallengeOutcome::Faults {
+                members,
+                refused: vec![],
+                error: err(ErrorCode::Unavailable, "bad share"),
+            })
         };
         let unbeatable = |voters: &[usize], unbeatable| {
             let mut outcome = signed_outcome(voters);
@@ -1064,6 +1134,59 @@ mod tests {
         assert!(matches!(m.handle(unbeatable(&[0, 1, 2], false)).step, Step::Challenge { ballot: 13, .. }));
         assert_eq!(m.handle(Event::Challenged(ChallengeOutcome::Signed)).step, Step::Append);
         assert_eq!(m.handle(Event::Appended { is_proposal: true }).step, Step::Done);
+    }
+
+    /// Members that refused a challenge (as an honest member may: pushed past the ballot,
+    /// or the index filled) are left out while the others reach the threshold, those that
+    /// refused most first, and asked again when too few answer without them; a liar that
+    /// refuses every challenge is left out of every attempt after its first refusal.
+    #[test]
+    fn refusers_are_left_out_while_the_others_reach_the_threshold() {
+        let refusal = |refused: Vec<usize>| {
+            Event::Challenged(ChallengeOutcome::Faults {
+                members: vec![],
+                refused,
+                error: err(ErrorCode::Unavailable, "refused"),
+            })
+        };
+        let excluded_of = |a: &Action<u8>| match &a.step {
+            Step::Announce { excluded, .. } => excluded.iter().copied().collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        let (mut m, _) = LeaderRound::<u8>::new(8, false);
+        m.handle(head(Durable::default(), &[]));
+        m.handle(Event::Announced(signed_outcome(&[0, 1, 2, 3])));
+        let a = m.handle(refusal(vec![3]));
+        assert_eq!(excluded_of(&a), vec![3], "the liar that refused is left out: 0, 1, 2 are three");
+        let a = m.handle(Event::Announced(short(0, false)));
+        assert_eq!(excluded_of(&a), Vec::<usize>::new(), "too few: the refuser is asked again");
+
+        let (mut m, _) = LeaderRound::<u8>::new(8, false);
+        m.handle(head(Durable::default(), &[]));
+        m.handle(Event::Announced(signed_outcome(&[0, 1, 2, 3])));
+        m.handle(refusal(vec![3]));
+        m.handle(Event::Announced(signed_outcome(&[0, 1, 2])));
+        let a = m.handle(refusal(vec![2]));
+        assert_eq!(excluded_of(&a), vec![3], "leaving 2 out too would leave two");
+
+        // A member presumed down (1) and a refuser (3): the refuser goes, the silent one
+        // is asked again.
+        let (mut m, _) = LeaderRound::<u8>::new(8, false);
+        let a = m.handle(head(Durable::default(), &[1]));
+        assert_eq!(excluded_of(&a), vec![1]);
+        m.handle(Event::Announced(signed_outcome(&[0, 2, 3])));
+        let a = m.handle(refusal(vec![3]));
+        assert_eq!(excluded_of(&a), vec![3], "a refusal is seen, a silence may be a lost message");
+
+        // Two refusers, one place: one goes; then the one that refused twice takes its place.
+        let (mut m, _) = LeaderRound::<u8>::new(8, false);
+        m.handle(head(Durable::default(), &[]));
+        m.handle(Event::Announced(signed_outcome(&[0, 1, 2, 3])));
+        let a = m.handle(refusal(vec![1, 2]));
+        assert_eq!(excluded_of(&a), vec![1]);
+        m.handle(Event::Announced(signed_outcome(&[0, 2, 3])));
+        let a = m.handle(refusal(vec![2, 3]));
+        assert_eq!(excluded_of(&a), vec![2], "2 refused twice, 1 once: 1 is asked again");
     }
 
     /// Asking the members presumed down again does not let back in a member the attempts
@@ -1216,8 +1339,11 @@ mod tests {
                         match next {
                             Answer::Faults { named } => {
                                 fell_short = true;
+                                // Member 3 refuses now and then too, as past the ballot.
+                                let refused = if named == 0 { vec![3] } else { vec![] };
                                 Event::Challenged(ChallengeOutcome::Faults {
                                     members: vec![named],
+                                    refused,
                                     error: err(ErrorCode::Unavailable, "bad"),
                                 })
                             }

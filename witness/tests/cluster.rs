@@ -149,8 +149,9 @@ enum Wait {
         session: u64,
         asked: BTreeSet<usize>,
         answered: BTreeSet<usize>,
-        /// Every member of the tree but the leader, and each child's subtree.
+        /// Every member of the tree but the leader, its parent, and each child's subtree.
         members: BTreeSet<usize>,
+        parents: BTreeMap<usize, usize>,
         subtrees: BTreeMap<usize, BTreeSet<usize>>,
         wait_ms: u64,
         /// Members whose commitments arrived, and the children that passed them up.
@@ -160,7 +161,7 @@ enum Wait {
         refused: BTreeSet<usize>,
         filled: Vec<usize>,
         busy: bool,
-        promised: usize,
+        promised: Vec<usize>,
         deadline: u64,
     },
     Challenge {
@@ -171,7 +172,7 @@ enum Wait {
         faulty: BTreeSet<usize>,
         /// Children that refused (honest as far as the round shows).
         refused: BTreeSet<usize>,
-        /// The ballot was the frontier's last when announced (`LedAttempt::unbeatable`).
+        /// The round was unbeatable when announced (`agreement::unbeatable`).
         unbeatable: bool,
         deadline: u64,
     },
@@ -282,6 +283,8 @@ struct Member {
     down: BTreeMap<usize, u64>,
     /// Members its rounds showed faulty, until when (`Node::note_faulty`).
     faulty: BTreeMap<usize, u64>,
+    /// Members silent below a parent that answered, until when (`Node::hidden_members`).
+    hidden: BTreeMap<usize, u64>,
     lead: Option<Lead>,
 }
 
@@ -293,6 +296,7 @@ impl Member {
         self.relays.clear();
         self.down.clear();
         self.faulty.clear();
+        self.hidden.clear();
         self.lead = None;
     }
 
@@ -373,9 +377,11 @@ struct Sim {
     strong_liars: bool,
     /// What liars also do: `refuse` a challenge at an epoch's last slot as if they had moved
     /// past it (strong liars), push members `pushlocked` on a block with that block (which
-    /// they vote for again at the liar's ballot), and `steer` gatherings (strong liars
-    /// report the highest ballot a leader believes, just before it stops waiting). Each
-    /// seed takes a combination from its number (all eight over every 128 seeds);
+    /// they vote for again at the liar's ballot), `steer` gatherings (strong liars report
+    /// the highest ballot a leader believes, just before it stops waiting), and
+    /// `refuseall`: refuse every challenge once the faults stop (`Promised`, or `Conflict`
+    /// with `pushlocked`). Each seed takes a combination from its number (all sixteen over
+    /// every 256 seeds);
     /// `CLUSTER_ATTACK` (comma-separated, or empty for none) sets them for every seed.
     /// Before re-signs (SPEC §9.1), `pushlocked` stalled the honest member just before
     /// the liars in roster order on some seeds (255, for one).
@@ -413,6 +419,7 @@ impl Sim {
                 relays: BTreeMap::new(),
                 down: BTreeMap::new(),
                 faulty: BTreeMap::new(),
+                hidden: BTreeMap::new(),
                 lead: None,
             })
             .collect();
@@ -431,7 +438,7 @@ impl Sim {
             strong_liars: false,
             attacks: match std::env::var("CLUSTER_ATTACK") {
                 Ok(a) => a.split(',').filter(|a| !a.is_empty()).map(str::to_owned).collect(),
-                Err(_) => ["refuse", "pushlocked", "steer"]
+                Err(_) => ["refuse", "pushlocked", "steer", "refuseall"]
                     .into_iter()
                     .enumerate()
                     .filter(|(bit, _)| (seed / 16) >> bit & 1 == 1)
@@ -768,6 +775,15 @@ impl Sim {
                     // epoch: the ballots rule 0 makes unbeatable.
                     let last_slot = ballot % self.n() as u64 == self.n() as u64 - 1;
                     let spoils = self.strong_liars && !self.faults && last_slot;
+                    // Refusing every challenge once the faults stop, as if past the ballot or
+                    // as if the index were filled (an attack review's: before refusers were
+                    // left out while the others reach the threshold, it stalled indices).
+                    if !self.faults && self.attacks.contains("refuseall") {
+                        let code =
+                            if self.attacks.contains("pushlocked") { ErrorCode::Conflict } else { ErrorCode::Promised };
+                        let delay = self.liars_delay(to, wait);
+                        return self.send_after(to, from, Msg::Refused { session, code }, delay);
+                    }
                     if spoils && self.attacks.contains("refuse") && self.roll(50) {
                         let delay = self.liars_delay(to, wait);
                         return self.send_after(to, from, Msg::Refused { session, code: ErrorCode::Promised }, delay);
@@ -948,6 +964,13 @@ impl Sim {
         self.act(m, action);
     }
 
+    /// Members presumed down that a gathering asks anyway (`Node::hidden_members`).
+    fn hidden(&self, m: usize) -> BTreeSet<usize> {
+        let member = &self.members[m];
+        let asked = member.hidden.iter().chain(&member.faulty);
+        asked.filter(|(_, until)| **until > self.now).map(|(k, _)| *k).collect()
+    }
+
     fn presumed_down(&self, m: usize) -> BTreeSet<usize> {
         let member = &self.members[m];
         let down = member.down.iter().chain(&member.faulty);
@@ -1002,7 +1025,16 @@ impl Sim {
                 let frontier = self.frontier(m);
                 self.feed(
                     m,
-                    Event::Head { index, committee: c, me: m, own, presumed_down, proposal_appended, frontier },
+                    Event::Head {
+                        index,
+                        committee: c,
+                        me: m,
+                        own,
+                        presumed_down,
+                        hidden: self.hidden(m),
+                        proposal_appended,
+                        frontier,
+                    },
                 );
             }
             Step::Gather { ask } => {
@@ -1065,6 +1097,7 @@ impl Sim {
                 let children = tree.children(m);
                 let subtrees = self.subtrees(&tree, &children);
                 let members: BTreeSet<usize> = tree.members_top_down().filter(|&i| i != m).collect();
+                let parents = members.iter().filter_map(|&i| Some((i, tree.parent(i)?))).collect();
                 let asked: BTreeSet<usize> = children.iter().copied().collect();
                 let mut wait = PEER_TIMEOUT * tree.depth().max(1) as u64;
                 if at_frontier {
@@ -1093,7 +1126,7 @@ impl Sim {
                     };
                     self.send(m, to, msg);
                 }
-                let unbeatable = ballot == self.frontier(m);
+                let unbeatable = agreement::unbeatable(ballot, self.n(), self.clock(m));
                 let lead = self.members[m].lead.as_mut().expect("leading");
                 lead.at_frontier = at_frontier;
                 lead.unbeatable = unbeatable;
@@ -1103,6 +1136,7 @@ impl Sim {
                     asked,
                     answered: BTreeSet::new(),
                     members,
+                    parents,
                     subtrees,
                     wait_ms: wait,
                     committed_children: BTreeSet::new(),
@@ -1111,7 +1145,7 @@ impl Sim {
                     refused: BTreeSet::new(),
                     filled: Vec::new(),
                     busy: false,
-                    promised: 0,
+                    promised: Vec::new(),
                     deadline: self.now + wait,
                 });
             }
@@ -1260,7 +1294,7 @@ impl Sim {
                     *busy = true;
                     self.seen.busy += 1;
                 } else if code == ErrorCode::Promised {
-                    *promised += 1;
+                    promised.push(from);
                     self.seen.promised += 1;
                 }
             }
@@ -1275,8 +1309,9 @@ impl Sim {
             }
             (Wait::Challenge { faulty, refused, unbeatable, .. }, Msg::Refused { code, .. }) => {
                 faulty.insert(from);
-                // Nobody can be past the frontier's last ballot: refusing it is a fault.
-                if !*unbeatable || code == ErrorCode::Conflict {
+                // Refusals an honest member may give (`Node::challenge`): past the ballot,
+                // unless it is unbeatable, or the index filled.
+                if (code == ErrorCode::Promised && !*unbeatable) || code == ErrorCode::Conflict {
                     refused.insert(from);
                 }
             }
@@ -1308,6 +1343,7 @@ impl Sim {
             }
             Wait::Announce {
                 members,
+                parents,
                 subtrees,
                 wait_ms,
                 committed,
@@ -1326,14 +1362,23 @@ impl Sim {
                 // Members that did not commit are presumed down for a while (those that
                 // refused only when the round failed: they answered), the others up.
                 let until = self.now + PRESUMED_DOWN;
-                let down = &mut self.members[m].down;
+                let silent = |i: &usize| !committed.contains(i) && !refused.contains(i);
+                let hidden: Vec<usize> = members
+                    .iter()
+                    .copied()
+                    .filter(|i| silent(i) && parents.get(i).is_some_and(|&p| p != m && !silent(&p)))
+                    .collect();
+                let member = &mut self.members[m];
                 for &i in &members {
-                    let silent = !committed.contains(&i) && !refused.contains(&i);
-                    if silent {
-                        down.insert(i, until);
+                    if silent(&i) {
+                        member.down.insert(i, until);
                     } else {
-                        down.remove(&i);
+                        member.down.remove(&i);
+                        member.hidden.remove(&i);
                     }
+                }
+                for i in hidden {
+                    member.hidden.insert(i, until);
                 }
                 let at_frontier = self.members[m].lead.as_ref().is_some_and(|l| l.at_frontier);
                 if at_frontier && below_threshold.is_none() && voters.len() < c.threshold {
@@ -1380,13 +1425,11 @@ impl Sim {
                 for &f in faulty.iter().filter(|f| at_frontier && !refused.contains(f)) {
                     self.members[m].faulty.insert(f, until);
                 }
-                // Members that refused (moved past the ballot) stay in the next attempt, at a
-                // higher ballot (`Node::challenge`).
                 let outcome = if faulty.is_empty() {
                     ChallengeOutcome::Signed
                 } else {
-                    let members = faulty.into_iter().filter(|f| !refused.contains(f)).collect();
-                    ChallengeOutcome::Faults { members, error: err(ErrorCode::Unavailable, "round failed") }
+                    let (refused, members) = faulty.into_iter().partition(|f| refused.contains(f));
+                    ChallengeOutcome::Faults { members, refused, error: err(ErrorCode::Unavailable, "round failed") }
                 };
                 self.feed(m, Event::Challenged(outcome));
             }

@@ -337,6 +337,10 @@ pub struct Node {
     down: Mutex<HashMap<PublicKey, Instant>>,
     /// Members shown faulty by a round this node led, until when ([`SHOWN_FAULTY`]).
     faulty: Mutex<HashMap<PublicKey, Instant>>,
+    /// Members silent in a round this node led below a parent that answered, until when:
+    /// their silence may be a refusal the parent kept (a ballot a liar pushed up), so a
+    /// gathering asks them though they are presumed down.
+    hidden: Mutex<HashMap<PublicKey, Instant>>,
     /// The heads of every chain that is not a timeline, as a timeline records them: read
     /// once at start, then updated on each append (a moved head rehashes its path).
     current_heads: Mutex<CurrentHeads>,
@@ -387,6 +391,7 @@ impl Node {
             current_heads: Mutex::new(CurrentHeads { set: Arc::new(current_heads), new: HashMap::new() }),
             down: Mutex::new(HashMap::new()),
             faulty: Mutex::new(HashMap::new()),
+            hidden: Mutex::new(HashMap::new()),
             released: Mutex::new(HashMap::new()),
             timeline_chains: Mutex::new(timeline_chains),
             created: Mutex::new(HashMap::new()),

@@ -251,6 +251,7 @@ impl Node {
                         me,
                         own: core_state(roster, &own),
                         presumed_down: self.down_members(roster),
+                        hidden: self.hidden_members(roster),
                         proposal_appended,
                         frontier: crate::agreement::frontier(roster.len(), now_ms()),
                     }
@@ -467,9 +468,9 @@ impl Node {
         if at_frontier {
             wait = wait.min(Duration::from_millis(crate::agreement::FRONTIER_PHASE_MS));
         }
-        // The last ballot of the frontier: nobody can be past it during this round.
-        let unbeatable = ballot == crate::agreement::frontier(roster.len(), now_ms());
-        let (mut busy, mut promised_elsewhere, mut filled) = (false, 0, Vec::new());
+        // The last ballot of the frontier until after this round ends: nobody can be past it.
+        let unbeatable = crate::agreement::unbeatable(ballot, roster.len(), now_ms());
+        let (mut busy, mut promised_elsewhere, mut filled) = (false, Vec::new(), Vec::new());
         // Children that answered, if only with a refusal: up, whatever the round says.
         let mut answered: Vec<u32> = Vec::new();
         for (child, reply) in self.ask_children(&roster, &tree.children(me), Request::Announce(announce), wait).await {
@@ -499,7 +500,7 @@ impl Node {
                 }
                 Ok(other) => warn!(member = child, "unexpected answer to announce: {other:?}"),
                 Err(CallError::Remote(reply)) if reply.code == ErrorCode::Busy => busy = true,
-                Err(CallError::Remote(reply)) if reply.code == ErrorCode::Promised => promised_elsewhere += 1,
+                Err(CallError::Remote(reply)) if reply.code == ErrorCode::Promised => promised_elsewhere.push(child),
                 Err(CallError::Remote(reply)) if reply.code == ErrorCode::Conflict => filled.push(child),
                 Err(e) => debug!(member = child, "no commitment: {e}"),
             }
@@ -610,15 +611,15 @@ impl Node {
             led.leader.aggregator().expected_responders().into_iter().filter(|&m| m != led.me).collect();
         let request = Request::Challenge { session: led.session_id, challenge, certificate };
         let wait = led.phase_wait;
-        // Members that refused (locked elsewhere, moved past the ballot) are honest as far
-        // as this round shows — unless the ballot is the frontier's last, which no member can
+        // Refusals an honest member may give: moved past the ballot (`Promised`: a liar
+        // pushed it while the round ran) — not at an unbeatable ballot, which no member can
         // have moved past: refusing that is a liar's way to spoil the one attempt nobody
-        // outbids (the second attack review found it). The others the aggregator names sent
-        // a wrong share or none. A member that found the index filled is never blamed.
+        // outbids (the second attack review found it) — or the index filled there
+        // (`Conflict`). Any other refusal, a wrong share or none is a fault.
         let mut excused: Vec<usize> = Vec::new();
         for (child, reply) in self.ask_children(&led.roster, &responders, request, wait).await {
             if let Err(CallError::Remote(refusal)) = &reply {
-                if !led.unbeatable || refusal.code == ErrorCode::Conflict {
+                if (refusal.code == ErrorCode::Promised && !led.unbeatable) || refusal.code == ErrorCode::Conflict {
                     excused.push(child);
                 }
             }
@@ -642,11 +643,10 @@ impl Node {
                     warn!(member = fault.member, address = %led.roster.member(fault.member as usize).map_or("?", |m| m.address.as_str()), "excluded from the restart: {fault}");
                 }
                 self.metrics.faults_named.fetch_add(faults.len() as u64, Ordering::Relaxed);
-                // Members that refused as past the ballot are alive and vote at a higher one:
-                // they stay in the next attempt (leaving them out spent the attempt at the
-                // frontier's last ballot on too few members; the cluster simulation found it).
-                let named: Vec<usize> =
-                    faults.iter().map(|f| f.member as usize).filter(|m| !excused.contains(m)).collect();
+                // Members that refused as an honest member may are left out of the next attempt
+                // only while the others reach the threshold (`ChallengeOutcome::Faults`).
+                let (refused, named): (Vec<usize>, Vec<usize>) =
+                    faults.iter().map(|f| f.member as usize).partition(|m| excused.contains(m));
                 // Remembered only from a star at the frontier: in a tree a lying relay could
                 // name an honest child.
                 if led.at_frontier {
@@ -656,7 +656,7 @@ impl Node {
                     ErrorCode::Unavailable,
                     format!("round failed: {}", faults.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", ")),
                 );
-                Event::Challenged(ChallengeOutcome::Faults { members: named, error })
+                Event::Challenged(ChallengeOutcome::Faults { members: named, refused, error })
             }
             Err(e) => Event::Challenged(ChallengeOutcome::Broken(err(ErrorCode::Internal, e.to_string()))),
         }
@@ -729,18 +729,44 @@ impl Node {
     }
 
     /// After a round's commitments: members of the tree that did not commit are presumed
-    /// down for a while, the others up.
+    /// down for a while, the others up; those silent below a parent that answered are
+    /// also remembered as hidden ([`Node::hidden_members`]).
     pub(super) fn note_reachability(&self, roster: &Roster, tree: &Tree, unreachable: &[u32]) {
         let until = Instant::now() + PRESUMED_DOWN;
-        let mut down = self.down.lock().expect("lock");
+        let root = tree.members_top_down().next();
+        let (mut down, mut hidden) = (self.down.lock().expect("lock"), self.hidden.lock().expect("lock"));
         for member in tree.members_top_down() {
             let Some(key) = roster.member(member).map(|m| m.key) else { continue };
             if unreachable.contains(&(member as u32)) {
                 down.insert(key, until);
+                let parent = tree.parent(member).filter(|&p| Some(p) != root);
+                if parent.is_some_and(|p| !unreachable.contains(&(p as u32))) {
+                    hidden.insert(key, until);
+                }
             } else {
                 down.remove(&key);
+                hidden.remove(&key);
             }
         }
+    }
+
+    /// The members of `roster` presumed down that a gathering asks all the same: silent
+    /// below an answering parent in a round this node led within [`PRESUMED_DOWN`], or shown
+    /// faulty (they answered, wrongly: alive, and their states may be what the plan needs —
+    /// the cluster simulation found an honest member shown faulty once, then pushed past
+    /// every plan, never asked for its state while liars filled the gathering's quorum).
+    pub(super) fn hidden_members(&self, roster: &Roster) -> BTreeSet<usize> {
+        let now = Instant::now();
+        let mut hidden = self.hidden.lock().expect("lock");
+        hidden.retain(|_, until| *until > now);
+        let faulty = self.faulty.lock().expect("lock");
+        (0..roster.len())
+            .filter(|&i| {
+                roster
+                    .member(i)
+                    .is_some_and(|m| hidden.contains_key(&m.key) || faulty.get(&m.key).is_some_and(|u| *u > now))
+            })
+            .collect()
     }
 
     /// How long a node at `member`'s depth waits for its children: one peer timeout per
