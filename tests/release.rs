@@ -878,3 +878,46 @@ fn prepare_builds_the_same_bytes_as_root_and_as_an_unprivileged_user() {
     assert_eq!(artifacts(&first), artifacts(&second), "the same bytes either way");
     assert!(artifacts(&first)[0]["size"].as_u64().unwrap() > 1000);
 }
+
+/// `chainiac verifier allow` edits verifier.toml in place — the operator's comments stay —
+/// and a running verifier applies it at its next build request, without a restart: a key
+/// refused before is served after, and a chain refused before is built for after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifier_allow_keeps_comments_and_applies_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut v = common::VerifierProcess::init(dir.path(), &[]);
+    let path = dir.path().join("verifier.toml");
+    let written = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("# operator's note: keep this\n{written}")).unwrap();
+    v.start();
+    let manager = SecretKey::from_seed(&[77; 32]).public_key();
+    let client = common::Client::with_key(SecretKey::from_seed(&[77; 32]));
+    v.wait_ready(&client).await;
+    let log = Request::GetBuildLog { manifest: ManifestId([0; 32]) };
+    let refused = client.call_at(&v.address, &v.key, log.clone()).await.unwrap_err();
+    assert_eq!(refusal(&refused).code, ErrorCode::Forbidden, "{}", refusal(&refused).message);
+    let chain = ChainId::from_hex(&"ab".repeat(32)).unwrap();
+    let source = b"not the archive the manifest names".to_vec();
+    let manifest = Manifest {
+        project: "hello".into(),
+        version: "1.0".into(),
+        source: SourceArchive { name: "hello-1.0.tar".into(), sha3: content_hash(b"the archive"), size: 11 },
+        recipe: Recipe { argv: vec!["true".into()], env: vec![], workdir: ".".into() },
+        artifacts: vec![],
+        time_ms: 1_700_000_000_000,
+    };
+    let build = Request::Build { manifest, source, chain: Some(chain) };
+
+    v.allow(&["--key", &manager.to_string()]);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("# operator's note: keep this\n"), "{text}");
+    assert!(matches!(client.call_at(&v.address, &v.key, log).await, Ok(Response::BuildLog(None))), "served now");
+    let refused = client.call_at(&v.address, &v.key, build.clone()).await.unwrap_err();
+    assert!(refusal(&refused).message.contains("does not build for chain"), "{}", refusal(&refused).message);
+
+    v.allow(&["--chain", &chain.to_hex()]);
+    let refused = client.call_at(&v.address, &v.key, build).await.unwrap_err();
+    assert_eq!(refusal(&refused).code, ErrorCode::BadRequest, "built for now: {}", refusal(&refused).message);
+    assert!(std::fs::read_to_string(&path).unwrap().contains("# operator's note: keep this"));
+    assert!(v.log().contains("read again from"), "{}", v.log());
+}

@@ -144,7 +144,8 @@ pub fn run(command: VerifierCommand) -> Result<()> {
             Ok(())
         }
         VerifierCommand::Run { config } => {
-            let config = VerifierConfig::load(&config).map_err(|e| UsageError(e.to_string()))?;
+            let config_path = config;
+            let config = VerifierConfig::load(&config_path).map_err(|e| UsageError(e.to_string()))?;
             let key = keyfile::read(&config.key_file)?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
             runtime.block_on(async move {
@@ -154,7 +155,7 @@ pub fn run(command: VerifierCommand) -> Result<()> {
                 if config.build_chains.is_empty() {
                     tracing::warn!("build_chains is empty: every witness's build job is refused; add the release chains this verifier serves with `chainiac verifier allow --chain ID`");
                 }
-                let service = Service::new(verifier, config.address.clone(), config.callers(), config.chains());
+                let service = Service::with_config(verifier, &config, &config_path);
                 tokio::spawn(chainiac_proto::server::serve(service, endpoint.clone(), ALLOWED));
                 wait_for_signal().await;
                 tracing::info!("shutting down");
@@ -173,24 +174,51 @@ fn allow(path: &std::path::Path, roster: Option<&std::path::Path>, keys: &[Strin
     }
     let allowed = keys_to_allow(roster, keys)?;
     let chains = chains.iter().map(|c| parse_chain(c)).collect::<Result<Vec<_>>>()?;
-    // Checked as `run` will load it, then edited as written (relative paths stay relative).
-    VerifierConfig::load(path).map_err(|e| UsageError(e.to_string()))?;
+    // Checked as `run` will load it, then edited in place: comments, order and the rest of
+    // the file stay as the operator wrote them.
+    let config = VerifierConfig::load(path).map_err(|e| UsageError(e.to_string()))?;
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut config: VerifierConfig =
-        toml::from_str(&text).map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
-    let added = allowed.iter().filter(|key| config.allow(key)).count();
-    let added_chains = chains.iter().filter(|chain| config.allow_chain(chain)).count();
-    // Written beside and renamed over: a crash leaves the old config or the new, whole.
+    let mut document: toml_edit::DocumentMut =
+        text.parse().map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
+    let (known_keys, known_chains) = (config.callers(), config.chains());
+    let new_keys: Vec<String> = dedup(allowed.iter().filter(|k| !known_keys.contains(k)).map(|k| k.to_string()));
+    let new_chains: Vec<String> = dedup(chains.iter().filter(|c| !known_chains.contains(c)).map(|c| c.to_hex()));
+    let total_keys = append_strings(&mut document, "build_callers", &new_keys)?;
+    let total_chains = append_strings(&mut document, "build_chains", &new_chains)?;
+    // Written beside and renamed over: a crash leaves the old config or the new, whole; a
+    // running verifier reads the new lists at its next build request.
     let staged = path.with_extension("toml.new");
-    std::fs::write(&staged, config.to_toml()).with_context(|| format!("writing {}", staged.display()))?;
+    std::fs::write(&staged, document.to_string()).with_context(|| format!("writing {}", staged.display()))?;
+    VerifierConfig::load(&staged).map_err(|e| anyhow::anyhow!("the edited config would not load: {e}"))?;
     std::fs::rename(&staged, path).with_context(|| format!("replacing {}", path.display()))?;
     println!(
-        "{added} key(s) added to build_callers ({} in all) and {added_chains} chain(s) to build_chains ({} in all) in {}; restart the verifier to apply",
-        config.build_callers.len(),
-        config.build_chains.len(),
+        "{} key(s) added to build_callers ({total_keys} in all) and {} chain(s) to build_chains ({total_chains} in all) in {}; a running verifier applies them at its next build request",
+        new_keys.len(),
+        new_chains.len(),
         path.display(),
     );
     Ok(())
+}
+
+fn dedup(items: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for item in items {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
+}
+
+/// Appends `items` to the top-level array of strings `name` (made if absent); its length.
+fn append_strings(document: &mut toml_edit::DocumentMut, name: &str, items: &[String]) -> Result<usize> {
+    let entry = document.entry(name).or_insert(toml_edit::value(toml_edit::Array::new()));
+    let array =
+        entry.as_array_mut().ok_or_else(|| UsageError(format!("{name} in the config is not an array of strings")))?;
+    for item in items {
+        array.push(item.as_str());
+    }
+    Ok(array.len())
 }
 
 fn status(node: &RunningNode, json: bool) -> Result<()> {

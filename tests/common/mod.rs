@@ -433,7 +433,7 @@ impl VerifierProcess {
     }
 
     /// `chainiac verifier allow` on its config (`--chain ID`, `--roster FILE`, `--key K`);
-    /// applied at the next start.
+    /// a running verifier applies it at its next build request.
     pub fn allow(&self, args: &[&str]) {
         let out = Command::new(bin())
             .args(["verifier", "allow", "--config", self.dir.join("verifier.toml").to_str().unwrap()])

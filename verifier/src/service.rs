@@ -210,14 +210,29 @@ impl VerifierConfig {
     }
 }
 
-/// A verifier behind its QUIC endpoint.
-pub struct Service {
-    pub verifier: Arc<Verifier>,
-    address: String,
+/// Who may use a verifier's builds: `build_callers` and `build_chains`, as last read.
+#[derive(Debug, Clone)]
+struct Access {
     /// Who may build and read logs besides the verifier's own key.
     callers: Vec<PublicKey>,
     /// The chains it builds for when a witness asks.
     chains: Vec<ChainId>,
+    /// The config file's modification time when they were read.
+    read_at: Option<std::time::SystemTime>,
+}
+
+fn modified(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// A verifier behind its QUIC endpoint.
+pub struct Service {
+    pub verifier: Arc<Verifier>,
+    address: String,
+    access: std::sync::RwLock<Access>,
+    /// The config file `build_callers` and `build_chains` are read again from when it
+    /// changes (`chainiac verifier allow` applies without a restart); none: fixed.
+    config: Option<PathBuf>,
     refused_frames: AtomicU64,
     refused_requests: AtomicU64,
 }
@@ -227,23 +242,65 @@ impl Service {
     /// send build jobs and read build logs besides its own; `chains`: the release chains
     /// it builds for.
     pub fn new(verifier: Arc<Verifier>, address: String, callers: Vec<PublicKey>, chains: Vec<ChainId>) -> Arc<Self> {
-        Arc::new(Service {
+        Arc::new(Self::build(verifier, address, callers, chains))
+    }
+
+    /// A service whose callers and chains are `config`'s, read again whenever the file
+    /// changes (checked at each build, log or artifact request); a config that no longer
+    /// loads keeps the last good lists, with a warning.
+    pub fn with_config(verifier: Arc<Verifier>, config: &VerifierConfig, path: &Path) -> Arc<Self> {
+        let mut service = Self::build(verifier, config.address.clone(), config.callers(), config.chains());
+        service.access.get_mut().expect("lock").read_at = modified(path);
+        service.config = Some(path.to_path_buf());
+        Arc::new(service)
+    }
+
+    fn build(verifier: Arc<Verifier>, address: String, callers: Vec<PublicKey>, chains: Vec<ChainId>) -> Self {
+        Service {
             verifier,
             address,
-            callers,
-            chains,
+            access: std::sync::RwLock::new(Access { callers, chains, read_at: None }),
+            config: None,
             refused_frames: AtomicU64::new(0),
             refused_requests: AtomicU64::new(0),
-        })
+        }
     }
 
     pub fn refused_frames(&self) -> u64 {
         self.refused_frames.load(Ordering::Relaxed)
     }
 
+    /// The callers and chains, read again first if the config file changed.
+    fn access(&self) -> Access {
+        if let Some(path) = &self.config {
+            let now = modified(path);
+            let stale = self.access.read().expect("lock").read_at != now;
+            if stale {
+                let mut access = self.access.write().expect("lock");
+                if access.read_at != now {
+                    access.read_at = now;
+                    match VerifierConfig::load(path) {
+                        Ok(config) => {
+                            access.callers = config.callers();
+                            access.chains = config.chains();
+                            tracing::info!(
+                                callers = access.callers.len(),
+                                chains = access.chains.len(),
+                                "build_callers and build_chains read again from {}",
+                                path.display()
+                            );
+                        }
+                        Err(e) => tracing::warn!("{e}; keeping the build_callers and build_chains read before"),
+                    }
+                }
+            }
+        }
+        self.access.read().expect("lock").clone()
+    }
+
     /// Whether `caller` may send build jobs and read build logs here.
     pub fn may_build(&self, caller: &PublicKey) -> bool {
-        *caller == self.verifier.public_key() || self.callers.contains(caller)
+        *caller == self.verifier.public_key() || self.access().callers.contains(caller)
     }
 
     fn refuse(&self, code: ErrorCode, message: String) -> Response {
@@ -279,7 +336,7 @@ impl Handler for Service {
         }
         match request {
             Request::Status => self.status(),
-            Request::Build { chain: Some(chain), .. } if !self.chains.contains(&chain) => self.refuse(
+            Request::Build { chain: Some(chain), .. } if !self.access().chains.contains(&chain) => self.refuse(
                 ErrorCode::Forbidden,
                 format!("this verifier does not build for chain {chain}; its operator lists the chains it serves in build_chains"),
             ),
