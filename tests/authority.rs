@@ -59,6 +59,7 @@ fn policy() -> Policy {
             VerifierEntry { key: key(21).public_key(), address: "127.0.0.1:2".into() },
         ],
         verifier_threshold: 1,
+        require_isolation: false,
         max_age_ms: 60_000,
         version: 0,
     }

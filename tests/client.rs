@@ -158,6 +158,7 @@ async fn a_client_catches_up_checks_freshness_and_artifacts_and_skips_a_liar() {
             VerifierEntry { key: v2.public_key(), address: "127.0.0.1:2".into() },
         ],
         verifier_threshold: 2,
+        require_isolation: false,
         max_age_ms: 60_000,
         version: 0,
     };
@@ -297,6 +298,7 @@ async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
             VerifierEntry { key: v2.public_key(), address: "127.0.0.1:2".into() },
         ],
         verifier_threshold: 2,
+        require_isolation: false,
         max_age_ms: 60_000,
         version: 0,
     };

@@ -73,6 +73,7 @@ async fn the_cothority_enforces_every_release_rule_and_clients_see_key_rotation(
             VerifierEntry { key: v2.public_key(), address: "127.0.0.1:2".into() },
         ],
         verifier_threshold: 2,
+        require_isolation: false,
         max_age_ms: 3_600_000,
         version: 0,
     };
@@ -217,6 +218,7 @@ async fn verifiers_rebuild_submitted_releases_and_only_reproduced_ones_are_appen
         root_threshold: 1,
         verifiers: verifiers.iter().map(|v| VerifierEntry { key: v.key, address: v.address.clone() }).collect(),
         verifier_threshold: 2,
+        require_isolation: false,
         max_age_ms: 3_600_000,
         version: 0,
     };
@@ -343,6 +345,7 @@ async fn verifiers_rebuild_submitted_releases_and_only_reproduced_ones_are_appen
         release_threshold: 1,
         verifiers: vec![VerifierEntry { key: verifiers[0].key, address: verifiers[0].address.clone() }],
         verifier_threshold: 1,
+        require_isolation: false,
         ..policy.clone()
     };
     let committee = Committee::byzantine(cluster.roster(&[0, 1, 2, 3]));
@@ -718,10 +721,11 @@ fn submit_args<'a>(
     args
 }
 
-/// README's `policy.toml` for project hello: both developers sign, both verifiers reproduce.
+/// README's `policy.toml` for project hello: both developers sign, both verifiers reproduce
+/// in their sandboxes.
 fn policy_toml(developers: &[String], root_key: &str, verifiers: &[common::VerifierProcess]) -> String {
     let mut policy = format!(
-        "project = \"hello\"\ndevelopers = [\"{}\", \"{}\"]\nrelease_threshold = 2\nroot_keys = [\"{root_key}\"]\nroot_threshold = 1\nverifier_threshold = 2\nmax_age_ms = 86400000\n",
+        "project = \"hello\"\ndevelopers = [\"{}\", \"{}\"]\nrelease_threshold = 2\nroot_keys = [\"{root_key}\"]\nroot_threshold = 1\nverifier_threshold = 2\nrequire_isolation = true\nmax_age_ms = 86400000\n",
         developers[0], developers[1]
     );
     for v in verifiers {

@@ -363,6 +363,7 @@ fn policy(project: &str, generation: u64, keys: &Keys) -> Policy {
             .map(|(i, k)| VerifierEntry { key: k.public_key(), address: format!("verifier-{i}.example.org:7443") })
             .collect(),
         verifier_threshold: 2,
+        require_isolation: false,
         max_age_ms: 2 * 3_600_000,
         version: generation,
     }

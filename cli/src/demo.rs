@@ -210,6 +210,7 @@ async fn demo(root: &Path) -> Result<()> {
         root_threshold: 1,
         verifiers: entries.clone(),
         verifier_threshold: 2,
+        require_isolation: false,
         max_age_ms: 60_000,
         version: 0,
     };

@@ -195,6 +195,10 @@ struct PolicyFile {
     #[serde(default)]
     verifier: Vec<VerifierFile>,
     verifier_threshold: u32,
+    /// Only reproductions in a sandbox (`isolation = namespaces` in the attestation) count
+    /// towards `verifier_threshold`.
+    #[serde(default)]
+    require_isolation: bool,
     #[serde(default = "default_max_age_ms")]
     max_age_ms: u64,
     /// Raised by every change; `policy rotate` takes the version after the chain's when the
@@ -230,6 +234,7 @@ fn read_policy(path: &Path, default_version: u64) -> Result<Policy> {
             .map(|v| Ok(VerifierEntry { key: parse_key(&v.key)?, address: v.address.clone() }))
             .collect::<Result<_>>()?,
         verifier_threshold: file.verifier_threshold,
+        require_isolation: file.require_isolation,
         max_age_ms: file.max_age_ms,
         version: file.version.unwrap_or(default_version),
     };
@@ -338,6 +343,7 @@ fn show(state: &Path, chain: &str, json: bool) -> Result<()> {
                 "chain": chain.to_hex(), "project": policy.project, "head": trusted.index(), "release": release,
                 "developers": policy.developers.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
                 "release_threshold": policy.release_threshold, "verifier_threshold": policy.verifier_threshold,
+                "require_isolation": policy.require_isolation,
                 "witnesses": trusted.committee.roster().len(), "witness_threshold": trusted.committee.threshold(),
                 "verifiers": verifiers,
             })
@@ -351,7 +357,8 @@ fn show(state: &Path, chain: &str, json: bool) -> Result<()> {
             trusted.committee.roster().len(),
             trusted.committee.threshold()
         );
-        println!("verifiers ({} must reproduce):", policy.verifier_threshold);
+        let sandboxed = if policy.require_isolation { " in a sandbox" } else { "" };
+        println!("verifiers ({} must reproduce{sandboxed}):", policy.verifier_threshold);
         for a in &agreement {
             println!("  {}  agreed {}  disagreed {}", hex::encode(a.verifier), a.agreed, a.disagreed);
         }

@@ -37,6 +37,7 @@ fn policy(developer: u8) -> Policy {
         root_threshold: 1,
         verifiers: vec![VerifierEntry { key: key(VERIFIER).public_key(), address: "127.0.0.1:1".into() }],
         verifier_threshold: 1,
+        require_isolation: false,
         max_age_ms: 3_600_000,
         version: developer as u64,
     }

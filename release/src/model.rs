@@ -47,6 +47,10 @@ pub struct Policy {
     pub root_threshold: u32,
     pub verifiers: Vec<VerifierEntry>,
     pub verifier_threshold: u32,
+    /// Only reproductions by builds confined in namespaces ([`BuildIsolation::Namespaces`])
+    /// count towards `verifier_threshold` (SPEC §11.5 rule 6): witnesses enforce it, so a
+    /// policy can rule out verifiers that build unconfined.
+    pub require_isolation: bool,
     /// Clients refuse a timeline head older than this (freeze attacks).
     pub max_age_ms: u64,
     /// Grows with every change (0 at the genesis): a policy never comes back byte for byte,

@@ -1,7 +1,9 @@
 //! The rules a witness applies before it cosigns a release or a policy change. Each refusal
 //! names the rule that failed.
 
-use crate::model::{ArtifactMismatch, Attestation, Manifest, Outcome, Policy, PolicyError, ReleasePayload};
+use crate::model::{
+    ArtifactMismatch, Attestation, BuildIsolation, Manifest, Outcome, Policy, PolicyError, ReleasePayload,
+};
 use chainiac_cosi::PublicKey;
 use chainiac_skipchain::block::policy_hash;
 use std::collections::{HashMap, HashSet};
@@ -170,6 +172,15 @@ pub fn check_release(
             return Err(ReleaseError::AttestationForAnotherManifest { key: key.to_string() });
         }
         match &attestation.body.outcome {
+            Outcome::Reproduced
+                if policy.require_isolation && attestation.body.isolation != BuildIsolation::Namespaces =>
+            {
+                disagreements.push(format!(
+                    "{} reproduced it outside a sandbox (isolation {}), and the policy counts only sandboxed builds",
+                    short(&key),
+                    attestation.body.isolation.name()
+                ))
+            }
             Outcome::Reproduced => {
                 reproduced.insert(key);
             }
@@ -242,6 +253,7 @@ struct PolicyFields {
     root_threshold: u32,
     _verifiers: Vec<(KeyBytes, String)>,
     _verifier_threshold: u32,
+    _require_isolation: bool,
     _max_age_ms: u64,
     version: u64,
 }

@@ -33,6 +33,7 @@ fn fixture() -> Fixture {
             .map(|(i, v)| VerifierEntry { key: v.public_key(), address: format!("127.0.0.1:{}", 9000 + i) })
             .collect(),
         verifier_threshold: 2,
+        require_isolation: false,
         max_age_ms: 3_600_000,
         version: 0,
     };
@@ -260,6 +261,30 @@ fn policy_changes_need_the_root_threshold_and_rotate_developer_keys() {
     let mut with_new = with_old.clone();
     with_new.developer_signatures[0] = DeveloperSignature::sign(&key(4), &id);
     check_release(&new, &with_new.to_bytes(), NOW, TimeWindow::default(), |_| false).unwrap();
+}
+
+/// A policy that counts only sandboxed builds (rule 6): a reproduction outside a sandbox
+/// does not count, and the refusal says so; the same attestations pass a policy that
+/// does not ask for it, and sandboxed ones pass either.
+#[test]
+fn a_policy_may_count_only_sandboxed_reproductions() {
+    let f = fixture();
+    let mut strict = f.policy.clone();
+    strict.require_isolation = true;
+    let m = manifest("1.0");
+    let mut payload = release(&f, m.clone(), &[0, 2], &[0]);
+    let mut body = attest(&f.verifiers[1], &m, Outcome::Reproduced).body;
+    body.isolation = chainiac_release::BuildIsolation::None;
+    payload.attestations.push(Attestation::sign(&f.verifiers[1], body));
+    let check_under = |policy: &Policy, payload: &ReleasePayload| {
+        check_release(&policy.to_bytes(), &payload.to_bytes(), NOW, TimeWindow::default(), |_| false)
+    };
+    check_under(&f.policy, &payload).unwrap();
+    let refused = check_under(&strict, &payload).unwrap_err();
+    assert!(matches!(refused, ReleaseError::NotReproduced { reproduced: 1, threshold: 2, .. }), "{refused}");
+    assert!(refused.to_string().contains("outside a sandbox (isolation none)"), "{refused}");
+    check_under(&strict, &release(&f, m, &[0, 2], &[0, 1])).unwrap();
+    assert_ne!(strict.to_bytes(), f.policy.to_bytes(), "the policy's bytes carry it");
 }
 
 #[test]

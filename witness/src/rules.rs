@@ -125,6 +125,7 @@ mod tests {
             root_threshold: 1,
             verifiers: vec![VerifierEntry { key: key.public_key(), address: "127.0.0.1:2".into() }],
             verifier_threshold: 1,
+            require_isolation: false,
             max_age_ms: 1,
             version: 1,
         };
