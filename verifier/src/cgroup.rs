@@ -7,10 +7,15 @@
 //!
 //! Each build gets a group `chainiac-build-<job>` under the verifier's own cgroup, in both
 //! the `pids` and `memory` hierarchies (cgroup v1) or once (cgroup v2, with both controllers
-//! enabled below the verifier's cgroup). The build's first process moves itself in before
-//! it execs (`cgroup.procs`, written `0` between fork and exec), so everything it starts is
-//! counted from the first instruction. When the build ends the group's processes are
-//! killed and the group is removed ([`BuildGroup`]'s drop).
+//! enabled below the verifier's cgroup), holding the limits, and runs in its leaf
+//! `chainiac-build-<job>/build`: a build that could write to its own group's files (a
+//! non-root verifier's build runs as the user that owns them) changes only the leaf's, and
+//! the limits above it hold. The build's first process moves itself in before it execs
+//! (`cgroup.procs`, written `0` between fork and exec), so everything it starts is counted
+//! from the first instruction. When the build ends no process may start in the group any
+//! more (`pids.max` 0), what is in it is killed and the groups are removed
+//! ([`BuildGroup`]'s drop). Tmpfs pages (a sandbox's `HOME` and `TMPDIR`) count as the
+//! build's memory.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -75,15 +80,28 @@ impl Cgroups {
             return Ok(());
         }
         // A cgroup with processes may not enable controllers for its children (v2's "no
-        // internal processes"): the verifier moves into a leaf of its own first, as a
-        // delegated service does.
+        // internal processes"): a verifier alone in its cgroup (a delegated service's) moves
+        // into a leaf of its own first; one that shares it (a login shell's scope) does not
+        // move, and builds without cgroups.
         if std::fs::write(&control, "+pids +memory").is_err() {
+            let procs = std::fs::read_to_string(parent.join("cgroup.procs")).unwrap_or_default();
+            let me = std::process::id().to_string();
+            if procs.lines().any(|pid| pid.trim() != me) {
+                return Err(format!(
+                    "{} holds other processes besides this one; run the verifier in a cgroup of its own with pids and memory delegated (systemd: Delegate=pids memory)",
+                    parent.display()
+                ));
+            }
             let leaf = parent.join("chainiac-verifier");
             create_dir(&leaf)?;
-            std::fs::write(leaf.join("cgroup.procs"), std::process::id().to_string())
+            std::fs::write(leaf.join("cgroup.procs"), &me)
                 .map_err(|e| format!("moving the verifier into {}: {e}", leaf.display()))?;
-            std::fs::write(&control, "+pids +memory")
-                .map_err(|e| format!("enabling pids and memory in {}: {e}", control.display()))?;
+            if let Err(e) = std::fs::write(&control, "+pids +memory") {
+                // Back where it was, the leaf gone: nothing left behind.
+                let _ = std::fs::write(parent.join("cgroup.procs"), &me);
+                let _ = std::fs::remove_dir(&leaf);
+                return Err(format!("enabling pids and memory in {}: {e}", control.display()));
+            }
         }
         Ok(())
     }
@@ -124,10 +142,12 @@ impl Cgroups {
                 }
                 std::fs::write(&path, &value).map_err(|e| format!("setting {}: {e}", path.display()))?;
             }
+            let leaf = dir.join("build");
+            create_dir(&leaf)?;
             let procs = std::fs::OpenOptions::new()
                 .write(true)
-                .open(dir.join("cgroup.procs"))
-                .map_err(|e| format!("opening {}: {e}", dir.join("cgroup.procs").display()))?;
+                .open(leaf.join("cgroup.procs"))
+                .map_err(|e| format!("opening {}: {e}", leaf.join("cgroup.procs").display()))?;
             group.procs.push(procs);
         }
         Ok(group)
@@ -219,17 +239,19 @@ impl BuildGroup {
                 })
                 .unwrap_or(0)
         };
-        for dir in &self.dirs {
-            if count(dir, "pids.events", "max") > 0 {
-                reached.push("processes");
-            }
-            let oom = match self.version {
-                "v1" => count(dir, "memory.oom_control", "oom_kill"),
-                _ => count(dir, "memory.events", "oom_kill"),
-            };
-            if oom > 0 {
-                reached.push("memory");
-            }
+        // Kernels count a hit where the limit is or where the process forked: both, summed.
+        let total = |file: &str, key: &str| -> u64 {
+            self.dirs.iter().flat_map(|dir| tree_of(dir)).map(|group| count(&group, file, key)).sum()
+        };
+        if total("pids.events", "max") > 0 {
+            reached.push("processes");
+        }
+        let oom = match self.version {
+            "v1" => total("memory.oom_control", "oom_kill"),
+            _ => total("memory.events", "oom_kill"),
+        };
+        if oom > 0 {
+            reached.push("memory");
         }
         reached
     }
@@ -252,14 +274,19 @@ pub fn enter(fds: &[RawFd]) -> std::io::Result<()> {
 impl Drop for BuildGroup {
     fn drop(&mut self) {
         for dir in &self.dirs {
+            // Nothing may start in the group any more (in the pids hierarchy; v2's one).
+            let _ = std::fs::write(dir.join("pids.max"), "0");
             if self.version == "v2" && std::fs::write(dir.join("cgroup.kill"), "1").is_ok() {
                 continue;
             }
-            // v1, or a kernel without cgroup.kill: kill what is listed until nothing is
-            // (a process may fork while it is being killed; the group's limit bounds that).
+            // v1, or a kernel without cgroup.kill: kill what is listed, in the group and any
+            // group below it, until nothing is.
             for _ in 0..100 {
-                let listed = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-                let pids: Vec<i32> = listed.lines().filter_map(|l| l.trim().parse().ok()).collect();
+                let mut pids: Vec<i32> = Vec::new();
+                for group in tree_of(dir) {
+                    let listed = std::fs::read_to_string(group.join("cgroup.procs")).unwrap_or_default();
+                    pids.extend(listed.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+                }
                 if pids.is_empty() {
                     break;
                 }
@@ -271,16 +298,35 @@ impl Drop for BuildGroup {
             }
         }
         for dir in &self.dirs {
-            // Emptied processes leave their group a moment after they die.
-            for _ in 0..100 {
-                match std::fs::remove_dir(dir) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            // Deepest first; emptied processes leave their group a moment after they die.
+            for group in tree_of(dir).into_iter().rev() {
+                for _ in 0..100 {
+                    match std::fs::remove_dir(&group) {
+                        Ok(()) => break,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                        Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                    }
                 }
             }
         }
     }
+}
+
+/// `dir` and every cgroup below it, parents before children.
+fn tree_of(dir: &Path) -> Vec<PathBuf> {
+    let mut found = vec![dir.to_path_buf()];
+    let mut next = 0;
+    while next < found.len() {
+        if let Ok(entries) = std::fs::read_dir(&found[next]) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    found.push(entry.path());
+                }
+            }
+        }
+        next += 1;
+    }
+    found
 }
 
 #[cfg(test)]

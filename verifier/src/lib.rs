@@ -121,16 +121,21 @@ pub fn network_isolation_available() -> bool {
 
 /// Where this process can give each build its own cgroup (`None`, with a warning, when it
 /// cannot: builds are then limited per process and per user only).
+/// Found once per process: a second discovery would find the process in the leaf the first
+/// may have moved it to (cgroup v2) and nest another.
 fn discover_cgroups() -> Option<cgroup::Cgroups> {
-    match cgroup::Cgroups::discover() {
-        Ok(cgroups) => Some(cgroups),
-        Err(reason) => {
-            tracing::warn!(
-                "no per-build cgroups ({reason}): each build's memory is limited per process and its processes per user, shared by the builds running at once; run the verifier as root or in a delegated cgroup v2 subtree for whole-build limits"
-            );
-            None
-        }
-    }
+    static FOUND: std::sync::OnceLock<Option<cgroup::Cgroups>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| match cgroup::Cgroups::discover() {
+            Ok(cgroups) => Some(cgroups),
+            Err(reason) => {
+                tracing::warn!(
+                    "no per-build cgroups ({reason}): each build's memory is limited per process and its processes per user, shared by the builds running at once; run the verifier as root or in a delegated cgroup v2 subtree for whole-build limits"
+                );
+                None
+            }
+        })
+        .clone()
 }
 
 fn describe_environment(settings: &Settings, cgroups: Option<&cgroup::Cgroups>) -> String {

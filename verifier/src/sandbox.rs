@@ -8,8 +8,11 @@
 //! `/build/<project>-<version>` (the same path on every verifier, so `-g` builds reproduce
 //! as they are), `HOME` and `TMPDIR` on size-capped tmpfs, only a loopback interface, and
 //! the pid namespace torn down with the build, so nothing it started outlives it. Resource
-//! limits (address space, CPU time, file size, processes) are set with `prlimit` in both
-//! modes. [`Isolation::None`] must be chosen explicitly: a verifier refuses to start with
+//! limits are set with `prlimit` in both modes (address space, CPU time, file size, and
+//! processes when the build has no cgroup of its own) and, where the verifier may create
+//! cgroups, over the whole build ([`crate::cgroup`]: processes and memory; with
+//! `isolation = "none"` the build runs as a user that may own its group, so those limits
+//! are only advisory there). [`Isolation::None`] must be chosen explicitly: a verifier refuses to start with
 //! bubblewrap selected and not working.
 
 use chainiac_release::rules::is_safe_relative;
@@ -33,9 +36,12 @@ pub struct Limits {
     pub max_output_bytes: u64,
     /// Bytes of build log kept.
     pub max_log_bytes: usize,
-    /// Address space of each build process (`RLIMIT_AS`).
+    /// Address space of each build process (`RLIMIT_AS`), and the memory of the whole build
+    /// in its own cgroup where there is one ([`crate::cgroup`]; tmpfs pages count).
     pub max_memory_bytes: u64,
-    /// Processes of the build's user (`RLIMIT_NPROC`; the kernel does not apply it to root).
+    /// Processes (tasks) of the whole build in its own cgroup; without one, of the build's
+    /// user (`RLIMIT_NPROC`, shared by concurrent builds; the kernel does not apply it to
+    /// root).
     pub max_processes: u64,
     /// Size of the tmpfs that holds `HOME`, and of the one that holds `TMPDIR` (bubblewrap).
     pub tmpfs_bytes: u64,
@@ -148,6 +154,9 @@ fn bwrap_args(bwrap: &Path, source: &Path, build: &str, chdir: &str, limits: &Li
         [
             "--unshare-all",
             "--unshare-user",
+            // No user namespace inside: a build that made one could mount cgroupfs and, where
+            // its group's files are its user's (a delegated subtree), raise its own limits.
+            "--disable-userns",
             "--uid",
             "1000",
             "--gid",
@@ -252,7 +261,8 @@ pub struct BuildFailure {
     /// or variable the recipe may not have, too much output. Not so anything the running
     /// build ran into: a non-zero exit (under bubblewrap a kill by a CPU or memory limit
     /// comes back as exit code 128 + signal, and make or sh turn a child's failed fork —
-    /// the process limit is shared by every build of uid 65534 — or allocation into exit
+    /// without cgroups the process limit is shared by every build of uid 65534 — or
+    /// allocation into exit
     /// 2), a signal, the time limit, or the verifier's own trouble: those can depend on the
     /// machine's load, so the verifier signs them but does not keep them (a later request
     /// builds again; an attack review showed a concurrent build making an honest one

@@ -437,6 +437,23 @@ async fn a_fork_bomb_stops_at_the_process_limit() {
     assert_eq!(v.build(&next, &source).await.unwrap().body.outcome, Outcome::Reproduced, "the verifier goes on");
 }
 
+/// A verifier with 64 processes and 200 MiB a build, if it gives builds cgroups here (as
+/// root; otherwise the test says it skips).
+fn verifier_with_cgroups(dir: &Path, seed: u8) -> Option<std::sync::Arc<Verifier>> {
+    let limits = Limits {
+        max_processes: 64,
+        max_memory_bytes: 200 << 20,
+        time_limit: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let v = verifier(dir, seed, limits);
+    if v.cgroups().is_none() {
+        println!("SKIPPED: no per-build cgroups here ({})", v.environment_description());
+        return None;
+    }
+    Some(v)
+}
+
 /// Whole-build limits, where the verifier can make cgroups (as root, or in a delegated v2
 /// subtree): two builds at once each start 40 processes under a limit of 64 — under the
 /// shared per-user limit alone one of them failed — and a build of four processes of
@@ -445,17 +462,8 @@ async fn a_fork_bomb_stops_at_the_process_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_build_is_held_to_its_own_process_and_memory_limits() {
     let dir = tempfile::tempdir().unwrap();
-    let limits = Limits {
-        max_processes: 64,
-        max_memory_bytes: 200 << 20,
-        time_limit: Duration::from_secs(60),
-        ..Limits::default()
-    };
-    let v = verifier(dir.path(), 13, limits);
-    let Some(cgroups) = v.cgroups().cloned() else {
-        println!("SKIPPED: no per-build cgroups here ({})", v.environment_description());
-        return;
-    };
+    let Some(v) = verifier_with_cgroups(dir.path(), 13) else { return };
+    let cgroups = v.cgroups().cloned().expect("checked");
     assert!(v.environment_description().contains(&format!("cgroups={}", cgroups.name())));
     let source = tar_of(&[("hello-1.0/f", b"1", 0o644)]);
     let artifacts = vec![Artifact { path: "hello-1.0/out".into(), sha3: content_hash(b"ok\n"), size: 3 }];
@@ -688,4 +696,38 @@ async fn recipe_variables_reach_only_the_build() {
         Outcome::Failed { reason } => assert!(reason.contains("not a plain NAME=value"), "{reason}"),
         other => panic!("a variable name with a space must be refused, got {other:?}"),
     }
+}
+
+/// A hostile recipe tries to lift its own cgroup limits — a nested user, mount and cgroup
+/// namespace and a fresh cgroupfs mount, then writes to `pids.max` and the memory limit —
+/// forks past the process limit and leaves a `setsid` daemon behind. Nothing is raised (no
+/// user namespace inside the sandbox; the limits sit on the group above the build's leaf,
+/// whose files the build's user does not own), the limit stops the forks, and nothing
+/// outlives the build. (From an attack review of the cgroups.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_build_cannot_lift_its_cgroup_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(v) = verifier_with_cgroups(dir.path(), 14) else { return };
+    let source = tar_of(&[("hello-1.0/f", b"1", 0o644)]);
+    let artifacts = vec![Artifact { path: "hello-1.0/out".into(), sha3: content_hash(b"ok\n"), size: 3 }];
+    let marker = format!("{}.25", 4000 + std::process::id() % 1000);
+    let evil = format!(
+        r#"
+unshare -Urm -C sh -c '
+ for c in pids memory; do mkdir -p /tmp/$c; mount -t cgroup -o $c none /tmp/$c && echo "mounted $c"; done
+ echo max > /tmp/pids/pids.max && echo RAISED-PIDS
+ echo -1 > /tmp/memory/memory.limit_in_bytes && echo RAISED-MEM
+' 2>&1
+setsid sh -c 'sleep {marker}' &
+i=0; while [ $i -lt 100 ]; do sleep 5 & i=$((i+1)); done; wait; echo ok > out"#
+    );
+    let m = manifest(&source, &["sh", "-c", &evil], artifacts);
+    let attestation = v.build(&m, &source).await.unwrap();
+    let log = String::from_utf8_lossy(&v.log(&m.id()).unwrap().unwrap_or_default()).into_owned();
+    assert!(!log.contains("RAISED"), "{log}");
+    let Outcome::Failed { reason } = &attestation.body.outcome else { panic!("it passed the limit:\n{log}") };
+    assert!(reason.contains("reached its limit of 64 processes"), "{reason}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let left = std::process::Command::new("pgrep").args(["-f", &format!("sleep {marker}")]).output().unwrap();
+    assert!(left.stdout.is_empty(), "the daemon outlived the build: {}", String::from_utf8_lossy(&left.stdout));
 }

@@ -93,7 +93,10 @@ pub enum ChallengeOutcome {
     /// too few answer without them: leaving honest refusers out spent the next attempt,
     /// sometimes the unbeatable one, on too few members, while never leaving a refuser
     /// out let a liar that refuses every challenge stall the index (an attack review).
-    Faults { members: Vec<usize>, refused: Vec<usize>, error: ErrorReply },
+    /// `filled`: those of `refused` that answered `Conflict` (the index is filled there):
+    /// the leader catches up from them once a pass, and if its head does not move their
+    /// word was false and they are faults.
+    Faults { members: Vec<usize>, refused: Vec<usize>, filled: Vec<usize>, error: ErrorReply },
     /// It failed for a reason no retry mends.
     Broken(ErrorReply),
 }
@@ -257,7 +260,13 @@ struct Run<B> {
 #[derive(Debug)]
 enum Resume<B> {
     Announced(Box<(Run<B>, AnnounceOutcome)>),
-    Gathered { reports: Vec<Durable<B>>, asked_presumed: bool },
+    /// A challenge some members refused as filled (a `ChallengeOutcome::Faults`): those
+    /// members are faults if the head did not move.
+    Challenged(Box<(Run<B>, ChallengeOutcome)>),
+    Gathered {
+        reports: Vec<Durable<B>>,
+        asked_presumed: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -388,6 +397,10 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
             }
             (Phase::CatchingUp(Resume::Gathered { reports, asked_presumed }), Event::CaughtUp { moved: false }) => {
                 self.on_gathered(reports, asked_presumed)
+            }
+            (Phase::CatchingUp(Resume::Challenged(resume)), Event::CaughtUp { moved: false }) => {
+                let (run, outcome) = *resume;
+                self.on_challenged(run, outcome)
             }
             (Phase::Challenging(run), Event::LockRefused(error)) => {
                 let mut action = self.end_run(run.kind, error, true);
@@ -537,6 +550,16 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
     /// is seen, a silence may be a lost message), and records them in `presumed` (asked
     /// again if the others fall short).
     fn leave_out(&self, excluded: &mut BTreeSet<usize>, presumed: &mut BTreeSet<usize>, soft: BTreeSet<usize>) {
+        self.leave_out_first(excluded, presumed, soft, &BTreeSet::new())
+    }
+
+    fn leave_out_first(
+        &self,
+        excluded: &mut BTreeSet<usize>,
+        presumed: &mut BTreeSet<usize>,
+        soft: BTreeSet<usize>,
+        first: &BTreeSet<usize>,
+    ) {
         let (n, t) = (self.committee.members, self.committee.threshold);
         let refusals = |m: &usize| self.refusals.get(m).copied().unwrap_or(0);
         let before = soft.clone();
@@ -550,7 +573,12 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
         candidates.dedup();
         // On a tie, those already left out stay out.
         candidates.sort_by_key(|m| {
-            (std::cmp::Reverse(2 * refusals(m) + usize::from(self.presumed_down.contains(m))), !before.contains(m), *m)
+            (
+                !first.contains(m),
+                std::cmp::Reverse(2 * refusals(m) + usize::from(self.presumed_down.contains(m))),
+                !before.contains(m),
+                *m,
+            )
         });
         for member in candidates {
             if n.saturating_sub(excluded.len() + 1) < t {
@@ -695,33 +723,51 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
         Action::step(step)
     }
 
-    fn on_challenged(&mut self, mut run: Run<B>, outcome: ChallengeOutcome) -> Action<B> {
+    fn on_challenged(&mut self, run: Run<B>, outcome: ChallengeOutcome) -> Action<B> {
         match outcome {
             ChallengeOutcome::Signed => {
                 self.phase = Phase::Appending(run.kind);
                 Action::step(Step::Append)
             }
-            ChallengeOutcome::Faults { members, refused, error } => {
-                let before = run.excluded.clone();
-                for &member in &refused {
-                    *self.refusals.entry(member).or_default() += 1;
-                }
-                // Faults stay out; who else is left out is chosen again, refusers first.
-                let soft = std::mem::take(&mut run.presumed);
-                for member in &soft {
-                    run.excluded.remove(member);
-                }
-                run.excluded.extend(members.into_iter().filter(|&m| m != self.me));
-                self.leave_out(&mut run.excluded, &mut run.presumed, soft);
-                let named = !run.excluded.is_subset(&before);
-                run.last_error = error;
-                if run.unbeatable && named && run.resigns < self.committee.members {
-                    self.resign(run)
-                } else {
-                    self.next_attempt(run)
-                }
+            ChallengeOutcome::Faults { ref filled, .. } if !filled.is_empty() && !self.caught_up => {
+                self.caught_up = true;
+                let from = filled.clone();
+                self.phase = Phase::CatchingUp(Resume::Challenged(Box::new((run, outcome))));
+                Action::step(Step::CatchUp { from })
+            }
+            ChallengeOutcome::Faults { mut members, mut refused, filled, error } => {
+                // Caught up this pass and the head did not move: a `Conflict` is false (or
+                // the index was filled since, which the next attempt's announce shows).
+                refused.retain(|m| !filled.contains(m));
+                members.extend(filled);
+                self.on_faults(run, members, refused, error)
             }
             ChallengeOutcome::Broken(error) => self.end_run(run.kind, error, true),
+        }
+    }
+
+    /// A challenge that fell short: `members` faulty, `refused` soft (SPEC §9.1).
+    fn on_faults(&mut self, mut run: Run<B>, members: Vec<usize>, refused: Vec<usize>, error: ErrorReply) -> Action<B> {
+        let before = run.excluded.clone();
+        for &member in &refused {
+            *self.refusals.entry(member).or_default() += 1;
+        }
+        // Faults stay out; who else is left out is chosen again, refusers first.
+        let soft = std::mem::take(&mut run.presumed);
+        for member in &soft {
+            run.excluded.remove(member);
+        }
+        run.excluded.extend(members.into_iter().filter(|&m| m != self.me));
+        // At an unbeatable ballot those that just refused go out first (no honest member
+        // can be past it): the re-sign asks the members left out earlier instead.
+        let first: BTreeSet<usize> = if run.unbeatable { refused.iter().copied().collect() } else { BTreeSet::new() };
+        self.leave_out_first(&mut run.excluded, &mut run.presumed, soft, &first);
+        let named = !run.excluded.is_subset(&before);
+        run.last_error = error;
+        if run.unbeatable && named && run.resigns < self.committee.members {
+            self.resign(run)
+        } else {
+            self.next_attempt(run)
         }
     }
 
@@ -1090,6 +1136,7 @@ mod tests {
         let a = m.handle(Event::Challenged(ChallengeOutcome::Faults {
             members: vec![3],
             refused: vec![],
+            filled: vec![],
             error: err(ErrorCode::Unavailable, "bad share"),
         }));
         assert!(a.round_failed, "three attempts were made");
@@ -1112,6 +1159,7 @@ mod tests {
             Event::Challenged(ChallengeOutcome::Faults {
                 members,
                 refused: vec![],
+                filled: vec![],
                 error: err(ErrorCode::Unavailable, "bad share"),
             })
         };
@@ -1146,6 +1194,7 @@ mod tests {
             Event::Challenged(ChallengeOutcome::Faults {
                 members: vec![],
                 refused,
+                filled: vec![],
                 error: err(ErrorCode::Unavailable, "refused"),
             })
         };
@@ -1187,6 +1236,38 @@ mod tests {
         m.handle(Event::Announced(signed_outcome(&[0, 2, 3])));
         let a = m.handle(refusal(vec![2, 3]));
         assert_eq!(excluded_of(&a), vec![2], "2 refused twice, 1 once: 1 is asked again");
+    }
+
+    /// A `Conflict` at a challenge is checked: the leader catches up from whoever said it,
+    /// and if its head did not move that member is a fault; a second one in the same pass
+    /// is a fault at once.
+    #[test]
+    fn a_false_conflict_at_a_challenge_is_a_fault() {
+        let conflict = |member: usize| {
+            Event::Challenged(ChallengeOutcome::Faults {
+                members: vec![],
+                refused: vec![member],
+                filled: vec![member],
+                error: err(ErrorCode::Unavailable, "filled, it says"),
+            })
+        };
+        let (mut m, _) = LeaderRound::<u8>::new(8, false);
+        m.handle(head(Durable::default(), &[]));
+        m.handle(Event::Announced(signed_outcome(&[0, 1, 2, 3])));
+        assert_eq!(m.handle(conflict(3)).step, Step::CatchUp { from: vec![3] });
+        let a = m.handle(Event::CaughtUp { moved: false });
+        let Step::Announce { excluded, attempt: 2, .. } = a.step else { panic!("{a:?}") };
+        assert_eq!(excluded, [3].into_iter().collect());
+        m.handle(Event::Announced(signed_outcome(&[0, 1, 2])));
+        let a = m.handle(conflict(2));
+        assert!(matches!(a.step, Step::Announce { attempt: 3, .. }), "no second catch-up this pass: {a:?}");
+
+        let (mut m, _) = LeaderRound::<u8>::new(8, false);
+        m.handle(head(Durable::default(), &[]));
+        m.handle(Event::Announced(signed_outcome(&[0, 1, 2, 3])));
+        m.handle(conflict(3));
+        let a = m.handle(Event::CaughtUp { moved: true });
+        assert_eq!(a.step, Step::ReadHead, "it was filled: the proposal goes on the new head");
     }
 
     /// Asking the members presumed down again does not let back in a member the attempts
@@ -1339,11 +1420,18 @@ mod tests {
                         match next {
                             Answer::Faults { named } => {
                                 fell_short = true;
-                                // Member 3 refuses now and then too, as past the ballot.
-                                let refused = if named == 0 { vec![3] } else { vec![] };
+                                // Member 3 refuses now and then too, as past the ballot,
+                                // and member 1 says the index is filled.
+                                let refused = match named {
+                                    0 => vec![3],
+                                    1 => vec![1],
+                                    _ => vec![],
+                                };
+                                let filled = if named == 1 { vec![1] } else { vec![] };
                                 Event::Challenged(ChallengeOutcome::Faults {
                                     members: vec![named],
                                     refused,
+                                    filled,
                                     error: err(ErrorCode::Unavailable, "bad"),
                                 })
                             }

@@ -170,8 +170,10 @@ enum Wait {
         answered: BTreeSet<usize>,
         subtrees: BTreeMap<usize, BTreeSet<usize>>,
         faulty: BTreeSet<usize>,
-        /// Children that refused (honest as far as the round shows).
+        /// Children that refused (honest as far as the round shows), and those of them that
+        /// said the index is filled.
         refused: BTreeSet<usize>,
+        filled: Vec<usize>,
         /// The round was unbeatable when announced (`agreement::unbeatable`).
         unbeatable: bool,
         deadline: u64,
@@ -353,6 +355,10 @@ struct Seen {
     strong_ms: Vec<u64>,
     /// The longest calm proposal while liars pushed, in simulated ms, and its seed.
     slowest: (u64, u64),
+    /// Challenges at unbeatable ballots that fell short with soft refusals, and those of
+    /// them not signed again at their ballot.
+    soft_at_unbeatable: usize,
+    soft_at_unbeatable_no_resign: usize,
 }
 
 struct Sim {
@@ -380,8 +386,11 @@ struct Sim {
     /// they vote for again at the liar's ballot), `steer` gatherings (strong liars report
     /// the highest ballot a leader believes, just before it stops waiting), and
     /// `refuseall`: refuse every challenge once the faults stop (`Promised`, or `Conflict`
-    /// with `pushlocked`). Each seed takes a combination from its number (all sixteen over
-    /// every 256 seeds);
+    /// with `pushlocked`); with strong liars, `lure` (push an honest member past the ballot
+    /// it just voted at, so that it refuses the challenge) and `conflict` (answer `Conflict`
+    /// at every challenge no push can spoil). Each seed takes a combination from its number
+    /// (all 64 over every 1,024 seeds; `nopush` stops strong liars' pushing, never by
+    /// default: `conflict,lure,nopush` is the strongest set known, SPEC §9.1);
     /// `CLUSTER_ATTACK` (comma-separated, or empty for none) sets them for every seed.
     /// Before re-signs (SPEC §9.1), `pushlocked` stalled the honest member just before
     /// the liars in roster order on some seeds (255, for one).
@@ -438,7 +447,7 @@ impl Sim {
             strong_liars: false,
             attacks: match std::env::var("CLUSTER_ATTACK") {
                 Ok(a) => a.split(',').filter(|a| !a.is_empty()).map(str::to_owned).collect(),
-                Err(_) => ["refuse", "pushlocked", "steer", "refuseall"]
+                Err(_) => ["refuse", "pushlocked", "steer", "refuseall", "lure", "conflict"]
                     .into_iter()
                     .enumerate()
                     .filter(|(bit, _)| (seed / 16) >> bit & 1 == 1)
@@ -707,6 +716,25 @@ impl Sim {
                         return self.send(to, from, Msg::Refused { session, code: e.code });
                     }
                     voters.insert(to);
+                    // `lure`: once an honest member voted for an honest leader's block, a
+                    // strong liar pushes it past that ballot (if a liar owns one above it
+                    // within its frontier), so that it refuses the challenge as an honest
+                    // member may: its refusals pile up and it is left out in the liars' stead.
+                    if self.pushing
+                        && self.strong_liars
+                        && self.attacks.contains("lure")
+                        && !self.members[leader].byzantine
+                    {
+                        let n = self.n();
+                        let frontier = self.frontier(to);
+                        let liars: BTreeSet<usize> =
+                            (0..n).filter(|&i| self.members[i].byzantine && self.members[i].up).collect();
+                        if let Some(b) =
+                            (ballot + 1..=frontier).rev().find(|&b| liars.contains(&agreement::owner(b, n)))
+                        {
+                            self.send_push(agreement::owner(b, n), to, b);
+                        }
+                    }
                 }
                 let children = tree.children(to);
                 let below = tree.depth().saturating_sub(tree.depth_of(to).unwrap_or(0)).max(1) as u64;
@@ -783,6 +811,28 @@ impl Sim {
                             if self.attacks.contains("pushlocked") { ErrorCode::Conflict } else { ErrorCode::Promised };
                         let delay = self.liars_delay(to, wait);
                         return self.send_after(to, from, Msg::Refused { session, code }, delay);
+                    }
+                    // `conflict`: a strong liar says the index is filled (`Conflict`, a refusal
+                    // an honest member may give, so never a fault) at every challenge it cannot
+                    // spoil otherwise: at an epoch's last slot, and wherever no liar owns a
+                    // ballot above this one within the frontier (no push can make an honest
+                    // member refuse). Its refusals count no more than those of the honest
+                    // members it pushes past other ballots, so it stays in the attempts while
+                    // they are left out.
+                    if !self.faults && self.strong_liars && self.attacks.contains("conflict") {
+                        let n = self.n();
+                        let frontier = self.frontier(to);
+                        let liars: BTreeSet<usize> = (0..n).filter(|&i| self.members[i].byzantine).collect();
+                        let pushable = (ballot + 1..=frontier).any(|b| liars.contains(&agreement::owner(b, n)));
+                        if last_slot || (!pushable && !self.attacks.contains("conflictlast")) {
+                            let delay = self.liars_delay(to, wait);
+                            return self.send_after(
+                                to,
+                                from,
+                                Msg::Refused { session, code: ErrorCode::Conflict },
+                                delay,
+                            );
+                        }
                     }
                     if spoils && self.attacks.contains("refuse") && self.roll(50) {
                         let delay = self.liars_delay(to, wait);
@@ -960,7 +1010,20 @@ impl Sim {
 
     fn feed(&mut self, m: usize, event: Event<BlockId>) {
         let Some(lead) = self.members[m].lead.as_mut() else { return };
+        // An unbeatable challenge that fell short with soft refusals (`Conflict`, say): was
+        // it signed again at its ballot (a re-sign), or did the window go?
+        let soft_at_unbeatable = lead.unbeatable
+            && matches!(&event, Event::Challenged(ChallengeOutcome::Faults { refused, .. }) if !refused.is_empty());
+        let ballot = lead.ballot;
         let action = lead.machine.handle(event);
+        if soft_at_unbeatable {
+            self.seen.soft_at_unbeatable += 1;
+            // A `Conflict` is checked by a catch-up first; the re-sign may follow it.
+            let resigned = matches!(&action.step, Step::Announce { ballot: b, .. } if *b == ballot);
+            if !resigned && !matches!(action.step, Step::CatchUp { .. }) {
+                self.seen.soft_at_unbeatable_no_resign += 1;
+            }
+        }
         self.act(m, action);
     }
 
@@ -1195,6 +1258,7 @@ impl Sim {
                     subtrees: lead.subtrees.clone(),
                     faulty: BTreeSet::new(),
                     refused: BTreeSet::new(),
+                    filled: Vec::new(),
                     unbeatable: lead.unbeatable,
                     deadline: self.now + lead.wait_ms,
                 };
@@ -1307,8 +1371,11 @@ impl Sim {
                     faulty.insert(from);
                 }
             }
-            (Wait::Challenge { faulty, refused, unbeatable, .. }, Msg::Refused { code, .. }) => {
+            (Wait::Challenge { faulty, refused, filled, unbeatable, .. }, Msg::Refused { code, .. }) => {
                 faulty.insert(from);
+                if code == ErrorCode::Conflict {
+                    filled.push(from);
+                }
                 // Refusals an honest member may give (`Node::challenge`): past the ballot,
                 // unless it is unbeatable, or the index filled.
                 if (code == ErrorCode::Promised && !*unbeatable) || code == ErrorCode::Conflict {
@@ -1408,7 +1475,7 @@ impl Sim {
                 };
                 self.feed(m, Event::Announced(outcome));
             }
-            Wait::Challenge { asked, answered, mut faulty, refused, .. } => {
+            Wait::Challenge { asked, answered, mut faulty, refused, filled, .. } => {
                 // A child that did not answer is named, as the aggregator names it.
                 faulty.extend(asked.difference(&answered));
                 // The leader checks every partial signature against its commitment
@@ -1429,7 +1496,8 @@ impl Sim {
                     ChallengeOutcome::Signed
                 } else {
                     let (refused, members) = faulty.into_iter().partition(|f| refused.contains(f));
-                    ChallengeOutcome::Faults { members, refused, error: err(ErrorCode::Unavailable, "round failed") }
+                    let error = err(ErrorCode::Unavailable, "round failed");
+                    ChallengeOutcome::Faults { members, refused, filled, error }
                 };
                 self.feed(m, Event::Challenged(outcome));
             }
@@ -1529,6 +1597,9 @@ impl Sim {
             return;
         }
         let honest: Vec<usize> = (0..self.n()).filter(|&i| !self.members[i].byzantine).collect();
+        if self.strong_liars && self.attacks.contains("nopush") {
+            return;
+        }
         if self.strong_liars {
             self.next_push = self.now + 20;
             for who in honest {
@@ -1707,6 +1778,8 @@ impl Seen {
         self.pushed_proposals_ms.extend(&one.pushed_proposals_ms);
         self.strong_ms.extend(&one.strong_ms);
         self.slowest = self.slowest.max(one.slowest);
+        self.soft_at_unbeatable += one.soft_at_unbeatable;
+        self.soft_at_unbeatable_no_resign += one.soft_at_unbeatable_no_resign;
     }
 }
 

@@ -616,11 +616,14 @@ impl Node {
         // have moved past: refusing that is a liar's way to spoil the one attempt nobody
         // outbids (the second attack review found it) — or the index filled there
         // (`Conflict`). Any other refusal, a wrong share or none is a fault.
-        let mut excused: Vec<usize> = Vec::new();
+        let (mut excused, mut filled): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
         for (child, reply) in self.ask_children(&led.roster, &responders, request, wait).await {
             if let Err(CallError::Remote(refusal)) = &reply {
                 if (refusal.code == ErrorCode::Promised && !led.unbeatable) || refusal.code == ErrorCode::Conflict {
                     excused.push(child);
+                }
+                if refusal.code == ErrorCode::Conflict {
+                    filled.push(child);
                 }
             }
             match reply {
@@ -656,7 +659,7 @@ impl Node {
                     ErrorCode::Unavailable,
                     format!("round failed: {}", faults.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(", ")),
                 );
-                Event::Challenged(ChallengeOutcome::Faults { members: named, refused, error })
+                Event::Challenged(ChallengeOutcome::Faults { members: named, refused, filled, error })
             }
             Err(e) => Event::Challenged(ChallengeOutcome::Broken(err(ErrorCode::Internal, e.to_string()))),
         }
