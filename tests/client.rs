@@ -396,6 +396,62 @@ async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
     ]);
     assert_eq!(code, Some(1));
     assert!(err.contains("client's bar"), "{err}");
+
+    // Downloads from hosts nobody trusts: a lying mirror, then an honest one (`chainiac
+    // serve`, real HTTP), and a file URL. The output exists only once the bytes matched,
+    // and the liar is named.
+    for (name, bytes) in [("liar", b"not the binary".as_slice()), ("honest", BINARY)] {
+        std::fs::create_dir_all(path(name)).unwrap();
+        std::fs::write(dir.path().join(name).join("hello"), bytes).unwrap();
+    }
+    let mirror = |name: &str| {
+        let listen = format!("127.0.0.1:{}", common::free_port());
+        let child = Command::new(common::bin())
+            .args(["serve", "--dir", &path(name), "--listen", &listen])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        (KillOnDrop(child), format!("http://{listen}/hello"))
+    };
+    let ((_liar, liar), (_honest, honest)) = (mirror("liar"), mirror("honest"));
+    for url in [&liar, &honest] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(url.trim_start_matches("http://").trim_end_matches("/hello")).is_err() {
+            assert!(std::time::Instant::now() < deadline, "{url} never came up");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    let fetched = path("fetched");
+    let fetch = |sources: &[&str]| {
+        let mut args =
+            vec!["fetch", "--state", &state, "--chain", &chain_hex, "--artifact", "hello", "--out", &fetched];
+        for source in sources {
+            args.extend(["--from", source]);
+        }
+        run(&args)
+    };
+    let (code, _, err) = fetch(&[&liar]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("{liar} served wrong bytes")), "the liar is named: {err}");
+    assert!(!std::path::Path::new(&fetched).exists(), "nothing is written from a liar");
+    let missing = format!("{}/nothing-here", honest.trim_end_matches("/hello"));
+    let (code, out, err) = fetch(&[&liar, &missing, &honest]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("HTTP status 404"), "{err}");
+    assert!(out.contains(&format!("from {honest}: verified")), "{out}");
+    assert_eq!(std::fs::read(&fetched).unwrap(), BINARY);
+    std::fs::remove_file(&fetched).unwrap();
+    let file_url = format!("file://{}", dir.path().join("honest").join("hello").display());
+    let (code, out, err) = fetch(&[&file_url]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("verified"), "{out}");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".chainiac-fetch-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+
     let (code, _, err) = run(&[
         "bundle",
         "export",
@@ -433,6 +489,16 @@ async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
     let (code, _, err) = run(&["bundle", "verify", &path("hello.bundle"), "--chain", &other]);
     assert_eq!(code, Some(1));
     assert!(err.contains("is for chain"), "a bundle for another project is refused clearly: {err}");
+}
+
+/// A child process killed when dropped (a test's `chainiac serve`).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The blocking wrapper, from plain synchronous code.

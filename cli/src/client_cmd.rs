@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 pub struct StateArg {
     /// The client's state file (created by `anchor`).
     #[arg(long, default_value = "chainiac-client.state")]
-    state: PathBuf,
+    pub(crate) state: PathBuf,
 }
 
 /// What the client demands beyond the project's policy.
@@ -33,7 +33,7 @@ pub struct TrustArgs {
 }
 
 impl TrustArgs {
-    fn level(&self) -> Result<TrustLevel> {
+    pub(crate) fn level(&self) -> Result<TrustLevel> {
         let required_verifiers =
             self.required_verifiers.iter().map(|k| crate::witness_cmd::parse_key(k)).collect::<Result<_>>()?;
         Ok(TrustLevel {

@@ -4,6 +4,7 @@
 
 mod client_cmd;
 mod demo;
+mod fetch_cmd;
 mod release_cmd;
 mod roster_cmd;
 mod verifier_cmd;
@@ -100,6 +101,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Download an artifact of the newest verified release of a chain from any host — a
+    /// mirror, a LAN binary host, a peer — and keep it only if its hash and size match the
+    /// release: the first source that serves the right bytes wins, one that serves others is
+    /// named and the next is tried.
+    Fetch {
+        #[command(flatten)]
+        state: client_cmd::StateArg,
+        #[arg(long)]
+        chain: String,
+        /// The artifact's path in the release manifest.
+        #[arg(long)]
+        artifact: String,
+        /// Where to download it from: http(s)://host/path, file:///path, or host:port/path
+        /// (http); repeat for several, tried in order.
+        #[arg(long = "from", required = true)]
+        from: Vec<String>,
+        /// The file to write (only when the bytes match).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        #[command(flatten)]
+        trust: client_cmd::TrustArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve a directory over plain HTTP (a LAN binary host, a demo mirror). Nobody has to
+    /// trust it: `fetch` checks what it serves.
+    Serve {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
     /// Create projects and the cothority's timeline.
     #[command(subcommand)]
     Project(release_cmd::ProjectCommand),
@@ -184,6 +217,10 @@ pub fn main() -> ExitCode {
         Command::Verify { state, chain, version, artifact, file, trust, json } => {
             client_cmd::verify(&state, &chain, version.as_deref(), &artifact, &file, &trust, json)
         }
+        Command::Fetch { state, chain, artifact, from, out, trust, json } => {
+            fetch_cmd::fetch(&state, &chain, &artifact, &from, &out, &trust, json)
+        }
+        Command::Serve { dir, listen } => fetch_cmd::serve(&dir, listen),
         Command::Bundle(command) => client_cmd::bundle(command),
         Command::Project(command) => release_cmd::project(command),
         Command::Release(command) => release_cmd::release(command),

@@ -542,15 +542,32 @@ impl Client {
         }
     }
 
+    /// What artifact `path` of the newest verified release of `chain` must be (its hash and
+    /// size), with the release's version, if the release meets this client's bar: what a
+    /// download from an untrusted host is checked against.
+    pub fn expected_artifact(
+        &self,
+        chain: ChainId,
+        path: &str,
+    ) -> Result<(chainiac_release::Artifact, String), ClientError> {
+        let trusted = self.state.chains.get(&chain).ok_or(ClientError::NotAnchored(chain))?;
+        let release = trusted.release.as_ref().ok_or(ClientError::NoRelease(chain))?;
+        let artifact = Self::artifact_of(release, path)?;
+        self.meets_bar(release).map_err(ClientError::BelowClientBar)?;
+        Ok((artifact.clone(), release.manifest.version.clone()))
+    }
+
+    fn artifact_of<'r>(release: &'r ReleasePayload, path: &str) -> Result<&'r chainiac_release::Artifact, ClientError> {
+        release.manifest.artifacts.iter().find(|a| a.path == path).ok_or_else(|| ClientError::Artifact {
+            path: path.to_string(),
+            reason: format!("release {} has no such artifact", release.manifest.version),
+        })
+    }
+
     fn check_artifact(&self, release: &ReleasePayload, path: &str, bytes: &[u8]) -> Result<String, ClientError> {
         self.meets_bar(release).map_err(ClientError::BelowClientBar)?;
         let fail = |reason: String| ClientError::Artifact { path: path.to_string(), reason };
-        let artifact = release
-            .manifest
-            .artifacts
-            .iter()
-            .find(|a| a.path == path)
-            .ok_or_else(|| fail(format!("release {} has no such artifact", release.manifest.version)))?;
+        let artifact = Self::artifact_of(release, path)?;
         if bytes.len() as u64 != artifact.size {
             return Err(fail(format!("size {} differs from the release's {}", bytes.len(), artifact.size)));
         }

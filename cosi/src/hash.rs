@@ -24,6 +24,24 @@ pub fn sha3_256_tagged(tag: &str) -> Sha3_256 {
     hasher
 }
 
+/// SHA3-256 over `tagged(tag)` and bytes fed in pieces (a file streamed from disk or the
+/// network): the same hash as [`sha3_256`] over their concatenation.
+pub struct TaggedSha3(Sha3_256);
+
+impl TaggedSha3 {
+    pub fn new(tag: &str) -> Self {
+        TaggedSha3(sha3_256_tagged(tag))
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    pub fn finalize(self) -> [u8; 32] {
+        self.0.finalize().into()
+    }
+}
+
 /// SHA3-256 over `tagged(tag) || parts[0] || parts[1] || ...`.
 pub fn sha3_256(tag: &str, parts: &[&[u8]]) -> [u8; 32] {
     let mut hasher = sha3_256_tagged(tag);

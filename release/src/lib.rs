@@ -10,8 +10,8 @@ pub mod model;
 pub mod rules;
 
 pub use model::{
-    content_hash, Artifact, ArtifactMismatch, Attestation, AttestationBody, BuildIsolation, DeveloperSignature,
-    Manifest, ManifestId, Outcome, Policy, PolicyChange, PolicyError, Recipe, ReleasePayload, RootSignature,
-    SourceArchive, VerifierEntry, KIND_POLICY_CHANGE, KIND_RELEASE, SOURCE_DATE_EPOCH,
+    content_hash, Artifact, ArtifactMismatch, Attestation, AttestationBody, BuildIsolation, ContentHasher,
+    DeveloperSignature, Manifest, ManifestId, Outcome, Policy, PolicyChange, PolicyError, Recipe, ReleasePayload,
+    RootSignature, SourceArchive, VerifierEntry, KIND_POLICY_CHANGE, KIND_RELEASE, SOURCE_DATE_EPOCH,
 };
 pub use rules::{check_policy_change, check_release, policy_rule, Agreement, ReleaseError, TimeWindow};

@@ -25,6 +25,34 @@ pub fn content_hash(bytes: &[u8]) -> [u8; 32] {
     hash::sha3_256(TAG_CONTENT, &[bytes])
 }
 
+/// [`content_hash`] of bytes fed in pieces (a download, hashed as it streams in).
+pub struct ContentHasher {
+    hash: hash::TaggedSha3,
+    size: u64,
+}
+
+impl ContentHasher {
+    pub fn new() -> Self {
+        ContentHasher { hash: hash::TaggedSha3::new(TAG_CONTENT), size: 0 }
+    }
+
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.hash.update(bytes);
+        self.size += bytes.len() as u64;
+    }
+
+    /// The content hash and the number of bytes fed.
+    pub fn finish(self) -> ([u8; 32], u64) {
+        (self.hash.finalize(), self.size)
+    }
+}
+
+impl Default for ContentHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// `tagged(tag) || parts...`: the message a key signs.
 fn signed_message(tag: &str, parts: &[&[u8]]) -> Vec<u8> {
     let mut message = vec![tag.len() as u8];

@@ -398,3 +398,15 @@ fn source_date_epoch_comes_from_the_recipe_or_the_manifest_time() {
     m.recipe.env.push((SOURCE_DATE_EPOCH.into(), "7".into()));
     assert!(m.source_date_epoch().unwrap_err().contains("twice"));
 }
+
+proptest! {
+    /// A content hash fed in pieces is the content hash of the whole.
+    #[test]
+    fn a_streamed_content_hash_is_the_content_hash(bytes in proptest::collection::vec(any::<u8>(), 0..2048), cut in 0usize..2048) {
+        let cut = cut.min(bytes.len());
+        let mut hasher = chainiac_release::ContentHasher::new();
+        hasher.update(&bytes[..cut]);
+        hasher.update(&bytes[cut..]);
+        prop_assert_eq!(hasher.finish(), (content_hash(&bytes), bytes.len() as u64));
+    }
+}
