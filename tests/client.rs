@@ -441,8 +441,21 @@ async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
     assert!(out.contains(&format!("from {honest}: verified")), "{out}");
     assert_eq!(std::fs::read(&fetched).unwrap(), BINARY);
     std::fs::remove_file(&fetched).unwrap();
-    let file_url = format!("file://{}", dir.path().join("honest").join("hello").display());
-    let (code, out, err) = fetch(&[&file_url]);
+    // Same size, other bytes; one byte more: both named, neither kept.
+    let mut same_size = BINARY.to_vec();
+    same_size[0] ^= 1;
+    let mut longer = BINARY.to_vec();
+    longer.push(0);
+    std::fs::write(path("same-size"), &same_size).unwrap();
+    std::fs::write(path("longer"), &longer).unwrap();
+    let file_url = |name: &str| format!("file://{}", path(name));
+    let (code, _, err) = fetch(&[&file_url("same-size"), &file_url("longer")]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("same-size served wrong bytes") && err.contains("sha3"), "{err}");
+    assert!(err.contains("longer served wrong bytes for hello (more than the release's"), "{err}");
+    assert!(!std::path::Path::new(&fetched).exists());
+    let honest_file = format!("file://{}", dir.path().join("honest").join("hello").display());
+    let (code, out, err) = fetch(&[&honest_file]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("verified"), "{out}");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())

@@ -11,6 +11,7 @@ use chainiac_client::Client;
 use chainiac_release::{Artifact, ContentHasher};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Where one download comes from, as given to `--from`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,14 +137,27 @@ fn download(source: &Source, artifact: &Artifact, into: &mut std::fs::File, quie
             (Box::new(file), length)
         }
         Source::Http(url) => {
-            let response = ureq::get(url).timeout(std::time::Duration::from_secs(30)).call().map_err(|e| match e {
-                ureq::Error::Status(code, _) => anyhow::anyhow!("HTTP status {code}"),
-                other => anyhow::anyhow!("{other}"),
-            })?;
-            let length = response.header("Content-Length").and_then(|l| l.parse().ok());
-            (Box::new(response.into_reader()), length)
+            // Deadlines on connecting and on each read (a stalled source); the whole
+            // download's is below (a trickling one). hyper bounds what a hostile server can
+            // make it buffer (chunk sizes and extensions, headers).
+            let client = reqwest::blocking::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .timeout(Duration::from_secs(30))
+                .redirect(reqwest::redirect::Policy::limited(5))
+                .build()
+                .context("making the HTTP client")?;
+            let response = client.get(url).send().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let status = response.status();
+            if !status.is_success() {
+                anyhow::bail!("HTTP status {}", status.as_u16());
+            }
+            let length = response.content_length();
+            (Box::new(response), length)
         }
     };
+    // At least 64 KiB/s on average after the first minute, or the next source is tried.
+    let deadline = Duration::from_secs(60) + Duration::from_secs(artifact.size / (64 << 10));
+    let started = std::time::Instant::now();
     let progress = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(artifact.size) };
     progress.set_style(
         indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} {wide_bar} {bytes_per_sec}")
@@ -157,6 +171,9 @@ fn download(source: &Source, artifact: &Artifact, into: &mut std::fs::File, quie
         let room = usize::try_from(limit - taken).unwrap_or(usize::MAX).min(buffer.len());
         if room == 0 {
             break;
+        }
+        if started.elapsed() > deadline {
+            anyhow::bail!("{} s and only {taken} of {} bytes: too slow", deadline.as_secs(), artifact.size);
         }
         let n = reader.read(&mut buffer[..room]).context("reading the download")?;
         if n == 0 {
