@@ -441,6 +441,25 @@ async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
     assert!(out.contains(&format!("from {honest}: verified")), "{out}");
     assert_eq!(std::fs::read(&fetched).unwrap(), BINARY);
     std::fs::remove_file(&fetched).unwrap();
+    // A hostile HTTP server: a chunked body whose first chunk's extension never ends (an
+    // HTTP client that buffered it would grow or hang for ever). Refused, and the next
+    // source is tried.
+    let hostile = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hostile_url = format!("http://{}/hello", hostile.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::Write;
+        if let Ok((mut stream, _)) = hostile.accept() {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;");
+            let junk = [b'x'; 65536];
+            while stream.write_all(&junk).is_ok() {}
+        }
+    });
+    let (code, out, err) = fetch(&[&hostile_url, &honest]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains(&format!("{hostile_url}:")), "the hostile server is named: {err}");
+    assert!(out.contains(&format!("from {honest}: verified")), "{out}");
+    std::fs::remove_file(&fetched).unwrap();
+
     // Same size, other bytes; one byte more: both named, neither kept.
     let mut same_size = BINARY.to_vec();
     same_size[0] ^= 1;
