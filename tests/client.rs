@@ -477,6 +477,28 @@ async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
     let (code, out, err) = fetch(&[&honest_file]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("verified"), "{out}");
+    // A named release, walked down from the verified head; one the chain never had.
+    let fetch_version = |version: &str| {
+        run(&[
+            "fetch",
+            "--state",
+            &state,
+            "--chain",
+            &chain_hex,
+            "--version",
+            version,
+            "--artifact",
+            "hello",
+            "--from",
+            &honest_file,
+            "--out",
+            &fetched,
+        ])
+    };
+    let (code, out, err) = fetch_version("2.0");
+    assert!(code == Some(0) && out.contains("of release 2.0"), "{out}{err}");
+    let (code, _, err) = fetch_version("1.9");
+    assert!(code == Some(1) && err.contains("has no release \"1.9\""), "{err}");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())

@@ -58,11 +58,14 @@ enum Got {
     Wrong(String),
 }
 
-/// `chainiac fetch`: artifact `path` of the newest verified release of `chain` from the
-/// first of `sources` that serves the right bytes, into `out`.
+/// `chainiac fetch`: artifact `path` of the newest verified release of `chain` (or of
+/// release `version`, any up to the verified head) from the first of `sources` that serves
+/// the right bytes, into `out`.
+#[allow(clippy::too_many_arguments)]
 pub fn fetch(
     state: &StateArg,
     chain: &str,
+    version: Option<&str>,
     path: &str,
     sources: &[String],
     out: &Path,
@@ -75,7 +78,13 @@ pub fn fetch(
     }
     let sources = sources.iter().map(|s| Source::parse(s)).collect::<Result<Vec<_>>>()?;
     let client = Client::open(&state.state, trust.level()?)?;
-    let (artifact, version) = client.expected_artifact(chain, path)?;
+    let (artifact, version) = match version {
+        None => client.expected_artifact(chain, path)?,
+        Some(version) => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            runtime.block_on(client.expected_artifact_of(chain, version, path))?
+        }
+    };
     let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut refused: Vec<(String, String)> = Vec::new();
     for source in &sources {

@@ -110,6 +110,10 @@ enum Command {
         state: client_cmd::StateArg,
         #[arg(long)]
         chain: String,
+        /// Fetch this release's artifact instead of the newest's: any release up to the head
+        /// `update` verified.
+        #[arg(long)]
+        version: Option<String>,
         /// The artifact's path in the release manifest.
         #[arg(long)]
         artifact: String,
@@ -217,8 +221,8 @@ pub fn main() -> ExitCode {
         Command::Verify { state, chain, version, artifact, file, trust, json } => {
             client_cmd::verify(&state, &chain, version.as_deref(), &artifact, &file, &trust, json)
         }
-        Command::Fetch { state, chain, artifact, from, out, trust, json } => {
-            fetch_cmd::fetch(&state, &chain, &artifact, &from, &out, &trust, json)
+        Command::Fetch { state, chain, version, artifact, from, out, trust, json } => {
+            fetch_cmd::fetch(&state, &chain, version.as_deref(), &artifact, &from, &out, &trust, json)
         }
         Command::Serve { dir, listen } => fetch_cmd::serve(&dir, listen),
         Command::Bundle(command) => client_cmd::bundle(command),

@@ -557,6 +557,20 @@ impl Client {
         Ok((artifact.clone(), release.manifest.version.clone()))
     }
 
+    /// [`Client::expected_artifact`] of release `version`, any release up to the verified
+    /// head (walked down as [`Client::verify_artifact_of`] does).
+    pub async fn expected_artifact_of(
+        &self,
+        chain: ChainId,
+        version: &str,
+        path: &str,
+    ) -> Result<(chainiac_release::Artifact, String), ClientError> {
+        let release = self.release_by_version(chain, version).await?;
+        let artifact = Self::artifact_of(&release, path)?;
+        self.meets_bar(&release).map_err(ClientError::BelowClientBar)?;
+        Ok((artifact.clone(), release.manifest.version.clone()))
+    }
+
     fn artifact_of<'r>(release: &'r ReleasePayload, path: &str) -> Result<&'r chainiac_release::Artifact, ClientError> {
         release.manifest.artifacts.iter().find(|a| a.path == path).ok_or_else(|| ClientError::Artifact {
             path: path.to_string(),
