@@ -360,20 +360,15 @@ async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
     assert_eq!(code, Some(0));
     assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["verified"], true);
     // A named release: this one, or one the chain never had (walked down to the genesis).
-    let verify_version = |version: &str| {
-        run(&[
-            "verify",
-            "--state",
-            &state,
-            "--chain",
-            &chain_hex,
-            "--version",
-            version,
-            "--artifact",
-            "hello",
-            &path("hello"),
-        ])
+    // `of_version("verify", V, rest)`: the command for artifact hello of release V.
+    let of_version = |command: &str, version: &str, rest: &[&str]| {
+        let mut args = vec![command, "--state", &state, "--chain", &chain_hex, "--version", version];
+        args.extend(["--artifact", "hello"]);
+        args.extend(rest);
+        run(&args)
     };
+    let hello = path("hello");
+    let verify_version = |version: &str| of_version("verify", version, &[&hello]);
     let (code, out, err) = verify_version("2.0");
     assert!(code == Some(0) && out.contains("release 2.0: verified"), "{out}{err}");
     let (code, _, err) = verify_version("1.9");
@@ -478,23 +473,7 @@ async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("verified"), "{out}");
     // A named release, walked down from the verified head; one the chain never had.
-    let fetch_version = |version: &str| {
-        run(&[
-            "fetch",
-            "--state",
-            &state,
-            "--chain",
-            &chain_hex,
-            "--version",
-            version,
-            "--artifact",
-            "hello",
-            "--from",
-            &honest_file,
-            "--out",
-            &fetched,
-        ])
-    };
+    let fetch_version = |version: &str| of_version("fetch", version, &["--from", &honest_file, "--out", &fetched]);
     let (code, out, err) = fetch_version("2.0");
     assert!(code == Some(0) && out.contains("of release 2.0"), "{out}{err}");
     let (code, _, err) = fetch_version("1.9");
