@@ -528,7 +528,7 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
         // challenges, are left out of the first attempt while the others can still reach the
         // threshold: a dead peer costs one timeout, not one a round.
         let (mut excluded, mut presumed) = (BTreeSet::new(), BTreeSet::new());
-        self.leave_out(&mut excluded, &mut presumed, BTreeSet::new());
+        self.leave_out(&mut excluded, &mut presumed, BTreeSet::new(), &BTreeSet::new());
         let run = Run {
             kind,
             proposed,
@@ -548,12 +548,8 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
     /// this proposal's challenges (as an honest member may), and members in `soft` besides —
     /// repeat refusers first, then single refusers, then members presumed down (a refusal
     /// is seen, a silence may be a lost message), and records them in `presumed` (asked
-    /// again if the others fall short).
-    fn leave_out(&self, excluded: &mut BTreeSet<usize>, presumed: &mut BTreeSet<usize>, soft: BTreeSet<usize>) {
-        self.leave_out_first(excluded, presumed, soft, &BTreeSet::new())
-    }
-
-    fn leave_out_first(
+    /// again if the others fall short). Members in `first` go before all of those.
+    fn leave_out(
         &self,
         excluded: &mut BTreeSet<usize>,
         presumed: &mut BTreeSet<usize>,
@@ -761,7 +757,7 @@ impl<B: Clone + PartialEq + std::fmt::Debug> LeaderRound<B> {
         // At an unbeatable ballot those that just refused go out first (no honest member
         // can be past it): the re-sign asks the members left out earlier instead.
         let first: BTreeSet<usize> = if run.unbeatable { refused.iter().copied().collect() } else { BTreeSet::new() };
-        self.leave_out_first(&mut run.excluded, &mut run.presumed, soft, &first);
+        self.leave_out(&mut run.excluded, &mut run.presumed, soft, &first);
         let named = !run.excluded.is_subset(&before);
         run.last_error = error;
         if run.unbeatable && named && run.resigns < self.committee.members {
