@@ -62,6 +62,7 @@ fn policy() -> Policy {
         require_isolation: false,
         max_age_ms: 60_000,
         version: 0,
+        yanked: Vec::new(),
     }
 }
 

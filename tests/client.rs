@@ -10,7 +10,7 @@ use chainiac_proto::{Request, Response};
 use chainiac_release::*;
 use chainiac_skipchain::timeline::KIND_TIMELINE;
 use chainiac_skipchain::BlockSignature;
-use chainiac_skipchain::{genesis, ChainId, ChainParams, Committee, Proposal};
+use chainiac_skipchain::{genesis, Block, ChainId, ChainParams, Committee, Proposal};
 use common::Cluster;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -52,6 +52,39 @@ fn release(version: &str, verifiers: &[&SecretKey]) -> Proposal {
         manifest: m,
     };
     Proposal { kind: KIND_RELEASE, payload: payload.to_bytes(), ..Proposal::default() }
+}
+
+/// Project hello's policy: developer 1 releases alone, root key 10 changes the policy alone,
+/// verifiers 20 and 21 must both reproduce.
+fn hello_policy() -> Policy {
+    Policy {
+        project: "hello".into(),
+        developers: vec![key(1).public_key()],
+        release_threshold: 1,
+        root_keys: vec![key(10).public_key()],
+        root_threshold: 1,
+        verifiers: [(20, "127.0.0.1:1"), (21, "127.0.0.1:2")]
+            .map(|(k, address)| VerifierEntry { key: key(k).public_key(), address: address.into() })
+            .to_vec(),
+        verifier_threshold: 2,
+        require_isolation: false,
+        max_age_ms: 60_000,
+        version: 0,
+        yanked: Vec::new(),
+    }
+}
+
+/// A timeline and project hello under `policy`, both on witnesses 0–3: (timeline id, its
+/// genesis, project chain id, its genesis).
+async fn timeline_and_project(cluster: &Cluster, policy: &Policy) -> (ChainId, Block, ChainId, Block) {
+    let (timeline, timeline_genesis) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
+    let committee = Committee::byzantine(cluster.roster(&[0, 1, 2, 3]));
+    let project_genesis =
+        genesis(ChainParams::new(2, 24).unwrap(), committee, policy.to_bytes(), KIND_RELEASE, vec![], common::now_ms());
+    let created =
+        cluster.client.call(&cluster.witnesses[0], Request::CreateChain { genesis: project_genesis.clone() }).await;
+    let Ok(Response::Created { chain }) = created else { panic!("{created:?}") };
+    (timeline, timeline_genesis, chain, project_genesis)
 }
 
 /// A witness that lies: it holds a real witness's key but serves proofs with one byte changed.
@@ -147,30 +180,7 @@ fn bend_last_signature(proof: &mut chainiac_skipchain::Proof) {
 async fn a_client_catches_up_checks_freshness_and_artifacts_and_skips_a_liar() {
     let mut cluster = Cluster::start(4).await;
     let (v1, v2) = (key(20), key(21));
-    let policy = Policy {
-        project: "hello".into(),
-        developers: vec![key(1).public_key()],
-        release_threshold: 1,
-        root_keys: vec![key(10).public_key()],
-        root_threshold: 1,
-        verifiers: vec![
-            VerifierEntry { key: v1.public_key(), address: "127.0.0.1:1".into() },
-            VerifierEntry { key: v2.public_key(), address: "127.0.0.1:2".into() },
-        ],
-        verifier_threshold: 2,
-        require_isolation: false,
-        max_age_ms: 60_000,
-        version: 0,
-    };
-    let (timeline, timeline_genesis) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
-    let committee = Committee::byzantine(cluster.roster(&[0, 1, 2, 3]));
-    let project_genesis =
-        genesis(ChainParams::new(2, 24).unwrap(), committee, policy.to_bytes(), KIND_RELEASE, vec![], common::now_ms());
-    let Ok(Response::Created { chain }) =
-        cluster.client.call(&cluster.witnesses[0], Request::CreateChain { genesis: project_genesis.clone() }).await
-    else {
-        panic!()
-    };
+    let (timeline, timeline_genesis, chain, project_genesis) = timeline_and_project(&cluster, &hello_policy()).await;
     for version in ["1.0", "1.1"] {
         let reply = cluster
             .client
@@ -287,30 +297,7 @@ async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
     use std::process::Command;
     let mut cluster = Cluster::start(4).await;
     let (v1, v2) = (key(20), key(21));
-    let policy = Policy {
-        project: "hello".into(),
-        developers: vec![key(1).public_key()],
-        release_threshold: 1,
-        root_keys: vec![key(10).public_key()],
-        root_threshold: 1,
-        verifiers: vec![
-            VerifierEntry { key: v1.public_key(), address: "127.0.0.1:1".into() },
-            VerifierEntry { key: v2.public_key(), address: "127.0.0.1:2".into() },
-        ],
-        verifier_threshold: 2,
-        require_isolation: false,
-        max_age_ms: 60_000,
-        version: 0,
-    };
-    let (timeline, timeline_genesis) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
-    let committee = Committee::byzantine(cluster.roster(&[0, 1, 2, 3]));
-    let project_genesis =
-        genesis(ChainParams::new(2, 24).unwrap(), committee, policy.to_bytes(), KIND_RELEASE, vec![], common::now_ms());
-    let Ok(Response::Created { chain }) =
-        cluster.client.call(&cluster.witnesses[0], Request::CreateChain { genesis: project_genesis.clone() }).await
-    else {
-        panic!()
-    };
+    let (timeline, timeline_genesis, chain, project_genesis) = timeline_and_project(&cluster, &hello_policy()).await;
     let reply = cluster
         .client
         .call(&cluster.witnesses[1], Request::Propose { chain, proposal: release("2.0", &[&v1, &v2]) })
@@ -522,6 +509,196 @@ async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
     let (code, _, err) = run(&["bundle", "verify", &path("hello.bundle"), "--chain", &other]);
     assert_eq!(code, Some(1));
     assert!(err.contains("is for chain"), "a bundle for another project is refused clearly: {err}");
+}
+
+/// Yanking from the shell (SPEC §11.7): too few or foreign signatures and unreleased
+/// versions are refused; after a yank `update` reports it, `verify`, `fetch` and `bundle
+/// export` refuse the release naming the reason (unless `--allow-yanked`), and clients that
+/// anchor afterwards and skip every block below the head see it too. The root keys take it
+/// back with `policy rotate --unyank`, and the old yank cannot be replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yanked_release_is_refused_by_every_client_command_until_the_roots_take_it_back() {
+    use std::process::Command;
+    let cluster = Cluster::start(4).await;
+    let (v1, v2) = (key(20), key(21));
+    let (developers, roots) = ([key(1), key(2), key(3)], [key(10), key(11)]);
+    let policy = Policy {
+        developers: developers.iter().map(SecretKey::public_key).collect(),
+        release_threshold: 2,
+        root_keys: roots.iter().map(SecretKey::public_key).collect(),
+        root_threshold: 2,
+        ..hello_policy()
+    };
+    let (_, timeline_genesis, chain, project_genesis) = timeline_and_project(&cluster, &policy).await;
+    for version in ["1.0", "1.1"] {
+        // Two developers sign (the release helper signs with developer 1 only).
+        let mut proposal = release(version, &[&v1, &v2]);
+        let mut payload = ReleasePayload::from_bytes(&proposal.payload).unwrap();
+        payload.developer_signatures.push(DeveloperSignature::sign(&developers[1], &payload.manifest.id()));
+        proposal.payload = payload.to_bytes();
+        let reply = cluster.client.call(&cluster.witnesses[1], Request::Propose { chain, proposal }).await;
+        assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
+    }
+    common::wait_timeline_has(&cluster, chain, 2).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    std::fs::write(path("project.genesis"), project_genesis.to_bytes()).unwrap();
+    std::fs::write(path("timeline.genesis"), timeline_genesis.to_bytes()).unwrap();
+    std::fs::write(path("hello"), BINARY).unwrap();
+    let key_files = [("dev1", &developers[0]), ("dev2", &developers[1]), ("root1", &roots[0]), ("root2", &roots[1])];
+    for (name, key) in key_files.into_iter().chain([("verifier", &v1)]) {
+        chainiac_witness::keyfile::write(&dir.path().join(format!("{name}.key")), key).unwrap();
+    }
+    let run = |args: &[&str]| {
+        let out = Command::new(common::bin()).args(args).output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let anchored = |name: &str| {
+        let state = path(name);
+        for genesis in ["timeline.genesis", "project.genesis"] {
+            let (code, _, err) = run(&["anchor", "--state", &state, &path(genesis)]);
+            assert_eq!(code, Some(0), "{err}");
+        }
+        state
+    };
+    let state = anchored("client.state");
+    let chain_hex = chain.to_hex();
+    let (code, _, err) = run(&["update", "--state", &state, "--chain", &chain_hex]);
+    assert_eq!(code, Some(0), "{err}");
+
+    let reason = "CVE-2026-1234: 1.1 writes its config world-readable";
+    let yank = |version: &str, keys: &[&str]| {
+        let mut args = vec!["release", "yank", "--state", &state, "--chain", &chain_hex, "--version", version];
+        args.extend(["--reason", reason, "--json"]);
+        let key_paths: Vec<String> = keys.iter().map(|k| path(&format!("{k}.key"))).collect();
+        for key in &key_paths {
+            args.extend(["--key", key.as_str()]);
+        }
+        run(&args)
+    };
+    let (code, _, err) = yank("1.1", &["dev1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("1 developer keys and 0 root keys signed the yank"), "too few: {err}");
+    let (code, _, err) = yank("1.1", &["dev1", "root1"]);
+    assert!(code == Some(1) && err.contains("1 developer keys and 1 root keys"), "not summed: {err}");
+    let (code, _, err) = yank("1.1", &["dev1", "verifier"]);
+    assert!(code == Some(1) && err.contains("neither a developer nor a root key"), "{err}");
+    let (code, _, err) = yank("2.0", &["dev1", "dev2"]);
+    assert!(code == Some(1) && err.contains("no such release"), "{err}");
+    let (code, out, err) = yank("1.1", &["dev1", "dev2"]);
+    assert_eq!(code, Some(0), "{err}");
+    let yanked: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(yanked["index"], 3);
+    common::wait_timeline_has(&cluster, chain, 3).await;
+
+    // The client that had 1.1 hears of the yank once, and refuses 1.1 from then on.
+    let (code, out, err) = run(&["update", "--state", &state, "--chain", &chain_hex, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let update: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(update["yanked"][0]["version"], "1.1", "{update}");
+    assert_eq!(update["yanked"][0]["reason"], reason);
+    let (code, out, err) = run(&["update", "--state", &state, "--chain", &chain_hex]);
+    assert!(code == Some(0) && !out.contains("YANKED"), "reported once: {out}{err}");
+    let (code, _, err) = yank("1.1", &["root1", "root2"]);
+    assert!(code == Some(2) && err.contains("already yanked"), "{err}");
+    let hello = path("hello");
+    let verify = |state: &str, extra: &[&str]| {
+        let mut args = vec!["verify", "--state", state, "--chain", &chain_hex, "--artifact", "hello"];
+        args.extend(extra);
+        args.push(&hello);
+        run(&args)
+    };
+    let (code, _, err) = verify(&state, &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("release 1.1") && err.contains("YANKED") && err.contains(reason), "{err}");
+    let (code, out, err) = verify(&state, &["--allow-yanked"]);
+    assert!(code == Some(0) && out.contains("release 1.1: verified"), "{out}{err}");
+    let (code, out, err) = verify(&state, &["--version", "1.0"]);
+    assert!(code == Some(0) && out.contains("release 1.0: verified"), "1.0 is not yanked: {out}{err}");
+    let fetched = path("fetched");
+    let source = format!("file://{hello}");
+    let fetch = |extra: &[&str]| {
+        let mut args = vec!["fetch", "--state", &state, "--chain", &chain_hex, "--artifact", "hello"];
+        args.extend(["--from", &source, "--out", &fetched]);
+        args.extend(extra);
+        run(&args)
+    };
+    let (code, _, err) = fetch(&[]);
+    assert!(code == Some(1) && err.contains("YANKED") && err.contains(reason), "{err}");
+    assert!(!std::path::Path::new(&fetched).exists(), "nothing is fetched of a yanked release");
+    let (code, _, err) = fetch(&["--allow-yanked"]);
+    assert_eq!(code, Some(0), "{err}");
+    let export = |extra: &[&str]| {
+        let (genesis, out) = (path("project.genesis"), path("hello.bundle"));
+        let mut args = vec!["bundle", "export", "--state", &state, "--genesis", &genesis, "--out", &out];
+        args.extend(extra);
+        run(&args)
+    };
+    let (code, _, err) = export(&[]);
+    assert!(code == Some(1) && err.contains("YANKED"), "{err}");
+    let (code, _, err) = export(&["--allow-yanked"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = run(&["project", "show", "--state", &state, "--chain", &chain_hex]);
+    assert!(code == Some(0) && out.contains(&format!("yanked: 1.1 ({reason})")), "{out}{err}");
+
+    // Clients that anchor now skip every block below the head (through the timeline, or
+    // by forward proofs that land on each policy change): the yank is in the policy in
+    // force at the head, so they refuse 1.1 all the same.
+    for (name, every_hop) in [("fresh.state", false), ("hops.state", true)] {
+        let fresh = anchored(name);
+        let mut args = vec!["update", "--state", &fresh, "--chain", &chain_hex];
+        if every_hop {
+            args.push("--every-hop");
+        }
+        let (code, out, err) = run(&args);
+        assert!(code == Some(0) && out.contains("YANKED release 1.1"), "{out}{err}");
+        let (code, _, err) = verify(&fresh, &["--version", "1.1"]);
+        assert!(code == Some(1) && err.contains(reason), "{name}: {err}");
+    }
+
+    // The root keys take it back; the developers' old yank cannot be replayed.
+    let yank_block = match cluster.client.call(&cluster.witnesses[0], Request::GetBlock { chain, index: 3 }).await {
+        Ok(Response::Block(Some(block))) => block,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(yank_block.header.kind, KIND_YANK);
+    let hex_keys =
+        |keys: &[SecretKey]| keys.iter().map(|k| format!("\"{}\"", k.public_key())).collect::<Vec<_>>().join(", ");
+    let mut toml = format!(
+        "project = \"hello\"\ndevelopers = [{}]\nrelease_threshold = 2\nroot_keys = [{}]\nroot_threshold = 2\n",
+        hex_keys(&developers),
+        hex_keys(&roots)
+    );
+    toml += "verifier_threshold = 2\nmax_age_ms = 60000\n";
+    for (v, address) in [(&v1, "127.0.0.1:1"), (&v2, "127.0.0.1:2")] {
+        toml += &format!("\n[[verifier]]\nkey = \"{}\"\naddress = \"{address}\"\n", v.public_key());
+    }
+    std::fs::write(path("policy.toml"), toml).unwrap();
+    let rotate = |unyank: &str| {
+        let (policy, root1, root2) = (path("policy.toml"), path("root1.key"), path("root2.key"));
+        let mut args = vec!["policy", "rotate", "--state", &state, "--chain", &chain_hex, "--policy", &policy];
+        args.extend(["--key", &root1, "--key", &root2, "--unyank", unyank]);
+        run(&args)
+    };
+    let (code, _, err) = rotate("1.0");
+    assert!(code == Some(2) && err.contains("is not yanked"), "{err}");
+    let (code, out, err) = rotate("1.1");
+    assert!(code == Some(0) && out.contains("replaced at block 4"), "{out}{err}");
+    common::wait_timeline_has(&cluster, chain, 4).await;
+    let (code, _, err) = run(&["update", "--state", &state, "--chain", &chain_hex]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = verify(&state, &[]);
+    assert!(code == Some(0) && out.contains("release 1.1: verified"), "taken back: {out}{err}");
+    let replay = Proposal {
+        kind: KIND_YANK,
+        payload: yank_block.payload.clone(),
+        policy: yank_block.policy.clone(),
+        ..Proposal::default()
+    };
+    let reply = cluster.client.call(&cluster.witnesses[0], Request::Propose { chain, proposal: replay }).await;
+    assert!(format!("{reply:?}").contains("one yank added"), "a replayed yank is refused: {reply:?}");
 }
 
 /// A child process killed when dropped (a test's `chainiac serve`).

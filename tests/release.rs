@@ -76,6 +76,7 @@ async fn the_cothority_enforces_every_release_rule_and_clients_see_key_rotation(
         require_isolation: false,
         max_age_ms: 3_600_000,
         version: 0,
+        yanked: Vec::new(),
     };
     let committee = Committee::byzantine(cluster.roster(&[0, 1, 2, 3]));
     let first =
@@ -221,6 +222,7 @@ async fn verifiers_rebuild_submitted_releases_and_only_reproduced_ones_are_appen
         require_isolation: false,
         max_age_ms: 3_600_000,
         version: 0,
+        yanked: Vec::new(),
     };
     let committee = Committee::byzantine(cluster.roster(&[0, 1, 2, 3]));
     let first =

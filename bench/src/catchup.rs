@@ -366,6 +366,7 @@ fn policy(project: &str, generation: u64, keys: &Keys) -> Policy {
         require_isolation: false,
         max_age_ms: 2 * 3_600_000,
         version: generation,
+        yanked: Vec::new(),
     }
 }
 

@@ -30,6 +30,9 @@ pub struct TrustArgs {
     /// attestation records it), for `--min-reproductions` and `--require-verifier`.
     #[arg(long)]
     require_isolation: bool,
+    /// Accept a release its project yanked (by default it is refused, naming the reason).
+    #[arg(long)]
+    allow_yanked: bool,
 }
 
 impl TrustArgs {
@@ -40,6 +43,7 @@ impl TrustArgs {
             min_reproductions: self.min_reproductions,
             required_verifiers,
             require_isolation: self.require_isolation,
+            allow_yanked: self.allow_yanked,
         })
     }
 }
@@ -58,6 +62,9 @@ pub enum BundleCommand {
         timeline_genesis: Option<PathBuf>,
         #[arg(long)]
         out: PathBuf,
+        /// Export the newest release even if its project yanked it.
+        #[arg(long)]
+        allow_yanked: bool,
         #[arg(long)]
         json: bool,
     },
@@ -235,13 +242,21 @@ fn describe_update(update: &chainiac_client::Update) -> (serde_json::Value, Stri
             bar.as_ref().map_or_else(|e| format!("NOT for this client: {e}"), |_| "ok".into())
         );
     }
+    for yank in &update.yanked {
+        human += &format!("\nYANKED release {}: {}", yank.version, yank.reason);
+    }
     for (w, why) in &update.skipped {
         human += &format!("\nskipped witness {w}: {why}");
     }
+    let yanked: Vec<_> = update
+        .yanked
+        .iter()
+        .map(|y| serde_json::json!({ "version": y.version, "reason": y.reason, "time_ms": y.time_ms }))
+        .collect();
     let value = serde_json::json!({
         "chain": chain.to_hex(), "from": update.from, "to": update.to, "hops": update.hops,
         "checkpoints": update.checkpoints, "timeline_age_ms": update.timeline_age_ms,
-        "change_lists": update.change_lists, "release": release, "skipped": skipped,
+        "change_lists": update.change_lists, "release": release, "skipped": skipped, "yanked": yanked,
     });
     (value, human)
 }
@@ -277,10 +292,10 @@ pub fn verify(
 
 pub fn bundle(command: BundleCommand) -> Result<()> {
     match command {
-        BundleCommand::Export { state, genesis, timeline_genesis, out, json } => {
+        BundleCommand::Export { state, genesis, timeline_genesis, out, allow_yanked, json } => {
             let genesis = read_genesis(&genesis)?;
             let timeline = timeline_genesis.as_deref().map(read_genesis).transpose()?;
-            let client = Client::open(&state.state, TrustLevel::default())?;
+            let client = Client::open(&state.state, TrustLevel { allow_yanked, ..TrustLevel::default() })?;
             let runtime = tokio::runtime::Runtime::new()?;
             let bundle = runtime.block_on(client.export_bundle(&genesis, timeline.as_ref()))?;
             let bytes = bundle.to_bytes();

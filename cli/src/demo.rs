@@ -213,6 +213,7 @@ async fn demo(root: &Path) -> Result<()> {
         require_isolation: false,
         max_age_ms: 60_000,
         version: 0,
+        yanked: Vec::new(),
     };
     let now = chainiac_client::now_ms();
     let timeline_genesis =

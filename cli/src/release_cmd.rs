@@ -79,6 +79,9 @@ pub enum PolicyCommand {
         /// A root key file (repeatable: as many as the current root threshold).
         #[arg(long = "key", required = true)]
         keys: Vec<PathBuf>,
+        /// Take back the yank of this release (repeatable); other yanks carry over.
+        #[arg(long = "unyank")]
+        unyank: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -156,6 +159,26 @@ pub enum ReleaseCommand {
         /// That witness's public key (hex).
         #[arg(long)]
         witness_key: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a release out of circulation: clients refuse to install it unless told to. It
+    /// takes the policy's threshold of developer keys, or of root keys; the root keys can
+    /// take it back (`policy rotate --unyank`).
+    Yank {
+        /// A client state with the chain anchored (it is updated first).
+        #[arg(long, default_value = "chainiac-client.state")]
+        state: PathBuf,
+        #[arg(long)]
+        chain: String,
+        #[arg(long)]
+        version: String,
+        /// Why, as clients will show it (1 to 256 bytes).
+        #[arg(long)]
+        reason: String,
+        /// A developer or root key file (repeatable: as many as the policy's threshold).
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -237,6 +260,8 @@ fn read_policy(path: &Path, default_version: u64) -> Result<Policy> {
         require_isolation: file.require_isolation,
         max_age_ms: file.max_age_ms,
         version: file.version.unwrap_or(default_version),
+        // Yanks are not written in policy files: `policy rotate` carries the chain's over.
+        yanked: Vec::new(),
     };
     policy.check().map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
     Ok(policy)
@@ -274,14 +299,21 @@ fn updated_client(
 }
 
 pub fn policy(command: PolicyCommand) -> Result<()> {
-    let PolicyCommand::Rotate { state, chain, policy, keys, json } = command;
+    let PolicyCommand::Rotate { state, chain, policy, keys, unyank, json } = command;
     let chain = parse_chain(&chain)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let client = updated_client(&state, chain, &runtime)?;
     let trusted = client.state().chains[&chain].clone();
     let current = chainiac_release::Policy::from_bytes(&trusted.policy)
         .map_err(|e| UsageError(format!("chain {chain} has no release policy: {e}")))?;
-    let new = read_policy(&policy, current.version + 1)?.to_bytes();
+    let mut new = read_policy(&policy, current.version + 1)?;
+    for version in &unyank {
+        if current.yank_of(version).is_none() {
+            return Err(UsageError(format!("release {version:?} of {chain} is not yanked")).into());
+        }
+    }
+    new.yanked = current.yanked.iter().filter(|y| !unyank.contains(&y.version)).cloned().collect();
+    let new = new.to_bytes();
     let (old_hash, new_hash) =
         (chainiac_skipchain::block::policy_hash(&trusted.policy), chainiac_skipchain::block::policy_hash(&new));
     let root_signatures = keys
@@ -296,6 +328,22 @@ pub fn policy(command: PolicyCommand) -> Result<()> {
         policy: Some(new),
         ..Default::default()
     };
+    let index = propose(&runtime, &trusted, proposal)?;
+    if json {
+        println!("{}", serde_json::json!({ "chain": chain.to_hex(), "index": index }));
+    } else {
+        println!("policy of {chain} replaced at block {index}");
+    }
+    Ok(())
+}
+
+/// Sends `proposal` to the first witness of the chain's committee; the index it was appended at.
+fn propose(
+    runtime: &tokio::runtime::Runtime,
+    trusted: &chainiac_client::TrustedChain,
+    proposal: chainiac_skipchain::Proposal,
+) -> Result<u64> {
+    let chain = trusted.chain;
     let member = trusted.committee.roster().members()[0].clone();
     let reply = runtime.block_on(async {
         pool()?
@@ -304,10 +352,45 @@ pub fn policy(command: PolicyCommand) -> Result<()> {
             .map_err(anyhow::Error::from)
     })?;
     let Response::Appended { block } = reply else { bail!("unexpected answer: {reply:?}") };
+    Ok(block.header.index)
+}
+
+/// `chainiac release yank`: the chain's policy with the yank added, signed by each key.
+fn yank(state: &Path, chain: &str, version: String, reason: String, keys: &[PathBuf], json: bool) -> Result<()> {
+    let chain = parse_chain(chain)?;
+    if reason.is_empty() || reason.len() > chainiac_release::MAX_YANK_REASON {
+        return Err(UsageError("--reason must be 1 to 256 bytes".into()).into());
+    }
+    let runtime = tokio::runtime::Runtime::new()?;
+    let client = updated_client(state, chain, &runtime)?;
+    let trusted = client.state().chains[&chain].clone();
+    let current = chainiac_release::Policy::from_bytes(&trusted.policy)
+        .map_err(|e| UsageError(format!("chain {chain} has no release policy: {e}")))?;
+    if let Some(earlier) = current.yank_of(&version) {
+        return Err(UsageError(format!("release {version} is already yanked: {}", earlier.reason)).into());
+    }
+    let yank = chainiac_release::Yank { version, reason, time_ms: now_ms() };
+    let old_hash = chainiac_skipchain::block::policy_hash(&trusted.policy);
+    let signatures = keys
+        .iter()
+        .map(|k| {
+            Ok(chainiac_release::YankSignature::sign(&crate::client_cmd::read_key(k)?, &chain.0, &old_hash, &yank))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let proposal = chainiac_skipchain::Proposal {
+        kind: chainiac_release::KIND_YANK,
+        payload: chainiac_release::YankPayload { signatures }.to_bytes(),
+        policy: Some(current.with_yank(yank.clone()).to_bytes()),
+        ..Default::default()
+    };
+    let index = propose(&runtime, &trusted, proposal)?;
     if json {
-        println!("{}", serde_json::json!({ "chain": chain.to_hex(), "index": block.header.index }));
+        println!(
+            "{}",
+            serde_json::json!({ "chain": chain.to_hex(), "index": index, "yanked": yank.version, "reason": yank.reason })
+        );
     } else {
-        println!("policy of {chain} replaced at block {}", block.header.index);
+        println!("release {} of {chain} yanked at block {index}: {}", yank.version, yank.reason);
     }
     Ok(())
 }
@@ -346,11 +429,17 @@ fn show(state: &Path, chain: &str, json: bool) -> Result<()> {
                 "require_isolation": policy.require_isolation,
                 "witnesses": trusted.committee.roster().len(), "witness_threshold": trusted.committee.threshold(),
                 "verifiers": verifiers,
+                "yanked": policy.yanked.iter().map(|y| serde_json::json!({ "version": y.version, "reason": y.reason, "time_ms": y.time_ms })).collect::<Vec<_>>(),
             })
         );
     } else {
         println!("project {} (chain {chain}), head block {}", policy.project, trusted.index());
-        println!("newest release: {}", release.as_deref().unwrap_or("none"));
+        let newest_yanked =
+            release.as_deref().and_then(|v| policy.yank_of(v)).map(|y| format!(" (YANKED: {})", y.reason));
+        println!("newest release: {}{}", release.as_deref().unwrap_or("none"), newest_yanked.unwrap_or_default());
+        for y in &policy.yanked {
+            println!("yanked: {} ({})", y.version, y.reason);
+        }
         println!("developers: {} keys, {} must sign", policy.developers.len(), policy.release_threshold);
         println!(
             "witnesses: {} in the committee, {} must cosign",
@@ -654,6 +743,9 @@ pub fn release(command: ReleaseCommand) -> Result<()> {
                 println!("release {version} reproduced and cosigned: block {} ({})", block.header.index, block.id());
             }
             Ok(())
+        }
+        ReleaseCommand::Yank { state, chain, version, reason, keys, json } => {
+            yank(&state, &chain, version, reason, &keys, json)
         }
         ReleaseCommand::Logs { manifest, policy, key, out_dir, compare, json } => {
             let compare = compare.iter().map(|c| split_pair(c, "compare")).collect::<Result<Vec<_>>>()?;

@@ -297,6 +297,8 @@ pub struct TrustLevel {
     /// Only builds confined in namespaces count (`BuildIsolation::Namespaces`): an
     /// unconfined build could read the verifier's key and files.
     pub require_isolation: bool,
+    /// Accept a release its project yanked (SPEC §11.7); by default it is refused.
+    pub allow_yanked: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -328,6 +330,10 @@ pub enum ClientError {
     NoSuchRelease { chain: ChainId, version: String },
     #[error("the release does not meet this client's bar: {0}")]
     BelowClientBar(String),
+    #[error(
+        "release {version} of chain {chain} is YANKED: {reason} (do not install it; --allow-yanked accepts it anyway)"
+    )]
+    Yanked { chain: ChainId, version: String, reason: String },
     #[error("artifact {path}: {reason}")]
     Artifact { path: String, reason: String },
 }
@@ -349,6 +355,8 @@ pub struct Update {
     pub release: Option<(String, Result<(), String>)>,
     /// Witnesses that were down or lied on the way, and how.
     pub skipped: Vec<(String, String)>,
+    /// Releases the project yanked since the client's last update (SPEC §11.7).
+    pub yanked: Vec<chainiac_release::Yank>,
     /// Age of the timeline entry checked, if a timeline is anchored.
     pub timeline_age_ms: Option<u64>,
     /// The timeline's change lists showed whether this chain moved (SPEC §8), instead of an
@@ -486,11 +494,31 @@ impl Client {
         meets(&self.trust, release)
     }
 
+    /// The project's yank of `version`, as the policy in force at the verified head says
+    /// (SPEC §11.7), if any.
+    pub fn yank_of(&self, chain: ChainId, version: &str) -> Option<chainiac_release::Yank> {
+        let trusted = self.state.chains.get(&chain)?;
+        let policy = chainiac_release::Policy::from_bytes(&trusted.policy).ok()?;
+        policy.yank_of(version).cloned()
+    }
+
+    /// What the client installs: a release that meets its bar and was not yanked (unless
+    /// the client allows yanked ones).
+    fn installable(&self, chain: ChainId, release: &ReleasePayload) -> Result<(), ClientError> {
+        self.meets_bar(release).map_err(ClientError::BelowClientBar)?;
+        match self.yank_of(chain, &release.manifest.version) {
+            Some(yank) if !self.trust.allow_yanked => {
+                Err(ClientError::Yanked { chain, version: yank.version, reason: yank.reason })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Checks an artifact's bytes against the newest verified release of `chain`.
     pub fn verify_artifact(&self, chain: ChainId, path: &str, bytes: &[u8]) -> Result<String, ClientError> {
         let trusted = self.state.chains.get(&chain).ok_or(ClientError::NotAnchored(chain))?;
         let release = trusted.release.as_ref().ok_or(ClientError::NoRelease(chain))?;
-        self.check_artifact(release, path, bytes)
+        self.check_artifact(chain, release, path, bytes)
     }
 
     /// Checks an artifact's bytes against release `version` of `chain`, any release on it
@@ -505,7 +533,7 @@ impl Client {
         bytes: &[u8],
     ) -> Result<String, ClientError> {
         let release = self.release_by_version(chain, version).await?;
-        self.check_artifact(&release, path, bytes)
+        self.check_artifact(chain, &release, path, bytes)
     }
 
     /// Release `version` of `chain`, walking down from the trusted head a page of blocks at
@@ -553,7 +581,7 @@ impl Client {
         let trusted = self.state.chains.get(&chain).ok_or(ClientError::NotAnchored(chain))?;
         let release = trusted.release.as_ref().ok_or(ClientError::NoRelease(chain))?;
         let artifact = Self::artifact_of(release, path)?;
-        self.meets_bar(release).map_err(ClientError::BelowClientBar)?;
+        self.installable(chain, release)?;
         Ok((artifact.clone(), release.manifest.version.clone()))
     }
 
@@ -567,7 +595,7 @@ impl Client {
     ) -> Result<(chainiac_release::Artifact, String), ClientError> {
         let release = self.release_by_version(chain, version).await?;
         let artifact = Self::artifact_of(&release, path)?;
-        self.meets_bar(&release).map_err(ClientError::BelowClientBar)?;
+        self.installable(chain, &release)?;
         Ok((artifact.clone(), release.manifest.version.clone()))
     }
 
@@ -578,8 +606,14 @@ impl Client {
         })
     }
 
-    fn check_artifact(&self, release: &ReleasePayload, path: &str, bytes: &[u8]) -> Result<String, ClientError> {
-        self.meets_bar(release).map_err(ClientError::BelowClientBar)?;
+    fn check_artifact(
+        &self,
+        chain: ChainId,
+        release: &ReleasePayload,
+        path: &str,
+        bytes: &[u8],
+    ) -> Result<String, ClientError> {
+        self.installable(chain, release)?;
         let fail = |reason: String| ClientError::Artifact { path: path.to_string(), reason };
         let artifact = Self::artifact_of(release, path)?;
         if bytes.len() as u64 != artifact.size {
@@ -784,8 +818,10 @@ impl Client {
             }
         };
         let bundle = Bundle { genesis: genesis.clone(), proof, timeline };
-        // Never hand out a bundle that does not check.
-        bundle.verify(&chain, timeline_genesis.map(|g| g.id()).as_ref(), &TrustLevel::default())?;
+        // Never hand out a bundle that does not check, nor one of a release the project yanked:
+        // a bundle shows the chain as it was at its release block, before any yank of it.
+        let check = bundle.verify(&chain, timeline_genesis.map(|g| g.id()).as_ref(), &TrustLevel::default())?;
+        self.installable(chain, &check.release)?;
         Ok(bundle)
     }
 }

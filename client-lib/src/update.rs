@@ -306,6 +306,7 @@ impl Client {
             release = Some(checked);
         }
         let updated = TrustedChain::from_state(&head, release);
+        let yanked = newly_yanked(&trusted.policy, &updated.policy);
         let timeline_age_ms = match view {
             None => None,
             Some(view) => {
@@ -335,6 +336,7 @@ impl Client {
             checkpoints: caught.checkpoints,
             release: release_status,
             skipped,
+            yanked,
             timeline_age_ms,
             change_lists: view.is_some_and(|v| v.update.change_lists),
         };
@@ -376,6 +378,7 @@ impl Client {
             checkpoints: Vec::new(),
             release: None,
             skipped,
+            yanked: Vec::new(),
             timeline_age_ms,
             change_lists: true,
         })
@@ -502,6 +505,7 @@ impl Client {
             checkpoints,
             release: None,
             skipped: Vec::new(),
+            yanked: Vec::new(),
             timeline_age_ms: Some(age_ms),
             change_lists: true,
         };
@@ -664,6 +668,7 @@ impl Client {
             checkpoints,
             release: None,
             skipped: Vec::new(),
+            yanked: Vec::new(),
             timeline_age_ms: entry.as_ref().map(|e| crate::now_ms().saturating_sub(e.time_ms)),
             change_lists: false,
         };
@@ -883,4 +888,15 @@ fn single_proof(response: Response) -> Result<Proof, String> {
         }
         other => Err(answered(&other)),
     }
+}
+
+/// The yanks `new` lists that `old` does not: what an update reports. Both are the chain's
+/// policies (a chain whose policy is not a release policy has none).
+fn newly_yanked(old: &[u8], new: &[u8]) -> Vec<chainiac_release::Yank> {
+    if old == new {
+        return Vec::new();
+    }
+    let yanks = |bytes: &[u8]| Policy::from_bytes(bytes).map(|p| p.yanked).unwrap_or_default();
+    let before = yanks(old);
+    yanks(new).into_iter().filter(|y| !before.contains(y)).collect()
 }

@@ -40,6 +40,7 @@ fn policy(developer: u8) -> Policy {
         require_isolation: false,
         max_age_ms: 3_600_000,
         version: developer as u64,
+        yanked: Vec::new(),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod rules;
 pub use model::{
     content_hash, Artifact, ArtifactMismatch, Attestation, AttestationBody, BuildIsolation, ContentHasher,
     DeveloperSignature, Manifest, ManifestId, Outcome, Policy, PolicyChange, PolicyError, Recipe, ReleasePayload,
-    RootSignature, SourceArchive, VerifierEntry, KIND_POLICY_CHANGE, KIND_RELEASE, SOURCE_DATE_EPOCH,
+    RootSignature, SourceArchive, VerifierEntry, Yank, YankPayload, YankSignature, KIND_POLICY_CHANGE, KIND_RELEASE,
+    KIND_YANK, MAX_YANKED, MAX_YANK_REASON, SOURCE_DATE_EPOCH,
 };
-pub use rules::{check_policy_change, check_release, policy_rule, Agreement, ReleaseError, TimeWindow};
+pub use rules::{check_policy_change, check_release, check_yank, policy_rule, Agreement, ReleaseError, TimeWindow};

@@ -15,10 +15,18 @@ pub const TAG_ATTESTATION: &str = "chainiac/v1/release/attestation";
 pub const TAG_POLICY_CHANGE: &str = "chainiac/v1/release/policy-change";
 /// Content hashes of source archives and artifacts: `SHA3-256(tagged(TAG_CONTENT) || bytes)`.
 pub const TAG_CONTENT: &str = "chainiac/v1/release/content";
+/// A developer or root key signs `tagged(TAG_YANK) || chain || old policy hash || encode(Yank)`.
+pub const TAG_YANK: &str = "chainiac/v1/release/yank";
 
-/// Block kinds of release chains.
+/// Block kinds of release chains (4 is the skipchain's committee change).
 pub const KIND_RELEASE: u16 = 2;
 pub const KIND_POLICY_CHANGE: u16 = 3;
+pub const KIND_YANK: u16 = 5;
+
+/// Most releases a policy lists as yanked, and the longest reason: the policy travels in
+/// every proof that crosses a change of it (SPEC §11.7).
+pub const MAX_YANKED: usize = 1024;
+pub const MAX_YANK_REASON: usize = 256;
 
 /// The SHA3-256 content hash of a file's bytes.
 pub fn content_hash(bytes: &[u8]) -> [u8; 32] {
@@ -85,6 +93,20 @@ pub struct Policy {
     /// so root signatures over one transition cannot be replayed after the policy went back
     /// to an earlier one (SPEC §11.4).
     pub version: u64,
+    /// Releases taken out of circulation, oldest first (SPEC §11.7). They live in the policy
+    /// so that every client sees them: a proof lands on every policy change, and a client
+    /// holds the policy in force at its head however many blocks it skipped.
+    pub yanked: Vec<Yank>,
+}
+
+/// A release taken out of circulation: clients refuse to install it unless told to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Yank {
+    pub version: String,
+    /// Why, for the people whose installs refuse it (1 to [`MAX_YANK_REASON`] bytes).
+    pub reason: String,
+    /// When it was signed; witnesses take it within a day before the block (SPEC §11.7).
+    pub time_ms: u64,
 }
 
 /// A build verifier the policy trusts, and where it takes build jobs (`host:port`; its
@@ -103,6 +125,8 @@ pub enum PolicyError {
     Threshold { set: &'static str, threshold: u32, keys: usize },
     #[error("policy lists key {key} twice among the {set}")]
     DuplicateKey { set: &'static str, key: String },
+    #[error("policy's yank of {version:?}: {reason}")]
+    BadYank { version: String, reason: String },
     #[error("policy does not decode: {0}")]
     Decode(String),
 }
@@ -135,7 +159,38 @@ impl Policy {
                 }
             }
         }
+        if self.yanked.len() > MAX_YANKED {
+            let last = self.yanked.last().map(|y| y.version.clone()).unwrap_or_default();
+            return Err(PolicyError::BadYank { version: last, reason: format!("more than {MAX_YANKED} yanks") });
+        }
+        let mut versions = std::collections::HashSet::new();
+        for yank in &self.yanked {
+            let bad = |reason: &str| Err(PolicyError::BadYank { version: yank.version.clone(), reason: reason.into() });
+            if yank.version.is_empty() || yank.version.len() > 128 {
+                return bad("a version is 1 to 128 bytes");
+            }
+            if yank.reason.is_empty() || yank.reason.len() > MAX_YANK_REASON {
+                return bad("the reason must be 1 to 256 bytes");
+            }
+            if !versions.insert(&yank.version) {
+                return bad("listed twice");
+            }
+        }
         Ok(())
+    }
+
+    /// The yank of `version`, if the policy lists one.
+    pub fn yank_of(&self, version: &str) -> Option<&Yank> {
+        self.yanked.iter().find(|y| y.version == version)
+    }
+
+    /// This policy with `yank` added and the version raised: the only policy a yank block
+    /// may put in force after this one (SPEC §11.7).
+    pub fn with_yank(&self, yank: Yank) -> Policy {
+        let mut next = self.clone();
+        next.version = self.version.saturating_add(1);
+        next.yanked.push(yank);
+        next
     }
 
     /// The canonical bytes a chain carries as its policy.
@@ -378,6 +433,36 @@ impl RootSignature {
     }
 }
 
+/// A developer's or root key's signature on a yank (SPEC §11.7).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct YankSignature {
+    pub key: PublicKey,
+    #[serde(with = "chainiac_cosi::bytes")]
+    pub signature: [u8; 64],
+}
+
+/// The payload of a yank block: the signatures (the new policy, with the yank, is the
+/// block's carried policy).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct YankPayload {
+    pub signatures: Vec<YankSignature>,
+}
+
+impl YankSignature {
+    /// Binds the chain and the policy the yank is added to, so that a yank cannot be
+    /// replayed on another chain, or on this one after the root keys took it back.
+    pub fn message(chain: &[u8; 32], old_policy_hash: &[u8; 32], yank: &Yank) -> Vec<u8> {
+        signed_message(TAG_YANK, &[chain, old_policy_hash, &postcard::to_allocvec(yank).expect("yanks serialize")])
+    }
+
+    pub fn sign(key: &SecretKey, chain: &[u8; 32], old_policy_hash: &[u8; 32], yank: &Yank) -> Self {
+        YankSignature {
+            key: key.public_key(),
+            signature: key.sign_ed25519(&Self::message(chain, old_policy_hash, yank)),
+        }
+    }
+}
+
 macro_rules! payload_codec {
     ($($t:ty),*) => {$(
         impl $t {
@@ -396,4 +481,4 @@ macro_rules! payload_codec {
         }
     )*};
 }
-payload_codec!(ReleasePayload, PolicyChange, Attestation);
+payload_codec!(ReleasePayload, PolicyChange, Attestation, YankPayload);

@@ -2,7 +2,8 @@
 //! names the rule that failed.
 
 use crate::model::{
-    ArtifactMismatch, Attestation, BuildIsolation, Manifest, Outcome, Policy, PolicyError, ReleasePayload,
+    ArtifactMismatch, Attestation, BuildIsolation, Manifest, Outcome, Policy, PolicyError, ReleasePayload, Yank,
+    YankSignature, MAX_YANK_REASON,
 };
 use chainiac_cosi::PublicKey;
 use chainiac_skipchain::block::policy_hash;
@@ -60,6 +61,26 @@ pub enum ReleaseError {
     DegenerateRootThreshold { threshold: u32, keys: usize },
     #[error("the new policy's version {new} does not follow the old one's {old}: each change raises it")]
     VersionNotRaised { old: u64, new: u64 },
+    #[error("a yank must carry the new policy: the old one with one yank added and its version raised by one")]
+    NotAYank,
+    #[error("yank of {0:?}: this chain has no such release")]
+    YankOfUnknownRelease(String),
+    #[error("release {0:?} is already yanked")]
+    AlreadyYanked(String),
+    #[error("yank of {version:?}: {reason}")]
+    BadYank { version: String, reason: String },
+    #[error("yank time {yank_ms} ms is outside [{earliest_ms}, {latest_ms}] around the block time")]
+    YankTime { yank_ms: u64, earliest_ms: u64, latest_ms: u64 },
+    #[error("yank payload does not decode: {0}")]
+    DecodeYank(String),
+    #[error("yank signed by {key}, which is neither a developer nor a root key of the policy in force")]
+    UnknownYankKey { key: String },
+    #[error("yank signature by {key} is not valid for this yank of this chain and policy")]
+    BadYankSignature { key: String },
+    #[error("key {key} signed the yank twice: each key signs once")]
+    DuplicateYankSignature { key: String },
+    #[error("{developers} developer keys and {roots} root keys signed the yank; it takes {release_threshold} developer keys or {root_threshold} root keys")]
+    YankThreshold { developers: usize, release_threshold: u32, roots: usize, root_threshold: u32 },
 }
 
 /// How far a manifest's time may be from the block's: up to `skew_ms` ahead of it (clocks
@@ -244,40 +265,57 @@ pub fn check_policy_change(
 /// A policy's fields as bytes, keys undecoded: what a transition's check reads (decoding
 /// every key strictly costs a point decompression and a torsion check each, and a client
 /// checks every policy change of every chain it follows).
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, Clone, PartialEq, Eq)]
 struct PolicyFields {
     project: String,
-    _developers: Vec<KeyBytes>,
-    _release_threshold: u32,
+    developers: Vec<KeyBytes>,
+    release_threshold: u32,
     root_keys: Vec<KeyBytes>,
     root_threshold: u32,
-    _verifiers: Vec<(KeyBytes, String)>,
-    _verifier_threshold: u32,
-    _require_isolation: bool,
-    _max_age_ms: u64,
+    verifiers: Vec<(KeyBytes, String)>,
+    verifier_threshold: u32,
+    require_isolation: bool,
+    max_age_ms: u64,
     version: u64,
+    yanked: Vec<Yank>,
 }
 
 #[derive(serde::Deserialize, PartialEq, Eq, Hash, Clone, Copy)]
 struct KeyBytes(#[serde(with = "chainiac_cosi::bytes")] [u8; 32]);
 
+/// A root signature's or a yank signature's bytes (the two payloads encode alike).
 #[derive(serde::Deserialize)]
-struct RootSignatureFields {
+struct SignatureFields {
     key: KeyBytes,
     #[serde(with = "chainiac_cosi::bytes")]
     signature: [u8; 64],
+}
+
+fn decode_policies(old_bytes: &[u8], new_bytes: &[u8]) -> Result<(PolicyFields, PolicyFields), ReleaseError> {
+    let decode = |e: chainiac_skipchain::DecodeError| PolicyError::Decode(e.to_string());
+    let old = chainiac_skipchain::decode_exact(old_bytes).map_err(|e| ReleaseError::Policy(decode(e)))?;
+    let new = chainiac_skipchain::decode_exact(new_bytes).map_err(|e| ReleaseError::NewPolicy(decode(e)))?;
+    Ok((old, new))
 }
 
 /// The transition rules both witnesses and clients apply (one home): same project, a
 /// higher version, and the old root threshold's distinct signatures over this chain and
 /// these two policies. Only the root keys that signed are decoded.
 fn check_transition(chain: &[u8; 32], old_bytes: &[u8], new_bytes: &[u8], payload: &[u8]) -> Result<(), ReleaseError> {
-    let decode = |e: chainiac_skipchain::DecodeError| PolicyError::Decode(e.to_string());
-    let old: PolicyFields = chainiac_skipchain::decode_exact(old_bytes).map_err(|e| ReleaseError::Policy(decode(e)))?;
-    let new: PolicyFields =
-        chainiac_skipchain::decode_exact(new_bytes).map_err(|e| ReleaseError::NewPolicy(decode(e)))?;
+    let (old, new) = decode_policies(old_bytes, new_bytes)?;
+    check_root_transition(chain, old_bytes, new_bytes, &old, &new, payload)
+}
+
+fn check_root_transition(
+    chain: &[u8; 32],
+    old_bytes: &[u8],
+    new_bytes: &[u8],
+    old: &PolicyFields,
+    new: &PolicyFields,
+    payload: &[u8],
+) -> Result<(), ReleaseError> {
     if new.project != old.project {
-        return Err(ReleaseError::ProjectRenamed { expected: old.project, got: new.project });
+        return Err(ReleaseError::ProjectRenamed { expected: old.project.clone(), got: new.project.clone() });
     }
     if new.version <= old.version {
         return Err(ReleaseError::VersionNotRaised { old: old.version, new: new.version });
@@ -287,7 +325,7 @@ fn check_transition(chain: &[u8; 32], old_bytes: &[u8], new_bytes: &[u8], payloa
     if old.root_threshold == 0 || old.root_threshold as usize > old.root_keys.len() {
         return Err(ReleaseError::DegenerateRootThreshold { threshold: old.root_threshold, keys: old.root_keys.len() });
     }
-    let change: Vec<RootSignatureFields> =
+    let change: Vec<SignatureFields> =
         chainiac_skipchain::decode_exact(payload).map_err(|e| ReleaseError::DecodeChange(e.to_string()))?;
     let message = crate::model::RootSignature::message(chain, &policy_hash(old_bytes), &policy_hash(new_bytes));
     let mut signers = HashSet::new();
@@ -311,6 +349,105 @@ fn check_transition(chain: &[u8; 32], old_bytes: &[u8], new_bytes: &[u8], payloa
     Ok(())
 }
 
+/// The yank `new` adds to `old`, if `new` is exactly `old` with one yank appended and the
+/// version raised by one: the only change developers may make to a policy.
+fn added_yank<'a>(old: &PolicyFields, new: &'a PolicyFields) -> Option<&'a Yank> {
+    let yank = new.yanked.last()?;
+    let mut expected = old.clone();
+    expected.version = old.version.checked_add(1)?;
+    expected.yanked.push(yank.clone());
+    (expected == *new).then_some(yank)
+}
+
+/// A yank's own rules and its signatures: a new version, a well-formed yank, and the
+/// old policy's release threshold of developer keys or its root threshold of root keys
+/// (not the two summed), each key once, over this chain, the old policy and the yank.
+fn check_yank_transition(
+    chain: &[u8; 32],
+    old_bytes: &[u8],
+    old: &PolicyFields,
+    yank: &Yank,
+    payload: &[u8],
+) -> Result<(), ReleaseError> {
+    if old.yanked.iter().any(|y| y.version == yank.version) {
+        return Err(ReleaseError::AlreadyYanked(yank.version.clone()));
+    }
+    let bad = |reason: &str| Err(ReleaseError::BadYank { version: yank.version.clone(), reason: reason.into() });
+    if yank.version.is_empty() || yank.version.len() > 128 {
+        return bad("a version is 1 to 128 bytes");
+    }
+    if yank.reason.is_empty() || yank.reason.len() > MAX_YANK_REASON {
+        return bad("the reason must be 1 to 256 bytes");
+    }
+    let signatures: Vec<SignatureFields> =
+        chainiac_skipchain::decode_exact(payload).map_err(|e| ReleaseError::DecodeYank(e.to_string()))?;
+    let message = YankSignature::message(chain, &policy_hash(old_bytes), yank);
+    let (mut developers, mut roots, mut signers) = (0, 0, HashSet::new());
+    for signature in &signatures {
+        let name = || hex(&signature.key.0);
+        let (is_developer, is_root) = (old.developers.contains(&signature.key), old.root_keys.contains(&signature.key));
+        if !is_developer && !is_root {
+            return Err(ReleaseError::UnknownYankKey { key: name() });
+        }
+        if !signers.insert(signature.key) {
+            return Err(ReleaseError::DuplicateYankSignature { key: name() });
+        }
+        let valid =
+            PublicKey::from_bytes(&signature.key.0).is_ok_and(|key| key.verify_ed25519(&message, &signature.signature));
+        if !valid {
+            return Err(ReleaseError::BadYankSignature { key: name() });
+        }
+        developers += usize::from(is_developer);
+        roots += usize::from(is_root);
+    }
+    // A threshold of 0 (a degenerate policy) authorizes nothing, as for root changes.
+    let meets = |count: usize, threshold: u32| threshold > 0 && count >= threshold as usize;
+    if !meets(developers, old.release_threshold) && !meets(roots, old.root_threshold) {
+        return Err(ReleaseError::YankThreshold {
+            developers,
+            release_threshold: old.release_threshold,
+            roots,
+            root_threshold: old.root_threshold,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a yank block (SPEC §11.7) under the policy in force (`old_policy`): it carries
+/// the new policy, which is the old one with one yank added and its version raised by one;
+/// the yank names a release of this chain (`is_released`) not yanked before, within the
+/// time window of the block; and the old policy's developer or root threshold signed it.
+/// Returns the yank.
+pub fn check_yank(
+    chain: &[u8; 32],
+    old_policy: &[u8],
+    new_policy: Option<&[u8]>,
+    payload: &[u8],
+    block_time_ms: u64,
+    window: TimeWindow,
+    is_released: impl Fn(&str) -> bool,
+) -> Result<Yank, ReleaseError> {
+    Policy::from_bytes(old_policy).map_err(ReleaseError::Policy)?;
+    let new_bytes = new_policy.ok_or(ReleaseError::NotAYank)?;
+    let (old, new) = decode_policies(old_policy, new_bytes)?;
+    let yank = added_yank(&old, &new).ok_or(ReleaseError::NotAYank)?;
+    if old.yanked.iter().any(|y| y.version == yank.version) {
+        return Err(ReleaseError::AlreadyYanked(yank.version.clone()));
+    }
+    if !is_released(&yank.version) {
+        return Err(ReleaseError::YankOfUnknownRelease(yank.version.clone()));
+    }
+    let earliest_ms = block_time_ms.saturating_sub(window.delay_ms);
+    let latest_ms = block_time_ms.saturating_add(window.skew_ms);
+    if yank.time_ms < earliest_ms || yank.time_ms > latest_ms {
+        return Err(ReleaseError::YankTime { yank_ms: yank.time_ms, earliest_ms, latest_ms });
+    }
+    check_yank_transition(chain, old_policy, &old, yank, payload)?;
+    // Decoded strictly last: its keys are the old policy's, checked when it came in force.
+    Policy::from_bytes(new_bytes).map_err(ReleaseError::NewPolicy)?;
+    Ok(yank.clone())
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -318,7 +455,9 @@ fn hex(bytes: &[u8]) -> String {
 /// The rule a client passes to every proof it checks ([`chainiac_skipchain::PolicyRule`]):
 /// a change away from a release policy must meet the transition rules witnesses apply
 /// (same project, a higher version, the old root threshold's signatures over this chain
-/// and both policies). Chains whose policy is not a release policy (timelines, raw chains)
+/// and both policies), or be a yank (the old policy with one yank added and its version
+/// raised by one) signed by the old policy's developer or root threshold (SPEC §11.7; a
+/// proof's list of policies carries no block kinds, so the change itself says which). Chains whose policy is not a release policy (timelines, raw chains)
 /// have no rule to apply, except that they never take a release policy: what a chain is
 /// follows from its genesis, so a committee cannot turn a chain no root key governs into one
 /// whose releases clients would check against keys of the committee's choice. The new
@@ -334,7 +473,14 @@ pub fn policy_rule(chain: &chainiac_skipchain::ChainId, old: &[u8], new: &[u8], 
         }
         return Ok(());
     }
-    check_transition(&chain.0, old, new, payload).map_err(|e| e.to_string())
+    let (old_fields, new_fields) = decode_policies(old, new).map_err(|e| e.to_string())?;
+    let as_root_change = check_root_transition(&chain.0, old, new, &old_fields, &new_fields, payload);
+    match (as_root_change, added_yank(&old_fields, &new_fields)) {
+        (Ok(()), _) => Ok(()),
+        (Err(root), Some(yank)) => check_yank_transition(&chain.0, old, &old_fields, yank, payload)
+            .map_err(|as_yank| format!("{as_yank} (as a root-signed change: {root})")),
+        (Err(root), None) => Err(root.to_string()),
+    }
 }
 
 /// How often a verifier agreed with the majority of the verifiers that attested the same

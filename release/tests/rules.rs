@@ -36,6 +36,7 @@ fn fixture() -> Fixture {
         require_isolation: false,
         max_age_ms: 3_600_000,
         version: 0,
+        yanked: Vec::new(),
     };
     Fixture { developers, roots, verifiers, policy }
 }
@@ -408,5 +409,174 @@ proptest! {
         hasher.update(&bytes[..cut]);
         hasher.update(&bytes[cut..]);
         prop_assert_eq!(hasher.finish(), (content_hash(&bytes), bytes.len() as u64));
+    }
+}
+
+const CHAIN: [u8; 32] = [5; 32];
+
+fn a_yank(version: &str) -> Yank {
+    Yank { version: version.into(), reason: "CVE-2026-0001: the build leaks keys".into(), time_ms: NOW - 1_000 }
+}
+
+/// The new policy and payload of `policy` yanking `yank`, signed by `signers`.
+fn yank_block(policy: &Policy, yank: &Yank, signers: &[&SecretKey]) -> (Vec<u8>, Vec<u8>) {
+    let old_hash = policy_hash(&policy.to_bytes());
+    let signatures = signers.iter().map(|k| YankSignature::sign(k, &CHAIN, &old_hash, yank)).collect();
+    (policy.with_yank(yank.clone()).to_bytes(), YankPayload { signatures }.to_bytes())
+}
+
+fn check_yank_of(policy: &Policy, new: &[u8], payload: &[u8]) -> Result<Yank, ReleaseError> {
+    check_yank(&CHAIN, &policy.to_bytes(), Some(new), payload, NOW, TimeWindow::default(), |v| v == "1.0" || v == "1.1")
+}
+
+/// Who may yank, what: the developer threshold or the root threshold (never the two summed),
+/// a released version not yanked before, within the time window, and nothing else changed.
+#[test]
+fn yanks_need_the_developer_or_root_threshold_and_change_nothing_else() {
+    let f = fixture();
+    let yank = a_yank("1.0");
+    let (d, r) = (&f.developers, &f.roots);
+    for signers in [vec![&d[0], &d[2]], vec![&r[0], &r[1]], vec![&d[0], &d[1], &r[0]]] {
+        let (new, payload) = yank_block(&f.policy, &yank, &signers);
+        assert_eq!(check_yank_of(&f.policy, &new, &payload), Ok(yank.clone()));
+        let policy = Policy::from_bytes(&new).unwrap();
+        assert_eq!(policy.yank_of("1.0"), Some(&yank));
+        assert_eq!(policy.version, 1);
+    }
+    // One developer and one root key meet neither threshold of 2.
+    let (new, payload) = yank_block(&f.policy, &yank, &[&d[0], &r[0]]);
+    assert_eq!(
+        check_yank_of(&f.policy, &new, &payload),
+        Err(ReleaseError::YankThreshold { developers: 1, release_threshold: 2, roots: 1, root_threshold: 2 })
+    );
+    let (new, payload) = yank_block(&f.policy, &yank, &[&d[0], &f.verifiers[0]]);
+    assert!(matches!(check_yank_of(&f.policy, &new, &payload), Err(ReleaseError::UnknownYankKey { .. })));
+    let (new, payload) = yank_block(&f.policy, &yank, &[&d[0], &d[0]]);
+    assert!(matches!(check_yank_of(&f.policy, &new, &payload), Err(ReleaseError::DuplicateYankSignature { .. })));
+    // Signatures over another yank, another chain or another policy do not carry over.
+    let other = Yank { reason: "another reason".into(), ..yank.clone() };
+    let (_, payload_of_other) = yank_block(&f.policy, &other, &[&d[0], &d[1]]);
+    let (new, _) = yank_block(&f.policy, &yank, &[]);
+    assert!(matches!(check_yank_of(&f.policy, &new, &payload_of_other), Err(ReleaseError::BadYankSignature { .. })));
+    let old_hash = policy_hash(&f.policy.to_bytes());
+    let elsewhere = YankPayload {
+        signatures: vec![
+            YankSignature::sign(&d[0], &[6; 32], &old_hash, &yank),
+            YankSignature::sign(&d[1], &[6; 32], &old_hash, &yank),
+        ],
+    };
+    assert!(matches!(
+        check_yank_of(&f.policy, &new, &elsewhere.to_bytes()),
+        Err(ReleaseError::BadYankSignature { .. })
+    ));
+    // Only a released version, once, at about the block's time.
+    let (new, payload) = yank_block(&f.policy, &a_yank("2.0"), &[&d[0], &d[1]]);
+    assert_eq!(check_yank_of(&f.policy, &new, &payload), Err(ReleaseError::YankOfUnknownRelease("2.0".into())));
+    let yanked = f.policy.with_yank(yank.clone());
+    let (new, payload) = yank_block(&yanked, &Yank { reason: "again".into(), ..yank.clone() }, &[&d[0], &d[1]]);
+    assert_eq!(check_yank_of(&yanked, &new, &payload), Err(ReleaseError::AlreadyYanked("1.0".into())));
+    let late = Yank { time_ms: NOW + 3_600_000, ..yank.clone() };
+    let (new, payload) = yank_block(&f.policy, &late, &[&d[0], &d[1]]);
+    assert!(matches!(check_yank_of(&f.policy, &new, &payload), Err(ReleaseError::YankTime { .. })));
+    let (new, payload) = yank_block(&f.policy, &Yank { reason: String::new(), ..yank.clone() }, &[&d[0], &d[1]]);
+    assert!(matches!(check_yank_of(&f.policy, &new, &payload), Err(ReleaseError::BadYank { .. })));
+    // A yank changes nothing else: developers cannot slip in a key, keep the version, or
+    // drop an earlier yank.
+    let (_, payload) = yank_block(&f.policy, &yank, &[&d[0], &d[1]]);
+    let mut grabbed = f.policy.with_yank(yank.clone());
+    grabbed.developers.push(key(4).public_key());
+    assert_eq!(check_yank_of(&f.policy, &grabbed.to_bytes(), &payload), Err(ReleaseError::NotAYank));
+    let mut kept = f.policy.with_yank(yank.clone());
+    kept.version = 0;
+    assert_eq!(check_yank_of(&f.policy, &kept.to_bytes(), &payload), Err(ReleaseError::NotAYank));
+    let both = yanked.with_yank(a_yank("1.1"));
+    let (_, payload) = yank_block(&f.policy, &a_yank("1.1"), &[&d[0], &d[1]]);
+    let mut dropped = both.clone();
+    dropped.yanked.remove(0);
+    dropped.version = 1;
+    assert_eq!(
+        check_yank_of(&f.policy, &dropped.to_bytes(), &payload),
+        Ok(a_yank("1.1")),
+        "that is a yank of 1.1 from the original"
+    );
+    let (_, payload) = yank_block(&yanked, &a_yank("1.1"), &[&d[0], &d[1]]);
+    assert_eq!(check_yank_of(&yanked, &dropped.to_bytes(), &payload), Err(ReleaseError::NotAYank));
+    assert_eq!(
+        check_yank(&CHAIN, &f.policy.to_bytes(), None, &payload, NOW, TimeWindow::default(), |_| true),
+        Err(ReleaseError::NotAYank)
+    );
+}
+
+/// Clients check every policy change a proof carries with `policy_rule`, which has no block
+/// kinds: it takes a yank-shaped change with the developers' signatures, and root changes
+/// as before; a replayed yank after the roots took it back is refused.
+#[test]
+fn clients_take_a_yank_by_its_shape_and_signatures() {
+    let f = fixture();
+    let rule = |old: &[u8], new: &[u8], payload: &[u8]| {
+        chainiac_release::policy_rule(&chainiac_skipchain::BlockId(CHAIN), old, new, payload)
+    };
+    let yank = a_yank("1.0");
+    let (d, r) = (&f.developers, &f.roots);
+    let old = f.policy.to_bytes();
+    let (new, payload) = yank_block(&f.policy, &yank, &[&d[0], &d[1]]);
+    assert_eq!(rule(&old, &new, &payload), Ok(()));
+    let (_, one) = yank_block(&f.policy, &yank, &[&d[0]]);
+    let refused = rule(&old, &new, &one).unwrap_err();
+    assert!(refused.contains("1 developer keys and 0 root keys signed the yank"), "{refused}");
+    // A root-signed change may also yank (or do anything else).
+    let roots = PolicyChange {
+        root_signatures: r
+            .iter()
+            .map(|k| RootSignature::sign(k, &CHAIN, &policy_hash(&old), &policy_hash(&new)))
+            .collect(),
+    };
+    assert_eq!(rule(&old, &new, &roots.to_bytes()), Ok(()));
+    // Developers' yank signatures do not authorize any other change.
+    let mut grabbed = f.policy.with_yank(yank.clone());
+    grabbed.developers.push(key(4).public_key());
+    assert!(rule(&old, &grabbed.to_bytes(), &payload).is_err());
+    // The roots take the yank back (version 2), then someone replays the developers' yank:
+    // it was signed over the policy of version 0, so it is refused.
+    let mut unyanked = Policy::from_bytes(&new).unwrap();
+    unyanked.yanked.clear();
+    unyanked.version = 2;
+    let replayed = unyanked.with_yank(yank.clone());
+    assert!(rule(&unyanked.to_bytes(), &replayed.to_bytes(), &payload).unwrap_err().contains("not valid"));
+}
+
+/// The yank signature's message, pinned (SPEC §11.7).
+#[test]
+fn yank_signature_vector() {
+    let yank = Yank { version: "1.0".into(), reason: "bad".into(), time_ms: 5 };
+    let message = YankSignature::message(&[7; 32], &[8; 32], &yank);
+    // Tag length and tag, chain, old policy hash, then the yank: "1.0", "bad", time 5.
+    let tag = hex(b"chainiac/v1/release/yank");
+    let expected = ["18", &tag, &"07".repeat(32), &"08".repeat(32), "03312e30", "03626164", "05"].concat();
+    assert_eq!(hex(&message), expected);
+    let signature = YankSignature::sign(&key(1), &[7; 32], &[8; 32], &yank);
+    assert!(key(1).public_key().verify_ed25519(&message, &signature.signature));
+    assert_eq!(hex(&signature.signature), PINNED_YANK_SIGNATURE);
+}
+
+const PINNED_YANK_SIGNATURE: &str =
+    "30478f37640ab8925d4d5f4bd5b5c3fb6a8786f52a02ebaebcdfbb5a4224d4fe53b58fd44428593ffd84889f71ce6c8182b72e95ff2e489615b12e5cd15c9500";
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// A yank passes exactly when the developers that signed reach the release threshold or
+    /// the root keys that signed reach the root threshold: witnesses and clients agree.
+    #[test]
+    fn a_yank_passes_exactly_at_either_threshold(developers in proptest::collection::vec(any::<bool>(), 3), roots in proptest::collection::vec(any::<bool>(), 2)) {
+        let f = fixture();
+        let yank = a_yank("1.1");
+        let signers: Vec<&SecretKey> = f.developers.iter().zip(&developers).chain(f.roots.iter().zip(&roots)).filter(|(_, s)| **s).map(|(k, _)| k).collect();
+        let (new, payload) = yank_block(&f.policy, &yank, &signers);
+        let count = |v: &[bool]| v.iter().filter(|s| **s).count();
+        let enough = count(&developers) >= 2 || count(&roots) >= 2;
+        prop_assert_eq!(check_yank_of(&f.policy, &new, &payload).is_ok(), enough);
+        let rule = chainiac_release::policy_rule(&chainiac_skipchain::BlockId(CHAIN), &f.policy.to_bytes(), &new, &payload);
+        prop_assert_eq!(rule.is_ok(), enough);
     }
 }

@@ -2,7 +2,7 @@
 //! payload rules themselves live with their data: releases in `chainiac-release`, timeline
 //! entries in the node (they need the node's heads).
 
-use chainiac_release::{Policy, TimeWindow, KIND_POLICY_CHANGE, KIND_RELEASE};
+use chainiac_release::{Policy, TimeWindow, KIND_POLICY_CHANGE, KIND_RELEASE, KIND_YANK};
 use chainiac_skipchain::authority::{check_quorum, KIND_COMMITTEE};
 use chainiac_skipchain::timeline::KIND_TIMELINE;
 use chainiac_skipchain::{Block, ChainState};
@@ -17,7 +17,7 @@ pub fn kind_allowed(chain_kind: u16, kind: u16) -> bool {
     match chain_kind {
         KIND_RAW => kind == KIND_RAW || kind == KIND_COMMITTEE,
         KIND_TIMELINE => kind == KIND_TIMELINE,
-        KIND_RELEASE => kind == KIND_RELEASE || kind == KIND_POLICY_CHANGE || kind == KIND_COMMITTEE,
+        KIND_RELEASE => matches!(kind, KIND_RELEASE | KIND_POLICY_CHANGE | KIND_YANK | KIND_COMMITTEE),
         _ => false,
     }
 }
@@ -60,20 +60,23 @@ pub fn check_genesis(genesis: &Block) -> Result<(), String> {
 /// `chain_kind`, those that depend on nothing but the chain: its kind, what it carries, and
 /// its payload (releases and policy changes; timeline entries need the node's heads and
 /// are checked by the node). What a witness checks before it cosigns, and again for every
-/// block it catches up on. `is_released` says whether a version is already on the chain.
+/// block it catches up on. `is_released` says whether a version is already on the chain;
+/// None skips the rules that read the chain's history (a release's version is new, a yank
+/// names a release of the chain): for blocks caught up on, the committee that signed them
+/// checked those.
 pub fn check_rules(
     chain_kind: u16,
     head: &ChainState,
     block: &Block,
     window: TimeWindow,
-    is_released: impl Fn(&str) -> bool,
+    is_released: Option<&dyn Fn(&str) -> bool>,
 ) -> Result<(), String> {
     let kind = block.header.kind;
     if !kind_allowed(chain_kind, kind) {
         return Err(format!("a block of kind {kind} cannot go on a chain of kind {chain_kind}"));
     }
     check_carried(block)?;
-    if let (Some(new), false) = (&block.policy, kind == KIND_POLICY_CHANGE) {
+    if let (Some(new), false) = (&block.policy, matches!(kind, KIND_POLICY_CHANGE | KIND_YANK)) {
         // Policies on other chains: the clients' rule (a raw chain never takes a release policy).
         chainiac_release::policy_rule(&head.chain, &head.policy, new, &block.payload)?;
     }
@@ -87,7 +90,7 @@ pub fn check_rules(
                 &block.payload,
                 block.header.timestamp_ms,
                 window,
-                is_released,
+                |version| is_released.is_some_and(|f| f(version)),
             )
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -97,6 +100,17 @@ pub fn check_rules(
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }
+        KIND_YANK => chainiac_release::check_yank(
+            &head.chain.0,
+            &head.policy,
+            block.policy.as_deref(),
+            &block.payload,
+            block.header.timestamp_ms,
+            window,
+            |version| is_released.is_none_or(|f| f(version)),
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string()),
         _ => Ok(()),
     }
 }
@@ -128,15 +142,78 @@ mod tests {
             require_isolation: false,
             max_age_ms: 1,
             version: 1,
+            yanked: Vec::new(),
         };
         let with_policy = |policy: Vec<u8>| {
             let proposal =
                 Proposal { kind: KIND_RAW, policy: Some(policy), timestamp_ms: 2_000, ..Proposal::default() };
             head.propose(proposal, |_| Some(first.id())).unwrap()
         };
-        let check = |block: &Block| check_rules(KIND_RAW, &head, block, TimeWindow::default(), |_| false);
+        let check = |block: &Block| check_rules(KIND_RAW, &head, block, TimeWindow::default(), None);
         assert_eq!(check(&with_policy(b"raw, second".to_vec())), Ok(()));
         let refused = check(&with_policy(release_policy.to_bytes())).unwrap_err();
         assert!(refused.contains("cannot take one"), "{refused}");
+        // Nor does a raw chain take a yank block, whatever it carries.
+        let yank = Proposal {
+            kind: KIND_YANK,
+            policy: Some(b"raw, third".to_vec()),
+            timestamp_ms: 2_000,
+            ..Proposal::default()
+        };
+        let refused = check(&head.propose(yank, |_| Some(first.id())).unwrap()).unwrap_err();
+        assert!(refused.contains("kind 5 cannot go on a chain of kind 0"), "{refused}");
+    }
+
+    /// A yank block on a release chain must carry the new policy; a witness checking a block
+    /// it catches up on (no history) takes the committee's word that the release exists,
+    /// as it does for a release's new version.
+    #[test]
+    fn a_yank_block_carries_its_policy_and_names_a_release() {
+        let developer = SecretKey::from_seed(&[4; 32]);
+        let key = SecretKey::from_seed(&[3; 32]);
+        let committee = Committee::new(Roster::new(vec![Member::new(&key, "127.0.0.1:1")]).unwrap(), 1).unwrap();
+        let policy = Policy {
+            project: "hello".into(),
+            developers: vec![developer.public_key()],
+            release_threshold: 1,
+            root_keys: vec![key.public_key()],
+            root_threshold: 1,
+            verifiers: vec![],
+            verifier_threshold: 0,
+            require_isolation: false,
+            max_age_ms: 1,
+            version: 0,
+            yanked: Vec::new(),
+        };
+        let first = genesis(ChainParams::DEFAULT, committee, policy.to_bytes(), KIND_RELEASE, vec![], 1_000);
+        let head = ChainState::genesis(&first).unwrap().into_inner();
+        let yank = chainiac_release::Yank { version: "1.0".into(), reason: "broken".into(), time_ms: 1_500 };
+        let signature = chainiac_release::YankSignature::sign(
+            &developer,
+            &head.chain.0,
+            &chainiac_skipchain::block::policy_hash(&head.policy),
+            &yank,
+        );
+        let payload = chainiac_release::YankPayload { signatures: vec![signature] }.to_bytes();
+        let block = |policy: Option<Vec<u8>>| {
+            let proposal = Proposal {
+                kind: KIND_YANK,
+                payload: payload.clone(),
+                policy,
+                timestamp_ms: 2_000,
+                ..Proposal::default()
+            };
+            head.propose(proposal, |_| Some(first.id())).unwrap()
+        };
+        let yanked = block(Some(policy.with_yank(yank.clone()).to_bytes()));
+        let released = |v: &str| v == "1.0";
+        let nothing = |_: &str| false;
+        let check = |block: &Block, history: Option<&dyn Fn(&str) -> bool>| {
+            check_rules(KIND_RELEASE, &head, block, TimeWindow::default(), history)
+        };
+        assert_eq!(check(&yanked, Some(&released)), Ok(()));
+        assert!(check(&yanked, Some(&nothing)).unwrap_err().contains("no such release"));
+        assert_eq!(check(&yanked, None), Ok(()), "caught up: the committee checked the release");
+        assert!(check(&block(None), None).unwrap_err().contains("must carry the new policy"));
     }
 }

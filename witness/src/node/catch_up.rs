@@ -88,7 +88,7 @@ impl Node {
         // Any manifest time: the committee checked it against its clocks then, and a node
         // configured with a narrower skew must not refuse what the cothority signed.
         let window = chainiac_release::TimeWindow { skew_ms: u64::MAX, delay_ms: u64::MAX };
-        rules::check_rules(chain_kind, head, block, window, |_| false)
+        rules::check_rules(chain_kind, head, block, window, None)
             .map_err(|reason| err(ErrorCode::Refused, format!("block {} caught up: {reason}", block.header.index)))
     }
 

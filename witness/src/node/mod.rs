@@ -593,7 +593,7 @@ impl Node {
             .map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
         let chain_kind = self.chain_kind(&head.chain)?;
         let is_released = |version: &str| self.is_released(&head.chain, version);
-        rules::check_rules(chain_kind, head, block, self.release_window(), is_released)
+        rules::check_rules(chain_kind, head, block, self.release_window(), Some(&is_released))
             .map_err(|reason| err(ErrorCode::Refused, reason))
     }
 
