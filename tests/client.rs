@@ -30,6 +30,11 @@ fn release(version: &str, verifiers: &[&SecretKey]) -> Proposal {
         artifacts: vec![Artifact { path: "hello".into(), sha3: content_hash(BINARY), size: BINARY.len() as u64 }],
         time_ms: common::now_ms(),
     };
+    release_of(m, verifiers)
+}
+
+/// Manifest `m` signed by developer 1, each of `verifiers` attesting that it reproduced it.
+fn release_of(m: Manifest, verifiers: &[&SecretKey]) -> Proposal {
     let id = m.id();
     let payload = ReleasePayload {
         developer_signatures: vec![DeveloperSignature::sign(&key(1), &id)],
@@ -52,6 +57,13 @@ fn release(version: &str, verifiers: &[&SecretKey]) -> Proposal {
         manifest: m,
     };
     Proposal { kind: KIND_RELEASE, payload: payload.to_bytes(), ..Proposal::default() }
+}
+
+/// Runs the `chainiac` binary: exit code, stdout, stderr.
+fn chainiac(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(common::bin()).args(args).output().unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
 }
 
 /// Project hello's policy: developer 1 releases alone, root key 10 changes the policy alone,
@@ -312,14 +324,7 @@ async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
     std::fs::write(path("hello"), BINARY).unwrap();
     std::fs::write(path("evil"), b"not the binary").unwrap();
     let state = path("client.state");
-    let run = |args: &[&str]| {
-        let out = Command::new(common::bin()).args(args).output().unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let run = chainiac;
     for genesis in ["timeline.genesis", "project.genesis"] {
         let (code, _, err) = run(&["anchor", "--state", &state, &path(genesis), "--json"]);
         assert_eq!(code, Some(0), "{err}");
@@ -518,7 +523,6 @@ async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
 /// back with `policy rotate --unyank`, and the old yank cannot be replayed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_yanked_release_is_refused_by_every_client_command_until_the_roots_take_it_back() {
-    use std::process::Command;
     let cluster = Cluster::start(4).await;
     let (v1, v2) = (key(20), key(21));
     let (developers, roots) = ([key(1), key(2), key(3)], [key(10), key(11)]);
@@ -550,11 +554,7 @@ async fn a_yanked_release_is_refused_by_every_client_command_until_the_roots_tak
     for (name, key) in key_files.into_iter().chain([("verifier", &v1)]) {
         chainiac_witness::keyfile::write(&dir.path().join(format!("{name}.key")), key).unwrap();
     }
-    let run = |args: &[&str]| {
-        let out = Command::new(common::bin()).args(args).output().unwrap();
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        (out.status.code(), text(&out.stdout), text(&out.stderr))
-    };
+    let run = chainiac;
     let anchored = |name: &str| {
         let state = path(name);
         for genesis in ["timeline.genesis", "project.genesis"] {
@@ -640,6 +640,17 @@ async fn a_yanked_release_is_refused_by_every_client_command_until_the_roots_tak
     assert!(code == Some(1) && err.contains("YANKED"), "{err}");
     let (code, _, err) = export(&["--allow-yanked"]);
     assert_eq!(code, Some(0), "{err}");
+    // The bundle carries the chain past its release, so offline checks see the yank too.
+    let bundle_verify = |extra: &[&str]| {
+        let bundle = path("hello.bundle");
+        let mut args = vec!["bundle", "verify", &bundle, "--chain", &chain_hex];
+        args.extend(extra);
+        run(&args)
+    };
+    let (code, _, err) = bundle_verify(&[]);
+    assert!(code == Some(1) && err.contains("YANKED") && err.contains(reason), "{err}");
+    let (code, _, err) = bundle_verify(&["--allow-yanked"]);
+    assert_eq!(code, Some(0), "{err}");
     let (code, out, err) = run(&["project", "show", "--state", &state, "--chain", &chain_hex]);
     assert!(code == Some(0) && out.contains(&format!("yanked: 1.1 ({reason})")), "{out}{err}");
 
@@ -687,8 +698,8 @@ async fn a_yanked_release_is_refused_by_every_client_command_until_the_roots_tak
     let (code, out, err) = rotate("1.1");
     assert!(code == Some(0) && out.contains("replaced at block 4"), "{out}{err}");
     common::wait_timeline_has(&cluster, chain, 4).await;
-    let (code, _, err) = run(&["update", "--state", &state, "--chain", &chain_hex]);
-    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err) = run(&["update", "--state", &state, "--chain", &chain_hex]);
+    assert!(code == Some(0) && out.contains("release 1.1 is no longer yanked"), "{out}{err}");
     let (code, out, err) = verify(&state, &[]);
     assert!(code == Some(0) && out.contains("release 1.1: verified"), "taken back: {out}{err}");
     let replay = Proposal {
@@ -699,6 +710,229 @@ async fn a_yanked_release_is_refused_by_every_client_command_until_the_roots_tak
     };
     let reply = cluster.client.call(&cluster.witnesses[0], Request::Propose { chain, proposal: replay }).await;
     assert!(format!("{reply:?}").contains("one yank added"), "a replayed yank is refused: {reply:?}");
+}
+
+/// Trust that grows after a release (SPEC §11.8), from the shell: a rebuilder daemon
+/// (`chainiac rebuilder run`, a real build in the sandbox) fetches a release's source from a
+/// host nobody trusts, rebuilds it and submits its attestation; the witnesses append it
+/// and the release's summary, and a client that trusts the rebuilder sees the level rise
+/// (`update` says so) and installs at `--min-level trusted`. A lying rebuilder is recorded
+/// as a disagreement and lifts nothing. Unknown releases, replays, bad signatures, rebuilds
+/// through `Propose` and rebuilders past their hourly allowance are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
+    let cluster = Cluster::start_configured(4, 400, |_, config| config.rebuilds_per_hour = 2).await;
+    let (timeline, timeline_genesis, chain, project_genesis) = timeline_and_project(&cluster, &hello_policy()).await;
+    let script = "printf 'hello %s\\n' 1.0 > out.txt\n";
+    let mut archive = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(script.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(1_700_000_000);
+    header.set_entry_type(tar::EntryType::Regular);
+    archive.append_data(&mut header, "hello-1.0/build.sh", script.as_bytes()).unwrap();
+    let source = archive.into_inner().unwrap();
+    let built = b"hello 1.0\n";
+    let manifest = Manifest {
+        project: "hello".into(),
+        version: "1.0".into(),
+        source: SourceArchive { name: "hello-1.0.tar".into(), sha3: content_hash(&source), size: source.len() as u64 },
+        recipe: Recipe { argv: vec!["sh".into(), "build.sh".into()], env: vec![], workdir: "hello-1.0".into() },
+        artifacts: vec![Artifact {
+            path: "hello-1.0/out.txt".into(),
+            sha3: content_hash(built),
+            size: built.len() as u64,
+        }],
+        time_ms: common::now_ms(),
+    };
+    let proposal = release_of(manifest.clone(), &[&key(20), &key(21)]);
+    let reply = cluster.client.call(&cluster.witnesses[1], Request::Propose { chain, proposal }).await;
+    assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
+    common::wait_timeline_has(&cluster, chain, 1).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    std::fs::write(path("project.genesis"), project_genesis.to_bytes()).unwrap();
+    std::fs::write(path("timeline.genesis"), timeline_genesis.to_bytes()).unwrap();
+    std::fs::create_dir_all(path("sources")).unwrap();
+    std::fs::write(dir.path().join("sources").join("hello-1.0.tar"), &source).unwrap();
+    std::fs::write(path("hello-1.0.tar"), b"a mirror that lies").unwrap();
+    std::fs::write(path("out.txt"), built).unwrap();
+    let run = chainiac;
+    let anchored = |state: &str| {
+        for genesis in ["timeline.genesis", "project.genesis"] {
+            let (code, _, err) = run(&["anchor", "--state", state, &path(genesis)]);
+            assert_eq!(code, Some(0), "{err}");
+        }
+    };
+    let chain_hex = chain.to_hex();
+    let state = path("client.state");
+    anchored(&state);
+    let (code, out, err) = run(&["update", "--state", &state, "--chain", &chain_hex, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let update: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(update["level"]["level"], "policy", "{update}");
+
+    // The rebuilder: the lying mirror first, then the honest one.
+    let rebuilder_dir = path("rebuilder");
+    let (liar_source, honest_source) =
+        (format!("file://{}/", dir.path().display()), format!("file://{}/", path("sources")));
+    let (code, out, err) = run(&[
+        "rebuilder",
+        "init",
+        "--dir",
+        &rebuilder_dir,
+        "--source",
+        &liar_source,
+        "--source",
+        &honest_source,
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let init: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rebuilder_key = init["key"].as_str().unwrap().to_string();
+    let config = init["config"].as_str().unwrap().to_string();
+    anchored(&format!("{rebuilder_dir}/client.state"));
+    let (code, out, err) = run(&["rebuilder", "run", "--config", &config, "--once", "--json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let line: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(line["ok"], true, "{out}");
+    assert!(line["outcome"].as_str().unwrap().starts_with("reproduced; summary at block 3 records 1"), "{out}");
+    // A second pass has nothing to do: the release is recorded as submitted.
+    let (code, out, err) = run(&["rebuilder", "run", "--config", &config, "--once", "--json"]);
+    assert!(code == Some(0) && out.trim().is_empty(), "{out}{err}");
+
+    // A lying rebuilder: other bytes, signed; recorded, and shown as a disagreement.
+    let liar = key(30);
+    let lie = |outcome: Outcome, manifest: ManifestId| {
+        Attestation::sign(
+            &liar,
+            AttestationBody {
+                verifier: liar.public_key(),
+                manifest,
+                outcome,
+                environment: [7; 32],
+                time_ms: common::now_ms(),
+                isolation: BuildIsolation::Namespaces,
+            },
+        )
+    };
+    let mismatch = Outcome::Mismatch {
+        artifacts: vec![ArtifactMismatch {
+            path: "hello-1.0/out.txt".into(),
+            expected: content_hash(built),
+            got: Some([6; 32]),
+            got_size: Some(10),
+        }],
+    };
+    let submit = |attestation: Attestation| {
+        let cluster = &cluster;
+        async move { cluster.client.call(&cluster.witnesses[2], Request::SubmitRebuild { chain, attestation }).await }
+    };
+    let reply = submit(lie(mismatch.clone(), manifest.id())).await;
+    let Ok(Response::Appended { block }) = reply else { panic!("{reply:?}") };
+    let summary = RebuildSummary::from_bytes(&block.payload).unwrap();
+    assert_eq!(summary.records.len(), 2);
+    assert_eq!(summary.records[1].verdict, Verdict::Mismatch);
+    // What the witnesses keep behind each record: the signed attestations, digests matching.
+    let Ok(Response::Rebuilds(evidence)) =
+        cluster.client.call(&cluster.witnesses[3], Request::GetRebuilds { chain, release: 1 }).await
+    else {
+        panic!("no evidence")
+    };
+    assert_eq!(evidence.iter().map(RebuildRecord::of).collect::<Vec<_>>(), summary.records);
+    assert!(evidence.iter().all(Attestation::verify));
+
+    // Refused: a replay, an unknown release, a bad signature, a rebuild through Propose, and
+    // a rebuilder past its allowance (2 an hour on each witness).
+    let refused = |reply: Result<Response, chainiac_proto::CallError>| format!("{reply:?}");
+    let replay = refused(submit(lie(mismatch.clone(), manifest.id())).await);
+    assert!(replay.contains("already attested release 1"), "{replay}");
+    let other = key(31);
+    let unknown = Attestation::sign(
+        &other,
+        AttestationBody { verifier: other.public_key(), ..lie(Outcome::Reproduced, ManifestId([9; 32])).body },
+    );
+    let unknown = refused(submit(unknown).await);
+    assert!(unknown.contains("has no release with manifest"), "{unknown}");
+    let mut forged = Attestation::sign(
+        &other,
+        AttestationBody { verifier: other.public_key(), ..lie(Outcome::Reproduced, manifest.id()).body },
+    );
+    forged.signature[0] ^= 1;
+    let forged = refused(submit(forged).await);
+    assert!(forged.contains("invalid signature"), "{forged}");
+    let through_propose = Proposal {
+        kind: KIND_REBUILDS,
+        payload: Rebuilds { release: 1, attestations: vec![lie(Outcome::Reproduced, manifest.id())] }.to_bytes(),
+        ..Proposal::default()
+    };
+    let proposed = refused(
+        cluster.client.call(&cluster.witnesses[0], Request::Propose { chain, proposal: through_propose }).await,
+    );
+    assert!(proposed.contains("SubmitRebuild"), "{proposed}");
+    // Every signed submission counts, taken or not: two refused ones use the allowance up.
+    let flood = key(32);
+    let flood_attestation = |manifest| {
+        Attestation::sign(
+            &flood,
+            AttestationBody { verifier: flood.public_key(), ..lie(Outcome::Reproduced, manifest).body },
+        )
+    };
+    for _ in 0..2 {
+        let _ = submit(flood_attestation(ManifestId([8; 32]))).await;
+    }
+    let flooded = refused(submit(flood_attestation(manifest.id())).await);
+    assert!(flooded.contains("rebuilds_per_hour"), "{flooded}");
+    common::wait_timeline_has(&cluster, chain, 5).await;
+
+    // A client that trusts the rebuilder: level trusted, up from policy, and it installs at
+    // --min-level trusted. One that trusts only the liar stays at rebuilt and refuses.
+    std::fs::write(path("trusted"), format!("# our build farm\n{rebuilder_key}\n")).unwrap();
+    std::fs::write(path("liar-trusted"), format!("{}\n", liar.public_key())).unwrap();
+    let (code, out, err) =
+        run(&["update", "--state", &state, "--chain", &chain_hex, "--trust-rebuilders", &path("trusted"), "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let update: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(update["level"]["level"], "trusted", "{update}");
+    assert_eq!(update["level_was"], "policy", "{update}");
+    assert_eq!(update["level"]["trusted_rebuilders"][0], rebuilder_key);
+    assert_eq!(update["level"]["other_rebuilders"], 0, "{update}");
+    assert_eq!(update["level"]["disagreements"][0]["verdict"], "mismatch", "{update}");
+    let verify = |trust: &str, level: &str| {
+        run(&[
+            "verify",
+            "--state",
+            &state,
+            "--chain",
+            &chain_hex,
+            "--artifact",
+            "hello-1.0/out.txt",
+            "--trust-rebuilders",
+            &path(trust),
+            "--min-level",
+            level,
+            &path("out.txt"),
+        ])
+    };
+    let (code, out, err) = verify("trusted", "trusted");
+    assert!(code == Some(0) && out.contains("verified"), "{out}{err}");
+    let (code, _, err) = verify("liar-trusted", "trusted");
+    assert!(code == Some(1) && err.contains("level rebuilt, below this client's trusted"), "{err}");
+    assert!(err.contains("no rebuilder this client trusts has reproduced it yet"), "{err}");
+    let (code, out, err) = run(&["update", "--state", &state, "--chain", &chain_hex]);
+    assert!(code == Some(0) && out.contains("DISAGREED"), "the liar stands out: {out}{err}");
+
+    // A client that anchors now skips the release block: the summary at the head names it,
+    // and the release comes down from the head by hash links.
+    let fresh = path("fresh.state");
+    anchored(&fresh);
+    let (code, out, err) = run(&["update", "--state", &fresh, "--chain", &chain_hex, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let update: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(update["release"]["version"], "1.0", "{update}");
+    assert_eq!(update["level"]["level"], "rebuilt", "{update}");
+    let _ = timeline;
 }
 
 /// A child process killed when dropped (a test's `chainiac serve`).

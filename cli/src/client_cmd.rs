@@ -33,19 +33,75 @@ pub struct TrustArgs {
     /// Accept a release its project yanked (by default it is refused, naming the reason).
     #[arg(long)]
     allow_yanked: bool,
+    /// The rebuilders this client trusts: a file of hex keys, one per line (`#` comments).
+    /// Their reproductions lift a release to level `trusted`.
+    #[arg(long)]
+    trust_rebuilders: Option<PathBuf>,
+    /// The lowest level installed: `policy` (the project's verifiers reproduced it; every
+    /// release), `rebuilt` (and a rebuilder outside the policy did), `trusted` (and a
+    /// rebuilder of `--trust-rebuilders` did).
+    #[arg(long, default_value = "policy", value_parser = ["policy", "rebuilt", "trusted"])]
+    min_level: String,
 }
 
 impl TrustArgs {
     pub(crate) fn level(&self) -> Result<TrustLevel> {
         let required_verifiers =
             self.required_verifiers.iter().map(|k| crate::witness_cmd::parse_key(k)).collect::<Result<_>>()?;
+        let trusted_rebuilders = match &self.trust_rebuilders {
+            None => Vec::new(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                parse_trusted_rebuilders(&text).map_err(|e| UsageError(format!("{}: {e}", path.display())))?
+            }
+        };
+        let min_level = chainiac_client::Level::parse(&self.min_level).expect("clap checked the value");
+        if min_level == chainiac_client::Level::Trusted && trusted_rebuilders.is_empty() {
+            return Err(
+                UsageError("--min-level trusted needs --trust-rebuilders naming at least one key".into()).into()
+            );
+        }
         Ok(TrustLevel {
             min_reproductions: self.min_reproductions,
             required_verifiers,
             require_isolation: self.require_isolation,
             allow_yanked: self.allow_yanked,
+            trusted_rebuilders,
+            min_level,
         })
     }
+}
+
+/// A release's level as JSON: who reproduced it, who disagreed.
+pub(crate) fn level_json(level: &chainiac_client::ReleaseLevel) -> serde_json::Value {
+    let hex = |keys: &[chainiac_cosi::PublicKey]| keys.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    let disagreements: Vec<_> = level
+        .disagreements
+        .iter()
+        .map(|(key, verdict)| serde_json::json!({ "key": key.to_string(), "verdict": verdict.name() }))
+        .collect();
+    serde_json::json!({
+        "version": level.version, "level": level.level.name(), "verifiers": hex(&level.verifiers),
+        "trusted_rebuilders": hex(&level.trusted_rebuilders), "other_rebuilders": level.other_rebuilders,
+        "disagreements": disagreements,
+    })
+}
+
+/// A trust file: one rebuilder key (hex) per line; blank lines and `#` comments skipped.
+/// The error names the line.
+pub fn parse_trusted_rebuilders(text: &str) -> Result<Vec<chainiac_cosi::PublicKey>, String> {
+    let mut keys = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let key = crate::witness_cmd::parse_key(line).map_err(|e| format!("line {}: {e:#}", number + 1))?;
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    Ok(keys)
 }
 
 #[derive(Subcommand)]
@@ -242,8 +298,15 @@ fn describe_update(update: &chainiac_client::Update) -> (serde_json::Value, Stri
             bar.as_ref().map_or_else(|e| format!("NOT for this client: {e}"), |_| "ok".into())
         );
     }
+    if let Some(level) = &update.level {
+        let changed = update.level_was.map(|was| format!(" (was {was})")).unwrap_or_default();
+        human += &format!("\nrelease {} {}{changed}", level.version, level.describe());
+    }
     for yank in &update.yanked {
         human += &format!("\nYANKED release {}: {}", yank.version, yank.reason);
+    }
+    for version in &update.unyanked {
+        human += &format!("\nrelease {version} is no longer yanked (the root keys took the yank back)");
     }
     for (w, why) in &update.skipped {
         human += &format!("\nskipped witness {w}: {why}");
@@ -257,6 +320,8 @@ fn describe_update(update: &chainiac_client::Update) -> (serde_json::Value, Stri
         "chain": chain.to_hex(), "from": update.from, "to": update.to, "hops": update.hops,
         "checkpoints": update.checkpoints, "timeline_age_ms": update.timeline_age_ms,
         "change_lists": update.change_lists, "release": release, "skipped": skipped, "yanked": yanked,
+        "unyanked": update.unyanked,
+        "level": update.level.as_ref().map(level_json), "level_was": update.level_was.map(|l| l.name()),
     });
     (value, human)
 }
@@ -282,9 +347,16 @@ pub fn verify(
             &bytes,
         ))?,
     };
+    let yank = client.yank_of(chain, &version)?;
+    if let Some(yank) = &yank {
+        eprintln!("WARNING: release {version} is YANKED: {} (accepted: --allow-yanked)", yank.reason);
+    }
     print(
         json,
-        serde_json::json!({ "chain": chain.to_hex(), "artifact": path_in_release, "version": version, "verified": true }),
+        serde_json::json!({
+            "chain": chain.to_hex(), "artifact": path_in_release, "version": version, "verified": true,
+            "yanked": yank.map(|y| y.reason),
+        }),
         format!("{} is {path_in_release} of release {version}: verified", file.display()),
     );
     Ok(())

@@ -136,6 +136,29 @@ pub fn fetch(
     ))
 }
 
+/// The bytes of `expected` (its hash and size) from the first of `sources` that serves
+/// them: what a rebuilder does with a release's source archive. The liars are named in the
+/// error when none did.
+pub(crate) fn fetch_bytes(sources: &[String], expected: &Artifact) -> Result<Vec<u8>> {
+    let mut refused = Vec::new();
+    for text in sources {
+        let source = Source::parse(text)?;
+        let mut staged = tempfile::tempfile().context("creating a temporary file")?;
+        match download(&source, expected, &mut staged, true) {
+            Ok(Got::Match) => {
+                use std::io::Seek;
+                let mut bytes = Vec::with_capacity(expected.size as usize);
+                staged.rewind().context("reading the download back")?;
+                staged.read_to_end(&mut bytes).context("reading the download back")?;
+                return Ok(bytes);
+            }
+            Ok(Got::Wrong(what)) => refused.push(format!("{source} served wrong bytes ({what})")),
+            Err(e) => refused.push(format!("{source}: {e:#}")),
+        }
+    }
+    anyhow::bail!("no source served {}: {}", expected.path, refused.join("; "))
+}
+
 /// Streams `source` into `into`, hashing as it goes, and stops at one byte past the size
 /// expected (a source cannot fill the disk).
 fn download(source: &Source, artifact: &Artifact, into: &mut std::fs::File, quiet: bool) -> Result<Got> {

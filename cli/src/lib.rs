@@ -5,6 +5,7 @@
 mod client_cmd;
 mod demo;
 mod fetch_cmd;
+mod rebuilder_cmd;
 mod release_cmd;
 mod roster_cmd;
 mod verifier_cmd;
@@ -31,6 +32,10 @@ enum Command {
     /// Run and manage a build verifier.
     #[command(subcommand)]
     Verifier(verifier_cmd::VerifierCommand),
+    /// Rebuild releases in the background and submit attestations: trust that grows after
+    /// a release.
+    #[command(subcommand)]
+    Rebuilder(rebuilder_cmd::RebuilderCommand),
     /// Create an Ed25519 key file (mode 0600): developer, root, witness or verifier key.
     ///
     /// Signing commands also take an OpenSSH ed25519 private key directly (passphrase from
@@ -212,6 +217,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Witness(command) => witness_cmd::run(command),
         Command::Verifier(command) => verifier_cmd::run(command),
+        Command::Rebuilder(command) => rebuilder_cmd::run(command),
         Command::Demo { keep } => demo::run(keep),
         Command::Keygen { out, from_openssh, json } => client_cmd::keygen(&out, from_openssh.as_deref(), json),
         Command::Anchor { state, genesis, json } => client_cmd::anchor(&state, &genesis, json),

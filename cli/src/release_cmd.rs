@@ -306,7 +306,9 @@ pub fn policy(command: PolicyCommand) -> Result<()> {
     let trusted = client.state().chains[&chain].clone();
     let current = chainiac_release::Policy::from_bytes(&trusted.policy)
         .map_err(|e| UsageError(format!("chain {chain} has no release policy: {e}")))?;
-    let mut new = read_policy(&policy, current.version + 1)?;
+    let next =
+        current.version.checked_add(1).ok_or_else(|| UsageError("the policy's version is at its maximum".into()))?;
+    let mut new = read_policy(&policy, next)?;
     for version in &unyank {
         if current.yank_of(version).is_none() {
             return Err(UsageError(format!("release {version:?} of {chain} is not yanked")).into());
@@ -368,6 +370,12 @@ fn yank(state: &Path, chain: &str, version: String, reason: String, keys: &[Path
         .map_err(|e| UsageError(format!("chain {chain} has no release policy: {e}")))?;
     if let Some(earlier) = current.yank_of(&version) {
         return Err(UsageError(format!("release {version} is already yanked: {}", earlier.reason)).into());
+    }
+    if current.version == u64::MAX {
+        return Err(UsageError(
+            "the policy's version is at its maximum: no change, a yank included, can follow".into(),
+        )
+        .into());
     }
     let yank = chainiac_release::Yank { version, reason, time_ms: now_ms() };
     let old_hash = chainiac_skipchain::block::policy_hash(&trusted.policy);

@@ -8,7 +8,7 @@
 
 use chainiac_cosi::PublicKey;
 use chainiac_proto::{Pool, Request, Response};
-use chainiac_release::{BuildIsolation, Outcome, ReleasePayload, TimeWindow, KIND_RELEASE};
+use chainiac_release::{BuildIsolation, Outcome, RebuildSummary, ReleasePayload, TimeWindow, KIND_RELEASE};
 use chainiac_skipchain::timeline::KIND_TIMELINE;
 use chainiac_skipchain::{Block, BlockId, ChainId, ChainParams, ChainState, Committee, Header};
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod rebuilds;
 mod update;
+
+pub use rebuilds::{Level, ReleaseLevel};
 
 /// A chain state the client trusts. Chains of one cothority share their committee: in
 /// memory through the `Arc`, in the state file by index into one list (see
@@ -33,6 +36,9 @@ pub struct TrustedChain {
     pub is_checkpoint: bool,
     /// The newest release verified on this chain, if any.
     pub release: Option<ReleasePayload>,
+    /// What rebuilders said of `release`, as of the newest summary of it the client verified
+    /// (SPEC §11.8).
+    pub rebuilds: Option<RebuildSummary>,
 }
 
 impl TrustedChain {
@@ -46,7 +52,14 @@ impl TrustedChain {
             policy: (*state.policy).clone(),
             is_checkpoint: state.is_checkpoint,
             release,
+            rebuilds: None,
         }
+    }
+
+    /// What rebuilders said of the newest release, if the summary held is about it.
+    pub fn rebuilds_of_release(&self) -> Option<&RebuildSummary> {
+        let release = self.release.as_ref()?;
+        self.rebuilds.as_ref().filter(|s| s.manifest == release.manifest.id())
     }
 
     fn to_state(&self) -> ChainState {
@@ -101,6 +114,16 @@ impl ClientState {
         if let Ok(stored) = chainiac_skipchain::decode_exact::<StoredState>(bytes) {
             return ClientState::try_from(stored);
         }
+        if let Ok(before) = chainiac_skipchain::decode_exact::<StateBeforeRebuilds>(bytes) {
+            return ClientState::try_from(StoredState {
+                committees: before.committees,
+                chains: before.chains,
+                timeline: before.timeline,
+                synced: before.synced,
+                timeline_chains: before.timeline_chains,
+                rebuilds: Vec::new(),
+            });
+        }
         match chainiac_skipchain::decode_exact::<PreviousState>(bytes) {
             Ok(previous) => ClientState::try_from(StoredState {
                 committees: previous.committees,
@@ -108,6 +131,7 @@ impl ClientState {
                 timeline: previous.timeline,
                 synced: Vec::new(),
                 timeline_chains: 0,
+                rebuilds: Vec::new(),
             }),
             Err(e) => match chainiac_skipchain::decode_exact::<LegacyState>(bytes) {
                 Ok(legacy) => ClientState::try_from(legacy),
@@ -168,6 +192,7 @@ impl TryFrom<LegacyState> for ClientState {
                 policy: c.policy,
                 is_checkpoint: c.is_checkpoint,
                 release: c.release,
+                rebuilds: None,
             };
             chains.insert(id, trusted);
         }
@@ -182,6 +207,19 @@ struct StoredState {
     chains: Vec<StoredChain>,
     timeline: Option<ChainId>,
     /// (position in `chains`, timeline index): [`ClientState::synced`].
+    synced: Vec<(u32, u64)>,
+    timeline_chains: u64,
+    /// (position in `chains`, summary): [`TrustedChain::rebuilds`].
+    rebuilds: Vec<(u32, RebuildSummary)>,
+}
+
+/// The state file before rebuild summaries (2026-12-01).
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct StateBeforeRebuilds {
+    committees: Vec<Committee>,
+    chains: Vec<StoredChain>,
+    timeline: Option<ChainId>,
     synced: Vec<(u32, u64)>,
     timeline_chains: u64,
 }
@@ -220,6 +258,12 @@ impl From<ClientState> for StoredState {
             .enumerate()
             .filter_map(|(position, chain)| state.synced.get(chain).map(|&index| (position as u32, index)))
             .collect();
+        let rebuilds = state
+            .chains
+            .values()
+            .enumerate()
+            .filter_map(|(position, t)| t.rebuilds.clone().map(|s| (position as u32, s)))
+            .collect();
         let chains = state
             .chains
             .into_values()
@@ -240,7 +284,14 @@ impl From<ClientState> for StoredState {
                 }
             })
             .collect();
-        StoredState { committees, chains, timeline: state.timeline, synced, timeline_chains: state.timeline_chains }
+        StoredState {
+            committees,
+            chains,
+            timeline: state.timeline,
+            synced,
+            timeline_chains: state.timeline_chains,
+            rebuilds,
+        }
     }
 }
 
@@ -258,6 +309,14 @@ impl TryFrom<StoredState> for ClientState {
                 .get(position as usize)
                 .ok_or_else(|| format!("a reconciliation record names chain {position} of {}", stored.chains.len()))?;
             synced.insert(chain.chain, index);
+        }
+        let mut rebuilds: BTreeMap<ChainId, RebuildSummary> = BTreeMap::new();
+        for (position, summary) in stored.rebuilds {
+            let chain = stored
+                .chains
+                .get(position as usize)
+                .ok_or_else(|| format!("a rebuild summary names chain {position} of {}", stored.chains.len()))?;
+            rebuilds.insert(chain.chain, summary);
         }
         for c in stored.chains {
             let (committee, hash) = committees
@@ -278,6 +337,7 @@ impl TryFrom<StoredState> for ClientState {
                 policy: c.policy,
                 is_checkpoint: c.is_checkpoint,
                 release: c.release,
+                rebuilds: rebuilds.remove(&c.chain),
             };
             if chains.insert(c.chain, trusted).is_some() {
                 return Err(format!("chain {} is listed twice", c.chain));
@@ -299,6 +359,10 @@ pub struct TrustLevel {
     pub require_isolation: bool,
     /// Accept a release its project yanked (SPEC §11.7); by default it is refused.
     pub allow_yanked: bool,
+    /// Rebuilders whose reproductions lift a release to [`Level::Trusted`].
+    pub trusted_rebuilders: Vec<PublicKey>,
+    /// The lowest level this client installs (SPEC §11.8).
+    pub min_level: Level,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -330,6 +394,8 @@ pub enum ClientError {
     NoSuchRelease { chain: ChainId, version: String },
     #[error("the release does not meet this client's bar: {0}")]
     BelowClientBar(String),
+    #[error("release {version} is at level {level}, below this client's {wanted}: {missing}")]
+    BelowLevel { version: String, level: Level, wanted: Level, missing: String },
     #[error(
         "release {version} of chain {chain} is YANKED: {reason} (do not install it; --allow-yanked accepts it anyway)"
     )]
@@ -357,6 +423,12 @@ pub struct Update {
     pub skipped: Vec<(String, String)>,
     /// Releases the project yanked since the client's last update (SPEC §11.7).
     pub yanked: Vec<chainiac_release::Yank>,
+    /// Releases whose yank the root keys took back since the client's last update.
+    pub unyanked: Vec<String>,
+    /// The newest release's level after the update (SPEC §11.8), if the chain has one.
+    pub level: Option<ReleaseLevel>,
+    /// The level the same release had before the update, when it changed.
+    pub level_was: Option<Level>,
     /// Age of the timeline entry checked, if a timeline is anchored.
     pub timeline_age_ms: Option<u64>,
     /// The timeline's change lists showed whether this chain moved (SPEC §8), instead of an
@@ -495,18 +567,53 @@ impl Client {
     }
 
     /// The project's yank of `version`, as the policy in force at the verified head says
-    /// (SPEC §11.7), if any.
-    pub fn yank_of(&self, chain: ChainId, version: &str) -> Option<chainiac_release::Yank> {
-        let trusted = self.state.chains.get(&chain)?;
-        let policy = chainiac_release::Policy::from_bytes(&trusted.policy).ok()?;
-        policy.yank_of(version).cloned()
+    /// (SPEC §11.7), if any. A release chain whose policy does not decode has yanks no one
+    /// can read: an error, never "not yanked".
+    pub fn yank_of(&self, chain: ChainId, version: &str) -> Result<Option<chainiac_release::Yank>, ClientError> {
+        let Some(trusted) = self.state.chains.get(&chain) else { return Ok(None) };
+        yank_in(&trusted.policy, version, trusted.release.is_some())
     }
 
-    /// What the client installs: a release that meets its bar and was not yanked (unless
-    /// the client allows yanked ones).
+    /// The level of the newest verified release of `chain`, as this client reads it.
+    pub fn level(&self, chain: ChainId) -> Option<ReleaseLevel> {
+        let trusted = self.state.chains.get(&chain)?;
+        let release = trusted.release.as_ref()?;
+        Some(self.level_of(release, trusted.rebuilds_of_release()))
+    }
+
+    fn level_of(&self, release: &ReleasePayload, rebuilds: Option<&RebuildSummary>) -> ReleaseLevel {
+        ReleaseLevel::of(release, rebuilds, &self.trust.trusted_rebuilders, self.trust.require_isolation)
+    }
+
+    /// What the client installs: a release that meets its bar and level (with what rebuilders
+    /// said of it, for the newest release; the policy's alone for an earlier one, whose
+    /// summaries are not fetched) and was not yanked (unless the client allows yanked ones).
     fn installable(&self, chain: ChainId, release: &ReleasePayload) -> Result<(), ClientError> {
+        let trusted = self.state.chains.get(&chain).ok_or(ClientError::NotAnchored(chain))?;
+        let rebuilds = trusted.rebuilds.as_ref().filter(|s| s.manifest == release.manifest.id());
+        self.check_installable(chain, &trusted.policy, release, rebuilds)
+    }
+
+    /// [`Client::installable`] under `policy` (the chain's at its verified head): one home
+    /// for `verify`, `fetch`, `bundle export` and what `update` says of a release.
+    pub(crate) fn check_installable(
+        &self,
+        chain: ChainId,
+        policy: &[u8],
+        release: &ReleasePayload,
+        rebuilds: Option<&RebuildSummary>,
+    ) -> Result<(), ClientError> {
         self.meets_bar(release).map_err(ClientError::BelowClientBar)?;
-        match self.yank_of(chain, &release.manifest.version) {
+        let level = self.level_of(release, rebuilds);
+        if let Some(missing) = level.missing(self.trust.min_level) {
+            return Err(ClientError::BelowLevel {
+                version: level.version,
+                level: level.level,
+                wanted: self.trust.min_level,
+                missing,
+            });
+        }
+        match yank_in(policy, &release.manifest.version, true)? {
             Some(yank) if !self.trust.allow_yanked => {
                 Err(ClientError::Yanked { chain, version: yank.version, reason: yank.reason })
             }
@@ -543,6 +650,27 @@ impl Client {
         if let Some(release) = trusted.release.as_ref().filter(|r| r.manifest.version == version) {
             return Ok(release.clone());
         }
+        let found = self
+            .newest_below(&trusted, |block| {
+                let release =
+                    (block.header.kind == KIND_RELEASE).then(|| ReleasePayload::from_bytes(&block.payload).ok());
+                release.flatten().filter(|r| r.manifest.version == version)
+            })
+            .await?;
+        found
+            .map(|(_, release)| release)
+            .ok_or_else(|| ClientError::NoSuchRelease { chain, version: version.to_string() })
+    }
+
+    /// The newest block at or below the verified head of `trusted`'s chain that `pick` takes
+    /// (its index and what `pick` made of it), walking down a page of blocks at a time, each
+    /// page linked by hashes to the one above; None if no block down to the genesis is.
+    async fn newest_below<T>(
+        &self,
+        trusted: &TrustedChain,
+        mut pick: impl FnMut(&Block) -> Option<T>,
+    ) -> Result<Option<(u64, T)>, ClientError> {
+        let chain = trusted.chain;
         let mut skipped = Vec::new();
         // The block the walk reaches next, by index and the id the block above names.
         let mut expected = (trusted.index(), trusted.id);
@@ -552,20 +680,16 @@ impl Client {
             let request = Request::GetBlocks { chain, from, count: (top - from + 1) as u32 };
             // A page is taken from one member whole or not at all (256 release blocks are
             // far below the 16 MiB a `GetBlocks` answer may carry).
-            let page = self.ask(&trusted, request, &mut skipped, |r| linked_page(r, from, expected)).await?;
+            let page = self.ask(trusted, request, &mut skipped, |r| linked_page(r, from, expected)).await?;
             for block in page.iter().rev() {
-                if block.header.kind == KIND_RELEASE {
-                    if let Ok(release) = ReleasePayload::from_bytes(&block.payload) {
-                        if release.manifest.version == version {
-                            return Ok(release);
-                        }
-                    }
+                if let Some(found) = pick(block) {
+                    return Ok(Some((block.header.index, found)));
                 }
             }
             let lowest = page.first().expect("pages are not empty");
             match lowest.header.back_links.first() {
                 Some(below) => expected = (lowest.header.index - 1, *below),
-                None => return Err(ClientError::NoSuchRelease { chain, version: version.to_string() }),
+                None => return Ok(None),
             }
         }
     }
@@ -637,6 +761,18 @@ pub struct Bundle {
     pub genesis: Block,
     pub proof: chainiac_skipchain::Proof,
     pub timeline: Option<TimelineEvidence>,
+    /// From the release block to the chain's head at export (or the head the timeline
+    /// evidence records, if later), without payload: every policy change after the
+    /// release, so its yanks (SPEC §11.7), checked as any proof is.
+    pub after: chainiac_skipchain::Proof,
+}
+
+/// A bundle from before `after` (2026-12-01): read with an empty one.
+#[derive(Deserialize)]
+struct BundleBeforeYanks {
+    genesis: Block,
+    proof: chainiac_skipchain::Proof,
+    timeline: Option<TimelineEvidence>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -662,8 +798,19 @@ impl Bundle {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ClientError> {
-        chainiac_skipchain::decode_exact(bytes)
-            .map_err(|e| ClientError::Release(format!("bundle does not decode: {e}")))
+        let e = match chainiac_skipchain::decode_exact(bytes) {
+            Ok(bundle) => return Ok(bundle),
+            Err(e) => e,
+        };
+        match chainiac_skipchain::decode_exact::<BundleBeforeYanks>(bytes) {
+            Ok(old) => Ok(Bundle {
+                genesis: old.genesis,
+                proof: old.proof,
+                timeline: old.timeline,
+                after: chainiac_skipchain::Proof { steps: Vec::new(), payload: None },
+            }),
+            Err(_) => Err(ClientError::Release(format!("bundle does not decode: {e}"))),
+        }
     }
 
     /// Checks the bundle with no network: the genesis is the expected anchor, the proof
@@ -703,6 +850,28 @@ impl Bundle {
         )
         .map_err(|e| ClientError::Release(e.to_string()))?;
         meets(trust, &release).map_err(ClientError::BelowClientBar)?;
+        // Past the release, to the head at export: the policy in force there names every
+        // yank up to it.
+        let head = self
+            .after
+            .verify(&reached.state, &chainiac_release::policy_rule)
+            .map_err(|e| ClientError::Release(format!("the proof past the release: {e}")))?
+            .into_inner()
+            .state;
+        if self.after.payload.is_some() {
+            return Err(ClientError::Release("the proof past the release carries a payload".into()));
+        }
+        if let Some(yank) = yank_in(&head.policy, &release.manifest.version, true)? {
+            if !trust.allow_yanked {
+                return Err(ClientError::Yanked { chain: genesis.chain, version: yank.version, reason: yank.reason });
+            }
+        }
+        // A bundle carries no rebuild summary: its release is at the policy's level.
+        let level = ReleaseLevel::of(&release, None, &trust.trusted_rebuilders, trust.require_isolation);
+        if let Some(missing) = level.missing(trust.min_level) {
+            let (version, level, wanted) = (level.version, level.level, trust.min_level);
+            return Err(ClientError::BelowLevel { version, level, wanted, missing });
+        }
         let timeline_age_ms = match (&self.timeline, expected_timeline) {
             (_, None) => None,
             (None, Some(_)) => return Err(ClientError::Timeline("the bundle carries no timeline evidence".into())),
@@ -728,13 +897,39 @@ impl Bundle {
                 if leaf.chain != *expected_chain || leaf.index < reached.state.index() {
                     return Err(ClientError::Timeline("the timeline evidence does not cover this release".into()));
                 }
-                if leaf.index == reached.state.index() && leaf.id != reached.state.id {
+                // Whatever the timeline knows of the chain, the bundle shows: no yank it
+                // records is left out.
+                if leaf.index > head.index() {
+                    return Err(ClientError::Timeline(format!(
+                        "the timeline records block {} of the chain, past the bundle's {}: a yank could be left out",
+                        leaf.index,
+                        head.index()
+                    )));
+                }
+                let at_leaf = [(reached.state.index(), reached.state.id), (head.index(), head.id)];
+                if at_leaf.iter().any(|(index, id)| leaf.index == *index && leaf.id != *id) {
                     return Err(ClientError::Timeline("the timeline records another block at this index".into()));
                 }
                 Some(now_ms().saturating_sub(entry.time_ms))
             }
         };
         Ok(BundleCheck { chain: genesis.chain, index: reached.state.index(), release, timeline_age_ms })
+    }
+}
+
+/// The yank of `version` in a chain's `policy`; `is_release_chain`: a policy that does not
+/// decode is an error (its yanks cannot be read), not "none".
+fn yank_in(
+    policy: &[u8],
+    version: &str,
+    is_release_chain: bool,
+) -> Result<Option<chainiac_release::Yank>, ClientError> {
+    match chainiac_release::Policy::from_bytes(policy) {
+        Ok(policy) => Ok(policy.yank_of(version).cloned()),
+        Err(_) if !is_release_chain => Ok(None),
+        Err(e) => {
+            Err(ClientError::Release(format!("the policy in force does not decode ({e}): its yanks cannot be read")))
+        }
     }
 }
 
@@ -774,22 +969,16 @@ impl Client {
         let chain = genesis.id();
         let trusted = self.state.chains.get(&chain).cloned().ok_or(ClientError::NotAnchored(chain))?;
         let mut skipped = Vec::new();
-        // The bundle ends on the newest release: the head may be a committee or policy
-        // change after it (what a witness says of the kinds is checked with the proof).
-        let mut target = trusted.index();
-        for _ in 0..MAX_BLOCKS_AFTER_RELEASE {
-            let request = Request::GetBlock { chain, index: target };
-            let block = self
-                .ask(&trusted, request, &mut skipped, |r| match r {
-                    Response::Block(Some(block)) if block.header.index == target => Ok(block),
-                    other => Err(format!("answered {other:?}")),
-                })
-                .await?;
-            if block.header.kind == KIND_RELEASE || target == 0 {
-                break;
-            }
-            target -= 1;
-        }
+        // The bundle ends on the newest release: the head may be a summary of its rebuilds
+        // (which names it), a yank, a committee or policy change after it.
+        let target = match trusted.rebuilds_of_release() {
+            Some(summary) => summary.release,
+            None => self
+                .newest_below(&trusted, |block| (block.header.kind == KIND_RELEASE).then_some(()))
+                .await?
+                .map(|(index, ())| index)
+                .ok_or(ClientError::NoRelease(chain))?,
+        };
         let request = Request::GetProof { chain, from: 0, to: Some(target), with_payload: true };
         let proof = self
             .ask(&trusted, request, &mut skipped, |r| match r {
@@ -797,6 +986,7 @@ impl Client {
                 other => Err(format!("answered {other:?}")),
             })
             .await?;
+        let mut reach = trusted.index();
         let timeline = match timeline_genesis {
             None => None,
             Some(tg) => {
@@ -814,13 +1004,24 @@ impl Client {
                         other => Err(format!("answered {other:?}")),
                     })
                     .await?;
-                Some(TimelineEvidence { genesis: tg.clone(), proof, inclusion: info.inclusion.expect("checked") })
+                let inclusion = info.inclusion.expect("checked");
+                reach = reach.max(inclusion.leaf.index);
+                Some(TimelineEvidence { genesis: tg.clone(), proof, inclusion })
             }
         };
-        let bundle = Bundle { genesis: genesis.clone(), proof, timeline };
-        // Never hand out a bundle that does not check, nor one of a release the project yanked:
-        // a bundle shows the chain as it was at its release block, before any yank of it.
-        let check = bundle.verify(&chain, timeline_genesis.map(|g| g.id()).as_ref(), &TrustLevel::default())?;
+        // Past the release to the head (the timeline's, if later): its yanks.
+        let request = Request::GetProof { chain, from: target, to: Some(reach), with_payload: false };
+        let after = self
+            .ask(&trusted, request, &mut skipped, |r| match r {
+                Response::Proof(p) => Ok(p),
+                other => Err(format!("answered {}", other.name())),
+            })
+            .await?;
+        let bundle = Bundle { genesis: genesis.clone(), proof, timeline, after };
+        // Never hand out a bundle that does not check, nor one of a release this client
+        // would not install.
+        let trust = TrustLevel { allow_yanked: true, ..TrustLevel::default() };
+        let check = bundle.verify(&chain, timeline_genesis.map(|g| g.id()).as_ref(), &trust)?;
         self.installable(chain, &check.release)?;
         Ok(bundle)
     }
@@ -851,10 +1052,6 @@ fn linked_page(response: Response, from: u64, expected: (u64, BlockId)) -> Resul
     }
     Ok(blocks)
 }
-
-/// How far back from a chain's head a bundle looks for its newest release (committee and
-/// policy changes come after releases only a few at a time).
-const MAX_BLOCKS_AFTER_RELEASE: usize = 64;
 
 /// The same client for callers without an async runtime: each call runs on a runtime of
 /// the client's own.

@@ -29,7 +29,7 @@ use chainiac_proto::{
     CallError, ErrorCode, ErrorReply, LinkedQuery, ProofQuery, Request, Response, TimelineBatch, MAX_HELD_APPOINTMENTS,
     MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS,
 };
-use chainiac_release::{Policy, TimeWindow, KIND_RELEASE};
+use chainiac_release::{Policy, RebuildSummary, ReleasePayload, TimeWindow, KIND_REBUILD_SUMMARY, KIND_RELEASE};
 use chainiac_skipchain::block::payload_hash;
 use chainiac_skipchain::timeline::{
     chain_prefix, changes_cost, changes_page_full, inclusion_cost, HeadLeaf, TimelineEntry,
@@ -260,6 +260,42 @@ impl Client {
             }
             results.push((chain, result.map(|(_, update)| update)));
         }
+        // A summary at the head about a release the client skipped (the head moved past the
+        // release and its rebuilds): that release is fetched down from the head by hash links.
+        for state in updated.iter_mut() {
+            let Some(summary) = state.rebuilds.clone() else { continue };
+            if state.release.as_ref().map(|r| r.manifest.id()) == Some(summary.manifest) {
+                continue;
+            }
+            match self.release_below(state, &summary).await {
+                Ok(release) => state.release = Some(release),
+                Err(e) => {
+                    tracing::warn!(chain = %state.chain, "the release a rebuild summary names: {e}");
+                    state.rebuilds = None;
+                }
+            }
+        }
+        // Each updated chain's newest release as this client reads it, and what it was before.
+        for (chain, result) in results.iter_mut() {
+            let (Ok(update), Some(state)) = (result, updated.iter().find(|s| s.chain == *chain)) else { continue };
+            let Some(release) = &state.release else { continue };
+            let level = self.level_of(release, state.rebuilds_of_release());
+            let before = self.state.chains.get(chain).and_then(|old| {
+                let old_release = old.release.as_ref().filter(|r| r.manifest.id() == release.manifest.id())?;
+                Some(self.level_of(old_release, old.rebuilds_of_release()).level)
+            });
+            match before {
+                Some(before) if before != level.level => update.level_was = Some(before),
+                Some(_) => {}
+                // A release new to this client that was not at the head (a summary named it).
+                None if update.release.is_none() => {
+                    let status = self.check_installable(*chain, &state.policy, release, state.rebuilds_of_release());
+                    update.release = Some((release.manifest.version.clone(), status.map_err(|e| e.to_string())))
+                }
+                None => {}
+            }
+            update.level = Some(level);
+        }
         // Chains that moved to the same committee share one copy of it again.
         let mut shared: HashMap<[u8; 32], Arc<Committee>> = HashMap::new();
         for mut state in updated {
@@ -277,6 +313,34 @@ impl Client {
         }
         self.save()?;
         Ok(results)
+    }
+
+    /// The release block a rebuild summary at `state`'s head names, proven down from the head
+    /// by hash links (`GetBackwardProof`), its manifest the summary's.
+    async fn release_below(
+        &self,
+        state: &TrustedChain,
+        summary: &RebuildSummary,
+    ) -> Result<ReleasePayload, ClientError> {
+        let chain = state.chain;
+        let request = Request::GetBackwardProof { chain, from: state.index(), to: summary.release, with_payload: true };
+        let head = state.to_state();
+        let mut skipped = Vec::new();
+        self.ask(state, request, &mut skipped, |response| {
+            let Response::BackwardProof(proof) = response else {
+                return Err(format!("answered {}", response.name()));
+            };
+            let earlier = proof.verify(&head).map_err(|e| e.to_string())?.into_inner();
+            if earlier.header.index != summary.release || earlier.header.kind != KIND_RELEASE {
+                return Err(format!("block {} is no release", earlier.header.index));
+            }
+            let release = ReleasePayload::from_bytes(earlier.payload.as_deref().unwrap_or_default())?;
+            if release.manifest.id() != summary.manifest {
+                return Err("the release is not the one the summary names".into());
+            }
+            Ok(release)
+        })
+        .await
     }
 
     /// The release checks and the timeline's word on one caught-up chain.
@@ -302,11 +366,30 @@ impl Client {
                 |_| false,
             )
             .map_err(|e| ClientError::Release(e.to_string()))?;
-            release_status = Some((checked.manifest.version.clone(), self.meets_bar(&checked)));
+            let status = self.check_installable(head.chain, &head.policy, &checked, None).map_err(|e| e.to_string());
+            release_status = Some((checked.manifest.version.clone(), status));
             release = Some(checked);
         }
-        let updated = TrustedChain::from_state(&head, release);
-        let yanked = newly_yanked(&trusted.policy, &updated.policy);
+        let new_release =
+            release.as_ref().map(|r| r.manifest.id()) != trusted.release.as_ref().map(|r| r.manifest.id());
+        let mut updated = TrustedChain::from_state(&head, release);
+        // What rebuilders said carries over while the release does; a summary at the head
+        // replaces it (one about a release the client skipped is resolved by the caller).
+        updated.rebuilds = if new_release { None } else { trusted.rebuilds.clone() };
+        if head.header.kind == KIND_REBUILD_SUMMARY && head.index() > from {
+            let payload = caught.payload.clone().unwrap_or_default();
+            let summary = RebuildSummary::from_bytes(&payload)
+                .map_err(|e| ClientError::Release(format!("rebuild summary at the head: {e}")))?;
+            if summary.release >= head.index() {
+                return Err(ClientError::Release(format!(
+                    "the rebuild summary at block {} names block {} as its release",
+                    head.index(),
+                    summary.release
+                )));
+            }
+            updated.rebuilds = Some(summary);
+        }
+        let (yanked, unyanked) = yank_changes(&trusted.policy, &updated.policy);
         let timeline_age_ms = match view {
             None => None,
             Some(view) => {
@@ -337,6 +420,9 @@ impl Client {
             release: release_status,
             skipped,
             yanked,
+            unyanked,
+            level: None,
+            level_was: None,
             timeline_age_ms,
             change_lists: view.is_some_and(|v| v.update.change_lists),
         };
@@ -379,6 +465,9 @@ impl Client {
             release: None,
             skipped,
             yanked: Vec::new(),
+            unyanked: Vec::new(),
+            level: None,
+            level_was: None,
             timeline_age_ms,
             change_lists: true,
         })
@@ -506,6 +595,9 @@ impl Client {
             release: None,
             skipped: Vec::new(),
             yanked: Vec::new(),
+            unyanked: Vec::new(),
+            level: None,
+            level_was: None,
             timeline_age_ms: Some(age_ms),
             change_lists: true,
         };
@@ -669,6 +761,9 @@ impl Client {
             release: None,
             skipped: Vec::new(),
             yanked: Vec::new(),
+            unyanked: Vec::new(),
+            level: None,
+            level_was: None,
             timeline_age_ms: entry.as_ref().map(|e| crate::now_ms().saturating_sub(e.time_ms)),
             change_lists: false,
         };
@@ -890,13 +985,16 @@ fn single_proof(response: Response) -> Result<Proof, String> {
     }
 }
 
-/// The yanks `new` lists that `old` does not: what an update reports. Both are the chain's
-/// policies (a chain whose policy is not a release policy has none).
-fn newly_yanked(old: &[u8], new: &[u8]) -> Vec<chainiac_release::Yank> {
+/// The yanks `new` lists that `old` does not, and the versions `old` yanked that `new` no
+/// longer does (the root keys took them back): what an update reports. Both are the
+/// chain's policies (a chain whose policy is not a release policy has none).
+fn yank_changes(old: &[u8], new: &[u8]) -> (Vec<chainiac_release::Yank>, Vec<String>) {
     if old == new {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     }
     let yanks = |bytes: &[u8]| Policy::from_bytes(bytes).map(|p| p.yanked).unwrap_or_default();
-    let before = yanks(old);
-    yanks(new).into_iter().filter(|y| !before.contains(y)).collect()
+    let (before, after) = (yanks(old), yanks(new));
+    let taken_back = before.iter().filter(|y| !after.iter().any(|a| a.version == y.version));
+    let unyanked = taken_back.map(|y| y.version.clone()).collect();
+    (after.into_iter().filter(|y| !before.contains(y)).collect(), unyanked)
 }

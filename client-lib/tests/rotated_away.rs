@@ -18,6 +18,8 @@ use chainiac_skipchain::{genesis, Block, ChainId, ChainParams, ChainState, Commi
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// A bundle whose release is the head: nothing past it.
+const NO_PROOF: chainiac_skipchain::Proof = chainiac_skipchain::Proof { steps: Vec::new(), payload: None };
 fn key(i: u8) -> SecretKey {
     SecretKey::from_seed(&[i; 32])
 }
@@ -178,8 +180,12 @@ async fn a_release_signed_by_a_rotated_away_key_is_refused() {
 
     // Online: every roster entry points at the colluder, which holds the first key.
     let endpoint = chainiac_proto::endpoint::server(&witness_keys[0], address).unwrap();
-    let bundle =
-        Bundle { genesis: first.clone(), proof: store::prove(&store, &chain, 0, head, true).unwrap(), timeline: None };
+    let bundle = Bundle {
+        genesis: first.clone(),
+        proof: store::prove(&store, &chain, 0, head, true).unwrap(),
+        timeline: None,
+        after: NO_PROOF,
+    };
     tokio::spawn(chainiac_proto::server::serve(Arc::new(Colluder { store }), endpoint, &[FrameClass::Query]));
     let dir = tempfile::tempdir().unwrap();
     let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
@@ -207,7 +213,12 @@ async fn a_release_signed_by_a_rotated_away_key_is_refused() {
 fn the_same_chain_signed_by_the_new_key_is_accepted() {
     let witness_keys: Vec<SecretKey> = (40..44).map(key).collect();
     let (store, first, chain, head) = chain(&witness_keys, "127.0.0.1:1", NEW_DEVELOPER);
-    let bundle = Bundle { genesis: first, proof: store::prove(&store, &chain, 0, head, true).unwrap(), timeline: None };
+    let bundle = Bundle {
+        genesis: first,
+        proof: store::prove(&store, &chain, 0, head, true).unwrap(),
+        timeline: None,
+        after: NO_PROOF,
+    };
     let checked = bundle.verify(&chain, None, &TrustLevel::default()).unwrap();
     assert_eq!(checked.index, head);
     assert_eq!(checked.release.manifest.version, "1.1");
@@ -229,7 +240,12 @@ fn a_chain_that_is_not_a_release_chain_cannot_become_one() {
         };
         vec![takeover, release("1.0", NEW_DEVELOPER, now)]
     });
-    let bundle = Bundle { genesis: first, proof: store::prove(&store, &chain, 0, head, true).unwrap(), timeline: None };
+    let bundle = Bundle {
+        genesis: first,
+        proof: store::prove(&store, &chain, 0, head, true).unwrap(),
+        timeline: None,
+        after: NO_PROOF,
+    };
     match bundle.verify(&chain, None, &TrustLevel::default()) {
         Err(ClientError::Release(reason)) => assert!(reason.contains("cannot take one"), "{reason}"),
         other => panic!("a raw chain turned release chain must be refused, got {other:?}"),
@@ -251,6 +267,7 @@ async fn a_policy_change_the_root_keys_did_not_sign_is_refused() {
             genesis: first.clone(),
             proof: store::prove(&store, &chain, 0, head, true).unwrap(),
             timeline: None,
+            after: NO_PROOF,
         };
         let endpoint = chainiac_proto::endpoint::server(&witness_keys[0], address).unwrap();
         tokio::spawn(chainiac_proto::server::serve(Arc::new(Colluder { store }), endpoint, &[FrameClass::Query]));

@@ -110,6 +110,14 @@ pub enum Request {
     /// To a verifier: what it built of artifact `path` of `manifest` when that build did
     /// not match (kept for a while for the operator and the release manager to compare).
     GetArtifact { manifest: ManifestId, path: String },
+
+    // --- rebuilders (appended) ---
+    /// To a witness, from anyone: a rebuilder's attestation about a release of `chain` (the
+    /// one with the attested manifest). The answer is the summary block appended after it
+    /// (SPEC §11.8).
+    SubmitRebuild { chain: ChainId, attestation: Attestation },
+    /// To a witness: the signed attestations its rebuilds blocks hold about a release.
+    GetRebuilds { chain: ChainId, release: u64 },
 }
 
 /// Chains per [`Request::ListChains`] answer, and in a [`NodeStatus`].
@@ -280,8 +288,9 @@ impl Request {
             | Request::GetLinkedProofs { .. }
             | Request::GetTimelineChanges { .. }
             | Request::ListChains { .. }
-            | Request::GetArtifact { .. } => FrameClass::Query,
-            Request::CreateChain { .. } | Request::Propose { .. } => FrameClass::Submit,
+            | Request::GetArtifact { .. }
+            | Request::GetRebuilds { .. } => FrameClass::Query,
+            Request::CreateChain { .. } | Request::Propose { .. } | Request::SubmitRebuild { .. } => FrameClass::Submit,
             Request::Announce(_)
             | Request::Challenge { .. }
             | Request::Abort { .. }
@@ -325,6 +334,8 @@ impl Request {
             Request::GetIndexState { .. } => "get_index_state",
             Request::ListChains { .. } => "list_chains",
             Request::GetArtifact { .. } => "get_artifact",
+            Request::SubmitRebuild { .. } => "submit_rebuild",
+            Request::GetRebuilds { .. } => "get_rebuilds",
         }
     }
 }
@@ -377,6 +388,8 @@ pub enum Response {
     VerifierStatus(VerifierStatus),
     /// The answer to [`Request::GetArtifact`]: the bytes, if the verifier keeps them.
     Artifact(Option<Vec<u8>>),
+    /// The answer to [`Request::GetRebuilds`], in chain order.
+    Rebuilds(Vec<Attestation>),
 }
 
 impl Response {
@@ -407,6 +420,7 @@ impl Response {
             Response::Chains { .. } => "chains",
             Response::VerifierStatus(_) => "verifier_status",
             Response::Artifact(_) => "artifact",
+            Response::Rebuilds(_) => "rebuilds",
         }
     }
 }

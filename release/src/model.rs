@@ -22,10 +22,22 @@ pub const TAG_YANK: &str = "chainiac/v1/release/yank";
 pub const KIND_RELEASE: u16 = 2;
 pub const KIND_POLICY_CHANGE: u16 = 3;
 pub const KIND_YANK: u16 = 5;
+/// Rebuilders' signed attestations about a release, appended after it (SPEC §11.8).
+pub const KIND_REBUILDS: u16 = 6;
+/// What rebuilders said about a release so far, one compact record each: what clients read.
+pub const KIND_REBUILD_SUMMARY: u16 = 7;
 
-/// Most releases a policy lists as yanked, and the longest reason: the policy travels in
-/// every proof that crosses a change of it (SPEC §11.7).
-pub const MAX_YANKED: usize = 1024;
+/// A rebuild record's evidence digest: `SHA3-256(tagged(TAG_REBUILD_EVIDENCE) ||
+/// encode(Attestation))`, first 16 bytes.
+pub const TAG_REBUILD_EVIDENCE: &str = "chainiac/v1/release/rebuild-evidence";
+/// Most rebuilders one release's summary records (the summary is re-sent whole).
+pub const MAX_REBUILDS_PER_RELEASE: usize = 256;
+
+/// Most releases a policy lists as yanked, and the longest reason: each yank is a policy
+/// change that every proof crossing it carries whole, so a proof from the genesis carries
+/// about `MAX_YANKED² / 2` yanks in the worst case (≈ 0.8 MB at 64 of ≈ 400 bytes; SPEC
+/// §11.7).
+pub const MAX_YANKED: usize = 64;
 pub const MAX_YANK_REASON: usize = 256;
 
 /// The SHA3-256 content hash of a file's bytes.
@@ -463,6 +475,81 @@ impl YankSignature {
     }
 }
 
+/// What a rebuild came to, without the details (which the signed attestation keeps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Verdict {
+    Reproduced,
+    Mismatch,
+    Failed,
+}
+
+impl Verdict {
+    pub fn of(outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Reproduced => Verdict::Reproduced,
+            Outcome::Mismatch { .. } => Verdict::Mismatch,
+            Outcome::Failed { .. } => Verdict::Failed,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Reproduced => "reproduced",
+            Verdict::Mismatch => "mismatch",
+            Verdict::Failed => "failed",
+        }
+    }
+}
+
+/// The payload of a rebuilds block (kind 6): rebuilders' attestations about the release
+/// block at index `release` of the same chain, each checked by every witness.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rebuilds {
+    pub release: u64,
+    pub attestations: Vec<Attestation>,
+}
+
+/// The payload of a rebuild summary block (kind 7): one record per attestation the chain's
+/// rebuilds blocks hold about release `release` (manifest `manifest`), in chain order. A
+/// client reads this (≈ 50 bytes a rebuilder) instead of the attestations (≈ 170 bytes);
+/// the records' digests tie each to its signed attestation, which anyone can fetch and check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildSummary {
+    pub release: u64,
+    pub manifest: ManifestId,
+    pub records: Vec<RebuildRecord>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildRecord {
+    pub rebuilder: PublicKey,
+    pub verdict: Verdict,
+    pub isolation: BuildIsolation,
+    /// The first 16 bytes of the attestation's evidence digest ([`TAG_REBUILD_EVIDENCE`]).
+    #[serde(with = "chainiac_cosi::bytes")]
+    pub evidence: [u8; 16],
+}
+
+impl RebuildRecord {
+    pub fn of(attestation: &Attestation) -> Self {
+        let digest = hash::sha3_256(TAG_REBUILD_EVIDENCE, &[&attestation.to_bytes()]);
+        RebuildRecord {
+            rebuilder: attestation.body.verifier,
+            verdict: Verdict::of(&attestation.body.outcome),
+            isolation: attestation.body.isolation,
+            evidence: digest[..16].try_into().expect("16 bytes"),
+        }
+    }
+}
+
+impl RebuildSummary {
+    /// The summary of release `release` (manifest `manifest`) over its attestations in
+    /// chain order.
+    pub fn of<'a>(release: u64, manifest: ManifestId, attestations: impl IntoIterator<Item = &'a Attestation>) -> Self {
+        RebuildSummary { release, manifest, records: attestations.into_iter().map(RebuildRecord::of).collect() }
+    }
+}
+
 macro_rules! payload_codec {
     ($($t:ty),*) => {$(
         impl $t {
@@ -481,4 +568,4 @@ macro_rules! payload_codec {
         }
     )*};
 }
-payload_codec!(ReleasePayload, PolicyChange, Attestation, YankPayload);
+payload_codec!(ReleasePayload, PolicyChange, Attestation, YankPayload, Rebuilds, RebuildSummary);

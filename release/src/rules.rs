@@ -2,8 +2,8 @@
 //! names the rule that failed.
 
 use crate::model::{
-    ArtifactMismatch, Attestation, BuildIsolation, Manifest, Outcome, Policy, PolicyError, ReleasePayload, Yank,
-    YankSignature, MAX_YANK_REASON,
+    ArtifactMismatch, Attestation, BuildIsolation, Manifest, Outcome, Policy, PolicyError, RebuildSummary, Rebuilds,
+    ReleasePayload, Yank, YankSignature, MAX_REBUILDS_PER_RELEASE, MAX_YANKED, MAX_YANK_REASON,
 };
 use chainiac_cosi::PublicKey;
 use chainiac_skipchain::block::policy_hash;
@@ -81,6 +81,24 @@ pub enum ReleaseError {
     DuplicateYankSignature { key: String },
     #[error("{developers} developer keys and {roots} root keys signed the yank; it takes {release_threshold} developer keys or {root_threshold} root keys")]
     YankThreshold { developers: usize, release_threshold: u32, roots: usize, root_threshold: u32 },
+    #[error("rebuilds payload does not decode: {0}")]
+    DecodeRebuilds(String),
+    #[error("block {0} of this chain is not a release")]
+    NotARelease(u64),
+    #[error("a rebuilds block carries at least one attestation")]
+    NoRebuilds,
+    #[error("rebuilder {key}'s attestation is about another manifest than release {release}'s")]
+    RebuildOfAnotherManifest { key: String, release: u64 },
+    #[error("rebuilder {key}'s attestation has an invalid signature")]
+    BadRebuildSignature { key: String },
+    #[error("rebuilder {key} already attested release {release}: one attestation per rebuilder and release")]
+    DuplicateRebuild { key: String, release: u64 },
+    #[error("release {release} already records {limit} rebuilders, the most a release takes")]
+    TooManyRebuilds { release: u64, limit: usize },
+    #[error("rebuild summary payload does not decode: {0}")]
+    DecodeRebuildSummary(String),
+    #[error("the rebuild summary of release {release} is not what the chain's rebuilds blocks hold ({reason})")]
+    WrongRebuildSummary { release: u64, reason: String },
 }
 
 /// How far a manifest's time may be from the block's: up to `skew_ms` ahead of it (clocks
@@ -265,7 +283,7 @@ pub fn check_policy_change(
 /// A policy's fields as bytes, keys undecoded: what a transition's check reads (decoding
 /// every key strictly costs a point decompression and a torsion check each, and a client
 /// checks every policy change of every chain it follows).
-#[derive(serde::Deserialize, Clone, PartialEq, Eq)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, PartialEq, Eq)]
 struct PolicyFields {
     project: String,
     developers: Vec<KeyBytes>,
@@ -280,7 +298,7 @@ struct PolicyFields {
     yanked: Vec<Yank>,
 }
 
-#[derive(serde::Deserialize, PartialEq, Eq, Hash, Clone, Copy)]
+#[derive(serde::Serialize, serde::Deserialize, PartialEq, Eq, Hash, Clone, Copy)]
 struct KeyBytes(#[serde(with = "chainiac_cosi::bytes")] [u8; 32]);
 
 /// A root signature's or a yank signature's bytes (the two payloads encode alike).
@@ -349,14 +367,17 @@ fn check_root_transition(
     Ok(())
 }
 
-/// The yank `new` adds to `old`, if `new` is exactly `old` with one yank appended and the
-/// version raised by one: the only change developers may make to a policy.
-fn added_yank<'a>(old: &PolicyFields, new: &'a PolicyFields) -> Option<&'a Yank> {
+/// The yank `new` (encoded as `new_bytes`) adds to `old`, if `new` is exactly `old` with one
+/// yank appended and the version raised by one, in canonical bytes: the only change
+/// developers may make to a policy. (Yank signatures do not cover the new policy's bytes,
+/// so a relay must not be able to re-encode them into another block id.)
+fn added_yank<'a>(old: &PolicyFields, new: &'a PolicyFields, new_bytes: &[u8]) -> Option<&'a Yank> {
     let yank = new.yanked.last()?;
     let mut expected = old.clone();
     expected.version = old.version.checked_add(1)?;
     expected.yanked.push(yank.clone());
-    (expected == *new).then_some(yank)
+    let canonical = postcard::to_allocvec(new).ok()? == new_bytes;
+    (expected == *new && canonical).then_some(yank)
 }
 
 /// A yank's own rules and its signatures: a new version, a well-formed yank, and the
@@ -373,6 +394,11 @@ fn check_yank_transition(
         return Err(ReleaseError::AlreadyYanked(yank.version.clone()));
     }
     let bad = |reason: &str| Err(ReleaseError::BadYank { version: yank.version.clone(), reason: reason.into() });
+    if old.yanked.len() >= MAX_YANKED {
+        return bad(&format!(
+            "the policy already lists {MAX_YANKED} yanks, the most it takes (the root keys can drop old ones)"
+        ));
+    }
     if yank.version.is_empty() || yank.version.len() > 128 {
         return bad("a version is 1 to 128 bytes");
     }
@@ -430,7 +456,7 @@ pub fn check_yank(
     Policy::from_bytes(old_policy).map_err(ReleaseError::Policy)?;
     let new_bytes = new_policy.ok_or(ReleaseError::NotAYank)?;
     let (old, new) = decode_policies(old_policy, new_bytes)?;
-    let yank = added_yank(&old, &new).ok_or(ReleaseError::NotAYank)?;
+    let yank = added_yank(&old, &new, new_bytes).ok_or(ReleaseError::NotAYank)?;
     if old.yanked.iter().any(|y| y.version == yank.version) {
         return Err(ReleaseError::AlreadyYanked(yank.version.clone()));
     }
@@ -475,12 +501,66 @@ pub fn policy_rule(chain: &chainiac_skipchain::ChainId, old: &[u8], new: &[u8], 
     }
     let (old_fields, new_fields) = decode_policies(old, new).map_err(|e| e.to_string())?;
     let as_root_change = check_root_transition(&chain.0, old, new, &old_fields, &new_fields, payload);
-    match (as_root_change, added_yank(&old_fields, &new_fields)) {
+    match (as_root_change, added_yank(&old_fields, &new_fields, new)) {
         (Ok(()), _) => Ok(()),
         (Err(root), Some(yank)) => check_yank_transition(&chain.0, old, &old_fields, yank, payload)
             .map_err(|as_yank| format!("{as_yank} (as a root-signed change: {root})")),
         (Err(root), None) => Err(root.to_string()),
     }
+}
+
+/// Checks a rebuilds block's payload (kind 6, SPEC §11.8; decoded by the caller, which looks
+/// up what it names) given the payload of the block it names (None if that block is not a
+/// release of this chain below it) and the rebuilders already recorded for that release:
+/// at least one attestation; each is signed, about that release's manifest, by a key that
+/// attested it neither in the release block nor before (nor twice here); and the release
+/// keeps at most [`MAX_REBUILDS_PER_RELEASE`] rebuilders.
+pub fn check_rebuilds(
+    rebuilds: &Rebuilds,
+    release: Option<&ReleasePayload>,
+    recorded: &[crate::model::RebuildRecord],
+) -> Result<(), ReleaseError> {
+    let index = rebuilds.release;
+    let release = release.ok_or(ReleaseError::NotARelease(index))?;
+    if rebuilds.attestations.is_empty() {
+        return Err(ReleaseError::NoRebuilds);
+    }
+    if recorded.len() + rebuilds.attestations.len() > MAX_REBUILDS_PER_RELEASE {
+        return Err(ReleaseError::TooManyRebuilds { release: index, limit: MAX_REBUILDS_PER_RELEASE });
+    }
+    let id = release.manifest.id();
+    let mut seen: HashSet<PublicKey> = release.attestations.iter().map(|a| a.body.verifier).collect();
+    seen.extend(recorded.iter().map(|r| r.rebuilder));
+    for attestation in &rebuilds.attestations {
+        let key = attestation.body.verifier;
+        if attestation.body.manifest != id {
+            return Err(ReleaseError::RebuildOfAnotherManifest { key: key.to_string(), release: index });
+        }
+        if !seen.insert(key) {
+            return Err(ReleaseError::DuplicateRebuild { key: key.to_string(), release: index });
+        }
+        if !attestation.verify() {
+            return Err(ReleaseError::BadRebuildSignature { key: key.to_string() });
+        }
+    }
+    Ok(())
+}
+
+/// Checks a rebuild summary block (kind 7): it is `expected`, the summary over every
+/// attestation the chain's rebuilds blocks hold about its release.
+pub fn check_rebuild_summary(payload: &[u8], expected: &RebuildSummary) -> Result<RebuildSummary, ReleaseError> {
+    let summary = RebuildSummary::from_bytes(payload).map_err(ReleaseError::DecodeRebuildSummary)?;
+    let wrong = |reason: &str| ReleaseError::WrongRebuildSummary { release: summary.release, reason: reason.into() };
+    if summary.release != expected.release || summary.manifest != expected.manifest {
+        return Err(wrong("another release"));
+    }
+    if summary.records.len() != expected.records.len() {
+        return Err(wrong(&format!("{} records, the chain holds {}", summary.records.len(), expected.records.len())));
+    }
+    if summary != *expected {
+        return Err(wrong("a record differs"));
+    }
+    Ok(summary)
 }
 
 /// How often a verifier agreed with the majority of the verifiers that attested the same

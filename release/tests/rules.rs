@@ -580,3 +580,120 @@ proptest! {
         prop_assert_eq!(rule.is_ok(), enough);
     }
 }
+
+/// A rebuilder's attestation about the release `release(&f, manifest("1.0"), …)` holds.
+fn rebuild(rebuilder: &SecretKey, manifest: &Manifest, outcome: Outcome) -> Attestation {
+    attest(rebuilder, manifest, outcome)
+}
+
+/// Late attestations (SPEC §11.8): signed, about the named release's manifest, one per
+/// rebuilder and release (a policy verifier that attested in the release block counts as
+/// having attested), within the per-release limit.
+#[test]
+fn rebuilds_are_signed_about_the_release_and_once_per_rebuilder() {
+    let f = fixture();
+    let m = manifest("1.0");
+    let released = release(&f, m.clone(), &[0, 1], &[0, 1]);
+    let (a, b) = (key(40), key(41));
+    let block = |attestations: Vec<Attestation>| Rebuilds { release: 3, attestations };
+    let ok = block(vec![rebuild(&a, &m, Outcome::Reproduced), rebuild(&b, &m, Outcome::Failed { reason: "x".into() })]);
+    assert_eq!(check_rebuilds(&ok, Some(&released), &[]), Ok(()));
+    assert_eq!(check_rebuilds(&ok, None, &[]), Err(ReleaseError::NotARelease(3)));
+    assert_eq!(check_rebuilds(&block(vec![]), Some(&released), &[]), Err(ReleaseError::NoRebuilds));
+    let other = block(vec![rebuild(&a, &manifest("1.1"), Outcome::Reproduced)]);
+    assert!(matches!(
+        check_rebuilds(&other, Some(&released), &[]),
+        Err(ReleaseError::RebuildOfAnotherManifest { release: 3, .. })
+    ));
+    let recorded = [RebuildRecord::of(&rebuild(&a, &m, Outcome::Reproduced))];
+    assert!(matches!(check_rebuilds(&ok, Some(&released), &recorded), Err(ReleaseError::DuplicateRebuild { .. })));
+    let twice = block(vec![rebuild(&a, &m, Outcome::Reproduced), rebuild(&a, &m, Outcome::Reproduced)]);
+    assert!(matches!(check_rebuilds(&twice, Some(&released), &[]), Err(ReleaseError::DuplicateRebuild { .. })));
+    let verifier_again = block(vec![rebuild(&f.verifiers[0], &m, Outcome::Reproduced)]);
+    assert!(matches!(
+        check_rebuilds(&verifier_again, Some(&released), &[]),
+        Err(ReleaseError::DuplicateRebuild { .. })
+    ));
+    let mut forged = rebuild(&b, &m, Outcome::Reproduced);
+    forged.signature[5] ^= 1;
+    assert!(matches!(
+        check_rebuilds(&block(vec![forged]), Some(&released), &[]),
+        Err(ReleaseError::BadRebuildSignature { .. })
+    ));
+    let full: Vec<RebuildRecord> = (0..MAX_REBUILDS_PER_RELEASE as u16)
+        .map(|i| {
+            let mut seed = [9u8; 32];
+            seed[..2].copy_from_slice(&i.to_be_bytes());
+            RebuildRecord::of(&rebuild(&SecretKey::from_seed(&seed), &m, Outcome::Reproduced))
+        })
+        .collect();
+    assert_eq!(
+        check_rebuilds(&block(vec![rebuild(&a, &m, Outcome::Reproduced)]), Some(&released), &full),
+        Err(ReleaseError::TooManyRebuilds { release: 3, limit: MAX_REBUILDS_PER_RELEASE })
+    );
+}
+
+/// A summary is exactly the chain's evidence, compacted: each record names the rebuilder,
+/// its verdict and confinement, and 16 bytes of the signed attestation's digest.
+#[test]
+fn a_rebuild_summary_is_the_evidence_compacted() {
+    let m = manifest("1.0");
+    let evidence =
+        [rebuild(&key(40), &m, Outcome::Reproduced), rebuild(&key(41), &m, Outcome::Failed { reason: "oom".into() })];
+    let summary = RebuildSummary::of(3, m.id(), &evidence);
+    assert_eq!(summary.records[1].verdict, Verdict::Failed);
+    assert_eq!(check_rebuild_summary(&summary.to_bytes(), &summary), Ok(summary.clone()));
+    let short = RebuildSummary::of(3, m.id(), &evidence[..1]);
+    assert!(matches!(
+        check_rebuild_summary(&short.to_bytes(), &summary),
+        Err(ReleaseError::WrongRebuildSummary { reason, .. }) if reason.contains("1 records, the chain holds 2")
+    ));
+    let mut altered = summary.clone();
+    altered.records[1].verdict = Verdict::Reproduced;
+    assert!(check_rebuild_summary(&altered.to_bytes(), &summary).is_err());
+    let other = RebuildSummary::of(2, m.id(), &evidence);
+    assert!(check_rebuild_summary(&other.to_bytes(), &summary).is_err());
+    // Pinned: a record is 50 bytes (key, verdict, isolation, 16-byte digest), and its
+    // digest is SHA3-256(tagged(TAG_REBUILD_EVIDENCE) || encode(attestation)).
+    let record = RebuildRecord::of(&evidence[0]);
+    assert_eq!(postcard::to_allocvec(&record).unwrap().len(), 50);
+    let digest = chainiac_cosi::hash::sha3_256(TAG_REBUILD_EVIDENCE_FOR_TEST, &[&evidence[0].to_bytes()]);
+    assert_eq!(record.evidence, digest[..16]);
+    assert_eq!(hex(&record.evidence), PINNED_REBUILD_EVIDENCE);
+}
+
+const TAG_REBUILD_EVIDENCE_FOR_TEST: &str = "chainiac/v1/release/rebuild-evidence";
+const PINNED_REBUILD_EVIDENCE: &str = "86543cd063711dbe0b84b5ade7c01071";
+
+/// Found by review: clients must refuse what witnesses refuse, or a colluding committee
+/// could put in force a policy no client can read (and so no yank it lists). A yank past
+/// the cap is refused by both; so is a yank whose new policy is encoded non-canonically
+/// (the signatures do not cover its bytes, so a relay could choose another block id).
+#[test]
+fn clients_refuse_a_yank_past_the_cap_or_in_non_canonical_bytes() {
+    let f = fixture();
+    let (d, rule) = (&f.developers, |old: &[u8], new: &[u8], payload: &[u8]| {
+        chainiac_release::policy_rule(&chainiac_skipchain::BlockId(CHAIN), old, new, payload)
+    });
+    let mut full = f.policy.clone();
+    full.yanked = (0..MAX_YANKED).map(|i| a_yank(&format!("0.{i}"))).collect();
+    assert_eq!(Policy::from_bytes(&full.to_bytes()).map(|_| ()), Ok(()));
+    let (new, payload) = yank_block(&full, &a_yank("1.0"), &[&d[0], &d[1]]);
+    let refused = rule(&full.to_bytes(), &new, &payload).unwrap_err();
+    assert!(refused.contains("the most it takes"), "{refused}");
+    assert!(matches!(check_yank_of(&full, &new, &payload), Err(ReleaseError::BadYank { .. })));
+
+    // The version 1 as a two-byte varint (`81 00`) instead of `01`: same policy, other bytes.
+    let (new, payload) = yank_block(&f.policy, &a_yank("1.0"), &[&d[0], &d[1]]);
+    let canonical = Policy::from_bytes(&new).unwrap();
+    let tail = postcard::to_allocvec(&canonical.yanked).unwrap();
+    let at = new.len() - tail.len() - 1;
+    assert_eq!(new[at], 1, "the version precedes the yanks");
+    let mut other = new[..at].to_vec();
+    other.extend_from_slice(&[0x81, 0x00]);
+    other.extend_from_slice(&tail);
+    assert_eq!(Policy::from_bytes(&other).unwrap(), canonical, "postcard reads both");
+    assert!(rule(&f.policy.to_bytes(), &other, &payload).is_err());
+    assert_eq!(check_yank_of(&f.policy, &other, &payload), Err(ReleaseError::NotAYank));
+    assert_eq!(rule(&f.policy.to_bytes(), &new, &payload), Ok(()));
+}

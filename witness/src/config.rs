@@ -50,6 +50,9 @@ pub struct WitnessConfig {
     /// quota.
     #[serde(default)]
     pub chain_creators: Vec<String>,
+    /// How many attestations one rebuilder key may submit here per hour (SPEC §11.8).
+    #[serde(default = "defaults::rebuilds_per_hour")]
+    pub rebuilds_per_hour: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +91,9 @@ mod defaults {
     pub fn chain_quota_per_day() -> u32 {
         64
     }
+    pub fn rebuilds_per_hour() -> u32 {
+        60
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +121,7 @@ impl WitnessConfig {
             peers: Vec::new(),
             chain_quota_per_day: defaults::chain_quota_per_day(),
             chain_creators: Vec::new(),
+            rebuilds_per_hour: defaults::rebuilds_per_hour(),
         }
     }
 

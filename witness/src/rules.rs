@@ -2,7 +2,9 @@
 //! payload rules themselves live with their data: releases in `chainiac-release`, timeline
 //! entries in the node (they need the node's heads).
 
-use chainiac_release::{Policy, TimeWindow, KIND_POLICY_CHANGE, KIND_RELEASE, KIND_YANK};
+use chainiac_release::{
+    Policy, TimeWindow, KIND_POLICY_CHANGE, KIND_REBUILDS, KIND_REBUILD_SUMMARY, KIND_RELEASE, KIND_YANK,
+};
 use chainiac_skipchain::authority::{check_quorum, KIND_COMMITTEE};
 use chainiac_skipchain::timeline::KIND_TIMELINE;
 use chainiac_skipchain::{Block, ChainState};
@@ -17,7 +19,10 @@ pub fn kind_allowed(chain_kind: u16, kind: u16) -> bool {
     match chain_kind {
         KIND_RAW => kind == KIND_RAW || kind == KIND_COMMITTEE,
         KIND_TIMELINE => kind == KIND_TIMELINE,
-        KIND_RELEASE => matches!(kind, KIND_RELEASE | KIND_POLICY_CHANGE | KIND_YANK | KIND_COMMITTEE),
+        KIND_RELEASE => matches!(
+            kind,
+            KIND_RELEASE | KIND_POLICY_CHANGE | KIND_YANK | KIND_COMMITTEE | KIND_REBUILDS | KIND_REBUILD_SUMMARY
+        ),
         _ => false,
     }
 }
@@ -80,21 +85,19 @@ pub fn check_rules(
         // Policies on other chains: the clients' rule (a raw chain never takes a release policy).
         chainiac_release::policy_rule(&head.chain, &head.policy, new, &block.payload)?;
     }
+    if block.policy.is_some() && matches!(kind, KIND_RELEASE | KIND_REBUILDS | KIND_REBUILD_SUMMARY) {
+        return Err(format!("a block of kind {kind} cannot change the policy; use a policy change"));
+    }
     match kind {
-        KIND_RELEASE => {
-            if block.policy.is_some() {
-                return Err("a release block cannot change the policy; use a policy change".into());
-            }
-            chainiac_release::check_release(
-                &head.policy,
-                &block.payload,
-                block.header.timestamp_ms,
-                window,
-                |version| is_released.is_some_and(|f| f(version)),
-            )
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-        }
+        KIND_RELEASE => chainiac_release::check_release(
+            &head.policy,
+            &block.payload,
+            block.header.timestamp_ms,
+            window,
+            |version| is_released.is_some_and(|f| f(version)),
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string()),
         KIND_POLICY_CHANGE => {
             chainiac_release::check_policy_change(&head.chain.0, &head.policy, block.policy.as_deref(), &block.payload)
                 .map(|_| ())

@@ -188,6 +188,9 @@ impl CurrentHeads {
 /// Runs disk work (synced RocksDB writes, whole-chain scans) off the runtime's worker
 /// threads: the worker becomes a blocking thread for the call and the runtime moves its
 /// other tasks to a fresh worker, so one slow fsync does not stall every round and query.
+/// A release chain's releases: version → (block index, manifest id).
+type Releases = HashMap<String, (u64, chainiac_release::ManifestId)>;
+
 fn blocking<R>(work: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
@@ -329,8 +332,12 @@ pub struct Node {
     lists_refused: Mutex<HashMap<ChainId, u32>>,
     /// Per timeline chain: the newest appended block whose head set this node holds.
     timelines: Mutex<HashMap<ChainId, KnownTimeline>>,
-    /// Versions released per release chain.
-    released: Mutex<HashMap<ChainId, std::collections::HashSet<String>>>,
+    /// Per release chain, its releases: version → (block index, manifest id).
+    released: Mutex<HashMap<ChainId, Releases>>,
+    /// Rebuilders' attestations per (release chain, release), as the chain holds them.
+    rebuild_evidence: Mutex<rebuilds::RebuildEvidence>,
+    /// Per rebuilder key: (start of its hour, attestations taken in it).
+    rebuild_allowances: Mutex<HashMap<PublicKey, (u64, u32)>>,
     /// The verified head of each chain, as last read or appended.
     heads: Mutex<HashMap<ChainId, Arc<ChainState>>>,
     /// Members that missed a round this node led, until when they are left out of trees.
@@ -354,6 +361,7 @@ pub struct Node {
 
 mod catch_up;
 mod queries;
+mod rebuilds;
 mod rounds;
 mod timeline;
 
@@ -393,6 +401,8 @@ impl Node {
             faulty: Mutex::new(HashMap::new()),
             hidden: Mutex::new(HashMap::new()),
             released: Mutex::new(HashMap::new()),
+            rebuild_evidence: Mutex::new(HashMap::new()),
+            rebuild_allowances: Mutex::new(HashMap::new()),
             timeline_chains: Mutex::new(timeline_chains),
             created: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
@@ -447,6 +457,8 @@ impl Node {
                 self.submit_release(chain, manifest, developer_signatures, source).await
             }
             Request::GetAgreement { chain } => self.agreement(&chain),
+            Request::SubmitRebuild { chain, attestation } => self.submit_rebuild(chain, attestation).await,
+            Request::GetRebuilds { chain, release } => self.rebuilds(&chain, release),
             Request::GetProofs { queries, with_payload, held_appointments } => {
                 self.proofs(&queries, with_payload, held_appointments)
             }
@@ -594,7 +606,8 @@ impl Node {
         let chain_kind = self.chain_kind(&head.chain)?;
         let is_released = |version: &str| self.is_released(&head.chain, version);
         rules::check_rules(chain_kind, head, block, self.release_window(), Some(&is_released))
-            .map_err(|reason| err(ErrorCode::Refused, reason))
+            .map_err(|reason| err(ErrorCode::Refused, reason))?;
+        self.check_rebuild_block(head, block)
     }
 
     /// The checks before this node votes for `block` (§9.1). A block this node is locked on,
@@ -648,26 +661,35 @@ impl Node {
     /// Whether `version` is already released on `chain` (the set is built from the chain on
     /// first use and kept up to date on every append).
     fn is_released(&self, chain: &ChainId, version: &str) -> bool {
-        blocking(|| self.is_released_scan(chain, version))
+        self.with_releases(chain, |releases| releases.contains_key(version))
     }
 
-    fn is_released_scan(&self, chain: &ChainId, version: &str) -> bool {
-        let mut released = self.released.lock().expect("lock");
-        if !released.contains_key(chain) {
-            let mut versions = std::collections::HashSet::new();
-            let head = self.store.head(chain).ok().flatten().map_or(0, |h| h.index);
-            for index in 1..=head {
-                if let Ok(Some(block)) = self.store.block(chain, index) {
-                    if block.header.kind == KIND_RELEASE {
-                        if let Ok(payload) = chainiac_release::ReleasePayload::from_bytes(&block.payload) {
-                            versions.insert(payload.manifest.version);
+    /// The index of the release block of `chain` whose manifest is `manifest`, if any.
+    fn release_index(&self, chain: &ChainId, manifest: &chainiac_release::ManifestId) -> Option<u64> {
+        self.with_releases(chain, |releases| releases.values().find(|(_, id)| id == manifest).map(|(i, _)| *i))
+    }
+
+    /// `look` at the releases of `chain` (read from the chain on first use, then kept up to
+    /// date on every append).
+    fn with_releases<R>(&self, chain: &ChainId, look: impl FnOnce(&Releases) -> R) -> R {
+        blocking(|| {
+            let mut released = self.released.lock().expect("lock");
+            if !released.contains_key(chain) {
+                let mut releases = Releases::new();
+                let head = self.store.head(chain).ok().flatten().map_or(0, |h| h.index);
+                for index in 1..=head {
+                    if let Ok(Some(block)) = self.store.block(chain, index) {
+                        if block.header.kind == KIND_RELEASE {
+                            if let Ok(payload) = chainiac_release::ReleasePayload::from_bytes(&block.payload) {
+                                releases.insert(payload.manifest.version.clone(), (index, payload.manifest.id()));
+                            }
                         }
                     }
                 }
+                released.insert(*chain, releases);
             }
-            released.insert(*chain, versions);
-        }
-        released[chain].contains(version)
+            look(&released[chain])
+        })
     }
 
     /// A `Propose`: a block the caller wants on the chain, checked like any block before a
@@ -693,6 +715,10 @@ impl Node {
             appointment.check_change(&head.committee, &chain, now_ms()).map_err(|error| {
                 err(ErrorCode::Refused, chainiac_skipchain::BlockError::Authority { index, error }.to_string())
             })?;
+        }
+        if matches!(proposal.kind, chainiac_release::KIND_REBUILDS | chainiac_release::KIND_REBUILD_SUMMARY) {
+            // Through `SubmitRebuild` only, where each rebuilder's allowance is counted.
+            return Err(err(ErrorCode::Refused, "send rebuilders' attestations with SubmitRebuild, not Propose"));
         }
         if self.chain_kind(&chain)? == KIND_TIMELINE {
             let member = head.committee.roster().index_of(&caller).is_some();

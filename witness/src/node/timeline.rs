@@ -76,12 +76,17 @@ impl Node {
 
     /// After a timeline block is appended: remember the head set it commits to.
     pub(super) fn note_appended(&self, block: &Block) {
+        if block.header.kind == chainiac_release::KIND_REBUILDS {
+            self.note_rebuilds(block);
+            return;
+        }
         if block.header.kind == KIND_RELEASE {
             if let (Some(chain), Ok(payload)) =
                 (block.header.chain, chainiac_release::ReleasePayload::from_bytes(&block.payload))
             {
-                if let Some(versions) = self.released.lock().expect("lock").get_mut(&chain) {
-                    versions.insert(payload.manifest.version);
+                if let Some(releases) = self.released.lock().expect("lock").get_mut(&chain) {
+                    let id = payload.manifest.id();
+                    releases.insert(payload.manifest.version, (block.header.index, id));
                 }
             }
             return;

@@ -1,0 +1,289 @@
+//! `chainiac rebuilder init | run`: a daemon anyone can run that follows release chains,
+//! rebuilds each new release from its source in the verifiers' sandbox, and submits its
+//! signed attestation to the chain's witnesses (SPEC §11.8).
+
+use crate::client_cmd::{parse_chain, read_key};
+use crate::UsageError;
+use anyhow::{Context, Result};
+use chainiac_client::{Client, TrustLevel};
+use chainiac_proto::{ErrorCode, Request, Response};
+use chainiac_release::{Artifact, Attestation, Policy, ReleasePayload};
+use chainiac_skipchain::ChainId;
+use chainiac_verifier::sandbox::{Isolation, Limits};
+use chainiac_verifier::{Settings, Verifier};
+use chainiac_witness::keyfile;
+use clap::Subcommand;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Subcommand)]
+pub enum RebuilderCommand {
+    /// Create a rebuilder key (mode 0600) and a config in DIR, and print the key (what
+    /// clients list in `--trust-rebuilders`).
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Where source archives are fetched: a URL prefix (http(s)://, file:///, host:port/)
+        /// to which the manifest's archive name is appended (repeatable; tried in turn, each
+        /// download checked against the manifest's hash).
+        #[arg(long = "source", required = true)]
+        sources: Vec<String>,
+        /// A release chain to follow (genesis id, hex; repeatable). Default: every release
+        /// chain anchored in the rebuilder's client state.
+        #[arg(long = "chain")]
+        chains: Vec<String>,
+        /// How builds are confined: `bubblewrap` (what verifiers use) or `none`.
+        #[arg(long, default_value = "bubblewrap", value_parser = ["bubblewrap", "none"])]
+        isolation: String,
+        /// Seconds a build may run.
+        #[arg(long, default_value_t = 600)]
+        time_limit_s: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow the chains, rebuild each newest release not attested yet, and submit.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// One pass, then exit (the exit code says whether every submission went through).
+        #[arg(long)]
+        once: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A rebuilder's configuration (`rebuilder.toml`). Paths are as `init` wrote them
+/// (absolute).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RebuilderConfig {
+    key_file: PathBuf,
+    /// The sandbox's store (kept outcomes, build logs) and the list of submitted manifests.
+    data_dir: PathBuf,
+    /// A chainiac client state: the geneses anchored there (`chainiac anchor`) are what it
+    /// may follow.
+    state: PathBuf,
+    /// Release chains to follow (hex); empty: every release chain anchored in `state`.
+    #[serde(default)]
+    chains: Vec<String>,
+    sources: Vec<String>,
+    #[serde(default)]
+    isolation: Isolation,
+    #[serde(default = "default_interval_s")]
+    interval_s: u64,
+    #[serde(default = "default_time_limit_s")]
+    time_limit_s: u64,
+}
+
+fn default_interval_s() -> u64 {
+    300
+}
+
+fn default_time_limit_s() -> u64 {
+    600
+}
+
+/// Manifests this rebuilder submitted (or found recorded), one hex id per line: not built
+/// again after a restart.
+const SUBMITTED: &str = "submitted";
+
+pub fn run(command: RebuilderCommand) -> Result<()> {
+    match command {
+        RebuilderCommand::Init { dir, sources, chains, isolation, time_limit_s, json } => {
+            for chain in &chains {
+                parse_chain(chain)?;
+            }
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let dir = dir.canonicalize()?;
+            let key = chainiac_cosi::SecretKey::generate(&mut rand_core::OsRng);
+            keyfile::write(&dir.join("rebuilder.key"), &key)?;
+            let config = RebuilderConfig {
+                key_file: dir.join("rebuilder.key"),
+                data_dir: dir.join("data"),
+                state: dir.join("client.state"),
+                chains,
+                sources,
+                isolation: if isolation == "none" { Isolation::None } else { Isolation::Bubblewrap },
+                interval_s: default_interval_s(),
+                time_limit_s,
+            };
+            let path = dir.join("rebuilder.toml");
+            let text = toml::to_string_pretty(&config).expect("configs serialize");
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            let state = config.state.display();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "config": path.display().to_string(), "key": key.public_key().to_string() })
+                );
+            } else {
+                println!("wrote {} and its key; rebuilder key {}", path.display(), key.public_key());
+                println!("anchor the chains to follow: chainiac anchor --state {state} <genesis files>");
+            }
+            Ok(())
+        }
+        RebuilderCommand::Run { config, once, json } => {
+            let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
+            let config: RebuilderConfig =
+                toml::from_str(&text).map_err(|e| UsageError(format!("{}: {e}", config.display())))?;
+            rebuild_loop(&config, once, json)
+        }
+    }
+}
+
+fn rebuild_loop(config: &RebuilderConfig, once: bool, json: bool) -> Result<()> {
+    let key = read_key(&config.key_file)?;
+    let settings = Settings {
+        data_dir: config.data_dir.clone(),
+        limits: Limits { time_limit: Duration::from_secs(config.time_limit_s), ..Limits::default() },
+        concurrency: 1,
+        isolation: config.isolation,
+        bwrap: PathBuf::from("bwrap"),
+        isolate_network: chainiac_verifier::network_isolation_available(),
+        keep_differing: chainiac_verifier::DEFAULT_KEEP_DIFFERING,
+    };
+    let verifier = Verifier::open(key, settings).context("opening the rebuilder's sandbox")?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let _inside = runtime.enter();
+    // Submissions go out under the rebuilder's own key too (witnesses may count per caller).
+    let pool = crate::release_cmd::pool_with(read_key(&config.key_file)?)?;
+    loop {
+        let failed = runtime.block_on(one_pass(config, &verifier, &pool, json))?;
+        if once {
+            if failed > 0 {
+                anyhow::bail!("{failed} release(s) could not be rebuilt or submitted (above)");
+            }
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(config.interval_s.max(1)));
+    }
+}
+
+/// One pass over the followed chains; the number of releases that failed.
+async fn one_pass(
+    config: &RebuilderConfig,
+    verifier: &Verifier,
+    pool: &chainiac_proto::Pool,
+    json: bool,
+) -> Result<usize> {
+    let mut client = Client::open(&config.state, TrustLevel { allow_yanked: true, ..TrustLevel::default() })?;
+    let chains: Vec<ChainId> = if config.chains.is_empty() {
+        let state = client.state();
+        state.chains.iter().filter(|(_, t)| Policy::from_bytes(&t.policy).is_ok()).map(|(c, _)| *c).collect()
+    } else {
+        config.chains.iter().map(|c| parse_chain(c)).collect::<Result<_>>()?
+    };
+    let mut failed = 0;
+    for (chain, result) in client.update_many(&chains).await.context("updating the followed chains")? {
+        if let Err(e) = result {
+            report(json, chain, None, Err(format!("update failed: {e}")));
+            failed += 1;
+        }
+    }
+    let submitted_path = config.data_dir.join(SUBMITTED);
+    let mut submitted = std::fs::read_to_string(&submitted_path).unwrap_or_default();
+    let me = verifier.public_key();
+    for chain in chains {
+        let Some(trusted) = client.state().chains.get(&chain).cloned() else { continue };
+        let Some(release) = trusted.release.clone() else { continue };
+        let id = hex::encode(release.manifest.id().0);
+        if submitted.lines().any(|l| l == id) {
+            continue;
+        }
+        let recorded = trusted.rebuilds_of_release().is_some_and(|s| s.records.iter().any(|r| r.rebuilder == me));
+        let outcome = if recorded {
+            Ok("already recorded".to_string())
+        } else {
+            rebuild(config, verifier, pool, &trusted, &release).await
+        };
+        match &outcome {
+            Ok(_) => {
+                submitted.push_str(&id);
+                submitted.push('\n');
+                std::fs::write(&submitted_path, &submitted)
+                    .with_context(|| format!("writing {}", submitted_path.display()))?;
+            }
+            Err(_) => failed += 1,
+        }
+        report(json, chain, Some(&release), outcome);
+    }
+    Ok(failed)
+}
+
+/// Fetches the release's source, builds it, and submits the signed outcome to the chain's
+/// witnesses in turn; what the witness said.
+async fn rebuild(
+    config: &RebuilderConfig,
+    verifier: &Verifier,
+    pool: &chainiac_proto::Pool,
+    trusted: &chainiac_client::TrustedChain,
+    release: &ReleasePayload,
+) -> Result<String, String> {
+    let source = &release.manifest.source;
+    if source.name.is_empty() || source.name.contains('/') || source.name.starts_with('.') {
+        return Err(format!("the source archive's name {:?} is not a plain file name", source.name));
+    }
+    let expected = Artifact { path: source.name.clone(), sha3: source.sha3, size: source.size };
+    let urls: Vec<String> = config
+        .sources
+        .iter()
+        .map(|prefix| {
+            if prefix.ends_with('/') {
+                format!("{prefix}{}", source.name)
+            } else {
+                format!("{prefix}/{}", source.name)
+            }
+        })
+        .collect();
+    let bytes = tokio::task::spawn_blocking(move || crate::fetch_cmd::fetch_bytes(&urls, &expected))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{e:#}"))?;
+    let attestation = verifier.build(&release.manifest, &bytes).await.map_err(|e| format!("building: {e}"))?;
+    submit(pool, trusted, attestation).await
+}
+
+async fn submit(
+    pool: &chainiac_proto::Pool,
+    trusted: &chainiac_client::TrustedChain,
+    attestation: Attestation,
+) -> Result<String, String> {
+    let verdict = chainiac_release::Verdict::of(&attestation.body.outcome).name();
+    let request = Request::SubmitRebuild { chain: trusted.chain, attestation };
+    let mut tried = Vec::new();
+    for member in trusted.committee.roster().members() {
+        match pool.call(&member.address, &member.key, &request, Duration::from_secs(60)).await {
+            Ok(Response::Appended { block }) => {
+                let recorded =
+                    chainiac_release::RebuildSummary::from_bytes(&block.payload).map_or(0, |s| s.records.len());
+                return Ok(format!("{verdict}; summary at block {} records {recorded} rebuilders", block.header.index));
+            }
+            Ok(Response::Error(e)) if e.code == ErrorCode::Refused && e.message.contains("already attested") => {
+                return Ok(format!("{verdict}; already recorded"));
+            }
+            Ok(Response::Error(e)) if e.code == ErrorCode::Refused => return Err(format!("refused: {}", e.message)),
+            Ok(other) => tried.push(format!("{}: answered {}", member.address, other.name())),
+            Err(e) => tried.push(format!("{}: {e}", member.address)),
+        }
+    }
+    Err(format!("no witness took it: {}", tried.join("; ")))
+}
+
+fn report(json: bool, chain: ChainId, release: Option<&ReleasePayload>, outcome: Result<String, String>) {
+    let version = release.map(|r| r.manifest.version.clone());
+    if json {
+        let (ok, what) = match &outcome {
+            Ok(what) => (true, what),
+            Err(what) => (false, what),
+        };
+        println!("{}", serde_json::json!({ "chain": chain.to_hex(), "version": version, "ok": ok, "outcome": what }));
+    } else {
+        let name = version.map(|v| format!("release {v} of ")).unwrap_or_default();
+        match outcome {
+            Ok(what) => println!("{name}{chain}: {what}"),
+            Err(what) => eprintln!("{name}{chain}: FAILED: {what}"),
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Trust that grows after a release (SPEC §11.8): what the policy's verifiers and later
+//! rebuilders said of a release, and the level a client reads from it.
+
+use chainiac_cosi::PublicKey;
+use chainiac_release::{BuildIsolation, Outcome, RebuildSummary, ReleasePayload, Verdict};
+use serde::{Deserialize, Serialize};
+
+/// How far a release's reproductions reach, lowest first. Every release on a chain is at
+/// least `Policy`: the witnesses appended it only once the policy's verifiers reproduced it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+pub enum Level {
+    /// The project's policy was met: its verifier threshold reproduced the build.
+    #[default]
+    Policy,
+    /// And a rebuilder outside the policy reproduced it.
+    Rebuilt,
+    /// And a rebuilder this client trusts (`--trust-rebuilders`) reproduced it.
+    Trusted,
+}
+
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Policy => "policy",
+            Level::Rebuilt => "rebuilt",
+            Level::Trusted => "trusted",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Level> {
+        [Level::Policy, Level::Rebuilt, Level::Trusted].into_iter().find(|l| l.name() == name)
+    }
+}
+
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Who said what of one release, as one client reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseLevel {
+    pub version: String,
+    pub level: Level,
+    /// The policy's verifiers that reproduced it (in the release block).
+    pub verifiers: Vec<PublicKey>,
+    /// Rebuilders this client trusts that reproduced it.
+    pub trusted_rebuilders: Vec<PublicKey>,
+    /// How many other rebuilders reproduced it.
+    pub other_rebuilders: usize,
+    /// Verifiers and rebuilders that got other bytes or could not build it: a disagreement
+    /// with the release is either an error or poisoning, and must stand out.
+    pub disagreements: Vec<(PublicKey, Verdict)>,
+}
+
+impl ReleaseLevel {
+    /// Reads `release` with what rebuilders said of it (`rebuilds`, if it is about this
+    /// release), counting only sandboxed builds when `require_isolation`.
+    pub fn of(
+        release: &ReleasePayload,
+        rebuilds: Option<&RebuildSummary>,
+        trusted: &[PublicKey],
+        require_isolation: bool,
+    ) -> ReleaseLevel {
+        let counts = |isolation: BuildIsolation| !require_isolation || isolation == BuildIsolation::Namespaces;
+        let mut level = ReleaseLevel {
+            version: release.manifest.version.clone(),
+            level: Level::Policy,
+            verifiers: Vec::new(),
+            trusted_rebuilders: Vec::new(),
+            other_rebuilders: 0,
+            disagreements: Vec::new(),
+        };
+        for attestation in &release.attestations {
+            match &attestation.body.outcome {
+                Outcome::Reproduced if counts(attestation.body.isolation) => {
+                    level.verifiers.push(attestation.body.verifier)
+                }
+                Outcome::Reproduced => {}
+                other => level.disagreements.push((attestation.body.verifier, Verdict::of(other))),
+            }
+        }
+        let id = release.manifest.id();
+        for record in rebuilds.filter(|s| s.manifest == id).map(|s| s.records.as_slice()).unwrap_or_default() {
+            match record.verdict {
+                Verdict::Reproduced if !counts(record.isolation) => {}
+                Verdict::Reproduced if trusted.contains(&record.rebuilder) => {
+                    level.trusted_rebuilders.push(record.rebuilder)
+                }
+                Verdict::Reproduced => level.other_rebuilders += 1,
+                verdict => level.disagreements.push((record.rebuilder, verdict)),
+            }
+        }
+        level.level = if !level.trusted_rebuilders.is_empty() {
+            Level::Trusted
+        } else if level.other_rebuilders > 0 {
+            Level::Rebuilt
+        } else {
+            Level::Policy
+        };
+        level
+    }
+
+    /// What is missing for `wanted`, if the release is below it.
+    pub fn missing(&self, wanted: Level) -> Option<String> {
+        if self.level >= wanted {
+            return None;
+        }
+        Some(match wanted {
+            Level::Policy => unreachable!("every release is at least at the policy's level"),
+            Level::Rebuilt => "no rebuilder outside the policy has reproduced it yet".into(),
+            Level::Trusted => "no rebuilder this client trusts has reproduced it yet".into(),
+        })
+    }
+
+    /// One line for people: "level rebuilt: 2 verifiers, 0 trusted and 3 other rebuilders
+    /// reproduced it; DISAGREED: …".
+    pub fn describe(&self) -> String {
+        let mut text = format!(
+            "level {}: {} verifiers, {} trusted and {} other rebuilders reproduced it",
+            self.level,
+            self.verifiers.len(),
+            self.trusted_rebuilders.len(),
+            self.other_rebuilders
+        );
+        if !self.disagreements.is_empty() {
+            let who: Vec<String> =
+                self.disagreements.iter().map(|(key, verdict)| format!("{} {}", short(key), verdict.name())).collect();
+            text += &format!("; DISAGREED: {}", who.join(", "));
+        }
+        text
+    }
+}
+
+fn short(key: &PublicKey) -> String {
+    key.to_string()[..16].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chainiac_cosi::SecretKey;
+    use chainiac_release::{
+        Artifact, Attestation, AttestationBody, Manifest, RebuildRecord, Recipe, SourceArchive, Verdict,
+    };
+    use proptest::prelude::*;
+
+    fn key(i: u8) -> SecretKey {
+        SecretKey::from_seed(&[i; 32])
+    }
+
+    fn release() -> ReleasePayload {
+        let manifest = Manifest {
+            project: "hello".into(),
+            version: "1.0".into(),
+            source: SourceArchive { name: "hello-1.0.tar".into(), sha3: [1; 32], size: 1 },
+            recipe: Recipe { argv: vec!["make".into()], env: vec![], workdir: ".".into() },
+            artifacts: vec![Artifact { path: "hello".into(), sha3: [2; 32], size: 1 }],
+            time_ms: 1,
+        };
+        ReleasePayload { manifest, developer_signatures: vec![], attestations: vec![] }
+    }
+
+    fn attestation(
+        rebuilder: u8,
+        outcome: Outcome,
+        isolation: BuildIsolation,
+        release: &ReleasePayload,
+    ) -> Attestation {
+        let key = key(rebuilder);
+        let body = AttestationBody {
+            verifier: key.public_key(),
+            manifest: release.manifest.id(),
+            outcome,
+            environment: [0; 32],
+            time_ms: 1,
+            isolation,
+        };
+        Attestation::sign(&key, body)
+    }
+
+    proptest! {
+        /// The level is `trusted` exactly when a trusted rebuilder reproduced the release,
+        /// else `rebuilt` exactly when another did; disagreements never lift it, and a
+        /// summary about another release counts for nothing. With `require_isolation` only
+        /// sandboxed reproductions count.
+        #[test]
+        fn the_level_follows_who_reproduced_it(
+            rebuilds in proptest::collection::vec((0u8..6, 0u8..3, any::<bool>()), 0..8),
+            trusted in proptest::collection::vec(0u8..6, 0..3),
+            require_isolation in any::<bool>(),
+            about_another in any::<bool>(),
+        ) {
+            let release = release();
+            let trusted: Vec<PublicKey> = trusted.iter().map(|i| key(100 + i).public_key()).collect();
+            let mut seen = std::collections::HashSet::new();
+            let attestations: Vec<Attestation> = rebuilds
+                .iter()
+                .filter(|(who, _, _)| seen.insert(*who))
+                .map(|(who, verdict, sandboxed)| {
+                    let outcome = match verdict {
+                        0 => Outcome::Reproduced,
+                        1 => Outcome::Mismatch { artifacts: vec![] },
+                        _ => Outcome::Failed { reason: "x".into() },
+                    };
+                    let isolation = if *sandboxed { BuildIsolation::Namespaces } else { BuildIsolation::None };
+                    attestation(100 + who, outcome, isolation, &release)
+                })
+                .collect();
+            let manifest = if about_another { chainiac_release::ManifestId([9; 32]) } else { release.manifest.id() };
+            let summary = RebuildSummary::of(1, manifest, &attestations);
+            let level = ReleaseLevel::of(&release, Some(&summary), &trusted, require_isolation);
+            let records: Vec<RebuildRecord> = if about_another { vec![] } else { summary.records.clone() };
+            let counts = |r: &RebuildRecord| r.verdict == Verdict::Reproduced && (!require_isolation || r.isolation == BuildIsolation::Namespaces);
+            let by_trusted = records.iter().any(|r| counts(r) && trusted.contains(&r.rebuilder));
+            let by_anyone = records.iter().any(counts);
+            let expected = if by_trusted { Level::Trusted } else if by_anyone { Level::Rebuilt } else { Level::Policy };
+            prop_assert_eq!(level.level, expected);
+            prop_assert_eq!(level.disagreements.len(), records.iter().filter(|r| r.verdict != Verdict::Reproduced).count());
+            prop_assert_eq!(level.missing(Level::Policy), None);
+            prop_assert_eq!(level.missing(expected), None);
+        }
+    }
+}
