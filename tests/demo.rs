@@ -21,6 +21,16 @@ fn the_demo_releases_verifies_and_cleans_up() {
         "past checkpoint(s) [2, 4]",
         "hello 1.2 verified; a copy with one bit changed is refused: true",
         "still block 5, fresh from",
+        // After the releases: a rebuilder skips the lying mirror and lifts 1.2 for a
+        // client that trusts it; a liar stands out; a yank is refused; fetch falls through.
+        "reproduced; summary at block 7 records 1 rebuilders",
+        "level trusted: 2 verifiers, 1 trusted and 0 other rebuilders reproduced it (was policy)",
+        "mismatch",
+        "DISAGREED",
+        "yank at block 10; update reports 1.1; verify: release 1.1 of chain",
+        "is YANKED: CVE-2026-0042",
+        "served wrong bytes for hello-1.2/hello",
+        "of release 1.2, from http://",
     ] {
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
     }
@@ -58,6 +68,11 @@ fn every_subcommand_has_help() {
         vec!["project", "show", "--help"],
         vec!["policy", "rotate", "--help"],
         vec!["chain", "show", "--help"],
+        vec!["rebuilder", "init", "--help"],
+        vec!["rebuilder", "run", "--help"],
+        vec!["release", "yank", "--help"],
+        vec!["fetch", "--help"],
+        vec!["serve", "--help"],
     ] {
         let out = Command::new(BIN).args(&args).output().unwrap();
         assert!(out.status.success(), "{args:?}");

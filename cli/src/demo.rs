@@ -1,7 +1,11 @@
 //! `chainiac demo`: a whole cothority on 127.0.0.1 — 4 witnesses and 2 build verifiers as
 //! child processes with RocksDB in a temporary folder — a project that releases three
 //! versions of a real C program (rotating a developer key in between), and a client anchored
-//! at the genesis that catches up and verifies the last artifact.
+//! at the genesis that catches up and verifies the last artifact. Then trust after the
+//! release: a rebuilder (`chainiac rebuilder run`) rebuilds the last release from two
+//! mirrors (`chainiac serve`, one lying) and lifts its level for a client that trusts it, a
+//! lying rebuilder is flagged, the developers yank the release before, and `chainiac fetch`
+//! falls through the lying mirror to the honest one.
 
 use anyhow::{bail, Context, Result};
 use chainiac_client::{Client, TrustLevel};
@@ -256,6 +260,7 @@ async fn demo(root: &Path) -> Result<()> {
     let work = root.join("release-manager");
     let mut signers = vec![&developers[0], &developers[1]];
     let mut last_binary = Vec::new();
+    let mut released: Vec<(String, Vec<u8>, Vec<u8>)> = Vec::new();
     for (n, version) in ["1.0", "1.1", "1.2"].into_iter().enumerate() {
         if n == 1 {
             change_roster(&mut step, &pool, &witnesses, &dirs, &all_members, &[timeline_genesis.id(), chain]).await?;
@@ -308,6 +313,7 @@ async fn demo(root: &Path) -> Result<()> {
         };
         let id = manifest.id();
         let developer_signatures = signers.iter().map(|k| DeveloperSignature::sign(k, &id)).collect();
+        released.push((version.to_string(), source.clone(), binary.clone()));
         let request = Request::SubmitRelease { chain, manifest, developer_signatures, source };
         match call(&pool, &witnesses[n % WITNESSES], request).await? {
             Response::Appended { block } => {
@@ -369,10 +375,210 @@ async fn demo(root: &Path) -> Result<()> {
         t,
         &format!("still block {}, fresh {how}; timeline {} ms old", again.to, again.timeline_age_ms.unwrap_or(0)),
     );
+    drop(client);
+    let trust = After { root, pool: &pool, witnesses: &witnesses, chain, released: &released, yankers: &signers };
+    trust.run(&mut step, &timeline_genesis, &project_genesis).await?;
     println!(
-        "\ndone: 3 releases, 1 roster change, 1 key rotation, every build reproduced by 2 verifiers and cosigned by {WITNESSES} witnesses."
+        "\ndone: 3 releases, 1 roster change, 1 key rotation, every build reproduced by 2 verifiers and cosigned by {WITNESSES} witnesses; a rebuilder, a liar, a yank and a lying mirror after."
     );
     Ok(())
+}
+
+/// What happens after the releases: trust that grows (a rebuilder), a rebuilder that lies,
+/// a yank, and downloads from mirrors nobody trusts.
+struct After<'a> {
+    root: &'a Path,
+    pool: &'a Pool,
+    witnesses: &'a [Node],
+    chain: ChainId,
+    /// (version, source archive, binary) of each release.
+    released: &'a [(String, Vec<u8>, Vec<u8>)],
+    /// The developer keys in force (the policy's threshold of them).
+    yankers: &'a [&'a SecretKey],
+}
+
+impl After<'_> {
+    async fn run(
+        &self,
+        step: &mut Step,
+        timeline: &chainiac_skipchain::Block,
+        project: &chainiac_skipchain::Block,
+    ) -> Result<()> {
+        let (version, source, binary) = self.released.last().expect("three releases").clone();
+        let archive = format!("hello-{version}.tar");
+        let t = step.say("two mirrors nobody has to trust (`chainiac serve`): one honest, one serving other bytes");
+        let mut mirrors = Vec::new();
+        for (name, honest) in [("mirror-liar", false), ("mirror-honest", true)] {
+            let dir = self.root.join(name);
+            std::fs::create_dir_all(&dir)?;
+            let (archive_bytes, binary_bytes) = if honest {
+                (source.clone(), binary.clone())
+            } else {
+                (b"not the source".to_vec(), b"malware".to_vec())
+            };
+            std::fs::write(dir.join(&archive), archive_bytes)?;
+            std::fs::write(dir.join("hello"), binary_bytes)?;
+            let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.to_string();
+            let child =
+                spawn(&["serve", "--dir", dir.to_str().unwrap(), "--listen", &listen], &dir.with_extension("log"))?;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(&listen).is_err() {
+                if Instant::now() > deadline {
+                    bail!("mirror {name} did not come up");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            mirrors.push((format!("http://{listen}"), child));
+        }
+        let (liar, honest) = (mirrors[0].0.clone(), mirrors[1].0.clone());
+        step.done(t, &format!("liar {liar}, honest {honest}"));
+
+        let t = step.say(&format!(
+            "a rebuilder (anyone's) rebuilds hello {version} from the mirrors and submits its attestation"
+        ));
+        let dir = self.root.join("rebuilder");
+        let init = self
+            .chainiac(&[
+                "rebuilder",
+                "init",
+                "--dir",
+                dir.to_str().unwrap(),
+                "--source",
+                &format!("{liar}/"),
+                "--source",
+                &format!("{honest}/"),
+                "--json",
+            ])
+            .await?;
+        let init: serde_json::Value = serde_json::from_str(&init).context("rebuilder init's report")?;
+        let rebuilder = crate::witness_cmd::parse_key(init["key"].as_str().unwrap_or_default())?;
+        let mut own = Client::open(&dir.join("client.state"), TrustLevel::default())?;
+        own.anchor_many(&[timeline.clone(), project.clone()])?;
+        let config = dir.join("rebuilder.toml");
+        let report =
+            self.chainiac(&["rebuilder", "run", "--config", config.to_str().unwrap(), "--once", "--json"]).await?;
+        let report: serde_json::Value =
+            serde_json::from_str(report.lines().next().unwrap_or_default()).context("rebuilder's report")?;
+        let outcome = report["outcome"].as_str().unwrap_or_default().to_string();
+        wait_for_timeline(self.pool, &self.witnesses[0], self.chain).await?;
+        let trust = TrustLevel { trusted_rebuilders: vec![rebuilder], ..TrustLevel::default() };
+        let mut client = Client::open(&self.root.join("client.state"), trust)?;
+        let update = client.update(self.chain).await?;
+        let level = update.level.as_ref().context("the release's level")?;
+        let was = update.level_was.map(|l| format!(" (was {l})")).unwrap_or_default();
+        step.done(
+            t,
+            &format!(
+                "{outcome}; for a client that trusts rebuilder {}…: hello {version} {}{was}",
+                &rebuilder.to_string()[..16],
+                level.describe()
+            ),
+        );
+
+        let t = step.say("a rebuilder that lies (other bytes, signed) is recorded, and stands out");
+        let liar_key = SecretKey::generate(&mut rand_core::OsRng);
+        let manifest = client.state().chains[&self.chain].release.as_ref().context("the release")?.manifest.clone();
+        let body = chainiac_release::AttestationBody {
+            verifier: liar_key.public_key(),
+            manifest: manifest.id(),
+            outcome: chainiac_release::Outcome::Mismatch {
+                artifacts: vec![chainiac_release::ArtifactMismatch {
+                    path: manifest.artifacts[0].path.clone(),
+                    expected: manifest.artifacts[0].sha3,
+                    got: Some(content_hash(b"malware")),
+                    got_size: Some(7),
+                }],
+            },
+            environment: [0; 32],
+            time_ms: chainiac_client::now_ms(),
+            isolation: chainiac_release::BuildIsolation::Namespaces,
+        };
+        let attestation = chainiac_release::Attestation::sign(&liar_key, body);
+        match call(self.pool, &self.witnesses[2], Request::SubmitRebuild { chain: self.chain, attestation }).await? {
+            Response::Appended { .. } => {}
+            other => bail!("the lie was not recorded: {other:?}"),
+        }
+        wait_for_timeline(self.pool, &self.witnesses[0], self.chain).await?;
+        let update = client.update(self.chain).await?;
+        let level = update.level.as_ref().context("the release's level")?;
+        step.done(t, &format!("hello {version} {}", level.describe()));
+
+        let (old, _, old_binary) = &self.released[1];
+        let t = step.say(&format!("the developers yank hello {old}; clients refuse it from then on"));
+        let policy_bytes = client.state().chains[&self.chain].policy.clone();
+        let policy = Policy::from_bytes(&policy_bytes)?;
+        let yank = chainiac_release::Yank {
+            version: old.clone(),
+            reason: "CVE-2026-0042: prints to the wrong stream".into(),
+            time_ms: chainiac_client::now_ms(),
+        };
+        let old_hash = chainiac_skipchain::block::policy_hash(&policy_bytes);
+        let signatures = self
+            .yankers
+            .iter()
+            .map(|k| chainiac_release::YankSignature::sign(k, &self.chain.0, &old_hash, &yank))
+            .collect();
+        let proposal = Proposal {
+            kind: chainiac_release::KIND_YANK,
+            payload: chainiac_release::YankPayload { signatures }.to_bytes(),
+            policy: Some(policy.with_yank(yank).to_bytes()),
+            ..Proposal::default()
+        };
+        let index = match call(self.pool, &self.witnesses[1], Request::Propose { chain: self.chain, proposal }).await? {
+            Response::Appended { block } => block.header.index,
+            other => bail!("the yank was refused: {other:?}"),
+        };
+        wait_for_timeline(self.pool, &self.witnesses[0], self.chain).await?;
+        let update = client.update(self.chain).await?;
+        let seen = update.yanked.iter().map(|y| y.version.clone()).collect::<Vec<_>>().join(", ");
+        let refused = match client.verify_artifact_of(self.chain, old, &format!("hello-{old}/hello"), old_binary).await
+        {
+            Err(e) => e.to_string(),
+            Ok(_) => bail!("a yanked release was accepted"),
+        };
+        step.done(t, &format!("yank at block {index}; update reports {seen}; verify: {refused}"));
+
+        let t = step
+            .say(&format!("fetching hello {version} (`chainiac fetch`): the lying mirror first, then the honest one"));
+        let out = self.root.join("hello");
+        let state = self.root.join("client.state");
+        let artifact = format!("hello-{version}/hello");
+        let (stdout, stderr) = self
+            .chainiac_both(&[
+                "fetch",
+                "--state",
+                state.to_str().unwrap(),
+                "--chain",
+                &self.chain.to_hex(),
+                "--artifact",
+                &artifact,
+                "--from",
+                &format!("{liar}/hello"),
+                "--from",
+                &format!("{honest}/hello"),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .await?;
+        let named = stderr.lines().next().unwrap_or_default().to_string();
+        step.done(t, &format!("{named}\n           {}", stdout.trim()));
+        drop(mirrors);
+        Ok(())
+    }
+
+    /// Runs this binary with `args`; its stdout, or its stderr as the error.
+    async fn chainiac(&self, args: &[&str]) -> Result<String> {
+        Ok(self.chainiac_both(args).await?.0)
+    }
+
+    async fn chainiac_both(&self, args: &[&str]) -> Result<(String, String)> {
+        let out = Command::new(std::env::current_exe()?).args(args).output().await?;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        if !out.status.success() {
+            bail!("chainiac {}: {}", args.join(" "), text(&out.stderr));
+        }
+        Ok((text(&out.stdout), text(&out.stderr)))
+    }
 }
 
 /// The cothority's roster changes the rightful way: witness 3 leaves and witness 4 joins.
