@@ -721,7 +721,11 @@ async fn a_yanked_release_is_refused_by_every_client_command_until_the_roots_tak
 /// through `Propose` and rebuilders past their hourly allowance are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
-    let cluster = Cluster::start_configured(4, 400, |_, config| config.rebuilds_per_hour = 2).await;
+    let cluster = Cluster::start_configured(4, 400, |_, config| {
+        config.rebuilds_per_hour = 3;
+        config.rebuild_disagreement_limit = 1;
+    })
+    .await;
     let (timeline, timeline_genesis, chain, project_genesis) = timeline_and_project(&cluster, &hello_policy()).await;
     let script = "printf 'hello %s\\n' 1.0 > out.txt\n";
     let mut archive = tar::Builder::new(Vec::new());
@@ -825,10 +829,16 @@ async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
             got_size: Some(10),
         }],
     };
-    let submit = |attestation: Attestation| {
-        let cluster = &cluster;
-        async move { cluster.client.call(&cluster.witnesses[2], Request::SubmitRebuild { chain, attestation }).await }
+    // A rebuilder submits its own attestations, connected with its key (seed `who`).
+    let submit_as = |who: u8, attestation: Attestation| {
+        let witness = &cluster.witnesses[2];
+        async move {
+            common::Client::with_key(key(who))
+                .call_at(&witness.address, &witness.key, Request::SubmitRebuild { chain, attestation })
+                .await
+        }
     };
+    let submit = |attestation: Attestation| submit_as(30, attestation);
     let reply = submit(lie(mismatch.clone(), manifest.id())).await;
     let Ok(Response::Appended { block }) = reply else { panic!("{reply:?}") };
     let summary = RebuildSummary::from_bytes(&block.payload).unwrap();
@@ -843,24 +853,35 @@ async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
     assert_eq!(evidence.iter().map(RebuildRecord::of).collect::<Vec<_>>(), summary.records);
     assert!(evidence.iter().all(Attestation::verify));
 
-    // Refused: a replay, an unknown release, a bad signature, a rebuild through Propose, and
-    // a rebuilder past its allowance (2 an hour on each witness).
+    // Refused: a replay (by the rebuilder, or by anyone else, who may not spend its
+    // allowance), an unknown release, a bad signature, a rebuild through Propose, and a
+    // rebuilder past its allowance (3 an hour on each witness).
     let refused = |reply: Result<Response, chainiac_proto::CallError>| format!("{reply:?}");
     let replay = refused(submit(lie(mismatch.clone(), manifest.id())).await);
     assert!(replay.contains("already attested release 1"), "{replay}");
+    let relayed = refused(
+        cluster
+            .client
+            .call(
+                &cluster.witnesses[2],
+                Request::SubmitRebuild { chain, attestation: lie(mismatch.clone(), manifest.id()) },
+            )
+            .await,
+    );
+    assert!(relayed.contains("submitted by its rebuilder"), "{relayed}");
     let other = key(31);
     let unknown = Attestation::sign(
         &other,
         AttestationBody { verifier: other.public_key(), ..lie(Outcome::Reproduced, ManifestId([9; 32])).body },
     );
-    let unknown = refused(submit(unknown).await);
+    let unknown = refused(submit_as(31, unknown).await);
     assert!(unknown.contains("has no release with manifest"), "{unknown}");
     let mut forged = Attestation::sign(
         &other,
         AttestationBody { verifier: other.public_key(), ..lie(Outcome::Reproduced, manifest.id()).body },
     );
     forged.signature[0] ^= 1;
-    let forged = refused(submit(forged).await);
+    let forged = refused(submit_as(31, forged).await);
     assert!(forged.contains("invalid signature"), "{forged}");
     let through_propose = Proposal {
         kind: KIND_REBUILDS,
@@ -871,7 +892,7 @@ async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
         cluster.client.call(&cluster.witnesses[0], Request::Propose { chain, proposal: through_propose }).await,
     );
     assert!(proposed.contains("SubmitRebuild"), "{proposed}");
-    // Every signed submission counts, taken or not: two refused ones use the allowance up.
+    // Every signed submission counts, taken or not: three refused ones use the allowance up.
     let flood = key(32);
     let flood_attestation = |manifest| {
         Attestation::sign(
@@ -879,10 +900,10 @@ async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
             AttestationBody { verifier: flood.public_key(), ..lie(Outcome::Reproduced, manifest).body },
         )
     };
-    for _ in 0..2 {
-        let _ = submit(flood_attestation(ManifestId([8; 32]))).await;
+    for _ in 0..3 {
+        let _ = submit_as(32, flood_attestation(ManifestId([8; 32]))).await;
     }
-    let flooded = refused(submit(flood_attestation(manifest.id())).await);
+    let flooded = refused(submit_as(32, flood_attestation(manifest.id())).await);
     assert!(flooded.contains("rebuilds_per_hour"), "{flooded}");
     common::wait_timeline_has(&cluster, chain, 5).await;
 
@@ -933,6 +954,55 @@ async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
     assert_eq!(update["release"]["version"], "1.0", "{update}");
     assert_eq!(update["level"]["level"], "rebuilt", "{update}");
     let _ = timeline;
+
+    // Release 1.1: rebuilds of 1.0 are no longer taken (a summary at the head is always
+    // about the newest release, so it can never take a client back), and the liar, one
+    // disagreement over its limit of 1, is throttled.
+    let mut next = manifest.clone();
+    next.version = "1.1".into();
+    next.time_ms = common::now_ms();
+    let reply = cluster
+        .client
+        .call(
+            &cluster.witnesses[1],
+            Request::Propose { chain, proposal: release_of(next.clone(), &[&key(20), &key(21)]) },
+        )
+        .await;
+    assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
+    let late = Attestation::sign(
+        &key(33),
+        AttestationBody { verifier: key(33).public_key(), ..lie(Outcome::Reproduced, manifest.id()).body },
+    );
+    let late = refused(submit_as(33, late).await);
+    assert!(late.contains("newest release only"), "{late}");
+    let throttled = refused(submit(lie(mismatch.clone(), next.id())).await);
+    assert!(throttled.contains("is throttled"), "{throttled}");
+
+    // The bad-hash tracker, against what happened: verifiers 20 and 21 reproduced both
+    // releases; the rebuilder reproduced 1.0; the liar disagreed with it and is throttled.
+    let Ok(Response::Tracker(report)) = cluster.client.call(&cluster.witnesses[0], Request::GetTracker { chain }).await
+    else {
+        panic!("no tracker")
+    };
+    let counts = |k: &chainiac_cosi::PublicKey| {
+        let r = report.records.iter().find(|r| r.key == *k).unwrap();
+        (r.role, r.attested, r.agreed, r.disagreed)
+    };
+    let rebuilder = chainiac_cosi::PublicKey::from_bytes(&hex_bytes(&rebuilder_key)).unwrap();
+    assert_eq!(counts(&key(20).public_key()), (Role::Verifier, 2, 2, 0));
+    assert_eq!(counts(&rebuilder), (Role::Rebuilder, 1, 1, 0));
+    assert_eq!(counts(&liar.public_key()), (Role::Rebuilder, 1, 0, 1));
+    assert_eq!(report.records.len(), 4);
+    assert_eq!(report.disputed.len(), 1);
+    assert_eq!((report.disputed[0].release, report.disputed[0].version.as_str()), (1, "1.0"));
+    assert_eq!(report.throttled.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![liar.public_key().to_bytes()]);
+    let (code, out, err) = run(&["project", "show", "--state", &state, "--chain", &chain_hex]);
+    assert!(code == Some(0) && out.contains("THROTTLED") && out.contains("DISPUTED release 1.0"), "{out}{err}");
+}
+
+fn hex_bytes(text: &str) -> [u8; 32] {
+    let bytes: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap()).collect();
+    bytes.try_into().unwrap()
 }
 
 /// A child process killed when dropped (a test's `chainiac serve`).

@@ -292,14 +292,14 @@ async fn verifiers_rebuild_submitted_releases_and_only_reproduced_ones_are_appen
         matches!(&payload.attestations[2].body.outcome, Outcome::Failed { reason } if reason.contains("time limit"))
     );
     // Operators see the broken verifier.
-    let Ok(Response::Agreement(rows)) =
-        cluster.client.call(&cluster.witnesses[1], Request::GetAgreement { chain }).await
+    let Ok(Response::Tracker(report)) = cluster.client.call(&cluster.witnesses[1], Request::GetTracker { chain }).await
     else {
-        panic!("no agreement report")
+        panic!("no tracker report")
     };
-    let row = |v: &common::VerifierProcess| rows.iter().find(|r| r.verifier == v.key.to_bytes()).unwrap().clone();
+    let row = |v: &common::VerifierProcess| report.records.iter().find(|r| r.key == v.key).unwrap().clone();
     assert_eq!((row(&verifiers[0]).agreed, row(&verifiers[0]).disagreed), (1, 0));
     assert_eq!((row(&verifiers[2]).agreed, row(&verifiers[2]).disagreed), (0, 1));
+    assert_eq!(report.disputed.len(), 1, "the broken verifier's failure flags the release");
     // The verifier keeps the attestation and the build log; the log goes to those who may
     // build, the attestation to anyone.
     let reply = common::Client::with_key(key(20))
@@ -682,8 +682,9 @@ async fn a_release_manager_works_from_the_shell() {
     // Operators see verifier agreement; root keys rotate a developer key.
     let shown = json(run(&["project", "show", "--state", &state, "--chain", &chain, "--json"]));
     assert_eq!(shown["release"], "1.0");
-    assert_eq!(shown["verifiers"].as_array().unwrap().len(), 2);
-    assert!(shown["verifiers"].as_array().unwrap().iter().all(|v| v["agreed"] == 1 && v["disagreed"] == 0));
+    let tracked = shown["tracker"].as_array().unwrap();
+    assert_eq!(tracked.len(), 2);
+    assert!(tracked.iter().all(|v| v["role"] == "verifier" && v["agreed"] == 1 && v["disagreed"] == 0));
     let new_developer =
         json(run(&["keygen", "--out", &path("dev2.key"), "--json"]))["public_key"].as_str().unwrap().to_string();
     let rotated = std::fs::read_to_string(path("policy.toml")).unwrap().replace(&developers[0], &new_developer);

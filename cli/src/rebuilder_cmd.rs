@@ -192,20 +192,19 @@ async fn one_pass(
         if submitted.lines().any(|l| l == id) {
             continue;
         }
+        // Done only once the summary this client verified records this key: a witness's
+        // word that it appended the attestation is not enough.
         let recorded = trusted.rebuilds_of_release().is_some_and(|s| s.records.iter().any(|r| r.rebuilder == me));
-        let outcome = if recorded {
-            Ok("already recorded".to_string())
-        } else {
-            rebuild(config, verifier, pool, &trusted, &release).await
-        };
-        match &outcome {
-            Ok(_) => {
-                submitted.push_str(&id);
-                submitted.push('\n');
-                std::fs::write(&submitted_path, &submitted)
-                    .with_context(|| format!("writing {}", submitted_path.display()))?;
-            }
-            Err(_) => failed += 1,
+        if recorded {
+            submitted.push_str(&id);
+            submitted.push('\n');
+            std::fs::write(&submitted_path, &submitted)
+                .with_context(|| format!("writing {}", submitted_path.display()))?;
+            continue;
+        }
+        let outcome = rebuild(config, verifier, pool, &trusted, &release).await;
+        if outcome.is_err() {
+            failed += 1;
         }
         report(json, chain, Some(&release), outcome);
     }
@@ -242,7 +241,25 @@ async fn rebuild(
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("{e:#}"))?;
     let attestation = verifier.build(&release.manifest, &bytes).await.map_err(|e| format!("building: {e}"))?;
+    // Only an outcome the inputs decide goes on the record for good (one per rebuilder and
+    // release): the sandbox keeps exactly those (SPEC §11.6); one that load or the machine
+    // may have caused is built again at the next pass.
+    let id = release.manifest.id();
+    if verifier.attestation(&id).map_err(|e| e.to_string())?.as_ref() != Some(&attestation) {
+        return Err(format!(
+            "{} here, which this machine may have caused: not submitted, built again at the next pass",
+            describe(&attestation.body.outcome)
+        ));
+    }
     submit(pool, trusted, attestation).await
+}
+
+fn describe(outcome: &chainiac_release::Outcome) -> String {
+    match outcome {
+        chainiac_release::Outcome::Reproduced => "reproduced".into(),
+        chainiac_release::Outcome::Mismatch { artifacts } => format!("{} artifact(s) differ", artifacts.len()),
+        chainiac_release::Outcome::Failed { reason } => format!("failed ({reason})"),
+    }
 }
 
 async fn submit(
@@ -253,7 +270,11 @@ async fn submit(
     let verdict = chainiac_release::Verdict::of(&attestation.body.outcome).name();
     let request = Request::SubmitRebuild { chain: trusted.chain, attestation };
     let mut tried = Vec::new();
-    for member in trusted.committee.roster().members() {
+    // From a random member on: one that lies about appending would otherwise be asked
+    // first at every pass (the next update shows whether the summary records this key).
+    let members = trusted.committee.roster().members();
+    let start = rand_core::RngCore::next_u32(&mut rand_core::OsRng) as usize % members.len().max(1);
+    for member in members.iter().cycle().skip(start).take(members.len()) {
         match pool.call(&member.address, &member.key, &request, Duration::from_secs(60)).await {
             Ok(Response::Appended { block }) => {
                 let recorded =
@@ -263,7 +284,7 @@ async fn submit(
             Ok(Response::Error(e)) if e.code == ErrorCode::Refused && e.message.contains("already attested") => {
                 return Ok(format!("{verdict}; already recorded"));
             }
-            Ok(Response::Error(e)) if e.code == ErrorCode::Refused => return Err(format!("refused: {}", e.message)),
+            Ok(Response::Error(e)) => tried.push(format!("{}: {:?}: {}", member.address, e.code, e.message)),
             Ok(other) => tried.push(format!("{}: answered {}", member.address, other.name())),
             Err(e) => tried.push(format!("{}: {e}", member.address)),
         }

@@ -411,32 +411,57 @@ fn show(state: &Path, chain: &str, json: bool) -> Result<()> {
     let policy =
         Policy::from_bytes(&trusted.policy).map_err(|e| anyhow::anyhow!("chain {chain} has no release policy: {e}"))?;
     let member = trusted.committee.roster().members()[0].clone();
-    let agreement = match runtime.block_on(async {
+    let tracker = match runtime.block_on(async {
         pool()?
-            .call(&member.address, &member.key, &Request::GetAgreement { chain }, Duration::from_secs(30))
+            .call(&member.address, &member.key, &Request::GetTracker { chain }, Duration::from_secs(30))
             .await
             .map_err(anyhow::Error::from)
     })? {
-        Response::Agreement(rows) => rows,
+        Response::Tracker(report) => report,
         other => bail!("unexpected answer: {other:?}"),
     };
     let release = trusted.release.as_ref().map(|r| r.manifest.version.clone());
+    let level = client.level(chain);
+    let role = |r: &chainiac_release::TrackRecord| match r.role {
+        chainiac_release::Role::Verifier => "verifier",
+        chainiac_release::Role::Rebuilder => "rebuilder",
+    };
+    let throttled_until = |r: &chainiac_release::TrackRecord| {
+        tracker.throttled.iter().find(|(k, _)| *k == r.key.to_bytes()).map(|(_, t)| *t)
+    };
     if json {
-        let verifiers: Vec<_> = agreement
+        let records: Vec<_> = tracker
+            .records
             .iter()
-            .map(
-                |a| serde_json::json!({ "key": hex::encode(a.verifier), "agreed": a.agreed, "disagreed": a.disagreed }),
-            )
+            .map(|r| {
+                serde_json::json!({
+                    "key": r.key.to_string(), "role": role(r), "attested": r.attested, "agreed": r.agreed,
+                    "disagreed": r.disagreed, "first_seen_ms": r.first_seen_ms, "throttled_until_ms": throttled_until(r),
+                })
+            })
+            .collect();
+        let disputed: Vec<_> = tracker
+            .disputed
+            .iter()
+            .map(|d| {
+                let who: Vec<_> = d
+                    .disagreeing
+                    .iter()
+                    .map(|(k, v)| serde_json::json!({ "key": k.to_string(), "verdict": v.name() }))
+                    .collect();
+                serde_json::json!({ "release": d.release, "version": d.version, "disagreeing": who })
+            })
             .collect();
         println!(
             "{}",
             serde_json::json!({
                 "chain": chain.to_hex(), "project": policy.project, "head": trusted.index(), "release": release,
+                "level": level.as_ref().map(crate::client_cmd::level_json),
                 "developers": policy.developers.iter().map(|k| k.to_string()).collect::<Vec<_>>(),
                 "release_threshold": policy.release_threshold, "verifier_threshold": policy.verifier_threshold,
                 "require_isolation": policy.require_isolation,
                 "witnesses": trusted.committee.roster().len(), "witness_threshold": trusted.committee.threshold(),
-                "verifiers": verifiers,
+                "tracker": records, "disputed": disputed,
                 "yanked": policy.yanked.iter().map(|y| serde_json::json!({ "version": y.version, "reason": y.reason, "time_ms": y.time_ms })).collect::<Vec<_>>(),
             })
         );
@@ -445,6 +470,9 @@ fn show(state: &Path, chain: &str, json: bool) -> Result<()> {
         let newest_yanked =
             release.as_deref().and_then(|v| policy.yank_of(v)).map(|y| format!(" (YANKED: {})", y.reason));
         println!("newest release: {}{}", release.as_deref().unwrap_or("none"), newest_yanked.unwrap_or_default());
+        if let Some(level) = &level {
+            println!("  {}", level.describe());
+        }
         for y in &policy.yanked {
             println!("yanked: {} ({})", y.version, y.reason);
         }
@@ -455,9 +483,25 @@ fn show(state: &Path, chain: &str, json: bool) -> Result<()> {
             trusted.committee.threshold()
         );
         let sandboxed = if policy.require_isolation { " in a sandbox" } else { "" };
-        println!("verifiers ({} must reproduce{sandboxed}):", policy.verifier_threshold);
-        for a in &agreement {
-            println!("  {}  agreed {}  disagreed {}", hex::encode(a.verifier), a.agreed, a.disagreed);
+        println!(
+            "verifiers ({} must reproduce{sandboxed}) and rebuilders, as witness {} tracks them:",
+            policy.verifier_threshold, member.address
+        );
+        for r in &tracker.records {
+            let throttled = throttled_until(r).map(|t| format!("  THROTTLED until {t} ms")).unwrap_or_default();
+            println!(
+                "  {} {:<9} attested {}  agreed {}  disagreed {}{throttled}",
+                r.key,
+                role(r),
+                r.attested,
+                r.agreed,
+                r.disagreed
+            );
+        }
+        for d in &tracker.disputed {
+            let who: Vec<String> =
+                d.disagreeing.iter().map(|(k, v)| format!("{} {}", &k.to_string()[..16], v.name())).collect();
+            println!("DISPUTED release {} (block {}): {}", d.version, d.release, who.join(", "));
         }
     }
     Ok(())

@@ -36,6 +36,9 @@ pub struct TrustedChain {
     pub is_checkpoint: bool,
     /// The newest release verified on this chain, if any.
     pub release: Option<ReleasePayload>,
+    /// The index of `release`'s block, when the client learnt it (a release kept in a state
+    /// file from before 2026-12-01 has none).
+    pub release_index: Option<u64>,
     /// What rebuilders said of `release`, as of the newest summary of it the client verified
     /// (SPEC §11.8).
     pub rebuilds: Option<RebuildSummary>,
@@ -52,6 +55,7 @@ impl TrustedChain {
             policy: (*state.policy).clone(),
             is_checkpoint: state.is_checkpoint,
             release,
+            release_index: None,
             rebuilds: None,
         }
     }
@@ -121,7 +125,7 @@ impl ClientState {
                 timeline: before.timeline,
                 synced: before.synced,
                 timeline_chains: before.timeline_chains,
-                rebuilds: Vec::new(),
+                releases: Vec::new(),
             });
         }
         match chainiac_skipchain::decode_exact::<PreviousState>(bytes) {
@@ -131,7 +135,7 @@ impl ClientState {
                 timeline: previous.timeline,
                 synced: Vec::new(),
                 timeline_chains: 0,
-                rebuilds: Vec::new(),
+                releases: Vec::new(),
             }),
             Err(e) => match chainiac_skipchain::decode_exact::<LegacyState>(bytes) {
                 Ok(legacy) => ClientState::try_from(legacy),
@@ -192,6 +196,7 @@ impl TryFrom<LegacyState> for ClientState {
                 policy: c.policy,
                 is_checkpoint: c.is_checkpoint,
                 release: c.release,
+                release_index: None,
                 rebuilds: None,
             };
             chains.insert(id, trusted);
@@ -209,8 +214,17 @@ struct StoredState {
     /// (position in `chains`, timeline index): [`ClientState::synced`].
     synced: Vec<(u32, u64)>,
     timeline_chains: u64,
-    /// (position in `chains`, summary): [`TrustedChain::rebuilds`].
-    rebuilds: Vec<(u32, RebuildSummary)>,
+    /// [`TrustedChain::release_index`] and [`TrustedChain::rebuilds`], for the chains that
+    /// have either.
+    releases: Vec<StoredRelease>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredRelease {
+    /// Position in [`StoredState::chains`].
+    chain: u32,
+    index: Option<u64>,
+    rebuilds: Option<RebuildSummary>,
 }
 
 /// The state file before rebuild summaries (2026-12-01).
@@ -258,11 +272,16 @@ impl From<ClientState> for StoredState {
             .enumerate()
             .filter_map(|(position, chain)| state.synced.get(chain).map(|&index| (position as u32, index)))
             .collect();
-        let rebuilds = state
+        let releases = state
             .chains
             .values()
             .enumerate()
-            .filter_map(|(position, t)| t.rebuilds.clone().map(|s| (position as u32, s)))
+            .filter(|(_, t)| t.release_index.is_some() || t.rebuilds.is_some())
+            .map(|(position, t)| StoredRelease {
+                chain: position as u32,
+                index: t.release_index,
+                rebuilds: t.rebuilds.clone(),
+            })
             .collect();
         let chains = state
             .chains
@@ -290,7 +309,7 @@ impl From<ClientState> for StoredState {
             timeline: state.timeline,
             synced,
             timeline_chains: state.timeline_chains,
-            rebuilds,
+            releases,
         }
     }
 }
@@ -310,13 +329,14 @@ impl TryFrom<StoredState> for ClientState {
                 .ok_or_else(|| format!("a reconciliation record names chain {position} of {}", stored.chains.len()))?;
             synced.insert(chain.chain, index);
         }
-        let mut rebuilds: BTreeMap<ChainId, RebuildSummary> = BTreeMap::new();
-        for (position, summary) in stored.rebuilds {
+        let mut releases: BTreeMap<ChainId, StoredRelease> = BTreeMap::new();
+        for release in stored.releases {
+            let position = release.chain;
             let chain = stored
                 .chains
                 .get(position as usize)
-                .ok_or_else(|| format!("a rebuild summary names chain {position} of {}", stored.chains.len()))?;
-            rebuilds.insert(chain.chain, summary);
+                .ok_or_else(|| format!("a release record names chain {position} of {}", stored.chains.len()))?;
+            releases.insert(chain.chain, release);
         }
         for c in stored.chains {
             let (committee, hash) = committees
@@ -337,7 +357,8 @@ impl TryFrom<StoredState> for ClientState {
                 policy: c.policy,
                 is_checkpoint: c.is_checkpoint,
                 release: c.release,
-                rebuilds: rebuilds.remove(&c.chain),
+                release_index: releases.get(&c.chain).and_then(|r| r.index),
+                rebuilds: releases.remove(&c.chain).and_then(|r| r.rebuilds),
             };
             if chains.insert(c.chain, trusted).is_some() {
                 return Err(format!("chain {} is listed twice", c.chain));

@@ -268,7 +268,10 @@ impl Client {
                 continue;
             }
             match self.release_below(state, &summary).await {
-                Ok(release) => state.release = Some(release),
+                Ok(release) => {
+                    state.release = Some(release);
+                    state.release_index = Some(summary.release);
+                }
                 Err(e) => {
                     tracing::warn!(chain = %state.chain, "the release a rebuild summary names: {e}");
                     state.rebuilds = None;
@@ -355,6 +358,7 @@ impl Client {
         let head = caught.state;
         let from = trusted.index();
         let mut release = trusted.release.clone();
+        let mut release_index = trusted.release_index;
         let mut release_status = None;
         if head.header.kind == KIND_RELEASE && head.index() > from {
             let payload = caught.payload.clone().unwrap_or_default();
@@ -369,10 +373,12 @@ impl Client {
             let status = self.check_installable(head.chain, &head.policy, &checked, None).map_err(|e| e.to_string());
             release_status = Some((checked.manifest.version.clone(), status));
             release = Some(checked);
+            release_index = Some(head.index());
         }
         let new_release =
             release.as_ref().map(|r| r.manifest.id()) != trusted.release.as_ref().map(|r| r.manifest.id());
         let mut updated = TrustedChain::from_state(&head, release);
+        updated.release_index = release_index;
         // What rebuilders said carries over while the release does; a summary at the head
         // replaces it (one about a release the client skipped is resolved by the caller).
         updated.rebuilds = if new_release { None } else { trusted.rebuilds.clone() };
@@ -387,7 +393,24 @@ impl Client {
                     summary.release
                 )));
             }
-            updated.rebuilds = Some(summary);
+            // Witnesses take rebuilds of a chain's newest release only, so a summary about
+            // an older release than the one held is a lie, and never takes the client back.
+            match updated.release_index {
+                Some(held) if summary.release < held => {
+                    return Err(ClientError::Release(format!(
+                        "the rebuild summary at block {} is about block {}, older than the release at block {held}",
+                        head.index(),
+                        summary.release
+                    )))
+                }
+                Some(held) if summary.release == held && release_manifest(&updated) != Some(summary.manifest) => {
+                    return Err(ClientError::Release(format!(
+                        "the rebuild summary at block {} names another manifest for the release at block {held}",
+                        head.index()
+                    )))
+                }
+                _ => updated.rebuilds = Some(summary),
+            }
         }
         let (yanked, unyanked) = yank_changes(&trusted.policy, &updated.policy);
         let timeline_age_ms = match view {
@@ -997,4 +1020,8 @@ fn yank_changes(old: &[u8], new: &[u8]) -> (Vec<chainiac_release::Yank>, Vec<Str
     let taken_back = before.iter().filter(|y| !after.iter().any(|a| a.version == y.version));
     let unyanked = taken_back.map(|y| y.version.clone()).collect();
     (after.into_iter().filter(|y| !before.contains(y)).collect(), unyanked)
+}
+
+fn release_manifest(chain: &TrustedChain) -> Option<chainiac_release::ManifestId> {
+    chain.release.as_ref().map(|r| r.manifest.id())
 }

@@ -64,8 +64,10 @@ pub enum Request {
     /// To a witness: have the chain policy's verifiers rebuild `source`, then cosign the
     /// release if the rules hold. The answer is the appended block or the rule that failed.
     SubmitRelease { chain: ChainId, manifest: Manifest, developer_signatures: Vec<DeveloperSignature>, source: Vec<u8> },
-    /// To a witness: how often each verifier agreed with the majority on a release chain.
-    GetAgreement { chain: ChainId },
+    /// To a witness: the bad-hash tracker of a release chain (SPEC §11.8): per verifier and
+    /// rebuilder, what it attested and how often it agreed; the disputed releases; the
+    /// rebuilders this witness throttles.
+    GetTracker { chain: ChainId },
 
     // --- batched queries (appended: older variants keep their tags) ---
     /// Forward proofs for up to [`MAX_PROOF_QUERIES`] chains, answered in order. A proof
@@ -297,7 +299,7 @@ impl Request {
             | Request::Commit { .. }
             | Request::Genesis { .. }
             | Request::GetIndexState { .. } => FrameClass::Peer,
-            Request::GetAttestation { .. } | Request::GetBuildLog { .. } | Request::GetAgreement { .. } => {
+            Request::GetAttestation { .. } | Request::GetBuildLog { .. } | Request::GetTracker { .. } => {
                 FrameClass::Query
             }
             Request::Build { .. } | Request::SubmitRelease { .. } => FrameClass::Build,
@@ -326,7 +328,7 @@ impl Request {
             Request::GetAttestation { .. } => "get_attestation",
             Request::GetBuildLog { .. } => "get_build_log",
             Request::SubmitRelease { .. } => "submit_release",
-            Request::GetAgreement { .. } => "get_agreement",
+            Request::GetTracker { .. } => "get_tracker",
             Request::GetProofs { .. } => "get_proofs",
             Request::GetTimelineBatch { .. } => "get_timeline_batch",
             Request::GetLinkedProofs { .. } => "get_linked_proofs",
@@ -368,7 +370,7 @@ pub enum Response {
     Error(ErrorReply),
     Attestation(Option<Attestation>),
     BuildLog(Option<Vec<u8>>),
-    Agreement(Vec<VerifierAgreement>),
+    Tracker(TrackerReport),
     /// The answer to [`Request::GetProofs`]: one entry per query, in order.
     Proofs(Vec<Result<Proof, ErrorReply>>),
     TimelineBatch(TimelineBatch),
@@ -411,7 +413,7 @@ impl Response {
             Response::Error(_) => "error",
             Response::Attestation(_) => "attestation",
             Response::BuildLog(_) => "build_log",
-            Response::Agreement(_) => "agreement",
+            Response::Tracker(_) => "tracker",
             Response::Proofs(_) => "proofs",
             Response::TimelineBatch(_) => "timeline_batch",
             Response::LinkedProofs(_) => "linked_proofs",
@@ -456,12 +458,16 @@ pub struct VerifierStatus {
     pub refused_frames: u64,
 }
 
-/// How often one verifier's attestations agreed with the majority's on a chain's releases.
+/// The answer to [`Request::GetTracker`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VerifierAgreement {
-    pub verifier: [u8; 32],
-    pub agreed: u64,
-    pub disagreed: u64,
+pub struct TrackerReport {
+    /// Per key that attested a release of the chain, by key.
+    pub records: Vec<chainiac_release::TrackRecord>,
+    /// Releases a verifier or rebuilder disagreed with, in chain order.
+    pub disputed: Vec<chainiac_release::Disputed>,
+    /// Rebuilders (among `records`) whose attestations this witness refuses for now, and
+    /// until when (ms since the epoch): too many disagreements in its window.
+    pub throttled: Vec<([u8; 32], u64)>,
 }
 
 /// A timeline block and, if asked, where a chain's head is in it.

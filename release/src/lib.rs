@@ -14,9 +14,10 @@ pub use model::{
     DeveloperSignature, Manifest, ManifestId, Outcome, Policy, PolicyChange, PolicyError, RebuildRecord,
     RebuildSummary, Rebuilds, Recipe, ReleasePayload, RootSignature, SourceArchive, Verdict, VerifierEntry, Yank,
     YankPayload, YankSignature, KIND_POLICY_CHANGE, KIND_REBUILDS, KIND_REBUILD_SUMMARY, KIND_RELEASE, KIND_YANK,
-    MAX_REBUILDS_PER_RELEASE, MAX_YANKED, MAX_YANK_REASON, SOURCE_DATE_EPOCH,
+    MAX_REBUILDS_PER_BLOCK, MAX_REBUILDS_PER_RELEASE, MAX_REBUILD_ATTESTATION_BYTES, MAX_YANKED, MAX_YANK_REASON,
+    SOURCE_DATE_EPOCH,
 };
 pub use rules::{
-    check_policy_change, check_rebuild_summary, check_rebuilds, check_release, check_yank, policy_rule, Agreement,
-    ReleaseError, TimeWindow,
+    check_policy_change, check_rebuild_summary, check_rebuilds, check_rebuilds_alone, check_release, check_yank,
+    policy_rule, Disputed, ReleaseError, Role, TimeWindow, TrackRecord, Tracker,
 };

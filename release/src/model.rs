@@ -32,6 +32,11 @@ pub const KIND_REBUILD_SUMMARY: u16 = 7;
 pub const TAG_REBUILD_EVIDENCE: &str = "chainiac/v1/release/rebuild-evidence";
 /// Most rebuilders one release's summary records (the summary is re-sent whole).
 pub const MAX_REBUILDS_PER_RELEASE: usize = 256;
+/// Most attestations one rebuilds block holds (witnesses append one per submission).
+pub const MAX_REBUILDS_PER_BLOCK: usize = 16;
+/// The largest encoded attestation a rebuilds block takes: a failure's reason and a
+/// mismatch's list are the rebuilder's to fill, and every witness keeps them.
+pub const MAX_REBUILD_ATTESTATION_BYTES: usize = 4096;
 
 /// Most releases a policy lists as yanked, and the longest reason: each yank is a policy
 /// change that every proof crossing it carries whole, so a proof from the genesis carries

@@ -2,8 +2,9 @@
 //! names the rule that failed.
 
 use crate::model::{
-    ArtifactMismatch, Attestation, BuildIsolation, Manifest, Outcome, Policy, PolicyError, RebuildSummary, Rebuilds,
-    ReleasePayload, Yank, YankSignature, MAX_REBUILDS_PER_RELEASE, MAX_YANKED, MAX_YANK_REASON,
+    ArtifactMismatch, BuildIsolation, Manifest, Outcome, Policy, PolicyError, RebuildSummary, Rebuilds, ReleasePayload,
+    Yank, YankSignature, MAX_REBUILDS_PER_BLOCK, MAX_REBUILDS_PER_RELEASE, MAX_REBUILD_ATTESTATION_BYTES, MAX_YANKED,
+    MAX_YANK_REASON,
 };
 use chainiac_cosi::PublicKey;
 use chainiac_skipchain::block::policy_hash;
@@ -93,8 +94,14 @@ pub enum ReleaseError {
     BadRebuildSignature { key: String },
     #[error("rebuilder {key} already attested release {release}: one attestation per rebuilder and release")]
     DuplicateRebuild { key: String, release: u64 },
-    #[error("release {release} already records {limit} rebuilders, the most a release takes")]
+    #[error("release {release}: more than {limit} rebuild attestations")]
     TooManyRebuilds { release: u64, limit: usize },
+    #[error("rebuilder {key}'s attestation is {size} bytes, more than the 4096 an attestation may take")]
+    RebuildTooLarge { key: String, size: usize },
+    #[error("{key} is a verifier of the policy: it attests in release blocks, not as a rebuilder")]
+    RebuildByAVerifier { key: String },
+    #[error("rebuilds are taken for the chain's newest release only (block {newest}), not block {release}")]
+    NotTheNewestRelease { release: u64, newest: u64 },
     #[error("rebuild summary payload does not decode: {0}")]
     DecodeRebuildSummary(String),
     #[error("the rebuild summary of release {release} is not what the chain's rebuilds blocks hold ({reason})")]
@@ -509,22 +516,54 @@ pub fn policy_rule(chain: &chainiac_skipchain::ChainId, old: &[u8], new: &[u8], 
     }
 }
 
-/// Checks a rebuilds block's payload (kind 6, SPEC §11.8; decoded by the caller, which looks
-/// up what it names) given the payload of the block it names (None if that block is not a
-/// release of this chain below it) and the rebuilders already recorded for that release:
-/// at least one attestation; each is signed, about that release's manifest, by a key that
-/// attested it neither in the release block nor before (nor twice here); and the release
-/// keeps at most [`MAX_REBUILDS_PER_RELEASE`] rebuilders.
-pub fn check_rebuilds(
-    rebuilds: &Rebuilds,
-    release: Option<&ReleasePayload>,
-    recorded: &[crate::model::RebuildRecord],
-) -> Result<(), ReleaseError> {
-    let index = rebuilds.release;
-    let release = release.ok_or(ReleaseError::NotARelease(index))?;
+/// The rules of a rebuilds block (kind 6, SPEC §11.8) that need nothing but the block: at
+/// least one and at most [`MAX_REBUILDS_PER_BLOCK`] attestations, each at most
+/// [`MAX_REBUILD_ATTESTATION_BYTES`] encoded and validly signed, no key twice. Checked for
+/// every block, those caught up on included.
+pub fn check_rebuilds_alone(rebuilds: &Rebuilds) -> Result<(), ReleaseError> {
     if rebuilds.attestations.is_empty() {
         return Err(ReleaseError::NoRebuilds);
     }
+    if rebuilds.attestations.len() > MAX_REBUILDS_PER_BLOCK {
+        return Err(ReleaseError::TooManyRebuilds { release: rebuilds.release, limit: MAX_REBUILDS_PER_BLOCK });
+    }
+    let mut seen = HashSet::new();
+    for attestation in &rebuilds.attestations {
+        let key = attestation.body.verifier;
+        let size = attestation.to_bytes().len();
+        if size > MAX_REBUILD_ATTESTATION_BYTES {
+            return Err(ReleaseError::RebuildTooLarge { key: key.to_string(), size });
+        }
+        if !seen.insert(key) {
+            return Err(ReleaseError::DuplicateRebuild { key: key.to_string(), release: rebuilds.release });
+        }
+        if !attestation.verify() {
+            return Err(ReleaseError::BadRebuildSignature { key: key.to_string() });
+        }
+    }
+    Ok(())
+}
+
+/// The rules of a rebuilds block that read the chain, after [`check_rebuilds_alone`]: it
+/// names the chain's newest release (`release`: that block's index and payload, if the
+/// chain has a release), so a summary at a chain's head is always about its newest release
+/// and cannot take a client back to an older one; each attestation is about that release's
+/// manifest, by a key that is not one of the policy's verifiers (`policy_verifiers`; they
+/// attest in the release block), did not attest it in the release block nor in an earlier
+/// rebuilds block (`recorded`); and the release keeps at most
+/// [`MAX_REBUILDS_PER_RELEASE`] rebuilders.
+pub fn check_rebuilds(
+    rebuilds: &Rebuilds,
+    release: Option<(u64, &ReleasePayload)>,
+    recorded: &[crate::model::RebuildRecord],
+    policy_verifiers: &[PublicKey],
+) -> Result<(), ReleaseError> {
+    let index = rebuilds.release;
+    let release = match release {
+        Some((newest, release)) if newest == index => release,
+        Some((newest, _)) => return Err(ReleaseError::NotTheNewestRelease { release: index, newest }),
+        None => return Err(ReleaseError::NotARelease(index)),
+    };
     if recorded.len() + rebuilds.attestations.len() > MAX_REBUILDS_PER_RELEASE {
         return Err(ReleaseError::TooManyRebuilds { release: index, limit: MAX_REBUILDS_PER_RELEASE });
     }
@@ -536,11 +575,11 @@ pub fn check_rebuilds(
         if attestation.body.manifest != id {
             return Err(ReleaseError::RebuildOfAnotherManifest { key: key.to_string(), release: index });
         }
+        if policy_verifiers.contains(&key) {
+            return Err(ReleaseError::RebuildByAVerifier { key: key.to_string() });
+        }
         if !seen.insert(key) {
             return Err(ReleaseError::DuplicateRebuild { key: key.to_string(), release: index });
-        }
-        if !attestation.verify() {
-            return Err(ReleaseError::BadRebuildSignature { key: key.to_string() });
         }
     }
     Ok(())
@@ -563,31 +602,107 @@ pub fn check_rebuild_summary(payload: &[u8], expected: &RebuildSummary) -> Resul
     Ok(summary)
 }
 
-/// How often a verifier agreed with the majority of the verifiers that attested the same
-/// releases: a verifier that keeps disagreeing is broken or compromised.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Agreement {
-    pub agreed: u64,
-    pub disagreed: u64,
+/// Who attested a release: one of the policy's verifiers (in the release block) or a
+/// rebuilder (after it, SPEC §11.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Role {
+    Verifier,
+    Rebuilder,
 }
 
-/// Tallies agreement over a set of releases' attestations. For each release the majority
-/// outcome (reproduced or not) is what most verifiers said; ties count as agreement for all.
-pub fn tally_agreement<'a>(releases: impl IntoIterator<Item = &'a [Attestation]>) -> HashMap<PublicKey, Agreement> {
-    let mut tally: HashMap<PublicKey, Agreement> = HashMap::new();
-    for attestations in releases {
+/// One key's line in the bad-hash tracker of a chain: how often what it said agreed.
+/// A verifier agrees when it sides with the majority of the release block's attestations
+/// (reproduced or not; a tie agrees with everyone); a rebuilder agrees when it reproduced
+/// the release, which the policy's verifiers did (every release on a chain passed them).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TrackRecord {
+    pub key: PublicKey,
+    pub role: Role,
+    pub attested: u64,
+    pub agreed: u64,
+    pub disagreed: u64,
+    /// The time of the block that first held one of its attestations.
+    pub first_seen_ms: u64,
+}
+
+/// A release someone disagreed with: the flag clients and operators look for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Disputed {
+    /// The release block's index.
+    pub release: u64,
+    pub version: String,
+    pub disagreeing: Vec<(PublicKey, crate::model::Verdict)>,
+}
+
+/// The bad-hash tracker over one chain's history, fed its release and rebuilds blocks in
+/// chain order.
+#[derive(Debug, Clone, Default)]
+pub struct Tracker {
+    records: std::collections::BTreeMap<PublicKey, TrackRecord>,
+    disputed: Vec<Disputed>,
+    versions: HashMap<u64, String>,
+}
+
+impl Tracker {
+    fn note(&mut self, key: PublicKey, role: Role, agreed: bool, time_ms: u64) {
+        let record = self.records.entry(key).or_insert(TrackRecord {
+            key,
+            role,
+            attested: 0,
+            agreed: 0,
+            disagreed: 0,
+            first_seen_ms: time_ms,
+        });
+        record.attested += 1;
+        if agreed {
+            record.agreed += 1;
+        } else {
+            record.disagreed += 1;
+        }
+    }
+
+    fn dispute(&mut self, release: u64, key: PublicKey, verdict: crate::model::Verdict) {
+        let version = self.versions.get(&release).cloned().unwrap_or_default();
+        match self.disputed.iter_mut().find(|d| d.release == release) {
+            Some(disputed) => disputed.disagreeing.push((key, verdict)),
+            None => self.disputed.push(Disputed { release, version, disagreeing: vec![(key, verdict)] }),
+        }
+    }
+
+    /// The release block at `index` (block time `time_ms`).
+    pub fn release(&mut self, index: u64, time_ms: u64, release: &ReleasePayload) {
+        self.versions.insert(index, release.manifest.version.clone());
+        let attestations = &release.attestations;
         let reproduced = attestations.iter().filter(|a| a.body.outcome == Outcome::Reproduced).count();
         let others = attestations.len() - reproduced;
         for a in attestations {
             let said_reproduced = a.body.outcome == Outcome::Reproduced;
-            let entry = tally.entry(a.body.verifier).or_default();
             let with_majority = if said_reproduced { reproduced >= others } else { others >= reproduced };
-            if with_majority {
-                entry.agreed += 1;
-            } else {
-                entry.disagreed += 1;
+            self.note(a.body.verifier, Role::Verifier, with_majority, time_ms);
+            if !said_reproduced {
+                self.dispute(index, a.body.verifier, crate::model::Verdict::of(&a.body.outcome));
             }
         }
     }
-    tally
+
+    /// A rebuilds block (block time `time_ms`).
+    pub fn rebuilds(&mut self, time_ms: u64, rebuilds: &Rebuilds) {
+        for a in &rebuilds.attestations {
+            let reproduced = a.body.outcome == Outcome::Reproduced;
+            self.note(a.body.verifier, Role::Rebuilder, reproduced, time_ms);
+            if !reproduced {
+                self.dispute(rebuilds.release, a.body.verifier, crate::model::Verdict::of(&a.body.outcome));
+            }
+        }
+    }
+
+    /// Every key's record, by key.
+    pub fn records(&self) -> Vec<TrackRecord> {
+        self.records.values().cloned().collect()
+    }
+
+    /// The releases someone disagreed with, in chain order of the first disagreement.
+    pub fn disputed(&self) -> &[Disputed] {
+        &self.disputed
+    }
 }

@@ -306,24 +306,55 @@ fn invalid_policies_are_refused() {
     assert!(matches!(Policy::from_bytes(&bytes).unwrap_err(), PolicyError::Decode(_)));
 }
 
+/// The bad-hash tracker against a scripted history: three releases (verifier 2 fails
+/// twice, is alone once; verifiers 0 and 1 always reproduce), then rebuilders: one
+/// reproduces all three, one lies about two, one fails once.
 #[test]
-fn agreement_is_tallied_per_verifier() {
+fn the_tracker_counts_a_scripted_history() {
     let f = fixture();
-    let m = manifest("1.0");
-    let odd = Outcome::Failed { reason: "x".into() };
-    let r1 = vec![
-        attest(&f.verifiers[0], &m, Outcome::Reproduced),
-        attest(&f.verifiers[1], &m, Outcome::Reproduced),
-        attest(&f.verifiers[2], &m, odd.clone()),
-    ];
-    let r2 = vec![
-        attest(&f.verifiers[0], &m, Outcome::Reproduced),
-        attest(&f.verifiers[1], &m, Outcome::Reproduced),
-        attest(&f.verifiers[2], &m, odd),
-    ];
-    let tally = chainiac_release::rules::tally_agreement([r1.as_slice(), r2.as_slice()]);
-    assert_eq!(tally[&f.verifiers[0].public_key()], Agreement { agreed: 2, disagreed: 0 });
-    assert_eq!(tally[&f.verifiers[2].public_key()], Agreement { agreed: 0, disagreed: 2 });
+    let (honest, liar, flaky) = (key(40), key(41), key(42));
+    let odd = || Outcome::Failed { reason: "x".into() };
+    let mut tracker = Tracker::default();
+    for (n, version) in ["1.0", "1.1", "1.2"].into_iter().enumerate() {
+        let m = manifest(version);
+        let mut attestations =
+            vec![attest(&f.verifiers[0], &m, Outcome::Reproduced), attest(&f.verifiers[1], &m, Outcome::Reproduced)];
+        if n < 2 {
+            attestations.push(attest(&f.verifiers[2], &m, odd()));
+        }
+        let payload = ReleasePayload { manifest: m, developer_signatures: vec![], attestations };
+        tracker.release(n as u64 * 3 + 1, 1_000 + n as u64, &payload);
+    }
+    let rebuilt = |release: u64, who: &SecretKey, outcome: Outcome| {
+        let m = manifest(["1.0", "1.1", "1.2"][(release / 3) as usize]);
+        Rebuilds { release, attestations: vec![rebuild(who, &m, outcome)] }
+    };
+    let lie = || Outcome::Mismatch { artifacts: vec![] };
+    for (time, release, who, outcome) in [
+        (2_000, 1, &honest, Outcome::Reproduced),
+        (2_001, 1, &liar, lie()),
+        (2_002, 4, &honest, Outcome::Reproduced),
+        (2_003, 4, &flaky, odd()),
+        (2_004, 7, &liar, lie()),
+        (2_005, 7, &honest, Outcome::Reproduced),
+    ] {
+        tracker.rebuilds(time, &rebuilt(release, who, outcome));
+    }
+    let row = |k: &SecretKey| tracker.records().into_iter().find(|r| r.key == k.public_key()).unwrap();
+    let counts = |k: &SecretKey| {
+        let r = row(k);
+        (r.role, r.attested, r.agreed, r.disagreed, r.first_seen_ms)
+    };
+    assert_eq!(counts(&f.verifiers[0]), (Role::Verifier, 3, 3, 0, 1_000));
+    assert_eq!(counts(&f.verifiers[2]), (Role::Verifier, 2, 0, 2, 1_000));
+    assert_eq!(counts(&honest), (Role::Rebuilder, 3, 3, 0, 2_000));
+    assert_eq!(counts(&liar), (Role::Rebuilder, 2, 0, 2, 2_001));
+    assert_eq!(counts(&flaky), (Role::Rebuilder, 1, 0, 1, 2_003));
+    assert_eq!(tracker.records().len(), 6);
+    let disputed: Vec<(u64, &str, usize)> =
+        tracker.disputed().iter().map(|d| (d.release, d.version.as_str(), d.disagreeing.len())).collect();
+    assert_eq!(disputed, vec![(1, "1.0", 2), (4, "1.1", 2), (7, "1.2", 1)]);
+    assert_eq!(tracker.disputed()[2].disagreeing[0], (liar.public_key(), Verdict::Mismatch));
 }
 
 /// Pinned encodings and signatures: any change to the wire format or signed messages shows
@@ -586,40 +617,50 @@ fn rebuild(rebuilder: &SecretKey, manifest: &Manifest, outcome: Outcome) -> Atte
     attest(rebuilder, manifest, outcome)
 }
 
-/// Late attestations (SPEC §11.8): signed, about the named release's manifest, one per
-/// rebuilder and release (a policy verifier that attested in the release block counts as
-/// having attested), within the per-release limit.
+/// Late attestations (SPEC §11.8): signed, of bounded size, about the chain's newest
+/// release, one per rebuilder and release (a policy verifier attests in release blocks,
+/// not as a rebuilder), within the per-release limit.
 #[test]
-fn rebuilds_are_signed_about_the_release_and_once_per_rebuilder() {
+fn rebuilds_are_signed_about_the_newest_release_and_once_per_rebuilder() {
     let f = fixture();
     let m = manifest("1.0");
     let released = release(&f, m.clone(), &[0, 1], &[0, 1]);
     let (a, b) = (key(40), key(41));
+    let verifiers: Vec<_> = f.policy.verifiers.iter().map(|v| v.key).collect();
     let block = |attestations: Vec<Attestation>| Rebuilds { release: 3, attestations };
+    let check = |rebuilds: &Rebuilds, recorded: &[RebuildRecord]| {
+        check_rebuilds_alone(rebuilds)
+            .and_then(|()| check_rebuilds(rebuilds, Some((3, &released)), recorded, &verifiers))
+    };
     let ok = block(vec![rebuild(&a, &m, Outcome::Reproduced), rebuild(&b, &m, Outcome::Failed { reason: "x".into() })]);
-    assert_eq!(check_rebuilds(&ok, Some(&released), &[]), Ok(()));
-    assert_eq!(check_rebuilds(&ok, None, &[]), Err(ReleaseError::NotARelease(3)));
-    assert_eq!(check_rebuilds(&block(vec![]), Some(&released), &[]), Err(ReleaseError::NoRebuilds));
+    assert_eq!(check(&ok, &[]), Ok(()));
+    assert_eq!(check_rebuilds(&ok, None, &[], &verifiers), Err(ReleaseError::NotARelease(3)));
+    assert_eq!(
+        check_rebuilds(&ok, Some((5, &released)), &[], &verifiers),
+        Err(ReleaseError::NotTheNewestRelease { release: 3, newest: 5 }),
+        "an older release takes no rebuilds: a summary at the head is always about the newest"
+    );
+    assert_eq!(check(&block(vec![]), &[]), Err(ReleaseError::NoRebuilds));
     let other = block(vec![rebuild(&a, &manifest("1.1"), Outcome::Reproduced)]);
-    assert!(matches!(
-        check_rebuilds(&other, Some(&released), &[]),
-        Err(ReleaseError::RebuildOfAnotherManifest { release: 3, .. })
-    ));
+    assert!(matches!(check(&other, &[]), Err(ReleaseError::RebuildOfAnotherManifest { release: 3, .. })));
     let recorded = [RebuildRecord::of(&rebuild(&a, &m, Outcome::Reproduced))];
-    assert!(matches!(check_rebuilds(&ok, Some(&released), &recorded), Err(ReleaseError::DuplicateRebuild { .. })));
+    assert!(matches!(check(&ok, &recorded), Err(ReleaseError::DuplicateRebuild { .. })));
     let twice = block(vec![rebuild(&a, &m, Outcome::Reproduced), rebuild(&a, &m, Outcome::Reproduced)]);
-    assert!(matches!(check_rebuilds(&twice, Some(&released), &[]), Err(ReleaseError::DuplicateRebuild { .. })));
-    let verifier_again = block(vec![rebuild(&f.verifiers[0], &m, Outcome::Reproduced)]);
-    assert!(matches!(
-        check_rebuilds(&verifier_again, Some(&released), &[]),
-        Err(ReleaseError::DuplicateRebuild { .. })
-    ));
+    assert!(matches!(check(&twice, &[]), Err(ReleaseError::DuplicateRebuild { .. })));
+    // A verifier of the policy, whether or not it attested in the release block.
+    for verifier in [&f.verifiers[0], &f.verifiers[2]] {
+        let again = block(vec![rebuild(verifier, &m, Outcome::Reproduced)]);
+        assert!(matches!(check(&again, &[]), Err(ReleaseError::RebuildByAVerifier { .. })));
+    }
     let mut forged = rebuild(&b, &m, Outcome::Reproduced);
     forged.signature[5] ^= 1;
-    assert!(matches!(
-        check_rebuilds(&block(vec![forged]), Some(&released), &[]),
-        Err(ReleaseError::BadRebuildSignature { .. })
-    ));
+    assert!(matches!(check(&block(vec![forged]), &[]), Err(ReleaseError::BadRebuildSignature { .. })));
+    // A failure's reason is the rebuilder's to fill: bounded, as every witness keeps it.
+    let long = rebuild(&b, &m, Outcome::Failed { reason: "x".repeat(MAX_REBUILD_ATTESTATION_BYTES) });
+    assert!(matches!(check(&block(vec![long]), &[]), Err(ReleaseError::RebuildTooLarge { .. })));
+    let many: Vec<Attestation> =
+        (0..=MAX_REBUILDS_PER_BLOCK as u8).map(|i| rebuild(&key(100 + i), &m, Outcome::Reproduced)).collect();
+    assert!(matches!(check(&block(many), &[]), Err(ReleaseError::TooManyRebuilds { .. })));
     let full: Vec<RebuildRecord> = (0..MAX_REBUILDS_PER_RELEASE as u16)
         .map(|i| {
             let mut seed = [9u8; 32];
@@ -628,7 +669,7 @@ fn rebuilds_are_signed_about_the_release_and_once_per_rebuilder() {
         })
         .collect();
     assert_eq!(
-        check_rebuilds(&block(vec![rebuild(&a, &m, Outcome::Reproduced)]), Some(&released), &full),
+        check(&block(vec![rebuild(&a, &m, Outcome::Reproduced)]), &full),
         Err(ReleaseError::TooManyRebuilds { release: 3, limit: MAX_REBUILDS_PER_RELEASE })
     );
 }

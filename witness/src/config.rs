@@ -53,6 +53,13 @@ pub struct WitnessConfig {
     /// How many attestations one rebuilder key may submit here per hour (SPEC §11.8).
     #[serde(default = "defaults::rebuilds_per_hour")]
     pub rebuilds_per_hour: u32,
+    /// A rebuilder with this many disagreements (attestations that did not reproduce a
+    /// release) within `rebuild_disagreement_window_days` is throttled: its attestations
+    /// are refused until the oldest of them leaves the window. 0: never.
+    #[serde(default = "defaults::rebuild_disagreement_limit")]
+    pub rebuild_disagreement_limit: u32,
+    #[serde(default = "defaults::rebuild_disagreement_window_days")]
+    pub rebuild_disagreement_window_days: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +101,12 @@ mod defaults {
     pub fn rebuilds_per_hour() -> u32 {
         60
     }
+    pub fn rebuild_disagreement_limit() -> u32 {
+        3
+    }
+    pub fn rebuild_disagreement_window_days() -> u64 {
+        7
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +135,8 @@ impl WitnessConfig {
             chain_quota_per_day: defaults::chain_quota_per_day(),
             chain_creators: Vec::new(),
             rebuilds_per_hour: defaults::rebuilds_per_hour(),
+            rebuild_disagreement_limit: defaults::rebuild_disagreement_limit(),
+            rebuild_disagreement_window_days: defaults::rebuild_disagreement_window_days(),
         }
     }
 

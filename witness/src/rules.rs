@@ -103,6 +103,18 @@ pub fn check_rules(
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }
+        // What needs no history (caught-up blocks too); the node checks the rest.
+        KIND_REBUILDS => chainiac_release::Rebuilds::from_bytes(&block.payload)
+            .map_err(chainiac_release::ReleaseError::DecodeRebuilds)
+            .and_then(|rebuilds| chainiac_release::check_rebuilds_alone(&rebuilds))
+            .map_err(|e| e.to_string()),
+        KIND_REBUILD_SUMMARY => match chainiac_release::RebuildSummary::from_bytes(&block.payload) {
+            Err(e) => Err(chainiac_release::ReleaseError::DecodeRebuildSummary(e).to_string()),
+            Ok(summary) if summary.records.len() > chainiac_release::MAX_REBUILDS_PER_RELEASE => {
+                Err(format!("a rebuild summary holds at most {} records", chainiac_release::MAX_REBUILDS_PER_RELEASE))
+            }
+            Ok(_) => Ok(()),
+        },
         KIND_YANK => chainiac_release::check_yank(
             &head.chain.0,
             &head.policy,

@@ -338,6 +338,9 @@ pub struct Node {
     rebuild_evidence: Mutex<rebuilds::RebuildEvidence>,
     /// Per rebuilder key: (start of its hour, attestations taken in it).
     rebuild_allowances: Mutex<HashMap<PublicKey, (u64, u32)>>,
+    /// Per rebuilder key, the block times of its disagreements within the throttle's
+    /// window, over every chain here (None until first read from the chains).
+    rebuild_disagreements: Mutex<Option<HashMap<PublicKey, Vec<u64>>>>,
     /// The verified head of each chain, as last read or appended.
     heads: Mutex<HashMap<ChainId, Arc<ChainState>>>,
     /// Members that missed a round this node led, until when they are left out of trees.
@@ -403,6 +406,7 @@ impl Node {
             released: Mutex::new(HashMap::new()),
             rebuild_evidence: Mutex::new(HashMap::new()),
             rebuild_allowances: Mutex::new(HashMap::new()),
+            rebuild_disagreements: Mutex::new(None),
             timeline_chains: Mutex::new(timeline_chains),
             created: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),
@@ -456,8 +460,8 @@ impl Node {
             Request::SubmitRelease { chain, manifest, developer_signatures, source } => {
                 self.submit_release(chain, manifest, developer_signatures, source).await
             }
-            Request::GetAgreement { chain } => self.agreement(&chain),
-            Request::SubmitRebuild { chain, attestation } => self.submit_rebuild(chain, attestation).await,
+            Request::GetTracker { chain } => self.tracker(&chain),
+            Request::SubmitRebuild { chain, attestation } => self.submit_rebuild(caller, chain, attestation).await,
             Request::GetRebuilds { chain, release } => self.rebuilds(&chain, release),
             Request::GetProofs { queries, with_payload, held_appointments } => {
                 self.proofs(&queries, with_payload, held_appointments)

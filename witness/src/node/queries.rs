@@ -186,32 +186,38 @@ impl Node {
 
     /// Per verifier, how often it agreed with the majority on this chain's releases (from the
     /// attestations kept in every release block, agreeing or not).
-    pub(super) fn agreement(&self, chain: &ChainId) -> Reply {
-        blocking(|| self.agreement_scan(chain))
-    }
-
-    pub(super) fn agreement_scan(&self, chain: &ChainId) -> Reply {
+    /// `GetTracker`: the bad-hash tracker over the chain's release and rebuilds blocks, and
+    /// the rebuilders among them this node throttles.
+    pub(super) fn tracker(&self, chain: &ChainId) -> Reply {
         let head = self.head(chain)?;
-        let mut releases = Vec::new();
-        for index in 1..=head.index() {
-            if let Ok(Some(block)) = self.store.block(chain, index) {
-                if block.header.kind == KIND_RELEASE {
-                    if let Ok(payload) = chainiac_release::ReleasePayload::from_bytes(&block.payload) {
-                        releases.push(payload.attestations);
+        let tracker = blocking(|| {
+            let mut tracker = chainiac_release::Tracker::default();
+            for index in 1..=head.index() {
+                let Ok(Some(block)) = self.store.block(chain, index) else { continue };
+                let time = block.header.timestamp_ms;
+                match block.header.kind {
+                    KIND_RELEASE => {
+                        if let Ok(payload) = chainiac_release::ReleasePayload::from_bytes(&block.payload) {
+                            tracker.release(index, time, &payload);
+                        }
                     }
+                    chainiac_release::KIND_REBUILDS => {
+                        if let Ok(rebuilds) = chainiac_release::Rebuilds::from_bytes(&block.payload) {
+                            tracker.rebuilds(time, &rebuilds);
+                        }
+                    }
+                    _ => {}
                 }
             }
-        }
-        let tally = chainiac_release::rules::tally_agreement(releases.iter().map(Vec::as_slice));
-        let mut rows: Vec<_> = tally
-            .into_iter()
-            .map(|(key, a)| chainiac_proto::message::VerifierAgreement {
-                verifier: key.to_bytes(),
-                agreed: a.agreed,
-                disagreed: a.disagreed,
-            })
+            tracker
+        });
+        let records = tracker.records();
+        let throttled = records
+            .iter()
+            .filter(|r| r.role == chainiac_release::Role::Rebuilder)
+            .filter_map(|r| self.throttled_until(&r.key).map(|until| (r.key.to_bytes(), until)))
             .collect();
-        rows.sort_by_key(|r| r.verifier);
-        Ok(Response::Agreement(rows))
+        let disputed = tracker.disputed().to_vec();
+        Ok(Response::Tracker(chainiac_proto::message::TrackerReport { records, disputed, throttled }))
     }
 }

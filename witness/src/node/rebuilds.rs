@@ -6,11 +6,15 @@ use chainiac_release::{
     Attestation, RebuildSummary, Rebuilds, ReleasePayload, KIND_REBUILDS, KIND_REBUILD_SUMMARY, KIND_RELEASE,
 };
 
-/// The rebuilds blocks a chain holds, by release: kept per (chain, release) once read.
-pub(super) type RebuildEvidence = HashMap<(ChainId, u64), Vec<Attestation>>;
+/// Per release chain: its newest release's index, the block index the evidence was read up
+/// to, and the attestations the chain's rebuilds blocks hold about that release.
+pub(super) type RebuildEvidence = HashMap<ChainId, (u64, u64, Vec<Attestation>)>;
 
 /// How many attestations one rebuilder key may submit to this witness per hour.
 const REBUILD_WINDOW_MS: u64 = 3_600_000;
+
+/// Chains whose evidence is kept in memory at once (more: the cache starts over).
+const EVIDENCE_CACHE_CHAINS: usize = 4096;
 
 impl Node {
     /// The release block at `index` of `chain`, if it is one.
@@ -19,74 +23,134 @@ impl Node {
         (block.header.kind == KIND_RELEASE).then(|| ReleasePayload::from_bytes(&block.payload).ok()).flatten()
     }
 
-    /// Every attestation the chain's rebuilds blocks hold about release `release`, in chain
-    /// order (read from the chain once, then kept up to date by [`Node::note_rebuilds`]).
+    /// The newest release of `chain`: its block index and payload.
+    fn newest_release(&self, chain: &ChainId) -> Option<(u64, ReleasePayload)> {
+        let index = self.with_releases(chain, |releases| releases.values().map(|(i, _)| *i).max())?;
+        self.release_at(chain, index).map(|payload| (index, payload))
+    }
+
+    /// Every attestation the chain's rebuilds blocks hold about `release`, which must be the
+    /// chain's newest release (rebuilds of no other are taken), in chain order. Kept per
+    /// chain with the index read up to; each call reads only the blocks appended since, so
+    /// a block is never counted twice whatever order appends and reads come in.
     pub(super) fn rebuild_evidence(&self, chain: &ChainId, release: u64) -> Vec<Attestation> {
         blocking(|| {
-            let mut evidence = self.rebuild_evidence.lock().expect("lock");
-            if let Some(known) = evidence.get(&(*chain, release)) {
-                return known.clone();
-            }
             let head = self.store.head(chain).ok().flatten().map_or(0, |h| h.index);
-            let mut found = Vec::new();
-            for index in release + 1..=head {
+            let mut evidence = self.rebuild_evidence.lock().expect("lock");
+            if evidence.len() >= EVIDENCE_CACHE_CHAINS && !evidence.contains_key(chain) {
+                evidence.clear();
+            }
+            let entry = evidence.entry(*chain).or_insert((release, release, Vec::new()));
+            if entry.0 != release {
+                *entry = (release, release, Vec::new());
+            }
+            for index in entry.1.saturating_add(1)..=head {
                 if let Ok(Some(block)) = self.store.block(chain, index) {
                     if block.header.kind == KIND_REBUILDS {
                         if let Ok(rebuilds) = Rebuilds::from_bytes(&block.payload) {
                             if rebuilds.release == release {
-                                found.extend(rebuilds.attestations);
+                                entry.2.extend(rebuilds.attestations);
                             }
                         }
                     }
                 }
             }
-            evidence.insert((*chain, release), found.clone());
-            found
+            entry.1 = entry.1.max(head);
+            entry.2.clone()
         })
     }
 
-    /// After a rebuilds block is appended: its attestations join the evidence kept.
+    /// After a rebuilds block is appended: its disagreements count towards their
+    /// rebuilders' throttle.
     pub(super) fn note_rebuilds(&self, block: &Block) {
-        let (Some(chain), Ok(rebuilds)) = (block.header.chain, Rebuilds::from_bytes(&block.payload)) else { return };
-        if let Some(known) = self.rebuild_evidence.lock().expect("lock").get_mut(&(chain, rebuilds.release)) {
-            known.extend(rebuilds.attestations);
+        let Ok(rebuilds) = Rebuilds::from_bytes(&block.payload) else { return };
+        if let Some(disagreements) = self.rebuild_disagreements.lock().expect("lock").as_mut() {
+            note_disagreements(disagreements, block.header.timestamp_ms, &rebuilds);
         }
     }
 
-    /// The summary a summary block about `release` must hold now: every attestation on the
-    /// chain about it.
-    fn expected_summary(&self, chain: &ChainId, release: u64) -> Result<RebuildSummary, ErrorReply> {
-        let payload = self
-            .release_at(chain, release)
-            .ok_or_else(|| err(ErrorCode::Refused, chainiac_release::ReleaseError::NotARelease(release).to_string()))?;
+    fn window_ms(&self) -> u64 {
+        self.config.rebuild_disagreement_window_days.saturating_mul(86_400_000)
+    }
+
+    /// Until when `rebuilder`'s attestations are refused here (ms since the epoch), if they
+    /// are: it disagreed `rebuild_disagreement_limit` times within the window, and stays
+    /// throttled until the oldest of those leaves it. The disagreements are read from every
+    /// release chain here on first use (the blocks within the window, walking down from
+    /// each head), then kept up to date on every append.
+    pub(super) fn throttled_until(&self, rebuilder: &PublicKey) -> Option<u64> {
+        let limit = self.config.rebuild_disagreement_limit as usize;
+        if limit == 0 {
+            return None;
+        }
+        let (now, window) = (now_ms(), self.window_ms());
+        let since = now.saturating_sub(window);
+        blocking(|| {
+            let mut known = self.rebuild_disagreements.lock().expect("lock");
+            let disagreements = known.get_or_insert_with(|| self.read_disagreements(since));
+            let times = disagreements.get_mut(rebuilder)?;
+            times.retain(|&t| t >= since);
+            times.sort_unstable();
+            (times.len() >= limit).then(|| times[times.len() - limit].saturating_add(window))
+        })
+    }
+
+    /// Every rebuilder's disagreements in rebuilds blocks at or after `since_ms`, over the
+    /// release chains this node serves.
+    fn read_disagreements(&self, since_ms: u64) -> HashMap<PublicKey, Vec<u64>> {
+        let mut disagreements = HashMap::new();
+        for (chain, head) in self.store.heads().unwrap_or_default() {
+            if head.kind != KIND_RELEASE {
+                continue;
+            }
+            for index in (1..=head.index).rev() {
+                let Ok(Some(block)) = self.store.block(&chain, index) else { break };
+                if block.header.timestamp_ms < since_ms {
+                    break;
+                }
+                if block.header.kind == KIND_REBUILDS {
+                    if let Ok(rebuilds) = Rebuilds::from_bytes(&block.payload) {
+                        note_disagreements(&mut disagreements, block.header.timestamp_ms, &rebuilds);
+                    }
+                }
+            }
+        }
+        disagreements
+    }
+
+    /// The summary a summary block must hold now: every attestation on the chain about its
+    /// newest release.
+    fn expected_summary(&self, chain: &ChainId) -> Result<RebuildSummary, ErrorReply> {
+        let (release, payload) = self
+            .newest_release(chain)
+            .ok_or_else(|| err(ErrorCode::Refused, format!("chain {chain} has no release to summarize")))?;
         Ok(RebuildSummary::of(release, payload.manifest.id(), &self.rebuild_evidence(chain, release)))
     }
 
-    /// The rules of kinds 6 and 7 that read the chain (the release named, what is recorded
-    /// of it): checked before voting, not for blocks caught up on (their committee did).
+    /// The rules of kinds 6 and 7 that read the chain (its newest release, what is recorded
+    /// of it, its policy's verifiers): checked before voting, not for blocks caught up on
+    /// (their committee did; `rules::check_rules` checks what needs no history for all).
     pub(super) fn check_rebuild_block(&self, head: &ChainState, block: &Block) -> Result<(), ErrorReply> {
         let refused = |e: chainiac_release::ReleaseError| err(ErrorCode::Refused, e.to_string());
         match block.header.kind {
             KIND_REBUILDS => {
                 let rebuilds = Rebuilds::from_bytes(&block.payload)
                     .map_err(|e| refused(chainiac_release::ReleaseError::DecodeRebuilds(e)))?;
-                let release = (rebuilds.release <= head.index())
-                    .then(|| self.release_at(&head.chain, rebuilds.release))
-                    .flatten();
-                let recorded: Vec<_> = self
-                    .rebuild_evidence(&head.chain, rebuilds.release)
-                    .iter()
-                    .map(chainiac_release::RebuildRecord::of)
-                    .collect();
-                chainiac_release::check_rebuilds(&rebuilds, release.as_ref(), &recorded).map_err(refused)
+                let newest = self.newest_release(&head.chain);
+                let recorded: Vec<_> = match &newest {
+                    Some((index, _)) if *index == rebuilds.release => self
+                        .rebuild_evidence(&head.chain, *index)
+                        .iter()
+                        .map(chainiac_release::RebuildRecord::of)
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                let verifiers = policy_verifiers(&head.policy);
+                let newest = newest.as_ref().map(|(index, payload)| (*index, payload));
+                chainiac_release::check_rebuilds(&rebuilds, newest, &recorded, &verifiers).map_err(refused)
             }
             KIND_REBUILD_SUMMARY => {
-                let summary = RebuildSummary::from_bytes(&block.payload)
-                    .map_err(|e| refused(chainiac_release::ReleaseError::DecodeRebuildSummary(e)))?;
-                if summary.release > head.index() {
-                    return Err(refused(chainiac_release::ReleaseError::NotARelease(summary.release)));
-                }
-                let expected = self.expected_summary(&head.chain, summary.release)?;
+                let expected = self.expected_summary(&head.chain)?;
                 chainiac_release::check_rebuild_summary(&block.payload, &expected).map(|_| ()).map_err(refused)
             }
             _ => Ok(()),
@@ -98,11 +162,23 @@ impl Node {
     /// rebuilds block followed by the release's new summary, which is the answer. An
     /// attestation already on the chain whose summary a crash kept from being appended gets
     /// that summary now; otherwise a second one is refused.
-    pub(super) async fn submit_rebuild(self: &Arc<Self>, chain: ChainId, attestation: Attestation) -> Reply {
+    pub(super) async fn submit_rebuild(
+        self: &Arc<Self>,
+        caller: PublicKey,
+        chain: ChainId,
+        attestation: Attestation,
+    ) -> Reply {
         if self.chain_kind(&chain)? != KIND_RELEASE {
             return Err(err(ErrorCode::Refused, format!("chain {chain} is not a release chain")));
         }
         let rebuilder = attestation.body.verifier;
+        // The rebuilder submits its own: nobody can spend its allowance by replaying its
+        // attestations (they are public).
+        if caller != rebuilder {
+            return Err(self.forbidden(format!(
+                "an attestation by {rebuilder} is submitted by its rebuilder, connected with that key; you are {caller}"
+            )));
+        }
         if !attestation.verify() {
             let refusal = chainiac_release::ReleaseError::BadRebuildSignature { key: rebuilder.to_string() };
             return Err(err(ErrorCode::Refused, refusal.to_string()));
@@ -112,7 +188,11 @@ impl Node {
         let manifest = attestation.body.manifest;
         let unknown = || err(ErrorCode::Refused, format!("chain {chain} has no release with manifest {manifest}"));
         let release = self.release_index(&chain, &manifest).ok_or_else(unknown)?;
-        let payload = self.release_at(&chain, release).ok_or_else(unknown)?;
+        let (newest, payload) = self.newest_release(&chain).ok_or_else(unknown)?;
+        if newest != release {
+            let refusal = chainiac_release::ReleaseError::NotTheNewestRelease { release, newest };
+            return Err(err(ErrorCode::Refused, refusal.to_string()));
+        }
         let evidence = self.rebuild_evidence(&chain, release);
         if evidence.iter().any(|a| a.body.verifier == rebuilder) {
             if self.summarized(&chain, release).is_some_and(|s| s.records.iter().any(|r| r.rebuilder == rebuilder)) {
@@ -122,23 +202,39 @@ impl Node {
                         .to_string(),
                 ));
             }
-            return self.append_summary(chain, release).await.map(|block| Response::Appended { block });
+            return self.append_summary(chain).await.map(|block| Response::Appended { block });
+        }
+        // Throttled rebuilders' new attestations only: a duplicate is answered as such.
+        if let Some(until) = self.throttled_until(&rebuilder) {
+            let limit = self.config.rebuild_disagreement_limit;
+            let days = self.config.rebuild_disagreement_window_days;
+            return Err(err(
+                ErrorCode::Refused,
+                format!(
+                    "rebuilder {rebuilder} is throttled: {limit} or more of its attestations disagreed with releases \
+                     within {days} days; this witness takes its attestations again from {until} ms since the epoch"
+                ),
+            ));
         }
         let rebuilds = Rebuilds { release, attestations: vec![attestation] };
         let recorded: Vec<_> = evidence.iter().map(chainiac_release::RebuildRecord::of).collect();
-        chainiac_release::check_rebuilds(&rebuilds, Some(&payload), &recorded)
+        let verifiers = policy_verifiers(&self.head(&chain)?.policy);
+        chainiac_release::check_rebuilds_alone(&rebuilds)
+            .and_then(|()| {
+                chainiac_release::check_rebuilds(&rebuilds, Some((release, &payload)), &recorded, &verifiers)
+            })
             .map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
         let proposal = Proposal { kind: KIND_REBUILDS, payload: rebuilds.to_bytes(), ..Proposal::default() };
         self.lead(chain, proposal).await?;
-        self.append_summary(chain, release).await.map(|block| Response::Appended { block })
+        self.append_summary(chain).await.map(|block| Response::Appended { block })
     }
 
-    /// Appends the summary of `release` as the chain now holds it. Another rebuilds block
-    /// appended in between makes the summary stale (members refuse it): computed again.
-    async fn append_summary(self: &Arc<Self>, chain: ChainId, release: u64) -> Result<Block, ErrorReply> {
+    /// Appends the summary of the newest release as the chain now holds it. Another rebuilds
+    /// block appended in between makes the summary stale (members refuse it): computed again.
+    async fn append_summary(self: &Arc<Self>, chain: ChainId) -> Result<Block, ErrorReply> {
         let mut last = None;
         for _ in 0..3 {
-            let summary = self.expected_summary(&chain, release)?;
+            let summary = self.expected_summary(&chain)?;
             let proposal = Proposal { kind: KIND_REBUILD_SUMMARY, payload: summary.to_bytes(), ..Proposal::default() };
             match self.lead(chain, proposal).await {
                 Ok(block) => return Ok(block),
@@ -168,8 +264,14 @@ impl Node {
     fn take_rebuild_allowance(&self, rebuilder: &PublicKey) -> Result<(), ErrorReply> {
         let now = now_ms();
         let mut allowances = self.rebuild_allowances.lock().expect("lock");
-        allowances.retain(|_, (start, _)| now.saturating_sub(*start) < REBUILD_WINDOW_MS);
-        let (_, used) = allowances.entry(*rebuilder).or_insert((now, 0));
+        // Pruned only when large, so a request does not walk every key.
+        if allowances.len() >= 4096 {
+            allowances.retain(|_, (start, _)| now.saturating_sub(*start) < REBUILD_WINDOW_MS);
+        }
+        let (start, used) = allowances.entry(*rebuilder).or_insert((now, 0));
+        if now.saturating_sub(*start) >= REBUILD_WINDOW_MS {
+            (*start, *used) = (now, 0);
+        }
         if *used >= self.config.rebuilds_per_hour {
             return Err(err(
                 ErrorCode::Refused,
@@ -186,7 +288,30 @@ impl Node {
     /// `GetRebuilds`: the signed attestations behind release `release`'s records, for
     /// clients and auditors to check against a summary's digests.
     pub(super) fn rebuilds(&self, chain: &ChainId, release: u64) -> Reply {
-        self.chain_kind(chain)?;
-        Ok(Response::Rebuilds(self.rebuild_evidence(chain, release)))
+        if self.chain_kind(chain)? != KIND_RELEASE {
+            return Err(err(ErrorCode::BadRequest, format!("chain {chain} is not a release chain")));
+        }
+        match self.newest_release(chain) {
+            Some((newest, _)) if newest == release => Ok(Response::Rebuilds(self.rebuild_evidence(chain, release))),
+            // Older releases take no rebuilds since the next one came; theirs are in the
+            // chain's rebuilds blocks (`GetBlocks`).
+            _ => Err(err(ErrorCode::NotFound, format!("block {release} is not chain {chain}'s newest release"))),
+        }
     }
+}
+
+/// Counts the rebuilds' attestations that did not reproduce their release at `time_ms`.
+fn note_disagreements(disagreements: &mut HashMap<PublicKey, Vec<u64>>, time_ms: u64, rebuilds: &Rebuilds) {
+    for attestation in &rebuilds.attestations {
+        if attestation.body.outcome != chainiac_release::Outcome::Reproduced {
+            disagreements.entry(attestation.body.verifier).or_default().push(time_ms);
+        }
+    }
+}
+
+/// The verifiers' keys of a release policy (none for a policy that does not decode).
+fn policy_verifiers(policy: &[u8]) -> Vec<PublicKey> {
+    chainiac_release::Policy::from_bytes(policy)
+        .map(|p| p.verifiers.iter().map(|v| v.key).collect())
+        .unwrap_or_default()
 }
