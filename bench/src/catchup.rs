@@ -12,7 +12,8 @@ use chainiac_proto::{
 };
 use chainiac_release::{
     content_hash, Artifact, Attestation, AttestationBody, DeveloperSignature, Manifest, Outcome, Policy, PolicyChange,
-    Recipe, ReleasePayload, RootSignature, SourceArchive, VerifierEntry, KIND_POLICY_CHANGE, KIND_RELEASE,
+    RebuildSummary, Rebuilds, Recipe, ReleasePayload, RootSignature, SourceArchive, VerifierEntry, KIND_POLICY_CHANGE,
+    KIND_REBUILDS, KIND_REBUILD_SUMMARY, KIND_RELEASE,
 };
 use chainiac_skipchain::authority::KIND_COMMITTEE;
 use chainiac_skipchain::block::payload_hash;
@@ -61,7 +62,13 @@ pub struct Options {
     /// Appended to the plots' file names (a second run in one folder keeps the first's).
     pub plot_suffix: String,
     pub seed: u64,
+    /// Rebuilders that each attest every release of the top [`REBUILT_PROJECTS`] projects,
+    /// an hour apart after it (SPEC §11.8): each a rebuilds block and a summary block.
+    pub rebuilders: usize,
 }
+
+/// The projects rebuilders attest: the most popular ones.
+pub const REBUILT_PROJECTS: usize = 1000;
 
 /// One project as the model sees it: name, how popular, and its release times.
 struct Project {
@@ -338,11 +345,20 @@ enum Event {
     Release(usize),
     RosterChange(usize),
     KeyRotation(u64),
+    /// Rebuilder `i` attests the newest release.
+    Rebuild(usize),
 }
 
 struct Keys {
     verifiers: Vec<SecretKey>,
     roots: Vec<SecretKey>,
+    rebuilders: Vec<SecretKey>,
+}
+
+/// When the rebuilders attest a release at `t` (the next at `next`): an hour apart, those
+/// before the next release (witnesses take rebuilds of the newest release only) and `now`.
+fn rebuild_times(t: u64, next: u64, now: u64, rebuilders: usize) -> impl Iterator<Item = (u64, usize)> {
+    (0..rebuilders).map(move |i| (t + (i as u64 + 1) * 3_600_000, i)).filter(move |(at, _)| *at < next && *at < now)
 }
 
 fn developer_key(project: &str, generation: u64) -> SecretKey {
@@ -441,10 +457,17 @@ fn build_project(
     now: u64,
     marks: &[u64],
     keys: &Keys,
+    rebuilt: bool,
     rng: &mut ChaCha20Rng,
 ) -> ChainBuilder {
     let mut events: Vec<(u64, Event)> =
         project.releases.iter().enumerate().map(|(k, &t)| (t, Event::Release(k))).collect();
+    if rebuilt {
+        for (k, &t) in project.releases.iter().enumerate() {
+            let next = project.releases.get(k + 1).copied().unwrap_or(u64::MAX);
+            events.extend(rebuild_times(t, next, now, keys.rebuilders.len()).map(|(at, i)| (at, Event::Rebuild(i))));
+        }
+    }
     for (e, &t) in roster_changes.iter().enumerate() {
         events.push((t, Event::RosterChange(e + 1)));
     }
@@ -460,17 +483,48 @@ fn build_project(
     }
     events.sort_by_key(|e| e.0);
     let mut generation = 0;
+    // The newest release (block index, manifest) and the attestations of it so far.
+    let mut newest: Option<(u64, chainiac_release::ManifestId, Vec<Attestation>)> = None;
     let genesis_policy = policy(&project.name, 0, keys).to_bytes();
     let mut chain =
         ChainBuilder::start(store, cothority, 0, options.params, genesis_policy, KIND_RELEASE, vec![], start, marks);
     for (t, event) in events {
         let proposal = match event {
-            Event::Release(k) => Proposal {
-                kind: KIND_RELEASE,
-                payload: release_payload(project, k, generation, t, keys),
-                timestamp_ms: t,
-                ..Proposal::default()
-            },
+            Event::Release(k) => {
+                let payload = release_payload(project, k, generation, t, keys);
+                let id = ReleasePayload::from_bytes(&payload).expect("decodes").manifest.id();
+                newest = Some((chain.head.index() + 1, id, Vec::new()));
+                Proposal { kind: KIND_RELEASE, payload, timestamp_ms: t, ..Proposal::default() }
+            }
+            Event::Rebuild(i) => {
+                let Some((release, manifest, evidence)) = newest.as_mut() else { continue };
+                let rebuilder = &keys.rebuilders[i];
+                let body = AttestationBody {
+                    verifier: rebuilder.public_key(),
+                    manifest: *manifest,
+                    outcome: Outcome::Reproduced,
+                    environment: [8; 32],
+                    time_ms: t,
+                    isolation: chainiac_release::BuildIsolation::Namespaces,
+                };
+                let attestation = Attestation::sign(rebuilder, body);
+                evidence.push(attestation.clone());
+                let rebuilds = Rebuilds { release: *release, attestations: vec![attestation] };
+                let block = Proposal {
+                    kind: KIND_REBUILDS,
+                    payload: rebuilds.to_bytes(),
+                    timestamp_ms: t,
+                    ..Proposal::default()
+                };
+                chain.append(store, cothority, block);
+                let summary = RebuildSummary::of(*release, *manifest, evidence.iter());
+                Proposal {
+                    kind: KIND_REBUILD_SUMMARY,
+                    payload: summary.to_bytes(),
+                    timestamp_ms: t,
+                    ..Proposal::default()
+                }
+            }
             Event::RosterChange(epoch) => Proposal {
                 kind: KIND_COMMITTEE,
                 payload: vec![],
@@ -538,6 +592,8 @@ pub struct Measured {
     /// The new release records alone (each project's newest new release payload): what any
     /// client that learns the new releases downloads at least, whatever its proofs.
     pub floor: u64,
+    /// Rebuilders' attestations appended to the followed chains since the client's update.
+    pub attestations: u64,
 }
 
 impl std::ops::AddAssign for Cost {
@@ -664,6 +720,9 @@ fn skipchain(
 struct Answered<P> {
     entry: Result<P, ErrorReply>,
     cpu: Duration,
+    /// A `GetBackwardProof` answer the client also takes: the release a rebuild summary at
+    /// the head names, when the client skipped it.
+    extra_bytes: u64,
 }
 
 /// One kind of batched proof: the witness's own answer to a request for some chains (the
@@ -760,10 +819,20 @@ fn batched<P: Batched>(
                     assert!(check_release(payload));
                 }
             }
+            let mut extra_bytes = 0;
+            if reached.state.header.kind == KIND_REBUILD_SUMMARY && to > trusted.index() {
+                let summary =
+                    RebuildSummary::from_bytes(reached.payload.as_deref().unwrap_or_default()).expect("decodes");
+                if summary.release > trusted.index() {
+                    let below = store::prove_backward(store, &chain.chain, to, summary.release, true).expect("stored");
+                    extra_bytes =
+                        postcard::to_allocvec(&Response::BackwardProof(below)).expect("serializes").len() as u64;
+                }
+            }
             for appointment in reached.appointments {
                 known.hold(appointment);
             }
-            answered.push(Answered { entry: Ok(proof), cpu: started.elapsed() });
+            answered.push(Answered { entry: Ok(proof), cpu: started.elapsed(), extra_bytes });
         }
         for chain in again.into_iter().rev() {
             pending.push_front(chain);
@@ -849,6 +918,7 @@ fn answers_cost<P: Clone>(
         };
         cost.bytes +=
             if chunk.len() == MAX_PROOF_QUERIES { *full.entry(k).or_insert_with(|| size(chunk)) } else { size(chunk) };
+        cost.bytes += chunk.iter().map(|a| a.extra_bytes).sum::<u64>();
         cost.cpu += chunk.iter().map(|a| a.cpu).sum::<Duration>();
     }
     cost
@@ -921,6 +991,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
     let keys = Keys {
         verifiers: (0..2).map(|_| SecretKey::generate(&mut rng)).collect(),
         roots: (0..2).map(|_| SecretKey::generate(&mut rng)).collect(),
+        rebuilders: (0..options.rebuilders).map(|_| SecretKey::generate(&mut rng)).collect(),
     };
 
     // Project chains for the followed projects.
@@ -929,7 +1000,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
     let projects = &workload.followed[..most];
     let mut chains = Vec::with_capacity(most);
     let progress = progress_bar(most as u64, "building project chains");
-    for project in projects {
+    for (n, project) in projects.iter().enumerate() {
         progress.inc(1);
         chains.push(build_project(
             &store,
@@ -941,6 +1012,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
             now,
             &marks,
             &keys,
+            n < REBUILT_PROJECTS,
             &mut rng,
         ));
     }
@@ -953,9 +1025,16 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
     let position: HashMap<&str, u32> =
         workload.all_names.iter().enumerate().map(|(i, n)| (n.as_str(), i as u32)).collect();
     let mut churn = workload.churn.clone();
-    for project in &workload.followed[most..] {
+    for (n, project) in workload.followed.iter().enumerate().skip(most) {
         let i = position[project.name.as_str()];
         churn.extend(project.releases.iter().map(|&t| (t, i)));
+        // Their rebuilds move their heads too (what every client's change lists carry).
+        if n < REBUILT_PROJECTS {
+            for (k, &t) in project.releases.iter().enumerate() {
+                let next = project.releases.get(k + 1).copied().unwrap_or(u64::MAX);
+                churn.extend(rebuild_times(t, next, now, options.rebuilders).map(|(at, _)| (at, i)));
+            }
+        }
     }
     churn.sort_unstable();
     let bench_chain =
@@ -1115,7 +1194,10 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
                 .map(|i| store.block(&chain.chain, i).unwrap().expect("stored"))
                 .find(|b| b.header.kind == KIND_RELEASE && !b.payload.is_empty())
                 .map_or(0, |b| b.payload.len());
-            per_project.push((a, b, to - trusted.index(), floor as u64));
+            let attestations = ((trusted.index() + 1)..=to)
+                .filter(|&i| store.block(&chain.chain, i).unwrap().expect("stored").header.kind == KIND_REBUILDS)
+                .count() as u64;
+            per_project.push((a, b, to - trusted.index(), floor as u64, attestations));
         }
         progress.finish_and_clear();
         // (c): the client holds no appointment yet (its trusted committee came without any);
@@ -1134,9 +1216,10 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
         for (f, &follow) in options.follows.iter().enumerate() {
             let follow = follow.min(per_project.len());
             let (mut a, mut b) = (tl_a, tl_b);
-            let (mut new_blocks, mut changed, mut floor) = (0, 0, 0);
-            for (pa, pb, blocks, payload) in &per_project[..follow] {
+            let (mut new_blocks, mut changed, mut floor, mut attestations) = (0, 0, 0, 0);
+            for (pa, pb, blocks, payload, attested) in &per_project[..follow] {
                 floor += payload;
+                attestations += attested;
                 a += *pa;
                 b += *pb;
                 new_blocks += blocks;
@@ -1180,6 +1263,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
                 timeline_skipchain: dd,
                 every_hop,
                 floor,
+                attestations,
             });
             let ms = |c: Cost| format!("{:.2}", c.cpu.as_secs_f64() * 1e3);
             rows.push(vec![
@@ -1361,6 +1445,7 @@ mod tests {
             now: Now::Edge,
             plot_suffix: String::new(),
             seed: 3,
+            rebuilders: 0,
         };
         let mut report = Report::new(&dir.path().join("plots")).unwrap();
         let measured = run(&options, &mut report).unwrap();
@@ -1378,5 +1463,15 @@ mod tests {
         assert!(day.timeline_skipchain.bytes - day.skipchain.bytes < 4_000, "{day:?}");
         assert!(report.markdown().contains("| 365 | 3 |"));
         assert!(dir.path().join("plots/catchup-bytes-P3.svg").exists());
+
+        // Two rebuilders attest each weekly release an hour apart: every chain gets two
+        // rebuilds blocks per release in the year, and the updates stay within reach.
+        let with = Options { rebuilders: 2, plot_suffix: "-rebuilders".into(), ..options };
+        let rebuilt = run(&with, &mut report).unwrap();
+        let year_rebuilt = rebuilt.iter().find(|m| m.days == 365 && m.follow == 3).unwrap();
+        assert!(year_rebuilt.attestations >= 2 * 3 * 51, "{year_rebuilt:?}");
+        assert!(year_rebuilt.new_blocks >= year.new_blocks + 2 * year_rebuilt.attestations, "{year_rebuilt:?}");
+        assert!(year_rebuilt.timeline_skipchain.bytes >= year.timeline_skipchain.bytes, "{year_rebuilt:?}");
+        assert_eq!(measured.iter().map(|m| m.attestations).sum::<u64>(), 0);
     }
 }
