@@ -720,8 +720,8 @@ fn skipchain(
 struct Answered<P> {
     entry: Result<P, ErrorReply>,
     cpu: Duration,
-    /// A `GetBackwardProof` answer the client also takes: the release a rebuild summary at
-    /// the head names, when the client skipped it.
+    /// A `GetProof` answer the client also takes: the release a rebuild summary at the head
+    /// names, when the client skipped it (proven forward from its previous block).
     extra_bytes: u64,
 }
 
@@ -824,9 +824,9 @@ fn batched<P: Batched>(
                 let summary =
                     RebuildSummary::from_bytes(reached.payload.as_deref().unwrap_or_default()).expect("decodes");
                 if summary.release > trusted.index() {
-                    let below = store::prove_backward(store, &chain.chain, to, summary.release, true).expect("stored");
-                    extra_bytes =
-                        postcard::to_allocvec(&Response::BackwardProof(below)).expect("serializes").len() as u64;
+                    let skipped =
+                        store::prove(store, &chain.chain, trusted.index(), summary.release, true).expect("stored");
+                    extra_bytes = postcard::to_allocvec(&Response::Proof(skipped)).expect("serializes").len() as u64;
                 }
             }
             for appointment in reached.appointments {

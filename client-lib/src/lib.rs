@@ -118,6 +118,21 @@ impl ClientState {
         if let Ok(stored) = chainiac_skipchain::decode_exact::<StoredState>(bytes) {
             return ClientState::try_from(stored);
         }
+        if let Ok(summaries) = chainiac_skipchain::decode_exact::<StateWithSummaries>(bytes) {
+            let releases = summaries
+                .rebuilds
+                .into_iter()
+                .map(|(chain, summary)| StoredRelease { chain, index: None, rebuilds: Some(summary) })
+                .collect();
+            return ClientState::try_from(StoredState {
+                committees: summaries.committees,
+                chains: summaries.chains,
+                timeline: summaries.timeline,
+                synced: summaries.synced,
+                timeline_chains: summaries.timeline_chains,
+                releases,
+            });
+        }
         if let Ok(before) = chainiac_skipchain::decode_exact::<StateBeforeRebuilds>(bytes) {
             return ClientState::try_from(StoredState {
                 committees: before.committees,
@@ -225,6 +240,17 @@ struct StoredRelease {
     chain: u32,
     index: Option<u64>,
     rebuilds: Option<RebuildSummary>,
+}
+
+/// The state file with rebuild summaries but not the releases' indices (6b61cde, 2026-12-01).
+#[derive(Deserialize)]
+struct StateWithSummaries {
+    committees: Vec<Committee>,
+    chains: Vec<StoredChain>,
+    timeline: Option<ChainId>,
+    synced: Vec<(u32, u64)>,
+    timeline_chains: u64,
+    rebuilds: Vec<(u32, RebuildSummary)>,
 }
 
 /// The state file before rebuild summaries (2026-12-01).

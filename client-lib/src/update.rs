@@ -261,21 +261,28 @@ impl Client {
             results.push((chain, result.map(|(_, update)| update)));
         }
         // A summary at the head about a release the client skipped (the head moved past the
-        // release and its rebuilds): that release is fetched down from the head by hash links.
+        // release and its rebuilds): that release is proven forward from the client's previous
+        // block and checked. If it cannot be, the chain's update fails and its state stays.
+        let mut unproven = Vec::new();
         for state in updated.iter_mut() {
             let Some(summary) = state.rebuilds.clone() else { continue };
-            if state.release.as_ref().map(|r| r.manifest.id()) == Some(summary.manifest) {
+            if release_manifest(state) == Some(summary.manifest) {
                 continue;
             }
-            match self.release_below(state, &summary).await {
+            let old = &self.state.chains[&state.chain];
+            match self.release_skipped(old, &summary).await {
                 Ok(release) => {
                     state.release = Some(release);
                     state.release_index = Some(summary.release);
                 }
-                Err(e) => {
-                    tracing::warn!(chain = %state.chain, "the release a rebuild summary names: {e}");
-                    state.rebuilds = None;
-                }
+                Err(e) => unproven.push((state.chain, e)),
+            }
+        }
+        updated.retain(|state| !unproven.iter().any(|(chain, _)| *chain == state.chain));
+        for (chain, e) in unproven {
+            self.state.synced.remove(&chain);
+            if let Some((_, result)) = results.iter_mut().find(|(c, _)| *c == chain) {
+                *result = Err(ClientError::Release(format!("the release the rebuild summary at the head names: {e}")));
             }
         }
         // Each updated chain's newest release as this client reads it, and what it was before.
@@ -318,26 +325,38 @@ impl Client {
         Ok(results)
     }
 
-    /// The release block a rebuild summary at `state`'s head names, proven down from the head
-    /// by hash links (`GetBackwardProof`), its manifest the summary's.
-    async fn release_below(
+    /// The release block a rebuild summary at the new head names, which the client skipped:
+    /// proven forward from the client's previous block `old` (`GetProof`: every committee's
+    /// signature and policy change on the way, §7.3) and checked as a head release is
+    /// (§11.5 under the policy in force there), its manifest the summary's. A summary about
+    /// a block at or below `old` never gets here (`check_reached` ignores it).
+    async fn release_skipped(
         &self,
-        state: &TrustedChain,
+        old: &TrustedChain,
         summary: &RebuildSummary,
     ) -> Result<ReleasePayload, ClientError> {
-        let chain = state.chain;
-        let request = Request::GetBackwardProof { chain, from: state.index(), to: summary.release, with_payload: true };
-        let head = state.to_state();
+        let chain = old.chain;
+        let request = Request::GetProof { chain, from: old.index(), to: Some(summary.release), with_payload: true };
+        let start = old.to_state();
         let mut skipped = Vec::new();
-        self.ask(state, request, &mut skipped, |response| {
-            let Response::BackwardProof(proof) = response else {
+        self.ask(old, request, &mut skipped, |response| {
+            let Response::Proof(proof) = response else {
                 return Err(format!("answered {}", response.name()));
             };
-            let earlier = proof.verify(&head).map_err(|e| e.to_string())?.into_inner();
-            if earlier.header.index != summary.release || earlier.header.kind != KIND_RELEASE {
-                return Err(format!("block {} is no release", earlier.header.index));
+            let reached = proof.verify(&start, &chainiac_release::policy_rule).map_err(|e| e.to_string())?.into_inner();
+            let header = &reached.state.header;
+            if header.index != summary.release || header.kind != KIND_RELEASE {
+                return Err(format!("block {} is no release", header.index));
             }
-            let release = ReleasePayload::from_bytes(earlier.payload.as_deref().unwrap_or_default())?;
+            let payload = reached.payload.as_deref().unwrap_or_default();
+            let release = chainiac_release::check_release(
+                &reached.state.policy,
+                payload,
+                header.timestamp_ms,
+                TimeWindow::default(),
+                |_| false,
+            )
+            .map_err(|e| e.to_string())?;
             if release.manifest.id() != summary.manifest {
                 return Err("the release is not the one the summary names".into());
             }
@@ -393,23 +412,20 @@ impl Client {
                     summary.release
                 )));
             }
-            // Witnesses take rebuilds of a chain's newest release only, so a summary about
-            // an older release than the one held is a lie, and never takes the client back.
-            match updated.release_index {
-                Some(held) if summary.release < held => {
-                    return Err(ClientError::Release(format!(
-                        "the rebuild summary at block {} is about block {}, older than the release at block {held}",
-                        head.index(),
-                        summary.release
-                    )))
-                }
-                Some(held) if summary.release == held && release_manifest(&updated) != Some(summary.manifest) => {
-                    return Err(ClientError::Release(format!(
-                        "the rebuild summary at block {} names another manifest for the release at block {held}",
-                        head.index()
-                    )))
-                }
-                _ => updated.rebuilds = Some(summary),
+            // Witnesses take rebuilds of a chain's newest release only. A summary about the
+            // release held updates what rebuilders said of it; one about a later release the
+            // client skipped brings that release (the caller proves it forward from `from`);
+            // one about anything at or below the client's previous block, or older than the
+            // release held, is ignored: it never takes the client back, nor fails the update
+            // (the chain's other news, a yank, still count).
+            let older = updated.release_index.is_some_and(|held| summary.release < held);
+            if release_manifest(&updated) == Some(summary.manifest) {
+                updated.release_index = Some(summary.release);
+                updated.rebuilds = Some(summary);
+            } else if summary.release <= from || older {
+                tracing::warn!(chain = %head.chain, "ignored a rebuild summary about block {}", summary.release);
+            } else {
+                updated.rebuilds = Some(summary);
             }
         }
         let (yanked, unyanked) = yank_changes(&trusted.policy, &updated.policy);

@@ -338,9 +338,11 @@ pub struct Node {
     rebuild_evidence: Mutex<rebuilds::RebuildEvidence>,
     /// Per rebuilder key: (start of its hour, attestations taken in it).
     rebuild_allowances: Mutex<HashMap<PublicKey, (u64, u32)>>,
-    /// Per rebuilder key, the block times of its disagreements within the throttle's
-    /// window, over every chain here (None until first read from the chains).
-    rebuild_disagreements: Mutex<Option<HashMap<PublicKey, Vec<u64>>>>,
+    /// Per rebuilder key and release chain, the block times of its disagreements within the
+    /// throttle's window (None until first read from the chains).
+    rebuild_disagreements: Mutex<Option<rebuilds::Disagreements>>,
+    /// Per release chain, the bad-hash tracker and the block index it read up to.
+    trackers: Mutex<HashMap<ChainId, (u64, chainiac_release::Tracker)>>,
     /// The verified head of each chain, as last read or appended.
     heads: Mutex<HashMap<ChainId, Arc<ChainState>>>,
     /// Members that missed a round this node led, until when they are left out of trees.
@@ -407,6 +409,7 @@ impl Node {
             rebuild_evidence: Mutex::new(HashMap::new()),
             rebuild_allowances: Mutex::new(HashMap::new()),
             rebuild_disagreements: Mutex::new(None),
+            trackers: Mutex::new(HashMap::new()),
             timeline_chains: Mutex::new(timeline_chains),
             created: Mutex::new(HashMap::new()),
             metrics: Metrics::default(),

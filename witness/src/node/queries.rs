@@ -186,13 +186,21 @@ impl Node {
 
     /// Per verifier, how often it agreed with the majority on this chain's releases (from the
     /// attestations kept in every release block, agreeing or not).
-    /// `GetTracker`: the bad-hash tracker over the chain's release and rebuilds blocks, and
-    /// the rebuilders among them this node throttles.
+    /// `GetTracker`: the bad-hash tracker over a release chain's release and rebuilds blocks
+    /// (kept per chain with the index read up to: each request reads only the blocks since),
+    /// and the rebuilders among them this node throttles on the chain.
     pub(super) fn tracker(&self, chain: &ChainId) -> Reply {
+        if self.chain_kind(chain)? != KIND_RELEASE {
+            return Err(err(ErrorCode::BadRequest, format!("chain {chain} is not a release chain")));
+        }
         let head = self.head(chain)?;
         let tracker = blocking(|| {
-            let mut tracker = chainiac_release::Tracker::default();
-            for index in 1..=head.index() {
+            let mut trackers = self.trackers.lock().expect("lock");
+            if trackers.len() >= 4096 && !trackers.contains_key(chain) {
+                trackers.clear();
+            }
+            let (read_to, tracker) = trackers.entry(*chain).or_default();
+            for index in read_to.saturating_add(1)..=head.index() {
                 let Ok(Some(block)) = self.store.block(chain, index) else { continue };
                 let time = block.header.timestamp_ms;
                 match block.header.kind {
@@ -209,13 +217,13 @@ impl Node {
                     _ => {}
                 }
             }
-            tracker
+            *read_to = (*read_to).max(head.index());
+            tracker.clone()
         });
         let records = tracker.records();
         let throttled = records
             .iter()
-            .filter(|r| r.role == chainiac_release::Role::Rebuilder)
-            .filter_map(|r| self.throttled_until(&r.key).map(|until| (r.key.to_bytes(), until)))
+            .filter_map(|r| self.throttled_until(&r.key, chain).map(|until| (r.key.to_bytes(), until)))
             .collect();
         let disputed = tracker.disputed().to_vec();
         Ok(Response::Tracker(chainiac_proto::message::TrackerReport { records, disputed, throttled }))

@@ -6,6 +6,9 @@ use chainiac_release::{
     Attestation, RebuildSummary, Rebuilds, ReleasePayload, KIND_REBUILDS, KIND_REBUILD_SUMMARY, KIND_RELEASE,
 };
 
+/// Per rebuilder key and release chain, the block times of its disagreements.
+pub(super) type Disagreements = HashMap<(PublicKey, ChainId), Vec<u64>>;
+
 /// Per release chain: its newest release's index, the block index the evidence was read up
 /// to, and the attestations the chain's rebuilds blocks hold about that release.
 pub(super) type RebuildEvidence = HashMap<ChainId, (u64, u64, Vec<Attestation>)>;
@@ -63,9 +66,9 @@ impl Node {
     /// After a rebuilds block is appended: its disagreements count towards their
     /// rebuilders' throttle.
     pub(super) fn note_rebuilds(&self, block: &Block) {
-        let Ok(rebuilds) = Rebuilds::from_bytes(&block.payload) else { return };
+        let (Some(chain), Ok(rebuilds)) = (block.header.chain, Rebuilds::from_bytes(&block.payload)) else { return };
         if let Some(disagreements) = self.rebuild_disagreements.lock().expect("lock").as_mut() {
-            note_disagreements(disagreements, block.header.timestamp_ms, &rebuilds);
+            note_disagreements(disagreements, chain, block.header.timestamp_ms, &rebuilds);
         }
     }
 
@@ -73,12 +76,14 @@ impl Node {
         self.config.rebuild_disagreement_window_days.saturating_mul(86_400_000)
     }
 
-    /// Until when `rebuilder`'s attestations are refused here (ms since the epoch), if they
-    /// are: it disagreed `rebuild_disagreement_limit` times within the window, and stays
-    /// throttled until the oldest of those leaves it. The disagreements are read from every
-    /// release chain here on first use (the blocks within the window, walking down from
-    /// each head), then kept up to date on every append.
-    pub(super) fn throttled_until(&self, rebuilder: &PublicKey) -> Option<u64> {
+    /// Until when `rebuilder`'s attestations about `chain`'s releases are refused here (ms
+    /// since the epoch), if they are: it disagreed with `chain`'s releases
+    /// `rebuild_disagreement_limit` times within the window, and stays throttled on that
+    /// chain until the oldest of those leaves it. Per chain, so that a project that ships
+    /// releases nobody reproduces cannot silence its critics elsewhere. The disagreements
+    /// are read from every release chain here on first use (the blocks within the window,
+    /// walking down from each head), then kept up to date on every append.
+    pub(super) fn throttled_until(&self, rebuilder: &PublicKey, chain: &ChainId) -> Option<u64> {
         let limit = self.config.rebuild_disagreement_limit as usize;
         if limit == 0 {
             return None;
@@ -88,7 +93,7 @@ impl Node {
         blocking(|| {
             let mut known = self.rebuild_disagreements.lock().expect("lock");
             let disagreements = known.get_or_insert_with(|| self.read_disagreements(since));
-            let times = disagreements.get_mut(rebuilder)?;
+            let times = disagreements.get_mut(&(*rebuilder, *chain))?;
             times.retain(|&t| t >= since);
             times.sort_unstable();
             (times.len() >= limit).then(|| times[times.len() - limit].saturating_add(window))
@@ -97,7 +102,7 @@ impl Node {
 
     /// Every rebuilder's disagreements in rebuilds blocks at or after `since_ms`, over the
     /// release chains this node serves.
-    fn read_disagreements(&self, since_ms: u64) -> HashMap<PublicKey, Vec<u64>> {
+    fn read_disagreements(&self, since_ms: u64) -> Disagreements {
         let mut disagreements = HashMap::new();
         for (chain, head) in self.store.heads().unwrap_or_default() {
             if head.kind != KIND_RELEASE {
@@ -110,7 +115,7 @@ impl Node {
                 }
                 if block.header.kind == KIND_REBUILDS {
                     if let Ok(rebuilds) = Rebuilds::from_bytes(&block.payload) {
-                        note_disagreements(&mut disagreements, block.header.timestamp_ms, &rebuilds);
+                        note_disagreements(&mut disagreements, chain, block.header.timestamp_ms, &rebuilds);
                     }
                 }
             }
@@ -205,14 +210,15 @@ impl Node {
             return self.append_summary(chain).await.map(|block| Response::Appended { block });
         }
         // Throttled rebuilders' new attestations only: a duplicate is answered as such.
-        if let Some(until) = self.throttled_until(&rebuilder) {
+        if let Some(until) = self.throttled_until(&rebuilder, &chain) {
             let limit = self.config.rebuild_disagreement_limit;
             let days = self.config.rebuild_disagreement_window_days;
             return Err(err(
                 ErrorCode::Refused,
                 format!(
-                    "rebuilder {rebuilder} is throttled: {limit} or more of its attestations disagreed with releases \
-                     within {days} days; this witness takes its attestations again from {until} ms since the epoch"
+                    "rebuilder {rebuilder} is throttled on chain {chain}: {limit} or more of its attestations disagreed \
+                     with its releases within {days} days; this witness takes its attestations again from {until} ms \
+                     since the epoch"
                 ),
             ));
         }
@@ -300,11 +306,12 @@ impl Node {
     }
 }
 
-/// Counts the rebuilds' attestations that did not reproduce their release at `time_ms`.
-fn note_disagreements(disagreements: &mut HashMap<PublicKey, Vec<u64>>, time_ms: u64, rebuilds: &Rebuilds) {
+/// Counts the rebuilds' attestations (in a block of `chain` at `time_ms`) that did not
+/// reproduce their release.
+fn note_disagreements(disagreements: &mut Disagreements, chain: ChainId, time_ms: u64, rebuilds: &Rebuilds) {
     for attestation in &rebuilds.attestations {
         if attestation.body.outcome != chainiac_release::Outcome::Reproduced {
-            disagreements.entry(attestation.body.verifier).or_default().push(time_ms);
+            disagreements.entry((attestation.body.verifier, chain)).or_default().push(time_ms);
         }
     }
 }
