@@ -720,8 +720,8 @@ fn skipchain(
 struct Answered<P> {
     entry: Result<P, ErrorReply>,
     cpu: Duration,
-    /// A `GetProof` answer the client also takes: the release a rebuild summary at the head
-    /// names, when the client skipped it (proven forward from its previous block).
+    /// A `GetBackwardProof` (or `GetProof`) answer the client also takes: the release a
+    /// rebuild summary at the head names, when the client skipped it.
     extra_bytes: u64,
 }
 
@@ -824,9 +824,19 @@ fn batched<P: Batched>(
                 let summary =
                     RebuildSummary::from_bytes(reached.payload.as_deref().unwrap_or_default()).expect("decodes");
                 if summary.release > trusted.index() {
-                    let skipped =
-                        store::prove(store, &chain.chain, trusted.index(), summary.release, true).expect("stored");
-                    extra_bytes = postcard::to_allocvec(&Response::Proof(skipped)).expect("serializes").len() as u64;
+                    // Down from the head when the policy is the same there (the usual case),
+                    // else forward from the client's block (`release_skipped`).
+                    let release = store.block(&chain.chain, summary.release).unwrap().expect("stored");
+                    let answer = if release.header.policy_hash == reached.state.header.policy_hash {
+                        Response::BackwardProof(
+                            store::prove_backward(store, &chain.chain, to, summary.release, true).expect("stored"),
+                        )
+                    } else {
+                        Response::Proof(
+                            store::prove(store, &chain.chain, trusted.index(), summary.release, true).expect("stored"),
+                        )
+                    };
+                    extra_bytes = postcard::to_allocvec(&answer).expect("serializes").len() as u64;
                 }
             }
             for appointment in reached.appointments {

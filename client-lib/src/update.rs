@@ -270,7 +270,7 @@ impl Client {
                 continue;
             }
             let old = &self.state.chains[&state.chain];
-            match self.release_skipped(old, &summary).await {
+            match self.release_skipped(old, state, &summary).await {
                 Ok(release) => {
                     state.release = Some(release);
                     state.release_index = Some(summary.release);
@@ -325,17 +325,45 @@ impl Client {
         Ok(results)
     }
 
-    /// The release block a rebuild summary at the new head names, which the client skipped:
-    /// proven forward from the client's previous block `old` (`GetProof`: every committee's
-    /// signature and policy change on the way, §7.3) and checked as a head release is
-    /// (§11.5 under the policy in force there), its manifest the summary's. A summary about
-    /// a block at or below `old` never gets here (`check_reached` ignores it).
+    /// The release block a rebuild summary at the new head `head` names, which the client
+    /// skipped, checked as a head release is (§11.5 under the policy in force there), its
+    /// manifest the summary's. Down from the verified head by hash links (`GetBackwardProof`)
+    /// when the policy in force there is the head's, the usual case; otherwise proven forward
+    /// from the client's previous block `old` (`GetProof`: every policy change on the way).
+    /// A summary about a block at or below `old` never gets here (`check_reached` ignores it).
     async fn release_skipped(
         &self,
         old: &TrustedChain,
+        head: &TrustedChain,
         summary: &RebuildSummary,
     ) -> Result<ReleasePayload, ClientError> {
         let chain = old.chain;
+        let request = Request::GetBackwardProof { chain, from: head.index(), to: summary.release, with_payload: true };
+        let verified_head = head.to_state();
+        let mut skipped = Vec::new();
+        let below = self
+            .ask(head, request, &mut skipped, |response| {
+                let Response::BackwardProof(proof) = response else {
+                    return Err(format!("answered {}", response.name()));
+                };
+                let earlier = proof.verify(&verified_head).map_err(|e| e.to_string())?.into_inner();
+                if earlier.header.index != summary.release || earlier.header.kind != KIND_RELEASE {
+                    return Err(format!("block {} is no release", earlier.header.index));
+                }
+                Ok(earlier)
+            })
+            .await?;
+        if below.header.policy_hash == head.header.policy_hash {
+            let payload = below.payload.as_deref().unwrap_or_default();
+            let time = below.header.timestamp_ms;
+            let release =
+                chainiac_release::check_release(&head.policy, payload, time, TimeWindow::default(), |_| false)
+                    .map_err(|e| ClientError::Release(e.to_string()))?;
+            if release.manifest.id() != summary.manifest {
+                return Err(ClientError::Release("the release is not the one the summary names".into()));
+            }
+            return Ok(release);
+        }
         let request = Request::GetProof { chain, from: old.index(), to: Some(summary.release), with_payload: true };
         let start = old.to_state();
         let mut skipped = Vec::new();

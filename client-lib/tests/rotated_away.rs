@@ -152,6 +152,11 @@ struct Colluder {
 
 impl Handler for Colluder {
     async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
+        if let Request::GetBackwardProof { chain, from, to, with_payload } = request {
+            return Response::BackwardProof(
+                store::prove_backward(&self.store, &chain, from, to, with_payload).unwrap(),
+            );
+        }
         let Request::GetProofs { queries, with_payload, .. } = request else {
             return Response::Error(chainiac_proto::ErrorReply::new(
                 chainiac_proto::ErrorCode::Internal,
@@ -207,6 +212,49 @@ async fn a_release_signed_by_a_rotated_away_key_is_refused() {
         Err(ClientError::Release(reason)) => assert!(reason.contains("not a developer key"), "{reason}"),
         other => panic!("the bundle must be refused, got {other:?}"),
     }
+}
+
+/// Found by review: a release a client reaches through a rebuild summary at the head (it
+/// skipped the release block) is checked like a head release. A colluding committee signs
+/// a release by a key that is no developer's and a summary naming it: the client refuses
+/// the chain's update and keeps its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_release_named_by_a_rebuild_summary_is_refused() {
+    let witness_keys: Vec<SecretKey> = (40..44).map(key).collect();
+    let address = free_udp_address();
+    let (store, first, chain, head) = colluders_chain(
+        &witness_keys,
+        &address.to_string(),
+        KIND_RELEASE,
+        policy(OLD_DEVELOPER).to_bytes(),
+        |_, now| {
+            let forged = release("1.0", 7, now);
+            let manifest = ReleasePayload::from_bytes(&forged.payload).unwrap().manifest.id();
+            let summary = RebuildSummary { release: 1, manifest, records: Vec::new() };
+            let summary = Proposal {
+                kind: KIND_REBUILD_SUMMARY,
+                payload: summary.to_bytes(),
+                timestamp_ms: now,
+                ..Proposal::default()
+            };
+            vec![forged, summary]
+        },
+    );
+    assert_eq!(head, 2);
+    let endpoint = chainiac_proto::endpoint::server(&witness_keys[0], address).unwrap();
+    tokio::spawn(chainiac_proto::server::serve(Arc::new(Colluder { store }), endpoint, &[FrameClass::Query]));
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+    client.anchor(&first).unwrap();
+    match client.update(chain).await {
+        Err(ClientError::Release(reason)) => {
+            assert!(reason.contains("the release the rebuild summary at the head names"), "{reason}");
+            assert!(reason.contains("not a developer key of the policy in force"), "{reason}");
+        }
+        other => panic!("a forged release must be refused, got {other:?}"),
+    }
+    assert_eq!(client.state().chains[&chain].index(), 0, "nothing was saved");
+    assert!(client.state().chains[&chain].release.is_none());
 }
 
 #[test]
