@@ -332,8 +332,9 @@ pub struct Node {
     lists_refused: Mutex<HashMap<ChainId, u32>>,
     /// Per timeline chain: the newest appended block whose head set this node holds.
     timelines: Mutex<HashMap<ChainId, KnownTimeline>>,
-    /// Per release chain, its releases: version → (block index, manifest id).
-    released: Mutex<HashMap<ChainId, Releases>>,
+    /// Per release chain, the block index read up to and its releases: version → (block
+    /// index, manifest id).
+    released: Mutex<HashMap<ChainId, (u64, Releases)>>,
     /// Rebuilders' attestations per (release chain, release), as the chain holds them.
     rebuild_evidence: Mutex<rebuilds::RebuildEvidence>,
     /// Per rebuilder key: (start of its hour, attestations taken in it).
@@ -680,23 +681,34 @@ impl Node {
     /// date on every append).
     fn with_releases<R>(&self, chain: &ChainId, look: impl FnOnce(&Releases) -> R) -> R {
         blocking(|| {
-            let mut released = self.released.lock().expect("lock");
-            if !released.contains_key(chain) {
+            let head = self.store.head(chain).ok().flatten().map_or(0, |h| h.index);
+            // A chain's first read walks it whole: outside the lock, so that votes on other
+            // chains do not wait for it. Each read then takes the blocks appended since.
+            if !self.released.lock().expect("lock").contains_key(chain) {
                 let mut releases = Releases::new();
-                let head = self.store.head(chain).ok().flatten().map_or(0, |h| h.index);
-                for index in 1..=head {
-                    if let Ok(Some(block)) = self.store.block(chain, index) {
-                        if block.header.kind == KIND_RELEASE {
-                            if let Ok(payload) = chainiac_release::ReleasePayload::from_bytes(&block.payload) {
-                                releases.insert(payload.manifest.version.clone(), (index, payload.manifest.id()));
-                            }
-                        }
+                self.read_releases(chain, 1..=head, &mut releases);
+                self.released.lock().expect("lock").entry(*chain).or_insert((head, releases));
+            }
+            let mut released = self.released.lock().expect("lock");
+            let (read_to, releases) = released.get_mut(chain).expect("just read");
+            if *read_to < head {
+                self.read_releases(chain, *read_to + 1..=head, releases);
+                *read_to = head;
+            }
+            look(releases)
+        })
+    }
+
+    fn read_releases(&self, chain: &ChainId, indices: std::ops::RangeInclusive<u64>, releases: &mut Releases) {
+        for index in indices {
+            if let Ok(Some(block)) = self.store.block(chain, index) {
+                if block.header.kind == KIND_RELEASE {
+                    if let Ok(payload) = chainiac_release::ReleasePayload::from_bytes(&block.payload) {
+                        releases.insert(payload.manifest.version.clone(), (index, payload.manifest.id()));
                     }
                 }
-                released.insert(*chain, releases);
             }
-            look(&released[chain])
-        })
+        }
     }
 
     /// A `Propose`: a block the caller wants on the chain, checked like any block before a

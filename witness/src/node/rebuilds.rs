@@ -91,8 +91,15 @@ impl Node {
         let (now, window) = (now_ms(), self.window_ms());
         let since = now.saturating_sub(window);
         blocking(|| {
+            // The first read walks every release chain's recent blocks: outside the lock,
+            // so that appends (`note_rebuilds`) do not wait for it. A block appended during
+            // it may go uncounted (never counted twice): the throttle errs towards leniency.
+            if self.rebuild_disagreements.lock().expect("lock").is_none() {
+                let read = self.read_disagreements(since);
+                self.rebuild_disagreements.lock().expect("lock").get_or_insert(read);
+            }
             let mut known = self.rebuild_disagreements.lock().expect("lock");
-            let disagreements = known.get_or_insert_with(|| self.read_disagreements(since));
+            let disagreements = known.as_mut().expect("just read");
             let times = disagreements.get_mut(&(*rebuilder, *chain))?;
             times.retain(|&t| t >= since);
             times.sort_unstable();

@@ -81,14 +81,7 @@ impl Node {
             return;
         }
         if block.header.kind == KIND_RELEASE {
-            if let (Some(chain), Ok(payload)) =
-                (block.header.chain, chainiac_release::ReleasePayload::from_bytes(&block.payload))
-            {
-                if let Some(releases) = self.released.lock().expect("lock").get_mut(&chain) {
-                    let id = payload.manifest.id();
-                    releases.insert(payload.manifest.version, (block.header.index, id));
-                }
-            }
+            // `with_releases` reads the blocks appended since its last read.
             return;
         }
         if block.header.kind != KIND_TIMELINE {
