@@ -944,6 +944,12 @@ async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
     let (code, out, err) = run(&["update", "--state", &state, "--chain", &chain_hex]);
     assert!(code == Some(0) && out.contains("DISAGREED"), "the liar stands out: {out}{err}");
 
+    // Anyone can audit the summary a client verified against the witnesses' evidence.
+    let (code, out, err) = run(&["rebuilder", "audit", "--state", &state, "--chain", &chain_hex, "--json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let audit: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((audit["records"].as_array().unwrap().len(), audit["unbacked"].as_u64()), (2, Some(0)), "{audit}");
+
     // A client that anchors now skips the release block: the summary at the head names it,
     // and the release comes down from the head by hash links.
     let fresh = path("fresh.state");

@@ -70,6 +70,7 @@ fn every_subcommand_has_help() {
         vec!["chain", "show", "--help"],
         vec!["rebuilder", "init", "--help"],
         vec!["rebuilder", "run", "--help"],
+        vec!["rebuilder", "audit", "--help"],
         vec!["release", "yank", "--help"],
         vec!["fetch", "--help"],
         vec!["serve", "--help"],

@@ -42,6 +42,19 @@ pub enum RebuilderCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check the rebuild summary a client verified for a chain's newest release against the
+    /// signed attestations the witnesses keep (`GetRebuilds`): every record must be backed
+    /// by an attestation with its digest, signed by its key, about that release. Exit 1
+    /// names any record without one (the committee vouched for what nobody signed).
+    Audit {
+        /// A client state with the chain anchored (it is updated first).
+        #[arg(long, default_value = "chainiac-client.state")]
+        state: PathBuf,
+        #[arg(long)]
+        chain: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Follow the chains, rebuild each newest release not attested yet, and submit.
     Run {
         #[arg(long)]
@@ -124,6 +137,7 @@ pub fn run(command: RebuilderCommand) -> Result<()> {
             }
             Ok(())
         }
+        RebuilderCommand::Audit { state, chain, json } => audit(&state, &chain, json),
         RebuilderCommand::Run { config, once, json } => {
             let text = std::fs::read_to_string(&config).with_context(|| format!("reading {}", config.display()))?;
             let config: RebuilderConfig =
@@ -290,6 +304,71 @@ async fn submit(
         }
     }
     Err(format!("no witness took it: {}", tried.join("; ")))
+}
+
+/// `chainiac rebuilder audit`.
+fn audit(state: &std::path::Path, chain: &str, json: bool) -> Result<()> {
+    let chain = parse_chain(chain)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut client = Client::open(state, TrustLevel { allow_yanked: true, ..TrustLevel::default() })?;
+    runtime.block_on(client.update(chain)).context("updating the chain first")?;
+    let trusted = client.state().chains[&chain].clone();
+    let release = trusted.release.clone().context("the chain has no verified release")?;
+    let Some(summary) = trusted.rebuilds_of_release().cloned() else {
+        println!("release {} has no rebuild summary yet: nothing to audit", release.manifest.version);
+        return Ok(());
+    };
+    let request = Request::GetRebuilds { chain, release: summary.release };
+    let _inside = runtime.enter();
+    let pool = crate::release_cmd::pool_with(chainiac_cosi::SecretKey::generate(&mut rand_core::OsRng))?;
+    let mut tried = Vec::new();
+    let mut evidence = None;
+    for member in trusted.committee.roster().members() {
+        match runtime.block_on(pool.call(&member.address, &member.key, &request, Duration::from_secs(30))) {
+            Ok(Response::Rebuilds(attestations)) => {
+                evidence = Some((member.address.clone(), attestations));
+                break;
+            }
+            Ok(other) => tried.push(format!("{}: answered {}", member.address, other.name())),
+            Err(e) => tried.push(format!("{}: {e}", member.address)),
+        }
+    }
+    let (from, attestations) =
+        evidence.ok_or_else(|| anyhow::anyhow!("no witness served the evidence: {}", tried.join("; ")))?;
+    let id = release.manifest.id();
+    let backed = |record: &chainiac_release::RebuildRecord| {
+        attestations
+            .iter()
+            .any(|a| a.body.manifest == id && a.verify() && chainiac_release::RebuildRecord::of(a) == *record)
+    };
+    let rows: Vec<(String, &str, bool)> =
+        summary.records.iter().map(|r| (r.rebuilder.to_string(), r.verdict.name(), backed(r))).collect();
+    let unbacked = rows.iter().filter(|(_, _, ok)| !ok).count();
+    if json {
+        let records: Vec<_> = rows
+            .iter()
+            .map(|(key, verdict, ok)| serde_json::json!({ "rebuilder": key, "verdict": verdict, "backed": ok }))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "chain": chain.to_hex(), "version": release.manifest.version, "release": summary.release,
+                "evidence_from": from, "records": records, "unbacked": unbacked,
+            })
+        );
+    } else {
+        println!("release {} (block {}), evidence from {from}:", release.manifest.version, summary.release);
+        for (key, verdict, ok) in &rows {
+            println!(
+                "  {key} {verdict:<10} {}",
+                if *ok { "signed attestation matches" } else { "NO SIGNED ATTESTATION" }
+            );
+        }
+    }
+    if unbacked > 0 {
+        anyhow::bail!("{unbacked} record(s) of the summary have no signed attestation behind them");
+    }
+    Ok(())
 }
 
 fn report(json: bool, chain: ChainId, release: Option<&ReleasePayload>, outcome: Result<String, String>) {
