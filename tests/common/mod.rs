@@ -31,12 +31,19 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// A port free now, below the ephemeral range (32768 and up on Linux): the clients of
 /// tests running alongside bind ephemeral ports all the time, and one taking a witness's
 /// port between this check and the witness's start would keep it from coming up.
+/// A port is handed out once per test process: two tests running at once that drew the
+/// same free port before either's witness bound it would otherwise collide (CI saw it).
 pub fn free_port() -> u16 {
     use rand_core::RngCore;
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let port = 20_000 + (rand_core::OsRng.next_u32() % 12_000) as u16;
-        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
-        if udp.is_ok() {
+        let mut handed_out = HANDED_OUT.lock().unwrap();
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
             return port;
         }
     }
