@@ -59,6 +59,23 @@ fn release_of(m: Manifest, verifiers: &[&SecretKey]) -> Proposal {
     Proposal { kind: KIND_RELEASE, payload: payload.to_bytes(), ..Proposal::default() }
 }
 
+/// A folder holding `project.genesis` and `timeline.genesis`.
+fn genesis_files(project: &Block, timeline: &Block) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("project.genesis"), project.to_bytes()).unwrap();
+    std::fs::write(dir.path().join("timeline.genesis"), timeline.to_bytes()).unwrap();
+    dir
+}
+
+/// `chainiac anchor` of the timeline and project geneses in `dir` into the client `state`.
+fn anchor_both(dir: &std::path::Path, state: &str) {
+    for genesis in ["timeline.genesis", "project.genesis"] {
+        let file = dir.join(genesis);
+        let (code, _, err) = chainiac(&["anchor", "--state", state, file.to_str().unwrap()]);
+        assert_eq!(code, Some(0), "{err}");
+    }
+}
+
 /// Runs the `chainiac` binary: exit code, stdout, stderr.
 fn chainiac(args: &[&str]) -> (Option<i32>, String, String) {
     let out = std::process::Command::new(common::bin()).args(args).output().unwrap();
@@ -545,10 +562,8 @@ async fn a_yanked_release_is_refused_by_every_client_command_until_the_roots_tak
     }
     common::wait_timeline_has(&cluster, chain, 2).await;
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = genesis_files(&project_genesis, &timeline_genesis);
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    std::fs::write(path("project.genesis"), project_genesis.to_bytes()).unwrap();
-    std::fs::write(path("timeline.genesis"), timeline_genesis.to_bytes()).unwrap();
     std::fs::write(path("hello"), BINARY).unwrap();
     let key_files = [("dev1", &developers[0]), ("dev2", &developers[1]), ("root1", &roots[0]), ("root2", &roots[1])];
     for (name, key) in key_files.into_iter().chain([("verifier", &v1)]) {
@@ -557,10 +572,7 @@ async fn a_yanked_release_is_refused_by_every_client_command_until_the_roots_tak
     let run = chainiac;
     let anchored = |name: &str| {
         let state = path(name);
-        for genesis in ["timeline.genesis", "project.genesis"] {
-            let (code, _, err) = run(&["anchor", "--state", &state, &path(genesis)]);
-            assert_eq!(code, Some(0), "{err}");
-        }
+        anchor_both(dir.path(), &state);
         state
     };
     let state = anchored("client.state");
@@ -754,21 +766,14 @@ async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
     assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
     common::wait_timeline_has(&cluster, chain, 1).await;
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = genesis_files(&project_genesis, &timeline_genesis);
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
-    std::fs::write(path("project.genesis"), project_genesis.to_bytes()).unwrap();
-    std::fs::write(path("timeline.genesis"), timeline_genesis.to_bytes()).unwrap();
     std::fs::create_dir_all(path("sources")).unwrap();
     std::fs::write(dir.path().join("sources").join("hello-1.0.tar"), &source).unwrap();
     std::fs::write(path("hello-1.0.tar"), b"a mirror that lies").unwrap();
     std::fs::write(path("out.txt"), built).unwrap();
     let run = chainiac;
-    let anchored = |state: &str| {
-        for genesis in ["timeline.genesis", "project.genesis"] {
-            let (code, _, err) = run(&["anchor", "--state", state, &path(genesis)]);
-            assert_eq!(code, Some(0), "{err}");
-        }
-    };
+    let anchored = |state: &str| anchor_both(dir.path(), state);
     let chain_hex = chain.to_hex();
     let state = path("client.state");
     anchored(&state);
@@ -959,7 +964,6 @@ async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
     let update: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(update["release"]["version"], "1.0", "{update}");
     assert_eq!(update["level"]["level"], "rebuilt", "{update}");
-    let _ = timeline;
 
     // Release 1.1: rebuilds of 1.0 are no longer taken (a summary at the head is always
     // about the newest release, so it can never take a client back), and the liar, one
@@ -1004,6 +1008,28 @@ async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
     assert_eq!(report.throttled.iter().map(|(k, _)| *k).collect::<Vec<_>>(), vec![liar.public_key().to_bytes()]);
     let (code, out, err) = run(&["project", "show", "--state", &state, "--chain", &chain_hex]);
     assert!(code == Some(0) && out.contains("THROTTLED") && out.contains("DISPUTED release 1.0"), "{out}{err}");
+
+    // Strangers' queries stay within bounds: no tracker or evidence of a timeline (which
+    // would be a scan of every block), no evidence of a release that is no longer the newest.
+    let ask = |request: Request| {
+        let client = &cluster.client;
+        let witness = &cluster.witnesses[3];
+        async move { format!("{:?}", client.call(witness, request).await) }
+    };
+    let tracker = ask(Request::GetTracker { chain: timeline }).await;
+    assert!(tracker.contains("BadRequest") && tracker.contains("not a release chain"), "{tracker}");
+    let evidence = ask(Request::GetRebuilds { chain: timeline, release: u64::MAX }).await;
+    assert!(evidence.contains("BadRequest"), "{evidence}");
+    let older = ask(Request::GetRebuilds { chain, release: 1 }).await;
+    assert!(older.contains("NotFound") && older.contains("newest release"), "{older}");
+    let nonsense = ask(Request::GetRebuilds { chain, release: u64::MAX }).await;
+    assert!(nonsense.contains("NotFound"), "{nonsense}");
+    let Ok(Response::Rebuilds(none)) =
+        cluster.client.call(&cluster.witnesses[3], Request::GetRebuilds { chain, release: 6 }).await
+    else {
+        panic!("the newest release's evidence")
+    };
+    assert!(none.is_empty(), "nothing rebuilt 1.1 yet: the liar was throttled");
 }
 
 fn hex_bytes(text: &str) -> [u8; 32] {

@@ -172,6 +172,23 @@ impl Handler for Colluder {
     fn refused(&self, _: &str) {}
 }
 
+/// Serves the colluders' `store` at `address` with the first witness key (every roster
+/// entry points there) and opens a client anchored at `first`, its state in the returned
+/// folder.
+fn client_of_colluders(
+    store: MemoryStore,
+    key: &SecretKey,
+    address: SocketAddr,
+    first: &Block,
+) -> (tempfile::TempDir, Client) {
+    let endpoint = chainiac_proto::endpoint::server(key, address).unwrap();
+    tokio::spawn(chainiac_proto::server::serve(Arc::new(Colluder { store }), endpoint, &[FrameClass::Query]));
+    let dir = tempfile::tempdir().unwrap();
+    let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
+    client.anchor(first).unwrap();
+    (dir, client)
+}
+
 fn free_udp_address() -> SocketAddr {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
@@ -184,17 +201,13 @@ async fn a_release_signed_by_a_rotated_away_key_is_refused() {
     assert_eq!(head, 3);
 
     // Online: every roster entry points at the colluder, which holds the first key.
-    let endpoint = chainiac_proto::endpoint::server(&witness_keys[0], address).unwrap();
     let bundle = Bundle {
         genesis: first.clone(),
         proof: store::prove(&store, &chain, 0, head, true).unwrap(),
         timeline: None,
         after: NO_PROOF,
     };
-    tokio::spawn(chainiac_proto::server::serve(Arc::new(Colluder { store }), endpoint, &[FrameClass::Query]));
-    let dir = tempfile::tempdir().unwrap();
-    let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
-    client.anchor(&first).unwrap();
+    let (dir, mut client) = client_of_colluders(store, &witness_keys[0], address, &first);
     match client.update(chain).await {
         Err(ClientError::Release(reason)) => {
             assert!(reason.contains("not a developer key of the policy in force"), "{reason}");
@@ -241,11 +254,7 @@ async fn a_forged_release_named_by_a_rebuild_summary_is_refused() {
         },
     );
     assert_eq!(head, 2);
-    let endpoint = chainiac_proto::endpoint::server(&witness_keys[0], address).unwrap();
-    tokio::spawn(chainiac_proto::server::serve(Arc::new(Colluder { store }), endpoint, &[FrameClass::Query]));
-    let dir = tempfile::tempdir().unwrap();
-    let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
-    client.anchor(&first).unwrap();
+    let (_dir, mut client) = client_of_colluders(store, &witness_keys[0], address, &first);
     match client.update(chain).await {
         Err(ClientError::Release(reason)) => {
             assert!(reason.contains("the release the rebuild summary at the head names"), "{reason}");
@@ -317,11 +326,7 @@ async fn a_policy_change_the_root_keys_did_not_sign_is_refused() {
             timeline: None,
             after: NO_PROOF,
         };
-        let endpoint = chainiac_proto::endpoint::server(&witness_keys[0], address).unwrap();
-        tokio::spawn(chainiac_proto::server::serve(Arc::new(Colluder { store }), endpoint, &[FrameClass::Query]));
-        let dir = tempfile::tempdir().unwrap();
-        let mut client = Client::open(&dir.path().join("c.state"), TrustLevel::default()).unwrap();
-        client.anchor(&first).unwrap();
+        let (_dir, mut client) = client_of_colluders(store, &witness_keys[0], address, &first);
         match client.update(chain).await {
             Err(ClientError::NoHonestWitness(tries)) => {
                 // The colluder's answer (the other members share its address, not its key).
