@@ -9,7 +9,6 @@ use chainiac_proto::server::Handler;
 use chainiac_proto::{Request, Response};
 use chainiac_release::*;
 use chainiac_skipchain::timeline::KIND_TIMELINE;
-use chainiac_skipchain::BlockSignature;
 use chainiac_skipchain::{genesis, Block, ChainId, ChainParams, Committee, Proposal};
 use common::Cluster;
 use std::net::SocketAddr;
@@ -736,6 +735,8 @@ async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
     let cluster = Cluster::start_configured(4, 400, |_, config| {
         config.rebuilds_per_hour = 3;
         config.rebuild_disagreement_limit = 1;
+        // Each attestation appended at once (batches: `rebuild_batches_…`).
+        config.rebuild_batch_seconds = 0;
     })
     .await;
     let (timeline, timeline_genesis, chain, project_genesis) = timeline_and_project(&cluster, &hello_policy()).await;
@@ -1032,6 +1033,175 @@ async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
     assert!(none.is_empty(), "nothing rebuilt 1.1 yet: the liar was throttled");
 }
 
+/// Witnesses that batch (`rebuild_batch_seconds`) hold each rebuilder's attestation and
+/// append a release's batch as one rebuilds block and one summary, so a client following
+/// the project downloads one head move for all of them. A resubmission while it waits gets
+/// the same answer and adds nothing. A batch whose witness is killed before it is due is
+/// lost, and its rebuilder submits it again to another member. A client that skipped the
+/// release takes it with the summary at the head, by linked proof (the links routed through
+/// it) and by forward proofs (`--every-hop`, then the release asked for separately).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_batches_append_a_release_s_attestations_together() {
+    let mut cluster = Cluster::start_configured(4, 400, |_, config| config.rebuild_batch_seconds = 3).await;
+    let (_, timeline_genesis, chain, project_genesis) = timeline_and_project(&cluster, &hello_policy()).await;
+    let proposal = release("1.0", &[&key(20), &key(21)]);
+    let manifest = ReleasePayload::from_bytes(&proposal.payload).unwrap().manifest.id();
+    let reply = cluster.client.call(&cluster.witnesses[1], Request::Propose { chain, proposal }).await;
+    assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
+    let attestation = |who: u8| {
+        Attestation::sign(
+            &key(who),
+            AttestationBody {
+                verifier: key(who).public_key(),
+                manifest,
+                outcome: Outcome::Reproduced,
+                environment: [3; 32],
+                time_ms: common::now_ms(),
+                isolation: BuildIsolation::Namespaces,
+            },
+        )
+    };
+    let members: Vec<(String, PublicKey)> = cluster.witnesses.iter().map(|w| (w.address.clone(), w.key)).collect();
+    let submit = |who: u8, witness: usize| {
+        let (address, witness_key) = members[witness].clone();
+        let request = Request::SubmitRebuild { chain, attestation: attestation(who) };
+        async move { common::Client::with_key(key(who)).call_at(&address, &witness_key, request).await }
+    };
+    let queued = |reply: Result<Response, chainiac_proto::CallError>| match reply {
+        Ok(Response::RebuildQueued { due_ms }) => due_ms,
+        other => panic!("not queued: {other:?}"),
+    };
+    async fn wait_head(cluster: &Cluster, chain: ChainId, at: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while cluster.head(1, chain).await != Some(at) {
+            assert!(std::time::Instant::now() < deadline, "head {:?}, not {at}", cluster.head(1, chain).await);
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    // Three rebuilders at one member: one batch, due 3 s after the first; a resubmission
+    // gets the same answer.
+    let due = queued(submit(40, 1).await);
+    assert_eq!(queued(submit(41, 1).await), due);
+    assert_eq!(queued(submit(42, 1).await), due);
+    assert_eq!(queued(submit(40, 1).await), due, "a resubmission while it waits");
+    assert_eq!(cluster.head(1, chain).await, Some(1), "nothing appended before the batch is due");
+    wait_head(&cluster, chain, 3).await;
+    let blocks = match cluster.client.call(&cluster.witnesses[1], Request::GetBlocks { chain, from: 2, count: 2 }).await
+    {
+        Ok(Response::Blocks(blocks)) => blocks,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(blocks[0].header.kind, KIND_REBUILDS);
+    let rebuilds = Rebuilds::from_bytes(&blocks[0].payload).unwrap();
+    let keys: Vec<_> = rebuilds.attestations.iter().map(|a| a.body.verifier).collect();
+    assert_eq!(keys, [40, 41, 42].map(|k| key(k).public_key()), "one rebuilds block, each once");
+    let summary = RebuildSummary::from_bytes(&blocks[1].payload).unwrap();
+    assert_eq!((blocks[1].header.kind, summary.release, summary.records.len()), (KIND_REBUILD_SUMMARY, 1, 3));
+    let replay = format!("{:?}", submit(41, 2).await);
+    assert!(replay.contains("already attested release 1"), "{replay}");
+
+    // Killed before its batch is due: the attestation is lost; submitted again to another
+    // member, it is appended.
+    queued(submit(43, 2).await);
+    cluster.witnesses[2].kill();
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert_eq!(cluster.head(1, chain).await, Some(3), "the killed witness's batch is gone");
+    queued(submit(43, 3).await);
+    wait_head(&cluster, chain, 5).await;
+    common::wait_timeline_has(&cluster, chain, 5).await;
+
+    // Clients that anchor now skipped the release: it comes with the summary.
+    let dir = genesis_files(&project_genesis, &timeline_genesis);
+    let chain_hex = chain.to_hex();
+    for (name, every_hop) in [("linked.state", false), ("hops.state", true)] {
+        let state = dir.path().join(name).to_str().unwrap().to_string();
+        anchor_both(dir.path(), &state);
+        let mut args = vec!["update", "--state", &state, "--chain", &chain_hex, "--json"];
+        if every_hop {
+            args.push("--every-hop");
+        }
+        let (code, out, err) = chainiac(&args);
+        assert_eq!(code, Some(0), "{name}: {out}{err}");
+        let update: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(update["release"]["version"], "1.0", "{name}: {update}");
+        assert_eq!(update["level"]["level"], "rebuilt", "{name}: {update}");
+        assert_eq!(update["level"]["other_rebuilders"], 4, "{name}: {update}");
+    }
+}
+
+/// Every key of the cothority colludes: after the client's release 1.0 it signs a release
+/// by a key that is not the project's developer, a rebuild summary naming it, and a
+/// timeline block recording the summary, and serves them as a witness does (the summary's
+/// release carried with the links to it, SPEC §7.5). The client checks that release as a
+/// head release, refuses it, and keeps what it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_release_carried_with_the_links_to_a_rebuild_summary_is_refused() {
+    use chainiac_skipchain::store::{self, MemoryStore, Store};
+    use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, TimelineEntry};
+    let mut cluster = Cluster::start(4).await;
+    let (timeline, timeline_genesis, chain, project_genesis) = timeline_and_project(&cluster, &hello_policy()).await;
+    let proposal = release("1.0", &[&key(20), &key(21)]);
+    let reply = cluster.client.call(&cluster.witnesses[1], Request::Propose { chain, proposal }).await;
+    assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
+    common::wait_timeline_has(&cluster, chain, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("client.state");
+    let mut client = Client::open(&state, TrustLevel::default()).unwrap();
+    client.anchor_many(&[timeline_genesis, project_genesis]).unwrap();
+    assert_eq!(client.update(chain).await.unwrap().to, 1);
+    let held = client.state().chains[&chain].clone();
+
+    let mut sign = common::colluders(&cluster);
+    let forged = MemoryStore::new();
+    common::copy_chain(&cluster, &forged, chain, 1).await;
+    let mut append = |store: &MemoryStore, on: ChainId, proposal: Proposal| {
+        let head = store::head_state(store, &on).unwrap().into_inner();
+        let mut block = head.propose(proposal, |j| store.block_id(&on, j).unwrap()).unwrap();
+        sign(&mut block);
+        store::append(store, &block).unwrap();
+        block
+    };
+    // Release 6.6.6, signed by a key that is not the developer's, then a summary naming it.
+    let mut payload = ReleasePayload::from_bytes(&release("6.6.6", &[&key(20), &key(21)]).payload).unwrap();
+    payload.developer_signatures = vec![DeveloperSignature::sign(&key(7), &payload.manifest.id())];
+    let now = common::now_ms();
+    let evil = Proposal { kind: KIND_RELEASE, payload: payload.to_bytes(), timestamp_ms: now, ..Proposal::default() };
+    append(&forged, chain, evil);
+    let summary = RebuildSummary { release: 2, manifest: payload.manifest.id(), records: Vec::new() };
+    let summary =
+        Proposal { kind: KIND_REBUILD_SUMMARY, payload: summary.to_bytes(), timestamp_ms: now, ..Proposal::default() };
+    let head = append(&forged, chain, summary);
+    let timeline_head = cluster.head(1, timeline).await.unwrap();
+    common::copy_chain(&cluster, &forged, timeline, timeline_head).await;
+    let set = HeadSet::new(vec![HeadLeaf { chain, index: 3, id: head.id() }]);
+    let entry = TimelineEntry { time_ms: now, chains: 1, root: set.root(), changes: None };
+    let recording =
+        Proposal { kind: KIND_TIMELINE, payload: entry.to_bytes(), timestamp_ms: now, ..Proposal::default() };
+    append(&forged, timeline, recording);
+    // The links down from the summary carry the forged release, as a witness sends them.
+    let query = chainiac_proto::LinkedQuery { chain, from: 1, recorded: 3 };
+    let answer = chainiac_witness::answers::linked_proofs(&forged, &[query], true, Vec::new()).unwrap();
+    let carried = answer[0].as_ref().unwrap().link_payload.as_ref().expect("the release comes with the links");
+    assert_eq!((carried.index, &carried.payload), (2, &payload.to_bytes()));
+
+    common::replace_witness_0(
+        &mut cluster,
+        common::Forger { store: forged, timeline, index: timeline_head + 1, entry, set },
+    );
+    drop(client);
+    let mut client = Client::open(&state, TrustLevel::default()).unwrap();
+    match client.update(chain).await {
+        Err(ClientError::Release(reason)) => {
+            assert!(reason.contains("the release the rebuild summary at the head names"), "{reason}");
+            assert!(reason.contains("not a developer key of the policy in force"), "{reason}");
+        }
+        other => panic!("a forged release must be refused, got {other:?}"),
+    }
+    assert_eq!(client.state().chains[&chain].id, held.id, "nothing was saved");
+    assert_eq!(client.state().chains[&chain].release, held.release);
+}
+
 fn hex_bytes(text: &str) -> [u8; 32] {
     let bytes: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap()).collect();
     bytes.try_into().unwrap()
@@ -1100,6 +1270,7 @@ impl Handler for Freezer {
                     appointments: vec![],
                     policies: vec![],
                     beyond: empty,
+                    link_payload: None,
                 };
                 return Response::LinkedProofs(queries.iter().map(|_| Ok(nothing.clone())).collect());
             }
@@ -1390,38 +1561,13 @@ async fn a_client_following_many_chains_learns_what_moved_from_change_lists() {
 /// keeps the block it had.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fork_signed_by_the_whole_cothority_is_refused_and_named() {
-    use chainiac_cosi::simulation::sign_with_all_keys;
-    use chainiac_cosi::Mask;
     use chainiac_skipchain::store::{self, MemoryStore, Store};
     use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, TimelineEntry};
     let (mut cluster, timeline, project, dir, client) = a_client_at_block_2().await;
     let honest = client.state().chains[&project].id;
 
     // The forgery: block 2' after block 1, and a timeline block recording it.
-    let committee = Committee::byzantine(cluster.roster(&[0, 1, 2, 3]));
-    let ordered: Vec<SecretKey> = committee
-        .roster()
-        .members()
-        .iter()
-        .map(|m| {
-            let w = cluster.witnesses.iter().find(|w| w.key == m.key).unwrap();
-            chainiac_witness::keyfile::read(&w.dir.join("node.key")).unwrap()
-        })
-        .collect();
-    let mut rng = <rand_chacha::ChaCha20Rng as rand_chacha::rand_core::SeedableRng>::seed_from_u64(7);
-    let mut sign = |block: &mut chainiac_skipchain::Block| {
-        let mask = Mask::full(ordered.len());
-        block.signature = Some(BlockSignature {
-            ballot: 0,
-            signature: sign_with_all_keys(
-                committee.roster(),
-                &ordered,
-                &mask,
-                &BlockSignature::message(&block.id(), 0),
-                &mut rng,
-            ),
-        });
-    };
+    let mut sign = common::colluders(&cluster);
     let forged = MemoryStore::new();
     common::copy_chain(&cluster, &forged, project, 1).await;
     let at_1 = store::head_state(&forged, &project).unwrap().into_inner();

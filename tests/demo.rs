@@ -23,7 +23,7 @@ fn the_demo_releases_verifies_and_cleans_up() {
         "still block 5, fresh from",
         // After the releases: a rebuilder skips the lying mirror and lifts 1.2 for a
         // client that trusts it; a liar stands out; a yank is refused; fetch falls through.
-        "reproduced; summary at block 7 records 1 rebuilders",
+        "reproduced; queued at 127.0.0.1:",
         "level trusted: 2 verifiers, 1 trusted and 0 other rebuilders reproduced it (was policy)",
         "mismatch",
         "DISAGREED",

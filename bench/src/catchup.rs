@@ -63,8 +63,12 @@ pub struct Options {
     pub plot_suffix: String,
     pub seed: u64,
     /// Rebuilders that each attest every release of the top [`REBUILT_PROJECTS`] projects,
-    /// an hour apart after it (SPEC §11.8): each a rebuilds block and a summary block.
+    /// an hour apart after it (SPEC §11.8).
     pub rebuilders: usize,
+    /// The witnesses' `rebuild_batch_seconds`: the attestations that arrive within it of
+    /// the first one pending go into one rebuilds block and one summary block (0: each its
+    /// own pair).
+    pub rebuild_batch_ms: u64,
 }
 
 /// The projects rebuilders attest: the most popular ones.
@@ -345,8 +349,8 @@ enum Event {
     Release(usize),
     RosterChange(usize),
     KeyRotation(u64),
-    /// Rebuilder `i` attests the newest release.
-    Rebuild(usize),
+    /// These rebuilders' attestations of the newest release are appended as one batch.
+    Rebuild(Vec<usize>),
 }
 
 struct Keys {
@@ -355,10 +359,23 @@ struct Keys {
     rebuilders: Vec<SecretKey>,
 }
 
-/// When the rebuilders attest a release at `t` (the next at `next`): an hour apart, those
-/// before the next release (witnesses take rebuilds of the newest release only) and `now`.
-fn rebuild_times(t: u64, next: u64, now: u64, rebuilders: usize) -> impl Iterator<Item = (u64, usize)> {
-    (0..rebuilders).map(move |i| (t + (i as u64 + 1) * 3_600_000, i)).filter(move |(at, _)| *at < next && *at < now)
+/// When the rebuilders' attestations of a release at `t` (the next at `next`) are appended,
+/// and whose: they arrive an hour apart, and the witness appends those that arrived within
+/// `batch_ms` of the first one pending as one batch, then, if the release is still the
+/// newest (witnesses take rebuilds of the newest release only), before `now`.
+fn rebuild_batches(t: u64, next: u64, now: u64, rebuilders: usize, batch_ms: u64) -> Vec<(u64, Vec<usize>)> {
+    let arrivals: Vec<(u64, usize)> = (0..rebuilders).map(|i| (t + (i as u64 + 1) * 3_600_000, i)).collect();
+    let mut batches = Vec::new();
+    let mut k = 0;
+    while k < arrivals.len() {
+        let due = arrivals[k].0 + batch_ms;
+        let batch: Vec<usize> = arrivals[k..].iter().take_while(|(at, _)| *at <= due).map(|(_, i)| *i).collect();
+        k += batch.len();
+        if due < next && due < now {
+            batches.push((due, batch));
+        }
+    }
+    batches
 }
 
 fn developer_key(project: &str, generation: u64) -> SecretKey {
@@ -465,7 +482,8 @@ fn build_project(
     if rebuilt {
         for (k, &t) in project.releases.iter().enumerate() {
             let next = project.releases.get(k + 1).copied().unwrap_or(u64::MAX);
-            events.extend(rebuild_times(t, next, now, keys.rebuilders.len()).map(|(at, i)| (at, Event::Rebuild(i))));
+            let batches = rebuild_batches(t, next, now, keys.rebuilders.len(), options.rebuild_batch_ms);
+            events.extend(batches.into_iter().map(|(at, batch)| (at, Event::Rebuild(batch))));
         }
     }
     for (e, &t) in roster_changes.iter().enumerate() {
@@ -496,20 +514,25 @@ fn build_project(
                 newest = Some((chain.head.index() + 1, id, Vec::new()));
                 Proposal { kind: KIND_RELEASE, payload, timestamp_ms: t, ..Proposal::default() }
             }
-            Event::Rebuild(i) => {
+            Event::Rebuild(batch) => {
                 let Some((release, manifest, evidence)) = newest.as_mut() else { continue };
-                let rebuilder = &keys.rebuilders[i];
-                let body = AttestationBody {
-                    verifier: rebuilder.public_key(),
-                    manifest: *manifest,
-                    outcome: Outcome::Reproduced,
-                    environment: [8; 32],
-                    time_ms: t,
-                    isolation: chainiac_release::BuildIsolation::Namespaces,
-                };
-                let attestation = Attestation::sign(rebuilder, body);
-                evidence.push(attestation.clone());
-                let rebuilds = Rebuilds { release: *release, attestations: vec![attestation] };
+                let attestations: Vec<Attestation> = batch
+                    .iter()
+                    .map(|&i| {
+                        let rebuilder = &keys.rebuilders[i];
+                        let body = AttestationBody {
+                            verifier: rebuilder.public_key(),
+                            manifest: *manifest,
+                            outcome: Outcome::Reproduced,
+                            environment: [8; 32],
+                            time_ms: t,
+                            isolation: chainiac_release::BuildIsolation::Namespaces,
+                        };
+                        Attestation::sign(rebuilder, body)
+                    })
+                    .collect();
+                evidence.extend(attestations.iter().cloned());
+                let rebuilds = Rebuilds { release: *release, attestations };
                 let block = Proposal {
                     kind: KIND_REBUILDS,
                     payload: rebuilds.to_bytes(),
@@ -728,6 +751,9 @@ struct Answered<P> {
 /// One kind of batched proof: the witness's own answer to a request for some chains (the
 /// functions of `chainiac_witness::answers` over the bench's store), and the client's check.
 trait Batched: Serialize + serde::de::DeserializeOwned + Clone + Sized {
+    /// Whether the witness routes the links through the release a rebuild summary at the
+    /// recorded head names and carries it (linked proofs).
+    const CARRIES_NAMED_RELEASE: bool;
     /// The witness's answer for `chains`, each from its state at mark `d`, for a client that
     /// names `held` as held.
     fn answer(
@@ -741,6 +767,7 @@ trait Batched: Serialize + serde::de::DeserializeOwned + Clone + Sized {
 }
 
 impl Batched for Proof {
+    const CARRIES_NAMED_RELEASE: bool = false;
     fn answer(
         store: &MemoryStore,
         chains: &[&ChainBuilder],
@@ -761,6 +788,7 @@ impl Batched for Proof {
 /// Through the head the timeline's newest block records: here the chain's head (the
 /// bench's last root is over the real heads).
 impl Batched for LinkedProof {
+    const CARRIES_NAMED_RELEASE: bool = true;
     fn answer(
         store: &MemoryStore,
         chains: &[&ChainBuilder],
@@ -823,10 +851,18 @@ fn batched<P: Batched>(
             if reached.state.header.kind == KIND_REBUILD_SUMMARY && to > trusted.index() {
                 let summary =
                     RebuildSummary::from_bytes(reached.payload.as_deref().unwrap_or_default()).expect("decodes");
-                if summary.release > trusted.index() {
+                let linked = reached.link_block.as_ref().filter(|b| {
+                    b.header.index == summary.release && b.header.policy_hash == reached.state.header.policy_hash
+                });
+                if let Some(block) = linked {
+                    // The witness routed the links through the release and carried it.
+                    assert!(check_release(block.payload.as_deref().unwrap_or_default()));
+                } else if summary.release > trusted.index() {
                     // Down from the head when the policy is the same there (the usual case),
                     // else forward from the client's block (`release_skipped`).
                     let release = store.block(&chain.chain, summary.release).unwrap().expect("stored");
+                    let same_policy = release.header.policy_hash == reached.state.header.policy_hash;
+                    assert!(!(P::CARRIES_NAMED_RELEASE && same_policy), "the witness carries the release");
                     let answer = if release.header.policy_hash == reached.state.header.policy_hash {
                         Response::BackwardProof(
                             store::prove_backward(store, &chain.chain, to, summary.release, true).expect("stored"),
@@ -1042,7 +1078,8 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
         if n < REBUILT_PROJECTS {
             for (k, &t) in project.releases.iter().enumerate() {
                 let next = project.releases.get(k + 1).copied().unwrap_or(u64::MAX);
-                churn.extend(rebuild_times(t, next, now, options.rebuilders).map(|(at, _)| (at, i)));
+                let batches = rebuild_batches(t, next, now, options.rebuilders, options.rebuild_batch_ms);
+                churn.extend(batches.into_iter().map(|(at, _)| (at, i)));
             }
         }
     }
@@ -1205,8 +1242,10 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
                 .find(|b| b.header.kind == KIND_RELEASE && !b.payload.is_empty())
                 .map_or(0, |b| b.payload.len());
             let attestations = ((trusted.index() + 1)..=to)
-                .filter(|&i| store.block(&chain.chain, i).unwrap().expect("stored").header.kind == KIND_REBUILDS)
-                .count() as u64;
+                .map(|i| store.block(&chain.chain, i).unwrap().expect("stored"))
+                .filter(|b| b.header.kind == KIND_REBUILDS)
+                .map(|b| Rebuilds::from_bytes(&b.payload).expect("decodes").attestations.len() as u64)
+                .sum();
             per_project.push((a, b, to - trusted.index(), floor as u64, attestations));
         }
         progress.finish_and_clear();
@@ -1456,6 +1495,7 @@ mod tests {
             plot_suffix: String::new(),
             seed: 3,
             rebuilders: 0,
+            rebuild_batch_ms: 0,
         };
         let mut report = Report::new(&dir.path().join("plots")).unwrap();
         let measured = run(&options, &mut report).unwrap();

@@ -80,6 +80,11 @@ struct CatchupArgs {
     /// that follows the project are reported. 0: none.
     #[arg(long, default_value_t = 0)]
     rebuilders: usize,
+    /// The witnesses' `rebuild_batch_seconds` in the rebuilders' run, in minutes (default:
+    /// the witnesses' default, an hour): the attestations that arrive within it of the first
+    /// one pending are appended as one rebuilds block and one summary block; 0: each alone.
+    #[arg(long, default_value_t = 60)]
+    rebuild_batch_minutes: u64,
 }
 
 #[derive(Subcommand)]
@@ -173,6 +178,7 @@ fn catchup(args: &CatchupArgs, quick: bool, report: &mut Report, scratch: &Path)
         plot_suffix: if args.now.is_some() || args.now_before_edge.is_some() { "-now".into() } else { String::new() },
         seed: args.seed,
         rebuilders: 0,
+        rebuild_batch_ms: 0,
     };
     let on_snapshot = options.events.is_none();
     let without = catchup::run(&options, report)?;
@@ -180,12 +186,15 @@ fn catchup(args: &CatchupArgs, quick: bool, report: &mut Report, scratch: &Path)
         report.text(&format!(
             "\n#### The same clients with {} rebuilders attesting every release of the top {} projects\n\n\
              Each attests a release an hour after the one before it (none after the next release: witnesses take \
-             rebuilds of a chain's newest release only), each attestation a rebuilds block and a summary block.\n",
+             rebuilds of a chain's newest release only); those within {} minutes of the first one waiting are \
+             appended together, as a rebuilds block and a summary block.\n",
             args.rebuilders,
-            catchup::REBUILT_PROJECTS
+            catchup::REBUILT_PROJECTS,
+            args.rebuild_batch_minutes
         ));
         let with = catchup::Options {
             rebuilders: args.rebuilders,
+            rebuild_batch_ms: args.rebuild_batch_minutes * 60_000,
             plot_suffix: format!("{}-rebuilders", options.plot_suffix),
             ..options
         };

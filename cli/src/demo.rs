@@ -84,6 +84,8 @@ fn start_witnesses(dirs: &[PathBuf]) -> Result<(Vec<Node>, Vec<Member>)> {
     for (dir, member) in dirs.iter().zip(&members) {
         let mut config = WitnessConfig::new(member.address.parse()?, member.address.clone());
         config.timeline_interval_ms = 500;
+        // Rebuilders' attestations wait a second for others about the same release.
+        config.rebuild_batch_seconds = 1;
         config.peers = members
             .iter()
             .filter(|m| m.key != member.key)
@@ -455,11 +457,13 @@ impl After<'_> {
         let mut own = Client::open(&dir.join("client.state"), TrustLevel::default())?;
         own.anchor_many(&[timeline.clone(), project.clone()])?;
         let config = dir.join("rebuilder.toml");
+        let before = head_index(self.pool, &self.witnesses[0], self.chain).await?;
         let report =
             self.chainiac(&["rebuilder", "run", "--config", config.to_str().unwrap(), "--once", "--json"]).await?;
         let report: serde_json::Value =
             serde_json::from_str(report.lines().next().unwrap_or_default()).context("rebuilder's report")?;
         let outcome = report["outcome"].as_str().unwrap_or_default().to_string();
+        wait_for_head_past(self.pool, &self.witnesses[0], self.chain, before).await?;
         wait_for_timeline(self.pool, &self.witnesses[0], self.chain).await?;
         let trust = TrustLevel { trusted_rebuilders: vec![rebuilder], ..TrustLevel::default() };
         let mut client = Client::open(&self.root.join("client.state"), trust)?;
@@ -496,10 +500,12 @@ impl After<'_> {
         let attestation = chainiac_release::Attestation::sign(&liar_key, body);
         // A rebuilder submits its own attestations, connected with its key.
         let as_liar = Pool::new(chainiac_proto::endpoint::client("127.0.0.1:0".parse()?)?, Arc::new(liar_key));
+        let before = head_index(self.pool, &self.witnesses[0], self.chain).await?;
         match call(&as_liar, &self.witnesses[2], Request::SubmitRebuild { chain: self.chain, attestation }).await? {
-            Response::Appended { .. } => {}
+            Response::Appended { .. } | Response::RebuildQueued { .. } => {}
             other => bail!("the lie was not recorded: {other:?}"),
         }
+        wait_for_head_past(self.pool, &self.witnesses[0], self.chain, before).await?;
         wait_for_timeline(self.pool, &self.witnesses[0], self.chain).await?;
         let update = client.update(self.chain).await?;
         let level = update.level.as_ref().context("the release's level")?;
@@ -648,6 +654,25 @@ fn is_busy(error: &anyhow::Error) -> bool {
 }
 
 /// Waits until the timeline records the project's current head.
+async fn head_index(pool: &Pool, witness: &Node, chain: ChainId) -> Result<u64> {
+    match call(pool, witness, Request::GetHead { chain }).await? {
+        Response::Head(head) => Ok(head.index),
+        other => bail!("{other:?}"),
+    }
+}
+
+/// Until `witness` holds a head of `chain` past `index` (a batch of rebuilds appended).
+async fn wait_for_head_past(pool: &Pool, witness: &Node, chain: ChainId, index: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while head_index(pool, witness, chain).await? <= index {
+        if Instant::now() > deadline {
+            bail!("no rebuild batch was appended to the project in time");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
 async fn wait_for_timeline(pool: &Pool, witness: &Node, chain: ChainId) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

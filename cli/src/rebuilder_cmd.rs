@@ -101,6 +101,30 @@ fn default_time_limit_s() -> u64 {
 /// Manifests this rebuilder submitted (or found recorded), one hex id per line: not built
 /// again after a restart.
 const SUBMITTED: &str = "submitted";
+/// Attestations a witness holds for its batch: `<manifest hex> <due ms> <attempt>` lines.
+const QUEUED: &str = "queued";
+/// How long after its batch was due a queued attestation may take to show in a verified
+/// summary (the timeline must record the new head) before it is submitted again, to the
+/// next member.
+const QUEUED_GRACE_MS: u64 = 120_000;
+
+/// The queued attestations: per manifest (hex), when the batch is due and the attempt.
+fn read_queued(path: &std::path::Path) -> std::collections::BTreeMap<String, (u64, usize)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let (id, due, attempt) = (parts.next()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
+            Some((id.to_string(), (due, attempt)))
+        })
+        .collect()
+}
+
+fn write_queued(path: &std::path::Path, queued: &std::collections::BTreeMap<String, (u64, usize)>) -> Result<()> {
+    let text: String = queued.iter().map(|(id, (due, attempt))| format!("{id} {due} {attempt}\n")).collect();
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
 
 pub fn run(command: RebuilderCommand) -> Result<()> {
     match command {
@@ -198,6 +222,8 @@ async fn one_pass(
     }
     let submitted_path = config.data_dir.join(SUBMITTED);
     let mut submitted = std::fs::read_to_string(&submitted_path).unwrap_or_default();
+    let queued_path = config.data_dir.join(QUEUED);
+    let mut queued = read_queued(&queued_path);
     let me = verifier.public_key();
     for chain in chains {
         let Some(trusted) = client.state().chains.get(&chain).cloned() else { continue };
@@ -214,15 +240,42 @@ async fn one_pass(
             submitted.push('\n');
             std::fs::write(&submitted_path, &submitted)
                 .with_context(|| format!("writing {}", submitted_path.display()))?;
+            if queued.remove(&id).is_some() {
+                write_queued(&queued_path, &queued)?;
+            }
             continue;
         }
-        let outcome = rebuild(config, verifier, pool, &trusted, &release).await;
-        if outcome.is_err() {
-            failed += 1;
-        }
+        // Held in a witness's batch: wait for it, then (not recorded by then: the witness
+        // crashed, dropped it, or lied) submit again, to the next member.
+        let attempt = match queued.get(&id) {
+            Some(&(due, _)) if chainiac_client::now_ms() < due.saturating_add(QUEUED_GRACE_MS) => continue,
+            Some(&(_, attempt)) => attempt + 1,
+            None => 0,
+        };
+        let outcome = rebuild(config, verifier, pool, &trusted, &release, attempt).await;
+        let outcome = match outcome {
+            Ok(Submitted::Appended(what)) => Ok(what),
+            Ok(Submitted::Queued { due_ms, at, verdict }) => {
+                queued.insert(id.clone(), (due_ms, attempt));
+                write_queued(&queued_path, &queued)?;
+                Ok(format!("{verdict}; queued at {at}, appended with its batch at {due_ms} ms since the epoch"))
+            }
+            Err(e) => {
+                failed += 1;
+                Err(e)
+            }
+        };
         report(json, chain, Some(&release), outcome);
     }
     Ok(failed)
+}
+
+/// What a witness did with an attestation.
+enum Submitted {
+    /// Appended (or already recorded): what the witness said.
+    Appended(String),
+    /// Held for its batch, by the witness at `at`, appended at `due_ms`.
+    Queued { due_ms: u64, at: String, verdict: &'static str },
 }
 
 /// Fetches the release's source, builds it, and submits the signed outcome to the chain's
@@ -233,7 +286,8 @@ async fn rebuild(
     pool: &chainiac_proto::Pool,
     trusted: &chainiac_client::TrustedChain,
     release: &ReleasePayload,
-) -> Result<String, String> {
+    attempt: usize,
+) -> Result<Submitted, String> {
     let source = &release.manifest.source;
     if source.name.is_empty() || source.name.contains('/') || source.name.starts_with('.') {
         return Err(format!("the source archive's name {:?} is not a plain file name", source.name));
@@ -265,7 +319,7 @@ async fn rebuild(
             describe(&attestation.body.outcome)
         ));
     }
-    submit(pool, trusted, attestation).await
+    submit(pool, trusted, attestation, attempt).await
 }
 
 fn describe(outcome: &chainiac_release::Outcome) -> String {
@@ -280,23 +334,33 @@ async fn submit(
     pool: &chainiac_proto::Pool,
     trusted: &chainiac_client::TrustedChain,
     attestation: Attestation,
-) -> Result<String, String> {
+    attempt: usize,
+) -> Result<Submitted, String> {
     let verdict = chainiac_release::Verdict::of(&attestation.body.outcome).name();
     let request = Request::SubmitRebuild { chain: trusted.chain, attestation };
     let mut tried = Vec::new();
-    // From a random member on: one that lies about appending would otherwise be asked
-    // first at every pass (the next update shows whether the summary records this key).
+    // Every rebuilder of a chain starts at the same member, so that witnesses that batch
+    // hold all of a release's attestations in one batch (one head move for clients); a
+    // later attempt (the last one was not recorded) starts at the next member, so one that
+    // lies about taking it is not asked first again.
     let members = trusted.committee.roster().members();
-    let start = rand_core::RngCore::next_u32(&mut rand_core::OsRng) as usize % members.len().max(1);
+    let first = u64::from_be_bytes(trusted.chain.0[..8].try_into().expect("8 bytes")) as usize;
+    let start = first.wrapping_add(attempt) % members.len().max(1);
     for member in members.iter().cycle().skip(start).take(members.len()) {
         match pool.call(&member.address, &member.key, &request, Duration::from_secs(60)).await {
             Ok(Response::Appended { block }) => {
                 let recorded =
                     chainiac_release::RebuildSummary::from_bytes(&block.payload).map_or(0, |s| s.records.len());
-                return Ok(format!("{verdict}; summary at block {} records {recorded} rebuilders", block.header.index));
+                return Ok(Submitted::Appended(format!(
+                    "{verdict}; summary at block {} records {recorded} rebuilders",
+                    block.header.index
+                )));
+            }
+            Ok(Response::RebuildQueued { due_ms }) => {
+                return Ok(Submitted::Queued { due_ms, at: member.address.clone(), verdict });
             }
             Ok(Response::Error(e)) if e.code == ErrorCode::Refused && e.message.contains("already attested") => {
-                return Ok(format!("{verdict}; already recorded"));
+                return Ok(Submitted::Appended(format!("{verdict}; already recorded")));
             }
             Ok(Response::Error(e)) => tried.push(format!("{}: {:?}: {}", member.address, e.code, e.message)),
             Ok(other) => tried.push(format!("{}: answered {}", member.address, other.name())),

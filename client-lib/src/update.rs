@@ -34,7 +34,9 @@ use chainiac_skipchain::block::payload_hash;
 use chainiac_skipchain::timeline::{
     chain_prefix, changes_cost, changes_page_full, inclusion_cost, HeadLeaf, TimelineEntry,
 };
-use chainiac_skipchain::{Appointments, BlockId, CatchUp, ChainId, ChainState, Committee, Proof, ProofError};
+use chainiac_skipchain::{
+    Appointments, BlockId, CatchUp, ChainId, ChainState, Committee, EarlierBlock, Proof, ProofError,
+};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -354,15 +356,7 @@ impl Client {
             })
             .await?;
         if below.header.policy_hash == head.header.policy_hash {
-            let payload = below.payload.as_deref().unwrap_or_default();
-            let time = below.header.timestamp_ms;
-            let release =
-                chainiac_release::check_release(&head.policy, payload, time, TimeWindow::default(), |_| false)
-                    .map_err(|e| ClientError::Release(e.to_string()))?;
-            if release.manifest.id() != summary.manifest {
-                return Err(ClientError::Release("the release is not the one the summary names".into()));
-            }
-            return Ok(release);
+            return named_release(&head.policy, &below, summary).map_err(ClientError::Release);
         }
         let request = Request::GetProof { chain, from: old.index(), to: Some(summary.release), with_payload: true };
         let start = old.to_state();
@@ -453,6 +447,20 @@ impl Client {
             } else if summary.release <= from || older {
                 tracing::warn!(chain = %head.chain, "ignored a rebuild summary about block {}", summary.release);
             } else {
+                // A skipped release the witness sent with the links (through it, by hash from
+                // the head), under the head's policy: checked here. Otherwise (no such link,
+                // or a policy change since it) the caller asks for it (`release_skipped`).
+                let linked = caught
+                    .link_block
+                    .as_ref()
+                    .filter(|b| b.header.index == summary.release && b.header.policy_hash == head.header.policy_hash);
+                if let Some(block) = linked {
+                    let checked = named_release(&head.policy, block, &summary).map_err(|e| {
+                        ClientError::Release(format!("the release the rebuild summary at the head names: {e}"))
+                    })?;
+                    updated.release = Some(checked);
+                    updated.release_index = Some(summary.release);
+                }
                 updated.rebuilds = Some(summary);
             }
         }
@@ -1064,6 +1072,23 @@ fn yank_changes(old: &[u8], new: &[u8]) -> (Vec<chainiac_release::Yank>, Vec<Str
     let taken_back = before.iter().filter(|y| !after.iter().any(|a| a.version == y.version));
     let unyanked = taken_back.map(|y| y.version.clone()).collect();
     (after.into_iter().filter(|y| !before.contains(y)).collect(), unyanked)
+}
+
+/// The release block a rebuild summary names (reached by hash links from a verified head
+/// whose policy is in force there), checked as a head release under `policy`, its manifest
+/// the summary's.
+fn named_release(policy: &[u8], block: &EarlierBlock, summary: &RebuildSummary) -> Result<ReleasePayload, String> {
+    if block.header.index != summary.release || block.header.kind != KIND_RELEASE {
+        return Err(format!("block {} is no release", block.header.index));
+    }
+    let payload = block.payload.as_deref().unwrap_or_default();
+    let release =
+        chainiac_release::check_release(policy, payload, block.header.timestamp_ms, TimeWindow::default(), |_| false)
+            .map_err(|e| e.to_string())?;
+    if release.manifest.id() != summary.manifest {
+        return Err("the release is not the one the summary names".into());
+    }
+    Ok(release)
 }
 
 fn release_manifest(chain: &TrustedChain) -> Option<chainiac_release::ManifestId> {

@@ -392,6 +392,11 @@ pub enum Response {
     Artifact(Option<Vec<u8>>),
     /// The answer to [`Request::GetRebuilds`], in chain order.
     Rebuilds(Vec<Attestation>),
+    /// The answer to [`Request::SubmitRebuild`] when the witness batches attestations: it
+    /// holds this one (in memory) and appends its batch at `due_ms` (ms since the epoch).
+    RebuildQueued {
+        due_ms: u64,
+    },
 }
 
 impl Response {
@@ -423,6 +428,7 @@ impl Response {
             Response::VerifierStatus(_) => "verifier_status",
             Response::Artifact(_) => "artifact",
             Response::Rebuilds(_) => "rebuilds",
+            Response::RebuildQueued { .. } => "rebuild_queued",
         }
     }
 }
@@ -705,8 +711,9 @@ mod tests {
             appointments: vec![],
             policies: vec![],
             beyond: Proof { steps: vec![], payload: Some(b"p".to_vec()) },
+            link_payload: Some(chainiac_skipchain::LinkPayload { index: 3, payload: b"r".to_vec() }),
         })]);
-        let expected = vec![18, 1, 0, 0, 0, 0, 0, 1, 1, b'p'];
+        let expected = vec![18, 1, 0, 0, 0, 0, 0, 1, 1, b'p', 1, 3, 1, b'r'];
         assert_eq!(postcard::to_allocvec(&response).unwrap(), expected);
         assert_eq!(postcard::from_bytes::<Response>(&expected).unwrap(), response);
 

@@ -191,6 +191,10 @@ pub enum ProofError {
     LinkNotToTrusted { index: u64, trusted: u64 },
     #[error("linked proof: the recorded block {index}'s committee or policy: {error}")]
     LinkState { index: u64, error: BlockError },
+    #[error("linked proof: it carries the payload of block {index}, which is not one of its links")]
+    LinkPayloadNotLinked { index: u64 },
+    #[error("linked proof: the payload it carries for block {index} does not match that block's payload hash")]
+    LinkPayloadHash { index: u64 },
 }
 
 /// A verified forward proof's result.
@@ -204,6 +208,9 @@ pub struct CatchUp {
     pub checkpoints: Vec<u64>,
     /// The appointments the proof carried, checked: what the verifier may hold from now on.
     pub appointments: Vec<Verified<Appointment>>,
+    /// A linked proof's [`LinkedProof::link_payload`]: that link's full header (its id
+    /// hash-linked to the recorded block) and its payload, checked against it.
+    pub link_block: Option<EarlierBlock>,
 }
 
 impl Proof {
@@ -262,7 +269,7 @@ impl Proof {
                 return Err(ProofError::PayloadHash);
             }
         }
-        Ok(Verified::new(CatchUp { state, payload: self.payload.clone(), checkpoints, appointments }))
+        Ok(Verified::new(CatchUp { state, payload: self.payload.clone(), checkpoints, appointments, link_block: None }))
     }
 }
 
@@ -367,6 +374,18 @@ pub struct LinkedProof {
     /// Forward from the recorded block (or the trusted one, if that is later) to the head,
     /// with the last block's payload when asked for.
     pub beyond: Proof,
+    /// The payload of one of the links, which the prover routed the links through: a block
+    /// the verifier needs besides the head (for a release chain, the release a rebuild
+    /// summary at the head names, SPEC §11.8), with no second request and no header sent
+    /// twice. `None` otherwise, and always when there are no links up to a recorded block.
+    pub link_payload: Option<LinkPayload>,
+}
+
+/// A block's payload carried by a linked proof: the block is the link at `index`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkPayload {
+    pub index: u64,
+    pub payload: Vec<u8>,
 }
 
 impl LinkedProof {
@@ -384,6 +403,7 @@ impl LinkedProof {
         let from = trusted.header.index;
         let mut linked_checkpoints = Vec::new();
         let mut appointed = Vec::new();
+        let mut link_block = None;
         let start = if index <= from {
             // Links lead down to an earlier recorded block, unless it is the genesis (whose id
             // is the chain's) or the trusted block itself.
@@ -392,7 +412,8 @@ impl LinkedProof {
                 i if i == from => !self.links.is_empty(),
                 _ => false,
             };
-            if links_wrong || !self.appointments.is_empty() || !self.policies.is_empty() {
+            if links_wrong || !self.appointments.is_empty() || !self.policies.is_empty() || self.link_payload.is_some()
+            {
                 return Err(ProofError::LinksNotNeeded { recorded: index, trusted: from });
             }
             if index == from && id != trusted.id {
@@ -406,9 +427,10 @@ impl LinkedProof {
             }
             trusted.clone()
         } else {
-            let (state, carried) = self.link_down(trusted, index, id, held, rule)?;
+            let (state, carried, carried_block) = self.link_down(trusted, index, id, held, rule)?;
             linked_checkpoints = self.shown_checkpoints(trusted, &state);
             appointed = carried;
+            link_block = carried_block;
             state
         };
         let mut caught = self.beyond.verify_with(&start, held, rule)?.into_inner();
@@ -416,11 +438,13 @@ impl LinkedProof {
         caught.checkpoints = linked_checkpoints;
         appointed.append(&mut caught.appointments);
         caught.appointments = appointed;
+        caught.link_block = link_block;
         Ok(Verified::new(caught))
     }
 
-    /// The state at the recorded block, its id and its links down to `trusted` checked, and
-    /// the appointments the proof carried (checked).
+    /// The state at the recorded block, its id and its links down to `trusted` checked, the
+    /// appointments the proof carried (checked), and the link whose payload it carried.
+    #[allow(clippy::type_complexity)]
     fn link_down(
         &self,
         trusted: &ChainState,
@@ -428,7 +452,7 @@ impl LinkedProof {
         id: BlockId,
         held: &Appointments,
         rule: &PolicyRule,
-    ) -> Result<(ChainState, Vec<Verified<Appointment>>), ProofError> {
+    ) -> Result<(ChainState, Vec<Verified<Appointment>>, Option<EarlierBlock>), ProofError> {
         let from = trusted.header.index;
         let Some(first) = self.links.first() else {
             return Err(ProofError::NoLinks { recorded: index, trusted: from });
@@ -443,6 +467,7 @@ impl LinkedProof {
         let mut below = below(trusted);
         let mut below_time = trusted.header.timestamp_ms;
         let mut top = None;
+        let mut link_block = None;
         for (step, link) in self.links.iter().enumerate().rev() {
             let h =
                 link.rebuild(trusted.chain, &trusted.params, defaults[step], below).map_err(|error| match error {
@@ -463,10 +488,19 @@ impl LinkedProof {
             }
             below = (h.index, h.id());
             below_time = h.timestamp_ms;
+            if let Some(carried) = self.link_payload.as_ref().filter(|p| p.index == h.index) {
+                if payload_hash(&carried.payload) != h.payload_hash {
+                    return Err(ProofError::LinkPayloadHash { index: h.index });
+                }
+                link_block = Some(EarlierBlock { header: h.clone(), payload: Some(carried.payload.clone()) });
+            }
             top = Some(h);
         }
         if below.1 != id {
             return Err(ProofError::LinkId { index });
+        }
+        if let (Some(carried), None) = (&self.link_payload, &link_block) {
+            return Err(ProofError::LinkPayloadNotLinked { index: carried.index });
         }
         let top = top.expect("links are not empty");
         // The committee and policy in force at the recorded block, carried exactly when
@@ -544,7 +578,7 @@ impl LinkedProof {
             header: top,
             is_checkpoint,
         };
-        Ok((state, carried))
+        Ok((state, carried, link_block))
     }
 
     /// For a recorded block below the trusted one: the links lead from the trusted block

@@ -6,7 +6,7 @@
 use crate::block::{Block, BlockId, ChainId, ChainParams, Header};
 use crate::chain::{BlockError, ChainState, Verified};
 use crate::proof::{
-    backward_path, forward_path, BackwardProof, LinkedProof, PolicyChanged, Proof, ProofStep, StepHeader,
+    backward_path, forward_path, BackwardProof, LinkPayload, LinkedProof, PolicyChanged, Proof, ProofStep, StepHeader,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
@@ -320,6 +320,22 @@ pub fn prove_linked<S: Store>(
     with_payload: bool,
     held: impl Fn(&[u8; 32]) -> bool,
 ) -> StoreResult<LinkedProof, S::Error> {
+    prove_linked_through(store, chain, from, recorded, to, with_payload, None, held)
+}
+
+/// [`prove_linked`], with the links routed through block `through` and its payload carried
+/// when it lies strictly between `from` and `recorded` (otherwise as [`prove_linked`]).
+#[allow(clippy::too_many_arguments)]
+pub fn prove_linked_through<S: Store>(
+    store: &S,
+    chain: &ChainId,
+    from: u64,
+    recorded: u64,
+    to: u64,
+    with_payload: bool,
+    through: Option<u64>,
+    held: impl Fn(&[u8; 32]) -> bool,
+) -> StoreResult<LinkedProof, S::Error> {
     let head = head_index(store, chain)?;
     let start = from.max(recorded);
     if start > to || to > head {
@@ -328,7 +344,13 @@ pub fn prove_linked<S: Store>(
     }
     let beyond = prove(store, chain, start, to, with_payload)?;
     if recorded == from || recorded == 0 {
-        return Ok(LinkedProof { links: Vec::new(), appointments: Vec::new(), policies: Vec::new(), beyond });
+        return Ok(LinkedProof {
+            links: Vec::new(),
+            appointments: Vec::new(),
+            policies: Vec::new(),
+            beyond,
+            link_payload: None,
+        });
     }
     let params = store.head(chain).map_err(StoreError::Backend)?.expect("head read above").params;
     let trusted = read_block(store, chain, from, head)?.header;
@@ -338,10 +360,19 @@ pub fn prove_linked<S: Store>(
         let mut path = backward_path(&params, from, recorded);
         path.pop();
         let links = link_headers(store, chain, head, &params, &trusted, &path, recorded)?;
-        return Ok(LinkedProof { links, appointments: Vec::new(), policies: Vec::new(), beyond });
+        return Ok(LinkedProof { links, appointments: Vec::new(), policies: Vec::new(), beyond, link_payload: None });
     }
+    let through = through.filter(|&t| from < t && t < recorded);
     let mut path = vec![recorded];
-    path.extend(backward_path(&params, recorded, from));
+    let mut link_payload = None;
+    if let Some(t) = through {
+        // Down to `through` (the path ends on it), then on from there.
+        path.extend(backward_path(&params, recorded, t));
+        path.extend(backward_path(&params, t, from));
+        link_payload = Some(LinkPayload { index: t, payload: read_block(store, chain, t, head)?.payload });
+    } else {
+        path.extend(backward_path(&params, recorded, from));
+    }
     path.pop(); // `from` itself: the verifier has it
     let links = link_headers(store, chain, head, &params, &trusted, &path, from)?;
     let top = read_block(store, chain, recorded, head)?.header;
@@ -365,7 +396,7 @@ pub fn prove_linked<S: Store>(
             }
         }
     }
-    Ok(LinkedProof { links, appointments, policies, beyond })
+    Ok(LinkedProof { links, appointments, policies, beyond, link_payload })
 }
 
 /// The backward proof from block `from` down to block `to` (`to <= from`).

@@ -438,3 +438,61 @@ proptest! {
         prop_assert!(unsigned_last.verify(&trusted, &common::policy_rule).is_err());
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Links routed through a block strictly between the trusted and the recorded ones reach
+    /// the same state, and hand over that block's header (its id hash-linked to the recorded
+    /// one) and payload; a changed payload, one named for a block that is not a link, or one
+    /// carried where no links lead up to the recorded block is refused. Elsewhere the
+    /// prover leaves it out.
+    #[test]
+    fn links_through_a_block_carry_its_payload(
+        base in 2u8..=4,
+        len in 2u64..400,
+        change_per_mille in 0u32..120,
+        seed in any::<u64>(),
+    ) {
+        use chainiac_skipchain::{LinkPayload, ProofError};
+        let (chain, _) = build_chain(base, len, change_per_mille, seed);
+        let id_at = |index: u64| chain.store.block_id(&chain.chain, index).unwrap().unwrap();
+        let block_at = |index: u64| chain.store.block(&chain.chain, index).unwrap().unwrap();
+        let none = Appointments::default();
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        for _ in 0..8 {
+            let i = rng.next_u64() % len;
+            let r = i + 1 + rng.next_u64() % (len - i);
+            let t = rng.next_u64() % (len + 1);
+            let trusted = state_at(&chain, i);
+            let proof = store::prove_linked_through(&chain.store, &chain.chain, i, r, len, true, Some(t), |_| false).unwrap();
+            let verify = |p: &chainiac_skipchain::LinkedProof| p.verify_with(&trusted, (r, id_at(r)), &none, &common::policy_rule);
+            let caught = verify(&proof).unwrap().into_inner();
+            prop_assert_eq!(caught.state.id, id_at(len));
+            if i < t && t < r {
+                let carried = caught.link_block.clone().expect("the block the links go through");
+                prop_assert_eq!(&carried.header, &block_at(t).header);
+                prop_assert_eq!(carried.payload, Some(block_at(t).payload));
+                let mut changed = proof.clone();
+                changed.link_payload.as_mut().unwrap().payload.push(0);
+                let refused = verify(&changed);
+                prop_assert!(matches!(refused, Err(ProofError::LinkPayloadHash { index }) if index == t), "{:?}", refused);
+                let not_linked: Vec<u64> = (i + 1..r).filter(|x| !proof.links.iter().any(|l| l.index == *x)).collect();
+                if let Some(&other) = not_linked.first() {
+                    let mut moved = proof.clone();
+                    moved.link_payload = Some(LinkPayload { index: other, payload: block_at(other).payload });
+                    let refused = verify(&moved);
+                    prop_assert!(matches!(refused, Err(ProofError::LinkPayloadNotLinked { index }) if index == other), "{:?}", refused);
+                }
+            } else {
+                prop_assert!(proof.link_payload.is_none() && caught.link_block.is_none());
+            }
+            // From the recorded block itself there are no links to carry a payload.
+            let at_recorded = state_at(&chain, r);
+            let mut plain = store::prove_linked(&chain.store, &chain.chain, r, r, len, true, |_| false).unwrap();
+            plain.link_payload = Some(LinkPayload { index: r, payload: block_at(r).payload });
+            let refused = plain.verify_with(&at_recorded, (r, id_at(r)), &none, &common::policy_rule);
+            prop_assert!(matches!(refused, Err(ProofError::LinksNotNeeded { .. })), "{:?}", refused);
+        }
+    }
+}

@@ -541,20 +541,41 @@ impl chainiac_proto::server::Handler for Forger {
                     })
                     .collect(),
             ),
-            Request::GetLinkedProofs { queries, with_payload, .. } => Response::LinkedProofs(
-                queries
-                    .iter()
-                    .map(|q| {
-                        let to = head(&q.chain).unwrap_or(0);
-                        store::prove_linked(&self.store, &q.chain, q.from, q.recorded, to, with_payload, |_| false)
-                            .map_err(|e| ErrorReply::new(ErrorCode::NotFound, e.to_string()))
-                    })
-                    .collect(),
-            ),
+            // As a witness answers: a rebuild summary's release comes with the links.
+            Request::GetLinkedProofs { queries, with_payload, .. } => {
+                match chainiac_witness::answers::linked_proofs(&self.store, &queries, with_payload, Vec::new()) {
+                    Ok(answers) => Response::LinkedProofs(answers),
+                    Err(e) => Response::Error(e),
+                }
+            }
             _ => Response::Error(ErrorReply::new(ErrorCode::NotFound, "not served here")),
         }
     }
     fn refused(&self, _: &str) {}
+}
+
+/// Signs a block with every key of the committee of witnesses 0–3 (ballot 0): a cothority
+/// whose every member colludes.
+#[allow(dead_code)] // not every test binary uses it
+pub fn colluders(cluster: &Cluster) -> impl FnMut(&mut Block) {
+    use chainiac_cosi::simulation::sign_with_all_keys;
+    let committee = Committee::byzantine(cluster.roster(&[0, 1, 2, 3]));
+    let ordered: Vec<SecretKey> = committee
+        .roster()
+        .members()
+        .iter()
+        .map(|m| {
+            let w = cluster.witnesses.iter().find(|w| w.key == m.key).unwrap();
+            keyfile::read(&w.dir.join("node.key")).unwrap()
+        })
+        .collect();
+    let mut rng = <rand_chacha::ChaCha20Rng as rand_chacha::rand_core::SeedableRng>::seed_from_u64(7);
+    move |block: &mut Block| {
+        let message = chainiac_skipchain::BlockSignature::message(&block.id(), 0);
+        let mask = chainiac_cosi::Mask::full(ordered.len());
+        let signature = sign_with_all_keys(committee.roster(), &ordered, &mask, &message, &mut rng);
+        block.signature = Some(chainiac_skipchain::BlockSignature { ballot: 0, signature });
+    }
 }
 
 /// Copies blocks `0..=to` of `chain` from witness 1 into `store`, each checked as appended.

@@ -121,11 +121,18 @@ pub fn linked_proofs<S: Store>(
     answer_each(queries, held_appointments, |query, held| {
         let to = head_index(store, &query.chain)?;
         let moved = to > query.from;
-        let proof =
-            store::prove_linked(store, &query.chain, query.from, query.recorded, to, with_payload && moved, |hash| {
-                held.contains(hash)
-            })
-            .map_err(store_err)?;
+        let through = if moved { summarized_release(store, &query.chain, query.recorded) } else { None };
+        let proof = store::prove_linked_through(
+            store,
+            &query.chain,
+            query.from,
+            query.recorded,
+            to,
+            with_payload && moved,
+            through,
+            |hash| held.contains(hash),
+        )
+        .map_err(store_err)?;
         let beyond = proof.beyond.clone().without_appointments(|hash| held.contains(hash));
         let proof = LinkedProof { beyond, ..proof };
         let carried = proof
@@ -136,6 +143,17 @@ pub fn linked_proofs<S: Store>(
             .collect();
         Ok((proof, carried))
     })
+}
+
+/// The release block a rebuild summary at block `index` of `chain` names, if that block is
+/// one (SPEC §11.8): a client that skipped the release needs it with the summary, so the
+/// links go through it and carry its payload.
+fn summarized_release<S: Store>(store: &S, chain: &ChainId, index: u64) -> Option<u64> {
+    let block = store.block(chain, index).ok().flatten()?;
+    if block.header.kind != chainiac_release::KIND_REBUILD_SUMMARY {
+        return None;
+    }
+    chainiac_release::RebuildSummary::from_bytes(&block.payload).ok().map(|summary| summary.release)
 }
 
 /// The requests' own limits on a `GetTimelineChanges`, checked before anything is read.

@@ -60,6 +60,12 @@ pub struct WitnessConfig {
     pub rebuild_disagreement_limit: u32,
     #[serde(default = "defaults::rebuild_disagreement_window_days")]
     pub rebuild_disagreement_window_days: u64,
+    /// How long a rebuilder's attestation waits here for others about the same release
+    /// before they are appended together: one rebuilds block and one summary block per
+    /// batch, so a client following the project downloads one head move for all of them
+    /// (SPEC §11.8). 0: each is appended at once, and `SubmitRebuild` answers `Appended`.
+    #[serde(default = "defaults::rebuild_batch_seconds")]
+    pub rebuild_batch_seconds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +113,9 @@ mod defaults {
     pub fn rebuild_disagreement_window_days() -> u64 {
         7
     }
+    pub fn rebuild_batch_seconds() -> u64 {
+        3600
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +146,7 @@ impl WitnessConfig {
             rebuilds_per_hour: defaults::rebuilds_per_hour(),
             rebuild_disagreement_limit: defaults::rebuild_disagreement_limit(),
             rebuild_disagreement_window_days: defaults::rebuild_disagreement_window_days(),
+            rebuild_batch_seconds: defaults::rebuild_batch_seconds(),
         }
     }
 

@@ -337,6 +337,8 @@ pub struct Node {
     released: Mutex<HashMap<ChainId, (u64, Releases)>>,
     /// Rebuilders' attestations per (release chain, release), as the chain holds them.
     rebuild_evidence: Mutex<rebuilds::RebuildEvidence>,
+    /// Per release chain, the rebuilders' attestations waiting for their batch.
+    rebuild_batches: Mutex<HashMap<ChainId, rebuilds::PendingBatch>>,
     /// Per rebuilder key: (start of its hour, attestations taken in it).
     rebuild_allowances: Mutex<HashMap<PublicKey, (u64, u32)>>,
     /// Per rebuilder key and release chain, the block times of its disagreements within the
@@ -408,6 +410,7 @@ impl Node {
             hidden: Mutex::new(HashMap::new()),
             released: Mutex::new(HashMap::new()),
             rebuild_evidence: Mutex::new(HashMap::new()),
+            rebuild_batches: Mutex::new(HashMap::new()),
             rebuild_allowances: Mutex::new(HashMap::new()),
             rebuild_disagreements: Mutex::new(None),
             trackers: Mutex::new(HashMap::new()),

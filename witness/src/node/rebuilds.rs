@@ -19,6 +19,22 @@ const REBUILD_WINDOW_MS: u64 = 3_600_000;
 /// Chains whose evidence is kept in memory at once (more: the cache starts over).
 const EVIDENCE_CACHE_CHAINS: usize = 4096;
 
+/// Attestations a witness holds for their batches at once, over every chain (more: `Busy`).
+const MAX_PENDING_REBUILDS: usize = 16_384;
+
+/// A release chain's attestations waiting to be appended together (`rebuild_batch_seconds`).
+/// In memory only: a crash loses them, and their rebuilders submit again, since a rebuilder
+/// counts an attestation as taken only once a verified summary records it.
+#[derive(Debug)]
+pub(super) struct PendingBatch {
+    /// The release they attest: the chain's newest when each was taken.
+    release: u64,
+    /// When the batch is appended (ms since the epoch): the first one's arrival plus the
+    /// batch interval.
+    due_ms: u64,
+    attestations: Vec<Attestation>,
+}
+
 impl Node {
     /// The release block at `index` of `chain`, if it is one.
     fn release_at(&self, chain: &ChainId, index: u64) -> Option<ReleasePayload> {
@@ -216,6 +232,15 @@ impl Node {
             }
             return self.append_summary(chain).await.map(|block| Response::Appended { block });
         }
+        // Waiting in this witness's batch already: the same answer again, nothing added.
+        let pending = self.pending_rebuilds(&chain, release);
+        if let Some(due_ms) = pending
+            .as_ref()
+            .filter(|(_, queued)| queued.iter().any(|a| a.body.verifier == rebuilder))
+            .map(|(due, _)| *due)
+        {
+            return Ok(Response::RebuildQueued { due_ms });
+        }
         // Throttled rebuilders' new attestations only: a duplicate is answered as such.
         if let Some(until) = self.throttled_until(&rebuilder, &chain) {
             let limit = self.config.rebuild_disagreement_limit;
@@ -230,16 +255,97 @@ impl Node {
             ));
         }
         let rebuilds = Rebuilds { release, attestations: vec![attestation] };
-        let recorded: Vec<_> = evidence.iter().map(chainiac_release::RebuildRecord::of).collect();
+        // What the release will hold: the chain's and this witness's batch (the cap of
+        // rebuilds per release counts both).
+        let queued = pending.map(|(_, queued)| queued).unwrap_or_default();
+        let recorded: Vec<_> = evidence.iter().chain(&queued).map(chainiac_release::RebuildRecord::of).collect();
         let verifiers = policy_verifiers(&self.head(&chain)?.policy);
         chainiac_release::check_rebuilds_alone(&rebuilds)
             .and_then(|()| {
                 chainiac_release::check_rebuilds(&rebuilds, Some((release, &payload)), &recorded, &verifiers)
             })
             .map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
+        if self.config.rebuild_batch_seconds > 0 {
+            let attestation = rebuilds.attestations.into_iter().next().expect("one");
+            return self.queue_rebuild(chain, release, attestation);
+        }
         let proposal = Proposal { kind: KIND_REBUILDS, payload: rebuilds.to_bytes(), ..Proposal::default() };
         self.lead(chain, proposal).await?;
         self.append_summary(chain).await.map(|block| Response::Appended { block })
+    }
+
+    /// The batch waiting here for `chain`'s release `release`: when it is due, and its
+    /// attestations.
+    fn pending_rebuilds(&self, chain: &ChainId, release: u64) -> Option<(u64, Vec<Attestation>)> {
+        let batches = self.rebuild_batches.lock().expect("lock");
+        batches.get(chain).filter(|b| b.release == release).map(|b| (b.due_ms, b.attestations.clone()))
+    }
+
+    /// Holds a checked attestation for its chain's batch, which the first one schedules, and
+    /// answers when the batch is due. A batch about an older release (the chain moved on
+    /// since) is dropped: witnesses take rebuilds of the newest release only.
+    fn queue_rebuild(self: &Arc<Self>, chain: ChainId, release: u64, attestation: Attestation) -> Reply {
+        let now = now_ms();
+        let interval_ms = self.config.rebuild_batch_seconds.saturating_mul(1000);
+        let mut batches = self.rebuild_batches.lock().expect("lock");
+        if batches.values().map(|b| b.attestations.len()).sum::<usize>() >= MAX_PENDING_REBUILDS {
+            return Err(err(ErrorCode::Busy, "this witness holds as many attestations as it takes; try later"));
+        }
+        let batch = match batches.get_mut(&chain) {
+            Some(batch) if batch.release == release => batch,
+            _ => {
+                let due_ms = now.saturating_add(interval_ms);
+                let node = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(interval_ms)).await;
+                    node.append_batch(chain, due_ms).await;
+                });
+                batches.insert(chain, PendingBatch { release, due_ms, attestations: Vec::new() });
+                batches.get_mut(&chain).expect("just inserted")
+            }
+        };
+        batch.attestations.push(attestation);
+        Ok(Response::RebuildQueued { due_ms: batch.due_ms })
+    }
+
+    /// Appends `chain`'s batch due at `due_ms` (a batch another task scheduled is left to
+    /// it): its attestations the chain does not hold yet, in rebuilds blocks of at most
+    /// [`chainiac_release::MAX_REBUILDS_PER_BLOCK`], then the release's summary. What cannot
+    /// be appended is dropped with a warning: its rebuilders submit again.
+    async fn append_batch(self: &Arc<Self>, chain: ChainId, due_ms: u64) {
+        let batch = {
+            let mut batches = self.rebuild_batches.lock().expect("lock");
+            match batches.get(&chain) {
+                Some(batch) if batch.due_ms == due_ms => batches.remove(&chain).expect("present"),
+                _ => return,
+            }
+        };
+        let release = batch.release;
+        if self.newest_release(&chain).map(|(index, _)| index) != Some(release) {
+            let n = batch.attestations.len();
+            warn!(%chain, "dropped {n} rebuild attestation(s) of release {release}: a newer release came first");
+            return;
+        }
+        let on_chain = self.rebuild_evidence(&chain, release);
+        let fresh: Vec<Attestation> = batch
+            .attestations
+            .into_iter()
+            .filter(|a| !on_chain.iter().any(|e| e.body.verifier == a.body.verifier))
+            .collect();
+        let mut appended = false;
+        for chunk in fresh.chunks(chainiac_release::MAX_REBUILDS_PER_BLOCK) {
+            let rebuilds = Rebuilds { release, attestations: chunk.to_vec() };
+            let proposal = Proposal { kind: KIND_REBUILDS, payload: rebuilds.to_bytes(), ..Proposal::default() };
+            match self.lead(chain, proposal).await {
+                Ok(_) => appended = true,
+                Err(e) => warn!(%chain, "a batch of {} rebuild attestation(s) was not appended: {e}", chunk.len()),
+            }
+        }
+        if appended {
+            if let Err(e) = self.append_summary(chain).await {
+                warn!(%chain, "the rebuild summary of release {release} was not appended: {e}");
+            }
+        }
     }
 
     /// Appends the summary of the newest release as the chain now holds it. Another rebuilds
