@@ -1202,6 +1202,76 @@ async fn a_forged_release_carried_with_the_links_to_a_rebuild_summary_is_refused
     assert_eq!(client.state().chains[&chain].release, held.release);
 }
 
+/// Clients take a rebuild summary on the committee's word; a colluding committee can put in
+/// a record no rebuilder signed. `chainiac rebuilder audit` asks the members for the signed
+/// attestations behind the records (each member's counts: signatures cannot be forged) and
+/// exits 1 naming the record none of them backs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuilder_audit_names_a_summary_record_no_signed_attestation_backs() {
+    use chainiac_skipchain::store::{self, MemoryStore, Store};
+    use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, TimelineEntry};
+    let mut cluster = Cluster::start(4).await;
+    let (timeline, timeline_genesis, chain, project_genesis) = timeline_and_project(&cluster, &hello_policy()).await;
+    let proposal = release("1.0", &[&key(20), &key(21)]);
+    let manifest = ReleasePayload::from_bytes(&proposal.payload).unwrap().manifest.id();
+    let reply = cluster.client.call(&cluster.witnesses[1], Request::Propose { chain, proposal }).await;
+    assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
+    common::wait_timeline_has(&cluster, chain, 1).await;
+
+    // The colluders' summary: rebuilder 50 reproduced it, says a record nobody signed.
+    let mut sign = common::colluders(&cluster);
+    let forged = MemoryStore::new();
+    let mut append = |on: ChainId, proposal: Proposal| {
+        let head = store::head_state(&forged, &on).unwrap().into_inner();
+        let mut block = head.propose(proposal, |j| forged.block_id(&on, j).unwrap()).unwrap();
+        sign(&mut block);
+        store::append(&forged, &block).unwrap();
+        block
+    };
+    common::copy_chain(&cluster, &forged, chain, 1).await;
+    let record = RebuildRecord {
+        rebuilder: key(50).public_key(),
+        verdict: Verdict::Reproduced,
+        isolation: BuildIsolation::Namespaces,
+        evidence: [5; 16],
+    };
+    let summary = RebuildSummary { release: 1, manifest, records: vec![record] };
+    let now = common::now_ms();
+    let summary =
+        Proposal { kind: KIND_REBUILD_SUMMARY, payload: summary.to_bytes(), timestamp_ms: now, ..Proposal::default() };
+    let head = append(chain, summary);
+    let timeline_head = cluster.head(1, timeline).await.unwrap();
+    common::copy_chain(&cluster, &forged, timeline, timeline_head).await;
+    let set = HeadSet::new(vec![HeadLeaf { chain, index: 2, id: head.id() }]);
+    let entry = TimelineEntry { time_ms: now, chains: 1, root: set.root(), changes: None };
+    append(
+        timeline,
+        Proposal { kind: KIND_TIMELINE, payload: entry.to_bytes(), timestamp_ms: now, ..Proposal::default() },
+    );
+    common::replace_witness_0(
+        &mut cluster,
+        common::Forger { store: forged, timeline, index: timeline_head + 1, entry, set },
+    );
+
+    let dir = genesis_files(&project_genesis, &timeline_genesis);
+    let state = dir.path().join("client.state").to_str().unwrap().to_string();
+    anchor_both(dir.path(), &state);
+    let chain_hex = chain.to_hex();
+    let (code, out, err) = chainiac(&["update", "--state", &state, "--chain", &chain_hex, "--json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let update: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(update["level"]["level"], "rebuilt", "the client took the summary: {update}");
+    let (code, out, err) = chainiac(&["rebuilder", "audit", "--state", &state, "--chain", &chain_hex, "--json"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("1 record(s) of the summary have no signed attestation behind them"), "{err}");
+    let audit: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(audit["unbacked"], 1, "{audit}");
+    assert_eq!(audit["records"][0]["rebuilder"], key(50).public_key().to_string(), "{audit}");
+    assert_eq!(audit["records"][0]["backed"], false, "{audit}");
+    // Every member that answered was asked: none backs it.
+    assert_eq!(audit["evidence_from"].as_str().unwrap().split(", ").count(), 4, "{audit}");
+}
+
 fn hex_bytes(text: &str) -> [u8; 32] {
     let bytes: Vec<u8> = (0..32).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap()).collect();
     bytes.try_into().unwrap()

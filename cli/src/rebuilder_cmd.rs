@@ -385,26 +385,36 @@ fn audit(state: &std::path::Path, chain: &str, json: bool) -> Result<()> {
     let request = Request::GetRebuilds { chain, release: summary.release };
     let _inside = runtime.enter();
     let pool = crate::release_cmd::pool_with(chainiac_cosi::SecretKey::generate(&mut rand_core::OsRng))?;
+    let id = release.manifest.id();
+    let backed_by = |attestations: &[Attestation], record: &chainiac_release::RebuildRecord| {
+        attestations
+            .iter()
+            .any(|a| a.body.manifest == id && a.verify() && chainiac_release::RebuildRecord::of(a) == *record)
+    };
+    // Signatures cannot be forged, so evidence from any member counts: members are asked
+    // in turn until every record is backed (one that lags or lies cannot raise a false alarm
+    // alone), and a record none of them backs is reported.
     let mut tried = Vec::new();
-    let mut evidence = None;
+    let mut answered = Vec::new();
+    let mut attestations: Vec<Attestation> = Vec::new();
     for member in trusted.committee.roster().members() {
         match runtime.block_on(pool.call(&member.address, &member.key, &request, Duration::from_secs(30))) {
-            Ok(Response::Rebuilds(attestations)) => {
-                evidence = Some((member.address.clone(), attestations));
-                break;
+            Ok(Response::Rebuilds(served)) => {
+                answered.push(member.address.clone());
+                attestations.extend(served);
+                if summary.records.iter().all(|r| backed_by(&attestations, r)) {
+                    break;
+                }
             }
             Ok(other) => tried.push(format!("{}: answered {}", member.address, other.name())),
             Err(e) => tried.push(format!("{}: {e}", member.address)),
         }
     }
-    let (from, attestations) =
-        evidence.ok_or_else(|| anyhow::anyhow!("no witness served the evidence: {}", tried.join("; ")))?;
-    let id = release.manifest.id();
-    let backed = |record: &chainiac_release::RebuildRecord| {
-        attestations
-            .iter()
-            .any(|a| a.body.manifest == id && a.verify() && chainiac_release::RebuildRecord::of(a) == *record)
-    };
+    if answered.is_empty() {
+        anyhow::bail!("no witness served the evidence: {}", tried.join("; "));
+    }
+    let from = answered.join(", ");
+    let backed = |record: &chainiac_release::RebuildRecord| backed_by(&attestations, record);
     let rows: Vec<(String, &str, bool)> =
         summary.records.iter().map(|r| (r.rebuilder.to_string(), r.verdict.name(), backed(r))).collect();
     let unbacked = rows.iter().filter(|(_, _, ok)| !ok).count();

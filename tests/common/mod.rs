@@ -541,6 +541,15 @@ impl chainiac_proto::server::Handler for Forger {
                     })
                     .collect(),
             ),
+            // What its rebuilds blocks hold about the release.
+            Request::GetRebuilds { chain, release } => {
+                let head = head(&chain).unwrap_or(0);
+                let blocks = (release + 1..=head).filter_map(|i| self.store.block(&chain, i).unwrap());
+                let rebuilds = blocks
+                    .filter(|b| b.header.kind == chainiac_release::KIND_REBUILDS)
+                    .filter_map(|b| chainiac_release::Rebuilds::from_bytes(&b.payload).ok());
+                Response::Rebuilds(rebuilds.filter(|r| r.release == release).flat_map(|r| r.attestations).collect())
+            }
             // As a witness answers: a rebuild summary's release comes with the links.
             Request::GetLinkedProofs { queries, with_payload, .. } => {
                 match chainiac_witness::answers::linked_proofs(&self.store, &queries, with_payload, Vec::new()) {
