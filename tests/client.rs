@@ -437,6 +437,22 @@ async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(&format!("{liar} served wrong bytes")), "the liar is named: {err}");
     assert!(!std::path::Path::new(&fetched).exists(), "nothing is written from a liar");
+    // A source that redirects to the liar: both are named.
+    let redirector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let redirector_url = format!("http://{}/hello", redirector.local_addr().unwrap());
+    let location = liar.clone();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut stream, _)) = redirector.accept() {
+            let _ = stream.read(&mut [0u8; 4096]);
+            let answer = format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n");
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    let (code, _, err) = fetch(&[&redirector_url]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("{redirector_url} served wrong bytes")), "{err}");
+    assert!(err.contains(&format!("redirected to {liar}")), "the host that lied is named too: {err}");
     let missing = format!("{}/nothing-here", honest.trim_end_matches("/hello"));
     let (code, out, err) = fetch(&[&liar, &missing, &honest]);
     assert_eq!(code, Some(0), "{err}");
@@ -723,23 +739,9 @@ async fn a_yanked_release_is_refused_by_every_client_command_until_the_roots_tak
     assert!(format!("{reply:?}").contains("one yank added"), "a replayed yank is refused: {reply:?}");
 }
 
-/// Trust that grows after a release (SPEC §11.8), from the shell: a rebuilder daemon
-/// (`chainiac rebuilder run`, a real build in the sandbox) fetches a release's source from a
-/// host nobody trusts, rebuilds it and submits its attestation; the witnesses append it
-/// and the release's summary, and a client that trusts the rebuilder sees the level rise
-/// (`update` says so) and installs at `--min-level trusted`. A lying rebuilder is recorded
-/// as a disagreement and lifts nothing. Unknown releases, replays, bad signatures, rebuilds
-/// through `Propose` and rebuilders past their hourly allowance are refused.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
-    let cluster = Cluster::start_configured(4, 400, |_, config| {
-        config.rebuilds_per_hour = 3;
-        config.rebuild_disagreement_limit = 1;
-        // Each attestation appended at once (batches: `rebuild_batches_…`).
-        config.rebuild_batch_seconds = 0;
-    })
-    .await;
-    let (timeline, timeline_genesis, chain, project_genesis) = timeline_and_project(&cluster, &hello_policy()).await;
+/// Hello 1.0 as a rebuilder builds it for real: a source archive whose script writes
+/// `hello-1.0/out.txt` = "hello 1.0\n", and its manifest.
+fn buildable_hello() -> (Manifest, Vec<u8>) {
     let script = "printf 'hello %s\\n' 1.0 > out.txt\n";
     let mut archive = tar::Builder::new(Vec::new());
     let mut header = tar::Header::new_gnu();
@@ -762,6 +764,139 @@ async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
         }],
         time_ms: common::now_ms(),
     };
+    (manifest, source)
+}
+
+/// A witness that takes rebuilders' attestations and drops them: it answers `RebuildQueued`
+/// and appends nothing; everything else it relays to an honest member.
+struct DropsRebuilds {
+    honest: Arc<common::Client>,
+    honest_address: String,
+    honest_key: PublicKey,
+    dropped: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Handler for DropsRebuilds {
+    async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
+        if let Request::SubmitRebuild { .. } = request {
+            self.dropped.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Response::RebuildQueued { due_ms: common::now_ms() };
+        }
+        match self.honest.call_at(&self.honest_address, &self.honest_key, request).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                Response::Error(chainiac_proto::ErrorReply::new(chainiac_proto::ErrorCode::Internal, e.to_string()))
+            }
+        }
+    }
+    fn refused(&self, _: &str) {}
+}
+
+/// The member every rebuilder of a chain asks first takes attestations and drops them. The
+/// daemon waits for the batch (`resubmit_after_s`), finds its key in no summary, and submits
+/// the attestation it built again, starting at the next member, where it is recorded: a
+/// witness that drops attestations delays them, no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_witness_that_drops_rebuilders_attestations_only_delays_them() {
+    let mut cluster = Cluster::start_configured(4, 400, |_, config| config.rebuild_batch_seconds = 1).await;
+    let (_, timeline_genesis) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
+    // A project whose first member for rebuilders is witness 0 (the genesis time picks it).
+    let committee = Committee::byzantine(cluster.roster(&[0, 1, 2, 3]));
+    let first = committee.roster().index_of(&cluster.witnesses[0].key).unwrap();
+    let mut time = common::now_ms();
+    let project_genesis = loop {
+        let params = ChainParams::new(2, 24).unwrap();
+        let candidate = genesis(params, committee.clone(), hello_policy().to_bytes(), KIND_RELEASE, vec![], time);
+        if u64::from_be_bytes(candidate.id().0[..8].try_into().unwrap()) as usize % 4 == first {
+            break candidate;
+        }
+        time += 1;
+    };
+    let created =
+        cluster.client.call(&cluster.witnesses[0], Request::CreateChain { genesis: project_genesis.clone() }).await;
+    let Ok(Response::Created { chain }) = created else { panic!("{created:?}") };
+    let (manifest, source) = buildable_hello();
+    let proposal = release_of(manifest, &[&key(20), &key(21)]);
+    let reply = cluster.client.call(&cluster.witnesses[1], Request::Propose { chain, proposal }).await;
+    assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
+    common::wait_timeline_has(&cluster, chain, 1).await;
+
+    let dropped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let dropper = DropsRebuilds {
+        honest: Arc::new(common::Client::new()),
+        honest_address: cluster.witnesses[1].address.clone(),
+        honest_key: cluster.witnesses[1].key,
+        dropped: dropped.clone(),
+    };
+    use chainiac_proto::frame::FrameClass;
+    common::replace_witness_0_serving(&mut cluster, dropper, &[FrameClass::Query, FrameClass::Submit]);
+
+    let dir = genesis_files(&project_genesis, &timeline_genesis);
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    std::fs::create_dir_all(path("sources")).unwrap();
+    std::fs::write(dir.path().join("sources").join("hello-1.0.tar"), &source).unwrap();
+    let rebuilder_dir = path("rebuilder");
+    let sources = format!("file://{}/", path("sources"));
+    let (code, out, err) = chainiac(&["rebuilder", "init", "--dir", &rebuilder_dir, "--source", &sources, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let init: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let config = init["config"].as_str().unwrap().to_string();
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("resubmit_after_s = 120"), "{text}");
+    std::fs::write(&config, text.replace("resubmit_after_s = 120", "resubmit_after_s = 3")).unwrap();
+    anchor_both(dir.path(), &format!("{rebuilder_dir}/client.state"));
+    let pass = || {
+        let (code, out, err) = chainiac(&["rebuilder", "run", "--config", &config, "--once", "--json"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).collect::<Vec<_>>()
+    };
+
+    // The first member takes it and drops it.
+    let first_pass = pass();
+    let outcome = first_pass[0]["outcome"].as_str().unwrap();
+    assert!(outcome.starts_with(&format!("reproduced; queued at {}", cluster.witnesses[0].address)), "{outcome}");
+    assert_eq!(dropped.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Before its time: nothing sent.
+    assert!(pass().is_empty());
+    assert_eq!(dropped.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // After it: not in any summary, so sent again from the next member on, which takes it.
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let second_pass = pass();
+    let outcome = second_pass[0]["outcome"].as_str().unwrap();
+    assert!(outcome.starts_with("reproduced; queued at "), "{outcome}");
+    assert!(!outcome.contains(&cluster.witnesses[0].address), "not the dropper again: {outcome}");
+    assert_eq!(dropped.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Appended with its batch, and then the rebuilder's own update finds it recorded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while cluster.head(1, chain).await < Some(3) {
+        assert!(std::time::Instant::now() < deadline, "the batch was never appended");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    common::wait_timeline_has(&cluster, chain, 3).await;
+    assert!(pass().is_empty(), "recorded: nothing left to do");
+    let submitted = std::fs::read_to_string(format!("{rebuilder_dir}/data/submitted")).unwrap();
+    assert_eq!(submitted.lines().count(), 1, "{submitted}");
+}
+
+/// Trust that grows after a release (SPEC §11.8), from the shell: a rebuilder daemon
+/// (`chainiac rebuilder run`, a real build in the sandbox) fetches a release's source from a
+/// host nobody trusts, rebuilds it and submits its attestation; the witnesses append it
+/// and the release's summary, and a client that trusts the rebuilder sees the level rise
+/// (`update` says so) and installs at `--min-level trusted`. A lying rebuilder is recorded
+/// as a disagreement and lifts nothing. Unknown releases, replays, bad signatures, rebuilds
+/// through `Propose` and rebuilders past their hourly allowance are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
+    let cluster = Cluster::start_configured(4, 400, |_, config| {
+        config.rebuilds_per_hour = 3;
+        config.rebuild_disagreement_limit = 1;
+        // Each attestation appended at once (batches: `rebuild_batches_…`).
+        config.rebuild_batch_seconds = 0;
+    })
+    .await;
+    let (timeline, timeline_genesis, chain, project_genesis) = timeline_and_project(&cluster, &hello_policy()).await;
+    let (manifest, source) = buildable_hello();
+    let built = b"hello 1.0\n";
     let proposal = release_of(manifest.clone(), &[&key(20), &key(21)]);
     let reply = cluster.client.call(&cluster.witnesses[1], Request::Propose { chain, proposal }).await;
     assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
@@ -1109,7 +1244,28 @@ async fn rebuild_batches_append_a_release_s_attestations_together() {
     assert_eq!(cluster.head(1, chain).await, Some(3), "the killed witness's batch is gone");
     queued(submit(43, 3).await);
     wait_head(&cluster, chain, 5).await;
-    common::wait_timeline_has(&cluster, chain, 5).await;
+
+    // One key at two members at once, so both batches hold it, with two others at one of
+    // them: whichever batch lands second finds the key on the chain, and the others in it
+    // are appended all the same (one at a time if the members refused the block).
+    let (first, second) = tokio::join!(submit(44, 1), submit(44, 3));
+    queued(first);
+    queued(second);
+    queued(submit(45, 3).await);
+    queued(submit(46, 3).await);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let head = loop {
+        let head = cluster.head(1, chain).await.unwrap();
+        let reply = cluster.client.call(&cluster.witnesses[1], Request::GetBlock { chain, index: head }).await;
+        let Ok(Response::Block(Some(block))) = reply else { panic!("{reply:?}") };
+        let recorded = RebuildSummary::from_bytes(&block.payload).map_or(0, |s| s.records.len());
+        if recorded == 7 {
+            break head;
+        }
+        assert!(std::time::Instant::now() < deadline, "the summary at {head} records {recorded} of 7 rebuilders");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    common::wait_timeline_has(&cluster, chain, head).await;
 
     // Clients that anchor now skipped the release: it comes with the summary.
     let dir = genesis_files(&project_genesis, &timeline_genesis);
@@ -1126,7 +1282,7 @@ async fn rebuild_batches_append_a_release_s_attestations_together() {
         let update: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(update["release"]["version"], "1.0", "{name}: {update}");
         assert_eq!(update["level"]["level"], "rebuilt", "{name}: {update}");
-        assert_eq!(update["level"]["other_rebuilders"], 4, "{name}: {update}");
+        assert_eq!(update["level"]["other_rebuilders"], 7, "{name}: {update}");
     }
 }
 

@@ -602,3 +602,30 @@ async fn a_dead_member_is_left_out_of_the_next_rounds_and_rejoins() {
     let signers: u32 = block.signature.as_ref().unwrap().signature.mask.iter().map(|b| b.count_ones()).sum();
     assert_eq!(signers, 4, "the member that came back signed");
 }
+
+/// A timeline's committee changes while its members append a timeline block every 100 ms.
+/// The entry (its time, its change list) is made for the head the proposing witness read;
+/// when another block takes that place before the round starts, the witness makes it again
+/// on the new head, so no change is refused for an entry that no longer fits ("timeline
+/// entry time differs from the block's time", "cannot check the change list").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_committee_changes_racing_its_own_blocks_are_appended() {
+    use chainiac_skipchain::timeline::KIND_TIMELINE;
+    use chainiac_skipchain::Committee;
+    let cluster = Cluster::start_with(4, 100).await;
+    let (timeline, _) = cluster.create_chain_of_kind(&[0, 1, 2, 3], KIND_TIMELINE).await;
+    let (chain, _) = cluster.create_chain(&[0, 1, 2, 3]).await;
+    for epoch in 1..=8u64 {
+        // A head that moves: the next entries carry a change list.
+        cluster.propose((epoch % 4) as usize, chain, format!("b{epoch}").as_bytes()).await.unwrap();
+        let next = Committee::byzantine(cluster.roster(&[0, 1, 2, 3])).with_epoch(epoch);
+        let leader = (epoch % 4) as usize;
+        // `propose_change` asks again only while the index is busy or taken.
+        let block = cluster
+            .propose_change(leader, timeline, next.clone())
+            .await
+            .unwrap_or_else(|e| panic!("epoch {epoch}: the change was refused: {e}"));
+        assert_eq!(block.header.committee_hash, next.hash(), "epoch {epoch}");
+        assert_eq!(block.header.kind, KIND_TIMELINE);
+    }
+}

@@ -1523,5 +1523,16 @@ mod tests {
         assert!(year_rebuilt.new_blocks >= year.new_blocks + 2 * year_rebuilt.attestations, "{year_rebuilt:?}");
         assert!(year_rebuilt.timeline_skipchain.bytes >= year.timeline_skipchain.bytes, "{year_rebuilt:?}");
         assert_eq!(measured.iter().map(|m| m.attestations).sum::<u64>(), 0);
+
+        // Batched by the witnesses for 3 hours, both attestations of a release go into one
+        // rebuilds block and one summary: the same attestations (but for batches due after
+        // now or outside the window), and one block per attestation fewer.
+        let batched = Options { rebuild_batch_ms: 3 * 3_600_000, plot_suffix: "-batched".into(), ..with };
+        let batched = run(&batched, &mut report).unwrap();
+        let year_batched = batched.iter().find(|m| m.days == 365 && m.follow == 3).unwrap();
+        let (a, b) = (year_batched, year_rebuilt);
+        assert!(a.attestations + 6 >= b.attestations && a.attestations <= b.attestations, "{a:?} {b:?}");
+        assert!(a.new_blocks + b.attestations <= b.new_blocks + 6, "{a:?} {b:?}");
+        assert!(a.new_blocks + b.attestations + 6 >= b.new_blocks, "{a:?} {b:?}");
     }
 }

@@ -162,6 +162,9 @@ pub(crate) fn fetch_bytes(sources: &[String], expected: &Artifact) -> Result<Vec
 /// Streams `source` into `into`, hashing as it goes, and stops at one byte past the size
 /// expected (a source cannot fill the disk).
 fn download(source: &Source, artifact: &Artifact, into: &mut std::fs::File, quiet: bool) -> Result<Got> {
+    // Where the bytes came from when a redirect took the request elsewhere: the host that
+    // lied is named, not only the one the user gave.
+    let mut redirected = None;
     let (mut reader, length): (Box<dyn Read>, Option<u64>) = match source {
         Source::File(path) => {
             let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -179,9 +182,13 @@ fn download(source: &Source, artifact: &Artifact, into: &mut std::fs::File, quie
                 .build()
                 .context("making the HTTP client")?;
             let response = client.get(url).send().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let reached = response.url().as_str();
+            if reached != url && reached != format!("{url}/") {
+                redirected = Some(format!(", redirected to {reached}"));
+            }
             let status = response.status();
             if !status.is_success() {
-                anyhow::bail!("HTTP status {}", status.as_u16());
+                anyhow::bail!("HTTP status {}{}", status.as_u16(), redirected.unwrap_or_default());
             }
             let length = response.content_length();
             (Box::new(response), length)
@@ -218,13 +225,14 @@ fn download(source: &Source, artifact: &Artifact, into: &mut std::fs::File, quie
     }
     progress.finish_and_clear();
     let (sha3, size) = hasher.finish();
+    let redirected = redirected.unwrap_or_default();
     if size > artifact.size {
         let said = length.map_or(String::new(), |l| format!(", {l} announced"));
-        return Ok(Got::Wrong(format!("more than the release's {} bytes{said}", artifact.size)));
+        return Ok(Got::Wrong(format!("more than the release's {} bytes{said}{redirected}", artifact.size)));
     }
     if (sha3, size) != (artifact.sha3, artifact.size) {
         return Ok(Got::Wrong(format!(
-            "sha3 {}…, {size} bytes; the release's is {}…, {} bytes",
+            "sha3 {}…, {size} bytes; the release's is {}…, {} bytes{redirected}",
             &hex::encode(sha3)[..16],
             &hex::encode(artifact.sha3)[..16],
             artifact.size

@@ -88,10 +88,19 @@ struct RebuilderConfig {
     interval_s: u64,
     #[serde(default = "default_time_limit_s")]
     time_limit_s: u64,
+    /// How long after a witness said it appended an attestation, or after its batch was
+    /// due, the attestation may take to show in a verified summary (the timeline must
+    /// record the new head) before it is submitted again, starting one member further.
+    #[serde(default = "default_resubmit_after_s")]
+    resubmit_after_s: u64,
 }
 
 fn default_interval_s() -> u64 {
     300
+}
+
+fn default_resubmit_after_s() -> u64 {
+    120
 }
 
 fn default_time_limit_s() -> u64 {
@@ -101,14 +110,13 @@ fn default_time_limit_s() -> u64 {
 /// Manifests this rebuilder submitted (or found recorded), one hex id per line: not built
 /// again after a restart.
 const SUBMITTED: &str = "submitted";
-/// Attestations a witness holds for its batch: `<manifest hex> <due ms> <attempt>` lines.
+/// Attestations submitted but not yet seen in a verified summary:
+/// `<manifest hex> <retry after, ms since the epoch> <attempt>` lines.
 const QUEUED: &str = "queued";
-/// How long after its batch was due a queued attestation may take to show in a verified
-/// summary (the timeline must record the new head) before it is submitted again, to the
-/// next member.
-const QUEUED_GRACE_MS: u64 = 120_000;
+/// The longest a rebuilder waits for a batch, whatever time a witness names.
+const MAX_BATCH_WAIT_MS: u64 = 24 * 3_600_000;
 
-/// The queued attestations: per manifest (hex), when the batch is due and the attempt.
+/// The submitted attestations: per manifest (hex), when to submit again and the attempt.
 fn read_queued(path: &std::path::Path) -> std::collections::BTreeMap<String, (u64, usize)> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -121,9 +129,12 @@ fn read_queued(path: &std::path::Path) -> std::collections::BTreeMap<String, (u6
         .collect()
 }
 
+/// Written beside and renamed into place: a crash leaves the old file or the new one.
 fn write_queued(path: &std::path::Path, queued: &std::collections::BTreeMap<String, (u64, usize)>) -> Result<()> {
     let text: String = queued.iter().map(|(id, (due, attempt))| format!("{id} {due} {attempt}\n")).collect();
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    let staged = path.with_extension("new");
+    std::fs::write(&staged, text).with_context(|| format!("writing {}", staged.display()))?;
+    std::fs::rename(&staged, path).with_context(|| format!("renaming {} into place", staged.display()))
 }
 
 pub fn run(command: RebuilderCommand) -> Result<()> {
@@ -144,6 +155,7 @@ pub fn run(command: RebuilderCommand) -> Result<()> {
                 sources,
                 isolation: if isolation == "none" { Isolation::None } else { Isolation::Bubblewrap },
                 interval_s: default_interval_s(),
+                resubmit_after_s: default_resubmit_after_s(),
                 time_limit_s,
             };
             let path = dir.join("rebuilder.toml");
@@ -224,11 +236,14 @@ async fn one_pass(
     let mut submitted = std::fs::read_to_string(&submitted_path).unwrap_or_default();
     let queued_path = config.data_dir.join(QUEUED);
     let mut queued = read_queued(&queued_path);
+    let before = queued.clone();
+    let mut current = std::collections::BTreeSet::new();
     let me = verifier.public_key();
     for chain in chains {
         let Some(trusted) = client.state().chains.get(&chain).cloned() else { continue };
         let Some(release) = trusted.release.clone() else { continue };
         let id = hex::encode(release.manifest.id().0);
+        current.insert(id.clone());
         if submitted.lines().any(|l| l == id) {
             continue;
         }
@@ -240,24 +255,27 @@ async fn one_pass(
             submitted.push('\n');
             std::fs::write(&submitted_path, &submitted)
                 .with_context(|| format!("writing {}", submitted_path.display()))?;
-            if queued.remove(&id).is_some() {
-                write_queued(&queued_path, &queued)?;
-            }
+            queued.remove(&id);
             continue;
         }
-        // Held in a witness's batch: wait for it, then (not recorded by then: the witness
-        // crashed, dropped it, or lied) submit again, to the next member.
+        // Submitted before and still not recorded: wait until the time noted, then (the
+        // witness crashed, dropped it, or lied) submit it again, starting one member
+        // further, whatever that member had answered.
+        let now = chainiac_client::now_ms();
+        let grace_ms = config.resubmit_after_s.saturating_mul(1000);
         let attempt = match queued.get(&id) {
-            Some(&(due, _)) if chainiac_client::now_ms() < due.saturating_add(QUEUED_GRACE_MS) => continue,
+            Some(&(retry_after, _)) if now < retry_after => continue,
             Some(&(_, attempt)) => attempt + 1,
             None => 0,
         };
-        let outcome = rebuild(config, verifier, pool, &trusted, &release, attempt).await;
-        let outcome = match outcome {
-            Ok(Submitted::Appended(what)) => Ok(what),
+        let outcome = match rebuild(config, verifier, pool, &trusted, &release, attempt).await {
+            Ok(Submitted::Appended(what)) => {
+                queued.insert(id.clone(), (now.saturating_add(grace_ms), attempt));
+                Ok(what)
+            }
             Ok(Submitted::Queued { due_ms, at, verdict }) => {
-                queued.insert(id.clone(), (due_ms, attempt));
-                write_queued(&queued_path, &queued)?;
+                let wait_until = due_ms.min(now.saturating_add(MAX_BATCH_WAIT_MS));
+                queued.insert(id.clone(), (wait_until.saturating_add(grace_ms), attempt));
                 Ok(format!("{verdict}; queued at {at}, appended with its batch at {due_ms} ms since the epoch"))
             }
             Err(e) => {
@@ -266,6 +284,11 @@ async fn one_pass(
             }
         };
         report(json, chain, Some(&release), outcome);
+    }
+    // Releases no longer the newest of a followed chain take no rebuilds: forgotten.
+    queued.retain(|id, _| current.contains(id));
+    if queued != before {
+        write_queued(&queued_path, &queued)?;
     }
     Ok(failed)
 }
@@ -288,6 +311,12 @@ async fn rebuild(
     release: &ReleasePayload,
     attempt: usize,
 ) -> Result<Submitted, String> {
+    // Built before (the sandbox keeps an outcome the inputs decide): submitted again as
+    // it is, without fetching or building.
+    let id = release.manifest.id();
+    if let Some(kept) = verifier.attestation(&id).map_err(|e| e.to_string())? {
+        return submit(pool, trusted, kept, attempt).await;
+    }
     let source = &release.manifest.source;
     if source.name.is_empty() || source.name.contains('/') || source.name.starts_with('.') {
         return Err(format!("the source archive's name {:?} is not a plain file name", source.name));
@@ -312,7 +341,6 @@ async fn rebuild(
     // Only an outcome the inputs decide goes on the record for good (one per rebuilder and
     // release): the sandbox keeps exactly those (SPEC §11.6); one that load or the machine
     // may have caused is built again at the next pass.
-    let id = release.manifest.id();
     if verifier.attestation(&id).map_err(|e| e.to_string())?.as_ref() != Some(&attestation) {
         return Err(format!(
             "{} here, which this machine may have caused: not submitted, built again at the next pass",

@@ -121,7 +121,8 @@ pub fn linked_proofs<S: Store>(
     answer_each(queries, held_appointments, |query, held| {
         let to = head_index(store, &query.chain)?;
         let moved = to > query.from;
-        let through = if moved { summarized_release(store, &query.chain, query.recorded) } else { None };
+        let through =
+            if moved && with_payload { summarized_release(store, &query.chain, query.recorded) } else { None };
         let proof = store::prove_linked_through(
             store,
             &query.chain,

@@ -79,6 +79,9 @@ type CheckedTimeline = (Arc<HeadSet>, Option<Arc<ChangeList>>);
 /// Failed proposals with a change list in a row after which a leader proposes one without.
 const LISTED_FAILURES: u32 = 2;
 
+/// [`Node::lead_on`]'s answer when the head moved past the one a proposal was made for.
+const HEAD_MOVED: &str = "the head moved since the proposal was made";
+
 /// One timeline's change lists, by block index.
 type ChangeLists = std::collections::BTreeMap<u64, Arc<ChangeList>>;
 

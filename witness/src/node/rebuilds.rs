@@ -19,7 +19,11 @@ const REBUILD_WINDOW_MS: u64 = 3_600_000;
 /// Chains whose evidence is kept in memory at once (more: the cache starts over).
 const EVIDENCE_CACHE_CHAINS: usize = 4096;
 
-/// Attestations a witness holds for their batches at once, over every chain (more: `Busy`).
+/// How many more times a rebuilds or summary block whose round failed is led again.
+const APPEND_TRIES: u32 = 4;
+
+/// Attestations a witness holds for their batches at once, over every chain (more are
+/// appended at once).
 const MAX_PENDING_REBUILDS: usize = 16_384;
 
 /// A release chain's attestations waiting to be appended together (`rebuild_batch_seconds`).
@@ -266,8 +270,10 @@ impl Node {
             })
             .map_err(|e| err(ErrorCode::Refused, e.to_string()))?;
         if self.config.rebuild_batch_seconds > 0 {
-            let attestation = rebuilds.attestations.into_iter().next().expect("one");
-            return self.queue_rebuild(chain, release, attestation);
+            let attestation = rebuilds.attestations[0].clone();
+            if let Some(queued) = self.queue_rebuild(chain, release, attestation) {
+                return Ok(queued);
+            }
         }
         let proposal = Proposal { kind: KIND_REBUILDS, payload: rebuilds.to_bytes(), ..Proposal::default() };
         self.lead(chain, proposal).await?;
@@ -282,14 +288,22 @@ impl Node {
     }
 
     /// Holds a checked attestation for its chain's batch, which the first one schedules, and
-    /// answers when the batch is due. A batch about an older release (the chain moved on
-    /// since) is dropped: witnesses take rebuilds of the newest release only.
-    fn queue_rebuild(self: &Arc<Self>, chain: ChainId, release: u64, attestation: Attestation) -> Reply {
+    /// the answer: when the batch is due (also for a key the batch holds already: nothing
+    /// added). A batch about an older release (the chain moved on since) is replaced:
+    /// witnesses take rebuilds of the newest release only. `None` when this witness holds
+    /// [`MAX_PENDING_REBUILDS`] already: then it is appended at once, so that strangers
+    /// filling the batches cost blocks, not other rebuilders' submissions.
+    fn queue_rebuild(self: &Arc<Self>, chain: ChainId, release: u64, attestation: Attestation) -> Option<Response> {
         let now = now_ms();
         let interval_ms = self.config.rebuild_batch_seconds.saturating_mul(1000);
         let mut batches = self.rebuild_batches.lock().expect("lock");
+        if let Some(batch) = batches.get(&chain).filter(|b| b.release == release) {
+            if batch.attestations.iter().any(|a| a.body.verifier == attestation.body.verifier) {
+                return Some(Response::RebuildQueued { due_ms: batch.due_ms });
+            }
+        }
         if batches.values().map(|b| b.attestations.len()).sum::<usize>() >= MAX_PENDING_REBUILDS {
-            return Err(err(ErrorCode::Busy, "this witness holds as many attestations as it takes; try later"));
+            return None;
         }
         let batch = match batches.get_mut(&chain) {
             Some(batch) if batch.release == release => batch,
@@ -305,13 +319,16 @@ impl Node {
             }
         };
         batch.attestations.push(attestation);
-        Ok(Response::RebuildQueued { due_ms: batch.due_ms })
+        Some(Response::RebuildQueued { due_ms: batch.due_ms })
     }
 
     /// Appends `chain`'s batch due at `due_ms` (a batch another task scheduled is left to
     /// it): its attestations the chain does not hold yet, in rebuilds blocks of at most
-    /// [`chainiac_release::MAX_REBUILDS_PER_BLOCK`], then the release's summary. What cannot
-    /// be appended is dropped with a warning: its rebuilders submit again.
+    /// [`chainiac_release::MAX_REBUILDS_PER_BLOCK`], then the release's summary. A block the
+    /// members refuse (one of its keys got on the chain through another witness meanwhile,
+    /// or the release's cap filled) is tried again one attestation at a time, so one that no
+    /// longer fits costs only itself; what still cannot be appended is dropped with a
+    /// warning, and its rebuilders submit again.
     async fn append_batch(self: &Arc<Self>, chain: ChainId, due_ms: u64) {
         let batch = {
             let mut batches = self.rebuild_batches.lock().expect("lock");
@@ -326,19 +343,22 @@ impl Node {
             warn!(%chain, "dropped {n} rebuild attestation(s) of release {release}: a newer release came first");
             return;
         }
-        let on_chain = self.rebuild_evidence(&chain, release);
-        let fresh: Vec<Attestation> = batch
-            .attestations
-            .into_iter()
-            .filter(|a| !on_chain.iter().any(|e| e.body.verifier == a.body.verifier))
-            .collect();
         let mut appended = false;
-        for chunk in fresh.chunks(chainiac_release::MAX_REBUILDS_PER_BLOCK) {
-            let rebuilds = Rebuilds { release, attestations: chunk.to_vec() };
-            let proposal = Proposal { kind: KIND_REBUILDS, payload: rebuilds.to_bytes(), ..Proposal::default() };
-            match self.lead(chain, proposal).await {
-                Ok(_) => appended = true,
-                Err(e) => warn!(%chain, "a batch of {} rebuild attestation(s) was not appended: {e}", chunk.len()),
+        for chunk in batch.attestations.chunks(chainiac_release::MAX_REBUILDS_PER_BLOCK) {
+            let fresh = self.not_on_chain(&chain, release, chunk);
+            if fresh.is_empty() || self.append_rebuilds(chain, release, fresh.clone()).await.is_ok() {
+                appended |= !fresh.is_empty();
+                continue;
+            }
+            for attestation in fresh {
+                let key = attestation.body.verifier;
+                if self.not_on_chain(&chain, release, std::slice::from_ref(&attestation)).is_empty() {
+                    continue;
+                }
+                match self.append_rebuilds(chain, release, vec![attestation]).await {
+                    Ok(()) => appended = true,
+                    Err(e) => warn!(%chain, "the rebuild attestation by {key} was not appended: {e}"),
+                }
             }
         }
         if appended {
@@ -348,11 +368,44 @@ impl Node {
         }
     }
 
+    /// Those of `attestations` whose keys the chain holds none of about `release`.
+    fn not_on_chain(&self, chain: &ChainId, release: u64, attestations: &[Attestation]) -> Vec<Attestation> {
+        let on_chain = self.rebuild_evidence(chain, release);
+        attestations.iter().filter(|a| !on_chain.iter().any(|e| e.body.verifier == a.body.verifier)).cloned().collect()
+    }
+
+    /// One rebuilds block of `attestations`. A round that fails for want of time or
+    /// signatures (another leader's round at the index, a slow member) is led again a few
+    /// times, after a pause; a refusal (a rule) is the answer.
+    async fn append_rebuilds(
+        self: &Arc<Self>,
+        chain: ChainId,
+        release: u64,
+        attestations: Vec<Attestation>,
+    ) -> Result<(), ErrorReply> {
+        let payload = Rebuilds { release, attestations }.to_bytes();
+        let mut tries = 0;
+        loop {
+            let proposal = Proposal { kind: KIND_REBUILDS, payload: payload.clone(), ..Proposal::default() };
+            match self.lead(chain, proposal).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.code == ErrorCode::Refused || tries >= APPEND_TRIES => return Err(e),
+                Err(_) => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(200 * tries as u64)).await;
+                }
+            }
+        }
+    }
+
     /// Appends the summary of the newest release as the chain now holds it. Another rebuilds
     /// block appended in between makes the summary stale (members refuse it): computed again.
     async fn append_summary(self: &Arc<Self>, chain: ChainId) -> Result<Block, ErrorReply> {
         let mut last = None;
-        for _ in 0..3 {
+        for tries in 0..=APPEND_TRIES {
+            if tries > 0 {
+                tokio::time::sleep(Duration::from_millis(200 * tries as u64)).await;
+            }
             let summary = self.expected_summary(&chain)?;
             let proposal = Proposal { kind: KIND_REBUILD_SUMMARY, payload: summary.to_bytes(), ..Proposal::default() };
             match self.lead(chain, proposal).await {

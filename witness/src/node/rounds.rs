@@ -197,9 +197,26 @@ impl Node {
     /// at that index (its leader died or withheld the signature), that block is re-led first
     /// and the proposal goes on the next index; a timeline proposal ends there (the
     /// timeline moved). The decisions are [`round::LeaderRound`]'s; this carries them out.
-    pub async fn lead(self: &Arc<Self>, chain: ChainId, mut proposal: Proposal) -> Result<Block, ErrorReply> {
+    pub async fn lead(self: &Arc<Self>, chain: ChainId, proposal: Proposal) -> Result<Block, ErrorReply> {
+        self.lead_on(chain, proposal, None).await
+    }
+
+    /// [`Node::lead`], for a proposal made for the head at `built_on` (a timeline entry: its
+    /// time and change list are the head's successor's): if the head moved before this
+    /// node holds the chain's round, it answers [`HEAD_MOVED`] at once, to be made again.
+    pub(super) async fn lead_on(
+        self: &Arc<Self>,
+        chain: ChainId,
+        mut proposal: Proposal,
+        built_on: Option<u64>,
+    ) -> Result<Block, ErrorReply> {
         let lock = self.chain_lock(chain);
         let _one_round_per_chain = lock.lock().await;
+        if let Some(index) = built_on {
+            if self.head(&chain)?.index() != index {
+                return Err(err(ErrorCode::Conflict, HEAD_MOVED));
+            }
+        }
         // A timeline proposal that loses its index is not built again on the new head: its
         // entry records the heads and time of its own moment.
         let (mut machine, mut action) =

@@ -197,7 +197,8 @@ impl Node {
         if age < wait {
             return Ok(());
         }
-        self.extend_timeline(chain, None).await.map(|_| ())
+        // A head that moved meanwhile is fresh: nothing to do until the next tick.
+        self.extend_timeline_once(chain, None).await.0.map(|_| ())
     }
 
     /// Leads the next timeline block: the root over this node's heads now, its change list
@@ -208,8 +209,40 @@ impl Node {
         chain: ChainId,
         appointment: Option<chainiac_skipchain::Appointment>,
     ) -> Result<Block, ErrorReply> {
-        let head = self.head(&chain)?;
-        let set = self.head_set()?;
+        // The entry is made for the head read then: if another block was appended before
+        // this node holds the round (its own timer's, or another leader's), it is made again
+        // on the new head, rather than proposed with a time that no longer fits ("timeline
+        // entry time differs from the block's time"). An entry with a change list that
+        // members refused (one that appended the block before without checking it may not
+        // hold its heads: "cannot check the change list") is made again, and after
+        // `LISTED_FAILURES` without a list, which every member can check: a committee change
+        // is not lost to a list, which only saves clients bytes.
+        let mut last = None;
+        for _ in 0..LISTED_FAILURES + 4 {
+            match self.extend_timeline_once(chain, appointment.clone()).await {
+                (Err(e), _) if e.code == ErrorCode::Conflict && e.message == HEAD_MOVED => last = Some(e),
+                (Err(e), true) => last = Some(e),
+                (led, _) => return led,
+            }
+        }
+        Err(last.expect("tried"))
+    }
+
+    /// One attempt of [`Node::extend_timeline`] ([`HEAD_MOVED`] if the head moved), and
+    /// whether its entry had a change list.
+    async fn extend_timeline_once(
+        self: &Arc<Self>,
+        chain: ChainId,
+        appointment: Option<chainiac_skipchain::Appointment>,
+    ) -> (Result<Block, ErrorReply>, bool) {
+        let head = match self.head(&chain) {
+            Ok(head) => head,
+            Err(e) => return (Err(e), false),
+        };
+        let set = match self.head_set() {
+            Ok(set) => set,
+            Err(e) => return (Err(e), false),
+        };
         let time_ms = now_ms().max(head.header.timestamp_ms);
         let failures = self.lists_refused.lock().expect("lock").get(&chain).copied().unwrap_or(0);
         let previous = if failures >= LISTED_FAILURES { None } else { self.timeline_set(Some(chain), head.index()) };
@@ -222,7 +255,10 @@ impl Node {
             committee: appointment,
             ..Proposal::default()
         };
-        let led = self.lead(chain, proposal).await;
+        let led = self.lead_on(chain, proposal, Some(head.index())).await;
+        if led.as_ref().is_err_and(|e| e.code == ErrorCode::Conflict && e.message == HEAD_MOVED) {
+            return (led, listed);
+        }
         let mut refused = self.lists_refused.lock().expect("lock");
         match (&led, listed) {
             (Err(_), true) => *refused.entry(chain).or_insert(0) += 1,
@@ -231,6 +267,6 @@ impl Node {
             }
         }
         drop(refused);
-        led
+        (led, listed)
     }
 }
