@@ -739,27 +739,31 @@ async fn a_yanked_release_is_refused_by_every_client_command_until_the_roots_tak
     assert!(format!("{reply:?}").contains("one yank added"), "a replayed yank is refused: {reply:?}");
 }
 
-/// Hello 1.0 as a rebuilder builds it for real: a source archive whose script writes
-/// `hello-1.0/out.txt` = "hello 1.0\n", and its manifest.
-fn buildable_hello() -> (Manifest, Vec<u8>) {
-    let script = "printf 'hello %s\\n' 1.0 > out.txt\n";
+/// Hello `version` as a rebuilder builds it for real: a source archive whose script writes
+/// `hello-<version>/out.txt` = "hello <version>\n", and its manifest.
+fn buildable_hello(version: &str) -> (Manifest, Vec<u8>) {
+    let script = format!("printf 'hello %s\\n' {version} > out.txt\n");
     let mut archive = tar::Builder::new(Vec::new());
     let mut header = tar::Header::new_gnu();
     header.set_size(script.len() as u64);
     header.set_mode(0o644);
     header.set_mtime(1_700_000_000);
     header.set_entry_type(tar::EntryType::Regular);
-    archive.append_data(&mut header, "hello-1.0/build.sh", script.as_bytes()).unwrap();
+    archive.append_data(&mut header, format!("hello-{version}/build.sh"), script.as_bytes()).unwrap();
     let source = archive.into_inner().unwrap();
-    let built = b"hello 1.0\n";
+    let built = format!("hello {version}\n");
     let manifest = Manifest {
         project: "hello".into(),
-        version: "1.0".into(),
-        source: SourceArchive { name: "hello-1.0.tar".into(), sha3: content_hash(&source), size: source.len() as u64 },
-        recipe: Recipe { argv: vec!["sh".into(), "build.sh".into()], env: vec![], workdir: "hello-1.0".into() },
+        version: version.into(),
+        source: SourceArchive {
+            name: format!("hello-{version}.tar"),
+            sha3: content_hash(&source),
+            size: source.len() as u64,
+        },
+        recipe: Recipe { argv: vec!["sh".into(), "build.sh".into()], env: vec![], workdir: format!("hello-{version}") },
         artifacts: vec![Artifact {
-            path: "hello-1.0/out.txt".into(),
-            sha3: content_hash(built),
+            path: format!("hello-{version}/out.txt"),
+            sha3: content_hash(built.as_bytes()),
             size: built.len() as u64,
         }],
         time_ms: common::now_ms(),
@@ -815,7 +819,7 @@ async fn a_witness_that_drops_rebuilders_attestations_only_delays_them() {
     let created =
         cluster.client.call(&cluster.witnesses[0], Request::CreateChain { genesis: project_genesis.clone() }).await;
     let Ok(Response::Created { chain }) = created else { panic!("{created:?}") };
-    let (manifest, source) = buildable_hello();
+    let (manifest, source) = buildable_hello("1.0");
     let proposal = release_of(manifest, &[&key(20), &key(21)]);
     let reply = cluster.client.call(&cluster.witnesses[1], Request::Propose { chain, proposal }).await;
     assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
@@ -876,6 +880,24 @@ async fn a_witness_that_drops_rebuilders_attestations_only_delays_them() {
     assert!(pass().is_empty(), "recorded: nothing left to do");
     let submitted = std::fs::read_to_string(format!("{rebuilder_dir}/data/submitted")).unwrap();
     assert_eq!(submitted.lines().count(), 1, "{submitted}");
+    let took = second_pass[0]["outcome"].as_str().unwrap().split("queued at ").nth(1).unwrap().split(',').next();
+
+    // The next release starts at the member that took the last one: the dropper is not
+    // asked again.
+    let (next, next_source) = buildable_hello("1.1");
+    std::fs::write(dir.path().join("sources").join("hello-1.1.tar"), &next_source).unwrap();
+    let reply = cluster
+        .client
+        .call(&cluster.witnesses[1], Request::Propose { chain, proposal: release_of(next, &[&key(20), &key(21)]) })
+        .await;
+    assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
+    let head = cluster.head(1, chain).await.unwrap();
+    common::wait_timeline_has(&cluster, chain, head).await;
+    let third_pass = pass();
+    let outcome = third_pass[0]["outcome"].as_str().unwrap();
+    assert_eq!(third_pass[0]["version"], "1.1", "{third_pass:?}");
+    assert_eq!(outcome.split("queued at ").nth(1).unwrap().split(',').next(), took, "{outcome}");
+    assert_eq!(dropped.load(std::sync::atomic::Ordering::SeqCst), 1, "the dropper is passed over");
 }
 
 /// Trust that grows after a release (SPEC §11.8), from the shell: a rebuilder daemon
@@ -895,7 +917,7 @@ async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
     })
     .await;
     let (timeline, timeline_genesis, chain, project_genesis) = timeline_and_project(&cluster, &hello_policy()).await;
-    let (manifest, source) = buildable_hello();
+    let (manifest, source) = buildable_hello("1.0");
     let built = b"hello 1.0\n";
     let proposal = release_of(manifest.clone(), &[&key(20), &key(21)]);
     let reply = cluster.client.call(&cluster.witnesses[1], Request::Propose { chain, proposal }).await;
@@ -1172,7 +1194,7 @@ async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
 /// append a release's batch as one rebuilds block and one summary, so a client following
 /// the project downloads one head move for all of them. A resubmission while it waits gets
 /// the same answer and adds nothing. A batch whose witness is killed before it is due is
-/// lost, and its rebuilder submits it again to another member. A client that skipped the
+/// kept on disk and appended after the restart. A client that skipped the
 /// release takes it with the summary at the head, by linked proof (the links routed through
 /// it) and by forward proofs (`--every-hop`, then the release asked for separately).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1236,14 +1258,17 @@ async fn rebuild_batches_append_a_release_s_attestations_together() {
     let replay = format!("{:?}", submit(41, 2).await);
     assert!(replay.contains("already attested release 1"), "{replay}");
 
-    // Killed before its batch is due: the attestation is lost; submitted again to another
-    // member, it is appended.
+    // Killed before its batch is due: the batch was on disk before the answer, and the
+    // restarted witness appends it (the rebuilder sends nothing again).
     queued(submit(43, 2).await);
     cluster.witnesses[2].kill();
-    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
-    assert_eq!(cluster.head(1, chain).await, Some(3), "the killed witness's batch is gone");
-    queued(submit(43, 3).await);
+    cluster.witnesses[2].start();
     wait_head(&cluster, chain, 5).await;
+    let summary = match cluster.client.call(&cluster.witnesses[1], Request::GetBlock { chain, index: 5 }).await {
+        Ok(Response::Block(Some(block))) => RebuildSummary::from_bytes(&block.payload).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert!(summary.records.iter().any(|r| r.rebuilder == key(43).public_key()), "{summary:?}");
 
     // One key at two members at once, so both batches hold it, with two others at one of
     // them: whichever batch lands second finds the key on the chain, and the others in it

@@ -107,31 +107,39 @@ fn default_time_limit_s() -> u64 {
     600
 }
 
-/// Manifests this rebuilder submitted (or found recorded), one hex id per line: not built
-/// again after a restart.
+/// Releases this rebuilder found recorded in a summary it verified, `<chain hex> <manifest
+/// hex>` per line (a bare manifest: written before chains were named): not built again.
 const SUBMITTED: &str = "submitted";
-/// Attestations submitted but not yet seen in a verified summary:
-/// `<manifest hex> <retry after, ms since the epoch> <attempt>` lines.
+/// Per followed chain, its newest release's submission: `<chain hex> <manifest hex> <retry
+/// after, ms since the epoch> <attempt>` lines.
 const QUEUED: &str = "queued";
-/// The longest a rebuilder waits for a batch, whatever time a witness names.
-const MAX_BATCH_WAIT_MS: u64 = 24 * 3_600_000;
+/// The longest a rebuilder waits for a batch, whatever time a witness names (three times
+/// the witnesses' default interval).
+const MAX_BATCH_WAIT_MS: u64 = 3 * 3_600_000;
 
-/// The submitted attestations: per manifest (hex), when to submit again and the attempt.
-fn read_queued(path: &std::path::Path) -> std::collections::BTreeMap<String, (u64, usize)> {
+/// Per chain (hex): the manifest (hex) last submitted, when to submit it again, and the
+/// attempt (which member it starts at, counted from the chain's first).
+type Queued = std::collections::BTreeMap<String, (String, u64, u64)>;
+
+fn read_queued(path: &std::path::Path) -> Queued {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
         .filter_map(|line| {
             let mut parts = line.split_whitespace();
-            let (id, due, attempt) = (parts.next()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
-            Some((id.to_string(), (due, attempt)))
+            let (chain, manifest) = (parts.next()?, parts.next()?);
+            let (retry_after, attempt) = (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
+            Some((chain.to_string(), (manifest.to_string(), retry_after, attempt)))
         })
         .collect()
 }
 
 /// Written beside and renamed into place: a crash leaves the old file or the new one.
-fn write_queued(path: &std::path::Path, queued: &std::collections::BTreeMap<String, (u64, usize)>) -> Result<()> {
-    let text: String = queued.iter().map(|(id, (due, attempt))| format!("{id} {due} {attempt}\n")).collect();
+fn write_queued(path: &std::path::Path, queued: &Queued) -> Result<()> {
+    let text: String = queued
+        .iter()
+        .map(|(chain, (manifest, retry_after, attempt))| format!("{chain} {manifest} {retry_after} {attempt}\n"))
+        .collect();
     let staged = path.with_extension("new");
     std::fs::write(&staged, text).with_context(|| format!("writing {}", staged.display()))?;
     std::fs::rename(&staged, path).with_context(|| format!("renaming {} into place", staged.display()))
@@ -242,40 +250,43 @@ async fn one_pass(
     for chain in chains {
         let Some(trusted) = client.state().chains.get(&chain).cloned() else { continue };
         let Some(release) = trusted.release.clone() else { continue };
-        let id = hex::encode(release.manifest.id().0);
-        current.insert(id.clone());
-        if submitted.lines().any(|l| l == id) {
+        let (key, id) = (chain.to_hex(), hex::encode(release.manifest.id().0));
+        current.insert(key.clone());
+        let done = format!("{key} {id}");
+        if submitted.lines().any(|l| l == done || l == id) {
             continue;
         }
         // Done only once the summary this client verified records this key: a witness's
         // word that it appended the attestation is not enough.
         let recorded = trusted.rebuilds_of_release().is_some_and(|s| s.records.iter().any(|r| r.rebuilder == me));
         if recorded {
-            submitted.push_str(&id);
+            submitted.push_str(&done);
             submitted.push('\n');
             std::fs::write(&submitted_path, &submitted)
                 .with_context(|| format!("writing {}", submitted_path.display()))?;
-            queued.remove(&id);
             continue;
         }
         // Submitted before and still not recorded: wait until the time noted, then (the
         // witness crashed, dropped it, or lied) submit it again, starting one member
-        // further, whatever that member had answered.
-        let now = chainiac_client::now_ms();
+        // further, whatever that member had answered. A new release starts at the member
+        // that took the chain's last one: a liar passed over stays passed over.
         let grace_ms = config.resubmit_after_s.saturating_mul(1000);
-        let attempt = match queued.get(&id) {
-            Some(&(retry_after, _)) if now < retry_after => continue,
-            Some(&(_, attempt)) => attempt + 1,
+        let attempt = match queued.get(&key) {
+            Some((m, retry_after, _)) if *m == id && chainiac_client::now_ms() < *retry_after => continue,
+            Some((m, _, attempt)) if *m == id => attempt.saturating_add(1),
+            Some((_, _, attempt)) => *attempt,
             None => 0,
         };
-        let outcome = match rebuild(config, verifier, pool, &trusted, &release, attempt).await {
+        let outcome = rebuild(config, verifier, pool, &trusted, &release, attempt).await;
+        let now = chainiac_client::now_ms();
+        let outcome = match outcome {
             Ok(Submitted::Appended(what)) => {
-                queued.insert(id.clone(), (now.saturating_add(grace_ms), attempt));
+                queued.insert(key, (id, now.saturating_add(grace_ms), attempt));
                 Ok(what)
             }
             Ok(Submitted::Queued { due_ms, at, verdict }) => {
                 let wait_until = due_ms.min(now.saturating_add(MAX_BATCH_WAIT_MS));
-                queued.insert(id.clone(), (wait_until.saturating_add(grace_ms), attempt));
+                queued.insert(key, (id, wait_until.saturating_add(grace_ms), attempt));
                 Ok(format!("{verdict}; queued at {at}, appended with its batch at {due_ms} ms since the epoch"))
             }
             Err(e) => {
@@ -285,8 +296,8 @@ async fn one_pass(
         };
         report(json, chain, Some(&release), outcome);
     }
-    // Releases no longer the newest of a followed chain take no rebuilds: forgotten.
-    queued.retain(|id, _| current.contains(id));
+    // Chains no longer followed: forgotten.
+    queued.retain(|chain, _| current.contains(chain));
     if queued != before {
         write_queued(&queued_path, &queued)?;
     }
@@ -309,7 +320,7 @@ async fn rebuild(
     pool: &chainiac_proto::Pool,
     trusted: &chainiac_client::TrustedChain,
     release: &ReleasePayload,
-    attempt: usize,
+    attempt: u64,
 ) -> Result<Submitted, String> {
     // Built before (the sandbox keeps an outcome the inputs decide): submitted again as
     // it is, without fetching or building.
@@ -362,7 +373,7 @@ async fn submit(
     pool: &chainiac_proto::Pool,
     trusted: &chainiac_client::TrustedChain,
     attestation: Attestation,
-    attempt: usize,
+    attempt: u64,
 ) -> Result<Submitted, String> {
     let verdict = chainiac_release::Verdict::of(&attestation.body.outcome).name();
     let request = Request::SubmitRebuild { chain: trusted.chain, attestation };
@@ -372,8 +383,9 @@ async fn submit(
     // later attempt (the last one was not recorded) starts at the next member, so one that
     // lies about taking it is not asked first again.
     let members = trusted.committee.roster().members();
-    let first = u64::from_be_bytes(trusted.chain.0[..8].try_into().expect("8 bytes")) as usize;
-    let start = first.wrapping_add(attempt) % members.len().max(1);
+    let n = members.len().max(1) as u64;
+    let first = u64::from_be_bytes(trusted.chain.0[..8].try_into().expect("8 bytes"));
+    let start = ((first % n + attempt % n) % n) as usize;
     for member in members.iter().cycle().skip(start).take(members.len()) {
         match pool.call(&member.address, &member.key, &request, Duration::from_secs(60)).await {
             Ok(Response::Appended { block }) => {

@@ -51,12 +51,14 @@ impl Witness {
         let key = keyfile::read(&config.key_file)?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|source| StartError::DataDir { path: config.data_dir.display().to_string(), source })?;
-        let store = RocksStore::open_with(&config.data_dir, &[node::CF_AGREEMENT, node::CF_TIMELINE_HEADS], true)
+        let families = [node::CF_AGREEMENT, node::CF_TIMELINE_HEADS, node::CF_REBUILD_BATCHES];
+        let store = RocksStore::open_with(&config.data_dir, &families, true)
             .map_err(|source| StartError::Store { path: config.data_dir.display().to_string(), source })?;
         let endpoint = chainiac_proto::endpoint::server(&key, config.listen)?;
         let node = Node::new(key, config, store, endpoint.clone());
         tokio::spawn(server::serve(node.clone(), endpoint.clone()));
         tokio::spawn(node.clone().run_timeline());
+        node.restore_rebuild_batches();
         Ok(Witness { node, endpoint })
     }
 

@@ -45,6 +45,11 @@ pub const CF_AGREEMENT: &str = "agreement";
 /// index)`. Written with each newer timeline block (its changes only), read at start, so
 /// that a restarted node answers timeline clients at once.
 pub const CF_TIMELINE_HEADS: &str = "timeline_heads";
+
+/// Column family of the rebuilders' attestations waiting for their batch: `chain id ||
+/// u64be(due_ms)` → the batch, written before `RebuildQueued` is answered and deleted once
+/// the batch is appended, so a restart appends what a crash interrupted.
+pub const CF_REBUILD_BATCHES: &str = "rebuild_batches";
 /// How long a member that missed a round this node led is left out of its next rounds'
 /// trees (while the threshold allows), before it is asked again.
 const PRESUMED_DOWN: Duration = Duration::from_secs(10);

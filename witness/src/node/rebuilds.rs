@@ -26,10 +26,9 @@ const APPEND_TRIES: u32 = 4;
 /// appended at once).
 const MAX_PENDING_REBUILDS: usize = 16_384;
 
-/// A release chain's attestations waiting to be appended together (`rebuild_batch_seconds`).
-/// In memory only: a crash loses them, and their rebuilders submit again, since a rebuilder
-/// counts an attestation as taken only once a verified summary records it.
-#[derive(Debug)]
+/// A release chain's attestations waiting to be appended together (`rebuild_batch_seconds`),
+/// kept in memory and on disk ([`CF_REBUILD_BATCHES`]) until appended.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct PendingBatch {
     /// The release they attest: the chain's newest when each was taken.
     release: u64,
@@ -319,7 +318,82 @@ impl Node {
             }
         };
         batch.attestations.push(attestation);
-        Some(Response::RebuildQueued { due_ms: batch.due_ms })
+        // On disk before the answer: a restart appends it all the same.
+        let (due_ms, stored) = (batch.due_ms, batch.clone());
+        if let Err(e) = self.store_batch(&chain, &stored) {
+            warn!(%chain, "cannot keep a rebuild batch on disk: {e}; appending at once");
+            batches.get_mut(&chain).expect("present").attestations.pop();
+            return None;
+        }
+        Some(Response::RebuildQueued { due_ms })
+    }
+
+    /// Writes `chain`'s batch (synced), under its key.
+    fn store_batch(&self, chain: &ChainId, batch: &PendingBatch) -> Result<(), String> {
+        let db = self.store.db();
+        let cf = db.cf_handle(CF_REBUILD_BATCHES).ok_or("no rebuild batch column family")?;
+        let bytes = postcard::to_allocvec(batch).map_err(|e| e.to_string())?;
+        let mut options = rocksdb::WriteOptions::default();
+        options.set_sync(true);
+        blocking(|| db.put_cf_opt(cf, index_key(chain, batch.due_ms), bytes, &options)).map_err(|e| e.to_string())
+    }
+
+    fn forget_batch(&self, chain: &ChainId, due_ms: u64) {
+        let db = self.store.db();
+        if let Some(cf) = db.cf_handle(CF_REBUILD_BATCHES) {
+            if let Err(e) = blocking(|| db.delete_cf(cf, index_key(chain, due_ms))) {
+                warn!(%chain, "cannot forget an appended rebuild batch: {e}");
+            }
+        }
+    }
+
+    /// At start: the batches a stop or crash left on disk, each chain's merged into one
+    /// (the newest release's, due at the earliest time), scheduled again.
+    pub fn restore_rebuild_batches(self: &Arc<Self>) {
+        let db = self.store.db();
+        let Some(cf) = db.cf_handle(CF_REBUILD_BATCHES) else { return };
+        let mut found: HashMap<ChainId, (Vec<u64>, PendingBatch)> = HashMap::new();
+        for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
+            let Ok((key, value)) = item else { break };
+            let (Ok(chain), Ok(batch)) = (
+                <[u8; 32]>::try_from(&key[..key.len().min(32)]),
+                chainiac_skipchain::decode_exact::<PendingBatch>(&value),
+            ) else {
+                warn!("a stored rebuild batch does not decode; dropped");
+                let _ = db.delete_cf(cf, &key);
+                continue;
+            };
+            let chain = BlockId(chain);
+            let entry = found.entry(chain).or_insert_with(|| (Vec::new(), batch.clone()));
+            entry.0.push(batch.due_ms);
+            let merged = &mut entry.1;
+            if batch.release > merged.release {
+                *merged = PendingBatch { due_ms: merged.due_ms.min(batch.due_ms), ..batch };
+            } else if batch.release == merged.release {
+                merged.due_ms = merged.due_ms.min(batch.due_ms);
+                for attestation in batch.attestations {
+                    if !merged.attestations.iter().any(|a| a.body.verifier == attestation.body.verifier) {
+                        merged.attestations.push(attestation);
+                    }
+                }
+            }
+        }
+        let mut batches = self.rebuild_batches.lock().expect("lock");
+        for (chain, (keys, batch)) in found {
+            for due_ms in keys.iter().filter(|&&d| d != batch.due_ms) {
+                self.forget_batch(&chain, *due_ms);
+            }
+            if let Err(e) = self.store_batch(&chain, &batch) {
+                warn!(%chain, "cannot keep a restored rebuild batch on disk: {e}");
+            }
+            let (due_ms, node) = (batch.due_ms, self.clone());
+            info!(%chain, "{} rebuild attestation(s) kept over a restart, appended at {due_ms}", batch.attestations.len());
+            batches.insert(chain, batch);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(due_ms.saturating_sub(now_ms()))).await;
+                node.append_batch(chain, due_ms).await;
+            });
+        }
     }
 
     /// Appends `chain`'s batch due at `due_ms` (a batch another task scheduled is left to
@@ -337,6 +411,13 @@ impl Node {
                 _ => return,
             }
         };
+        self.flush_batch(chain, batch).await;
+        // Off the disk once appended (or dropped): a crash before this appends it again,
+        // and what the chain holds by then is left out.
+        self.forget_batch(&chain, due_ms);
+    }
+
+    async fn flush_batch(self: &Arc<Self>, chain: ChainId, batch: PendingBatch) {
         let release = batch.release;
         if self.newest_release(&chain).map(|(index, _)| index) != Some(release) {
             let n = batch.attestations.len();
@@ -344,12 +425,30 @@ impl Node {
             return;
         }
         let mut appended = false;
-        for chunk in batch.attestations.chunks(chainiac_release::MAX_REBUILDS_PER_BLOCK) {
+        let chunks: Vec<&[Attestation]> = batch.attestations.chunks(chainiac_release::MAX_REBUILDS_PER_BLOCK).collect();
+        for (k, chunk) in chunks.iter().enumerate() {
             let fresh = self.not_on_chain(&chain, release, chunk);
-            if fresh.is_empty() || self.append_rebuilds(chain, release, fresh.clone()).await.is_ok() {
-                appended |= !fresh.is_empty();
+            if fresh.is_empty() {
                 continue;
             }
+            let refused = match self.append_rebuilds(chain, release, fresh.clone()).await {
+                Ok(()) => {
+                    appended = true;
+                    continue;
+                }
+                Err(e) if e.code == ErrorCode::Refused => e,
+                // No quorum or no time even after pauses: the rest waits for its rebuilders
+                // to send it again, rather than a round per attestation now.
+                Err(e) => {
+                    let left: usize = chunks[k..].iter().map(|c| c.len()).sum();
+                    warn!(%chain, "{left} rebuild attestation(s) of release {release} were not appended: {e}");
+                    break;
+                }
+            };
+            // A rule refused the block (a key reached the chain through another witness, the
+            // release's cap filled): each on its own, so one that no longer fits costs only
+            // itself.
+            debug!(%chain, "a rebuilds block was refused ({}); appending its attestations one by one", refused.message);
             for attestation in fresh {
                 let key = attestation.body.verifier;
                 if self.not_on_chain(&chain, release, std::slice::from_ref(&attestation)).is_empty() {
