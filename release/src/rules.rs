@@ -604,13 +604,15 @@ pub fn check_rebuild_summary(payload: &[u8], expected: &RebuildSummary) -> Resul
 
 /// Who attested a release: one of the policy's verifiers (in the release block) or a
 /// rebuilder (after it, SPEC §11.8).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub enum Role {
     Verifier,
     Rebuilder,
 }
 
-/// One key's line in the bad-hash tracker of a chain: how often what it said agreed.
+/// One key's line in the bad-hash tracker of a chain, in one role: how often what it said
+/// agreed. A key that attested in both roles (a rebuilder the policy later made a verifier)
+/// has a line for each, since agreeing means something else in each.
 /// A verifier agrees when it sides with the majority of the release block's attestations
 /// (reproduced or not; a tie agrees with everyone); a rebuilder agrees when it reproduced
 /// the release, which the policy's verifiers did (every release on a chain passed them).
@@ -638,14 +640,14 @@ pub struct Disputed {
 /// chain order.
 #[derive(Debug, Clone, Default)]
 pub struct Tracker {
-    records: std::collections::BTreeMap<PublicKey, TrackRecord>,
+    records: std::collections::BTreeMap<(PublicKey, Role), TrackRecord>,
     disputed: Vec<Disputed>,
     versions: HashMap<u64, String>,
 }
 
 impl Tracker {
     fn note(&mut self, key: PublicKey, role: Role, agreed: bool, time_ms: u64) {
-        let record = self.records.entry(key).or_insert(TrackRecord {
+        let record = self.records.entry((key, role)).or_insert(TrackRecord {
             key,
             role,
             attested: 0,
@@ -696,7 +698,7 @@ impl Tracker {
         }
     }
 
-    /// Every key's record, by key.
+    /// Every key's records, by key, then role.
     pub fn records(&self) -> Vec<TrackRecord> {
         self.records.values().cloned().collect()
     }

@@ -308,7 +308,8 @@ fn invalid_policies_are_refused() {
 
 /// The bad-hash tracker against a scripted history: three releases (verifier 2 fails
 /// twice, is alone once; verifiers 0 and 1 always reproduce), then rebuilders: one
-/// reproduces all three, one lies about two, one fails once.
+/// reproduces all three, one lies about two, one fails once; verifier 0 also rebuilds one
+/// release as a rebuilder (a key in both roles has a line for each).
 #[test]
 fn the_tracker_counts_a_scripted_history() {
     let f = fixture();
@@ -337,12 +338,13 @@ fn the_tracker_counts_a_scripted_history() {
         (2_003, 4, &flaky, odd()),
         (2_004, 7, &liar, lie()),
         (2_005, 7, &honest, Outcome::Reproduced),
+        (2_006, 7, &f.verifiers[0], Outcome::Reproduced),
     ] {
         tracker.rebuilds(time, &rebuilt(release, who, outcome));
     }
-    let row = |k: &SecretKey| tracker.records().into_iter().find(|r| r.key == k.public_key()).unwrap();
+    let rows = |k: &SecretKey| tracker.records().into_iter().filter(|r| r.key == k.public_key()).collect::<Vec<_>>();
     let counts = |k: &SecretKey| {
-        let r = row(k);
+        let r = &rows(k)[0];
         (r.role, r.attested, r.agreed, r.disagreed, r.first_seen_ms)
     };
     assert_eq!(counts(&f.verifiers[0]), (Role::Verifier, 3, 3, 0, 1_000));
@@ -350,7 +352,9 @@ fn the_tracker_counts_a_scripted_history() {
     assert_eq!(counts(&honest), (Role::Rebuilder, 3, 3, 0, 2_000));
     assert_eq!(counts(&liar), (Role::Rebuilder, 2, 0, 2, 2_001));
     assert_eq!(counts(&flaky), (Role::Rebuilder, 1, 0, 1, 2_003));
-    assert_eq!(tracker.records().len(), 6);
+    let both: Vec<_> = rows(&f.verifiers[0]).iter().map(|r| (r.role, r.attested, r.first_seen_ms)).collect();
+    assert_eq!(both, vec![(Role::Verifier, 3, 1_000), (Role::Rebuilder, 1, 2_006)]);
+    assert_eq!(tracker.records().len(), 7);
     let disputed: Vec<(u64, &str, usize)> =
         tracker.disputed().iter().map(|d| (d.release, d.version.as_str(), d.disagreeing.len())).collect();
     assert_eq!(disputed, vec![(1, "1.0", 2), (4, "1.1", 2), (7, "1.2", 1)]);

@@ -460,7 +460,14 @@ impl Node {
                 }
             }
         }
-        if appended {
+        // Also when nothing was appended now but the chain holds attestations its newest
+        // summary lacks: a crash between a batch's rebuilds block and its summary, the
+        // batch restored from disk at start.
+        let unsummarized = || {
+            let summarized = self.summarized(&chain, release).map_or(0, |s| s.records.len());
+            summarized < self.rebuild_evidence(&chain, release).len()
+        };
+        if appended || unsummarized() {
             if let Err(e) = self.append_summary(chain).await {
                 warn!(%chain, "the rebuild summary of release {release} was not appended: {e}");
             }
