@@ -1083,22 +1083,17 @@ async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
     assert_eq!(update["level"]["trusted_rebuilders"][0], rebuilder_key);
     assert_eq!(update["level"]["other_rebuilders"], 0, "{update}");
     assert_eq!(update["level"]["disagreements"][0]["verdict"], "mismatch", "{update}");
-    let verify = |trust: &str, level: &str| {
-        run(&[
-            "verify",
-            "--state",
-            &state,
-            "--chain",
-            &chain_hex,
-            "--artifact",
-            "hello-1.0/out.txt",
-            "--trust-rebuilders",
-            &path(trust),
-            "--min-level",
-            level,
-            &path("out.txt"),
-        ])
+    // `verify` of out.txt as hello-1.0/out.txt of the newest release, or of `version`.
+    let verify_of = |version: Option<&str>, trust: &str, level: &str| {
+        let (trust, out) = (path(trust), path("out.txt"));
+        let mut args = vec!["verify", "--state", &state, "--chain", &chain_hex, "--artifact", "hello-1.0/out.txt"];
+        args.extend(["--trust-rebuilders", &trust, "--min-level", level, &out]);
+        if let Some(version) = version {
+            args.extend(["--version", version]);
+        }
+        run(&args)
     };
+    let verify = |trust: &str, level: &str| verify_of(None, trust, level);
     let (code, out, err) = verify("trusted", "trusted");
     assert!(code == Some(0) && out.contains("verified"), "{out}{err}");
     let (code, _, err) = verify("liar-trusted", "trusted");
@@ -1145,6 +1140,16 @@ async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
     assert!(late.contains("newest release only"), "{late}");
     let throttled = refused(submit(lie(mismatch.clone(), next.id())).await);
     assert!(throttled.contains("is throttled"), "{throttled}");
+    // Release 1.0, no longer the newest, keeps the level its last summary gave it: read on
+    // the walk down to it, so it installs at --min-level trusted where 1.1 does not.
+    common::wait_timeline_has(&cluster, chain, cluster.head(1, chain).await.unwrap()).await;
+    let (code, out, err) =
+        run(&["update", "--state", &state, "--chain", &chain_hex, "--trust-rebuilders", &path("trusted")]);
+    assert!(code == Some(0) && out.contains("1.1"), "{out}{err}");
+    let (code, out, err) = verify_of(Some("1.0"), "trusted", "trusted");
+    assert!(code == Some(0) && out.contains("verified"), "1.0 is trusted: {out}{err}");
+    let (code, _, err) = verify("trusted", "trusted");
+    assert!(code == Some(1) && err.contains("below this client's trusted"), "1.1 is not yet: {err}");
 
     // The bad-hash tracker, against what happened: verifiers 20 and 21 reproduced both
     // releases; the rebuilder reproduced 1.0; the liar disagreed with it and is throttled.

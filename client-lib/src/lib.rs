@@ -8,11 +8,13 @@
 
 use chainiac_cosi::PublicKey;
 use chainiac_proto::{Pool, Request, Response};
-use chainiac_release::{BuildIsolation, Outcome, RebuildSummary, ReleasePayload, TimeWindow, KIND_RELEASE};
+use chainiac_release::{
+    BuildIsolation, Outcome, RebuildSummary, ReleasePayload, TimeWindow, KIND_REBUILD_SUMMARY, KIND_RELEASE,
+};
 use chainiac_skipchain::timeline::KIND_TIMELINE;
 use chainiac_skipchain::{Block, BlockId, ChainId, ChainParams, ChainState, Committee, Header};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -633,8 +635,9 @@ impl Client {
     }
 
     /// What the client installs: a release that meets its bar and level (with what rebuilders
-    /// said of it, for the newest release; the policy's alone for an earlier one, whose
-    /// summaries are not fetched) and was not yanked (unless the client allows yanked ones).
+    /// said of it, as the held summary has it: for the newest release; `verify` and `fetch`
+    /// of an earlier one read its summary on the walk down, [`Client::release_and_rebuilds`])
+    /// and was not yanked (unless the client allows yanked ones).
     fn installable(&self, chain: ChainId, release: &ReleasePayload) -> Result<(), ClientError> {
         let trusted = self.state.chains.get(&chain).ok_or(ClientError::NotAnchored(chain))?;
         let rebuilds = trusted.rebuilds.as_ref().filter(|s| s.manifest == release.manifest.id());
@@ -672,7 +675,7 @@ impl Client {
     pub fn verify_artifact(&self, chain: ChainId, path: &str, bytes: &[u8]) -> Result<String, ClientError> {
         let trusted = self.state.chains.get(&chain).ok_or(ClientError::NotAnchored(chain))?;
         let release = trusted.release.as_ref().ok_or(ClientError::NoRelease(chain))?;
-        self.check_artifact(chain, release, path, bytes)
+        self.check_artifact(chain, release, trusted.rebuilds_of_release(), path, bytes)
     }
 
     /// Checks an artifact's bytes against release `version` of `chain`, any release on it
@@ -686,27 +689,48 @@ impl Client {
         path: &str,
         bytes: &[u8],
     ) -> Result<String, ClientError> {
-        let release = self.release_by_version(chain, version).await?;
-        self.check_artifact(chain, &release, path, bytes)
+        let (release, rebuilds) = self.release_and_rebuilds(chain, version).await?;
+        self.check_artifact(chain, &release, rebuilds.as_ref(), path, bytes)
     }
 
     /// Release `version` of `chain`, walking down from the trusted head a page of blocks at
     /// a time (see [`Client::verify_artifact_of`]).
     pub async fn release_by_version(&self, chain: ChainId, version: &str) -> Result<ReleasePayload, ClientError> {
+        self.release_and_rebuilds(chain, version).await.map(|(release, _)| release)
+    }
+
+    /// Release `version` of `chain` and the newest rebuild summary about it: the held one
+    /// for the release held; for an earlier release, the newest summary block about it the
+    /// walk down from the verified head passes (every block of the walk is hash-linked to
+    /// the head, and rebuilds of a release stop when the next one is appended, so its last
+    /// summary is final), so its level reads as the newest release's does.
+    async fn release_and_rebuilds(
+        &self,
+        chain: ChainId,
+        version: &str,
+    ) -> Result<(ReleasePayload, Option<RebuildSummary>), ClientError> {
         let trusted = self.state.chains.get(&chain).cloned().ok_or(ClientError::NotAnchored(chain))?;
         if let Some(release) = trusted.release.as_ref().filter(|r| r.manifest.version == version) {
-            return Ok(release.clone());
+            return Ok((release.clone(), trusted.rebuilds_of_release().cloned()));
         }
+        // Walking down: the first summary seen about a block is its newest.
+        let mut summaries: HashMap<u64, RebuildSummary> = HashMap::new();
         let found = self
             .newest_below(&trusted, |block| {
+                if block.header.kind == KIND_REBUILD_SUMMARY {
+                    if let Ok(summary) = RebuildSummary::from_bytes(&block.payload) {
+                        summaries.entry(summary.release).or_insert(summary);
+                    }
+                }
                 let release =
                     (block.header.kind == KIND_RELEASE).then(|| ReleasePayload::from_bytes(&block.payload).ok());
                 release.flatten().filter(|r| r.manifest.version == version)
             })
             .await?;
-        found
-            .map(|(_, release)| release)
-            .ok_or_else(|| ClientError::NoSuchRelease { chain, version: version.to_string() })
+        let (index, release) =
+            found.ok_or_else(|| ClientError::NoSuchRelease { chain, version: version.to_string() })?;
+        let rebuilds = summaries.remove(&index).filter(|s| s.manifest == release.manifest.id());
+        Ok((release, rebuilds))
     }
 
     /// The newest block at or below the verified head of `trusted`'s chain that `pick` takes
@@ -764,9 +788,10 @@ impl Client {
         version: &str,
         path: &str,
     ) -> Result<(chainiac_release::Artifact, String), ClientError> {
-        let release = self.release_by_version(chain, version).await?;
+        let (release, rebuilds) = self.release_and_rebuilds(chain, version).await?;
         let artifact = Self::artifact_of(&release, path)?;
-        self.installable(chain, &release)?;
+        let trusted = self.state.chains.get(&chain).ok_or(ClientError::NotAnchored(chain))?;
+        self.check_installable(chain, &trusted.policy, &release, rebuilds.as_ref())?;
         Ok((artifact.clone(), release.manifest.version.clone()))
     }
 
@@ -777,14 +802,18 @@ impl Client {
         })
     }
 
+    /// `bytes` as artifact `path` of `release`, which must be installable here with the
+    /// summary `rebuilds` of who rebuilt it.
     fn check_artifact(
         &self,
         chain: ChainId,
         release: &ReleasePayload,
+        rebuilds: Option<&RebuildSummary>,
         path: &str,
         bytes: &[u8],
     ) -> Result<String, ClientError> {
-        self.installable(chain, release)?;
+        let trusted = self.state.chains.get(&chain).ok_or(ClientError::NotAnchored(chain))?;
+        self.check_installable(chain, &trusted.policy, release, rebuilds)?;
         let fail = |reason: String| ClientError::Artifact { path: path.to_string(), reason };
         let artifact = Self::artifact_of(release, path)?;
         if bytes.len() as u64 != artifact.size {
