@@ -43,9 +43,10 @@ pub enum RebuilderCommand {
         json: bool,
     },
     /// Check the rebuild summary a client verified for a chain's newest release against the
-    /// signed attestations the witnesses keep (`GetRebuilds`): every record must be backed
-    /// by an attestation with its digest, signed by its key, about that release. Exit 1
-    /// names any record without one (the committee vouched for what nobody signed).
+    /// signed attestations the witnesses keep (`GetRebuilds`, asked of the members in turn
+    /// until every record is backed): every record must be backed by an attestation with its
+    /// digest, signed by its key, about that release. Exit 1 names any record without one
+    /// (the committee vouched for what nobody signed).
     Audit {
         /// A client state with the chain anchored (it is updated first).
         #[arg(long, default_value = "chainiac-client.state")]

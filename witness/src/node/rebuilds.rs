@@ -306,7 +306,12 @@ impl Node {
         }
         let batch = match batches.get_mut(&chain) {
             Some(batch) if batch.release == release => batch,
-            _ => {
+            replaced => {
+                // An older release's batch (the chain moved on): dropped from disk too; its
+                // task finds it gone.
+                if let Some(old) = replaced {
+                    self.forget_batch(&chain, old.due_ms);
+                }
                 let due_ms = now.saturating_add(interval_ms);
                 let node = self.clone();
                 tokio::spawn(async move {
