@@ -1419,7 +1419,6 @@ async fn rebuilder_audit_names_a_summary_record_no_signed_attestation_backs() {
         rebuilder: key(50).public_key(),
         verdict: Verdict::Reproduced,
         isolation: BuildIsolation::Namespaces,
-        evidence: [5; 16],
     };
     let summary = RebuildSummary { release: 1, manifest, records: vec![record] };
     let now = common::now_ms();

@@ -896,10 +896,12 @@ fn lists_cost(lists: &[ChangeList], from: u64, to: u64) -> u64 {
 /// The `GetTimelineChanges` answers (1,024 blocks each, or the budget) from the client's
 /// timeline block `trusted` to `to` for a client following `followed`, decoded and verified
 /// as the client does (committees it holds left out), and the chains they show moved.
+#[allow(clippy::too_many_arguments)]
 fn change_answers(
     store: &MemoryStore,
     timeline: &BlockId,
     lists: &BTreeMap<u64, Arc<ChangeList>>,
+    everyone: &HeadSet,
     trusted: &ChainState,
     to: u64,
     held: &Appointments,
@@ -916,6 +918,7 @@ fn change_answers(
             to,
             lists,
             &watched,
+            everyone,
             known.newest(MAX_HELD_APPOINTMENTS),
             0,
         )
@@ -1288,7 +1291,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
             let used_lists = wanted <= offer;
             if used_lists {
                 let (pages, moved) =
-                    change_answers(&store, &timeline.chain, &served_lists, trusted, head_index, &held, &followed);
+                    change_answers(&store, &timeline.chain, &served_lists, &set, trusted, head_index, &held, &followed);
                 let moved: Vec<&ChainBuilder> = chains[..follow].iter().filter(|c| moved.contains(&c.chain)).collect();
                 let linked = batched::<LinkedProof>(&store, &moved, d, &held);
                 dd = pages;

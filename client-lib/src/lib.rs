@@ -9,7 +9,8 @@
 use chainiac_cosi::PublicKey;
 use chainiac_proto::{Pool, Request, Response};
 use chainiac_release::{
-    BuildIsolation, Outcome, RebuildSummary, ReleasePayload, TimeWindow, KIND_REBUILD_SUMMARY, KIND_RELEASE,
+    BuildIsolation, Outcome, RebuildRecord, RebuildSummary, ReleasePayload, TimeWindow, Verdict, KIND_REBUILD_SUMMARY,
+    KIND_RELEASE,
 };
 use chainiac_skipchain::timeline::KIND_TIMELINE;
 use chainiac_skipchain::{Block, BlockId, ChainId, ChainParams, ChainState, Committee, Header};
@@ -120,11 +121,14 @@ impl ClientState {
         if let Ok(stored) = chainiac_skipchain::decode_exact::<StoredState>(bytes) {
             return ClientState::try_from(stored);
         }
+        if let Ok(stored) = chainiac_skipchain::decode_exact::<StoredState<SummaryWithDigests>>(bytes) {
+            return ClientState::try_from(stored.upgrade());
+        }
         if let Ok(summaries) = chainiac_skipchain::decode_exact::<StateWithSummaries>(bytes) {
             let releases = summaries
                 .rebuilds
                 .into_iter()
-                .map(|(chain, summary)| StoredRelease { chain, index: None, rebuilds: Some(summary) })
+                .map(|(chain, summary)| StoredRelease { chain, index: None, rebuilds: Some(summary.into()) })
                 .collect();
             return ClientState::try_from(StoredState {
                 committees: summaries.committees,
@@ -222,9 +226,10 @@ impl TryFrom<LegacyState> for ClientState {
     }
 }
 
-/// [`ClientState`] as the state file holds it.
+/// [`ClientState`] as the state file holds it (with the rebuild summaries of before
+/// 2026-12-01's smaller records as `S`, as those files hold them).
 #[derive(Serialize, Deserialize)]
-struct StoredState {
+struct StoredState<S = RebuildSummary> {
     committees: Vec<Committee>,
     chains: Vec<StoredChain>,
     timeline: Option<ChainId>,
@@ -233,15 +238,64 @@ struct StoredState {
     timeline_chains: u64,
     /// [`TrustedChain::release_index`] and [`TrustedChain::rebuilds`], for the chains that
     /// have either.
-    releases: Vec<StoredRelease>,
+    releases: Vec<StoredRelease<S>>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct StoredRelease {
+struct StoredRelease<S = RebuildSummary> {
     /// Position in [`StoredState::chains`].
     chain: u32,
     index: Option<u64>,
-    rebuilds: Option<RebuildSummary>,
+    rebuilds: Option<S>,
+}
+
+impl StoredState<SummaryWithDigests> {
+    fn upgrade(self) -> StoredState {
+        let releases = self
+            .releases
+            .into_iter()
+            .map(|r| StoredRelease { chain: r.chain, index: r.index, rebuilds: r.rebuilds.map(Into::into) })
+            .collect();
+        StoredState {
+            committees: self.committees,
+            chains: self.chains,
+            timeline: self.timeline,
+            synced: self.synced,
+            timeline_chains: self.timeline_chains,
+            releases,
+        }
+    }
+}
+
+/// A rebuild summary as files before 2026-12-01's smaller records hold it: each record
+/// with 16 bytes of its attestation's digest, which the summary now leaves out.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct SummaryWithDigests {
+    release: u64,
+    manifest: chainiac_release::ManifestId,
+    records: Vec<RecordWithDigest>,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct RecordWithDigest {
+    rebuilder: PublicKey,
+    verdict: Verdict,
+    isolation: BuildIsolation,
+    #[serde(with = "chainiac_cosi::bytes")]
+    _evidence: [u8; 16],
+}
+
+impl From<SummaryWithDigests> for RebuildSummary {
+    fn from(old: SummaryWithDigests) -> Self {
+        let records = old
+            .records
+            .into_iter()
+            .map(|r| RebuildRecord { rebuilder: r.rebuilder, verdict: r.verdict, isolation: r.isolation })
+            .collect();
+        RebuildSummary { release: old.release, manifest: old.manifest, records }
+    }
 }
 
 /// The state file with rebuild summaries but not the releases' indices (6b61cde, 2026-12-01).
@@ -252,7 +306,7 @@ struct StateWithSummaries {
     timeline: Option<ChainId>,
     synced: Vec<(u32, u64)>,
     timeline_chains: u64,
-    rebuilds: Vec<(u32, RebuildSummary)>,
+    rebuilds: Vec<(u32, SummaryWithDigests)>,
 }
 
 /// The state file before rebuild summaries (2026-12-01).
@@ -1306,6 +1360,50 @@ mod tests {
         stored.synced.push((9, 1));
         let error = ClientState::from_bytes(&postcard::to_allocvec(&stored).unwrap()).unwrap_err();
         assert!(error.contains("names chain 9 of 4"), "{error}");
+    }
+
+    /// A file whose rebuild summaries carry the evidence digests of before (2026-12-01) is
+    /// read: the same records, without them.
+    #[test]
+    fn a_file_with_the_summaries_of_before_is_read() {
+        let (shared, other) = (committee(1, 4), committee(40, 4));
+        let mut state = state(2, &shared, &other);
+        let chain = *state.chains.keys().next().unwrap();
+        let record = RebuildRecord {
+            rebuilder: chainiac_cosi::SecretKey::from_seed(&[3; 32]).public_key(),
+            verdict: Verdict::Mismatch,
+            isolation: BuildIsolation::Namespaces,
+        };
+        let summary =
+            RebuildSummary { release: 4, manifest: chainiac_release::ManifestId([6; 32]), records: vec![record] };
+        let trusted = state.chains.get_mut(&chain).unwrap();
+        trusted.release_index = Some(4);
+        trusted.rebuilds = Some(summary.clone());
+        let stored: StoredState = state.clone().into();
+        let old = StoredState {
+            committees: stored.committees,
+            chains: stored.chains,
+            timeline: stored.timeline,
+            synced: stored.synced,
+            timeline_chains: stored.timeline_chains,
+            releases: vec![StoredRelease {
+                chain: 0,
+                index: Some(4),
+                rebuilds: Some(SummaryWithDigests {
+                    release: 4,
+                    manifest: summary.manifest,
+                    records: vec![RecordWithDigest {
+                        rebuilder: record.rebuilder,
+                        verdict: record.verdict,
+                        isolation: record.isolation,
+                        _evidence: [9; 16],
+                    }],
+                }),
+            }],
+        };
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        assert_ne!(bytes, state.to_bytes(), "the old records are longer");
+        assert_eq!(ClientState::from_bytes(&bytes).unwrap(), state);
     }
 
     #[test]

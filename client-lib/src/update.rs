@@ -31,9 +31,7 @@ use chainiac_proto::{
 };
 use chainiac_release::{Policy, RebuildSummary, ReleasePayload, TimeWindow, KIND_REBUILD_SUMMARY, KIND_RELEASE};
 use chainiac_skipchain::block::payload_hash;
-use chainiac_skipchain::timeline::{
-    chain_prefix, changes_cost, changes_page_full, inclusion_cost, HeadLeaf, TimelineEntry,
-};
+use chainiac_skipchain::timeline::{chain_prefix, changes_page_full, inclusion_cost, HeadLeaf, TimelineEntry};
 use chainiac_skipchain::{
     Appointments, BlockId, CatchUp, ChainId, ChainState, Committee, EarlierBlock, Proof, ProofError,
 };
@@ -628,8 +626,7 @@ impl Client {
             state = seen.caught.state;
             moved.extend(seen.moved);
             newest = seen.entry.or(newest);
-            let costs: Vec<u64> =
-                answer.blocks.iter().map(|b| changes_cost(b.prefixes.len(), b.opened.len())).collect();
+            let costs = answer.page_costs(projects);
             let budget = chainiac_proto::PROOFS_RESPONSE_BUDGET as u64;
             if !changes_page_full(&costs, chainiac_proto::MAX_CHANGE_BLOCKS, budget) {
                 break;

@@ -27,9 +27,6 @@ pub const KIND_REBUILDS: u16 = 6;
 /// What rebuilders said about a release so far, one compact record each: what clients read.
 pub const KIND_REBUILD_SUMMARY: u16 = 7;
 
-/// A rebuild record's evidence digest: `SHA3-256(tagged(TAG_REBUILD_EVIDENCE) ||
-/// encode(Attestation))`, first 16 bytes.
-pub const TAG_REBUILD_EVIDENCE: &str = "chainiac/v1/release/rebuild-evidence";
 /// Most rebuilders one release's summary records (the summary is re-sent whole).
 pub const MAX_REBUILDS_PER_RELEASE: usize = 256;
 /// Most attestations one rebuilds block holds (witnesses append one per submission).
@@ -516,8 +513,9 @@ pub struct Rebuilds {
 
 /// The payload of a rebuild summary block (kind 7): one record per attestation the chain's
 /// rebuilds blocks hold about release `release` (manifest `manifest`), in chain order. A
-/// client reads this (≈ 50 bytes a rebuilder) instead of the attestations (≈ 170 bytes);
-/// the records' digests tie each to its signed attestation, which anyone can fetch and check.
+/// client reads this (34 bytes a rebuilder) instead of the attestations (≈ 170 bytes). A
+/// record names its attestation by key (a key attests a release once on a chain), which
+/// anyone can fetch from the rebuilds blocks and check against it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RebuildSummary {
     pub release: u64,
@@ -530,19 +528,14 @@ pub struct RebuildRecord {
     pub rebuilder: PublicKey,
     pub verdict: Verdict,
     pub isolation: BuildIsolation,
-    /// The first 16 bytes of the attestation's evidence digest ([`TAG_REBUILD_EVIDENCE`]).
-    #[serde(with = "chainiac_cosi::bytes")]
-    pub evidence: [u8; 16],
 }
 
 impl RebuildRecord {
     pub fn of(attestation: &Attestation) -> Self {
-        let digest = hash::sha3_256(TAG_REBUILD_EVIDENCE, &[&attestation.to_bytes()]);
         RebuildRecord {
             rebuilder: attestation.body.verifier,
             verdict: Verdict::of(&attestation.body.outcome),
             isolation: attestation.body.isolation,
-            evidence: digest[..16].try_into().expect("16 bytes"),
         }
     }
 }

@@ -678,8 +678,8 @@ fn rebuilds_are_signed_about_the_newest_release_and_once_per_rebuilder() {
     );
 }
 
-/// A summary is exactly the chain's evidence, compacted: each record names the rebuilder,
-/// its verdict and confinement, and 16 bytes of the signed attestation's digest.
+/// A summary is exactly the chain's evidence, compacted: each record names the rebuilder
+/// (whose one signed attestation of the release it stands for), its verdict and confinement.
 #[test]
 fn a_rebuild_summary_is_the_evidence_compacted() {
     let m = manifest("1.0");
@@ -698,17 +698,15 @@ fn a_rebuild_summary_is_the_evidence_compacted() {
     assert!(check_rebuild_summary(&altered.to_bytes(), &summary).is_err());
     let other = RebuildSummary::of(2, m.id(), &evidence);
     assert!(check_rebuild_summary(&other.to_bytes(), &summary).is_err());
-    // Pinned: a record is 50 bytes (key, verdict, isolation, 16-byte digest), and its
-    // digest is SHA3-256(tagged(TAG_REBUILD_EVIDENCE) || encode(attestation)).
-    let record = RebuildRecord::of(&evidence[0]);
-    assert_eq!(postcard::to_allocvec(&record).unwrap().len(), 50);
-    let digest = chainiac_cosi::hash::sha3_256(TAG_REBUILD_EVIDENCE_FOR_TEST, &[&evidence[0].to_bytes()]);
-    assert_eq!(record.evidence, digest[..16]);
-    assert_eq!(hex(&record.evidence), PINNED_REBUILD_EVIDENCE);
+    // Pinned (SPEC §11.8): u64 varint release, the manifest id, then per record the key, the
+    // verdict and the isolation (variant indices): 34 bytes a record.
+    let one = RebuildSummary::of(3, m.id(), &evidence);
+    let key40 = key(40).public_key().to_bytes();
+    let key41 = key(41).public_key().to_bytes();
+    let expected = [&[3u8][..], &m.id().0, &[2], &key40, &[0, 1], &key41, &[2, 1]].concat();
+    assert_eq!(one.to_bytes(), expected);
+    assert_eq!(postcard::to_allocvec(&one.records[0]).unwrap().len(), 34);
 }
-
-const TAG_REBUILD_EVIDENCE_FOR_TEST: &str = "chainiac/v1/release/rebuild-evidence";
-const PINNED_REBUILD_EVIDENCE: &str = "86543cd063711dbe0b84b5ade7c01071";
 
 /// Found by review: clients must refuse what witnesses refuse, or a colluding committee
 /// could put in force a policy no client can read (and so no yank it lists). A yank past

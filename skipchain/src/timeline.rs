@@ -152,6 +152,12 @@ impl HeadSet {
         self.leaves.is_empty()
     }
 
+    /// Whether two chains or more of the set have this prefix (they sit side by side).
+    pub fn shares_prefix(&self, prefix: &ChainPrefix) -> bool {
+        let first = self.leaves.partition_point(|leaf| chain_prefix(&leaf.chain) < *prefix);
+        self.leaves[first..].iter().take(2).filter(|leaf| chain_prefix(&leaf.chain) == *prefix).count() == 2
+    }
+
     /// The set with `changes` applied: moved heads replace their chain's leaf and rehash
     /// only its path (O(log n) each, what a witness does on every append); chains new to
     /// the set are merged in and the levels rebuilt once. Equal to [`HeadSet::new`] over
@@ -527,7 +533,9 @@ pub struct ChangedBlock {
     pub entry: TimelineEntry,
     /// [`chain_prefix`] of every leaf of the list, in list order.
     pub prefixes: Vec<ChainPrefix>,
-    /// The leaves at every position whose prefix is watched, in list order.
+    /// The leaves at every position whose prefix is watched, in list order; or none (the
+    /// block is *closed*) when each of those leaves' chains is listed again in a later block
+    /// of the same answer, whose leaf is newer.
     pub opened: Vec<HeadLeaf>,
     /// The roots of the list tree's maximal subtrees that hold no opened leaf, depth first
     /// and left first (as in [`MultiInclusionProof`]); none for an empty list.
@@ -535,10 +543,17 @@ pub struct ChangedBlock {
 }
 
 impl ChangedBlock {
-    /// What a client watching `watched` prefixes gets of `entry`'s change list `list`.
-    pub fn new(entry: TimelineEntry, list: &ChangeList, watched: &std::collections::HashSet<ChainPrefix>) -> Self {
+    /// What a client watching `watched` prefixes gets of `entry`'s change list `list`: the
+    /// watched leaves opened, or, if `closed`, none (the list's root alone).
+    pub fn new(
+        entry: TimelineEntry,
+        list: &ChangeList,
+        watched: &std::collections::HashSet<ChainPrefix>,
+        closed: bool,
+    ) -> Self {
         let prefixes: Vec<ChainPrefix> = list.0.leaves.iter().map(|leaf| chain_prefix(&leaf.chain)).collect();
-        let positions: Vec<usize> = (0..prefixes.len()).filter(|&j| watched.contains(&prefixes[j])).collect();
+        let positions: Vec<usize> =
+            if closed { Vec::new() } else { (0..prefixes.len()).filter(|&j| watched.contains(&prefixes[j])).collect() };
         let mut hashes = Vec::new();
         if positions.is_empty() {
             if !prefixes.is_empty() {
@@ -615,24 +630,69 @@ pub enum ChangesError {
     Opened { index: u64, watched: usize, opened: usize },
     #[error("block {index}: an opened leaf's chain does not have the prefix at its position")]
     Prefix { index: u64 },
+    #[error("block {index} is closed, but no later block of the answer opens a leaf of chain {chain}, whose prefix it lists")]
+    Closed { index: u64, chain: ChainId },
 }
 
 impl TimelineChanges {
     /// What a witness answers a client watching `watched`: `proof` through every block of
-    /// a page (`store::prove_each`), and each of those blocks' entry and change list.
+    /// a page (`store::prove_each`), and each of those blocks' entry and change list. A
+    /// block is closed when every leaf with a watched prefix it lists has its chain listed
+    /// again later in the page and a prefix no other chain of `everyone` (every chain the
+    /// timeline records, at the page's end or later) has: the client needs only a chain's
+    /// newest head, and a chain that moves with every release, its rebuilds and its roster
+    /// changes would otherwise cost an opened leaf and its path (≈ 250 bytes) per move. The
+    /// client, which cannot tell which of the chains with a prefix sits at a position,
+    /// requires every chain it follows with that prefix opened later; with the prefix
+    /// unshared that is the listed chain (a followed chain is one the timeline recorded).
     pub fn answer<'a>(
         proof: Proof,
         blocks: impl IntoIterator<Item = (TimelineEntry, &'a ChangeList)>,
         watched: &std::collections::HashSet<ChainPrefix>,
+        everyone: &HeadSet,
     ) -> Self {
-        let blocks = blocks.into_iter().map(|(entry, list)| ChangedBlock::new(entry, list, watched)).collect();
+        let blocks: Vec<(TimelineEntry, &ChangeList)> = blocks.into_iter().collect();
+        // Walking back from the page's last block: the watched chains listed after each.
+        let mut later: std::collections::HashSet<ChainId> = std::collections::HashSet::new();
+        let mut closed = vec![false; blocks.len()];
+        for (k, (_, list)) in blocks.iter().enumerate().rev() {
+            let mine: Vec<ChainId> = list
+                .0
+                .leaves
+                .iter()
+                .map(|leaf| leaf.chain)
+                .filter(|chain| watched.contains(&chain_prefix(chain)))
+                .collect();
+            closed[k] = !mine.is_empty()
+                && mine.iter().all(|chain| later.contains(chain) && !everyone.shares_prefix(&chain_prefix(chain)));
+            later.extend(mine);
+        }
+        let blocks = blocks
+            .into_iter()
+            .zip(closed)
+            .map(|((entry, list), closed)| ChangedBlock::new(entry, list, watched, closed))
+            .collect();
         TimelineChanges { proof, blocks }
+    }
+
+    /// The cost ([`changes_cost`]) of each block of the answer as the witness weighed it
+    /// when it cut the page, for a client following `watched`: every leaf with a watched
+    /// prefix counted as opened, closed blocks too (so the client can tell whether the page
+    /// stopped for its size).
+    pub fn page_costs(&self, watched: &[ChainId]) -> Vec<u64> {
+        let prefixes: std::collections::HashSet<ChainPrefix> = watched.iter().map(chain_prefix).collect();
+        self.blocks
+            .iter()
+            .map(|b| changes_cost(b.prefixes.len(), b.prefixes.iter().filter(|p| prefixes.contains(*p)).count()))
+            .collect()
     }
 
     /// Checks the proof from `trusted` (appointments left out taken from `held`), that it
     /// covers every block after it, and each entry and change list against its block, for
     /// a client following the chains `watched`: every leaf with a watched prefix must be
-    /// opened, so none of theirs can be left out.
+    /// opened, so none of theirs can be left out — except in a closed block, where every
+    /// followed chain with a prefix it lists must have a leaf opened in a later block
+    /// (newer, so nothing the client needs is left out there either).
     pub fn verify_with(
         &self,
         trusted: &ChainState,
@@ -655,7 +715,11 @@ impl TimelineChanges {
         let caught = self.proof.verify_with(trusted, held, rule)?.into_inner();
         // The steps' headers are now proven: each entry must be its block's payload.
         let mut moved = BTreeMap::new();
-        for (s, block) in steps.iter().zip(&self.blocks) {
+        // The position of the last block opening each followed chain, and what closed blocks
+        // need opened after them.
+        let mut last_opened: std::collections::HashMap<ChainId, usize> = std::collections::HashMap::new();
+        let mut needed: Vec<(usize, u64, ChainPrefix)> = Vec::new();
+        for (k, (s, block)) in steps.iter().zip(&self.blocks).enumerate() {
             let index = s.header.index;
             if payload_hash(&block.entry.to_bytes()) != s.header.payload_hash {
                 return Err(ChangesError::EntryHash { index });
@@ -673,9 +737,12 @@ impl TimelineChanges {
                 .filter(|&j| prefixes.contains(&block.prefixes[j]))
                 .map(|j| j as u64)
                 .collect();
-            if positions.len() != block.opened.len() {
+            if block.opened.is_empty() {
+                needed.extend(positions.iter().map(|&j| (k, index, block.prefixes[j as usize])));
+            } else if positions.len() != block.opened.len() {
                 return Err(ChangesError::Opened { index, watched: positions.len(), opened: block.opened.len() });
             }
+            let positions = if block.opened.is_empty() { Vec::new() } else { positions };
             if block.opened.windows(2).any(|pair| pair[0].chain >= pair[1].chain) {
                 return Err(ChangesError::ChangesOrder { index });
             }
@@ -692,9 +759,21 @@ impl TimelineChanges {
             if root.map(|root| commit_changes(&block.prefixes, &root)) != Some(recorded) {
                 return Err(ChangesError::ChangesHash { index });
             }
-            moved.extend(
-                block.opened.iter().filter(|leaf| watched.contains(&leaf.chain)).map(|leaf| (leaf.chain, *leaf)),
-            );
+            for leaf in block.opened.iter().filter(|leaf| watched.contains(&leaf.chain)) {
+                moved.insert(leaf.chain, *leaf);
+                last_opened.insert(leaf.chain, k);
+            }
+        }
+        let mut by_prefix: std::collections::HashMap<ChainPrefix, Vec<&ChainId>> = std::collections::HashMap::new();
+        for &chain in &watched {
+            by_prefix.entry(chain_prefix(chain)).or_default().push(chain);
+        }
+        for (k, index, prefix) in needed {
+            for &&chain in by_prefix.get(&prefix).into_iter().flatten() {
+                if last_opened.get(&chain).is_none_or(|&last| last <= k) {
+                    return Err(ChangesError::Closed { index, chain });
+                }
+            }
         }
         let entry = self.blocks.last().map(|b| b.entry.clone());
         Ok(Verified::new(SeenChanges { caught, entry, moved }))

@@ -10,7 +10,7 @@ use chainiac_proto::message::{
 use chainiac_proto::FrameClass;
 use chainiac_skipchain::store::{self, Store, StoreError};
 use chainiac_skipchain::timeline::{
-    changes_cost, changes_page, changes_page_full, ChainPrefix, ChangeList, TimelineChanges, TimelineEntry,
+    changes_cost, changes_page, changes_page_full, ChainPrefix, ChangeList, HeadSet, TimelineChanges, TimelineEntry,
 };
 use chainiac_skipchain::{ChainId, LinkedProof, Proof};
 use std::collections::{BTreeMap, HashSet};
@@ -181,6 +181,7 @@ pub fn timeline_changes<S: Store>(
     head: u64,
     lists: &BTreeMap<u64, Arc<ChangeList>>,
     watched: &HashSet<ChainPrefix>,
+    everyone: &HeadSet,
     held_appointments: Vec<[u8; 32]>,
     max_bytes: u64,
 ) -> Result<TimelineChanges, ErrorReply> {
@@ -216,5 +217,5 @@ pub fn timeline_changes<S: Store>(
     let held: HashSet<[u8; 32]> = held_appointments.into_iter().collect();
     let proof =
         store::prove_each(store, timeline, from, to).map_err(store_err)?.without_appointments(|h| held.contains(h));
-    Ok(TimelineChanges::answer(proof, blocks, watched))
+    Ok(TimelineChanges::answer(proof, blocks, watched, everyone))
 }

@@ -175,13 +175,23 @@ impl Node {
         }
         // The newest block whose list (if any) is in place: a block just stored has its list
         // added a moment later, and must not look like one without.
-        let head = self.timelines.lock().expect("lock").get(timeline).map(|(index, _, _)| *index);
-        let Some(head) = head.filter(|&head| head >= from) else {
+        let head = self.timelines.lock().expect("lock").get(timeline).map(|(index, _, set)| (*index, set.clone()));
+        let Some((head, everyone)) = head.filter(|&(head, _)| head >= from) else {
             return Err(err(ErrorCode::NotFound, format!("this witness has checked no timeline block after {from}")));
         };
         let lists = self.change_lists.lock().expect("lock").get(timeline).cloned().unwrap_or_default();
-        answers::timeline_changes(&self.store, timeline, from, head, &lists, &watched, held_appointments, max_bytes)
-            .map(Response::TimelineChanges)
+        answers::timeline_changes(
+            &self.store,
+            timeline,
+            from,
+            head,
+            &lists,
+            &watched,
+            &everyone,
+            held_appointments,
+            max_bytes,
+        )
+        .map(Response::TimelineChanges)
     }
 
     /// Per verifier, how often it agreed with the majority on this chain's releases (from the
