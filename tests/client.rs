@@ -1204,25 +1204,8 @@ async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
 /// it) and by forward proofs (`--every-hop`, then the release asked for separately).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_batches_append_a_release_s_attestations_together() {
-    let mut cluster = Cluster::start_configured(4, 400, |_, config| config.rebuild_batch_seconds = 3).await;
-    let (_, timeline_genesis, chain, project_genesis) = timeline_and_project(&cluster, &hello_policy()).await;
-    let proposal = release("1.0", &[&key(20), &key(21)]);
-    let manifest = ReleasePayload::from_bytes(&proposal.payload).unwrap().manifest.id();
-    let reply = cluster.client.call(&cluster.witnesses[1], Request::Propose { chain, proposal }).await;
-    assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
-    let attestation = |who: u8| {
-        Attestation::sign(
-            &key(who),
-            AttestationBody {
-                verifier: key(who).public_key(),
-                manifest,
-                outcome: Outcome::Reproduced,
-                environment: [3; 32],
-                time_ms: common::now_ms(),
-                isolation: BuildIsolation::Namespaces,
-            },
-        )
-    };
+    let (mut cluster, timeline_genesis, chain, project_genesis, manifest) = batching_cluster_with_a_release(3).await;
+    let attestation = |who: u8| reproduced_by(who, manifest);
     let members: Vec<(String, PublicKey)> = cluster.witnesses.iter().map(|w| (w.address.clone(), w.key)).collect();
     let submit = |who: u8, witness: usize| {
         let (address, witness_key) = members[witness].clone();
@@ -1314,6 +1297,122 @@ async fn rebuild_batches_append_a_release_s_attestations_together() {
         assert_eq!(update["level"]["level"], "rebuilt", "{name}: {update}");
         assert_eq!(update["level"]["other_rebuilders"], 7, "{name}: {update}");
     }
+}
+
+/// Four witnesses batching rebuilds for `batch_seconds`, a timeline, and a project chain
+/// with release 1.0 (block 1): the cluster, both geneses and the release's manifest id.
+async fn batching_cluster_with_a_release(
+    batch_seconds: u64,
+) -> (Cluster, Block, ChainId, Block, chainiac_release::ManifestId) {
+    let cluster = Cluster::start_configured(4, 400, |_, config| config.rebuild_batch_seconds = batch_seconds).await;
+    let (_, timeline_genesis, chain, project_genesis) = timeline_and_project(&cluster, &hello_policy()).await;
+    let proposal = release("1.0", &[&key(20), &key(21)]);
+    let manifest = ReleasePayload::from_bytes(&proposal.payload).unwrap().manifest.id();
+    let reply = cluster.client.call(&cluster.witnesses[1], Request::Propose { chain, proposal }).await;
+    assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
+    (cluster, timeline_genesis, chain, project_genesis, manifest)
+}
+
+/// Rebuilder `key(who)`'s signed attestation that it reproduced `manifest`, sandboxed.
+fn reproduced_by(who: u8, manifest: chainiac_release::ManifestId) -> Attestation {
+    Attestation::sign(
+        &key(who),
+        AttestationBody {
+            verifier: key(who).public_key(),
+            manifest,
+            outcome: Outcome::Reproduced,
+            environment: [3; 32],
+            time_ms: common::now_ms(),
+            isolation: BuildIsolation::Namespaces,
+        },
+    )
+}
+
+/// A witness that crashes between a batch's rebuilds block and its summary (a fail point
+/// aborts the process there) leaves the attestations on the chain and no summary recording
+/// them: clients would not see them. Either repair completes it: a rebuilder that sends its
+/// attestation again, to any member, gets the summary appended; and the crashed witness,
+/// restarted, appends it from the batch it kept on disk, with nobody sending anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_a_rebuilds_block_and_its_summary_is_repaired() {
+    let (mut cluster, timeline_genesis, chain, project_genesis, manifest) = batching_cluster_with_a_release(1).await;
+    let request = |who: u8| (who, Request::SubmitRebuild { chain, attestation: reproduced_by(who, manifest) });
+    async fn submit(
+        (who, request): (u8, Request),
+        witness: &common::WitnessProcess,
+    ) -> Result<Response, chainiac_proto::CallError> {
+        common::Client::with_key(key(who)).call_at(&witness.address, &witness.key, request).await
+    }
+    // Witness 1 starts armed, takes these attestations and dies once their rebuilds block
+    // is on the chain.
+    async fn crash_after_rebuilds(cluster: &mut Cluster, submissions: Vec<(u8, Request)>) {
+        cluster.witnesses[1].start_with_env(&[("FAILPOINTS", "witness::rebuilds-appended=return")]);
+        cluster.client.wait_ready(&cluster.witnesses[1]).await;
+        for submission in submissions {
+            let reply = submit(submission, &cluster.witnesses[1]).await;
+            assert!(matches!(reply, Ok(Response::RebuildQueued { .. })), "{reply:?}");
+        }
+        let status = cluster.witnesses[1].exited(std::time::Duration::from_secs(30)).await;
+        assert!(status.is_some_and(|s| !s.success()), "the fail point stops witness 1: {status:?}");
+    }
+    async fn block(cluster: &Cluster, chain: ChainId, index: u64) -> Block {
+        match cluster.client.call(&cluster.witnesses[0], Request::GetBlock { chain, index }).await {
+            Ok(Response::Block(Some(block))) => block,
+            other => panic!("block {index}: {other:?}"),
+        }
+    }
+    async fn wait_head(cluster: &Cluster, chain: ChainId, at: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while cluster.head(0, chain).await != Some(at) {
+            assert!(std::time::Instant::now() < deadline, "head {:?}, not {at}", cluster.head(0, chain).await);
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let rebuilders = |summary: &RebuildSummary| summary.records.iter().map(|r| r.rebuilder).collect::<Vec<_>>();
+
+    cluster.witnesses[1].stop();
+    crash_after_rebuilds(&mut cluster, vec![request(40), request(41)]).await;
+    wait_head(&cluster, chain, 2).await;
+    let rebuilds = Rebuilds::from_bytes(&block(&cluster, chain, 2).await.payload).unwrap();
+    assert_eq!(
+        rebuilds.attestations.iter().map(|a| a.body.verifier).collect::<Vec<_>>(),
+        [key(40), key(41)].map(|k| k.public_key())
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(cluster.head(0, chain).await, Some(2), "nobody else appends the summary on its own");
+
+    // Repair 1: a rebuilder sends its attestation again, to another member: the summary.
+    match submit(request(41), &cluster.witnesses[2]).await {
+        Ok(Response::Appended { block }) => {
+            assert_eq!((block.header.index, block.header.kind), (3, KIND_REBUILD_SUMMARY));
+            let summary = RebuildSummary::from_bytes(&block.payload).unwrap();
+            assert_eq!(rebuilders(&summary), [key(40), key(41)].map(|k| k.public_key()));
+        }
+        other => panic!("the resubmission repairs the summary: {other:?}"),
+    }
+    let replay = format!("{:?}", submit(request(41), &cluster.witnesses[3]).await);
+    assert!(replay.contains("already attested release 1"), "once summarized, a replay is refused: {replay}");
+
+    // Repair 2: armed again, it dies after the next batch's rebuilds block; restarted
+    // without the fail point, it appends the summary from the batch it kept on disk.
+    crash_after_rebuilds(&mut cluster, vec![request(42), request(43)]).await;
+    wait_head(&cluster, chain, 4).await;
+    assert_eq!(block(&cluster, chain, 4).await.header.kind, KIND_REBUILDS);
+    cluster.witnesses[1].start();
+    wait_head(&cluster, chain, 5).await;
+    let summary = RebuildSummary::from_bytes(&block(&cluster, chain, 5).await.payload).unwrap();
+    assert_eq!(rebuilders(&summary), [40, 41, 42, 43].map(|k| key(k).public_key()));
+    assert!(cluster.witnesses[1].log().contains("witness serving"), "{}", cluster.witnesses[1].log());
+
+    // A client sees every rebuilder.
+    common::wait_timeline_has(&cluster, chain, 5).await;
+    let dir = genesis_files(&project_genesis, &timeline_genesis);
+    let state = dir.path().join("client.state").to_str().unwrap().to_string();
+    anchor_both(dir.path(), &state);
+    let (code, out, err) = chainiac(&["update", "--state", &state, "--chain", &chain.to_hex(), "--json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let update: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(update["level"]["other_rebuilders"], 4, "{update}");
 }
 
 /// Every key of the cothority colludes: after the client's release 1.0 it signs a release

@@ -91,15 +91,39 @@ impl WitnessProcess {
     }
 
     pub fn start(&mut self) {
+        self.start_with_env(&[]);
+    }
+
+    /// [`WitnessProcess::start`] with these environment variables (`FAILPOINTS`, say).
+    pub fn start_with_env(&mut self, env: &[(&str, &str)]) {
         assert!(self.child.is_none(), "already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("witness.log")).unwrap();
         let child = Command::new(bin())
             .args(["witness", "run", "--config", self.dir.join("witness.toml").to_str().unwrap(), "--log", "info"])
+            .envs(env.iter().copied())
+            // A core file from a fail point's abort lands there, not in the source tree.
+            .current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
         self.child = Some(child);
+    }
+
+    /// Waits up to `within` for the process to end on its own (a fail point's abort); its
+    /// exit status, or None if it still runs.
+    pub async fn exited(&mut self, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.as_mut()?.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// SIGKILL: no chance to clean up.

@@ -439,6 +439,8 @@ impl Node {
             let refused = match self.append_rebuilds(chain, release, fresh.clone()).await {
                 Ok(()) => {
                     appended = true;
+                    // The crash tests stop here: a rebuilds block without its summary.
+                    fail::fail_point!("witness::rebuilds-appended", |_| std::process::abort());
                     continue;
                 }
                 Err(e) if e.code == ErrorCode::Refused => e,
