@@ -42,11 +42,12 @@ pub enum RebuilderCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Check the rebuild summary a client verified for a chain's newest release against the
-    /// signed attestations the witnesses keep (`GetRebuilds`, asked of the members in turn
-    /// until every record is backed): every record must be backed by an attestation with its
-    /// digest, signed by its key, about that release. Exit 1 names any record without one
-    /// (the committee vouched for what nobody signed).
+    /// Check the newest rebuild summary of a chain's newest release against the signed
+    /// attestations of the chain's rebuilds blocks before it, read from the verified head
+    /// down to the release (every block hash-linked to it): every record must have exactly
+    /// one attestation by its key, validly signed, about that release, with its verdict and
+    /// isolation, and every such attestation a record. Exit 1 names a record without one
+    /// (the committee vouched for what nobody signed) or an attestation left out.
     Audit {
         /// A client state with the chain anchored (it is updated first).
         #[arg(long, default_value = "chainiac-client.state")]
@@ -419,69 +420,77 @@ fn audit(state: &std::path::Path, chain: &str, json: bool) -> Result<()> {
     runtime.block_on(client.update(chain)).context("updating the chain first")?;
     let trusted = client.state().chains[&chain].clone();
     let release = trusted.release.clone().context("the chain has no verified release")?;
-    let Some(summary) = trusted.rebuilds_of_release().cloned() else {
+    let index = trusted.release_index.context("the state does not know the release's block: update again")?;
+    let on_chain = runtime.block_on(client.rebuilds_on_chain(chain, index)).context("reading the chain's blocks")?;
+    let Some((at, summary)) = on_chain.summary else {
         println!("release {} has no rebuild summary yet: nothing to audit", release.manifest.version);
         return Ok(());
     };
-    let request = Request::GetRebuilds { chain, release: summary.release };
-    let _inside = runtime.enter();
-    let pool = crate::release_cmd::pool_with(chainiac_cosi::SecretKey::generate(&mut rand_core::OsRng))?;
+    // What the summary at `at` covers: the attestations of the rebuilds blocks before it.
+    let (covered, pending): (Vec<_>, Vec<_>) = on_chain.attestations.iter().partition(|(block, _)| *block < at);
     let id = release.manifest.id();
-    let backed_by = |attestations: &[Attestation], record: &chainiac_release::RebuildRecord| {
-        attestations
-            .iter()
-            .any(|a| a.body.manifest == id && a.verify() && chainiac_release::RebuildRecord::of(a) == *record)
+    let backed = |record: &chainiac_release::RebuildRecord| {
+        let by_key: Vec<&Attestation> =
+            covered.iter().map(|(_, a)| a).filter(|a| a.body.verifier == record.rebuilder).collect();
+        let recorded_once = summary.records.iter().filter(|r| r.rebuilder == record.rebuilder).count() == 1;
+        recorded_once
+            && matches!(by_key[..], [a] if a.body.manifest == id && a.verify()
+                && chainiac_release::RebuildRecord::of(a) == *record)
     };
-    // Signatures cannot be forged, so evidence from any member counts: members are asked
-    // in turn until every record is backed (one that lags or lies cannot raise a false alarm
-    // alone), and a record none of them backs is reported.
-    let mut tried = Vec::new();
-    let mut answered = Vec::new();
-    let mut attestations: Vec<Attestation> = Vec::new();
-    for member in trusted.committee.roster().members() {
-        match runtime.block_on(pool.call(&member.address, &member.key, &request, Duration::from_secs(30))) {
-            Ok(Response::Rebuilds(served)) => {
-                answered.push(member.address.clone());
-                attestations.extend(served);
-                if summary.records.iter().all(|r| backed_by(&attestations, r)) {
-                    break;
-                }
-            }
-            Ok(other) => tried.push(format!("{}: answered {}", member.address, other.name())),
-            Err(e) => tried.push(format!("{}: {e}", member.address)),
-        }
-    }
-    if answered.is_empty() {
-        anyhow::bail!("no witness served the evidence: {}", tried.join("; "));
-    }
-    let from = answered.join(", ");
-    let backed = |record: &chainiac_release::RebuildRecord| backed_by(&attestations, record);
     let rows: Vec<(String, &str, bool)> =
         summary.records.iter().map(|r| (r.rebuilder.to_string(), r.verdict.name(), backed(r))).collect();
     let unbacked = rows.iter().filter(|(_, _, ok)| !ok).count();
+    // On the chain before the summary, yet not in it: the committee left it out.
+    let omitted: Vec<(u64, String, &str)> = covered
+        .iter()
+        .filter(|(_, a)| !summary.records.iter().any(|r| r.rebuilder == a.body.verifier))
+        .map(|(block, a)| (*block, a.body.verifier.to_string(), chainiac_release::Verdict::of(&a.body.outcome).name()))
+        .collect();
     if json {
         let records: Vec<_> = rows
             .iter()
             .map(|(key, verdict, ok)| serde_json::json!({ "rebuilder": key, "verdict": verdict, "backed": ok }))
             .collect();
+        let left_out: Vec<_> = omitted
+            .iter()
+            .map(|(block, key, verdict)| serde_json::json!({ "rebuilder": key, "verdict": verdict, "block": block }))
+            .collect();
         println!(
             "{}",
             serde_json::json!({
                 "chain": chain.to_hex(), "version": release.manifest.version, "release": summary.release,
-                "evidence_from": from, "records": records, "unbacked": unbacked,
+                "summary_block": at, "records": records, "unbacked": unbacked, "omitted": left_out,
+                "not_yet_summarized": pending.len(),
             })
         );
     } else {
-        println!("release {} (block {}), evidence from {from}:", release.manifest.version, summary.release);
+        println!("release {} (block {}), summary at block {at}:", release.manifest.version, summary.release);
         for (key, verdict, ok) in &rows {
             println!(
                 "  {key} {verdict:<10} {}",
-                if *ok { "signed attestation matches" } else { "NO SIGNED ATTESTATION" }
+                if *ok {
+                    "signed attestation on the chain matches"
+                } else {
+                    "NO MATCHING SIGNED ATTESTATION ON THE CHAIN"
+                }
             );
         }
+        for (block, key, verdict) in &omitted {
+            println!("  {key} {verdict:<10} LEFT OUT: its attestation is in block {block}, before the summary");
+        }
+        if !pending.is_empty() {
+            println!("  {} attestation(s) after the summary, not summarized yet", pending.len());
+        }
     }
+    let mut problems = Vec::new();
     if unbacked > 0 {
-        anyhow::bail!("{unbacked} record(s) of the summary have no signed attestation behind them");
+        problems.push(format!("{unbacked} record(s) of the summary have no signed attestation behind them"));
+    }
+    if !omitted.is_empty() {
+        problems.push(format!("{} attestation(s) on the chain are left out of the summary", omitted.len()));
+    }
+    if !problems.is_empty() {
+        anyhow::bail!("{}", problems.join("; "));
     }
     Ok(())
 }

@@ -9,8 +9,8 @@
 use chainiac_cosi::PublicKey;
 use chainiac_proto::{Pool, Request, Response};
 use chainiac_release::{
-    BuildIsolation, Outcome, RebuildRecord, RebuildSummary, ReleasePayload, TimeWindow, Verdict, KIND_REBUILD_SUMMARY,
-    KIND_RELEASE,
+    BuildIsolation, Outcome, RebuildSummary, RebuildSummaryWithDigests, ReleasePayload, TimeWindow,
+    KIND_REBUILD_SUMMARY, KIND_RELEASE,
 };
 use chainiac_skipchain::timeline::KIND_TIMELINE;
 use chainiac_skipchain::{Block, BlockId, ChainId, ChainParams, ChainState, Committee, Header};
@@ -121,7 +121,7 @@ impl ClientState {
         if let Ok(stored) = chainiac_skipchain::decode_exact::<StoredState>(bytes) {
             return ClientState::try_from(stored);
         }
-        if let Ok(stored) = chainiac_skipchain::decode_exact::<StoredState<SummaryWithDigests>>(bytes) {
+        if let Ok(stored) = chainiac_skipchain::decode_exact::<StoredState<RebuildSummaryWithDigests>>(bytes) {
             return ClientState::try_from(stored.upgrade());
         }
         if let Ok(summaries) = chainiac_skipchain::decode_exact::<StateWithSummaries>(bytes) {
@@ -167,6 +167,14 @@ impl ClientState {
             },
         }
     }
+}
+
+/// [`Client::rebuilds_on_chain`]: the newest summary block about a release (index,
+/// summary) and the attestations of its rebuilds blocks (block index, attestation).
+#[derive(Debug, Clone)]
+pub struct RebuildsOnChain {
+    pub summary: Option<(u64, RebuildSummary)>,
+    pub attestations: Vec<(u64, chainiac_release::Attestation)>,
 }
 
 /// The state file before committees were stored once (2026-11).
@@ -249,7 +257,7 @@ struct StoredRelease<S = RebuildSummary> {
     rebuilds: Option<S>,
 }
 
-impl StoredState<SummaryWithDigests> {
+impl StoredState<RebuildSummaryWithDigests> {
     fn upgrade(self) -> StoredState {
         let releases = self
             .releases
@@ -267,37 +275,6 @@ impl StoredState<SummaryWithDigests> {
     }
 }
 
-/// A rebuild summary as files before 2026-12-01's smaller records hold it: each record
-/// with 16 bytes of its attestation's digest, which the summary now leaves out.
-#[derive(Deserialize)]
-#[cfg_attr(test, derive(Serialize))]
-struct SummaryWithDigests {
-    release: u64,
-    manifest: chainiac_release::ManifestId,
-    records: Vec<RecordWithDigest>,
-}
-
-#[derive(Deserialize)]
-#[cfg_attr(test, derive(Serialize))]
-struct RecordWithDigest {
-    rebuilder: PublicKey,
-    verdict: Verdict,
-    isolation: BuildIsolation,
-    #[serde(with = "chainiac_cosi::bytes")]
-    _evidence: [u8; 16],
-}
-
-impl From<SummaryWithDigests> for RebuildSummary {
-    fn from(old: SummaryWithDigests) -> Self {
-        let records = old
-            .records
-            .into_iter()
-            .map(|r| RebuildRecord { rebuilder: r.rebuilder, verdict: r.verdict, isolation: r.isolation })
-            .collect();
-        RebuildSummary { release: old.release, manifest: old.manifest, records }
-    }
-}
-
 /// The state file with rebuild summaries but not the releases' indices (6b61cde, 2026-12-01).
 #[derive(Deserialize)]
 struct StateWithSummaries {
@@ -306,7 +283,7 @@ struct StateWithSummaries {
     timeline: Option<ChainId>,
     synced: Vec<(u32, u64)>,
     timeline_chains: u64,
-    rebuilds: Vec<(u32, SummaryWithDigests)>,
+    rebuilds: Vec<(u32, RebuildSummaryWithDigests)>,
 }
 
 /// The state file before rebuild summaries (2026-12-01).
@@ -619,7 +596,12 @@ impl Client {
         }
         let mut chains = Vec::with_capacity(states.len());
         for (kind, state) in states {
-            if kind == KIND_TIMELINE {
+            if kind == KIND_TIMELINE && self.state.timeline != Some(state.chain) {
+                // Reconciliation records are block indices of the timeline held until now:
+                // against another timeline they would show chains it never recorded as
+                // unmoved. Each chain is reconciled again by inclusion proofs.
+                self.state.synced.clear();
+                self.state.timeline_chains = 0;
                 self.state.timeline = Some(state.chain);
             }
             self.state.chains.entry(state.chain).or_insert_with(|| TrustedChain::from_state(&state, None));
@@ -785,6 +767,42 @@ impl Client {
             found.ok_or_else(|| ClientError::NoSuchRelease { chain, version: version.to_string() })?;
         let rebuilds = summaries.remove(&index).filter(|s| s.manifest == release.manifest.id());
         Ok((release, rebuilds))
+    }
+
+    /// What the chain holds about its release block `release`, read from the blocks between
+    /// the verified head of `chain` and that block, each page hash-linked to the head (so
+    /// no member can add, drop or change any): the newest summary block about it (its index
+    /// and summary) and every attestation of its rebuilds blocks, in chain order with their
+    /// block's index. What `chainiac rebuilder audit` compares (SPEC §11.8).
+    pub async fn rebuilds_on_chain(&self, chain: ChainId, release: u64) -> Result<RebuildsOnChain, ClientError> {
+        let trusted = self.state.chains.get(&chain).cloned().ok_or(ClientError::NotAnchored(chain))?;
+        let (mut summary, mut blocks) = (None, Vec::new());
+        self.newest_below(&trusted, |block| {
+            let index = block.header.index;
+            if index <= release {
+                return Some(());
+            }
+            if block.header.kind == KIND_REBUILD_SUMMARY && summary.is_none() {
+                summary = RebuildSummary::from_bytes(&block.payload)
+                    .ok()
+                    .filter(|s| s.release == release)
+                    .map(|s| (index, s));
+            }
+            if block.header.kind == chainiac_release::KIND_REBUILDS {
+                if let Ok(rebuilds) = chainiac_release::Rebuilds::from_bytes(&block.payload) {
+                    if rebuilds.release == release {
+                        blocks.push((index, rebuilds.attestations));
+                    }
+                }
+            }
+            None
+        })
+        .await?;
+        let attestations = blocks
+            .into_iter()
+            .rev()
+            .flat_map(|(index, attestations)| attestations.into_iter().map(move |a| (index, a)));
+        Ok(RebuildsOnChain { summary, attestations: attestations.collect() })
     }
 
     /// The newest block at or below the verified head of `trusted`'s chain that `pick` takes
@@ -1369,9 +1387,9 @@ mod tests {
         let (shared, other) = (committee(1, 4), committee(40, 4));
         let mut state = state(2, &shared, &other);
         let chain = *state.chains.keys().next().unwrap();
-        let record = RebuildRecord {
+        let record = chainiac_release::RebuildRecord {
             rebuilder: chainiac_cosi::SecretKey::from_seed(&[3; 32]).public_key(),
-            verdict: Verdict::Mismatch,
+            verdict: chainiac_release::Verdict::Mismatch,
             isolation: BuildIsolation::Namespaces,
         };
         let summary =
@@ -1389,14 +1407,14 @@ mod tests {
             releases: vec![StoredRelease {
                 chain: 0,
                 index: Some(4),
-                rebuilds: Some(SummaryWithDigests {
+                rebuilds: Some(chainiac_release::RebuildSummaryWithDigests {
                     release: 4,
                     manifest: summary.manifest,
-                    records: vec![RecordWithDigest {
+                    records: vec![chainiac_release::RebuildRecordWithDigest {
                         rebuilder: record.rebuilder,
                         verdict: record.verdict,
                         isolation: record.isolation,
-                        _evidence: [9; 16],
+                        evidence: [9; 16],
                     }],
                 }),
             }],
@@ -1404,6 +1422,27 @@ mod tests {
         let bytes = postcard::to_allocvec(&old).unwrap();
         assert_ne!(bytes, state.to_bytes(), "the old records are longer");
         assert_eq!(ClientState::from_bytes(&bytes).unwrap(), state);
+    }
+
+    /// Anchoring another timeline forgets the reconciliation records (indices of the old
+    /// one); anchoring the same one again keeps them.
+    #[test]
+    fn another_timeline_forgets_what_chains_were_reconciled_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut client = Client::open(&dir.path().join("state"), TrustLevel::default()).unwrap();
+        let timeline = |seed: u8| {
+            chainiac_skipchain::genesis(ChainParams::DEFAULT, committee(seed, 4), vec![], KIND_TIMELINE, vec![], 1_000)
+        };
+        let (first, second) = (timeline(1), timeline(60));
+        let project = chainiac_skipchain::genesis(ChainParams::DEFAULT, committee(1, 4), vec![7], 0, vec![], 1_000);
+        let ids = client.anchor_many(&[first.clone(), project]).unwrap();
+        client.state.synced.insert(ids[1], 5);
+        client.state.timeline_chains = 100;
+        client.anchor(&first).unwrap();
+        assert_eq!(client.state.synced.get(&ids[1]), Some(&5), "the same timeline again");
+        client.anchor(&second).unwrap();
+        assert_eq!(client.state.timeline, Some(second.id()));
+        assert!(client.state.synced.is_empty() && client.state.timeline_chains == 0);
     }
 
     #[test]

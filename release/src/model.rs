@@ -546,6 +546,59 @@ impl RebuildSummary {
     pub fn of<'a>(release: u64, manifest: ManifestId, attestations: impl IntoIterator<Item = &'a Attestation>) -> Self {
         RebuildSummary { release, manifest, records: attestations.into_iter().map(RebuildRecord::of).collect() }
     }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("payloads serialize")
+    }
+
+    /// Decodes exactly one summary: in this encoding, or in that of the summary blocks
+    /// appended before records lost their evidence digest (2026-12-01), read without the
+    /// digests — signed blocks stay as they were appended. No payload is valid in both (the
+    /// older leaves 16 bytes a record over; with no record the two are the same bytes).
+    /// Witnesses append and accept only this encoding (`check_rebuild_summary`).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        decode_exact::<RebuildSummary>(bytes)
+            .or_else(|e| decode_exact::<RebuildSummaryWithDigests>(bytes).map(Into::into).map_err(|_| e))
+    }
+}
+
+/// A rebuild summary as blocks and client state files before 2026-12-01 hold it: each
+/// record with the first 16 bytes of its attestation's digest
+/// (`SHA3-256(tagged("chainiac/v1/release/rebuild-evidence") || encode(Attestation))`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildSummaryWithDigests {
+    pub release: u64,
+    pub manifest: ManifestId,
+    pub records: Vec<RebuildRecordWithDigest>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildRecordWithDigest {
+    pub rebuilder: PublicKey,
+    pub verdict: Verdict,
+    pub isolation: BuildIsolation,
+    #[serde(with = "chainiac_cosi::bytes")]
+    pub evidence: [u8; 16],
+}
+
+impl From<RebuildSummaryWithDigests> for RebuildSummary {
+    fn from(old: RebuildSummaryWithDigests) -> Self {
+        let records = old
+            .records
+            .into_iter()
+            .map(|r| RebuildRecord { rebuilder: r.rebuilder, verdict: r.verdict, isolation: r.isolation })
+            .collect();
+        RebuildSummary { release: old.release, manifest: old.manifest, records }
+    }
+}
+
+/// Exactly one `T` (no trailing bytes).
+fn decode_exact<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| e.to_string())?;
+    if !rest.is_empty() {
+        return Err(format!("{} trailing bytes", rest.len()));
+    }
+    Ok(value)
 }
 
 macro_rules! payload_codec {
@@ -557,13 +610,9 @@ macro_rules! payload_codec {
 
             /// Decodes exactly one value (no trailing bytes).
             pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
-                let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| e.to_string())?;
-                if !rest.is_empty() {
-                    return Err(format!("{} trailing bytes", rest.len()));
-                }
-                Ok(value)
+                decode_exact(bytes)
             }
         }
     )*};
 }
-payload_codec!(ReleasePayload, PolicyChange, Attestation, YankPayload, Rebuilds, RebuildSummary);
+payload_codec!(ReleasePayload, PolicyChange, Attestation, YankPayload, Rebuilds);

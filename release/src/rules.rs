@@ -590,6 +590,9 @@ pub fn check_rebuilds(
 pub fn check_rebuild_summary(payload: &[u8], expected: &RebuildSummary) -> Result<RebuildSummary, ReleaseError> {
     let summary = RebuildSummary::from_bytes(payload).map_err(ReleaseError::DecodeRebuildSummary)?;
     let wrong = |reason: &str| ReleaseError::WrongRebuildSummary { release: summary.release, reason: reason.into() };
+    if summary.to_bytes() != payload {
+        return Err(wrong("records with evidence digests (the encoding before 2026-12-01)"));
+    }
     if summary.release != expected.release || summary.manifest != expected.manifest {
         return Err(wrong("another release"));
     }

@@ -706,6 +706,33 @@ fn a_rebuild_summary_is_the_evidence_compacted() {
     let expected = [&[3u8][..], &m.id().0, &[2], &key40, &[0, 1], &key41, &[2, 1]].concat();
     assert_eq!(one.to_bytes(), expected);
     assert_eq!(postcard::to_allocvec(&one.records[0]).unwrap().len(), 34);
+
+    // Summary blocks appended before records lost their evidence digest still read (signed
+    // blocks stay as they are), as the same records; a new block in that encoding is refused.
+    let old = chainiac_release::RebuildSummaryWithDigests {
+        release: 3,
+        manifest: m.id(),
+        records: one
+            .records
+            .iter()
+            .map(|r| chainiac_release::RebuildRecordWithDigest {
+                rebuilder: r.rebuilder,
+                verdict: r.verdict,
+                isolation: r.isolation,
+                evidence: [7; 16],
+            })
+            .collect(),
+    };
+    let old_bytes = postcard::to_allocvec(&old).unwrap();
+    assert_eq!(old_bytes.len(), expected.len() + 2 * 16);
+    assert_eq!(RebuildSummary::from_bytes(&old_bytes), Ok(one.clone()));
+    assert!(matches!(
+        check_rebuild_summary(&old_bytes, &one),
+        Err(ReleaseError::WrongRebuildSummary { reason, .. }) if reason.contains("evidence digests")
+    ));
+    let mut short = old_bytes.clone();
+    short.pop();
+    assert!(RebuildSummary::from_bytes(&short).is_err(), "neither encoding");
 }
 
 /// Found by review: clients must refuse what witnesses refuse, or a colluding committee

@@ -565,6 +565,9 @@ impl chainiac_proto::server::Handler for Forger {
                     })
                     .collect(),
             ),
+            Request::GetBlocks { chain, from, count } => Response::Blocks(
+                (from..from + u64::from(count)).map_while(|i| self.store.block(&chain, i).unwrap()).collect(),
+            ),
             // What its rebuilds blocks hold about the release.
             Request::GetRebuilds { chain, release } => {
                 let head = head(&chain).unwrap_or(0);
