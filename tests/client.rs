@@ -1335,7 +1335,7 @@ fn reproduced_by(who: u8, manifest: chainiac_release::ManifestId) -> Attestation
 /// restarted, appends it from the batch it kept on disk, with nobody sending anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_a_rebuilds_block_and_its_summary_is_repaired() {
-    let (mut cluster, timeline_genesis, chain, project_genesis, manifest) = batching_cluster_with_a_release(1).await;
+    let (mut cluster, timeline_genesis, chain, project_genesis, manifest) = batching_cluster_with_a_release(3).await;
     let request = |who: u8| (who, Request::SubmitRebuild { chain, attestation: reproduced_by(who, manifest) });
     async fn submit(
         (who, request): (u8, Request),
@@ -1343,17 +1343,21 @@ async fn a_crash_between_a_rebuilds_block_and_its_summary_is_repaired() {
     ) -> Result<Response, chainiac_proto::CallError> {
         common::Client::with_key(key(who)).call_at(&witness.address, &witness.key, request).await
     }
-    // Witness 1 starts armed, takes these attestations and dies once their rebuilds block
-    // is on the chain.
-    async fn crash_after_rebuilds(cluster: &mut Cluster, submissions: Vec<(u8, Request)>) {
+    // Witness 1 starts armed, takes these two attestations into one batch and dies (the
+    // fail point's abort) once their rebuilds block is on the chain.
+    async fn crash_after_rebuilds(cluster: &mut Cluster, [first, second]: [(u8, Request); 2]) {
+        use std::os::unix::process::ExitStatusExt;
         cluster.witnesses[1].start_with_env(&[("FAILPOINTS", "witness::rebuilds-appended=return")]);
         cluster.client.wait_ready(&cluster.witnesses[1]).await;
-        for submission in submissions {
-            let reply = submit(submission, &cluster.witnesses[1]).await;
-            assert!(matches!(reply, Ok(Response::RebuildQueued { .. })), "{reply:?}");
-        }
+        let witness = &cluster.witnesses[1];
+        let due = |reply: Result<Response, chainiac_proto::CallError>| match reply {
+            Ok(Response::RebuildQueued { due_ms }) => due_ms,
+            other => panic!("not queued: {other:?}"),
+        };
+        let (a, b) = tokio::join!(submit(first, witness), submit(second, witness));
+        assert_eq!(due(a), due(b), "one batch");
         let status = cluster.witnesses[1].exited(std::time::Duration::from_secs(30)).await;
-        assert!(status.is_some_and(|s| !s.success()), "the fail point stops witness 1: {status:?}");
+        assert_eq!(status.and_then(|s| s.signal()), Some(6), "the fail point aborts witness 1: {status:?}");
     }
     async fn block(cluster: &Cluster, chain: ChainId, index: u64) -> Block {
         match cluster.client.call(&cluster.witnesses[0], Request::GetBlock { chain, index }).await {
@@ -1368,47 +1372,67 @@ async fn a_crash_between_a_rebuilds_block_and_its_summary_is_repaired() {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
-    let rebuilders = |summary: &RebuildSummary| summary.records.iter().map(|r| r.rebuilder).collect::<Vec<_>>();
+    // Who, in key order (a batch takes concurrent submissions in arrival order).
+    let sorted = |keys: &mut dyn Iterator<Item = PublicKey>| {
+        let mut keys: Vec<String> = keys.map(|k| k.to_string()).collect();
+        keys.sort();
+        keys
+    };
+    let rebuilders = |summary: &RebuildSummary| sorted(&mut summary.records.iter().map(|r| r.rebuilder));
+    let keys = |who: &[u8]| sorted(&mut who.iter().map(|&k| key(k).public_key()));
 
     cluster.witnesses[1].stop();
-    crash_after_rebuilds(&mut cluster, vec![request(40), request(41)]).await;
+    crash_after_rebuilds(&mut cluster, [request(40), request(41)]).await;
     wait_head(&cluster, chain, 2).await;
     let rebuilds = Rebuilds::from_bytes(&block(&cluster, chain, 2).await.payload).unwrap();
-    assert_eq!(
-        rebuilds.attestations.iter().map(|a| a.body.verifier).collect::<Vec<_>>(),
-        [key(40), key(41)].map(|k| k.public_key())
-    );
+    assert_eq!(sorted(&mut rebuilds.attestations.iter().map(|a| a.body.verifier)), keys(&[40, 41]));
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert_eq!(cluster.head(0, chain).await, Some(2), "nobody else appends the summary on its own");
+    // An auditor sees attestations on the chain that no summary shows clients.
+    common::wait_timeline_has(&cluster, chain, 2).await;
+    let dir = genesis_files(&project_genesis, &timeline_genesis);
+    let state = dir.path().join("client.state").to_str().unwrap().to_string();
+    anchor_both(dir.path(), &state);
+    // A client new to the chain finds the release below that head (walked down by hash links).
+    let (code, out, err) = chainiac(&["update", "--state", &state, "--chain", &chain.to_hex(), "--json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let update: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((update["to"].as_u64(), update["release"]["version"].as_str()), (Some(2), Some("1.0")), "{update}");
+    let audit = ["rebuilder", "audit", "--state", &state, "--chain", &chain.to_hex()];
+    let (code, out, err) = chainiac(&audit);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("2 attestation(s) on the chain and no summary of them"), "{err}");
 
     // Repair 1: a rebuilder sends its attestation again, to another member: the summary.
     match submit(request(41), &cluster.witnesses[2]).await {
         Ok(Response::Appended { block }) => {
             assert_eq!((block.header.index, block.header.kind), (3, KIND_REBUILD_SUMMARY));
             let summary = RebuildSummary::from_bytes(&block.payload).unwrap();
-            assert_eq!(rebuilders(&summary), [key(40), key(41)].map(|k| k.public_key()));
+            assert_eq!(rebuilders(&summary), keys(&[40, 41]));
         }
         other => panic!("the resubmission repairs the summary: {other:?}"),
     }
     let replay = format!("{:?}", submit(request(41), &cluster.witnesses[3]).await);
     assert!(replay.contains("already attested release 1"), "once summarized, a replay is refused: {replay}");
+    common::wait_timeline_has(&cluster, chain, 3).await;
+    let (code, out, err) = chainiac(&audit);
+    assert_eq!(code, Some(0), "the summary covers both: {out}{err}");
 
     // Repair 2: armed again, it dies after the next batch's rebuilds block; restarted
     // without the fail point, it appends the summary from the batch it kept on disk.
-    crash_after_rebuilds(&mut cluster, vec![request(42), request(43)]).await;
+    crash_after_rebuilds(&mut cluster, [request(42), request(43)]).await;
     wait_head(&cluster, chain, 4).await;
     assert_eq!(block(&cluster, chain, 4).await.header.kind, KIND_REBUILDS);
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(cluster.head(0, chain).await, Some(4), "no summary before witness 1 restarts");
     cluster.witnesses[1].start();
     wait_head(&cluster, chain, 5).await;
     let summary = RebuildSummary::from_bytes(&block(&cluster, chain, 5).await.payload).unwrap();
-    assert_eq!(rebuilders(&summary), [40, 41, 42, 43].map(|k| key(k).public_key()));
+    assert_eq!(rebuilders(&summary), keys(&[40, 41, 42, 43]));
     assert!(cluster.witnesses[1].log().contains("witness serving"), "{}", cluster.witnesses[1].log());
 
     // A client sees every rebuilder.
     common::wait_timeline_has(&cluster, chain, 5).await;
-    let dir = genesis_files(&project_genesis, &timeline_genesis);
-    let state = dir.path().join("client.state").to_str().unwrap().to_string();
-    anchor_both(dir.path(), &state);
     let (code, out, err) = chainiac(&["update", "--state", &state, "--chain", &chain.to_hex(), "--json"]);
     assert_eq!(code, Some(0), "{out}{err}");
     let update: serde_json::Value = serde_json::from_str(&out).unwrap();

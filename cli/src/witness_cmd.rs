@@ -168,7 +168,6 @@ fn init(
 
 fn serve(config_path: PathBuf) -> Result<()> {
     let config = WitnessConfig::load(&config_path).map_err(|e| UsageError(e.to_string()))?;
-    chainiac_witness::arm_fail_points();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let listen = config.listen;

@@ -169,10 +169,12 @@ impl ClientState {
     }
 }
 
-/// [`Client::rebuilds_on_chain`]: the newest summary block about a release (index,
-/// summary) and the attestations of its rebuilds blocks (block index, attestation).
+/// [`Client::rebuilds_on_chain`]: a release's block index, the newest summary block about
+/// it (index, summary) and the attestations of its rebuilds blocks (block index,
+/// attestation).
 #[derive(Debug, Clone)]
 pub struct RebuildsOnChain {
+    pub release: u64,
     pub summary: Option<(u64, RebuildSummary)>,
     pub attestations: Vec<(u64, chainiac_release::Attestation)>,
 }
@@ -769,40 +771,59 @@ impl Client {
         Ok((release, rebuilds))
     }
 
-    /// What the chain holds about its release block `release`, read from the blocks between
-    /// the verified head of `chain` and that block, each page hash-linked to the head (so
-    /// no member can add, drop or change any): the newest summary block about it (its index
-    /// and summary) and every attestation of its rebuilds blocks, in chain order with their
-    /// block's index. What `chainiac rebuilder audit` compares (SPEC §11.8).
-    pub async fn rebuilds_on_chain(&self, chain: ChainId, release: u64) -> Result<RebuildsOnChain, ClientError> {
+    /// What the chain holds about its release with manifest `manifest`, read from the
+    /// verified head of `chain` down to that release's block, each page hash-linked to the
+    /// head (so no member can add, drop or change a block): the release block's index, the
+    /// newest summary block about it (index, summary) and every attestation of its rebuilds
+    /// blocks, in chain order with their block's index. A summary or rebuilds block on the
+    /// way that does not decode is an error naming it (its committee signed it). What
+    /// `chainiac rebuilder audit` compares (SPEC §11.8).
+    pub async fn rebuilds_on_chain(
+        &self,
+        chain: ChainId,
+        manifest: chainiac_release::ManifestId,
+    ) -> Result<RebuildsOnChain, ClientError> {
         let trusted = self.state.chains.get(&chain).cloned().ok_or(ClientError::NotAnchored(chain))?;
-        let (mut summary, mut blocks) = (None, Vec::new());
-        self.newest_below(&trusted, |block| {
-            let index = block.header.index;
-            if index <= release {
-                return Some(());
-            }
-            if block.header.kind == KIND_REBUILD_SUMMARY && summary.is_none() {
-                summary = RebuildSummary::from_bytes(&block.payload)
-                    .ok()
-                    .filter(|s| s.release == release)
-                    .map(|s| (index, s));
-            }
-            if block.header.kind == chainiac_release::KIND_REBUILDS {
-                if let Ok(rebuilds) = chainiac_release::Rebuilds::from_bytes(&block.payload) {
-                    if rebuilds.release == release {
-                        blocks.push((index, rebuilds.attestations));
+        let (mut summaries, mut blocks, mut undecodable) = (Vec::new(), Vec::new(), None);
+        let found = self
+            .newest_below(&trusted, |block| {
+                let index = block.header.index;
+                let bad = |e: String| format!("block {index} (kind {}) does not decode: {e}", block.header.kind);
+                match block.header.kind {
+                    KIND_RELEASE => {
+                        return ReleasePayload::from_bytes(&block.payload)
+                            .ok()
+                            .filter(|r| r.manifest.id() == manifest)
+                            .map(|_| ())
                     }
+                    KIND_REBUILD_SUMMARY => match RebuildSummary::from_bytes(&block.payload) {
+                        Ok(summary) => summaries.push((index, summary)),
+                        Err(e) => drop(undecodable.get_or_insert(bad(e))),
+                    },
+                    chainiac_release::KIND_REBUILDS => match chainiac_release::Rebuilds::from_bytes(&block.payload) {
+                        Ok(rebuilds) => blocks.push((index, rebuilds)),
+                        Err(e) => drop(undecodable.get_or_insert(bad(e))),
+                    },
+                    _ => {}
                 }
-            }
-            None
-        })
-        .await?;
+                None
+            })
+            .await?;
+        if let Some(why) = undecodable {
+            return Err(ClientError::Release(why));
+        }
+        let (release, ()) = found.ok_or_else(|| {
+            ClientError::Release(format!("no release block with manifest {manifest} below the verified head"))
+        })?;
+        // Walked down: the first summary about the release is its newest.
+        let summary = summaries.into_iter().find(|(_, s)| s.release == release);
         let attestations = blocks
             .into_iter()
             .rev()
-            .flat_map(|(index, attestations)| attestations.into_iter().map(move |a| (index, a)));
-        Ok(RebuildsOnChain { summary, attestations: attestations.collect() })
+            .filter(|(_, rebuilds)| rebuilds.release == release)
+            .flat_map(|(index, rebuilds)| rebuilds.attestations.into_iter().map(move |a| (index, a)))
+            .collect();
+        Ok(RebuildsOnChain { release, summary, attestations })
     }
 
     /// The newest block at or below the verified head of `trusted`'s chain that `pick` takes
@@ -811,6 +832,17 @@ impl Client {
     async fn newest_below<T>(
         &self,
         trusted: &TrustedChain,
+        pick: impl FnMut(&Block) -> Option<T>,
+    ) -> Result<Option<(u64, T)>, ClientError> {
+        self.newest_between(trusted, 0, pick).await
+    }
+
+    /// [`Client::newest_below`] asking for no block below `lowest` (where `pick` stops the
+    /// walk at the latest: pages then hold only the blocks the walk needs).
+    pub(crate) async fn newest_between<T>(
+        &self,
+        trusted: &TrustedChain,
+        lowest: u64,
         mut pick: impl FnMut(&Block) -> Option<T>,
     ) -> Result<Option<(u64, T)>, ClientError> {
         let chain = trusted.chain;
@@ -819,7 +851,7 @@ impl Client {
         let mut expected = (trusted.index(), trusted.id);
         loop {
             let top = expected.0;
-            let from = top.saturating_sub(u64::from(BLOCKS_PER_PAGE) - 1);
+            let from = top.saturating_sub(u64::from(BLOCKS_PER_PAGE) - 1).max(lowest.min(top));
             let request = Request::GetBlocks { chain, from, count: (top - from + 1) as u32 };
             // A page is taken from one member whole or not at all (256 release blocks are
             // far below the 16 MiB a `GetBlocks` answer may carry).

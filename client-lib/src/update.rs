@@ -263,26 +263,49 @@ impl Client {
         // A summary at the head about a release the client skipped (the head moved past the
         // release and its rebuilds): that release is proven forward from the client's previous
         // block and checked. If it cannot be, the chain's update fails and its state stays.
+        // A head past the client's block that is neither a release nor a summary (a
+        // committee or policy change, a yank, a rebuilds block) may stand above a release the
+        // client skipped: the newest one after its block is found walking down from the head
+        // and checked the same way.
         let mut unproven = Vec::new();
         for state in updated.iter_mut() {
-            let Some(summary) = state.rebuilds.clone() else { continue };
-            if release_manifest(state) == Some(summary.manifest) {
+            let old = &self.state.chains[&state.chain];
+            if let Some(summary) = state.rebuilds.clone() {
+                if release_manifest(state) == Some(summary.manifest) {
+                    continue;
+                }
+                match self.release_skipped(old, state, &summary).await {
+                    Ok(release) => {
+                        state.release = Some(release);
+                        state.release_index = Some(summary.release);
+                    }
+                    Err(e) => {
+                        unproven.push((state.chain, format!("the release the rebuild summary at the head names: {e}")))
+                    }
+                }
                 continue;
             }
-            let old = &self.state.chains[&state.chain];
-            match self.release_skipped(old, state, &summary).await {
-                Ok(release) => {
+            let moved_past = state.index() > old.index()
+                && ![KIND_RELEASE, KIND_REBUILD_SUMMARY].contains(&state.header.kind)
+                && Policy::from_bytes(&state.policy).is_ok();
+            if !moved_past {
+                continue;
+            }
+            match self.release_below_head(old, state).await {
+                Ok(Some((index, release, rebuilds))) => {
                     state.release = Some(release);
-                    state.release_index = Some(summary.release);
+                    state.release_index = Some(index);
+                    state.rebuilds = rebuilds;
                 }
-                Err(e) => unproven.push((state.chain, e)),
+                Ok(None) => {}
+                Err(e) => unproven.push((state.chain, format!("the newest release below the head: {e}"))),
             }
         }
         updated.retain(|state| !unproven.iter().any(|(chain, _)| *chain == state.chain));
         for (chain, e) in unproven {
             self.state.synced.remove(&chain);
             if let Some((_, result)) = results.iter_mut().find(|(c, _)| *c == chain) {
-                *result = Err(ClientError::Release(format!("the release the rebuild summary at the head names: {e}")));
+                *result = Err(ClientError::Release(e));
             }
         }
         // Each updated chain's newest release as this client reads it, and what it was before.
@@ -323,6 +346,39 @@ impl Client {
         }
         self.save()?;
         Ok(results)
+    }
+
+    /// The newest release block after `old`'s block and below the new head `head` (neither a
+    /// release nor a summary), if any, with the newest summary about it on the way: found
+    /// walking down from the verified head (`GetBlocks` pages, each hash-linked to it), then
+    /// checked as [`Client::release_skipped`] checks a release a summary names.
+    async fn release_below_head(
+        &self,
+        old: &TrustedChain,
+        head: &TrustedChain,
+    ) -> Result<Option<(u64, ReleasePayload, Option<RebuildSummary>)>, ClientError> {
+        let from = old.index();
+        let mut summary: Option<RebuildSummary> = None;
+        let found = self
+            .newest_between(head, from, |block| {
+                let index = block.header.index;
+                if index <= from {
+                    return Some(None);
+                }
+                if block.header.kind == KIND_REBUILD_SUMMARY && summary.is_none() {
+                    summary = RebuildSummary::from_bytes(&block.payload).ok();
+                }
+                let release =
+                    (block.header.kind == KIND_RELEASE).then(|| ReleasePayload::from_bytes(&block.payload).ok());
+                release.flatten().map(|r| Some((index, r.manifest.id())))
+            })
+            .await?;
+        let Some((_, Some((index, manifest)))) = found else { return Ok(None) };
+        let summary = summary.filter(|s| s.release == index && s.manifest == manifest);
+        // Checked as a release a summary names (its manifest the one found by hash links).
+        let named = summary.clone().unwrap_or(RebuildSummary { release: index, manifest, records: Vec::new() });
+        let release = self.release_skipped(old, head, &named).await?;
+        Ok(Some((index, release, summary)))
     }
 
     /// The release block a rebuild summary at the new head `head` names, which the client

@@ -629,14 +629,13 @@ pub async fn copy_chain(cluster: &Cluster, store: &chainiac_skipchain::store::Me
     }
 }
 
-/// Waits until witness 1's newest timeline block records `chain` at `index` or later.
+/// Waits until witness 1's newest timeline block records `chain` at `index` or later
+/// (witness 0's while witness 1 is down).
 pub async fn wait_timeline_has(cluster: &Cluster, chain: ChainId, index: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let reply = cluster
-            .client
-            .call(&cluster.witnesses[1], Request::GetTimeline { timeline: None, chain: Some(chain) })
-            .await;
+        let asked = if cluster.witnesses[1].is_running() { &cluster.witnesses[1] } else { &cluster.witnesses[0] };
+        let reply = cluster.client.call(asked, Request::GetTimeline { timeline: None, chain: Some(chain) }).await;
         if let Ok(Response::Timeline(info)) = reply {
             if info.inclusion.is_some_and(|p| p.leaf.index >= index) {
                 return;

@@ -39,15 +39,6 @@ pub enum StartError {
     Endpoint(#[from] chainiac_proto::endpoint::EndpointError),
 }
 
-/// Arms the fail points `FAILPOINTS` names (`name=action;…`, fail-rs syntax) when built with
-/// the `failpoints` feature, for the life of the process; nothing otherwise. The crash tests
-/// stop a witness process at a chosen step this way (`witness::rebuilds-appended`: after
-/// a batch's rebuilds block, before its summary).
-pub fn arm_fail_points() {
-    #[cfg(feature = "failpoints")]
-    std::mem::forget(fail::FailScenario::setup());
-}
-
 /// A running witness: its node and its QUIC endpoint.
 pub struct Witness {
     pub node: Arc<Node>,
