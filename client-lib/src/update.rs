@@ -285,7 +285,9 @@ impl Client {
                 }
                 continue;
             }
-            let moved_past = state.index() > old.index()
+            // With nothing between the two blocks (a roster change right after the client's
+            // update, say: on every chain at once) there is nothing to walk.
+            let moved_past = state.index() > old.index() + 1
                 && ![KIND_RELEASE, KIND_REBUILD_SUMMARY].contains(&state.header.kind)
                 && Policy::from_bytes(&state.policy).is_ok();
             if !moved_past {
