@@ -286,7 +286,9 @@ async fn the_timeline_commits_to_every_head_and_clients_check_inclusion_and_age(
     assert!(lie.verify(&entry).is_err());
 
     // A timeline entry with a root the witnesses cannot recompute is refused, rule named.
-    let bogus = TimelineEntry { time_ms: common::now_ms(), chains: 2, root: [7; 32], changes: None };
+    // Its time is 5 s ahead (within the 30 s skew allowed): a timer block appended meanwhile
+    // would otherwise be later than it, and the entry be refused for its time instead.
+    let bogus = TimelineEntry { time_ms: common::now_ms() + 5_000, chains: 2, root: [7; 32], changes: None };
     let proposal = chainiac_skipchain::Proposal {
         kind: KIND_TIMELINE,
         payload: bogus.to_bytes(),
@@ -427,7 +429,8 @@ async fn timeline_change_lists_name_every_moved_head() {
     let Response::Timeline(now) = cluster.client.call(&cluster.witnesses[0], request).await.unwrap() else {
         panic!("not a timeline answer")
     };
-    let forged = TimelineEntry { time_ms: common::now_ms(), changes: Some([7; 32]), ..now.entry.clone() };
+    // 5 s ahead, as above: no timer block can come after it meanwhile.
+    let forged = TimelineEntry { time_ms: common::now_ms() + 5_000, changes: Some([7; 32]), ..now.entry.clone() };
     let proposal = chainiac_skipchain::Proposal {
         kind: KIND_TIMELINE,
         payload: forged.to_bytes(),
