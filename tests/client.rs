@@ -1205,7 +1205,7 @@ async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_batches_append_a_release_s_attestations_together() {
     let (mut cluster, timeline_genesis, chain, project_genesis, manifest) = batching_cluster_with_a_release(3).await;
-    let attestation = |who: u8| reproduced_by(who, manifest);
+    let attestation = |who: u8| attested_by(who, manifest, Outcome::Reproduced);
     let members: Vec<(String, PublicKey)> = cluster.witnesses.iter().map(|w| (w.address.clone(), w.key)).collect();
     let submit = |who: u8, witness: usize| {
         let (address, witness_key) = members[witness].clone();
@@ -1313,14 +1313,14 @@ async fn batching_cluster_with_a_release(
     (cluster, timeline_genesis, chain, project_genesis, manifest)
 }
 
-/// Rebuilder `key(who)`'s signed attestation that it reproduced `manifest`, sandboxed.
-fn reproduced_by(who: u8, manifest: chainiac_release::ManifestId) -> Attestation {
+/// Rebuilder `key(who)`'s signed attestation of `manifest` with `outcome`, sandboxed.
+fn attested_by(who: u8, manifest: chainiac_release::ManifestId, outcome: Outcome) -> Attestation {
     Attestation::sign(
         &key(who),
         AttestationBody {
             verifier: key(who).public_key(),
             manifest,
-            outcome: Outcome::Reproduced,
+            outcome,
             environment: [3; 32],
             time_ms: common::now_ms(),
             isolation: BuildIsolation::Namespaces,
@@ -1336,7 +1336,8 @@ fn reproduced_by(who: u8, manifest: chainiac_release::ManifestId) -> Attestation
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_a_rebuilds_block_and_its_summary_is_repaired() {
     let (mut cluster, timeline_genesis, chain, project_genesis, manifest) = batching_cluster_with_a_release(3).await;
-    let request = |who: u8| (who, Request::SubmitRebuild { chain, attestation: reproduced_by(who, manifest) });
+    let request =
+        |who: u8| (who, Request::SubmitRebuild { chain, attestation: attested_by(who, manifest, Outcome::Reproduced) });
     async fn submit(
         (who, request): (u8, Request),
         witness: &common::WitnessProcess,
@@ -1539,17 +1540,7 @@ async fn rebuilder_audit_names_a_summary_record_no_signed_attestation_backs() {
     };
     common::copy_chain(&cluster, &forged, chain, 1).await;
     // Rebuilder 51's mismatch is on the chain, and the summary leaves it out.
-    let mismatch = Attestation::sign(
-        &key(51),
-        AttestationBody {
-            verifier: key(51).public_key(),
-            manifest,
-            outcome: Outcome::Mismatch { artifacts: vec![] },
-            environment: [3; 32],
-            time_ms: common::now_ms(),
-            isolation: BuildIsolation::Namespaces,
-        },
-    );
+    let mismatch = attested_by(51, manifest, Outcome::Mismatch { artifacts: vec![] });
     let now = common::now_ms();
     let rebuilds = Rebuilds { release: 1, attestations: vec![mismatch] };
     append(

@@ -353,7 +353,9 @@ impl Client {
     /// The newest release block after `old`'s block and below the new head `head` (neither a
     /// release nor a summary), if any, with the newest summary about it on the way: found
     /// walking down from the verified head (`GetBlocks` pages, each hash-linked to it), then
-    /// checked as [`Client::release_skipped`] checks a release a summary names.
+    /// checked as a head release: under the head's policy when the block names it (the walk
+    /// brought the block, nothing more is asked), else as [`Client::release_skipped`] checks
+    /// a release a summary names (forward from `old`, every policy change on the way).
     async fn release_below_head(
         &self,
         old: &TrustedChain,
@@ -372,14 +374,19 @@ impl Client {
                 }
                 let release =
                     (block.header.kind == KIND_RELEASE).then(|| ReleasePayload::from_bytes(&block.payload).ok());
-                release.flatten().map(|r| Some((index, r.manifest.id())))
+                release.flatten().map(|r| Some((r.manifest.id(), block.clone())))
             })
             .await?;
-        let Some((_, Some((index, manifest)))) = found else { return Ok(None) };
+        let Some((index, Some((manifest, block)))) = found else { return Ok(None) };
         let summary = summary.filter(|s| s.release == index && s.manifest == manifest);
         // Checked as a release a summary names (its manifest the one found by hash links).
         let named = summary.clone().unwrap_or(RebuildSummary { release: index, manifest, records: Vec::new() });
-        let release = self.release_skipped(old, head, &named).await?;
+        let release = if block.header.policy_hash == head.header.policy_hash {
+            let block = EarlierBlock { header: block.header, payload: Some(block.payload) };
+            named_release(&head.policy, &block, &named).map_err(ClientError::Release)?
+        } else {
+            self.release_skipped(old, head, &named).await?
+        };
         Ok(Some((index, release, summary)))
     }
 
