@@ -1578,7 +1578,8 @@ async fn rebuilder_audit_names_a_summary_record_no_signed_attestation_backs() {
     let update: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(update["level"]["level"], "rebuilt", "the client took the summary: {update}");
     let (code, out, err) = chainiac(&["rebuilder", "audit", "--state", &state, "--chain", &chain_hex, "--json"]);
-    assert_eq!(code, Some(1), "{out}{err}");
+    // Exit 4: evidence against the committee, not a failure to check (which exits 1).
+    assert_eq!(code, Some(4), "{out}{err}");
     assert!(err.contains("1 record(s) of the summary have no signed attestation behind them"), "{err}");
     assert!(err.contains("1 attestation(s) on the chain are left out of the summary"), "{err}");
     let audit: serde_json::Value = serde_json::from_str(out.trim()).unwrap();

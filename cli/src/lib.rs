@@ -202,6 +202,10 @@ pub mod exit {
     /// A chain forked: the cothority signed two blocks at one index (`update`; the message
     /// holds the evidence). Not a transient failure: alert whoever runs the cothority.
     pub const FORK: u8 = 3;
+    /// A check found the cothority vouched for something wrong (`rebuilder audit`: summary
+    /// records no signed attestation backs, attestations left out, blocks that do not
+    /// decode). Evidence, not a transient failure: keep the output, alert the operators.
+    pub const ALARM: u8 = 4;
 }
 
 /// The `chainiac` command line, from the process's arguments to its exit code.
@@ -245,6 +249,7 @@ pub fn main() -> ExitCode {
         Err(error) => {
             eprintln!("error: {error:#}");
             let usage = error.chain().any(|e| e.downcast_ref::<UsageError>().is_some());
+            let alarm = error.chain().any(|e| e.downcast_ref::<Alarm>().is_some());
             let fork = error.chain().any(|e| {
                 e.downcast_ref::<client_cmd::ForkSeen>().is_some()
                     || matches!(
@@ -256,12 +261,20 @@ pub fn main() -> ExitCode {
                 exit::USAGE
             } else if fork {
                 exit::FORK
+            } else if alarm {
+                exit::ALARM
             } else {
                 exit::FAILURE
             })
         }
     }
 }
+
+/// What a check found the cothority vouched for wrongly (exit code 4), as opposed to a
+/// failure to check (a network error, a chain not anchored: exit code 1).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Alarm(pub String);
 
 /// An error in what the user asked for (exit code 2), as opposed to a failure doing it.
 #[derive(Debug, thiserror::Error)]

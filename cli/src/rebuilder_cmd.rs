@@ -3,7 +3,7 @@
 //! signed attestation to the chain's witnesses (SPEC §11.8).
 
 use crate::client_cmd::{parse_chain, read_key};
-use crate::UsageError;
+use crate::{Alarm, UsageError};
 use anyhow::{Context, Result};
 use chainiac_client::{Client, TrustLevel};
 use chainiac_proto::{ErrorCode, Request, Response};
@@ -46,8 +46,9 @@ pub enum RebuilderCommand {
     /// attestations of the chain's rebuilds blocks before it, read from the verified head
     /// down to the release (every block hash-linked to it): every record must have exactly
     /// one attestation by its key, validly signed, about that release, with its verdict and
-    /// isolation, and every such attestation a record. Exit 1 names a record without one
-    /// (the committee vouched for what nobody signed) or an attestation left out.
+    /// isolation, and every such attestation a record. Exit 4 names a record without one
+    /// (the committee vouched for what nobody signed) or an attestation left out; exit 1
+    /// attestations not summarized yet, or a failure to check.
     Audit {
         /// A client state with the chain anchored (it is updated first).
         #[arg(long, default_value = "chainiac-client.state")]
@@ -426,7 +427,17 @@ fn audit(state: &std::path::Path, chain: &str, json: bool) -> Result<()> {
     // member append the summary: one that stays missing is withheld.
     const LATER: &str = "a crash or a slow member leaves this for a while: audit again later; if it stays, the \
                          summary is withheld";
+    for why in &on_chain.undecodable {
+        eprintln!("  COSIGNED YET UNDECODABLE: {why}");
+    }
+    let undecodable = match on_chain.undecodable.len() {
+        0 => None,
+        n => Some(format!("{n} rebuilds or summary block(s) the committee cosigned do not decode")),
+    };
     let Some((at, summary)) = on_chain.summary else {
+        if let Some(alarm) = undecodable {
+            return Err(Alarm(alarm).into());
+        }
         if on_chain.attestations.is_empty() {
             println!("release {} has no rebuild summary yet: nothing to audit", release.manifest.version);
             return Ok(());
@@ -466,7 +477,7 @@ fn audit(state: &std::path::Path, chain: &str, json: bool) -> Result<()> {
             serde_json::json!({
                 "chain": chain.to_hex(), "version": release.manifest.version, "release": summary.release,
                 "summary_block": at, "records": records, "unbacked": unbacked, "omitted": left_out,
-                "not_yet_summarized": pending.len(),
+                "not_yet_summarized": pending.len(), "undecodable": on_chain.undecodable,
             })
         );
     } else {
@@ -488,26 +499,27 @@ fn audit(state: &std::path::Path, chain: &str, json: bool) -> Result<()> {
             println!("  {} attestation(s) after the summary, not summarized yet", pending.len());
         }
     }
-    let mut problems = Vec::new();
+    // What the committee cosigned wrongly (exit 4), and what may yet be repaired (exit 1).
+    let mut alarms: Vec<String> = undecodable.into_iter().collect();
     if summary.manifest != id {
-        problems.push(format!(
+        alarms.push(format!(
             "the summary names manifest {}, not release {}'s",
             summary.manifest, release.manifest.version
         ));
     }
-    if !pending.is_empty() {
-        problems.push(format!("{} attestation(s) after the summary are not summarized ({LATER})", pending.len()));
-    }
     if unbacked > 0 {
-        problems.push(format!("{unbacked} record(s) of the summary have no signed attestation behind them"));
+        alarms.push(format!("{unbacked} record(s) of the summary have no signed attestation behind them"));
     }
     if !omitted.is_empty() {
-        problems.push(format!("{} attestation(s) on the chain are left out of the summary", omitted.len()));
+        alarms.push(format!("{} attestation(s) on the chain are left out of the summary", omitted.len()));
     }
-    if !problems.is_empty() {
-        anyhow::bail!("{}", problems.join("; "));
+    let pending = (!pending.is_empty())
+        .then(|| format!("{} attestation(s) after the summary are not summarized ({LATER})", pending.len()));
+    match (alarms.is_empty(), pending) {
+        (false, pending) => Err(Alarm(alarms.into_iter().chain(pending).collect::<Vec<_>>().join("; ")).into()),
+        (true, Some(pending)) => anyhow::bail!("{pending}"),
+        (true, None) => Ok(()),
     }
-    Ok(())
 }
 
 fn report(json: bool, chain: ChainId, release: Option<&ReleasePayload>, outcome: Result<String, String>) {

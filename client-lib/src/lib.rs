@@ -177,6 +177,9 @@ pub struct RebuildsOnChain {
     pub release: u64,
     pub summary: Option<(u64, RebuildSummary)>,
     pub attestations: Vec<(u64, chainiac_release::Attestation)>,
+    /// Rebuilds and summary blocks on the way that do not decode (the committee cosigned
+    /// them, so this is evidence against it), each named by index and kind.
+    pub undecodable: Vec<String>,
 }
 
 /// The state file before committees were stored once (2026-11).
@@ -784,7 +787,7 @@ impl Client {
         manifest: chainiac_release::ManifestId,
     ) -> Result<RebuildsOnChain, ClientError> {
         let trusted = self.state.chains.get(&chain).cloned().ok_or(ClientError::NotAnchored(chain))?;
-        let (mut summaries, mut blocks, mut undecodable) = (Vec::new(), Vec::new(), None);
+        let (mut summaries, mut blocks, mut undecodable) = (Vec::new(), Vec::new(), Vec::new());
         let found = self
             .newest_below(&trusted, |block| {
                 let index = block.header.index;
@@ -798,20 +801,17 @@ impl Client {
                     }
                     KIND_REBUILD_SUMMARY => match RebuildSummary::from_bytes(&block.payload) {
                         Ok(summary) => summaries.push((index, summary)),
-                        Err(e) => drop(undecodable.get_or_insert(bad(e))),
+                        Err(e) => undecodable.push(bad(e)),
                     },
                     chainiac_release::KIND_REBUILDS => match chainiac_release::Rebuilds::from_bytes(&block.payload) {
                         Ok(rebuilds) => blocks.push((index, rebuilds)),
-                        Err(e) => drop(undecodable.get_or_insert(bad(e))),
+                        Err(e) => undecodable.push(bad(e)),
                     },
                     _ => {}
                 }
                 None
             })
             .await?;
-        if let Some(why) = undecodable {
-            return Err(ClientError::Release(why));
-        }
         let (release, ()) = found.ok_or_else(|| {
             ClientError::Release(format!("no release block with manifest {manifest} below the verified head"))
         })?;
@@ -823,7 +823,7 @@ impl Client {
             .filter(|(_, rebuilds)| rebuilds.release == release)
             .flat_map(|(index, rebuilds)| rebuilds.attestations.into_iter().map(move |a| (index, a)))
             .collect();
-        Ok(RebuildsOnChain { release, summary, attestations })
+        Ok(RebuildsOnChain { release, summary, attestations, undecodable })
     }
 
     /// The newest block at or below the verified head of `trusted`'s chain that `pick` takes
