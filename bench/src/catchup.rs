@@ -46,6 +46,7 @@ const THRESHOLD: u32 = 11;
 /// How long the operators' approvals of a new roster stay valid (the chains move within it).
 const APPROVAL_VALIDITY_MS: u64 = 30 * DAY_MS;
 
+#[derive(Clone)]
 pub struct Options {
     pub pypi: PathBuf,
     pub events: Option<PathBuf>,
@@ -62,9 +63,13 @@ pub struct Options {
     /// Appended to the plots' file names (a second run in one folder keeps the first's).
     pub plot_suffix: String,
     pub seed: u64,
-    /// Rebuilders that each attest every release of the top [`REBUILT_PROJECTS`] projects,
+    /// Rebuilders that each attest every release of the top `rebuilt_projects` projects,
     /// an hour apart after it (SPEC §11.8).
     pub rebuilders: usize,
+    /// How many of the most popular projects the rebuilders attest ([`REBUILT_PROJECTS`]
+    /// in the runs the tables report; fewer to tell what a client pays for the projects it
+    /// follows from what it pays for the others).
+    pub rebuilt_projects: usize,
     /// The witnesses' `rebuild_batch_seconds`: the attestations that arrive within it of
     /// the first one pending go into one rebuilds block and one summary block (0: each its
     /// own pair).
@@ -1061,7 +1066,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
             now,
             &marks,
             &keys,
-            n < REBUILT_PROJECTS,
+            n < options.rebuilt_projects,
             &mut rng,
         ));
     }
@@ -1078,7 +1083,7 @@ pub fn run(options: &Options, report: &mut Report) -> anyhow::Result<Vec<Measure
         let i = position[project.name.as_str()];
         churn.extend(project.releases.iter().map(|&t| (t, i)));
         // Their rebuilds move their heads too (what every client's change lists carry).
-        if n < REBUILT_PROJECTS {
+        if n < options.rebuilt_projects {
             for (k, &t) in project.releases.iter().enumerate() {
                 let next = project.releases.get(k + 1).copied().unwrap_or(u64::MAX);
                 let batches = rebuild_batches(t, next, now, options.rebuilders, options.rebuild_batch_ms);
@@ -1499,6 +1504,7 @@ mod tests {
             seed: 3,
             rebuilders: 0,
             rebuild_batch_ms: 0,
+            rebuilt_projects: REBUILT_PROJECTS,
         };
         let mut report = Report::new(&dir.path().join("plots")).unwrap();
         let measured = run(&options, &mut report).unwrap();
@@ -1530,12 +1536,24 @@ mod tests {
         // Batched by the witnesses for 3 hours, both attestations of a release go into one
         // rebuilds block and one summary: the same attestations (but for batches due after
         // now or outside the window), and one block per attestation fewer.
-        let batched = Options { rebuild_batch_ms: 3 * 3_600_000, plot_suffix: "-batched".into(), ..with };
+        let batched = Options { rebuild_batch_ms: 3 * 3_600_000, plot_suffix: "-batched".into(), ..with.clone() };
         let batched = run(&batched, &mut report).unwrap();
         let year_batched = batched.iter().find(|m| m.days == 365 && m.follow == 3).unwrap();
         let (a, b) = (year_batched, year_rebuilt);
         assert!(a.attestations + 6 >= b.attestations && a.attestations <= b.attestations, "{a:?} {b:?}");
         assert!(a.new_blocks + b.attestations <= b.new_blocks + 6, "{a:?} {b:?}");
         assert!(a.new_blocks + b.attestations + 6 >= b.new_blocks, "{a:?} {b:?}");
+
+        // Only the project a one-project client follows rebuilt: the same attestations to
+        // it, and the others' moves no longer in its update; a quiet report keeps nothing.
+        let alone = Options { follows: vec![1], rebuilt_projects: 1, ..with };
+        let mut quiet = Report::quiet();
+        let own = run(&alone, &mut quiet).unwrap();
+        assert!(quiet.markdown().is_empty());
+        for m in &own {
+            let all = rebuilt.iter().find(|r| (r.days, r.follow) == (m.days, 1)).unwrap();
+            assert_eq!(m.attestations, all.attestations, "{m:?} {all:?}");
+            assert!(m.timeline_skipchain.bytes <= all.timeline_skipchain.bytes, "{m:?} {all:?}");
+        }
     }
 }

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 pub struct Report {
     dir: PathBuf,
     markdown: String,
+    /// A run whose figures only feed another table: nothing printed, kept or drawn.
+    quiet: bool,
 }
 
 pub struct Series {
@@ -29,7 +31,12 @@ impl Report {
     pub fn new(dir: &Path) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("cannot create the results folder {}: {e}", dir.display()))?;
-        Ok(Report { dir: dir.to_path_buf(), markdown: String::new() })
+        Ok(Report { dir: dir.to_path_buf(), markdown: String::new(), quiet: false })
+    }
+
+    /// A report that prints, keeps and draws nothing.
+    pub fn quiet() -> Self {
+        Report { dir: PathBuf::new(), markdown: String::new(), quiet: true }
     }
 
     pub fn markdown(&self) -> &str {
@@ -38,6 +45,9 @@ impl Report {
 
     /// Prints `text` (markdown) and keeps it for the results file.
     pub fn text(&mut self, text: &str) {
+        if self.quiet {
+            return;
+        }
         println!("{text}");
         self.markdown.push_str(text);
         self.markdown.push('\n');
@@ -55,6 +65,9 @@ impl Report {
 
     /// Draws `plot` as an SVG line chart into the results folder and links it.
     pub fn plot(&mut self, plot: &Plot) -> anyhow::Result<()> {
+        if self.quiet {
+            return Ok(());
+        }
         let path = self.dir.join(plot.file);
         draw(&path, plot).map_err(|e| anyhow::anyhow!("cannot draw {}: {e}", path.display()))?;
         self.text(&format!("Plot: `{}`\n", path.display()));
