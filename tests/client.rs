@@ -170,6 +170,35 @@ impl Handler for Liar {
     fn refused(&self, _: &str) {}
 }
 
+/// A member that drops proposals and answers each with a block it made up (the proposal's
+/// kind and payload put into a real block, so the collective signature no longer covers
+/// it); it relays everything else to witness 1 honestly.
+struct Dropper {
+    honest: Arc<common::Client>,
+    honest_address: String,
+    honest_key: PublicKey,
+}
+
+impl Handler for Dropper {
+    async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
+        let ask = |request| self.honest.call_at(&self.honest_address, &self.honest_key, request);
+        let Request::Propose { chain, proposal } = request else {
+            return ask(request).await.unwrap_or_else(|e| {
+                Response::Error(chainiac_proto::ErrorReply::new(chainiac_proto::ErrorCode::Internal, e.to_string()))
+            });
+        };
+        let Ok(Response::Block(Some(mut block))) = ask(Request::GetBlock { chain, index: 1 }).await else {
+            panic!("witness 1 serves block 1");
+        };
+        (block.header.index, block.header.kind, block.payload) = (1_000, proposal.kind, proposal.payload);
+        if let Some(policy) = &proposal.policy {
+            block.header.policy_hash = chainiac_skipchain::block::policy_hash(policy);
+        }
+        Response::Appended { block }
+    }
+    fn refused(&self, _: &str) {}
+}
+
 /// Kills witness 0 and serves, with its key at its address, a [`Liar`] relaying witness 1.
 fn replace_witness_0_with_a_liar(cluster: &mut Cluster) {
     let liar = Liar {
@@ -1297,6 +1326,94 @@ async fn rebuild_batches_append_a_release_s_attestations_together() {
         assert_eq!(update["level"]["level"], "rebuilt", "{name}: {update}");
         assert_eq!(update["level"]["other_rebuilders"], 7, "{name}: {update}");
     }
+}
+
+/// A client that holds a release and a summary about it, whose chain then gets a new
+/// release and a yank of the old one (the usual fix, then yank), finds the new release
+/// below the yank at the head (walked down by hash links): the summary it held is about a
+/// release the chain has replaced. Likewise a summary alone below a roster-like head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_holding_a_summary_finds_a_new_release_below_a_yank() {
+    let (mut cluster, timeline_genesis, chain, project_genesis, manifest) = batching_cluster_with_a_release(1).await;
+    let submit = |who: u8, manifest: chainiac_release::ManifestId| {
+        let attestation = attested_by(who, manifest, Outcome::Reproduced);
+        let request = Request::SubmitRebuild { chain, attestation };
+        let (address, witness_key) = (cluster.witnesses[1].address.clone(), cluster.witnesses[1].key);
+        async move { common::Client::with_key(key(who)).call_at(&address, &witness_key, request).await }
+    };
+    let reply = submit(40, manifest).await;
+    assert!(matches!(reply, Ok(Response::RebuildQueued { .. })), "{reply:?}");
+    common::wait_timeline_has(&cluster, chain, 3).await;
+
+    let dir = genesis_files(&project_genesis, &timeline_genesis);
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    chainiac_witness::keyfile::write(&dir.path().join("dev1.key"), &key(1)).unwrap();
+    let state = path("client.state");
+    anchor_both(dir.path(), &state);
+    // The release manager's own state (yanking updates it first).
+    let yanker = path("yanker.state");
+    anchor_both(dir.path(), &yanker);
+    let chain_hex = chain.to_hex();
+    let update = || {
+        let (code, out, err) = chainiac(&["update", "--state", &state, "--chain", &chain_hex, "--json"]);
+        assert_eq!(code, Some(0), "{out}{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let first = update();
+    assert_eq!(
+        (first["release"]["version"].as_str(), first["level"]["level"].as_str()),
+        (Some("1.0"), Some("rebuilt"))
+    );
+
+    // Release 1.1 (block 4), then 1.0 yanked (block 5): the head is the yank.
+    let proposal = release("1.1", &[&key(20), &key(21)]);
+    let reply = cluster.client.call(&cluster.witnesses[1], Request::Propose { chain, proposal }).await;
+    assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
+    let dev1 = path("dev1.key");
+    let yank = ["release", "yank", "--state", &yanker, "--chain", &chain_hex, "--version", "1.0"];
+    let (code, out, err) = chainiac(&[&yank[..], &["--reason", "superseded by 1.1", "--key", &dev1]].concat());
+    assert_eq!(code, Some(0), "{out}{err}");
+    common::wait_timeline_has(&cluster, chain, 5).await;
+    let second = update();
+    assert_eq!(second["to"].as_u64(), Some(5), "{second}");
+    assert_eq!(second["release"]["version"], "1.1", "the release below the yank: {second}");
+    assert_eq!(second["level"]["level"], "policy", "no rebuilder has attested 1.1: {second}");
+    assert_eq!(second["yanked"][0]["version"], "1.0", "{second}");
+    std::fs::write(path("hello"), BINARY).unwrap();
+    let verify = ["verify", "--state", &state, "--chain", &chain_hex, "--version", "1.0", "--artifact", "hello"];
+    let (code, out, err) = chainiac(&[&verify[..], &[path("hello").as_str()]].concat());
+    assert_eq!(code, Some(1), "1.0 stays refused: {out}{err}");
+    assert!(err.contains("superseded by 1.1"), "{err}");
+
+    // A rebuilder attests 1.1 (summary at block 7), then 1.1 is yanked too (block 8): the
+    // summary below the head is taken with the release it is about.
+    let manifest_11 = match cluster.client.call(&cluster.witnesses[1], Request::GetBlock { chain, index: 4 }).await {
+        Ok(Response::Block(Some(block))) => ReleasePayload::from_bytes(&block.payload).unwrap().manifest.id(),
+        other => panic!("{other:?}"),
+    };
+    let reply = submit(41, manifest_11).await;
+    assert!(matches!(reply, Ok(Response::RebuildQueued { .. })), "{reply:?}");
+    common::wait_timeline_has(&cluster, chain, 7).await;
+    // The first member the yank goes to drops it and claims a block: the answer is checked
+    // and the next member appends it.
+    let dropper = Dropper {
+        honest: Arc::new(common::Client::new()),
+        honest_address: cluster.witnesses[1].address.clone(),
+        honest_key: cluster.witnesses[1].key,
+    };
+    let classes = &[chainiac_proto::frame::FrameClass::Query, chainiac_proto::frame::FrameClass::Submit];
+    common::replace_witness_0_serving(&mut cluster, dropper, classes);
+    let yank = ["release", "yank", "--state", &yanker, "--chain", &chain_hex, "--version", "1.1"];
+    let (code, out, err) = chainiac(&[&yank[..], &["--reason", "also broken", "--key", &dev1, "--json"]].concat());
+    assert_eq!(code, Some(0), "{out}{err}");
+    let yanked: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(yanked["index"], 8, "appended by the next member: {yanked}");
+    assert!(err.contains("answered a block that the committee did not sign"), "{err}");
+    common::wait_timeline_has(&cluster, chain, 8).await;
+    let third = update();
+    assert_eq!(third["to"].as_u64(), Some(8), "{third}");
+    assert_eq!(third["level"]["level"], "rebuilt", "the summary below the yank: {third}");
+    assert_eq!(third["level_was"], "policy", "{third}");
 }
 
 /// Four witnesses batching rebuilds for `batch_seconds`, a timeline, and a project chain

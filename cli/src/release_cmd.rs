@@ -4,7 +4,7 @@ use crate::client_cmd::parse_chain;
 use crate::witness_cmd::parse_key;
 use crate::UsageError;
 use anyhow::{bail, Context, Result};
-use chainiac_proto::{Pool, Request, Response};
+use chainiac_proto::{ErrorCode, Pool, Request, Response};
 use chainiac_release::{
     content_hash, Artifact, DeveloperSignature, Manifest, Policy, Recipe, SourceArchive, VerifierEntry, KIND_RELEASE,
     SOURCE_DATE_EPOCH,
@@ -339,22 +339,70 @@ pub fn policy(command: PolicyCommand) -> Result<()> {
     Ok(())
 }
 
-/// Sends `proposal` to the first witness of the chain's committee; the index it was appended at.
+/// Sends `proposal` to the members of the chain's committee in turn until one appends it;
+/// the index it was appended at. A member that cannot be reached, is busy or lags passes it
+/// to the next; a refusal by a rule ends it (every honest member applies the same rules).
+/// The block a member answers is checked: the proposal's payload and policy, after the
+/// client's head, collectively signed by the committee the client trusts. So one member
+/// cannot drop an urgent yank or key rotation and report it done.
 fn propose(
     runtime: &tokio::runtime::Runtime,
     trusted: &chainiac_client::TrustedChain,
     proposal: chainiac_skipchain::Proposal,
 ) -> Result<u64> {
     let chain = trusted.chain;
-    let member = trusted.committee.roster().members()[0].clone();
-    let reply = runtime.block_on(async {
+    // The pool binds its endpoint in the runtime.
+    let pool = {
+        let _entered = runtime.enter();
         pool()?
-            .call(&member.address, &member.key, &Request::Propose { chain, proposal }, Duration::from_secs(60))
-            .await
-            .map_err(anyhow::Error::from)
-    })?;
-    let Response::Appended { block } = reply else { bail!("unexpected answer: {reply:?}") };
-    Ok(block.header.index)
+    };
+    let mut tried = Vec::new();
+    for member in trusted.committee.roster().members() {
+        let request = Request::Propose { chain, proposal: proposal.clone() };
+        let reply = runtime.block_on(pool.call(&member.address, &member.key, &request, Duration::from_secs(60)));
+        match reply {
+            Ok(Response::Appended { block }) => match appended_as_proposed(trusted, &proposal, &block) {
+                Ok(()) => {
+                    // Whoever failed before is worth an operator's look.
+                    for failed in &tried {
+                        eprintln!("warning: {failed}");
+                    }
+                    return Ok(block.header.index);
+                }
+                Err(why) => tried.push(format!("{}: answered a block that {why}", member.address)),
+            },
+            Ok(Response::Error(e)) if matches!(e.code, ErrorCode::Refused | ErrorCode::BadRequest) => {
+                bail!("{} refused it: {:?}: {}", member.address, e.code, e.message)
+            }
+            Ok(Response::Error(e)) => tried.push(format!("{}: {:?}: {}", member.address, e.code, e.message)),
+            Ok(other) => tried.push(format!("{}: answered {}", member.address, other.name())),
+            Err(e) => tried.push(format!("{}: {e}", member.address)),
+        }
+    }
+    bail!("no member of the committee appended it: {}", tried.join("; "))
+}
+
+/// Whether `block`, a member's answer to `proposal`, is it: after the client's head, with
+/// its payload and policy, signed by the committee the client trusts (a committee change
+/// since the client's update makes this fail: `update`, then look).
+fn appended_as_proposed(
+    trusted: &chainiac_client::TrustedChain,
+    proposal: &chainiac_skipchain::Proposal,
+    block: &chainiac_skipchain::Block,
+) -> Result<(), String> {
+    let header = &block.header;
+    if header.index <= trusted.index() || header.kind != proposal.kind || block.payload != proposal.payload {
+        return Err(format!("is not the proposal (block {}, kind {})", header.index, header.kind));
+    }
+    if let Some(policy) = &proposal.policy {
+        if header.policy_hash != chainiac_skipchain::block::policy_hash(policy) {
+            return Err("does not put the proposed policy in force".into());
+        }
+    }
+    let signature = block.signature.as_ref().ok_or("has no collective signature")?;
+    signature
+        .verify(&trusted.committee, &header.id())
+        .map_err(|e| format!("the committee did not sign (update the chain and look at block {}): {e}", header.index))
 }
 
 /// `chainiac release yank`: the chain's policy with the yank added, signed by each key.

@@ -270,7 +270,12 @@ impl Client {
         let mut unproven = Vec::new();
         for state in updated.iter_mut() {
             let old = &self.state.chains[&state.chain];
-            if let Some(summary) = state.rebuilds.clone() {
+            // Only a summary reached at the head says anything here: one carried over from
+            // the client's previous block (the head is a roster change, a yank) is about the
+            // release it held, which a later release below the head may have replaced.
+            let summary_at_head = state.header.kind == KIND_REBUILD_SUMMARY && state.index() > old.index();
+            if summary_at_head {
+                let Some(summary) = state.rebuilds.clone() else { continue };
                 if release_manifest(state) == Some(summary.manifest) {
                     continue;
                 }
@@ -294,12 +299,18 @@ impl Client {
                 continue;
             }
             match self.release_below_head(old, state).await {
-                Ok(Some((index, release, rebuilds))) => {
+                Ok((Some((index, release)), rebuilds)) => {
                     state.release = Some(release);
                     state.release_index = Some(index);
                     state.rebuilds = rebuilds;
                 }
-                Ok(None) => {}
+                // No release since the client's block, but a summary about the one it
+                // holds: newer than any it had (the walk stops at its block).
+                Ok((None, Some(summary))) if release_manifest(state) == Some(summary.manifest) => {
+                    state.release_index = Some(summary.release);
+                    state.rebuilds = Some(summary);
+                }
+                Ok((None, _)) => {}
                 Err(e) => unproven.push((state.chain, format!("the newest release below the head: {e}"))),
             }
         }
@@ -351,16 +362,17 @@ impl Client {
     }
 
     /// The newest release block after `old`'s block and below the new head `head` (neither a
-    /// release nor a summary), if any, with the newest summary about it on the way: found
-    /// walking down from the verified head (`GetBlocks` pages, each hash-linked to it), then
-    /// checked as a head release: under the head's policy when the block names it (the walk
-    /// brought the block, nothing more is asked), else as [`Client::release_skipped`] checks
-    /// a release a summary names (forward from `old`, every policy change on the way).
+    /// release nor a summary), if any, and the newest summary above it (or, with no
+    /// release, above `old`'s block): found walking down from the verified head (`GetBlocks`
+    /// pages, each hash-linked to it). The release is checked as a head release: under the
+    /// head's policy when the block names it (the walk brought the block, nothing more is
+    /// asked), else as [`Client::release_skipped`] checks a release a summary names (forward
+    /// from `old`, every policy change on the way).
     async fn release_below_head(
         &self,
         old: &TrustedChain,
         head: &TrustedChain,
-    ) -> Result<Option<(u64, ReleasePayload, Option<RebuildSummary>)>, ClientError> {
+    ) -> Result<(Option<(u64, ReleasePayload)>, Option<RebuildSummary>), ClientError> {
         let from = old.index();
         let mut summary: Option<RebuildSummary> = None;
         let found = self
@@ -377,7 +389,7 @@ impl Client {
                 release.flatten().map(|r| Some((r.manifest.id(), block.clone())))
             })
             .await?;
-        let Some((index, Some((manifest, block)))) = found else { return Ok(None) };
+        let Some((index, Some((manifest, block)))) = found else { return Ok((None, summary)) };
         let summary = summary.filter(|s| s.release == index && s.manifest == manifest);
         // Checked as a release a summary names (its manifest the one found by hash links).
         let named = summary.clone().unwrap_or(RebuildSummary { release: index, manifest, records: Vec::new() });
@@ -387,7 +399,7 @@ impl Client {
         } else {
             self.release_skipped(old, head, &named).await?
         };
-        Ok(Some((index, release, summary)))
+        Ok((Some((index, release)), summary))
     }
 
     /// The release block a rebuild summary at the new head `head` names, which the client
