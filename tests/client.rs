@@ -172,16 +172,13 @@ impl Handler for Liar {
 
 /// A member that drops proposals and answers each with a block it made up (the proposal's
 /// kind and payload put into a real block, so the collective signature no longer covers
-/// it); it relays everything else to witness 1 honestly.
-struct Dropper {
-    honest: Arc<common::Client>,
-    honest_address: String,
-    honest_key: PublicKey,
-}
+/// it); it relays everything else to witness 1 honestly (through a [`Liar`]'s connection,
+/// not its lies).
+struct Dropper(Liar);
 
 impl Handler for Dropper {
     async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
-        let ask = |request| self.honest.call_at(&self.honest_address, &self.honest_key, request);
+        let ask = |request| self.0.honest.call_at(&self.0.honest_address, &self.0.honest_key, request);
         let Request::Propose { chain, proposal } = request else {
             return ask(request).await.unwrap_or_else(|e| {
                 Response::Error(chainiac_proto::ErrorReply::new(chainiac_proto::ErrorCode::Internal, e.to_string()))
@@ -201,12 +198,18 @@ impl Handler for Dropper {
 
 /// Kills witness 0 and serves, with its key at its address, a [`Liar`] relaying witness 1.
 fn replace_witness_0_with_a_liar(cluster: &mut Cluster) {
-    let liar = Liar {
-        honest: Arc::new(common::Client::new()),
-        honest_address: cluster.witnesses[1].address.clone(),
-        honest_key: cluster.witnesses[1].key,
-    };
+    let liar = Liar::relaying_witness_1(cluster);
     common::replace_witness_0(cluster, liar);
+}
+
+impl Liar {
+    fn relaying_witness_1(cluster: &Cluster) -> Liar {
+        Liar {
+            honest: Arc::new(common::Client::new()),
+            honest_address: cluster.witnesses[1].address.clone(),
+            honest_key: cluster.witnesses[1].key,
+        }
+    }
 }
 
 /// Four witnesses, a timeline, a raw chain of three blocks the timeline records, and a
@@ -1396,11 +1399,7 @@ async fn a_client_holding_a_summary_finds_a_new_release_below_a_yank() {
     common::wait_timeline_has(&cluster, chain, 7).await;
     // The first member the yank goes to drops it and claims a block: the answer is checked
     // and the next member appends it.
-    let dropper = Dropper {
-        honest: Arc::new(common::Client::new()),
-        honest_address: cluster.witnesses[1].address.clone(),
-        honest_key: cluster.witnesses[1].key,
-    };
+    let dropper = Dropper(Liar::relaying_witness_1(&cluster));
     let classes = &[chainiac_proto::frame::FrameClass::Query, chainiac_proto::frame::FrameClass::Submit];
     common::replace_witness_0_serving(&mut cluster, dropper, classes);
     let yank = ["release", "yank", "--state", &yanker, "--chain", &chain_hex, "--version", "1.1"];
