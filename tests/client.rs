@@ -5,6 +5,7 @@ mod common;
 
 use chainiac_client::{Client, ClientError, TrustLevel};
 use chainiac_cosi::{PublicKey, SecretKey};
+use chainiac_proto::frame::FrameClass;
 use chainiac_proto::server::Handler;
 use chainiac_proto::{Request, Response};
 use chainiac_release::*;
@@ -864,7 +865,6 @@ async fn a_witness_that_drops_rebuilders_attestations_only_delays_them() {
         honest_key: cluster.witnesses[1].key,
         dropped: dropped.clone(),
     };
-    use chainiac_proto::frame::FrameClass;
     common::replace_witness_0_serving(&mut cluster, dropper, &[FrameClass::Query, FrameClass::Submit]);
 
     let dir = genesis_files(&project_genesis, &timeline_genesis);
@@ -941,7 +941,7 @@ async fn a_witness_that_drops_rebuilders_attestations_only_delays_them() {
 /// through `Propose` and rebuilders past their hourly allowance are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
-    let cluster = Cluster::start_configured(4, 400, |_, config| {
+    let mut cluster = Cluster::start_configured(4, 400, |_, config| {
         config.rebuilds_per_hour = 3;
         config.rebuild_disagreement_limit = 1;
         // Each attestation appended at once (batches: `rebuild_batches_…`).
@@ -1225,6 +1225,43 @@ async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
         panic!("the newest release's evidence")
     };
     assert!(none.is_empty(), "nothing rebuilt 1.1 yet: the liar was throttled");
+
+    // `project show` reads the tracker from the chain: a first member whose own tracker
+    // hides the dispute hides nothing (its throttles are named as its own).
+    let hider = Hider(Liar::relaying_witness_1(&cluster));
+    common::replace_witness_0_serving(&mut cluster, hider, &[FrameClass::Query]);
+    let (code, out, err) = run(&["project", "show", "--state", &state, "--chain", &chain_hex, "--json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["disputed"][0]["version"], "1.0", "{shown}");
+    let liar_line = shown["tracker"].as_array().unwrap().iter().find(|r| r["key"] == liar.public_key().to_string());
+    assert_eq!(liar_line.unwrap()["disagreed"], 1, "{shown}");
+    assert_eq!(shown["tracker"].as_array().unwrap().len(), 4, "{shown}");
+}
+
+/// A member whose tracker answers show nobody disagreeing (and nobody throttled); it relays
+/// everything else to witness 1 honestly.
+struct Hider(Liar);
+
+impl Handler for Hider {
+    async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
+        let answer = self.0.honest.call_at(&self.0.honest_address, &self.0.honest_key, request).await;
+        match answer {
+            Ok(Response::Tracker(mut report)) => {
+                report.disputed.clear();
+                report.throttled.clear();
+                for record in &mut report.records {
+                    (record.agreed, record.disagreed) = (record.attested, 0);
+                }
+                Response::Tracker(report)
+            }
+            Ok(other) => other,
+            Err(e) => {
+                Response::Error(chainiac_proto::ErrorReply::new(chainiac_proto::ErrorCode::Internal, e.to_string()))
+            }
+        }
+    }
+    fn refused(&self, _: &str) {}
 }
 
 /// Witnesses that batch (`rebuild_batch_seconds`) hold each rebuilder's attestation and
@@ -1400,7 +1437,7 @@ async fn a_client_holding_a_summary_finds_a_new_release_below_a_yank() {
     // The first member the yank goes to drops it and claims a block: the answer is checked
     // and the next member appends it.
     let dropper = Dropper(Liar::relaying_witness_1(&cluster));
-    let classes = &[chainiac_proto::frame::FrameClass::Query, chainiac_proto::frame::FrameClass::Submit];
+    let classes = &[FrameClass::Query, FrameClass::Submit];
     common::replace_witness_0_serving(&mut cluster, dropper, classes);
     let yank = ["release", "yank", "--state", &yanker, "--chain", &chain_hex, "--version", "1.1"];
     let (code, out, err) = chainiac(&[&yank[..], &["--reason", "also broken", "--key", &dev1, "--json"]].concat());

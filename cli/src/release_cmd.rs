@@ -458,28 +458,22 @@ fn show(state: &Path, chain: &str, json: bool) -> Result<()> {
     let trusted = client.state().chains[&chain].clone();
     let policy =
         Policy::from_bytes(&trusted.policy).map_err(|e| anyhow::anyhow!("chain {chain} has no release policy: {e}"))?;
-    let member = trusted.committee.roster().members()[0].clone();
-    let tracker = match runtime.block_on(async {
-        pool()?
-            .call(&member.address, &member.key, &Request::GetTracker { chain }, Duration::from_secs(30))
-            .await
-            .map_err(anyhow::Error::from)
-    })? {
-        Response::Tracker(report) => report,
-        other => bail!("unexpected answer: {other:?}"),
-    };
+    // Who agreed and who disputed what, from the chain itself (hash-linked to the verified
+    // head, so no member can hide a dispute); whom each witness throttles is its own state,
+    // asked of the members in turn and named as that member's.
+    let tracked = runtime.block_on(client.tracker_on_chain(chain)).context("reading the chain's history")?;
+    let (records, disputed) = (tracked.records(), tracked.disputed().to_vec());
+    let (throttled, throttled_by) = throttled_by_a_member(&runtime, &trusted);
     let release = trusted.release.as_ref().map(|r| r.manifest.version.clone());
     let level = client.level(chain);
     let role = |r: &chainiac_release::TrackRecord| match r.role {
         chainiac_release::Role::Verifier => "verifier",
         chainiac_release::Role::Rebuilder => "rebuilder",
     };
-    let throttled_until = |r: &chainiac_release::TrackRecord| {
-        tracker.throttled.iter().find(|(k, _)| *k == r.key.to_bytes()).map(|(_, t)| *t)
-    };
+    let throttled_until =
+        |r: &chainiac_release::TrackRecord| throttled.iter().find(|(k, _)| *k == r.key.to_bytes()).map(|(_, t)| *t);
     if json {
-        let records: Vec<_> = tracker
-            .records
+        let records: Vec<_> = records
             .iter()
             .map(|r| {
                 serde_json::json!({
@@ -488,8 +482,7 @@ fn show(state: &Path, chain: &str, json: bool) -> Result<()> {
                 })
             })
             .collect();
-        let disputed: Vec<_> = tracker
-            .disputed
+        let disputed: Vec<_> = disputed
             .iter()
             .map(|d| {
                 let who: Vec<_> = d
@@ -509,7 +502,7 @@ fn show(state: &Path, chain: &str, json: bool) -> Result<()> {
                 "release_threshold": policy.release_threshold, "verifier_threshold": policy.verifier_threshold,
                 "require_isolation": policy.require_isolation,
                 "witnesses": trusted.committee.roster().len(), "witness_threshold": trusted.committee.threshold(),
-                "tracker": records, "disputed": disputed,
+                "tracker": records, "disputed": disputed, "throttles_of": throttled_by,
                 "yanked": policy.yanked.iter().map(|y| serde_json::json!({ "version": y.version, "reason": y.reason, "time_ms": y.time_ms })).collect::<Vec<_>>(),
             })
         );
@@ -532,10 +525,11 @@ fn show(state: &Path, chain: &str, json: bool) -> Result<()> {
         );
         let sandboxed = if policy.require_isolation { " in a sandbox" } else { "" };
         println!(
-            "verifiers ({} must reproduce{sandboxed}) and rebuilders, as witness {} tracks them:",
-            policy.verifier_threshold, member.address
+            "verifiers ({} must reproduce{sandboxed}) and rebuilders, from the chain (throttles as {} has them):",
+            policy.verifier_threshold,
+            throttled_by.as_deref().unwrap_or("no witness that answered")
         );
-        for r in &tracker.records {
+        for r in &records {
             let throttled = throttled_until(r).map(|t| format!("  THROTTLED until {t} ms")).unwrap_or_default();
             println!(
                 "  {} {:<9} attested {}  agreed {}  disagreed {}{throttled}",
@@ -546,13 +540,36 @@ fn show(state: &Path, chain: &str, json: bool) -> Result<()> {
                 r.disagreed
             );
         }
-        for d in &tracker.disputed {
+        for d in &disputed {
             let who: Vec<String> =
                 d.disagreeing.iter().map(|(k, v)| format!("{} {}", &k.to_string()[..16], v.name())).collect();
             println!("DISPUTED release {} (block {}): {}", d.version, d.release, who.join(", "));
         }
     }
     Ok(())
+}
+
+/// Whom a member of the chain's committee throttles (its own state, SPEC §11.8), asked of
+/// the members in turn, and which member answered (none: nobody did).
+fn throttled_by_a_member(
+    runtime: &tokio::runtime::Runtime,
+    trusted: &chainiac_client::TrustedChain,
+) -> (Vec<([u8; 32], u64)>, Option<String>) {
+    let Ok(pool) = ({
+        let _entered = runtime.enter();
+        pool()
+    }) else {
+        return (Vec::new(), None);
+    };
+    let request = Request::GetTracker { chain: trusted.chain };
+    for member in trusted.committee.roster().members() {
+        if let Ok(Response::Tracker(report)) =
+            runtime.block_on(pool.call(&member.address, &member.key, &request, Duration::from_secs(30)))
+        {
+            return (report.throttled, Some(member.address.clone()));
+        }
+    }
+    (Vec::new(), None)
 }
 
 pub fn project(command: ProjectCommand) -> Result<()> {

@@ -826,6 +826,38 @@ impl Client {
         Ok(RebuildsOnChain { release, summary, attestations, undecodable })
     }
 
+    /// The bad-hash tracker of `chain` (SPEC §11.8) over its release and rebuilds blocks up to
+    /// the verified head, read by hash-linked `GetBlocks` pages down to the genesis: no
+    /// member can hide a disagreement from it, or add one. It costs the chain's whole
+    /// history of release and rebuilds payloads (a `project show`, not an `update`).
+    pub async fn tracker_on_chain(&self, chain: ChainId) -> Result<chainiac_release::Tracker, ClientError> {
+        let trusted = self.state.chains.get(&chain).cloned().ok_or(ClientError::NotAnchored(chain))?;
+        let mut blocks = Vec::new();
+        self.newest_below(&trusted, |block| {
+            // The genesis has the chain's kind and no release in it.
+            let kind = block.header.kind;
+            if block.header.index > 0 && [KIND_RELEASE, chainiac_release::KIND_REBUILDS].contains(&kind) {
+                blocks.push(block.clone());
+            }
+            None::<()>
+        })
+        .await?;
+        let mut tracker = chainiac_release::Tracker::default();
+        for block in blocks.iter().rev() {
+            let (index, time_ms) = (block.header.index, block.header.timestamp_ms);
+            let bad = |e: String| ClientError::Release(format!("block {index} does not decode: {e}"));
+            if block.header.kind == KIND_RELEASE {
+                let release = ReleasePayload::from_bytes(&block.payload).map_err(|e| bad(e.to_string()))?;
+                tracker.release(index, time_ms, &release);
+            } else {
+                let rebuilds =
+                    chainiac_release::Rebuilds::from_bytes(&block.payload).map_err(|e| bad(e.to_string()))?;
+                tracker.rebuilds(time_ms, &rebuilds);
+            }
+        }
+        Ok(tracker)
+    }
+
     /// The newest block at or below the verified head of `trusted`'s chain that `pick` takes
     /// (its index and what `pick` made of it), walking down a page of blocks at a time, each
     /// page linked by hashes to the one above; None if no block down to the genesis is.
