@@ -115,18 +115,8 @@ async fn release_chain(cluster: &Cluster) -> (ChainId, Block) {
 
 /// The next block of `chain` as witness 1 would propose it, unsigned.
 async fn next_block(cluster: &Cluster, chain: ChainId, genesis: &Block) -> Block {
-    let head = cluster.prove_from_genesis(1, chain, genesis).await;
-    let mut ids = std::collections::HashMap::new();
-    for index in 0..=head.index() {
-        let Ok(Response::Block(Some(block))) =
-            cluster.client.call(&cluster.witnesses[1], Request::GetBlock { chain, index }).await
-        else {
-            panic!("block {index}")
-        };
-        ids.insert(index, block.id());
-    }
     let proposal = Proposal { payload: b"a block".to_vec(), timestamp_ms: common::now_ms(), ..Proposal::default() };
-    head.propose(proposal, |i| ids.get(&i).copied()).unwrap()
+    cluster.next_block(1, chain, genesis, proposal).await
 }
 
 /// Each request that needs more than "anyone" is tried from a throwaway key and from a

@@ -1452,6 +1452,56 @@ async fn a_client_holding_a_summary_finds_a_new_release_below_a_yank() {
     assert_eq!(third["level_was"], "policy", "{third}");
 }
 
+/// Members refuse to cosign a summary the chain already holds: a faulty leader could
+/// otherwise move the chain's head, for every client following it, again and again with
+/// nothing new (here witness 0's key leads the round, its process killed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_summary_the_chain_already_holds_is_not_cosigned_again() {
+    use chainiac_proto::message::Announce;
+    let (mut cluster, _, chain, project_genesis, manifest) = batching_cluster_with_a_release(1).await;
+    let attestation = attested_by(40, manifest, Outcome::Reproduced);
+    let (address, witness_key) = (cluster.witnesses[1].address.clone(), cluster.witnesses[1].key);
+    let request = Request::SubmitRebuild { chain, attestation };
+    let reply = common::Client::with_key(key(40)).call_at(&address, &witness_key, request).await;
+    assert!(matches!(reply, Ok(Response::RebuildQueued { .. })), "{reply:?}");
+    common::wait_timeline_has(&cluster, chain, 3).await;
+    cluster.witnesses[0].kill();
+
+    // Block 4: the summary at block 3 again, as witness 0 would lead it.
+    let Ok(Response::Block(Some(summary))) =
+        cluster.client.call(&cluster.witnesses[1], Request::GetBlock { chain, index: 3 }).await
+    else {
+        panic!("block 3")
+    };
+    assert_eq!(summary.header.kind, KIND_REBUILD_SUMMARY);
+    let proposal = Proposal {
+        kind: KIND_REBUILD_SUMMARY,
+        payload: summary.payload,
+        timestamp_ms: common::now_ms(),
+        ..Proposal::default()
+    };
+    let block = cluster.next_block(1, chain, &project_genesis, proposal).await;
+    assert_eq!(block.header.index, 4);
+    let leader_key = cluster.keys(&[0]).pop().unwrap();
+    let roster = cluster.roster(&[0, 1, 2, 3]);
+    let leader = roster.index_of(&leader_key.public_key()).unwrap();
+    let mut announce = Announce {
+        block,
+        session: chainiac_cosi::protocol::SessionId([7; 32]),
+        leader: leader as u32,
+        branching: 4,
+        excluded: chainiac_cosi::Mask::empty(4).as_bytes().to_vec(),
+        ballot: chainiac_witness::agreement::next_owned(0, leader, 4).unwrap(),
+        justification: None,
+        leader_signature: [0; 64],
+    };
+    announce.sign(&leader_key);
+    let reply = common::Client::with_key(leader_key).call(&cluster.witnesses[1], Request::Announce(announce)).await;
+    let refusal = format!("{reply:?}");
+    assert!(refusal.contains("already records all of it"), "{refusal}");
+    assert_eq!(cluster.head(1, chain).await, Some(3));
+}
+
 /// Four witnesses batching rebuilds for `batch_seconds`, a timeline, and a project chain
 /// with release 1.0 (block 1): the cluster, both geneses and the release's manifest id.
 async fn batching_cluster_with_a_release(

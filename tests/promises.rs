@@ -33,18 +33,8 @@ async fn four_with_witness_zero_dead() -> (Cluster, ChainId, Block) {
 
 /// The next block of `chain` with `payload`, built on witness `i`'s proven head.
 async fn next_block(cluster: &Cluster, i: usize, chain: ChainId, genesis: &Block, payload: &[u8]) -> Block {
-    let head = cluster.prove_from_genesis(i, chain, genesis).await;
-    let mut ids = std::collections::HashMap::new();
-    for index in 0..=head.index() {
-        let Ok(Response::Block(Some(block))) =
-            cluster.client.call(&cluster.witnesses[i], Request::GetBlock { chain, index }).await
-        else {
-            panic!("block {index}")
-        };
-        ids.insert(index, block.id());
-    }
     let proposal = Proposal { payload: payload.to_vec(), timestamp_ms: common::now_ms(), ..Proposal::default() };
-    head.propose(proposal, |i| ids.get(&i).copied()).unwrap()
+    cluster.next_block(i, chain, genesis, proposal).await
 }
 
 /// Leads a round for `block` at the first ballot above `above` that witness `witness` owns

@@ -380,6 +380,28 @@ impl Cluster {
         let trusted = ChainState::genesis(genesis).unwrap();
         proof.verify(&trusted, &chainiac_release::policy_rule).unwrap().into_inner().state
     }
+
+    /// The block `proposal` would be after witness `i`'s proven head of `chain` (built as a
+    /// leader builds it, for a test to announce or commit itself).
+    pub async fn next_block(
+        &self,
+        i: usize,
+        chain: ChainId,
+        genesis: &Block,
+        proposal: chainiac_skipchain::Proposal,
+    ) -> Block {
+        let head = self.prove_from_genesis(i, chain, genesis).await;
+        let mut ids = std::collections::HashMap::new();
+        for index in 0..=head.index() {
+            let Ok(Response::Block(Some(block))) =
+                self.client.call(&self.witnesses[i], Request::GetBlock { chain, index }).await
+            else {
+                panic!("block {index}")
+            };
+            ids.insert(index, block.id());
+        }
+        head.propose(proposal, |i| ids.get(&i).copied()).unwrap()
+    }
 }
 
 /// A client with a throwaway key; connections are kept per witness and reopened when a

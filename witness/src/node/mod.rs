@@ -347,8 +347,8 @@ pub struct Node {
     rebuild_evidence: Mutex<rebuilds::RebuildEvidence>,
     /// Per release chain, the rebuilders' attestations waiting for their batch.
     rebuild_batches: Mutex<HashMap<ChainId, rebuilds::PendingBatch>>,
-    /// Per rebuilder key: (start of its hour, attestations taken in it).
-    rebuild_allowances: Mutex<HashMap<PublicKey, (u64, u32)>>,
+    /// Rebuilders' hourly allowances (`rebuilds_per_hour`).
+    rebuild_allowances: Mutex<rebuilds::Allowances>,
     /// Per rebuilder key and release chain, the block times of its disagreements within the
     /// throttle's window (None until first read from the chains).
     rebuild_disagreements: Mutex<Option<rebuilds::Disagreements>>,
@@ -419,7 +419,7 @@ impl Node {
             released: Mutex::new(HashMap::new()),
             rebuild_evidence: Mutex::new(HashMap::new()),
             rebuild_batches: Mutex::new(HashMap::new()),
-            rebuild_allowances: Mutex::new(HashMap::new()),
+            rebuild_allowances: Mutex::new(rebuilds::Allowances::new(rebuilds::MAX_ALLOWANCE_KEYS)),
             rebuild_disagreements: Mutex::new(None),
             trackers: Mutex::new(HashMap::new()),
             timeline_chains: Mutex::new(timeline_chains),

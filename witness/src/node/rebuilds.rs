@@ -182,7 +182,15 @@ impl Node {
             }
             KIND_REBUILD_SUMMARY => {
                 let expected = self.expected_summary(&head.chain)?;
-                chainiac_release::check_rebuild_summary(&block.payload, &expected).map(|_| ()).map_err(refused)
+                chainiac_release::check_rebuild_summary(&block.payload, &expected).map_err(refused)?;
+                // A summary the chain already holds would only move its head again.
+                if self.summarized(&head.chain, expected.release).is_some_and(|s| s == expected) {
+                    return Err(err(
+                        ErrorCode::Refused,
+                        format!("the chain's newest summary of release {} already records all of it", expected.release),
+                    ));
+                }
+                Ok(())
             }
             _ => Ok(()),
         }
@@ -520,6 +528,11 @@ impl Node {
                 tokio::time::sleep(Duration::from_millis(200 * tries as u64)).await;
             }
             let summary = self.expected_summary(&chain)?;
+            // Already on the chain (another member's round won): that block is the answer.
+            if let Some((block, _)) = self.newest_summary_block(&chain, summary.release).filter(|(_, s)| *s == summary)
+            {
+                return Ok(block);
+            }
             let proposal = Proposal { kind: KIND_REBUILD_SUMMARY, payload: summary.to_bytes(), ..Proposal::default() };
             match self.lead(chain, proposal).await {
                 Ok(block) => return Ok(block),
@@ -532,6 +545,11 @@ impl Node {
     /// The newest summary block about `release` on `chain`, walking down from the head to the
     /// release (the blocks after a release are few: its rebuilds and summaries, yanks).
     fn summarized(&self, chain: &ChainId, release: u64) -> Option<RebuildSummary> {
+        self.newest_summary_block(chain, release).map(|(_, summary)| summary)
+    }
+
+    /// [`Self::summarized`] with its block.
+    fn newest_summary_block(&self, chain: &ChainId, release: u64) -> Option<(Block, RebuildSummary)> {
         let head = self.store.head(chain).ok().flatten()?.index;
         blocking(|| {
             (release + 1..=head).rev().find_map(|index| {
@@ -539,7 +557,8 @@ impl Node {
                 if block.header.kind != KIND_REBUILD_SUMMARY {
                     return None;
                 }
-                RebuildSummary::from_bytes(&block.payload).ok().filter(|s| s.release == release)
+                let summary = RebuildSummary::from_bytes(&block.payload).ok().filter(|s| s.release == release)?;
+                Some((block, summary))
             })
         })
     }
@@ -547,27 +566,21 @@ impl Node {
     /// Counts one attestation against `rebuilder`'s hourly allowance on this witness
     /// (`rebuilds_per_hour`), refusing it past the limit.
     fn take_rebuild_allowance(&self, rebuilder: &PublicKey) -> Result<(), ErrorReply> {
-        let now = now_ms();
         let mut allowances = self.rebuild_allowances.lock().expect("lock");
-        // Pruned only when large, so a request does not walk every key.
-        if allowances.len() >= 4096 {
-            allowances.retain(|_, (start, _)| now.saturating_sub(*start) < REBUILD_WINDOW_MS);
-        }
-        let (start, used) = allowances.entry(*rebuilder).or_insert((now, 0));
-        if now.saturating_sub(*start) >= REBUILD_WINDOW_MS {
-            (*start, *used) = (now, 0);
-        }
-        if *used >= self.config.rebuilds_per_hour {
-            return Err(err(
+        match allowances.take(rebuilder, now_ms(), self.config.rebuilds_per_hour) {
+            Ok(()) => Ok(()),
+            Err(AllowanceRefused::Spent { used }) => Err(err(
                 ErrorCode::Refused,
                 format!(
                     "rebuilder {rebuilder} sent {used} attestations here within the hour, the most this witness takes \
                      (rebuilds_per_hour); try later"
                 ),
-            ));
+            )),
+            Err(AllowanceRefused::Full { keys }) => Err(err(
+                ErrorCode::Busy,
+                format!("this witness counts the allowances of {keys} rebuilder keys this hour, its most; try later"),
+            )),
         }
-        *used += 1;
-        Ok(())
     }
 
     /// `GetRebuilds`: the signed attestations behind release `release`'s records, for
@@ -582,6 +595,58 @@ impl Node {
             // chain's rebuilds blocks (`GetBlocks`).
             _ => Err(err(ErrorCode::NotFound, format!("block {release} is not chain {chain}'s newest release"))),
         }
+    }
+}
+
+/// The most rebuilder keys whose hourly allowance a witness counts at once (≈ 3 MB): keys
+/// are free, so without a bound their count would be the memory's.
+pub(super) const MAX_ALLOWANCE_KEYS: usize = 65_536;
+
+/// Rebuilders' hourly allowances on this witness, per key: when its hour started and how
+/// many attestations it took in it. At most `cap` keys are counted at once: past that a key
+/// not counted yet waits for hours to end (the keys counted keep their allowance), so a
+/// flood of fresh keys costs memory up to the cap and delays newcomers, nothing more.
+pub(crate) struct Allowances {
+    per_key: HashMap<PublicKey, (u64, u32)>,
+    cap: usize,
+    /// When ended hours were last dropped: at most once a minute, so that a full map does
+    /// not make every request walk it.
+    pruned_ms: u64,
+}
+
+/// Why [`Allowances::take`] refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum AllowanceRefused {
+    /// The key took `used` attestations within its hour: the limit.
+    Spent { used: u32 },
+    /// `keys` keys are counted this hour, the cap, and this is not one of them.
+    Full { keys: usize },
+}
+
+impl Allowances {
+    pub(crate) fn new(cap: usize) -> Self {
+        Allowances { per_key: HashMap::new(), cap, pruned_ms: 0 }
+    }
+
+    /// Counts one attestation by `key` at `now_ms` against `limit` an hour.
+    pub(crate) fn take(&mut self, key: &PublicKey, now_ms: u64, limit: u32) -> Result<(), AllowanceRefused> {
+        let ended = |start: u64| now_ms.saturating_sub(start) >= REBUILD_WINDOW_MS;
+        if !self.per_key.contains_key(key) && self.per_key.len() >= self.cap && now_ms >= self.pruned_ms + 60_000 {
+            self.per_key.retain(|_, (start, _)| !ended(*start));
+            self.pruned_ms = now_ms;
+        }
+        if !self.per_key.contains_key(key) && self.per_key.len() >= self.cap {
+            return Err(AllowanceRefused::Full { keys: self.per_key.len() });
+        }
+        let (start, used) = self.per_key.entry(*key).or_insert((now_ms, 0));
+        if ended(*start) {
+            (*start, *used) = (now_ms, 0);
+        }
+        if *used >= limit {
+            return Err(AllowanceRefused::Spent { used: *used });
+        }
+        *used += 1;
+        Ok(())
     }
 }
 
@@ -600,4 +665,34 @@ fn policy_verifiers(policy: &[u8]) -> Vec<PublicKey> {
     chainiac_release::Policy::from_bytes(policy)
         .map(|p| p.verifiers.iter().map(|v| v.key).collect())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u8) -> PublicKey {
+        chainiac_cosi::SecretKey::from_seed(&[i; 32]).public_key()
+    }
+
+    /// Each key takes `limit` an hour; past the cap of keys, a new key waits (busy) while the
+    /// keys counted keep theirs, and hours that ended make room again.
+    #[test]
+    fn allowances_limit_each_key_and_how_many_keys_are_counted() {
+        let mut allowances = Allowances::new(2);
+        let hour = REBUILD_WINDOW_MS;
+        assert_eq!(allowances.take(&key(1), 0, 2), Ok(()));
+        assert_eq!(allowances.take(&key(1), 10, 2), Ok(()));
+        assert_eq!(allowances.take(&key(1), 20, 2), Err(AllowanceRefused::Spent { used: 2 }));
+        assert_eq!(allowances.take(&key(2), 30, 2), Ok(()));
+        assert_eq!(allowances.take(&key(3), 40, 2), Err(AllowanceRefused::Full { keys: 2 }));
+        assert_eq!(allowances.take(&key(2), 50, 2), Ok(()), "a counted key keeps its allowance");
+        // Key 1's hour ends: its allowance comes back (a new hour, so its place stays taken,
+        // and key 2's hour has not ended).
+        assert_eq!(allowances.take(&key(1), hour, 2), Ok(()));
+        assert_eq!(allowances.take(&key(3), hour + 20, 2), Err(AllowanceRefused::Full { keys: 2 }));
+        // Both hours end: the ended ones are dropped, and key 3 is counted.
+        assert_eq!(allowances.take(&key(3), 2 * hour + 1, 2), Ok(()));
+        assert_eq!(allowances.per_key.len(), 1);
+    }
 }
