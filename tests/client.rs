@@ -83,6 +83,21 @@ fn chainiac(args: &[&str]) -> (Option<i32>, String, String) {
     (out.status.code(), text(&out.stdout), text(&out.stderr))
 }
 
+/// An HTTP server on 127.0.0.1 that answers its first request with `answer(arg)` (the
+/// bytes as they are, then closes): its URL, ending in `/hello`.
+fn answer_once(answer: fn(&str) -> String, arg: String) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hello", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut stream, _)) = listener.accept() {
+            let _ = stream.read(&mut [0u8; 4096]);
+            let _ = stream.write_all(answer(&arg).as_bytes());
+        }
+    });
+    url
+}
+
 /// Project hello's policy: developer 1 releases alone, root key 10 changes the policy alone,
 /// verifiers 20 and 21 must both reproduce.
 fn hello_policy() -> Policy {
@@ -471,21 +486,21 @@ async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
     assert!(err.contains(&format!("{liar} served wrong bytes")), "the liar is named: {err}");
     assert!(!std::path::Path::new(&fetched).exists(), "nothing is written from a liar");
     // A source that redirects to the liar: both are named.
-    let redirector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let redirector_url = format!("http://{}/hello", redirector.local_addr().unwrap());
-    let location = liar.clone();
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        if let Ok((mut stream, _)) = redirector.accept() {
-            let _ = stream.read(&mut [0u8; 4096]);
-            let answer = format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n");
-            let _ = stream.write_all(answer.as_bytes());
-        }
-    });
+    let redirector_url =
+        answer_once(|url| format!("HTTP/1.1 302 Found\r\nLocation: {url}\r\nContent-Length: 0\r\n\r\n"), liar.clone());
     let (code, _, err) = fetch(&[&redirector_url]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(&format!("{redirector_url} served wrong bytes")), "{err}");
     assert!(err.contains(&format!("redirected to {liar}")), "the host that lied is named too: {err}");
+    // Redirected to a host that breaks off the body: that host is named as well.
+    let breaker_url = answer_once(|_| "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nabc".into(), String::new());
+    let redirector_url = answer_once(
+        |url| format!("HTTP/1.1 302 Found\r\nLocation: {url}\r\nContent-Length: 0\r\n\r\n"),
+        breaker_url.clone(),
+    );
+    let (code, _, err) = fetch(&[&redirector_url]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("reading the download, redirected to {breaker_url}")), "{err}");
     let missing = format!("{}/nothing-here", honest.trim_end_matches("/hello"));
     let (code, out, err) = fetch(&[&liar, &missing, &honest]);
     assert_eq!(code, Some(0), "{err}");
@@ -529,10 +544,20 @@ async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
     let (code, out, err) = fetch(&[&honest_file]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("verified"), "{out}");
+    // A new file gets what the umask leaves of 0666; one it replaces keeps its mode (an
+    // executable stays executable).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |path: &str| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let umask =
+        status.lines().find_map(|l| l.strip_prefix("Umask:")).map(|m| u32::from_str_radix(m.trim(), 8).unwrap());
+    assert_eq!(mode(&fetched), 0o666 & !umask.unwrap(), "a new file");
+    std::fs::set_permissions(&fetched, std::fs::Permissions::from_mode(0o755)).unwrap();
     // A named release, walked down from the verified head; one the chain never had.
     let fetch_version = |version: &str| of_version("fetch", version, &["--from", &honest_file, "--out", &fetched]);
     let (code, out, err) = fetch_version("2.0");
     assert!(code == Some(0) && out.contains("of release 2.0"), "{out}{err}");
+    assert_eq!(mode(&fetched), 0o755, "the file replaced keeps its mode");
     let (code, _, err) = fetch_version("1.9");
     assert!(code == Some(1) && err.contains("has no release \"1.9\""), "{err}");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
@@ -690,6 +715,7 @@ async fn a_yanked_release_is_refused_by_every_client_command_until_the_roots_tak
     assert!(!std::path::Path::new(&fetched).exists(), "nothing is fetched of a yanked release");
     let (code, _, err) = fetch(&["--allow-yanked"]);
     assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("WARNING: release 1.1 is YANKED") && err.contains(reason), "said, not silent: {err}");
     let export = |extra: &[&str]| {
         let (genesis, out) = (path("project.genesis"), path("hello.bundle"));
         let mut args = vec!["bundle", "export", "--state", &state, "--genesis", &genesis, "--out", &out];

@@ -85,16 +85,30 @@ pub fn fetch(
             runtime.block_on(client.expected_artifact_of(chain, version, path))?
         }
     };
+    let yank = client.yank_of(chain, &version)?;
+    if let Some(yank) = &yank {
+        eprintln!("WARNING: release {version} is YANKED: {} (accepted: --allow-yanked)", yank.reason);
+    }
     let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    // The file it replaces keeps its mode (an executable stays one); a new file gets what
+    // the user's umask leaves of 0666, as any file a program creates.
+    let replaced_mode = std::fs::metadata(out).ok().filter(|m| m.is_file()).map(|m| m.permissions());
     let mut refused: Vec<(String, String)> = Vec::new();
     for source in &sources {
         // Beside the output, so that the rename is within one filesystem; removed unless kept.
         let mut staged = tempfile::Builder::new()
             .prefix(".chainiac-fetch-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
             .tempfile_in(dir)
             .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
         match download(source, &artifact, staged.as_file_mut(), json) {
             Ok(Got::Match) => {
+                if let Some(mode) = &replaced_mode {
+                    staged
+                        .as_file()
+                        .set_permissions(mode.clone())
+                        .context("giving the download the old file's mode")?;
+                }
                 staged.as_file().sync_all().context("syncing the download")?;
                 staged.persist(out).with_context(|| format!("renaming the download to {}", out.display()))?;
                 if json {
@@ -105,6 +119,7 @@ pub fn fetch(
                         serde_json::json!({
                             "chain": chain.to_hex(), "artifact": path, "version": version, "source": source.to_string(),
                             "out": out.display().to_string(), "size": artifact.size, "refused": refused,
+                            "yanked": yank.as_ref().map(|y| y.reason.clone()),
                         })
                     );
                 } else {
@@ -197,6 +212,7 @@ fn download(source: &Source, artifact: &Artifact, into: &mut std::fs::File, quie
     // At least 64 KiB/s on average after the first minute, or the next source is tried.
     let deadline = Duration::from_secs(60) + Duration::from_secs(artifact.size / (64 << 10));
     let started = std::time::Instant::now();
+    let redirected = redirected.unwrap_or_default();
     let progress = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(artifact.size) };
     progress.set_style(
         indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} {wide_bar} {bytes_per_sec}")
@@ -212,9 +228,9 @@ fn download(source: &Source, artifact: &Artifact, into: &mut std::fs::File, quie
             break;
         }
         if started.elapsed() > deadline {
-            anyhow::bail!("{} s and only {taken} of {} bytes: too slow", deadline.as_secs(), artifact.size);
+            anyhow::bail!("{} s and only {taken} of {} bytes: too slow{redirected}", deadline.as_secs(), artifact.size);
         }
-        let n = reader.read(&mut buffer[..room]).context("reading the download")?;
+        let n = reader.read(&mut buffer[..room]).with_context(|| format!("reading the download{redirected}"))?;
         if n == 0 {
             break;
         }
@@ -225,7 +241,6 @@ fn download(source: &Source, artifact: &Artifact, into: &mut std::fs::File, quie
     }
     progress.finish_and_clear();
     let (sha3, size) = hasher.finish();
-    let redirected = redirected.unwrap_or_default();
     if size > artifact.size {
         let said = length.map_or(String::new(), |l| format!(", {l} announced"));
         return Ok(Got::Wrong(format!("more than the release's {} bytes{said}{redirected}", artifact.size)));
