@@ -204,12 +204,11 @@ impl Node {
             return Err(err(ErrorCode::BadRequest, format!("chain {chain} is not a release chain")));
         }
         let head = self.head(chain)?;
+        // Read outside the cache's lock (a long chain read from its start does not stall
+        // other chains' answers); a full cache drops one chain, not all of them.
         let tracker = blocking(|| {
-            let mut trackers = self.trackers.lock().expect("lock");
-            if trackers.len() >= 4096 && !trackers.contains_key(chain) {
-                trackers.clear();
-            }
-            let (read_to, tracker) = trackers.entry(*chain).or_default();
+            let cached = self.trackers.lock().expect("lock").get(chain).cloned();
+            let (read_to, mut tracker) = cached.unwrap_or_default();
             for index in read_to.saturating_add(1)..=head.index() {
                 let Ok(Some(block)) = self.store.block(chain, index) else { continue };
                 let time = block.header.timestamp_ms;
@@ -227,8 +226,17 @@ impl Node {
                     _ => {}
                 }
             }
-            *read_to = (*read_to).max(head.index());
-            tracker.clone()
+            let read_to = read_to.max(head.index());
+            let mut trackers = self.trackers.lock().expect("lock");
+            if trackers.get(chain).is_none_or(|(there, _)| *there < read_to) {
+                if trackers.len() >= 4096 && !trackers.contains_key(chain) {
+                    if let Some(dropped) = trackers.keys().next().copied() {
+                        trackers.remove(&dropped);
+                    }
+                }
+                trackers.insert(*chain, (read_to, tracker.clone()));
+            }
+            tracker
         });
         let records = tracker.records();
         let throttled = records

@@ -55,30 +55,38 @@ impl Node {
     /// chain's newest release (rebuilds of no other are taken), in chain order. Kept per
     /// chain with the index read up to; each call reads only the blocks appended since, so
     /// a block is never counted twice whatever order appends and reads come in.
+    ///
+    /// The blocks are read outside the cache's lock (a slow read, or a stranger's
+    /// `GetRebuilds` over many chains, does not stall members' checks of other chains), and
+    /// a full cache drops one chain, not all of them.
     pub(super) fn rebuild_evidence(&self, chain: &ChainId, release: u64) -> Vec<Attestation> {
         blocking(|| {
             let head = self.store.head(chain).ok().flatten().map_or(0, |h| h.index);
-            let mut evidence = self.rebuild_evidence.lock().expect("lock");
-            if evidence.len() >= EVIDENCE_CACHE_CHAINS && !evidence.contains_key(chain) {
-                evidence.clear();
-            }
-            let entry = evidence.entry(*chain).or_insert((release, release, Vec::new()));
-            if entry.0 != release {
-                *entry = (release, release, Vec::new());
-            }
-            for index in entry.1.saturating_add(1)..=head {
+            let cached = self.rebuild_evidence.lock().expect("lock").get(chain).filter(|e| e.0 == release).cloned();
+            let (read_to, mut found) = cached.map_or((release, Vec::new()), |(_, read_to, found)| (read_to, found));
+            for index in read_to.saturating_add(1)..=head {
                 if let Ok(Some(block)) = self.store.block(chain, index) {
                     if block.header.kind == KIND_REBUILDS {
                         if let Ok(rebuilds) = Rebuilds::from_bytes(&block.payload) {
                             if rebuilds.release == release {
-                                entry.2.extend(rebuilds.attestations);
+                                found.extend(rebuilds.attestations);
                             }
                         }
                     }
                 }
             }
-            entry.1 = entry.1.max(head);
-            entry.2.clone()
+            let mut evidence = self.rebuild_evidence.lock().expect("lock");
+            // Another call may have read further meanwhile: the furthest read stays.
+            let newer_there = evidence.get(chain).is_some_and(|e| e.0 == release && e.1 >= head.max(read_to));
+            if !newer_there {
+                if evidence.len() >= EVIDENCE_CACHE_CHAINS && !evidence.contains_key(chain) {
+                    if let Some(dropped) = evidence.keys().next().copied() {
+                        evidence.remove(&dropped);
+                    }
+                }
+                evidence.insert(*chain, (release, head.max(read_to), found.clone()));
+            }
+            found
         })
     }
 
