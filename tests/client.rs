@@ -1528,6 +1528,43 @@ async fn a_summary_the_chain_already_holds_is_not_cosigned_again() {
     assert_eq!(cluster.head(1, chain).await, Some(3));
 }
 
+/// `verify` and `fetch` ask nobody: when the state's newest timeline block is older than
+/// the project's policy takes at an update, they say that a yank since may be unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_and_fetch_say_when_the_state_is_older_than_the_policy_takes() {
+    let cluster = Cluster::start(4).await;
+    let policy = Policy { max_age_ms: 3_000, ..hello_policy() };
+    let (_, timeline_genesis, chain, project_genesis) = timeline_and_project(&cluster, &policy).await;
+    let reply = cluster
+        .client
+        .call(&cluster.witnesses[1], Request::Propose { chain, proposal: release("1.0", &[&key(20), &key(21)]) })
+        .await;
+    assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
+    common::wait_timeline_has(&cluster, chain, 1).await;
+    let dir = genesis_files(&project_genesis, &timeline_genesis);
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let state = path("client.state");
+    anchor_both(dir.path(), &state);
+    std::fs::write(path("hello"), BINARY).unwrap();
+    let chain_hex = chain.to_hex();
+    let (code, out, err) = chainiac(&["update", "--state", &state, "--chain", &chain_hex]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let hello = path("hello");
+    let verify = ["verify", "--state", &state, "--chain", &chain_hex, "--artifact", "hello", &hello];
+    let (code, out, err) = chainiac(&verify);
+    assert!(code == Some(0) && !err.contains("WARNING"), "fresh: {out}{err}");
+    std::thread::sleep(std::time::Duration::from_millis(3_500));
+    let (code, out, err) = chainiac(&verify);
+    assert_eq!(code, Some(0), "still verified: {out}{err}");
+    assert!(err.contains("WARNING: this state's view") && err.contains("more than its policy's 3 s"), "{err}");
+    let source = format!("file://{hello}");
+    let fetched = path("fetched");
+    let mut fetch = vec!["fetch", "--state", &state, "--chain", &chain_hex, "--artifact", "hello"];
+    fetch.extend(["--from", &source, "--out", &fetched]);
+    let (code, out, err) = chainiac(&fetch);
+    assert!(code == Some(0) && err.contains("a yank since then is not known here"), "{out}{err}");
+}
+
 /// Four witnesses batching rebuilds for `batch_seconds`, a timeline, and a project chain
 /// with release 1.0 (block 1): the cluster, both geneses and the release's manifest id.
 async fn batching_cluster_with_a_release(

@@ -166,6 +166,19 @@ pub fn read_key(path: &Path) -> Result<SecretKey> {
     Ok(keyfile::read_with_passphrase(path, passphrase.as_deref().map(|p| p.as_slice()))?)
 }
 
+/// Says so when `client`'s view of `chain` is older than its policy takes at an update:
+/// `verify` and `fetch` read the state and ask nobody, so a yank since is unknown to them.
+pub(crate) fn warn_if_stale(client: &Client, chain: ChainId) {
+    if let Some((age_ms, max_age_ms)) = client.stale_view(chain) {
+        eprintln!(
+            "WARNING: this state's view of {chain} is {} s old, more than its policy's {} s: a yank since then is \
+             not known here (run `chainiac update`)",
+            age_ms / 1000,
+            max_age_ms / 1000
+        );
+    }
+}
+
 /// `chainiac keygen`: a new Ed25519 key (mode 0600), usable as a developer, root, witness or
 /// verifier key; or, with `from_openssh`, an existing OpenSSH ed25519 key converted.
 pub fn keygen(out: &Path, from_openssh: Option<&Path>, json: bool) -> Result<()> {
@@ -351,6 +364,7 @@ pub fn verify(
     if let Some(yank) = &yank {
         eprintln!("WARNING: release {version} is YANKED: {} (accepted: --allow-yanked)", yank.reason);
     }
+    warn_if_stale(&client, chain);
     print(
         json,
         serde_json::json!({

@@ -89,6 +89,7 @@ pub fn fetch(
     if let Some(yank) = &yank {
         eprintln!("WARNING: release {version} is YANKED: {} (accepted: --allow-yanked)", yank.reason);
     }
+    crate::client_cmd::warn_if_stale(&client, chain);
     let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     // The file it replaces keeps its mode (an executable stays one); a new file gets what
     // the user's umask leaves of 0666, as any file a program creates.

@@ -664,6 +664,19 @@ impl Client {
         yank_in(&trusted.policy, version, trusted.release.is_some())
     }
 
+    /// How old this client's view of `chain` is when its policy would not take it at an
+    /// update (ms since the newest timeline block it verified, and the policy's
+    /// `max_age_ms`): a yank since then is unknown to it until it updates. None when fresh
+    /// enough, or when it follows no timeline (nothing then says how fresh it is).
+    pub fn stale_view(&self, chain: ChainId) -> Option<(u64, u64)> {
+        let trusted = self.state.chains.get(&chain)?;
+        let timeline = self.state.chains.get(&self.state.timeline?)?;
+        let policy = chainiac_release::Policy::from_bytes(&trusted.policy);
+        let max_age_ms = policy.map(|p| p.max_age_ms).unwrap_or(self.default_max_age_ms);
+        let age_ms = now_ms().saturating_sub(timeline.header.timestamp_ms);
+        (age_ms > max_age_ms).then_some((age_ms, max_age_ms))
+    }
+
     /// The level of the newest verified release of `chain`, as this client reads it.
     pub fn level(&self, chain: ChainId) -> Option<ReleaseLevel> {
         let trusted = self.state.chains.get(&chain)?;
