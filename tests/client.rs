@@ -83,6 +83,13 @@ fn chainiac(args: &[&str]) -> (Option<i32>, String, String) {
     (out.status.code(), text(&out.stdout), text(&out.stderr))
 }
 
+/// `chainiac update --json` of `chain_hex` with `state`, which must succeed: its answer.
+fn update_json(state: &str, chain_hex: &str) -> serde_json::Value {
+    let (code, out, err) = chainiac(&["update", "--state", state, "--chain", chain_hex, "--json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    serde_json::from_str(&out).unwrap()
+}
+
 /// An HTTP server on 127.0.0.1 that answers its first request with `answer(arg)` (the
 /// bytes as they are, then closes): its URL, ending in `/hello`.
 fn answer_once(answer: fn(&str) -> String, arg: String) -> String {
@@ -186,11 +193,11 @@ impl Handler for Liar {
     fn refused(&self, _: &str) {}
 }
 
-/// A member that drops proposals and answers each with a block it made up (the proposal's
-/// kind and payload put into a real block, so the collective signature no longer covers
-/// it); it relays everything else to witness 1 honestly (through a [`Liar`]'s connection,
-/// not its lies).
-struct Dropper(Liar);
+/// A member that drops proposals: it refuses the first, and answers each later one with a
+/// block it made up (the proposal's kind and payload put into a real block, so the
+/// collective signature no longer covers it); it relays everything else to witness 1
+/// honestly (through a [`Liar`]'s connection, not its lies).
+struct Dropper(Liar, std::sync::atomic::AtomicBool);
 
 impl Handler for Dropper {
     async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
@@ -200,6 +207,10 @@ impl Handler for Dropper {
                 Response::Error(chainiac_proto::ErrorReply::new(chainiac_proto::ErrorCode::Internal, e.to_string()))
             });
         };
+        if !self.1.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let refusal = "a made-up rule says no";
+            return Response::Error(chainiac_proto::ErrorReply::new(chainiac_proto::ErrorCode::Refused, refusal));
+        }
         let Ok(Response::Block(Some(mut block))) = ask(Request::GetBlock { chain, index: 1 }).await else {
             panic!("witness 1 serves block 1");
         };
@@ -547,17 +558,17 @@ async fn the_client_commands_work_from_the_shell_and_bundles_check_offline() {
     // A new file gets what the umask leaves of 0666; one it replaces keeps its mode (an
     // executable stays executable).
     use std::os::unix::fs::PermissionsExt;
-    let mode = |path: &str| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let mode = |path: &str| std::fs::metadata(path).unwrap().permissions().mode() & 0o7777;
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let umask =
         status.lines().find_map(|l| l.strip_prefix("Umask:")).map(|m| u32::from_str_radix(m.trim(), 8).unwrap());
     assert_eq!(mode(&fetched), 0o666 & !umask.unwrap(), "a new file");
-    std::fs::set_permissions(&fetched, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&fetched, std::fs::Permissions::from_mode(0o4755)).unwrap();
     // A named release, walked down from the verified head; one the chain never had.
     let fetch_version = |version: &str| of_version("fetch", version, &["--from", &honest_file, "--out", &fetched]);
     let (code, out, err) = fetch_version("2.0");
     assert!(code == Some(0) && out.contains("of release 2.0"), "{out}{err}");
-    assert_eq!(mode(&fetched), 0o755, "the file replaced keeps its mode");
+    assert_eq!(mode(&fetched), 0o755, "the file replaced keeps its permission bits, not its setuid bit");
     let (code, _, err) = fetch_version("1.9");
     assert!(code == Some(1) && err.contains("has no release \"1.9\""), "{err}");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
@@ -1401,10 +1412,11 @@ async fn rebuild_batches_append_a_release_s_attestations_together() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_holding_a_summary_finds_a_new_release_below_a_yank() {
     let (mut cluster, timeline_genesis, chain, project_genesis, manifest) = batching_cluster_with_a_release(1).await;
+    let (address, witness_key) = (cluster.witnesses[1].address.clone(), cluster.witnesses[1].key);
     let submit = |who: u8, manifest: chainiac_release::ManifestId| {
         let attestation = attested_by(who, manifest, Outcome::Reproduced);
         let request = Request::SubmitRebuild { chain, attestation };
-        let (address, witness_key) = (cluster.witnesses[1].address.clone(), cluster.witnesses[1].key);
+        let (address, witness_key) = (address.clone(), witness_key);
         async move { common::Client::with_key(key(who)).call_at(&address, &witness_key, request).await }
     };
     let reply = submit(40, manifest).await;
@@ -1420,11 +1432,7 @@ async fn a_client_holding_a_summary_finds_a_new_release_below_a_yank() {
     let yanker = path("yanker.state");
     anchor_both(dir.path(), &yanker);
     let chain_hex = chain.to_hex();
-    let update = || {
-        let (code, out, err) = chainiac(&["update", "--state", &state, "--chain", &chain_hex, "--json"]);
-        assert_eq!(code, Some(0), "{out}{err}");
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()
-    };
+    let update = || update_json(&state, &chain_hex);
     let first = update();
     assert_eq!(
         (first["release"]["version"].as_str(), first["level"]["level"].as_str()),
@@ -1435,10 +1443,16 @@ async fn a_client_holding_a_summary_finds_a_new_release_below_a_yank() {
     let proposal = release("1.1", &[&key(20), &key(21)]);
     let reply = cluster.client.call(&cluster.witnesses[1], Request::Propose { chain, proposal }).await;
     assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
+    // The first member the yanks go to drops them: it refuses this one, and the next
+    // member appends it.
+    let dropper = Dropper(Liar::relaying_witness_1(&cluster), Default::default());
+    let classes = &[FrameClass::Query, FrameClass::Submit];
+    common::replace_witness_0_serving(&mut cluster, dropper, classes);
     let dev1 = path("dev1.key");
     let yank = ["release", "yank", "--state", &yanker, "--chain", &chain_hex, "--version", "1.0"];
     let (code, out, err) = chainiac(&[&yank[..], &["--reason", "superseded by 1.1", "--key", &dev1]].concat());
     assert_eq!(code, Some(0), "{out}{err}");
+    assert!(err.contains("refused it: Refused: a made-up rule says no"), "named: {err}");
     common::wait_timeline_has(&cluster, chain, 5).await;
     let second = update();
     assert_eq!(second["to"].as_u64(), Some(5), "{second}");
@@ -1460,11 +1474,7 @@ async fn a_client_holding_a_summary_finds_a_new_release_below_a_yank() {
     let reply = submit(41, manifest_11).await;
     assert!(matches!(reply, Ok(Response::RebuildQueued { .. })), "{reply:?}");
     common::wait_timeline_has(&cluster, chain, 7).await;
-    // The first member the yank goes to drops it and claims a block: the answer is checked
-    // and the next member appends it.
-    let dropper = Dropper(Liar::relaying_witness_1(&cluster));
-    let classes = &[FrameClass::Query, FrameClass::Submit];
-    common::replace_witness_0_serving(&mut cluster, dropper, classes);
+    // It claims a block for this one: the answer is checked, and the next member appends it.
     let yank = ["release", "yank", "--state", &yanker, "--chain", &chain_hex, "--version", "1.1"];
     let (code, out, err) = chainiac(&[&yank[..], &["--reason", "also broken", "--key", &dev1, "--json"]].concat());
     assert_eq!(code, Some(0), "{out}{err}");
@@ -1476,6 +1486,59 @@ async fn a_client_holding_a_summary_finds_a_new_release_below_a_yank() {
     assert_eq!(third["to"].as_u64(), Some(8), "{third}");
     assert_eq!(third["level"]["level"], "rebuilt", "the summary below the yank: {third}");
     assert_eq!(third["level_was"], "policy", "{third}");
+}
+
+/// A state an older client left behind holds release 1.0 (and its summary) although 1.1,
+/// at its own block, replaced it. The next summary at the head, about 1.1 at or below the
+/// client's block, brings 1.1 (it was ignored as "at or below the client's block").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_left_on_a_replaced_release_takes_the_release_a_summary_names() {
+    let (cluster, timeline_genesis, chain, project_genesis, manifest) = batching_cluster_with_a_release(1).await;
+    let (address, witness_key) = (cluster.witnesses[1].address.clone(), cluster.witnesses[1].key);
+    let submit = |who: u8, manifest: chainiac_release::ManifestId| {
+        let request = Request::SubmitRebuild { chain, attestation: attested_by(who, manifest, Outcome::Reproduced) };
+        let (address, witness_key) = (address.clone(), witness_key);
+        async move { common::Client::with_key(key(who)).call_at(&address, &witness_key, request).await }
+    };
+    let block = |index: u64| {
+        let client = &cluster.client;
+        let witness = &cluster.witnesses[1];
+        async move {
+            match client.call(witness, Request::GetBlock { chain, index }).await {
+                Ok(Response::Block(Some(block))) => block,
+                other => panic!("block {index}: {other:?}"),
+            }
+        }
+    };
+    assert!(matches!(submit(40, manifest).await, Ok(Response::RebuildQueued { .. })));
+    common::wait_timeline_has(&cluster, chain, 3).await;
+    let proposal = release("1.1", &[&key(20), &key(21)]);
+    let reply = cluster.client.call(&cluster.witnesses[1], Request::Propose { chain, proposal }).await;
+    assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
+    common::wait_timeline_has(&cluster, chain, 4).await;
+
+    let dir = genesis_files(&project_genesis, &timeline_genesis);
+    let state = dir.path().join("client.state").to_str().unwrap().to_string();
+    anchor_both(dir.path(), &state);
+    let chain_hex = chain.to_hex();
+    let update = || update_json(&state, &chain_hex);
+    assert_eq!(update()["release"]["version"], "1.1");
+    // As an older client would have left it: at block 4, holding 1.0 and its summary.
+    let mut stuck = chainiac_client::ClientState::from_bytes(&std::fs::read(&state).unwrap()).unwrap();
+    let held = stuck.chains.get_mut(&chain).unwrap();
+    assert_eq!(held.index(), 4);
+    held.release = Some(ReleasePayload::from_bytes(&block(1).await.payload).unwrap());
+    held.release_index = Some(1);
+    held.rebuilds = Some(RebuildSummary::from_bytes(&block(3).await.payload).unwrap());
+    std::fs::write(&state, stuck.to_bytes()).unwrap();
+
+    let manifest_11 = ReleasePayload::from_bytes(&block(4).await.payload).unwrap().manifest.id();
+    assert!(matches!(submit(41, manifest_11).await, Ok(Response::RebuildQueued { .. })));
+    common::wait_timeline_has(&cluster, chain, 6).await;
+    let updated = update();
+    assert_eq!(updated["to"].as_u64(), Some(6), "{updated}");
+    assert_eq!(updated["release"]["version"], "1.1", "the release the summary names: {updated}");
+    assert_eq!(updated["level"]["level"], "rebuilt", "{updated}");
 }
 
 /// Members refuse to cosign a summary the chain already holds: a faulty leader could

@@ -93,7 +93,10 @@ pub fn fetch(
     let dir = out.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     // The file it replaces keeps its mode (an executable stays one); a new file gets what
     // the user's umask leaves of 0666, as any file a program creates.
-    let replaced_mode = std::fs::metadata(out).ok().filter(|m| m.is_file()).map(|m| m.permissions());
+    // Only the permission bits: a setuid or setgid bit is not handed to downloaded bytes.
+    let replaced_mode: Option<std::fs::Permissions> = std::fs::metadata(out).ok().filter(|m| m.is_file()).map(|m| {
+        std::os::unix::fs::PermissionsExt::from_mode(std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+    });
     let mut refused: Vec<(String, String)> = Vec::new();
     for source in &sources {
         // Beside the output, so that the rename is within one filesystem; removed unless kept.

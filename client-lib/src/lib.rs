@@ -792,7 +792,7 @@ impl Client {
     /// head (so no member can add, drop or change a block): the release block's index, the
     /// newest summary block about it (index, summary) and every attestation of its rebuilds
     /// blocks, in chain order with their block's index. A summary or rebuilds block on the
-    /// way that does not decode is an error naming it (its committee signed it). What
+    /// way that does not decode is named in `undecodable` (its committee signed it). What
     /// `chainiac rebuilder audit` compares (SPEC §11.8).
     pub async fn rebuilds_on_chain(
         &self,

@@ -407,7 +407,8 @@ impl Client {
     /// manifest the summary's. Down from the verified head by hash links (`GetBackwardProof`)
     /// when the policy in force there is the head's, the usual case; otherwise proven forward
     /// from the client's previous block `old` (`GetProof`: every policy change on the way).
-    /// A summary about a block at or below `old` never gets here (`check_reached` ignores it).
+    /// A summary about a release at or below `old`'s block (one an older client did not
+    /// take) is checked under `old`'s policy when the head's is not in force there.
     async fn release_skipped(
         &self,
         old: &TrustedChain,
@@ -432,6 +433,18 @@ impl Client {
             .await?;
         if below.header.policy_hash == head.header.policy_hash {
             return named_release(&head.policy, &below, summary).map_err(ClientError::Release);
+        }
+        // At or below the client's block (a release an older client did not take): under
+        // the policy the client holds, when that is the one in force there; no forward proof
+        // reaches below the client's block.
+        if summary.release <= old.index() {
+            if below.header.policy_hash == old.header.policy_hash {
+                return named_release(&old.policy, &below, summary).map_err(ClientError::Release);
+            }
+            return Err(ClientError::Release(format!(
+                "release block {} is below this client's block under a policy it does not hold",
+                summary.release
+            )));
         }
         let request = Request::GetProof { chain, from: old.index(), to: Some(summary.release), with_payload: true };
         let start = old.to_state();
@@ -512,14 +525,15 @@ impl Client {
             // Witnesses take rebuilds of a chain's newest release only. A summary about the
             // release held updates what rebuilders said of it; one about a later release the
             // client skipped brings that release (the caller proves it forward from `from`);
-            // one about anything at or below the client's previous block, or older than the
-            // release held, is ignored: it never takes the client back, nor fails the update
-            // (the chain's other news, a yank, still count).
+            // one about a release older than the one held is ignored: it never takes the client
+            // back, nor fails the update (the chain's other news, a yank, still count). One
+            // about a later release at or below the client's previous block is a release it
+            // should have taken and did not (a state an older client left behind): taken too.
             let older = updated.release_index.is_some_and(|held| summary.release < held);
             if release_manifest(&updated) == Some(summary.manifest) {
                 updated.release_index = Some(summary.release);
                 updated.rebuilds = Some(summary);
-            } else if summary.release <= from || older {
+            } else if older {
                 tracing::warn!(chain = %head.chain, "ignored a rebuild summary about block {}", summary.release);
             } else {
                 // A skipped release the witness sent with the links (through it, by hash from

@@ -601,6 +601,7 @@ impl Node {
     /// node's).
     fn check_block(&self, head: &ChainState, block: &Block) -> Result<(), ErrorReply> {
         self.check_valid(head, block)?;
+        self.check_summary_adds_something(head, block)?;
         let skew = block.header.timestamp_ms.abs_diff(now_ms());
         if skew > self.config.max_clock_skew_ms {
             return Err(err(
