@@ -1488,9 +1488,11 @@ async fn a_client_holding_a_summary_finds_a_new_release_below_a_yank() {
     assert_eq!(third["level_was"], "policy", "{third}");
 }
 
-/// A state an older client left behind holds release 1.0 (and its summary) although 1.1,
-/// at its own block, replaced it. The next summary at the head, about 1.1 at or below the
-/// client's block, brings 1.1 (it was ignored as "at or below the client's block").
+/// A state an older client left behind holds release 1.0 (and its summary) at the block
+/// that yanked 1.0, although 1.1 replaced it below. The next summary at the head, about 1.1
+/// at or below the client's block, brings 1.1 (it was ignored as "at or below the client's
+/// block"), checked under the policy in force at 1.1's block: not the client's nor the
+/// head's (the yank changed it), fetched by its hash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_left_on_a_replaced_release_takes_the_release_a_summary_names() {
     let (cluster, timeline_genesis, chain, project_genesis, manifest) = batching_cluster_with_a_release(1).await;
@@ -1521,12 +1523,19 @@ async fn a_state_left_on_a_replaced_release_takes_the_release_a_summary_names() 
     let state = dir.path().join("client.state").to_str().unwrap().to_string();
     anchor_both(dir.path(), &state);
     let chain_hex = chain.to_hex();
+    let dev1 = dir.path().join("dev1.key");
+    chainiac_witness::keyfile::write(&dev1, &key(1)).unwrap();
+    let yank = ["release", "yank", "--state", &state, "--chain", &chain_hex, "--version", "1.0", "--reason", "old"];
+    let (code, out, err) = chainiac(&[&yank[..], &["--key", dev1.to_str().unwrap()]].concat());
+    assert_eq!(code, Some(0), "{out}{err}");
+    common::wait_timeline_has(&cluster, chain, 5).await;
     let update = || update_json(&state, &chain_hex);
-    assert_eq!(update()["release"]["version"], "1.1");
-    // As an older client would have left it: at block 4, holding 1.0 and its summary.
+    update();
+    // As an older client would have left it: at block 5 (the yank), holding 1.0 and its
+    // summary.
     let mut stuck = chainiac_client::ClientState::from_bytes(&std::fs::read(&state).unwrap()).unwrap();
     let held = stuck.chains.get_mut(&chain).unwrap();
-    assert_eq!(held.index(), 4);
+    assert_eq!((held.index(), held.release_index), (5, Some(4)));
     held.release = Some(ReleasePayload::from_bytes(&block(1).await.payload).unwrap());
     held.release_index = Some(1);
     held.rebuilds = Some(RebuildSummary::from_bytes(&block(3).await.payload).unwrap());
@@ -1534,9 +1543,9 @@ async fn a_state_left_on_a_replaced_release_takes_the_release_a_summary_names() 
 
     let manifest_11 = ReleasePayload::from_bytes(&block(4).await.payload).unwrap().manifest.id();
     assert!(matches!(submit(41, manifest_11).await, Ok(Response::RebuildQueued { .. })));
-    common::wait_timeline_has(&cluster, chain, 6).await;
+    common::wait_timeline_has(&cluster, chain, 7).await;
     let updated = update();
-    assert_eq!(updated["to"].as_u64(), Some(6), "{updated}");
+    assert_eq!(updated["to"].as_u64(), Some(7), "{updated}");
     assert_eq!(updated["release"]["version"], "1.1", "the release the summary names: {updated}");
     assert_eq!(updated["level"]["level"], "rebuilt", "{updated}");
 }

@@ -387,7 +387,14 @@ fn propose(
     if runtime.block_on(client.update(chain)).is_ok() {
         let now = &client.state().chains[&chain];
         if now.index() > trusted.index() && Some(now.header.policy_hash) == proposed_policy {
-            eprintln!("warning: no member answered that it appended it, but the chain has it in force at its head");
+            for failed in refusals.iter().chain(&tried) {
+                eprintln!("warning: {failed}");
+            }
+            eprintln!(
+                "warning: no member said it appended it, but its policy is in force at the head, block {} (the \
+                 block that appended it may be earlier)",
+                now.index()
+            );
             return Ok(now.index());
         }
     }

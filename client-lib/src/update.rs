@@ -435,16 +435,14 @@ impl Client {
             return named_release(&head.policy, &below, summary).map_err(ClientError::Release);
         }
         // At or below the client's block (a release an older client did not take): under
-        // the policy the client holds, when that is the one in force there; no forward proof
-        // reaches below the client's block.
+        // the policy in force there, the client's own or one fetched by its hash (the release
+        // block, hash-linked to the head, names it); no forward proof reaches below.
         if summary.release <= old.index() {
             if below.header.policy_hash == old.header.policy_hash {
                 return named_release(&old.policy, &below, summary).map_err(ClientError::Release);
             }
-            return Err(ClientError::Release(format!(
-                "release block {} is below this client's block under a policy it does not hold",
-                summary.release
-            )));
+            let policy = self.policy_by_hash(old, below.header.policy_hash, below.header.previous_checkpoint).await?;
+            return named_release(&policy, &below, summary).map_err(ClientError::Release);
         }
         let request = Request::GetProof { chain, from: old.index(), to: Some(summary.release), with_payload: true };
         let start = old.to_state();
@@ -473,6 +471,40 @@ impl Client {
             Ok(release)
         })
         .await
+    }
+
+    /// The policy of `trusted`'s chain whose hash is `hash`, from the checkpoint block that put
+    /// it in force: the one at `checkpoint` or, for a committee change, the checkpoints
+    /// before it. Its bytes are checked by their hash, so a member can only withhold it (or
+    /// send the walk astray, which fails).
+    async fn policy_by_hash(
+        &self,
+        trusted: &TrustedChain,
+        hash: [u8; 32],
+        mut checkpoint: u64,
+    ) -> Result<Vec<u8>, ClientError> {
+        let chain = trusted.chain;
+        let mut skipped = Vec::new();
+        for _ in 0..64 {
+            let block = self
+                .ask(trusted, Request::GetBlock { chain, index: checkpoint }, &mut skipped, |response| match response {
+                    Response::Block(Some(block)) if block.header.index == checkpoint => Ok(block),
+                    other => Err(format!("answered {} for block {checkpoint}", other.name())),
+                })
+                .await?;
+            let policy = block.policy.filter(|p| chainiac_skipchain::block::policy_hash(p) == hash);
+            if let Some(policy) = policy {
+                return Ok(policy);
+            }
+            if checkpoint == 0 || block.header.previous_checkpoint >= checkpoint {
+                break;
+            }
+            checkpoint = block.header.previous_checkpoint;
+        }
+        Err(ClientError::Release(format!(
+            "no checkpoint of {chain} found that put policy {} in force",
+            BlockId(hash).to_hex()
+        )))
     }
 
     /// The release checks and the timeline's word on one caught-up chain.
@@ -529,7 +561,13 @@ impl Client {
             // back, nor fails the update (the chain's other news, a yank, still count). One
             // about a later release at or below the client's previous block is a release it
             // should have taken and did not (a state an older client left behind): taken too.
-            let older = updated.release_index.is_some_and(|held| summary.release < held);
+            // A state file from before release indices were kept holds a release at an index
+            // it does not know: there a summary at or below its block stays ignored.
+            let older = match (updated.release_index, &updated.release) {
+                (Some(held), _) => summary.release < held,
+                (None, Some(_)) => summary.release <= from,
+                (None, None) => false,
+            };
             if release_manifest(&updated) == Some(summary.manifest) {
                 updated.release_index = Some(summary.release);
                 updated.rebuilds = Some(summary);
