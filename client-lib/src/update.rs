@@ -35,6 +35,7 @@ use chainiac_skipchain::timeline::{chain_prefix, changes_page_full, inclusion_co
 use chainiac_skipchain::{
     Appointments, BlockId, CatchUp, ChainId, ChainState, Committee, EarlierBlock, Proof, ProofError,
 };
+use futures_util::StreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -267,26 +268,22 @@ impl Client {
         // committee or policy change, a yank, a rebuilds block) may stand above a release the
         // client skipped: the newest one after its block is found walking down from the head
         // and checked the same way.
-        let mut unproven = Vec::new();
-        for state in updated.iter_mut() {
+        // What each chain still needs, decided first, then asked for all at once (at most
+        // `BELOW_IN_FLIGHT` chains in flight): a roster change appended to every chain right
+        // after their releases costs one round trip, not one per chain.
+        let mut work = Vec::new();
+        for (i, state) in updated.iter().enumerate() {
             let old = &self.state.chains[&state.chain];
             // Only a summary reached at the head says anything here: one carried over from
             // the client's previous block (the head is a roster change, a yank) is about the
             // release it held, which a later release below the head may have replaced.
             let summary_at_head = state.header.kind == KIND_REBUILD_SUMMARY && state.index() > old.index();
             if summary_at_head {
-                let Some(summary) = state.rebuilds.clone() else { continue };
-                if release_manifest(state) == Some(summary.manifest) {
-                    continue;
-                }
-                match self.release_skipped(old, state, &summary).await {
-                    Ok(release) => {
-                        state.release = Some(release);
-                        state.release_index = Some(summary.release);
+                match state.rebuilds.clone() {
+                    Some(summary) if release_manifest(state) != Some(summary.manifest) => {
+                        work.push((i, Below::Named(summary)))
                     }
-                    Err(e) => {
-                        unproven.push((state.chain, format!("the release the rebuild summary at the head names: {e}")))
-                    }
+                    _ => {}
                 }
                 continue;
             }
@@ -295,23 +292,57 @@ impl Client {
             let moved_past = state.index() > old.index() + 1
                 && ![KIND_RELEASE, KIND_REBUILD_SUMMARY].contains(&state.header.kind)
                 && Policy::from_bytes(&state.policy).is_ok();
-            if !moved_past {
-                continue;
+            if moved_past {
+                work.push((i, Below::Walk));
             }
-            match self.release_below_head(old, state).await {
-                Ok((Some((index, release)), rebuilds)) => {
-                    state.release = Some(release);
+        }
+        let (this, states) = (&*self, &updated);
+        let found: Vec<(usize, Result<Found, String>)> = futures_util::stream::iter(work)
+            .map(|(i, below)| {
+                let state = &states[i];
+                let old = &this.state.chains[&state.chain];
+                async move {
+                    let found = match below {
+                        Below::Named(summary) => this
+                            .release_skipped(old, state, &summary)
+                            .await
+                            .map(|release| Found::Release(summary.release, Box::new(release), None))
+                            .map_err(|e| format!("the release the rebuild summary at the head names: {e}")),
+                        Below::Walk => match this.release_below_head(old, state).await {
+                            Ok((Some((index, release)), rebuilds)) => {
+                                Ok(Found::Release(index, Box::new(release), Some(rebuilds)))
+                            }
+                            Ok((None, summary)) => Ok(Found::Summary(summary)),
+                            Err(e) => Err(format!("the newest release below the head: {e}")),
+                        },
+                    };
+                    (i, found)
+                }
+            })
+            .buffer_unordered(BELOW_IN_FLIGHT)
+            .collect()
+            .await;
+        let mut unproven = Vec::new();
+        for (i, found) in found {
+            let state = &mut updated[i];
+            match found {
+                Ok(Found::Release(index, release, rebuilds)) => {
+                    state.release = Some(*release);
                     state.release_index = Some(index);
-                    state.rebuilds = rebuilds;
+                    // A walk's summary (or none) replaces what the client held; a summary at
+                    // the head stays (it names this release).
+                    if let Some(rebuilds) = rebuilds {
+                        state.rebuilds = rebuilds;
+                    }
                 }
                 // No release since the client's block, but a summary about the one it
                 // holds: newer than any it had (the walk stops at its block).
-                Ok((None, Some(summary))) if release_manifest(state) == Some(summary.manifest) => {
+                Ok(Found::Summary(Some(summary))) if release_manifest(state) == Some(summary.manifest) => {
                     state.release_index = Some(summary.release);
                     state.rebuilds = Some(summary);
                 }
-                Ok((None, _)) => {}
-                Err(e) => unproven.push((state.chain, format!("the newest release below the head: {e}"))),
+                Ok(Found::Summary(_)) => {}
+                Err(e) => unproven.push((state.chain, e)),
             }
         }
         updated.retain(|state| !unproven.iter().any(|(chain, _)| *chain == state.chain));
@@ -1203,6 +1234,25 @@ fn yank_changes(old: &[u8], new: &[u8]) -> (Vec<chainiac_release::Yank>, Vec<Str
 /// The release block a rebuild summary names (reached by hash links from a verified head
 /// whose policy is in force there), checked as a head release under `policy`, its manifest
 /// the summary's.
+/// How many chains' releases below their heads an update asks for at once.
+const BELOW_IN_FLIGHT: usize = 16;
+
+/// What an updated chain still needs from below its head.
+enum Below {
+    /// The release a summary at the head names (the client skipped it).
+    Named(RebuildSummary),
+    /// The newest release between the client's block and a head that is neither a release
+    /// nor a summary, if any.
+    Walk,
+}
+
+/// What was found below a head: a release (its index, payload and, from a walk, the summary
+/// found with it or none), or, from a walk that found no release, the newest summary.
+enum Found {
+    Release(u64, Box<ReleasePayload>, Option<Option<RebuildSummary>>),
+    Summary(Option<RebuildSummary>),
+}
+
 fn named_release(policy: &[u8], block: &EarlierBlock, summary: &RebuildSummary) -> Result<ReleasePayload, String> {
     if block.header.index != summary.release || block.header.kind != KIND_RELEASE {
         return Err(format!("block {} is no release", block.header.index));
