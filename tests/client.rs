@@ -1403,6 +1403,33 @@ async fn rebuild_batches_append_a_release_s_attestations_together() {
         assert_eq!(update["level"]["level"], "rebuilt", "{name}: {update}");
         assert_eq!(update["level"]["other_rebuilders"], 7, "{name}: {update}");
     }
+    // A client that wants eight rebuilders outside the policy refuses it, seven takes it.
+    let (state, hello) = (dir.path().join("linked.state"), dir.path().join("hello"));
+    std::fs::write(&hello, BINARY).unwrap();
+    let (state, hello) = (state.to_str().unwrap(), hello.to_str().unwrap());
+    let verify = |level: &str| {
+        chainiac(&[
+            "verify",
+            "--state",
+            state,
+            "--chain",
+            &chain_hex,
+            "--artifact",
+            "hello",
+            "--min-level",
+            level,
+            hello,
+        ])
+    };
+    let (code, out, err) = verify("rebuilt:8");
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("7 of the 8 rebuilders outside the policy this client wants"), "{err}");
+    let (code, out, err) = verify("rebuilt:7");
+    assert!(code == Some(0) && out.contains("verified"), "{out}{err}");
+    let (code, _, err) = verify("rebuilt:0");
+    assert!(code == Some(2) && err.contains("rebuilt:N or trusted:N (N ≥ 1)"), "{err}");
+    let (code, _, err) = verify("trusted:2");
+    assert!(code == Some(2) && err.contains("needs --trust-rebuilders naming at least 2 key(s)"), "{err}");
 }
 
 /// A client that holds a release and a summary about it, whose chain then gets a new

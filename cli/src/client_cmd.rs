@@ -39,8 +39,9 @@ pub struct TrustArgs {
     trust_rebuilders: Option<PathBuf>,
     /// The lowest level installed: `policy` (the project's verifiers reproduced it; every
     /// release), `rebuilt` (and a rebuilder outside the policy did), `trusted` (and a
-    /// rebuilder of `--trust-rebuilders` did).
-    #[arg(long, default_value = "policy", value_parser = ["policy", "rebuilt", "trusted"])]
+    /// rebuilder of `--trust-rebuilders` did); `rebuilt:N` and `trusted:N` want N such
+    /// rebuilders.
+    #[arg(long, default_value = "policy")]
     min_level: String,
 }
 
@@ -55,11 +56,14 @@ impl TrustArgs {
                 parse_trusted_rebuilders(&text).map_err(|e| UsageError(format!("{}: {e}", path.display())))?
             }
         };
-        let min_level = chainiac_client::Level::parse(&self.min_level).expect("clap checked the value");
-        if min_level == chainiac_client::Level::Trusted && trusted_rebuilders.is_empty() {
-            return Err(
-                UsageError("--min-level trusted needs --trust-rebuilders naming at least one key".into()).into()
-            );
+        let (min_level, min_level_count) = parse_min_level(&self.min_level)?;
+        if min_level == chainiac_client::Level::Trusted && trusted_rebuilders.len() < min_level_count.max(1) {
+            return Err(UsageError(format!(
+                "--min-level {} needs --trust-rebuilders naming at least {} key(s)",
+                self.min_level,
+                min_level_count.max(1)
+            ))
+            .into());
         }
         Ok(TrustLevel {
             min_reproductions: self.min_reproductions,
@@ -68,8 +72,24 @@ impl TrustArgs {
             allow_yanked: self.allow_yanked,
             trusted_rebuilders,
             min_level,
+            min_level_count,
         })
     }
+}
+
+/// `--min-level`: a level's name, and for `rebuilt` and `trusted` optionally `:N`, how many
+/// rebuilders (at least 1).
+fn parse_min_level(text: &str) -> Result<(chainiac_client::Level, usize)> {
+    let bad = || UsageError(format!("--min-level {text}: policy, rebuilt, trusted, rebuilt:N or trusted:N (N ≥ 1)"));
+    let (name, count) = match text.split_once(':') {
+        None => (text, 1),
+        Some((name, count)) => (name, count.parse::<usize>().ok().filter(|n| *n >= 1).ok_or_else(bad)?),
+    };
+    let level = chainiac_client::Level::parse(name).ok_or_else(bad)?;
+    if level == chainiac_client::Level::Policy && count != 1 {
+        return Err(bad().into());
+    }
+    Ok((level, count))
 }
 
 /// A release's level as JSON: who reproduced it, who disagreed.

@@ -448,6 +448,9 @@ pub struct TrustLevel {
     pub trusted_rebuilders: Vec<PublicKey>,
     /// The lowest level this client installs (SPEC §11.8).
     pub min_level: Level,
+    /// How many rebuilders `min_level` takes (0 counts as 1): `rebuilt` by so many outside
+    /// the policy, `trusted` by so many this client trusts.
+    pub min_level_count: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -709,7 +712,7 @@ impl Client {
     ) -> Result<(), ClientError> {
         self.meets_bar(release).map_err(ClientError::BelowClientBar)?;
         let level = self.level_of(release, rebuilds);
-        if let Some(missing) = level.missing(self.trust.min_level) {
+        if let Some(missing) = level.missing(self.trust.min_level, self.trust.min_level_count) {
             return Err(ClientError::BelowLevel {
                 version: level.version,
                 level: level.level,
@@ -1093,7 +1096,7 @@ impl Bundle {
         }
         // A bundle carries no rebuild summary: its release is at the policy's level.
         let level = ReleaseLevel::of(&release, None, &trust.trusted_rebuilders, trust.require_isolation);
-        if let Some(missing) = level.missing(trust.min_level) {
+        if let Some(missing) = level.missing(trust.min_level, trust.min_level_count) {
             let (version, level, wanted) = (level.version, level.level, trust.min_level);
             return Err(ClientError::BelowLevel { version, level, wanted, missing });
         }

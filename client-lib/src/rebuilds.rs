@@ -102,16 +102,23 @@ impl ReleaseLevel {
         level
     }
 
-    /// What is missing for `wanted`, if the release is below it.
-    pub fn missing(&self, wanted: Level) -> Option<String> {
-        if self.level >= wanted {
-            return None;
+    /// What is missing for `wanted` reached by at least `count` rebuilders (0 counts as 1:
+    /// `rebuilt` by so many rebuilders outside the policy, trusted or not; `trusted` by so
+    /// many this client trusts), if the release is below it.
+    pub fn missing(&self, wanted: Level, count: usize) -> Option<String> {
+        let count = count.max(1);
+        let (have, who) = match wanted {
+            Level::Policy => return None,
+            Level::Rebuilt => (self.trusted_rebuilders.len() + self.other_rebuilders, "outside the policy"),
+            Level::Trusted => (self.trusted_rebuilders.len(), "this client trusts"),
+        };
+        match (have, count) {
+            (have, count) if have >= count => None,
+            (0, 1) => Some(format!("no rebuilder {who} has reproduced it yet")),
+            (have, count) => {
+                Some(format!("{have} of the {count} rebuilders {who} this client wants have reproduced it"))
+            }
         }
-        Some(match wanted {
-            Level::Policy => unreachable!("every release is at least at the policy's level"),
-            Level::Rebuilt => "no rebuilder outside the policy has reproduced it yet".into(),
-            Level::Trusted => "no rebuilder this client trusts has reproduced it yet".into(),
-        })
     }
 
     /// One line for people: "level rebuilt: 2 verifiers, 0 trusted and 3 other rebuilders
@@ -218,8 +225,15 @@ mod tests {
             let expected = if by_trusted { Level::Trusted } else if by_anyone { Level::Rebuilt } else { Level::Policy };
             prop_assert_eq!(level.level, expected);
             prop_assert_eq!(level.disagreements.len(), records.iter().filter(|r| r.verdict != Verdict::Reproduced).count());
-            prop_assert_eq!(level.missing(Level::Policy), None);
-            prop_assert_eq!(level.missing(expected), None);
+            prop_assert_eq!(level.missing(Level::Policy, 1), None);
+            prop_assert_eq!(level.missing(expected, 1), None);
+            // A count asks for that many distinct rebuilders of the class.
+            let reproduced: Vec<&RebuildRecord> = records.iter().filter(|r| counts(r)).collect();
+            let trusted_n = reproduced.iter().filter(|r| trusted.contains(&r.rebuilder)).count();
+            for count in 0..4 {
+                prop_assert_eq!(level.missing(Level::Rebuilt, count).is_none(), reproduced.len() >= count.max(1));
+                prop_assert_eq!(level.missing(Level::Trusted, count).is_none(), trusted_n >= count.max(1));
+            }
         }
     }
 }
