@@ -1423,7 +1423,10 @@ async fn rebuild_batches_append_a_release_s_attestations_together() {
     };
     let (code, out, err) = verify("rebuilt:8");
     assert_eq!(code, Some(1), "{out}{err}");
-    assert!(err.contains("7 of the 8 rebuilders outside the policy this client wants"), "{err}");
+    assert!(
+        err.contains("below this client's rebuilt:8: 7 rebuilder(s) outside the policy reproduced it, 8 wanted"),
+        "{err}"
+    );
     let (code, out, err) = verify("rebuilt:7");
     assert!(code == Some(0) && out.contains("verified"), "{out}{err}");
     let (code, _, err) = verify("rebuilt:0");

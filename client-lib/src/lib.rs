@@ -483,7 +483,7 @@ pub enum ClientError {
     #[error("the release does not meet this client's bar: {0}")]
     BelowClientBar(String),
     #[error("release {version} is at level {level}, below this client's {wanted}: {missing}")]
-    BelowLevel { version: String, level: Level, wanted: Level, missing: String },
+    BelowLevel { version: String, level: Level, wanted: String, missing: String },
     #[error(
         "release {version} of chain {chain} is YANKED: {reason} (do not install it; --allow-yanked accepts it anyway)"
     )]
@@ -716,7 +716,7 @@ impl Client {
             return Err(ClientError::BelowLevel {
                 version: level.version,
                 level: level.level,
-                wanted: self.trust.min_level,
+                wanted: rebuilds::level_bar(self.trust.min_level, self.trust.min_level_count),
                 missing,
             });
         }
@@ -1097,7 +1097,8 @@ impl Bundle {
         // A bundle carries no rebuild summary: its release is at the policy's level.
         let level = ReleaseLevel::of(&release, None, &trust.trusted_rebuilders, trust.require_isolation);
         if let Some(missing) = level.missing(trust.min_level, trust.min_level_count) {
-            let (version, level, wanted) = (level.version, level.level, trust.min_level);
+            let wanted = rebuilds::level_bar(trust.min_level, trust.min_level_count);
+            let (version, level) = (level.version, level.level);
             return Err(ClientError::BelowLevel { version, level, wanted, missing });
         }
         let timeline_age_ms = match (&self.timeline, expected_timeline) {

@@ -5,6 +5,15 @@ use chainiac_cosi::PublicKey;
 use chainiac_release::{BuildIsolation, Outcome, RebuildSummary, ReleasePayload, Verdict};
 use serde::{Deserialize, Serialize};
 
+/// A level and how many rebuilders it takes, as `--min-level` names it: `policy`,
+/// `rebuilt`, `trusted`, or with a count above 1 `rebuilt:N`, `trusted:N`.
+pub fn level_bar(level: Level, count: usize) -> String {
+    match count {
+        0 | 1 => level.name().to_string(),
+        n => format!("{}:{n}", level.name()),
+    }
+}
+
 /// How far a release's reproductions reach, lowest first. Every release on a chain is at
 /// least `Policy`: the witnesses appended it only once the policy's verifiers reproduced it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
@@ -115,9 +124,7 @@ impl ReleaseLevel {
         match (have, count) {
             (have, count) if have >= count => None,
             (0, 1) => Some(format!("no rebuilder {who} has reproduced it yet")),
-            (have, count) => {
-                Some(format!("{have} of the {count} rebuilders {who} this client wants have reproduced it"))
-            }
+            (have, count) => Some(format!("{have} rebuilder(s) {who} reproduced it, {count} wanted")),
         }
     }
 

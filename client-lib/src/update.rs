@@ -472,7 +472,7 @@ impl Client {
             if below.header.policy_hash == old.header.policy_hash {
                 return named_release(&old.policy, &below, summary).map_err(ClientError::Release);
             }
-            let policy = self.policy_by_hash(old, below.header.policy_hash, below.header.previous_checkpoint).await?;
+            let policy = self.policy_by_hash(head, below.header.policy_hash, below.header.previous_checkpoint).await?;
             return named_release(&policy, &below, summary).map_err(ClientError::Release);
         }
         let request = Request::GetProof { chain, from: old.index(), to: Some(summary.release), with_payload: true };
@@ -504,33 +504,60 @@ impl Client {
         .await
     }
 
-    /// The policy of `trusted`'s chain whose hash is `hash`, from the checkpoint block that put
-    /// it in force: the one at `checkpoint` or, for a committee change, the checkpoints
-    /// before it. Its bytes are checked by their hash, so a member can only withhold it (or
-    /// send the walk astray, which fails).
+    /// The policy of `head`'s chain whose hash is `hash`, in force at a block whose newest
+    /// checkpoint before it is `checkpoint` (from a header proven down from `head`): taken
+    /// from the checkpoint that put it in force, that one or, past checkpoints that changed
+    /// only the committee, an earlier one. A member's block counts only if its policy
+    /// bytes hash to `hash` (else the next member is asked); each step down follows the
+    /// checkpoint's header proven from the verified head (`GetBackwardProof`), so no member
+    /// can send the walk astray, only make it ask every member.
     async fn policy_by_hash(
         &self,
-        trusted: &TrustedChain,
+        head: &TrustedChain,
         hash: [u8; 32],
         mut checkpoint: u64,
     ) -> Result<Vec<u8>, ClientError> {
-        let chain = trusted.chain;
-        let mut skipped = Vec::new();
-        for _ in 0..64 {
-            let block = self
-                .ask(trusted, Request::GetBlock { chain, index: checkpoint }, &mut skipped, |response| match response {
-                    Response::Block(Some(block)) if block.header.index == checkpoint => Ok(block),
+        let chain = head.chain;
+        let verified_head = head.to_state();
+        loop {
+            let mut skipped = Vec::new();
+            let request = Request::GetBlock { chain, index: checkpoint };
+            let carried = self
+                .ask(head, request, &mut skipped, |response| match response {
+                    Response::Block(Some(block)) if block.header.index == checkpoint => block
+                        .policy
+                        .filter(|p| chainiac_skipchain::block::policy_hash(p) == hash)
+                        .ok_or_else(|| format!("block {checkpoint} carries no such policy")),
                     other => Err(format!("answered {} for block {checkpoint}", other.name())),
                 })
-                .await?;
-            let policy = block.policy.filter(|p| chainiac_skipchain::block::policy_hash(p) == hash);
-            if let Some(policy) = policy {
+                .await;
+            if let Ok(policy) = carried {
                 return Ok(policy);
             }
-            if checkpoint == 0 || block.header.previous_checkpoint >= checkpoint {
+            if checkpoint == 0 {
                 break;
             }
-            checkpoint = block.header.previous_checkpoint;
+            // Not put in force there (a committee change, or every member withheld it): the
+            // checkpoint before, from this one's header proven down from the head.
+            let request = Request::GetBackwardProof { chain, from: head.index(), to: checkpoint, with_payload: false };
+            let header = self
+                .ask(head, request, &mut skipped, |response| {
+                    let Response::BackwardProof(proof) = response else {
+                        return Err(format!("answered {}", response.name()));
+                    };
+                    let earlier = proof.verify(&verified_head).map_err(|e| e.to_string())?.into_inner();
+                    match earlier.header.index == checkpoint {
+                        true => Ok(earlier.header),
+                        false => Err(format!("proved block {}, not {checkpoint}", earlier.header.index)),
+                    }
+                })
+                .await?;
+            // No policy change lies between a checkpoint and the blocks after it up to the
+            // next one: another policy here means the chain is not what its headers say.
+            if header.policy_hash != hash || header.previous_checkpoint >= checkpoint {
+                break;
+            }
+            checkpoint = header.previous_checkpoint;
         }
         Err(ClientError::Release(format!(
             "no checkpoint of {chain} found that put policy {} in force",
@@ -1231,9 +1258,6 @@ fn yank_changes(old: &[u8], new: &[u8]) -> (Vec<chainiac_release::Yank>, Vec<Str
     (after.into_iter().filter(|y| !before.contains(y)).collect(), unyanked)
 }
 
-/// The release block a rebuild summary names (reached by hash links from a verified head
-/// whose policy is in force there), checked as a head release under `policy`, its manifest
-/// the summary's.
 /// How many chains' releases below their heads an update asks for at once.
 const BELOW_IN_FLIGHT: usize = 16;
 
@@ -1253,6 +1277,9 @@ enum Found {
     Summary(Option<RebuildSummary>),
 }
 
+/// The release block a rebuild summary names (reached by hash links from a verified head
+/// whose policy is in force there), checked as a head release under `policy`, its manifest
+/// the summary's.
 fn named_release(policy: &[u8], block: &EarlierBlock, summary: &RebuildSummary) -> Result<ReleasePayload, String> {
     if block.header.index != summary.release || block.header.kind != KIND_RELEASE {
         return Err(format!("block {} is no release", block.header.index));
