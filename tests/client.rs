@@ -1525,7 +1525,7 @@ async fn a_client_holding_a_summary_finds_a_new_release_below_a_yank() {
 /// head's (the yank changed it), fetched by its hash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_left_on_a_replaced_release_takes_the_release_a_summary_names() {
-    let (cluster, timeline_genesis, chain, project_genesis, manifest) = batching_cluster_with_a_release(1).await;
+    let (mut cluster, timeline_genesis, chain, project_genesis, manifest) = batching_cluster_with_a_release(1).await;
     let (address, witness_key) = (cluster.witnesses[1].address.clone(), cluster.witnesses[1].key);
     let submit = |who: u8, manifest: chainiac_release::ManifestId| {
         let request = Request::SubmitRebuild { chain, attestation: attested_by(who, manifest, Outcome::Reproduced) };
@@ -1574,10 +1574,36 @@ async fn a_state_left_on_a_replaced_release_takes_the_release_a_summary_names() 
     let manifest_11 = ReleasePayload::from_bytes(&block(4).await.payload).unwrap().manifest.id();
     assert!(matches!(submit(41, manifest_11).await, Ok(Response::RebuildQueued { .. })));
     common::wait_timeline_has(&cluster, chain, 7).await;
+    // The first member asked for the policy's block withholds the policy: the next is asked.
+    let stripped = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stripper = PolicyStripper(Liar::relaying_witness_1(&cluster), stripped.clone());
+    common::replace_witness_0(&mut cluster, stripper);
     let updated = update();
+    assert!(stripped.load(std::sync::atomic::Ordering::SeqCst) > 0, "the stripper was asked");
     assert_eq!(updated["to"].as_u64(), Some(7), "{updated}");
     assert_eq!(updated["release"]["version"], "1.1", "the release the summary names: {updated}");
     assert_eq!(updated["level"]["level"], "rebuilt", "{updated}");
+}
+
+/// A member that answers `GetBlock` with the block's policy left out (counting how often),
+/// as if that block had not put it in force; it relays everything else to witness 1.
+struct PolicyStripper(Liar, Arc<std::sync::atomic::AtomicUsize>);
+
+impl Handler for PolicyStripper {
+    async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
+        match self.0.honest.call_at(&self.0.honest_address, &self.0.honest_key, request).await {
+            Ok(Response::Block(Some(mut block))) if block.policy.is_some() => {
+                block.policy = None;
+                self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Response::Block(Some(block))
+            }
+            Ok(other) => other,
+            Err(e) => {
+                Response::Error(chainiac_proto::ErrorReply::new(chainiac_proto::ErrorCode::Internal, e.to_string()))
+            }
+        }
+    }
+    fn refused(&self, _: &str) {}
 }
 
 /// Members refuse to cosign a summary the chain already holds: a faulty leader could
