@@ -201,17 +201,12 @@ struct Dropper(Liar, std::sync::atomic::AtomicBool);
 
 impl Handler for Dropper {
     async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
-        let ask = |request| self.0.honest.call_at(&self.0.honest_address, &self.0.honest_key, request);
-        let Request::Propose { chain, proposal } = request else {
-            return ask(request).await.unwrap_or_else(|e| {
-                Response::Error(chainiac_proto::ErrorReply::new(chainiac_proto::ErrorCode::Internal, e.to_string()))
-            });
-        };
+        let Request::Propose { chain, proposal } = request else { return self.0.relay(request).await };
         if !self.1.swap(true, std::sync::atomic::Ordering::SeqCst) {
             let refusal = "a made-up rule says no";
             return Response::Error(chainiac_proto::ErrorReply::new(chainiac_proto::ErrorCode::Refused, refusal));
         }
-        let Ok(Response::Block(Some(mut block))) = ask(Request::GetBlock { chain, index: 1 }).await else {
+        let Response::Block(Some(mut block)) = self.0.relay(Request::GetBlock { chain, index: 1 }).await else {
             panic!("witness 1 serves block 1");
         };
         (block.header.index, block.header.kind, block.payload) = (1_000, proposal.kind, proposal.payload);
@@ -230,6 +225,13 @@ fn replace_witness_0_with_a_liar(cluster: &mut Cluster) {
 }
 
 impl Liar {
+    /// Witness 1's honest answer to `request` (a failure to reach it as an `Internal` error).
+    async fn relay(&self, request: Request) -> Response {
+        self.honest.call_at(&self.honest_address, &self.honest_key, request).await.unwrap_or_else(|e| {
+            Response::Error(chainiac_proto::ErrorReply::new(chainiac_proto::ErrorCode::Internal, e.to_string()))
+        })
+    }
+
     fn relaying_witness_1(cluster: &Cluster) -> Liar {
         Liar {
             honest: Arc::new(common::Client::new()),
@@ -1282,9 +1284,8 @@ struct Hider(Liar);
 
 impl Handler for Hider {
     async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
-        let answer = self.0.honest.call_at(&self.0.honest_address, &self.0.honest_key, request).await;
-        match answer {
-            Ok(Response::Tracker(mut report)) => {
+        match self.0.relay(request).await {
+            Response::Tracker(mut report) => {
                 report.disputed.clear();
                 report.throttled.clear();
                 for record in &mut report.records {
@@ -1292,10 +1293,7 @@ impl Handler for Hider {
                 }
                 Response::Tracker(report)
             }
-            Ok(other) => other,
-            Err(e) => {
-                Response::Error(chainiac_proto::ErrorReply::new(chainiac_proto::ErrorCode::Internal, e.to_string()))
-            }
+            other => other,
         }
     }
     fn refused(&self, _: &str) {}
@@ -1591,16 +1589,13 @@ struct PolicyStripper(Liar, Arc<std::sync::atomic::AtomicUsize>);
 
 impl Handler for PolicyStripper {
     async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
-        match self.0.honest.call_at(&self.0.honest_address, &self.0.honest_key, request).await {
-            Ok(Response::Block(Some(mut block))) if block.policy.is_some() => {
+        match self.0.relay(request).await {
+            Response::Block(Some(mut block)) if block.policy.is_some() => {
                 block.policy = None;
                 self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 Response::Block(Some(block))
             }
-            Ok(other) => other,
-            Err(e) => {
-                Response::Error(chainiac_proto::ErrorReply::new(chainiac_proto::ErrorCode::Internal, e.to_string()))
-            }
+            other => other,
         }
     }
     fn refused(&self, _: &str) {}
