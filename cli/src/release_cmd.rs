@@ -281,6 +281,13 @@ fn pool() -> Result<Pool> {
     pool_with(chainiac_cosi::SecretKey::generate(&mut rand_core::OsRng))
 }
 
+/// [`pool`] from outside `runtime` (its endpoint binds inside it), for calls made with
+/// `runtime.block_on`.
+fn pool_in(runtime: &tokio::runtime::Runtime) -> Result<Pool> {
+    let _entered = runtime.enter();
+    pool()
+}
+
 /// A connection pool that presents `key` to the nodes it calls.
 pub(crate) fn pool_with(key: chainiac_cosi::SecretKey) -> Result<Pool> {
     let endpoint = chainiac_proto::endpoint::client("0.0.0.0:0".parse().expect("valid"))?;
@@ -354,11 +361,7 @@ fn propose(
     proposal: chainiac_skipchain::Proposal,
 ) -> Result<u64> {
     let trusted = client.state().chains[&chain].clone();
-    // The pool binds its endpoint in the runtime.
-    let pool = {
-        let _entered = runtime.enter();
-        pool()?
-    };
+    let pool = pool_in(runtime)?;
     let (mut refusals, mut tried) = (Vec::new(), Vec::new());
     for member in trusted.committee.roster().members() {
         let request = Request::Propose { chain, proposal: proposal.clone() };
@@ -577,10 +580,7 @@ fn throttled_by_a_member(
     runtime: &tokio::runtime::Runtime,
     trusted: &chainiac_client::TrustedChain,
 ) -> (Vec<([u8; 32], u64)>, Option<String>) {
-    let Ok(pool) = ({
-        let _entered = runtime.enter();
-        pool()
-    }) else {
+    let Ok(pool) = pool_in(runtime) else {
         return (Vec::new(), None);
     };
     let request = Request::GetTracker { chain: trusted.chain };
