@@ -1075,7 +1075,7 @@ async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
     let submit = |attestation: Attestation| submit_as(30, attestation);
     let reply = submit(lie(mismatch.clone(), manifest.id())).await;
     let Ok(Response::Appended { block }) = reply else { panic!("{reply:?}") };
-    let summary = RebuildSummary::from_bytes(&block.payload).unwrap();
+    let summary = RebuildSummary::of_block(block.header.kind, &block.payload).unwrap();
     assert_eq!(summary.records.len(), 2);
     assert_eq!(summary.records[1].verdict, Verdict::Mismatch);
     // What the witnesses keep behind each record: the signed attestations, digests matching.
@@ -1345,7 +1345,7 @@ async fn rebuild_batches_append_a_release_s_attestations_together() {
     let rebuilds = Rebuilds::from_bytes(&blocks[0].payload).unwrap();
     let keys: Vec<_> = rebuilds.attestations.iter().map(|a| a.body.verifier).collect();
     assert_eq!(keys, [40, 41, 42].map(|k| key(k).public_key()), "one rebuilds block, each once");
-    let summary = RebuildSummary::from_bytes(&blocks[1].payload).unwrap();
+    let summary = RebuildSummary::of_block(blocks[1].header.kind, &blocks[1].payload).unwrap();
     assert_eq!((blocks[1].header.kind, summary.release, summary.records.len()), (KIND_REBUILD_SUMMARY, 1, 3));
     let replay = format!("{:?}", submit(41, 2).await);
     assert!(replay.contains("already attested release 1"), "{replay}");
@@ -1357,7 +1357,7 @@ async fn rebuild_batches_append_a_release_s_attestations_together() {
     cluster.witnesses[2].start();
     wait_head(&cluster, chain, 5).await;
     let summary = match cluster.client.call(&cluster.witnesses[1], Request::GetBlock { chain, index: 5 }).await {
-        Ok(Response::Block(Some(block))) => RebuildSummary::from_bytes(&block.payload).unwrap(),
+        Ok(Response::Block(Some(block))) => RebuildSummary::of_block(block.header.kind, &block.payload).unwrap(),
         other => panic!("{other:?}"),
     };
     assert!(summary.records.iter().any(|r| r.rebuilder == key(43).public_key()), "{summary:?}");
@@ -1375,7 +1375,7 @@ async fn rebuild_batches_append_a_release_s_attestations_together() {
         let head = cluster.head(1, chain).await.unwrap();
         let reply = cluster.client.call(&cluster.witnesses[1], Request::GetBlock { chain, index: head }).await;
         let Ok(Response::Block(Some(block))) = reply else { panic!("{reply:?}") };
-        let recorded = RebuildSummary::from_bytes(&block.payload).map_or(0, |s| s.records.len());
+        let recorded = RebuildSummary::of_block(block.header.kind, &block.payload).map_or(0, |s| s.records.len());
         if recorded == 7 {
             break head;
         }
@@ -1566,7 +1566,8 @@ async fn a_state_left_on_a_replaced_release_takes_the_release_a_summary_names() 
     assert_eq!((held.index(), held.release_index), (5, Some(4)));
     held.release = Some(ReleasePayload::from_bytes(&block(1).await.payload).unwrap());
     held.release_index = Some(1);
-    held.rebuilds = Some(RebuildSummary::from_bytes(&block(3).await.payload).unwrap());
+    let summary_block = block(3).await;
+    held.rebuilds = Some(RebuildSummary::of_block(summary_block.header.kind, &summary_block.payload).unwrap());
     std::fs::write(&state, stuck.to_bytes()).unwrap();
 
     let manifest_11 = ReleasePayload::from_bytes(&block(4).await.payload).unwrap().manifest.id();
@@ -1702,6 +1703,87 @@ async fn batching_cluster_with_a_release(
     (cluster, timeline_genesis, chain, project_genesis, manifest)
 }
 
+/// A member that sends the rebuild summary at the head in full (SPEC §7.5, the named form)
+/// with its records rewritten to a key the client trusts: the full header no longer hashes
+/// to the id the timeline records, so the client refuses the answer and takes another
+/// member's. Counts the answers it rewrote.
+struct Renamer(Liar, PublicKey, Arc<std::sync::atomic::AtomicUsize>);
+
+impl Handler for Renamer {
+    async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
+        let mut answer = self.0.relay(request).await;
+        if let Response::LinkedProofs(answers) = &mut answer {
+            for named in answers.iter_mut().flatten().filter_map(|proof| proof.named.as_mut()) {
+                let Some((release, release_block)) = chainiac_release::names_block(named.kind, &named.payload) else {
+                    continue;
+                };
+                let mut summary = RebuildSummary::of_block(named.kind, &named.payload).unwrap();
+                assert_eq!(summary.release, release);
+                for record in &mut summary.records {
+                    record.rebuilder = self.1;
+                }
+                named.payload = summary.to_block_bytes(release_block);
+                self.2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        answer
+    }
+    fn refused(&self, _: &str) {}
+}
+
+/// A client that skipped a release gets the rebuild summary at the head in full, with the
+/// links starting at the release it names (SPEC §7.5): the blocks between cost nothing. A
+/// member that rewrites the summary's records (to make a rebuilder the client trusts appear)
+/// is refused: the summary is bound by the id the timeline records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_summary_at_the_head_names_its_release_and_cannot_be_rewritten() {
+    let (mut cluster, timeline_genesis, chain, project_genesis, manifest) = batching_cluster_with_a_release(0).await;
+    let attestation = attested_by(40, manifest, Outcome::Reproduced);
+    let request = Request::SubmitRebuild { chain, attestation };
+    let reply = common::Client::with_key(key(40))
+        .call_at(&cluster.witnesses[1].address, &cluster.witnesses[1].key, request)
+        .await;
+    let Ok(Response::Appended { block: summary }) = reply else { panic!("{reply:?}") };
+    assert_eq!((summary.header.index, summary.header.kind), (3, KIND_REBUILD_SUMMARY));
+    let release_block = match cluster.client.call(&cluster.witnesses[1], Request::GetBlock { chain, index: 1 }).await {
+        Ok(Response::Block(Some(block))) => block.id(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(chainiac_release::names_block(summary.header.kind, &summary.payload), Some((1, release_block)));
+    common::wait_timeline_has(&cluster, chain, 3).await;
+
+    // Witness 1's own answer for a client at the genesis: the summary in full, one link
+    // (the release, with its payload), nothing of block 2.
+    let query = chainiac_proto::LinkedQuery { chain, from: 0, recorded: 3 };
+    let request = Request::GetLinkedProofs { queries: vec![query], with_payload: true, held_appointments: vec![] };
+    let Ok(Response::LinkedProofs(answers)) = cluster.client.call(&cluster.witnesses[1], request).await else {
+        panic!("linked proofs")
+    };
+    let proof = answers[0].as_ref().unwrap();
+    assert!(proof.named.is_some(), "{proof:?}");
+    assert_eq!(proof.links.iter().map(|l| l.index).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(proof.link_payload.as_ref().map(|p| p.index), Some(1));
+
+    let renamed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let trusted = key(41).public_key();
+    let renamer = Renamer(Liar::relaying_witness_1(&cluster), trusted, renamed.clone());
+    common::replace_witness_0(&mut cluster, renamer);
+    let dir = genesis_files(&project_genesis, &timeline_genesis);
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    std::fs::write(path("trusted"), format!("{trusted}\n")).unwrap();
+    let state = path("client.state");
+    anchor_both(dir.path(), &state);
+    let (chain_hex, trust) = (chain.to_hex(), path("trusted"));
+    let (code, out, err) =
+        chainiac(&["update", "--state", &state, "--chain", &chain_hex, "--trust-rebuilders", &trust, "--json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let update: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((update["to"].as_u64(), update["release"]["version"].as_str()), (Some(3), Some("1.0")), "{update}");
+    assert_eq!(update["level"]["level"], "rebuilt", "the rewritten records were refused: {update}");
+    assert_eq!(update["level"]["other_rebuilders"], 1, "{update}");
+    assert!(renamed.load(std::sync::atomic::Ordering::SeqCst) > 0, "the client asked the member that rewrites");
+}
+
 /// Rebuilder `key(who)`'s signed attestation of `manifest` with `outcome`, sandboxed.
 fn attested_by(who: u8, manifest: chainiac_release::ManifestId, outcome: Outcome) -> Attestation {
     Attestation::sign(
@@ -1797,7 +1879,7 @@ async fn a_crash_between_a_rebuilds_block_and_its_summary_is_repaired() {
     match submit(request(41), &cluster.witnesses[2]).await {
         Ok(Response::Appended { block }) => {
             assert_eq!((block.header.index, block.header.kind), (3, KIND_REBUILD_SUMMARY));
-            let summary = RebuildSummary::from_bytes(&block.payload).unwrap();
+            let summary = RebuildSummary::of_block(block.header.kind, &block.payload).unwrap();
             assert_eq!(rebuilders(&summary), keys(&[40, 41]));
         }
         other => panic!("the resubmission repairs the summary: {other:?}"),
@@ -1817,7 +1899,8 @@ async fn a_crash_between_a_rebuilds_block_and_its_summary_is_repaired() {
     assert_eq!(cluster.head(0, chain).await, Some(4), "no summary before witness 1 restarts");
     cluster.witnesses[1].start();
     wait_head(&cluster, chain, 5).await;
-    let summary = RebuildSummary::from_bytes(&block(&cluster, chain, 5).await.payload).unwrap();
+    let summary_block = block(&cluster, chain, 5).await;
+    let summary = RebuildSummary::of_block(summary_block.header.kind, &summary_block.payload).unwrap();
     assert_eq!(rebuilders(&summary), keys(&[40, 41, 42, 43]));
     assert!(cluster.witnesses[1].log().contains("witness serving"), "{}", cluster.witnesses[1].log());
 
@@ -1866,10 +1949,14 @@ async fn a_forged_release_carried_with_the_links_to_a_rebuild_summary_is_refused
     payload.developer_signatures = vec![DeveloperSignature::sign(&key(7), &payload.manifest.id())];
     let now = common::now_ms();
     let evil = Proposal { kind: KIND_RELEASE, payload: payload.to_bytes(), timestamp_ms: now, ..Proposal::default() };
-    append(&forged, chain, evil);
+    let evil = append(&forged, chain, evil);
     let summary = RebuildSummary { release: 2, manifest: payload.manifest.id(), records: Vec::new() };
-    let summary =
-        Proposal { kind: KIND_REBUILD_SUMMARY, payload: summary.to_bytes(), timestamp_ms: now, ..Proposal::default() };
+    let summary = Proposal {
+        kind: KIND_REBUILD_SUMMARY,
+        payload: summary.to_block_bytes(evil.id()),
+        timestamp_ms: now,
+        ..Proposal::default()
+    };
     let head = append(&forged, chain, summary);
     let timeline_head = cluster.head(1, timeline).await.unwrap();
     common::copy_chain(&cluster, &forged, timeline, timeline_head).await;
@@ -1881,7 +1968,9 @@ async fn a_forged_release_carried_with_the_links_to_a_rebuild_summary_is_refused
     // The links down from the summary carry the forged release, as a witness sends them.
     let query = chainiac_proto::LinkedQuery { chain, from: 1, recorded: 3 };
     let answer = chainiac_witness::answers::linked_proofs(&forged, &[query], true, Vec::new()).unwrap();
-    let carried = answer[0].as_ref().unwrap().link_payload.as_ref().expect("the release comes with the links");
+    let answer = answer[0].as_ref().unwrap();
+    assert!(answer.named.is_some(), "the summary names its release: the links start there");
+    let carried = answer.link_payload.as_ref().expect("the release comes with the links");
     assert_eq!((carried.index, &carried.payload), (2, &payload.to_bytes()));
 
     common::replace_witness_0(
@@ -1907,6 +1996,18 @@ async fn a_forged_release_carried_with_the_links_to_a_rebuild_summary_is_refused
 /// links: no member can add or hide one) and exits 1 naming both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuilder_audit_names_a_summary_record_no_signed_attestation_backs() {
+    audit_a_forged_summary(false).await;
+}
+
+/// The same colluders' summary (kind 8) naming a made-up block id as its release: a client
+/// taking linked proofs refuses it (the links from the named block do not hash to it), one
+/// taking forward proofs (`--every-hop`) does not check the name, and the audit names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuilder_audit_names_a_summary_naming_another_block_as_its_release() {
+    audit_a_forged_summary(true).await;
+}
+
+async fn audit_a_forged_summary(misnamed: bool) {
     use chainiac_skipchain::store::{self, MemoryStore, Store};
     use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, TimelineEntry};
     let mut cluster = Cluster::start(4).await;
@@ -1942,8 +2043,16 @@ async fn rebuilder_audit_names_a_summary_record_no_signed_attestation_backs() {
         isolation: BuildIsolation::Namespaces,
     };
     let summary = RebuildSummary { release: 1, manifest, records: vec![record] };
-    let summary =
-        Proposal { kind: KIND_REBUILD_SUMMARY, payload: summary.to_bytes(), timestamp_ms: now, ..Proposal::default() };
+    let release_block = match misnamed {
+        true => chainiac_skipchain::BlockId([9; 32]),
+        false => forged.block_id(&chain, 1).unwrap().unwrap(),
+    };
+    let summary = Proposal {
+        kind: KIND_REBUILD_SUMMARY,
+        payload: summary.to_block_bytes(release_block),
+        timestamp_ms: now,
+        ..Proposal::default()
+    };
     let head = append(chain, summary);
     let timeline_head = cluster.head(1, timeline).await.unwrap();
     common::copy_chain(&cluster, &forged, timeline, timeline_head).await;
@@ -1962,13 +2071,24 @@ async fn rebuilder_audit_names_a_summary_record_no_signed_attestation_backs() {
     let state = dir.path().join("client.state").to_str().unwrap().to_string();
     anchor_both(dir.path(), &state);
     let chain_hex = chain.to_hex();
-    let (code, out, err) = chainiac(&["update", "--state", &state, "--chain", &chain_hex, "--json"]);
+    let update = ["update", "--state", &state, "--chain", &chain_hex, "--json"];
+    if misnamed {
+        let (code, out, err) = chainiac(&update);
+        assert_ne!(code, Some(0), "linked proofs check the name: {out}{err}");
+    }
+    let every_hop = if misnamed { &["--every-hop"][..] } else { &[] };
+    let (code, out, err) = chainiac(&[&update[..], every_hop].concat());
     assert_eq!(code, Some(0), "{out}{err}");
     let update: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(update["level"]["level"], "rebuilt", "the client took the summary: {update}");
     let (code, out, err) = chainiac(&["rebuilder", "audit", "--state", &state, "--chain", &chain_hex, "--json"]);
     // Exit 4: evidence against the committee, not a failure to check (which exits 1).
     assert_eq!(code, Some(4), "{out}{err}");
+    assert_eq!(
+        err.contains("a summary of release 1 naming block 0909"),
+        misnamed,
+        "a wrong release block id is named: {err}"
+    );
     assert!(err.contains("1 record(s) of the summary have no signed attestation behind them"), "{err}");
     assert!(err.contains("1 attestation(s) on the chain are left out of the summary"), "{err}");
     let audit: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
@@ -2052,6 +2172,7 @@ impl Handler for Freezer {
                     policies: vec![],
                     beyond: empty,
                     link_payload: None,
+                    named: None,
                 };
                 return Response::LinkedProofs(queries.iter().map(|_| Ok(nothing.clone())).collect());
             }

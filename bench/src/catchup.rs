@@ -546,9 +546,10 @@ fn build_project(
                 };
                 chain.append(store, cothority, block);
                 let summary = RebuildSummary::of(*release, *manifest, evidence.iter());
+                let release_block = store.block_id(&chain.chain, *release).expect("reads").expect("the release");
                 Proposal {
                     kind: KIND_REBUILD_SUMMARY,
-                    payload: summary.to_bytes(),
+                    payload: summary.to_block_bytes(release_block),
                     timestamp_ms: t,
                     ..Proposal::default()
                 }
@@ -808,7 +809,9 @@ impl Batched for LinkedProof {
     }
     fn check(&self, trusted: &ChainState, chain: &ChainBuilder, known: &Appointments) -> CatchUp {
         let recorded = (chain.head.index(), chain.head.id);
-        self.verify_with(trusted, recorded, known, &chainiac_release::policy_rule).expect("a valid proof").into_inner()
+        self.verify_named(trusted, recorded, known, &chainiac_release::policy_rule, &chainiac_release::names_block)
+            .expect("a valid proof")
+            .into_inner()
     }
 }
 
@@ -855,7 +858,8 @@ fn batched<P: Batched>(
             let mut extra_bytes = 0;
             if reached.state.header.kind == KIND_REBUILD_SUMMARY && to > trusted.index() {
                 let summary =
-                    RebuildSummary::from_bytes(reached.payload.as_deref().unwrap_or_default()).expect("decodes");
+                    RebuildSummary::of_block(KIND_REBUILD_SUMMARY, reached.payload.as_deref().unwrap_or_default())
+                        .expect("decodes");
                 let linked = reached.link_block.as_ref().filter(|b| {
                     b.header.index == summary.release && b.header.policy_hash == reached.state.header.policy_hash
                 });

@@ -392,8 +392,8 @@ async fn submit(
     for member in members.iter().cycle().skip(start).take(members.len()) {
         match pool.call(&member.address, &member.key, &request, Duration::from_secs(60)).await {
             Ok(Response::Appended { block }) => {
-                let recorded =
-                    chainiac_release::RebuildSummary::from_bytes(&block.payload).map_or(0, |s| s.records.len());
+                let recorded = chainiac_release::RebuildSummary::of_block(block.header.kind, &block.payload)
+                    .map_or(0, |s| s.records.len());
                 return Ok(Submitted::Appended(format!(
                     "{verdict}; summary at block {} records {recorded} rebuilders",
                     block.header.index

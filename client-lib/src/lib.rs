@@ -9,8 +9,8 @@
 use chainiac_cosi::PublicKey;
 use chainiac_proto::{Pool, Request, Response};
 use chainiac_release::{
-    BuildIsolation, Outcome, RebuildSummary, RebuildSummaryWithDigests, ReleasePayload, TimeWindow,
-    KIND_REBUILD_SUMMARY, KIND_RELEASE,
+    is_rebuild_summary, BuildIsolation, Outcome, RebuildSummary, RebuildSummaryWithDigests, ReleasePayload, TimeWindow,
+    KIND_RELEASE,
 };
 use chainiac_skipchain::timeline::KIND_TIMELINE;
 use chainiac_skipchain::{Block, BlockId, ChainId, ChainParams, ChainState, Committee, Header};
@@ -177,8 +177,9 @@ pub struct RebuildsOnChain {
     pub release: u64,
     pub summary: Option<(u64, RebuildSummary)>,
     pub attestations: Vec<(u64, chainiac_release::Attestation)>,
-    /// Rebuilds and summary blocks on the way that do not decode (the committee cosigned
-    /// them, so this is evidence against it), each named by index and kind.
+    /// Rebuilds and summary blocks on the way that do not decode, and summaries of the
+    /// release that name another block as it (the committee cosigned them, so this is
+    /// evidence against it), each named by index.
     pub undecodable: Vec<String>,
 }
 
@@ -774,10 +775,8 @@ impl Client {
         let mut summaries: HashMap<u64, RebuildSummary> = HashMap::new();
         let found = self
             .newest_below(&trusted, |block| {
-                if block.header.kind == KIND_REBUILD_SUMMARY {
-                    if let Ok(summary) = RebuildSummary::from_bytes(&block.payload) {
-                        summaries.entry(summary.release).or_insert(summary);
-                    }
+                if let Ok(summary) = RebuildSummary::of_block(block.header.kind, &block.payload) {
+                    summaries.entry(summary.release).or_insert(summary);
                 }
                 let release =
                     (block.header.kind == KIND_RELEASE).then(|| ReleasePayload::from_bytes(&block.payload).ok());
@@ -804,6 +803,7 @@ impl Client {
     ) -> Result<RebuildsOnChain, ClientError> {
         let trusted = self.state.chains.get(&chain).cloned().ok_or(ClientError::NotAnchored(chain))?;
         let (mut summaries, mut blocks, mut undecodable) = (Vec::new(), Vec::new(), Vec::new());
+        let mut names = Vec::new();
         let found = self
             .newest_below(&trusted, |block| {
                 let index = block.header.index;
@@ -813,10 +813,13 @@ impl Client {
                         return ReleasePayload::from_bytes(&block.payload)
                             .ok()
                             .filter(|r| r.manifest.id() == manifest)
-                            .map(|_| ())
+                            .map(|_| block.header.id())
                     }
-                    KIND_REBUILD_SUMMARY => match RebuildSummary::from_bytes(&block.payload) {
-                        Ok(summary) => summaries.push((index, summary)),
+                    kind if is_rebuild_summary(kind) => match RebuildSummary::from_block(kind, &block.payload) {
+                        Ok((summary, named)) => {
+                            names.extend(named.map(|id| (index, summary.release, id)));
+                            summaries.push((index, summary));
+                        }
                         Err(e) => undecodable.push(bad(e)),
                     },
                     chainiac_release::KIND_REBUILDS => match chainiac_release::Rebuilds::from_bytes(&block.payload) {
@@ -828,9 +831,13 @@ impl Client {
                 None
             })
             .await?;
-        let (release, ()) = found.ok_or_else(|| {
+        let (release, release_id) = found.ok_or_else(|| {
             ClientError::Release(format!("no release block with manifest {manifest} below the verified head"))
         })?;
+        // A summary about this release naming another block as it (kind 8) was cosigned wrongly.
+        for (index, _, named) in names.iter().filter(|(_, about, named)| *about == release && *named != release_id) {
+            undecodable.push(format!("block {index}: a summary of release {release} naming block {named} as it"));
+        }
         // Walked down: the first summary about the release is its newest.
         let summary = summaries.into_iter().find(|(_, s)| s.release == release);
         let attestations = blocks

@@ -29,7 +29,7 @@ use chainiac_proto::{
     CallError, ErrorCode, ErrorReply, LinkedQuery, ProofQuery, Request, Response, TimelineBatch, MAX_HELD_APPOINTMENTS,
     MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS,
 };
-use chainiac_release::{Policy, RebuildSummary, ReleasePayload, TimeWindow, KIND_REBUILD_SUMMARY, KIND_RELEASE};
+use chainiac_release::{is_rebuild_summary, Policy, RebuildSummary, ReleasePayload, TimeWindow, KIND_RELEASE};
 use chainiac_skipchain::block::payload_hash;
 use chainiac_skipchain::timeline::{chain_prefix, changes_page_full, inclusion_cost, HeadLeaf, TimelineEntry};
 use chainiac_skipchain::{
@@ -277,7 +277,7 @@ impl Client {
             // Only a summary reached at the head says anything here: one carried over from
             // the client's previous block (the head is a roster change, a yank) is about the
             // release it held, which a later release below the head may have replaced.
-            let summary_at_head = state.header.kind == KIND_REBUILD_SUMMARY && state.index() > old.index();
+            let summary_at_head = is_rebuild_summary(state.header.kind) && state.index() > old.index();
             if summary_at_head {
                 match state.rebuilds.clone() {
                     Some(summary) if release_manifest(state) != Some(summary.manifest) => {
@@ -290,7 +290,8 @@ impl Client {
             // With nothing between the two blocks (a roster change right after the client's
             // update, say: on every chain at once) there is nothing to walk.
             let moved_past = state.index() > old.index() + 1
-                && ![KIND_RELEASE, KIND_REBUILD_SUMMARY].contains(&state.header.kind)
+                && state.header.kind != KIND_RELEASE
+                && !is_rebuild_summary(state.header.kind)
                 && Policy::from_bytes(&state.policy).is_ok();
             if moved_past {
                 work.push((i, Below::Walk));
@@ -412,8 +413,8 @@ impl Client {
                 if index <= from {
                     return Some(None);
                 }
-                if block.header.kind == KIND_REBUILD_SUMMARY && summary.is_none() {
-                    summary = RebuildSummary::from_bytes(&block.payload).ok();
+                if summary.is_none() {
+                    summary = RebuildSummary::of_block(block.header.kind, &block.payload).ok();
                 }
                 let release =
                     (block.header.kind == KIND_RELEASE).then(|| ReleasePayload::from_bytes(&block.payload).ok());
@@ -601,9 +602,9 @@ impl Client {
         // What rebuilders said carries over while the release does; a summary at the head
         // replaces it (one about a release the client skipped is resolved by the caller).
         updated.rebuilds = if new_release { None } else { trusted.rebuilds.clone() };
-        if head.header.kind == KIND_REBUILD_SUMMARY && head.index() > from {
+        if is_rebuild_summary(head.header.kind) && head.index() > from {
             let payload = caught.payload.clone().unwrap_or_default();
-            let summary = RebuildSummary::from_bytes(&payload)
+            let summary = RebuildSummary::of_block(head.header.kind, &payload)
                 .map_err(|e| ClientError::Release(format!("rebuild summary at the head: {e}")))?;
             if summary.release >= head.index() {
                 return Err(ClientError::Release(format!(
@@ -1216,7 +1217,13 @@ impl Asked<'_> {
                 .map(|(chain, answer)| {
                     answer.map(|proof| {
                         let reached = proof
-                            .verify_with(&states[chain], recorded[chain], held, &chainiac_release::policy_rule)?
+                            .verify_named(
+                                &states[chain],
+                                recorded[chain],
+                                held,
+                                &chainiac_release::policy_rule,
+                                &chainiac_release::names_block,
+                            )?
                             .into_inner();
                         learn(held, &reached);
                         Ok(Caught { caught: reached, hops: proof.links.len() + proof.beyond.steps.len() })

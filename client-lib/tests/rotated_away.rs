@@ -245,7 +245,8 @@ async fn a_forged_release_named_by_a_rebuild_summary_is_refused() {
             let manifest = ReleasePayload::from_bytes(&forged.payload).unwrap().manifest.id();
             let summary = RebuildSummary { release: 1, manifest, records: Vec::new() };
             let summary = Proposal {
-                kind: KIND_REBUILD_SUMMARY,
+                // The encoding before 2026-12-02 (kind 7), which clients still read.
+                kind: KIND_REBUILD_SUMMARY_UNNAMED,
                 payload: summary.to_bytes(),
                 timestamp_ms: now,
                 ..Proposal::default()

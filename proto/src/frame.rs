@@ -11,7 +11,7 @@
 use serde::{de::DeserializeOwned, Serialize};
 
 /// The protocol version this build speaks.
-pub const VERSION: u8 = 4;
+pub const VERSION: u8 = 5;
 /// Bytes before the body.
 pub const HEADER_LEN: usize = 6;
 

@@ -712,8 +712,17 @@ mod tests {
             policies: vec![],
             beyond: Proof { steps: vec![], payload: Some(b"p".to_vec()) },
             link_payload: Some(chainiac_skipchain::LinkPayload { index: 3, payload: b"r".to_vec() }),
+            named: Some(chainiac_skipchain::NamedHead {
+                back_links: vec![BlockId([9; 32])],
+                kind: 8,
+                previous_checkpoint: 2,
+                timestamp_ms: 300,
+                payload: b"s".to_vec(),
+            }),
         })]);
-        let expected = vec![18, 1, 0, 0, 0, 0, 0, 1, 1, b'p', 1, 3, 1, b'r'];
+        // named: Some, one back link, kind 8, previous checkpoint 2, time 300, payload "s".
+        let expected =
+            bytes(&[&[18, 1, 0, 0, 0, 0, 0, 1, 1, b'p', 1, 3, 1, b'r', 1, 1], &[9; 32], &[8, 2, 0xac, 0x02, 1, b's']]);
         assert_eq!(postcard::to_allocvec(&response).unwrap(), expected);
         assert_eq!(postcard::from_bytes::<Response>(&expected).unwrap(), response);
 

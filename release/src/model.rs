@@ -24,8 +24,28 @@ pub const KIND_POLICY_CHANGE: u16 = 3;
 pub const KIND_YANK: u16 = 5;
 /// Rebuilders' signed attestations about a release, appended after it (SPEC §11.8).
 pub const KIND_REBUILDS: u16 = 6;
-/// What rebuilders said about a release so far, one compact record each: what clients read.
-pub const KIND_REBUILD_SUMMARY: u16 = 7;
+/// What rebuilders said about a release so far, one compact record each, and the id of the
+/// release's block: what clients read (`RebuildSummary::to_block_bytes`). A linked proof to
+/// such a block goes straight down to that release (SPEC §7.5, §11.8).
+pub const KIND_REBUILD_SUMMARY: u16 = 8;
+/// Summaries appended before 2026-12-02, without their release's block id: still read,
+/// no longer appended.
+pub const KIND_REBUILD_SUMMARY_UNNAMED: u16 = 7;
+
+/// Whether blocks of `kind` hold a rebuild summary (either encoding).
+pub fn is_rebuild_summary(kind: u16) -> bool {
+    matches!(kind, KIND_REBUILD_SUMMARY | KIND_REBUILD_SUMMARY_UNNAMED)
+}
+
+/// Which earlier block a release chain's block of `kind` names by its payload, for
+/// [`chainiac_skipchain::LinkedProof::verify_named`]: a summary block names its release.
+/// Witnesses cosign a summary only if that is the chain's block at that index.
+pub fn names_block(kind: u16, payload: &[u8]) -> Option<(u64, chainiac_skipchain::BlockId)> {
+    (kind == KIND_REBUILD_SUMMARY)
+        .then(|| decode_exact::<NamedRebuildSummary>(payload).ok())
+        .flatten()
+        .map(|named| (named.release, named.release_block))
+}
 
 /// Most rebuilders one release's summary records (the summary is re-sent whole).
 pub const MAX_REBUILDS_PER_RELEASE: usize = 256;
@@ -511,8 +531,9 @@ pub struct Rebuilds {
     pub attestations: Vec<Attestation>,
 }
 
-/// The payload of a rebuild summary block (kind 7): one record per attestation the chain's
-/// rebuilds blocks hold about release `release` (manifest `manifest`), in chain order. A
+/// What a rebuild summary block (kind 8, or 7 before 2026-12-02) holds: one record per
+/// attestation the chain's rebuilds blocks hold about release `release` (manifest
+/// `manifest`), in chain order. A
 /// client reads this (34 bytes a rebuilder) instead of the attestations (≈ 170 bytes). A
 /// record names its attestation by key (a key attests a release once on a chain), which
 /// anyone can fetch from the rebuilds blocks and check against it.
@@ -551,15 +572,54 @@ impl RebuildSummary {
         postcard::to_allocvec(self).expect("payloads serialize")
     }
 
+    /// The payload of a summary block (kind 8): `u64 release ‖ [32] release block id ‖ [32]
+    /// manifest ‖ records`, the block id of release `release` added to this encoding.
+    pub fn to_block_bytes(&self, release_block: chainiac_skipchain::BlockId) -> Vec<u8> {
+        let named = NamedRebuildSummary {
+            release: self.release,
+            release_block,
+            manifest: self.manifest,
+            records: self.records.clone(),
+        };
+        postcard::to_allocvec(&named).expect("payloads serialize")
+    }
+
+    /// The summary a block of `kind` holds, with the id of its release's block when the
+    /// encoding names it (kind 8; kind 7 as [`Self::from_bytes`]).
+    pub fn from_block(kind: u16, payload: &[u8]) -> Result<(Self, Option<chainiac_skipchain::BlockId>), String> {
+        match kind {
+            KIND_REBUILD_SUMMARY => decode_exact::<NamedRebuildSummary>(payload).map(|named| {
+                let NamedRebuildSummary { release, release_block, manifest, records } = named;
+                (RebuildSummary { release, manifest, records }, Some(release_block))
+            }),
+            KIND_REBUILD_SUMMARY_UNNAMED => Self::from_bytes(payload).map(|summary| (summary, None)),
+            _ => Err(format!("a block of kind {kind} holds no rebuild summary")),
+        }
+    }
+
+    /// [`Self::from_block`] without the release's block id.
+    pub fn of_block(kind: u16, payload: &[u8]) -> Result<Self, String> {
+        Self::from_block(kind, payload).map(|(summary, _)| summary)
+    }
+
     /// Decodes exactly one summary: in this encoding, or in that of the summary blocks
     /// appended before records lost their evidence digest (2026-12-01), read without the
     /// digests — signed blocks stay as they were appended. No payload is valid in both (the
     /// older leaves 16 bytes a record over; with no record the two are the same bytes).
-    /// Witnesses append and accept only this encoding (`check_rebuild_summary`).
+    /// Blocks of kind 7 hold it; witnesses append kind 8 (`to_block_bytes`).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
         decode_exact::<RebuildSummary>(bytes)
             .or_else(|e| decode_exact::<RebuildSummaryWithDigests>(bytes).map(Into::into).map_err(|_| e))
     }
+}
+
+/// A summary block's payload (kind 8): the summary with its release's block id.
+#[derive(Serialize, Deserialize)]
+struct NamedRebuildSummary {
+    release: u64,
+    release_block: chainiac_skipchain::BlockId,
+    manifest: ManifestId,
+    records: Vec<RebuildRecord>,
 }
 
 /// A rebuild summary as blocks and client state files before 2026-12-01 hold it: each

@@ -585,16 +585,25 @@ pub fn check_rebuilds(
     Ok(())
 }
 
-/// Checks a rebuild summary block (kind 7): it is `expected`, the summary over every
-/// attestation the chain's rebuilds blocks hold about its release.
-pub fn check_rebuild_summary(payload: &[u8], expected: &RebuildSummary) -> Result<RebuildSummary, ReleaseError> {
-    let summary = RebuildSummary::from_bytes(payload).map_err(ReleaseError::DecodeRebuildSummary)?;
+/// Checks a fresh rebuild summary block: of kind 8, `expected` — the summary over every
+/// attestation the chain's rebuilds blocks hold about its release — with `release_block`,
+/// the id of that release's block on the chain.
+pub fn check_rebuild_summary(
+    kind: u16,
+    payload: &[u8],
+    expected: &RebuildSummary,
+    release_block: chainiac_skipchain::BlockId,
+) -> Result<RebuildSummary, ReleaseError> {
+    let (summary, named) = RebuildSummary::from_block(kind, payload).map_err(ReleaseError::DecodeRebuildSummary)?;
     let wrong = |reason: &str| ReleaseError::WrongRebuildSummary { release: summary.release, reason: reason.into() };
-    if summary.to_bytes() != payload {
-        return Err(wrong("records with evidence digests (the encoding before 2026-12-01)"));
+    if kind != crate::KIND_REBUILD_SUMMARY {
+        return Err(wrong("a summary without its release's block id (kind 7, appended before 2026-12-02)"));
     }
     if summary.release != expected.release || summary.manifest != expected.manifest {
         return Err(wrong("another release"));
+    }
+    if named != Some(release_block) {
+        return Err(wrong("another block id for the release than the chain's"));
     }
     if summary.records.len() != expected.records.len() {
         return Err(wrong(&format!("{} records, the chain holds {}", summary.records.len(), expected.records.len())));

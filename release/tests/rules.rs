@@ -4,6 +4,7 @@ use chainiac_cosi::SecretKey;
 use chainiac_release::model::{ArtifactMismatch, RootSignature};
 use chainiac_release::*;
 use chainiac_skipchain::block::policy_hash;
+use chainiac_skipchain::BlockId;
 use proptest::prelude::*;
 
 struct Fixture {
@@ -687,28 +688,46 @@ fn a_rebuild_summary_is_the_evidence_compacted() {
         [rebuild(&key(40), &m, Outcome::Reproduced), rebuild(&key(41), &m, Outcome::Failed { reason: "oom".into() })];
     let summary = RebuildSummary::of(3, m.id(), &evidence);
     assert_eq!(summary.records[1].verdict, Verdict::Failed);
-    assert_eq!(check_rebuild_summary(&summary.to_bytes(), &summary), Ok(summary.clone()));
+    let block = BlockId([5; 32]);
+    let check =
+        |s: &RebuildSummary| check_rebuild_summary(KIND_REBUILD_SUMMARY, &s.to_block_bytes(block), &summary, block);
+    assert_eq!(check(&summary), Ok(summary.clone()));
     let short = RebuildSummary::of(3, m.id(), &evidence[..1]);
     assert!(matches!(
-        check_rebuild_summary(&short.to_bytes(), &summary),
+        check(&short),
         Err(ReleaseError::WrongRebuildSummary { reason, .. }) if reason.contains("1 records, the chain holds 2")
     ));
     let mut altered = summary.clone();
     altered.records[1].verdict = Verdict::Reproduced;
-    assert!(check_rebuild_summary(&altered.to_bytes(), &summary).is_err());
+    assert!(check(&altered).is_err());
     let other = RebuildSummary::of(2, m.id(), &evidence);
-    assert!(check_rebuild_summary(&other.to_bytes(), &summary).is_err());
+    assert!(check(&other).is_err());
+    // Another block id for the release, or none (kind 7), is refused.
+    let elsewhere =
+        check_rebuild_summary(KIND_REBUILD_SUMMARY, &summary.to_block_bytes(BlockId([6; 32])), &summary, block);
+    assert!(matches!(elsewhere, Err(ReleaseError::WrongRebuildSummary { reason, .. }) if reason.contains("block id")));
+    let unnamed = check_rebuild_summary(KIND_REBUILD_SUMMARY_UNNAMED, &summary.to_bytes(), &summary, block);
+    assert!(matches!(unnamed, Err(ReleaseError::WrongRebuildSummary { reason, .. }) if reason.contains("kind 7")));
     // Pinned (SPEC §11.8): u64 varint release, the manifest id, then per record the key, the
-    // verdict and the isolation (variant indices): 34 bytes a record.
+    // verdict and the isolation (variant indices): 34 bytes a record; kind 8 puts the
+    // release's block id after the release.
     let one = RebuildSummary::of(3, m.id(), &evidence);
     let key40 = key(40).public_key().to_bytes();
     let key41 = key(41).public_key().to_bytes();
     let expected = [&[3u8][..], &m.id().0, &[2], &key40, &[0, 1], &key41, &[2, 1]].concat();
     assert_eq!(one.to_bytes(), expected);
     assert_eq!(postcard::to_allocvec(&one.records[0]).unwrap().len(), 34);
+    let named = [&[3u8][..], &[5; 32], &m.id().0, &[2], &key40, &[0, 1], &key41, &[2, 1]].concat();
+    assert_eq!(one.to_block_bytes(block), named);
+    assert_eq!(RebuildSummary::from_block(KIND_REBUILD_SUMMARY, &named), Ok((one.clone(), Some(block))));
+    assert_eq!(RebuildSummary::from_block(KIND_REBUILD_SUMMARY_UNNAMED, &expected), Ok((one.clone(), None)));
+    assert_eq!(chainiac_release::names_block(KIND_REBUILD_SUMMARY, &named), Some((3, block)));
+    assert_eq!(chainiac_release::names_block(KIND_REBUILD_SUMMARY_UNNAMED, &expected), None);
+    assert!(RebuildSummary::from_block(KIND_REBUILD_SUMMARY, &expected).is_err(), "kind 8 takes only its encoding");
+    assert!(RebuildSummary::from_block(KIND_REBUILD_SUMMARY_UNNAMED, &named).is_err());
 
     // Summary blocks appended before records lost their evidence digest still read (signed
-    // blocks stay as they are), as the same records; a new block in that encoding is refused.
+    // blocks stay as they are), as the same records.
     let old = chainiac_release::RebuildSummaryWithDigests {
         release: 3,
         manifest: m.id(),
@@ -726,10 +745,7 @@ fn a_rebuild_summary_is_the_evidence_compacted() {
     let old_bytes = postcard::to_allocvec(&old).unwrap();
     assert_eq!(old_bytes.len(), expected.len() + 2 * 16);
     assert_eq!(RebuildSummary::from_bytes(&old_bytes), Ok(one.clone()));
-    assert!(matches!(
-        check_rebuild_summary(&old_bytes, &one),
-        Err(ReleaseError::WrongRebuildSummary { reason, .. }) if reason.contains("evidence digests")
-    ));
+    assert_eq!(RebuildSummary::of_block(KIND_REBUILD_SUMMARY_UNNAMED, &old_bytes), Ok(one.clone()));
     let mut short = old_bytes.clone();
     short.pop();
     assert!(RebuildSummary::from_bytes(&short).is_err(), "neither encoding");

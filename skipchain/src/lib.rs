@@ -33,8 +33,8 @@ pub use authority::{Appointment, Appointments, Approval, AuthorityError};
 pub use block::{Block, BlockId, BlockSignature, ChainId, ChainParams, Committee, Header};
 pub use chain::{genesis, BlockError, ChainState, Proposal, Verified};
 pub use proof::{
-    any_policy, BackwardProof, CatchUp, EarlierBlock, LinkPayload, LinkedProof, PolicyChanged, PolicyRule, Proof,
-    ProofError, ProofStep, StepHeader,
+    any_policy, BackwardProof, CatchUp, EarlierBlock, LinkPayload, LinkedProof, NamedHead, NamesBlock, PolicyChanged,
+    PolicyRule, Proof, ProofError, ProofStep, StepHeader,
 };
 pub use store::{MemoryStore, Store, StoreError};
 

@@ -195,6 +195,14 @@ pub enum ProofError {
     LinkPayloadNotLinked { index: u64 },
     #[error("linked proof: the payload it carries for block {index} does not match that block's payload hash")]
     LinkPayloadHash { index: u64 },
+    #[error("linked proof: the recorded block {index} is given in full, but its payload names no earlier block of the chain from the trusted {trusted} on")]
+    NamedNothing { index: u64, trusted: u64 },
+    #[error(
+        "linked proof: the recorded block {index} is given in full with {got} back links, its height is {expected}"
+    )]
+    NamedBackLinks { index: u64, expected: usize, got: usize },
+    #[error("linked proof: the recorded block {index} comes before the block {named} its payload names, or a committee or policy change lies between them")]
+    NamedOrder { index: u64, named: u64 },
 }
 
 /// A verified forward proof's result.
@@ -379,6 +387,77 @@ pub struct LinkedProof {
     /// summary at the head names, SPEC §11.8), with no second request and no header sent
     /// twice. `None` otherwise, and always when there are no links up to a recorded block.
     pub link_payload: Option<LinkPayload>,
+    /// The recorded block in full when its payload names, by index and id, an earlier block
+    /// of the chain (for a release chain, a rebuild summary names its release, SPEC §11.8):
+    /// `links` then lead down from that named block, not from the recorded one, so the
+    /// blocks between the two cost nothing; when the named block is the trusted one, there
+    /// are no links. `None` otherwise.
+    pub named: Option<NamedHead>,
+}
+
+/// The recorded block of a linked proof, given in full with its payload, whose payload
+/// names the block the links start from. Its index is the recorded one, its height follows
+/// from it, its payload hash from the payload, and its committee and policy hashes are the
+/// named block's: a committee or policy change between the two rules this form out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamedHead {
+    /// All its back links (none implied).
+    pub back_links: Vec<BlockId>,
+    pub kind: u16,
+    pub previous_checkpoint: u64,
+    pub timestamp_ms: u64,
+    pub payload: Vec<u8>,
+}
+
+/// Which earlier block of its chain a payload names (index and id), by the block's kind:
+/// the application's rule, which its witnesses check before they sign (SPEC §11.8 for
+/// release chains). The verifier of a linked proof trusts a name as it trusts the links:
+/// the timeline records only blocks that honest witnesses checked completely.
+pub type NamesBlock = dyn Fn(u16, &[u8]) -> Option<(u64, BlockId)>;
+
+impl NamedHead {
+    /// The head as [`LinkedProof::named`] gives it: `header` with the committee and policy
+    /// of the named block below it (the caller checks they are that block's).
+    pub fn new(block: &crate::Block) -> Self {
+        NamedHead {
+            back_links: block.header.back_links.clone(),
+            kind: block.header.kind,
+            previous_checkpoint: block.header.previous_checkpoint,
+            timestamp_ms: block.header.timestamp_ms,
+            payload: block.payload.clone(),
+        }
+    }
+
+    /// The state at this head, block `index` with id `id`, above `named`'s block: no
+    /// committee or policy change after that block (the head's `previous_checkpoint` is not
+    /// after it), not earlier in time, and the full header hashing to `id`.
+    fn state_above(&self, named: &ChainState, index: u64, id: BlockId) -> Result<ChainState, ProofError> {
+        let expected = named.params.height(index) as usize;
+        if self.back_links.len() != expected {
+            return Err(ProofError::NamedBackLinks { index, expected, got: self.back_links.len() });
+        }
+        let below = named.header.index;
+        if self.previous_checkpoint > below || self.timestamp_ms < named.header.timestamp_ms {
+            return Err(ProofError::NamedOrder { index, named: below });
+        }
+        let header = Header {
+            chain: Some(named.chain),
+            index,
+            height: expected as u8,
+            back_links: self.back_links.clone(),
+            params: None,
+            kind: self.kind,
+            payload_hash: payload_hash(&self.payload),
+            committee_hash: named.header.committee_hash,
+            policy_hash: named.header.policy_hash,
+            previous_checkpoint: self.previous_checkpoint,
+            timestamp_ms: self.timestamp_ms,
+        };
+        if header.id() != id {
+            return Err(ProofError::LinkId { index });
+        }
+        Ok(ChainState { header, id, is_checkpoint: false, ..named.clone() })
+    }
 }
 
 /// A block's payload carried by a linked proof: the block is the link at `index`.
@@ -399,6 +478,19 @@ impl LinkedProof {
         held: &Appointments,
         rule: &PolicyRule,
     ) -> Result<Verified<CatchUp>, ProofError> {
+        self.verify_named(trusted, recorded, held, rule, &|_, _| None)
+    }
+
+    /// [`Self::verify_with`], taking a recorded block given in full ([`Self::named`]) when
+    /// `names` says which earlier block its payload names.
+    pub fn verify_named(
+        &self,
+        trusted: &ChainState,
+        recorded: (u64, BlockId),
+        held: &Appointments,
+        rule: &PolicyRule,
+        names: &NamesBlock,
+    ) -> Result<Verified<CatchUp>, ProofError> {
         let (index, id) = recorded;
         let from = trusted.header.index;
         let mut linked_checkpoints = Vec::new();
@@ -412,7 +504,11 @@ impl LinkedProof {
                 i if i == from => !self.links.is_empty(),
                 _ => false,
             };
-            if links_wrong || !self.appointments.is_empty() || !self.policies.is_empty() || self.link_payload.is_some()
+            if links_wrong
+                || !self.appointments.is_empty()
+                || !self.policies.is_empty()
+                || self.link_payload.is_some()
+                || self.named.is_some()
             {
                 return Err(ProofError::LinksNotNeeded { recorded: index, trusted: from });
             }
@@ -426,6 +522,32 @@ impl LinkedProof {
                 self.link_below(trusted, index, id)?;
             }
             trusted.clone()
+        } else if let Some(named) = &self.named {
+            let Some((below, below_id)) =
+                names(named.kind, &named.payload).filter(|&(below, _)| below >= from && below < index)
+            else {
+                return Err(ProofError::NamedNothing { index, trusted: from });
+            };
+            if below == from {
+                // The named block is the trusted one: nothing to link, or carry.
+                let extra = !self.links.is_empty()
+                    || !self.appointments.is_empty()
+                    || !self.policies.is_empty()
+                    || self.link_payload.is_some();
+                if extra {
+                    return Err(ProofError::LinksNotNeeded { recorded: below, trusted: from });
+                }
+                if below_id != trusted.id {
+                    return Err(ProofError::Fork { index: from });
+                }
+                named.state_above(trusted, index, id)?
+            } else {
+                let (state, carried, carried_block) = self.link_down(trusted, below, below_id, held, rule)?;
+                linked_checkpoints = self.shown_checkpoints(trusted, &state);
+                appointed = carried;
+                link_block = carried_block;
+                named.state_above(&state, index, id)?
+            }
         } else {
             let (state, carried, carried_block) = self.link_down(trusted, index, id, held, rule)?;
             linked_checkpoints = self.shown_checkpoints(trusted, &state);
@@ -434,6 +556,10 @@ impl LinkedProof {
             state
         };
         let mut caught = self.beyond.verify_with(&start, held, rule)?.into_inner();
+        if let (Some(named), true) = (&self.named, self.beyond.steps.is_empty()) {
+            // The recorded block is the target: its payload came with it.
+            caught.payload.get_or_insert_with(|| named.payload.clone());
+        }
         linked_checkpoints.append(&mut caught.checkpoints);
         caught.checkpoints = linked_checkpoints;
         appointed.append(&mut caught.appointments);

@@ -6,7 +6,8 @@
 use crate::block::{Block, BlockId, ChainId, ChainParams, Header};
 use crate::chain::{BlockError, ChainState, Verified};
 use crate::proof::{
-    backward_path, forward_path, BackwardProof, LinkPayload, LinkedProof, PolicyChanged, Proof, ProofStep, StepHeader,
+    backward_path, forward_path, BackwardProof, LinkPayload, LinkedProof, NamedHead, PolicyChanged, Proof, ProofStep,
+    StepHeader,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap};
@@ -350,6 +351,7 @@ pub fn prove_linked_through<S: Store>(
             policies: Vec::new(),
             beyond,
             link_payload: None,
+            named: None,
         });
     }
     let params = store.head(chain).map_err(StoreError::Backend)?.expect("head read above").params;
@@ -360,7 +362,14 @@ pub fn prove_linked_through<S: Store>(
         let mut path = backward_path(&params, from, recorded);
         path.pop();
         let links = link_headers(store, chain, head, &params, &trusted, &path, recorded)?;
-        return Ok(LinkedProof { links, appointments: Vec::new(), policies: Vec::new(), beyond, link_payload: None });
+        return Ok(LinkedProof {
+            links,
+            appointments: Vec::new(),
+            policies: Vec::new(),
+            beyond,
+            link_payload: None,
+            named: None,
+        });
     }
     let through = through.filter(|&t| from < t && t < recorded);
     let mut path = vec![recorded];
@@ -396,7 +405,41 @@ pub fn prove_linked_through<S: Store>(
             }
         }
     }
-    Ok(LinkedProof { links, appointments, policies, beyond, link_payload })
+    Ok(LinkedProof { links, appointments, policies, beyond, link_payload, named: None })
+}
+
+/// [`prove_linked`] for a recorded block whose payload names block `named` (SPEC §7.5,
+/// [`LinkedProof::named`]): the recorded block in full, then the links down from the named
+/// block, whose payload they carry (none when it is `from` itself), so the blocks between
+/// the two are left out. Falls back to [`prove_linked_through`] `named` when that form does
+/// not apply: the named block before `from` or not before `recorded`, or a committee or
+/// policy change after it.
+#[allow(clippy::too_many_arguments)]
+pub fn prove_linked_named<S: Store>(
+    store: &S,
+    chain: &ChainId,
+    from: u64,
+    recorded: u64,
+    to: u64,
+    with_payload: bool,
+    named: u64,
+    held: impl Fn(&[u8; 32]) -> bool,
+) -> StoreResult<LinkedProof, S::Error> {
+    let head = head_index(store, chain)?;
+    if from <= named && named < recorded && recorded <= to && to <= head {
+        let top = read_block(store, chain, recorded, head)?;
+        let below = read_block(store, chain, named, head)?;
+        let hashes = |h: &Header| (h.committee_hash, h.policy_hash);
+        if hashes(&top.header) == hashes(&below.header) && top.header.previous_checkpoint <= named {
+            let mut proof = prove_linked_through(store, chain, from, named, named, false, None, &held)?;
+            proof.beyond = prove(store, chain, recorded, to, with_payload && to > recorded)?;
+            // The verifier holds the named block when it is its own.
+            proof.link_payload = (named > from).then_some(LinkPayload { index: named, payload: below.payload });
+            proof.named = Some(NamedHead::new(&top));
+            return Ok(proof);
+        }
+    }
+    prove_linked_through(store, chain, from, recorded, to, with_payload, Some(named), held)
 }
 
 /// The backward proof from block `from` down to block `to` (`to <= from`).

@@ -495,4 +495,103 @@ proptest! {
             prop_assert!(matches!(refused, Err(ProofError::LinksNotNeeded { .. })), "{:?}", refused);
         }
     }
+
+    /// A recorded block given in full, whose payload names an earlier block (the
+    /// application's rule, here a stand-in that names block `t`), with links down from that
+    /// block: the verifier reaches the state the plain links reach, holds the named block
+    /// and the recorded payload, and refuses a wrong name, a changed payload or back link,
+    /// a name outside [trusted, recorded), and the form across a committee or policy change
+    /// (where the prover falls back to plain links).
+    #[test]
+    fn a_recorded_block_that_names_an_earlier_one_skips_the_blocks_between(
+        base in 2u8..=4,
+        len in 3u64..400,
+        change_per_mille in 0u32..120,
+        seed in any::<u64>(),
+    ) {
+        use chainiac_skipchain::{BlockId, ProofError};
+        let (chain, _) = build_chain(base, len, change_per_mille, seed);
+        let id_at = |index: u64| chain.store.block_id(&chain.chain, index).unwrap().unwrap();
+        let block_at = |index: u64| chain.store.block(&chain.chain, index).unwrap().unwrap();
+        let none = Appointments::default();
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        for _ in 0..8 {
+            let i = rng.next_u64() % (len - 1);
+            let r = i + 2 + rng.next_u64() % (len - i - 1);
+            // Now and then the trusted block itself.
+            let t = i + rng.next_u64() % (r - i);
+            let trusted = state_at(&chain, i);
+            let t_id = id_at(t);
+            let names_t = move |_: u16, _: &[u8]| Some((t, t_id));
+            let verify = |p: &chainiac_skipchain::LinkedProof, names: &chainiac_skipchain::NamesBlock| {
+                p.verify_named(&trusted, (r, id_at(r)), &none, &common::policy_rule, names)
+            };
+            let proof = store::prove_linked_named(&chain.store, &chain.chain, i, r, r, true, t, |_| false).unwrap();
+            let plain = store::prove_linked(&chain.store, &chain.chain, i, r, r, true, |_| false).unwrap();
+            let expected = plain.verify_with(&trusted, (r, id_at(r)), &none, &common::policy_rule).unwrap().into_inner();
+            let (top, below) = (block_at(r).header, block_at(t).header);
+            let applies = top.committee_hash == below.committee_hash
+                && top.policy_hash == below.policy_hash
+                && top.previous_checkpoint <= t;
+            prop_assert_eq!(proof.named.is_some(), applies);
+            let caught = verify(&proof, &names_t).unwrap().into_inner();
+            // (Whether the recorded block is a checkpoint shows only where a link lands after
+            // the checkpoint before it, which depends on the route.)
+            let reached = |s: &ChainState| (s.id, s.header.clone(), s.committee.clone(), s.policy.clone());
+            prop_assert_eq!(reached(&caught.state), reached(&expected.state));
+            prop_assert_eq!(caught.payload, Some(block_at(r).payload));
+            if t > i {
+                let carried = caught.link_block.expect("the named block");
+                prop_assert_eq!((carried.header, carried.payload), (below.clone(), Some(block_at(t).payload)));
+            } else {
+                prop_assert!(caught.link_block.is_none() && (!applies || proof.links.is_empty()));
+            }
+            if !applies {
+                continue;
+            }
+            prop_assert!(proof.links.iter().all(|l| l.index <= t), "no block between the two is sent");
+            // A name the witnesses would not have signed: another id, or none.
+            let wrong = move |_: u16, _: &[u8]| Some((t, BlockId([7; 32])));
+            prop_assert!(verify(&proof, &wrong).is_err());
+            let refused = verify(&proof, &|_, _| None);
+            prop_assert!(matches!(refused, Err(ProofError::NamedNothing { .. })), "{:?}", refused);
+            // Without the names rule (verify_with), the form is refused too.
+            prop_assert!(proof.verify_with(&trusted, (r, id_at(r)), &none, &common::policy_rule).is_err());
+            // A name of the trusted index with another id: a fork.
+            if t == i {
+                let forked = move |_: u16, _: &[u8]| Some((t, BlockId([7; 32])));
+                let refused = verify(&proof, &forked);
+                prop_assert!(matches!(refused, Err(ProofError::Fork { .. })), "{:?}", refused);
+            }
+            // Names outside [trusted, recorded).
+            let outside = [i.checked_sub(1), Some(r)];
+            for outside in outside.into_iter().flatten() {
+                let outside_id = id_at(outside);
+                let named = move |_: u16, _: &[u8]| Some((outside, outside_id));
+                let refused = verify(&proof, &named);
+                prop_assert!(matches!(refused, Err(ProofError::NamedNothing { .. })), "{:?}", refused);
+            }
+            // The head's bytes are bound by the recorded id.
+            let mut changed = proof.clone();
+            changed.named.as_mut().unwrap().payload.push(0);
+            let refused = verify(&changed, &names_t);
+            prop_assert!(matches!(refused, Err(ProofError::LinkId { index }) if index == r), "{:?}", refused);
+            let mut bent = proof.clone();
+            bent.named.as_mut().unwrap().back_links[0] = BlockId([9; 32]);
+            let refused = verify(&bent, &names_t);
+            prop_assert!(matches!(refused, Err(ProofError::LinkId { .. })), "{:?}", refused);
+            let mut short = proof.clone();
+            short.named.as_mut().unwrap().back_links.pop();
+            let refused = verify(&short, &names_t);
+            prop_assert!(matches!(refused, Err(ProofError::NamedBackLinks { .. })), "{:?}", refused);
+            let mut later = proof.clone();
+            later.named.as_mut().unwrap().previous_checkpoint = t + 1;
+            let refused = verify(&later, &names_t);
+            prop_assert!(matches!(refused, Err(ProofError::NamedOrder { .. })), "{:?}", refused);
+            // From the recorded block on, nothing is linked.
+            let at_recorded = state_at(&chain, r);
+            let refused = proof.verify_named(&at_recorded, (r, id_at(r)), &none, &common::policy_rule, &names_t);
+            prop_assert!(matches!(refused, Err(ProofError::LinksNotNeeded { .. })), "{:?}", refused);
+        }
+    }
 }

@@ -599,6 +599,12 @@ impl chainiac_proto::server::Handler for Forger {
                     .filter_map(|b| chainiac_release::Rebuilds::from_bytes(&b.payload).ok());
                 Response::Rebuilds(rebuilds.filter(|r| r.release == release).flat_map(|r| r.attestations).collect())
             }
+            Request::GetBackwardProof { chain, from, to, with_payload } => {
+                match chainiac_skipchain::store::prove_backward(&self.store, &chain, from, to, with_payload) {
+                    Ok(proof) => Response::BackwardProof(proof),
+                    Err(e) => Response::Error(ErrorReply::new(ErrorCode::NotFound, e.to_string())),
+                }
+            }
             // As a witness answers: a rebuild summary's release comes with the links.
             Request::GetLinkedProofs { queries, with_payload, .. } => {
                 match chainiac_witness::answers::linked_proofs(&self.store, &queries, with_payload, Vec::new()) {

@@ -121,18 +121,20 @@ pub fn linked_proofs<S: Store>(
     answer_each(queries, held_appointments, |query, held| {
         let to = head_index(store, &query.chain)?;
         let moved = to > query.from;
-        let through =
+        let summarized =
             if moved && with_payload { summarized_release(store, &query.chain, query.recorded) } else { None };
-        let proof = store::prove_linked_through(
-            store,
-            &query.chain,
-            query.from,
-            query.recorded,
-            to,
-            with_payload && moved,
-            through,
-            |hash| held.contains(hash),
-        )
+        let held_here = |hash: &[u8; 32]| held.contains(hash);
+        let (chain, from, recorded, payload) = (&query.chain, query.from, query.recorded, with_payload && moved);
+        let proof = match summarized {
+            // The summary names its release's block: the links start there (SPEC §7.5).
+            Some((release, true)) => {
+                store::prove_linked_named(store, chain, from, recorded, to, payload, release, held_here)
+            }
+            through => {
+                let through = through.map(|(release, _)| release);
+                store::prove_linked_through(store, chain, from, recorded, to, payload, through, held_here)
+            }
+        }
         .map_err(store_err)?;
         let beyond = proof.beyond.clone().without_appointments(|hash| held.contains(hash));
         let proof = LinkedProof { beyond, ..proof };
@@ -146,15 +148,14 @@ pub fn linked_proofs<S: Store>(
     })
 }
 
-/// The release block a rebuild summary at block `index` of `chain` names, if that block is
-/// one (SPEC §11.8): a client that skipped the release needs it with the summary, so the
-/// links go through it and carry its payload.
-fn summarized_release<S: Store>(store: &S, chain: &ChainId, index: u64) -> Option<u64> {
+/// The release a rebuild summary at block `index` of `chain` is about, if that block is one
+/// (SPEC §11.8), and whether it names the release's block id (kind 8): a client that
+/// skipped the release needs it with the summary, so the links start at it (named) or go
+/// through it, and carry its payload.
+fn summarized_release<S: Store>(store: &S, chain: &ChainId, index: u64) -> Option<(u64, bool)> {
     let block = store.block(chain, index).ok().flatten()?;
-    if block.header.kind != chainiac_release::KIND_REBUILD_SUMMARY {
-        return None;
-    }
-    chainiac_release::RebuildSummary::from_bytes(&block.payload).ok().map(|summary| summary.release)
+    let (summary, named) = chainiac_release::RebuildSummary::from_block(block.header.kind, &block.payload).ok()?;
+    Some((summary.release, named.is_some()))
 }
 
 /// The requests' own limits on a `GetTimelineChanges`, checked before anything is read.

@@ -3,7 +3,8 @@
 //! entries in the node (they need the node's heads).
 
 use chainiac_release::{
-    Policy, TimeWindow, KIND_POLICY_CHANGE, KIND_REBUILDS, KIND_REBUILD_SUMMARY, KIND_RELEASE, KIND_YANK,
+    Policy, TimeWindow, KIND_POLICY_CHANGE, KIND_REBUILDS, KIND_REBUILD_SUMMARY, KIND_REBUILD_SUMMARY_UNNAMED,
+    KIND_RELEASE, KIND_YANK,
 };
 use chainiac_skipchain::authority::{check_quorum, KIND_COMMITTEE};
 use chainiac_skipchain::timeline::KIND_TIMELINE;
@@ -21,7 +22,13 @@ pub fn kind_allowed(chain_kind: u16, kind: u16) -> bool {
         KIND_TIMELINE => kind == KIND_TIMELINE,
         KIND_RELEASE => matches!(
             kind,
-            KIND_RELEASE | KIND_POLICY_CHANGE | KIND_YANK | KIND_COMMITTEE | KIND_REBUILDS | KIND_REBUILD_SUMMARY
+            KIND_RELEASE
+                | KIND_POLICY_CHANGE
+                | KIND_YANK
+                | KIND_COMMITTEE
+                | KIND_REBUILDS
+                | KIND_REBUILD_SUMMARY
+                | KIND_REBUILD_SUMMARY_UNNAMED
         ),
         _ => false,
     }
@@ -85,7 +92,9 @@ pub fn check_rules(
         // Policies on other chains: the clients' rule (a raw chain never takes a release policy).
         chainiac_release::policy_rule(&head.chain, &head.policy, new, &block.payload)?;
     }
-    if block.policy.is_some() && matches!(kind, KIND_RELEASE | KIND_REBUILDS | KIND_REBUILD_SUMMARY) {
+    if block.policy.is_some()
+        && matches!(kind, KIND_RELEASE | KIND_REBUILDS | KIND_REBUILD_SUMMARY | KIND_REBUILD_SUMMARY_UNNAMED)
+    {
         return Err(format!("a block of kind {kind} cannot change the policy; use a policy change"));
     }
     match kind {
@@ -108,13 +117,16 @@ pub fn check_rules(
             .map_err(chainiac_release::ReleaseError::DecodeRebuilds)
             .and_then(|rebuilds| chainiac_release::check_rebuilds_alone(&rebuilds))
             .map_err(|e| e.to_string()),
-        KIND_REBUILD_SUMMARY => match chainiac_release::RebuildSummary::from_bytes(&block.payload) {
-            Err(e) => Err(chainiac_release::ReleaseError::DecodeRebuildSummary(e).to_string()),
-            Ok(summary) if summary.records.len() > chainiac_release::MAX_REBUILDS_PER_RELEASE => {
-                Err(format!("a rebuild summary holds at most {} records", chainiac_release::MAX_REBUILDS_PER_RELEASE))
+        KIND_REBUILD_SUMMARY | KIND_REBUILD_SUMMARY_UNNAMED => {
+            match chainiac_release::RebuildSummary::of_block(kind, &block.payload) {
+                Err(e) => Err(chainiac_release::ReleaseError::DecodeRebuildSummary(e).to_string()),
+                Ok(summary) if summary.records.len() > chainiac_release::MAX_REBUILDS_PER_RELEASE => Err(format!(
+                    "a rebuild summary holds at most {} records",
+                    chainiac_release::MAX_REBUILDS_PER_RELEASE
+                )),
+                Ok(_) => Ok(()),
             }
-            Ok(_) => Ok(()),
-        },
+        }
         KIND_YANK => chainiac_release::check_yank(
             &head.chain.0,
             &head.policy,

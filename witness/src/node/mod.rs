@@ -747,7 +747,7 @@ impl Node {
                 err(ErrorCode::Refused, chainiac_skipchain::BlockError::Authority { index, error }.to_string())
             })?;
         }
-        if matches!(proposal.kind, chainiac_release::KIND_REBUILDS | chainiac_release::KIND_REBUILD_SUMMARY) {
+        if proposal.kind == chainiac_release::KIND_REBUILDS || chainiac_release::is_rebuild_summary(proposal.kind) {
             // Through `SubmitRebuild` only, where each rebuilder's allowance is counted.
             return Err(err(ErrorCode::Refused, "send rebuilders' attestations with SubmitRebuild, not Propose"));
         }

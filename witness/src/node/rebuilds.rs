@@ -1,5 +1,5 @@
 //! Late attestations (SPEC §11.8): rebuilders' `SubmitRebuild`, the rebuilds blocks (kind 6)
-//! that carry their signed attestations, and the summary blocks (kind 7) clients read.
+//! that carry their signed attestations, and the summary blocks (kind 8) clients read.
 
 use super::*;
 use chainiac_release::{
@@ -166,7 +166,16 @@ impl Node {
         Ok(RebuildSummary::of(release, payload.manifest.id(), &self.rebuild_evidence(chain, release)))
     }
 
-    /// The rules of kinds 6 and 7 that read the chain (its newest release, what is recorded
+    /// The id of `chain`'s block at `release`, which a summary about it names.
+    fn release_block_id(&self, chain: &ChainId, release: u64) -> Result<chainiac_skipchain::BlockId, ErrorReply> {
+        self.store
+            .block_id(chain, release)
+            .ok()
+            .flatten()
+            .ok_or_else(|| err(ErrorCode::Internal, format!("chain {chain} lacks its release block {release}")))
+    }
+
+    /// The rules of kinds 6 and 8 (7) that read the chain (its newest release, what is recorded
     /// of it, its policy's verifiers): checked before voting, not for blocks caught up on
     /// (their committee did; `rules::check_rules` checks what needs no history for all).
     pub(super) fn check_rebuild_block(&self, head: &ChainState, block: &Block) -> Result<(), ErrorReply> {
@@ -188,9 +197,12 @@ impl Node {
                 let newest = newest.as_ref().map(|(index, payload)| (*index, payload));
                 chainiac_release::check_rebuilds(&rebuilds, newest, &recorded, &verifiers).map_err(refused)
             }
-            KIND_REBUILD_SUMMARY => {
+            kind if chainiac_release::is_rebuild_summary(kind) => {
                 let expected = self.expected_summary(&head.chain)?;
-                chainiac_release::check_rebuild_summary(&block.payload, &expected).map(|_| ()).map_err(refused)
+                let release_block = self.release_block_id(&head.chain, expected.release)?;
+                chainiac_release::check_rebuild_summary(kind, &block.payload, &expected, release_block)
+                    .map(|_| ())
+                    .map_err(refused)
             }
             _ => Ok(()),
         }
@@ -201,10 +213,7 @@ impl Node {
     /// holds about the release, else it would only move the head again (a faulty leader's
     /// way to make every follower download something).
     pub(super) fn check_summary_adds_something(&self, head: &ChainState, block: &Block) -> Result<(), ErrorReply> {
-        if block.header.kind != KIND_REBUILD_SUMMARY {
-            return Ok(());
-        }
-        let Ok(summary) = RebuildSummary::from_bytes(&block.payload) else { return Ok(()) };
+        let Ok(summary) = RebuildSummary::of_block(block.header.kind, &block.payload) else { return Ok(()) };
         if self.summarized(&head.chain, summary.release).is_some_and(|s| s == summary) {
             return Err(err(
                 ErrorCode::Refused,
@@ -551,7 +560,8 @@ impl Node {
             {
                 return Ok(block);
             }
-            let proposal = Proposal { kind: KIND_REBUILD_SUMMARY, payload: summary.to_bytes(), ..Proposal::default() };
+            let payload = summary.to_block_bytes(self.release_block_id(&chain, summary.release)?);
+            let proposal = Proposal { kind: KIND_REBUILD_SUMMARY, payload, ..Proposal::default() };
             match self.lead(chain, proposal).await {
                 Ok(block) => return Ok(block),
                 Err(e) => last = Some(e),
@@ -572,10 +582,9 @@ impl Node {
         blocking(|| {
             (release + 1..=head).rev().find_map(|index| {
                 let block = self.store.block(chain, index).ok().flatten()?;
-                if block.header.kind != KIND_REBUILD_SUMMARY {
-                    return None;
-                }
-                let summary = RebuildSummary::from_bytes(&block.payload).ok().filter(|s| s.release == release)?;
+                let summary = RebuildSummary::of_block(block.header.kind, &block.payload)
+                    .ok()
+                    .filter(|s| s.release == release)?;
                 Some((block, summary))
             })
         })
