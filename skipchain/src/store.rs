@@ -412,8 +412,8 @@ pub fn prove_linked_through<S: Store>(
 /// [`LinkedProof::named`]): the recorded block in full, then the links down from the named
 /// block, whose payload they carry (none when it is `from` itself), so the blocks between
 /// the two are left out. Falls back to [`prove_linked_through`] `named` when that form does
-/// not apply: the named block before `from` or not before `recorded`, or a committee or
-/// policy change after it.
+/// not apply: the named block before `from` or not before `recorded`, not the block this
+/// store holds there, or a committee or policy change after it.
 #[allow(clippy::too_many_arguments)]
 pub fn prove_linked_named<S: Store>(
     store: &S,
@@ -422,15 +422,18 @@ pub fn prove_linked_named<S: Store>(
     recorded: u64,
     to: u64,
     with_payload: bool,
-    named: u64,
+    named: (u64, BlockId),
     held: impl Fn(&[u8; 32]) -> bool,
 ) -> StoreResult<LinkedProof, S::Error> {
     let head = head_index(store, chain)?;
+    let (named, named_id) = named;
     if from <= named && named < recorded && recorded <= to && to <= head {
         let top = read_block(store, chain, recorded, head)?;
         let below = read_block(store, chain, named, head)?;
         let hashes = |h: &Header| (h.committee_hash, h.policy_hash);
-        if hashes(&top.header) == hashes(&below.header) && top.header.previous_checkpoint <= named {
+        // A name that is not this store's block there would fail every verifier: plain links.
+        let same_block = below.id() == named_id;
+        if same_block && hashes(&top.header) == hashes(&below.header) && top.header.previous_checkpoint <= named {
             let mut proof = prove_linked_through(store, chain, from, named, named, false, None, &held)?;
             proof.beyond = prove(store, chain, recorded, to, with_payload && to > recorded)?;
             // The verifier holds the named block when it is its own.

@@ -526,7 +526,11 @@ proptest! {
             let verify = |p: &chainiac_skipchain::LinkedProof, names: &chainiac_skipchain::NamesBlock| {
                 p.verify_named(&trusted, (r, id_at(r)), &none, &common::policy_rule, names)
             };
-            let proof = store::prove_linked_named(&chain.store, &chain.chain, i, r, r, true, t, |_| false).unwrap();
+            let proof = store::prove_linked_named(&chain.store, &chain.chain, i, r, r, true, (t, t_id), |_| false).unwrap();
+            // A name that is not the stored block there: plain links.
+            let misnamed = (t, BlockId([7; 32]));
+            let plain_again = store::prove_linked_named(&chain.store, &chain.chain, i, r, r, true, misnamed, |_| false);
+            prop_assert!(plain_again.unwrap().named.is_none());
             let plain = store::prove_linked(&chain.store, &chain.chain, i, r, r, true, |_| false).unwrap();
             let expected = plain.verify_with(&trusted, (r, id_at(r)), &none, &common::policy_rule).unwrap().into_inner();
             let (top, below) = (block_at(r).header, block_at(t).header);
@@ -547,6 +551,13 @@ proptest! {
                 prop_assert!(caught.link_block.is_none() && (!applies || proof.links.is_empty()));
             }
             if !applies {
+                // The form forced across a committee or policy change is refused.
+                let mut forced =
+                    store::prove_linked_through(&chain.store, &chain.chain, i, t, t, false, None, |_| false).unwrap();
+                forced.beyond = store::prove(&chain.store, &chain.chain, r, r, false).unwrap();
+                forced.named = Some(chainiac_skipchain::NamedHead::new(&block_at(r)));
+                let refused = verify(&forced, &names_t);
+                prop_assert!(matches!(refused, Err(ProofError::LinkId { .. } | ProofError::NamedOrder { .. })), "{:?}", refused);
                 continue;
             }
             prop_assert!(proof.links.iter().all(|l| l.index <= t), "no block between the two is sent");

@@ -127,8 +127,8 @@ pub fn linked_proofs<S: Store>(
         let (chain, from, recorded, payload) = (&query.chain, query.from, query.recorded, with_payload && moved);
         let proof = match summarized {
             // The summary names its release's block: the links start there (SPEC §7.5).
-            Some((release, true)) => {
-                store::prove_linked_named(store, chain, from, recorded, to, payload, release, held_here)
+            Some((release, Some(id))) => {
+                store::prove_linked_named(store, chain, from, recorded, to, payload, (release, id), held_here)
             }
             through => {
                 let through = through.map(|(release, _)| release);
@@ -149,13 +149,17 @@ pub fn linked_proofs<S: Store>(
 }
 
 /// The release a rebuild summary at block `index` of `chain` is about, if that block is one
-/// (SPEC §11.8), and whether it names the release's block id (kind 8): a client that
+/// (SPEC §11.8), and the release's block id when it names it (kind 8): a client that
 /// skipped the release needs it with the summary, so the links start at it (named) or go
 /// through it, and carry its payload.
-fn summarized_release<S: Store>(store: &S, chain: &ChainId, index: u64) -> Option<(u64, bool)> {
+fn summarized_release<S: Store>(
+    store: &S,
+    chain: &ChainId,
+    index: u64,
+) -> Option<(u64, Option<chainiac_skipchain::BlockId>)> {
     let block = store.block(chain, index).ok().flatten()?;
     let (summary, named) = chainiac_release::RebuildSummary::from_block(block.header.kind, &block.payload).ok()?;
-    Some((summary.release, named.is_some()))
+    Some((summary.release, named))
 }
 
 /// The requests' own limits on a `GetTimelineChanges`, checked before anything is read.

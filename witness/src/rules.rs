@@ -8,7 +8,7 @@ use chainiac_release::{
 };
 use chainiac_skipchain::authority::{check_quorum, KIND_COMMITTEE};
 use chainiac_skipchain::timeline::KIND_TIMELINE;
-use chainiac_skipchain::{Block, ChainState};
+use chainiac_skipchain::{Block, BlockId, ChainState};
 
 /// Blocks of a test chain: any payload.
 pub const KIND_RAW: u16 = 0;
@@ -65,6 +65,22 @@ pub fn check_genesis(genesis: &Block) -> Result<(), String> {
             Policy::from_bytes(policy).map(|_| ()).map_err(|e| format!("release chain genesis: {e}"))
         }
         other => Err(format!("chain kind {other} is not known to this witness")),
+    }
+}
+
+/// A rebuild summary of kind 8 names the chain's release block at its index, by id: the
+/// name clients follow in linked proofs (SPEC §7.5), checked on every block a witness
+/// stores — caught up on too, as the summary's contents are not (`earlier` gives the id and
+/// kind of an earlier block of the chain).
+pub fn check_named_release(block: &Block, earlier: impl Fn(u64) -> Option<(BlockId, u16)>) -> Result<(), String> {
+    let Some((release, named)) = chainiac_release::names_block(block.header.kind, &block.payload) else {
+        return Ok(());
+    };
+    match earlier(release) {
+        Some((id, KIND_RELEASE)) if release < block.header.index && id == named => Ok(()),
+        _ => Err(format!(
+            "a rebuild summary naming block {named} as release {release}, not the chain's release block there"
+        )),
     }
 }
 
@@ -148,6 +164,56 @@ mod tests {
     use chainiac_cosi::{Member, Roster, SecretKey};
     use chainiac_release::VerifierEntry;
     use chainiac_skipchain::{genesis, ChainParams, Committee, Proposal};
+
+    /// A kind-8 summary is stored only if it names the chain's release block at its index by
+    /// its id (caught-up blocks included): anything else is refused, naming what it names.
+    #[test]
+    fn a_summary_names_the_chain_s_release_block() {
+        let summary = |index: u64, release: u64, named: BlockId| {
+            let mut block = Block {
+                header: chainiac_skipchain::Header {
+                    chain: Some(BlockId([1; 32])),
+                    index,
+                    height: 1,
+                    back_links: vec![],
+                    params: None,
+                    kind: KIND_REBUILD_SUMMARY,
+                    payload_hash: [0; 32],
+                    committee_hash: [0; 32],
+                    policy_hash: [0; 32],
+                    previous_checkpoint: 0,
+                    timestamp_ms: 0,
+                },
+                payload: vec![],
+                committee: None,
+                policy: None,
+                signature: None,
+            };
+            let records = chainiac_release::RebuildSummary {
+                release,
+                manifest: chainiac_release::ManifestId([2; 32]),
+                records: vec![],
+            };
+            block.payload = records.to_block_bytes(named);
+            block
+        };
+        let (release_id, yank_id) = (BlockId([5; 32]), BlockId([6; 32]));
+        let earlier = |i: u64| match i {
+            1 => Some((release_id, KIND_RELEASE)),
+            2 => Some((yank_id, KIND_YANK)),
+            _ => None,
+        };
+        assert_eq!(check_named_release(&summary(3, 1, release_id), earlier), Ok(()));
+        let wrong_id = check_named_release(&summary(3, 1, BlockId([9; 32])), earlier).unwrap_err();
+        assert!(wrong_id.contains("naming block 0909") && wrong_id.contains("as release 1"), "{wrong_id}");
+        assert!(check_named_release(&summary(3, 2, yank_id), earlier).is_err(), "a yank is no release");
+        assert!(check_named_release(&summary(3, 4, release_id), earlier).is_err(), "no block there");
+        assert!(check_named_release(&summary(1, 1, release_id), earlier).is_err(), "not before itself");
+        // Kind 7 names nothing.
+        let mut unnamed = summary(3, 1, BlockId([9; 32]));
+        unnamed.header.kind = chainiac_release::KIND_REBUILD_SUMMARY_UNNAMED;
+        assert_eq!(check_named_release(&unnamed, earlier), Ok(()));
+    }
 
     /// A raw chain may change its opaque policy, but never to a release policy: a committee
     /// cannot make a chain no root key governs into one whose releases clients check

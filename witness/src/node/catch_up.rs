@@ -84,12 +84,28 @@ impl Node {
     /// The chain rules, kind rules and deterministic payload rules of a block after `head`,
     /// as this node checks every block it catches up on (the clock and the timeline's
     /// heads are those of the moment it was made, so they are not checked again).
-    pub(super) fn check_caught_up(&self, chain_kind: u16, head: &ChainState, block: &Block) -> Result<(), ErrorReply> {
+    /// `earlier` gives the id and kind of the chain's blocks up to `head`.
+    pub(super) fn check_caught_up(
+        &self,
+        chain_kind: u16,
+        head: &ChainState,
+        block: &Block,
+        earlier: impl Fn(u64) -> Option<(BlockId, u16)>,
+    ) -> Result<(), ErrorReply> {
         // Any manifest time: the committee checked it against its clocks then, and a node
         // configured with a narrower skew must not refuse what the cothority signed.
         let window = chainiac_release::TimeWindow { skew_ms: u64::MAX, delay_ms: u64::MAX };
         rules::check_rules(chain_kind, head, block, window, None)
+            .and_then(|()| rules::check_named_release(block, earlier))
             .map_err(|reason| err(ErrorCode::Refused, format!("block {} caught up: {reason}", block.header.index)))
+    }
+
+    /// The id and kind of `chain`'s stored blocks, by index.
+    pub(super) fn stored<'a>(&'a self, chain: &'a ChainId) -> impl Fn(u64) -> Option<(BlockId, u16)> + 'a {
+        move |index| {
+            let block = self.store.block(chain, index).ok().flatten()?;
+            Some((block.id(), block.header.kind))
+        }
     }
 
     /// Fetches, checks and appends blocks from `source` until the chain's head (a chain this
@@ -112,7 +128,7 @@ impl Node {
                     }
                     return Err(err(ErrorCode::Refused, format!("{} served blocks out of order", source.address)));
                 }
-                self.check_caught_up(chain_kind, &head, &block)?;
+                self.check_caught_up(chain_kind, &head, &block, self.stored(&chain))?;
                 match self.append(&block) {
                     Ok(_) => {}
                     Err(StoreError::Conflict { .. }) => {} // raced a commit
@@ -155,6 +171,7 @@ impl Node {
         }
         check_catch_up_length(0, index)?;
         let mut ids = vec![chain];
+        let mut kinds = vec![chain_kind];
         while state.index() < index {
             let blocks = self.fetch_blocks(chain, state.index() + 1, source).await?;
             let before = state.index();
@@ -163,8 +180,10 @@ impl Node {
                 let next = state.extend(block, link).map_err(|e| {
                     err(ErrorCode::Refused, format!("{} served a chain that does not verify: {e}", source.address))
                 })?;
-                self.check_caught_up(chain_kind, &state, block)?;
+                let earlier = |i: u64| Some((*ids.get(i as usize)?, *kinds.get(i as usize)?));
+                self.check_caught_up(chain_kind, &state, block, earlier)?;
                 ids.push(next.id);
+                kinds.push(block.header.kind);
                 state = next.into_inner();
             }
             if state.index() == before {
@@ -206,7 +225,7 @@ impl Node {
                         format!("{} served block {} unlike the first time", source.address, block.header.index),
                     ));
                 }
-                self.check_caught_up(chain_kind, &head, block)?;
+                self.check_caught_up(chain_kind, &head, block, self.stored(&chain))?;
                 match self.append(block) {
                     Ok(_) => progressed = true,
                     Err(StoreError::Conflict { .. }) => {} // raced a commit of the same chain

@@ -1032,7 +1032,7 @@ impl Node {
                 _ => Err(err(ErrorCode::Conflict, format!("this witness holds another block at index {index}"))),
             };
         }
-        self.check_caught_up(self.chain_kind(&chain)?, &head, &block)?;
+        self.check_caught_up(self.chain_kind(&chain)?, &head, &block, self.stored(&chain))?;
         match self.append(&block) {
             Ok(_) => {
                 self.release(chain, index);
