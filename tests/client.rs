@@ -1607,7 +1607,6 @@ impl Handler for PolicyStripper {
 /// nothing new (here witness 0's key leads the round, its process killed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_summary_the_chain_already_holds_is_not_cosigned_again() {
-    use chainiac_proto::message::Announce;
     let (mut cluster, _, chain, project_genesis, manifest) = batching_cluster_with_a_release(1).await;
     let attestation = attested_by(40, manifest, Outcome::Reproduced);
     let (address, witness_key) = (cluster.witnesses[1].address.clone(), cluster.witnesses[1].key);
@@ -1632,22 +1631,7 @@ async fn a_summary_the_chain_already_holds_is_not_cosigned_again() {
     };
     let block = cluster.next_block(1, chain, &project_genesis, proposal).await;
     assert_eq!(block.header.index, 4);
-    let leader_key = cluster.keys(&[0]).pop().unwrap();
-    let roster = cluster.roster(&[0, 1, 2, 3]);
-    let leader = roster.index_of(&leader_key.public_key()).unwrap();
-    let mut announce = Announce {
-        block,
-        session: chainiac_cosi::protocol::SessionId([7; 32]),
-        leader: leader as u32,
-        branching: 4,
-        excluded: chainiac_cosi::Mask::empty(4).as_bytes().to_vec(),
-        ballot: chainiac_witness::agreement::next_owned(0, leader, 4).unwrap(),
-        justification: None,
-        leader_signature: [0; 64],
-    };
-    announce.sign(&leader_key);
-    let reply = common::Client::with_key(leader_key).call(&cluster.witnesses[1], Request::Announce(announce)).await;
-    let refusal = format!("{reply:?}");
+    let refusal = announce_as_witness_0(&cluster, block).await;
     assert!(refusal.contains("already records all of it"), "{refusal}");
     assert_eq!(cluster.head(1, chain).await, Some(3));
 }
@@ -1784,6 +1768,28 @@ async fn a_summary_at_the_head_names_its_release_and_cannot_be_rewritten() {
     assert!(renamed.load(std::sync::atomic::Ordering::SeqCst) > 0, "the client asked the member that rewrites");
 }
 
+/// `block` announced to witness 1 with witness 0's key, as witness 0 would lead its round
+/// (four members): witness 1's answer, as text.
+async fn announce_as_witness_0(cluster: &Cluster, block: Block) -> String {
+    use chainiac_proto::message::Announce;
+    let leader_key = cluster.keys(&[0]).pop().unwrap();
+    let roster = cluster.roster(&[0, 1, 2, 3]);
+    let leader = roster.index_of(&leader_key.public_key()).unwrap();
+    let mut announce = Announce {
+        block,
+        session: chainiac_cosi::protocol::SessionId([7; 32]),
+        leader: leader as u32,
+        branching: 4,
+        excluded: chainiac_cosi::Mask::empty(4).as_bytes().to_vec(),
+        ballot: chainiac_witness::agreement::next_owned(0, leader, 4).unwrap(),
+        justification: None,
+        leader_signature: [0; 64],
+    };
+    announce.sign(&leader_key);
+    let reply = common::Client::with_key(leader_key).call(&cluster.witnesses[1], Request::Announce(announce)).await;
+    format!("{reply:?}")
+}
+
 /// Serves `GetBlocks` from its own store, as a member serves its chain to one catching up.
 struct BlockServer(chainiac_skipchain::store::MemoryStore);
 
@@ -1806,7 +1812,6 @@ impl Handler for BlockServer {
 /// witness stores, so the timeline never records one no honest witness checked (SPEC §7.5).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_witness_catching_up_refuses_a_summary_naming_another_block() {
-    use chainiac_proto::message::Announce;
     use chainiac_skipchain::store::{self, MemoryStore, Store};
     let (mut cluster, _, chain, _, manifest) = batching_cluster_with_a_release(0).await;
     let mut sign = common::colluders(&cluster);
@@ -1830,22 +1835,7 @@ async fn a_witness_catching_up_refuses_a_summary_naming_another_block() {
     assert_eq!(announced.header.index, 3);
     common::replace_witness_0(&mut cluster, BlockServer(forged));
 
-    let leader_key = cluster.keys(&[0]).pop().unwrap();
-    let roster = cluster.roster(&[0, 1, 2, 3]);
-    let leader = roster.index_of(&leader_key.public_key()).unwrap();
-    let mut announce = Announce {
-        block: announced,
-        session: chainiac_cosi::protocol::SessionId([8; 32]),
-        leader: leader as u32,
-        branching: 4,
-        excluded: chainiac_cosi::Mask::empty(4).as_bytes().to_vec(),
-        ballot: chainiac_witness::agreement::next_owned(0, leader, 4).unwrap(),
-        justification: None,
-        leader_signature: [0; 64],
-    };
-    announce.sign(&leader_key);
-    let reply = common::Client::with_key(leader_key).call(&cluster.witnesses[1], Request::Announce(announce)).await;
-    let refusal = format!("{reply:?}");
+    let refusal = announce_as_witness_0(&cluster, announced).await;
     assert!(refusal.contains("block 2 caught up: a rebuild summary naming block 0909"), "{refusal}");
     assert_eq!(cluster.head(1, chain).await, Some(1), "nothing stored");
 }
