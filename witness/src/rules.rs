@@ -77,7 +77,8 @@ pub fn check_named_release(block: &Block, earlier: impl Fn(u64) -> Option<(Block
         return Ok(());
     };
     match earlier(release) {
-        Some((id, KIND_RELEASE)) if release < block.header.index && id == named => Ok(()),
+        // The genesis of a release chain has the release kind, but is no release.
+        Some((id, KIND_RELEASE)) if release > 0 && release < block.header.index && id == named => Ok(()),
         _ => Err(format!(
             "a rebuild summary naming block {named} as release {release}, not the chain's release block there"
         )),
@@ -209,6 +210,8 @@ mod tests {
         assert!(check_named_release(&summary(3, 2, yank_id), earlier).is_err(), "a yank is no release");
         assert!(check_named_release(&summary(3, 4, release_id), earlier).is_err(), "no block there");
         assert!(check_named_release(&summary(1, 1, release_id), earlier).is_err(), "not before itself");
+        let genesis = |i: u64| (i == 0).then_some((BlockId([1; 32]), KIND_RELEASE));
+        assert!(check_named_release(&summary(3, 0, BlockId([1; 32])), genesis).is_err(), "the genesis is no release");
         // Kind 7 names nothing.
         let mut unnamed = summary(3, 1, BlockId([9; 32]));
         unnamed.header.kind = chainiac_release::KIND_REBUILD_SUMMARY_UNNAMED;
