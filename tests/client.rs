@@ -1523,6 +1523,29 @@ async fn a_client_holding_a_summary_finds_a_new_release_below_a_yank() {
 /// head's (the yank changed it), fetched by its hash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_state_left_on_a_replaced_release_takes_the_release_a_summary_names() {
+    let (updated, stripped) = update_a_state_left_on_release_1(Some(1)).await;
+    assert!(stripped > 0, "the stripper was asked");
+    assert_eq!(updated["to"].as_u64(), Some(7), "{updated}");
+    assert_eq!(updated["release"]["version"], "1.1", "the release the summary names: {updated}");
+    assert_eq!(updated["level"]["level"], "rebuilt", "{updated}");
+}
+
+/// The same state as a client from before `release_index` (2026-12-01) left it: it cannot
+/// tell a later release at or below its block from an earlier one, so it ignores every
+/// summary there (SPEC §11.8: none may take a client back) and keeps 1.0 until a release
+/// reaches the head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_without_its_release_index_ignores_summaries_at_or_below_its_block() {
+    let (updated, _) = update_a_state_left_on_release_1(None).await;
+    assert_eq!(updated["to"].as_u64(), Some(7), "{updated}");
+    assert!(updated["release"].is_null(), "no release taken: {updated}");
+    assert_eq!(updated["level"]["version"], "1.0", "the summary of 1.1 is ignored: {updated}");
+}
+
+/// Release 1.0 (block 1) with a summary (3), 1.1 (4), a yank of 1.0 (5); a state edited to
+/// hold 1.0 at block 5 with `release_index`; then a summary of 1.1 (7), and the update to
+/// it, witness 0 replaced by a [`PolicyStripper`]: the update and how often it stripped.
+async fn update_a_state_left_on_release_1(release_index: Option<u64>) -> (serde_json::Value, usize) {
     let (mut cluster, timeline_genesis, chain, project_genesis, manifest) = batching_cluster_with_a_release(1).await;
     let (address, witness_key) = (cluster.witnesses[1].address.clone(), cluster.witnesses[1].key);
     let submit = |who: u8, manifest: chainiac_release::ManifestId| {
@@ -1565,7 +1588,7 @@ async fn a_state_left_on_a_replaced_release_takes_the_release_a_summary_names() 
     let held = stuck.chains.get_mut(&chain).unwrap();
     assert_eq!((held.index(), held.release_index), (5, Some(4)));
     held.release = Some(ReleasePayload::from_bytes(&block(1).await.payload).unwrap());
-    held.release_index = Some(1);
+    held.release_index = release_index;
     let summary_block = block(3).await;
     held.rebuilds = Some(RebuildSummary::of_block(summary_block.header.kind, &summary_block.payload).unwrap());
     std::fs::write(&state, stuck.to_bytes()).unwrap();
@@ -1578,10 +1601,7 @@ async fn a_state_left_on_a_replaced_release_takes_the_release_a_summary_names() 
     let stripper = PolicyStripper(Liar::relaying_witness_1(&cluster), stripped.clone());
     common::replace_witness_0(&mut cluster, stripper);
     let updated = update();
-    assert!(stripped.load(std::sync::atomic::Ordering::SeqCst) > 0, "the stripper was asked");
-    assert_eq!(updated["to"].as_u64(), Some(7), "{updated}");
-    assert_eq!(updated["release"]["version"], "1.1", "the release the summary names: {updated}");
-    assert_eq!(updated["level"]["level"], "rebuilt", "{updated}");
+    (updated, stripped.load(std::sync::atomic::Ordering::SeqCst))
 }
 
 /// A member that answers `GetBlock` with the block's policy left out (counting how often),
