@@ -197,9 +197,7 @@ pub enum ProofError {
     LinkPayloadHash { index: u64 },
     #[error("linked proof: the recorded block {index} is given in full, but its payload names no earlier block of the chain from the trusted {trusted} on")]
     NamedNothing { index: u64, trusted: u64 },
-    #[error(
-        "linked proof: the recorded block {index} is given in full with {got} back links, its height is {expected}"
-    )]
+    #[error("linked proof: the recorded block {index} is given in full with {got} back links, not {expected}")]
     NamedBackLinks { index: u64, expected: usize, got: usize },
     #[error("linked proof: the recorded block {index} comes before the block {named} its payload names, or a committee or policy change lies between them")]
     NamedOrder { index: u64, named: u64 },
@@ -401,7 +399,7 @@ pub struct LinkedProof {
 /// named block's: a committee or policy change between the two rules this form out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NamedHead {
-    /// All its back links (none implied).
+    /// Its back links, but the one to the named block if it has one (implied).
     pub back_links: Vec<BlockId>,
     pub kind: u16,
     pub previous_checkpoint: u64,
@@ -416,11 +414,16 @@ pub struct NamedHead {
 pub type NamesBlock = dyn Fn(u16, &[u8]) -> Option<(u64, BlockId)>;
 
 impl NamedHead {
-    /// The head as [`LinkedProof::named`] gives it: `header` with the committee and policy
-    /// of the named block below it (the caller checks they are that block's).
-    pub fn new(block: &crate::Block) -> Self {
+    /// The head as [`LinkedProof::named`] gives it, naming block `named` (the caller checks
+    /// that the committee and policy hashes are that block's): its back links without the
+    /// one to the named block, if it has one (the payload names it).
+    pub fn new(block: &crate::Block, params: &crate::ChainParams, named: u64) -> Self {
+        let mut back_links = block.header.back_links.clone();
+        if let Some(level) = params.link_level(named, block.header.index) {
+            back_links.remove(level as usize);
+        }
         NamedHead {
-            back_links: block.header.back_links.clone(),
+            back_links,
             kind: block.header.kind,
             previous_checkpoint: block.header.previous_checkpoint,
             timestamp_ms: block.header.timestamp_ms,
@@ -430,21 +433,28 @@ impl NamedHead {
 
     /// The state at this head, block `index` with id `id`, above `named`'s block: no
     /// committee or policy change after that block (the head's `previous_checkpoint` is not
-    /// after it), not earlier in time, and the full header hashing to `id`.
+    /// after it), not earlier in time, and the full header hashing to `id`. A back link to
+    /// the named block is implied.
     fn state_above(&self, named: &ChainState, index: u64, id: BlockId) -> Result<ChainState, ProofError> {
-        let expected = named.params.height(index) as usize;
+        let height = named.params.height(index) as usize;
+        let below = named.header.index;
+        let implied = named.params.link_level(below, index);
+        let expected = height - usize::from(implied.is_some());
         if self.back_links.len() != expected {
             return Err(ProofError::NamedBackLinks { index, expected, got: self.back_links.len() });
         }
-        let below = named.header.index;
+        let mut back_links = self.back_links.clone();
+        if let Some(level) = implied {
+            back_links.insert(level as usize, named.id);
+        }
         if self.previous_checkpoint > below || self.timestamp_ms < named.header.timestamp_ms {
             return Err(ProofError::NamedOrder { index, named: below });
         }
         let header = Header {
             chain: Some(named.chain),
             index,
-            height: expected as u8,
-            back_links: self.back_links.clone(),
+            height: height as u8,
+            back_links,
             params: None,
             kind: self.kind,
             payload_hash: payload_hash(&self.payload),

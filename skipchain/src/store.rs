@@ -438,7 +438,8 @@ pub fn prove_linked_named<S: Store>(
             proof.beyond = prove(store, chain, recorded, to, with_payload && to > recorded)?;
             // The verifier holds the named block when it is its own.
             proof.link_payload = (named > from).then_some(LinkPayload { index: named, payload: below.payload });
-            proof.named = Some(NamedHead::new(&top));
+            let params = store.head(chain).map_err(StoreError::Backend)?.expect("head read above").params;
+            proof.named = Some(NamedHead::new(&top, &params, named));
             return Ok(proof);
         }
     }

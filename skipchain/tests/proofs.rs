@@ -555,7 +555,7 @@ proptest! {
                 let mut forced =
                     store::prove_linked_through(&chain.store, &chain.chain, i, t, t, false, None, |_| false).unwrap();
                 forced.beyond = store::prove(&chain.store, &chain.chain, r, r, false).unwrap();
-                forced.named = Some(chainiac_skipchain::NamedHead::new(&block_at(r)));
+                forced.named = Some(chainiac_skipchain::NamedHead::new(&block_at(r), &trusted.params, t));
                 let refused = verify(&forced, &names_t);
                 prop_assert!(matches!(refused, Err(ProofError::LinkId { .. } | ProofError::NamedOrder { .. })), "{:?}", refused);
                 continue;
@@ -587,12 +587,22 @@ proptest! {
             changed.named.as_mut().unwrap().payload.push(0);
             let refused = verify(&changed, &names_t);
             prop_assert!(matches!(refused, Err(ProofError::LinkId { index }) if index == r), "{:?}", refused);
+            // The back link to the named block is implied when the head has one.
+            let implied = trusted.params.link_level(t, r).is_some();
+            let carried = proof.named.as_ref().unwrap().back_links.len();
+            prop_assert_eq!(carried + usize::from(implied), trusted.params.height(r) as usize);
             let mut bent = proof.clone();
-            bent.named.as_mut().unwrap().back_links[0] = BlockId([9; 32]);
+            match bent.named.as_mut().unwrap().back_links.first_mut() {
+                Some(link) => *link = BlockId([9; 32]),
+                None => bent.named.as_mut().unwrap().kind ^= 1,
+            }
             let refused = verify(&bent, &names_t);
             prop_assert!(matches!(refused, Err(ProofError::LinkId { .. })), "{:?}", refused);
             let mut short = proof.clone();
-            short.named.as_mut().unwrap().back_links.pop();
+            let links = &mut short.named.as_mut().unwrap().back_links;
+            if links.pop().is_none() {
+                links.push(BlockId([9; 32]));
+            }
             let refused = verify(&short, &names_t);
             prop_assert!(matches!(refused, Err(ProofError::NamedBackLinks { .. })), "{:?}", refused);
             let mut later = proof.clone();
