@@ -1810,6 +1810,47 @@ async fn announce_as_witness_0(cluster: &Cluster, block: Block) -> String {
     format!("{reply:?}")
 }
 
+/// A member that passes a proposal on to witness 1, which appends it, and loses the answer.
+struct Swallower(Liar);
+
+impl Handler for Swallower {
+    async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
+        if !matches!(request, Request::Propose { .. }) {
+            return self.0.relay(request).await;
+        }
+        self.0.relay(request).await;
+        Response::Error(chainiac_proto::ErrorReply::new(chainiac_proto::ErrorCode::Unavailable, "the answer was lost"))
+    }
+    fn refused(&self, _: &str) {}
+}
+
+/// `release yank` sent first to a member that gets it appended and loses the answer: the
+/// other members refuse the replay (1.0 is yanked already), and the command finds the yank
+/// in force at the chain's head, from the chain's own committee (the timeline has not
+/// recorded it yet), says so, and names the member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_yank_whose_answer_is_lost_is_found_at_the_head() {
+    let (mut cluster, timeline_genesis, chain, project_genesis, _) = batching_cluster_with_a_release(1).await;
+    common::wait_timeline_has(&cluster, chain, 1).await;
+    let dir = genesis_files(&project_genesis, &timeline_genesis);
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    chainiac_witness::keyfile::write(&dir.path().join("dev1.key"), &key(1)).unwrap();
+    let state = path("client.state");
+    anchor_both(dir.path(), &state);
+    let chain_hex = chain.to_hex();
+    let classes = &[FrameClass::Query, FrameClass::Submit];
+    let swallower = Swallower(Liar::relaying_witness_1(&cluster));
+    common::replace_witness_0_serving(&mut cluster, swallower, classes);
+    let (dev1, reason) = (path("dev1.key"), "lost answer");
+    let yank = ["release", "yank", "--state", &state, "--chain", &chain_hex, "--version", "1.0", "--reason", reason];
+    let (code, out, err) = chainiac(&[&yank[..], &["--key", &dev1]].concat());
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(err.contains("no member said it appended it, but its policy is in force at the head, block 2"), "{err}");
+    assert!(err.contains("the answer was lost"), "the member is named: {err}");
+    assert!(err.contains("refused it"), "the replay was refused: {err}");
+    assert_eq!(cluster.head(1, chain).await, Some(2), "appended once");
+}
+
 /// Serves `GetBlocks` from its own store, as a member serves its chain to one catching up.
 struct BlockServer(chainiac_skipchain::store::MemoryStore);
 

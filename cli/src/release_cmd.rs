@@ -352,8 +352,9 @@ pub fn policy(command: PolicyCommand) -> Result<()> {
 /// head, collectively signed by the committee the client trusts, so one member cannot drop
 /// it and report it done. A member that refuses it, cannot be reached, is busy or lags
 /// passes it to the next (one faulty member's refusal stops nothing). When none appended
-/// it, the chain is updated and looked at: a member may have appended it and lost its
-/// answer, and the others then refuse the replay; then the head's index is returned.
+/// it, the chain is updated from its committee and looked at: a member may have appended it
+/// and lost its answer, and the others then refuse the replay; then the head's index is
+/// returned.
 fn propose(
     runtime: &tokio::runtime::Runtime,
     client: &mut chainiac_client::Client,
@@ -387,7 +388,14 @@ fn propose(
         }
     }
     let proposed_policy = proposal.policy.as_deref().map(chainiac_skipchain::block::policy_hash);
-    if runtime.block_on(client.update(chain)).is_ok() {
+    // From the chain's own committee (forward proofs): the timeline records a new head only
+    // at its next block, and a lost answer is looked for now.
+    let was_every_hop = client.every_hop_chains.insert(chain);
+    let updated = runtime.block_on(client.update(chain));
+    if was_every_hop {
+        client.every_hop_chains.remove(&chain);
+    }
+    if updated.is_ok() {
         let now = &client.state().chains[&chain];
         if now.index() > trusted.index() && Some(now.header.policy_hash) == proposed_policy {
             for failed in refusals.iter().chain(&tried) {
