@@ -724,4 +724,24 @@ mod tests {
         }
         assert_eq!(allowances.per_key.len(), 2);
     }
+
+    /// A flood of fresh keys within one hour, past the cap this witness runs with: every
+    /// one is taken (a flood refuses nobody's first attestation), the map never holds more
+    /// than the cap, and a key counted after the flood is limited as before.
+    #[test]
+    fn a_flood_of_fresh_keys_refuses_nobody_and_stays_within_the_cap() {
+        let mut allowances = Allowances::new(MAX_ALLOWANCE_KEYS);
+        let fresh = |i: u32| {
+            let mut seed = [7; 32];
+            seed[..4].copy_from_slice(&i.to_le_bytes());
+            chainiac_cosi::SecretKey::from_seed(&seed).public_key()
+        };
+        let flood = MAX_ALLOWANCE_KEYS as u32 + 4_096;
+        for i in 0..flood {
+            assert_eq!(allowances.take(&fresh(i), 1_000 + u64::from(i / 64), 1), Ok(()), "key {i}");
+        }
+        assert_eq!(allowances.per_key.len(), MAX_ALLOWANCE_KEYS);
+        let last = fresh(flood - 1);
+        assert_eq!(allowances.take(&last, 5_000, 1), Err(AllowanceSpent { used: 1 }), "still counted");
+    }
 }
