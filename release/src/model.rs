@@ -39,7 +39,8 @@ pub fn is_rebuild_summary(kind: u16) -> bool {
 
 /// Which earlier block a release chain's block of `kind` names by its payload, for
 /// [`chainiac_skipchain::LinkedProof::verify_named`]: a summary block names its release.
-/// Witnesses cosign a summary only if that is the chain's block at that index.
+/// Witnesses store a summary (voted for or caught up on) only if that is the chain's
+/// release block at that index.
 pub fn names_block(kind: u16, payload: &[u8]) -> Option<(u64, chainiac_skipchain::BlockId)> {
     (kind == KIND_REBUILD_SUMMARY)
         .then(|| decode_exact::<NamedRebuildSummary>(payload).ok())

@@ -408,8 +408,8 @@ pub struct NamedHead {
 }
 
 /// Which earlier block of its chain a payload names (index and id), by the block's kind:
-/// the application's rule, which its witnesses check before they sign (SPEC §11.8 for
-/// release chains). The verifier of a linked proof trusts a name as it trusts the links:
+/// the application's rule, which its witnesses check on every block they store (SPEC §11.8
+/// for release chains). The verifier of a linked proof trusts a name as it trusts the links:
 /// the timeline records only blocks that honest witnesses checked completely.
 pub type NamesBlock = dyn Fn(u16, &[u8]) -> Option<(u64, BlockId)>;
 
