@@ -1154,6 +1154,9 @@ async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
     assert_eq!(update["level"]["trusted_rebuilders"][0], rebuilder_key);
     assert_eq!(update["level"]["other_rebuilders"], 0, "{update}");
     assert_eq!(update["level"]["disagreements"][0]["verdict"], "mismatch", "{update}");
+    // The liar by the id its summary record names it by: its key's first 16 bytes.
+    assert_eq!(update["level"]["disagreements"][0]["role"], "rebuilder", "{update}");
+    assert_eq!(update["level"]["disagreements"][0]["key"], liar.public_key().to_string()[..32], "{update}");
     // `verify` of out.txt as hello-1.0/out.txt of the newest release, or of `version`.
     let verify_of = |version: Option<&str>, trust: &str, level: &str| {
         let (trust, out) = (path(trust), path("out.txt"));
@@ -1360,7 +1363,7 @@ async fn rebuild_batches_append_a_release_s_attestations_together() {
         Ok(Response::Block(Some(block))) => RebuildSummary::of_block(block.header.kind, &block.payload).unwrap(),
         other => panic!("{other:?}"),
     };
-    assert!(summary.records.iter().any(|r| r.rebuilder == key(43).public_key()), "{summary:?}");
+    assert!(summary.record_of(&key(43).public_key()).is_some(), "{summary:?}");
 
     // One key at two members at once, so both batches hold it, with two others at one of
     // them: whichever batch lands second finds the key on the chain, and the others in it
@@ -1724,7 +1727,7 @@ impl Handler for Renamer {
                 let mut summary = RebuildSummary::of_block(named.kind, &named.payload).unwrap();
                 assert_eq!(summary.release, release);
                 for record in &mut summary.records {
-                    record.rebuilder = self.1;
+                    record.rebuilder = chainiac_release::RebuilderId::of(&self.1);
                 }
                 named.payload = summary.to_block_bytes(release_block);
                 self.2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -1963,11 +1966,15 @@ async fn a_crash_between_a_rebuilds_block_and_its_summary_is_repaired() {
     }
     // Who, in key order (a batch takes concurrent submissions in arrival order).
     let sorted = |keys: &mut dyn Iterator<Item = PublicKey>| {
-        let mut keys: Vec<String> = keys.map(|k| k.to_string()).collect();
+        let mut keys: Vec<String> = keys.map(|k| chainiac_release::RebuilderId::of(&k).to_string()).collect();
         keys.sort();
         keys
     };
-    let rebuilders = |summary: &RebuildSummary| sorted(&mut summary.records.iter().map(|r| r.rebuilder));
+    let rebuilders = |summary: &RebuildSummary| {
+        let mut ids: Vec<String> = summary.records.iter().map(|r| r.rebuilder.to_string()).collect();
+        ids.sort();
+        ids
+    };
     let keys = |who: &[u8]| sorted(&mut who.iter().map(|&k| key(k).public_key()));
 
     cluster.witnesses[1].stop();
@@ -2156,7 +2163,7 @@ async fn audit_a_forged_summary(misnamed: bool) {
         Proposal { kind: KIND_REBUILDS, payload: rebuilds.to_bytes(), timestamp_ms: now, ..Proposal::default() },
     );
     let record = RebuildRecord {
-        rebuilder: key(50).public_key(),
+        rebuilder: chainiac_release::RebuilderId::of(&key(50).public_key()),
         verdict: Verdict::Reproduced,
         isolation: BuildIsolation::Namespaces,
     };
@@ -2205,7 +2212,8 @@ async fn audit_a_forged_summary(misnamed: bool) {
     assert!(err.contains("1 attestation(s) on the chain are left out of the summary"), "{err}");
     let audit: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!((audit["unbacked"].as_u64(), audit["summary_block"].as_u64()), (Some(1), Some(3)), "{audit}");
-    assert_eq!(audit["records"][0]["rebuilder"], key(50).public_key().to_string(), "{audit}");
+    // No attestation behind it: named by the id the record holds, the key's first 16 bytes.
+    assert_eq!(audit["records"][0]["rebuilder"], key(50).public_key().to_string()[..32], "{audit}");
     assert_eq!(audit["records"][0]["backed"], false, "{audit}");
     let omitted = &audit["omitted"][0];
     assert_eq!(

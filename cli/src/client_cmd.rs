@@ -98,7 +98,7 @@ pub(crate) fn level_json(level: &chainiac_client::ReleaseLevel) -> serde_json::V
     let disagreements: Vec<_> = level
         .disagreements
         .iter()
-        .map(|(key, verdict)| serde_json::json!({ "key": key.to_string(), "verdict": verdict.name() }))
+        .map(|(who, verdict)| serde_json::json!({ "key": who.to_string(), "role": who.role(), "verdict": verdict.name() }))
         .collect();
     serde_json::json!({
         "version": level.version, "level": level.level.name(), "verifiers": hex(&level.verifiers),

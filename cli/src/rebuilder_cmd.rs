@@ -261,7 +261,7 @@ async fn one_pass(
         }
         // Done only once the summary this client verified records this key: a witness's
         // word that it appended the attestation is not enough.
-        let recorded = trusted.rebuilds_of_release().is_some_and(|s| s.records.iter().any(|r| r.rebuilder == me));
+        let recorded = trusted.rebuilds_of_release().is_some_and(|s| s.record_of(&me).is_some());
         if recorded {
             submitted.push_str(&done);
             submitted.push('\n');
@@ -446,21 +446,28 @@ fn audit(state: &std::path::Path, chain: &str, json: bool) -> Result<()> {
     };
     // What the summary at `at` covers: the attestations of the rebuilds blocks before it.
     let (covered, pending): (Vec<_>, Vec<_>) = on_chain.attestations.iter().partition(|(block, _)| *block < at);
+    let by_id = |record: &chainiac_release::RebuildRecord| -> Vec<&Attestation> {
+        covered.iter().map(|(_, a)| a).filter(|a| record.rebuilder.names(&a.body.verifier)).collect()
+    };
     let backed = |record: &chainiac_release::RebuildRecord| {
-        let by_key: Vec<&Attestation> =
-            covered.iter().map(|(_, a)| a).filter(|a| a.body.verifier == record.rebuilder).collect();
+        let by_key = by_id(record);
         let recorded_once = summary.records.iter().filter(|r| r.rebuilder == record.rebuilder).count() == 1;
         recorded_once
             && matches!(by_key[..], [a] if a.body.manifest == id && a.verify()
                 && chainiac_release::RebuildRecord::of(a) == *record)
     };
+    // Named by the whole key of the attestation behind it, or by the id when none is.
+    let name = |record: &chainiac_release::RebuildRecord| match by_id(record)[..] {
+        [a] => a.body.verifier.to_string(),
+        _ => record.rebuilder.to_string(),
+    };
     let rows: Vec<(String, &str, bool)> =
-        summary.records.iter().map(|r| (r.rebuilder.to_string(), r.verdict.name(), backed(r))).collect();
+        summary.records.iter().map(|r| (name(r), r.verdict.name(), backed(r))).collect();
     let unbacked = rows.iter().filter(|(_, _, ok)| !ok).count();
     // On the chain before the summary, yet not in it: the committee left it out.
     let omitted: Vec<(u64, String, &str)> = covered
         .iter()
-        .filter(|(_, a)| !summary.records.iter().any(|r| r.rebuilder == a.body.verifier))
+        .filter(|(_, a)| summary.record_of(&a.body.verifier).is_none())
         .map(|(block, a)| (*block, a.body.verifier.to_string(), chainiac_release::Verdict::of(&a.body.outcome).name()))
         .collect();
     if json {

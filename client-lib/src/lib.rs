@@ -9,8 +9,8 @@
 use chainiac_cosi::PublicKey;
 use chainiac_proto::{Pool, Request, Response};
 use chainiac_release::{
-    is_rebuild_summary, BuildIsolation, Outcome, RebuildSummary, RebuildSummaryWithDigests, ReleasePayload, TimeWindow,
-    KIND_RELEASE,
+    is_rebuild_summary, BuildIsolation, KeyedRebuildSummary, Outcome, RebuildSummary, RebuildSummaryWithDigests,
+    ReleasePayload, TimeWindow, KIND_RELEASE,
 };
 use chainiac_skipchain::timeline::KIND_TIMELINE;
 use chainiac_skipchain::{Block, BlockId, ChainId, ChainParams, ChainState, Committee, Header};
@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 mod rebuilds;
 mod update;
 
-pub use rebuilds::{Level, ReleaseLevel};
+pub use rebuilds::{Attester, Level, ReleaseLevel};
 
 /// A chain state the client trusts. Chains of one cothority share their committee: in
 /// memory through the `Arc`, in the state file by index into one list (see
@@ -120,6 +120,9 @@ impl ClientState {
         // Decoded, then converted: the conversion's reasons survive (postcard drops them).
         if let Ok(stored) = chainiac_skipchain::decode_exact::<StoredState>(bytes) {
             return ClientState::try_from(stored);
+        }
+        if let Ok(stored) = chainiac_skipchain::decode_exact::<StoredState<KeyedRebuildSummary>>(bytes) {
+            return ClientState::try_from(stored.upgrade());
         }
         if let Ok(stored) = chainiac_skipchain::decode_exact::<StoredState<RebuildSummaryWithDigests>>(bytes) {
             return ClientState::try_from(stored.upgrade());
@@ -241,7 +244,8 @@ impl TryFrom<LegacyState> for ClientState {
 }
 
 /// [`ClientState`] as the state file holds it (with the rebuild summaries of before
-/// 2026-12-01's smaller records as `S`, as those files hold them).
+/// 2026-12-02's rebuilder ids, or of before 2026-12-01's smaller records, as `S`, as those
+/// files hold them).
 #[derive(Serialize, Deserialize)]
 struct StoredState<S = RebuildSummary> {
     committees: Vec<Committee>,
@@ -263,7 +267,7 @@ struct StoredRelease<S = RebuildSummary> {
     rebuilds: Option<S>,
 }
 
-impl StoredState<RebuildSummaryWithDigests> {
+impl<S: Into<RebuildSummary>> StoredState<S> {
     fn upgrade(self) -> StoredState {
         let releases = self
             .releases
@@ -1468,48 +1472,59 @@ mod tests {
         assert!(error.contains("names chain 9 of 4"), "{error}");
     }
 
-    /// A file whose rebuild summaries carry the evidence digests of before (2026-12-01) is
-    /// read: the same records, without them.
+    /// A file whose rebuild summaries name rebuilders by whole key (before 2026-12-02), or
+    /// also carry evidence digests (before 2026-12-01), is read: the same records, by id.
     #[test]
     fn a_file_with_the_summaries_of_before_is_read() {
         let (shared, other) = (committee(1, 4), committee(40, 4));
         let mut state = state(2, &shared, &other);
         let chain = *state.chains.keys().next().unwrap();
-        let record = chainiac_release::RebuildRecord {
-            rebuilder: chainiac_cosi::SecretKey::from_seed(&[3; 32]).public_key(),
-            verdict: chainiac_release::Verdict::Mismatch,
-            isolation: BuildIsolation::Namespaces,
-        };
-        let summary =
-            RebuildSummary { release: 4, manifest: chainiac_release::ManifestId([6; 32]), records: vec![record] };
+        let key = chainiac_cosi::SecretKey::from_seed(&[3; 32]).public_key();
+        let (verdict, isolation) = (chainiac_release::Verdict::Mismatch, BuildIsolation::Namespaces);
+        let record =
+            chainiac_release::RebuildRecord { rebuilder: chainiac_release::RebuilderId::of(&key), verdict, isolation };
+        let manifest = chainiac_release::ManifestId([6; 32]);
+        let summary = RebuildSummary { release: 4, manifest, records: vec![record] };
         let trusted = state.chains.get_mut(&chain).unwrap();
         trusted.release_index = Some(4);
         trusted.rebuilds = Some(summary.clone());
-        let stored: StoredState = state.clone().into();
-        let old = StoredState {
-            committees: stored.committees,
-            chains: stored.chains,
-            timeline: stored.timeline,
-            synced: stored.synced,
-            timeline_chains: stored.timeline_chains,
-            releases: vec![StoredRelease {
-                chain: 0,
-                index: Some(4),
-                rebuilds: Some(chainiac_release::RebuildSummaryWithDigests {
-                    release: 4,
-                    manifest: summary.manifest,
-                    records: vec![chainiac_release::RebuildRecordWithDigest {
-                        rebuilder: record.rebuilder,
-                        verdict: record.verdict,
-                        isolation: record.isolation,
-                        evidence: [9; 16],
-                    }],
-                }),
-            }],
-        };
-        let bytes = postcard::to_allocvec(&old).unwrap();
-        assert_ne!(bytes, state.to_bytes(), "the old records are longer");
-        assert_eq!(ClientState::from_bytes(&bytes).unwrap(), state);
+        fn old_file<S: Serialize>(state: &ClientState, rebuilds: S) -> Vec<u8> {
+            let stored: StoredState = state.clone().into();
+            let old = StoredState {
+                committees: stored.committees,
+                chains: stored.chains,
+                timeline: stored.timeline,
+                synced: stored.synced,
+                timeline_chains: stored.timeline_chains,
+                releases: vec![StoredRelease { chain: 0, index: Some(4), rebuilds: Some(rebuilds) }],
+            };
+            postcard::to_allocvec(&old).unwrap()
+        }
+        let keyed = old_file(
+            &state,
+            KeyedRebuildSummary {
+                release: 4,
+                manifest,
+                records: vec![chainiac_release::KeyedRebuildRecord { rebuilder: key, verdict, isolation }],
+            },
+        );
+        assert_eq!(keyed.len(), state.to_bytes().len() + 16, "whole keys");
+        assert_eq!(ClientState::from_bytes(&keyed).unwrap(), state);
+        let with_digests = old_file(
+            &state,
+            chainiac_release::RebuildSummaryWithDigests {
+                release: 4,
+                manifest,
+                records: vec![chainiac_release::RebuildRecordWithDigest {
+                    rebuilder: key,
+                    verdict,
+                    isolation,
+                    evidence: [9; 16],
+                }],
+            },
+        );
+        assert_eq!(with_digests.len(), state.to_bytes().len() + 32, "whole keys and digests");
+        assert_eq!(ClientState::from_bytes(&with_digests).unwrap(), state);
     }
 
     /// Anchoring another timeline forgets the reconciliation records (indices of the old

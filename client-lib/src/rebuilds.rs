@@ -2,7 +2,7 @@
 //! rebuilders said of a release, and the level a client reads from it.
 
 use chainiac_cosi::PublicKey;
-use chainiac_release::{BuildIsolation, Outcome, RebuildSummary, ReleasePayload, Verdict};
+use chainiac_release::{BuildIsolation, Outcome, RebuildSummary, RebuilderId, ReleasePayload, Verdict};
 use serde::{Deserialize, Serialize};
 
 /// A level and how many rebuilders it takes, as `--min-level` names it: `policy`,
@@ -60,7 +60,34 @@ pub struct ReleaseLevel {
     pub other_rebuilders: usize,
     /// Verifiers and rebuilders that got other bytes or could not build it: a disagreement
     /// with the release is either an error or poisoning, and must stand out.
-    pub disagreements: Vec<(PublicKey, Verdict)>,
+    pub disagreements: Vec<(Attester, Verdict)>,
+}
+
+/// Who attested a release, as the client knows it: a verifier of the policy by its key (the
+/// release block holds its attestation), a rebuilder by the id its summary records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attester {
+    Verifier(PublicKey),
+    Rebuilder(RebuilderId),
+}
+
+impl Attester {
+    pub fn role(&self) -> &'static str {
+        match self {
+            Attester::Verifier(_) => "verifier",
+            Attester::Rebuilder(_) => "rebuilder",
+        }
+    }
+}
+
+impl std::fmt::Display for Attester {
+    /// The key or the id in hex.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Attester::Verifier(key) => key.fmt(f),
+            Attester::Rebuilder(id) => id.fmt(f),
+        }
+    }
 }
 
 impl ReleaseLevel {
@@ -87,18 +114,18 @@ impl ReleaseLevel {
                     level.verifiers.push(attestation.body.verifier)
                 }
                 Outcome::Reproduced => {}
-                other => level.disagreements.push((attestation.body.verifier, Verdict::of(other))),
+                other => level.disagreements.push((Attester::Verifier(attestation.body.verifier), Verdict::of(other))),
             }
         }
         let id = release.manifest.id();
         for record in rebuilds.filter(|s| s.manifest == id).map(|s| s.records.as_slice()).unwrap_or_default() {
             match record.verdict {
                 Verdict::Reproduced if !counts(record.isolation) => {}
-                Verdict::Reproduced if trusted.contains(&record.rebuilder) => {
-                    level.trusted_rebuilders.push(record.rebuilder)
-                }
-                Verdict::Reproduced => level.other_rebuilders += 1,
-                verdict => level.disagreements.push((record.rebuilder, verdict)),
+                Verdict::Reproduced => match trusted.iter().find(|key| record.rebuilder.names(key)) {
+                    Some(key) => level.trusted_rebuilders.push(*key),
+                    None => level.other_rebuilders += 1,
+                },
+                verdict => level.disagreements.push((Attester::Rebuilder(record.rebuilder), verdict)),
             }
         }
         level.level = if !level.trusted_rebuilders.is_empty() {
@@ -140,15 +167,15 @@ impl ReleaseLevel {
         );
         if !self.disagreements.is_empty() {
             let who: Vec<String> =
-                self.disagreements.iter().map(|(key, verdict)| format!("{} {}", short(key), verdict.name())).collect();
+                self.disagreements.iter().map(|(who, verdict)| format!("{} {}", short(who), verdict.name())).collect();
             text += &format!("; DISAGREED: {}", who.join(", "));
         }
         text
     }
 }
 
-fn short(key: &PublicKey) -> String {
-    key.to_string()[..16].to_string()
+fn short(who: &Attester) -> String {
+    who.to_string()[..16].to_string()
 }
 
 #[cfg(test)]
@@ -227,7 +254,8 @@ mod tests {
             let level = ReleaseLevel::of(&release, Some(&summary), &trusted, require_isolation);
             let records: Vec<RebuildRecord> = if about_another { vec![] } else { summary.records.clone() };
             let counts = |r: &RebuildRecord| r.verdict == Verdict::Reproduced && (!require_isolation || r.isolation == BuildIsolation::Namespaces);
-            let by_trusted = records.iter().any(|r| counts(r) && trusted.contains(&r.rebuilder));
+            let is_trusted = |r: &RebuildRecord| trusted.iter().any(|k| r.rebuilder.names(k));
+            let by_trusted = records.iter().any(|r| counts(r) && is_trusted(r));
             let by_anyone = records.iter().any(counts);
             let expected = if by_trusted { Level::Trusted } else if by_anyone { Level::Rebuilt } else { Level::Policy };
             prop_assert_eq!(level.level, expected);
@@ -236,7 +264,9 @@ mod tests {
             prop_assert_eq!(level.missing(expected, 1), None);
             // A count asks for that many distinct rebuilders of the class.
             let reproduced: Vec<&RebuildRecord> = records.iter().filter(|r| counts(r)).collect();
-            let trusted_n = reproduced.iter().filter(|r| trusted.contains(&r.rebuilder)).count();
+            let trusted_n = reproduced.iter().filter(|r| is_trusted(r)).count();
+            prop_assert_eq!(level.trusted_rebuilders.len(), trusted_n);
+            prop_assert!(level.trusted_rebuilders.iter().all(|k| trusted.contains(k)));
             for count in 0..4 {
                 prop_assert_eq!(level.missing(Level::Rebuilt, count).is_none(), reproduced.len() >= count.max(1));
                 prop_assert_eq!(level.missing(Level::Trusted, count).is_none(), trusted_n >= count.max(1));

@@ -243,7 +243,7 @@ async fn a_forged_release_named_by_a_rebuild_summary_is_refused() {
         |_, now| {
             let forged = release("1.0", 7, now);
             let manifest = ReleasePayload::from_bytes(&forged.payload).unwrap().manifest.id();
-            let summary = RebuildSummary { release: 1, manifest, records: Vec::new() };
+            let summary = KeyedRebuildSummary { release: 1, manifest, records: Vec::new() };
             let summary = Proposal {
                 // The encoding before 2026-12-02 (kind 7), which clients still read.
                 kind: KIND_REBUILD_SUMMARY_UNNAMED,

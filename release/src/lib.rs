@@ -11,12 +11,12 @@ pub mod rules;
 
 pub use model::{
     content_hash, is_rebuild_summary, names_block, Artifact, ArtifactMismatch, Attestation, AttestationBody,
-    BuildIsolation, ContentHasher, DeveloperSignature, Manifest, ManifestId, Outcome, Policy, PolicyChange,
-    PolicyError, RebuildRecord, RebuildRecordWithDigest, RebuildSummary, RebuildSummaryWithDigests, Rebuilds, Recipe,
-    ReleasePayload, RootSignature, SourceArchive, Verdict, VerifierEntry, Yank, YankPayload, YankSignature,
-    KIND_POLICY_CHANGE, KIND_REBUILDS, KIND_REBUILD_SUMMARY, KIND_REBUILD_SUMMARY_UNNAMED, KIND_RELEASE, KIND_YANK,
-    MAX_REBUILDS_PER_BLOCK, MAX_REBUILDS_PER_RELEASE, MAX_REBUILD_ATTESTATION_BYTES, MAX_YANKED, MAX_YANK_REASON,
-    SOURCE_DATE_EPOCH,
+    BuildIsolation, ContentHasher, DeveloperSignature, KeyedRebuildRecord, KeyedRebuildSummary, Manifest, ManifestId,
+    Outcome, Policy, PolicyChange, PolicyError, RebuildRecord, RebuildRecordWithDigest, RebuildSummary,
+    RebuildSummaryWithDigests, RebuilderId, Rebuilds, Recipe, ReleasePayload, RootSignature, SourceArchive, Verdict,
+    VerifierEntry, Yank, YankPayload, YankSignature, KIND_POLICY_CHANGE, KIND_REBUILDS, KIND_REBUILD_SUMMARY,
+    KIND_REBUILD_SUMMARY_KEYED, KIND_REBUILD_SUMMARY_UNNAMED, KIND_RELEASE, KIND_YANK, MAX_REBUILDS_PER_BLOCK,
+    MAX_REBUILDS_PER_RELEASE, MAX_REBUILD_ATTESTATION_BYTES, MAX_YANKED, MAX_YANK_REASON, SOURCE_DATE_EPOCH,
 };
 pub use rules::{
     check_policy_change, check_rebuild_summary, check_rebuilds, check_rebuilds_alone, check_release, check_yank,

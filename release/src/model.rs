@@ -24,17 +24,22 @@ pub const KIND_POLICY_CHANGE: u16 = 3;
 pub const KIND_YANK: u16 = 5;
 /// Rebuilders' signed attestations about a release, appended after it (SPEC §11.8).
 pub const KIND_REBUILDS: u16 = 6;
-/// What rebuilders said about a release so far, one compact record each, and the id of the
-/// release's block: what clients read (`RebuildSummary::to_block_bytes`). A linked proof to
-/// such a block goes straight down to that release (SPEC §7.5, §11.8).
-pub const KIND_REBUILD_SUMMARY: u16 = 8;
+/// What rebuilders said about a release so far, one compact record each (a rebuilder named
+/// by [`RebuilderId`]), and the id of the release's block: what clients read
+/// (`RebuildSummary::to_block_bytes`). A linked proof to such a block goes straight down to
+/// that release (SPEC §7.5, §11.8).
+pub const KIND_REBUILD_SUMMARY: u16 = 9;
+/// Summaries appended on 2026-12-02 before records named rebuilders by [`RebuilderId`]:
+/// each record with the rebuilder's whole key. Still read (and name their release), no
+/// longer appended.
+pub const KIND_REBUILD_SUMMARY_KEYED: u16 = 8;
 /// Summaries appended before 2026-12-02, without their release's block id: still read,
 /// no longer appended.
 pub const KIND_REBUILD_SUMMARY_UNNAMED: u16 = 7;
 
 /// Whether blocks of `kind` hold a rebuild summary (either encoding).
 pub fn is_rebuild_summary(kind: u16) -> bool {
-    matches!(kind, KIND_REBUILD_SUMMARY | KIND_REBUILD_SUMMARY_UNNAMED)
+    matches!(kind, KIND_REBUILD_SUMMARY | KIND_REBUILD_SUMMARY_KEYED | KIND_REBUILD_SUMMARY_UNNAMED)
 }
 
 /// Which earlier block a release chain's block of `kind` names by its payload, for
@@ -42,10 +47,10 @@ pub fn is_rebuild_summary(kind: u16) -> bool {
 /// Witnesses store a summary (voted for or caught up on) only if that is the chain's
 /// release block at that index.
 pub fn names_block(kind: u16, payload: &[u8]) -> Option<(u64, chainiac_skipchain::BlockId)> {
-    (kind == KIND_REBUILD_SUMMARY)
-        .then(|| decode_exact::<NamedRebuildSummary>(payload).ok())
-        .flatten()
-        .map(|named| (named.release, named.release_block))
+    match RebuildSummary::from_block(kind, payload) {
+        Ok((summary, Some(release_block))) => Some((summary.release, release_block)),
+        _ => None,
+    }
 }
 
 /// Most rebuilders one release's summary records (the summary is re-sent whole).
@@ -532,11 +537,11 @@ pub struct Rebuilds {
     pub attestations: Vec<Attestation>,
 }
 
-/// What a rebuild summary block (kind 8, or 7 before 2026-12-02) holds: one record per
+/// What a rebuild summary block (kind 9; 8 and 7 before it) holds: one record per
 /// attestation the chain's rebuilds blocks hold about release `release` (manifest
-/// `manifest`), in chain order. A
-/// client reads this (34 bytes a rebuilder) instead of the attestations (≈ 170 bytes). A
-/// record names its attestation by key (a key attests a release once on a chain), which
+/// `manifest`), in chain order. A client reads this (18 bytes a rebuilder) instead of the
+/// attestations (≈ 170 bytes). A record names its attestation by rebuilder (a key attests
+/// a release once on a chain, and no two keys of a release share a [`RebuilderId`]), which
 /// anyone can fetch from the rebuilds blocks and check against it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RebuildSummary {
@@ -545,9 +550,36 @@ pub struct RebuildSummary {
     pub records: Vec<RebuildRecord>,
 }
 
+/// A rebuilder as summaries name it: the first 16 bytes of its Ed25519 key. Witnesses
+/// check each attestation's signature with the whole key, so a record is only as good as
+/// that check; naming another key's rebuilder takes a key with the same 16 bytes (a 2^128
+/// search for one given key), and witnesses refuse a second key of one release with an id
+/// already recorded. Half the bytes of a key on every summary a client reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RebuilderId(#[serde(with = "chainiac_cosi::bytes")] pub [u8; 16]);
+
+impl RebuilderId {
+    pub fn of(key: &PublicKey) -> Self {
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&key.as_bytes()[..16]);
+        RebuilderId(id)
+    }
+
+    /// Whether `key` is the rebuilder this id names.
+    pub fn names(&self, key: &PublicKey) -> bool {
+        *self == RebuilderId::of(key)
+    }
+}
+
+impl std::fmt::Display for RebuilderId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RebuildRecord {
-    pub rebuilder: PublicKey,
+    pub rebuilder: RebuilderId,
     pub verdict: Verdict,
     pub isolation: BuildIsolation,
 }
@@ -555,7 +587,7 @@ pub struct RebuildRecord {
 impl RebuildRecord {
     pub fn of(attestation: &Attestation) -> Self {
         RebuildRecord {
-            rebuilder: attestation.body.verifier,
+            rebuilder: RebuilderId::of(&attestation.body.verifier),
             verdict: Verdict::of(&attestation.body.outcome),
             isolation: attestation.body.isolation,
         }
@@ -569,12 +601,8 @@ impl RebuildSummary {
         RebuildSummary { release, manifest, records: attestations.into_iter().map(RebuildRecord::of).collect() }
     }
 
-    pub fn to_bytes(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).expect("payloads serialize")
-    }
-
-    /// The payload of a summary block (kind 8): `u64 release ‖ [32] release block id ‖ [32]
-    /// manifest ‖ records`, the block id of release `release` added to this encoding.
+    /// The payload of a summary block (kind 9): `u64 release ‖ [32] release block id ‖ [32]
+    /// manifest ‖ records`, each record `[16] rebuilder id ‖ verdict ‖ isolation`.
     pub fn to_block_bytes(&self, release_block: chainiac_skipchain::BlockId) -> Vec<u8> {
         let named = NamedRebuildSummary {
             release: self.release,
@@ -586,14 +614,21 @@ impl RebuildSummary {
     }
 
     /// The summary a block of `kind` holds, with the id of its release's block when the
-    /// encoding names it (kind 8; kind 7 as [`Self::from_bytes`]).
+    /// encoding names it (kinds 9 and 8; kind 7 as [`KeyedRebuildSummary::from_bytes`]).
+    /// Records of the older encodings, with whole keys, are read as their ids.
     pub fn from_block(kind: u16, payload: &[u8]) -> Result<(Self, Option<chainiac_skipchain::BlockId>), String> {
         match kind {
             KIND_REBUILD_SUMMARY => decode_exact::<NamedRebuildSummary>(payload).map(|named| {
                 let NamedRebuildSummary { release, release_block, manifest, records } = named;
                 (RebuildSummary { release, manifest, records }, Some(release_block))
             }),
-            KIND_REBUILD_SUMMARY_UNNAMED => Self::from_bytes(payload).map(|summary| (summary, None)),
+            KIND_REBUILD_SUMMARY_KEYED => decode_exact::<NamedKeyedSummary>(payload).map(|named| {
+                let NamedKeyedSummary { release, release_block, manifest, records } = named;
+                (KeyedRebuildSummary { release, manifest, records }.into(), Some(release_block))
+            }),
+            KIND_REBUILD_SUMMARY_UNNAMED => {
+                KeyedRebuildSummary::from_bytes(payload).map(|summary| (summary.into(), None))
+            }
             _ => Err(format!("a block of kind {kind} holds no rebuild summary")),
         }
     }
@@ -603,24 +638,88 @@ impl RebuildSummary {
         Self::from_block(kind, payload).map(|(summary, _)| summary)
     }
 
-    /// Decodes exactly one summary: in this encoding, or in that of the summary blocks
-    /// appended before records lost their evidence digest (2026-12-01), read without the
-    /// digests — signed blocks stay as they were appended. No payload is valid in both (the
-    /// older leaves 16 bytes a record over; with no record the two are the same bytes).
-    /// Blocks of kind 7 hold it; witnesses append kind 8 (`to_block_bytes`).
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
-        decode_exact::<RebuildSummary>(bytes)
-            .or_else(|e| decode_exact::<RebuildSummaryWithDigests>(bytes).map(Into::into).map_err(|_| e))
+    /// The record of `key`'s rebuild, if the summary holds one.
+    pub fn record_of(&self, key: &PublicKey) -> Option<&RebuildRecord> {
+        let id = RebuilderId::of(key);
+        self.records.iter().find(|r| r.rebuilder == id)
     }
 }
 
-/// A summary block's payload (kind 8): the summary with its release's block id.
+/// A summary block's payload (kind 9): the summary with its release's block id.
 #[derive(Serialize, Deserialize)]
 struct NamedRebuildSummary {
     release: u64,
     release_block: chainiac_skipchain::BlockId,
     manifest: ManifestId,
     records: Vec<RebuildRecord>,
+}
+
+/// A kind-8 summary's payload (2026-12-02): records with whole keys.
+#[derive(Serialize, Deserialize)]
+struct NamedKeyedSummary {
+    release: u64,
+    release_block: chainiac_skipchain::BlockId,
+    manifest: ManifestId,
+    records: Vec<KeyedRebuildRecord>,
+}
+
+/// A rebuild summary with each rebuilder's whole key, as kind-7 summary blocks (in
+/// `encode(KeyedRebuildSummary)`, or [`RebuildSummaryWithDigests`] before 2026-12-01) and
+/// client state files from before 2026-12-02 hold it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyedRebuildSummary {
+    pub release: u64,
+    pub manifest: ManifestId,
+    pub records: Vec<KeyedRebuildRecord>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyedRebuildRecord {
+    pub rebuilder: PublicKey,
+    pub verdict: Verdict,
+    pub isolation: BuildIsolation,
+}
+
+impl KeyedRebuildSummary {
+    pub fn of<'a>(release: u64, manifest: ManifestId, attestations: impl IntoIterator<Item = &'a Attestation>) -> Self {
+        let records = attestations
+            .into_iter()
+            .map(|a| KeyedRebuildRecord {
+                rebuilder: a.body.verifier,
+                verdict: Verdict::of(&a.body.outcome),
+                isolation: a.body.isolation,
+            })
+            .collect();
+        KeyedRebuildSummary { release, manifest, records }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("payloads serialize")
+    }
+
+    /// Decodes exactly one summary: in this encoding, or in that of the summary blocks
+    /// appended before records lost their evidence digest (2026-12-01), read without the
+    /// digests — signed blocks stay as they were appended. No payload is valid in both (the
+    /// older leaves 16 bytes a record over; with no record the two are the same bytes).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        decode_exact::<KeyedRebuildSummary>(bytes)
+            .or_else(|e| decode_exact::<RebuildSummaryWithDigests>(bytes).map(Into::into).map_err(|_| e))
+    }
+}
+
+impl From<KeyedRebuildSummary> for RebuildSummary {
+    fn from(keyed: KeyedRebuildSummary) -> Self {
+        let records = keyed
+            .records
+            .into_iter()
+            .map(|r| RebuildRecord {
+                rebuilder: RebuilderId::of(&r.rebuilder),
+                verdict: r.verdict,
+                isolation: r.isolation,
+            })
+            .collect();
+        RebuildSummary { release: keyed.release, manifest: keyed.manifest, records }
+    }
 }
 
 /// A rebuild summary as blocks and client state files before 2026-12-01 hold it: each
@@ -642,14 +741,20 @@ pub struct RebuildRecordWithDigest {
     pub evidence: [u8; 16],
 }
 
-impl From<RebuildSummaryWithDigests> for RebuildSummary {
+impl From<RebuildSummaryWithDigests> for KeyedRebuildSummary {
     fn from(old: RebuildSummaryWithDigests) -> Self {
         let records = old
             .records
             .into_iter()
-            .map(|r| RebuildRecord { rebuilder: r.rebuilder, verdict: r.verdict, isolation: r.isolation })
+            .map(|r| KeyedRebuildRecord { rebuilder: r.rebuilder, verdict: r.verdict, isolation: r.isolation })
             .collect();
-        RebuildSummary { release: old.release, manifest: old.manifest, records }
+        KeyedRebuildSummary { release: old.release, manifest: old.manifest, records }
+    }
+}
+
+impl From<RebuildSummaryWithDigests> for RebuildSummary {
+    fn from(old: RebuildSummaryWithDigests) -> Self {
+        KeyedRebuildSummary::from(old).into()
     }
 }
 

@@ -2,9 +2,9 @@
 //! names the rule that failed.
 
 use crate::model::{
-    ArtifactMismatch, BuildIsolation, Manifest, Outcome, Policy, PolicyError, RebuildSummary, Rebuilds, ReleasePayload,
-    Yank, YankSignature, MAX_REBUILDS_PER_BLOCK, MAX_REBUILDS_PER_RELEASE, MAX_REBUILD_ATTESTATION_BYTES, MAX_YANKED,
-    MAX_YANK_REASON,
+    ArtifactMismatch, BuildIsolation, Manifest, Outcome, Policy, PolicyError, RebuildSummary, RebuilderId, Rebuilds,
+    ReleasePayload, Yank, YankSignature, MAX_REBUILDS_PER_BLOCK, MAX_REBUILDS_PER_RELEASE,
+    MAX_REBUILD_ATTESTATION_BYTES, MAX_YANKED, MAX_YANK_REASON,
 };
 use chainiac_cosi::PublicKey;
 use chainiac_skipchain::block::policy_hash;
@@ -92,7 +92,10 @@ pub enum ReleaseError {
     RebuildOfAnotherManifest { key: String, release: u64 },
     #[error("rebuilder {key}'s attestation has an invalid signature")]
     BadRebuildSignature { key: String },
-    #[error("rebuilder {key} already attested release {release}: one attestation per rebuilder and release")]
+    #[error(
+        "rebuilder {key} (or another key with its first 16 bytes) already attested release {release}: one \
+         attestation per rebuilder and release"
+    )]
     DuplicateRebuild { key: String, release: u64 },
     #[error("release {release}: more than {limit} rebuild attestations")]
     TooManyRebuilds { release: u64, limit: usize },
@@ -534,7 +537,7 @@ pub fn check_rebuilds_alone(rebuilds: &Rebuilds) -> Result<(), ReleaseError> {
         if size > MAX_REBUILD_ATTESTATION_BYTES {
             return Err(ReleaseError::RebuildTooLarge { key: key.to_string(), size });
         }
-        if !seen.insert(key) {
+        if !seen.insert(RebuilderId::of(&key)) {
             return Err(ReleaseError::DuplicateRebuild { key: key.to_string(), release: rebuilds.release });
         }
         if !attestation.verify() {
@@ -568,7 +571,9 @@ pub fn check_rebuilds(
         return Err(ReleaseError::TooManyRebuilds { release: index, limit: MAX_REBUILDS_PER_RELEASE });
     }
     let id = release.manifest.id();
-    let mut seen: HashSet<PublicKey> = release.attestations.iter().map(|a| a.body.verifier).collect();
+    // By id: a summary names each rebuilder by its id, so two keys sharing one would be one.
+    let mut seen: HashSet<RebuilderId> =
+        release.attestations.iter().map(|a| RebuilderId::of(&a.body.verifier)).collect();
     seen.extend(recorded.iter().map(|r| r.rebuilder));
     for attestation in &rebuilds.attestations {
         let key = attestation.body.verifier;
@@ -578,14 +583,14 @@ pub fn check_rebuilds(
         if policy_verifiers.contains(&key) {
             return Err(ReleaseError::RebuildByAVerifier { key: key.to_string() });
         }
-        if !seen.insert(key) {
+        if !seen.insert(RebuilderId::of(&key)) {
             return Err(ReleaseError::DuplicateRebuild { key: key.to_string(), release: index });
         }
     }
     Ok(())
 }
 
-/// Checks a fresh rebuild summary block: of kind 8, `expected` — the summary over every
+/// Checks a fresh rebuild summary block: of kind 9, `expected` — the summary over every
 /// attestation the chain's rebuilds blocks hold about its release — with `release_block`,
 /// the id of that release's block on the chain.
 pub fn check_rebuild_summary(
@@ -597,7 +602,7 @@ pub fn check_rebuild_summary(
     let (summary, named) = RebuildSummary::from_block(kind, payload).map_err(ReleaseError::DecodeRebuildSummary)?;
     let wrong = |reason: &str| ReleaseError::WrongRebuildSummary { release: summary.release, reason: reason.into() };
     if kind != crate::KIND_REBUILD_SUMMARY {
-        return Err(wrong("a summary without its release's block id (kind 7, appended before 2026-12-02)"));
+        return Err(wrong(&format!("a summary of kind {kind}, no longer appended (witnesses append kind 9)")));
     }
     if summary.release != expected.release || summary.manifest != expected.manifest {
         return Err(wrong("another release"));

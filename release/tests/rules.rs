@@ -702,36 +702,55 @@ fn a_rebuild_summary_is_the_evidence_compacted() {
     assert!(check(&altered).is_err());
     let other = RebuildSummary::of(2, m.id(), &evidence);
     assert!(check(&other).is_err());
-    // Another block id for the release, or none (kind 7), is refused.
+    // Another block id for the release, or an older encoding (kinds 8 and 7), is refused.
     let elsewhere =
         check_rebuild_summary(KIND_REBUILD_SUMMARY, &summary.to_block_bytes(BlockId([6; 32])), &summary, block);
     assert!(matches!(elsewhere, Err(ReleaseError::WrongRebuildSummary { reason, .. }) if reason.contains("block id")));
-    let unnamed = check_rebuild_summary(KIND_REBUILD_SUMMARY_UNNAMED, &summary.to_bytes(), &summary, block);
+    let keyed = KeyedRebuildSummary::of(3, m.id(), &evidence);
+    let unnamed = check_rebuild_summary(KIND_REBUILD_SUMMARY_UNNAMED, &keyed.to_bytes(), &summary, block);
     assert!(matches!(unnamed, Err(ReleaseError::WrongRebuildSummary { reason, .. }) if reason.contains("kind 7")));
-    // Pinned (SPEC §11.8): u64 varint release, the manifest id, then per record the key, the
-    // verdict and the isolation (variant indices): 34 bytes a record; kind 8 puts the
-    // release's block id after the release.
+
+    // Pinned (SPEC §11.8), kind 9: u64 varint release, the release's block id, the manifest
+    // id, then per record the key's first 16 bytes, the verdict and the isolation (variant
+    // indices): 18 bytes a record.
     let one = RebuildSummary::of(3, m.id(), &evidence);
     let key40 = key(40).public_key().to_bytes();
     let key41 = key(41).public_key().to_bytes();
-    let expected = [&[3u8][..], &m.id().0, &[2], &key40, &[0, 1], &key41, &[2, 1]].concat();
-    assert_eq!(one.to_bytes(), expected);
-    assert_eq!(postcard::to_allocvec(&one.records[0]).unwrap().len(), 34);
-    let named = [&[3u8][..], &[5; 32], &m.id().0, &[2], &key40, &[0, 1], &key41, &[2, 1]].concat();
+    let named = [&[3u8][..], &[5; 32], &m.id().0, &[2], &key40[..16], &[0, 1], &key41[..16], &[2, 1]].concat();
     assert_eq!(one.to_block_bytes(block), named);
+    assert_eq!(postcard::to_allocvec(&one.records[0]).unwrap().len(), 18);
     assert_eq!(RebuildSummary::from_block(KIND_REBUILD_SUMMARY, &named), Ok((one.clone(), Some(block))));
-    assert_eq!(RebuildSummary::from_block(KIND_REBUILD_SUMMARY_UNNAMED, &expected), Ok((one.clone(), None)));
     assert_eq!(chainiac_release::names_block(KIND_REBUILD_SUMMARY, &named), Some((3, block)));
+    assert_eq!(one.record_of(&key(41).public_key()).map(|r| r.verdict), Some(Verdict::Failed));
+    assert_eq!(one.record_of(&key(42).public_key()), None);
+
+    // Kind 8 (2026-12-02): the same with each whole key, 34 bytes a record; kind 7 without
+    // the release's block id. Both still read, as the same records.
+    let keyed_named = [&[3u8][..], &[5; 32], &m.id().0, &[2], &key40, &[0, 1], &key41, &[2, 1]].concat();
+    assert_eq!(RebuildSummary::from_block(KIND_REBUILD_SUMMARY_KEYED, &keyed_named), Ok((one.clone(), Some(block))));
+    assert_eq!(chainiac_release::names_block(KIND_REBUILD_SUMMARY_KEYED, &keyed_named), Some((3, block)));
+    let expected = [&[3u8][..], &m.id().0, &[2], &key40, &[0, 1], &key41, &[2, 1]].concat();
+    assert_eq!(keyed.to_bytes(), expected);
+    assert_eq!(RebuildSummary::from_block(KIND_REBUILD_SUMMARY_UNNAMED, &expected), Ok((one.clone(), None)));
     assert_eq!(chainiac_release::names_block(KIND_REBUILD_SUMMARY_UNNAMED, &expected), None);
-    assert!(RebuildSummary::from_block(KIND_REBUILD_SUMMARY, &expected).is_err(), "kind 8 takes only its encoding");
-    assert!(RebuildSummary::from_block(KIND_REBUILD_SUMMARY_UNNAMED, &named).is_err());
+    // Each kind takes only its encoding.
+    for (kind, bytes) in [
+        (KIND_REBUILD_SUMMARY, &expected),
+        (KIND_REBUILD_SUMMARY, &keyed_named),
+        (KIND_REBUILD_SUMMARY_KEYED, &named),
+        (KIND_REBUILD_SUMMARY_KEYED, &expected),
+        (KIND_REBUILD_SUMMARY_UNNAMED, &named),
+        (KIND_REBUILD_SUMMARY_UNNAMED, &keyed_named),
+    ] {
+        assert!(RebuildSummary::from_block(kind, bytes).is_err(), "kind {kind} read another encoding");
+    }
 
     // Summary blocks appended before records lost their evidence digest still read (signed
     // blocks stay as they are), as the same records.
     let old = chainiac_release::RebuildSummaryWithDigests {
         release: 3,
         manifest: m.id(),
-        records: one
+        records: keyed
             .records
             .iter()
             .map(|r| chainiac_release::RebuildRecordWithDigest {
@@ -744,11 +763,42 @@ fn a_rebuild_summary_is_the_evidence_compacted() {
     };
     let old_bytes = postcard::to_allocvec(&old).unwrap();
     assert_eq!(old_bytes.len(), expected.len() + 2 * 16);
-    assert_eq!(RebuildSummary::from_bytes(&old_bytes), Ok(one.clone()));
+    assert_eq!(KeyedRebuildSummary::from_bytes(&old_bytes), Ok(keyed.clone()));
     assert_eq!(RebuildSummary::of_block(KIND_REBUILD_SUMMARY_UNNAMED, &old_bytes), Ok(one.clone()));
     let mut short = old_bytes.clone();
     short.pop();
-    assert!(RebuildSummary::from_bytes(&short).is_err(), "neither encoding");
+    assert!(KeyedRebuildSummary::from_bytes(&short).is_err(), "neither encoding");
+}
+
+/// Found by review of 16-byte rebuilder ids: a summary names a rebuilder by its key's first
+/// 16 bytes, so a second key with those bytes is refused for the release, in one block or
+/// after another, as the same key would be; the records stay one per id.
+#[test]
+fn a_second_key_with_a_recorded_rebuilder_id_is_refused() {
+    let f = fixture();
+    let m = manifest("1.0");
+    let released = release(&f, m.clone(), &[0, 1], &[0, 1]);
+    let first = rebuild(&key(50), &m, Outcome::Reproduced);
+    // Not a key anyone holds the secret of (finding one is a 2^128 search): a point that
+    // shares the first 16 bytes, which the rule must refuse all the same.
+    let twin_key = (0..=255u8)
+        .find_map(|i| {
+            let mut bytes = [i; 32];
+            bytes[..16].copy_from_slice(&first.body.verifier.as_bytes()[..16]);
+            chainiac_cosi::PublicKey::from_bytes(&bytes).ok()
+        })
+        .expect("about half of all 32-byte strings are points");
+    let mut twin = rebuild(&key(51), &m, Outcome::Reproduced);
+    twin.body.verifier = twin_key;
+    assert_ne!(twin_key, first.body.verifier);
+    assert_eq!(RebuilderId::of(&twin.body.verifier), RebuilderId::of(&first.body.verifier));
+    let recorded = [RebuildRecord::of(&first)];
+    let one = |attestations: Vec<Attestation>, recorded: &[RebuildRecord]| {
+        check_rebuilds(&Rebuilds { release: 3, attestations }, Some((3, &released)), recorded, &[])
+    };
+    assert!(matches!(one(vec![twin.clone()], &recorded), Err(ReleaseError::DuplicateRebuild { .. })));
+    assert!(matches!(one(vec![first.clone(), twin.clone()], &[]), Err(ReleaseError::DuplicateRebuild { .. })));
+    assert_eq!(one(vec![first.clone()], &[]), Ok(()));
 }
 
 /// Found by review: clients must refuse what witnesses refuse, or a colluding committee

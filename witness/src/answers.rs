@@ -149,7 +149,7 @@ pub fn linked_proofs<S: Store>(
 }
 
 /// The release a rebuild summary at block `index` of `chain` is about, if that block is one
-/// (SPEC §11.8), and the release's block id when it names it (kind 8): a client that
+/// (SPEC §11.8), and the release's block id when it names it (kinds 9, 8): a client that
 /// skipped the release needs it with the summary, so the links start at it (named) or go
 /// through it, and carry its payload.
 fn summarized_release<S: Store>(

@@ -3,8 +3,8 @@
 //! entries in the node (they need the node's heads).
 
 use chainiac_release::{
-    Policy, TimeWindow, KIND_POLICY_CHANGE, KIND_REBUILDS, KIND_REBUILD_SUMMARY, KIND_REBUILD_SUMMARY_UNNAMED,
-    KIND_RELEASE, KIND_YANK,
+    Policy, TimeWindow, KIND_POLICY_CHANGE, KIND_REBUILDS, KIND_REBUILD_SUMMARY, KIND_REBUILD_SUMMARY_KEYED,
+    KIND_REBUILD_SUMMARY_UNNAMED, KIND_RELEASE, KIND_YANK,
 };
 use chainiac_skipchain::authority::{check_quorum, KIND_COMMITTEE};
 use chainiac_skipchain::timeline::KIND_TIMELINE;
@@ -28,6 +28,7 @@ pub fn kind_allowed(chain_kind: u16, kind: u16) -> bool {
                 | KIND_COMMITTEE
                 | KIND_REBUILDS
                 | KIND_REBUILD_SUMMARY
+                | KIND_REBUILD_SUMMARY_KEYED
                 | KIND_REBUILD_SUMMARY_UNNAMED
         ),
         _ => false,
@@ -110,7 +111,7 @@ pub fn check_rules(
         chainiac_release::policy_rule(&head.chain, &head.policy, new, &block.payload)?;
     }
     if block.policy.is_some()
-        && matches!(kind, KIND_RELEASE | KIND_REBUILDS | KIND_REBUILD_SUMMARY | KIND_REBUILD_SUMMARY_UNNAMED)
+        && (matches!(kind, KIND_RELEASE | KIND_REBUILDS) || chainiac_release::is_rebuild_summary(kind))
     {
         return Err(format!("a block of kind {kind} cannot change the policy; use a policy change"));
     }
@@ -134,7 +135,7 @@ pub fn check_rules(
             .map_err(chainiac_release::ReleaseError::DecodeRebuilds)
             .and_then(|rebuilds| chainiac_release::check_rebuilds_alone(&rebuilds))
             .map_err(|e| e.to_string()),
-        KIND_REBUILD_SUMMARY | KIND_REBUILD_SUMMARY_UNNAMED => {
+        KIND_REBUILD_SUMMARY | KIND_REBUILD_SUMMARY_KEYED | KIND_REBUILD_SUMMARY_UNNAMED => {
             match chainiac_release::RebuildSummary::of_block(kind, &block.payload) {
                 Err(e) => Err(chainiac_release::ReleaseError::DecodeRebuildSummary(e).to_string()),
                 Ok(summary) if summary.records.len() > chainiac_release::MAX_REBUILDS_PER_RELEASE => Err(format!(
@@ -166,7 +167,7 @@ mod tests {
     use chainiac_release::VerifierEntry;
     use chainiac_skipchain::{genesis, ChainParams, Committee, Proposal};
 
-    /// A kind-8 summary is stored only if it names the chain's release block at its index by
+    /// A kind-9 (or 8) summary is stored only if it names the chain's release block at its index by
     /// its id (caught-up blocks included): anything else is refused, naming what it names.
     #[test]
     fn a_summary_names_the_chain_s_release_block() {
@@ -212,7 +213,15 @@ mod tests {
         assert!(check_named_release(&summary(1, 1, release_id), earlier).is_err(), "not before itself");
         let genesis = |i: u64| (i == 0).then_some((BlockId([1; 32]), KIND_RELEASE));
         assert!(check_named_release(&summary(3, 0, BlockId([1; 32])), genesis).is_err(), "the genesis is no release");
-        // Kind 7 names nothing.
+        // Kind 8 names its release as kind 9 does; kind 7 names nothing.
+        let keyed = |named: BlockId| {
+            let mut block = summary(3, 1, named);
+            block.header.kind = chainiac_release::KIND_REBUILD_SUMMARY_KEYED;
+            block.payload = [&[1u8][..], &named.0, &[2; 32], &[0]].concat();
+            block
+        };
+        assert_eq!(check_named_release(&keyed(release_id), earlier), Ok(()));
+        assert!(check_named_release(&keyed(BlockId([9; 32])), earlier).is_err(), "kind 8 names its release too");
         let mut unnamed = summary(3, 1, BlockId([9; 32]));
         unnamed.header.kind = chainiac_release::KIND_REBUILD_SUMMARY_UNNAMED;
         assert_eq!(check_named_release(&unnamed, earlier), Ok(()));

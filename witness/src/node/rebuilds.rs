@@ -261,7 +261,7 @@ impl Node {
         }
         let evidence = self.rebuild_evidence(&chain, release);
         if evidence.iter().any(|a| a.body.verifier == rebuilder) {
-            if self.summarized(&chain, release).is_some_and(|s| s.records.iter().any(|r| r.rebuilder == rebuilder)) {
+            if self.summarized(&chain, release).is_some_and(|s| s.record_of(&rebuilder).is_some()) {
                 return Err(err(
                     ErrorCode::Refused,
                     chainiac_release::ReleaseError::DuplicateRebuild { key: rebuilder.to_string(), release }
