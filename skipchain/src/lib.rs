@@ -23,6 +23,7 @@
 pub mod authority;
 pub mod block;
 pub mod chain;
+pub mod merkle;
 pub mod proof;
 #[cfg(feature = "rocksdb")]
 pub mod rocks;

@@ -107,11 +107,7 @@ fn node(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The largest power of two smaller than `n` (n >= 2); in u64 so that a proof's size is
-/// never truncated, whatever the platform.
-fn split(n: u64) -> u64 {
-    1 << (u64::BITS - 1 - (n - 1).leading_zeros())
-}
+use crate::merkle::split;
 
 /// The leaves of a timeline tree: sorted by chain, one per chain.
 ///
@@ -135,12 +131,7 @@ impl HeadSet {
     /// The tree over `leaves` as given: for change lists, which are sorted already (and
     /// hashed as sent, even if not). [`HeadSet::leaf`] needs sorted leaves.
     fn in_order(leaves: Vec<HeadLeaf>) -> Self {
-        let mut levels = vec![leaves.iter().map(HeadLeaf::hash).collect::<Vec<_>>()];
-        while levels.last().is_some_and(|level| level.len() >= 2) {
-            let below = levels.last().expect("checked above");
-            let above = below.chunks_exact(2).map(|pair| node(&pair[0], &pair[1])).collect();
-            levels.push(above);
-        }
+        let levels = crate::merkle::levels(leaves.iter().map(HeadLeaf::hash).collect(), node);
         HeadSet { leaves, levels }
     }
 
@@ -201,15 +192,9 @@ impl HeadSet {
         self.subtree(0, self.leaves.len())
     }
 
-    /// The root over leaves `lo..hi` (non-empty) in RFC 6962's shape. Every left part of a
-    /// split is an aligned power of two, so the recursion only descends on the right.
+    /// The root over leaves `lo..hi` (non-empty).
     fn subtree(&self, lo: usize, hi: usize) -> [u8; 32] {
-        let n = hi - lo;
-        if n.is_power_of_two() && lo % n == 0 {
-            return self.levels[n.trailing_zeros() as usize][lo / n];
-        }
-        let k = split(n as u64) as usize;
-        node(&self.subtree(lo, lo + k), &self.subtree(lo + k, hi))
+        crate::merkle::subtree(&self.levels, lo, hi, node)
     }
 
     /// The leaves of this set that `previous` does not hold — chains new since, heads
@@ -238,21 +223,7 @@ impl HeadSet {
     /// The inclusion proof of `chain`'s leaf, if the set has it.
     pub fn prove(&self, chain: &ChainId) -> Option<InclusionProof> {
         let position = self.leaves.binary_search_by(|l| l.chain.cmp(chain)).ok()?;
-        // Walk down from the root, recording the sibling subtree at each split; the path
-        // lists them from the leaf up.
-        let (mut lo, mut hi) = (0usize, self.leaves.len());
-        let mut path = Vec::new();
-        while hi - lo > 1 {
-            let k = split((hi - lo) as u64) as usize;
-            if position - lo < k {
-                path.push(self.subtree(lo + k, hi));
-                hi = lo + k;
-            } else {
-                path.push(self.subtree(lo, lo + k));
-                lo += k;
-            }
-        }
-        path.reverse();
+        let path = crate::merkle::path(&self.levels, self.leaves.len(), position, node);
         Some(InclusionProof {
             leaf: self.leaves[position],
             position: position as u64,
@@ -347,26 +318,8 @@ impl InclusionProof {
         if self.position >= self.size {
             return Err(InclusionError::Position { position: self.position, size: self.size });
         }
-        // Recompute the splits top-down to know, at each level, which side the leaf is on.
-        let (mut lo, mut hi) = (0u64, self.size);
-        let mut sides = Vec::new();
-        while hi - lo > 1 {
-            let k = split(hi - lo);
-            let left = self.position - lo < k;
-            sides.push(left);
-            if left {
-                hi = lo + k;
-            } else {
-                lo += k;
-            }
-        }
-        if sides.len() != self.path.len() {
-            return Err(InclusionError::PathLength { expected: sides.len(), got: self.path.len() });
-        }
-        let mut hash = self.leaf.hash();
-        for (sibling, leaf_is_left) in self.path.iter().zip(sides.iter().rev()) {
-            hash = if *leaf_is_left { node(&hash, sibling) } else { node(sibling, &hash) };
-        }
+        let hash = crate::merkle::root_from_path(self.leaf.hash(), self.position, self.size, &self.path, node)
+            .map_err(|expected| InclusionError::PathLength { expected, got: self.path.len() })?;
         if hash == entry.root {
             Ok(())
         } else {
