@@ -1154,9 +1154,10 @@ async fn a_rebuilder_raises_a_release_to_trusted_and_a_liar_is_flagged() {
     assert_eq!(update["level"]["trusted_rebuilders"][0], rebuilder_key);
     assert_eq!(update["level"]["other_rebuilders"], 0, "{update}");
     assert_eq!(update["level"]["disagreements"][0]["verdict"], "mismatch", "{update}");
-    // The liar by the id its summary record names it by: its key's first 16 bytes.
+    // The liar by the id its summary record names it by.
+    let liar_id = chainiac_release::RebuilderId::of(&liar.public_key()).to_string();
     assert_eq!(update["level"]["disagreements"][0]["role"], "rebuilder", "{update}");
-    assert_eq!(update["level"]["disagreements"][0]["key"], liar.public_key().to_string()[..32], "{update}");
+    assert_eq!(update["level"]["disagreements"][0]["rebuilder_id"], liar_id, "{update}");
     // `verify` of out.txt as hello-1.0/out.txt of the newest release, or of `version`.
     let verify_of = |version: Option<&str>, trust: &str, level: &str| {
         let (trust, out) = (path(trust), path("out.txt"));
@@ -1791,6 +1792,152 @@ async fn a_summary_at_the_head_names_its_release_and_cannot_be_rewritten() {
     assert!(renamed.load(std::sync::atomic::Ordering::SeqCst) > 0, "the client asked the member that rewrites");
 }
 
+/// A member that answers `GetRebuildRecords` with each proven record's verdict turned to
+/// `Reproduced` (a disagreeing trusted rebuilder shown agreeing), relaying the rest
+/// honestly. Counts the answers it changed.
+struct RecordBender(Liar, Arc<std::sync::atomic::AtomicUsize>);
+
+impl Handler for RecordBender {
+    async fn handle(self: Arc<Self>, _: PublicKey, _: SocketAddr, request: Request) -> Response {
+        let mut answer = self.0.relay(request).await;
+        if let Response::RebuildRecords(proofs) = &mut answer {
+            for proof in proofs.iter_mut() {
+                if let chainiac_release::RecordProof::Present(opening) = proof {
+                    opening.record.verdict = Verdict::Reproduced;
+                }
+            }
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        answer
+    }
+    fn refused(&self, _: &str) {}
+}
+
+/// Past 32 rebuilders a release's summary holds their counts and a Merkle root (SPEC
+/// §11.8), so a flood of keys costs a follower a fixed ≈ 110 bytes, not 18 a key, and
+/// fills no slot another rebuilder needs below 4,096. A client that trusts some keys gets
+/// their records proven against the root — present, or proven absent — and the others
+/// counted; a member that changes a proven record is skipped for the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_rebuilders_is_committed_and_a_client_proves_the_ones_it_trusts() {
+    let (mut cluster, timeline_genesis, chain, project_genesis, manifest) = batching_cluster_with_a_release(2).await;
+    let outcome = |who: u8| match who {
+        120 | 130 => Outcome::Mismatch { artifacts: vec![] },
+        121 => Outcome::Failed { reason: "out of memory".into() },
+        _ => Outcome::Reproduced,
+    };
+    let (address, witness_key) = (cluster.witnesses[1].address.clone(), cluster.witnesses[1].key);
+    for who in 100..140u8 {
+        let request = Request::SubmitRebuild { chain, attestation: attested_by(who, manifest, outcome(who)) };
+        let reply = common::Client::with_key(key(who)).call_at(&address, &witness_key, request).await;
+        assert!(matches!(reply, Ok(Response::RebuildQueued { .. })), "{who}: {reply:?}");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (head, summary) = loop {
+        let head = cluster.head(1, chain).await.unwrap();
+        let reply = cluster.client.call(&cluster.witnesses[1], Request::GetBlock { chain, index: head }).await;
+        let Ok(Response::Block(Some(block))) = reply else { panic!("{reply:?}") };
+        match RebuildSummary::of_block(block.header.kind, &block.payload) {
+            Ok(summary) if summary.count() == 40 => break (head, summary),
+            _ => {}
+        }
+        assert!(std::time::Instant::now() < deadline, "no summary of the 40 attestations by block {head}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let committed = summary.committed.expect("40 records are committed");
+    assert!(summary.records.is_empty());
+    assert_eq!(
+        committed.tally,
+        chainiac_release::Tally { reproduced_sandboxed: 37, reproduced_unconfined: 0, mismatch: 2, failed: 1 }
+    );
+    common::wait_timeline_has(&cluster, chain, head).await;
+    // Anyone may ask, within bounds: at most 64 ids, over attestations the witness holds.
+    let ask = |count: u64, ids: usize| Request::GetRebuildRecords {
+        chain,
+        release: 1,
+        count,
+        rebuilders: vec![chainiac_release::RebuilderId([7; 16]); ids],
+    };
+    let too_many = format!("{:?}", cluster.client.call(&cluster.witnesses[1], ask(40, 65)).await);
+    assert!(too_many.contains("more than 64 rebuilders"), "{too_many}");
+    let beyond = format!("{:?}", cluster.client.call(&cluster.witnesses[1], ask(41, 1)).await);
+    assert!(beyond.contains("has 40 attestations here, not 41"), "{beyond}");
+    let Ok(Response::RebuildRecords(proofs)) = cluster.client.call(&cluster.witnesses[1], ask(40, 1)).await else {
+        panic!("no proofs")
+    };
+    assert_eq!(committed.check(&chainiac_release::RebuilderId([7; 16]), &proofs[0]), Ok(None), "proven absent");
+
+    // Witness 0 bends the records it proves; the client asks it first, refuses, asks on.
+    let bent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let bender = RecordBender(Liar::relaying_witness_1(&cluster), bent.clone());
+    common::replace_witness_0(&mut cluster, bender);
+    let dir = genesis_files(&project_genesis, &timeline_genesis);
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    // Trusted: 110 (reproduced), 130 (mismatch), and 200, who attested nothing.
+    let trusted: Vec<String> = [110u8, 130, 200].iter().map(|&k| key(k).public_key().to_string()).collect();
+    std::fs::write(path("trusted"), trusted.join("\n")).unwrap();
+    let state = path("client.state");
+    anchor_both(dir.path(), &state);
+    let (chain_hex, trust) = (chain.to_hex(), path("trusted"));
+    // First without trusting anyone: the counts alone, nothing asked.
+    let before = update_json(&state, &chain_hex);
+    assert_eq!((before["to"].as_u64(), before["level"]["level"].as_str()), (Some(head), Some("rebuilt")), "{before}");
+    assert_eq!(before["level"]["other_rebuilders"], 37, "{before}");
+    assert_eq!(bent.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing asked");
+    // Then trusting three keys, the chain unmoved: their records are proven now.
+    let (code, out, err) =
+        chainiac(&["update", "--state", &state, "--chain", &chain_hex, "--trust-rebuilders", &trust, "--json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let update: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let level = &update["level"];
+    assert_eq!(level["level"], "trusted", "{update}");
+    assert_eq!(level["trusted_rebuilders"], serde_json::json!([trusted[0]]), "{update}");
+    assert_eq!(level["other_rebuilders"], 36, "37 reproduced, one of them trusted: {update}");
+    let id130 = chainiac_release::RebuilderId::of(&key(130).public_key()).to_string();
+    assert_eq!(
+        level["disagreements"],
+        serde_json::json!([{ "role": "rebuilder", "rebuilder_id": id130, "verdict": "mismatch" }]),
+        "{update}"
+    );
+    assert_eq!(level["other_disagreements"], 2, "{update}");
+    assert!(bent.load(std::sync::atomic::Ordering::SeqCst) > 0, "the client asked the member that bends records");
+    let skipped = update["skipped"].to_string();
+    assert!(skipped.contains("rebuild records"), "the bending member is named: {update}");
+
+    // `verify` reads the held records: trusted:2 is missing one (130 disagreed, 200 is absent).
+    std::fs::write(path("hello"), BINARY).unwrap();
+    let verify = |level: &str| {
+        let (state, hello) = (state.as_str(), path("hello"));
+        let args = [
+            "verify",
+            "--state",
+            state,
+            "--chain",
+            &chain_hex,
+            "--artifact",
+            "hello",
+            "--trust-rebuilders",
+            &trust,
+            "--min-level",
+            level,
+            &hello,
+        ];
+        chainiac(&args)
+    };
+    let (code, out, err) = verify("trusted:2");
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("1 rebuilder(s) this client trusts reproduced it, 2 wanted"), "{err}");
+    let (code, out, err) = verify("trusted");
+    assert!(code == Some(0) && out.contains("verified"), "{out}{err}");
+
+    // An auditor recomputes the counts and root from the 40 signed attestations before it.
+    let (code, out, err) = chainiac(&["rebuilder", "audit", "--state", &state, "--chain", &chain_hex, "--json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let audit: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(audit["committed"]["matches_the_attestations"], true, "{audit}");
+    assert_eq!((audit["committed"]["records"].as_u64(), audit["invalid"].as_u64()), (Some(40), Some(0)), "{audit}");
+}
+
 /// `block` announced to witness 1 with witness 0's key, as witness 0 would lead its round
 /// (four members): witness 1's answer, as text.
 async fn announce_as_witness_0(cluster: &Cluster, block: Block) -> String {
@@ -1881,7 +2028,7 @@ async fn a_witness_catching_up_refuses_a_summary_naming_another_block() {
     let mut sign = common::colluders(&cluster);
     let forged = MemoryStore::new();
     common::copy_chain(&cluster, &forged, chain, 1).await;
-    let summary = RebuildSummary { release: 1, manifest, records: vec![] };
+    let summary = RebuildSummary { release: 1, manifest, records: vec![], committed: None };
     let misnamed = Proposal {
         kind: KIND_REBUILD_SUMMARY,
         payload: summary.to_block_bytes(chainiac_skipchain::BlockId([9; 32])),
@@ -2074,7 +2221,7 @@ async fn a_forged_release_carried_with_the_links_to_a_rebuild_summary_is_refused
     let now = common::now_ms();
     let evil = Proposal { kind: KIND_RELEASE, payload: payload.to_bytes(), timestamp_ms: now, ..Proposal::default() };
     let evil = append(&forged, chain, evil);
-    let summary = RebuildSummary { release: 2, manifest: payload.manifest.id(), records: Vec::new() };
+    let summary = RebuildSummary { release: 2, manifest: payload.manifest.id(), records: Vec::new(), committed: None };
     let summary = Proposal {
         kind: KIND_REBUILD_SUMMARY,
         payload: summary.to_block_bytes(evil.id()),
@@ -2120,19 +2267,37 @@ async fn a_forged_release_carried_with_the_links_to_a_rebuild_summary_is_refused
 /// links: no member can add or hide one) and exits 1 naming both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuilder_audit_names_a_summary_record_no_signed_attestation_backs() {
-    audit_a_forged_summary(false).await;
+    audit_a_forged_summary(Forgery::Record).await;
 }
 
-/// The same colluders' summary (kind 8) naming a made-up block id as its release (honest
+/// The same colluders' summary naming a made-up block id as its release (honest
 /// witnesses refuse to store it, even caught up on): served with plain links (a prover
 /// whose block there is not the one named does not use the name) or forward proofs, the
 /// client takes it, and the audit names it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuilder_audit_names_a_summary_naming_another_block_as_its_release() {
-    audit_a_forged_summary(true).await;
+    audit_a_forged_summary(Forgery::Name).await;
 }
 
-async fn audit_a_forged_summary(misnamed: bool) {
+/// Colluders' summary committing to 33 made-up records (SPEC §11.8): the client takes its
+/// counts, and the audit, recomputing them from the one attestation before it, names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuilder_audit_names_a_summary_committing_to_records_no_attestations_give() {
+    audit_a_forged_summary(Forgery::Commitment).await;
+}
+
+#[derive(PartialEq)]
+enum Forgery {
+    /// A record no attestation backs.
+    Record,
+    /// That, and another block id named as its release.
+    Name,
+    /// Counts and root of records no attestation backs.
+    Commitment,
+}
+
+async fn audit_a_forged_summary(forgery: Forgery) {
+    let misnamed = forgery == Forgery::Name;
     use chainiac_skipchain::store::{self, MemoryStore, Store};
     use chainiac_skipchain::timeline::{HeadLeaf, HeadSet, TimelineEntry};
     let mut cluster = Cluster::start(4).await;
@@ -2167,7 +2332,12 @@ async fn audit_a_forged_summary(misnamed: bool) {
         verdict: Verdict::Reproduced,
         isolation: BuildIsolation::Namespaces,
     };
-    let summary = RebuildSummary { release: 1, manifest, records: vec![record] };
+    let mut summary = RebuildSummary { release: 1, manifest, records: vec![record], committed: None };
+    if forgery == Forgery::Commitment {
+        let made_up: Vec<Attestation> = (60..93).map(|k| attested_by(k, manifest, Outcome::Reproduced)).collect();
+        summary = RebuildSummary::of(1, manifest, &made_up);
+        assert!(summary.committed.is_some());
+    }
     let release_block = match misnamed {
         true => chainiac_skipchain::BlockId([9; 32]),
         false => forged.block_id(&chain, 1).unwrap().unwrap(),
@@ -2203,6 +2373,13 @@ async fn audit_a_forged_summary(misnamed: bool) {
     let (code, out, err) = chainiac(&["rebuilder", "audit", "--state", &state, "--chain", &chain_hex, "--json"]);
     // Exit 4: evidence against the committee, not a failure to check (which exits 1).
     assert_eq!(code, Some(4), "{out}{err}");
+    if forgery == Forgery::Commitment {
+        assert!(err.contains("counts and root are not those of the 1 attestation(s) before it"), "{err}");
+        let audit: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(audit["committed"]["matches_the_attestations"], false, "{audit}");
+        assert_eq!(update["level"]["other_rebuilders"], 33, "the client took the counts: {update}");
+        return;
+    }
     assert_eq!(
         err.contains("a summary of release 1 naming block 0909"),
         misnamed,
@@ -2212,8 +2389,9 @@ async fn audit_a_forged_summary(misnamed: bool) {
     assert!(err.contains("1 attestation(s) on the chain are left out of the summary"), "{err}");
     let audit: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!((audit["unbacked"].as_u64(), audit["summary_block"].as_u64()), (Some(1), Some(3)), "{audit}");
-    // No attestation behind it: named by the id the record holds, the key's first 16 bytes.
-    assert_eq!(audit["records"][0]["rebuilder"], key(50).public_key().to_string()[..32], "{audit}");
+    // No attestation behind it: named by the id the record holds.
+    let id = chainiac_release::RebuilderId::of(&key(50).public_key()).to_string();
+    assert_eq!(audit["records"][0]["rebuilder"], id, "{audit}");
     assert_eq!(audit["records"][0]["backed"], false, "{audit}");
     let omitted = &audit["omitted"][0];
     assert_eq!(

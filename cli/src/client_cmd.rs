@@ -98,12 +98,19 @@ pub(crate) fn level_json(level: &chainiac_client::ReleaseLevel) -> serde_json::V
     let disagreements: Vec<_> = level
         .disagreements
         .iter()
-        .map(|(who, verdict)| serde_json::json!({ "key": who.to_string(), "role": who.role(), "verdict": verdict.name() }))
+        .map(|(who, verdict)| match who {
+            chainiac_client::Attester::Verifier(key) => {
+                serde_json::json!({ "role": "verifier", "key": key.to_string(), "verdict": verdict.name() })
+            }
+            chainiac_client::Attester::Rebuilder(id) => {
+                serde_json::json!({ "role": "rebuilder", "rebuilder_id": id.to_string(), "verdict": verdict.name() })
+            }
+        })
         .collect();
     serde_json::json!({
         "version": level.version, "level": level.level.name(), "verifiers": hex(&level.verifiers),
         "trusted_rebuilders": hex(&level.trusted_rebuilders), "other_rebuilders": level.other_rebuilders,
-        "disagreements": disagreements,
+        "disagreements": disagreements, "other_disagreements": level.other_disagreements,
     })
 }
 

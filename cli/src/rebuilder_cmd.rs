@@ -229,7 +229,11 @@ async fn one_pass(
     pool: &chainiac_proto::Pool,
     json: bool,
 ) -> Result<usize> {
-    let mut client = Client::open(&config.state, TrustLevel { allow_yanked: true, ..TrustLevel::default() })?;
+    // Its own key trusted: a summary that commits to its records then has this rebuilder's
+    // proven for the check below.
+    let trust =
+        TrustLevel { allow_yanked: true, trusted_rebuilders: vec![verifier.public_key()], ..TrustLevel::default() };
+    let mut client = Client::open(&config.state, trust)?;
     let chains: Vec<ChainId> = if config.chains.is_empty() {
         let state = client.state();
         state.chains.iter().filter(|(_, t)| Policy::from_bytes(&t.policy).is_ok()).map(|(c, _)| *c).collect()
@@ -393,7 +397,7 @@ async fn submit(
         match pool.call(&member.address, &member.key, &request, Duration::from_secs(60)).await {
             Ok(Response::Appended { block }) => {
                 let recorded = chainiac_release::RebuildSummary::of_block(block.header.kind, &block.payload)
-                    .map_or(0, |s| s.records.len());
+                    .map_or(0, |s| s.count());
                 return Ok(Submitted::Appended(format!(
                     "{verdict}; summary at block {} records {recorded} rebuilders",
                     block.header.index
@@ -413,6 +417,11 @@ async fn submit(
     Err(format!("no witness took it: {}", tried.join("; ")))
 }
 
+/// Rebuilders' daemons send an attestation no summary records again, which makes any
+/// member append the summary: one that stays missing is withheld.
+const LATER: &str =
+    "a crash or a slow member leaves this for a while: audit again later; if it stays, the summary is withheld";
+
 /// `chainiac rebuilder audit`.
 fn audit(state: &std::path::Path, chain: &str, json: bool) -> Result<()> {
     let chain = parse_chain(chain)?;
@@ -423,10 +432,6 @@ fn audit(state: &std::path::Path, chain: &str, json: bool) -> Result<()> {
     let release = trusted.release.clone().context("the chain has no verified release")?;
     let id = release.manifest.id();
     let on_chain = runtime.block_on(client.rebuilds_on_chain(chain, id)).context("reading the chain's blocks")?;
-    // Rebuilders' daemons send an attestation no summary records again, which makes any
-    // member append the summary: one that stays missing is withheld.
-    const LATER: &str = "a crash or a slow member leaves this for a while: audit again later; if it stays, the \
-                         summary is withheld";
     for why in &on_chain.undecodable {
         eprintln!("  COSIGNED YET UNDECODABLE: {why}");
     }
@@ -446,6 +451,18 @@ fn audit(state: &std::path::Path, chain: &str, json: bool) -> Result<()> {
     };
     // What the summary at `at` covers: the attestations of the rebuilds blocks before it.
     let (covered, pending): (Vec<_>, Vec<_>) = on_chain.attestations.iter().partition(|(block, _)| *block < at);
+    if let Some(committed) = summary.committed {
+        let covered: Vec<&Attestation> = covered.iter().map(|(_, a)| a).collect();
+        return audit_committed(
+            json,
+            &chain,
+            &release,
+            (at, &summary, committed),
+            &covered,
+            pending.len(),
+            undecodable,
+        );
+    }
     let by_id = |record: &chainiac_release::RebuildRecord| -> Vec<&Attestation> {
         covered.iter().map(|(_, a)| a).filter(|a| record.rebuilder.names(&a.body.verifier)).collect()
     };
@@ -508,25 +525,99 @@ fn audit(state: &std::path::Path, chain: &str, json: bool) -> Result<()> {
     }
     // What the committee cosigned wrongly (exit 4), and what may yet be repaired (exit 1).
     let mut alarms: Vec<String> = undecodable.into_iter().collect();
-    if summary.manifest != id {
-        alarms.push(format!(
-            "the summary names manifest {}, not release {}'s",
-            summary.manifest, release.manifest.version
-        ));
-    }
     if unbacked > 0 {
         alarms.push(format!("{unbacked} record(s) of the summary have no signed attestation behind them"));
     }
     if !omitted.is_empty() {
         alarms.push(format!("{} attestation(s) on the chain are left out of the summary", omitted.len()));
     }
-    let pending = (!pending.is_empty())
-        .then(|| format!("{} attestation(s) after the summary are not summarized ({LATER})", pending.len()));
+    audit_verdict(alarms, &summary, &release, pending.len())
+}
+
+/// The audit's end: what the committee cosigned wrongly (exit 4: `alarms`, and a summary
+/// of another manifest), else what may yet be repaired (exit 1: `pending` attestations
+/// after the summary).
+fn audit_verdict(
+    mut alarms: Vec<String>,
+    summary: &chainiac_release::RebuildSummary,
+    release: &ReleasePayload,
+    pending: usize,
+) -> Result<()> {
+    if summary.manifest != release.manifest.id() {
+        let (named, version) = (summary.manifest, &release.manifest.version);
+        alarms.push(format!("the summary names manifest {named}, not release {version}'s"));
+    }
+    let pending =
+        (pending > 0).then(|| format!("{pending} attestation(s) after the summary are not summarized ({LATER})"));
     match (alarms.is_empty(), pending) {
         (false, pending) => Err(Alarm(alarms.into_iter().chain(pending).collect::<Vec<_>>().join("; ")).into()),
         (true, Some(pending)) => anyhow::bail!("{pending}"),
         (true, None) => Ok(()),
     }
+}
+
+/// The audit of a summary that commits to its records (SPEC §11.8): the attestations before
+/// it, each signed and about the release, must give its counts and Merkle root.
+fn audit_committed(
+    json: bool,
+    chain: &ChainId,
+    release: &ReleasePayload,
+    (at, summary, committed): (u64, &chainiac_release::RebuildSummary, chainiac_release::CommittedRecords),
+    covered: &[&Attestation],
+    pending: usize,
+    undecodable: Option<String>,
+) -> Result<()> {
+    let id = release.manifest.id();
+    let invalid = covered.iter().filter(|a| !(a.body.manifest == id && a.verify())).count();
+    let records: Vec<_> = covered.iter().map(|a| chainiac_release::RebuildRecord::of(a)).collect();
+    let recomputed = chainiac_release::CommittedRecords::of(&records);
+    let matches = recomputed == committed;
+    let tally = committed.tally;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "chain": chain.to_hex(), "version": release.manifest.version, "release": summary.release,
+                "summary_block": at, "committed": {
+                    "records": tally.records(), "reproduced_sandboxed": tally.reproduced_sandboxed,
+                    "reproduced_unconfined": tally.reproduced_unconfined, "mismatch": tally.mismatch,
+                    "failed": tally.failed, "root": hex::encode(committed.root),
+                    "matches_the_attestations": matches,
+                },
+                "attestations_before": covered.len(), "invalid": invalid,
+                "not_yet_summarized": pending,
+            })
+        );
+    } else {
+        println!(
+            "release {} (block {}), summary at block {at}: counts and root of {} records ({} reproduced, {} \
+             disagreed), {}",
+            release.manifest.version,
+            summary.release,
+            tally.records(),
+            tally.reproduced(false),
+            tally.disagreements(),
+            if matches {
+                "those of the signed attestations before it"
+            } else {
+                "NOT THOSE OF THE ATTESTATIONS BEFORE IT"
+            }
+        );
+        if pending > 0 {
+            println!("  {pending} attestation(s) after the summary, not summarized yet");
+        }
+    }
+    let mut alarms: Vec<String> = undecodable.into_iter().collect();
+    if invalid > 0 {
+        alarms.push(format!("{invalid} attestation(s) before the summary are not validly signed about the release"));
+    }
+    if !matches {
+        alarms.push(format!(
+            "the summary's counts and root are not those of the {} attestation(s) before it",
+            covered.len()
+        ));
+    }
+    audit_verdict(alarms, summary, release, pending)
 }
 
 fn report(json: bool, chain: ChainId, release: Option<&ReleasePayload>, outcome: Result<String, String>) {

@@ -107,9 +107,15 @@ pub struct ClientState {
     pub timeline_chains: u64,
 }
 
+/// The first bytes of a state file since 2026-12-02 ([`ClientState::to_bytes`]): what tells
+/// it from the formats before, which had none. Without it a file of an older format could
+/// also decode in this one, its summaries' bytes read as others (rebuilders choose their
+/// keys' bytes).
+pub const STATE_MAGIC: &[u8; 16] = b"chainiac-state/3";
+
 impl ClientState {
     pub fn to_bytes(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).expect("state serializes")
+        [&STATE_MAGIC[..], &postcard::to_allocvec(self).expect("state serializes")].concat()
     }
 
     /// Decodes a state file: this format, or one of the two before it (without the
@@ -118,7 +124,9 @@ impl ClientState {
     /// (every chain id changed with the committee encoding; anchor again).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
         // Decoded, then converted: the conversion's reasons survive (postcard drops them).
-        if let Ok(stored) = chainiac_skipchain::decode_exact::<StoredState>(bytes) {
+        if let Some(current) = bytes.strip_prefix(&STATE_MAGIC[..]) {
+            let stored = chainiac_skipchain::decode_exact::<StoredState>(current)
+                .map_err(|e| format!("not a chainiac client state: {e}"))?;
             return ClientState::try_from(stored);
         }
         if let Ok(stored) = chainiac_skipchain::decode_exact::<StoredState<KeyedRebuildSummary>>(bytes) {
@@ -1397,7 +1405,7 @@ mod tests {
         let (shared, other) = (committee(1, 16), committee(40, 4));
         let state = state(200, &shared, &other);
         let bytes = state.to_bytes();
-        let stored: StoredState = postcard::from_bytes(&bytes).unwrap();
+        let stored: StoredState = postcard::from_bytes(bytes.strip_prefix(&STATE_MAGIC[..]).unwrap()).unwrap();
         assert_eq!(stored.committees.len(), 2);
         let committee_bytes = postcard::to_allocvec(&shared).unwrap().len();
         assert!(bytes.len() < 200 * committee_bytes / 4, "{} bytes for 201 chains", bytes.len());
@@ -1438,7 +1446,8 @@ mod tests {
         };
         let read = ClientState::from_bytes(&postcard::to_allocvec(&legacy).unwrap()).unwrap();
         assert_eq!(read, state);
-        assert_eq!(postcard::from_bytes::<StoredState>(&read.to_bytes()).unwrap().committees.len(), 2);
+        let stored = read.to_bytes();
+        assert_eq!(postcard::from_bytes::<StoredState>(&stored[STATE_MAGIC.len()..]).unwrap().committees.len(), 2);
         // A legacy file whose committee is not the one its header names is refused too, and
         // so is one whose policy is not (the policy decides which rule a change must pass).
         let mut wrong = legacy;
@@ -1484,7 +1493,7 @@ mod tests {
         let record =
             chainiac_release::RebuildRecord { rebuilder: chainiac_release::RebuilderId::of(&key), verdict, isolation };
         let manifest = chainiac_release::ManifestId([6; 32]);
-        let summary = RebuildSummary { release: 4, manifest, records: vec![record] };
+        let summary = RebuildSummary { release: 4, manifest, records: vec![record], committed: None };
         let trusted = state.chains.get_mut(&chain).unwrap();
         trusted.release_index = Some(4);
         trusted.rebuilds = Some(summary.clone());
@@ -1508,7 +1517,8 @@ mod tests {
                 records: vec![chainiac_release::KeyedRebuildRecord { rebuilder: key, verdict, isolation }],
             },
         );
-        assert_eq!(keyed.len(), state.to_bytes().len() + 16, "whole keys");
+        // Whole keys, no `committed`, no magic.
+        assert_eq!(keyed.len(), state.to_bytes().len() + 16 - 1 - STATE_MAGIC.len());
         assert_eq!(ClientState::from_bytes(&keyed).unwrap(), state);
         let with_digests = old_file(
             &state,
@@ -1523,7 +1533,7 @@ mod tests {
                 }],
             },
         );
-        assert_eq!(with_digests.len(), state.to_bytes().len() + 32, "whole keys and digests");
+        assert_eq!(with_digests.len(), state.to_bytes().len() + 32 - 1 - STATE_MAGIC.len());
         assert_eq!(ClientState::from_bytes(&with_digests).unwrap(), state);
     }
 

@@ -61,6 +61,9 @@ pub struct ReleaseLevel {
     /// Verifiers and rebuilders that got other bytes or could not build it: a disagreement
     /// with the release is either an error or poisoning, and must stand out.
     pub disagreements: Vec<(Attester, Verdict)>,
+    /// Rebuilders that disagreed whom a summary committing to its records counts without
+    /// naming (those the client asked about are in `disagreements`).
+    pub other_disagreements: u64,
 }
 
 /// Who attested a release, as the client knows it: a verifier of the policy by its key (the
@@ -107,6 +110,7 @@ impl ReleaseLevel {
             trusted_rebuilders: Vec::new(),
             other_rebuilders: 0,
             disagreements: Vec::new(),
+            other_disagreements: 0,
         };
         for attestation in &release.attestations {
             match &attestation.body.outcome {
@@ -118,7 +122,12 @@ impl ReleaseLevel {
             }
         }
         let id = release.manifest.id();
-        for record in rebuilds.filter(|s| s.manifest == id).map(|s| s.records.as_slice()).unwrap_or_default() {
+        let rebuilds = rebuilds.filter(|s| s.manifest == id);
+        // One rebuilder counts once, whatever a summary holds (witnesses refuse a second
+        // attestation by one id, but a colluding committee need not).
+        let mut counted = std::collections::HashSet::new();
+        let records = rebuilds.map(|s| s.records.as_slice()).unwrap_or_default();
+        for record in records.iter().filter(|r| counted.insert(r.rebuilder)) {
             match record.verdict {
                 Verdict::Reproduced if !counts(record.isolation) => {}
                 Verdict::Reproduced => match trusted.iter().find(|key| record.rebuilder.names(key)) {
@@ -127,6 +136,18 @@ impl ReleaseLevel {
                 },
                 verdict => level.disagreements.push((Attester::Rebuilder(record.rebuilder), verdict)),
             }
+        }
+        // A summary committing to its records counts the rest: the records held are those
+        // proven for the keys asked about, the others' reproductions and disagreements
+        // counted, unnamed.
+        if let Some(committed) = rebuilds.and_then(|s| s.committed) {
+            let named_reproductions = (level.trusted_rebuilders.len() + level.other_rebuilders) as u64;
+            let named_disagreements =
+                level.disagreements.iter().filter(|(who, _)| matches!(who, Attester::Rebuilder(_))).count();
+            let others = committed.tally.reproduced(require_isolation).saturating_sub(named_reproductions);
+            level.other_rebuilders =
+                level.other_rebuilders.saturating_add(usize::try_from(others).unwrap_or(usize::MAX));
+            level.other_disagreements = committed.tally.disagreements().saturating_sub(named_disagreements as u64);
         }
         level.level = if !level.trusted_rebuilders.is_empty() {
             Level::Trusted
@@ -165,9 +186,12 @@ impl ReleaseLevel {
             self.trusted_rebuilders.len(),
             self.other_rebuilders
         );
-        if !self.disagreements.is_empty() {
-            let who: Vec<String> =
+        if !self.disagreements.is_empty() || self.other_disagreements > 0 {
+            let mut who: Vec<String> =
                 self.disagreements.iter().map(|(who, verdict)| format!("{} {}", short(who), verdict.name())).collect();
+            if self.other_disagreements > 0 {
+                who.push(format!("{} other rebuilder(s)", self.other_disagreements));
+            }
             text += &format!("; DISAGREED: {}", who.join(", "));
         }
         text

@@ -29,7 +29,9 @@ use chainiac_proto::{
     CallError, ErrorCode, ErrorReply, LinkedQuery, ProofQuery, Request, Response, TimelineBatch, MAX_HELD_APPOINTMENTS,
     MAX_PROOF_QUERIES, MAX_TIMELINE_CHAINS,
 };
-use chainiac_release::{is_rebuild_summary, Policy, RebuildSummary, ReleasePayload, TimeWindow, KIND_RELEASE};
+use chainiac_release::{
+    is_rebuild_summary, Policy, RebuildRecord, RebuildSummary, RebuilderId, ReleasePayload, TimeWindow, KIND_RELEASE,
+};
 use chainiac_skipchain::block::payload_hash;
 use chainiac_skipchain::timeline::{chain_prefix, changes_page_full, inclusion_cost, HeadLeaf, TimelineEntry};
 use chainiac_skipchain::{
@@ -353,6 +355,7 @@ impl Client {
                 *result = Err(ClientError::Release(e));
             }
         }
+        self.prove_trusted_records(&mut updated, &mut results).await;
         // Each updated chain's newest release as this client reads it, and what it was before.
         for (chain, result) in results.iter_mut() {
             let (Ok(update), Some(state)) = (result, updated.iter().find(|s| s.chain == *chain)) else { continue };
@@ -393,6 +396,95 @@ impl Client {
         Ok(results)
     }
 
+    /// For each chain of this update whose summary of its release commits to its records
+    /// (SPEC §11.8): the records of the rebuilders this client trusts that it does not hold
+    /// yet, proven against that summary's root (`GetRebuildRecords`, 64 ids a request),
+    /// into the summary held. Records proven for the same summary before are kept; a key
+    /// proven absent, or not proven (no member answered), is asked about again at the next
+    /// update. A member whose proofs do not check is skipped, and named in the update's
+    /// `skipped`, as are all members when none answers (the summary then holds no record for
+    /// those keys, and the level counts them among the others).
+    async fn prove_trusted_records(&self, updated: &mut [TrustedChain], results: &mut UpdateResults) {
+        let mut trusted: Vec<RebuilderId> = self.trust.trusted_rebuilders.iter().map(RebuilderId::of).collect();
+        trusted.sort();
+        trusted.dedup();
+        if trusted.is_empty() {
+            return;
+        }
+        // A summary taken again (the same block's, decoded anew) keeps what was proven of it.
+        for state in updated.iter_mut() {
+            let held = self.state.chains.get(&state.chain).and_then(|old| old.rebuilds.as_ref());
+            if let (Some(summary), Some(held)) = (state.rebuilds.as_mut(), held) {
+                if summary.committed.is_some() && summary.records.is_empty() && held.as_appended() == *summary {
+                    summary.records = held.records.clone();
+                }
+            }
+        }
+        let missing = |state: &TrustedChain| -> Vec<RebuilderId> {
+            let Some(summary) = state.rebuilds_of_release().filter(|s| s.committed.is_some()) else {
+                return Vec::new();
+            };
+            trusted.iter().filter(|id| !summary.records.iter().any(|r| r.rebuilder == **id)).copied().collect()
+        };
+        let wanted: Vec<(usize, Vec<RebuilderId>)> =
+            updated.iter().enumerate().map(|(i, state)| (i, missing(state))).filter(|(_, m)| !m.is_empty()).collect();
+        let (this, states) = (self, &*updated);
+        type Proven = (usize, Vec<RebuildRecord>, Vec<(String, String)>);
+        let answers: Vec<Proven> = futures_util::stream::iter(wanted)
+            .map(|(i, missing)| async move {
+                let state = &states[i];
+                let summary = state.rebuilds.as_ref().expect("filtered");
+                let committed = summary.committed.expect("filtered");
+                let (mut proven, mut lost) = (Vec::new(), Vec::new());
+                for asked in missing.chunks(chainiac_proto::MAX_RECORD_QUERIES) {
+                    let request = Request::GetRebuildRecords {
+                        chain: state.chain,
+                        release: summary.release,
+                        count: summary.count(),
+                        rebuilders: asked.to_vec(),
+                    };
+                    let mut skipped = Vec::new();
+                    let answer = this
+                        .ask(state, request, &mut skipped, |response| {
+                            let Response::RebuildRecords(proofs) = response else {
+                                return Err(format!("answered {}", response.name()));
+                            };
+                            if proofs.len() != asked.len() {
+                                return Err(format!("{} proofs for {} rebuilders", proofs.len(), asked.len()));
+                            }
+                            let mut records = Vec::new();
+                            for (id, proof) in asked.iter().zip(&proofs) {
+                                let record = committed.check(id, proof).map_err(|e| format!("rebuild records: {e}"))?;
+                                records.extend(record);
+                            }
+                            Ok(records)
+                        })
+                        .await;
+                    match answer {
+                        Ok(records) => {
+                            proven.extend(records);
+                            lost.extend(skipped);
+                        }
+                        Err(ClientError::NoHonestWitness(skipped)) => lost.extend(skipped),
+                        Err(e) => lost.push(("rebuild records".into(), e.to_string())),
+                    }
+                }
+                (i, proven, lost)
+            })
+            .buffer_unordered(BELOW_IN_FLIGHT)
+            .collect()
+            .await;
+        for (i, proven, lost) in answers {
+            let state = &mut updated[i];
+            if let Some(summary) = state.rebuilds.as_mut() {
+                summary.records.extend(proven);
+            }
+            if let Some((_, Ok(update))) = results.iter_mut().find(|(chain, _)| *chain == state.chain) {
+                update.skipped.extend(lost);
+            }
+        }
+    }
+
     /// The newest release block after `old`'s block and below the new head `head` (neither a
     /// release nor a summary), if any, and the newest summary above it (or, with no
     /// release, above `old`'s block): found walking down from the verified head (`GetBlocks`
@@ -424,7 +516,12 @@ impl Client {
         let Some((index, Some((manifest, block)))) = found else { return Ok((None, summary)) };
         let summary = summary.filter(|s| s.release == index && s.manifest == manifest);
         // Checked as a release a summary names (its manifest the one found by hash links).
-        let named = summary.clone().unwrap_or(RebuildSummary { release: index, manifest, records: Vec::new() });
+        let named = summary.clone().unwrap_or(RebuildSummary {
+            release: index,
+            manifest,
+            records: Vec::new(),
+            committed: None,
+        });
         let release = if block.header.policy_hash == head.header.policy_hash {
             let block = EarlierBlock { header: block.header, payload: Some(block.payload) };
             named_release(&head.policy, &block, &named).map_err(ClientError::Release)?

@@ -15,5 +15,5 @@ pub use frame::{FrameClass, FrameError, VERSION};
 pub use message::{
     changes_too_large, Announce, ErrorCode, ErrorReply, HeadInfo, LinkedQuery, NodeStatus, ProofQuery, Request,
     Response, TimelineBatch, TimelineInfo, MAX_CHANGE_BLOCKS, MAX_HELD_APPOINTMENTS, MAX_PROOF_QUERIES,
-    MAX_TIMELINE_CHAINS, MAX_WATCHED_PREFIXES, PROOFS_RESPONSE_BUDGET,
+    MAX_RECORD_QUERIES, MAX_TIMELINE_CHAINS, MAX_WATCHED_PREFIXES, PROOFS_RESPONSE_BUDGET,
 };

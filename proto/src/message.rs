@@ -120,7 +120,15 @@ pub enum Request {
     SubmitRebuild { chain: ChainId, attestation: Attestation },
     /// To a witness: the signed attestations its rebuilds blocks hold about a release.
     GetRebuilds { chain: ChainId, release: u64 },
+    /// To a witness, from anyone: over the records of the first `count` attestations of
+    /// release `release` of `chain` (in chain order: what a summary of `count` records
+    /// commits to, SPEC §11.8), a proof for each of `rebuilders` (at most
+    /// [`MAX_RECORD_QUERIES`]) — its record, or that it has none.
+    GetRebuildRecords { chain: ChainId, release: u64, count: u64, rebuilders: Vec<chainiac_release::RebuilderId> },
 }
+
+/// Most rebuilder ids one [`Request::GetRebuildRecords`] asks about.
+pub const MAX_RECORD_QUERIES: usize = 64;
 
 /// Chains per [`Request::ListChains`] answer, and in a [`NodeStatus`].
 pub const CHAINS_PER_PAGE: usize = 256;
@@ -291,7 +299,8 @@ impl Request {
             | Request::GetTimelineChanges { .. }
             | Request::ListChains { .. }
             | Request::GetArtifact { .. }
-            | Request::GetRebuilds { .. } => FrameClass::Query,
+            | Request::GetRebuilds { .. }
+            | Request::GetRebuildRecords { .. } => FrameClass::Query,
             Request::CreateChain { .. } | Request::Propose { .. } | Request::SubmitRebuild { .. } => FrameClass::Submit,
             Request::Announce(_)
             | Request::Challenge { .. }
@@ -338,6 +347,7 @@ impl Request {
             Request::GetArtifact { .. } => "get_artifact",
             Request::SubmitRebuild { .. } => "submit_rebuild",
             Request::GetRebuilds { .. } => "get_rebuilds",
+            Request::GetRebuildRecords { .. } => "get_rebuild_records",
         }
     }
 }
@@ -397,6 +407,8 @@ pub enum Response {
     RebuildQueued {
         due_ms: u64,
     },
+    /// The answer to [`Request::GetRebuildRecords`]: a proof per id asked, in its order.
+    RebuildRecords(Vec<chainiac_release::RecordProof>),
 }
 
 impl Response {
@@ -429,6 +441,7 @@ impl Response {
             Response::Artifact(_) => "artifact",
             Response::Rebuilds(_) => "rebuilds",
             Response::RebuildQueued { .. } => "rebuild_queued",
+            Response::RebuildRecords(_) => "rebuild_records",
         }
     }
 }

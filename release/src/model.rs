@@ -53,8 +53,13 @@ pub fn names_block(kind: u16, payload: &[u8]) -> Option<(u64, chainiac_skipchain
     }
 }
 
-/// Most rebuilders one release's summary records (the summary is re-sent whole).
-pub const MAX_REBUILDS_PER_RELEASE: usize = 256;
+/// Most rebuilders one release takes: what Sybil keys must fill to keep others out. Each
+/// witness keeps their attestations (at most 4 KiB each), and followers never pay for them
+/// past [`MAX_LISTED_REBUILDS`] (auditors, who read the attestations, do).
+pub const MAX_REBUILDS_PER_RELEASE: usize = 4096;
+/// Most records a summary lists; past that it holds their counts and a Merkle root
+/// ([`crate::records`]), and clients ask for the records of the rebuilders they trust.
+pub const MAX_LISTED_REBUILDS: usize = 32;
 /// Most attestations one rebuilds block holds (witnesses append one per submission).
 pub const MAX_REBUILDS_PER_BLOCK: usize = 16;
 /// The largest encoded attestation a rebuilds block takes: a failure's reason and a
@@ -543,25 +548,37 @@ pub struct Rebuilds {
 /// attestations (≈ 170 bytes). A record names its attestation by rebuilder (a key attests
 /// a release once on a chain, and no two keys of a release share a [`RebuilderId`]), which
 /// anyone can fetch from the rebuilds blocks and check against it.
+///
+/// Past [`MAX_LISTED_REBUILDS`] records the block holds `committed` instead: their counts
+/// and Merkle root. Then `records` holds only records proven against that root (what a
+/// client asked for: none in a block), in the order proven.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RebuildSummary {
     pub release: u64,
     pub manifest: ManifestId,
     pub records: Vec<RebuildRecord>,
+    pub committed: Option<crate::records::CommittedRecords>,
 }
 
-/// A rebuilder as summaries name it: the first 16 bytes of its Ed25519 key. Witnesses
-/// check each attestation's signature with the whole key, so a record is only as good as
-/// that check; naming another key's rebuilder takes a key with the same 16 bytes (a 2^128
-/// search for one given key), and witnesses refuse a second key of one release with an id
-/// already recorded. Half the bytes of a key on every summary a client reads.
+/// A rebuilder as summaries name it: the first 16 bytes of `SHA3-256(tagged(TAG_REBUILDER_ID)
+/// || key)`. Witnesses check each attestation's signature with the whole key, so a record
+/// is only as good as that check; naming a given key's rebuilder takes another key with the
+/// same id (a 2^128 search), and two keys of one's own with one id a 2^64 one, which
+/// witnesses would refuse for one release anyway (`check_rebuilds`). A hash rather than the
+/// key's first bytes: those are shared by `A` and `−A` (the sign is in the last byte), a
+/// second key anyone can make of their own. Half the bytes of a key on every summary a
+/// client reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct RebuilderId(#[serde(with = "chainiac_cosi::bytes")] pub [u8; 16]);
 
+/// See [`RebuilderId`].
+pub const TAG_REBUILDER_ID: &str = "chainiac/v1/release/rebuilder-id";
+
 impl RebuilderId {
     pub fn of(key: &PublicKey) -> Self {
+        let digest = hash::sha3_256(TAG_REBUILDER_ID, &[key.as_bytes()]);
         let mut id = [0u8; 16];
-        id.copy_from_slice(&key.as_bytes()[..16]);
+        id.copy_from_slice(&digest[..16]);
         RebuilderId(id)
     }
 
@@ -597,30 +614,62 @@ impl RebuildRecord {
 impl RebuildSummary {
     /// The summary of release `release` (manifest `manifest`) over its attestations in
     /// chain order.
+    /// As a summary block holds it: listed, or past [`MAX_LISTED_REBUILDS`] committed.
     pub fn of<'a>(release: u64, manifest: ManifestId, attestations: impl IntoIterator<Item = &'a Attestation>) -> Self {
-        RebuildSummary { release, manifest, records: attestations.into_iter().map(RebuildRecord::of).collect() }
+        let records: Vec<RebuildRecord> = attestations.into_iter().map(RebuildRecord::of).collect();
+        if records.len() > MAX_LISTED_REBUILDS {
+            let committed = Some(crate::records::CommittedRecords::of(&records));
+            return RebuildSummary { release, manifest, records: Vec::new(), committed };
+        }
+        RebuildSummary { release, manifest, records, committed: None }
+    }
+
+    /// How many rebuilders it records (listed or committed).
+    pub fn count(&self) -> u64 {
+        match &self.committed {
+            Some(committed) => committed.tally.records(),
+            None => self.records.len() as u64,
+        }
     }
 
     /// The payload of a summary block (kind 9): `u64 release ‖ [32] release block id ‖ [32]
-    /// manifest ‖ records`, each record `[16] rebuilder id ‖ verdict ‖ isolation`.
+    /// manifest ‖ SummaryRecords`, `Listed(records)` with each record `[16] rebuilder id ‖
+    /// verdict ‖ isolation`, or `Committed { tally, root }`.
     pub fn to_block_bytes(&self, release_block: chainiac_skipchain::BlockId) -> Vec<u8> {
-        let named = NamedRebuildSummary {
-            release: self.release,
-            release_block,
-            manifest: self.manifest,
-            records: self.records.clone(),
+        let records = match self.committed {
+            Some(committed) => SummaryRecords::Committed(committed),
+            None => SummaryRecords::Listed(self.records.clone()),
         };
+        let named = NamedRebuildSummary { release: self.release, release_block, manifest: self.manifest, records };
         postcard::to_allocvec(&named).expect("payloads serialize")
     }
 
     /// The summary a block of `kind` holds, with the id of its release's block when the
     /// encoding names it (kinds 9 and 8; kind 7 as [`KeyedRebuildSummary::from_bytes`]).
-    /// Records of the older encodings, with whole keys, are read as their ids.
+    /// Records of the older encodings, with whole keys, are read as their ids. Refused, as
+    /// witnesses refuse to store it: more than [`MAX_REBUILDS_PER_RELEASE`] rebuilders, or of
+    /// kind 9 more than [`MAX_LISTED_REBUILDS`] listed or no more than that committed.
     pub fn from_block(kind: u16, payload: &[u8]) -> Result<(Self, Option<chainiac_skipchain::BlockId>), String> {
+        let (summary, named) = Self::decode_block(kind, payload)?;
+        let count = summary.count();
+        if count > MAX_REBUILDS_PER_RELEASE as u64 {
+            return Err(format!("{count} rebuilders, more than the {MAX_REBUILDS_PER_RELEASE} a release takes"));
+        }
+        if kind == KIND_REBUILD_SUMMARY && (summary.committed.is_some() != (count > MAX_LISTED_REBUILDS as u64)) {
+            return Err(format!("{count} records, listed only up to {MAX_LISTED_REBUILDS} and committed past that"));
+        }
+        Ok((summary, named))
+    }
+
+    fn decode_block(kind: u16, payload: &[u8]) -> Result<(Self, Option<chainiac_skipchain::BlockId>), String> {
         match kind {
             KIND_REBUILD_SUMMARY => decode_exact::<NamedRebuildSummary>(payload).map(|named| {
                 let NamedRebuildSummary { release, release_block, manifest, records } = named;
-                (RebuildSummary { release, manifest, records }, Some(release_block))
+                let (records, committed) = match records {
+                    SummaryRecords::Listed(records) => (records, None),
+                    SummaryRecords::Committed(committed) => (Vec::new(), Some(committed)),
+                };
+                (RebuildSummary { release, manifest, records, committed }, Some(release_block))
             }),
             KIND_REBUILD_SUMMARY_KEYED => decode_exact::<NamedKeyedSummary>(payload).map(|named| {
                 let NamedKeyedSummary { release, release_block, manifest, records } = named;
@@ -638,10 +687,17 @@ impl RebuildSummary {
         Self::from_block(kind, payload).map(|(summary, _)| summary)
     }
 
-    /// The record of `key`'s rebuild, if the summary holds one.
+    /// The record of `key`'s rebuild, if the summary holds one (of a committed summary:
+    /// if it was proven).
     pub fn record_of(&self, key: &PublicKey) -> Option<&RebuildRecord> {
         let id = RebuilderId::of(key);
         self.records.iter().find(|r| r.rebuilder == id)
+    }
+
+    /// The block's form of this summary: without the records proven into a committed one.
+    pub fn as_appended(&self) -> Self {
+        let records = if self.committed.is_some() { Vec::new() } else { self.records.clone() };
+        RebuildSummary { records, ..self.clone() }
     }
 }
 
@@ -651,7 +707,14 @@ struct NamedRebuildSummary {
     release: u64,
     release_block: chainiac_skipchain::BlockId,
     manifest: ManifestId,
-    records: Vec<RebuildRecord>,
+    records: SummaryRecords,
+}
+
+/// A kind-9 summary's records: listed, or past [`MAX_LISTED_REBUILDS`] committed.
+#[derive(Serialize, Deserialize)]
+enum SummaryRecords {
+    Listed(Vec<RebuildRecord>),
+    Committed(crate::records::CommittedRecords),
 }
 
 /// A kind-8 summary's payload (2026-12-02): records with whole keys.
@@ -718,7 +781,7 @@ impl From<KeyedRebuildSummary> for RebuildSummary {
                 isolation: r.isolation,
             })
             .collect();
-        RebuildSummary { release: keyed.release, manifest: keyed.manifest, records }
+        RebuildSummary { release: keyed.release, manifest: keyed.manifest, records, committed: None }
     }
 }
 

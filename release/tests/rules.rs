@@ -711,12 +711,13 @@ fn a_rebuild_summary_is_the_evidence_compacted() {
     assert!(matches!(unnamed, Err(ReleaseError::WrongRebuildSummary { reason, .. }) if reason.contains("kind 7")));
 
     // Pinned (SPEC §11.8), kind 9: u64 varint release, the release's block id, the manifest
-    // id, then per record the key's first 16 bytes, the verdict and the isolation (variant
-    // indices): 18 bytes a record.
+    // id, `Listed` (0), then per record the rebuilder id, the verdict and the isolation
+    // (variant indices): 18 bytes a record.
     let one = RebuildSummary::of(3, m.id(), &evidence);
     let key40 = key(40).public_key().to_bytes();
     let key41 = key(41).public_key().to_bytes();
-    let named = [&[3u8][..], &[5; 32], &m.id().0, &[2], &key40[..16], &[0, 1], &key41[..16], &[2, 1]].concat();
+    let (id40, id41) = (RebuilderId::of(&key(40).public_key()).0, RebuilderId::of(&key(41).public_key()).0);
+    let named = [&[3u8][..], &[5; 32], &m.id().0, &[0, 2], &id40, &[0, 1], &id41, &[2, 1]].concat();
     assert_eq!(one.to_block_bytes(block), named);
     assert_eq!(postcard::to_allocvec(&one.records[0]).unwrap().len(), 18);
     assert_eq!(RebuildSummary::from_block(KIND_REBUILD_SUMMARY, &named), Ok((one.clone(), Some(block))));
@@ -770,35 +771,86 @@ fn a_rebuild_summary_is_the_evidence_compacted() {
     assert!(KeyedRebuildSummary::from_bytes(&short).is_err(), "neither encoding");
 }
 
-/// Found by review of 16-byte rebuilder ids: a summary names a rebuilder by its key's first
-/// 16 bytes, so a second key with those bytes is refused for the release, in one block or
-/// after another, as the same key would be; the records stay one per id.
+/// Past 32 records a summary holds their counts and Merkle root (SPEC §11.8): a block of
+/// fixed size whatever the number of rebuilders, checked against the evidence as a listed
+/// one is; the tree proves each rebuilder's record and each other id's absence.
 #[test]
-fn a_second_key_with_a_recorded_rebuilder_id_is_refused() {
+fn a_summary_of_many_records_commits_to_them() {
+    let m = manifest("1.0");
+    let evidence: Vec<Attestation> = (0..=MAX_LISTED_REBUILDS as u8)
+        .map(|i| {
+            let outcome = if i % 5 == 0 { Outcome::Mismatch { artifacts: vec![] } } else { Outcome::Reproduced };
+            rebuild(&key(100 + i), &m, outcome)
+        })
+        .collect();
+    let listed = RebuildSummary::of(3, m.id(), &evidence[..MAX_LISTED_REBUILDS]);
+    assert_eq!((listed.records.len(), listed.committed), (MAX_LISTED_REBUILDS, None));
+    let summary = RebuildSummary::of(3, m.id(), &evidence);
+    let committed = summary.committed.expect("33 records are committed");
+    assert!(summary.records.is_empty());
+    assert_eq!(summary.count(), 33);
+    assert_eq!(committed.tally, Tally { reproduced_sandboxed: 26, reproduced_unconfined: 0, mismatch: 7, failed: 0 });
+    // Pinned: `Committed` (1), the four counts (varints), the root.
+    let block = BlockId([5; 32]);
+    let bytes = summary.to_block_bytes(block);
+    assert_eq!(bytes, [&[3u8][..], &[5; 32], &m.id().0, &[1, 26, 0, 7, 0], &committed.root].concat());
+    assert_eq!(RebuildSummary::from_block(KIND_REBUILD_SUMMARY, &bytes), Ok((summary.clone(), Some(block))));
+    assert_eq!(check_rebuild_summary(KIND_REBUILD_SUMMARY, &bytes, &summary, block), Ok(summary.clone()));
+    // The records listed instead, or another root, are refused.
+    let as_listed = RebuildSummary {
+        committed: None,
+        records: evidence.iter().map(RebuildRecord::of).collect(),
+        ..summary.clone()
+    };
+    assert!(check_rebuild_summary(KIND_REBUILD_SUMMARY, &as_listed.to_block_bytes(block), &summary, block).is_err());
+    let mut other_root = summary.clone();
+    other_root.committed.as_mut().unwrap().root[0] ^= 1;
+    assert!(check_rebuild_summary(KIND_REBUILD_SUMMARY, &other_root.to_block_bytes(block), &summary, block).is_err());
+    // Each rebuilder's record is proven, and an id that attested nothing is proven absent.
+    let records: Vec<RebuildRecord> = evidence.iter().map(RebuildRecord::of).collect();
+    let tree = chainiac_release::RecordsTree::new(&records);
+    assert_eq!(tree.commitment(), committed);
+    for record in &records {
+        let proof = tree.prove(&record.rebuilder);
+        assert_eq!(committed.check(&record.rebuilder, &proof), Ok(Some(*record)));
+    }
+    let stranger = RebuilderId::of(&key(7).public_key());
+    let proof = tree.prove(&stranger);
+    assert!(matches!(proof, RecordProof::Absent { .. }));
+    assert_eq!(committed.check(&stranger, &proof), Ok(None));
+}
+
+/// Found by review of 16-byte rebuilder ids: a summary names a rebuilder by an id, so a key
+/// whose id is already recorded for the release is refused, in one block or after another,
+/// as the same key would be, and the records stay one per id. The id is a hash of the key,
+/// not its first bytes: `−A`, which anyone holding `A` can sign with, shares those (the
+/// sign is in the last byte) and has another id.
+#[test]
+fn a_key_whose_rebuilder_id_is_recorded_is_refused_and_a_negated_key_is_another_rebuilder() {
     let f = fixture();
     let m = manifest("1.0");
     let released = release(&f, m.clone(), &[0, 1], &[0, 1]);
     let first = rebuild(&key(50), &m, Outcome::Reproduced);
-    // Not a key anyone holds the secret of (finding one is a 2^128 search): a point that
-    // shares the first 16 bytes, which the rule must refuse all the same.
-    let twin_key = (0..=255u8)
-        .find_map(|i| {
-            let mut bytes = [i; 32];
-            bytes[..16].copy_from_slice(&first.body.verifier.as_bytes()[..16]);
-            chainiac_cosi::PublicKey::from_bytes(&bytes).ok()
-        })
-        .expect("about half of all 32-byte strings are points");
-    let mut twin = rebuild(&key(51), &m, Outcome::Reproduced);
-    twin.body.verifier = twin_key;
-    assert_ne!(twin_key, first.body.verifier);
-    assert_eq!(RebuilderId::of(&twin.body.verifier), RebuilderId::of(&first.body.verifier));
-    let recorded = [RebuildRecord::of(&first)];
+    let second = rebuild(&key(51), &m, Outcome::Reproduced);
     let one = |attestations: Vec<Attestation>, recorded: &[RebuildRecord]| {
         check_rebuilds(&Rebuilds { release: 3, attestations }, Some((3, &released)), recorded, &[])
     };
-    assert!(matches!(one(vec![twin.clone()], &recorded), Err(ReleaseError::DuplicateRebuild { .. })));
-    assert!(matches!(one(vec![first.clone(), twin.clone()], &[]), Err(ReleaseError::DuplicateRebuild { .. })));
-    assert_eq!(one(vec![first.clone()], &[]), Ok(()));
+    // A record with `second`'s id (finding another key with it is a 2^64 search at best).
+    let mut taken = RebuildRecord::of(&first);
+    taken.rebuilder = RebuilderId::of(&second.body.verifier);
+    assert!(matches!(one(vec![second.clone()], &[taken]), Err(ReleaseError::DuplicateRebuild { .. })));
+    assert_eq!(one(vec![second.clone()], &[RebuildRecord::of(&first)]), Ok(()));
+    assert_eq!(one(vec![first.clone(), second.clone()], &[]), Ok(()));
+
+    // −A: the same first 31 bytes, the sign bit flipped; a valid key of its own id.
+    let a = first.body.verifier;
+    let mut bytes = a.to_bytes();
+    bytes[31] ^= 0x80;
+    let negated = chainiac_cosi::PublicKey::from_bytes(&bytes).expect("−A is a point");
+    assert_ne!(RebuilderId::of(&negated), RebuilderId::of(&a));
+    // Pinned: SHA3-256(tagged("chainiac/v1/release/rebuilder-id") || key), first 16 bytes.
+    let digest = chainiac_cosi::hash::sha3_256("chainiac/v1/release/rebuilder-id", &[a.as_bytes()]);
+    assert_eq!(RebuilderId::of(&a).0[..], digest[..16]);
 }
 
 /// Found by review: clients must refuse what witnesses refuse, or a colluding committee

@@ -4,7 +4,7 @@
 
 use chainiac_release::{
     Policy, TimeWindow, KIND_POLICY_CHANGE, KIND_REBUILDS, KIND_REBUILD_SUMMARY, KIND_REBUILD_SUMMARY_KEYED,
-    KIND_REBUILD_SUMMARY_UNNAMED, KIND_RELEASE, KIND_YANK,
+    KIND_REBUILD_SUMMARY_UNNAMED, KIND_RELEASE, KIND_YANK, MAX_LISTED_REBUILDS,
 };
 use chainiac_skipchain::authority::{check_quorum, KIND_COMMITTEE};
 use chainiac_skipchain::timeline::KIND_TIMELINE;
@@ -138,10 +138,15 @@ pub fn check_rules(
         KIND_REBUILD_SUMMARY | KIND_REBUILD_SUMMARY_KEYED | KIND_REBUILD_SUMMARY_UNNAMED => {
             match chainiac_release::RebuildSummary::of_block(kind, &block.payload) {
                 Err(e) => Err(chainiac_release::ReleaseError::DecodeRebuildSummary(e).to_string()),
-                Ok(summary) if summary.records.len() > chainiac_release::MAX_REBUILDS_PER_RELEASE => Err(format!(
+                Ok(summary) if summary.count() > chainiac_release::MAX_REBUILDS_PER_RELEASE as u64 => Err(format!(
                     "a rebuild summary holds at most {} records",
                     chainiac_release::MAX_REBUILDS_PER_RELEASE
                 )),
+                Ok(summary) if kind == KIND_REBUILD_SUMMARY && summary.records.len() > MAX_LISTED_REBUILDS => {
+                    Err(format!(
+                        "a rebuild summary lists at most {MAX_LISTED_REBUILDS} records; past that it commits to them"
+                    ))
+                }
                 Ok(_) => Ok(()),
             }
         }
@@ -195,6 +200,7 @@ mod tests {
                 release,
                 manifest: chainiac_release::ManifestId([2; 32]),
                 records: vec![],
+                committed: None,
             };
             block.payload = records.to_block_bytes(named);
             block

@@ -345,6 +345,8 @@ pub struct Node {
     released: Mutex<HashMap<ChainId, (u64, Releases)>>,
     /// Rebuilders' attestations per (release chain, release), as the chain holds them.
     rebuild_evidence: Mutex<rebuilds::RebuildEvidence>,
+    /// Trees over a release's records per (chain, release, count), for `GetRebuildRecords`.
+    record_trees: Mutex<HashMap<(ChainId, u64, u64), Arc<chainiac_release::RecordsTree>>>,
     /// Per release chain, the rebuilders' attestations waiting for their batch.
     rebuild_batches: Mutex<HashMap<ChainId, rebuilds::PendingBatch>>,
     /// Rebuilders' hourly allowances (`rebuilds_per_hour`).
@@ -418,6 +420,7 @@ impl Node {
             hidden: Mutex::new(HashMap::new()),
             released: Mutex::new(HashMap::new()),
             rebuild_evidence: Mutex::new(HashMap::new()),
+            record_trees: Mutex::new(HashMap::new()),
             rebuild_batches: Mutex::new(HashMap::new()),
             rebuild_allowances: Mutex::new(rebuilds::Allowances::new(rebuilds::MAX_ALLOWANCE_KEYS)),
             rebuild_disagreements: Mutex::new(None),
@@ -478,6 +481,9 @@ impl Node {
             Request::GetTracker { chain } => self.tracker(&chain),
             Request::SubmitRebuild { chain, attestation } => self.submit_rebuild(caller, chain, attestation).await,
             Request::GetRebuilds { chain, release } => self.rebuilds(&chain, release),
+            Request::GetRebuildRecords { chain, release, count, rebuilders } => {
+                self.rebuild_records(&chain, release, count, &rebuilders)
+            }
             Request::GetProofs { queries, with_payload, held_appointments } => {
                 self.proofs(&queries, with_payload, held_appointments)
             }

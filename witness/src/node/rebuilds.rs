@@ -1,9 +1,10 @@
 //! Late attestations (SPEC §11.8): rebuilders' `SubmitRebuild`, the rebuilds blocks (kind 6)
-//! that carry their signed attestations, and the summary blocks (kind 8) clients read.
+//! that carry their signed attestations, and the summary blocks (kind 9) clients read.
 
 use super::*;
 use chainiac_release::{
-    Attestation, RebuildSummary, Rebuilds, ReleasePayload, KIND_REBUILDS, KIND_REBUILD_SUMMARY, KIND_RELEASE,
+    Attestation, RebuildSummary, RebuilderId, Rebuilds, RecordsTree, ReleasePayload, KIND_REBUILDS,
+    KIND_REBUILD_SUMMARY, KIND_RELEASE,
 };
 
 /// Per rebuilder key and release chain, the block times of its disagreements.
@@ -16,8 +17,13 @@ pub(super) type RebuildEvidence = HashMap<ChainId, (u64, u64, Vec<Attestation>)>
 /// How many attestations one rebuilder key may submit to this witness per hour.
 const REBUILD_WINDOW_MS: u64 = 3_600_000;
 
-/// Chains whose evidence is kept in memory at once (more: the cache starts over).
+/// Chains whose evidence is kept in memory at once (more: one is dropped).
 const EVIDENCE_CACHE_CHAINS: usize = 4096;
+/// Attestations the evidence cache keeps over all chains (≤ 1 GiB at 4 KiB each; more:
+/// chains are dropped until they fit): a release takes up to 4,096, and keys cost nothing.
+const EVIDENCE_CACHE_ATTESTATIONS: usize = 262_144;
+/// Record trees kept for `GetRebuildRecords` (one per chain, release and count).
+const RECORD_TREES_CACHED: usize = 64;
 
 /// How many more times a rebuilds or summary block whose round failed is led again.
 const APPEND_TRIES: u32 = 4;
@@ -79,10 +85,11 @@ impl Node {
             // Another call may have read further meanwhile: the furthest read stays.
             let newer_there = evidence.get(chain).is_some_and(|e| e.0 == release && e.1 >= head.max(read_to));
             if !newer_there {
-                if evidence.len() >= EVIDENCE_CACHE_CHAINS && !evidence.contains_key(chain) {
-                    if let Some(dropped) = evidence.keys().next().copied() {
-                        evidence.remove(&dropped);
-                    }
+                evidence.remove(chain);
+                let mut held: usize = evidence.values().map(|e| e.2.len()).sum();
+                while evidence.len() >= EVIDENCE_CACHE_CHAINS || held + found.len() > EVIDENCE_CACHE_ATTESTATIONS {
+                    let Some(dropped) = evidence.keys().next().copied() else { break };
+                    held -= evidence.remove(&dropped).map_or(0, |e| e.2.len());
                 }
                 evidence.insert(*chain, (release, head.max(read_to), found.clone()));
             }
@@ -260,8 +267,9 @@ impl Node {
             return Err(err(ErrorCode::Refused, refusal.to_string()));
         }
         let evidence = self.rebuild_evidence(&chain, release);
-        if evidence.iter().any(|a| a.body.verifier == rebuilder) {
-            if self.summarized(&chain, release).is_some_and(|s| s.record_of(&rebuilder).is_some()) {
+        if let Some(position) = evidence.iter().position(|a| a.body.verifier == rebuilder) {
+            // Summaries cover a prefix of the evidence in chain order (all before them).
+            if self.summarized(&chain, release).is_some_and(|s| (position as u64) < s.count()) {
                 return Err(err(
                     ErrorCode::Refused,
                     chainiac_release::ReleaseError::DuplicateRebuild { key: rebuilder.to_string(), release }
@@ -506,8 +514,8 @@ impl Node {
         // summary lacks: a crash between a batch's rebuilds block and its summary, the
         // batch restored from disk at start.
         let unsummarized = || {
-            let summarized = self.summarized(&chain, release).map_or(0, |s| s.records.len());
-            summarized < self.rebuild_evidence(&chain, release).len()
+            let summarized = self.summarized(&chain, release).map_or(0, |s| s.count());
+            summarized < self.rebuild_evidence(&chain, release).len() as u64
         };
         if appended || unsummarized() {
             if let Err(e) = self.append_summary(chain).await {
@@ -605,8 +613,89 @@ impl Node {
         })
     }
 
+    /// `GetRebuildRecords`: proofs for `rebuilders` over the records of the first `count`
+    /// attestations of release `release` in chain order — what a summary of `count`
+    /// records commits to, since every summary covers all before it. The client checks
+    /// them against the root its summary holds. Open to anyone, like `GetRebuilds`.
+    pub(super) fn rebuild_records(
+        &self,
+        chain: &ChainId,
+        release: u64,
+        count: u64,
+        rebuilders: &[RebuilderId],
+    ) -> Reply {
+        if rebuilders.len() > chainiac_proto::MAX_RECORD_QUERIES {
+            let limit = chainiac_proto::MAX_RECORD_QUERIES;
+            return Err(err(ErrorCode::BadRequest, format!("more than {limit} rebuilders asked about")));
+        }
+        if self.chain_kind(chain)? != KIND_RELEASE {
+            return Err(err(ErrorCode::BadRequest, format!("chain {chain} is not a release chain")));
+        }
+        if rebuilders.is_empty() {
+            return Ok(Response::RebuildRecords(Vec::new()));
+        }
+        // A tree is over fixed history (the first `count` attestations): kept, and a
+        // stranger's repeated query costs the proofs alone.
+        let key = (*chain, release, count);
+        let cached = self.record_trees.lock().expect("lock").get(&key).cloned();
+        let tree = match cached {
+            Some(tree) => tree,
+            None => {
+                if self.release_at(chain, release).is_none() {
+                    return Err(err(ErrorCode::NotFound, format!("block {release} of chain {chain} is no release")));
+                }
+                let evidence = match self.newest_release(chain) {
+                    Some((newest, _)) if newest == release => self.rebuild_evidence(chain, newest),
+                    _ => self.evidence_of_older(chain, release),
+                };
+                let Some(covered) = usize::try_from(count).ok().and_then(|n| evidence.get(..n)) else {
+                    let held = evidence.len();
+                    return Err(err(
+                        ErrorCode::NotFound,
+                        format!("release {release} has {held} attestations here, not {count}"),
+                    ));
+                };
+                let records: Vec<_> = covered.iter().map(chainiac_release::RebuildRecord::of).collect();
+                let tree = Arc::new(blocking(|| RecordsTree::new(&records)));
+                let mut trees = self.record_trees.lock().expect("lock");
+                if trees.len() >= RECORD_TREES_CACHED {
+                    if let Some(dropped) = trees.keys().next().copied() {
+                        trees.remove(&dropped);
+                    }
+                }
+                trees.insert(key, tree.clone());
+                tree
+            }
+        };
+        Ok(Response::RebuildRecords(rebuilders.iter().map(|id| tree.prove(id)).collect()))
+    }
+
+    /// The attestations about release `release`, not the chain's newest (the cache holds
+    /// the newest's), in chain order: in the rebuilds blocks up to the next release.
+    fn evidence_of_older(&self, chain: &ChainId, release: u64) -> Vec<Attestation> {
+        blocking(|| {
+            let mut found = Vec::new();
+            let head = self.store.head(chain).ok().flatten().map_or(0, |h| h.index);
+            for index in release.saturating_add(1)..=head {
+                let Ok(Some(block)) = self.store.block(chain, index) else { continue };
+                match block.header.kind {
+                    KIND_RELEASE => break,
+                    KIND_REBUILDS => {
+                        if let Ok(rebuilds) = Rebuilds::from_bytes(&block.payload) {
+                            if rebuilds.release == release {
+                                found.extend(rebuilds.attestations);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            found
+        })
+    }
+
     /// `GetRebuilds`: the signed attestations behind release `release`'s records, for
-    /// clients and auditors to check against a summary's digests.
+    /// auditors to check a summary against.
     pub(super) fn rebuilds(&self, chain: &ChainId, release: u64) -> Reply {
         if self.chain_kind(chain)? != KIND_RELEASE {
             return Err(err(ErrorCode::BadRequest, format!("chain {chain} is not a release chain")));
