@@ -2286,6 +2286,14 @@ async fn rebuilder_audit_names_a_summary_committing_to_records_no_attestations_g
     audit_a_forged_summary(Forgery::Commitment).await;
 }
 
+/// Colluders' rebuilds blocks holding one attestation twice (witnesses catching up check a
+/// block alone), under a summary whose counts and root are those blocks': the counts take
+/// the one rebuilder as two, and the audit names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuilder_audit_names_a_committed_summary_counting_one_rebuilder_twice() {
+    audit_a_forged_summary(Forgery::Twice).await;
+}
+
 #[derive(PartialEq)]
 enum Forgery {
     /// A record no attestation backs.
@@ -2294,6 +2302,8 @@ enum Forgery {
     Name,
     /// Counts and root of records no attestation backs.
     Commitment,
+    /// Counts and root of attestations on the chain, one of them twice.
+    Twice,
 }
 
 async fn audit_a_forged_summary(forgery: Forgery) {
@@ -2338,6 +2348,24 @@ async fn audit_a_forged_summary(forgery: Forgery) {
         summary = RebuildSummary::of(1, manifest, &made_up);
         assert!(summary.committed.is_some());
     }
+    if forgery == Forgery::Twice {
+        let mut on_chain = rebuilds.attestations.clone();
+        let many: Vec<Attestation> = (60..93).map(|k| attested_by(k, manifest, Outcome::Reproduced)).collect();
+        // Each block valid alone: 16 at most, no key twice in one.
+        for chunk in many.chunks(16).chain([&many[..1]]) {
+            let rebuilds = Rebuilds { release: 1, attestations: chunk.to_vec() };
+            let proposal = Proposal {
+                kind: KIND_REBUILDS,
+                payload: rebuilds.to_bytes(),
+                timestamp_ms: now,
+                ..Proposal::default()
+            };
+            append(chain, proposal);
+            on_chain.extend_from_slice(chunk);
+        }
+        summary = RebuildSummary::of(1, manifest, &on_chain);
+        assert_eq!(summary.count(), 35);
+    }
     let release_block = match misnamed {
         true => chainiac_skipchain::BlockId([9; 32]),
         false => forged.block_id(&chain, 1).unwrap().unwrap(),
@@ -2351,7 +2379,7 @@ async fn audit_a_forged_summary(forgery: Forgery) {
     let head = append(chain, summary);
     let timeline_head = cluster.head(1, timeline).await.unwrap();
     common::copy_chain(&cluster, &forged, timeline, timeline_head).await;
-    let set = HeadSet::new(vec![HeadLeaf { chain, index: 3, id: head.id() }]);
+    let set = HeadSet::new(vec![HeadLeaf { chain, index: head.header.index, id: head.id() }]);
     let entry = TimelineEntry { time_ms: now, chains: 1, root: set.root(), changes: None };
     append(
         timeline,
@@ -2373,6 +2401,13 @@ async fn audit_a_forged_summary(forgery: Forgery) {
     let (code, out, err) = chainiac(&["rebuilder", "audit", "--state", &state, "--chain", &chain_hex, "--json"]);
     // Exit 4: evidence against the committee, not a failure to check (which exits 1).
     assert_eq!(code, Some(4), "{out}{err}");
+    if forgery == Forgery::Twice {
+        assert!(err.contains("1 attestation(s) before the summary are by a rebuilder that attested"), "{err}");
+        assert!(!err.contains("counts and root are not those"), "the counts are the blocks': {err}");
+        let audit: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!((audit["twice"].as_u64(), audit["attestations_before"].as_u64()), (Some(1), Some(35)), "{audit}");
+        return;
+    }
     if forgery == Forgery::Commitment {
         assert!(err.contains("counts and root are not those of the 1 attestation(s) before it"), "{err}");
         let audit: serde_json::Value = serde_json::from_str(out.trim()).unwrap();

@@ -557,7 +557,8 @@ fn audit_verdict(
 }
 
 /// The audit of a summary that commits to its records (SPEC §11.8): the attestations before
-/// it, each signed and about the release, must give its counts and Merkle root.
+/// it, each signed and about the release, one per rebuilder id and none by a key that
+/// attested in the release block, must give its counts and Merkle root.
 fn audit_committed(
     json: bool,
     chain: &ChainId,
@@ -569,6 +570,11 @@ fn audit_committed(
 ) -> Result<()> {
     let id = release.manifest.id();
     let invalid = covered.iter().filter(|a| !(a.body.manifest == id && a.verify())).count();
+    // Witnesses refuse these before voting; blocks caught up on are checked one at a time,
+    // so only colluders put them on a chain, and the counts would take them as rebuilders.
+    let mut seen: std::collections::HashSet<chainiac_release::RebuilderId> =
+        release.attestations.iter().map(|a| chainiac_release::RebuilderId::of(&a.body.verifier)).collect();
+    let twice = covered.iter().filter(|a| !seen.insert(chainiac_release::RebuilderId::of(&a.body.verifier))).count();
     let records: Vec<_> = covered.iter().map(|a| chainiac_release::RebuildRecord::of(a)).collect();
     let recomputed = chainiac_release::CommittedRecords::of(&records);
     let matches = recomputed == committed;
@@ -584,7 +590,7 @@ fn audit_committed(
                     "failed": tally.failed, "root": hex::encode(committed.root),
                     "matches_the_attestations": matches,
                 },
-                "attestations_before": covered.len(), "invalid": invalid,
+                "attestations_before": covered.len(), "invalid": invalid, "twice": twice,
                 "not_yet_summarized": pending,
             })
         );
@@ -610,6 +616,11 @@ fn audit_committed(
     let mut alarms: Vec<String> = undecodable.into_iter().collect();
     if invalid > 0 {
         alarms.push(format!("{invalid} attestation(s) before the summary are not validly signed about the release"));
+    }
+    if twice > 0 {
+        alarms.push(format!(
+            "{twice} attestation(s) before the summary are by a rebuilder that attested the release already"
+        ));
     }
     if !matches {
         alarms.push(format!(
