@@ -1903,6 +1903,14 @@ async fn a_flood_of_rebuilders_is_committed_and_a_client_proves_the_ones_it_trus
     assert!(bent.load(std::sync::atomic::Ordering::SeqCst) > 0, "the client asked the member that bends records");
     let skipped = update["skipped"].to_string();
     assert!(skipped.contains("rebuild records"), "the bending member is named: {update}");
+    // Proven present or absent, for this summary: the next update asks nothing.
+    let asked = bent.load(std::sync::atomic::Ordering::SeqCst);
+    let (code, out, err) =
+        chainiac(&["update", "--state", &state, "--chain", &chain_hex, "--trust-rebuilders", &trust, "--json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let again: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(again["level"], update["level"], "{again}");
+    assert_eq!(bent.load(std::sync::atomic::Ordering::SeqCst), asked, "nothing asked again");
 
     // `verify` reads the held records: trusted:2 is missing one (130 disagreed, 200 is absent).
     std::fs::write(path("hello"), BINARY).unwrap();
@@ -2028,7 +2036,7 @@ async fn a_witness_catching_up_refuses_a_summary_naming_another_block() {
     let mut sign = common::colluders(&cluster);
     let forged = MemoryStore::new();
     common::copy_chain(&cluster, &forged, chain, 1).await;
-    let summary = RebuildSummary { release: 1, manifest, records: vec![], committed: None };
+    let summary = RebuildSummary { release: 1, manifest, records: vec![], committed: None, absent: vec![] };
     let misnamed = Proposal {
         kind: KIND_REBUILD_SUMMARY,
         payload: summary.to_block_bytes(chainiac_skipchain::BlockId([9; 32])),
@@ -2221,7 +2229,13 @@ async fn a_forged_release_carried_with_the_links_to_a_rebuild_summary_is_refused
     let now = common::now_ms();
     let evil = Proposal { kind: KIND_RELEASE, payload: payload.to_bytes(), timestamp_ms: now, ..Proposal::default() };
     let evil = append(&forged, chain, evil);
-    let summary = RebuildSummary { release: 2, manifest: payload.manifest.id(), records: Vec::new(), committed: None };
+    let summary = RebuildSummary {
+        release: 2,
+        manifest: payload.manifest.id(),
+        records: Vec::new(),
+        committed: None,
+        absent: vec![],
+    };
     let summary = Proposal {
         kind: KIND_REBUILD_SUMMARY,
         payload: summary.to_block_bytes(evil.id()),
@@ -2342,7 +2356,7 @@ async fn audit_a_forged_summary(forgery: Forgery) {
         verdict: Verdict::Reproduced,
         isolation: BuildIsolation::Namespaces,
     };
-    let mut summary = RebuildSummary { release: 1, manifest, records: vec![record], committed: None };
+    let mut summary = RebuildSummary { release: 1, manifest, records: vec![record], committed: None, absent: vec![] };
     if forgery == Forgery::Commitment {
         let made_up: Vec<Attestation> = (60..93).map(|k| attested_by(k, manifest, Outcome::Reproduced)).collect();
         summary = RebuildSummary::of(1, manifest, &made_up);

@@ -1493,7 +1493,7 @@ mod tests {
         let record =
             chainiac_release::RebuildRecord { rebuilder: chainiac_release::RebuilderId::of(&key), verdict, isolation };
         let manifest = chainiac_release::ManifestId([6; 32]);
-        let summary = RebuildSummary { release: 4, manifest, records: vec![record], committed: None };
+        let summary = RebuildSummary { release: 4, manifest, records: vec![record], committed: None, absent: vec![] };
         let trusted = state.chains.get_mut(&chain).unwrap();
         trusted.release_index = Some(4);
         trusted.rebuilds = Some(summary.clone());
@@ -1517,8 +1517,8 @@ mod tests {
                 records: vec![chainiac_release::KeyedRebuildRecord { rebuilder: key, verdict, isolation }],
             },
         );
-        // Whole keys, no `committed`, no magic.
-        assert_eq!(keyed.len(), state.to_bytes().len() + 16 - 1 - STATE_MAGIC.len());
+        // Whole keys; no `committed`, `absent` nor magic.
+        assert_eq!(keyed.len(), state.to_bytes().len() + 16 - 2 - STATE_MAGIC.len());
         assert_eq!(ClientState::from_bytes(&keyed).unwrap(), state);
         let with_digests = old_file(
             &state,
@@ -1533,7 +1533,7 @@ mod tests {
                 }],
             },
         );
-        assert_eq!(with_digests.len(), state.to_bytes().len() + 32 - 1 - STATE_MAGIC.len());
+        assert_eq!(with_digests.len(), state.to_bytes().len() + 32 - 2 - STATE_MAGIC.len());
         assert_eq!(ClientState::from_bytes(&with_digests).unwrap(), state);
     }
 

@@ -397,13 +397,13 @@ impl Client {
     }
 
     /// For each chain of this update whose summary of its release commits to its records
-    /// (SPEC §11.8): the records of the rebuilders this client trusts that it does not hold
-    /// yet, proven against that summary's root (`GetRebuildRecords`, 64 ids a request),
-    /// into the summary held. Records proven for the same summary before are kept; a key
-    /// proven absent, or not proven (no member answered), is asked about again at the next
-    /// update. A member whose proofs do not check is skipped, and named in the update's
-    /// `skipped`, as are all members when none answers (the summary then holds no record for
-    /// those keys, and the level counts them among the others).
+    /// (SPEC §11.8): the records of the rebuilders this client trusts that it has not proven
+    /// present or absent yet, proven against that summary's root (`GetRebuildRecords`, 64
+    /// ids a request), into the summary held. What was proven of the same summary before is
+    /// kept; a key not proven (no member answered) is asked about again at the next update. A
+    /// member whose proofs do not check is skipped, and named in the update's `skipped`, as
+    /// are all members when none answers (the summary then holds no record for those keys,
+    /// and the level counts them among the others).
     async fn prove_trusted_records(&self, updated: &mut [TrustedChain], results: &mut UpdateResults) {
         let mut trusted: Vec<RebuilderId> = self.trust.trusted_rebuilders.iter().map(RebuilderId::of).collect();
         trusted.sort();
@@ -415,8 +415,9 @@ impl Client {
         for state in updated.iter_mut() {
             let held = self.state.chains.get(&state.chain).and_then(|old| old.rebuilds.as_ref());
             if let (Some(summary), Some(held)) = (state.rebuilds.as_mut(), held) {
-                if summary.committed.is_some() && summary.records.is_empty() && held.as_appended() == *summary {
+                if summary.committed.is_some() && *summary == summary.as_appended() && held.as_appended() == *summary {
                     summary.records = held.records.clone();
+                    summary.absent = held.absent.clone();
                 }
             }
         }
@@ -424,12 +425,14 @@ impl Client {
             let Some(summary) = state.rebuilds_of_release().filter(|s| s.committed.is_some()) else {
                 return Vec::new();
             };
-            trusted.iter().filter(|id| !summary.records.iter().any(|r| r.rebuilder == **id)).copied().collect()
+            let proven =
+                |id: &RebuilderId| summary.records.iter().any(|r| r.rebuilder == *id) || summary.absent.contains(id);
+            trusted.iter().filter(|id| !proven(id)).copied().collect()
         };
         let wanted: Vec<(usize, Vec<RebuilderId>)> =
             updated.iter().enumerate().map(|(i, state)| (i, missing(state))).filter(|(_, m)| !m.is_empty()).collect();
         let (this, states) = (self, &*updated);
-        type Proven = (usize, Vec<RebuildRecord>, Vec<(String, String)>);
+        type Proven = (usize, Vec<(RebuilderId, Option<RebuildRecord>)>, Vec<(String, String)>);
         let answers: Vec<Proven> = futures_util::stream::iter(wanted)
             .map(|(i, missing)| async move {
                 let state = &states[i];
@@ -452,12 +455,12 @@ impl Client {
                             if proofs.len() != asked.len() {
                                 return Err(format!("{} proofs for {} rebuilders", proofs.len(), asked.len()));
                             }
-                            let mut records = Vec::new();
+                            let mut answers = Vec::new();
                             for (id, proof) in asked.iter().zip(&proofs) {
                                 let record = committed.check(id, proof).map_err(|e| format!("rebuild records: {e}"))?;
-                                records.extend(record);
+                                answers.push((*id, record));
                             }
-                            Ok(records)
+                            Ok(answers)
                         })
                         .await;
                     match answer {
@@ -477,7 +480,12 @@ impl Client {
         for (i, proven, lost) in answers {
             let state = &mut updated[i];
             if let Some(summary) = state.rebuilds.as_mut() {
-                summary.records.extend(proven);
+                for (id, record) in proven {
+                    match record {
+                        Some(record) => summary.records.push(record),
+                        None => summary.absent.push(id),
+                    }
+                }
             }
             if let Some((_, Ok(update))) = results.iter_mut().find(|(chain, _)| *chain == state.chain) {
                 update.skipped.extend(lost);
@@ -521,6 +529,7 @@ impl Client {
             manifest,
             records: Vec::new(),
             committed: None,
+            absent: Vec::new(),
         });
         let release = if block.header.policy_hash == head.header.policy_hash {
             let block = EarlierBlock { header: block.header, payload: Some(block.payload) };

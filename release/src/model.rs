@@ -550,14 +550,15 @@ pub struct Rebuilds {
 /// anyone can fetch from the rebuilds blocks and check against it.
 ///
 /// Past [`MAX_LISTED_REBUILDS`] records the block holds `committed` instead: their counts
-/// and Merkle root. Then `records` holds only records proven against that root (what a
-/// client asked for: none in a block), in the order proven.
+/// and Merkle root. Then `records` holds only records proven against that root, and
+/// `absent` the ids proven to have none (what a client asked for: neither in a block).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RebuildSummary {
     pub release: u64,
     pub manifest: ManifestId,
     pub records: Vec<RebuildRecord>,
     pub committed: Option<crate::records::CommittedRecords>,
+    pub absent: Vec<RebuilderId>,
 }
 
 /// A rebuilder as summaries name it: the first 16 bytes of `SHA3-256(tagged(TAG_REBUILDER_ID)
@@ -619,9 +620,9 @@ impl RebuildSummary {
         let records: Vec<RebuildRecord> = attestations.into_iter().map(RebuildRecord::of).collect();
         if records.len() > MAX_LISTED_REBUILDS {
             let committed = Some(crate::records::CommittedRecords::of(&records));
-            return RebuildSummary { release, manifest, records: Vec::new(), committed };
+            return RebuildSummary { release, manifest, records: Vec::new(), committed, absent: Vec::new() };
         }
-        RebuildSummary { release, manifest, records, committed: None }
+        RebuildSummary { release, manifest, records, committed: None, absent: Vec::new() }
     }
 
     /// How many rebuilders it records (listed or committed).
@@ -669,7 +670,7 @@ impl RebuildSummary {
                     SummaryRecords::Listed(records) => (records, None),
                     SummaryRecords::Committed(committed) => (Vec::new(), Some(committed)),
                 };
-                (RebuildSummary { release, manifest, records, committed }, Some(release_block))
+                (RebuildSummary { release, manifest, records, committed, absent: Vec::new() }, Some(release_block))
             }),
             KIND_REBUILD_SUMMARY_KEYED => decode_exact::<NamedKeyedSummary>(payload).map(|named| {
                 let NamedKeyedSummary { release, release_block, manifest, records } = named;
@@ -694,10 +695,10 @@ impl RebuildSummary {
         self.records.iter().find(|r| r.rebuilder == id)
     }
 
-    /// The block's form of this summary: without the records proven into a committed one.
+    /// The block's form of this summary: without what was proven of a committed one.
     pub fn as_appended(&self) -> Self {
         let records = if self.committed.is_some() { Vec::new() } else { self.records.clone() };
-        RebuildSummary { records, ..self.clone() }
+        RebuildSummary { records, absent: Vec::new(), ..self.clone() }
     }
 }
 
@@ -781,7 +782,13 @@ impl From<KeyedRebuildSummary> for RebuildSummary {
                 isolation: r.isolation,
             })
             .collect();
-        RebuildSummary { release: keyed.release, manifest: keyed.manifest, records, committed: None }
+        RebuildSummary {
+            release: keyed.release,
+            manifest: keyed.manifest,
+            records,
+            committed: None,
+            absent: Vec::new(),
+        }
     }
 }
 

@@ -799,6 +799,7 @@ fn a_summary_of_many_records_commits_to_them() {
     // The records listed instead, or another root, are refused.
     let as_listed = RebuildSummary {
         committed: None,
+        absent: Vec::new(),
         records: evidence.iter().map(RebuildRecord::of).collect(),
         ..summary.clone()
     };

@@ -201,6 +201,7 @@ mod tests {
                 manifest: chainiac_release::ManifestId([2; 32]),
                 records: vec![],
                 committed: None,
+                absent: Vec::new(),
             };
             block.payload = records.to_block_bytes(named);
             block
