@@ -1944,6 +1944,19 @@ async fn a_flood_of_rebuilders_is_committed_and_a_client_proves_the_ones_it_trus
     let audit: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(audit["committed"]["matches_the_attestations"], true, "{audit}");
     assert_eq!((audit["committed"]["records"].as_u64(), audit["invalid"].as_u64()), (Some(40), Some(0)), "{audit}");
+
+    // Once the next release is appended, release 1's records are still proven (read from
+    // its rebuilds blocks, which take no more).
+    let proposal = release("1.1", &[&key(20), &key(21)]);
+    let reply = cluster.client.call(&cluster.witnesses[1], Request::Propose { chain, proposal }).await;
+    assert!(matches!(reply, Ok(Response::Appended { .. })), "{reply:?}");
+    let id110 = chainiac_release::RebuilderId::of(&key(110).public_key());
+    let request = Request::GetRebuildRecords { chain, release: 1, count: 40, rebuilders: vec![id110] };
+    let Ok(Response::RebuildRecords(proofs)) = cluster.client.call(&cluster.witnesses[1], request).await else {
+        panic!("no proofs for the older release")
+    };
+    let record = committed.check(&id110, &proofs[0]).unwrap().expect("present");
+    assert_eq!(record.verdict, Verdict::Reproduced);
 }
 
 /// `block` announced to witness 1 with witness 0's key, as witness 0 would lead its round

@@ -347,6 +347,8 @@ pub struct Node {
     rebuild_evidence: Mutex<rebuilds::RebuildEvidence>,
     /// Trees over a release's records per (chain, release, count), for `GetRebuildRecords`.
     record_trees: Mutex<HashMap<(ChainId, u64, u64), Arc<chainiac_release::RecordsTree>>>,
+    /// The records of releases that are no longer their chain's newest, per (chain, release).
+    older_records: Mutex<rebuilds::OlderRecords>,
     /// Per release chain, the rebuilders' attestations waiting for their batch.
     rebuild_batches: Mutex<HashMap<ChainId, rebuilds::PendingBatch>>,
     /// Rebuilders' hourly allowances (`rebuilds_per_hour`).
@@ -421,6 +423,7 @@ impl Node {
             released: Mutex::new(HashMap::new()),
             rebuild_evidence: Mutex::new(HashMap::new()),
             record_trees: Mutex::new(HashMap::new()),
+            older_records: Mutex::new(HashMap::new()),
             rebuild_batches: Mutex::new(HashMap::new()),
             rebuild_allowances: Mutex::new(rebuilds::Allowances::new(rebuilds::MAX_ALLOWANCE_KEYS)),
             rebuild_disagreements: Mutex::new(None),

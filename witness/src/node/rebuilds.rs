@@ -14,6 +14,9 @@ pub(super) type Disagreements = HashMap<(PublicKey, ChainId), Vec<u64>>;
 /// to, and the attestations the chain's rebuilds blocks hold about that release.
 pub(super) type RebuildEvidence = HashMap<ChainId, (u64, u64, Vec<Attestation>)>;
 
+/// Per (release chain, release no longer its newest): the records of its attestations.
+pub(super) type OlderRecords = HashMap<(ChainId, u64), Arc<Vec<chainiac_release::RebuildRecord>>>;
+
 /// How many attestations one rebuilder key may submit to this witness per hour.
 const REBUILD_WINDOW_MS: u64 = 3_600_000;
 
@@ -24,6 +27,8 @@ const EVIDENCE_CACHE_CHAINS: usize = 4096;
 const EVIDENCE_CACHE_ATTESTATIONS: usize = 262_144;
 /// Record trees kept for `GetRebuildRecords` (one per chain, release and count).
 const RECORD_TREES_CACHED: usize = 64;
+/// Older releases whose records are kept for `GetRebuildRecords` (≤ 74 KB each).
+const OLDER_RECORDS_CACHED: usize = 256;
 
 /// How many more times a rebuilds or summary block whose round failed is led again.
 const APPEND_TRIES: u32 = 4;
@@ -644,19 +649,20 @@ impl Node {
                 if self.release_at(chain, release).is_none() {
                     return Err(err(ErrorCode::NotFound, format!("block {release} of chain {chain} is no release")));
                 }
-                let evidence = match self.newest_release(chain) {
-                    Some((newest, _)) if newest == release => self.rebuild_evidence(chain, newest),
-                    _ => self.evidence_of_older(chain, release),
+                let records = match self.newest_release(chain) {
+                    Some((newest, _)) if newest == release => Arc::new(
+                        self.rebuild_evidence(chain, newest).iter().map(chainiac_release::RebuildRecord::of).collect(),
+                    ),
+                    _ => self.records_of_older(chain, release),
                 };
-                let Some(covered) = usize::try_from(count).ok().and_then(|n| evidence.get(..n)) else {
-                    let held = evidence.len();
+                let Some(covered) = usize::try_from(count).ok().and_then(|n| records.get(..n)) else {
+                    let held = records.len();
                     return Err(err(
                         ErrorCode::NotFound,
                         format!("release {release} has {held} attestations here, not {count}"),
                     ));
                 };
-                let records: Vec<_> = covered.iter().map(chainiac_release::RebuildRecord::of).collect();
-                let tree = Arc::new(blocking(|| RecordsTree::new(&records)));
+                let tree = Arc::new(blocking(|| RecordsTree::new(covered)));
                 let mut trees = self.record_trees.lock().expect("lock");
                 if trees.len() >= RECORD_TREES_CACHED {
                     if let Some(dropped) = trees.keys().next().copied() {
@@ -670,8 +676,27 @@ impl Node {
         Ok(Response::RebuildRecords(rebuilders.iter().map(|id| tree.prove(id)).collect()))
     }
 
-    /// The attestations about release `release`, not the chain's newest (the cache holds
-    /// the newest's), in chain order: in the rebuilds blocks up to the next release.
+    /// The records of the attestations about release `release`, not the chain's newest (the
+    /// evidence cache holds the newest's), in chain order: in the rebuilds blocks up to the
+    /// next release, which take no more. Kept (18 bytes a record), so that strangers asking
+    /// about an old release cost one read of its blocks.
+    fn records_of_older(&self, chain: &ChainId, release: u64) -> Arc<Vec<chainiac_release::RebuildRecord>> {
+        let key = (*chain, release);
+        if let Some(records) = self.older_records.lock().expect("lock").get(&key) {
+            return records.clone();
+        }
+        let records: Arc<Vec<_>> =
+            Arc::new(self.evidence_of_older(chain, release).iter().map(chainiac_release::RebuildRecord::of).collect());
+        let mut older = self.older_records.lock().expect("lock");
+        if older.len() >= OLDER_RECORDS_CACHED {
+            if let Some(dropped) = older.keys().next().copied() {
+                older.remove(&dropped);
+            }
+        }
+        older.insert(key, records.clone());
+        records
+    }
+
     fn evidence_of_older(&self, chain: &ChainId, release: u64) -> Vec<Attestation> {
         blocking(|| {
             let mut found = Vec::new();
