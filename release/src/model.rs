@@ -37,7 +37,7 @@ pub const KIND_REBUILD_SUMMARY_KEYED: u16 = 8;
 /// no longer appended.
 pub const KIND_REBUILD_SUMMARY_UNNAMED: u16 = 7;
 
-/// Whether blocks of `kind` hold a rebuild summary (either encoding).
+/// Whether blocks of `kind` hold a rebuild summary (in any of its encodings: 9, 8, 7).
 pub fn is_rebuild_summary(kind: u16) -> bool {
     matches!(kind, KIND_REBUILD_SUMMARY | KIND_REBUILD_SUMMARY_KEYED | KIND_REBUILD_SUMMARY_UNNAMED)
 }
@@ -614,8 +614,8 @@ impl RebuildRecord {
 
 impl RebuildSummary {
     /// The summary of release `release` (manifest `manifest`) over its attestations in
-    /// chain order.
-    /// As a summary block holds it: listed, or past [`MAX_LISTED_REBUILDS`] committed.
+    /// chain order, as a summary block holds it: listed, or past [`MAX_LISTED_REBUILDS`]
+    /// committed.
     pub fn of<'a>(release: u64, manifest: ManifestId, attestations: impl IntoIterator<Item = &'a Attestation>) -> Self {
         let records: Vec<RebuildRecord> = attestations.into_iter().map(RebuildRecord::of).collect();
         if records.len() > MAX_LISTED_REBUILDS {

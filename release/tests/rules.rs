@@ -804,11 +804,20 @@ fn a_summary_of_many_records_commits_to_them() {
         ..summary.clone()
     };
     assert!(check_rebuild_summary(KIND_REBUILD_SUMMARY, &as_listed.to_block_bytes(block), &summary, block).is_err());
+    // Clients and witnesses alike refuse, on decoding: 33 listed, 32 committed, or more
+    // rebuilders than a release takes.
+    let refused = |s: &RebuildSummary| RebuildSummary::from_block(KIND_REBUILD_SUMMARY, &s.to_block_bytes(block));
+    assert!(refused(&as_listed).unwrap_err().contains("listed only up to 32"));
+    let records: Vec<RebuildRecord> = evidence.iter().map(RebuildRecord::of).collect();
+    let few = RebuildSummary { committed: Some(CommittedRecords::of(&records[..32])), ..summary.clone() };
+    assert!(refused(&few).unwrap_err().contains("committed past that"));
+    let mut too_many = summary.clone();
+    too_many.committed.as_mut().unwrap().tally.reproduced_sandboxed = MAX_REBUILDS_PER_RELEASE as u32;
+    assert!(refused(&too_many).unwrap_err().contains("more than the 4096"));
     let mut other_root = summary.clone();
     other_root.committed.as_mut().unwrap().root[0] ^= 1;
     assert!(check_rebuild_summary(KIND_REBUILD_SUMMARY, &other_root.to_block_bytes(block), &summary, block).is_err());
     // Each rebuilder's record is proven, and an id that attested nothing is proven absent.
-    let records: Vec<RebuildRecord> = evidence.iter().map(RebuildRecord::of).collect();
     let tree = chainiac_release::RecordsTree::new(&records);
     assert_eq!(tree.commitment(), committed);
     for record in &records {

@@ -7,6 +7,17 @@ use chainiac_release::{
     KIND_REBUILD_SUMMARY, KIND_RELEASE,
 };
 
+/// Inserts into a cache of at most `cap` entries, dropping one (any) when full: what it
+/// holds can be read again, and strangers' queries must not grow it.
+fn insert_bounded<K: std::hash::Hash + Eq + Copy, V>(map: &mut HashMap<K, V>, cap: usize, key: K, value: V) {
+    if map.len() >= cap && !map.contains_key(&key) {
+        if let Some(dropped) = map.keys().next().copied() {
+            map.remove(&dropped);
+        }
+    }
+    map.insert(key, value);
+}
+
 /// Per rebuilder key and release chain, the block times of its disagreements.
 pub(super) type Disagreements = HashMap<(PublicKey, ChainId), Vec<u64>>;
 
@@ -187,7 +198,7 @@ impl Node {
             .ok_or_else(|| err(ErrorCode::Internal, format!("chain {chain} lacks its release block {release}")))
     }
 
-    /// The rules of kinds 6 and 8 (7) that read the chain (its newest release, what is recorded
+    /// The rules of rebuilds and summary blocks that read the chain (its newest release, what is recorded
     /// of it, its policy's verifiers): checked before voting, not for blocks caught up on
     /// (their committee did; `rules::check_rules` checks what needs no history for all).
     pub(super) fn check_rebuild_block(&self, head: &ChainState, block: &Block) -> Result<(), ErrorReply> {
@@ -663,13 +674,7 @@ impl Node {
                     ));
                 };
                 let tree = Arc::new(blocking(|| RecordsTree::new(covered)));
-                let mut trees = self.record_trees.lock().expect("lock");
-                if trees.len() >= RECORD_TREES_CACHED {
-                    if let Some(dropped) = trees.keys().next().copied() {
-                        trees.remove(&dropped);
-                    }
-                }
-                trees.insert(key, tree.clone());
+                insert_bounded(&mut self.record_trees.lock().expect("lock"), RECORD_TREES_CACHED, key, tree.clone());
                 tree
             }
         };
@@ -687,13 +692,7 @@ impl Node {
         }
         let records: Arc<Vec<_>> =
             Arc::new(self.evidence_of_older(chain, release).iter().map(chainiac_release::RebuildRecord::of).collect());
-        let mut older = self.older_records.lock().expect("lock");
-        if older.len() >= OLDER_RECORDS_CACHED {
-            if let Some(dropped) = older.keys().next().copied() {
-                older.remove(&dropped);
-            }
-        }
-        older.insert(key, records.clone());
+        insert_bounded(&mut self.older_records.lock().expect("lock"), OLDER_RECORDS_CACHED, key, records.clone());
         records
     }
 
